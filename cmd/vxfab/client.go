@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+const defaultServer = "127.0.0.1:7400"
+
+// defaultProfilePath is where `vxfab lab up` records how the CLI reaches the lab's server, so that
+// commands need no flags afterwards.
+const defaultProfilePath = "/run/vxfabric/lab/client.json"
+
+// clientFlags are the options every API command shares. Flags win over VXFAB_* environment
+// variables, which win over the profile file.
+type clientFlags struct {
+	server   string
+	output   string
+	token    string
+	tlsCA    string
+	tlsCert  string
+	tlsKey   string
+	insecure bool
+	profile  string
+	timeout  time.Duration
+}
+
+var cliOpts clientFlags
+
+func addClientFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&cliOpts.server, "server", "", "API server address, host:port or unix:///path (env VXFAB_SERVER; default "+defaultServer+", or the running lab's)")
+	fs.StringVarP(&cliOpts.output, "output", "o", "table", "output format: table or json")
+	fs.StringVar(&cliOpts.token, "token", "", "API bearer token (env VXFAB_TOKEN)")
+	fs.StringVar(&cliOpts.tlsCA, "tls-ca", "", "CA certificate that signed the server's certificate (env VXFAB_TLS_CA)")
+	fs.StringVar(&cliOpts.tlsCert, "tls-cert", "", "client certificate (env VXFAB_TLS_CERT)")
+	fs.StringVar(&cliOpts.tlsKey, "tls-key", "", "client key (env VXFAB_TLS_KEY)")
+	fs.BoolVar(&cliOpts.insecure, "insecure", false, "connect without TLS")
+	fs.StringVar(&cliOpts.profile, "profile", "", "client profile file written by `vxfab lab up` (env VXFAB_PROFILE; default "+defaultProfilePath+" when present)")
+	fs.DurationVar(&cliOpts.timeout, "timeout", 15*time.Second, "deadline of one API call")
+}
+
+// clientProfile is a file that says how to reach a server: the lab writes one.
+type clientProfile struct {
+	Server    string `json:"server"`
+	TLSCA     string `json:"tls_ca,omitempty"`
+	TLSCert   string `json:"tls_cert,omitempty"`
+	TLSKey    string `json:"tls_key,omitempty"`
+	TokenFile string `json:"token_file,omitempty"`
+	Insecure  bool   `json:"insecure,omitempty"`
+}
+
+// resolvedClient is the outcome of flags, environment and profile.
+type resolvedClient struct {
+	server   string
+	token    string
+	tlsCA    string
+	tlsCert  string
+	tlsKey   string
+	insecure bool
+}
+
+func firstNonEmpty(values ...string) string {
+	for _, v := range values {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func resolveClient() (resolvedClient, error) {
+	var prof clientProfile
+	profPath := firstNonEmpty(cliOpts.profile, os.Getenv("VXFAB_PROFILE"))
+	explicitProfile := profPath != ""
+	if !explicitProfile {
+		profPath = defaultProfilePath
+	}
+	useProfile := cliOpts.server == "" && os.Getenv("VXFAB_SERVER") == "" || explicitProfile
+	if useProfile {
+		data, err := os.ReadFile(profPath)
+		switch {
+		case err == nil:
+			if err := json.Unmarshal(data, &prof); err != nil {
+				return resolvedClient{}, fmt.Errorf("read profile %s: %w", profPath, err)
+			}
+		case explicitProfile || !errors.Is(err, os.ErrNotExist):
+			return resolvedClient{}, fmt.Errorf("read profile: %w", err)
+		}
+	}
+	r := resolvedClient{
+		server:   firstNonEmpty(cliOpts.server, os.Getenv("VXFAB_SERVER"), prof.Server, defaultServer),
+		token:    firstNonEmpty(cliOpts.token, os.Getenv("VXFAB_TOKEN")),
+		tlsCA:    firstNonEmpty(cliOpts.tlsCA, os.Getenv("VXFAB_TLS_CA"), prof.TLSCA),
+		tlsCert:  firstNonEmpty(cliOpts.tlsCert, os.Getenv("VXFAB_TLS_CERT"), prof.TLSCert),
+		tlsKey:   firstNonEmpty(cliOpts.tlsKey, os.Getenv("VXFAB_TLS_KEY"), prof.TLSKey),
+		insecure: cliOpts.insecure || prof.Insecure,
+	}
+	if r.token == "" && prof.TokenFile != "" {
+		data, err := os.ReadFile(prof.TokenFile)
+		if err != nil {
+			return resolvedClient{}, fmt.Errorf("read token: %w", err)
+		}
+		r.token = strings.TrimSpace(string(data))
+	}
+	if r.tlsCA == "" && !strings.HasPrefix(r.server, "unix:") {
+		// Without a CA to verify the server, the only honest choice is plaintext, and only when asked.
+		r.insecure = true
+	}
+	return r, nil
+}
+
+// tokenCreds attaches the bearer token to every call.
+type tokenCreds struct {
+	token  string
+	secure bool
+}
+
+func (t tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + t.token}, nil
+}
+
+func (t tokenCreds) RequireTransportSecurity() bool { return t.secure }
+
+// dialServer opens a client connection to the API server as the flags, environment and profile say.
+func dialServer() (*grpc.ClientConn, error) {
+	r, err := resolveClient()
+	if err != nil {
+		return nil, err
+	}
+	var opts []grpc.DialOption
+	secure := r.tlsCA != "" && !r.insecure
+	if secure {
+		pem, err := os.ReadFile(r.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("read CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s holds no certificate", r.tlsCA)
+		}
+		cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		if r.tlsCert != "" {
+			cert, err := tls.LoadX509KeyPair(r.tlsCert, r.tlsKey)
+			if err != nil {
+				return nil, fmt.Errorf("load client certificate: %w", err)
+			}
+			cfg.Certificates = []tls.Certificate{cert}
+		}
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	} else {
+		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	if r.token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(tokenCreds{token: r.token, secure: secure}))
+	}
+	conn, err := grpc.NewClient(r.server, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", r.server, err)
+	}
+	return conn, nil
+}
+
+// callContext bounds one API call by --timeout.
+func callContext(parent context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(parent, cliOpts.timeout)
+}
+
+// errorLine renders an error as one readable line: a gRPC status as "Code: message".
+func errorLine(err error) string {
+	if st, ok := status.FromError(err); ok {
+		msg := strings.ReplaceAll(st.Message(), "\n", " ")
+		return st.Code().String() + ": " + msg
+	}
+	return strings.ReplaceAll(err.Error(), "\n", " ")
+}

@@ -1,0 +1,186 @@
+// Package etcdembed runs the single-node etcd that `vxfab server` uses when no external etcd cluster is
+// given. It owns the etcd process lifecycle and its logging; it never reads or writes vxfabric keys.
+package etcdembed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Config says where the embedded etcd keeps its data and listens.
+type Config struct {
+	// Dir holds the data; created if missing.
+	Dir string
+	// ClientURL is where clients connect; port 0 picks a free one. Default http://127.0.0.1:0.
+	ClientURL string
+	// PeerURL is the raft peer listener (unused by a single node, but etcd needs one).
+	// Default http://127.0.0.1:0.
+	PeerURL string
+	// Fast shortens raft ticks for tests (TickMs 10, ElectionMs 100).
+	Fast bool
+	// ReadyTimeout bounds the wait for the server to serve. Default 30 s.
+	ReadyTimeout time.Duration
+	// AutoCompactionRevisions keeps this many revisions of history (0: the default, 100000).
+	AutoCompactionRevisions int
+	Logger                  *slog.Logger
+}
+
+// Default returns the configuration `vxfab server` uses for a data directory.
+func Default(dir string) Config {
+	return Config{
+		Dir:          dir,
+		ClientURL:    "http://127.0.0.1:0",
+		PeerURL:      "http://127.0.0.1:0",
+		ReadyTimeout: 30 * time.Second,
+	}
+}
+
+// Validate reports a configuration that cannot start.
+func (c Config) Validate() error {
+	if c.Dir == "" {
+		return errors.New("etcd data directory is required")
+	}
+	for _, u := range []string{c.ClientURL, c.PeerURL} {
+		if _, err := url.Parse(u); err != nil {
+			return fmt.Errorf("etcd url %q: %w", u, err)
+		}
+	}
+	return nil
+}
+
+// Server is a running embedded etcd.
+type Server struct {
+	etcd    *embed.Etcd
+	closing *atomic.Bool
+}
+
+// Start runs etcd and returns once it serves clients.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.ClientURL == "" {
+		cfg.ClientURL = "http://127.0.0.1:0"
+	}
+	if cfg.PeerURL == "" {
+		cfg.PeerURL = "http://127.0.0.1:0"
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create etcd data directory: %w", err)
+	}
+	curl, _ := url.Parse(cfg.ClientURL)
+	purl, _ := url.Parse(cfg.PeerURL)
+
+	ec := embed.NewConfig()
+	ec.Name = "vxfabric"
+	ec.Dir = cfg.Dir
+	ec.ListenClientUrls = []url.URL{*curl}
+	ec.AdvertiseClientUrls = []url.URL{*curl}
+	ec.ListenPeerUrls = []url.URL{*purl}
+	ec.AdvertisePeerUrls = []url.URL{*purl}
+	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	// History kept for agents that resume a Sync stream after an outage.
+	ec.AutoCompactionMode = "revision"
+	ec.AutoCompactionRetention = "100000"
+	if cfg.AutoCompactionRevisions > 0 {
+		ec.AutoCompactionRetention = fmt.Sprint(cfg.AutoCompactionRevisions)
+	}
+	if cfg.Fast {
+		ec.TickMs, ec.ElectionMs = 10, 100
+	}
+	closing := &atomic.Bool{}
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&slogCore{log: cfg.Logger, closing: closing}))
+
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd in %s: %w", cfg.Dir, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-time.After(cfg.ReadyTimeout):
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd in %s not ready after %s", cfg.Dir, cfg.ReadyTimeout)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+	return &Server{etcd: e, closing: closing}, nil
+}
+
+// Endpoint is the address clients connect to (the bound port when ClientURL asked for port 0).
+func (s *Server) Endpoint() string { return "http://" + s.etcd.Clients[0].Addr().String() }
+
+// Client opens a client to this server. The caller closes it.
+func (s *Server) Client() (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{
+		Endpoints:   []string{s.Endpoint()},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+}
+
+// Close stops etcd. What etcd logs while shutting down is dropped: it is noise to a user.
+func (s *Server) Close() {
+	s.closing.Store(true)
+	s.etcd.Close()
+}
+
+// slogCore forwards etcd's warnings and errors to slog.
+type slogCore struct {
+	log     *slog.Logger
+	fields  []zapcore.Field
+	closing *atomic.Bool
+}
+
+func (c *slogCore) Enabled(l zapcore.Level) bool { return l >= zapcore.WarnLevel && !c.closing.Load() }
+
+func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
+	return &slogCore{log: c.log, fields: append(append([]zapcore.Field{}, c.fields...), fields...), closing: c.closing}
+}
+
+func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	enc := zapcore.NewMapObjectEncoder()
+	for _, f := range append(c.fields, fields...) {
+		f.AddTo(enc)
+	}
+	attrs := make([]any, 0, 2*len(enc.Fields)+2)
+	attrs = append(attrs, "component", "etcd")
+	for k, v := range enc.Fields {
+		attrs = append(attrs, k, v)
+	}
+	level := slog.LevelWarn
+	if e.Level >= zapcore.ErrorLevel {
+		level = slog.LevelError
+	}
+	c.log.Log(context.Background(), level, e.Message, attrs...)
+	return nil
+}
+
+func (c *slogCore) Sync() error { return nil }

@@ -1,0 +1,167 @@
+// Package overlay is the datapath: it converges one host's kernel to the desired state of the
+// networks that host takes part in.
+//
+// Per network (VNI) the kernel holds, written in this order:
+//
+//  1. a bridge (the virtual switch), named BridgeName(vni), IPv6 off before it goes up;
+//  2. a vxlan device named VxlanName(vni): nolearning, dstport 4789, local VTEP address, the network's
+//     MTU (the underlay MTU minus the 50 bytes of outer Ethernet, IPv4, UDP and VXLAN headers),
+//     enslaved to the bridge;
+//  3. unicast FDB entries, one permanent entry per remote MAC pointing at its VTEP, written before
+//  4. the all-zero-MAC flood entries, one per remote VTEP (head-end replication, no underlay multicast),
+//     so that a new flood target never sees frames for MACs we have not pinned yet;
+//  5. neighbour entries for remote ports on the vxlan device (ARP suppression with the vxlan proxy flag);
+//  6. local ports (the VM NICs' host interfaces) enslaved to the bridge, with port security;
+//  7. per mode: the gateway address on the bridge, forwarding, NAT in our own nftables table.
+//
+// Reconcile reads what the kernel reports, diffs it against the desired state and writes only the
+// difference: add before delete, never flush, and never touch an object that is not ours (every
+// device name starts with "vx", every nftables object lives in our own table).
+//
+// This package must never switch the namespace of a shared goroutine: the Linux implementation works
+// through handles bound to a namespace.
+package overlay
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+)
+
+// Mode mirrors the network modes of the API.
+type Mode int
+
+const (
+	ModeIsolated Mode = iota + 1
+	ModeNAT
+	ModeRouted
+	ModeBridged
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeIsolated:
+		return "isolated"
+	case ModeNAT:
+		return "nat"
+	case ModeRouted:
+		return "routed"
+	case ModeBridged:
+		return "bridged"
+	}
+	return fmt.Sprintf("mode(%d)", int(m))
+}
+
+// VXLANPort is the IANA VXLAN UDP port.
+const VXLANPort = 4789
+
+// VXLANOverhead is what VXLAN encapsulation adds to a frame on an IPv4 underlay:
+// outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
+const VXLANOverhead = 50
+
+// DeviceNamePrefix starts the name of every link this package creates.
+const DeviceNamePrefix = "vx"
+
+// BridgeName is the name of a network's bridge on every host (at most 12 characters).
+func BridgeName(vni uint32) string { return fmt.Sprintf("vxbr%d", vni) }
+
+// VxlanName is the name of a network's vxlan device on every host (at most 12 characters).
+func VxlanName(vni uint32) string { return fmt.Sprintf("vxlan%d", vni) }
+
+// DesiredState is everything one host's kernel must show.
+type DesiredState struct {
+	Underlay Underlay
+	Networks []Network
+	// DisablePortSecurity turns off source MAC/IP enforcement on local ports (on by default).
+	DisablePortSecurity bool
+	// DisableUnderlayFilter turns off the filter that accepts VXLAN only from known VTEPs (on by default).
+	DisableUnderlayFilter bool
+}
+
+// Underlay is the host's attachment to the physical network.
+type Underlay struct {
+	// VTEP is the local address VXLAN packets are sent from and received on.
+	VTEP netip.Addr
+	// Interface carries the VTEP address; NAT masquerades traffic leaving through it. Optional.
+	Interface string
+}
+
+// Network is one VNI as this host must program it.
+type Network struct {
+	VNI  uint32
+	Mode Mode
+	MTU  int
+	// CIDR is the network's IPv4 prefix (NAT masquerades it, routed forwards it).
+	CIDR netip.Prefix
+	// Gateway and GatewayMAC are the distributed gateway (NAT and routed): the same on every host.
+	Gateway    netip.Addr
+	GatewayMAC net.HardwareAddr
+	// Uplink is the physical NIC to enslave (bridged mode, on the one host that owns it).
+	Uplink  string
+	Ports   []LocalPort
+	Remotes []RemotePort
+	// Flood lists the remote VTEPs that get a copy of broadcast, unknown unicast and multicast frames.
+	Flood []netip.Addr
+}
+
+// LocalPort is a VM NIC on this host.
+type LocalPort struct {
+	// Interface is the host end of the NIC (a tap, or a veth in the lab). It may not exist yet:
+	// it is plugged as soon as it appears and Apply is called again.
+	Interface string
+	MAC       net.HardwareAddr
+	IP        netip.Addr
+}
+
+// RemotePort is a VM NIC on another host of the same network.
+type RemotePort struct {
+	MAC  net.HardwareAddr
+	IP   netip.Addr
+	VTEP netip.Addr
+}
+
+// Op is what Apply did to one kernel object.
+type Op string
+
+const (
+	OpAdd    Op = "add"
+	OpUpdate Op = "update"
+	OpDelete Op = "delete"
+)
+
+// Change is one kernel object written by Apply.
+type Change struct {
+	Op Op
+	// Object names the object, e.g. "fdb vxlan4096 0e:00:00:00:00:01 dst 198.18.0.2".
+	Object string
+}
+
+func (c Change) String() string { return string(c.Op) + " " + c.Object }
+
+// ObjectError is a failure to converge one object; the rest of the state still converges.
+type ObjectError struct {
+	Object string
+	Err    error
+}
+
+func (e ObjectError) Error() string { return e.Object + ": " + e.Err.Error() }
+func (e ObjectError) Unwrap() error { return e.Err }
+
+// Result reports what one Apply did and what it found.
+type Result struct {
+	Changes []Change
+	// Plugged holds the interface names of the local ports that exist and are enslaved to their bridge.
+	Plugged map[string]bool
+	// Errors lists the objects that could not be converged; Apply's error joins them.
+	Errors []ObjectError
+}
+
+// Datapath converges a host's kernel to a desired state.
+//
+// Apply may be called again with the same state: the second call changes nothing. Apply and Close are
+// never called concurrently with each other (the caller serialises them); Apply may block on the kernel.
+type Datapath interface {
+	Apply(ctx context.Context, desired DesiredState) (Result, error)
+	Close() error
+}
