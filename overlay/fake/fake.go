@@ -1,0 +1,682 @@
+// Package fake is an in-memory overlay.Datapath: a model of one host's kernel that Apply converges
+// exactly as the Linux datapath does (same objects, same order, same Result), and that prints its
+// whole state as sorted text for golden tests. It is what the node agent's unit tests and the scale
+// simulator run on.
+//
+// It must stay cheap: the simulator holds a thousand of these with ten thousand remote ports each,
+// so FDB and neighbour entries are kept as sorted slices of 16-byte records, not as strings or maps.
+// It never touches the real kernel.
+package fake
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/vxfabric/vxfabric/overlay"
+)
+
+// Datapath is the fake. Apply, Close, SetLink and Dump may be called from any goroutine; mu guards
+// every field, and Apply holds it for its whole run, so Dump sees the state before or after an Apply,
+// never half of one.
+type Datapath struct {
+	mu     sync.Mutex
+	closed bool
+	// links are the interfaces that exist outside our control (VM NICs, uplinks), see SetLink.
+	links map[string]bool
+	nets  map[uint32]*network
+	// forwarding is net.ipv4.ip_forward; forwardingOurs records that we turned it on.
+	forwarding, forwardingOurs bool
+	// chains holds rule texts per "family chain", in order; sets holds the VTEP sets' elements.
+	chains map[string][]string
+	sets   map[string][]netip.Addr
+	// vteps interns VTEP addresses so an FDB record stays 16 bytes.
+	vteps   []netip.Addr
+	vtepIdx map[netip.Addr]uint32
+}
+
+type network struct {
+	vni       uint32
+	mtu       int
+	bridgeMAC string // "" lets the kernel choose
+	addr      netip.Prefix
+	local     netip.Addr
+	proxy     bool
+	uplink    string
+	fdb       []fdbEntry   // sorted by mac
+	flood     []netip.Addr // sorted
+	neigh     []neighEntry // sorted by ip
+	ports     map[string]bool
+}
+
+type fdbEntry struct {
+	mac  uint64
+	vtep uint32
+}
+
+type neighEntry struct {
+	ip  uint32
+	mac uint64
+}
+
+var _ overlay.Datapath = (*Datapath)(nil)
+
+// New returns an empty fake host: no links, no networks, forwarding off.
+func New() *Datapath {
+	return &Datapath{
+		links:   make(map[string]bool),
+		nets:    make(map[uint32]*network),
+		chains:  make(map[string][]string),
+		sets:    make(map[string][]netip.Addr),
+		vtepIdx: make(map[netip.Addr]uint32),
+	}
+}
+
+// ErrClosed is returned by Apply after Close.
+var ErrClosed = errors.New("fake datapath closed")
+
+// SetLink makes an interface (a VM NIC or an uplink) appear or disappear, as a hypervisor would.
+// A disappearing interface leaves its bridge at once, as in the kernel; an appearing one is plugged
+// by the next Apply.
+func (d *Datapath) SetLink(name string, present bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if present {
+		d.links[name] = true
+		return
+	}
+	delete(d.links, name)
+	for _, n := range d.nets {
+		delete(n.ports, name)
+		if n.uplink == name {
+			n.uplink = ""
+		}
+	}
+}
+
+// Close implements overlay.Datapath; the state stays as it is, like the kernel's when a process exits.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closed = true
+	return nil
+}
+
+// Reopen returns a new Datapath over the same "kernel" state, as a restarted process would find it.
+func (d *Datapath) Reopen() *Datapath {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := New()
+	for k := range d.links {
+		n.links[k] = true
+	}
+	for vni, nw := range d.nets {
+		c := *nw
+		c.fdb = slices.Clone(nw.fdb)
+		c.flood = slices.Clone(nw.flood)
+		c.neigh = slices.Clone(nw.neigh)
+		c.ports = make(map[string]bool, len(nw.ports))
+		for p := range nw.ports {
+			c.ports[p] = true
+		}
+		n.nets[vni] = &c
+	}
+	n.forwarding, n.forwardingOurs = d.forwarding, d.forwardingOurs
+	for k, v := range d.chains {
+		n.chains[k] = slices.Clone(v)
+	}
+	for k, v := range d.sets {
+		n.sets[k] = slices.Clone(v)
+	}
+	n.vteps = slices.Clone(d.vteps)
+	for k, v := range d.vtepIdx {
+		n.vtepIdx[k] = v
+	}
+	return n
+}
+
+// DeleteDevice removes a device as `ip link del` would (drift), with everything on it.
+func (d *Datapath) DeleteDevice(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for vni, n := range d.nets {
+		switch name {
+		case overlay.BridgeName(vni):
+			delete(d.nets, vni)
+		case overlay.VxlanName(vni):
+			// The model keeps bridge and vxlan together; a missing vxlan loses its tables.
+			n.fdb, n.flood, n.neigh, n.local = nil, nil, nil, netip.Addr{}
+		}
+	}
+}
+
+// DeleteFDB removes one unicast FDB entry as `bridge fdb del` would (drift).
+func (d *Datapath) DeleteFDB(vni uint32, mac net.HardwareAddr) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := d.nets[vni]
+	if n == nil {
+		return
+	}
+	k := macKey(mac)
+	n.fdb = slices.DeleteFunc(n.fdb, func(e fdbEntry) bool { return e.mac == k })
+}
+
+// Apply implements overlay.Datapath.
+func (d *Datapath) Apply(ctx context.Context, desired overlay.DesiredState) (overlay.Result, error) {
+	if err := ctx.Err(); err != nil {
+		return overlay.Result{}, err
+	}
+	if err := desired.Validate(); err != nil {
+		return overlay.Result{}, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return overlay.Result{}, ErrClosed
+	}
+	a := &applier{d: d, res: overlay.Result{Plugged: make(map[string]bool)}}
+	a.apply(desired)
+	errs := make([]error, len(a.res.Errors))
+	for i, e := range a.res.Errors {
+		errs[i] = e
+	}
+	return a.res, errors.Join(errs...)
+}
+
+type applier struct {
+	d   *Datapath
+	res overlay.Result
+}
+
+func (a *applier) change(op overlay.Op, obj string) {
+	a.res.Changes = append(a.res.Changes, overlay.Change{Op: op, Object: obj})
+}
+
+func (a *applier) apply(desired overlay.DesiredState) {
+	d := a.d
+	if desired.NeedsForwarding() && !d.forwarding {
+		d.forwarding, d.forwardingOurs = true, true
+		a.change(overlay.OpUpdate, overlay.ForwardingObject+"=1")
+	}
+	a.applyNft(desired, false)
+
+	want := make(map[uint32]bool, len(desired.Networks))
+	for _, nd := range desired.Networks {
+		want[nd.VNI] = true
+		a.applyNetwork(desired, nd)
+	}
+	// Ports no longer desired anywhere leave our bridges.
+	wantPorts := make(map[string]bool)
+	for _, nd := range desired.Networks {
+		for _, p := range nd.Ports {
+			wantPorts[p.Interface] = true
+		}
+	}
+	for _, vni := range sortedVNIs(d.nets) {
+		n := d.nets[vni]
+		for _, p := range sortedKeys(n.ports) {
+			if !wantPorts[p] || !want[vni] {
+				delete(n.ports, p)
+				a.change(overlay.OpDelete, overlay.PortObject(vni, p))
+			}
+		}
+	}
+	for _, vni := range sortedVNIs(d.nets) {
+		if want[vni] {
+			continue
+		}
+		n := d.nets[vni]
+		if n.uplink != "" {
+			a.change(overlay.OpDelete, overlay.UplinkObject(vni, n.uplink))
+		}
+		a.change(overlay.OpDelete, overlay.VxlanObject(vni))
+		a.change(overlay.OpDelete, overlay.BridgeObject(vni))
+		delete(d.nets, vni)
+	}
+	a.applyNft(desired, true)
+	if !desired.NeedsForwarding() && d.forwarding && d.forwardingOurs {
+		d.forwarding, d.forwardingOurs = false, false
+		a.change(overlay.OpUpdate, overlay.ForwardingObject+"=0")
+	}
+}
+
+func (a *applier) applyNetwork(desired overlay.DesiredState, nd overlay.Network) {
+	d := a.d
+	n := d.nets[nd.VNI]
+	local := desired.Underlay.VTEP
+	bridgeMAC := ""
+	if nd.HasGateway() {
+		bridgeMAC = nd.GatewayMAC.String()
+	}
+	if nd.Mode == overlay.ModeBridged {
+		if !d.links[nd.Uplink] {
+			a.res.Errors = append(a.res.Errors, overlay.ObjectError{
+				Object: overlay.UplinkObject(nd.VNI, nd.Uplink), Err: overlay.ErrUplinkMissing})
+		} else {
+			bridgeMAC = "uplink " + nd.Uplink
+		}
+	}
+	if n == nil {
+		n = &network{vni: nd.VNI, mtu: nd.MTU, bridgeMAC: bridgeMAC, ports: make(map[string]bool)}
+		d.nets[nd.VNI] = n
+		a.change(overlay.OpAdd, overlay.BridgeObject(nd.VNI))
+	} else if n.mtu != nd.MTU || (bridgeMAC != "" && n.bridgeMAC != bridgeMAC) {
+		n.mtu = nd.MTU
+		if bridgeMAC != "" {
+			n.bridgeMAC = bridgeMAC
+		}
+		a.change(overlay.OpUpdate, overlay.BridgeObject(nd.VNI))
+	}
+	if n.local != local || n.proxy != nd.Proxy() {
+		if n.local.IsValid() {
+			// Incompatible attributes: the kernel cannot change them, the device is recreated.
+			a.change(overlay.OpDelete, overlay.VxlanObject(nd.VNI))
+			n.fdb, n.flood, n.neigh = nil, nil, nil
+		}
+		n.local, n.proxy = local, nd.Proxy()
+		a.change(overlay.OpAdd, overlay.VxlanObject(nd.VNI))
+	}
+	var addr netip.Prefix
+	if nd.HasGateway() {
+		addr = netip.PrefixFrom(nd.Gateway, nd.CIDR.Bits())
+	}
+	if addr != n.addr {
+		if addr.IsValid() {
+			a.change(overlay.OpAdd, overlay.AddrObject(nd.VNI, addr))
+		}
+		if n.addr.IsValid() {
+			a.change(overlay.OpDelete, overlay.AddrObject(nd.VNI, n.addr))
+		}
+		n.addr = addr
+	}
+	if nd.Mode == overlay.ModeBridged && d.links[nd.Uplink] && n.uplink != nd.Uplink {
+		n.uplink = nd.Uplink
+		a.change(overlay.OpAdd, overlay.UplinkObject(nd.VNI, nd.Uplink))
+	}
+	a.applyFDB(n, nd)
+	a.applyFlood(n, nd)
+	a.applyNeigh(n, nd)
+	for _, p := range nd.Ports {
+		if !d.links[p.Interface] {
+			continue
+		}
+		for _, other := range d.nets {
+			if other != n && other.ports[p.Interface] {
+				delete(other.ports, p.Interface)
+			}
+		}
+		if !n.ports[p.Interface] {
+			n.ports[p.Interface] = true
+			a.change(overlay.OpAdd, overlay.PortObject(nd.VNI, p.Interface))
+		}
+		a.res.Plugged[p.Interface] = true
+	}
+}
+
+func (a *applier) applyFDB(n *network, nd overlay.Network) {
+	want := make([]fdbEntry, 0, len(nd.Remotes))
+	for _, r := range nd.Remotes {
+		want = append(want, fdbEntry{mac: macKey(r.MAC), vtep: a.d.intern(r.VTEP.Unmap())})
+	}
+	cmpFDB := func(x, y fdbEntry) int { return cmp.Compare(x.mac, y.mac) }
+	if !slices.IsSortedFunc(want, cmpFDB) {
+		slices.SortStableFunc(want, cmpFDB)
+	}
+	want = slices.CompactFunc(want, func(x, y fdbEntry) bool { return x.mac == y.mac })
+	var dels []fdbEntry
+	i, j := 0, 0
+	for i < len(n.fdb) || j < len(want) {
+		switch {
+		case j == len(want) || (i < len(n.fdb) && n.fdb[i].mac < want[j].mac):
+			dels = append(dels, n.fdb[i])
+			i++
+		case i == len(n.fdb) || want[j].mac < n.fdb[i].mac:
+			a.change(overlay.OpAdd, overlay.FDBObject(n.vni, macOf(want[j].mac), a.d.vteps[want[j].vtep]))
+			j++
+		default:
+			if n.fdb[i].vtep != want[j].vtep {
+				a.change(overlay.OpUpdate, overlay.FDBObject(n.vni, macOf(want[j].mac), a.d.vteps[want[j].vtep]))
+			}
+			i++
+			j++
+		}
+	}
+	for _, e := range dels {
+		a.change(overlay.OpDelete, overlay.FDBObject(n.vni, macOf(e.mac), a.d.vteps[e.vtep]))
+	}
+	n.fdb = want
+}
+
+func (a *applier) applyFlood(n *network, nd overlay.Network) {
+	want := make([]netip.Addr, 0, len(nd.Flood))
+	for _, v := range nd.Flood {
+		want = append(want, v.Unmap())
+	}
+	slices.SortFunc(want, netip.Addr.Compare)
+	want = slices.Compact(want)
+	for _, v := range want {
+		if _, ok := slices.BinarySearchFunc(n.flood, v, netip.Addr.Compare); !ok {
+			a.change(overlay.OpAdd, overlay.FloodObject(n.vni, v))
+		}
+	}
+	for _, v := range n.flood {
+		if _, ok := slices.BinarySearchFunc(want, v, netip.Addr.Compare); !ok {
+			a.change(overlay.OpDelete, overlay.FloodObject(n.vni, v))
+		}
+	}
+	n.flood = want
+}
+
+func (a *applier) applyNeigh(n *network, nd overlay.Network) {
+	var want []neighEntry
+	if nd.Proxy() {
+		want = make([]neighEntry, 0, len(nd.Remotes))
+		for _, r := range nd.Remotes {
+			if ip := r.IP.Unmap(); ip.Is4() {
+				b := ip.As4()
+				want = append(want, neighEntry{ip: uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]), mac: macKey(r.MAC)})
+			}
+		}
+	}
+	cmpN := func(x, y neighEntry) int { return cmp.Compare(x.ip, y.ip) }
+	if !slices.IsSortedFunc(want, cmpN) {
+		slices.SortStableFunc(want, cmpN)
+	}
+	want = slices.CompactFunc(want, func(x, y neighEntry) bool { return x.ip == y.ip })
+	var dels []neighEntry
+	i, j := 0, 0
+	for i < len(n.neigh) || j < len(want) {
+		switch {
+		case j == len(want) || (i < len(n.neigh) && n.neigh[i].ip < want[j].ip):
+			dels = append(dels, n.neigh[i])
+			i++
+		case i == len(n.neigh) || want[j].ip < n.neigh[i].ip:
+			a.change(overlay.OpAdd, overlay.NeighObject(n.vni, ipOf(want[j].ip), macOf(want[j].mac)))
+			j++
+		default:
+			if n.neigh[i].mac != want[j].mac {
+				a.change(overlay.OpUpdate, overlay.NeighObject(n.vni, ipOf(want[j].ip), macOf(want[j].mac)))
+			}
+			i++
+			j++
+		}
+	}
+	for _, e := range dels {
+		a.change(overlay.OpDelete, overlay.NeighObject(n.vni, ipOf(e.ip), macOf(e.mac)))
+	}
+	n.neigh = want
+}
+
+// applyNft adds what is missing (deletes=false) or removes what is stale (deletes=true), so that
+// like the Linux datapath every rule is in place before any old one goes.
+func (a *applier) applyNft(desired overlay.DesiredState, deletes bool) {
+	d := a.d
+	plan := overlay.NftPlan(desired)
+	v4, v6 := overlay.UnderlayVTEPs(desired)
+	if len(plan) == 0 {
+		v4, v6 = nil, nil
+	}
+	wantSets := map[string][]netip.Addr{}
+	if len(plan) > 0 {
+		slices.SortFunc(v4, netip.Addr.Compare)
+		slices.SortFunc(v6, netip.Addr.Compare)
+		wantSets[overlay.VTEPSet4], wantSets[overlay.VTEPSet6] = v4, v6
+	}
+	wantChains := map[string][]string{}
+	for _, c := range plan {
+		var texts []string
+		for _, r := range c.Rules {
+			texts = append(texts, r.String())
+		}
+		wantChains[c.Family+" "+c.Name] = texts
+	}
+	if !deletes {
+		for _, fam := range []string{"inet", "bridge"} {
+			if len(plan) > 0 && !d.hasTable(fam) {
+				a.change(overlay.OpAdd, overlay.TableObject(fam))
+			}
+		}
+		for _, c := range plan {
+			key := c.Family + " " + c.Name
+			have, ok := d.chains[key]
+			if !ok {
+				a.change(overlay.OpAdd, overlay.ChainObject(c.Family, c.Name))
+			}
+			merged, added := mergeRules(have, wantChains[key])
+			for _, r := range added {
+				a.change(overlay.OpAdd, overlay.RuleObject(c.Family, c.Name, r))
+			}
+			d.chains[key] = merged
+		}
+		for _, name := range []string{overlay.VTEPSet4, overlay.VTEPSet6} {
+			want, ok := wantSets[name]
+			if !ok {
+				continue
+			}
+			have := d.sets[name]
+			for _, v := range want {
+				if _, found := slices.BinarySearchFunc(have, v, netip.Addr.Compare); !found {
+					a.change(overlay.OpAdd, overlay.SetElemObject(name, v))
+				}
+			}
+			union := append(slices.Clone(have), want...)
+			slices.SortFunc(union, netip.Addr.Compare)
+			d.sets[name] = slices.Compact(union)
+		}
+		return
+	}
+	if len(plan) == 0 {
+		for _, fam := range []string{"inet", "bridge"} {
+			if d.hasTable(fam) {
+				a.change(overlay.OpDelete, overlay.TableObject(fam))
+			}
+		}
+		clear(d.chains)
+		clear(d.sets)
+		return
+	}
+	for _, key := range sortedKeys(d.chains) {
+		want := wantChains[key]
+		fam, chain, _ := strings.Cut(key, " ")
+		have := d.chains[key]
+		matched := matchRules(have, want)
+		for k, r := range have {
+			if !matched[k] {
+				a.change(overlay.OpDelete, overlay.RuleObject(fam, chain, r))
+			}
+		}
+		d.chains[key] = slices.Clone(want)
+	}
+	for _, name := range sortedKeys(d.sets) {
+		want := wantSets[name]
+		var kept []netip.Addr
+		for _, v := range d.sets[name] {
+			if _, found := slices.BinarySearchFunc(want, v, netip.Addr.Compare); found {
+				kept = append(kept, v)
+			} else {
+				a.change(overlay.OpDelete, overlay.SetElemObject(name, v))
+			}
+		}
+		d.sets[name] = kept
+	}
+}
+
+func (d *Datapath) hasTable(family string) bool {
+	for k := range d.chains {
+		if strings.HasPrefix(k, family+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+// mergeRules inserts the wanted rules that are missing into have, each at its place relative to the
+// kept ones (as the Linux datapath does with rule positions), and returns the result and the added
+// rules. Stale rules stay until the delete pass.
+func mergeRules(have, want []string) (merged, added []string) {
+	// Greedy: walk want, keep the first match in have at or after the cursor.
+	pos := make([]int, len(want)) // index in have, or -1
+	cur := 0
+	for i, w := range want {
+		pos[i] = -1
+		for k := cur; k < len(have); k++ {
+			if have[k] == w {
+				pos[i], cur = k, k+1
+				break
+			}
+		}
+	}
+	merged = slices.Clone(have)
+	// Insert from the back so earlier indices stay valid: a missing rule goes before the next kept one.
+	next := len(have)
+	for i := len(want) - 1; i >= 0; i-- {
+		if pos[i] >= 0 {
+			next = pos[i]
+			continue
+		}
+		merged = slices.Insert(merged, next, want[i])
+	}
+	for i, w := range want {
+		if pos[i] < 0 {
+			added = append(added, w)
+		}
+	}
+	return merged, added
+}
+
+// matchRules marks the rules of have that form the leftmost occurrence of want as a subsequence.
+func matchRules(have, want []string) []bool {
+	matched := make([]bool, len(have))
+	k := 0
+	for _, w := range want {
+		for k < len(have) && have[k] != w {
+			k++
+		}
+		if k == len(have) {
+			break
+		}
+		matched[k] = true
+		k++
+	}
+	return matched
+}
+
+func (d *Datapath) intern(a netip.Addr) uint32 {
+	if i, ok := d.vtepIdx[a]; ok {
+		return i
+	}
+	i := uint32(len(d.vteps))
+	d.vteps = append(d.vteps, a)
+	d.vtepIdx[a] = i
+	return i
+}
+
+// Dump prints the whole state as sorted lines: devices, addresses, FDB, flood and neighbour entries,
+// plugged ports, nftables rules (numbered in chain order) and set elements, and the forwarding switch.
+func (d *Datapath) Dump() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var lines []string
+	add := func(format string, args ...any) { lines = append(lines, fmt.Sprintf(format, args...)) }
+	if d.forwarding {
+		owner := "someone else"
+		if d.forwardingOurs {
+			owner = "vxfabric"
+		}
+		add("%s=1 set by %s", overlay.ForwardingObject, owner)
+	}
+	for _, n := range d.nets {
+		mac := n.bridgeMAC
+		if mac == "" {
+			mac = "kernel"
+		}
+		add("link %s bridge mtu %d addr %s up", overlay.BridgeName(n.vni), n.mtu, mac)
+		if n.local.IsValid() {
+			proxy := ""
+			if n.proxy {
+				proxy = " proxy"
+			}
+			add("link %s vxlan id %d local %s dstport %d nolearning%s mtu %d master %s up",
+				overlay.VxlanName(n.vni), n.vni, n.local, overlay.VXLANPort, proxy, n.mtu, overlay.BridgeName(n.vni))
+		}
+		if n.addr.IsValid() {
+			add("%s", overlay.AddrObject(n.vni, n.addr))
+		}
+		if n.uplink != "" {
+			add("%s", overlay.UplinkObject(n.vni, n.uplink))
+		}
+		for _, e := range n.fdb {
+			add("%s", overlay.FDBObject(n.vni, macOf(e.mac), d.vteps[e.vtep]))
+		}
+		for _, v := range n.flood {
+			add("%s", overlay.FloodObject(n.vni, v))
+		}
+		for _, e := range n.neigh {
+			add("%s", overlay.NeighObject(n.vni, ipOf(e.ip), macOf(e.mac)))
+		}
+		for p := range n.ports {
+			add("%s mtu %d", overlay.PortObject(n.vni, p), n.mtu)
+		}
+	}
+	for key, rules := range d.chains {
+		fam, chain, _ := strings.Cut(key, " ")
+		add("%s", overlay.ChainObject(fam, chain))
+		for i, r := range rules {
+			add("nft rule %s %s %s %02d %s", fam, overlay.TableName, chain, i, r)
+		}
+	}
+	for name, elems := range d.sets {
+		for _, v := range elems {
+			add("%s", overlay.SetElemObject(name, v))
+		}
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n") + "\n"
+}
+
+func macKey(m net.HardwareAddr) uint64 {
+	var k uint64
+	for _, b := range m[:6] {
+		k = k<<8 | uint64(b)
+	}
+	return k
+}
+
+func macOf(k uint64) net.HardwareAddr {
+	m := make(net.HardwareAddr, 6)
+	for i := 5; i >= 0; i-- {
+		m[i] = byte(k)
+		k >>= 8
+	}
+	return m
+}
+
+func ipOf(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+func sortedVNIs(m map[uint32]*network) []uint32 {
+	out := make([]uint32, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

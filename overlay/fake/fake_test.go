@@ -1,0 +1,366 @@
+package fake
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/vxfabric/vxfabric/overlay"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func mac(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// sample has one network of every mode, ports (one missing), remotes and flood lists.
+func sample() overlay.DesiredState {
+	return overlay.DesiredState{
+		Underlay: overlay.Underlay{VTEP: ip("198.18.0.1"), Interface: "eth0"},
+		Networks: []overlay.Network{
+			{VNI: 100, Mode: overlay.ModeIsolated, MTU: 1450,
+				Ports: []overlay.LocalPort{{Interface: "tap-a", MAC: mac("0e:00:00:00:01:01"), IP: ip("10.1.0.2")}},
+				Remotes: []overlay.RemotePort{
+					{MAC: mac("0e:00:00:00:01:03"), IP: ip("10.1.0.3"), VTEP: ip("198.18.0.3")},
+					{MAC: mac("0e:00:00:00:01:02"), IP: ip("10.1.0.4"), VTEP: ip("198.18.0.2")},
+				},
+				Flood: []netip.Addr{ip("198.18.0.3"), ip("198.18.0.2")}},
+			{VNI: 200, Mode: overlay.ModeNAT, MTU: 1400, CIDR: netip.MustParsePrefix("10.2.0.0/24"),
+				Gateway: ip("10.2.0.1"), GatewayMAC: mac("02:00:00:00:02:01"),
+				Ports: []overlay.LocalPort{
+					{Interface: "tap-b", MAC: mac("0e:00:00:00:02:02"), IP: ip("10.2.0.2")},
+					{Interface: "tap-missing", MAC: mac("0e:00:00:00:02:09"), IP: ip("10.2.0.9")},
+				},
+				Remotes: []overlay.RemotePort{{MAC: mac("0e:00:00:00:02:03"), IP: ip("10.2.0.3"), VTEP: ip("198.18.0.2")}},
+				Flood:   []netip.Addr{ip("198.18.0.2")}},
+			{VNI: 300, Mode: overlay.ModeRouted, MTU: 1450, CIDR: netip.MustParsePrefix("10.3.0.0/24"),
+				Gateway: ip("10.3.0.1"), GatewayMAC: mac("02:00:00:00:03:01")},
+			{VNI: 400, Mode: overlay.ModeBridged, MTU: 1450, Uplink: "eth1",
+				Remotes: []overlay.RemotePort{{MAC: mac("0e:00:00:00:04:03"), IP: ip("192.168.1.3"), VTEP: ip("198.18.0.3")}},
+				Flood:   []netip.Addr{ip("198.18.0.3")}},
+		},
+	}
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden (run with -update to create): %v", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs from golden:\n--- got\n%s--- want\n%s", name, got, want)
+	}
+}
+
+func changes(r overlay.Result) string {
+	var b strings.Builder
+	for _, c := range r.Changes {
+		b.WriteString(c.String())
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+func TestGoldenFullState(t *testing.T) {
+	d := New()
+	for _, l := range []string{"tap-a", "tap-b", "eth1"} {
+		d.SetLink(l, true)
+	}
+	res, err := d.Apply(context.Background(), sample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "full-state", d.Dump())
+	golden(t, "full-changes", changes(res))
+	wantPlugged := map[string]bool{"tap-a": true, "tap-b": true}
+	if fmt.Sprint(res.Plugged) != fmt.Sprint(wantPlugged) {
+		t.Errorf("plugged = %v, want %v (a missing interface is not an error)", res.Plugged, wantPlugged)
+	}
+
+	res, err = d.Apply(context.Background(), sample())
+	if err != nil || len(res.Changes) != 0 {
+		t.Fatalf("second Apply: %d changes (%s), err %v; want none", len(res.Changes), changes(res), err)
+	}
+}
+
+func TestMissingUplinkIsReportedAndRestConverges(t *testing.T) {
+	d := New()
+	res, err := d.Apply(context.Background(), sample())
+	if !errors.Is(err, overlay.ErrUplinkMissing) {
+		t.Fatalf("err = %v, want ErrUplinkMissing", err)
+	}
+	if len(res.Errors) != 1 || res.Errors[0].Object != overlay.UplinkObject(400, "eth1") {
+		t.Fatalf("errors = %v, want one for the uplink", res.Errors)
+	}
+	if !strings.Contains(d.Dump(), "fdb vxlan200 0e:00:00:00:02:03 dst 198.18.0.2") {
+		t.Error("other networks did not converge")
+	}
+	d.SetLink("eth1", true)
+	res, err = d.Apply(context.Background(), sample())
+	if err != nil || changes(res) != "update bridge vxbr400\nadd "+overlay.UplinkObject(400, "eth1")+"\n" {
+		t.Fatalf("after the uplink appeared: changes %q, err %v", changes(res), err)
+	}
+}
+
+func TestPortPluggedWhenItAppears(t *testing.T) {
+	d := New()
+	d.SetLink("eth1", true)
+	if _, err := d.Apply(context.Background(), sample()); err != nil {
+		t.Fatal(err)
+	}
+	d.SetLink("tap-missing", true)
+	res, err := d.Apply(context.Background(), sample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := changes(res); got != "add port tap-missing master vxbr200\n" {
+		t.Fatalf("changes = %q", got)
+	}
+	if !res.Plugged["tap-missing"] {
+		t.Error("tap-missing not reported plugged")
+	}
+	d.SetLink("tap-missing", false)
+	if strings.Contains(d.Dump(), "port tap-missing") {
+		t.Error("a vanished interface is still on the bridge")
+	}
+}
+
+func TestAdoptionChangesNothing(t *testing.T) {
+	d := New()
+	for _, l := range []string{"tap-a", "tap-b", "eth1"} {
+		d.SetLink(l, true)
+	}
+	if _, err := d.Apply(context.Background(), sample()); err != nil {
+		t.Fatal(err)
+	}
+	before := d.Dump()
+	d2 := d.Reopen()
+	res, err := d2.Apply(context.Background(), sample())
+	if err != nil || len(res.Changes) != 0 {
+		t.Fatalf("restart Apply: changes %q, err %v", changes(res), err)
+	}
+	if d2.Dump() != before {
+		t.Error("state differs after adoption")
+	}
+}
+
+func TestDriftRepaired(t *testing.T) {
+	d := New()
+	d.SetLink("eth1", true)
+	if _, err := d.Apply(context.Background(), sample()); err != nil {
+		t.Fatal(err)
+	}
+	before := d.Dump()
+	d.DeleteFDB(100, mac("0e:00:00:00:01:02"))
+	res, err := d.Apply(context.Background(), sample())
+	if err != nil || changes(res) != "add fdb vxlan100 0e:00:00:00:01:02 dst 198.18.0.2\n" {
+		t.Fatalf("repair: changes %q, err %v", changes(res), err)
+	}
+	d.DeleteDevice("vxlan200")
+	res, err = d.Apply(context.Background(), sample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "repair-vxlan-changes", changes(res))
+	if d.Dump() != before {
+		t.Errorf("after repair:\n%s\nwant\n%s", d.Dump(), before)
+	}
+}
+
+// TestTransitionsEqualFreshApply checks that converging from any earlier state ends in the state a
+// fresh host reaches directly: networks removed with everything of theirs, rules in plan order.
+func TestTransitionsEqualFreshApply(t *testing.T) {
+	full := sample()
+	variants := map[string]overlay.DesiredState{
+		"empty":    {Underlay: full.Underlay},
+		"no-nat":   withNetworks(full, 100, 300, 400),
+		"only-nat": withNetworks(full, 200),
+		"reversed": withNetworks(full, 400, 300, 200, 100),
+		"no-portsecurity": func() overlay.DesiredState {
+			s := full
+			s.DisablePortSecurity = true
+			return s
+		}(),
+	}
+	for name, v := range variants {
+		t.Run(name, func(t *testing.T) {
+			d := New()
+			d.SetLink("eth1", true)
+			if _, err := d.Apply(context.Background(), full); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.Apply(context.Background(), v); err != nil {
+				t.Fatal(err)
+			}
+			fresh := New()
+			fresh.SetLink("eth1", true)
+			if _, err := fresh.Apply(context.Background(), v); err != nil {
+				t.Fatal(err)
+			}
+			if d.Dump() != fresh.Dump() {
+				t.Errorf("after transition:\n%s\nfresh:\n%s", d.Dump(), fresh.Dump())
+			}
+		})
+	}
+	d := New()
+	d.SetLink("eth1", true)
+	if _, err := d.Apply(context.Background(), full); err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.Apply(context.Background(), withNetworks(full, 100, 300, 400))
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "remove-nat-changes", changes(res))
+}
+
+func withNetworks(s overlay.DesiredState, vnis ...uint32) overlay.DesiredState {
+	out := s
+	out.Networks = nil
+	for _, v := range vnis {
+		for _, n := range s.Networks {
+			if n.VNI == v {
+				out.Networks = append(out.Networks, n)
+			}
+		}
+	}
+	return out
+}
+
+func TestForwardingNotOursStaysOn(t *testing.T) {
+	d := New()
+	d.forwarding = true // someone else turned it on
+	if _, err := d.Apply(context.Background(), withNetworks(sample(), 200)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.Apply(context.Background(), overlay.DesiredState{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(changes(res), overlay.ForwardingObject) || !strings.Contains(d.Dump(), "set by someone else") {
+		t.Errorf("forwarding turned off though it was not ours: %s\n%s", changes(res), d.Dump())
+	}
+}
+
+func TestInvalidRejectedWhole(t *testing.T) {
+	d := New()
+	bad := sample()
+	bad.Networks[1].Gateway = ip("10.9.0.1")
+	if _, err := d.Apply(context.Background(), bad); !errors.Is(err, overlay.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+	if d.Dump() != "\n" {
+		t.Errorf("invalid state changed the fake:\n%s", d.Dump())
+	}
+}
+
+func TestDumpDuringApply(t *testing.T) {
+	d := New()
+	big := remotes(2000)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 20; i++ {
+			_ = d.Dump()
+		}
+	}()
+	for i := 0; i < 5; i++ {
+		s := big
+		s.Networks = []overlay.Network{big.Networks[0]}
+		s.Networks[0].Remotes = s.Networks[0].Remotes[:len(s.Networks[0].Remotes)-i*100]
+		if _, err := d.Apply(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+}
+
+func remotes(n int) overlay.DesiredState {
+	s := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: ip("198.18.0.1")}}
+	nw := overlay.Network{VNI: 7, Mode: overlay.ModeIsolated, MTU: 1450}
+	for i := 0; i < n; i++ {
+		h := i % 1000 // a thousand hosts, as in the scale simulation
+		vtep := netip.AddrFrom4([4]byte{198, 18, byte(h >> 8), byte(h)})
+		nw.Remotes = append(nw.Remotes, overlay.RemotePort{
+			MAC:  net.HardwareAddr{0x0e, 0, 0, byte(i >> 16), byte(i >> 8), byte(i)},
+			IP:   netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}),
+			VTEP: vtep,
+		})
+	}
+	s.Networks = []overlay.Network{nw}
+	return s
+}
+
+// TestMemoryPerFake bounds what one fake with 10,000 remote ports keeps: the scale simulator runs a
+// thousand of them in one process.
+func TestMemoryPerFake(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	s := remotes(10000)
+	const n = 20
+	fakes := make([]*Datapath, n)
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range fakes {
+		fakes[i] = New()
+		if _, err := fakes[i].Apply(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
+	t.Logf("heap per fake with 10,000 remote ports: %d KiB", per/1024)
+	if per > 600<<10 {
+		t.Errorf("heap per fake = %d KiB, want < 600 KiB (1,000 fakes must fit one process)", per/1024)
+	}
+	runtime.KeepAlive(fakes)
+}
+
+func BenchmarkApply10kNoop(b *testing.B) {
+	s := remotes(10000)
+	d := New()
+	if _, err := d.Apply(context.Background(), s); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := d.Apply(context.Background(), s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,430 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+)
+
+// This file holds what the Linux datapath and the fake share: validation of a desired state, the
+// names of kernel objects as they appear in Result.Changes, and the nftables rule plan. Both
+// implementations derive their output from here, so a golden test on the fake pins the same rule
+// text the kernel carries in each rule's UserData.
+
+// ErrInvalid marks a desired state that Apply rejects as a whole, before touching the kernel.
+var ErrInvalid = errors.New("invalid desired state")
+
+// ErrUplinkMissing marks a bridged network whose uplink interface does not exist on this host.
+var ErrUplinkMissing = errors.New("uplink interface not found")
+
+// BridgePrefix starts every bridge name (see BridgeName); nftables matches it as a wildcard.
+const BridgePrefix = "vxbr"
+
+// TableName is the name of our nftables tables (one of family inet, one of family bridge).
+const TableName = "vxfabric"
+
+// ForwardingMarkChain is an empty, hookless chain in our inet table whose existence records that we
+// (not someone else) turned net.ipv4.ip_forward on in this namespace, so that only then we turn it
+// off again. It lives in the kernel so a restarted process knows it too.
+const ForwardingMarkChain = "ip-forward-set-by-vxfabric"
+
+// VTEPSet4 and VTEPSet6 are the named sets of the underlay filter, updated element by element.
+const (
+	VTEPSet4 = "vteps4"
+	VTEPSet6 = "vteps6"
+)
+
+// Validate checks a desired state; the error wraps ErrInvalid and names the first bad object.
+func (d DesiredState) Validate() error {
+	if len(d.Networks) > 0 && !d.Underlay.VTEP.IsValid() {
+		return fmt.Errorf("underlay vtep missing: %w", ErrInvalid)
+	}
+	vnis := make(map[uint32]bool, len(d.Networks))
+	ports := make(map[string]uint32)
+	for _, n := range d.Networks {
+		if n.VNI == 0 || n.VNI >= 1<<24 {
+			return fmt.Errorf("network vni %d: out of range 1..16777215: %w", n.VNI, ErrInvalid)
+		}
+		if vnis[n.VNI] {
+			return fmt.Errorf("network vni %d: listed twice: %w", n.VNI, ErrInvalid)
+		}
+		vnis[n.VNI] = true
+		if n.MTU < 576 || n.MTU > 65535 {
+			return fmt.Errorf("network vni %d: mtu %d out of range 576..65535: %w", n.VNI, n.MTU, ErrInvalid)
+		}
+		switch n.Mode {
+		case ModeIsolated:
+		case ModeNAT, ModeRouted:
+			if !n.CIDR.IsValid() || !n.CIDR.Addr().Is4() {
+				return fmt.Errorf("network vni %d: %s mode needs an IPv4 cidr: %w", n.VNI, n.Mode, ErrInvalid)
+			}
+			if !n.Gateway.Is4() || !n.CIDR.Contains(n.Gateway) {
+				return fmt.Errorf("network vni %d: gateway %s not in %s: %w", n.VNI, n.Gateway, n.CIDR, ErrInvalid)
+			}
+			if len(n.GatewayMAC) != 6 {
+				return fmt.Errorf("network vni %d: gateway mac %q: %w", n.VNI, n.GatewayMAC, ErrInvalid)
+			}
+		case ModeBridged:
+			if n.Uplink == "" || len(n.Uplink) > 15 {
+				return fmt.Errorf("network vni %d: bridged mode needs an uplink name: %w", n.VNI, ErrInvalid)
+			}
+			if strings.HasPrefix(n.Uplink, DeviceNamePrefix) {
+				return fmt.Errorf("network vni %d: uplink %q uses our own prefix: %w", n.VNI, n.Uplink, ErrInvalid)
+			}
+		default:
+			return fmt.Errorf("network vni %d: %s: %w", n.VNI, n.Mode, ErrInvalid)
+		}
+		for _, p := range n.Ports {
+			if p.Interface == "" || len(p.Interface) > 15 || strings.HasPrefix(p.Interface, DeviceNamePrefix) {
+				return fmt.Errorf("network vni %d: port interface %q: %w", n.VNI, p.Interface, ErrInvalid)
+			}
+			if other, dup := ports[p.Interface]; dup {
+				return fmt.Errorf("port %q: in networks %d and %d: %w", p.Interface, other, n.VNI, ErrInvalid)
+			}
+			ports[p.Interface] = n.VNI
+			if len(p.MAC) != 6 {
+				return fmt.Errorf("port %q: mac %q: %w", p.Interface, p.MAC, ErrInvalid)
+			}
+		}
+		for _, r := range n.Remotes {
+			if len(r.MAC) != 6 || !r.VTEP.IsValid() {
+				return fmt.Errorf("network vni %d: remote port %s at %s: %w", n.VNI, r.MAC, r.VTEP, ErrInvalid)
+			}
+		}
+		for _, v := range n.Flood {
+			if !v.IsValid() {
+				return fmt.Errorf("network vni %d: flood vtep missing: %w", n.VNI, ErrInvalid)
+			}
+		}
+	}
+	return nil
+}
+
+// NeedsForwarding reports whether any network of d routes (nat or routed mode).
+func (d DesiredState) NeedsForwarding() bool {
+	for _, n := range d.Networks {
+		if n.Mode == ModeNAT || n.Mode == ModeRouted {
+			return true
+		}
+	}
+	return false
+}
+
+// HasGateway reports whether the network's bridge carries the distributed gateway.
+func (n Network) HasGateway() bool { return n.Mode == ModeNAT || n.Mode == ModeRouted }
+
+// Proxy reports whether the network's vxlan device answers ARP from its neighbour table. Bridged
+// networks go without: the vxlan proxy consumes every ARP request it cannot answer, and in bridged
+// mode remote VMs must resolve hosts on the uplink's LAN, which we know nothing about.
+func (n Network) Proxy() bool { return n.Mode != ModeBridged }
+
+// The object names below are the Object field of a Change; Linux and fake produce the same text.
+
+// BridgeObject names a network's bridge.
+func BridgeObject(vni uint32) string { return "bridge " + BridgeName(vni) }
+
+// VxlanObject names a network's vxlan device.
+func VxlanObject(vni uint32) string { return "vxlan " + VxlanName(vni) }
+
+// FDBObject names a unicast FDB entry.
+func FDBObject(vni uint32, mac net.HardwareAddr, vtep netip.Addr) string {
+	return "fdb " + VxlanName(vni) + " " + mac.String() + " dst " + vtep.String()
+}
+
+// FloodObject names an all-zero-MAC flood entry.
+func FloodObject(vni uint32, vtep netip.Addr) string {
+	return "flood " + VxlanName(vni) + " dst " + vtep.String()
+}
+
+// NeighObject names an ARP suppression neighbour entry.
+func NeighObject(vni uint32, ip netip.Addr, mac net.HardwareAddr) string {
+	return "neigh " + VxlanName(vni) + " " + ip.String() + " lladdr " + mac.String()
+}
+
+// PortObject names a local port's attachment to its bridge.
+func PortObject(vni uint32, iface string) string { return "port " + iface + " master " + BridgeName(vni) }
+
+// UplinkObject names a bridged network's uplink attachment.
+func UplinkObject(vni uint32, iface string) string {
+	return "uplink " + iface + " master " + BridgeName(vni)
+}
+
+// AddrObject names an address on a bridge.
+func AddrObject(vni uint32, p netip.Prefix) string { return "addr " + BridgeName(vni) + " " + p.String() }
+
+// RouteObject names the default route moved to a bridged network's bridge.
+func RouteObject(vni uint32, gw netip.Addr) string {
+	return "route default via " + gw.String() + " dev " + BridgeName(vni)
+}
+
+// ForwardingObject names the IPv4 forwarding switch.
+const ForwardingObject = "sysctl net.ipv4.ip_forward"
+
+// TableObject, ChainObject, RuleObject and SetElemObject name nftables objects.
+func TableObject(family string) string { return "nft table " + family + " " + TableName }
+func ChainObject(family, chain string) string {
+	return "nft chain " + family + " " + TableName + " " + chain
+}
+func RuleObject(family, chain, rule string) string {
+	return "nft rule " + family + " " + TableName + " " + chain + " " + rule
+}
+func SetElemObject(set string, a netip.Addr) string {
+	return "nft element inet " + TableName + " " + set + " " + a.String()
+}
+
+// NftChain is one base chain of ours with its rules in order.
+type NftChain struct {
+	Family   string // "inet" or "bridge"
+	Name     string
+	Type     string // "filter" or "nat"
+	Hook     string // "prerouting", "input", "forward", "postrouting"
+	Priority int
+	Rules    []Rule
+}
+
+// Rule is one nftables rule as a list of matches and a verdict. Its String is canonical: it is what
+// the Linux datapath stores in the rule's UserData and compares on the next Apply.
+type Rule struct {
+	Matches []Match
+	// Counter counts the packets the rule matched (port security drops).
+	Counter bool
+	Verdict Verdict
+}
+
+// Verdict ends a rule.
+type Verdict string
+
+const (
+	Accept     Verdict = "accept"
+	Drop       Verdict = "drop"
+	Masquerade Verdict = "masquerade"
+)
+
+// Field is what a Match looks at.
+type Field int
+
+const (
+	FieldIIFName    Field = iota + 1 // Name; a trailing "*" matches a prefix
+	FieldOIFName                     // Name; a trailing "*" matches a prefix
+	FieldEtherType                   // Num: 0x0800 ip, 0x0806 arp
+	FieldEtherSaddr                  // MAC
+	FieldARPOp                       // Num
+	FieldARPSha                      // MAC
+	FieldARPSpa                      // Prefix (a single address)
+	FieldARPTpa                      // Prefix (a single address)
+	FieldIPSaddr                     // Prefix
+	FieldIPDaddr                     // Prefix
+	FieldUDPDport                    // Num
+	FieldICMPType                    // Num
+	FieldCtState                     // Num: established|related when 0
+	FieldIPSaddrSet                  // Name: an ipv4 set
+	FieldIP6SaddrSet                 // Name: an ipv6 set
+)
+
+// Match is one condition of a rule.
+type Match struct {
+	Field  Field
+	Neg    bool
+	Name   string
+	MAC    net.HardwareAddr
+	Prefix netip.Prefix
+	Num    uint16
+}
+
+func (m Match) String() string {
+	op := " "
+	if m.Neg {
+		op = " != "
+	}
+	switch m.Field {
+	case FieldIIFName:
+		return "iifname" + op + `"` + m.Name + `"`
+	case FieldOIFName:
+		return "oifname" + op + `"` + m.Name + `"`
+	case FieldEtherType:
+		switch m.Num {
+		case 0x0800:
+			return "ether type" + op + "ip"
+		case 0x0806:
+			return "ether type" + op + "arp"
+		}
+		return fmt.Sprintf("ether type%s0x%04x", op, m.Num)
+	case FieldEtherSaddr:
+		return "ether saddr" + op + m.MAC.String()
+	case FieldARPOp:
+		if m.Num == 1 {
+			return "arp operation" + op + "request"
+		}
+		return fmt.Sprintf("arp operation%s%d", op, m.Num)
+	case FieldARPSha:
+		return "arp saddr ether" + op + m.MAC.String()
+	case FieldARPSpa:
+		return "arp saddr ip" + op + prefixText(m.Prefix)
+	case FieldARPTpa:
+		return "arp daddr ip" + op + prefixText(m.Prefix)
+	case FieldIPSaddr:
+		return "ip saddr" + op + prefixText(m.Prefix)
+	case FieldIPDaddr:
+		return "ip daddr" + op + prefixText(m.Prefix)
+	case FieldUDPDport:
+		return fmt.Sprintf("udp dport%s%d", op, m.Num)
+	case FieldICMPType:
+		if m.Num == 8 {
+			return "icmp type" + op + "echo-request"
+		}
+		return fmt.Sprintf("icmp type%s%d", op, m.Num)
+	case FieldCtState:
+		return "ct state" + op + "established,related"
+	case FieldIPSaddrSet:
+		return "ip saddr" + op + "@" + m.Name
+	case FieldIP6SaddrSet:
+		return "ip6 saddr" + op + "@" + m.Name
+	}
+	return fmt.Sprintf("field(%d)", int(m.Field))
+}
+
+func prefixText(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
+}
+
+func (r Rule) String() string {
+	var b strings.Builder
+	for _, m := range r.Matches {
+		b.WriteString(m.String())
+		b.WriteByte(' ')
+	}
+	if r.Counter {
+		b.WriteString("counter ")
+	}
+	b.WriteString(string(r.Verdict))
+	return b.String()
+}
+
+func iif(name string) Match { return Match{Field: FieldIIFName, Name: name} }
+func oif(name string) Match { return Match{Field: FieldOIFName, Name: name} }
+func host(a netip.Addr) netip.Prefix {
+	return netip.PrefixFrom(a, a.BitLen())
+}
+
+// NftPlan returns our chains with their rules for a desired state, in the order they are written.
+// An empty desired state (no networks) has no chains: our tables are removed then.
+//
+// Why these rules (tenant isolation on a host that forwards):
+//   - inet input: VXLAN is accepted only from known VTEPs; a VM may ping its gateway and get replies
+//     to what the host opened, nothing else (it never reaches the server, etcd or gossip ports).
+//   - inet forward: replies pass first; a non-bridged network's traffic never goes to another vx
+//     bridge (two tenants with the same CIDR stay apart even with forwarding on); nat networks accept
+//     no new connections from outside; isolated networks forward nothing at all.
+//   - inet postrouting (nat): masquerade a nat network's CIDR leaving anywhere but its own bridge.
+//   - bridge prerouting: port security, a port sends only its own source MAC and IPv4/ARP address.
+//   - bridge postrouting: the distributed gateway stays local: frames from the gateway MAC and ARP
+//     requests for the gateway IP never leave through a vxlan device.
+func NftPlan(d DesiredState) []NftChain {
+	if len(d.Networks) == 0 {
+		return nil
+	}
+	input := NftChain{Family: "inet", Name: "input", Type: "filter", Hook: "input", Priority: 0}
+	forward := NftChain{Family: "inet", Name: "forward", Type: "filter", Hook: "forward", Priority: 0}
+	nat := NftChain{Family: "inet", Name: "postrouting", Type: "nat", Hook: "postrouting", Priority: 100}
+	bpre := NftChain{Family: "bridge", Name: "prerouting", Type: "filter", Hook: "prerouting", Priority: 0}
+	bpost := NftChain{Family: "bridge", Name: "postrouting", Type: "filter", Hook: "postrouting", Priority: 0}
+
+	udp := Match{Field: FieldUDPDport, Num: VXLANPort}
+	ct := Match{Field: FieldCtState}
+	if !d.DisableUnderlayFilter {
+		input.Rules = append(input.Rules,
+			Rule{Matches: []Match{udp, {Field: FieldIPSaddrSet, Name: VTEPSet4}}, Verdict: Accept},
+			Rule{Matches: []Match{udp, {Field: FieldIP6SaddrSet, Name: VTEPSet6}}, Verdict: Accept},
+			Rule{Matches: []Match{udp}, Counter: true, Verdict: Drop},
+		)
+	}
+	forward.Rules = append(forward.Rules, Rule{Matches: []Match{ct}, Verdict: Accept})
+	for _, n := range d.Networks {
+		br := BridgeName(n.VNI)
+		if n.Mode != ModeBridged {
+			input.Rules = append(input.Rules, Rule{Matches: []Match{iif(br), ct}, Verdict: Accept})
+			if n.HasGateway() {
+				input.Rules = append(input.Rules, Rule{Matches: []Match{iif(br),
+					{Field: FieldIPDaddr, Prefix: host(n.Gateway)}, {Field: FieldICMPType, Num: 8}}, Verdict: Accept})
+			}
+			input.Rules = append(input.Rules, Rule{Matches: []Match{iif(br)}, Verdict: Drop})
+			forward.Rules = append(forward.Rules, Rule{Matches: []Match{iif(br), oif(BridgePrefix + "*")}, Verdict: Drop})
+		}
+		switch n.Mode {
+		case ModeIsolated:
+			forward.Rules = append(forward.Rules,
+				Rule{Matches: []Match{iif(br)}, Verdict: Drop},
+				Rule{Matches: []Match{oif(br)}, Verdict: Drop})
+		case ModeNAT:
+			forward.Rules = append(forward.Rules,
+				Rule{Matches: []Match{oif(br)}, Verdict: Drop},
+				Rule{Matches: []Match{iif(br)}, Verdict: Accept})
+			nat.Rules = append(nat.Rules, Rule{Matches: []Match{
+				{Field: FieldIPSaddr, Prefix: n.CIDR.Masked()}, {Field: FieldOIFName, Neg: true, Name: br}}, Verdict: Masquerade})
+		case ModeRouted:
+			forward.Rules = append(forward.Rules,
+				Rule{Matches: []Match{iif(br)}, Verdict: Accept},
+				Rule{Matches: []Match{oif(br)}, Verdict: Accept})
+		}
+		if n.HasGateway() {
+			vx := VxlanName(n.VNI)
+			bpost.Rules = append(bpost.Rules,
+				Rule{Matches: []Match{oif(vx), {Field: FieldEtherSaddr, MAC: n.GatewayMAC}}, Verdict: Drop},
+				Rule{Matches: []Match{oif(vx), {Field: FieldEtherType, Num: 0x0806},
+					{Field: FieldARPTpa, Prefix: host(n.Gateway)}}, Verdict: Drop})
+		}
+		if d.DisablePortSecurity {
+			continue
+		}
+		for _, p := range n.Ports {
+			in := iif(p.Interface)
+			bpre.Rules = append(bpre.Rules,
+				Rule{Matches: []Match{in, {Field: FieldEtherSaddr, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: Drop},
+				Rule{Matches: []Match{in, {Field: FieldEtherType, Num: 0x0806},
+					{Field: FieldARPSha, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: Drop})
+			if p.IP.Is4() {
+				bpre.Rules = append(bpre.Rules,
+					Rule{Matches: []Match{in, {Field: FieldEtherType, Num: 0x0806},
+						{Field: FieldARPSpa, Neg: true, Prefix: host(p.IP)}}, Counter: true, Verdict: Drop},
+					Rule{Matches: []Match{in, {Field: FieldEtherType, Num: 0x0800},
+						{Field: FieldIPSaddr, Neg: true, Prefix: host(p.IP)}}, Counter: true, Verdict: Drop})
+			}
+		}
+	}
+	return []NftChain{input, forward, nat, bpre, bpost}
+}
+
+// UnderlayVTEPs returns the VTEPs the underlay filter accepts: every remote port's and flood VTEP
+// of every network, split by family, without duplicates.
+func UnderlayVTEPs(d DesiredState) (v4, v6 []netip.Addr) {
+	if d.DisableUnderlayFilter {
+		return nil, nil
+	}
+	seen := make(map[netip.Addr]bool)
+	add := func(a netip.Addr) {
+		a = a.Unmap()
+		if seen[a] {
+			return
+		}
+		seen[a] = true
+		if a.Is4() {
+			v4 = append(v4, a)
+		} else {
+			v6 = append(v6, a)
+		}
+	}
+	for _, n := range d.Networks {
+		for _, r := range n.Remotes {
+			add(r.VTEP)
+		}
+		for _, v := range n.Flood {
+			add(v)
+		}
+	}
+	return v4, v6
+}
