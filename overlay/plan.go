@@ -144,7 +144,9 @@ func NeighObject(vni uint32, ip netip.Addr, mac net.HardwareAddr) string {
 }
 
 // PortObject names a local port's attachment to its bridge.
-func PortObject(vni uint32, iface string) string { return "port " + iface + " master " + BridgeName(vni) }
+func PortObject(vni uint32, iface string) string {
+	return "port " + iface + " master " + BridgeName(vni)
+}
 
 // UplinkObject names a bridged network's uplink attachment.
 func UplinkObject(vni uint32, iface string) string {
@@ -152,7 +154,9 @@ func UplinkObject(vni uint32, iface string) string {
 }
 
 // AddrObject names an address on a bridge.
-func AddrObject(vni uint32, p netip.Prefix) string { return "addr " + BridgeName(vni) + " " + p.String() }
+func AddrObject(vni uint32, p netip.Prefix) string {
+	return "addr " + BridgeName(vni) + " " + p.String()
+}
 
 // RouteObject names the default route moved to a bridged network's bridge.
 func RouteObject(vni uint32, gw netip.Addr) string {
@@ -206,21 +210,21 @@ const (
 type Field int
 
 const (
-	FieldIIFName    Field = iota + 1 // Name; a trailing "*" matches a prefix
-	FieldOIFName                     // Name; a trailing "*" matches a prefix
-	FieldEtherType                   // Num: 0x0800 ip, 0x0806 arp
-	FieldEtherSaddr                  // MAC
-	FieldARPOp                       // Num
-	FieldARPSha                      // MAC
-	FieldARPSpa                      // Prefix (a single address)
-	FieldARPTpa                      // Prefix (a single address)
-	FieldIPSaddr                     // Prefix
-	FieldIPDaddr                     // Prefix
-	FieldUDPDport                    // Num
-	FieldICMPType                    // Num
-	FieldCtState                     // Num: established|related when 0
-	FieldIPSaddrSet                  // Name: an ipv4 set
-	FieldIP6SaddrSet                 // Name: an ipv6 set
+	FieldIIFName     Field = iota + 1 // Name; a trailing "*" matches a prefix
+	FieldOIFName                      // Name; a trailing "*" matches a prefix
+	FieldEtherType                    // Num: 0x0800 ip, 0x0806 arp
+	FieldEtherSaddr                   // MAC
+	FieldARPOp                        // Num
+	FieldARPSha                       // MAC
+	FieldARPSpa                       // Prefix (a single address)
+	FieldARPTpa                       // Prefix (a single address)
+	FieldIPSaddr                      // Prefix
+	FieldIPDaddr                      // Prefix
+	FieldUDPDport                     // Num
+	FieldICMPType                     // Num
+	FieldCtState                      // Num: established|related when 0
+	FieldIPSaddrSet                   // Name: an ipv4 set
+	FieldIP6SaddrSet                  // Name: an ipv6 set
 )
 
 // Match is one condition of a rule.
