@@ -1,0 +1,285 @@
+package fanout
+
+import (
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// event is one key change seen in etcd, with its key relative to the hub's prefix.
+type event struct {
+	key     string
+	value   []byte
+	deleted bool
+	rev     int64
+}
+
+// model is the hub's copy of the keys that shape node views, with the indexes that let a change find the
+// nodes it affects without scanning. It is shared by every subscriber; Hub.mu guards it.
+type model struct {
+	rev       int64
+	networks  map[string]*vxfabricv1.Network
+	ports     map[string]*vxfabricv1.Port
+	nodes     map[string]*vxfabricv1.Node
+	plugged   map[string]bool                        // port id -> status/ports/<id> exists
+	netPorts  map[string]map[string]*vxfabricv1.Port // network id -> port id -> port
+	nodePorts map[string]map[string]*vxfabricv1.Port // node -> port id -> port
+	netNodes  map[string]map[string]int              // network id -> node -> ports of the network bound there
+	uplinks   map[string]map[string]struct{}         // node -> ids of networks whose uplink is on it
+}
+
+func newModel() *model {
+	return &model{
+		networks:  map[string]*vxfabricv1.Network{},
+		ports:     map[string]*vxfabricv1.Port{},
+		nodes:     map[string]*vxfabricv1.Node{},
+		plugged:   map[string]bool{},
+		netPorts:  map[string]map[string]*vxfabricv1.Port{},
+		nodePorts: map[string]map[string]*vxfabricv1.Port{},
+		netNodes:  map[string]map[string]int{},
+		uplinks:   map[string]map[string]struct{}{},
+	}
+}
+
+// keyKind splits a relative key into the kind of object it holds and its id; ok is false for keys that
+// do not shape node views (names, alloc, tokens, ...).
+func keyKind(key string) (kind, id string, ok bool) {
+	for _, k := range []string{"networks/", "ports/", "nodes/", "status/ports/"} {
+		if rest, found := strings.CutPrefix(key, k); found && rest != "" && !strings.Contains(rest, "/") {
+			return k, rest, true
+		}
+	}
+	return "", "", false
+}
+
+// decode parses an event's value; a value that does not parse is treated as absent and logged, so that
+// one corrupt key cannot stop the hub.
+func decode[T proto.Message](log *slog.Logger, ev event, msg T) (T, bool) {
+	var zero T
+	if ev.deleted {
+		return zero, false
+	}
+	if err := proto.Unmarshal(ev.value, msg); err != nil {
+		log.Error("undecodable key ignored", "key", ev.key, "rev", ev.rev, "err", fmt.Errorf("decode %s: %w", ev.key, err))
+		return zero, false
+	}
+	return msg, true
+}
+
+func (m *model) vtep(node string) string {
+	if n := m.nodes[node]; n != nil {
+		return n.GetVtep()
+	}
+	return ""
+}
+
+// takesPart reports whether network id takes part on node: a port of it is bound there, or its uplink is there.
+func (m *model) takesPart(node, id string) bool {
+	n := m.networks[id]
+	if n == nil {
+		return false
+	}
+	return m.netNodes[id][node] > 0 || (n.GetUplink() != nil && n.GetUplink().GetNode() == node)
+}
+
+// forParticipants calls fn once for each node the network takes part on.
+func (m *model) forParticipants(id string, fn func(node string)) {
+	n := m.networks[id]
+	if n == nil {
+		return
+	}
+	for node := range m.netNodes[id] {
+		fn(node)
+	}
+	if up := n.GetUplink().GetNode(); up != "" && m.netNodes[id][up] == 0 {
+		fn(up)
+	}
+}
+
+func (m *model) participants(id string) map[string]bool {
+	set := map[string]bool{}
+	m.forParticipants(id, func(node string) { set[node] = true })
+	return set
+}
+
+// netsOf returns the ids of the networks taking part on node.
+func (m *model) netsOf(node string) []string {
+	seen := map[string]bool{}
+	for _, p := range m.nodePorts[node] {
+		if m.networks[p.GetNetworkId()] != nil {
+			seen[p.GetNetworkId()] = true
+		}
+	}
+	for id := range m.uplinks[node] {
+		if m.networks[id] != nil {
+			seen[id] = true
+		}
+	}
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func (m *model) putPort(p *vxfabricv1.Port) {
+	m.deletePort(p.GetId())
+	m.ports[p.GetId()] = p
+	addTo(m.netPorts, p.GetNetworkId(), p.GetId(), p)
+	addTo(m.nodePorts, p.GetNode(), p.GetId(), p)
+	if m.netNodes[p.GetNetworkId()] == nil {
+		m.netNodes[p.GetNetworkId()] = map[string]int{}
+	}
+	m.netNodes[p.GetNetworkId()][p.GetNode()]++
+}
+
+func (m *model) deletePort(id string) {
+	p := m.ports[id]
+	if p == nil {
+		return
+	}
+	delete(m.ports, id)
+	removeFrom(m.netPorts, p.GetNetworkId(), id)
+	removeFrom(m.nodePorts, p.GetNode(), id)
+	counts := m.netNodes[p.GetNetworkId()]
+	if counts[p.GetNode()]--; counts[p.GetNode()] <= 0 {
+		delete(counts, p.GetNode())
+		if len(counts) == 0 {
+			delete(m.netNodes, p.GetNetworkId())
+		}
+	}
+}
+
+func (m *model) putNetwork(n *vxfabricv1.Network) {
+	m.deleteNetwork(n.GetId())
+	m.networks[n.GetId()] = n
+	if up := n.GetUplink().GetNode(); up != "" {
+		if m.uplinks[up] == nil {
+			m.uplinks[up] = map[string]struct{}{}
+		}
+		m.uplinks[up][n.GetId()] = struct{}{}
+	}
+}
+
+func (m *model) deleteNetwork(id string) {
+	n := m.networks[id]
+	if n == nil {
+		return
+	}
+	delete(m.networks, id)
+	if up := n.GetUplink().GetNode(); up != "" {
+		delete(m.uplinks[up], id)
+		if len(m.uplinks[up]) == 0 {
+			delete(m.uplinks, up)
+		}
+	}
+}
+
+func addTo[V any](idx map[string]map[string]V, outer, inner string, v V) {
+	if idx[outer] == nil {
+		idx[outer] = map[string]V{}
+	}
+	idx[outer][inner] = v
+}
+
+func removeFrom[V any](idx map[string]map[string]V, outer, inner string) {
+	delete(idx[outer], inner)
+	if len(idx[outer]) == 0 {
+		delete(idx, outer)
+	}
+}
+
+// bridgeName and vxlanName must match overlay.BridgeName and overlay.VxlanName; they are repeated here so
+// the control plane does not depend on the datapath package.
+func bridgeName(vni uint32) string { return fmt.Sprintf("vxbr%d", vni) }
+func vxlanName(vni uint32) string  { return fmt.Sprintf("vxlan%d", vni) }
+
+// gatewayMAC is 02:fb:<vni, 3 bytes big-endian>:01, the same on every host.
+func gatewayMAC(vni uint32) string {
+	return fmt.Sprintf("02:fb:%02x:%02x:%02x:01", byte(vni>>16), byte(vni>>8), byte(vni))
+}
+
+// floodList returns the VTEPs of every node the network takes part on that has one, sorted by node.
+func (m *model) floodList(id string) []*vxfabricv1.FloodEntry {
+	var flood []*vxfabricv1.FloodEntry
+	m.forParticipants(id, func(node string) {
+		if v := m.vtep(node); v != "" {
+			flood = append(flood, &vxfabricv1.FloodEntry{Node: node, Vtep: v})
+		}
+	})
+	sort.Slice(flood, func(i, j int) bool { return flood[i].Node < flood[j].Node })
+	return flood
+}
+
+// networkState is network id as node must program it; flood is the network's floodList, from which the
+// node itself is left out.
+func (m *model) networkState(node, id string, flood []*vxfabricv1.FloodEntry) *vxfabricv1.NetworkState {
+	n := m.networks[id]
+	ns := &vxfabricv1.NetworkState{
+		Id:         n.GetId(),
+		Tenant:     n.GetTenant(),
+		Name:       n.GetName(),
+		Vni:        n.GetVni(),
+		Mode:       n.GetMode(),
+		Mtu:        n.GetMtu(),
+		Cidr:       n.GetCidr(),
+		Gateway:    n.GetGateway(),
+		GatewayMac: n.GetGatewayMac(),
+		BridgeName: bridgeName(n.GetVni()),
+		VxlanName:  vxlanName(n.GetVni()),
+		Flood:      make([]*vxfabricv1.FloodEntry, 0, len(flood)),
+	}
+	if ns.GatewayMac == "" {
+		ns.GatewayMac = gatewayMAC(n.GetVni())
+	}
+	if up := n.GetUplink(); up.GetNode() == node {
+		ns.UplinkInterface = up.GetInterface()
+	}
+	for _, f := range flood {
+		if f.Node != node {
+			ns.Flood = append(ns.Flood, f)
+		}
+	}
+	return ns
+}
+
+func localPort(p *vxfabricv1.Port) *vxfabricv1.LocalPort {
+	return &vxfabricv1.LocalPort{
+		Id: p.GetId(), NetworkId: p.GetNetworkId(), InterfaceName: p.GetInterfaceName(),
+		Mac: p.GetMac(), Ip: p.GetIp(), Vm: p.GetVm(),
+	}
+}
+
+func remotePort(p *vxfabricv1.Port, vtep string) *vxfabricv1.RemotePort {
+	return &vxfabricv1.RemotePort{
+		Id: p.GetId(), NetworkId: p.GetNetworkId(), Mac: p.GetMac(), Ip: p.GetIp(), Node: p.GetNode(), Vtep: vtep,
+	}
+}
+
+// snapshot is node's whole view at the model's revision.
+func (m *model) snapshot(node string) *vxfabricv1.SyncResponse {
+	resp := &vxfabricv1.SyncResponse{Revision: m.rev, Snapshot: true}
+	for _, id := range m.netsOf(node) {
+		resp.Networks = append(resp.Networks, m.networkState(node, id, m.floodList(id)))
+		ids := make([]string, 0, len(m.netPorts[id]))
+		for pid := range m.netPorts[id] {
+			ids = append(ids, pid)
+		}
+		sort.Strings(ids)
+		for _, pid := range ids {
+			p := m.netPorts[id][pid]
+			if p.GetNode() == node {
+				resp.LocalPorts = append(resp.LocalPorts, localPort(p))
+			} else if v := m.vtep(p.GetNode()); v != "" {
+				resp.RemotePorts = append(resp.RemotePorts, remotePort(p, v))
+			}
+		}
+	}
+	return resp
+}

@@ -1,0 +1,242 @@
+package fanout
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+
+func validNode(name string) error {
+	if !nameRE.MatchString(name) {
+		return status.Errorf(codes.InvalidArgument, "node name %q: want 1-63 characters of [a-z0-9-] starting with a letter", name)
+	}
+	return nil
+}
+
+// Sync streams node's view: a first message (snapshot, or empty delta on a cheap resume), then one
+// message per drain of the stream's mailbox. See the package comment for the revision contract.
+func (h *Hub) Sync(req *vxfabricv1.SyncRequest, stream grpc.ServerStreamingServer[vxfabricv1.SyncResponse]) error {
+	node := req.GetNode()
+	if err := validNode(node); err != nil {
+		return err
+	}
+	if req.GetResumeRevision() < 0 {
+		return status.Errorf(codes.InvalidArgument, "resume revision %d is negative", req.GetResumeRevision())
+	}
+	ctx := stream.Context()
+	select {
+	case <-h.ready:
+	case <-h.done:
+		return status.Error(codes.Unavailable, "fan-out hub stopped")
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	if resume := req.GetResumeRevision(); resume > h.Revision() {
+		if err := h.catchUp(ctx, resume); err != nil {
+			return err
+		}
+	}
+
+	s, first := h.subscribe(node, req.GetResumeRevision())
+	defer h.unsubscribe(s)
+	h.met.streams.Inc()
+	defer h.met.streams.Dec()
+	h.log.Debug("sync stream opened", "node", node, "rev", first.GetRevision(), "snapshot", first.GetSnapshot())
+
+	last := int64(0)
+	send := func(msg *vxfabricv1.SyncResponse) error {
+		if msg.GetRevision() < last {
+			h.log.Error("store revision went backwards, ending stream", "node", node, "rev", msg.GetRevision(), "sent", last)
+			return status.Errorf(codes.Aborted, "store revision went backwards from %d to %d; reconnect", last, msg.GetRevision())
+		}
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+		last = msg.GetRevision()
+		h.met.messages.Inc()
+		if msg.GetSnapshot() {
+			h.met.snapshots.Inc()
+		}
+		return nil
+	}
+	if err := send(first); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-s.notify:
+			if msg := h.next(s); msg != nil {
+				if err := send(msg); err != nil {
+					return err
+				}
+			}
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-h.done:
+			return status.Error(codes.Unavailable, "fan-out hub stopped")
+		}
+	}
+}
+
+// catchUp handles a resume revision ahead of the hub: if the store has it, the agent came from a
+// replica that was ahead and the hub waits to catch up; if not, the store went back in time (restored
+// from a backup) and the stream proceeds with a snapshot at the store's revision, for the agent to refuse.
+func (h *Hub) catchUp(ctx context.Context, resume int64) error {
+	resp, err := h.cli.Get(ctx, h.cfg.Prefix+"nodes/", clientv3.WithCountOnly())
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "read store revision: %v", err)
+	}
+	if resp.Header.Revision < resume {
+		h.log.Warn("agent resumes from a revision the store does not have", "rev", resume, "store_rev", resp.Header.Revision)
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, h.cfg.CatchUpTimeout)
+	defer cancel()
+	if err := h.WaitRevision(wctx, resume); err != nil {
+		return status.Errorf(codes.Unavailable, "fan-out hub behind the store: %v", err)
+	}
+	return nil
+}
+
+// ReportApplied records the revision node applied and mirrors its plugged ports into status/ports keys.
+// Only ports bound to node are considered, and only differences from the stored status are written, so
+// a steady agent causes no etcd writes.
+func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRequest) (*vxfabricv1.ReportAppliedResponse, error) {
+	node := req.GetNode()
+	if err := validNode(node); err != nil {
+		return nil, err
+	}
+	if req.GetRevision() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "revision %d is negative", req.GetRevision())
+	}
+	select {
+	case <-h.ready:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	plugged := make(map[string]bool, len(req.GetPluggedPortIds()))
+	for _, id := range req.GetPluggedPortIds() {
+		plugged[id] = true
+	}
+	var puts, dels []string
+	h.mu.RLock()
+	for id := range h.m.nodePorts[node] {
+		switch {
+		case plugged[id] && !h.m.plugged[id]:
+			puts = append(puts, id)
+		case !plugged[id] && h.m.plugged[id]:
+			dels = append(dels, id)
+		}
+	}
+	h.mu.RUnlock()
+
+	for _, id := range puts {
+		// Only while the port exists, so a report racing a delete leaves no orphan status key.
+		portKey := h.cfg.Prefix + "ports/" + id
+		_, err := h.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.Version(portKey), ">", 0)).
+			Then(clientv3.OpPut(h.cfg.Prefix+"status/ports/"+id, "1")).
+			Commit()
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "mark port %q plugged: %v", id, err)
+		}
+		h.met.statusWrites.Inc()
+	}
+	for _, id := range dels {
+		if _, err := h.cli.Delete(ctx, h.cfg.Prefix+"status/ports/"+id); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "mark port %q unplugged: %v", id, err)
+		}
+		h.met.statusWrites.Inc()
+	}
+
+	now := time.Now()
+	h.statMu.Lock()
+	st := h.stat(node)
+	st.applied = req.GetRevision()
+	kept := st.changes[:0]
+	for _, c := range st.changes {
+		if c.rev <= st.applied {
+			h.met.convergence.Observe(now.Sub(c.seen).Seconds())
+		} else {
+			kept = append(kept, c)
+		}
+	}
+	st.changes = kept
+	close(h.statCh)
+	h.statCh = make(chan struct{})
+	h.statMu.Unlock()
+	return &vxfabricv1.ReportAppliedResponse{}, nil
+}
+
+// RegisterNode records node name with its VTEP and version as ALIVE (static membership). Repeating the
+// same registration writes nothing.
+func (h *Hub) RegisterNode(ctx context.Context, req *vxfabricv1.RegisterNodeRequest) (*vxfabricv1.RegisterNodeResponse, error) {
+	name := req.GetName()
+	if err := validNode(name); err != nil {
+		return nil, err
+	}
+	addr, err := netip.ParseAddr(req.GetVtep())
+	if err != nil || !addr.Is4() || addr.IsUnspecified() || addr.IsMulticast() {
+		return nil, status.Errorf(codes.InvalidArgument, "vtep %q: want a unicast IPv4 address", req.GetVtep())
+	}
+	if len(req.GetVersion()) > 128 {
+		return nil, status.Errorf(codes.InvalidArgument, "version is %d bytes long, at most 128", len(req.GetVersion()))
+	}
+	key := h.cfg.Prefix + "nodes/" + name
+	for {
+		resp, err := h.cli.Get(ctx, key)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "read node %q: %v", name, err)
+		}
+		cur := &vxfabricv1.Node{}
+		var modRev int64
+		if len(resp.Kvs) == 1 {
+			modRev = resp.Kvs[0].ModRevision
+			if err := proto.Unmarshal(resp.Kvs[0].Value, cur); err != nil {
+				return nil, status.Errorf(codes.Internal, "decode node %q: %v", name, err)
+			}
+			if cur.GetVtep() == addr.String() && cur.GetVersion() == req.GetVersion() && cur.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE {
+				cur.Revision = modRev
+				return &vxfabricv1.RegisterNodeResponse{Node: cur}, nil
+			}
+		}
+		next := &vxfabricv1.Node{
+			Name: name, Vtep: addr.String(), Version: req.GetVersion(),
+			Status: vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, LastChange: cur.GetLastChange(),
+		}
+		if modRev == 0 || cur.GetStatus() != next.Status || cur.GetVtep() != next.Vtep || next.LastChange == nil {
+			next.LastChange = timestamppb.Now()
+		}
+		val, err := proto.Marshal(next)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "encode node %q: %v", name, err)
+		}
+		tx, err := h.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+			Then(clientv3.OpPut(key, string(val))).
+			Commit()
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "write node %q: %v", name, err)
+		}
+		if tx.Succeeded {
+			next.Revision = tx.Header.Revision
+			return &vxfabricv1.RegisterNodeResponse{Node: next}, nil
+		}
+		if ctx.Err() != nil {
+			return nil, status.FromContextError(fmt.Errorf("register node %q: %w", name, ctx.Err())).Err()
+		}
+	}
+}
