@@ -1,0 +1,193 @@
+package membership
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// Role says what a member runs.
+type Role string
+
+const (
+	RoleAgent  Role = "agent"
+	RoleServer Role = "server"
+)
+
+// DefaultPort is the gossip port (TCP and UDP) when --gossip-bind names none.
+const DefaultPort = 7946
+
+// Config is one member's identity, address, keys and failure-detector timing.
+//
+// The timing defaults are chosen for a LAN so that a host that dies is marked DEAD by every peer in
+// about 4-4.5 s (clusters of up to 10 members; see the package comment for the arithmetic and the
+// measurements), while a member paused for 3 s (SIGSTOP, a long GC, a saturated CPU) refutes its
+// suspicion before anyone declares it dead.
+type Config struct {
+	// Name is the member's unique gossip name. Default: Node.
+	Name string
+	Role Role
+	// Node is the host name the member speaks for (agents: the --node name).
+	Node string
+	// VTEP is the host's underlay address (agents).
+	VTEP netip.Addr
+	// GRPCAddr is where a server serves its API and AgentService (servers).
+	GRPCAddr string
+	Version  string
+
+	// BindAddr is IP:PORT for gossip (TCP and UDP). Default 0.0.0.0:7946; port 0 picks a free one.
+	BindAddr string
+	// AdvertiseAddr is IP:PORT other members reach this one at. Default: BindAddr (or the address
+	// memberlist picks when BindAddr is a wildcard).
+	AdvertiseAddr string
+	// Join lists seed members (HOST:PORT). New tries them once; while the member is alone it tries
+	// again every RejoinInterval.
+	Join []string
+
+	// Keys is the keyring: AES keys of 16, 24 or 32 bytes; the first one encrypts, all of them decrypt.
+	// Empty (and no KeyringFile): gossip is neither encrypted nor authenticated.
+	Keys [][]byte
+	// KeyringFile holds base64 keys, one per line, the first one primary. It is read at start (after
+	// Keys) and again on every SIGHUP and ReloadKeyring, so a key can be rotated: add it everywhere,
+	// make it first everywhere, then remove the old one everywhere.
+	KeyringFile string
+
+	// ProbeInterval is how often each member probes one other. Default 300 ms.
+	ProbeInterval time.Duration
+	// ProbeTimeout is how long a direct probe waits for its ack before asking others. Default 150 ms.
+	ProbeTimeout time.Duration
+	// SuspicionMult: a suspect member is declared dead after SuspicionMult * max(1, log10(n)) *
+	// ProbeInterval unless it refutes. Default 12 (3.6 s with 10 members or fewer).
+	SuspicionMult int
+	// SuspicionMaxTimeoutMult bounds how much longer the suspicion may last while too few peers
+	// confirm it. Default 1: the timeout is fixed, so the time to dead does not grow with the number
+	// of confirmations that arrive.
+	SuspicionMaxTimeoutMult int
+	// GossipInterval is how often state changes are gossiped. Default 100 ms.
+	GossipInterval time.Duration
+	// PushPullInterval is how often a full state exchange with one random member happens. Default 15 s.
+	PushPullInterval time.Duration
+	// RejoinInterval is how often a member that knows no other member re-joins its seeds. Default 2 s.
+	RejoinInterval time.Duration
+	// ForgetAfter drops a DEAD or LEFT member from Members() after this long. Default 24 h.
+	ForgetAfter time.Duration
+
+	Logger *slog.Logger
+}
+
+// Default returns the documented defaults for a member of the given role.
+func Default(role Role, node string) Config {
+	return Config{
+		Role:                    role,
+		Node:                    node,
+		BindAddr:                net.JoinHostPort("0.0.0.0", strconv.Itoa(DefaultPort)),
+		ProbeInterval:           300 * time.Millisecond,
+		ProbeTimeout:            150 * time.Millisecond,
+		SuspicionMult:           12,
+		SuspicionMaxTimeoutMult: 1,
+		GossipInterval:          100 * time.Millisecond,
+		PushPullInterval:        15 * time.Second,
+		RejoinInterval:          2 * time.Second,
+		ForgetAfter:             24 * time.Hour,
+	}
+}
+
+// withDefaults fills zero fields from Default.
+func (c Config) withDefaults() Config {
+	d := Default(c.Role, c.Node)
+	if c.Name == "" {
+		c.Name = c.Node
+	}
+	if c.BindAddr == "" {
+		c.BindAddr = d.BindAddr
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = d.ProbeInterval
+	}
+	if c.ProbeTimeout == 0 {
+		c.ProbeTimeout = d.ProbeTimeout
+	}
+	if c.SuspicionMult == 0 {
+		c.SuspicionMult = d.SuspicionMult
+	}
+	if c.SuspicionMaxTimeoutMult == 0 {
+		c.SuspicionMaxTimeoutMult = d.SuspicionMaxTimeoutMult
+	}
+	if c.GossipInterval == 0 {
+		c.GossipInterval = d.GossipInterval
+	}
+	if c.PushPullInterval == 0 {
+		c.PushPullInterval = d.PushPullInterval
+	}
+	if c.RejoinInterval == 0 {
+		c.RejoinInterval = d.RejoinInterval
+	}
+	if c.ForgetAfter == 0 {
+		c.ForgetAfter = d.ForgetAfter
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	if c.Role != RoleAgent && c.Role != RoleServer {
+		return fmt.Errorf("gossip role %q: must be %q or %q", c.Role, RoleAgent, RoleServer)
+	}
+	if c.Name == "" {
+		return errors.New("gossip member name is required")
+	}
+	if c.Role == RoleAgent && !c.VTEP.IsValid() {
+		return fmt.Errorf("gossip member %q: an agent needs its VTEP address", c.Name)
+	}
+	if c.Role == RoleServer && c.GRPCAddr == "" {
+		return fmt.Errorf("gossip member %q: a server needs its gRPC address", c.Name)
+	}
+	if _, err := parseAddrPort(c.BindAddr); err != nil {
+		return fmt.Errorf("gossip bind address: %w", err)
+	}
+	if c.AdvertiseAddr != "" {
+		if _, err := parseAddrPort(c.AdvertiseAddr); err != nil {
+			return fmt.Errorf("gossip advertise address: %w", err)
+		}
+	}
+	for i, k := range c.Keys {
+		if err := validKey(k); err != nil {
+			return fmt.Errorf("gossip key %d: %w", i+1, err)
+		}
+	}
+	if c.ProbeTimeout >= c.ProbeInterval {
+		return fmt.Errorf("gossip probe timeout %s must be shorter than the probe interval %s", c.ProbeTimeout, c.ProbeInterval)
+	}
+	if c.SuspicionMult < 1 || c.SuspicionMaxTimeoutMult < 1 {
+		return errors.New("gossip suspicion multipliers must be at least 1")
+	}
+	if _, err := encodeMeta(metaOf(c, false)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// parseAddrPort accepts IP:PORT (the IP may be a wildcard).
+func parseAddrPort(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q: want IP:PORT: %w", s, err)
+	}
+	return ap, nil
+}
+
+func validKey(k []byte) error {
+	switch len(k) {
+	case 16, 24, 32:
+		return nil
+	}
+	return fmt.Errorf("AES key of %d bytes: want 16, 24 or 32", len(k))
+}

@@ -1,0 +1,551 @@
+// Package membership is vxfabric's gossip layer over hashicorp/memberlist: every agent and every
+// server is a member; the metadata says who is what (role, node name, VTEP, a server's gRPC address,
+// version), and memberlist's failure detector says who is alive. Agents use it to find servers and to
+// stop sending to dead hosts; servers use it to publish node status. It never touches the kernel or
+// etcd.
+//
+// # States
+//
+// memberlist tells joins, leaves and metadata updates, but neither suspicion nor the difference
+// between a dead and a departed member. This package adds both:
+//   - SUSPECT: this member's own probe of a peer failed (memberlist logs "Suspect X has failed"),
+//     until an alive message (a refutation) or a successful probe of that peer arrives. It is this
+//     member's view, best effort, for display only: nothing acts on SUSPECT.
+//   - LEFT rather than DEAD: a member that leaves gracefully first gossips metadata with Leaving set.
+//
+// # Timing (Config defaults)
+//
+// A dead host is found by the first probe that reaches it (within one ProbeInterval, 300 ms), becomes
+// suspect when that probe's interval ends (another 300 ms, after the direct ProbeTimeout of 150 ms
+// and the indirect probes), and dead SuspicionMult * max(1, log10(n)) * ProbeInterval later (12 *
+// 300 ms = 3.6 s up to 10 members); the dead message then reaches everyone within a few
+// GossipIntervals (100 ms). Expected: 3.9-4.5 s, measured on loopback with 5 members: see
+// membership_test.go (TestTimeToDead) and the report in the package's commit. A member paused for
+// 3 s is suspected at the earliest 300 ms after the pause starts and would be declared dead 3.6 s
+// later, i.e. 3.9 s after the pause began: it resumes at 3 s, reads the suspect messages queued in
+// its socket and refutes, which reaches the others in a gossip interval or two, ~0.7 s of margin.
+// SuspicionMaxTimeoutMult is 1 so the timeout does not stretch (up to 6x by default) while waiting
+// for confirmations from other members. Above 10 members the log10(n) factor stretches the suspicion
+// (50 members: 6.1 s); lower SuspicionMult for large fabrics only if their hosts are never paused.
+//
+// # Concurrency
+//
+// Member's methods are safe for concurrent use. Subscribers receive events in the order the
+// states changed, from a goroutine per subscriber, never blocking memberlist: a slow subscriber only
+// grows its own queue.
+package membership
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// State is a member's liveness as this member sees it.
+type State int
+
+const (
+	StateAlive State = iota + 1
+	StateSuspect
+	StateDead
+	StateLeft
+)
+
+func (s State) String() string {
+	switch s {
+	case StateAlive:
+		return "alive"
+	case StateSuspect:
+		return "suspect"
+	case StateDead:
+		return "dead"
+	case StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+// Peer is one member as this member knows it (itself included).
+type Peer struct {
+	Name  string
+	Addr  netip.AddrPort
+	Meta  Meta
+	State State
+	// Since is when this member saw State begin.
+	Since time.Time
+}
+
+// Event is one change of a peer's state or metadata. Previous is 0 for a peer seen for the first time;
+// Previous == Peer.State when only the metadata changed.
+type Event struct {
+	Peer     Peer
+	Previous State
+}
+
+// Member is this process's membership in the gossip cluster.
+type Member struct {
+	cfg     Config
+	log     *slog.Logger
+	ml      *memberlist.Memberlist
+	keyring *memberlist.Keyring
+
+	mu      sync.Mutex // guards peers, subs, leaving
+	peers   map[string]*Peer
+	subs    map[*subscriber]struct{}
+	leaving bool
+
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	shutOnce sync.Once
+}
+
+// New starts a member: it binds the gossip port, tries the seeds once (a failure is logged, not
+// returned: the member re-joins its seeds while it is alone) and starts the background loops.
+func New(cfg Config) (*Member, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m := &Member{
+		cfg:   cfg,
+		log:   cfg.Logger.With("member", cfg.Name),
+		peers: map[string]*Peer{},
+		subs:  map[*subscriber]struct{}{},
+		stop:  make(chan struct{}),
+	}
+	bind, _ := parseAddrPort(cfg.BindAddr)
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindAddr = bind.Addr().String()
+	mc.BindPort = int(bind.Port())
+	mc.AdvertisePort = int(bind.Port())
+	if cfg.AdvertiseAddr != "" {
+		adv, _ := parseAddrPort(cfg.AdvertiseAddr)
+		mc.AdvertiseAddr = adv.Addr().String()
+		mc.AdvertisePort = int(adv.Port())
+	}
+	mc.ProbeInterval = cfg.ProbeInterval
+	mc.ProbeTimeout = cfg.ProbeTimeout
+	mc.SuspicionMult = cfg.SuspicionMult
+	mc.SuspicionMaxTimeoutMult = cfg.SuspicionMaxTimeoutMult
+	mc.GossipInterval = cfg.GossipInterval
+	mc.PushPullInterval = cfg.PushPullInterval
+	// A host restarted on another address may take its name back after this long.
+	mc.DeadNodeReclaimTime = 5 * time.Second
+	mc.Logger = log.New(&logWriter{m: m}, "", 0)
+	d := &delegates{m: m}
+	mc.Delegate, mc.Events, mc.Alive, mc.Ping = d, d, d, d
+
+	keys, err := cfg.keyringKeys()
+	if err != nil {
+		return nil, err
+	}
+	if len(keys) > 0 {
+		kr, err := memberlist.NewKeyring(nil, keys[0])
+		if err != nil {
+			return nil, fmt.Errorf("gossip keyring: %w", err)
+		}
+		if err := installKeys(kr, keys); err != nil {
+			return nil, err
+		}
+		m.keyring = kr
+		mc.Keyring = kr
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	} else {
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = false, false
+	}
+
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
+	}
+	m.ml = ml
+	if len(cfg.Join) > 0 {
+		if _, err := m.Join(cfg.Join); err != nil {
+			m.log.Warn("gossip join failed, retrying while alone", "seeds", strings.Join(cfg.Join, ","), "err", err)
+		}
+	}
+	m.wg.Add(1)
+	go m.maintain()
+	if cfg.KeyringFile != "" {
+		m.wg.Add(1)
+		go m.reloadOnSIGHUP()
+	}
+	return m, nil
+}
+
+// keyringKeys is the keyring at start: the file's keys (its first one primary), then Keys.
+func (c Config) keyringKeys() ([][]byte, error) {
+	var keys [][]byte
+	if c.KeyringFile != "" {
+		fk, err := ReadKeyringFile(c.KeyringFile)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, fk...)
+	}
+	return dedupKeys(append(keys, c.Keys...)), nil
+}
+
+// Join contacts the given members (HOST:PORT) and merges their state; it returns how many answered.
+func (m *Member) Join(seeds []string) (int, error) {
+	n, err := m.ml.Join(seeds)
+	if err != nil {
+		return n, fmt.Errorf("join gossip seeds %s: %w", strings.Join(seeds, ","), err)
+	}
+	return n, nil
+}
+
+// LocalAddr is the address other members reach this one at.
+func (m *Member) LocalAddr() netip.AddrPort {
+	n := m.ml.LocalNode()
+	a, _ := netip.AddrFromSlice(n.Addr)
+	return netip.AddrPortFrom(a.Unmap(), n.Port)
+}
+
+// Name is this member's gossip name.
+func (m *Member) Name() string { return m.cfg.Name }
+
+// Members returns a snapshot of every member known, itself included, sorted by name. DEAD and LEFT
+// members stay listed (for ForgetAfter) so that callers can tell them from members never seen.
+func (m *Member) Members() []Peer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Peer, 0, len(m.peers))
+	for _, p := range m.peers {
+		out = append(out, *p)
+	}
+	slices.SortFunc(out, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Servers returns the gRPC addresses of the servers that are alive (or only suspect), sorted.
+func (m *Member) Servers() []string {
+	var out []string
+	for _, p := range m.Members() {
+		if p.Meta.Role == RoleServer && p.Meta.GRPCAddr != "" && (p.State == StateAlive || p.State == StateSuspect) {
+			out = append(out, p.Meta.GRPCAddr)
+		}
+	}
+	return out
+}
+
+// Subscribe returns a channel that receives every state or metadata change from now on, in order.
+// Call cancel to stop; the channel is closed after cancel or Shutdown.
+func (m *Member) Subscribe() (<-chan Event, func()) {
+	s := &subscriber{out: make(chan Event), wake: make(chan struct{}, 1), done: make(chan struct{}), exited: make(chan struct{})}
+	m.mu.Lock()
+	m.subs[s] = struct{}{}
+	m.mu.Unlock()
+	go s.run()
+	return s.out, func() {
+		m.mu.Lock()
+		delete(m.subs, s)
+		m.mu.Unlock()
+		s.close()
+	}
+}
+
+// ReloadKeyring re-reads KeyringFile and makes the keyring hold exactly its keys (plus Config.Keys),
+// its first key primary.
+func (m *Member) ReloadKeyring() error {
+	if m.keyring == nil {
+		return errors.New("gossip is not encrypted: no keyring to reload")
+	}
+	keys, err := m.cfg.keyringKeys()
+	if err != nil {
+		return err
+	}
+	if err := installKeys(m.keyring, keys); err != nil {
+		return err
+	}
+	m.log.Info("gossip keyring reloaded", "keys", len(keys))
+	return nil
+}
+
+// Keyring exposes the live keyring (nil without encryption), for rotation from code.
+func (m *Member) Keyring() *memberlist.Keyring { return m.keyring }
+
+// HealthScore is memberlist's view of its own timeliness (0 is healthy).
+func (m *Member) HealthScore() int { return m.ml.GetHealthScore() }
+
+// Leave tells the others that this member departs (they mark it LEFT, not DEAD) and waits up to
+// timeout for the message to go out. The member keeps answering until Shutdown.
+func (m *Member) Leave(timeout time.Duration) error {
+	m.mu.Lock()
+	m.leaving = true
+	m.mu.Unlock()
+	if err := m.ml.UpdateNode(timeout / 2); err != nil {
+		m.log.Debug("gossip leave intent not confirmed", "err", err)
+	}
+	if err := m.ml.Leave(timeout); err != nil {
+		return fmt.Errorf("leave gossip: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops gossiping at once (without Leave the others declare this member dead) and closes
+// every subscription. Safe to call more than once.
+func (m *Member) Shutdown() error {
+	var err error
+	m.shutOnce.Do(func() {
+		close(m.stop)
+		m.wg.Wait()
+		if e := m.ml.Shutdown(); e != nil {
+			err = fmt.Errorf("shut down gossip: %w", e)
+		}
+		m.mu.Lock()
+		subs := make([]*subscriber, 0, len(m.subs))
+		for s := range m.subs {
+			subs = append(subs, s)
+		}
+		m.subs = map[*subscriber]struct{}{}
+		m.mu.Unlock()
+		for _, s := range subs {
+			s.close()
+		}
+	})
+	return err
+}
+
+// maintain re-joins the seeds while alone and forgets long-dead members.
+func (m *Member) maintain() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.cfg.RejoinInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+		}
+		if len(m.cfg.Join) > 0 && m.ml.NumMembers() <= 1 {
+			if n, err := m.Join(m.cfg.Join); err != nil {
+				m.log.Debug("gossip re-join failed", "err", err)
+			} else {
+				m.log.Info("gossip re-joined seeds", "answered", n)
+			}
+		}
+		m.mu.Lock()
+		for name, p := range m.peers {
+			if (p.State == StateDead || p.State == StateLeft) && time.Since(p.Since) > m.cfg.ForgetAfter {
+				delete(m.peers, name)
+			}
+		}
+		m.mu.Unlock()
+	}
+}
+
+func (m *Member) reloadOnSIGHUP() {
+	defer m.wg.Done()
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGHUP)
+	defer signal.Stop(ch)
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-ch:
+			if err := m.ReloadKeyring(); err != nil {
+				m.log.Error("gossip keyring reload failed, keeping the current keys", "file", m.cfg.KeyringFile, "err", err)
+			}
+		}
+	}
+}
+
+// setState records a peer's new state (and metadata when n is given) and publishes the change.
+// Called from memberlist's delegates, possibly with memberlist's locks held: it must not call back
+// into memberlist.
+func (m *Member) setState(name string, n *memberlist.Node, st State, onlyFrom ...State) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.peers[name]
+	if !ok {
+		if n == nil || len(onlyFrom) > 0 {
+			return
+		}
+		p = &Peer{Name: name}
+		m.peers[name] = p
+	}
+	if len(onlyFrom) > 0 && !slices.Contains(onlyFrom, p.State) {
+		return
+	}
+	prev := p.State
+	changed := prev != st
+	if n != nil {
+		a, _ := netip.AddrFromSlice(n.Addr)
+		addr := netip.AddrPortFrom(a.Unmap(), n.Port)
+		meta, err := decodeMeta(n.Meta)
+		if err != nil {
+			m.log.Warn("gossip member with unreadable metadata", "peer", name, "err", err)
+		}
+		if addr != p.Addr || meta != p.Meta {
+			changed = true
+		}
+		p.Addr, p.Meta = addr, meta
+	}
+	if !changed {
+		return
+	}
+	if prev != st {
+		p.Since = time.Now()
+	}
+	p.State = st
+	if prev != st {
+		m.log.Info("gossip member state", "peer", name, "node", p.Meta.Node, "role", string(p.Meta.Role), "state", st.String(), "previous", prev.String())
+	}
+	ev := Event{Peer: *p, Previous: prev}
+	for s := range m.subs {
+		s.push(ev)
+	}
+}
+
+// delegates implements memberlist's delegate interfaces for a Member.
+type delegates struct{ m *Member }
+
+func (d *delegates) NodeMeta(limit int) []byte {
+	d.m.mu.Lock()
+	leaving := d.m.leaving
+	d.m.mu.Unlock()
+	b, err := encodeMeta(metaOf(d.m.cfg, leaving))
+	if err != nil || len(b) > limit {
+		// Validate rejected this configuration already.
+		return nil
+	}
+	return b
+}
+func (d *delegates) NotifyMsg([]byte)                           {}
+func (d *delegates) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegates) LocalState(join bool) []byte                { return nil }
+func (d *delegates) MergeRemoteState(buf []byte, join bool)     {}
+
+func (d *delegates) NotifyJoin(n *memberlist.Node) { d.m.setState(n.Name, n, StateAlive) }
+func (d *delegates) NotifyUpdate(n *memberlist.Node) {
+	d.m.mu.Lock()
+	st := StateAlive
+	if p, ok := d.m.peers[n.Name]; ok && p.State != 0 {
+		st = p.State
+	}
+	d.m.mu.Unlock()
+	d.m.setState(n.Name, n, st)
+}
+func (d *delegates) NotifyLeave(n *memberlist.Node) {
+	st := StateDead
+	if meta, err := decodeMeta(n.Meta); err == nil && meta.Leaving {
+		st = StateLeft
+	}
+	d.m.setState(n.Name, n, st)
+}
+
+// NotifyAlive sees every alive message, refutations included: it ends a suspicion (never a death:
+// memberlist itself decides whether a dead member came back, through NotifyJoin).
+func (d *delegates) NotifyAlive(n *memberlist.Node) error {
+	d.m.setState(n.Name, nil, StateAlive, StateSuspect)
+	return nil
+}
+
+func (d *delegates) AckPayload() []byte { return nil }
+func (d *delegates) NotifyPingComplete(n *memberlist.Node, rtt time.Duration, payload []byte) {
+	d.m.setState(n.Name, nil, StateAlive, StateSuspect)
+}
+
+// logWriter routes memberlist's log lines to slog at debug, and learns suspicions from them.
+type logWriter struct{ m *Member }
+
+const suspectPrefix = "memberlist: Suspect "
+
+func (w *logWriter) Write(b []byte) (int, error) {
+	line := strings.TrimSpace(string(b))
+	w.m.log.Debug("memberlist", "line", line)
+	if i := strings.Index(line, suspectPrefix); i >= 0 {
+		rest := line[i+len(suspectPrefix):]
+		if j := strings.Index(rest, " has failed"); j > 0 {
+			w.m.setState(rest[:j], nil, StateSuspect, StateAlive)
+		}
+	}
+	return len(b), nil
+}
+
+// subscriber queues events for one Subscribe caller.
+type subscriber struct {
+	out    chan Event
+	wake   chan struct{}
+	done   chan struct{}
+	exited chan struct{}
+
+	mu    sync.Mutex // guards queue
+	queue []Event
+
+	closeOnce sync.Once
+}
+
+// close stops the pump and waits for it; the out channel is closed after.
+func (s *subscriber) close() {
+	s.closeOnce.Do(func() { close(s.done) })
+	<-s.exited
+}
+
+func (s *subscriber) push(ev Event) {
+	s.mu.Lock()
+	s.queue = append(s.queue, ev)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *subscriber) run() {
+	defer close(s.exited)
+	defer close(s.out)
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-s.wake:
+		}
+		for {
+			s.mu.Lock()
+			if len(s.queue) == 0 {
+				s.mu.Unlock()
+				break
+			}
+			ev := s.queue[0]
+			s.queue = s.queue[1:]
+			s.mu.Unlock()
+			select {
+			case s.out <- ev:
+			case <-s.done:
+				return
+			}
+		}
+	}
+}
+
+// WaitFor polls Members until cond holds or ctx ends; for tests and startup.
+func (m *Member) WaitFor(ctx context.Context, cond func([]Peer) bool) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if cond(m.Members()) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
