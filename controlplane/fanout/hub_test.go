@@ -1,0 +1,813 @@
+package fanout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const prefix = "/vxfabric/v1/"
+
+// env is one embedded etcd, one hub on it and a gRPC server in front of the hub.
+type env struct {
+	t    testing.TB
+	cli  *clientv3.Client
+	hub  *Hub
+	reg  *prometheus.Registry
+	addr string
+}
+
+func startEtcd(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cfg := etcdembed.Default(t.TempDir())
+	cfg.Fast = true
+	srv, err := etcdembed.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	cli, err := srv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func newEnv(t testing.TB, cfg Config) *env {
+	t.Helper()
+	e := &env{t: t, cli: startEtcd(t), reg: prometheus.NewRegistry()}
+	cfg.Registerer = e.reg
+	e.hub = New(e.cli, cfg)
+	return e
+}
+
+// start runs the hub and serves it on a loopback listener; everything stops in t.Cleanup.
+func (e *env) start() {
+	t := e.t
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- e.hub.Run(ctx) }()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	vxfabricv1.RegisterAgentServiceServer(gs, e.hub)
+	served := make(chan struct{})
+	go func() { defer close(served); _ = gs.Serve(lis) }()
+	e.addr = lis.Addr().String()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("hub Run: %v", err)
+		}
+		gs.Stop()
+		<-served
+	})
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	select {
+	case <-e.hub.ready:
+	case <-wctx.Done():
+		t.Fatal("hub not ready")
+	}
+}
+
+func (e *env) dial() vxfabricv1.AgentServiceClient {
+	e.t.Helper()
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { conn.Close() })
+	return vxfabricv1.NewAgentServiceClient(conn)
+}
+
+// put writes key (relative to the prefix) as the API would, and returns the revision it was written at.
+func (e *env) put(key string, msg proto.Message) int64 {
+	e.t.Helper()
+	resp, err := e.cli.Put(context.Background(), prefix+key, string(mustMarshal(e.t, msg)))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return resp.Header.Revision
+}
+
+func (e *env) del(key string) int64 {
+	e.t.Helper()
+	resp, err := e.cli.Delete(context.Background(), prefix+key)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return resp.Header.Revision
+}
+
+// agent is a test Sync client: a goroutine receives into msgs; view is what it would program.
+type agent struct {
+	t      testing.TB
+	node   string
+	msgs   chan *vxfabricv1.SyncResponse
+	cancel context.CancelFunc
+	done   chan error
+	view   *view
+}
+
+func (e *env) sync(c vxfabricv1.AgentServiceClient, node string, resume int64) *agent {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := c.Sync(ctx, &vxfabricv1.SyncRequest{Node: node, ResumeRevision: resume})
+	if err != nil {
+		cancel()
+		e.t.Fatal(err)
+	}
+	a := &agent{t: e.t, node: node, msgs: make(chan *vxfabricv1.SyncResponse, 1024), cancel: cancel, done: make(chan error, 1), view: newView()}
+	go func() {
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				close(a.msgs)
+				a.done <- err
+				return
+			}
+			a.msgs <- msg
+		}
+	}()
+	e.t.Cleanup(a.stop)
+	return a
+}
+
+func (a *agent) stop() {
+	a.cancel()
+	for range a.msgs {
+	}
+}
+
+// next returns the next message, failing the test if none arrives within d.
+func (a *agent) next(d time.Duration) *vxfabricv1.SyncResponse {
+	a.t.Helper()
+	select {
+	case msg, ok := <-a.msgs:
+		if !ok {
+			err := <-a.done
+			a.done <- err
+			a.t.Fatalf("node %s: stream ended: %v", a.node, err)
+		}
+		if msg.GetRevision() < a.view.rev {
+			a.t.Fatalf("node %s: revision went from %d back to %d", a.node, a.view.rev, msg.GetRevision())
+		}
+		a.view.apply(msg)
+		return msg
+	case <-time.After(d):
+		a.t.Fatalf("node %s: no message within %s", a.node, d)
+		return nil
+	}
+}
+
+// waitRev applies messages until the view reflects rev.
+func (a *agent) waitRev(rev int64) {
+	a.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for a.view.rev < rev {
+		a.next(time.Until(deadline))
+	}
+}
+
+// seed writes three nodes with VTEPs, networks n1 (ports on a and b), n2 (port on c) and returns the
+// revision of the last write.
+func (e *env) seed() int64 {
+	e.put("nodes/a", testNode("a", "198.18.0.1"))
+	e.put("nodes/b", testNode("b", "198.18.0.2"))
+	e.put("nodes/c", testNode("c", "198.18.0.3"))
+	e.put("networks/n1", testNetwork("n1", 100))
+	e.put("networks/n2", testNetwork("n2", 200))
+	e.put("ports/pa", testPort("pa", "n1", "a", 1))
+	e.put("ports/pb", testPort("pb", "n1", "b", 2))
+	return e.put("ports/pc", testPort("pc", "n2", "c", 3))
+}
+
+// snapshotOf opens a fresh stream and returns its first message's view, the reference for deltas.
+func (e *env) snapshotOf(c vxfabricv1.AgentServiceClient, node string) string {
+	e.t.Helper()
+	a := e.sync(c, node, 0)
+	v := viewOf(a.next(5 * time.Second)).String()
+	a.stop()
+	return v
+}
+
+func TestSyncSnapshotThenDeltas(t *testing.T) {
+	e := newEnv(t, Default())
+	rev := e.seed()
+	e.start()
+	c := e.dial()
+
+	a := e.sync(c, "a", 0)
+	first := a.next(5 * time.Second)
+	if !first.GetSnapshot() || first.GetRevision() < rev {
+		t.Fatalf("first message snapshot=%v rev=%d, want a snapshot at >= %d", first.GetSnapshot(), first.GetRevision(), rev)
+	}
+	want := strings.Join([]string{
+		`local pa net=n1 if=vxppa 0e:00:00:00:00:01 10.0.0.3 vm=""`,
+		`net n1 vni=100 vxbr100/vxlan100 mtu=1450 mode=NETWORK_MODE_ROUTED gw=10.0.0.1/02:fb:00:00:64:01 uplink="" flood=[b=198.18.0.2]`,
+		`remote pb net=n1 0e:00:00:00:00:02 10.0.0.4 on b@198.18.0.2`,
+	}, "\n")
+	if got := a.view.String(); got != want {
+		t.Fatalf("snapshot of a:\n%s\nwant\n%s", got, want)
+	}
+
+	// A port on c in n2, where a has no port: nothing for a. A port on c in n1: a delta with c's port and
+	// c in the flood list. The next message a gets must be the second one alone.
+	e.put("ports/pc2", testPort("pc2", "n2", "c", 4))
+	start := time.Now()
+	rev = e.put("ports/pc1", testPort("pc1", "n1", "c", 5))
+	msg := a.next(5 * time.Second)
+	took := time.Since(start)
+	if msg.GetSnapshot() || msg.GetRevision() != rev {
+		t.Fatalf("got snapshot=%v rev=%d, want a delta at %d", msg.GetSnapshot(), msg.GetRevision(), rev)
+	}
+	if len(msg.GetRemotePorts()) != 1 || msg.GetRemotePorts()[0].GetId() != "pc1" || msg.GetRemotePorts()[0].GetVtep() != "198.18.0.3" {
+		t.Fatalf("delta remote ports %v, want only pc1 on 198.18.0.3", msg.GetRemotePorts())
+	}
+	if len(msg.GetNetworks()) != 1 || len(msg.GetNetworks()[0].GetFlood()) != 2 {
+		t.Fatalf("delta networks %v, want n1 with flood b and c", msg.GetNetworks())
+	}
+	t.Logf("port create on another node reached the agent in %s", took)
+	if took > 500*time.Millisecond {
+		t.Errorf("delta took %s", took)
+	}
+	if got, want := a.view.String(), e.snapshotOf(c, "a"); got != want {
+		t.Errorf("view after delta:\n%s\nwant snapshot\n%s", got, want)
+	}
+}
+
+func TestSyncPortMoveAndNetworkDelete(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	e.start()
+	c := e.dial()
+	agents := map[string]*agent{}
+	for _, n := range []string{"a", "b", "c"} {
+		agents[n] = e.sync(c, n, 0)
+		agents[n].next(5 * time.Second)
+	}
+	// check waits for each agent's view to equal a fresh snapshot at rev. A node gets no message for
+	// changes outside its view, so its view's revision may stay below rev.
+	check := func(what string, rev int64) {
+		t.Helper()
+		if err := e.hub.WaitRevision(context.Background(), rev); err != nil {
+			t.Fatal(err)
+		}
+		for n, a := range agents {
+			want := e.snapshotOf(c, n)
+			deadline := time.Now().Add(5 * time.Second)
+			for a.view.String() != want && time.Now().Before(deadline) {
+				a.next(time.Until(deadline))
+			}
+			if got := a.view.String(); got != want {
+				t.Errorf("%s: view of %s:\n%s\nwant\n%s", what, n, got, want)
+			}
+		}
+	}
+
+	// pb moves from b to c (same MAC and IP): b leaves n1, c joins it, a sees pb at c's VTEP.
+	moved := testPort("pb", "n1", "c", 2)
+	rev := e.put("ports/pb", moved)
+	agents["a"].waitRev(rev)
+	if r := agents["a"].view.remote["pb"]; r.GetVtep() != "198.18.0.3" || r.GetNode() != "c" {
+		t.Errorf("a sees pb at %s@%s, want c@198.18.0.3", r.GetNode(), r.GetVtep())
+	}
+	agents["b"].waitRev(rev)
+	if len(agents["b"].view.networks) != 0 || len(agents["b"].view.remote) != 0 {
+		t.Errorf("b still has %s", agents["b"].view)
+	}
+	check("after move", rev)
+
+	// n1 deleted (ports first, as the API requires): it disappears from a and c.
+	e.del("ports/pa")
+	e.del("ports/pb")
+	rev = e.del("networks/n1")
+	check("after delete", rev)
+	for _, n := range []string{"a", "c"} {
+		if _, ok := agents[n].view.networks["n1"]; ok {
+			t.Errorf("node %s still has n1", n)
+		}
+	}
+	if _, ok := agents["c"].view.networks["n2"]; !ok {
+		t.Errorf("c lost n2: %s", agents["c"].view)
+	}
+}
+
+func TestSyncWithheldUntilRegistered(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	e.start()
+	c := e.dial()
+	a := e.sync(c, "a", 0)
+	a.next(5 * time.Second)
+	rev := e.put("ports/pd", testPort("pd", "n1", "d", 9))
+	// d has no VTEP: a hears nothing, until d registers.
+	resp, err := c.RegisterNode(context.Background(), &vxfabricv1.RegisterNodeRequest{Name: "d", Vtep: "198.18.0.4", Version: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := a.next(5 * time.Second)
+	if msg.GetRevision() != resp.GetNode().GetRevision() || msg.GetRevision() <= rev {
+		t.Errorf("first message after d's port: rev %d, want the registration's %d", msg.GetRevision(), resp.GetNode().GetRevision())
+	}
+	if r := a.view.remote["pd"]; r.GetVtep() != "198.18.0.4" {
+		t.Errorf("pd not visible at d's VTEP: %s", a.view)
+	}
+	if got, want := a.view.String(), e.snapshotOf(c, "a"); got != want {
+		t.Errorf("view:\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestSyncResume(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	e.start()
+	c := e.dial()
+	a := e.sync(c, "a", 0)
+	r0 := a.next(5 * time.Second).GetRevision()
+	a.stop()
+
+	// Nothing changed for a: an empty delta at the current revision.
+	unrelated := e.put("ports/pc2", testPort("pc2", "n2", "c", 4))
+	if err := e.hub.WaitRevision(context.Background(), unrelated); err != nil {
+		t.Fatal(err)
+	}
+	a = e.sync(c, "a", r0)
+	msg := a.next(5 * time.Second)
+	if msg.GetSnapshot() || msg.GetRevision() != unrelated || len(msg.GetNetworks())+len(msg.GetLocalPorts())+len(msg.GetRemotePorts()) != 0 {
+		t.Errorf("resume with nothing changed: got %v, want an empty delta at %d", msg, unrelated)
+	}
+	a.stop()
+
+	// Something a sees changed since r0: a snapshot.
+	changed := e.put("ports/pb", testPort("pb", "n1", "b", 7))
+	if err := e.hub.WaitRevision(context.Background(), changed); err != nil {
+		t.Fatal(err)
+	}
+	a = e.sync(c, "a", r0)
+	if msg := a.next(5 * time.Second); !msg.GetSnapshot() || msg.GetRevision() != changed {
+		t.Errorf("resume after a change: snapshot=%v rev=%d, want a snapshot at %d", msg.GetSnapshot(), msg.GetRevision(), changed)
+	}
+	a.stop()
+
+	// A revision the store never reached (restored from an older backup): a snapshot at the store's
+	// older revision, which the agent must refuse.
+	a = e.sync(c, "a", changed+1000)
+	if msg := a.next(5 * time.Second); !msg.GetSnapshot() || msg.GetRevision() != changed {
+		t.Errorf("resume from the future: snapshot=%v rev=%d, want a snapshot at %d", msg.GetSnapshot(), msg.GetRevision(), changed)
+	}
+}
+
+func TestSyncCompactionResnapshots(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	release := make(chan struct{})
+	paused := make(chan struct{}, 1)
+	e.hub.beforeRewatch = func() {
+		paused <- struct{}{}
+		<-release
+	}
+	e.start()
+	c := e.dial()
+	a := e.sync(c, "a", 0)
+	a.next(5 * time.Second)
+
+	// The hub loses its watch; while it is away, a's view changes and history is compacted.
+	e.hub.hookMu.Lock()
+	e.hub.kick()
+	e.hub.hookMu.Unlock()
+	<-paused
+	e.put("ports/pb", testPort("pb", "n1", "b", 8))
+	e.del("ports/pa")
+	rev := e.put("ports/pa2", testPort("pa2", "n1", "a", 9))
+	if _, err := e.cli.Compact(context.Background(), rev); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+
+	msg := a.next(5 * time.Second)
+	if !msg.GetSnapshot() || msg.GetRevision() < rev {
+		t.Fatalf("after compaction: snapshot=%v rev=%d, want a snapshot at >= %d", msg.GetSnapshot(), msg.GetRevision(), rev)
+	}
+	if _, ok := a.view.local["pa2"]; !ok || a.view.local["pa"] != nil {
+		t.Errorf("view after resnapshot: %s", a.view)
+	}
+	if n := metric(t, e.reg, "vxfabric_fanout_loads_total"); n != 2 {
+		t.Errorf("loads = %v, want 2", n)
+	}
+	// And the hub follows the store again.
+	rev = e.put("ports/pb2", testPort("pb2", "n1", "b", 10))
+	a.waitRev(rev)
+	if _, ok := a.view.remote["pb2"]; !ok {
+		t.Errorf("pb2 missing after reload: %s", a.view)
+	}
+}
+
+func TestSyncInvalid(t *testing.T) {
+	e := newEnv(t, Default())
+	e.start()
+	c := e.dial()
+	for _, req := range []*vxfabricv1.SyncRequest{{Node: ""}, {Node: "A"}, {Node: "1a"}, {Node: strings.Repeat("a", 64)}, {Node: "a", ResumeRevision: -1}} {
+		stream, err := c.Sync(context.Background(), req)
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("Sync(%v): %v, want InvalidArgument", req, err)
+		}
+	}
+}
+
+func TestReportApplied(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	e.start()
+	c := e.dial()
+	ctx := context.Background()
+	a := e.sync(c, "a", 0)
+	a.next(5 * time.Second)
+	rev := e.put("ports/pa2", testPort("pa2", "n1", "a", 11))
+	a.waitRev(rev)
+	if applied, desired := e.hub.NodeRevisions("a"); applied != 0 || desired != rev {
+		t.Errorf("NodeRevisions(a) = %d, %d, want 0, %d", applied, desired, rev)
+	}
+
+	// pa plugged; pb is b's port and must be ignored.
+	if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", Revision: rev, PluggedPortIds: []string{"pa", "pb"}}); err != nil {
+		t.Fatal(err)
+	}
+	statusKeys := func() []string {
+		resp, err := e.cli.Get(ctx, prefix+"status/ports/", clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, kv := range resp.Kvs {
+			keys = append(keys, strings.TrimPrefix(string(kv.Key), prefix+"status/ports/")+"="+string(kv.Value))
+		}
+		return keys
+	}
+	if got := fmt.Sprint(statusKeys()); got != "[pa=1]" {
+		t.Errorf("status keys %s, want [pa=1]", got)
+	}
+	if applied, desired := e.hub.NodeRevisions("a"); applied != rev || desired != rev {
+		t.Errorf("NodeRevisions(a) = %d, %d, want %d, %d", applied, desired, rev, rev)
+	}
+	if got := histCount(t, e.reg); got != 1 {
+		t.Errorf("convergence observations %d, want 1", got)
+	}
+
+	// Once the hub has seen the status key, the same report writes nothing.
+	wrote, err := e.cli.Get(ctx, prefix+"status/ports/pa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.hub.WaitRevision(ctx, wrote.Kvs[0].ModRevision); err != nil {
+		t.Fatal(err)
+	}
+	before := e.hub.Revision()
+	for range 3 {
+		if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", Revision: rev, PluggedPortIds: []string{"pa"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cur, err := e.cli.Get(ctx, prefix+"nodes/", clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.Header.Revision != before {
+		t.Errorf("steady reports wrote to etcd: revision %d -> %d", before, cur.Header.Revision)
+	}
+
+	// pa unplugged, pa2 plugged.
+	if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", Revision: rev, PluggedPortIds: []string{"pa2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(statusKeys()); got != "[pa2=1]" {
+		t.Errorf("status keys %s, want [pa2=1]", got)
+	}
+	if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "Bad"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("bad node name: %v, want InvalidArgument", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := e.hub.WaitApplied(wctx, "a", rev); err != nil {
+		t.Error(err)
+	}
+}
+
+// metric returns the value of a counter or gauge as a scrape would show it.
+func metric(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			m := mf.GetMetric()[0]
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}
+
+func histCount(t testing.TB, reg *prometheus.Registry) uint64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "vxfabric_fanout_convergence_seconds" {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
+}
+
+func TestRegisterNode(t *testing.T) {
+	e := newEnv(t, Default())
+	e.start()
+	c := e.dial()
+	ctx := context.Background()
+	for _, req := range []*vxfabricv1.RegisterNodeRequest{
+		{Name: "", Vtep: "198.18.0.1"},
+		{Name: "h_1", Vtep: "198.18.0.1"},
+		{Name: "h1", Vtep: ""},
+		{Name: "h1", Vtep: "fd00::1"},
+		{Name: "h1", Vtep: "::ffff:198.18.0.1"},
+		{Name: "h1", Vtep: "198.18.0.256"},
+		{Name: "h1", Vtep: "0.0.0.0"},
+	} {
+		if _, err := c.RegisterNode(ctx, req); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("RegisterNode(%v): %v, want InvalidArgument", req, err)
+		}
+	}
+	if n, err := e.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || n.Count != 0 {
+		t.Fatalf("invalid registrations wrote %v keys (%v)", n.Count, err)
+	}
+
+	first, err := c.RegisterNode(ctx, &vxfabricv1.RegisterNodeRequest{Name: "h1", Vtep: "198.18.0.1", Version: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.RegisterNode(ctx, &vxfabricv1.RegisterNodeRequest{Name: "h1", Vtep: "198.18.0.1", Version: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.GetNode().GetRevision() != first.GetNode().GetRevision() {
+		t.Errorf("repeated registration rewrote the node: revision %d -> %d", first.GetNode().GetRevision(), again.GetNode().GetRevision())
+	}
+	moved, err := c.RegisterNode(ctx, &vxfabricv1.RegisterNodeRequest{Name: "h1", Vtep: "198.18.0.9", Version: "v2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.cli.Get(ctx, prefix+"nodes/h1")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("nodes/h1: %v %v", resp, err)
+	}
+	var stored vxfabricv1.Node
+	if err := proto.Unmarshal(resp.Kvs[0].Value, &stored); err != nil {
+		t.Fatal(err)
+	}
+	if stored.GetVtep() != "198.18.0.9" || stored.GetVersion() != "v2" || stored.GetStatus() != vxfabricv1.NodeStatus_NODE_STATUS_ALIVE ||
+		stored.GetLastChange() == nil || resp.Kvs[0].ModRevision != moved.GetNode().GetRevision() {
+		t.Errorf("stored node %v at %d, want vtep 198.18.0.9 v2 ALIVE at %d", &stored, resp.Kvs[0].ModRevision, moved.GetNode().GetRevision())
+	}
+}
+
+// TestStalledAgentDoesNotDelayOthers opens a stream that never reads, next to one that does, and
+// writes a burst of changes both must see: the reader keeps up, and the stalled stream's backlog stays
+// within MaxPending (it is dropped for a snapshot instead of growing).
+func TestStalledAgentDoesNotDelayOthers(t *testing.T) {
+	cfg := Default()
+	cfg.MaxPending = 200
+	e := newEnv(t, cfg)
+	e.put("nodes/fast", testNode("fast", "198.18.0.1"))
+	e.put("nodes/slow", testNode("slow", "198.18.0.2"))
+	e.put("nodes/w", testNode("w", "198.18.0.3"))
+	e.put("networks/n1", testNetwork("n1", 100))
+	e.put("ports/pf", testPort("pf", "n1", "fast", 0))
+	e.put("ports/ps", testPort("ps", "n1", "slow", 0))
+	// Enough ports that the stalled stream's snapshot alone overflows its flow-control windows.
+	var ops []clientv3.Op
+	for i := range 3000 {
+		id := fmt.Sprintf("w%05d", i)
+		ops = append(ops, clientv3.OpPut(prefix+"ports/"+id, string(mustMarshal(t, testPort(id, "n1", "w", i)))))
+		if len(ops) == 100 {
+			if _, err := e.cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
+				t.Fatal(err)
+			}
+			ops = ops[:0]
+		}
+	}
+	e.start()
+
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sctx, scancel := context.WithCancel(context.Background())
+	defer scancel()
+	if _, err := vxfabricv1.NewAgentServiceClient(conn).Sync(sctx, &vxfabricv1.SyncRequest{Node: "slow"}); err != nil {
+		t.Fatal(err)
+	}
+	fast := e.sync(e.dial(), "fast", 0)
+	fast.next(5 * time.Second)
+
+	var slow *subscriber
+	deadline := time.Now().Add(5 * time.Second)
+	for slow == nil && time.Now().Before(deadline) {
+		e.hub.subsMu.Lock()
+		for s := range e.hub.subs["slow"] {
+			slow = s
+		}
+		e.hub.subsMu.Unlock()
+		if slow == nil {
+			time.Sleep(10 * time.Millisecond) // polling for registration, bounded by the deadline
+		}
+	}
+	if slow == nil {
+		t.Fatal("stalled stream never subscribed")
+	}
+
+	var worst time.Duration
+	for i := range 300 {
+		id := fmt.Sprintf("v%05d", i)
+		start := time.Now()
+		rev := e.put("ports/"+id, testPort(id, "n1", "w", 5000+i))
+		fast.waitRev(rev)
+		worst = max(worst, time.Since(start))
+		if size, _, _ := slow.pendingSize(); size > cfg.MaxPending {
+			t.Fatalf("stalled backlog %d items, bound %d", size, cfg.MaxPending)
+		}
+	}
+	size, peak, resnap := slow.pendingSize()
+	t.Logf("reader: worst put-to-delta %s over 300 changes; stalled: backlog %d (peak %d), snapshot owed %v, overflows %v",
+		worst, size, peak, resnap, metric(t, e.reg, "vxfabric_fanout_backlog_overflows_total"))
+	if !resnap || metric(t, e.reg, "vxfabric_fanout_backlog_overflows_total") < 1 {
+		t.Errorf("stalled stream's backlog never overflowed into a snapshot (size %d)", size)
+	}
+	if worst > time.Second {
+		t.Errorf("reader delayed: worst %s", worst)
+	}
+	if _, ok := fast.view.remote["v00299"]; !ok {
+		t.Error("reader missed the last change")
+	}
+}
+
+// TestThousandAgents connects 1,000 streams (one node each, all in one network) and measures how long a
+// port create on one node takes to reach every other.
+func TestThousandAgents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	const nodes = 1000
+	e := newEnv(t, Default())
+	var ops []clientv3.Op
+	flush := func() {
+		if _, err := e.cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+		ops = ops[:0]
+	}
+	e.put("networks/n1", testNetwork("n1", 100))
+	for i := range nodes {
+		name := fmt.Sprintf("h%04d", i)
+		ops = append(ops,
+			clientv3.OpPut(prefix+"nodes/"+name, string(mustMarshal(t, testNode(name, fmt.Sprintf("198.18.%d.%d", i/250, i%250+1))))),
+			clientv3.OpPut(prefix+"ports/p"+name, string(mustMarshal(t, testPort("p"+name, "n1", name, i)))))
+		if len(ops) == 100 {
+			flush()
+		}
+	}
+	e.start()
+
+	var conns []vxfabricv1.AgentServiceClient
+	for range 20 {
+		conns = append(conns, e.dial())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type arrival struct {
+		at  time.Time
+		err error
+	}
+	var mu sync.Mutex
+	target := int64(-1)
+	arrivals := make(chan arrival, nodes)
+	ready := make(chan error, nodes)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for i := range nodes {
+		stream, err := conns[i%len(conns)].Sync(ctx, &vxfabricv1.SyncRequest{Node: fmt.Sprintf("h%04d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			first := true
+			for {
+				msg, err := stream.Recv()
+				if err != nil {
+					if first {
+						ready <- err
+					}
+					if !errors.Is(err, io.EOF) && status.Code(err) != codes.Canceled {
+						arrivals <- arrival{err: err}
+					}
+					return
+				}
+				if first {
+					first = false
+					ready <- nil
+					continue
+				}
+				mu.Lock()
+				want := target
+				mu.Unlock()
+				if want > 0 && msg.GetRevision() >= want {
+					arrivals <- arrival{at: time.Now()}
+				}
+			}
+		}()
+	}
+	for range nodes {
+		if err := <-ready; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := metric(t, e.reg, "vxfabric_fanout_streams"); n != nodes {
+		t.Fatalf("streams gauge %v, want %d", n, nodes)
+	}
+
+	mu.Lock()
+	start := time.Now()
+	resp, err := e.cli.Put(ctx, prefix+"ports/new", string(mustMarshal(t, testPort("new", "n1", "h0000", 5000))))
+	if err != nil {
+		mu.Unlock()
+		t.Fatal(err)
+	}
+	target = resp.Header.Revision
+	mu.Unlock()
+	var lat []time.Duration
+	timeout := time.After(20 * time.Second)
+	for len(lat) < nodes {
+		select {
+		case a := <-arrivals:
+			if a.err != nil {
+				t.Fatal(a.err)
+			}
+			lat = append(lat, a.at.Sub(start))
+		case <-timeout:
+			t.Fatalf("%d of %d agents got the change", len(lat), nodes)
+		}
+	}
+	sortDurations(lat)
+	t.Logf("1,000 agents: put -> delta received p50 %s, p99 %s, max %s", lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1])
+	cancel()
+}
+
+func sortDurations(d []time.Duration) {
+	for i := 1; i < len(d); i++ {
+		for j := i; j > 0 && d[j] < d[j-1]; j-- {
+			d[j], d[j-1] = d[j-1], d[j]
+		}
+	}
+}
+
