@@ -1,0 +1,274 @@
+//go:build linux
+
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vxfabric/vxfabric/lab"
+)
+
+func init() { register(newLabCmd) }
+
+// labFlags are shared by every `vxfab lab` command.
+type labFlags struct {
+	name      string
+	stateRoot string
+	nsPrefix  string
+	verbose   bool
+}
+
+func (f *labFlags) config() (lab.Config, error) {
+	cfg := lab.Default()
+	cfg.Name = f.name
+	cfg.StateRoot = f.stateRoot
+	cfg.NamespacePrefix = f.nsPrefix
+	if f.stateRoot == lab.DefaultStateRoot {
+		cfg.ProfilePath = defaultProfilePath
+	}
+	level := slog.LevelWarn
+	if f.verbose {
+		level = slog.LevelInfo
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	bin, err := os.Executable()
+	if err != nil {
+		return cfg, fmt.Errorf("locate the vxfab binary: %w", err)
+	}
+	cfg.Bin = bin
+	return cfg, nil
+}
+
+// open returns the lab as `lab up` recorded it.
+func (f *labFlags) open() (*lab.Lab, error) {
+	cfg, err := f.config()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Bin = ""
+	cfg.Hosts = 0
+	return lab.Open(cfg)
+}
+
+func newLabCmd() *cobra.Command {
+	f := &labFlags{}
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "a multi-host vxfabric lab on this machine, built from network namespaces",
+		Long: `A lab is hosts h1..hN, a control node running vxfab server, an "outside" external network and a
+"lan" physical LAN, all network namespaces named vxl-<lab>-<role> on this machine, with vxfab agent
+in every host. VMs are namespaces whose NICs are plugged in as ports. Needs root.`,
+	}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.name, "name", "lab", "lab name (1-12 characters of [a-z0-9])")
+	pf.StringVar(&f.stateRoot, "state-root", lab.DefaultStateRoot, "directory holding the labs' state")
+	pf.BoolVarP(&f.verbose, "verbose", "v", false, "log what the lab does")
+	pf.StringVar(&f.nsPrefix, "namespace-prefix", lab.DefaultNamespacePrefix, "prefix of the lab's namespace names (tests use vxt-)")
+	_ = pf.MarkHidden("state-root")
+	_ = pf.MarkHidden("namespace-prefix")
+	cmd.AddCommand(
+		newLabUpCmd(f), newLabDownCmd(f), newLabStatusCmd(f), newLabExecCmd(f),
+		newLabAgentCmd(f), newLabServerCmd(f), newLabHostCmd(f),
+	)
+	return cmd
+}
+
+func newLabUpCmd(f *labFlags) *cobra.Command {
+	var hosts int
+	var defaultProfile bool
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "build the lab and start the fabric in it (idempotent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config()
+			if err != nil {
+				return err
+			}
+			cfg.Hosts = hosts
+			if !cmd.Flags().Changed("hosts") {
+				if existing, err := f.open(); err == nil {
+					cfg.Hosts = len(existing.Hosts())
+				}
+			}
+			if !defaultProfile {
+				cfg.ProfilePath = ""
+			}
+			l, err := lab.New(cfg)
+			if err != nil {
+				return err
+			}
+			began := time.Now()
+			if err := l.Up(cmd.Context()); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %q up in %.1fs: %d hosts, server healthy, every agent ALIVE\n",
+				l.Name(), time.Since(began).Seconds(), len(l.Hosts()))
+			if cfg.ProfilePath != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "the CLI now talks to it: try `vxfab node list`, `vxfab lab status`\n")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
+	cmd.Flags().BoolVar(&defaultProfile, "default-profile", true, "make the CLI talk to this lab by default ("+defaultProfilePath+")")
+	return cmd
+}
+
+func newLabDownCmd(f *labFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "remove everything the lab made, also after a crash",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config()
+			if err != nil {
+				return err
+			}
+			l, err := lab.New(cfg)
+			if err != nil {
+				return err
+			}
+			if err := l.Down(cmd.Context()); err != nil {
+				return err
+			}
+			left, err := l.Leftovers()
+			if err != nil {
+				return err
+			}
+			if len(left) > 0 {
+				return fmt.Errorf("lab %q: still present after down: %v", l.Name(), left)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %q down: no namespace, process or state left\n", l.Name())
+			return nil
+		},
+	}
+}
+
+func newLabStatusCmd(f *labFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "hosts, agents, networks, VMs and their addresses, on one screen",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			st := l.Status(cmd.Context())
+			if cliOpts.output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			st.Print(cmd.OutOrStdout())
+			return nil
+		},
+	}
+}
+
+func newLabExecCmd(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "exec H|VM|outside|lan|ctl|ul -- CMD [ARG...]",
+		Short: "run a command inside a lab namespace (its exit status is passed through)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			err = l.Exec(cmd.Context(), args[0], args[1:], lab.Stdio{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+			var exit *lab.ExitError
+			if errors.As(err, &exit) {
+				return exitCodeError{code: exit.Code, err: err}
+			}
+			return err
+		},
+	}
+	cmd.Flags().SetInterspersed(false)
+	return cmd
+}
+
+func newLabAgentCmd(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "agent", Short: "fault injection on a host's agent: stop, start, kill"}
+	act := func(use, short string, do func(*lab.Lab, *cobra.Command, string) error) *cobra.Command {
+		return &cobra.Command{
+			Use: use + " H", Short: short, Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				l, err := f.open()
+				if err != nil {
+					return err
+				}
+				return do(l, cmd, args[0])
+			},
+		}
+	}
+	cmd.AddCommand(
+		act("stop", "stop the agent gracefully (SIGTERM)", func(l *lab.Lab, cmd *cobra.Command, h string) error {
+			return l.StopAgent(cmd.Context(), h)
+		}),
+		act("kill", "kill the agent with SIGKILL, as a crash would", func(l *lab.Lab, cmd *cobra.Command, h string) error {
+			return l.KillAgent(cmd.Context(), h)
+		}),
+		act("start", "start the agent and wait until it is ALIVE", func(l *lab.Lab, cmd *cobra.Command, h string) error {
+			if err := l.StartAgent(cmd.Context(), h); err != nil {
+				return err
+			}
+			return l.WaitAgents(cmd.Context(), h)
+		}),
+	)
+	return cmd
+}
+
+func newLabServerCmd(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "server", Short: "stop or start the lab's server"}
+	cmd.AddCommand(
+		&cobra.Command{Use: "stop", Short: "stop the server gracefully (SIGTERM)", Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				l, err := f.open()
+				if err != nil {
+					return err
+				}
+				return l.StopServer(cmd.Context())
+			}},
+		&cobra.Command{Use: "start", Short: "start the server and wait until it is healthy", Args: cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				l, err := f.open()
+				if err != nil {
+					return err
+				}
+				return l.StartServer(cmd.Context())
+			}},
+	)
+	return cmd
+}
+
+func newLabHostCmd(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "host", Short: "cut or restore a host's underlay link"}
+	cmd.AddCommand(
+		&cobra.Command{Use: "cut H", Short: "take the host off the underlay: its gossip and VXLAN stop", Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				l, err := f.open()
+				if err != nil {
+					return err
+				}
+				return l.CutHost(args[0])
+			}},
+		&cobra.Command{Use: "restore H", Short: "put a cut host back on the underlay", Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				l, err := f.open()
+				if err != nil {
+					return err
+				}
+				return l.RestoreHost(args[0])
+			}},
+	)
+	return cmd
+}

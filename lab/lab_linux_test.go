@@ -1,0 +1,291 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestConfigValidate(t *testing.T) {
+	ok := Default()
+	ok.Bin = "/bin/true"
+	tests := []struct {
+		name   string
+		change func(*Config)
+		valid  bool
+	}{
+		{"default", func(*Config) {}, true},
+		{"dash in name", func(c *Config) { c.Name = "my-lab" }, false},
+		{"name too long", func(c *Config) { c.Name = "abcdefghijklm" }, false},
+		{"name starts with digit", func(c *Config) { c.Name = "1lab" }, false},
+		{"no hosts", func(c *Config) { c.Hosts = 0 }, false},
+		{"too many hosts", func(c *Config) { c.Hosts = MaxHosts + 1 }, false},
+		{"relative state root", func(c *Config) { c.StateRoot = "run/lab" }, false},
+		{"no binary", func(c *Config) { c.Bin = "" }, false},
+		{"bad prefix", func(c *Config) { c.NamespacePrefix = "vxl" }, false},
+		{"test prefix", func(c *Config) { c.NamespacePrefix = "vxt-" }, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := ok
+			tt.change(&c)
+			if err := c.Validate(); (err == nil) != tt.valid {
+				t.Fatalf("Validate() = %v, want valid=%t", err, tt.valid)
+			}
+		})
+	}
+}
+
+func TestNames(t *testing.T) {
+	for host, want := range map[string]int{"h1": 1, "h32": 32, "h0": 0, "h33": 0, "h01": 0, "x1": 0, "h": 0} {
+		i, ok := HostIndex(host)
+		if ok != (want > 0) || (ok && i != want) {
+			t.Errorf("HostIndex(%q) = %d, %t; want %d", host, i, ok, want)
+		}
+	}
+	if got := HostAddr(3); got != netip.MustParseAddr("198.18.0.13") {
+		t.Errorf("HostAddr(3) = %s", got)
+	}
+	for port, want := range map[string]string{"h1-ul": "h1", "h12-lan": "h12", "ctl-ul": "", "out-ul": ""} {
+		if got := hostOfPort(port); got != want {
+			t.Errorf("hostOfPort(%q) = %q, want %q", port, got, want)
+		}
+	}
+	for _, bad := range []string{"h1", "outside", "lan", "ctl", "ul", "Web", "-a", ""} {
+		if ValidateVMName(bad) == nil {
+			t.Errorf("ValidateVMName(%q) accepted", bad)
+		}
+	}
+	if err := ValidateVMName("web-1"); err != nil {
+		t.Errorf("ValidateVMName(web-1): %v", err)
+	}
+	for _, w := range (&Lab{cfg: Config{Name: "lab", Hosts: MaxHosts, NamespacePrefix: "vxl-"}}).wires() {
+		if len(w.switchEnd) > 15 || len(w.nsEnd) > 15 {
+			t.Errorf("interface name too long: %q / %q", w.switchEnd, w.nsEnd)
+		}
+	}
+}
+
+func privileged(t *testing.T) {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("needs root")
+	}
+	if os.Getenv("VXFAB_SKIP_PRIVILEGED") != "" {
+		t.Skip("VXFAB_SKIP_PRIVILEGED is set")
+	}
+}
+
+// testLab returns a lab with unique vxt- namespaces and a temporary state root, removed at cleanup.
+func testLab(t *testing.T, hosts int) *Lab {
+	t.Helper()
+	cfg := Default()
+	cfg.Name = fmt.Sprintf("t%d", os.Getpid()%1000000)
+	cfg.Hosts = hosts
+	cfg.StateRoot = t.TempDir()
+	cfg.NamespacePrefix = "vxt-"
+	cfg.Bin = "/bin/sh"
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Down(context.Background()); err != nil {
+			t.Errorf("down: %v", err)
+		}
+	})
+	return l
+}
+
+func mustReach(t *testing.T, l *Lab, from string, dst netip.Addr) {
+	t.Helper()
+	res, ok, err := l.Reach(context.Background(), from, dst, 3*time.Second)
+	if err != nil || !ok {
+		t.Fatalf("%s cannot reach %s: %v %s", from, dst, err, res.Output)
+	}
+}
+
+func mustNotReach(t *testing.T, l *Lab, from string, dst netip.Addr) {
+	t.Helper()
+	res, err := l.Ping(context.Background(), from, dst, PingOptions{Count: 2, Interval: 100 * time.Millisecond, Wait: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Received > 0 {
+		t.Fatalf("%s reaches %s: %s", from, dst, res.Output)
+	}
+}
+
+func linkIndexes(t *testing.T, l *Lab) map[string]int {
+	t.Helper()
+	idx := map[string]int{}
+	for _, w := range l.wires() {
+		h, err := l.Handle(RoleSwitch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		link, err := h.LinkByName(w.switchEnd)
+		h.Close()
+		if err != nil {
+			t.Fatalf("switch end %s: %v", w.switchEnd, err)
+		}
+		idx[w.switchEnd] = link.Attrs().Index
+	}
+	return idx
+}
+
+// TestPrivilegedTopology builds the lab's namespaces and cables (no fabric processes), checks the
+// underlay from the inside, repairs a cut cable end, cuts and restores a host, runs and kills a
+// lab process, and checks that Down leaves nothing.
+func TestPrivilegedTopology(t *testing.T) {
+	privileged(t)
+	ctx := context.Background()
+	l := testLab(t, 2)
+	for _, dir := range []string{l.Dir(), l.logDir(), l.runDir()} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.ensureTopology(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustReach(t, l, "h1", HostAddr(2))
+	mustReach(t, l, "h2", ControlAddr)
+	mustReach(t, l, "outside", HostAddr(1))
+
+	h1, err := l.Handle("h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lan0, err := h1.LinkByName(LANIface)
+	if err != nil {
+		t.Fatalf("h1 has no %s: %v", LANIface, err)
+	}
+	if addrs, _ := h1.AddrList(lan0, netlink.FAMILY_V4); len(addrs) != 0 {
+		t.Errorf("h1 %s has addresses %v, want none", LANIface, addrs)
+	}
+	h1.Close()
+	// The LAN segment: give h1's lan0 an address in a test-only way and reach the lan namespace.
+	if out, err := l.Output(ctx, "h1", "ip", "addr", "add", "192.168.77.99/24", "dev", LANIface); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	mustReach(t, l, "h1", LANAddr)
+
+	// Idempotent: a second pass changes no link.
+	before := linkIndexes(t, l)
+	if err := l.ensureTopology(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after := linkIndexes(t, l); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("second ensureTopology recreated links: %v -> %v", before, after)
+	}
+
+	// A lone cable end (its peer deleted by hand) is repaired.
+	if _, err := l.Output(ctx, "ul", "ip", "link", "del", "h2-ul"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.ensureTopology(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustReach(t, l, "h1", HostAddr(2))
+
+	// Cut and restore; a cut survives ensureTopology (lab up on an existing lab).
+	if err := l.CutHost("h2"); err != nil {
+		t.Fatal(err)
+	}
+	mustNotReach(t, l, "h1", HostAddr(2))
+	if err := l.ensureTopology(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cut, err := l.HostCut("h2"); err != nil || !cut {
+		t.Fatalf("HostCut(h2) = %t, %v after ensureTopology", cut, err)
+	}
+	if err := l.RestoreHost("h2"); err != nil {
+		t.Fatal(err)
+	}
+	mustReach(t, l, "h1", HostAddr(2))
+
+	// A process in a host namespace is found through its pid file, and by the scan when the pid
+	// file is lost.
+	p := proc{name: agentProc("h1"), ns: l.Namespace("h1"),
+		args: []string{"-c", "while :; do sleep 1; done", filepath.Join(l.Dir(), "marker")}}
+	pid, err := l.start(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l.AgentPID("h1"); got != pid {
+		t.Fatalf("AgentPID(h1) = %d, want %d", got, pid)
+	}
+	if err := l.KillAgent(ctx, "h1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.AgentPID("h1"); got != 0 {
+		t.Fatalf("AgentPID(h1) = %d after kill", got)
+	}
+	if _, err := l.start(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(l.pidPath(p.name)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Down(ctx); err != nil {
+		t.Fatal(err)
+	}
+	left, err := l.Leftovers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Fatalf("left after Down: %v", left)
+	}
+	nss, _ := listNamespaces(l.NamespacePrefix())
+	if len(nss) != 0 {
+		t.Fatalf("namespaces left: %v", nss)
+	}
+}
+
+// TestPrivilegedProbes checks the in-namespace TCP helpers: the listener reports the source address
+// the connection arrived from.
+func TestPrivilegedProbes(t *testing.T) {
+	privileged(t)
+	ctx := context.Background()
+	l := testLab(t, 1)
+	if err := os.MkdirAll(l.runDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.ensureTopology(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := l.ListenTCP(RoleOutside, netip.AddrPortFrom(OutsideAddr, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	seen, err := l.DialTCP("h1", ln.Addr(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen != HostAddr(1) {
+		t.Fatalf("outside saw %s, want %s", seen, HostAddr(1))
+	}
+	// The listener is in outside, not in this process's namespace.
+	if c, err := net.DialTimeout("tcp4", ln.Addr().String(), 200*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatal("listener reachable from the test's own namespace")
+	}
+	if _, err := l.DialTCP("h1", netip.AddrPortFrom(OutsideAddr, 1), time.Second); err == nil ||
+		!strings.Contains(err.Error(), "refused") {
+		t.Fatalf("dial to a closed port: %v, want refused", err)
+	}
+}

@@ -1,0 +1,326 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// proc is one long-running process of the lab.
+type proc struct {
+	name string // "server" or "agent-hN": names its pid file and log
+	ns   string
+	args []string
+}
+
+const serverProc = "server"
+
+func agentProc(host string) string { return "agent-" + host }
+
+func (l *Lab) serverSpec() proc {
+	ul := func(port int) string { return ControlAddr.String() + ":" + strconv.Itoa(port) }
+	return proc{name: serverProc, ns: l.Namespace(RoleControl), args: []string{
+		"server",
+		"--listen", ul(ServerPort),
+		"--listen", "unix://" + l.SocketPath(),
+		"--data-dir", l.etcdDir(),
+		"--gossip-bind", ul(GossipPort),
+	}}
+}
+
+func (l *Lab) agentSpec(host string) proc {
+	i, _ := HostIndex(host)
+	addr := HostAddr(i).String()
+	return proc{name: agentProc(host), ns: l.Namespace(host), args: []string{
+		"agent",
+		"--node", host,
+		"--vtep", addr,
+		"--underlay-iface", UnderlayIface,
+		"--join", ControlAddr.String() + ":" + strconv.Itoa(GossipPort),
+		"--gossip-bind", addr + ":" + strconv.Itoa(GossipPort),
+		"--state-dir", l.agentDir(host),
+		"--metrics-listen", addr + ":" + strconv.Itoa(MetricsPort),
+	}}
+}
+
+func (l *Lab) pidPath(name string) string { return filepath.Join(l.runDir(), name+".pid") }
+
+// running returns the pid of a lab process that is alive, or 0. A pid file is trusted only if the
+// process it names still carries the lab's state directory on its command line (pids are reused).
+func (l *Lab) running(name string) int {
+	data, err := os.ReadFile(l.pidPath(name))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	if !processAlive(pid) || !l.ownsProcess(pid) {
+		return 0
+	}
+	return pid
+}
+
+// processAlive is false for a pid that is gone or a zombie (exited, not yet reaped).
+func processAlive(pid int) bool {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses and may itself hold spaces.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 || i+2 >= len(data) {
+		return false
+	}
+	state := data[i+2]
+	return state != 'Z' && state != 'X'
+}
+
+func processCmdline(pid int) []string {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || len(data) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
+}
+
+// ownsProcess: every process the lab starts names a path inside the lab's state directory.
+func (l *Lab) ownsProcess(pid int) bool {
+	marker := l.Dir() + string(filepath.Separator)
+	for _, arg := range processCmdline(pid) {
+		if strings.HasPrefix(arg, marker) || strings.Contains(arg, "://"+marker) {
+			return true
+		}
+	}
+	return false
+}
+
+// childEnv is the environment of lab processes: the caller's, without VXFAB_* settings that are
+// meant for the caller's own CLI (a VXFAB_SERVER pointing elsewhere must not steer an agent).
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "VXFAB_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// start runs p in its namespace, in a session of its own (so that the terminal's Ctrl-C does not
+// reach it), with its output appended to its log, and records its pid. It returns once the process
+// is the vxfab binary (ip netns exec has exec'ed it), or fails if it exits before.
+func (l *Lab) start(ctx context.Context, p proc) (int, error) {
+	if pid := l.running(p.name); pid != 0 {
+		return pid, nil
+	}
+	logFile, err := os.OpenFile(l.LogPath(p.name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("%s: open log: %w", p.name, err)
+	}
+	defer logFile.Close()
+	fmt.Fprintf(logFile, "--- vxfab lab: %s start %s: %s %s\n", p.name, time.Now().UTC().Format(time.RFC3339Nano),
+		l.cfg.Bin, strings.Join(p.args, " "))
+	argv := append([]string{"netns", "exec", p.ns, l.cfg.Bin}, p.args...)
+	cmd := exec.Command("ip", argv...)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.Env = childEnv()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("%s: start %s in %s: %w", p.name, l.cfg.Bin, p.ns, err)
+	}
+	pid := cmd.Process.Pid
+	exited := make(chan error, 1)
+	// Reap the child when it exits, so that a process killed while this one still runs does not
+	// linger as a zombie.
+	go func() { exited <- cmd.Wait() }()
+	if err := writeFileAtomic(l.pidPath(p.name), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		return 0, fmt.Errorf("%s: %w", p.name, err)
+	}
+	exe, _ := filepath.EvalSymlinks(l.cfg.Bin)
+	err = poll(ctx, 5*time.Second, func() (bool, error) {
+		select {
+		case err := <-exited:
+			return false, fmt.Errorf("%s exited at start (%v): %s", p.name, err, l.logTail(p.name, 5))
+		default:
+		}
+		got, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+		return err == nil && (got == exe || got == l.cfg.Bin), nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	l.log.Info("lab process started", "proc", p.name, "pid", pid)
+	return pid, nil
+}
+
+// logTail returns the last n lines of a process's log, on one line, for error messages.
+func (l *Lab) logTail(name string, n int) string {
+	data, err := os.ReadFile(l.LogPath(name))
+	if err != nil {
+		return "(no log)"
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "log " + l.LogPath(name) + ": " + strings.Join(lines, " | ")
+}
+
+// signal sends sig to a lab process and waits until it is gone. Stopping a stopped process is
+// success. A graceful stop (SIGTERM) that takes longer than grace ends with SIGKILL.
+func (l *Lab) signal(ctx context.Context, name string, sig syscall.Signal, grace time.Duration) error {
+	pid := l.running(name)
+	if pid == 0 {
+		return nil
+	}
+	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("%s: signal %d (pid %d): %w", name, sig, pid, err)
+	}
+	gone := func() (bool, error) { return !processAlive(pid), nil }
+	if err := poll(ctx, grace, gone); err != nil {
+		if sig == syscall.SIGKILL {
+			return fmt.Errorf("%s (pid %d) still alive after SIGKILL: %w", name, pid, err)
+		}
+		l.log.Warn("lab process ignored SIGTERM, killing", "proc", name, "pid", pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		if err := poll(ctx, 5*time.Second, gone); err != nil {
+			return fmt.Errorf("%s (pid %d) still alive after SIGKILL: %w", name, pid, err)
+		}
+	}
+	l.log.Info("lab process stopped", "proc", name, "pid", pid, "signal", sig.String())
+	return nil
+}
+
+// labProcesses finds every process that belongs to the lab, also after a crash that lost the pid
+// files: those whose network namespace is one of the lab's, and those whose command line names the
+// lab's state directory. The calling process and its ancestors are left out.
+func (l *Lab) labProcesses() ([]int, error) {
+	nss, err := listNamespaces(l.NamespacePrefix())
+	if err != nil {
+		return nil, err
+	}
+	ids := map[nsID]bool{}
+	for _, ns := range nss {
+		if id, ok := statNS(filepath.Join(netnsDir, ns)); ok {
+			ids[id] = true
+		}
+	}
+	spare := map[int]bool{}
+	for pid := os.Getpid(); pid > 1; pid = parentPid(pid) {
+		spare[pid] = true
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("read /proc: %w", err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || spare[pid] || !processAlive(pid) {
+			continue
+		}
+		id, ok := statNS("/proc/" + e.Name() + "/ns/net")
+		if (ok && ids[id]) || l.ownsProcess(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+func parentPid(pid int) int {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return ppid
+}
+
+// poll calls cond until it reports true, returns an error, or timeout passes. It never sleeps
+// longer than 20 ms between calls.
+func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, err := cond()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("timed out after %s: %w", timeout, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// StartServer starts the server (a running one is left alone) and waits until it serves.
+func (l *Lab) StartServer(ctx context.Context) error {
+	if _, err := l.start(ctx, l.serverSpec()); err != nil {
+		return err
+	}
+	return l.waitServer(ctx)
+}
+
+// StopServer stops the server gracefully (SIGTERM).
+func (l *Lab) StopServer(ctx context.Context) error {
+	return l.signal(ctx, serverProc, syscall.SIGTERM, 10*time.Second)
+}
+
+// StartAgent starts a host's agent (a running one is left alone). It does not wait for the agent
+// to join: see WaitAgents.
+func (l *Lab) StartAgent(ctx context.Context, host string) error {
+	if err := l.checkHost(host); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(l.agentDir(host), 0o700); err != nil {
+		return fmt.Errorf("agent %s: state dir: %w", host, err)
+	}
+	_, err := l.start(ctx, l.agentSpec(host))
+	return err
+}
+
+// StopAgent stops a host's agent gracefully (SIGTERM): it leaves the gossip cluster.
+func (l *Lab) StopAgent(ctx context.Context, host string) error {
+	if err := l.checkHost(host); err != nil {
+		return err
+	}
+	return l.signal(ctx, agentProc(host), syscall.SIGTERM, 10*time.Second)
+}
+
+// KillAgent kills a host's agent with SIGKILL, as a crash would.
+func (l *Lab) KillAgent(ctx context.Context, host string) error {
+	if err := l.checkHost(host); err != nil {
+		return err
+	}
+	return l.signal(ctx, agentProc(host), syscall.SIGKILL, 5*time.Second)
+}
+
+// ServerPID and AgentPID return the pid of a running process, or 0.
+func (l *Lab) ServerPID() int           { return l.running(serverProc) }
+func (l *Lab) AgentPID(host string) int { return l.running(agentProc(host)) }

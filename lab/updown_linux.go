@@ -1,0 +1,138 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// Up builds the lab and starts the fabric in it. It is idempotent: on an existing lab it checks
+// every part and completes what is missing (a dead agent is restarted, a missing cable made), and
+// it never rebuilds what exists. It returns once the server is healthy and every agent is ALIVE.
+// A lab can grow (more hosts), not shrink: that takes Down first.
+func (l *Lab) Up(ctx context.Context) error {
+	began := time.Now()
+	created := began.UTC()
+	if m, err := l.readMeta(); err == nil {
+		if m.Hosts > l.cfg.Hosts {
+			return fmt.Errorf("lab %q has %d hosts; run `vxfab lab down --name %s` before building it with %d",
+				l.cfg.Name, m.Hosts, l.cfg.Name, l.cfg.Hosts)
+		}
+		created = m.Created
+	} else if !errors.Is(err, ErrNoLab) {
+		return err
+	}
+	for _, dir := range []string{l.Dir(), l.logDir(), l.runDir(), l.SecurityDir()} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("lab %q: state directory: %w", l.cfg.Name, err)
+		}
+	}
+	if err := l.writeMeta(created); err != nil {
+		return fmt.Errorf("lab %q: %w", l.cfg.Name, err)
+	}
+	if err := l.ensureTopology(ctx); err != nil {
+		return fmt.Errorf("lab %q: %w", l.cfg.Name, err)
+	}
+	l.log.Info("lab topology ready", "hosts", l.cfg.Hosts, "elapsed", time.Since(began))
+	if err := l.StartServer(ctx); err != nil {
+		return err
+	}
+	for _, h := range l.Hosts() {
+		if err := l.StartAgent(ctx, h); err != nil {
+			return fmt.Errorf("lab %q: %w", l.cfg.Name, err)
+		}
+	}
+	if err := l.writeProfiles(); err != nil {
+		return fmt.Errorf("lab %q: %w", l.cfg.Name, err)
+	}
+	if err := l.WaitAgents(ctx); err != nil {
+		return err
+	}
+	l.log.Info("lab up", "hosts", l.cfg.Hosts, "elapsed", time.Since(began))
+	return nil
+}
+
+// Down removes everything the lab made: its processes (found through the pid files and by scanning
+// for processes in the lab's namespaces or naming its state directory, so that it also works after
+// a crash), its namespaces with every link and nftables rule inside them, its state directory and
+// the client profile if it points at this lab. Taking down a lab that is not there is success.
+func (l *Lab) Down(ctx context.Context) error {
+	var errs []error
+	if err := l.killAll(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	nss, err := listNamespaces(l.NamespacePrefix())
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, ns := range nss {
+		if err := deleteNamespace(ctx, ns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := l.removeProfile(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(l.Dir()); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", l.Dir(), err))
+	}
+	// The state root is ours too; it goes when the last lab and the shared profile are gone.
+	_ = os.Remove(l.cfg.StateRoot)
+	_ = os.Remove(filepath.Dir(l.cfg.StateRoot))
+	if len(errs) > 0 {
+		return fmt.Errorf("lab %q down: %w", l.cfg.Name, errors.Join(errs...))
+	}
+	l.log.Info("lab down", "namespaces", len(nss))
+	return nil
+}
+
+// killAll kills every process of the lab with SIGKILL (the lab's state goes with it, so there is
+// nothing to stop gracefully) and waits until they are gone.
+func (l *Lab) killAll(ctx context.Context) error {
+	pids, err := l.labProcesses()
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		l.log.Info("killing lab process", "pid", pid, "cmd", processCmdline(pid))
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("kill pid %d: %w", pid, err)
+		}
+	}
+	return poll(ctx, 10*time.Second, func() (bool, error) {
+		for _, pid := range pids {
+			if processAlive(pid) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
+// Leftovers lists what of the lab still exists on the machine: namespaces, processes, the state
+// directory. Empty after Down.
+func (l *Lab) Leftovers() ([]string, error) {
+	var left []string
+	nss, err := listNamespaces(l.NamespacePrefix())
+	if err != nil {
+		return nil, err
+	}
+	for _, ns := range nss {
+		left = append(left, "namespace "+ns)
+	}
+	pids, err := l.labProcesses()
+	if err != nil {
+		return nil, err
+	}
+	for _, pid := range pids {
+		left = append(left, fmt.Sprintf("process %d %v", pid, processCmdline(pid)))
+	}
+	if _, err := os.Stat(l.Dir()); err == nil {
+		left = append(left, "directory "+l.Dir())
+	}
+	return left, nil
+}
