@@ -1,0 +1,374 @@
+// Package auth authenticates and authorises every call to the API server: it owns the server's
+// transport credentials (TLS, with client certificates verified against the CA when presented),
+// the admin token file, tenant tokens (stored hashed under /vxfabric/v1/tokens/) and the TokenService,
+// and the unary and stream interceptors that decide, per method, who may call it.
+//
+// Who may do what (see policy.go for the table):
+//   - admin (the admin bearer token, or the admin client certificate): everything;
+//   - a node agent (client certificate vxfab://node/<N>): AgentService only, and only for node N;
+//   - a tenant token: NetworkService and PortService for its own tenant (an empty tenant field is
+//     filled with it, another tenant is PermissionDenied, lists are confined to it), GetTenant of its
+//     own tenant; nothing else, and no BRIDGED networks;
+//   - no credentials: health and reflection only, everything else is Unauthenticated.
+//
+// It must never let a request through on an error: every failure to establish who is calling
+// ends the call. It never writes any key but its own tokens.
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"github.com/vxfabric/vxfabric/security/pki"
+)
+
+// Config is the server side of authentication.
+type Config struct {
+	// TLSCert and TLSKey are the server certificate. Empty (and not Insecure): the server makes its
+	// own CA and certificates under <DataDir>/pki on first start (pki.Init) and uses those.
+	TLSCert string
+	TLSKey  string
+	// TLSCA verifies client certificates (agents, admin). Empty with TLSCert given: certificates are
+	// not accepted as credentials, only tokens.
+	TLSCA string
+	// TLSSANs are extra names or addresses of the server certificate made under <DataDir>/pki.
+	TLSSANs []string
+	// Insecure serves plaintext on TCP (TLS is still accepted when a certificate is configured).
+	Insecure bool
+	// AdminTokenFile holds the admin bearer token; written (0600, random) on first start.
+	// Default <DataDir>/admin.token.
+	AdminTokenFile string
+	// DataDir is the server's data directory, for the defaults above.
+	DataDir string
+
+	// MaxRecvMsgSize bounds one request message. Default 1 MiB.
+	MaxRecvMsgSize int
+	// MaxConcurrentStreams bounds the calls in flight on one connection. Default 128.
+	MaxConcurrentStreams uint32
+	// TokenCacheTTL is how long a tenant-token lookup is trusted before etcd is asked again: the
+	// bound on how late a revocation made on another replica takes effect. Default 500 ms.
+	TokenCacheTTL time.Duration
+	Logger        *slog.Logger
+}
+
+// Default returns the configuration of a server whose data lives in dataDir.
+func Default(dataDir string) Config {
+	return Config{
+		DataDir:              dataDir,
+		MaxRecvMsgSize:       1 << 20,
+		MaxConcurrentStreams: 128,
+		TokenCacheTTL:        500 * time.Millisecond,
+	}
+}
+
+// AddFlags binds the server's security flags to fs and returns the Config they fill. The caller
+// sets DataDir (and Logger) after parsing.
+func AddFlags(fs *pflag.FlagSet) *Config {
+	cfg := Default("")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (default: made with its own CA under <data-dir>/pki on first start)")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "server key")
+	fs.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that signs agent and admin client certificates (default <data-dir>/pki/ca.crt when the server made its own PKI)")
+	fs.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs of the server certificate the server makes for itself")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "also serve plaintext gRPC on TCP (unsafe: tokens cross the network in the clear)")
+	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "admin bearer token, written on first start if missing (default <data-dir>/admin.token)")
+	fs.IntVar(&cfg.MaxRecvMsgSize, "max-request-bytes", cfg.MaxRecvMsgSize, "largest request message accepted")
+	return &cfg
+}
+
+// Validate reports a configuration that cannot serve.
+func (c Config) Validate() error {
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if c.AdminTokenFile == "" && c.DataDir == "" {
+		return errors.New("an admin token file or a data directory is required")
+	}
+	if c.TLSCert == "" && !c.Insecure && c.DataDir == "" {
+		return errors.New("TLS needs --tls-cert/--tls-key, or a data directory to make them in")
+	}
+	if c.MaxRecvMsgSize < 4096 {
+		return fmt.Errorf("max request size %d is below 4096 bytes", c.MaxRecvMsgSize)
+	}
+	if c.MaxConcurrentStreams == 0 {
+		return errors.New("max concurrent streams must be positive")
+	}
+	if c.TokenCacheTTL <= 0 || c.TokenCacheTTL > time.Second {
+		return fmt.Errorf("token cache TTL %s: want (0, 1s] so that revocation takes effect within a second", c.TokenCacheTTL)
+	}
+	for _, s := range c.TLSSANs {
+		if s == "" || strings.ContainsAny(s, " /\\") {
+			return fmt.Errorf("--tls-san %q is neither a DNS name nor an IP address", s)
+		}
+	}
+	return nil
+}
+
+// Authenticator holds the credentials and tokens of one API server.
+type Authenticator struct {
+	cfg       Config
+	log       *slog.Logger
+	tokens    *tokenStore
+	adminHash [sha256.Size]byte
+	creds     *serverCreds
+}
+
+// New loads (or creates) the server's certificates and admin token. cli reaches the etcd that holds
+// tenant tokens.
+func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AdminTokenFile == "" && cfg.DataDir != "" {
+		cfg.AdminTokenFile = filepath.Join(cfg.DataDir, "admin.token")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cli == nil {
+		return nil, errors.New("auth needs an etcd client")
+	}
+	log := cfg.Logger
+	a := &Authenticator{cfg: cfg, log: log, tokens: newTokenStore(cli, cfg.TokenCacheTTL)}
+
+	if cfg.TLSCert == "" && !cfg.Insecure {
+		dir := filepath.Join(cfg.DataDir, "pki")
+		pkiCfg := pki.DefaultInit(dir)
+		pkiCfg.Logger = log
+		for _, san := range cfg.TLSSANs {
+			if ip := net.ParseIP(san); ip != nil {
+				pkiCfg.ServerIPs = append(pkiCfg.ServerIPs, ip)
+			} else {
+				pkiCfg.ServerNames = append(pkiCfg.ServerNames, san)
+			}
+		}
+		if host, err := os.Hostname(); err == nil && host != "" {
+			pkiCfg.ServerNames = append(pkiCfg.ServerNames, host)
+		}
+		if _, err := pki.Init(pkiCfg); err != nil {
+			return nil, fmt.Errorf("make the server's own PKI: %w", err)
+		}
+		cfg.TLSCert, cfg.TLSKey = filepath.Join(dir, pki.ServerCert), filepath.Join(dir, pki.ServerKey)
+		if cfg.TLSCA == "" {
+			cfg.TLSCA = filepath.Join(dir, pki.CACertFile)
+		}
+		log.Info("serving with the server's own CA", "dir", dir)
+		a.cfg = cfg
+	}
+	var tlsCfg *tls.Config
+	if cfg.TLSCert != "" {
+		var err error
+		if tlsCfg, err = pki.ServerTLSConfig(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA); err != nil {
+			return nil, err
+		}
+		if cfg.TLSCA == "" {
+			log.Warn("no --tls-ca: client certificates are not accepted, agents must use tokens")
+		}
+	}
+	if cfg.Insecure {
+		log.Warn("serving plaintext gRPC on TCP (--insecure): bearer tokens cross the network unencrypted")
+	}
+	a.creds = newServerCreds(tlsCfg, cfg.Insecure)
+
+	token, err := ensureAdminToken(cfg.AdminTokenFile, log)
+	if err != nil {
+		return nil, err
+	}
+	a.adminHash = sha256.Sum256([]byte(token))
+	return a, nil
+}
+
+// AdminTokenFile is where the admin token is (the default resolved).
+func (a *Authenticator) AdminTokenFile() string { return a.cfg.AdminTokenFile }
+
+// CAFile is the CA that client certificates must chain to, and that clients verify the server
+// with when the server made its own PKI ("" when none).
+func (a *Authenticator) CAFile() string { return a.cfg.TLSCA }
+
+// ServerOptions are the grpc.ServerOptions of the API server: transport credentials, the auth
+// interceptors (first in the chain), and limits that keep one client from starving the others.
+func (a *Authenticator) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.Creds(a.creds),
+		grpc.ChainUnaryInterceptor(a.UnaryInterceptor),
+		grpc.ChainStreamInterceptor(a.StreamInterceptor),
+		grpc.MaxRecvMsgSize(a.cfg.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(a.cfg.MaxConcurrentStreams),
+		// Headers are small (a bearer token); the default would let a client send 16 MB of them.
+		grpc.MaxHeaderListSize(64 << 10),
+		// A connection that has not finished its TLS handshake after 10 s is dropped.
+		grpc.ConnectionTimeout(10 * time.Second),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			// Dead peers (a host cut off) are found within 40 s; idle connections are closed.
+			Time:              30 * time.Second,
+			Timeout:           10 * time.Second,
+			MaxConnectionIdle: 10 * time.Minute,
+		}),
+		grpc.SharedWriteBuffer(true),
+	}
+}
+
+// Register adds the TokenService to s.
+func (a *Authenticator) Register(s *grpc.Server) {
+	vxfabricv1.RegisterTokenServiceServer(s, &tokenService{tokens: a.tokens, log: a.log})
+}
+
+// ensureAdminToken reads the admin token, writing a new random one first if the file is missing.
+func ensureAdminToken(path string, log *slog.Logger) (string, error) {
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		token := strings.TrimSpace(string(data))
+		if len(token) < 16 {
+			return "", fmt.Errorf("admin token file %s: token shorter than 16 characters", path)
+		}
+		if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+			log.Warn("admin token file is readable by others", "path", path, "mode", st.Mode().Perm().String())
+		}
+		log.Info("admin token loaded", "path", path)
+		return token, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return "", fmt.Errorf("read admin token %s: %w", path, err)
+	}
+	raw := make([]byte, secretBytes)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("generate admin token: %w", err)
+	}
+	token := "vxfa_" + base64.RawURLEncoding.EncodeToString(raw)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", fmt.Errorf("create directory of admin token %s: %w", path, err)
+	}
+	if err := pki.WriteFileAtomic(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write admin token: %w", err)
+	}
+	log.Info("admin token written", "path", path)
+	return token, nil
+}
+
+type identityKey struct{}
+
+// FromContext returns the identity the interceptors established for this call.
+func FromContext(ctx context.Context) (Identity, bool) {
+	id, ok := ctx.Value(identityKey{}).(Identity)
+	return id, ok
+}
+
+// identify establishes who calls: a bearer token if one is presented (it wins over a certificate),
+// else a verified client certificate, else nobody.
+func (a *Authenticator) identify(ctx context.Context) (Identity, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if vals := md.Get("authorization"); len(vals) > 0 {
+		if len(vals) > 1 {
+			return Identity{}, status.Error(codes.Unauthenticated, "more than one authorization header")
+		}
+		token, ok := strings.CutPrefix(vals[0], "Bearer ")
+		if !ok || token == "" {
+			return Identity{}, status.Error(codes.Unauthenticated, `authorization header: want "Bearer <token>"`)
+		}
+		return a.identifyToken(ctx, token)
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			switch id := pki.IdentityOfConn(info.State); id.Kind {
+			case pki.KindAdmin:
+				return Identity{Role: RoleAdmin, Via: "certificate"}, nil
+			case pki.KindNode:
+				return Identity{Role: RoleNode, Node: id.Name, Via: "certificate"}, nil
+			}
+		}
+	}
+	return Identity{}, nil
+}
+
+func (a *Authenticator) identifyToken(ctx context.Context, token string) (Identity, error) {
+	sum := sha256.Sum256([]byte(token))
+	if subtle.ConstantTimeCompare(sum[:], a.adminHash[:]) == 1 {
+		return Identity{Role: RoleAdmin, Via: "token"}, nil
+	}
+	rec, err := a.tokens.authenticate(ctx, token)
+	switch {
+	case err == nil:
+		return Identity{Role: RoleTenant, Tenant: rec.Tenant, TokenID: rec.ID, Via: "token"}, nil
+	case errors.Is(err, errNoSuchToken):
+		return Identity{}, status.Error(codes.Unauthenticated, "invalid or revoked token")
+	case ctx.Err() != nil:
+		return Identity{}, status.FromContextError(ctx.Err()).Err()
+	default:
+		a.log.Error("token lookup failed", "err", err)
+		return Identity{}, status.Error(codes.Unavailable, "cannot check the token now")
+	}
+}
+
+// UnaryInterceptor authenticates and authorises a unary call before its handler runs.
+func (a *Authenticator) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	c := classOf(info.FullMethod)
+	id, err := a.identify(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := authorizeCall(id, c, info.FullMethod); err != nil {
+		return nil, err
+	}
+	if err := authorizeRequest(id, c, info.FullMethod, req); err != nil {
+		return nil, err
+	}
+	return handler(context.WithValue(ctx, identityKey{}, id), req)
+}
+
+// StreamInterceptor authenticates a streaming call before its handler runs, and authorises every
+// message the handler receives (Sync sends one: the node it wants).
+func (a *Authenticator) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	c := classOf(info.FullMethod)
+	id, err := a.identify(ss.Context())
+	if err != nil {
+		return err
+	}
+	if err := authorizeCall(id, c, info.FullMethod); err != nil {
+		return err
+	}
+	return handler(srv, &authorizedStream{
+		ServerStream: ss,
+		ctx:          context.WithValue(ss.Context(), identityKey{}, id),
+		id:           id, class: c, method: info.FullMethod,
+	})
+}
+
+type authorizedStream struct {
+	grpc.ServerStream
+	ctx    context.Context
+	id     Identity
+	class  class
+	method string
+}
+
+func (s *authorizedStream) Context() context.Context { return s.ctx }
+
+func (s *authorizedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return authorizeRequest(s.id, s.class, s.method, m)
+}

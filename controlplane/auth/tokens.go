@@ -1,0 +1,242 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Keys this package reads and writes. tokensPrefix is ours (see the key schema); tenantsPrefix is
+// controlplane/store's TenantsPrefix, read only to tie a token to the tenant it was made for.
+const (
+	tokensPrefix  = "/vxfabric/v1/tokens/"
+	tenantsPrefix = "/vxfabric/v1/tenants/"
+)
+
+// Tenant token format: "vxft_<id>_<secret>", id 16 lowercase hex characters (the etcd key), secret
+// 32 random bytes in unpadded base64url. Only SHA-256 of the whole token is stored: a high-entropy
+// secret needs no salt or slow hash, and a leaked etcd backup grants nothing.
+const (
+	tenantTokenPrefix = "vxft_"
+	tokenIDLen        = 16
+	secretBytes       = 32
+)
+
+var (
+	errNoSuchToken  = errors.New("no such token")
+	errNoSuchTenant = errors.New("no such tenant")
+)
+
+// tokenRecord is the JSON value of tokens/<id>.
+type tokenRecord struct {
+	ID     string    `json:"id"`
+	Tenant string    `json:"tenant"`
+	Create time.Time `json:"create_time"`
+	// SHA256 is the hex SHA-256 of the whole token string.
+	SHA256 string `json:"sha256"`
+	// TenantCreateRevision is the tenant key's create revision when the token was made: a tenant
+	// deleted and created again under the same name is another tenant, and old tokens die with the
+	// first one.
+	TenantCreateRevision int64 `json:"tenant_create_revision"`
+}
+
+func tokenKey(id string) string { return tokensPrefix + id }
+
+func hashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// splitTenantToken returns the id of a well-formed tenant token.
+func splitTenantToken(token string) (string, bool) {
+	rest, ok := strings.CutPrefix(token, tenantTokenPrefix)
+	if !ok || len(rest) < tokenIDLen+2 || rest[tokenIDLen] != '_' {
+		return "", false
+	}
+	id := rest[:tokenIDLen]
+	for _, c := range []byte(id) {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return "", false
+		}
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(rest[tokenIDLen+1:]); err != nil {
+		return "", false
+	}
+	return id, true
+}
+
+// tokenStore keeps tenant tokens in etcd, with a short-lived cache of lookups in front.
+type tokenStore struct {
+	cli *clientv3.Client
+	ttl time.Duration
+	now func() time.Time
+
+	mu    sync.Mutex // guards cache
+	cache map[string]cacheEntry
+}
+
+type cacheEntry struct {
+	rec     *tokenRecord // nil: no valid token of this id
+	fetched time.Time
+}
+
+// maxCacheEntries bounds the cache against a flood of made-up token ids.
+const maxCacheEntries = 4096
+
+func newTokenStore(cli *clientv3.Client, ttl time.Duration) *tokenStore {
+	return &tokenStore{cli: cli, ttl: ttl, now: time.Now, cache: map[string]cacheEntry{}}
+}
+
+// create stores a new token for an existing tenant and returns its record and the secret token.
+func (s *tokenStore) create(ctx context.Context, tenant string) (tokenRecord, string, error) {
+	for range 3 {
+		idRaw := make([]byte, tokenIDLen/2)
+		secret := make([]byte, secretBytes)
+		if _, err := rand.Read(idRaw); err != nil {
+			return tokenRecord{}, "", fmt.Errorf("generate token id: %w", err)
+		}
+		if _, err := rand.Read(secret); err != nil {
+			return tokenRecord{}, "", fmt.Errorf("generate token secret: %w", err)
+		}
+		id := hex.EncodeToString(idRaw)
+		token := tenantTokenPrefix + id + "_" + base64.RawURLEncoding.EncodeToString(secret)
+
+		tr, err := s.cli.Get(ctx, tenantsPrefix+tenant)
+		if err != nil {
+			return tokenRecord{}, "", fmt.Errorf("read tenant %q: %w", tenant, err)
+		}
+		if len(tr.Kvs) == 0 {
+			return tokenRecord{}, "", fmt.Errorf("tenant %q: %w", tenant, errNoSuchTenant)
+		}
+		rec := tokenRecord{
+			ID: id, Tenant: tenant, Create: s.now().UTC(), SHA256: hashToken(token),
+			TenantCreateRevision: tr.Kvs[0].CreateRevision,
+		}
+		val, err := json.Marshal(rec)
+		if err != nil {
+			return tokenRecord{}, "", fmt.Errorf("encode token %s: %w", id, err)
+		}
+		// One transaction: the token exists only if its tenant still is the one just read.
+		resp, err := s.cli.Txn(ctx).If(
+			clientv3.Compare(clientv3.CreateRevision(tokenKey(id)), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(tenantsPrefix+tenant), "=", rec.TenantCreateRevision),
+		).Then(clientv3.OpPut(tokenKey(id), string(val))).Commit()
+		if err != nil {
+			return tokenRecord{}, "", fmt.Errorf("store token %s: %w", id, err)
+		}
+		if resp.Succeeded {
+			return rec, token, nil
+		}
+		// The tenant changed under us, or (practically never) the id collided: try again.
+	}
+	return tokenRecord{}, "", fmt.Errorf("store token for tenant %q: lost three races", tenant)
+}
+
+// list returns the tokens of one tenant, or of all when tenant is empty, sorted by tenant and id.
+func (s *tokenStore) list(ctx context.Context, tenant string) ([]tokenRecord, error) {
+	resp, err := s.cli.Get(ctx, tokensPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	out := make([]tokenRecord, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var rec tokenRecord
+		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+			return nil, fmt.Errorf("decode token %s: %w", kv.Key, err)
+		}
+		if tenant == "" || rec.Tenant == tenant {
+			out = append(out, rec)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Tenant != out[j].Tenant {
+			return out[i].Tenant < out[j].Tenant
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// revoke deletes a token; revoking a token that does not exist is errNoSuchToken.
+func (s *tokenStore) revoke(ctx context.Context, id string) error {
+	resp, err := s.cli.Delete(ctx, tokenKey(id))
+	s.forget(id)
+	if err != nil {
+		return fmt.Errorf("revoke token %s: %w", id, err)
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("token %s: %w", id, errNoSuchToken)
+	}
+	return nil
+}
+
+func (s *tokenStore) forget(id string) {
+	s.mu.Lock()
+	delete(s.cache, id)
+	s.mu.Unlock()
+}
+
+// authenticate maps a bearer token to its record. A lookup older than the TTL is read again from
+// etcd, so a revocation on any replica takes effect here within the TTL (on this replica at once).
+func (s *tokenStore) authenticate(ctx context.Context, token string) (tokenRecord, error) {
+	id, ok := splitTenantToken(token)
+	if !ok {
+		return tokenRecord{}, errNoSuchToken
+	}
+	now := s.now()
+	s.mu.Lock()
+	e, hit := s.cache[id]
+	s.mu.Unlock()
+	if !hit || now.Sub(e.fetched) >= s.ttl {
+		rec, err := s.fetch(ctx, id)
+		if err != nil {
+			return tokenRecord{}, err
+		}
+		e = cacheEntry{rec: rec, fetched: now}
+		s.mu.Lock()
+		if len(s.cache) >= maxCacheEntries {
+			clear(s.cache)
+		}
+		s.cache[id] = e
+		s.mu.Unlock()
+	}
+	if e.rec == nil || subtle.ConstantTimeCompare([]byte(e.rec.SHA256), []byte(hashToken(token))) != 1 {
+		return tokenRecord{}, errNoSuchToken
+	}
+	return *e.rec, nil
+}
+
+// fetch reads a token and its tenant in one consistent read; nil when either is gone.
+func (s *tokenStore) fetch(ctx context.Context, id string) (*tokenRecord, error) {
+	resp, err := s.cli.Get(ctx, tokenKey(id))
+	if err != nil {
+		return nil, fmt.Errorf("read token %s: %w", id, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	var rec tokenRecord
+	if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+		return nil, fmt.Errorf("decode token %s: %w", id, err)
+	}
+	tr, err := s.cli.Get(ctx, tenantsPrefix+rec.Tenant, clientv3.WithRev(resp.Header.Revision))
+	if err != nil {
+		return nil, fmt.Errorf("read tenant %q of token %s: %w", rec.Tenant, id, err)
+	}
+	if len(tr.Kvs) == 0 || tr.Kvs[0].CreateRevision != rec.TenantCreateRevision {
+		return nil, nil
+	}
+	return &rec, nil
+}
