@@ -46,7 +46,9 @@ verify: ## go mod tidy, regenerate protos, gofmt: fail on any diff
 	@git diff --exit-code -- . || { echo "verify: the tree changed (see the diff above)"; exit 1; }
 
 lab: build ## the main job: bring up a 3-host lab, build tenants and networks, print who reaches whom
-	./scripts/lab-demo.sh
+	@[ "$$(id -u)" = 0 ] || { echo "make lab needs root (network namespaces)" >&2; exit 1; }
+	$(BIN) lab up --hosts 3
+	$(BIN) lab demo
 
 bench: build ## benchmarks against the targets; QUICK=1 for the reduced run
 	$(GO) run ./bench/cmd/vxbench $(if $(QUICK),-quick)

@@ -75,7 +75,8 @@ in every host. VMs are namespaces whose NICs are plugged in as ports. Needs root
 	_ = pf.MarkHidden("namespace-prefix")
 	cmd.AddCommand(
 		newLabUpCmd(f), newLabDownCmd(f), newLabStatusCmd(f), newLabExecCmd(f),
-		newLabAgentCmd(f), newLabServerCmd(f), newLabHostCmd(f),
+		newLabAgentCmd(f), newLabServerCmd(f), newLabHostCmd(f), newLabVMCmd(f),
+		newLabDemoCmd(f),
 	)
 	return cmd
 }
@@ -271,4 +272,71 @@ func newLabHostCmd(f *labFlags) *cobra.Command {
 			}},
 	)
 	return cmd
+}
+
+func newLabVMCmd(f *labFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "vm", Short: "VMs: namespaces whose NICs are plugged in as ports"}
+	var host string
+	var nics []string
+	create := &cobra.Command{
+		Use:   "create VM --host H --nic TENANT/NETWORK[=IP] [--nic ...]",
+		Short: "create the VM's ports, its namespace and NICs, and wait until every port is plugged",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			spec := lab.VMSpec{Name: args[0], Host: host}
+			for _, n := range nics {
+				nic, err := lab.ParseNIC(n)
+				if err != nil {
+					return err
+				}
+				spec.NICs = append(spec.NICs, nic)
+			}
+			vm, err := l.CreateVM(cmd.Context(), spec)
+			if err != nil {
+				return err
+			}
+			for i, p := range vm.Ports {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s eth%d  %s/%s  %s  %s  port %s (host interface %s on %s)\n",
+					vm.Name, i, p.GetTenant(), p.GetNetwork(), p.GetIp(), p.GetMac(), p.GetName(), p.GetInterfaceName(), vm.Host)
+			}
+			return nil
+		},
+	}
+	create.Flags().StringVar(&host, "host", "", "host the VM runs on (h1..hN)")
+	create.Flags().StringArrayVar(&nics, "nic", nil, "a NIC: TENANT/NETWORK[=IP]; repeat for a multi-homed VM")
+	_ = create.MarkFlagRequired("host")
+	_ = create.MarkFlagRequired("nic")
+	del := &cobra.Command{
+		Use:   "delete VM",
+		Short: "delete the VM's ports and namespace",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			return l.DeleteVM(cmd.Context(), args[0])
+		},
+	}
+	cmd.AddCommand(create, del)
+	return cmd
+}
+
+func newLabDemoCmd(f *labFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "demo",
+		Short: "build two tenants, a network of each mode and VMs, then check who reaches whom with real traffic",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			return l.Demo(cmd.Context(), cmd.OutOrStdout())
+		},
+	}
 }
