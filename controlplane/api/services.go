@@ -1,0 +1,289 @@
+package api
+
+import (
+	"context"
+
+	"github.com/vxfabric/vxfabric/controlplane/store"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// TenantServer implements vxfabric.v1.TenantService.
+type TenantServer struct {
+	vxfabricv1.UnimplementedTenantServiceServer
+	*core
+}
+
+func (s *TenantServer) CreateTenant(ctx context.Context, req *vxfabricv1.CreateTenantRequest) (*vxfabricv1.CreateTenantResponse, error) {
+	if err := validName("tenant", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validRequestID(req.RequestId); err != nil {
+		return nil, s.toStatus(err)
+	}
+	t, err := s.store.CreateTenant(ctx, &vxfabricv1.Tenant{Name: req.Name, CreateTime: timestamppb.Now()}, req.RequestId)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("tenant created", "tenant", t.Name, "rev", t.Revision)
+	return &vxfabricv1.CreateTenantResponse{Tenant: t}, nil
+}
+
+func (s *TenantServer) GetTenant(ctx context.Context, req *vxfabricv1.GetTenantRequest) (*vxfabricv1.GetTenantResponse, error) {
+	if err := validName("tenant", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	t, err := s.store.GetTenant(ctx, req.Name)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &vxfabricv1.GetTenantResponse{Tenant: t}, nil
+}
+
+func (s *TenantServer) ListTenants(ctx context.Context, _ *vxfabricv1.ListTenantsRequest) (*vxfabricv1.ListTenantsResponse, error) {
+	ts, err := s.store.ListTenants(ctx)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &vxfabricv1.ListTenantsResponse{Tenants: ts}, nil
+}
+
+func (s *TenantServer) DeleteTenant(ctx context.Context, req *vxfabricv1.DeleteTenantRequest) (*vxfabricv1.DeleteTenantResponse, error) {
+	if err := validName("tenant", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validExpected(req.ExpectedRevision); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := s.store.DeleteTenant(ctx, req.Name, req.ExpectedRevision); err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("tenant deleted", "tenant", req.Name)
+	return &vxfabricv1.DeleteTenantResponse{}, nil
+}
+
+// NetworkServer implements vxfabric.v1.NetworkService.
+type NetworkServer struct {
+	vxfabricv1.UnimplementedNetworkServiceServer
+	*core
+}
+
+func (s *NetworkServer) CreateNetwork(ctx context.Context, req *vxfabricv1.CreateNetworkRequest) (*vxfabricv1.CreateNetworkResponse, error) {
+	n, err := checkCreateNetwork(req, s.cfg.UnderlayMTU)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	n.CreateTime = timestamppb.Now()
+	out, err := s.cfg.Alloc.CreateNetwork(ctx, n, req.RequestId)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("network created", "tenant", out.Tenant, "network", out.Name, "vni", out.Vni, "rev", out.Revision)
+	return &vxfabricv1.CreateNetworkResponse{Network: out}, nil
+}
+
+func (s *NetworkServer) GetNetwork(ctx context.Context, req *vxfabricv1.GetNetworkRequest) (*vxfabricv1.GetNetworkResponse, error) {
+	if err := validName("tenant", req.Tenant); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validName("network", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	n, err := s.store.GetNetwork(ctx, req.Tenant, req.Name)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &vxfabricv1.GetNetworkResponse{Network: n}, nil
+}
+
+func (s *NetworkServer) ListNetworks(ctx context.Context, req *vxfabricv1.ListNetworksRequest) (*vxfabricv1.ListNetworksResponse, error) {
+	if err := validOptionalName("tenant", req.Tenant); err != nil {
+		return nil, s.toStatus(err)
+	}
+	ns, err := s.store.ListNetworks(ctx, req.Tenant)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &vxfabricv1.ListNetworksResponse{Networks: ns}, nil
+}
+
+func (s *NetworkServer) UpdateNetwork(ctx context.Context, req *vxfabricv1.UpdateNetworkRequest) (*vxfabricv1.UpdateNetworkResponse, error) {
+	if err := validName("tenant", req.Tenant); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validName("network", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validMTU(req.Mtu); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validExpected(req.ExpectedRevision); err != nil {
+		return nil, s.toStatus(err)
+	}
+	n, err := s.store.UpdateNetwork(ctx, req.Tenant, req.Name, req.ExpectedRevision, func(n *vxfabricv1.Network) error {
+		if req.Mtu != 0 {
+			n.Mtu = req.Mtu
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("network updated", "tenant", n.Tenant, "network", n.Name, "vni", n.Vni, "rev", n.Revision)
+	return &vxfabricv1.UpdateNetworkResponse{Network: n}, nil
+}
+
+func (s *NetworkServer) DeleteNetwork(ctx context.Context, req *vxfabricv1.DeleteNetworkRequest) (*vxfabricv1.DeleteNetworkResponse, error) {
+	if err := validName("tenant", req.Tenant); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validName("network", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validExpected(req.ExpectedRevision); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := s.store.DeleteNetwork(ctx, req.Tenant, req.Name, req.ExpectedRevision); err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("network deleted", "tenant", req.Tenant, "network", req.Name)
+	return &vxfabricv1.DeleteNetworkResponse{}, nil
+}
+
+// PortServer implements vxfabric.v1.PortService.
+type PortServer struct {
+	vxfabricv1.UnimplementedPortServiceServer
+	*core
+}
+
+func (s *PortServer) CreatePort(ctx context.Context, req *vxfabricv1.CreatePortRequest) (*vxfabricv1.CreatePortResponse, error) {
+	p, err := checkCreatePort(req)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	n, err := s.store.GetNetwork(ctx, req.Tenant, req.Network)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := checkPortInNetwork(p, n); err != nil {
+		return nil, s.toStatus(err)
+	}
+	p.CreateTime = timestamppb.Now()
+	out, err := s.cfg.Alloc.CreatePort(ctx, n, p, req.RequestId)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("port created", "tenant", out.Tenant, "network", out.Network, "port", out.Name, "node", out.Node,
+		"mac", out.Mac, "ip", out.Ip, "rev", out.Revision)
+	return &vxfabricv1.CreatePortResponse{Port: out}, nil
+}
+
+func (s *PortServer) GetPort(ctx context.Context, req *vxfabricv1.GetPortRequest) (*vxfabricv1.GetPortResponse, error) {
+	if err := validName("tenant", req.Tenant); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validName("port", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	p, err := s.store.GetPort(ctx, req.Tenant, req.Name)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &vxfabricv1.GetPortResponse{Port: p}, nil
+}
+
+func (s *PortServer) ListPorts(ctx context.Context, req *vxfabricv1.ListPortsRequest) (*vxfabricv1.ListPortsResponse, error) {
+	for _, f := range []struct{ field, v string }{{"tenant", req.Tenant}, {"network", req.Network}, {"node", req.Node}, {"vm", req.Vm}} {
+		if err := validOptionalName(f.field, f.v); err != nil {
+			return nil, s.toStatus(err)
+		}
+	}
+	if req.Tenant != "" && req.Network != "" {
+		if _, err := s.store.GetNetwork(ctx, req.Tenant, req.Network); err != nil {
+			return nil, s.toStatus(err)
+		}
+	}
+	ps, err := s.store.ListPorts(ctx, store.PortFilter{Tenant: req.Tenant, Network: req.Network, Node: req.Node, VM: req.Vm})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &vxfabricv1.ListPortsResponse{Ports: ps}, nil
+}
+
+func (s *PortServer) UpdatePort(ctx context.Context, req *vxfabricv1.UpdatePortRequest) (*vxfabricv1.UpdatePortResponse, error) {
+	if err := validName("tenant", req.Tenant); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validName("port", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validOptionalName("node", req.Node); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validExpected(req.ExpectedRevision); err != nil {
+		return nil, s.toStatus(err)
+	}
+	p, err := s.store.UpdatePort(ctx, req.Tenant, req.Name, req.ExpectedRevision, func(p *vxfabricv1.Port) error {
+		if req.Node != "" {
+			p.Node = req.Node
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("port updated", "tenant", p.Tenant, "port", p.Name, "node", p.Node, "rev", p.Revision)
+	return &vxfabricv1.UpdatePortResponse{Port: p}, nil
+}
+
+func (s *PortServer) DeletePort(ctx context.Context, req *vxfabricv1.DeletePortRequest) (*vxfabricv1.DeletePortResponse, error) {
+	if err := validName("tenant", req.Tenant); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validName("port", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validExpected(req.ExpectedRevision); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := s.store.DeletePort(ctx, req.Tenant, req.Name, req.ExpectedRevision); err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("port deleted", "tenant", req.Tenant, "port", req.Name)
+	return &vxfabricv1.DeletePortResponse{}, nil
+}
+
+// NodeServer implements vxfabric.v1.NodeService.
+type NodeServer struct {
+	vxfabricv1.UnimplementedNodeServiceServer
+	*core
+}
+
+func (s *NodeServer) withRevisions(n *vxfabricv1.Node) *vxfabricv1.Node {
+	if s.cfg.Convergence != nil {
+		n.AppliedRevision, n.DesiredRevision = s.cfg.Convergence.NodeRevisions(n.Name)
+	}
+	return n
+}
+
+func (s *NodeServer) ListNodes(ctx context.Context, _ *vxfabricv1.ListNodesRequest) (*vxfabricv1.ListNodesResponse, error) {
+	nodes, rev, err := s.store.ListNodes(ctx)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	for _, n := range nodes {
+		s.withRevisions(n)
+	}
+	return &vxfabricv1.ListNodesResponse{Nodes: nodes, Revision: rev}, nil
+}
+
+func (s *NodeServer) GetNode(ctx context.Context, req *vxfabricv1.GetNodeRequest) (*vxfabricv1.GetNodeResponse, error) {
+	if err := validName("node", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	n, err := s.store.GetNode(ctx, req.Name)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &vxfabricv1.GetNodeResponse{Node: s.withRevisions(n)}, nil
+}

@@ -1,0 +1,264 @@
+package api
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"github.com/vxfabric/vxfabric/controlplane/alloc"
+	"github.com/vxfabric/vxfabric/controlplane/store"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// The validation table of the API: anything refused here is InvalidArgument and nothing is written.
+var (
+	nameRE      = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+	requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+)
+
+const (
+	minMTU = 576
+	maxMTU = 9000
+)
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf(format+": %w", append(args, store.ErrInvalidArgument)...)
+}
+
+// validName checks a tenant, network, port, node or vm name.
+func validName(field, s string) error {
+	if !nameRE.MatchString(s) {
+		return invalid("%s %q: want 1-63 characters of a-z, 0-9 and '-', starting with a letter", field, s)
+	}
+	return nil
+}
+
+func validOptionalName(field, s string) error {
+	if s == "" {
+		return nil
+	}
+	return validName(field, s)
+}
+
+func validRequestID(s string) error {
+	if s != "" && !requestIDRE.MatchString(s) {
+		return invalid("request_id %q: want 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'", s)
+	}
+	return nil
+}
+
+func validExpected(rev int64) error {
+	if rev < 0 {
+		return invalid("expected_revision %d: must not be negative", rev)
+	}
+	return nil
+}
+
+// validCIDR parses an IPv4 network address with prefix /8 to /29 and no host bits.
+func validCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, invalid("cidr %q: want an IPv4 network such as 10.0.0.0/24", s)
+	}
+	if p.Bits() < 8 || p.Bits() > 29 {
+		return netip.Prefix{}, invalid("cidr %q: prefix length must be /8 to /29", s)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, invalid("cidr %q: host bits set (the network address is %s)", s, p.Masked())
+	}
+	return p, nil
+}
+
+func validVNI(v uint32) error {
+	if v > alloc.MaxVNI {
+		return invalid("vni %d: must be 1-%d", v, alloc.MaxVNI)
+	}
+	return nil
+}
+
+func validMTU(v uint32) error {
+	if v != 0 && (v < minMTU || v > maxMTU) {
+		return invalid("mtu %d: must be %d-%d", v, minMTU, maxMTU)
+	}
+	return nil
+}
+
+func validMode(m vxfabricv1.NetworkMode) error {
+	switch m {
+	case vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED, vxfabricv1.NetworkMode_NETWORK_MODE_NAT,
+		vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED, vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED:
+		return nil
+	case vxfabricv1.NetworkMode_NETWORK_MODE_UNSPECIFIED:
+		return invalid("mode: required (isolated, nat, routed or bridged)")
+	}
+	return invalid("mode %d: unknown", m)
+}
+
+func hasGateway(m vxfabricv1.NetworkMode) bool {
+	return m == vxfabricv1.NetworkMode_NETWORK_MODE_NAT || m == vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED
+}
+
+// validInterface checks a Linux interface name.
+func validInterface(s string) error {
+	if s == "" || len(s) > 15 || s == "." || s == ".." || strings.ContainsAny(s, "/: \t\n") {
+		return invalid("interface %q: want a Linux interface name of 1-15 characters", s)
+	}
+	return nil
+}
+
+// validMAC parses a unicast, non-zero MAC and returns it lowercase and colon separated.
+func validMAC(s string) (string, error) {
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return "", invalid("mac %q: want six hex octets such as 0e:00:00:00:00:01", s)
+	}
+	if hw[0]&1 != 0 {
+		return "", invalid("mac %q: multicast, want a unicast address", s)
+	}
+	if string(hw) == string(make([]byte, 6)) {
+		return "", invalid("mac %q: all-zero", s)
+	}
+	return hw.String(), nil
+}
+
+func validIPSyntax(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return netip.Addr{}, invalid("ip %q: want an IPv4 address", s)
+	}
+	return a, nil
+}
+
+// checkCreateNetwork validates a create request and returns the network to write (without id and
+// allocated VNI), defaults applied.
+func checkCreateNetwork(req *vxfabricv1.CreateNetworkRequest, underlayMTU uint32) (*vxfabricv1.Network, error) {
+	if err := validName("tenant", req.Tenant); err != nil {
+		return nil, err
+	}
+	if err := validName("network name", req.Name); err != nil {
+		return nil, err
+	}
+	prefix, err := validCIDR(req.Cidr)
+	if err != nil {
+		return nil, err
+	}
+	if err := validMode(req.Mode); err != nil {
+		return nil, err
+	}
+	if err := validVNI(req.Vni); err != nil {
+		return nil, err
+	}
+	if err := validMTU(req.Mtu); err != nil {
+		return nil, err
+	}
+	if err := validRequestID(req.RequestId); err != nil {
+		return nil, err
+	}
+	n := &vxfabricv1.Network{
+		Tenant: req.Tenant, Name: req.Name, Cidr: prefix.String(), Mode: req.Mode, Vni: req.Vni, Mtu: req.Mtu,
+	}
+	if n.Mtu == 0 {
+		n.Mtu = underlayMTU - 50
+	}
+	sub, err := alloc.NewSubnet(prefix, netip.Addr{})
+	if err != nil {
+		return nil, invalid("cidr %q: %v", req.Cidr, err)
+	}
+	switch {
+	case hasGateway(req.Mode) && req.Gateway == "":
+		n.Gateway = sub.FirstHost().String()
+	case hasGateway(req.Mode):
+		gw, err := validIPSyntax(req.Gateway)
+		if err != nil {
+			return nil, err
+		}
+		if !sub.Assignable(gw) {
+			return nil, invalid("gateway %s: not a host address of %s", gw, prefix)
+		}
+		n.Gateway = gw.String()
+	case req.Gateway != "":
+		return nil, invalid("gateway: only nat and routed networks have one")
+	}
+	bridged := req.Mode == vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED
+	switch {
+	case bridged && req.Uplink == nil:
+		return nil, invalid("uplink: required for a bridged network")
+	case bridged:
+		if err := validName("uplink node", req.Uplink.Node); err != nil {
+			return nil, err
+		}
+		if err := validInterface(req.Uplink.Interface); err != nil {
+			return nil, err
+		}
+		n.Uplink = &vxfabricv1.Uplink{Node: req.Uplink.Node, Interface: req.Uplink.Interface}
+	case req.Uplink != nil:
+		return nil, invalid("uplink: only bridged networks have one")
+	}
+	return n, nil
+}
+
+// checkCreatePort validates what can be checked without the network; checkPortInNetwork does the rest.
+func checkCreatePort(req *vxfabricv1.CreatePortRequest) (*vxfabricv1.Port, error) {
+	if err := validName("tenant", req.Tenant); err != nil {
+		return nil, err
+	}
+	if err := validName("network", req.Network); err != nil {
+		return nil, err
+	}
+	if err := validName("port name", req.Name); err != nil {
+		return nil, err
+	}
+	if err := validName("node", req.Node); err != nil {
+		return nil, err
+	}
+	if err := validOptionalName("vm", req.Vm); err != nil {
+		return nil, err
+	}
+	if err := validRequestID(req.RequestId); err != nil {
+		return nil, err
+	}
+	p := &vxfabricv1.Port{Tenant: req.Tenant, Network: req.Network, Name: req.Name, Node: req.Node, Vm: req.Vm}
+	if req.Mac != "" {
+		mac, err := validMAC(req.Mac)
+		if err != nil {
+			return nil, err
+		}
+		p.Mac = mac
+	}
+	if req.Ip != "" {
+		ip, err := validIPSyntax(req.Ip)
+		if err != nil {
+			return nil, err
+		}
+		p.Ip = ip.String()
+	}
+	return p, nil
+}
+
+// checkPortInNetwork refuses a requested address that is not assignable in the network (outside the
+// CIDR, or its network, broadcast or gateway address) and a requested MAC equal to the gateway's.
+func checkPortInNetwork(p *vxfabricv1.Port, n *vxfabricv1.Network) error {
+	if p.Ip != "" {
+		prefix, err := netip.ParsePrefix(n.Cidr)
+		if err != nil {
+			return fmt.Errorf("network %s cidr %q: %w", n.Id, n.Cidr, err)
+		}
+		var gw netip.Addr
+		if n.Gateway != "" {
+			gw, _ = netip.ParseAddr(n.Gateway)
+		}
+		sub, err := alloc.NewSubnet(prefix, gw)
+		if err != nil {
+			return fmt.Errorf("network %s: %w", n.Id, err)
+		}
+		if !sub.Assignable(netip.MustParseAddr(p.Ip)) {
+			return invalid("ip %s: not assignable in %s (network, broadcast and gateway addresses are reserved)", p.Ip, n.Cidr)
+		}
+	}
+	if p.Mac != "" && p.Mac == alloc.GatewayMAC(n.Vni) {
+		return invalid("mac %s: reserved for the gateway of network %q", p.Mac, n.Name)
+	}
+	return nil
+}

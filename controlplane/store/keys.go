@@ -1,0 +1,83 @@
+// Package store is the typed access to vxfabric's etcd keys: it reads and writes tenants, networks,
+// ports, nodes and their allocation and index keys, each create or delete as ONE etcd transaction.
+//
+// It owns the key schema (/vxfabric/v1/...) and the mapping of etcd revisions into the resources'
+// revision fields. It must never keep state of its own in memory: etcd is the only authority, and
+// every conflict (two replicas taking the same VNI, IP, MAC or name) is settled by a transaction's
+// compare, never by a lock here. It never picks VNIs or addresses (controlplane/alloc does) and never
+// speaks gRPC codes (controlplane/api maps the sentinel errors below, in one place).
+package store
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Prefix is the root of every vxfabric key.
+const Prefix = "/vxfabric/v1/"
+
+// Key prefixes of the schema. Values are proto.Marshal'ed vxfabricv1 messages unless said otherwise.
+const (
+	TenantsPrefix      = Prefix + "tenants/"        // <tenant> -> Tenant
+	NetworksPrefix     = Prefix + "networks/"       // <network-id> -> Network (revision 0 in storage)
+	NetworkNamesPrefix = Prefix + "names/networks/" // <tenant>/<name> -> raw network id
+	PortsPrefix        = Prefix + "ports/"          // <port-id> -> Port (plugged false in storage)
+	PortNamesPrefix    = Prefix + "names/ports/"    // <tenant>/<name> -> raw port id
+	VNIPrefix          = Prefix + "alloc/vni/"      // <vni %08d> -> raw network id
+	IPPrefix           = Prefix + "alloc/ip/"       // <network-id>/<ipv4> -> raw port id
+	MACPrefix          = Prefix + "alloc/mac/"      // <network-id>/<mac> -> raw port id
+	NodesPrefix        = Prefix + "nodes/"          // <node> -> Node
+	PortStatusPrefix   = Prefix + "status/ports/"   // <port-id> -> "1" while plugged
+	RequestsPrefix     = Prefix + "requests/"       // <kind>/<request-id> -> raw resource id
+	LeaderPrefix       = Prefix + "leader/"         // election of the node-status writer
+)
+
+// Request kinds of RequestKey.
+const (
+	KindTenant  = "tenant"
+	KindNetwork = "network"
+	KindPort    = "port"
+)
+
+// TenantKey is the key of a tenant.
+func TenantKey(name string) string { return TenantsPrefix + name }
+
+// NetworkKey is the key of a network.
+func NetworkKey(id string) string { return NetworksPrefix + id }
+
+// NetworkNameKey is the uniqueness index of a network name within its tenant.
+func NetworkNameKey(tenant, name string) string { return NetworkNamesPrefix + tenant + "/" + name }
+
+// TenantNetworkNamesPrefix holds the name index of every network of a tenant.
+func TenantNetworkNamesPrefix(tenant string) string { return NetworkNamesPrefix + tenant + "/" }
+
+// PortKey is the key of a port.
+func PortKey(id string) string { return PortsPrefix + id }
+
+// PortNameKey is the uniqueness index of a port name within its tenant.
+func PortNameKey(tenant, name string) string { return PortNamesPrefix + tenant + "/" + name }
+
+// VNIKey is the allocation key of a VNI. The zero padding keeps keys in numeric order, so that a
+// range of VNIs is a range of keys.
+func VNIKey(vni uint32) string { return fmt.Sprintf("%s%08d", VNIPrefix, vni) }
+
+// NetworkIPPrefix holds the address allocations of one network: one key per port.
+func NetworkIPPrefix(networkID string) string { return IPPrefix + networkID + "/" }
+
+// IPKey is the allocation key of an address in a network.
+func IPKey(networkID string, ip netip.Addr) string { return NetworkIPPrefix(networkID) + ip.String() }
+
+// NetworkMACPrefix holds the MAC allocations of one network.
+func NetworkMACPrefix(networkID string) string { return MACPrefix + networkID + "/" }
+
+// MACKey is the allocation key of a MAC (lowercase, colon separated) in a network.
+func MACKey(networkID, mac string) string { return NetworkMACPrefix(networkID) + mac }
+
+// NodeKey is the key of a node.
+func NodeKey(name string) string { return NodesPrefix + name }
+
+// PortStatusKey exists (value "1") while the port's agent reports it plugged.
+func PortStatusKey(portID string) string { return PortStatusPrefix + portID }
+
+// RequestKey records which resource a create with this request id made.
+func RequestKey(kind, requestID string) string { return RequestsPrefix + kind + "/" + requestID }

@@ -1,0 +1,62 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+func decodeNode(kv *mvccpb.KeyValue) (*vxfabricv1.Node, error) {
+	n := &vxfabricv1.Node{}
+	if err := proto.Unmarshal(kv.Value, n); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+	}
+	n.Revision = kv.ModRevision
+	return n, nil
+}
+
+// PutNode writes a node record (name, vtep, status, last change, version). Applied and desired
+// revisions are not stored: they are live figures of the fan-out.
+func (s *Store) PutNode(ctx context.Context, n *vxfabricv1.Node) (*vxfabricv1.Node, error) {
+	stored := proto.Clone(n).(*vxfabricv1.Node)
+	stored.Revision, stored.AppliedRevision, stored.DesiredRevision = 0, 0, 0
+	resp, err := s.kv.Put(ctx, NodeKey(n.Name), marshal(stored))
+	if err != nil {
+		return nil, fmt.Errorf("put node %q: %w", n.Name, err)
+	}
+	stored.Revision = resp.Header.Revision
+	return stored, nil
+}
+
+// GetNode reads a node record.
+func (s *Store) GetNode(ctx context.Context, name string) (*vxfabricv1.Node, error) {
+	resp, err := s.kv.Get(ctx, NodeKey(name))
+	if err != nil {
+		return nil, fmt.Errorf("get node %q: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("node %q: %w", name, ErrNotFound)
+	}
+	return decodeNode(resp.Kvs[0])
+}
+
+// ListNodes reads every node, sorted by name, and the store's current revision.
+func (s *Store) ListNodes(ctx context.Context) ([]*vxfabricv1.Node, int64, error) {
+	resp, err := s.kv.Get(ctx, NodesPrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, 0, fmt.Errorf("list nodes: %w", err)
+	}
+	out := make([]*vxfabricv1.Node, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		n, err := decodeNode(kv)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, n)
+	}
+	return out, resp.Header.Revision, nil
+}

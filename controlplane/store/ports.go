@@ -1,0 +1,293 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+func decodePort(kv *mvccpb.KeyValue) (*vxfabricv1.Port, error) {
+	p := &vxfabricv1.Port{}
+	if err := proto.Unmarshal(kv.Value, p); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+	}
+	p.Revision = kv.ModRevision
+	return p, nil
+}
+
+// portAllocKeys returns the address and MAC allocation keys of a port.
+func portAllocKeys(p *vxfabricv1.Port) (ipKey, macKey string, err error) {
+	ip, err := netip.ParseAddr(p.Ip)
+	if err != nil {
+		return "", "", fmt.Errorf("port %s address %q: %w", p.Id, p.Ip, ErrInvalidArgument)
+	}
+	return IPKey(p.NetworkId, ip), MACKey(p.NetworkId, strings.ToLower(p.Mac)), nil
+}
+
+// CreatePort writes, in ONE transaction, the port, its name index, its address and MAC allocations and
+// the request record. As with networks, allocations live and die with the resource that references
+// them, so a crash between steps cannot leak one and no repair pass is needed.
+//
+// The transaction fails unless the network (p.NetworkId) exists and the name, address, MAC and id are
+// free. Errors: ErrNotFound (network), ErrAlreadyExists (name), ErrIPTaken, ErrMACTaken, ErrIDTaken,
+// ErrRequestMismatch. With a request id that already made a port, that port is returned.
+func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID string) (*vxfabricv1.Port, error) {
+	stored := proto.Clone(p).(*vxfabricv1.Port)
+	stored.Revision, stored.Plugged = 0, false
+	ipKey, macKey, err := portAllocKeys(p)
+	if err != nil {
+		return nil, err
+	}
+	key, nameKey, netKey := PortKey(p.Id), PortNameKey(p.Tenant, p.Name), NetworkKey(p.NetworkId)
+	for range maxCASRetries {
+		cmps := []clientv3.Cmp{exists(netKey), notExists(nameKey), notExists(ipKey), notExists(macKey), notExists(key)}
+		puts := []clientv3.Op{
+			clientv3.OpPut(key, marshal(stored)),
+			clientv3.OpPut(nameKey, p.Id),
+			clientv3.OpPut(ipKey, p.Id),
+			clientv3.OpPut(macKey, p.Id),
+		}
+		elses := []clientv3.Op{
+			clientv3.OpGet(netKey, clientv3.WithKeysOnly()),
+			clientv3.OpGet(nameKey, clientv3.WithKeysOnly()),
+			clientv3.OpGet(ipKey, clientv3.WithKeysOnly()),
+			clientv3.OpGet(macKey, clientv3.WithKeysOnly()),
+			clientv3.OpGet(key, clientv3.WithKeysOnly()),
+		}
+		if requestID != "" {
+			rk := RequestKey(KindPort, requestID)
+			cmps = append(cmps, notExists(rk))
+			puts = append(puts, clientv3.OpPut(rk, p.Id))
+			elses = append(elses, clientv3.OpGet(rk))
+		}
+		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, err)
+		}
+		if resp.Succeeded {
+			out := proto.Clone(stored).(*vxfabricv1.Port)
+			out.Revision = resp.Header.Revision
+			return out, nil
+		}
+		if requestID != "" {
+			if id, rev := requestRecord(first(rangeKVs(resp, 5))); rev != 0 {
+				prev, err := s.GetPortByID(ctx, id)
+				if errors.Is(err, ErrNotFound) {
+					if err := s.dropStaleRequest(ctx, RequestKey(KindPort, requestID), rev); err != nil {
+						return nil, err
+					}
+					continue
+				}
+				if err != nil {
+					return nil, err
+				}
+				if prev.Tenant != p.Tenant || prev.Name != p.Name {
+					return nil, fmt.Errorf("port %q in tenant %q: %w", p.Name, p.Tenant, ErrRequestMismatch)
+				}
+				return prev, nil
+			}
+		}
+		switch {
+		case len(rangeKVs(resp, 0)) == 0:
+			return nil, fmt.Errorf("network %s: %w", p.NetworkId, ErrNotFound)
+		case len(rangeKVs(resp, 1)) > 0:
+			return nil, fmt.Errorf("port %q in tenant %q: %w", p.Name, p.Tenant, ErrAlreadyExists)
+		case len(rangeKVs(resp, 4)) > 0:
+			return nil, fmt.Errorf("port id %s: %w", p.Id, ErrIDTaken)
+		case len(rangeKVs(resp, 2)) > 0:
+			return nil, fmt.Errorf("address %s in network %s: %w", p.Ip, p.NetworkId, ErrIPTaken)
+		case len(rangeKVs(resp, 3)) > 0:
+			return nil, fmt.Errorf("mac %s in network %s: %w", p.Mac, p.NetworkId, ErrMACTaken)
+		}
+	}
+	return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, ErrContention)
+}
+
+// GetPortByID reads a port by id, with its plugged state.
+func (s *Store) GetPortByID(ctx context.Context, id string) (*vxfabricv1.Port, error) {
+	resp, err := s.kv.Txn(ctx).Then(
+		clientv3.OpGet(PortKey(id)),
+		clientv3.OpGet(PortStatusKey(id)),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("get port %s: %w", id, err)
+	}
+	kv := first(rangeKVs(resp, 0))
+	if kv == nil {
+		return nil, fmt.Errorf("port %s: %w", id, ErrNotFound)
+	}
+	p, err := decodePort(kv)
+	if err != nil {
+		return nil, err
+	}
+	p.Plugged = len(rangeKVs(resp, 1)) > 0
+	return p, nil
+}
+
+// GetPort reads a port by tenant and name.
+func (s *Store) GetPort(ctx context.Context, tenant, name string) (*vxfabricv1.Port, error) {
+	resp, err := s.kv.Txn(ctx).Then(
+		clientv3.OpGet(TenantKey(tenant), clientv3.WithKeysOnly()),
+		clientv3.OpGet(PortNameKey(tenant, name)),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("get port %q in tenant %q: %w", name, tenant, err)
+	}
+	if len(rangeKVs(resp, 0)) == 0 {
+		return nil, fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
+	}
+	idKV := first(rangeKVs(resp, 1))
+	if idKV == nil {
+		return nil, fmt.Errorf("port %q in tenant %q: %w", name, tenant, ErrNotFound)
+	}
+	p, err := s.GetPortByID(ctx, string(idKV.Value))
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("port %q in tenant %q: %w", name, tenant, ErrNotFound)
+	}
+	return p, err
+}
+
+// PortFilter selects ports; an empty field matches everything. Network is a network name.
+type PortFilter struct {
+	Tenant, Network, Node, VM string
+}
+
+func (f PortFilter) match(p *vxfabricv1.Port) bool {
+	return (f.Tenant == "" || p.Tenant == f.Tenant) &&
+		(f.Network == "" || p.Network == f.Network) &&
+		(f.Node == "" || p.Node == f.Node) &&
+		(f.VM == "" || p.Vm == f.VM)
+}
+
+// ListPorts reads the ports matching f, with their plugged state, sorted by tenant and name. A filter
+// naming a tenant that does not exist gives ErrNotFound.
+func (s *Store) ListPorts(ctx context.Context, f PortFilter) ([]*vxfabricv1.Port, error) {
+	resp, err := s.kv.Txn(ctx).Then(
+		clientv3.OpGet(TenantKey(f.Tenant), clientv3.WithKeysOnly()),
+		clientv3.OpGet(PortsPrefix, clientv3.WithPrefix()),
+		clientv3.OpGet(PortStatusPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("list ports: %w", err)
+	}
+	if f.Tenant != "" && len(rangeKVs(resp, 0)) == 0 {
+		return nil, fmt.Errorf("tenant %q: %w", f.Tenant, ErrNotFound)
+	}
+	plugged := make(map[string]bool, len(rangeKVs(resp, 2)))
+	for _, kv := range rangeKVs(resp, 2) {
+		plugged[strings.TrimPrefix(string(kv.Key), PortStatusPrefix)] = true
+	}
+	var out []*vxfabricv1.Port
+	for _, kv := range rangeKVs(resp, 1) {
+		p, err := decodePort(kv)
+		if err != nil {
+			return nil, err
+		}
+		if f.match(p) {
+			p.Plugged = plugged[p.Id]
+			out = append(out, p)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Tenant != out[j].Tenant {
+			return out[i].Tenant < out[j].Tenant
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out, nil
+}
+
+// UpdatePort applies mutate to a port and writes it back, as UpdateNetwork does. mutate may change
+// only the node: id, network, MAC, address and interface name are fixed for the port's life.
+func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected int64, mutate func(*vxfabricv1.Port) error) (*vxfabricv1.Port, error) {
+	for range maxCASRetries {
+		p, err := s.GetPort(ctx, tenant, name)
+		if err != nil {
+			return nil, err
+		}
+		if expected != 0 && p.Revision != expected {
+			return nil, fmt.Errorf("port %q in tenant %q is at revision %d, not %d: %w", name, tenant, p.Revision, expected, ErrStale)
+		}
+		read, plugged := p.Revision, p.Plugged
+		if err := mutate(p); err != nil {
+			return nil, err
+		}
+		p.Revision, p.Plugged = 0, false
+		key := PortKey(p.Id)
+		resp, err := s.kv.Txn(ctx).If(atRevision(key, read)).Then(clientv3.OpPut(key, marshal(p))).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("update port %q in tenant %q: %w", name, tenant, err)
+		}
+		if resp.Succeeded {
+			p.Revision, p.Plugged = resp.Header.Revision, plugged
+			return p, nil
+		}
+		if expected != 0 {
+			return nil, fmt.Errorf("port %q in tenant %q changed after revision %d: %w", name, tenant, expected, ErrStale)
+		}
+	}
+	return nil, fmt.Errorf("update port %q in tenant %q: %w", name, tenant, ErrContention)
+}
+
+// DeletePort removes a port with its name index, allocations and plugged status in one transaction.
+func (s *Store) DeletePort(ctx context.Context, tenant, name string, expected int64) error {
+	for range maxCASRetries {
+		p, err := s.GetPort(ctx, tenant, name)
+		if err != nil {
+			return err
+		}
+		if expected != 0 && p.Revision != expected {
+			return fmt.Errorf("port %q in tenant %q is at revision %d, not %d: %w", name, tenant, p.Revision, expected, ErrStale)
+		}
+		ipKey, macKey, err := portAllocKeys(p)
+		if err != nil {
+			return err
+		}
+		key := PortKey(p.Id)
+		resp, err := s.kv.Txn(ctx).If(atRevision(key, p.Revision)).Then(
+			clientv3.OpDelete(key),
+			clientv3.OpDelete(PortNameKey(tenant, name)),
+			clientv3.OpDelete(ipKey),
+			clientv3.OpDelete(macKey),
+			clientv3.OpDelete(PortStatusKey(p.Id)),
+		).Commit()
+		if err != nil {
+			return fmt.Errorf("delete port %q in tenant %q: %w", name, tenant, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		if expected != 0 {
+			return fmt.Errorf("port %q in tenant %q changed after revision %d: %w", name, tenant, expected, ErrStale)
+		}
+	}
+	return fmt.Errorf("delete port %q in tenant %q: %w", name, tenant, ErrContention)
+}
+
+// SetPortPlugged records (or clears) that a port's agent has plugged it. Recording a port that no
+// longer exists is refused (ErrNotFound), so no status outlives its port.
+func (s *Store) SetPortPlugged(ctx context.Context, id string, plugged bool) error {
+	key := PortStatusKey(id)
+	if !plugged {
+		if _, err := s.kv.Delete(ctx, key); err != nil {
+			return fmt.Errorf("clear plugged status of port %s: %w", id, err)
+		}
+		return nil
+	}
+	resp, err := s.kv.Txn(ctx).If(exists(PortKey(id))).Then(clientv3.OpPut(key, "1")).Commit()
+	if err != nil {
+		return fmt.Errorf("set plugged status of port %s: %w", id, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("port %s: %w", id, ErrNotFound)
+	}
+	return nil
+}

@@ -1,0 +1,461 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// maxCASRetries bounds the read-modify-write loops of updates and deletes without an expected revision.
+const maxCASRetries = 16
+
+// Store reads and writes the vxfabric keys. It is safe for concurrent use and holds no state besides
+// the client: any number of Stores (in any number of server replicas) may share one etcd.
+type Store struct {
+	kv clientv3.KV
+}
+
+// New returns a Store over an etcd client (or any clientv3.KV).
+func New(kv clientv3.KV) *Store { return &Store{kv: kv} }
+
+// KV is the underlying etcd key-value API.
+func (s *Store) KV() clientv3.KV { return s.kv }
+
+func marshal(m proto.Message) string {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		// Marshalling our own generated messages cannot fail.
+		panic(fmt.Sprintf("marshal %T: %v", m, err))
+	}
+	return string(b)
+}
+
+// notExists and exists compare a key's presence in a transaction.
+func notExists(key string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+}
+func exists(key string) clientv3.Cmp { return clientv3.Compare(clientv3.CreateRevision(key), ">", 0) }
+
+// prefixEmpty holds when no key starts with prefix: etcd compares every key of the range, and an empty
+// range compares as a key with create revision 0.
+func prefixEmpty(prefix string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(prefix), "=", 0).WithPrefix()
+}
+
+// atRevision holds while key is at modRev.
+func atRevision(key string, modRev int64) clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(key), "=", modRev)
+}
+
+// rangeKVs returns the key-values of the i-th response of a transaction (a Get).
+func rangeKVs(resp *clientv3.TxnResponse, i int) []*mvccpb.KeyValue {
+	return resp.Responses[i].GetResponseRange().GetKvs()
+}
+
+func first(kvs []*mvccpb.KeyValue) *mvccpb.KeyValue {
+	if len(kvs) == 0 {
+		return nil
+	}
+	return kvs[0]
+}
+
+// requestRecord reads the idempotency record of a create that failed its transaction. It returns the
+// recorded resource id and the record's revision, or "" when there is none.
+func requestRecord(kv *mvccpb.KeyValue) (string, int64) {
+	if kv == nil {
+		return "", 0
+	}
+	return string(kv.Value), kv.ModRevision
+}
+
+// dropStaleRequest deletes a request record whose resource has since been deleted, so that a create
+// repeating that request_id makes the resource again.
+func (s *Store) dropStaleRequest(ctx context.Context, key string, modRev int64) error {
+	_, err := s.kv.Txn(ctx).If(atRevision(key, modRev)).Then(clientv3.OpDelete(key)).Commit()
+	if err != nil {
+		return fmt.Errorf("drop stale request %s: %w", key, err)
+	}
+	return nil
+}
+
+// ---- tenants ----
+
+func decodeTenant(kv *mvccpb.KeyValue) (*vxfabricv1.Tenant, error) {
+	t := &vxfabricv1.Tenant{}
+	if err := proto.Unmarshal(kv.Value, t); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+	}
+	t.Revision = kv.ModRevision
+	return t, nil
+}
+
+// CreateTenant writes a tenant (and, with a request id, its request record) in one transaction.
+// Repeating a request id returns the tenant it created.
+func (s *Store) CreateTenant(ctx context.Context, t *vxfabricv1.Tenant, requestID string) (*vxfabricv1.Tenant, error) {
+	key := TenantKey(t.Name)
+	for range maxCASRetries {
+		cmps := []clientv3.Cmp{notExists(key)}
+		puts := []clientv3.Op{clientv3.OpPut(key, marshal(t))}
+		elses := []clientv3.Op{clientv3.OpGet(key)}
+		if requestID != "" {
+			rk := RequestKey(KindTenant, requestID)
+			cmps = append(cmps, notExists(rk))
+			puts = append(puts, clientv3.OpPut(rk, t.Name))
+			elses = append(elses, clientv3.OpGet(rk))
+		}
+		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("create tenant %q: %w", t.Name, err)
+		}
+		if resp.Succeeded {
+			out := proto.Clone(t).(*vxfabricv1.Tenant)
+			out.Revision = resp.Header.Revision
+			return out, nil
+		}
+		cur := first(rangeKVs(resp, 0))
+		if requestID != "" {
+			if id, rev := requestRecord(first(rangeKVs(resp, 1))); rev != 0 {
+				if id != t.Name {
+					return nil, fmt.Errorf("tenant %q: %w", t.Name, ErrRequestMismatch)
+				}
+				if cur != nil {
+					return decodeTenant(cur)
+				}
+				if err := s.dropStaleRequest(ctx, RequestKey(KindTenant, requestID), rev); err != nil {
+					return nil, err
+				}
+				continue
+			}
+		}
+		if cur != nil {
+			return nil, fmt.Errorf("tenant %q: %w", t.Name, ErrAlreadyExists)
+		}
+	}
+	return nil, fmt.Errorf("create tenant %q: %w", t.Name, ErrContention)
+}
+
+// GetTenant reads a tenant.
+func (s *Store) GetTenant(ctx context.Context, name string) (*vxfabricv1.Tenant, error) {
+	resp, err := s.kv.Get(ctx, TenantKey(name))
+	if err != nil {
+		return nil, fmt.Errorf("get tenant %q: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("tenant %q: %w", name, ErrNotFound)
+	}
+	return decodeTenant(resp.Kvs[0])
+}
+
+// ListTenants reads every tenant, sorted by name.
+func (s *Store) ListTenants(ctx context.Context) ([]*vxfabricv1.Tenant, error) {
+	resp, err := s.kv.Get(ctx, TenantsPrefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("list tenants: %w", err)
+	}
+	out := make([]*vxfabricv1.Tenant, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		t, err := decodeTenant(kv)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// DeleteTenant removes a tenant that has no networks. expected, when non-zero, must be the tenant's
+// revision.
+func (s *Store) DeleteTenant(ctx context.Context, name string, expected int64) error {
+	key := TenantKey(name)
+	netPrefix := TenantNetworkNamesPrefix(name)
+	for range maxCASRetries {
+		cmps := []clientv3.Cmp{exists(key), prefixEmpty(netPrefix)}
+		if expected != 0 {
+			cmps = append(cmps, atRevision(key, expected))
+		}
+		resp, err := s.kv.Txn(ctx).If(cmps...).
+			Then(clientv3.OpDelete(key)).
+			Else(clientv3.OpGet(key), clientv3.OpGet(netPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("delete tenant %q: %w", name, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		cur := first(rangeKVs(resp, 0))
+		switch {
+		case cur == nil:
+			return fmt.Errorf("tenant %q: %w", name, ErrNotFound)
+		case resp.Responses[1].GetResponseRange().Count > 0:
+			return fmt.Errorf("tenant %q has %d networks: %w", name, resp.Responses[1].GetResponseRange().Count, ErrFailedPrecondition)
+		case expected != 0 && cur.ModRevision != expected:
+			return fmt.Errorf("tenant %q is at revision %d, not %d: %w", name, cur.ModRevision, expected, ErrStale)
+		}
+	}
+	return fmt.Errorf("delete tenant %q: %w", name, ErrContention)
+}
+
+// ---- networks ----
+
+func decodeNetwork(kv *mvccpb.KeyValue) (*vxfabricv1.Network, error) {
+	n := &vxfabricv1.Network{}
+	if err := proto.Unmarshal(kv.Value, n); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+	}
+	n.Revision = kv.ModRevision
+	return n, nil
+}
+
+// CreateNetwork writes, in ONE transaction, the network, its name index, its VNI allocation and the
+// request record. Because the allocation and the resource that references it are written (and later
+// deleted) together, a crash never leaves a VNI allocated without a network: no repair pass is needed.
+//
+// The transaction fails unless the tenant exists and the name, the VNI and the id are free. Errors:
+// ErrNotFound (tenant), ErrAlreadyExists (name), ErrVNITaken, ErrIDTaken, ErrRequestMismatch. With a
+// request id that already made a network, that network is returned and nothing is written.
+func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string) (*vxfabricv1.Network, error) {
+	stored := proto.Clone(n).(*vxfabricv1.Network)
+	stored.Revision = 0
+	key, nameKey, vniKey := NetworkKey(n.Id), NetworkNameKey(n.Tenant, n.Name), VNIKey(n.Vni)
+	for range maxCASRetries {
+		cmps := []clientv3.Cmp{exists(TenantKey(n.Tenant)), notExists(nameKey), notExists(vniKey), notExists(key)}
+		puts := []clientv3.Op{
+			clientv3.OpPut(key, marshal(stored)),
+			clientv3.OpPut(nameKey, n.Id),
+			clientv3.OpPut(vniKey, n.Id),
+		}
+		elses := []clientv3.Op{
+			clientv3.OpGet(TenantKey(n.Tenant), clientv3.WithKeysOnly()),
+			clientv3.OpGet(nameKey), clientv3.OpGet(vniKey), clientv3.OpGet(key, clientv3.WithKeysOnly()),
+		}
+		if requestID != "" {
+			rk := RequestKey(KindNetwork, requestID)
+			cmps = append(cmps, notExists(rk))
+			puts = append(puts, clientv3.OpPut(rk, n.Id))
+			elses = append(elses, clientv3.OpGet(rk))
+		}
+		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, err)
+		}
+		if resp.Succeeded {
+			out := proto.Clone(stored).(*vxfabricv1.Network)
+			out.Revision = resp.Header.Revision
+			return out, nil
+		}
+		if requestID != "" {
+			if id, rev := requestRecord(first(rangeKVs(resp, 4))); rev != 0 {
+				prev, err := s.GetNetworkByID(ctx, id)
+				if errors.Is(err, ErrNotFound) {
+					if err := s.dropStaleRequest(ctx, RequestKey(KindNetwork, requestID), rev); err != nil {
+						return nil, err
+					}
+					continue
+				}
+				if err != nil {
+					return nil, err
+				}
+				if prev.Tenant != n.Tenant || prev.Name != n.Name {
+					return nil, fmt.Errorf("network %q in tenant %q: %w", n.Name, n.Tenant, ErrRequestMismatch)
+				}
+				return prev, nil
+			}
+		}
+		switch {
+		case len(rangeKVs(resp, 0)) == 0:
+			return nil, fmt.Errorf("tenant %q: %w", n.Tenant, ErrNotFound)
+		case len(rangeKVs(resp, 1)) > 0:
+			return nil, fmt.Errorf("network %q in tenant %q: %w", n.Name, n.Tenant, ErrAlreadyExists)
+		case len(rangeKVs(resp, 3)) > 0:
+			return nil, fmt.Errorf("network id %s: %w", n.Id, ErrIDTaken)
+		case len(rangeKVs(resp, 2)) > 0:
+			return nil, fmt.Errorf("vni %d: %w", n.Vni, ErrVNITaken)
+		}
+		// Everything compared has changed back in between: try again.
+	}
+	return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, ErrContention)
+}
+
+// GetNetworkByID reads a network by id.
+func (s *Store) GetNetworkByID(ctx context.Context, id string) (*vxfabricv1.Network, error) {
+	resp, err := s.kv.Get(ctx, NetworkKey(id))
+	if err != nil {
+		return nil, fmt.Errorf("get network %s: %w", id, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("network %s: %w", id, ErrNotFound)
+	}
+	return decodeNetwork(resp.Kvs[0])
+}
+
+// GetNetwork reads a network by tenant and name. ErrNotFound names the tenant when it is the tenant
+// that is missing.
+func (s *Store) GetNetwork(ctx context.Context, tenant, name string) (*vxfabricv1.Network, error) {
+	resp, err := s.kv.Txn(ctx).Then(
+		clientv3.OpGet(TenantKey(tenant), clientv3.WithKeysOnly()),
+		clientv3.OpGet(NetworkNameKey(tenant, name)),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("get network %q in tenant %q: %w", name, tenant, err)
+	}
+	if len(rangeKVs(resp, 0)) == 0 {
+		return nil, fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
+	}
+	idKV := first(rangeKVs(resp, 1))
+	if idKV == nil {
+		return nil, fmt.Errorf("network %q in tenant %q: %w", name, tenant, ErrNotFound)
+	}
+	n, err := s.GetNetworkByID(ctx, string(idKV.Value))
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("network %q in tenant %q: %w", name, tenant, ErrNotFound)
+	}
+	return n, err
+}
+
+// ListNetworks reads the networks of one tenant (every tenant's when tenant is empty), sorted by
+// tenant and name.
+func (s *Store) ListNetworks(ctx context.Context, tenant string) ([]*vxfabricv1.Network, error) {
+	resp, err := s.kv.Txn(ctx).Then(
+		clientv3.OpGet(TenantKey(tenant), clientv3.WithKeysOnly()),
+		clientv3.OpGet(NetworksPrefix, clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("list networks: %w", err)
+	}
+	if tenant != "" && len(rangeKVs(resp, 0)) == 0 {
+		return nil, fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
+	}
+	var out []*vxfabricv1.Network
+	for _, kv := range rangeKVs(resp, 1) {
+		n, err := decodeNetwork(kv)
+		if err != nil {
+			return nil, err
+		}
+		if tenant == "" || n.Tenant == tenant {
+			out = append(out, n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Tenant != out[j].Tenant {
+			return out[i].Tenant < out[j].Tenant
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out, nil
+}
+
+// UpdateNetwork applies mutate to a network and writes it back unless it changed in between. With
+// expected non-zero, the network must be at that revision (ErrStale otherwise); with expected zero the
+// read-modify-write is retried on a concurrent change. mutate must not change id, tenant, name or VNI.
+func (s *Store) UpdateNetwork(ctx context.Context, tenant, name string, expected int64, mutate func(*vxfabricv1.Network) error) (*vxfabricv1.Network, error) {
+	for range maxCASRetries {
+		n, err := s.GetNetwork(ctx, tenant, name)
+		if err != nil {
+			return nil, err
+		}
+		if expected != 0 && n.Revision != expected {
+			return nil, fmt.Errorf("network %q in tenant %q is at revision %d, not %d: %w", name, tenant, n.Revision, expected, ErrStale)
+		}
+		read := n.Revision
+		if err := mutate(n); err != nil {
+			return nil, err
+		}
+		n.Revision = 0
+		key := NetworkKey(n.Id)
+		resp, err := s.kv.Txn(ctx).If(atRevision(key, read)).Then(clientv3.OpPut(key, marshal(n))).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("update network %q in tenant %q: %w", name, tenant, err)
+		}
+		if resp.Succeeded {
+			n.Revision = resp.Header.Revision
+			return n, nil
+		}
+		if expected != 0 {
+			return nil, fmt.Errorf("network %q in tenant %q changed after revision %d: %w", name, tenant, expected, ErrStale)
+		}
+	}
+	return nil, fmt.Errorf("update network %q in tenant %q: %w", name, tenant, ErrContention)
+}
+
+// DeleteNetwork removes a network without ports, its name index and its VNI allocation in one
+// transaction. A network has ports exactly while it has address allocations (every port holds one).
+func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string, expected int64) error {
+	for range maxCASRetries {
+		n, err := s.GetNetwork(ctx, tenant, name)
+		if err != nil {
+			return err
+		}
+		if expected != 0 && n.Revision != expected {
+			return fmt.Errorf("network %q in tenant %q is at revision %d, not %d: %w", name, tenant, n.Revision, expected, ErrStale)
+		}
+		key := NetworkKey(n.Id)
+		ipPrefix := NetworkIPPrefix(n.Id)
+		resp, err := s.kv.Txn(ctx).
+			If(atRevision(key, n.Revision), prefixEmpty(ipPrefix), prefixEmpty(NetworkMACPrefix(n.Id))).
+			Then(
+				clientv3.OpDelete(key),
+				clientv3.OpDelete(NetworkNameKey(tenant, name)),
+				clientv3.OpDelete(VNIKey(n.Vni)),
+			).
+			Else(clientv3.OpGet(ipPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("delete network %q in tenant %q: %w", name, tenant, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		if c := resp.Responses[0].GetResponseRange().Count; c > 0 {
+			return fmt.Errorf("network %q in tenant %q has %d ports: %w", name, tenant, c, ErrFailedPrecondition)
+		}
+		if expected != 0 {
+			return fmt.Errorf("network %q in tenant %q changed after revision %d: %w", name, tenant, expected, ErrStale)
+		}
+	}
+	return fmt.Errorf("delete network %q in tenant %q: %w", name, tenant, ErrContention)
+}
+
+// TakenVNIs lists the allocated VNIs in [first, last], ascending.
+func (s *Store) TakenVNIs(ctx context.Context, first, last uint32) ([]uint32, error) {
+	resp, err := s.kv.Get(ctx, VNIKey(first), clientv3.WithRange(VNIKey(last+1)), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("list vnis %d-%d: %w", first, last, err)
+	}
+	out := make([]uint32, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		v, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), VNIPrefix), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("decode vni key %s: %w", kv.Key, err)
+		}
+		out = append(out, uint32(v))
+	}
+	return out, nil
+}
+
+// TakenIPs lists the allocated addresses of a network, in no particular order.
+func (s *Store) TakenIPs(ctx context.Context, networkID string) ([]netip.Addr, error) {
+	p := NetworkIPPrefix(networkID)
+	resp, err := s.kv.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of network %s: %w", networkID, err)
+	}
+	out := make([]netip.Addr, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		a, err := netip.ParseAddr(strings.TrimPrefix(string(kv.Key), p))
+		if err != nil {
+			return nil, fmt.Errorf("decode address key %s: %w", kv.Key, err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
