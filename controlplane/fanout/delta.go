@@ -17,12 +17,28 @@ type delta struct {
 	remote   map[string]*vxfabricv1.RemotePort
 }
 
-func newDelta() *delta {
-	return &delta{
-		networks: map[string]*vxfabricv1.NetworkState{},
-		local:    map[string]*vxfabricv1.LocalPort{},
-		remote:   map[string]*vxfabricv1.RemotePort{},
+// newDelta returns an empty delta; its maps are allocated on first write (most deltas touch one kind).
+func newDelta() *delta { return &delta{} }
+
+func (d *delta) setNetwork(id string, v *vxfabricv1.NetworkState) {
+	if d.networks == nil {
+		d.networks = map[string]*vxfabricv1.NetworkState{}
 	}
+	d.networks[id] = v
+}
+
+func (d *delta) setLocal(id string, v *vxfabricv1.LocalPort) {
+	if d.local == nil {
+		d.local = map[string]*vxfabricv1.LocalPort{}
+	}
+	d.local[id] = v
+}
+
+func (d *delta) setRemote(id string, v *vxfabricv1.RemotePort) {
+	if d.remote == nil {
+		d.remote = map[string]*vxfabricv1.RemotePort{}
+	}
+	d.remote[id] = v
 }
 
 func (d *delta) size() int { return len(d.networks) + len(d.local) + len(d.remote) }
@@ -30,13 +46,13 @@ func (d *delta) size() int { return len(d.networks) + len(d.local) + len(d.remot
 // merge applies o on top of d. The values are shared, never modified: they are read-only once built.
 func (d *delta) merge(o *delta) {
 	for k, v := range o.networks {
-		d.networks[k] = v
+		d.setNetwork(k, v)
 	}
 	for k, v := range o.local {
-		d.local[k] = v
+		d.setLocal(k, v)
 	}
 	for k, v := range o.remote {
-		d.remote[k] = v
+		d.setRemote(k, v)
 	}
 }
 
@@ -92,13 +108,16 @@ type batch struct {
 	dirty     map[string]map[string]bool // node -> network ids whose NetworkState must be rebuilt
 	remote    map[string]*vxfabricv1.RemotePort
 	local     map[string]*vxfabricv1.LocalPort
+	// loading: a full load fills the model only; nobody is subscribed to a model being built.
+	loading bool
 }
 
-func newBatch(m *model, log *slog.Logger, connected func(string) bool) *batch {
+// newBatch starts a batch; hint is the number of subscribed nodes, to size the maps once.
+func newBatch(m *model, log *slog.Logger, connected func(string) bool, hint int) *batch {
 	return &batch{
 		m: m, log: log, connected: connected,
-		deltas:  map[string]*delta{},
-		touched: map[string]bool{},
+		deltas:  make(map[string]*delta, hint),
+		touched: make(map[string]bool, hint),
 		dirty:   map[string]map[string]bool{},
 	}
 }
@@ -170,10 +189,10 @@ func (b *batch) addNetwork(node, id string) {
 	for _, p := range b.m.netPorts[id] {
 		l, r := b.items(node, p)
 		if l != nil {
-			d.local[p.GetId()] = l
+			d.setLocal(p.GetId(), l)
 		}
 		if r != nil {
-			d.remote[p.GetId()] = r
+			d.setRemote(p.GetId(), r)
 		}
 	}
 }
@@ -189,9 +208,9 @@ func (b *batch) removeNetwork(node, id string, gone *vxfabricv1.Port) {
 	}
 	remove := func(p *vxfabricv1.Port) {
 		if p.GetNode() == node {
-			d.local[p.GetId()] = nil
+			d.setLocal(p.GetId(), nil)
 		} else {
-			d.remote[p.GetId()] = nil
+			d.setRemote(p.GetId(), nil)
 		}
 	}
 	for _, p := range b.m.netPorts[id] {
@@ -246,6 +265,12 @@ func (b *batch) network(id string, next *vxfabricv1.Network, ok bool) {
 	if !ok {
 		next = nil
 	}
+	if b.loading {
+		if next != nil {
+			m.putNetwork(next)
+		}
+		return
+	}
 	if prev == nil && next == nil || prev != nil && next != nil && proto.Equal(prev, next) {
 		return
 	}
@@ -275,6 +300,12 @@ func (b *batch) port(id string, next *vxfabricv1.Port, ok bool) {
 	prev := m.ports[id]
 	if !ok {
 		next = nil
+	}
+	if b.loading {
+		if next != nil {
+			m.putPort(next)
+		}
+		return
 	}
 	if prev == nil && next == nil || prev != nil && next != nil && proto.Equal(prev, next) {
 		return
@@ -312,7 +343,7 @@ func (b *batch) port(id string, next *vxfabricv1.Port, ok bool) {
 	}
 
 	// Membership changes: whole networks in or out, and flood lists of the others.
-	viewers := map[string]bool{}
+	viewers := make(map[string]bool, len(m.netNodes[places[0].net])+2)
 	for i, pl := range places {
 		now := m.takesPart(pl.node, pl.net)
 		if was[i] {
@@ -360,14 +391,14 @@ func (b *batch) port(id string, next *vxfabricv1.Port, ok bool) {
 			continue
 		}
 		if l != nil {
-			d.local[id] = l
+			d.setLocal(id, l)
 		} else if hadLocal {
-			d.local[id] = nil
+			d.setLocal(id, nil)
 		}
 		if r != nil {
-			d.remote[id] = r
+			d.setRemote(id, r)
 		} else if hadRemote {
-			d.remote[id] = nil
+			d.setRemote(id, nil)
 		}
 	}
 }
@@ -381,7 +412,7 @@ func (b *batch) node(name string, next *vxfabricv1.Node, ok bool) {
 		delete(m.nodes, name)
 	}
 	nextVtep := m.vtep(name)
-	if prevVtep == nextVtep {
+	if b.loading || prevVtep == nextVtep {
 		return // status, version and last change do not shape any view
 	}
 	for _, net := range m.netsOf(name) {
@@ -399,9 +430,9 @@ func (b *batch) node(name string, next *vxfabricv1.Node, ok bool) {
 					continue
 				}
 				if _, r := b.items(node, p); r != nil {
-					d.remote[pid] = r
+					d.setRemote(pid, r)
 				} else {
-					d.remote[pid] = nil
+					d.setRemote(pid, nil)
 				}
 			}
 		})
@@ -416,7 +447,7 @@ func (b *batch) finish() (map[string]*delta, map[string]bool) {
 		d := b.deltas[node]
 		for id := range ids {
 			if !b.m.takesPart(node, id) {
-				d.networks[id] = nil
+				d.setNetwork(id, nil)
 				continue
 			}
 			flood, ok := floods[id]
@@ -424,7 +455,7 @@ func (b *batch) finish() (map[string]*delta, map[string]bool) {
 				flood = b.m.floodList(id)
 				floods[id] = flood
 			}
-			d.networks[id] = b.m.networkState(node, id, flood)
+			d.setNetwork(id, b.m.networkState(node, id, flood))
 		}
 	}
 	for node, d := range b.deltas {

@@ -230,7 +230,8 @@ func (h *Hub) load(ctx context.Context) error {
 	}
 	rev := resp.Header.Revision
 	m := newModel()
-	b := newBatch(m, h.log, func(string) bool { return false })
+	b := newBatch(m, h.log, func(string) bool { return false }, 0)
+	b.loading = true
 	// Per network, the newest revision among its objects and nodes: the desired revision of its nodes
 	// as far as a load can tell (deletions before the load are invisible).
 	netRev := map[string]int64{}
@@ -350,16 +351,10 @@ func (h *Hub) progress(rev int64) {
 // applyEvents applies one watch response and hands each affected subscriber its delta.
 func (h *Hub) applyEvents(evs []event, seen time.Time) {
 	h.mu.Lock()
+	// subsMu is held through the batch (streams ending wait that long) so the set of subscribers
+	// cannot change between building deltas and handing them out.
 	h.subsMu.Lock()
-	subs := make(map[string][]*subscriber, len(h.subs))
-	for node, set := range h.subs {
-		for s := range set {
-			subs[node] = append(subs[node], s)
-		}
-	}
-	h.subsMu.Unlock()
-
-	b := newBatch(h.m, h.log, func(node string) bool { return len(subs[node]) > 0 })
+	b := newBatch(h.m, h.log, func(node string) bool { return len(h.subs[node]) > 0 }, len(h.subs))
 	for _, ev := range evs {
 		b.apply(ev)
 	}
@@ -367,12 +362,13 @@ func (h *Hub) applyEvents(evs []event, seen time.Time) {
 	rev := h.m.rev
 	overflows := 0
 	for node, d := range deltas {
-		for _, s := range subs[node] {
+		for s := range h.subs[node] {
 			if s.push(d, rev, h.cfg.MaxPending) {
 				overflows++
 			}
 		}
 	}
+	h.subsMu.Unlock()
 	h.advanceLocked()
 	h.mu.Unlock()
 
@@ -510,7 +506,7 @@ func (h *Hub) next(s *subscriber) *vxfabricv1.SyncResponse {
 	defer h.mu.RUnlock()
 	// Cleared under h.mu: no batch runs meanwhile, so the snapshot covers everything dropped.
 	s.mu.Lock()
-	s.pending, s.resnapshot = nil, false
+	s.pending, s.items, s.resnapshot = nil, 0, false
 	s.mu.Unlock()
 	return h.m.snapshot(s.node)
 }

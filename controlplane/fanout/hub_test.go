@@ -810,4 +810,3 @@ func sortDurations(d []time.Duration) {
 		}
 	}
 }
-

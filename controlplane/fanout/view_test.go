@@ -167,7 +167,7 @@ func TestDeltasEqualSnapshots(t *testing.T) {
 					}
 					evs = append(evs, ev)
 				}
-				b := newBatch(m, log, func(string) bool { return true })
+				b := newBatch(m, log, func(string) bool { return true }, 0)
 				for _, ev := range evs {
 					b.apply(ev)
 				}
@@ -182,13 +182,32 @@ func TestDeltasEqualSnapshots(t *testing.T) {
 					}
 				}
 			}
+			// A full load of the final state (as after a restart or compaction) gives the same views.
+			loaded := newModel()
+			lb := newBatch(loaded, log, func(string) bool { return false }, 0)
+			lb.loading = true
+			for id, p := range m.ports {
+				lb.apply(event{key: "ports/" + id, value: mustMarshal(t, p), rev: 1})
+			}
+			for id, n := range m.networks {
+				lb.apply(event{key: "networks/" + id, value: mustMarshal(t, n), rev: 1})
+			}
+			for name, n := range m.nodes {
+				lb.apply(event{key: "nodes/" + name, value: mustMarshal(t, n), rev: 1})
+			}
+			loaded.rev = m.rev
+			for _, n := range nodes {
+				if got, want := viewOf(loaded.snapshot(n)).String(), viewOf(m.snapshot(n)).String(); got != want {
+					t.Errorf("node %s: loaded model\n%s\nwant\n%s", n, got, want)
+				}
+			}
 		})
 	}
 }
 
 func TestSnapshotContentModel(t *testing.T) {
 	m := newModel()
-	b := newBatch(m, slog.New(slog.DiscardHandler), func(string) bool { return false })
+	b := newBatch(m, slog.New(slog.DiscardHandler), func(string) bool { return false }, 0)
 	bridged := testNetwork("n3", 300)
 	bridged.Mode, bridged.Gateway, bridged.Uplink = vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, "", &vxfabricv1.Uplink{Node: "a", Interface: "eth1"}
 	for i, kv := range []struct {
