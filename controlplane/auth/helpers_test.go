@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -265,6 +266,9 @@ func (f *fakeNetworks) DeleteNetwork(_ context.Context, r *vxfabricv1.DeleteNetw
 	return nil, status.Error(codes.NotFound, "no such network")
 }
 
+// floodSent counts the messages the "flood" Sync streams got past Send.
+var floodSent atomic.Int64
+
 // fakeAgent answers Sync with one snapshot naming the node asked for, then (for node "flood")
 // keeps sending 16 KiB messages until the client goes away.
 type fakeAgent struct {
@@ -283,6 +287,7 @@ func (fakeAgent) Sync(r *vxfabricv1.SyncRequest, s grpc.ServerStreamingServer[vx
 		if err := s.Send(big); err != nil {
 			return err
 		}
+		floodSent.Add(1)
 	}
 }
 
