@@ -1,0 +1,491 @@
+// Package nodeagent is the node agent: it keeps one host's kernel converged to the desired state the
+// control plane streams for that host (AgentService.Sync), through overlay.Datapath.
+//
+// Goroutines of a running agent, and what they own:
+//   - sync: the Sync stream to one server at a time (failing over between them, backoff with jitter);
+//     it merges snapshots and deltas into the desired model, refusing any older than what was applied;
+//   - reconcile: the only caller of Datapath.Apply. Triggers (new desired state, a watched interface
+//     appearing or going, a gossip death or return, the periodic full pass) coalesce into one pending
+//     pass; a failed Apply is retried with backoff;
+//   - report: ReportApplied, coalesced (only the newest report is sent), re-sent on every new stream;
+//   - links: the LinkSource, which triggers a pass when a desired port's interface appears or goes;
+//   - liveness (with gossip): triggers a pass when an agent node becomes DEAD or LEFT, or returns.
+//
+// What it must never do: apply anything before the first snapshot (a restarted agent adopts the
+// kernel as it is), clear or change the kernel because the control plane is unreachable, or go back
+// to an older revision than one it applied.
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/vxfabric/vxfabric/membership"
+	"github.com/vxfabric/vxfabric/overlay"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// ErrStaleRevision is returned (and logged) when the control plane sends a desired state older than
+// one this agent applied: the message is refused and the kernel kept.
+var ErrStaleRevision = errors.New("desired state older than the applied one")
+
+// Agent is a node agent. Create it with New and call Run once.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	met   *metrics
+	links LinkSource
+
+	// mu guards model, applied and watched.
+	mu      sync.Mutex
+	model   *desiredModel
+	applied int64
+	watched map[string]bool // interface names of the desired local ports
+
+	kick chan struct{} // pending reconcile pass (capacity 1: triggers coalesce)
+
+	// repMu guards client, pending and lastSent.
+	repMu    sync.Mutex
+	client   vxfabricv1.AgentServiceClient // of the current stream; nil while disconnected
+	pending  *report
+	lastSent *report
+	repKick  chan struct{}
+}
+
+type report struct {
+	rev     int64
+	plugged []string
+}
+
+func (r *report) equal(o *report) bool {
+	return r != nil && o != nil && r.rev == o.rev && slices.Equal(r.plugged, o.plugged)
+}
+
+// New checks cfg and reads the revision last applied on this host.
+func New(cfg Config) (*Agent, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	applied, err := loadAppliedRevision(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	links := cfg.Links
+	if links == nil {
+		links = NetlinkLinks{Logger: cfg.Logger}
+	}
+	a := &Agent{
+		cfg:     cfg,
+		log:     cfg.Logger.With("node", cfg.Node),
+		met:     newMetrics(cfg.Registerer),
+		links:   links,
+		model:   newDesiredModel(),
+		applied: applied,
+		watched: map[string]bool{},
+		kick:    make(chan struct{}, 1),
+		repKick: make(chan struct{}, 1),
+	}
+	a.met.appliedRevision.Set(float64(applied))
+	return a, nil
+}
+
+// AppliedRevision is the newest revision applied to the kernel (persisted across restarts).
+func (a *Agent) AppliedRevision() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.applied
+}
+
+// Run drives the agent until ctx ends. It leaves the kernel as it is when it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	a.log.Info("agent starting", "vtep", a.cfg.VTEP.String(), "rev", a.AppliedRevision())
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context){a.syncLoop, a.reconcileLoop, a.reportLoop, a.linkLoop, a.livenessLoop} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			loop(ctx)
+		}()
+	}
+	wg.Wait()
+	a.log.Info("agent stopped, kernel state left in place", "rev", a.AppliedRevision())
+	return nil
+}
+
+func (a *Agent) trigger() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// backoff is exponential with "equal jitter": each wait is between half and all of the current step.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	half := b.cur / 2
+	return half + rand.N(half+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// servers is the list to fail over between: configured, or discovered through gossip.
+func (a *Agent) servers() []string {
+	if len(a.cfg.Servers) > 0 {
+		return a.cfg.Servers
+	}
+	return a.cfg.Membership.Servers()
+}
+
+func (a *Agent) syncLoop(ctx context.Context) {
+	bo := backoff{min: a.cfg.BackoffMin, max: a.cfg.BackoffMax}
+	next := -1
+	for ctx.Err() == nil {
+		servers := a.servers()
+		if len(servers) == 0 {
+			d := bo.next()
+			a.log.Warn("no server known yet, waiting for gossip", "retry_in", d)
+			if !sleepCtx(ctx, d) {
+				return
+			}
+			continue
+		}
+		if next < 0 {
+			next = rand.N(len(servers))
+		}
+		addr := servers[next%len(servers)]
+		progressed, err := a.syncOnce(ctx, addr)
+		if ctx.Err() != nil {
+			return
+		}
+		a.met.syncReconnects.Inc()
+		if progressed {
+			bo.reset()
+		} else {
+			next++ // fail over
+		}
+		d := bo.next()
+		if errors.Is(err, ErrStaleRevision) {
+			a.log.Error("sync refused: the control plane is behind this host, keeping the kernel as it is", "server", addr, "err", err, "retry_in", d)
+		} else {
+			a.log.Warn("sync stream ended, kernel left as it is", "server", addr, "err", err, "retry_in", d)
+		}
+		if !sleepCtx(ctx, d) {
+			return
+		}
+	}
+}
+
+// syncOnce runs one Sync stream; progressed tells whether it delivered anything.
+func (a *Agent) syncOnce(ctx context.Context, addr string) (progressed bool, err error) {
+	conn, err := grpc.NewClient(addr, a.cfg.DialOptions...)
+	if err != nil {
+		return false, fmt.Errorf("dial server %s: %w", addr, err)
+	}
+	defer conn.Close()
+	client := vxfabricv1.NewAgentServiceClient(conn)
+	defer a.setReportClient(nil)
+	if a.cfg.Membership == nil {
+		// Static membership: nobody learns this node from gossip, so record it.
+		rctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
+		_, err := client.RegisterNode(rctx, &vxfabricv1.RegisterNodeRequest{Name: a.cfg.Node, Vtep: a.cfg.VTEP.String(), Version: a.cfg.Version})
+		cancel()
+		if err != nil {
+			return false, fmt.Errorf("register node %q with %s: %w", a.cfg.Node, addr, err)
+		}
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resume := a.resumeRevision()
+	stream, err := client.Sync(sctx, &vxfabricv1.SyncRequest{Node: a.cfg.Node, ResumeRevision: resume})
+	if err != nil {
+		return false, fmt.Errorf("open sync stream to %s: %w", addr, err)
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return progressed, fmt.Errorf("sync stream from %s: %w", addr, err)
+		}
+		if err := a.accept(resp); err != nil {
+			return progressed, err
+		}
+		if !progressed {
+			progressed = true
+			a.log.Info("sync stream open", "server", addr, "resume", resume, "rev", resp.GetRevision(), "snapshot", resp.GetSnapshot())
+			a.setReportClient(client)
+		}
+	}
+}
+
+// resumeRevision is 0 (ask for a snapshot) until this process has one; then the newest revision merged.
+func (a *Agent) resumeRevision() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.model.ready {
+		return 0
+	}
+	return a.model.revision
+}
+
+// accept merges one Sync message, unless it is older than what this host already has.
+func (a *Agent) accept(resp *vxfabricv1.SyncResponse) error {
+	a.mu.Lock()
+	floor := max(a.applied, a.model.revision)
+	if resp.GetRevision() < floor {
+		a.mu.Unlock()
+		a.met.staleRefused.Inc()
+		a.log.Error("REFUSING desired state older than the one applied (control plane restored from an old backup?): kernel kept as it is",
+			"rev", resp.GetRevision(), "applied", floor, "snapshot", resp.GetSnapshot())
+		return fmt.Errorf("%w: revision %d, this host has %d", ErrStaleRevision, resp.GetRevision(), floor)
+	}
+	a.model.merge(resp)
+	rev := a.model.revision
+	a.mu.Unlock()
+	a.met.desiredRevision.Set(float64(rev))
+	a.log.Debug("desired state received", "rev", resp.GetRevision(), "snapshot", resp.GetSnapshot(),
+		"networks", len(resp.GetNetworks()), "local_ports", len(resp.GetLocalPorts()), "remote_ports", len(resp.GetRemotePorts()))
+	a.trigger()
+	return nil
+}
+
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	full := time.NewTicker(a.cfg.FullResyncInterval)
+	defer full.Stop()
+	bo := backoff{min: a.cfg.BackoffMin, max: a.cfg.BackoffMax}
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kick:
+		case <-full.C:
+		case <-retry:
+		}
+		retry = nil
+		if err := a.reconcile(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			retry = time.After(bo.next())
+		} else {
+			bo.reset()
+		}
+	}
+}
+
+// downNodes returns the agent nodes gossip reports dead or departed (and not alive under another
+// member name). Without gossip nothing is down.
+func (a *Agent) downNodes() map[string]bool {
+	if a.cfg.Membership == nil {
+		return nil
+	}
+	down, up := map[string]bool{}, map[string]bool{}
+	for _, p := range a.cfg.Membership.Members() {
+		if p.Meta.Role != membership.RoleAgent || p.Meta.Node == "" {
+			continue
+		}
+		if isDown(p.State) {
+			down[p.Meta.Node] = true
+		} else {
+			up[p.Meta.Node] = true
+		}
+	}
+	for n := range up {
+		delete(down, n)
+	}
+	return down
+}
+
+func isDown(s membership.State) bool { return s == membership.StateDead || s == membership.StateLeft }
+
+// reconcile runs one Apply of the current desired state.
+func (a *Agent) reconcile(ctx context.Context) error {
+	down := a.downNodes()
+	a.mu.Lock()
+	if !a.model.ready {
+		a.mu.Unlock()
+		return nil
+	}
+	b := a.model.build(overlay.Underlay{VTEP: a.cfg.VTEP, Interface: a.cfg.UnderlayInterface}, func(n string) bool { return down[n] })
+	a.watched = map[string]bool{}
+	for iface := range b.portByIface {
+		a.watched[iface] = true
+	}
+	a.mu.Unlock()
+	for _, err := range b.invalid {
+		a.log.Warn("desired object skipped", "rev", b.revision, "err", err)
+	}
+	a.met.invalidObjects.Set(float64(len(b.invalid)))
+
+	start := time.Now()
+	res, err := a.cfg.Datapath.Apply(ctx, b.state)
+	a.met.reconcileDuration.Observe(time.Since(start).Seconds())
+	for _, c := range res.Changes {
+		a.log.Debug("kernel object written", "op", string(c.Op), "object", c.Object, "rev", b.revision)
+	}
+	if len(res.Changes) > 0 {
+		a.log.Info("kernel converged", "rev", b.revision, "changes", len(res.Changes), "took", time.Since(start))
+	}
+	var plugged []string
+	for iface, ok := range res.Plugged {
+		if id, known := b.portByIface[iface]; ok && known {
+			plugged = append(plugged, id)
+		}
+	}
+	slices.Sort(plugged)
+	a.met.localPorts.Set(float64(len(b.portByIface)))
+	a.met.pluggedPorts.Set(float64(len(plugged)))
+	a.met.withheldPorts.Set(float64(b.withheld))
+	if err != nil {
+		a.met.reconcileErrors.Inc()
+		if ctx.Err() == nil {
+			a.log.Error("apply failed, retrying", "rev", b.revision, "objects", len(res.Errors), "err", err)
+		}
+		if res.Plugged != nil {
+			a.queueReport(a.AppliedRevision(), plugged)
+		}
+		return fmt.Errorf("apply revision %d: %w", b.revision, err)
+	}
+	a.met.remotePorts.Set(float64(b.remotes))
+	a.mu.Lock()
+	advanced := b.revision > a.applied
+	if advanced {
+		a.applied = b.revision
+	}
+	applied := a.applied
+	a.mu.Unlock()
+	if advanced {
+		if err := saveAppliedRevision(a.cfg.StateDir, applied); err != nil {
+			a.log.Error("cannot persist the applied revision", "rev", applied, "err", err)
+		}
+	}
+	a.met.appliedRevision.Set(float64(applied))
+	a.queueReport(applied, plugged)
+	return nil
+}
+
+func (a *Agent) queueReport(rev int64, plugged []string) {
+	a.repMu.Lock()
+	a.pending = &report{rev: rev, plugged: plugged}
+	a.repMu.Unlock()
+	select {
+	case a.repKick <- struct{}{}:
+	default:
+	}
+}
+
+// setReportClient switches reports to a new stream's server (nil: disconnected); a new server gets
+// the newest report again.
+func (a *Agent) setReportClient(c vxfabricv1.AgentServiceClient) {
+	a.repMu.Lock()
+	a.client = c
+	a.lastSent = nil
+	a.repMu.Unlock()
+	select {
+	case a.repKick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) reportLoop(ctx context.Context) {
+	bo := backoff{min: a.cfg.BackoffMin, max: a.cfg.BackoffMax}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.repKick:
+		}
+		for {
+			a.repMu.Lock()
+			client, p, last := a.client, a.pending, a.lastSent
+			a.repMu.Unlock()
+			if client == nil || p == nil || p.equal(last) {
+				break
+			}
+			rctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
+			_, err := client.ReportApplied(rctx, &vxfabricv1.ReportAppliedRequest{Node: a.cfg.Node, Revision: p.rev, PluggedPortIds: p.plugged})
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				d := bo.next()
+				a.log.Warn("report applied revision failed", "rev", p.rev, "err", err, "retry_in", d)
+				if !sleepCtx(ctx, d) {
+					return
+				}
+				continue
+			}
+			bo.reset()
+			a.repMu.Lock()
+			if a.client == client {
+				a.lastSent = p
+			}
+			a.repMu.Unlock()
+		}
+	}
+}
+
+func (a *Agent) linkLoop(ctx context.Context) {
+	changed := func(name string) {
+		a.mu.Lock()
+		hit := a.watched[name]
+		a.mu.Unlock()
+		if hit {
+			a.trigger()
+		}
+	}
+	if err := a.links.Run(ctx, changed, a.trigger); err != nil && ctx.Err() == nil {
+		a.log.Error("link watch failed: new interfaces are plugged by the periodic pass only", "err", err)
+	}
+}
+
+func (a *Agent) livenessLoop(ctx context.Context) {
+	if a.cfg.Membership == nil {
+		return
+	}
+	events, cancel := a.cfg.Membership.Subscribe()
+	defer cancel()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			if ev.Peer.Meta.Role != membership.RoleAgent || isDown(ev.Peer.State) == isDown(ev.Previous) {
+				continue // SUSPECT and metadata changes change nothing
+			}
+			a.log.Info("node liveness changed", "peer", ev.Peer.Meta.Node, "state", ev.Peer.State.String(), "vtep", ev.Peer.Meta.VTEP.String())
+			a.trigger()
+		}
+	}
+}

@@ -1,0 +1,225 @@
+package nodeagent
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// threeHosts starts etcd, a server and agents h1..h3 (static membership: they register themselves),
+// with network n1 (vni 100) spanning all three and n2 (vni 200) on h1 and h2.
+func threeHosts(t *testing.T) (*world, *server, []*host) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	srv := startServer(t, cli, "")
+	var hosts []*host
+	for i, name := range []string{"h1", "h2", "h3"} {
+		vtep := "198.18.0." + string(rune('1'+i))
+		w.mu.Lock()
+		w.vteps[name] = vtep // RegisterNode writes it
+		w.mu.Unlock()
+		hosts = append(hosts, startHost(t, name, vtep, hostOpts{servers: []string{srv.addr}}))
+	}
+	w.network("n1", 100)
+	w.network("n2", 200)
+	w.port("p1", "n1", "h1", 1)
+	w.port("p2", "n1", "h2", 2)
+	w.port("p3", "n1", "h3", 3)
+	w.port("p4", "n2", "h1", 4)
+	w.port("p5", "n2", "h2", 5)
+	return w, srv, hosts
+}
+
+func TestConvergeCreatesMovesDeletes(t *testing.T) {
+	w, _, hs := threeHosts(t)
+	h1, h2, h3 := hs[0], hs[1], hs[2]
+	for i, id := range []string{"p1", "p2", "p3"} {
+		w.plug(hs[i], id)
+	}
+	w.converge(5*time.Second, hs...)
+	if k := h3.kernel(); slices.ContainsFunc(k, func(l string) bool { return strings.Contains(l, "vxlan200") }) {
+		t.Fatalf("h3 has no port in n2 but programs it: %q", k)
+	}
+	waitFor(t, "plugged ports reported", 5*time.Second, func() bool {
+		return slices.Equal(pluggedInStore(t, w.cli), []string{"p1", "p2", "p3"})
+	})
+
+	// Move p3 from h3 to h2: deleted on h3, created with the same MAC and IP on h2.
+	w.delPort("p3")
+	rev := w.port("p3b", "n1", "h2", 3)
+	start := time.Now()
+	w.converge(2*time.Second, h1, h2, h3)
+	t.Logf("port move converged on every host in %s", time.Since(start))
+	// h3's view changed before rev (it left n1), so only h1 and h2 see rev itself.
+	waitApplied(t, h1, rev, 2*time.Second)
+	waitApplied(t, h2, rev, 2*time.Second)
+	for _, l := range h1.kernel() {
+		if strings.Contains(l, "0e:00:00:00:00:03") && !strings.Contains(l, "198.18.0.2") {
+			t.Fatalf("h1 still points the moved MAC elsewhere: %s", l)
+		}
+	}
+
+	// Deletes: h3 leaves n1 entirely, n2 loses a port.
+	w.delPort("p5")
+	w.converge(2*time.Second, hs...)
+	if got := h3.kernel(); len(got) != 0 {
+		t.Fatalf("h3 has no port left but its kernel shows %q", got)
+	}
+}
+
+func TestLinkAppearsPlugsWithin100ms(t *testing.T) {
+	w, _, hs := threeHosts(t)
+	h1 := hs[0]
+	w.converge(5*time.Second, hs...)
+	var worst time.Duration
+	for range 5 {
+		w.plug(h1, "p4")
+		d := waitKernel(t, h1, func() []string { return w.expect("h1") }, time.Second)
+		worst = max(worst, d)
+		before := h1.kernel()
+		w.unplug(h1, "p4")
+		waitKernel(t, h1, func() []string { return w.expect("h1") }, time.Second)
+		// Nothing else moved when the interface went away.
+		after := h1.kernel()
+		if len(before)-len(after) != 1 {
+			t.Fatalf("unplug changed more than the port: before %q after %q", before, after)
+		}
+	}
+	t.Logf("interface appeared -> plugged: worst of 5 %s", worst)
+	if worst > 100*time.Millisecond {
+		t.Fatalf("plugging took %s, want under 100 ms", worst)
+	}
+	w.plug(h1, "p4")
+	waitFor(t, "p4 reported plugged", 5*time.Second, func() bool { return slices.Contains(pluggedInStore(t, w.cli), "p4") })
+	w.unplug(h1, "p4")
+	waitFor(t, "p4 reported unplugged", 5*time.Second, func() bool { return !slices.Contains(pluggedInStore(t, w.cli), "p4") })
+}
+
+func TestServerDownAndBack(t *testing.T) {
+	w, srv, hs := threeHosts(t)
+	w.converge(5*time.Second, hs...)
+	before := map[string]string{}
+	for _, h := range hs {
+		before[h.name] = h.dp.Dump()
+	}
+	addr := srv.addr
+	srv.stop()
+
+	// Changes while the agents are away: a port added, one moved, one deleted.
+	w.port("p6", "n2", "h3", 6)
+	w.delPort("p2")
+	w.port("p2b", "n1", "h3", 2)
+	w.delPort("p4")
+	// Down for a while: the kernels stay exactly as they were.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		for _, h := range hs {
+			if got := h.dp.Dump(); got != before[h.name] {
+				t.Fatalf("host %s kernel changed while the server was down:\n%s\nwas\n%s", h.name, got, before[h.name])
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	startServer(t, w.cli, addr)
+	w.converge(5*time.Second, hs...)
+	for _, h := range hs {
+		if n := h.counter(h.agent.met.syncReconnects); n < 1 {
+			t.Errorf("host %s counted %v sync reconnects", h.name, n)
+		}
+	}
+}
+
+func TestCompactionGivesFreshSnapshot(t *testing.T) {
+	w, srv, hs := threeHosts(t)
+	w.converge(5*time.Second, hs...)
+	addr := srv.addr
+	srv.stop()
+	w.delPort("p1")
+	w.port("p7", "n1", "h1", 7)
+	rev := w.port("p8", "n2", "h2", 8)
+	if _, err := w.cli.Compact(context.Background(), rev); err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, w.cli, addr)
+	w.converge(5*time.Second, hs...)
+	for _, h := range hs {
+		waitApplied(t, h, rev, 2*time.Second)
+	}
+}
+
+// TestAgentRestartAdopts restarts an agent on the same kernel: nothing is applied before the first
+// snapshot, and the first Apply after it changes nothing (no link down, no FDB delete).
+func TestAgentRestartAdopts(t *testing.T) {
+	w, srv, hs := threeHosts(t)
+	h1 := hs[0]
+	w.plug(h1, "p1")
+	w.converge(5*time.Second, hs...)
+	waitApplied(t, h1, 1, time.Second)
+	addr := srv.addr
+	h1.stop()
+	srv.stop()
+
+	kernel := h1.dp.Reopen()
+	before := kernel.Dump()
+	h1b := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{addr}, dp: kernel, state: h1.stateDir})
+	// The server is down: the new agent must not touch the kernel.
+	time.Sleep(300 * time.Millisecond)
+	if n := len(h1b.rec.results()); n != 0 {
+		t.Fatalf("restarted agent applied %d times before any snapshot", n)
+	}
+	startServer(t, w.cli, addr)
+	waitFor(t, "first apply after restart", 5*time.Second, func() bool { return len(h1b.rec.results()) > 0 })
+	first := h1b.rec.results()[0]
+	if len(first.Changes) != 0 {
+		t.Fatalf("first apply after restart changed the kernel: %v", first.Changes)
+	}
+	if got := kernel.Dump(); got != before {
+		t.Fatalf("kernel changed across the restart:\n%s\nwas\n%s", got, before)
+	}
+	// And it still follows changes.
+	w.port("p9", "n1", "h2", 9)
+	w.converge(5*time.Second, h1b)
+}
+
+// TestStaleRevisionRefused points the agents at a control plane restored from an older backup (a new
+// etcd whose revision is far behind): they refuse its state, keep the kernel, and still do after a
+// restart thanks to the persisted revision.
+func TestStaleRevisionRefused(t *testing.T) {
+	w, srv, hs := threeHosts(t)
+	h1 := hs[0]
+	for range 20 { // push the revision well ahead of the "backup" (outside the fabric's prefix)
+		if _, err := w.cli.Put(context.Background(), "/elsewhere/filler", "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rev := w.port("p10", "n1", "h1", 10)
+	w.converge(5*time.Second, hs...)
+	waitApplied(t, h1, rev, 2*time.Second)
+	before := h1.dp.Dump()
+	addr := srv.addr
+	srv.stop()
+
+	old := startEtcd(t)
+	ow := newWorld(t, old)
+	ow.network("n1", 100)
+	ow.port("p1", "n1", "h1", 1) // the backup knew one port only
+	startServer(t, old, addr)
+	waitFor(t, "stale state refused", 5*time.Second, func() bool { return h1.counter(h1.agent.met.staleRefused) >= 1 })
+	time.Sleep(200 * time.Millisecond)
+	if got := h1.dp.Dump(); got != before {
+		t.Fatalf("kernel changed after a stale snapshot:\n%s\nwas\n%s", got, before)
+	}
+	if h1.agent.AppliedRevision() != rev {
+		t.Fatalf("applied revision moved to %d", h1.agent.AppliedRevision())
+	}
+
+	// A restarted agent remembers what it applied.
+	h1.stop()
+	h1b := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{addr}, dp: h1.dp.Reopen(), state: h1.stateDir})
+	waitFor(t, "stale state refused after restart", 5*time.Second, func() bool { return h1b.counter(h1b.agent.met.staleRefused) >= 1 })
+	if n := len(h1b.rec.results()); n != 0 {
+		t.Fatalf("restarted agent applied a stale state %d times", n)
+	}
+}

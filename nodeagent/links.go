@@ -1,0 +1,13 @@
+package nodeagent
+
+import "context"
+
+// LinkSource tells the agent when host interfaces appear or disappear.
+//
+// Run blocks until ctx ends. It calls changed(name) when an interface named name appears, disappears
+// or is renamed (old and new names), and resync() when events may have been lost (the agent then
+// reconciles everything). Both callbacks are called from Run's goroutine, must not block, and may be
+// called for interfaces the agent does not care about.
+type LinkSource interface {
+	Run(ctx context.Context, changed func(name string), resync func()) error
+}

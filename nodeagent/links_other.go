@@ -1,0 +1,16 @@
+//go:build !linux
+
+package nodeagent
+
+import (
+	"context"
+	"errors"
+)
+
+// NetlinkLinks is only available on Linux.
+type NetlinkLinks struct{}
+
+// Run fails: there is no netlink here.
+func (NetlinkLinks) Run(context.Context, func(string), func()) error {
+	return errors.New("link watch needs Linux netlink")
+}

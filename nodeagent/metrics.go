@@ -1,0 +1,49 @@
+package nodeagent
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	appliedRevision   prometheus.Gauge
+	desiredRevision   prometheus.Gauge
+	reconcileDuration prometheus.Histogram
+	reconcileErrors   prometheus.Counter
+	remotePorts       prometheus.Gauge
+	withheldPorts     prometheus.Gauge
+	localPorts        prometheus.Gauge
+	pluggedPorts      prometheus.Gauge
+	syncReconnects    prometheus.Counter
+	staleRefused      prometheus.Counter
+	invalidObjects    prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		appliedRevision: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_applied_revision",
+			Help: "Store revision of the desired state last applied to the kernel."}),
+		desiredRevision: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_desired_revision",
+			Help: "Store revision of the desired state last received from the control plane."}),
+		reconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "vxfab_agent_reconcile_duration_seconds",
+			Help: "Duration of one Apply of the desired state.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "vxfab_agent_reconcile_errors_total",
+			Help: "Apply passes that failed (fully or for some objects)."}),
+		remotePorts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_remote_ports",
+			Help: "Remote ports (unicast FDB entries) in the applied state."}),
+		withheldPorts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_withheld_remote_ports",
+			Help: "Remote ports withheld because gossip reports their node dead or departed."}),
+		localPorts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_local_ports",
+			Help: "Local ports in the desired state."}),
+		pluggedPorts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_plugged_ports",
+			Help: "Local ports whose interface exists and is plugged into its bridge."}),
+		syncReconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "vxfab_agent_sync_reconnects_total",
+			Help: "Sync streams that ended and were opened again."}),
+		staleRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "vxfab_agent_stale_state_refused_total",
+			Help: "Sync messages refused because their revision is older than one already applied."}),
+		invalidObjects: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_invalid_objects",
+			Help: "Objects of the desired state that cannot be programmed and were skipped."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.appliedRevision, m.desiredRevision, m.reconcileDuration, m.reconcileErrors, m.remotePorts,
+			m.withheldPorts, m.localPorts, m.pluggedPorts, m.syncReconnects, m.staleRefused, m.invalidObjects)
+	}
+	return m
+}
