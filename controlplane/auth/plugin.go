@@ -1,0 +1,30 @@
+package auth
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/vxfabric/vxfabric/controlplane/server"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// Plugin wires authentication into `vxfab server`. It must come FIRST in server.Config.Plugins:
+// chained interceptors run in the order their options were given, and nothing may run for a
+// caller before it is authenticated. cfg.DataDir should be the server's data directory; a nil
+// cfg.Logger takes the server's.
+func Plugin(cfg Config) server.Plugin {
+	return func(_ context.Context, host server.Host) (server.Extension, error) {
+		if cfg.Logger == nil {
+			cfg.Logger = host.Logger
+		}
+		a, err := New(cfg, host.Etcd)
+		if err != nil {
+			return server.Extension{}, fmt.Errorf("auth: %w", err)
+		}
+		return server.Extension{
+			ServerOptions: a.ServerOptions(),
+			Register:      a.Register,
+			Services:      []string{vxfabricv1.TokenService_ServiceDesc.ServiceName},
+		}, nil
+	}
+}

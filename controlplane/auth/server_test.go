@@ -1,0 +1,135 @@
+package auth
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/vxfabric/vxfabric/controlplane/server"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"github.com/vxfabric/vxfabric/security/pki"
+)
+
+// TestRealServerTenantIsolation runs the real API server with the auth plugin and its own PKI
+// (no TLS flags), and checks tenant isolation against the real services and etcd.
+func TestRealServerTenantIsolation(t *testing.T) {
+	dataDir := t.TempDir()
+	cfg := server.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = dataDir
+	cfg.EmbeddedFast = true
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	authCfg := Default(dataDir)
+	cfg.Plugins = []server.Plugin{Plugin(authCfg)}
+	srv, err := server.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+
+	// The server made its own CA; a node certificate from the same CA is added later with the
+	// same command an operator would run (pki.Init on the server's pki directory).
+	pkiDir := filepath.Join(dataDir, "pki")
+	initCfg := pki.DefaultInit(pkiDir)
+	initCfg.Nodes = []string{"h1"}
+	if _, err := pki.Init(initCfg); err != nil {
+		t.Fatal(err)
+	}
+	adminToken, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &testServer{addr: srv.Addr().String(), pkiDir: pkiDir, admin: strings.TrimSpace(string(adminToken))}
+	ctx := ctxT(t)
+
+	adm := s.dial(t, client{token: s.admin})
+	tenants := vxfabricv1.NewTenantServiceClient(adm)
+	for _, name := range []string{"a", "b"} {
+		if _, err := tenants.CreateTenant(ctx, &vxfabricv1.CreateTenantRequest{Name: name}); err != nil {
+			t.Fatalf("create tenant %s: %v", name, err)
+		}
+	}
+	admNets := vxfabricv1.NewNetworkServiceClient(adm)
+	if _, err := admNets.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Tenant: "b", Name: "net", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vxfabricv1.NewPortServiceClient(adm).CreatePort(ctx, &vxfabricv1.CreatePortRequest{Tenant: "b", Network: "net", Name: "p", Node: "h1"}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := vxfabricv1.NewTokenServiceClient(adm).CreateToken(ctx, &vxfabricv1.CreateTokenRequest{Tenant: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	a := s.dial(t, client{token: tok.GetSecret()})
+	nets, ports := vxfabricv1.NewNetworkServiceClient(a), vxfabricv1.NewPortServiceClient(a)
+	// Same name and CIDR as tenant b's: tenants are separate namespaces.
+	if _, err := nets.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Name: "net", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}); err != nil {
+		t.Fatalf("tenant a creates its network: %v", err)
+	}
+	if _, err := ports.CreatePort(ctx, &vxfabricv1.CreatePortRequest{Network: "net", Name: "p", Node: "h1"}); err != nil {
+		t.Fatalf("tenant a creates its port: %v", err)
+	}
+	ln, err := nets.ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range ln.GetNetworks() {
+		if n.GetTenant() != "a" {
+			t.Errorf("tenant a lists network %s/%s", n.GetTenant(), n.GetName())
+		}
+	}
+	if len(ln.GetNetworks()) != 1 {
+		t.Errorf("tenant a lists %d networks, want 1", len(ln.GetNetworks()))
+	}
+	lp, err := ports.ListPorts(ctx, &vxfabricv1.ListPortsRequest{Node: "h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lp.GetPorts()) != 1 || lp.GetPorts()[0].GetTenant() != "a" {
+		t.Errorf("tenant a lists ports %v, want only its own", lp.GetPorts())
+	}
+
+	_, err = nets.GetNetwork(ctx, &vxfabricv1.GetNetworkRequest{Tenant: "b", Name: "net"})
+	wantCode(t, "a gets b/net", err, codes.PermissionDenied)
+	_, err = nets.DeleteNetwork(ctx, &vxfabricv1.DeleteNetworkRequest{Tenant: "b", Name: "net"})
+	wantCode(t, "a deletes b/net", err, codes.PermissionDenied)
+	_, err = nets.UpdateNetwork(ctx, &vxfabricv1.UpdateNetworkRequest{Tenant: "b", Name: "net", Mtu: 1400})
+	wantCode(t, "a updates b/net", err, codes.PermissionDenied)
+	_, err = ports.CreatePort(ctx, &vxfabricv1.CreatePortRequest{Tenant: "b", Network: "net", Name: "intruder", Node: "h1"})
+	wantCode(t, "a creates a port in b/net", err, codes.PermissionDenied)
+	_, err = ports.GetPort(ctx, &vxfabricv1.GetPortRequest{Tenant: "b", Name: "p"})
+	wantCode(t, "a gets b's port", err, codes.PermissionDenied)
+	_, err = ports.ListPorts(ctx, &vxfabricv1.ListPortsRequest{Tenant: "b"})
+	wantCode(t, "a lists b's ports", err, codes.PermissionDenied)
+	_, err = tenants.GetTenant(ctx, &vxfabricv1.GetTenantRequest{Name: "a"}) // admin, for contrast
+	wantCode(t, "admin gets tenant a", err, codes.OK)
+	_, err = vxfabricv1.NewTenantServiceClient(a).DeleteTenant(ctx, &vxfabricv1.DeleteTenantRequest{Name: "b"})
+	wantCode(t, "a deletes tenant b", err, codes.PermissionDenied)
+	_, err = vxfabricv1.NewNodeServiceClient(a).ListNodes(ctx, &vxfabricv1.ListNodesRequest{})
+	wantCode(t, "a lists nodes", err, codes.PermissionDenied)
+
+	// Tenant b's network is untouched.
+	if got, err := admNets.GetNetwork(ctx, &vxfabricv1.GetNetworkRequest{Tenant: "b", Name: "net"}); err != nil || got.GetNetwork().GetMtu() == 1400 {
+		t.Errorf("b/net after tenant a's attempts: %v, %v", got, err)
+	}
+
+	// Node certificates made later by the same CA are accepted; agents cannot use the admin API.
+	h1 := s.dial(t, client{cert: "node-h1"})
+	_, err = vxfabricv1.NewNetworkServiceClient(h1).ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{})
+	wantCode(t, "node h1 lists networks", err, codes.PermissionDenied)
+	_, err = vxfabricv1.NewNetworkServiceClient(s.dial(t, client{})).ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{})
+	wantCode(t, "anonymous lists networks", err, codes.Unauthenticated)
+	_, err = vxfabricv1.NewNetworkServiceClient(s.dial(t, client{plain: true, token: s.admin})).ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{})
+	wantCode(t, "plaintext admin on TCP", err, codes.Unavailable)
+}
