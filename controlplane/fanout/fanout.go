@@ -8,6 +8,12 @@
 // loop; a mailbox that grows past Config.MaxPending is dropped and its stream gets a fresh snapshot.
 // On watch compaction the hub reloads and resnapshots every stream.
 //
+// Message semantics, for agents: a snapshot replaces the whole view. A delta upserts whole objects by id
+// (a NetworkState always carries its full flood list) and removes by id; when a network leaves a node's
+// view, the same delta also removes each of its ports explicitly. Agents ignore removals of unknown ids.
+// Remote ports of a node without a VTEP are withheld (and that node is left out of flood lists) until it
+// registers one. Node status (SUSPECT, DEAD) does not change views here.
+//
 // It owns the status/ports/<id> keys (written from ReportApplied) and, for static membership, nodes/<name>
 // (RegisterNode). It never writes networks, ports or allocations, and never opens a watch per agent.
 //
@@ -90,7 +96,8 @@ type Hub struct {
 	met *metrics
 
 	// mu guards the model and the fields below it. The watch loop takes it for writing per batch; Sync
-	// takes it for reading while it builds a snapshot. Lock order: mu, then subsMu or a subscriber's mu.
+	// takes it for reading while it builds a snapshot. Lock order: mu, then subsMu, then statMu or a
+	// subscriber's mu.
 	mu      sync.RWMutex
 	m       *model
 	baseRev int64         // revision of the last full load: changes before it are unknown to the hub
@@ -104,7 +111,7 @@ type Hub struct {
 	subsMu sync.Mutex
 	subs   map[string]map[*subscriber]struct{}
 
-	statMu sync.Mutex
+	statMu sync.Mutex // desired revisions change only with mu also held for writing
 	stats  map[string]*nodeStat
 	statCh chan struct{} // closed and replaced on every applied report
 
@@ -270,8 +277,6 @@ func (h *Hub) load(ctx context.Context) error {
 		}
 	}
 	h.subsMu.Unlock()
-	h.mu.Unlock()
-
 	h.statMu.Lock()
 	for node, r := range desired {
 		h.stat(node).desired = max(h.stat(node).desired, r)
@@ -283,6 +288,7 @@ func (h *Hub) load(ctx context.Context) error {
 		}
 	}
 	h.statMu.Unlock()
+	h.mu.Unlock()
 
 	h.met.revision.Set(float64(rev))
 	h.met.loads.Inc()
@@ -369,9 +375,8 @@ func (h *Hub) applyEvents(evs []event, seen time.Time) {
 		}
 	}
 	h.subsMu.Unlock()
-	h.advanceLocked()
-	h.mu.Unlock()
-
+	// Desired revisions move under h.mu too: subscribe compares a resume revision with them and with
+	// the model in one critical section.
 	h.statMu.Lock()
 	for node := range touched {
 		st := h.stat(node)
@@ -382,6 +387,8 @@ func (h *Hub) applyEvents(evs []event, seen time.Time) {
 		st.changes = append(st.changes, change{rev: rev, seen: seen})
 	}
 	h.statMu.Unlock()
+	h.advanceLocked()
+	h.mu.Unlock()
 	h.met.revision.Set(float64(rev))
 	h.met.overflows.Add(float64(overflows))
 }
@@ -459,15 +466,14 @@ var errStopped = errors.New("fanout hub stopped")
 // subscribe builds the first message for a new stream and registers its mailbox, atomically with
 // respect to watch batches: every change after the first message's revision reaches the mailbox.
 func (h *Hub) subscribe(node string, resume int64) (*subscriber, *vxfabricv1.SyncResponse) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	h.statMu.Lock()
 	var desired int64
 	if st := h.stats[node]; st != nil {
 		desired = st.desired
 	}
 	h.statMu.Unlock()
-
-	h.mu.RLock()
-	defer h.mu.RUnlock()
 	var first *vxfabricv1.SyncResponse
 	if resume > 0 && resume >= h.baseRev && resume >= desired && resume <= h.m.rev {
 		first = &vxfabricv1.SyncResponse{Revision: h.m.rev}

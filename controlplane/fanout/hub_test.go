@@ -715,6 +715,7 @@ func TestThousandAgents(t *testing.T) {
 		}
 	}
 	e.start()
+	t0 := time.Now()
 
 	var conns []vxfabricv1.AgentServiceClient
 	for range 20 {
@@ -775,6 +776,7 @@ func TestThousandAgents(t *testing.T) {
 	if n := metric(t, e.reg, "vxfabric_fanout_streams"); n != nodes {
 		t.Fatalf("streams gauge %v, want %d", n, nodes)
 	}
+	t.Logf("1,000 agents connected and got their snapshot (1,000 ports, 999 flood entries) in %s", time.Since(t0))
 
 	mu.Lock()
 	start := time.Now()
