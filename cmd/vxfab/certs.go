@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vxfabric/vxfabric/security/pki"
+)
+
+func init() { register(newCertsCmd) }
+
+func newCertsCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "certs", Short: "make the certificates that secure a fabric"}
+	var (
+		dir         string
+		nodes       []string
+		serverNames []string
+		serverIPs   []string
+		days        int
+	)
+	initCmd := &cobra.Command{
+		Use:   "init",
+		Short: "create a CA, a server certificate, one client certificate per node, an admin certificate and a gossip key",
+		Long: `Creates in --dir whatever is missing or no longer valid, and keeps the rest (run it again with
+one more --node to add a host):
+
+  ca.crt, ca.key                the fabric's CA (ECDSA P-256)
+  server.crt, server.key        for vxfab server: localhost, 127.0.0.1 and every --server-name/--server-ip
+  node-NAME.crt, node-NAME.key  for vxfab agent --node NAME: identity vxfab://node/NAME (CN node:NAME)
+  admin.crt, admin.key          for the CLI: identity vxfab://admin (CN admin)
+  gossip.key                    for --gossip-key: 32 random bytes, base64
+
+Keys are written with mode 0600. Copy to each host only its own node certificate and key, ca.crt
+and gossip.key; ca.key never needs to leave the machine that runs this command.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := pki.DefaultInit(dir)
+			cfg.Nodes = nodes
+			cfg.ServerNames = serverNames
+			for _, s := range serverIPs {
+				ip := net.ParseIP(s)
+				if ip == nil {
+					return fmt.Errorf("--server-ip %q is not an IP address", s)
+				}
+				cfg.ServerIPs = append(cfg.ServerIPs, ip)
+			}
+			cfg.Validity = time.Duration(days) * 24 * time.Hour
+			res, err := pki.Init(cfg)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "FILE\tSTATE")
+			for _, r := range res {
+				state := "kept"
+				if r.Created {
+					state = "created"
+				}
+				fmt.Fprintf(tw, "%s\t%s\n", filepath.Base(r.Path), state)
+			}
+			return tw.Flush()
+		},
+	}
+	fs := initCmd.Flags()
+	fs.StringVar(&dir, "dir", "", "directory of the CA, certificates and keys (created 0700)")
+	fs.StringArrayVar(&nodes, "node", nil, "node name to make a client certificate for (repeatable)")
+	fs.StringArrayVar(&serverNames, "server-name", nil, "DNS name clients reach the server by (repeatable)")
+	fs.StringArrayVar(&serverIPs, "server-ip", nil, "IP address clients reach the server at (repeatable)")
+	fs.IntVar(&days, "days", 365, "validity of the certificates in days (the CA gets twice as long)")
+	_ = initCmd.MarkFlagRequired("dir")
+	cmd.AddCommand(initCmd)
+	return cmd
+}
