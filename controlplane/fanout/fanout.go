@@ -414,6 +414,9 @@ func (h *Hub) NodeRevisions(node string) (applied, desired int64) {
 	return 0, 0
 }
 
+// Ready is closed once the hub has loaded the store for the first time (Sync streams wait for it).
+func (h *Hub) Ready() <-chan struct{} { return h.ready }
+
 // Revision returns the store revision the hub's model reflects (0 before the first load).
 func (h *Hub) Revision() int64 {
 	h.mu.RLock()

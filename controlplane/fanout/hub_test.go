@@ -90,7 +90,7 @@ func (e *env) start() {
 	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer wcancel()
 	select {
-	case <-e.hub.ready:
+	case <-e.hub.Ready():
 	case <-wctx.Done():
 		t.Fatal("hub not ready")
 	}
