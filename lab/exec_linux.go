@@ -237,3 +237,73 @@ func (l *Lab) DialTCP(target string, dst netip.AddrPort, timeout time.Duration) 
 	}
 	return seen, nil
 }
+
+// UDPListener receives datagrams inside a lab namespace.
+type UDPListener struct {
+	conn *net.UDPConn
+}
+
+// ListenUDP listens on addr inside target's namespace (port 0 picks one). Close it when done.
+func (l *Lab) ListenUDP(target string, addr netip.AddrPort) (*UDPListener, error) {
+	ns, err := l.TargetNamespace(target)
+	if err != nil {
+		return nil, err
+	}
+	var conn *net.UDPConn
+	err = inNamespace(ns, func() error {
+		var err error
+		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen on udp %s in %s: %w", addr, target, err)
+	}
+	return &UDPListener{conn: conn}, nil
+}
+
+// Addr is the address the listener is bound to.
+func (u *UDPListener) Addr() netip.AddrPort { return u.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// Receive waits up to timeout for a datagram whose payload is want; ok is false if none came.
+// Other datagrams are skipped.
+func (u *UDPListener) Receive(want []byte, timeout time.Duration) (from netip.AddrPort, ok bool) {
+	deadline := time.Now().Add(timeout)
+	buf := make([]byte, 65536)
+	for {
+		_ = u.conn.SetReadDeadline(deadline)
+		n, src, err := u.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return netip.AddrPort{}, false
+		}
+		if bytes.Equal(buf[:n], want) {
+			return src, true
+		}
+	}
+}
+
+// Close closes the listener.
+func (u *UDPListener) Close() error { return u.conn.Close() }
+
+// SendUDP sends one datagram from target's namespace to dst, from src when it is valid (an address
+// of that namespace, for example a second address added for a spoofing test).
+func (l *Lab) SendUDP(target string, src, dst netip.AddrPort, payload []byte) error {
+	ns, err := l.TargetNamespace(target)
+	if err != nil {
+		return err
+	}
+	var local *net.UDPAddr
+	if src.IsValid() {
+		local = net.UDPAddrFromAddrPort(src)
+	}
+	return inNamespace(ns, func() error {
+		conn, err := net.DialUDP("udp4", local, net.UDPAddrFromAddrPort(dst))
+		if err != nil {
+			return fmt.Errorf("udp from %s to %s: %w", target, dst, err)
+		}
+		defer conn.Close()
+		if _, err := conn.Write(payload); err != nil {
+			return fmt.Errorf("udp from %s to %s: %w", target, dst, err)
+		}
+		return nil
+	})
+}

@@ -262,13 +262,19 @@ func newLabHostCmd(f *labFlags) *cobra.Command {
 				}
 				return l.CutHost(args[0])
 			}},
-		&cobra.Command{Use: "restore H", Short: "put a cut host back on the underlay", Args: cobra.ExactArgs(1),
+		&cobra.Command{Use: "restore H", Short: "put a cut host back on the underlay and wait until its agent is ALIVE", Args: cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				l, err := f.open()
 				if err != nil {
 					return err
 				}
-				return l.RestoreHost(args[0])
+				if err := l.RestoreHost(args[0]); err != nil {
+					return err
+				}
+				if l.AgentPID(args[0]) == 0 || l.ServerPID() == 0 {
+					return nil
+				}
+				return l.WaitAgents(cmd.Context(), args[0])
 			}},
 	)
 	return cmd

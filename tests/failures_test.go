@@ -1,0 +1,229 @@
+//go:build linux
+
+package tests
+
+import (
+	"os"
+	"testing"
+	"time"
+
+	"github.com/vxfabric/vxfabric/lab"
+	"github.com/vxfabric/vxfabric/overlay"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+const isolated = vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED
+
+// backgroundPing runs `ping -i interval -c count` from one namespace to dst and delivers the result.
+func backgroundPing(f *fixture, from string, dst lab.VM, count int, interval time.Duration) <-chan lab.PingResult {
+	ch := make(chan lab.PingResult, 1)
+	go func() {
+		res, err := f.l.Ping(f.ctx, from, dst.IP(0), lab.PingOptions{Count: count, Interval: interval, Wait: time.Second})
+		if err != nil {
+			res.Output = err.Error()
+		}
+		ch <- res
+	}()
+	return ch
+}
+
+func bridgeIndex(f *fixture, host string, vni uint32) int {
+	f.t.Helper()
+	h, err := f.l.Handle(host)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(overlay.BridgeName(vni))
+	if err != nil {
+		f.t.Fatalf("%s: %s: %v", host, overlay.BridgeName(vni), err)
+	}
+	return link.Attrs().Index
+}
+
+// TestPrivilegedAgentKill kills both agents of a VM pair with SIGKILL and restarts them during a
+// ping every 10 ms: at most one echo is lost and the kernel objects are adopted, not recreated.
+func TestPrivilegedAgentKill(t *testing.T) {
+	f := newFixture(t, "e2e-kill")
+	n := f.network("net", "10.50.0.0/24", isolated)
+	a := f.vm("kill-a", "h1", "net")
+	b := f.vm("kill-b", "h2", "net")
+	f.reach("kill-a", b.IP(0), 5*time.Second)
+	bridges := map[string]int{"h1": bridgeIndex(f, "h1", n.GetVni()), "h2": bridgeIndex(f, "h2", n.GetVni())}
+	restoreOnCleanup(t, "agent", "start", "h1")
+	restoreOnCleanup(t, "agent", "start", "h2")
+
+	const count = 1500 // 15 s at 10 ms: room for two kills and restarts
+	pings := backgroundPing(f, "kill-a", b, count, 10*time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // let the ping run before the first kill
+	began := time.Now()
+	for _, h := range []string{"h1", "h2"} {
+		mustVxfab(t, "lab", "agent", "kill", h)
+		mustVxfab(t, "lab", "agent", "start", h)
+	}
+	restarted := time.Since(began)
+	res := <-pings
+	if restarted > time.Duration(count)*10*time.Millisecond-time.Second {
+		t.Fatalf("kills and restarts took %s, longer than the ping: raise count", restarted)
+	}
+	t.Logf("two agents killed and restarted in %s; ping %d sent, %d received", restarted.Round(time.Millisecond), res.Sent, res.Received)
+	if res.Sent < count/2 || res.Sent-res.Received > 1 {
+		t.Fatalf("ping during kill+restart: %d sent, %d received, want at most 1 lost:\n%s", res.Sent, res.Received, res.Output)
+	}
+	for h, idx := range bridges {
+		if got := bridgeIndex(f, h, n.GetVni()); got != idx {
+			t.Errorf("%s: bridge recreated after restart (ifindex %d -> %d)", h, idx, got)
+		}
+	}
+	f.reach("kill-b", a.IP(0), 2*time.Second)
+}
+
+// serverDown is how long TestPrivilegedServerDown keeps the server stopped (VXFAB_E2E_SERVER_DOWN
+// shortens it while iterating; the suite's default is the issue's 30 s).
+func serverDown(t *testing.T) time.Duration {
+	if s := os.Getenv("VXFAB_E2E_SERVER_DOWN"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("VXFAB_E2E_SERVER_DOWN: %v", err)
+		}
+		return d
+	}
+	return 30 * time.Second
+}
+
+// TestPrivilegedServerDown stops the server for 30 s during a ping between VMs on two hosts: zero
+// lost. Once it is back, a new port is programmed everywhere and reachable.
+func TestPrivilegedServerDown(t *testing.T) {
+	f := newFixture(t, "e2e-srv")
+	f.network("net", "10.51.0.0/24", isolated)
+	a := f.vm("srv-a", "h1", "net")
+	b := f.vm("srv-b", "h3", "net")
+	f.reach("srv-a", b.IP(0), 5*time.Second)
+	restoreOnCleanup(t, "server", "start")
+
+	down := serverDown(t)
+	interval := 20 * time.Millisecond
+	count := int((down + 3*time.Second) / interval)
+	pings := backgroundPing(f, "srv-a", b, count, interval)
+	mustVxfab(t, "lab", "server", "stop")
+	time.Sleep(down) // the outage itself, not a wait for convergence
+	mustVxfab(t, "lab", "server", "start")
+	res := <-pings
+	t.Logf("server down %s; ping %d sent, %d received", down, res.Sent, res.Received)
+	if res.Sent < count/2 || res.Received != res.Sent {
+		t.Fatalf("ping while the server was down: %d sent, %d received, want none lost:\n%s", res.Sent, res.Received, res.Output)
+	}
+	c := f.vm("srv-c", "h2", "net")
+	f.reach("srv-c", a.IP(0), 5*time.Second)
+	f.reach("srv-b", c.IP(0), 5*time.Second)
+}
+
+// TestPrivilegedHostCut cuts h3 off the underlay: the other hosts withdraw every FDB entry that
+// points at it within 5 s, and get them back after the cable is restored.
+func TestPrivilegedHostCut(t *testing.T) {
+	f := newFixture(t, "e2e-cut")
+	n := f.network("net", "10.52.0.0/24", isolated)
+	vni := n.GetVni()
+	f.vm("cut-1", "h1", "net")
+	f.vm("cut-2", "h2", "net")
+	v3 := f.vm("cut-3", "h3", "net")
+	f.reach("cut-1", v3.IP(0), 5*time.Second)
+	h3 := lab.HostAddr(3)
+	peers := []string{"h1", "h2"}
+	present := func() (bool, error) {
+		for _, h := range peers {
+			if e := f.fdbTo(h, vni, h3); !hasMAC(e, v3.Ports[0].GetMac()) || !hasMAC(e, "00:00:00:00:00:00") {
+				return false, nil
+			}
+		}
+		return true, nil
+	}
+	if _, err := lab.WaitFor(f.ctx, 5*time.Second, present); err != nil {
+		t.Fatalf("entries to h3 before the cut: %v", err)
+	}
+	restoreOnCleanup(t, "host", "restore", "h3")
+
+	mustVxfab(t, "lab", "host", "cut", "h3")
+	took, err := lab.WaitFor(f.ctx, 5*time.Second, func() (bool, error) {
+		for _, h := range peers {
+			if len(f.fdbTo(h, vni, h3)) > 0 {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("entries to h3 still on its peers 5 s after the cut: h1 %v, h2 %v", f.fdbTo("h1", vni, h3), f.fdbTo("h2", vni, h3))
+	}
+	t.Logf("h3 cut: its entries withdrawn on h1 and h2 in %s", took.Round(time.Millisecond))
+
+	mustVxfab(t, "lab", "host", "restore", "h3")
+	took, err = lab.WaitFor(f.ctx, 30*time.Second, present)
+	if err != nil {
+		t.Fatalf("entries to h3 not back after restore: %v", err)
+	}
+	t.Logf("h3 restored: its entries back in %s", took.Round(time.Millisecond))
+	f.reach("cut-1", v3.IP(0), 5*time.Second)
+}
+
+// TestPrivilegedPortMove moves a VM (its port's MAC and IP) from h1 to h2: traffic from h3 reaches
+// it on h2 within 2 s, and no FDB entry points at h1 for it any more.
+func TestPrivilegedPortMove(t *testing.T) {
+	f := newFixture(t, "e2e-move")
+	n := f.network("net", "10.53.0.0/24", isolated)
+	vni := n.GetVni()
+	w := f.vm("mv-w", "h3", "net")
+	m := f.vm("mv-m", "h1", "net")
+	f.reach("mv-w", m.IP(0), 5*time.Second)
+	mac, ip := m.Ports[0].GetMac(), m.Ports[0].GetIp()
+
+	f.deleteVM("mv-m")
+	began := time.Now()
+	f.createVM(lab.VMSpec{Name: "mv-m", Host: "h2", NICs: []lab.NICSpec{{Tenant: f.tenant, Network: "net", IP: ip, MAC: mac}}})
+	f.reach("mv-w", m.IP(0), 2*time.Second)
+	took := time.Since(began)
+	t.Logf("moved: h3 reaches the VM on h2 %s after the port was created there", took.Round(time.Millisecond))
+	if took > 2*time.Second {
+		t.Errorf("h3 reached the moved VM after %s, want within 2 s", took)
+	}
+	if !hasMAC(f.fdbTo("h3", vni, lab.HostAddr(2)), mac) {
+		t.Errorf("h3 has no FDB entry for %s to h2", mac)
+	}
+	for _, h := range []string{"h2", "h3"} {
+		if e := f.fdbTo(h, vni, lab.HostAddr(1)); hasMAC(e, mac) || hasMAC(e, "00:00:00:00:00:00") {
+			t.Errorf("%s still points at h1 (no port of the network is left there): %v", h, e)
+		}
+	}
+	f.reach("mv-m", w.IP(0), 2*time.Second)
+}
+
+// TestPrivilegedChangesWhileAgentDown deletes a port and creates another while h2's agent is
+// stopped; after it starts again h2 converges: the new port is programmed, the deleted one is gone.
+func TestPrivilegedChangesWhileAgentDown(t *testing.T) {
+	f := newFixture(t, "e2e-away")
+	n := f.network("net", "10.54.0.0/24", isolated)
+	vni := n.GetVni()
+	f.vm("away-x", "h1", "net")
+	f.vm("away-y", "h2", "net")
+	z := f.vm("away-z", "h1", "net")
+	f.reach("away-y", z.IP(0), 5*time.Second)
+	restoreOnCleanup(t, "agent", "start", "h2")
+
+	mustVxfab(t, "lab", "agent", "stop", "h2")
+	f.deleteVM("away-z")
+	nw := f.vm("away-n", "h3", "net")
+	mustVxfab(t, "lab", "agent", "start", "h2")
+	took, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
+		entries, err := f.l.FDB("h2", vni)
+		if err != nil {
+			return false, err
+		}
+		return hasMAC(entries, nw.Ports[0].GetMac()) && !hasMAC(entries, z.Ports[0].GetMac()), nil
+	})
+	if err != nil {
+		entries, _ := f.l.FDB("h2", vni)
+		t.Fatalf("h2 did not converge after its agent returned: %v; fdb %v", err, entries)
+	}
+	t.Logf("h2 converged %s after its agent started", took.Round(time.Millisecond))
+	f.reach("away-y", nw.IP(0), 5*time.Second)
+}
