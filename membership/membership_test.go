@@ -22,6 +22,10 @@ import (
 // memberlist's Shutdown does not wait for a probe in flight: it ends by itself within a (scaled)
 // probe interval.
 func TestMain(m *testing.M) {
+	if name := os.Getenv("VXFAB_MEMBERSHIP_CHILD"); name != "" {
+		runChild(name, os.Getenv("VXFAB_MEMBERSHIP_SEED"))
+		return
+	}
 	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"))
 }
 

@@ -1,0 +1,206 @@
+package nodestatus
+
+import (
+	"context"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
+	"github.com/vxfabric/vxfabric/membership"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// memberlist's Shutdown does not wait for a probe in flight: it ends within a probe interval.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"))
+}
+
+const prefix = "/vxfabric/v1/"
+
+func startEtcd(t *testing.T) *clientv3.Client {
+	t.Helper()
+	cfg := etcdembed.Default(t.TempDir())
+	cfg.Fast = true
+	srv, err := etcdembed.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	cli, err := srv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func member(t *testing.T, role membership.Role, name string, n int, seeds []string) *membership.Member {
+	t.Helper()
+	cfg := membership.Default(role, name)
+	cfg.BindAddr = "127.0.0.1:0"
+	cfg.Join = seeds
+	cfg.Version = "v" + strconv.Itoa(n)
+	if role == membership.RoleAgent {
+		cfg.VTEP = netip.MustParseAddr("198.18.0." + strconv.Itoa(n))
+	} else {
+		cfg.GRPCAddr = "127.0.0.1:" + strconv.Itoa(7400+n)
+	}
+	m, err := membership.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown() })
+	return m
+}
+
+type writer struct {
+	w      *Writer
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startWriter(t *testing.T, cli *clientv3.Client, m *membership.Member) *writer {
+	cfg := Default()
+	cfg.SessionTTL = 2
+	cfg.Registerer = prometheus.NewRegistry()
+	ctx, cancel := context.WithCancel(context.Background())
+	wr := &writer{w: New(cli, m, cfg), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(wr.done)
+		if err := wr.w.Run(ctx); err != nil {
+			t.Errorf("writer: %v", err)
+		}
+	}()
+	t.Cleanup(wr.stop)
+	return wr
+}
+
+func (w *writer) stop() {
+	w.cancel()
+	<-w.done
+}
+
+func value(m prometheus.Metric) float64 {
+	var d dto.Metric
+	_ = m.Write(&d)
+	return d.GetCounter().GetValue() + d.GetGauge().GetValue()
+}
+
+func node(t *testing.T, cli *clientv3.Client, name string) *vxfabricv1.Node {
+	t.Helper()
+	resp, err := cli.Get(context.Background(), prefix+"nodes/"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	n := &vxfabricv1.Node{}
+	if err := proto.Unmarshal(resp.Kvs[0].Value, n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func waitNode(t *testing.T, cli *clientv3.Client, name string, status vxfabricv1.NodeStatus, within time.Duration) *vxfabricv1.Node {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		n := node(t, cli, name)
+		if n.GetStatus() == status {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s is %v, want %s", name, n, status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestOneLeaderWritesGossipState(t *testing.T) {
+	cli := startEtcd(t)
+	s1 := member(t, membership.RoleServer, "srv1", 1, nil)
+	seeds := []string{s1.LocalAddr().String()}
+	s2 := member(t, membership.RoleServer, "srv2", 2, seeds)
+	// a1 was recorded by RegisterNode before gossip: its last change is kept while it stays ALIVE.
+	registered := timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	b, _ := proto.Marshal(&vxfabricv1.Node{Name: "a1", Vtep: "198.18.0.11", Status: vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, Version: "v11", LastChange: registered})
+	if _, err := cli.Put(context.Background(), prefix+"nodes/a1", string(b)); err != nil {
+		t.Fatal(err)
+	}
+	// Agents that joined before any writer ran are written by the reconcile on election.
+	a1 := member(t, membership.RoleAgent, "a1", 11, seeds)
+	a2 := member(t, membership.RoleAgent, "a2", 12, seeds)
+	time.Sleep(300 * time.Millisecond)
+	w1 := startWriter(t, cli, s1)
+	w2 := startWriter(t, cli, s2)
+
+	n1 := waitNode(t, cli, "a1", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 5*time.Second)
+	if !proto.Equal(n1.LastChange, registered) {
+		t.Fatalf("a1 last change rewritten: %v", n1.LastChange)
+	}
+	n2 := waitNode(t, cli, "a2", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 5*time.Second)
+	if n2.Vtep != "198.18.0.12" || n2.Version != "v12" || n2.LastChange == nil {
+		t.Fatalf("a2 recorded as %v", n2)
+	}
+	if node(t, cli, "srv1") != nil {
+		t.Fatal("a server was recorded as a node")
+	}
+
+	var leader, standby *writer
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: timed out", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor("one leader", func() bool { return value(w1.w.leader)+value(w2.w.leader) == 1 })
+	leader, standby = w1, w2
+	if value(w2.w.leader) == 1 {
+		leader, standby = w2, w1
+	}
+	if n := value(standby.w.writes); n != 0 {
+		t.Fatalf("the standby server wrote %v times", n)
+	}
+	// a1 matched already: nothing was written for it.
+	if n := value(leader.w.writes); n != 1 {
+		t.Fatalf("leader wrote %v records, want 1 (a2 only)", n)
+	}
+
+	// a2 dies without leaving, a1 leaves.
+	_ = a2.Shutdown()
+	if err := a1.Leave(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitNode(t, cli, "a1", vxfabricv1.NodeStatus_NODE_STATUS_LEFT, 5*time.Second)
+	dead := waitNode(t, cli, "a2", vxfabricv1.NodeStatus_NODE_STATUS_DEAD, 8*time.Second)
+	if !dead.LastChange.AsTime().After(n2.LastChange.AsTime()) {
+		t.Fatalf("last change not advanced on death: %v then %v", n2.LastChange, dead.LastChange)
+	}
+
+	// The leader's server stops: the other takes over and records a new agent.
+	leader.stop()
+	waitFor("standby elected", func() bool { return value(standby.w.leader) == 1 })
+	member(t, membership.RoleAgent, "a3", 13, seeds)
+	waitNode(t, cli, "a3", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 5*time.Second)
+
+	// Writes happen only on change: a quiet cluster writes nothing.
+	before := value(standby.w.writes)
+	time.Sleep(time.Second)
+	if after := value(standby.w.writes); after != before {
+		t.Fatalf("%v writes in a quiet second", after-before)
+	}
+}
