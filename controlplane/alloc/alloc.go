@@ -87,6 +87,12 @@ func (a *Allocator) nextVNI(ctx context.Context, n int) (uint32, error) {
 // honoured or refused with store.ErrVNITaken (an ErrAlreadyExists); an allocated one is retried until
 // a transaction wins or the pool is exhausted (store.ErrExhausted).
 func (a *Allocator) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string) (*vxfabricv1.Network, error) {
+	// A retry of a create that succeeded returns its network before anything is allocated (a full pool
+	// must not turn a retry into ResourceExhausted). Concurrent retries are still settled by the
+	// transaction's compare on the request record.
+	if prev, err := a.store.NetworkForRequest(ctx, requestID, n.Tenant, n.Name); prev != nil || err != nil {
+		return prev, err
+	}
 	requested := n.Vni != 0
 	for attempt := range maxAttempts {
 		try := proto.Clone(n).(*vxfabricv1.Network)
@@ -146,6 +152,9 @@ func (a *Allocator) CreatePort(ctx context.Context, network *vxfabricv1.Network,
 	sub, err := NewSubnet(prefix, gw)
 	if err != nil {
 		return nil, fmt.Errorf("network %s: %w", network.Id, err)
+	}
+	if prev, err := a.store.PortForRequest(ctx, requestID, p.Tenant, p.Name); prev != nil || err != nil {
+		return prev, err
 	}
 	wantIP, wantMAC := p.Ip != "", p.Mac != ""
 	for attempt := range maxAttempts {

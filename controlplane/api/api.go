@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/store"
@@ -103,20 +104,14 @@ func (c *core) toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	code := codes.Internal
+	code, msg := codes.Internal, err.Error()
+	for _, m := range sentinelCodes {
+		if errors.Is(err, m.err) {
+			// The code says what the sentinel said: keep the message about the object.
+			return status.Error(m.code, strings.TrimSuffix(msg, ": "+m.err.Error()))
+		}
+	}
 	switch {
-	case errors.Is(err, store.ErrInvalidArgument):
-		code = codes.InvalidArgument
-	case errors.Is(err, store.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, store.ErrAlreadyExists):
-		code = codes.AlreadyExists
-	case errors.Is(err, store.ErrFailedPrecondition): // ErrStale included
-		code = codes.FailedPrecondition
-	case errors.Is(err, store.ErrExhausted):
-		code = codes.ResourceExhausted
-	case errors.Is(err, store.ErrContention):
-		code = codes.Aborted
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):
@@ -130,5 +125,18 @@ func (c *core) toStatus(err error) error {
 	if code == codes.Internal {
 		c.log.Error("request failed", "err", err)
 	}
-	return status.Error(code, err.Error())
+	return status.Error(code, msg)
+}
+
+// sentinelCodes maps store's sentinel errors to gRPC codes, first match wins.
+var sentinelCodes = []struct {
+	err  error
+	code codes.Code
+}{
+	{store.ErrInvalidArgument, codes.InvalidArgument},
+	{store.ErrNotFound, codes.NotFound},
+	{store.ErrAlreadyExists, codes.AlreadyExists},
+	{store.ErrFailedPrecondition, codes.FailedPrecondition}, // ErrStale and ErrRequestMismatch included
+	{store.ErrExhausted, codes.ResourceExhausted},
+	{store.ErrContention, codes.Aborted},
 }

@@ -459,3 +459,57 @@ func (s *Store) TakenIPs(ctx context.Context, networkID string) ([]netip.Addr, e
 	}
 	return out, nil
 }
+
+// requestTarget returns the live resource id a request record points at, or "" when there is no
+// record.
+func (s *Store) requestTarget(ctx context.Context, kind, requestID string) (string, error) {
+	if requestID == "" {
+		return "", nil
+	}
+	resp, err := s.kv.Get(ctx, RequestKey(kind, requestID))
+	if err != nil {
+		return "", fmt.Errorf("read request %s/%s: %w", kind, requestID, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", nil
+	}
+	return string(resp.Kvs[0].Value), nil
+}
+
+// NetworkForRequest returns the live network an earlier create with this request id made (nil when
+// none), so that a retry returns it before anything is allocated. A request id used for another
+// tenant or name gives ErrRequestMismatch.
+func (s *Store) NetworkForRequest(ctx context.Context, requestID, tenant, name string) (*vxfabricv1.Network, error) {
+	id, err := s.requestTarget(ctx, KindNetwork, requestID)
+	if id == "" || err != nil {
+		return nil, err
+	}
+	n, err := s.GetNetworkByID(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, nil // deleted since: the create goes ahead and replaces the stale record
+	case err != nil:
+		return nil, err
+	case n.Tenant != tenant || n.Name != name:
+		return nil, fmt.Errorf("network %q in tenant %q: %w", name, tenant, ErrRequestMismatch)
+	}
+	return n, nil
+}
+
+// PortForRequest is NetworkForRequest for ports.
+func (s *Store) PortForRequest(ctx context.Context, requestID, tenant, name string) (*vxfabricv1.Port, error) {
+	id, err := s.requestTarget(ctx, KindPort, requestID)
+	if id == "" || err != nil {
+		return nil, err
+	}
+	p, err := s.GetPortByID(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case p.Tenant != tenant || p.Name != name:
+		return nil, fmt.Errorf("port %q in tenant %q: %w", name, tenant, ErrRequestMismatch)
+	}
+	return p, nil
+}

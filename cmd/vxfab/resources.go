@@ -1,0 +1,454 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+func init() {
+	register(newTenantCmd)
+	register(newNetworkCmd)
+	register(newPortCmd)
+	register(newNodeCmd)
+}
+
+// apiCall dials the server, bounds fn by --timeout and closes the connection afterwards.
+func apiCall(cmd *cobra.Command, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	if cliOpts.output != "table" && cliOpts.output != "json" {
+		return fmt.Errorf("--output %q: want table or json", cliOpts.output)
+	}
+	conn, err := dialServer()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := callContext(cmd.Context())
+	defer cancel()
+	return fn(ctx, conn)
+}
+
+// render prints msg as JSON with -o json, else as the table that table writes.
+func render(cmd *cobra.Command, msg proto.Message, table func(w io.Writer)) error {
+	out := cmd.OutOrStdout()
+	if cliOpts.output == "json" {
+		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(msg)
+		if err != nil {
+			return fmt.Errorf("encode json: %w", err)
+		}
+		_, err = fmt.Fprintln(out, string(b))
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+func row(w io.Writer, cols ...any) {
+	s := make([]string, len(cols))
+	for i, c := range cols {
+		s[i] = fmt.Sprint(c)
+		if s[i] == "" {
+			s[i] = "-"
+		}
+	}
+	fmt.Fprintln(w, strings.Join(s, "\t"))
+}
+
+func fmtTime(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return "-"
+	}
+	return t.AsTime().UTC().Format(time.RFC3339)
+}
+
+func modeName(m vxfabricv1.NetworkMode) string {
+	return strings.ToLower(strings.TrimPrefix(m.String(), "NETWORK_MODE_"))
+}
+
+func parseMode(s string) (vxfabricv1.NetworkMode, error) {
+	if s == "" {
+		return vxfabricv1.NetworkMode_NETWORK_MODE_UNSPECIFIED, nil // the server says it is required
+	}
+	v, ok := vxfabricv1.NetworkMode_value["NETWORK_MODE_"+strings.ToUpper(s)]
+	if !ok || v == 0 {
+		return 0, fmt.Errorf("--mode %q: want isolated, nat, routed or bridged", s)
+	}
+	return vxfabricv1.NetworkMode(v), nil
+}
+
+func statusName(s vxfabricv1.NodeStatus) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "NODE_STATUS_"))
+}
+
+// ---- tenant ----
+
+func newTenantCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "tenant", Short: "manage tenants"}
+	var requestID string
+	create := &cobra.Command{
+		Use: "create NAME", Short: "create a tenant", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewTenantServiceClient(conn).CreateTenant(ctx,
+					&vxfabricv1.CreateTenantRequest{Name: args[0], RequestId: requestID})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { tenantTable(w, resp.Tenant) })
+			})
+		},
+	}
+	create.Flags().StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same tenant")
+	list := &cobra.Command{
+		Use: "list", Short: "list tenants", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewTenantServiceClient(conn).ListTenants(ctx, &vxfabricv1.ListTenantsRequest{})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { tenantTable(w, resp.Tenants...) })
+			})
+		},
+	}
+	show := &cobra.Command{
+		Use: "show NAME", Short: "show a tenant", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewTenantServiceClient(conn).GetTenant(ctx, &vxfabricv1.GetTenantRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { tenantTable(w, resp.Tenant) })
+			})
+		},
+	}
+	var rev int64
+	del := &cobra.Command{
+		Use: "delete NAME", Short: "delete a tenant without networks", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewTenantServiceClient(conn).DeleteTenant(ctx,
+					&vxfabricv1.DeleteTenantRequest{Name: args[0], ExpectedRevision: rev})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { fmt.Fprintf(w, "tenant %s deleted\n", args[0]) })
+			})
+		},
+	}
+	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the tenant is still at this revision")
+	cmd.AddCommand(create, list, show, del)
+	return cmd
+}
+
+func tenantTable(w io.Writer, ts ...*vxfabricv1.Tenant) {
+	row(w, "NAME", "REVISION", "CREATED")
+	for _, t := range ts {
+		row(w, t.Name, t.Revision, fmtTime(t.CreateTime))
+	}
+}
+
+// ---- network ----
+
+func newNetworkCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "network", Short: "manage networks"}
+	var (
+		tenant, cidr, mode, gateway, uplink, requestID string
+		vni, mtu                                       uint32
+		rev                                            int64
+	)
+	create := &cobra.Command{
+		Use: "create NAME", Short: "create a network", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := parseMode(mode)
+			if err != nil {
+				return err
+			}
+			req := &vxfabricv1.CreateNetworkRequest{Tenant: tenant, Name: args[0], Cidr: cidr, Mode: m, Vni: vni,
+				Mtu: mtu, Gateway: gateway, RequestId: requestID}
+			if uplink != "" {
+				node, iface, ok := strings.Cut(uplink, ":")
+				if !ok {
+					return fmt.Errorf("--uplink %q: want NODE:IFACE", uplink)
+				}
+				req.Uplink = &vxfabricv1.Uplink{Node: node, Interface: iface}
+			}
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewNetworkServiceClient(conn).CreateNetwork(ctx, req)
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { networkTable(w, resp.Network) })
+			})
+		},
+	}
+	cf := create.Flags()
+	cf.StringVar(&tenant, "tenant", "", "tenant owning the network")
+	cf.StringVar(&cidr, "cidr", "", "IPv4 network, /8 to /29, e.g. 10.0.0.0/24")
+	cf.StringVar(&mode, "mode", "", "isolated, nat, routed or bridged")
+	cf.Uint32Var(&vni, "vni", 0, "VNI to use (default: allocated)")
+	cf.Uint32Var(&mtu, "mtu", 0, "MTU (default: the underlay MTU minus 50)")
+	cf.StringVar(&gateway, "gateway", "", "gateway address, nat and routed only (default: first host address)")
+	cf.StringVar(&uplink, "uplink", "", "NODE:IFACE, bridged only")
+	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same network")
+
+	list := &cobra.Command{
+		Use: "list", Short: "list networks", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewNetworkServiceClient(conn).ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{Tenant: tenant})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { networkTable(w, resp.Networks...) })
+			})
+		},
+	}
+	list.Flags().StringVar(&tenant, "tenant", "", "only this tenant's networks")
+	show := &cobra.Command{
+		Use: "show NAME", Short: "show a network", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewNetworkServiceClient(conn).GetNetwork(ctx, &vxfabricv1.GetNetworkRequest{Tenant: tenant, Name: args[0]})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { networkDetail(w, resp.Network) })
+			})
+		},
+	}
+	show.Flags().StringVar(&tenant, "tenant", "", "tenant owning the network")
+	update := &cobra.Command{
+		Use: "update NAME", Short: "change a network's MTU", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewNetworkServiceClient(conn).UpdateNetwork(ctx,
+					&vxfabricv1.UpdateNetworkRequest{Tenant: tenant, Name: args[0], Mtu: mtu, ExpectedRevision: rev})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { networkDetail(w, resp.Network) })
+			})
+		},
+	}
+	update.Flags().StringVar(&tenant, "tenant", "", "tenant owning the network")
+	update.Flags().Uint32Var(&mtu, "mtu", 0, "new MTU")
+	update.Flags().Int64Var(&rev, "revision", 0, "update only if the network is still at this revision")
+	del := &cobra.Command{
+		Use: "delete NAME", Short: "delete a network without ports", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewNetworkServiceClient(conn).DeleteNetwork(ctx,
+					&vxfabricv1.DeleteNetworkRequest{Tenant: tenant, Name: args[0], ExpectedRevision: rev})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { fmt.Fprintf(w, "network %s deleted\n", args[0]) })
+			})
+		},
+	}
+	del.Flags().StringVar(&tenant, "tenant", "", "tenant owning the network")
+	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the network is still at this revision")
+	cmd.AddCommand(create, list, show, update, del)
+	return cmd
+}
+
+func uplinkText(u *vxfabricv1.Uplink) string {
+	if u == nil {
+		return ""
+	}
+	return u.Node + ":" + u.Interface
+}
+
+func networkTable(w io.Writer, ns ...*vxfabricv1.Network) {
+	row(w, "TENANT", "NAME", "ID", "CIDR", "MODE", "VNI", "MTU", "GATEWAY", "UPLINK", "REVISION")
+	for _, n := range ns {
+		row(w, n.Tenant, n.Name, n.Id, n.Cidr, modeName(n.Mode), n.Vni, n.Mtu, n.Gateway, uplinkText(n.Uplink), n.Revision)
+	}
+}
+
+func networkDetail(w io.Writer, n *vxfabricv1.Network) {
+	for _, kv := range [][2]any{
+		{"Name:", n.Name}, {"Tenant:", n.Tenant}, {"ID:", n.Id}, {"CIDR:", n.Cidr}, {"Mode:", modeName(n.Mode)},
+		{"VNI:", n.Vni}, {"MTU:", n.Mtu}, {"Gateway:", n.Gateway}, {"Gateway MAC:", n.GatewayMac},
+		{"Uplink:", uplinkText(n.Uplink)}, {"Revision:", n.Revision}, {"Created:", fmtTime(n.CreateTime)},
+	} {
+		row(w, kv[0], kv[1])
+	}
+}
+
+// ---- port ----
+
+func newPortCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "port", Short: "manage ports (VM NICs)"}
+	var (
+		tenant, network, node, mac, ip, vm, requestID string
+		rev                                           int64
+	)
+	create := &cobra.Command{
+		Use: "create NAME", Short: "create a port", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewPortServiceClient(conn).CreatePort(ctx, &vxfabricv1.CreatePortRequest{
+					Tenant: tenant, Network: network, Name: args[0], Node: node, Mac: mac, Ip: ip, Vm: vm, RequestId: requestID})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { portTable(w, resp.Port) })
+			})
+		},
+	}
+	cf := create.Flags()
+	cf.StringVar(&tenant, "tenant", "", "tenant owning the network")
+	cf.StringVar(&network, "network", "", "network the port is on")
+	cf.StringVar(&node, "node", "", "host the port is bound to")
+	cf.StringVar(&mac, "mac", "", "MAC address (default: generated)")
+	cf.StringVar(&ip, "ip", "", "IPv4 address (default: allocated)")
+	cf.StringVar(&vm, "vm", "", "VM name (ports sharing it are one multi-homed VM)")
+	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same port")
+	list := &cobra.Command{
+		Use: "list", Short: "list ports", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewPortServiceClient(conn).ListPorts(ctx,
+					&vxfabricv1.ListPortsRequest{Tenant: tenant, Network: network, Node: node, Vm: vm})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { portTable(w, resp.Ports...) })
+			})
+		},
+	}
+	lf := list.Flags()
+	lf.StringVar(&tenant, "tenant", "", "only this tenant's ports")
+	lf.StringVar(&network, "network", "", "only ports on networks of this name")
+	lf.StringVar(&node, "node", "", "only ports bound to this host")
+	lf.StringVar(&vm, "vm", "", "only this VM's ports")
+	show := &cobra.Command{
+		Use: "show NAME", Short: "show a port", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewPortServiceClient(conn).GetPort(ctx, &vxfabricv1.GetPortRequest{Tenant: tenant, Name: args[0]})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { portDetail(w, resp.Port) })
+			})
+		},
+	}
+	show.Flags().StringVar(&tenant, "tenant", "", "tenant owning the port")
+	move := &cobra.Command{
+		Use: "move NAME", Short: "bind a port to another host (MAC, IP and interface name stay)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewPortServiceClient(conn).UpdatePort(ctx,
+					&vxfabricv1.UpdatePortRequest{Tenant: tenant, Name: args[0], Node: node, ExpectedRevision: rev})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { portDetail(w, resp.Port) })
+			})
+		},
+	}
+	move.Flags().StringVar(&tenant, "tenant", "", "tenant owning the port")
+	move.Flags().StringVar(&node, "node", "", "the new host")
+	move.Flags().Int64Var(&rev, "revision", 0, "move only if the port is still at this revision")
+	del := &cobra.Command{
+		Use: "delete NAME", Short: "delete a port", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewPortServiceClient(conn).DeletePort(ctx,
+					&vxfabricv1.DeletePortRequest{Tenant: tenant, Name: args[0], ExpectedRevision: rev})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { fmt.Fprintf(w, "port %s deleted\n", args[0]) })
+			})
+		},
+	}
+	del.Flags().StringVar(&tenant, "tenant", "", "tenant owning the port")
+	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the port is still at this revision")
+	cmd.AddCommand(create, list, show, move, del)
+	return cmd
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func portTable(w io.Writer, ps ...*vxfabricv1.Port) {
+	row(w, "TENANT", "NAME", "NETWORK", "NODE", "IP", "MAC", "VM", "INTERFACE", "PLUGGED", "REVISION")
+	for _, p := range ps {
+		row(w, p.Tenant, p.Name, p.Network, p.Node, p.Ip, p.Mac, p.Vm, p.InterfaceName, yesNo(p.Plugged), p.Revision)
+	}
+}
+
+func portDetail(w io.Writer, p *vxfabricv1.Port) {
+	for _, kv := range [][2]any{
+		{"Name:", p.Name}, {"Tenant:", p.Tenant}, {"ID:", p.Id}, {"Network:", p.Network}, {"Network ID:", p.NetworkId},
+		{"Node:", p.Node}, {"IP:", p.Ip}, {"MAC:", p.Mac}, {"VM:", p.Vm}, {"Interface:", p.InterfaceName},
+		{"Plugged:", yesNo(p.Plugged)}, {"Revision:", p.Revision}, {"Created:", fmtTime(p.CreateTime)},
+	} {
+		row(w, kv[0], kv[1])
+	}
+}
+
+// ---- node ----
+
+func newNodeCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "node", Short: "show the fabric's hosts"}
+	list := &cobra.Command{
+		Use: "list", Short: "list nodes with their status and convergence", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewNodeServiceClient(conn).ListNodes(ctx, &vxfabricv1.ListNodesRequest{})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { nodeTable(w, resp.Revision, resp.Nodes...) })
+			})
+		},
+	}
+	show := &cobra.Command{
+		Use: "show NAME", Short: "show a node", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewNodeServiceClient(conn).GetNode(ctx, &vxfabricv1.GetNodeRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { nodeTable(w, 0, resp.Node) })
+			})
+		},
+	}
+	cmd.AddCommand(list, show)
+	return cmd
+}
+
+// nodeTable shows each node's applied revision against the newest revision of its desired state, and
+// (when latest is non-zero) the store's current revision.
+func nodeTable(w io.Writer, latest int64, ns ...*vxfabricv1.Node) {
+	row(w, "NAME", "VTEP", "STATUS", "VERSION", "APPLIED", "DESIRED", "IN-SYNC", "LAST-CHANGE")
+	for _, n := range ns {
+		row(w, n.Name, n.Vtep, statusName(n.Status), n.Version, n.AppliedRevision, n.DesiredRevision,
+			yesNo(n.AppliedRevision >= n.DesiredRevision && n.AppliedRevision > 0), fmtTime(n.LastChange))
+	}
+	if latest != 0 {
+		fmt.Fprintf(w, "\nlatest store revision: %d\n", latest)
+	}
+}
