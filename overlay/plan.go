@@ -67,8 +67,9 @@ func (d DesiredState) Validate() error {
 				return fmt.Errorf("network vni %d: gateway mac %q: %w", n.VNI, n.GatewayMAC, ErrInvalid)
 			}
 		case ModeBridged:
-			if n.Uplink == "" || len(n.Uplink) > 15 {
-				return fmt.Errorf("network vni %d: bridged mode needs an uplink name: %w", n.VNI, ErrInvalid)
+			// Only the host that owns the uplink names it; the others just carry the segment.
+			if len(n.Uplink) > 15 {
+				return fmt.Errorf("network vni %d: uplink name %q too long: %w", n.VNI, n.Uplink, ErrInvalid)
 			}
 			if strings.HasPrefix(n.Uplink, DeviceNamePrefix) {
 				return fmt.Errorf("network vni %d: uplink %q uses our own prefix: %w", n.VNI, n.Uplink, ErrInvalid)
@@ -311,6 +312,8 @@ func (r Rule) String() string {
 
 func iif(name string) Match { return Match{Field: FieldIIFName, Name: name} }
 func oif(name string) Match { return Match{Field: FieldOIFName, Name: name} }
+func notIIF(name string) Match { return Match{Field: FieldIIFName, Neg: true, Name: name} }
+func notOIF(name string) Match { return Match{Field: FieldOIFName, Neg: true, Name: name} }
 func host(a netip.Addr) netip.Prefix {
 	return netip.PrefixFrom(a, a.BitLen())
 }
@@ -321,7 +324,10 @@ func host(a netip.Addr) netip.Prefix {
 // Why these rules (tenant isolation on a host that forwards):
 //   - inet input: VXLAN is accepted only from known VTEPs; a VM may ping its gateway and get replies
 //     to what the host opened, nothing else (it never reaches the server, etcd or gossip ports).
-//   - inet forward: replies pass first; a non-bridged network's traffic never goes to another vx
+//   - inet forward: every rule that names a bridge excludes traffic that enters and leaves the same
+//     bridge, because with br_netfilter loaded (Docker hosts, and this lab machine) frames switched
+//     inside a bridge traverse the inet forward hook too, with the bridge as both iif and oif.
+//     Replies pass first; a non-bridged network's traffic never goes to another vx
 //     bridge (two tenants with the same CIDR stay apart even with forwarding on); nat networks accept
 //     no new connections from outside; isolated networks forward nothing at all.
 //   - inet postrouting (nat): masquerade a nat network's CIDR leaving anywhere but its own bridge.
@@ -357,16 +363,16 @@ func NftPlan(d DesiredState) []NftChain {
 					{Field: FieldIPDaddr, Prefix: host(n.Gateway)}, {Field: FieldICMPType, Num: 8}}, Verdict: Accept})
 			}
 			input.Rules = append(input.Rules, Rule{Matches: []Match{iif(br)}, Verdict: Drop})
-			forward.Rules = append(forward.Rules, Rule{Matches: []Match{iif(br), oif(BridgePrefix + "*")}, Verdict: Drop})
+			forward.Rules = append(forward.Rules, Rule{Matches: []Match{iif(br), notOIF(br), oif(BridgePrefix + "*")}, Verdict: Drop})
 		}
 		switch n.Mode {
 		case ModeIsolated:
 			forward.Rules = append(forward.Rules,
-				Rule{Matches: []Match{iif(br)}, Verdict: Drop},
-				Rule{Matches: []Match{oif(br)}, Verdict: Drop})
+				Rule{Matches: []Match{iif(br), notOIF(br)}, Verdict: Drop},
+				Rule{Matches: []Match{oif(br), notIIF(br)}, Verdict: Drop})
 		case ModeNAT:
 			forward.Rules = append(forward.Rules,
-				Rule{Matches: []Match{oif(br)}, Verdict: Drop},
+				Rule{Matches: []Match{oif(br), notIIF(br)}, Verdict: Drop},
 				Rule{Matches: []Match{iif(br)}, Verdict: Accept})
 			nat.Rules = append(nat.Rules, Rule{Matches: []Match{
 				{Field: FieldIPSaddr, Prefix: n.CIDR.Masked()}, {Field: FieldOIFName, Neg: true, Name: br}}, Verdict: Masquerade})

@@ -256,7 +256,7 @@ func (a *applier) applyNetwork(desired overlay.DesiredState, nd overlay.Network)
 	if nd.HasGateway() {
 		bridgeMAC = nd.GatewayMAC.String()
 	}
-	if nd.Mode == overlay.ModeBridged {
+	if nd.Mode == overlay.ModeBridged && nd.Uplink != "" {
 		if !d.links[nd.Uplink] {
 			a.res.Errors = append(a.res.Errors, overlay.ObjectError{
 				Object: overlay.UplinkObject(nd.VNI, nd.Uplink), Err: overlay.ErrUplinkMissing})
@@ -297,7 +297,7 @@ func (a *applier) applyNetwork(desired overlay.DesiredState, nd overlay.Network)
 		}
 		n.addr = addr
 	}
-	if nd.Mode == overlay.ModeBridged && d.links[nd.Uplink] && n.uplink != nd.Uplink {
+	if nd.Mode == overlay.ModeBridged && nd.Uplink != "" && d.links[nd.Uplink] && n.uplink != nd.Uplink {
 		n.uplink = nd.Uplink
 		a.change(overlay.OpAdd, overlay.UplinkObject(nd.VNI, nd.Uplink))
 	}

@@ -1,0 +1,622 @@
+//go:build linux
+
+package linux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/vxfabric/vxfabric/overlay"
+)
+
+// linkGroupBase | vni is the link group of a network's bridge and vxlan device, so that removing a
+// network is one group delete (cheaper on the rtnl lock than two single deletes). 0x76 is "v".
+const linkGroupBase = 0x76000000
+
+// uplinkAliasPrefix starts a bridged network's bridge alias; the rest is the uplink's name, which
+// a later process needs to give the uplink its addresses back when the network goes away.
+const uplinkAliasPrefix = "vxfabric uplink="
+
+// run is one Apply: the kernel state it read and what it did.
+type run struct {
+	d       *Datapath
+	ctx     context.Context
+	desired overlay.DesiredState
+	res     overlay.Result
+
+	links map[string]netlink.Link
+	nft   nftRun
+}
+
+func (r *run) change(op overlay.Op, obj string) {
+	r.res.Changes = append(r.res.Changes, overlay.Change{Op: op, Object: obj})
+}
+
+func (r *run) fail(obj string, err error) {
+	r.res.Errors = append(r.res.Errors, overlay.ObjectError{Object: obj, Err: err})
+}
+
+// apply converges in this order: nftables additions (port security is in place before a port is
+// plugged, the VTEP set before the FDB points at a VTEP), forwarding, each network's devices and
+// entries, then the deletions: ports released, networks removed, stale rules, forwarding off.
+func (r *run) apply() error {
+	if err := r.readLinks(); err != nil {
+		return err
+	}
+	r.nftAdd()
+	r.forwardingOn()
+	for _, n := range r.desired.Networks {
+		if err := r.ctx.Err(); err != nil {
+			return err
+		}
+		r.ensureNetwork(n)
+	}
+	if err := r.readLinks(); err != nil {
+		return err
+	}
+	r.releasePorts()
+	r.removeNetworks()
+	r.forwardingOff()
+	r.nftDelete()
+	return nil
+}
+
+func (r *run) readLinks() error {
+	links, err := retryDump(r.d.h.LinkList)
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	r.links = make(map[string]netlink.Link, len(links))
+	for _, l := range links {
+		r.links[l.Attrs().Name] = l
+	}
+	return nil
+}
+
+// retryDump repeats a netlink dump that the kernel interrupted (the table changed while it was
+// being read), a bounded number of times.
+func retryDump[T any](dump func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for range 10 {
+		v, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+	}
+	return v, err
+}
+
+func (r *run) ensureNetwork(n overlay.Network) {
+	br, err := r.ensureBridge(n)
+	if err != nil {
+		r.fail(overlay.BridgeObject(n.VNI), err)
+		return
+	}
+	vx, err := r.ensureVxlan(n, br)
+	if err != nil {
+		r.fail(overlay.VxlanObject(n.VNI), err)
+		return
+	}
+	if n.HasGateway() {
+		r.ensureGatewayAddr(n, br)
+	}
+	if n.Mode == overlay.ModeBridged && n.Uplink != "" {
+		r.ensureUplink(n, br)
+	}
+	r.ensureEntries(n, vx)
+	r.ensurePorts(n, br)
+}
+
+func (r *run) bridgeMAC(n overlay.Network) net.HardwareAddr {
+	switch {
+	case n.HasGateway():
+		return n.GatewayMAC
+	case n.Mode == overlay.ModeBridged:
+		if up := r.links[n.Uplink]; up != nil {
+			return up.Attrs().HardwareAddr
+		}
+	}
+	return nil
+}
+
+// ensureBridge creates the network's bridge (IPv6 address generation off before it goes up, so
+// no link-local address ever appears) or brings an adopted one to the desired MTU, MAC and state.
+func (r *run) ensureBridge(n overlay.Network) (netlink.Link, error) {
+	h := r.d.h
+	name := overlay.BridgeName(n.VNI)
+	mac := r.bridgeMAC(n)
+	alias := ""
+	if n.Mode == overlay.ModeBridged && n.Uplink != "" {
+		alias = uplinkAliasPrefix + n.Uplink
+	}
+	l := r.links[name]
+	if l != nil && l.Type() != "bridge" {
+		return nil, fmt.Errorf("%q exists as a %s device, not a bridge", name, l.Type())
+	}
+	if l == nil {
+		la := netlink.NewLinkAttrs()
+		la.Name, la.MTU, la.HardwareAddr, la.Group = name, n.MTU, mac, linkGroupBase|n.VNI
+		if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+			return nil, fmt.Errorf("create bridge %q (vni %d): %w", name, n.VNI, err)
+		}
+		var err error
+		if l, err = h.LinkByName(name); err != nil {
+			return nil, fmt.Errorf("read back bridge %q: %w", name, err)
+		}
+		r.change(overlay.OpAdd, overlay.BridgeObject(n.VNI))
+		if alias != "" {
+			// The kernel ignores an alias in the creating request.
+			if err := h.LinkSetAlias(l, alias); err != nil {
+				return nil, fmt.Errorf("bridge %q: set alias: %w", name, err)
+			}
+		}
+		if err := h.LinkSetIP6AddrGenMode(l, addrGenModeNone); err != nil {
+			return nil, fmt.Errorf("bridge %q: ipv6 address generation off: %w", name, err)
+		}
+		r.links[name] = l
+	} else {
+		a := l.Attrs()
+		updated := false
+		if a.MTU != n.MTU {
+			if err := h.LinkSetMTU(l, n.MTU); err != nil {
+				return nil, fmt.Errorf("bridge %q: set mtu %d: %w", name, n.MTU, err)
+			}
+			updated = true
+		}
+		if mac != nil && !slices.Equal(a.HardwareAddr, mac) {
+			if err := h.LinkSetHardwareAddr(l, mac); err != nil {
+				return nil, fmt.Errorf("bridge %q: set address %s: %w", name, mac, err)
+			}
+			updated = true
+		}
+		if alias != "" && a.Alias != alias {
+			if err := h.LinkSetAlias(l, alias); err != nil {
+				return nil, fmt.Errorf("bridge %q: set alias: %w", name, err)
+			}
+		}
+		if updated {
+			r.change(overlay.OpUpdate, overlay.BridgeObject(n.VNI))
+		}
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		if err := h.LinkSetUp(l); err != nil {
+			return nil, fmt.Errorf("bridge %q: set up: %w", name, err)
+		}
+	}
+	return l, nil
+}
+
+func vxlanCompatible(l netlink.Link, n overlay.Network, local netip.Addr) bool {
+	v, ok := l.(*netlink.Vxlan)
+	if !ok {
+		return false
+	}
+	src, _ := netip.AddrFromSlice(v.SrcAddr)
+	return v.VxlanId == int(n.VNI) && src.Unmap() == local.Unmap() && v.Port == overlay.VXLANPort &&
+		!v.Learning && v.Proxy == n.Proxy() && !v.FlowBased && v.Group == nil
+}
+
+// ensureVxlan creates the vxlan device or adopts a compatible one. An incompatible one (other
+// VNI, VTEP or proxy flag: attributes the kernel cannot change in place) is recreated.
+func (r *run) ensureVxlan(n overlay.Network, br netlink.Link) (netlink.Link, error) {
+	h := r.d.h
+	name := overlay.VxlanName(n.VNI)
+	local := r.desired.Underlay.VTEP
+	l := r.links[name]
+	if l != nil && !vxlanCompatible(l, n, local) {
+		if err := h.LinkDel(l); err != nil {
+			return nil, fmt.Errorf("delete incompatible vxlan %q (vni %d): %w", name, n.VNI, err)
+		}
+		r.change(overlay.OpDelete, overlay.VxlanObject(n.VNI))
+		l = nil
+	}
+	if l == nil {
+		la := netlink.NewLinkAttrs()
+		la.Name, la.MTU, la.Group = name, n.MTU, linkGroupBase|n.VNI
+		v := &netlink.Vxlan{LinkAttrs: la, VxlanId: int(n.VNI), SrcAddr: net.IP(local.AsSlice()),
+			Port: overlay.VXLANPort, Learning: false, Proxy: n.Proxy()}
+		if err := h.LinkAdd(v); err != nil {
+			return nil, fmt.Errorf("create vxlan %q (vni %d): %w", name, n.VNI, err)
+		}
+		var err error
+		if l, err = h.LinkByName(name); err != nil {
+			return nil, fmt.Errorf("read back vxlan %q: %w", name, err)
+		}
+		r.change(overlay.OpAdd, overlay.VxlanObject(n.VNI))
+		if err := h.LinkSetIP6AddrGenMode(l, addrGenModeNone); err != nil {
+			return nil, fmt.Errorf("vxlan %q: ipv6 address generation off: %w", name, err)
+		}
+		r.links[name] = l
+	} else if l.Attrs().MTU != n.MTU {
+		if err := h.LinkSetMTU(l, n.MTU); err != nil {
+			return nil, fmt.Errorf("vxlan %q: set mtu %d: %w", name, n.MTU, err)
+		}
+		r.change(overlay.OpUpdate, overlay.VxlanObject(n.VNI))
+	}
+	if l.Attrs().MasterIndex != br.Attrs().Index {
+		if err := h.LinkSetMasterByIndex(l, br.Attrs().Index); err != nil {
+			return nil, fmt.Errorf("vxlan %q: enslave to %q: %w", name, br.Attrs().Name, err)
+		}
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		if err := h.LinkSetUp(l); err != nil {
+			return nil, fmt.Errorf("vxlan %q: set up: %w", name, err)
+		}
+	}
+	return l, nil
+}
+
+// ensureGatewayAddr puts the distributed gateway address on the bridge and removes any other
+// IPv4 address from it (the bridge is ours, so is every address on it).
+func (r *run) ensureGatewayAddr(n overlay.Network, br netlink.Link) {
+	h := r.d.h
+	want := netip.PrefixFrom(n.Gateway, n.CIDR.Bits())
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(br, netlink.FAMILY_V4) })
+	if err != nil {
+		r.fail(overlay.AddrObject(n.VNI, want), fmt.Errorf("list addresses of %q: %w", br.Attrs().Name, err))
+		return
+	}
+	var stale []netlink.Addr
+	found := false
+	for _, a := range addrs {
+		if p, ok := addrPrefix(a); ok && p == want {
+			found = true
+		} else {
+			stale = append(stale, a)
+		}
+	}
+	if !found {
+		if err := h.AddrReplace(br, toNetlinkAddr(want)); err != nil {
+			r.fail(overlay.AddrObject(n.VNI, want), fmt.Errorf("add gateway address: %w", err))
+			return
+		}
+		r.change(overlay.OpAdd, overlay.AddrObject(n.VNI, want))
+	}
+	for _, a := range stale {
+		p, _ := addrPrefix(a)
+		if err := h.AddrDel(br, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			r.fail(overlay.AddrObject(n.VNI, p), fmt.Errorf("delete stale address: %w", err))
+			continue
+		}
+		r.change(overlay.OpDelete, overlay.AddrObject(n.VNI, p))
+	}
+}
+
+func addrPrefix(a netlink.Addr) (netip.Prefix, bool) {
+	ip, ok := netip.AddrFromSlice(a.IP)
+	if !ok || a.IPNet == nil {
+		return netip.Prefix{}, false
+	}
+	ones, _ := a.Mask.Size()
+	return netip.PrefixFrom(ip.Unmap(), ones), true
+}
+
+func toNetlinkAddr(p netip.Prefix) *netlink.Addr {
+	return &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+}
+
+// ensureUplink enslaves a bridged network's uplink and moves its IPv4 addresses and default route to
+// the bridge, as netplan does for br0: addresses are copied to the bridge first, the route is
+// replaced, and only then the uplink's copies go, so the host keeps its address throughout.
+func (r *run) ensureUplink(n overlay.Network, br netlink.Link) {
+	h := r.d.h
+	obj := overlay.UplinkObject(n.VNI, n.Uplink)
+	up := r.links[n.Uplink]
+	if up == nil {
+		r.fail(obj, overlay.ErrUplinkMissing)
+		return
+	}
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(up, netlink.FAMILY_V4) })
+	if err != nil {
+		r.fail(obj, fmt.Errorf("list addresses of %q: %w", n.Uplink, err))
+		return
+	}
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: up.Attrs().Index, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		r.fail(obj, fmt.Errorf("list routes of %q: %w", n.Uplink, err))
+		return
+	}
+	for _, a := range addrs {
+		p, ok := addrPrefix(a)
+		if !ok {
+			continue
+		}
+		moved := toNetlinkAddr(p)
+		moved.Broadcast = a.Broadcast
+		if err := h.AddrReplace(br, moved); err != nil {
+			r.fail(obj, fmt.Errorf("copy address %s to %q: %w", p, br.Attrs().Name, err))
+			return
+		}
+		r.change(overlay.OpAdd, overlay.AddrObject(n.VNI, p))
+	}
+	if up.Attrs().MasterIndex != br.Attrs().Index {
+		if err := h.LinkSetMasterByIndex(up, br.Attrs().Index); err != nil {
+			r.fail(obj, fmt.Errorf("enslave uplink: %w", err))
+			return
+		}
+		r.change(overlay.OpAdd, obj)
+	}
+	for _, rt := range routes {
+		if rt.Dst != nil && rt.Dst.String() != "0.0.0.0/0" || rt.Gw == nil {
+			continue // only the default route moves; connected routes follow the addresses
+		}
+		moved := rt
+		moved.LinkIndex = br.Attrs().Index
+		if err := h.RouteReplace(&moved); err != nil {
+			r.fail(obj, fmt.Errorf("move default route via %s to %q: %w", rt.Gw, br.Attrs().Name, err))
+			return
+		}
+		gw, _ := netip.AddrFromSlice(rt.Gw)
+		r.change(overlay.OpUpdate, overlay.RouteObject(n.VNI, gw.Unmap()))
+	}
+	for _, a := range addrs {
+		if err := h.AddrDel(up, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			r.fail(obj, fmt.Errorf("remove moved address %s from %q: %w", a.IPNet, n.Uplink, err))
+		}
+	}
+}
+
+// restoreUplink undoes ensureUplink before a bridged network's bridge is deleted.
+func (r *run) restoreUplink(vni uint32, br netlink.Link, uplink string) {
+	h := r.d.h
+	obj := overlay.UplinkObject(vni, uplink)
+	up := r.links[uplink]
+	if up == nil {
+		return
+	}
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(br, netlink.FAMILY_V4) })
+	if err != nil {
+		r.fail(obj, fmt.Errorf("list addresses of %q: %w", br.Attrs().Name, err))
+		return
+	}
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: br.Attrs().Index, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		r.fail(obj, fmt.Errorf("list routes of %q: %w", br.Attrs().Name, err))
+		return
+	}
+	if err := h.LinkSetNoMaster(up); err != nil {
+		r.fail(obj, fmt.Errorf("release uplink: %w", err))
+		return
+	}
+	r.change(overlay.OpDelete, obj)
+	for _, a := range addrs {
+		p, ok := addrPrefix(a)
+		if !ok {
+			continue
+		}
+		back := toNetlinkAddr(p)
+		back.Broadcast = a.Broadcast
+		if err := h.AddrReplace(up, back); err != nil {
+			r.fail(obj, fmt.Errorf("give address %s back to %q: %w", p, uplink, err))
+		}
+	}
+	for _, rt := range routes {
+		if rt.Dst != nil && rt.Dst.String() != "0.0.0.0/0" || rt.Gw == nil {
+			continue
+		}
+		back := rt
+		back.LinkIndex = up.Attrs().Index
+		if err := h.RouteReplace(&back); err != nil {
+			r.fail(obj, fmt.Errorf("give default route via %s back to %q: %w", rt.Gw, uplink, err))
+		}
+	}
+}
+
+// ensurePorts enslaves the local ports that exist to the bridge with the network's MTU and up. A
+// port whose interface does not exist yet is skipped without error: the next Apply plugs it.
+func (r *run) ensurePorts(n overlay.Network, br netlink.Link) {
+	h := r.d.h
+	for _, p := range n.Ports {
+		l := r.links[p.Interface]
+		if l == nil {
+			continue
+		}
+		obj := overlay.PortObject(n.VNI, p.Interface)
+		a := l.Attrs()
+		if a.MTU != n.MTU {
+			if err := h.LinkSetMTU(l, n.MTU); err != nil {
+				r.fail(obj, fmt.Errorf("set mtu %d: %w", n.MTU, err))
+				continue
+			}
+			if a.MasterIndex == br.Attrs().Index {
+				r.change(overlay.OpUpdate, obj)
+			}
+		}
+		if a.MasterIndex != br.Attrs().Index {
+			if err := h.LinkSetMasterByIndex(l, br.Attrs().Index); err != nil {
+				r.fail(obj, fmt.Errorf("enslave: %w", err))
+				continue
+			}
+			r.change(overlay.OpAdd, obj)
+		}
+		if a.Flags&net.FlagUp == 0 {
+			if err := h.LinkSetUp(l); err != nil {
+				r.fail(obj, fmt.Errorf("set up: %w", err))
+				continue
+			}
+		}
+		r.res.Plugged[p.Interface] = true
+	}
+}
+
+// ourVNI parses a device name of ours ("vxbr<vni>" bridge or "vxlan<vni>" vxlan).
+func ourVNI(l netlink.Link) (uint32, bool) {
+	name := l.Attrs().Name
+	var rest string
+	switch {
+	case l.Type() == "bridge" && strings.HasPrefix(name, overlay.BridgePrefix):
+		rest = name[len(overlay.BridgePrefix):]
+	case l.Type() == "vxlan" && strings.HasPrefix(name, "vxlan"):
+		rest = name[len("vxlan"):]
+	default:
+		return 0, false
+	}
+	v, err := strconv.ParseUint(rest, 10, 32)
+	if err != nil || v == 0 || v >= 1<<24 || strconv.FormatUint(v, 10) != rest {
+		return 0, false
+	}
+	return uint32(v), true
+}
+
+// releasePorts takes interfaces that are no longer desired off our bridges. The vxlan device and a
+// bridged network's recorded uplink are not ports; the uplink is handled by removeNetworks.
+func (r *run) releasePorts() {
+	want := make(map[string]uint32)
+	for _, n := range r.desired.Networks {
+		for _, p := range n.Ports {
+			want[p.Interface] = n.VNI
+		}
+	}
+	bridges := make(map[int]netlink.Link)
+	for _, l := range r.links {
+		if vni, ok := ourVNI(l); ok && l.Type() == "bridge" {
+			_ = vni
+			bridges[l.Attrs().Index] = l
+		}
+	}
+	var names []string
+	for name := range r.links {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		l := r.links[name]
+		br := bridges[l.Attrs().MasterIndex]
+		if br == nil || strings.HasPrefix(name, overlay.DeviceNamePrefix) {
+			continue
+		}
+		vni, _ := ourVNI(br)
+		if v, ok := want[name]; ok && v == vni {
+			continue
+		}
+		if br.Attrs().Alias == uplinkAliasPrefix+name {
+			continue
+		}
+		if err := r.d.h.LinkSetNoMaster(l); err != nil {
+			r.fail(overlay.PortObject(vni, name), fmt.Errorf("release: %w", err))
+			continue
+		}
+		r.change(overlay.OpDelete, overlay.PortObject(vni, name))
+	}
+}
+
+// removeNetworks deletes the devices of networks that are no longer desired; the kernel drops
+// their FDB and neighbour entries with them. A bridged network's uplink gets its addresses back
+// first.
+func (r *run) removeNetworks() {
+	want := make(map[uint32]bool)
+	for _, n := range r.desired.Networks {
+		want[n.VNI] = true
+	}
+	type pair struct{ br, vx netlink.Link }
+	stale := make(map[uint32]*pair)
+	for _, l := range r.links {
+		vni, ok := ourVNI(l)
+		if !ok || want[vni] {
+			continue
+		}
+		p := stale[vni]
+		if p == nil {
+			p = &pair{}
+			stale[vni] = p
+		}
+		if l.Type() == "bridge" {
+			p.br = l
+		} else {
+			p.vx = l
+		}
+	}
+	vnis := make([]uint32, 0, len(stale))
+	for v := range stale {
+		vnis = append(vnis, v)
+	}
+	slices.Sort(vnis)
+	for _, vni := range vnis {
+		p := stale[vni]
+		if p.br != nil {
+			if up, ok := strings.CutPrefix(p.br.Attrs().Alias, uplinkAliasPrefix); ok {
+				r.restoreUplink(vni, p.br, up)
+			}
+		}
+		if r.groupDelete(vni, p.br, p.vx) {
+			continue
+		}
+		if p.vx != nil {
+			if err := r.d.h.LinkDel(p.vx); err != nil && !errors.Is(err, unix.ENODEV) {
+				r.fail(overlay.VxlanObject(vni), fmt.Errorf("delete: %w", err))
+			} else {
+				r.change(overlay.OpDelete, overlay.VxlanObject(vni))
+			}
+		}
+		if p.br != nil {
+			if err := r.d.h.LinkDel(p.br); err != nil && !errors.Is(err, unix.ENODEV) {
+				r.fail(overlay.BridgeObject(vni), fmt.Errorf("delete: %w", err))
+			} else {
+				r.change(overlay.OpDelete, overlay.BridgeObject(vni))
+			}
+		}
+	}
+}
+
+// groupDelete removes a network's two devices with one request when they, and nothing else in the
+// namespace, carry the network's link group. It reports whether it did.
+func (r *run) groupDelete(vni uint32, br, vx netlink.Link) bool {
+	if br == nil || vx == nil {
+		return false
+	}
+	group := linkGroupBase | vni
+	for _, l := range r.links {
+		if l.Attrs().Group == group && l != br && l != vx {
+			return false
+		}
+	}
+	if br.Attrs().Group != group || vx.Attrs().Group != group {
+		return false
+	}
+	if err := r.d.deleteLinkGroup(group); err != nil {
+		r.d.log.Warn("group delete failed, deleting devices one by one", "vni", vni, "err", err)
+		return false
+	}
+	r.change(overlay.OpDelete, overlay.VxlanObject(vni))
+	r.change(overlay.OpDelete, overlay.BridgeObject(vni))
+	return true
+}
+
+// ensureEntries converges the FDB (unicast then flood) and, in parallel on the second handle, the
+// ARP suppression neighbour table of one vxlan device.
+func (r *run) ensureEntries(n overlay.Network, vx netlink.Link) {
+	var fdb, neigh entryResult
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		neigh = syncNeigh(r.d.h2, n, vx.Attrs().Index)
+	}()
+	fdb = syncFDB(r.d.h, n, vx.Attrs().Index)
+	wg.Wait()
+	for _, e := range []entryResult{fdb, neigh} {
+		r.res.Changes = append(r.res.Changes, e.changes...)
+		r.res.Errors = append(r.res.Errors, e.errs...)
+	}
+}
+
+// addrGenModeNone is IN6_ADDR_GEN_MODE_NONE: the kernel creates no IPv6 link-local address on the
+// device, so a tenant never sees one of the host's.
+const addrGenModeNone = 1

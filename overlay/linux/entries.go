@@ -1,0 +1,216 @@
+//go:build linux
+
+package linux
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/vxfabric/vxfabric/overlay"
+)
+
+// entryResult is what one table's reconcile did; the FDB and neighbour tables are reconciled
+// concurrently and merged in a fixed order afterwards.
+type entryResult struct {
+	changes []overlay.Change
+	errs    []overlay.ObjectError
+}
+
+func (e *entryResult) change(op overlay.Op, obj string) {
+	e.changes = append(e.changes, overlay.Change{Op: op, Object: obj})
+}
+
+func (e *entryResult) fail(obj string, err error) {
+	e.errs = append(e.errs, overlay.ObjectError{Object: obj, Err: err})
+}
+
+type macKey [6]byte
+
+func keyOf(m net.HardwareAddr) macKey {
+	var k macKey
+	copy(k[:], m)
+	return k
+}
+
+var zeroMAC = net.HardwareAddr{0, 0, 0, 0, 0, 0}
+
+// syncFDB reads the vxlan device's FDB with one per-device dump, indexes it by MAC, writes the
+// missing or wrong unicast entries (NeighSet replaces in place: no delete and re-add), appends the
+// missing flood entries, and only then deletes what is stale.
+func syncFDB(h *netlink.Handle, n overlay.Network, vxIndex int) entryResult {
+	var res entryResult
+	dev := overlay.VxlanName(n.VNI)
+	entries, err := retryDump(func() ([]netlink.Neigh, error) { return h.NeighList(vxIndex, unix.AF_BRIDGE) })
+	if err != nil {
+		res.fail("fdb "+dev, fmt.Errorf("dump: %w", err))
+		return res
+	}
+	type fdbState struct {
+		vtep netip.Addr
+		perm bool
+	}
+	have := make(map[macKey]fdbState, len(entries))
+	haveFlood := make(map[netip.Addr]bool)
+	for _, e := range entries {
+		// Bridge entries learned on the vxlan port (NTF_MASTER, no destination) are not ours.
+		if e.LinkIndex != vxIndex || e.Flags&unix.NTF_MASTER != 0 || e.IP == nil || len(e.HardwareAddr) != 6 {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(e.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		k := keyOf(e.HardwareAddr)
+		if k == (macKey{}) {
+			haveFlood[ip] = true
+			continue
+		}
+		have[k] = fdbState{vtep: ip, perm: e.State&unix.NUD_PERMANENT != 0}
+	}
+	want := make(map[macKey]bool, len(n.Remotes))
+	for _, rp := range n.Remotes {
+		k := keyOf(rp.MAC)
+		if want[k] {
+			continue // the first listing of a MAC wins, as in the fake
+		}
+		want[k] = true
+		vtep := rp.VTEP.Unmap()
+		cur, ok := have[k]
+		if ok && cur.vtep == vtep && cur.perm {
+			continue
+		}
+		obj := overlay.FDBObject(n.VNI, rp.MAC, vtep)
+		err := h.NeighSet(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_BRIDGE,
+			State: unix.NUD_PERMANENT | unix.NUD_NOARP, Flags: unix.NTF_SELF,
+			HardwareAddr: rp.MAC, IP: vtep.AsSlice()})
+		if err != nil {
+			res.fail(obj, fmt.Errorf("set: %w", err))
+			continue
+		}
+		if ok {
+			res.change(overlay.OpUpdate, obj)
+		} else {
+			res.change(overlay.OpAdd, obj)
+		}
+	}
+	wantFlood := make(map[netip.Addr]bool, len(n.Flood))
+	for _, v := range n.Flood {
+		v = v.Unmap()
+		if wantFlood[v] {
+			continue
+		}
+		wantFlood[v] = true
+		if haveFlood[v] {
+			continue
+		}
+		err := h.NeighAppend(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_BRIDGE,
+			State: unix.NUD_PERMANENT | unix.NUD_NOARP, Flags: unix.NTF_SELF,
+			HardwareAddr: zeroMAC, IP: v.AsSlice()})
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			res.fail(overlay.FloodObject(n.VNI, v), fmt.Errorf("append: %w", err))
+			continue
+		}
+		res.change(overlay.OpAdd, overlay.FloodObject(n.VNI, v))
+	}
+	for k, cur := range have {
+		if want[k] {
+			continue
+		}
+		mac := net.HardwareAddr(k[:])
+		obj := overlay.FDBObject(n.VNI, mac, cur.vtep)
+		err := h.NeighDel(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_BRIDGE, Flags: unix.NTF_SELF,
+			HardwareAddr: mac, IP: cur.vtep.AsSlice()})
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			res.fail(obj, fmt.Errorf("delete: %w", err))
+			continue
+		}
+		res.change(overlay.OpDelete, obj)
+	}
+	for v := range haveFlood {
+		if wantFlood[v] {
+			continue
+		}
+		err := h.NeighDel(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_BRIDGE, Flags: unix.NTF_SELF,
+			HardwareAddr: zeroMAC, IP: v.AsSlice()})
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			res.fail(overlay.FloodObject(n.VNI, v), fmt.Errorf("delete: %w", err))
+			continue
+		}
+		res.change(overlay.OpDelete, overlay.FloodObject(n.VNI, v))
+	}
+	return res
+}
+
+// syncNeigh keeps one permanent IPv4 neighbour entry per remote port on the vxlan device, which
+// the vxlan proxy flag answers ARP requests from (ARP suppression). Every entry on our vxlan device
+// is ours. Bridged networks have no proxy flag and so no entries.
+func syncNeigh(h *netlink.Handle, n overlay.Network, vxIndex int) entryResult {
+	var res entryResult
+	dev := overlay.VxlanName(n.VNI)
+	entries, err := retryDump(func() ([]netlink.Neigh, error) { return h.NeighList(vxIndex, unix.AF_INET) })
+	if err != nil {
+		res.fail("neigh "+dev, fmt.Errorf("dump: %w", err))
+		return res
+	}
+	type neighState struct {
+		mac  macKey
+		perm bool
+	}
+	have := make(map[netip.Addr]neighState, len(entries))
+	for _, e := range entries {
+		if e.LinkIndex != vxIndex {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(e.IP)
+		if !ok {
+			continue
+		}
+		have[ip.Unmap()] = neighState{mac: keyOf(e.HardwareAddr), perm: e.State&unix.NUD_PERMANENT != 0}
+	}
+	want := make(map[netip.Addr]bool, len(n.Remotes))
+	if n.Proxy() {
+		for _, rp := range n.Remotes {
+			ip := rp.IP.Unmap()
+			if !ip.Is4() || want[ip] {
+				continue
+			}
+			want[ip] = true
+			cur, ok := have[ip]
+			if ok && cur.mac == keyOf(rp.MAC) && cur.perm {
+				continue
+			}
+			obj := overlay.NeighObject(n.VNI, ip, rp.MAC)
+			err := h.NeighSet(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_INET,
+				State: unix.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: rp.MAC})
+			if err != nil {
+				res.fail(obj, fmt.Errorf("set: %w", err))
+				continue
+			}
+			if ok {
+				res.change(overlay.OpUpdate, obj)
+			} else {
+				res.change(overlay.OpAdd, obj)
+			}
+		}
+	}
+	for ip, cur := range have {
+		if want[ip] {
+			continue
+		}
+		mac := net.HardwareAddr(cur.mac[:])
+		obj := overlay.NeighObject(n.VNI, ip, mac)
+		err := h.NeighDel(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_INET, IP: ip.AsSlice()})
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			res.fail(obj, fmt.Errorf("delete: %w", err))
+			continue
+		}
+		res.change(overlay.OpDelete, obj)
+	}
+	return res
+}

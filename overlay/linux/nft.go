@@ -1,0 +1,479 @@
+//go:build linux
+
+package linux
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+
+	"github.com/vxfabric/vxfabric/overlay"
+)
+
+// Rules are compared by the canonical text of overlay.Rule, stored as the rule's comment (UserData):
+// a rule whose comment matches is kept as it is, so a restarted process re-creates nothing. Missing
+// rules are inserted at their place relative to the kept ones, stale rules are deleted afterwards by
+// handle; our tables are never flushed and never re-created while they exist.
+
+var families = []struct {
+	name string
+	fam  nftables.TableFamily
+}{{"inet", nftables.TableFamilyINet}, {"bridge", nftables.TableFamilyBridge}}
+
+type staleRule struct {
+	chain  *nftables.Chain
+	handle uint64
+	text   string
+}
+
+// nftRun is what the addition pass read and left for the deletion pass.
+type nftRun struct {
+	plan           []overlay.NftChain
+	tables         map[string]*nftables.Table // family -> our table, if it exists
+	forwardingMark bool
+	staleRules     []staleRule
+	staleElems     map[*nftables.Set][]nftables.SetElement
+}
+
+func familyOf(name string) nftables.TableFamily {
+	if name == "bridge" {
+		return nftables.TableFamilyBridge
+	}
+	return nftables.TableFamilyINet
+}
+
+var hooks = map[string]*nftables.ChainHook{
+	"prerouting":  nftables.ChainHookPrerouting,
+	"input":       nftables.ChainHookInput,
+	"forward":     nftables.ChainHookForward,
+	"postrouting": nftables.ChainHookPostrouting,
+}
+
+func (r *run) nftAdd() {
+	c := r.d.nft
+	r.nft.plan = overlay.NftPlan(r.desired)
+	r.nft.tables = make(map[string]*nftables.Table)
+	r.nft.staleElems = make(map[*nftables.Set][]nftables.SetElement)
+	haveChains := make(map[string]*nftables.Chain) // "family name"
+	for _, f := range families {
+		tables, err := c.ListTablesOfFamily(f.fam)
+		if err != nil {
+			r.fail(overlay.TableObject(f.name), fmt.Errorf("list tables: %w", err))
+			return
+		}
+		for _, t := range tables {
+			if t.Name == overlay.TableName {
+				r.nft.tables[f.name] = t
+			}
+		}
+		if r.nft.tables[f.name] == nil {
+			continue
+		}
+		chains, err := c.ListChainsOfTableFamily(f.fam)
+		if err != nil {
+			r.fail(overlay.TableObject(f.name), fmt.Errorf("list chains: %w", err))
+			return
+		}
+		for _, ch := range chains {
+			if ch.Table.Name == overlay.TableName {
+				haveChains[f.name+" "+ch.Name] = ch
+			}
+		}
+	}
+	r.nft.forwardingMark = haveChains["inet "+overlay.ForwardingMarkChain] != nil
+	if len(r.nft.plan) == 0 {
+		return
+	}
+
+	// Tables and chains that are missing, then sets.
+	queued := false
+	for _, f := range families {
+		if r.nft.tables[f.name] == nil {
+			r.nft.tables[f.name] = c.AddTable(&nftables.Table{Name: overlay.TableName, Family: f.fam})
+			r.change(overlay.OpAdd, overlay.TableObject(f.name))
+			queued = true
+		}
+	}
+	accept := nftables.ChainPolicyAccept
+	chains := make(map[string]*nftables.Chain)
+	for _, pc := range r.nft.plan {
+		key := pc.Family + " " + pc.Name
+		if ch := haveChains[key]; ch != nil {
+			if ch.Hooknum == nil || *ch.Hooknum != *hooks[pc.Hook] || ch.Type != nftables.ChainType(pc.Type) ||
+				ch.Priority == nil || int(*ch.Priority) != pc.Priority {
+				r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("exists with another hook, type or priority"))
+			}
+			ch.Table = r.nft.tables[pc.Family]
+			chains[key] = ch
+			continue
+		}
+		chains[key] = c.AddChain(&nftables.Chain{Name: pc.Name, Table: r.nft.tables[pc.Family],
+			Type: nftables.ChainType(pc.Type), Hooknum: hooks[pc.Hook],
+			Priority: nftables.ChainPriorityRef(nftables.ChainPriority(pc.Priority)), Policy: &accept})
+		r.change(overlay.OpAdd, overlay.ChainObject(pc.Family, pc.Name))
+		queued = true
+	}
+	if queued {
+		if err := c.Flush(); err != nil {
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("create tables and chains: %w", err))
+			return
+		}
+		queued = false
+	}
+	inet := r.nft.tables["inet"]
+	sets := make(map[string]*nftables.Set)
+	existing, err := c.GetSets(inet)
+	if err != nil && !isNotFound(err) {
+		r.fail(overlay.TableObject("inet"), fmt.Errorf("list sets: %w", err))
+		return
+	}
+	for _, s := range existing {
+		sets[s.Name] = s
+	}
+	for _, sd := range []struct {
+		name string
+		typ  nftables.SetDatatype
+	}{{overlay.VTEPSet4, nftables.TypeIPAddr}, {overlay.VTEPSet6, nftables.TypeIP6Addr}} {
+		if sets[sd.name] != nil {
+			sets[sd.name].Table = inet
+			continue
+		}
+		s := &nftables.Set{Table: inet, Name: sd.name, KeyType: sd.typ}
+		if err := c.AddSet(s, nil); err != nil {
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("add set %s: %w", sd.name, err))
+			return
+		}
+		sets[sd.name] = s
+		queued = true
+	}
+	if queued {
+		if err := c.Flush(); err != nil {
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("create sets: %w", err))
+			return
+		}
+	}
+
+	// Set elements: add the missing VTEPs now, remove the stale ones in the deletion pass.
+	v4, v6 := overlay.UnderlayVTEPs(r.desired)
+	for name, want := range map[string][]netip.Addr{overlay.VTEPSet4: v4, overlay.VTEPSet6: v6} {
+		s := sets[name]
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("list set %s: %w", name, err))
+			continue
+		}
+		have := make(map[netip.Addr]nftables.SetElement, len(elems))
+		for _, e := range elems {
+			if a, ok := netip.AddrFromSlice(e.Key); ok {
+				have[a] = e
+			}
+		}
+		wantSet := make(map[netip.Addr]bool, len(want))
+		var add []nftables.SetElement
+		for _, a := range want {
+			wantSet[a] = true
+			if _, ok := have[a]; !ok {
+				add = append(add, nftables.SetElement{Key: a.AsSlice()})
+				r.change(overlay.OpAdd, overlay.SetElemObject(name, a))
+			}
+		}
+		for a, e := range have {
+			if !wantSet[a] {
+				r.nft.staleElems[s] = append(r.nft.staleElems[s], e)
+			}
+		}
+		if len(add) > 0 {
+			if err := c.SetAddElements(s, add); err != nil {
+				r.fail(overlay.TableObject("inet"), fmt.Errorf("queue elements of %s: %w", name, err))
+			}
+		}
+	}
+	if err := c.Flush(); err != nil {
+		r.fail(overlay.TableObject("inet"), fmt.Errorf("add set elements: %w", err))
+	}
+
+	// Rules, one transaction per chain so that one bad chain does not hold back the others.
+	for _, pc := range r.nft.plan {
+		ch := chains[pc.Family+" "+pc.Name]
+		r.syncChainAdd(pc, ch, sets)
+	}
+}
+
+func isNotFound(err error) bool {
+	return errors.Is(err, unix.ENOENT)
+}
+
+func (r *run) syncChainAdd(pc overlay.NftChain, ch *nftables.Chain, sets map[string]*nftables.Set) {
+	c := r.d.nft
+	have, err := c.GetRules(ch.Table, ch)
+	if err != nil && !isNotFound(err) {
+		r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("list rules: %w", err))
+		return
+	}
+	texts := make([]string, len(have))
+	for i, rule := range have {
+		texts[i], _ = userdata.GetString(rule.UserData, userdata.TypeComment)
+	}
+	want := make([]string, len(pc.Rules))
+	for i, rule := range pc.Rules {
+		want[i] = rule.String()
+	}
+	// Leftmost matching of want as a subsequence of what the chain holds.
+	match := make([]int, len(want)) // index into have, or -1
+	matched := make([]bool, len(have))
+	k := 0
+	for i, w := range want {
+		match[i] = -1
+		for j := k; j < len(have); j++ {
+			if texts[j] == w {
+				match[i], matched[j], k = j, true, j+1
+				break
+			}
+		}
+	}
+	queued := false
+	for i, rule := range pc.Rules {
+		if match[i] >= 0 {
+			continue
+		}
+		nr := &nftables.Rule{Table: ch.Table, Chain: ch, Exprs: ruleExprs(familyOf(pc.Family), rule, sets),
+			UserData: userdata.AppendString(nil, userdata.TypeComment, want[i])}
+		// Insert before the next kept rule (rules inserted before the same handle keep their
+		// order); with none after it, append.
+		next := -1
+		for j := i + 1; j < len(want); j++ {
+			if match[j] >= 0 {
+				next = match[j]
+				break
+			}
+		}
+		if next >= 0 {
+			nr.Position = have[next].Handle
+			c.InsertRule(nr)
+		} else {
+			c.AddRule(nr)
+		}
+		r.change(overlay.OpAdd, overlay.RuleObject(pc.Family, pc.Name, want[i]))
+		queued = true
+	}
+	for j, rule := range have {
+		if !matched[j] {
+			r.nft.staleRules = append(r.nft.staleRules, staleRule{chain: ch, handle: rule.Handle, text: texts[j]})
+		}
+	}
+	if queued {
+		if err := c.Flush(); err != nil {
+			r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("add rules: %w", err))
+		}
+	}
+}
+
+// nftSetForwardingMark creates or deletes the marker chain that records who turned forwarding on.
+func (r *run) nftSetForwardingMark(on bool) error {
+	c := r.d.nft
+	inet := r.nft.tables["inet"]
+	if inet == nil {
+		return fmt.Errorf("table inet %s missing", overlay.TableName)
+	}
+	ch := &nftables.Chain{Name: overlay.ForwardingMarkChain, Table: inet}
+	if on {
+		c.AddChain(ch)
+	} else {
+		c.DelChain(ch)
+	}
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	r.nft.forwardingMark = on
+	return nil
+}
+
+func (r *run) nftDelete() {
+	c := r.d.nft
+	if len(r.nft.plan) == 0 {
+		for _, f := range families {
+			if t := r.nft.tables[f.name]; t != nil {
+				c.DelTable(t)
+				if err := c.Flush(); err != nil {
+					r.fail(overlay.TableObject(f.name), fmt.Errorf("delete: %w", err))
+					continue
+				}
+				r.change(overlay.OpDelete, overlay.TableObject(f.name))
+			}
+		}
+		return
+	}
+	if len(r.nft.staleRules) > 0 {
+		for _, s := range r.nft.staleRules {
+			if err := c.DelRule(&nftables.Rule{Table: s.chain.Table, Chain: s.chain, Handle: s.handle}); err != nil {
+				r.fail(overlay.RuleObject(tableFamilyName(s.chain.Table), s.chain.Name, s.text), err)
+				continue
+			}
+			r.change(overlay.OpDelete, overlay.RuleObject(tableFamilyName(s.chain.Table), s.chain.Name, s.text))
+		}
+		if err := c.Flush(); err != nil {
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("delete stale rules: %w", err))
+		}
+	}
+	queued := false
+	for s, elems := range r.nft.staleElems {
+		if err := c.SetDeleteElements(s, elems); err != nil {
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("queue delete of %s elements: %w", s.Name, err))
+			continue
+		}
+		for _, e := range elems {
+			a, _ := netip.AddrFromSlice(e.Key)
+			r.change(overlay.OpDelete, overlay.SetElemObject(s.Name, a))
+		}
+		queued = true
+	}
+	if queued {
+		if err := c.Flush(); err != nil {
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("delete stale set elements: %w", err))
+		}
+	}
+}
+
+func tableFamilyName(t *nftables.Table) string {
+	if t.Family == nftables.TableFamilyBridge {
+		return "bridge"
+	}
+	return "inet"
+}
+
+// ruleExprs compiles an overlay.Rule into nftables expressions, as `nft` would for the same text.
+func ruleExprs(fam nftables.TableFamily, rule overlay.Rule, sets map[string]*nftables.Set) []expr.Any {
+	var e []expr.Any
+	cmp := func(op expr.CmpOp, data []byte) {
+		e = append(e, &expr.Cmp{Op: op, Register: 1, Data: data})
+	}
+	load := func(base expr.PayloadBase, off, n uint32) {
+		e = append(e, &expr.Payload{DestRegister: 1, Base: base, Offset: off, Len: n})
+	}
+	nfproto := -1
+	needProto := func(p int) {
+		if fam == nftables.TableFamilyINet && nfproto != p {
+			e = append(e, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1})
+			cmp(expr.CmpOpEq, []byte{byte(p)})
+			nfproto = p
+		}
+	}
+	l4 := func(p byte) {
+		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1})
+		cmp(expr.CmpOpEq, []byte{p})
+	}
+	prefix := func(op expr.CmpOp, p netip.Prefix) {
+		if !p.IsSingleIP() {
+			m := make([]byte, 4)
+			binary.BigEndian.PutUint32(m, ^uint32(0)<<(32-p.Bits()))
+			e = append(e, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: m, Xor: make([]byte, 4)})
+			p = p.Masked()
+		}
+		cmp(op, p.Addr().AsSlice())
+	}
+	for _, m := range rule.Matches {
+		op := expr.CmpOpEq
+		if m.Neg {
+			op = expr.CmpOpNeq
+		}
+		switch m.Field {
+		case overlay.FieldIIFName, overlay.FieldOIFName:
+			key := expr.MetaKeyIIFNAME
+			if m.Field == overlay.FieldOIFName {
+				key = expr.MetaKeyOIFNAME
+			}
+			e = append(e, &expr.Meta{Key: key, Register: 1})
+			cmp(op, ifname(m.Name))
+		case overlay.FieldEtherType:
+			load(expr.PayloadBaseLLHeader, 12, 2)
+			cmp(op, binaryutil.BigEndian.PutUint16(m.Num))
+		case overlay.FieldEtherSaddr:
+			load(expr.PayloadBaseLLHeader, 6, 6)
+			cmp(op, m.MAC)
+		case overlay.FieldARPOp:
+			load(expr.PayloadBaseNetworkHeader, 6, 2)
+			cmp(op, binaryutil.BigEndian.PutUint16(m.Num))
+		case overlay.FieldARPSha:
+			load(expr.PayloadBaseNetworkHeader, 8, 6)
+			cmp(op, m.MAC)
+		case overlay.FieldARPSpa:
+			load(expr.PayloadBaseNetworkHeader, 14, 4)
+			prefix(op, m.Prefix)
+		case overlay.FieldARPTpa:
+			load(expr.PayloadBaseNetworkHeader, 24, 4)
+			prefix(op, m.Prefix)
+		case overlay.FieldIPSaddr:
+			needProto(unix.NFPROTO_IPV4)
+			load(expr.PayloadBaseNetworkHeader, 12, 4)
+			prefix(op, m.Prefix)
+		case overlay.FieldIPDaddr:
+			needProto(unix.NFPROTO_IPV4)
+			load(expr.PayloadBaseNetworkHeader, 16, 4)
+			prefix(op, m.Prefix)
+		case overlay.FieldUDPDport:
+			l4(unix.IPPROTO_UDP)
+			load(expr.PayloadBaseTransportHeader, 2, 2)
+			cmp(op, binaryutil.BigEndian.PutUint16(m.Num))
+		case overlay.FieldICMPType:
+			needProto(unix.NFPROTO_IPV4)
+			l4(unix.IPPROTO_ICMP)
+			load(expr.PayloadBaseTransportHeader, 0, 1)
+			cmp(op, []byte{byte(m.Num)})
+		case overlay.FieldCtState:
+			e = append(e, &expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+					Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+					Xor:  binaryutil.NativeEndian.PutUint32(0)})
+			// "ct state established,related" is "masked state != 0".
+			if m.Neg {
+				cmp(expr.CmpOpEq, binaryutil.NativeEndian.PutUint32(0))
+			} else {
+				cmp(expr.CmpOpNeq, binaryutil.NativeEndian.PutUint32(0))
+			}
+		case overlay.FieldIPSaddrSet, overlay.FieldIP6SaddrSet:
+			if m.Field == overlay.FieldIPSaddrSet {
+				needProto(unix.NFPROTO_IPV4)
+				load(expr.PayloadBaseNetworkHeader, 12, 4)
+			} else {
+				needProto(unix.NFPROTO_IPV6)
+				load(expr.PayloadBaseNetworkHeader, 8, 16)
+			}
+			s := sets[m.Name]
+			lk := &expr.Lookup{SourceRegister: 1, SetName: m.Name, Invert: m.Neg}
+			if s != nil {
+				lk.SetID = s.ID
+			}
+			e = append(e, lk)
+		}
+	}
+	if rule.Counter {
+		e = append(e, &expr.Counter{})
+	}
+	switch rule.Verdict {
+	case overlay.Accept:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictAccept})
+	case overlay.Drop:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictDrop})
+	case overlay.Masquerade:
+		e = append(e, &expr.Masq{})
+	}
+	return e
+}
+
+// ifname is the comparison data for an interface name: the name padded to IFNAMSIZ, or for a
+// trailing "*" wildcard only the prefix (nft compiles "vxbr*" the same way).
+func ifname(name string) []byte {
+	if len(name) > 0 && name[len(name)-1] == '*' {
+		return []byte(name[:len(name)-1])
+	}
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
