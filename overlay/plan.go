@@ -310,8 +310,8 @@ func (r Rule) String() string {
 	return b.String()
 }
 
-func iif(name string) Match { return Match{Field: FieldIIFName, Name: name} }
-func oif(name string) Match { return Match{Field: FieldOIFName, Name: name} }
+func iif(name string) Match    { return Match{Field: FieldIIFName, Name: name} }
+func oif(name string) Match    { return Match{Field: FieldOIFName, Name: name} }
 func notIIF(name string) Match { return Match{Field: FieldIIFName, Neg: true, Name: name} }
 func notOIF(name string) Match { return Match{Field: FieldOIFName, Neg: true, Name: name} }
 func host(a netip.Addr) netip.Prefix {
