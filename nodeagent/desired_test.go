@@ -1,0 +1,168 @@
+package nodeagent
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vxfabric/vxfabric/overlay"
+	"github.com/vxfabric/vxfabric/overlay/fake"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+func netState(id string, vni uint32, flood ...string) *vxfabricv1.NetworkState {
+	n := &vxfabricv1.NetworkState{Id: id, Vni: vni, Mtu: 1450, Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}
+	for _, f := range flood {
+		node, vtep, _ := strings.Cut(f, "=")
+		n.Flood = append(n.Flood, &vxfabricv1.FloodEntry{Node: node, Vtep: vtep})
+	}
+	return n
+}
+
+func remote(id, network, node, mac, vtep string) *vxfabricv1.RemotePort {
+	return &vxfabricv1.RemotePort{Id: id, NetworkId: network, Node: node, Mac: mac, Vtep: vtep, Ip: "10.0.0.9"}
+}
+
+func local(id, network, iface, mac string) *vxfabricv1.LocalPort {
+	return &vxfabricv1.LocalPort{Id: id, NetworkId: network, InterfaceName: iface, Mac: mac, Ip: "10.0.0.1"}
+}
+
+// dumpOf applies the built state to a fresh fake kernel and returns its FDB, flood and port lines.
+func dumpOf(t *testing.T, b built) []string {
+	t.Helper()
+	dp := fake.New()
+	dp.SetLink("tap-a", true)
+	if _, err := dp.Apply(context.Background(), b.state); err != nil {
+		t.Fatalf("apply built state: %v", err)
+	}
+	var out []string
+	for _, l := range strings.Split(dp.Dump(), "\n") {
+		if strings.HasPrefix(l, "fdb ") || strings.HasPrefix(l, "flood ") || strings.HasPrefix(l, "port ") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func TestModelMergeAndBuild(t *testing.T) {
+	self := netip.MustParseAddr("198.18.0.1")
+	under := overlay.Underlay{VTEP: self}
+	snapshot := &vxfabricv1.SyncResponse{Revision: 10, Snapshot: true,
+		Networks: []*vxfabricv1.NetworkState{
+			netState("n1", 100, "h1=198.18.0.1", "h2=198.18.0.2", "h3=198.18.0.3", "h2=198.18.0.2"),
+			netState("bad", 0), // vni 0: refused by the datapath, skipped alone
+		},
+		LocalPorts: []*vxfabricv1.LocalPort{
+			local("pa", "n1", "tap-a", "0e:00:00:00:00:01"),
+			local("pb", "n1", "vxp1234567890", "0e:00:00:00:00:02"), // our own prefix: refused, skipped alone
+			local("pc", "nope", "tap-c", "0e:00:00:00:00:03"),       // network not in the view
+		},
+		RemotePorts: []*vxfabricv1.RemotePort{
+			remote("r2", "n1", "h2", "0e:00:00:00:00:12", "198.18.0.2"),
+			remote("r3", "n1", "h3", "0e:00:00:00:00:13", "198.18.0.3"),
+			remote("rx", "n1", "h3", "not-a-mac", "198.18.0.3"),
+		},
+	}
+	m := newDesiredModel()
+	if m.ready {
+		t.Fatal("empty model is ready")
+	}
+	m.merge(snapshot)
+	none := func(string) bool { return false }
+	b := m.build(under, none)
+	want := []string{
+		"fdb vxlan100 0e:00:00:00:00:12 dst 198.18.0.2",
+		"fdb vxlan100 0e:00:00:00:00:13 dst 198.18.0.3",
+		"flood vxlan100 dst 198.18.0.2",
+		"flood vxlan100 dst 198.18.0.3",
+		"port tap-a master vxbr100 mtu 1450",
+	}
+	if got := dumpOf(t, b); !slices.Equal(got, want) {
+		t.Fatalf("built state:\n got %q\nwant %q", got, want)
+	}
+	if len(b.invalid) != 3 || b.revision != 10 || b.remotes != 2 {
+		t.Fatalf("invalid %v, revision %d, remotes %d", b.invalid, b.revision, b.remotes)
+	}
+	if !slices.Equal(sortedKeys(b.portByIface), []string{"tap-a"}) {
+		t.Fatalf("ports by interface: %v", b.portByIface)
+	}
+
+	// h3 dead: its port and flood entry are withheld; SUSPECT is not "down" and never reaches build.
+	b = m.build(under, func(n string) bool { return n == "h3" })
+	want = []string{
+		"fdb vxlan100 0e:00:00:00:00:12 dst 198.18.0.2",
+		"flood vxlan100 dst 198.18.0.2",
+		"port tap-a master vxbr100 mtu 1450",
+	}
+	if got := dumpOf(t, b); !slices.Equal(got, want) || b.withheld != 1 {
+		t.Fatalf("with h3 down:\n got %q (withheld %d)\nwant %q", got, b.withheld, want)
+	}
+
+	// A delta: r2 moves away, a new remote arrives, the flood list changes.
+	m.merge(&vxfabricv1.SyncResponse{Revision: 12,
+		Networks:             []*vxfabricv1.NetworkState{netState("n1", 100, "h3=198.18.0.3")},
+		RemovedRemotePortIds: []string{"r2", "rx"},
+		RemotePorts:          []*vxfabricv1.RemotePort{remote("r4", "n1", "h3", "0e:00:00:00:00:14", "198.18.0.3")},
+		RemovedNetworkIds:    []string{"bad"},
+	})
+	want = []string{
+		"fdb vxlan100 0e:00:00:00:00:13 dst 198.18.0.3",
+		"fdb vxlan100 0e:00:00:00:00:14 dst 198.18.0.3",
+		"flood vxlan100 dst 198.18.0.3",
+		"port tap-a master vxbr100 mtu 1450",
+	}
+	if got := dumpOf(t, m.build(under, none)); !slices.Equal(got, want) || m.revision != 12 {
+		t.Fatalf("after delta (rev %d):\n got %q\nwant %q", m.revision, got, want)
+	}
+
+	// A snapshot replaces everything: what it does not list is gone.
+	m.merge(&vxfabricv1.SyncResponse{Revision: 13, Snapshot: true})
+	if b := m.build(under, none); len(b.state.Networks) != 0 {
+		t.Fatalf("empty snapshot left %d networks", len(b.state.Networks))
+	}
+}
+
+func TestAppliedRevisionFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if rev, err := loadAppliedRevision(dir); err != nil || rev != 0 {
+		t.Fatalf("missing file: %d %v", rev, err)
+	}
+	if err := saveAppliedRevision(dir, 42); err != nil {
+		t.Fatal(err)
+	}
+	if rev, err := loadAppliedRevision(dir); err != nil || rev != 42 {
+		t.Fatalf("after save: %d %v", rev, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, appliedRevisionFile), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadAppliedRevision(dir); err == nil {
+		t.Fatal("a corrupt revision file was accepted")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	ok := Default()
+	ok.Node, ok.VTEP, ok.Datapath, ok.Servers = "h1", netip.MustParseAddr("198.18.0.1"), fake.New(), []string{"127.0.0.1:1"}
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mod := range map[string]func(*Config){
+		"node":     func(c *Config) { c.Node = "H 1" },
+		"vtep":     func(c *Config) { c.VTEP = netip.Addr{} },
+		"datapath": func(c *Config) { c.Datapath = nil },
+		"servers":  func(c *Config) { c.Servers = nil },
+		"backoff":  func(c *Config) { c.BackoffMax = time.Millisecond },
+	} {
+		c := ok
+		mod(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: Validate accepted a bad config", name)
+		}
+	}
+}
