@@ -34,11 +34,12 @@ var demoNetworks = []struct {
 	{"red", "lan", LANPrefix.String(), vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, "h1"},
 }
 
-// DemoVMs are the demo's VMs, spread over h1..h3; red-a and blue-a are multi-homed. The first nat or
-// routed NIC gives a VM its default route.
+// DemoVMs are the demo's VMs, spread over h1..h3; all are multi-homed. The first nat or routed NIC
+// gives a VM its default route. The web addresses are fixed so that the across-tenant checks never
+// aim at the sender's own address.
 var DemoVMs = []VMSpec{
-	{Name: "red-a", Host: "h1", NICs: []NICSpec{{Tenant: "red", Network: "web"}, {Tenant: "red", Network: "ext"}}},
-	{Name: "red-b", Host: "h2", NICs: []NICSpec{{Tenant: "red", Network: "web"}, {Tenant: "red", Network: "lan", IP: "192.168.77.21"}}},
+	{Name: "red-a", Host: "h1", NICs: []NICSpec{{Tenant: "red", Network: "web", IP: "10.0.0.11"}, {Tenant: "red", Network: "ext"}}},
+	{Name: "red-b", Host: "h2", NICs: []NICSpec{{Tenant: "red", Network: "web", IP: "10.0.0.12"}, {Tenant: "red", Network: "lan", IP: "192.168.77.21"}}},
 	{Name: "blue-a", Host: "h3", NICs: []NICSpec{{Tenant: "blue", Network: "web", IP: "10.0.0.10"}, {Tenant: "blue", Network: "pub"}}},
 }
 
