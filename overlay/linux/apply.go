@@ -607,9 +607,9 @@ func (r *run) ensureEntries(n overlay.Network, vx netlink.Link) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		neigh = syncNeigh(r.d.h2, n, vx.Attrs().Index)
+		neigh = syncNeigh(r.d.h2, r.d.dump2, n, vx.Attrs().Index)
 	}()
-	fdb = syncFDB(r.d.h, n, vx.Attrs().Index)
+	fdb = syncFDB(r.d.h, r.d.dump1, n, vx.Attrs().Index)
 	wg.Wait()
 	for _, e := range []entryResult{fdb, neigh} {
 		r.res.Changes = append(r.res.Changes, e.changes...)

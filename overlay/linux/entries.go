@@ -9,6 +9,7 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/vxfabric/vxfabric/overlay"
@@ -42,36 +43,38 @@ var zeroMAC = net.HardwareAddr{0, 0, 0, 0, 0, 0}
 // syncFDB reads the vxlan device's FDB with one per-device dump, indexes it by MAC, writes the
 // missing or wrong unicast entries (NeighSet replaces in place: no delete and re-add), appends the
 // missing flood entries, and only then deletes what is stale.
-func syncFDB(h *netlink.Handle, n overlay.Network, vxIndex int) entryResult {
+func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxIndex int) entryResult {
 	var res entryResult
 	dev := overlay.VxlanName(n.VNI)
-	entries, err := retryDump(func() ([]netlink.Neigh, error) { return h.NeighList(vxIndex, unix.AF_BRIDGE) })
-	if err != nil {
-		res.fail("fdb "+dev, fmt.Errorf("dump: %w", err))
-		return res
-	}
 	type fdbState struct {
 		vtep netip.Addr
 		perm bool
 	}
-	have := make(map[macKey]fdbState, len(entries))
-	haveFlood := make(map[netip.Addr]bool)
-	for _, e := range entries {
+	var have map[macKey]fdbState
+	var haveFlood map[netip.Addr]bool
+	err := dumpNeigh(dump, unix.AF_BRIDGE, vxIndex, func() {
+		have = make(map[macKey]fdbState, len(n.Remotes))
+		haveFlood = make(map[netip.Addr]bool)
+	}, func(e *neighMsg) {
 		// Bridge entries learned on the vxlan port (NTF_MASTER, no destination) are not ours.
-		if e.LinkIndex != vxIndex || e.Flags&unix.NTF_MASTER != 0 || e.IP == nil || len(e.HardwareAddr) != 6 {
-			continue
+		if e.flags&unix.NTF_MASTER != 0 || e.dst == nil || len(e.lladdr) != 6 {
+			return
 		}
-		ip, ok := netip.AddrFromSlice(e.IP)
+		ip, ok := netip.AddrFromSlice(e.dst)
 		if !ok {
-			continue
+			return
 		}
 		ip = ip.Unmap()
-		k := keyOf(e.HardwareAddr)
+		k := macKey(e.lladdr)
 		if k == (macKey{}) {
 			haveFlood[ip] = true
-			continue
+			return
 		}
-		have[k] = fdbState{vtep: ip, perm: e.State&unix.NUD_PERMANENT != 0}
+		have[k] = fdbState{vtep: ip, perm: e.state&unix.NUD_PERMANENT != 0}
+	})
+	if err != nil {
+		res.fail("fdb "+dev, err)
+		return res
 	}
 	want := make(map[macKey]bool, len(n.Remotes))
 	for _, rp := range n.Remotes {
@@ -150,28 +153,26 @@ func syncFDB(h *netlink.Handle, n overlay.Network, vxIndex int) entryResult {
 // syncNeigh keeps one permanent IPv4 neighbour entry per remote port on the vxlan device, which
 // the vxlan proxy flag answers ARP requests from (ARP suppression). Every entry on our vxlan device
 // is ours. Bridged networks have no proxy flag and so no entries.
-func syncNeigh(h *netlink.Handle, n overlay.Network, vxIndex int) entryResult {
+func syncNeigh(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxIndex int) entryResult {
 	var res entryResult
 	dev := overlay.VxlanName(n.VNI)
-	entries, err := retryDump(func() ([]netlink.Neigh, error) { return h.NeighList(vxIndex, unix.AF_INET) })
-	if err != nil {
-		res.fail("neigh "+dev, fmt.Errorf("dump: %w", err))
-		return res
-	}
 	type neighState struct {
 		mac  macKey
 		perm bool
 	}
-	have := make(map[netip.Addr]neighState, len(entries))
-	for _, e := range entries {
-		if e.LinkIndex != vxIndex {
-			continue
+	var have map[netip.Addr]neighState
+	err := dumpNeigh(dump, unix.AF_INET, vxIndex, func() {
+		have = make(map[netip.Addr]neighState, len(n.Remotes))
+	}, func(e *neighMsg) {
+		ip, ok := netip.AddrFromSlice(e.dst)
+		if !ok || len(e.lladdr) != 6 {
+			return
 		}
-		ip, ok := netip.AddrFromSlice(e.IP)
-		if !ok {
-			continue
-		}
-		have[ip.Unmap()] = neighState{mac: keyOf(e.HardwareAddr), perm: e.State&unix.NUD_PERMANENT != 0}
+		have[ip.Unmap()] = neighState{mac: macKey(e.lladdr), perm: e.state&unix.NUD_PERMANENT != 0}
+	})
+	if err != nil {
+		res.fail("neigh "+dev, err)
+		return res
 	}
 	want := make(map[netip.Addr]bool, len(n.Remotes))
 	if n.Proxy() {

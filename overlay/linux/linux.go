@@ -20,6 +20,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 
 	"github.com/vxfabric/vxfabric/overlay"
@@ -60,9 +61,11 @@ type Datapath struct {
 	ns netns.NsHandle // the target namespace, or netns.None() for the current one
 	// h and h2 are netlink handles in the target namespace; h2 lets FDB and neighbour tables be
 	// dumped and written in parallel (a handle's socket serves one request at a time).
-	h, h2  *netlink.Handle
-	nft    *nftables.Conn
-	closed bool
+	h, h2 *netlink.Handle
+	// dump1 and dump2 are raw sockets for the streamed FDB and neighbour dumps (see dump.go).
+	dump1, dump2 *nl.SocketHandle
+	nft          *nftables.Conn
+	closed       bool
 }
 
 var _ overlay.Datapath = (*Datapath)(nil)
@@ -92,6 +95,12 @@ func New(cfg Config) (*Datapath, error) {
 		if d.h2, err = netlink.NewHandle(); err != nil {
 			return fmt.Errorf("netlink handle: %w", err)
 		}
+		if d.dump1, err = openDumpSocket(); err != nil {
+			return fmt.Errorf("netlink dump socket: %w", err)
+		}
+		if d.dump2, err = openDumpSocket(); err != nil {
+			return fmt.Errorf("netlink dump socket: %w", err)
+		}
 		if d.nft, err = nftables.New(nftables.AsLasting()); err != nil {
 			return fmt.Errorf("nftables connection: %w", err)
 		}
@@ -112,6 +121,11 @@ func (d *Datapath) closeHandles() {
 	}
 	if d.h2 != nil {
 		d.h2.Close()
+	}
+	for _, s := range []*nl.SocketHandle{d.dump1, d.dump2} {
+		if s != nil {
+			s.Close()
+		}
 	}
 	if d.ns.IsOpen() {
 		_ = d.ns.Close()
