@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vxfabric/vxfabric/controlplane/server"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// TestCLIHelperProcess is the vxfab binary when the CLI tests run this test binary as a child.
+func TestCLIHelperProcess(t *testing.T) {
+	if os.Getenv("VXFAB_CLI_HELPER") != "1" {
+		t.Skip("runs only as the child of the CLI tests")
+	}
+	i := slices.Index(os.Args, "--")
+	os.Args = append([]string{"vxfab"}, os.Args[i+1:]...)
+	main()
+	os.Exit(0)
+}
+
+// vxfab runs the CLI as a separate process, as a user would, against addr.
+func vxfab(t *testing.T, addr string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], append([]string{"-test.run=^TestCLIHelperProcess$", "--", "--server", addr}, args...)...)
+	cmd.Env = append(os.Environ(), "VXFAB_CLI_HELPER=1")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return out.String(), errb.String(), ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run vxfab %v: %v", args, err)
+	}
+	return out.String(), errb.String(), 0
+}
+
+func TestCLIResources(t *testing.T) {
+	cfg := server.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DataDir = t.TempDir()
+	cfg.EmbeddedFast = true
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve() }()
+	defer func() {
+		srv.Close()
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}()
+	addr := srv.Addr().String()
+
+	// Successful commands run in-process (the command tree as main builds it); the error cases below
+	// run as a child process to see stderr and the exit status.
+	ok := func(args ...string) string {
+		t.Helper()
+		root := newRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetArgs(append([]string{"--server", addr}, args...))
+		if err := root.ExecuteContext(ctx); err != nil {
+			t.Fatalf("vxfab %v: %s", args, errorLine(err))
+		}
+		return out.String()
+	}
+	ok("tenant", "create", "acme")
+	if out := ok("tenant", "list"); !strings.Contains(out, "NAME") || !strings.Contains(out, "acme") {
+		t.Fatalf("tenant list:\n%s", out)
+	}
+	ok("network", "create", "web", "--tenant", "acme", "--cidr", "10.0.0.0/24", "--mode", "nat")
+	ok("network", "create", "lan", "--tenant", "acme", "--cidr", "10.1.0.0/29", "--mode", "bridged", "--uplink", "h1:eth1", "--vni", "5000")
+	if out := ok("network", "list", "--tenant", "acme"); !strings.Contains(out, "bridged") || !strings.Contains(out, "5000") || !strings.Contains(out, "h1:eth1") {
+		t.Fatalf("network list:\n%s", out)
+	}
+	ok("port", "create", "vm1", "--tenant", "acme", "--network", "web", "--node", "h1", "--ip", "10.0.0.10", "--vm", "vm1")
+	var js map[string]any
+	out := ok("-o", "json", "port", "show", "vm1", "--tenant", "acme")
+	if err := json.Unmarshal([]byte(out), &js); err != nil {
+		t.Fatalf("port show -o json is not JSON: %v\n%s", err, out)
+	}
+	port := js["port"].(map[string]any)
+	if port["ip"] != "10.0.0.10" || port["node"] != "h1" {
+		t.Fatalf("port json %v", port)
+	}
+	if err := srv.Store().SetPortPlugged(ctx, port["id"].(string), true); err != nil {
+		t.Fatal(err)
+	}
+	if out := ok("port", "show", "vm1", "--tenant", "acme"); !strings.Contains(out, "Plugged:") || !strings.Contains(out, "yes") {
+		t.Fatalf("port show does not show plugged:\n%s", out)
+	}
+	if out := ok("port", "list", "--node", "h1"); !strings.Contains(out, "PLUGGED") || !strings.Contains(out, "vxp") {
+		t.Fatalf("port list:\n%s", out)
+	}
+	ok("port", "move", "vm1", "--tenant", "acme", "--node", "h2")
+	if out := ok("port", "list", "--node", "h2"); !strings.Contains(out, "vm1") {
+		t.Fatalf("moved port not on h2:\n%s", out)
+	}
+	if _, err := srv.Store().PutNode(ctx, &vxfabricv1.Node{Name: "h1", Vtep: "198.18.0.1", Status: vxfabricv1.NodeStatus_NODE_STATUS_ALIVE}); err != nil {
+		t.Fatal(err)
+	}
+	if out := ok("node", "list"); !strings.Contains(out, "198.18.0.1") || !strings.Contains(out, "alive") || !strings.Contains(out, "APPLIED") || !strings.Contains(out, "latest store revision") {
+		t.Fatalf("node list:\n%s", out)
+	}
+
+	// Errors: one line on stderr, nothing on stdout, non-zero exit.
+	for _, args := range [][]string{
+		{"network", "create", "bad", "--tenant", "acme", "--cidr", "10.0.0.1/24", "--mode", "nat"},
+		{"network", "delete", "web", "--tenant", "acme"},
+		{"tenant", "show", "nobody"},
+		{"network", "create", "x", "--tenant", "acme", "--cidr", "10.2.0.0/24", "--mode", "mesh"},
+		{"-o", "yaml", "tenant", "list"},
+	} {
+		out, errOut, code := vxfab(t, addr, args...)
+		lines := strings.Split(strings.TrimRight(errOut, "\n"), "\n")
+		if code == 0 || len(lines) != 1 || !strings.HasPrefix(lines[0], "vxfab: ") || out != "" {
+			t.Errorf("vxfab %v: exit %d, stdout %q, stderr %q: want one error line and a non-zero exit", args, code, out, errOut)
+		}
+	}
+	_, errOut, _ := vxfab(t, addr, "network", "create", "bad", "--tenant", "acme", "--cidr", "10.0.0.1/24", "--mode", "nat")
+	if !strings.HasPrefix(errOut, "vxfab: InvalidArgument: ") {
+		t.Errorf("invalid cidr: stderr %q", errOut)
+	}
+	ok("port", "delete", "vm1", "--tenant", "acme")
+	ok("network", "delete", "web", "--tenant", "acme")
+}
