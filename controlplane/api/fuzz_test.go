@@ -284,8 +284,21 @@ func FuzzNamesAndIDs(f *testing.F) {
 		if err := validMTU(mtu); (err == nil) != (mtu == 0 || mtu >= 576 && mtu <= 9000) {
 			t.Fatalf("validMTU(%d) = %v", mtu, err)
 		}
-		if err := validInterface(s); err == nil && !kernelIfnameOK(s) {
+	})
+}
+
+// FuzzValidInterface: an uplink interface name the API accepts is one the kernel accepts too.
+func FuzzValidInterface(f *testing.F) {
+	for _, s := range []string{"eth0", "enp0s31f6", "br-lan", "a", strings.Repeat("e", 15), strings.Repeat("e", 16), ".", "..", "a/b", "a:1", "a b", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		err := validInterface(s)
+		if err == nil && !kernelIfnameOK(s) {
 			t.Fatalf("validInterface accepted %q, which the kernel refuses", s)
+		}
+		if err != nil && !isInvalidArgument(err) {
+			t.Fatalf("refusal is not InvalidArgument: %v", err)
 		}
 	})
 }

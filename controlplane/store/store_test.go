@@ -1,0 +1,116 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func newTestStore(t *testing.T) (*Store, *clientv3.Client) {
+	t.Helper()
+	cfg := etcdembed.Default(t.TempDir())
+	cfg.Fast = true
+	e, err := etcdembed.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	cli, err := e.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return New(cli), cli
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// A tenant delete racing a network create never leaves a network without its tenant.
+func TestTenantDeleteRacesNetworkCreate(t *testing.T) {
+	st, cli := newTestStore(t)
+	ctx := testCtx(t)
+	outcomes := map[string]int{}
+	for i := range 40 {
+		tenant := fmt.Sprintf("t%d", i)
+		if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: tenant}, ""); err != nil {
+			t.Fatal(err)
+		}
+		var createErr, deleteErr error
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, createErr = st.CreateNetwork(ctx, &vxfabricv1.Network{Id: fmt.Sprintf("%010x", i), Tenant: tenant, Name: "web", Vni: uint32(100 + i)}, "")
+		}()
+		go func() {
+			defer wg.Done()
+			deleteErr = st.DeleteTenant(ctx, tenant, 0)
+		}()
+		wg.Wait()
+		switch {
+		case createErr == nil && errors.Is(deleteErr, ErrFailedPrecondition):
+			outcomes["network first"]++
+			if _, err := st.GetTenant(ctx, tenant); err != nil {
+				t.Fatalf("network created but tenant gone: %v", err)
+			}
+		case errors.Is(createErr, ErrNotFound) && deleteErr == nil:
+			outcomes["delete first"]++
+			resp, err := cli.Get(ctx, TenantNetworkNamesPrefix(tenant), clientv3.WithPrefix(), clientv3.WithCountOnly())
+			if err != nil || resp.Count != 0 {
+				t.Fatalf("tenant deleted but %d network names left (%v)", resp.Count, err)
+			}
+			if vnis, _ := st.TakenVNIs(ctx, uint32(100+i), uint32(100+i)); len(vnis) != 0 {
+				t.Fatalf("tenant deleted but vni %d allocated", 100+i)
+			}
+		default:
+			t.Fatalf("round %d: create %v, delete %v", i, createErr, deleteErr)
+		}
+	}
+	t.Logf("outcomes %v", outcomes)
+}
+
+// Revisions are the keys' ModRevisions; a request record whose resource was deleted does not block a
+// new create with the same request id.
+func TestRevisionsAndStaleRequests(t *testing.T) {
+	st, cli := newTestStore(t)
+	ctx := testCtx(t)
+	tn, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, "req-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, TenantKey("acme"))
+	if err != nil || resp.Kvs[0].ModRevision != tn.Revision {
+		t.Fatalf("revision %d, key at %v (%v)", tn.Revision, resp.Kvs, err)
+	}
+	again, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, "req-1")
+	if err != nil || again.Revision != tn.Revision {
+		t.Fatalf("retry: %v, %v", again, err)
+	}
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "other"}, "req-1"); !errors.Is(err, ErrRequestMismatch) {
+		t.Fatalf("request id reused for another tenant: %v", err)
+	}
+	if err := st.DeleteTenant(ctx, "acme", tn.Revision+1); !errors.Is(err, ErrStale) {
+		t.Fatalf("stale delete: %v", err)
+	}
+	if err := st.DeleteTenant(ctx, "acme", tn.Revision); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, "req-1")
+	if err != nil || fresh.Revision <= tn.Revision {
+		t.Fatalf("create after delete with the same request id: %v, %v", fresh, err)
+	}
+	if err := st.SetPortPlugged(ctx, "0000000000", true); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("plugged status of a missing port: %v", err)
+	}
+}
