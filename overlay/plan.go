@@ -1,3 +1,48 @@
+// Design note: why the kernel tables look as they do.
+//
+// This file holds what the Linux datapath and the fake share: validation of a desired state, the
+// names of kernel objects as they appear in Result.Changes, and the nftables rule plan. Both
+// implementations derive their output from here, so a golden test on the fake pins the same rule
+// text the kernel carries in each rule's UserData (its nft comment).
+//
+// Devices. One bridge plus one vxlan device per VNI (the kernel here has no vlan_filtering and no
+// vrf, see PLATFORM.md). Both carry link group 0x76000000|VNI so that removing a network is one
+// RTM_DELLINK for the group (17 ms instead of 2 x 56 ms holding rtnl), done only after checking that
+// the group holds nothing but the pair. IPv6 address generation is set to none before a device goes
+// up: no link-local address ever exists, so a tenant never sees one of the host's. The MTU is the
+// network's, i.e. the underlay's minus VXLANOverhead (50 bytes); ports get it too. A vxlan device
+// whose VNI, VTEP or proxy flag differ is the only thing ever recreated (the kernel cannot change
+// those in place); everything else is changed in place or left alone.
+//
+// FDB, written in this order per network: unicast entries (one permanent MAC -> VTEP entry per
+// remote port, NeighSet, which replaces in place), then the all-zero flood entries appended per
+// remote VTEP (head-end replication), so a new flood target never receives frames for MACs that
+// are not pinned yet; deletions come last. Learning is off: the control plane is the only source.
+//
+// ARP suppression. One permanent neighbour entry per remote IPv4 port on the vxlan device, and the
+// vxlan proxy flag: the vxlan driver answers ARP requests from these entries and consumes every ARP
+// request it would transmit, so no ARP crosses the underlay at all. Bridged networks go without the
+// proxy flag (and without the entries): their VMs must resolve hosts on the uplink's LAN, which the
+// control plane does not know.
+//
+// Distributed gateway (nat, routed). Every host's bridge carries the same gateway IP and takes the
+// gateway MAC as its own address; bridge postrouting drops frames from that MAC and ARP requests for
+// that IP on the way out of the vxlan device, so each host answers for the gateway and routes its
+// own VMs' traffic. A route from outside must therefore point at the host of the VM.
+//
+// Filtering. Our objects live in two tables named vxfabric (family inet and bridge) with base chains
+// at priority 0 (filter) and 100 (nat), policy accept: we only drop what we must and never decide for
+// traffic that is not ours. See NftPlan for the rules. The Linux datapath compares the comment of
+// every rule with the plan: matching rules stay (a restarted process re-creates nothing), missing
+// ones are inserted at their place by handle, stale ones deleted afterwards; tables are never flushed.
+// br_netfilter (loaded on Docker hosts, and on this lab machine) sends frames switched inside a bridge
+// through the inet forward hook with the bridge as both iif and oif; every forward rule that names a
+// bridge therefore excludes that case.
+//
+// Forwarding. net.ipv4.ip_forward is turned on only when a nat or routed network exists and was off;
+// the empty, hookless chain ForwardingMarkChain records in the kernel that we did, so that only then
+// (by this or a later process) it is turned off again when the last such network goes.
+
 package overlay
 
 import (
@@ -7,11 +52,6 @@ import (
 	"net/netip"
 	"strings"
 )
-
-// This file holds what the Linux datapath and the fake share: validation of a desired state, the
-// names of kernel objects as they appear in Result.Changes, and the nftables rule plan. Both
-// implementations derive their output from here, so a golden test on the fake pins the same rule
-// text the kernel carries in each rule's UserData.
 
 // ErrInvalid marks a desired state that Apply rejects as a whole, before touching the kernel.
 var ErrInvalid = errors.New("invalid desired state")

@@ -330,7 +330,7 @@ func TestMemoryPerFake(t *testing.T) {
 		t.Skip("short")
 	}
 	s := remotes(10000)
-	const n = 20
+	const n = 10
 	fakes := make([]*Datapath, n)
 	runtime.GC()
 	var before, after runtime.MemStats

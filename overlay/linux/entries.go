@@ -3,10 +3,12 @@
 package linux
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -121,10 +123,11 @@ func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxInde
 		}
 		res.change(overlay.OpAdd, overlay.FloodObject(n.VNI, v))
 	}
-	for k, cur := range have {
+	for _, k := range sortedKeys(have, func(a, b macKey) int { return bytes.Compare(a[:], b[:]) }) {
 		if want[k] {
 			continue
 		}
+		cur := have[k]
 		mac := net.HardwareAddr(k[:])
 		obj := overlay.FDBObject(n.VNI, mac, cur.vtep)
 		err := h.NeighDel(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_BRIDGE, Flags: unix.NTF_SELF,
@@ -135,7 +138,7 @@ func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxInde
 		}
 		res.change(overlay.OpDelete, obj)
 	}
-	for v := range haveFlood {
+	for _, v := range sortedKeys(haveFlood, netip.Addr.Compare) {
 		if wantFlood[v] {
 			continue
 		}
@@ -200,10 +203,11 @@ func syncNeigh(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxIn
 			}
 		}
 	}
-	for ip, cur := range have {
+	for _, ip := range sortedKeys(have, netip.Addr.Compare) {
 		if want[ip] {
 			continue
 		}
+		cur := have[ip]
 		mac := net.HardwareAddr(cur.mac[:])
 		obj := overlay.NeighObject(n.VNI, ip, mac)
 		err := h.NeighDel(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_INET, IP: ip.AsSlice()})
@@ -214,4 +218,14 @@ func syncNeigh(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxIn
 		res.change(overlay.OpDelete, obj)
 	}
 	return res
+}
+
+// sortedKeys returns a map's keys in order, so that deletions are reported deterministically.
+func sortedKeys[K comparable, V any](m map[K]V, cmp func(a, b K) int) []K {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, cmp)
+	return keys
 }

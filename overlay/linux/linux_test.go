@@ -4,6 +4,7 @@ package linux
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -11,9 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"net"
+	"slices"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
+	"github.com/vishvananda/netlink"
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/vxfabric/vxfabric/overlay"
 	"github.com/vxfabric/vxfabric/overlay/internal/nstest"
@@ -57,6 +63,67 @@ func TestPrivilegedOverlay(t *testing.T) {
 			if fmt.Sprint(res.Plugged) != fmt.Sprint(want) {
 				t.Errorf("h%d plugged = %v, want %v", i+1, res.Plugged, want)
 			}
+		}
+	})
+
+	t.Run("KernelObjects", func(t *testing.T) {
+		h := l.dps[0].h
+		link := func(name string) netlink.Link {
+			t.Helper()
+			lk, err := h.LinkByName(name)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			return lk
+		}
+		for _, n := range l.nets {
+			br, vx := link(overlay.BridgeName(n.vni)), link(overlay.VxlanName(n.vni))
+			v, ok := vx.(*netlink.Vxlan)
+			if !ok {
+				t.Fatalf("%s is a %s", vx.Attrs().Name, vx.Type())
+			}
+			if v.VxlanId != int(n.vni) || v.Learning || v.Port != overlay.VXLANPort || !v.SrcAddr.Equal(net.ParseIP("198.18.0.1")) ||
+				v.Proxy != (n.mode != overlay.ModeBridged) || v.MTU != 1450 || v.MasterIndex != br.Attrs().Index {
+				t.Errorf("vxlan %d: id %d learning %v port %d local %s proxy %v mtu %d master %d (bridge %d)",
+					n.vni, v.VxlanId, v.Learning, v.Port, v.SrcAddr, v.Proxy, v.MTU, v.MasterIndex, br.Attrs().Index)
+			}
+			if br.Type() != "bridge" || br.Attrs().MTU != 1450 || br.Attrs().Flags&net.FlagUp == 0 || vx.Attrs().Flags&net.FlagUp == 0 {
+				t.Errorf("bridge %d: type %s mtu %d flags %v", n.vni, br.Type(), br.Attrs().MTU, br.Attrs().Flags)
+			}
+			if n.gwMAC != nil && br.Attrs().HardwareAddr.String() != n.gwMAC.String() {
+				t.Errorf("bridge %d has MAC %s, want the gateway's %s", n.vni, br.Attrs().HardwareAddr, n.gwMAC)
+			}
+			for _, lk := range []netlink.Link{br, vx} {
+				if addrs, _ := h.AddrList(lk, netlink.FAMILY_V6); len(addrs) != 0 {
+					t.Errorf("%s has IPv6 addresses %v: tenants would see them", lk.Attrs().Name, addrs)
+				}
+			}
+		}
+		fdb, err := h.NeighList(link("vxlan101").Attrs().Index, unix.AF_BRIDGE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var entries []string
+		for _, e := range fdb {
+			if e.IP != nil {
+				entries = append(entries, e.HardwareAddr.String()+" dst "+e.IP.String())
+			}
+		}
+		slices.Sort(entries)
+		if got := strings.Join(entries, ", "); got != "00:00:00:00:00:00 dst 198.18.0.2, 0e:00:00:01:01:02 dst 198.18.0.2" {
+			t.Errorf("vxlan101 FDB: %s", got)
+		}
+		neigh, err := h.NeighList(link("vxlan101").Attrs().Index, unix.AF_INET)
+		if err != nil || len(neigh) != 1 || neigh[0].IP.String() != "10.10.0.2" || neigh[0].HardwareAddr.String() != "0e:00:00:01:01:02" ||
+			neigh[0].State&unix.NUD_PERMANENT == 0 {
+			t.Errorf("vxlan101 neighbours: %v, err %v", neigh, err)
+		}
+		a1 := link("a1")
+		if a1.Attrs().MasterIndex != link("vxbr101").Attrs().Index || a1.Attrs().MTU != 1450 {
+			t.Errorf("port a1: master %d mtu %d", a1.Attrs().MasterIndex, a1.Attrs().MTU)
+		}
+		if v := strings.TrimSpace(l.hosts[0].MustRun(t, "sysctl", "-n", "net.ipv4.ip_forward")); v != "1" {
+			t.Errorf("h1 ip_forward = %s with nat and routed networks", v)
 		}
 	})
 
@@ -417,4 +484,56 @@ func deleteOneRule(t *testing.T, dp *Datapath, family, chain, text string) {
 		}
 	}
 	t.Fatalf("rule %q not found", text)
+}
+
+// TestPrivilegedPartialFailure: objects that cannot converge are reported one by one and the rest
+// of the state still converges; a port whose interface does not exist is not an error.
+func TestPrivilegedPartialFailure(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns := nstest.New(t, "part")
+	ns.MustRun(t, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")
+	// Someone else's device occupies the name of network 7's bridge.
+	ns.MustRun(t, "ip", "link", "add", "vxbr7", "type", "veth", "peer", "name", "other7")
+	dp, err := New(Config{NetNS: ns.Path(), Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	port := overlay.LocalPort{Interface: "tap-later", MAC: mustMAC("0e:00:00:00:00:01"), IP: netip.MustParseAddr("10.0.0.1")}
+	desired := overlay.DesiredState{
+		Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
+		Networks: []overlay.Network{
+			{VNI: 7, Mode: overlay.ModeIsolated, MTU: 1450},
+			{VNI: 8, Mode: overlay.ModeIsolated, MTU: 1450, Ports: []overlay.LocalPort{port},
+				Remotes: []overlay.RemotePort{{MAC: mustMAC("0e:00:00:00:00:02"), IP: netip.MustParseAddr("10.0.0.2"),
+					VTEP: netip.MustParseAddr("198.18.0.2")}}},
+			{VNI: 9, Mode: overlay.ModeBridged, MTU: 1450, Uplink: "nope0"},
+		},
+	}
+	res, err := dp.Apply(context.Background(), desired)
+	if !errors.Is(err, overlay.ErrUplinkMissing) {
+		t.Errorf("err = %v, want it to wrap ErrUplinkMissing", err)
+	}
+	var objs []string
+	for _, e := range res.Errors {
+		objs = append(objs, e.Object)
+	}
+	if got := strings.Join(objs, ", "); got != "bridge vxbr7, uplink nope0 master vxbr9" {
+		t.Errorf("errors for %q, want bridge vxbr7 and the uplink of 9", got)
+	}
+	if !strings.Contains(changeText(res), "add fdb vxlan8 0e:00:00:00:00:02 dst 198.18.0.2\n") {
+		t.Errorf("network 8 did not converge:\n%s", changeText(res))
+	}
+	if len(res.Plugged) != 0 {
+		t.Errorf("plugged %v, want none: tap-later does not exist", res.Plugged)
+	}
+	if out := ns.MustRun(t, "ip", "-o", "link", "show", "vxbr7"); !strings.Contains(out, "vxbr7@other7") {
+		t.Errorf("the foreign vxbr7 was touched: %s", out)
+	}
+	// The interface appears: the next Apply plugs it.
+	nstest.MustVeth(t, nstest.End{NS: ns, Name: "tap-later"}, nstest.End{NS: nstest.New(t, "vm"), Name: "eth0"})
+	res, _ = dp.Apply(context.Background(), desired)
+	if !res.Plugged["tap-later"] || !strings.Contains(changeText(res), "add port tap-later master vxbr8\n") {
+		t.Errorf("tap-later not plugged after it appeared: %v\n%s", res.Plugged, changeText(res))
+	}
 }
