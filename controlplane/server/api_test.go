@@ -153,6 +153,9 @@ func TestAPIEndToEnd(t *testing.T) {
 	if web2.Mtu != 1400 || web2.Vni != web.Vni || web2.Revision <= web.Revision {
 		t.Fatalf("updated network %v", web2)
 	}
+	if same := must(c.networks.UpdateNetwork(ctx, &vxfabricv1.UpdateNetworkRequest{Tenant: "acme", Name: "web", Mtu: 1400})).Network; same.Revision != web2.Revision {
+		t.Fatalf("an update changing nothing wrote revision %d (was %d)", same.Revision, web2.Revision)
+	}
 	_, err = c.networks.UpdateNetwork(ctx, &vxfabricv1.UpdateNetworkRequest{Tenant: "acme", Name: "web", Mtu: 1300, ExpectedRevision: web.Revision})
 	wantCode(t, "stale network update", err, codes.FailedPrecondition)
 	_, err = c.networks.DeleteNetwork(ctx, &vxfabricv1.DeleteNetworkRequest{Tenant: "acme", Name: "web", ExpectedRevision: web.Revision})

@@ -216,9 +216,12 @@ func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected in
 		if expected != 0 && p.Revision != expected {
 			return nil, fmt.Errorf("port %q in tenant %q is at revision %d, not %d: %w", name, tenant, p.Revision, expected, ErrStale)
 		}
-		read, plugged := p.Revision, p.Plugged
+		read, plugged, before := p.Revision, p.Plugged, proto.Clone(p)
 		if err := mutate(p); err != nil {
 			return nil, err
+		}
+		if proto.Equal(before, p) {
+			return p, nil // nothing to write: no new revision, no delta for the agents
 		}
 		p.Revision, p.Plugged = 0, false
 		key := PortKey(p.Id)

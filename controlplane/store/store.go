@@ -366,9 +366,12 @@ func (s *Store) UpdateNetwork(ctx context.Context, tenant, name string, expected
 		if expected != 0 && n.Revision != expected {
 			return nil, fmt.Errorf("network %q in tenant %q is at revision %d, not %d: %w", name, tenant, n.Revision, expected, ErrStale)
 		}
-		read := n.Revision
+		read, before := n.Revision, proto.Clone(n)
 		if err := mutate(n); err != nil {
 			return nil, err
+		}
+		if proto.Equal(before, n) {
+			return n, nil // nothing to write: no new revision, no delta for the agents
 		}
 		n.Revision = 0
 		key := NetworkKey(n.Id)
