@@ -214,6 +214,9 @@ func (r *run) ensureVxlan(n overlay.Network, br netlink.Link) (netlink.Link, err
 	name := overlay.VxlanName(n.VNI)
 	local := r.desired.Underlay.VTEP
 	l := r.links[name]
+	if l != nil && l.Type() != "vxlan" {
+		return nil, fmt.Errorf("%q exists as a %s device, not a vxlan", name, l.Type())
+	}
 	if l != nil && !vxlanCompatible(l, n, local) {
 		if err := h.LinkDel(l); err != nil {
 			return nil, fmt.Errorf("delete incompatible vxlan %q (vni %d): %w", name, n.VNI, err)
@@ -486,8 +489,7 @@ func (r *run) releasePorts() {
 	}
 	bridges := make(map[int]netlink.Link)
 	for _, l := range r.links {
-		if vni, ok := ourVNI(l); ok && l.Type() == "bridge" {
-			_ = vni
+		if _, ok := ourVNI(l); ok && l.Type() == "bridge" {
 			bridges[l.Attrs().Index] = l
 		}
 	}

@@ -494,6 +494,7 @@ func TestPrivilegedPartialFailure(t *testing.T) {
 	ns.MustRun(t, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")
 	// Someone else's device occupies the name of network 7's bridge.
 	ns.MustRun(t, "ip", "link", "add", "vxbr7", "type", "veth", "peer", "name", "other7")
+	ns.MustRun(t, "ip", "link", "add", "vxlan6", "type", "veth", "peer", "name", "other6")
 	dp, err := New(Config{NetNS: ns.Path(), Logger: discard()})
 	if err != nil {
 		t.Fatal(err)
@@ -504,6 +505,7 @@ func TestPrivilegedPartialFailure(t *testing.T) {
 		Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
 		Networks: []overlay.Network{
 			{VNI: 7, Mode: overlay.ModeIsolated, MTU: 1450},
+			{VNI: 6, Mode: overlay.ModeIsolated, MTU: 1450},
 			{VNI: 8, Mode: overlay.ModeIsolated, MTU: 1450, Ports: []overlay.LocalPort{port},
 				Remotes: []overlay.RemotePort{{MAC: mustMAC("0e:00:00:00:00:02"), IP: netip.MustParseAddr("10.0.0.2"),
 					VTEP: netip.MustParseAddr("198.18.0.2")}}},
@@ -518,8 +520,8 @@ func TestPrivilegedPartialFailure(t *testing.T) {
 	for _, e := range res.Errors {
 		objs = append(objs, e.Object)
 	}
-	if got := strings.Join(objs, ", "); got != "bridge vxbr7, uplink nope0 master vxbr9" {
-		t.Errorf("errors for %q, want bridge vxbr7 and the uplink of 9", got)
+	if got := strings.Join(objs, ", "); got != "bridge vxbr7, vxlan vxlan6, uplink nope0 master vxbr9" {
+		t.Errorf("errors for %q, want bridge vxbr7, vxlan vxlan6 and the uplink of 9", got)
 	}
 	if !strings.Contains(changeText(res), "add fdb vxlan8 0e:00:00:00:00:02 dst 198.18.0.2\n") {
 		t.Errorf("network 8 did not converge:\n%s", changeText(res))
@@ -527,8 +529,11 @@ func TestPrivilegedPartialFailure(t *testing.T) {
 	if len(res.Plugged) != 0 {
 		t.Errorf("plugged %v, want none: tap-later does not exist", res.Plugged)
 	}
-	if out := ns.MustRun(t, "ip", "-o", "link", "show", "vxbr7"); !strings.Contains(out, "vxbr7@other7") {
-		t.Errorf("the foreign vxbr7 was touched: %s", out)
+	for _, foreign := range []string{"vxbr7@other7", "vxlan6@other6"} {
+		name, _, _ := strings.Cut(foreign, "@")
+		if out := ns.MustRun(t, "ip", "-o", "link", "show", name); !strings.Contains(out, foreign) {
+			t.Errorf("the foreign %s was touched: %s", name, out)
+		}
 	}
 	// The interface appears: the next Apply plugs it.
 	nstest.MustVeth(t, nstest.End{NS: ns, Name: "tap-later"}, nstest.End{NS: nstest.New(t, "vm"), Name: "eth0"})

@@ -108,7 +108,7 @@ func (r *run) nftAdd() {
 		if ch := haveChains[key]; ch != nil {
 			if ch.Hooknum == nil || *ch.Hooknum != *hooks[pc.Hook] || ch.Type != nftables.ChainType(pc.Type) ||
 				ch.Priority == nil || int(*ch.Priority) != pc.Priority {
-				r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("exists with another hook, type or priority"))
+				r.fail(overlay.ChainObject(pc.Family, pc.Name), errors.New("exists with another hook, type or priority"))
 			}
 			ch.Table = r.nft.tables[pc.Family]
 			chains[key] = ch
