@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -222,4 +223,77 @@ func TestStaleRevisionRefused(t *testing.T) {
 	if n := len(h1b.rec.results()); n != 0 {
 		t.Fatalf("restarted agent applied a stale state %d times", n)
 	}
+}
+
+// TestFailoverBetweenServers gives the agents two servers: when the one serving a stream stops, the
+// agents resume on the other and keep converging.
+func TestFailoverBetweenServers(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	a, b := startServer(t, cli, ""), startServer(t, cli, "")
+	var hs []*host
+	for i, name := range []string{"h1", "h2"} {
+		vtep := "198.18.0." + string(rune('1'+i))
+		w.mu.Lock()
+		w.vteps[name] = vtep
+		w.mu.Unlock()
+		hs = append(hs, startHost(t, name, vtep, hostOpts{servers: []string{a.addr, b.addr}}))
+	}
+	w.network("n1", 100)
+	w.port("p1", "n1", "h1", 1)
+	w.port("p2", "n1", "h2", 2)
+	w.converge(5*time.Second, hs...)
+	a.stop()
+	w.port("p3", "n1", "h2", 3)
+	w.converge(5*time.Second, hs...)
+	b.stop()
+	startServer(t, cli, a.addr)
+	w.delPort("p1")
+	w.converge(5*time.Second, hs...)
+}
+
+// TestApplyErrorsRetried fails the first Applies: they are counted and retried until the kernel
+// converges, with no new trigger needed.
+func TestApplyErrorsRetried(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	srv := startServer(t, cli, "")
+	w.mu.Lock()
+	w.vteps["h1"], w.vteps["h2"] = "198.18.0.1", "198.18.0.2"
+	w.mu.Unlock()
+	h2 := startHost(t, "h2", "198.18.0.2", hostOpts{servers: []string{srv.addr}})
+	w.network("n1", 100)
+	w.port("p1", "n1", "h1", 1)
+	w.port("p2", "n1", "h2", 2)
+	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{srv.addr}, failN: 3})
+	w.converge(5*time.Second, h1, h2)
+	if n := h1.counter(h1.agent.met.reconcileErrors); n != 3 {
+		t.Fatalf("counted %v reconcile errors, want 3", n)
+	}
+}
+
+// TestDriftRepairedByFullPass removes an FDB entry behind the agent's back: the periodic full pass
+// puts it back.
+func TestDriftRepairedByFullPass(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	srv := startServer(t, cli, "")
+	var hs []*host
+	for i, name := range []string{"h1", "h2"} {
+		vtep := "198.18.0." + string(rune('1'+i))
+		w.mu.Lock()
+		w.vteps[name] = vtep
+		w.mu.Unlock()
+		hs = append(hs, startHost(t, name, vtep, hostOpts{servers: []string{srv.addr}, resync: 200 * time.Millisecond}))
+	}
+	w.network("n1", 100)
+	w.port("p1", "n1", "h1", 1)
+	w.port("p2", "n1", "h2", 2)
+	w.converge(5*time.Second, hs...)
+	mac, _ := net.ParseMAC("0e:00:00:00:00:02")
+	hs[0].dp.DeleteFDB(100, mac)
+	if got := normalize(hs[0].kernel()); slices.Equal(got, w.expect("h1")) {
+		t.Fatal("drift not injected")
+	}
+	w.converge(2*time.Second, hs[0])
 }

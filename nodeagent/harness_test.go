@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -135,14 +136,24 @@ func (l *links) set(dp *fake.Datapath, name string, present bool) {
 	}
 }
 
-// recorder wraps a datapath and records every Apply.
+// recorder wraps a datapath and records every Apply; the first failN fail without touching it.
 type recorder struct {
 	overlay.Datapath
 	mu      sync.Mutex
 	applies []overlay.Result
+	failN   int
 }
 
+var errInjected = errors.New("injected apply failure")
+
 func (r *recorder) Apply(ctx context.Context, d overlay.DesiredState) (overlay.Result, error) {
+	r.mu.Lock()
+	if r.failN > 0 {
+		r.failN--
+		r.mu.Unlock()
+		return overlay.Result{}, errInjected
+	}
+	r.mu.Unlock()
 	res, err := r.Datapath.Apply(ctx, d)
 	r.mu.Lock()
 	r.applies = append(r.applies, res)
@@ -176,6 +187,8 @@ type hostOpts struct {
 	member  *membership.Member
 	dp      *fake.Datapath // a previous host's kernel (restart); nil: a fresh one
 	state   string         // state dir; "" : a new one
+	resync  time.Duration  // full pass period; 0: the default
+	failN   int            // the first failN Applies fail
 }
 
 func startHost(t *testing.T, name, vtep string, o hostOpts) *host {
@@ -187,7 +200,7 @@ func startHost(t *testing.T, name, vtep string, o hostOpts) *host {
 	if h.stateDir == "" {
 		h.stateDir = t.TempDir()
 	}
-	h.rec = &recorder{Datapath: h.dp}
+	h.rec = &recorder{Datapath: h.dp, failN: o.failN}
 	cfg := Default()
 	cfg.Node = name
 	cfg.VTEP = h.vtep
@@ -201,6 +214,9 @@ func startHost(t *testing.T, name, vtep string, o hostOpts) *host {
 	cfg.BackoffMin, cfg.BackoffMax = 20*time.Millisecond, 500*time.Millisecond
 	cfg.Logger = testLogger().With("host", name)
 	cfg.Registerer = h.reg
+	if o.resync > 0 {
+		cfg.FullResyncInterval = o.resync
+	}
 	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
