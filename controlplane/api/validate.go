@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
-	"strings"
 
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/store"
@@ -100,10 +99,17 @@ func hasGateway(m vxfabricv1.NetworkMode) bool {
 	return m == vxfabricv1.NetworkMode_NETWORK_MODE_NAT || m == vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED
 }
 
-// validInterface checks a Linux interface name.
+// validInterface checks a Linux interface name as the kernel's dev_valid_name() does: 1-15 bytes,
+// not "." or "..", no '/', ':', NUL or whitespace (the kernel's isspace() includes 0xa0). We also
+// refuse other control bytes: no real NIC has them and they garble every listing.
 func validInterface(s string) error {
-	if s == "" || len(s) > 15 || s == "." || s == ".." || strings.ContainsAny(s, "/: \t\n") {
-		return invalid("interface %q: want a Linux interface name of 1-15 characters", s)
+	bad := s == "" || len(s) > 15 || s == "." || s == ".."
+	for i := 0; i < len(s) && !bad; i++ {
+		c := s[i]
+		bad = c == '/' || c == ':' || c <= ' ' || c == 0x7f || c == 0xa0
+	}
+	if bad {
+		return invalid("interface %q: want a Linux interface name of 1-15 characters, without '/', ':' or spaces", s)
 	}
 	return nil
 }
