@@ -289,3 +289,28 @@ func TestPrivilegedProbes(t *testing.T) {
 		t.Fatalf("dial to a closed port: %v, want refused", err)
 	}
 }
+
+func TestParseNIC(t *testing.T) {
+	tests := []struct {
+		in   string
+		want NICSpec
+		ok   bool
+	}{
+		{"acme/web", NICSpec{Tenant: "acme", Network: "web"}, true},
+		{"acme/web=10.0.0.5", NICSpec{Tenant: "acme", Network: "web", IP: "10.0.0.5"}, true},
+		{"acme/web=", NICSpec{Tenant: "acme", Network: "web"}, true},
+		{"acme/", NICSpec{}, false},
+		{"/web", NICSpec{}, false},
+		{"acme/web/x", NICSpec{}, false},
+		{"a/b=::1", NICSpec{}, false},
+		{"a/b=1.2.3.4%eth0", NICSpec{}, false},
+		{"a/b=c=d", NICSpec{}, false},
+		{"", NICSpec{}, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseNIC(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseNIC(%q) = %+v, %v; want %+v ok=%t", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}

@@ -35,8 +35,12 @@ func ParseNIC(s string) (NICSpec, error) {
 		return NICSpec{}, fmt.Errorf("nic %q: want TENANT/NETWORK[=IP]", s)
 	}
 	if ip != "" {
-		if _, err := netip.ParseAddr(ip); err != nil {
+		addr, err := netip.ParseAddr(ip)
+		if err != nil {
 			return NICSpec{}, fmt.Errorf("nic %q: %w", s, err)
+		}
+		if !addr.Is4() {
+			return NICSpec{}, fmt.Errorf("nic %q: %s is not an IPv4 address", s, ip)
 		}
 	}
 	return NICSpec{Tenant: tenant, Network: network, IP: ip}, nil
