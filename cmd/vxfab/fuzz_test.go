@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 	"time"
 
 	"google.golang.org/grpc"
@@ -248,7 +250,7 @@ func FuzzVNIRange(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		cfg, err := serverConfig(serverFlags{listen: "127.0.0.1:0", dataDir: "/nonexistent", vniRanges: []string{s}, underlayMTU: 1500, logLevel: "error"})
+		cfg, err := serverConfig(serverFlags{listen: []string{"127.0.0.1:0"}, dataDir: "/nonexistent", vniRanges: []string{s}, underlayMTU: 1500, logLevel: "error"}, prometheus.NewRegistry())
 		if err != nil {
 			oneLine(t, err)
 			return

@@ -6,8 +6,10 @@ import (
 	"os"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
+	"github.com/vxfabric/vxfabric/controlplane/fanout"
 	"github.com/vxfabric/vxfabric/controlplane/server"
 )
 
@@ -15,7 +17,8 @@ func init() { register(newServerCmd) }
 
 // serverFlags are the flags of `vxfab server`.
 type serverFlags struct {
-	listen        string
+	listen        []string
+	metricsListen string
 	dataDir       string
 	etcdEndpoints []string
 	etcdCert      string
@@ -34,15 +37,22 @@ func newServerCmd() *cobra.Command {
 		Short: "run the API server (embedded etcd unless --etcd-endpoints is given)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := serverConfig(f)
+			reg := prometheus.NewRegistry()
+			cfg, err := serverConfig(f, reg)
 			if err != nil {
 				return err
 			}
+			stopMetrics, err := serveMetrics(cmd.Context(), f.metricsListen, reg, cfg.Logger)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			return server.Run(cmd.Context(), cfg)
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&f.listen, "listen", def.Listen, "API address: host:port or unix:///path")
+	fs.StringArrayVar(&f.listen, "listen", []string{def.Listen}, "API address: host:port or unix:///path; repeat to serve several")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (default: off)")
 	fs.StringVar(&f.dataDir, "data-dir", def.DataDir, "directory of the embedded etcd's data")
 	fs.StringSliceVar(&f.etcdEndpoints, "etcd-endpoints", nil, "external etcd cluster endpoints, comma separated (default: embedded etcd)")
 	fs.StringVar(&f.etcdCert, "etcd-cert", "", "etcd client certificate")
@@ -56,14 +66,17 @@ func newServerCmd() *cobra.Command {
 
 // serverConfig turns the flags into the server's Config. Plugins (the Sync fan-out, the security
 // interceptors and TokenService) are appended here, one line each.
-func serverConfig(f serverFlags) (server.Config, error) {
+func serverConfig(f serverFlags, reg prometheus.Registerer) (server.Config, error) {
 	cfg := server.Default()
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return cfg, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	cfg.Listen = f.listen
+	if len(f.listen) == 0 {
+		return cfg, fmt.Errorf("--listen: at least one address is required")
+	}
+	cfg.Listen, cfg.AlsoListen = f.listen[0], f.listen[1:]
 	cfg.DataDir = f.dataDir
 	for _, e := range f.etcdEndpoints {
 		if e = strings.TrimSpace(e); e != "" {
@@ -82,6 +95,9 @@ func serverConfig(f serverFlags) (server.Config, error) {
 		}
 	}
 	cfg.UnderlayMTU = f.underlayMTU
+	hub := fanout.Default()
+	hub.Registerer = reg
+	cfg.Plugins = append(cfg.Plugins, fanout.Plugin(hub))
 	if err := cfg.Validate(); err != nil {
 		return cfg, err
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,8 +62,9 @@ func (c Config) Validate() error {
 
 // Server is a running embedded etcd.
 type Server struct {
-	etcd    *embed.Etcd
-	closing *atomic.Bool
+	etcd      *embed.Etcd
+	closing   *atomic.Bool
+	closeOnce sync.Once
 }
 
 // Start runs etcd and returns once it serves clients.
@@ -140,9 +142,12 @@ func (s *Server) Client() (*clientv3.Client, error) {
 }
 
 // Close stops etcd. What etcd logs while shutting down is dropped: it is noise to a user.
+// Safe to call more than once.
 func (s *Server) Close() {
-	s.closing.Store(true)
-	s.etcd.Close()
+	s.closeOnce.Do(func() {
+		s.closing.Store(true)
+		s.etcd.Close()
+	})
 }
 
 // slogCore forwards etcd's warnings and errors to slog.
@@ -158,8 +163,16 @@ func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
 	return &slogCore{log: c.log, fields: append(append([]zapcore.Field{}, c.fields...), fields...), closing: c.closing}
 }
 
+// expectedWarnings are what etcd warns about by design of an embedded single node on loopback: the
+// client port serves both gRPC and HTTP, and the auth token is the simple kind (etcd auth is off;
+// vxfabric authenticates its own callers). Users cannot act on them, so they are not shown.
+var expectedWarnings = map[string]bool{
+	"Running http and grpc server on single port. This is not recommended for production.": true,
+	"simple token is not cryptographically signed":                                          true,
+}
+
 func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if c.Enabled(e.Level) {
+	if c.Enabled(e.Level) && !expectedWarnings[e.Message] {
 		return ce.AddCore(e, c)
 	}
 	return ce

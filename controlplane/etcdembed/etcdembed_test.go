@@ -52,3 +52,14 @@ func TestValidate(t *testing.T) {
 		t.Fatal("empty config validated")
 	}
 }
+
+func TestCloseTwice(t *testing.T) {
+	cfg := Default(t.TempDir())
+	cfg.Fast = true
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s.Close()
+}

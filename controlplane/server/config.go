@@ -67,6 +67,9 @@ type Plugin func(ctx context.Context, host Host) (Extension, error)
 type Config struct {
 	// Listen is "host:port" (TCP) or "unix:///path". Default 127.0.0.1:7400; port 0 picks a free one.
 	Listen string
+	// AlsoListen are further addresses served alongside Listen, in the same forms (the lab serves its
+	// agents on the underlay and its CLI on a unix socket).
+	AlsoListen []string
 	// DataDir holds the embedded etcd's data (DataDir/etcd). Default DefaultDataDir().
 	DataDir string
 	Etcd    EtcdConfig
@@ -132,8 +135,10 @@ func listenAddr(s string) (network, address string, err error) {
 
 // Validate reports a configuration the server cannot start with.
 func (c Config) Validate() error {
-	if _, _, err := listenAddr(c.Listen); err != nil {
-		return err
+	for _, l := range append([]string{c.Listen}, c.AlsoListen...) {
+		if _, _, err := listenAddr(l); err != nil {
+			return err
+		}
 	}
 	if len(c.Etcd.Endpoints) == 0 && c.DataDir == "" {
 		return errors.New("a data directory is required for the embedded etcd")

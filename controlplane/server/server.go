@@ -40,7 +40,7 @@ type Server struct {
 	store    *store.Store
 	grpc     *grpc.Server
 	health   *health.Server
-	lis      net.Listener
+	lis      []net.Listener // lis[0] is Config.Listen
 	services []string
 	closers  []func()
 
@@ -121,14 +121,18 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	reflection.Register(s.grpc)
 	s.setServing(false)
 
-	network, address, _ := listenAddr(cfg.Listen)
-	if network == "unix" {
-		if err := prepareSocket(address); err != nil {
-			return nil, err
+	for _, l := range append([]string{cfg.Listen}, cfg.AlsoListen...) {
+		network, address, _ := listenAddr(l)
+		if network == "unix" {
+			if err := prepareSocket(address); err != nil {
+				return nil, err
+			}
 		}
-	}
-	if s.lis, err = net.Listen(network, address); err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		lis, err := net.Listen(network, address)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", l, err)
+		}
+		s.lis = append(s.lis, lis)
 	}
 
 	s.wg.Add(1)
@@ -178,8 +182,8 @@ func prepareSocket(path string) error {
 	return nil
 }
 
-// Addr is the bound address (useful with port 0).
-func (s *Server) Addr() net.Addr { return s.lis.Addr() }
+// Addr is the bound address of Config.Listen (useful with port 0).
+func (s *Server) Addr() net.Addr { return s.lis[0].Addr() }
 
 // Etcd is the server's etcd client (owned by the server).
 func (s *Server) Etcd() *clientv3.Client { return s.cli }
@@ -187,14 +191,22 @@ func (s *Server) Etcd() *clientv3.Client { return s.cli }
 // Store is the server's store.
 func (s *Server) Store() *store.Store { return s.store }
 
-// Serve serves until Close; it returns nil after Close.
+// Serve serves every listener until Close; it returns nil after Close, or the first listener's
+// failure.
 func (s *Server) Serve() error {
-	s.cfg.Logger.Info("api server serving", "addr", s.lis.Addr().String())
-	err := s.grpc.Serve(s.lis)
-	if errors.Is(err, grpc.ErrServerStopped) {
-		return nil
+	errc := make(chan error, len(s.lis))
+	for _, lis := range s.lis {
+		s.cfg.Logger.Info("api server serving", "addr", lis.Addr().String())
+		go func() { errc <- s.grpc.Serve(lis) }()
 	}
-	return err
+	var first error
+	for range s.lis {
+		if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) && first == nil {
+			first = err
+			s.grpc.Stop() // one listener failed: stop serving the others too
+		}
+	}
+	return first
 }
 
 func (s *Server) setServing(ok bool) {
@@ -263,8 +275,8 @@ func (s *Server) Close() {
 func (s *Server) release() {
 	s.cancel()
 	s.wg.Wait()
-	if s.lis != nil {
-		s.lis.Close() // already closed when Serve ran; a listener never served is closed here
+	for _, lis := range s.lis {
+		lis.Close() // already closed when Serve ran; a listener never served is closed here
 	}
 	for i := len(s.closers) - 1; i >= 0; i-- {
 		s.closers[i]()
