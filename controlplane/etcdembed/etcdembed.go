@@ -168,7 +168,7 @@ func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
 // vxfabric authenticates its own callers). Users cannot act on them, so they are not shown.
 var expectedWarnings = map[string]bool{
 	"Running http and grpc server on single port. This is not recommended for production.": true,
-	"simple token is not cryptographically signed":                                          true,
+	"simple token is not cryptographically signed":                                         true,
 }
 
 func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
