@@ -48,7 +48,7 @@ func addClientFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&cliOpts.tlsCert, "tls-cert", "", "client certificate (env VXFAB_TLS_CERT)")
 	fs.StringVar(&cliOpts.tlsKey, "tls-key", "", "client key (env VXFAB_TLS_KEY)")
 	fs.BoolVar(&cliOpts.insecure, "insecure", false, "connect without TLS")
-	fs.StringVar(&cliOpts.profile, "profile", "", "client profile file written by `vxfab lab up` (env VXFAB_PROFILE; default "+defaultProfilePath+" when present)")
+	fs.StringVar(&cliOpts.profile, "profile", "", "client profile file, as written by vxfab lab up (env VXFAB_PROFILE; default "+defaultProfilePath+" when present)")
 	fs.DurationVar(&cliOpts.timeout, "timeout", 15*time.Second, "deadline of one API call")
 }
 
