@@ -17,8 +17,6 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -156,25 +154,19 @@ func (s *testServer) dial(t *testing.T, c client) *grpc.ClientConn {
 	if c.unix {
 		target = "unix://" + s.unixPath
 	}
-	opts := append([]grpc.DialOption{}, c.dialOpts...)
-	secure := !c.plain
-	if secure {
+	cc := ClientConfig{Token: c.token, Insecure: c.plain, Unix: c.unix}
+	if !c.plain {
 		caDir, certDir := firstOf(c.caDir, s.pkiDir), firstOf(c.certDir, s.pkiDir)
-		var certFile, keyFile string
+		cc.CAFile = filepath.Join(caDir, pki.CACertFile)
 		if c.cert != "" {
-			certFile, keyFile = filepath.Join(certDir, c.cert+".crt"), filepath.Join(certDir, c.cert+".key")
+			cc.CertFile, cc.KeyFile = filepath.Join(certDir, c.cert+".crt"), filepath.Join(certDir, c.cert+".key")
 		}
-		cfg, err := pki.ClientTLSConfig(filepath.Join(caDir, pki.CACertFile), certFile, keyFile, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	} else {
-		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
-	if c.token != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: c.token, secure: secure}))
+	opts, err := cc.DialOptions()
+	if err != nil {
+		t.Fatal(err)
 	}
+	opts = append(opts, c.dialOpts...)
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -189,16 +181,6 @@ func firstOf(a, b string) string {
 	}
 	return b
 }
-
-type bearer struct {
-	token  string
-	secure bool
-}
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + b.token}, nil
-}
-func (b bearer) RequireTransportSecurity() bool { return b.secure }
 
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -306,3 +306,24 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("default: %v", err)
 	}
 }
+
+func TestClientConfigRefusesCleartextCredentials(t *testing.T) {
+	for name, c := range map[string]ClientConfig{
+		"token over plain TCP without asking": {Token: "x"},
+		"nothing at all":                      {},
+		"certificate without a CA":            {CertFile: "a.crt", KeyFile: "a.key", Insecure: true},
+		"CA file missing":                     {CAFile: "/nonexistent/ca.crt"},
+	} {
+		if _, err := c.DialOptions(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	for name, c := range map[string]ClientConfig{
+		"insecure with token": {Token: "x", Insecure: true},
+		"unix with token":     {Token: "x", Unix: true},
+	} {
+		if _, err := c.DialOptions(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
