@@ -1,0 +1,207 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
+	"github.com/vxfabric/vxfabric/controlplane/server"
+	"github.com/vxfabric/vxfabric/controlplane/store"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// AllocationConfig is benchmark 3.
+type AllocationConfig struct {
+	// Clients are the concurrency levels measured.
+	Clients []int
+	// Duration of each measurement.
+	Duration time.Duration
+	Logger   *slog.Logger
+	Progress func(format string, args ...any)
+}
+
+// rawPrefix holds the keys of the bare create-if-absent transactions (outside the fabric's prefix).
+const rawPrefix = "/vxbench/raw/"
+
+// RunAllocation runs benchmark 3: one embedded etcd, two API server replicas on it; network creates
+// per second at each concurrency (clients alternate between the replicas), then bare etcd
+// create-if-absent transactions at the same concurrency on the same etcd, then a count of duplicate VNIs.
+func RunAllocation(ctx context.Context, cfg AllocationConfig) Outcome {
+	out := Outcome{Benchmark: "3 allocation"}
+	if err := allocation(ctx, cfg, &out); err != nil {
+		out.Error = err.Error()
+	}
+	return out
+}
+
+func allocation(ctx context.Context, cfg AllocationConfig, out *Outcome) error {
+	dir, cleanup, err := TempDir("alloc")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	ecfg := etcdembed.Default(filepath.Join(dir, "etcd"))
+	etcd, err := etcdembed.Start(ctx, ecfg)
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+
+	var conns []*grpc.ClientConn
+	for i := range 2 {
+		scfg := server.Default()
+		scfg.Listen = "127.0.0.1:0"
+		scfg.DataDir = ""
+		scfg.Etcd.Endpoints = []string{etcd.Endpoint()}
+		scfg.Logger = cfg.Logger
+		srv, err := server.New(ctx, scfg)
+		if err != nil {
+			return fmt.Errorf("start server replica %d: %w", i+1, err)
+		}
+		go srv.Serve()
+		defer srv.Close()
+		conn, err := grpc.NewClient(srv.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fmt.Errorf("dial server replica %d: %w", i+1, err)
+		}
+		defer conn.Close()
+		conns = append(conns, conn)
+	}
+	tenants := vxfabricv1.NewTenantServiceClient(conns[0])
+	if _, err := tenants.CreateTenant(ctx, &vxfabricv1.CreateTenantRequest{Name: "alloc"}); err != nil {
+		return fmt.Errorf("create tenant %q: %w", "alloc", err)
+	}
+	var rawClients []*clientv3.Client
+	for range 2 {
+		c, err := etcd.Client()
+		if err != nil {
+			return fmt.Errorf("etcd client: %w", err)
+		}
+		defer c.Close()
+		rawClients = append(rawClients, c)
+	}
+
+	var seq atomic.Int64
+	created := 0
+	for _, n := range cfg.Clients {
+		rate, err := measureRate(ctx, n, cfg.Duration, func(ctx context.Context, worker int) error {
+			i := seq.Add(1)
+			c := vxfabricv1.NewNetworkServiceClient(conns[worker%2])
+			_, err := c.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{
+				Tenant: "alloc", Name: fmt.Sprintf("n%d", i), Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED,
+			})
+			if err != nil {
+				return fmt.Errorf("create network n%d: %w", i, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		created += rate.ops
+		raw, err := measureRate(ctx, n, cfg.Duration, func(ctx context.Context, worker int) error {
+			key := fmt.Sprintf("%s%d", rawPrefix, seq.Add(1))
+			resp, err := rawClients[worker%2].Txn(ctx).
+				If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+				Then(clientv3.OpPut(key, "x")).
+				Commit()
+			if err != nil {
+				return fmt.Errorf("txn on %s: %w", key, err)
+			}
+			if !resp.Succeeded {
+				return fmt.Errorf("txn on %s: key already present", key)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		cfg.Progress("allocation, %d clients: %.0f networks/s, raw etcd %.0f txn/s", n, rate.perSec, raw.perSec)
+		out.Metrics = append(out.Metrics,
+			InfoMetric(fmt.Sprintf("%d client(s): raw etcd create-if-absent", n), raw.perSec, "txn/s"),
+			InfoMetric(fmt.Sprintf("%d client(s): network creates", n), rate.perSec, "/s"),
+			NewMetric(fmt.Sprintf("%d client(s): network creates / raw txns", n), rate.perSec/raw.perSec, "", AtLeast, 0.5),
+		)
+	}
+	dups, total, err := duplicateVNIs(ctx, rawClients[0])
+	if err != nil {
+		return err
+	}
+	if total != created {
+		return fmt.Errorf("%d networks in etcd, %d created", total, created)
+	}
+	m := NewMetric("duplicate VNIs", float64(dups), "", Equal, 0)
+	m.Note = fmt.Sprintf("over %d networks created by 2 replicas", total)
+	out.Metrics = append(out.Metrics, m)
+	out.Notes = append(out.Notes, "two API server replicas (controlplane/server) on one embedded etcd; clients alternate between them, one gRPC connection per replica")
+	return nil
+}
+
+type rateResult struct {
+	ops    int
+	perSec float64
+}
+
+// measureRate runs op from n goroutines for d and returns the completed operations per second.
+func measureRate(ctx context.Context, n int, d time.Duration, op func(ctx context.Context, worker int) error) (rateResult, error) {
+	var ops atomic.Int64
+	var firstErr error
+	var once sync.Once
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) && rctx.Err() == nil {
+				if err := op(rctx, w); err != nil {
+					once.Do(func() { firstErr = err; cancel() })
+					return
+				}
+				ops.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if firstErr != nil {
+		return rateResult{}, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return rateResult{}, err
+	}
+	return rateResult{ops: int(ops.Load()), perSec: float64(ops.Load()) / took.Seconds()}, nil
+}
+
+// duplicateVNIs reads every network from etcd and counts networks sharing a VNI with an earlier one.
+func duplicateVNIs(ctx context.Context, cli *clientv3.Client) (dups, total int, err error) {
+	resp, err := cli.Get(ctx, store.Prefix+"networks/", clientv3.WithPrefix())
+	if err != nil {
+		return 0, 0, fmt.Errorf("read networks: %w", err)
+	}
+	seen := map[uint32]bool{}
+	for _, kv := range resp.Kvs {
+		n := &vxfabricv1.Network{}
+		if err := proto.Unmarshal(kv.Value, n); err != nil {
+			return 0, 0, fmt.Errorf("decode network %s: %w", kv.Key, err)
+		}
+		if seen[n.GetVni()] {
+			dups++
+		}
+		seen[n.GetVni()] = true
+	}
+	return dups, len(resp.Kvs), nil
+}

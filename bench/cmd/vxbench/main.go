@@ -1,0 +1,101 @@
+// Command vxbench runs vxfabric's benchmarks (`make bench`), prints one table of figures against
+// their targets and writes it as JSON with the machine, the commit and the date. Slow figures are
+// reported as "NOT MET"; the exit status is non-zero only when a benchmark could not measure.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vxfabric/vxfabric/bench"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	quick := flag.Bool("quick", os.Getenv("QUICK") != "", "reduced run (under 2 minutes)")
+	out := flag.String("out", "bench/results/latest.json", "where the JSON report goes (empty: nowhere)")
+	only := flag.String("only", "", "comma-separated benchmark numbers to run (default all), e.g. 1,3")
+	profileDir := flag.String("profile-dir", "", "write CPU profiles of the convergence runs here")
+	logLevel := flag.String("log-level", "error", "level of the components' logs on stderr")
+	bin := flag.String("bin", envOr("VXFAB_BIN", "bin/vxfab"), "the vxfab binary (lab and memory benchmarks)")
+	flag.Parse()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "vxbench: --log-level %q: want debug, info, warn or error\n", *logLevel)
+		return 2
+	}
+	opts := bench.Options{
+		Quick:      *quick,
+		ProfileDir: *profileDir,
+		Bin:        *bin,
+		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		Progress: func(format string, args ...any) {
+			fmt.Fprintf(os.Stderr, "%s vxbench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+		},
+	}
+	if *only != "" {
+		for _, f := range strings.Split(*only, ",") {
+			opts.Only = append(opts.Only, strings.TrimSpace(f))
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	start := time.Now()
+	commit, dirty := bench.GitCommit(".")
+	rep := bench.Report{Date: start.UTC(), Commit: commit, Dirty: dirty, Quick: *quick, Machine: bench.ReadMachine()}
+	for _, b := range bench.All() {
+		if len(opts.Only) > 0 && !slices.Contains(opts.Only, b.ID) {
+			continue
+		}
+		opts.Progress("benchmark %s: %s", b.ID, b.Name)
+		t := time.Now()
+		o := b.Run(ctx, opts)
+		o.Took = time.Since(t)
+		rep.Outcomes = append(rep.Outcomes, o)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	rep.Took = time.Since(start).Round(time.Second).String()
+	fmt.Println()
+	rep.PrintTable(os.Stdout)
+	fmt.Printf("took %s\n", rep.Took)
+	if *out != "" {
+		if err := rep.WriteJSON(*out); err != nil {
+			fmt.Fprintln(os.Stderr, "vxbench:", err)
+			return 1
+		}
+		fmt.Printf("wrote %s\n", *out)
+	}
+	failed := 0
+	for _, o := range rep.Outcomes {
+		if o.Error != "" {
+			failed++
+		}
+	}
+	if failed > 0 || ctx.Err() != nil {
+		fmt.Fprintf(os.Stderr, "vxbench: %d benchmark(s) could not measure\n", failed)
+		return 1
+	}
+	return 0
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
