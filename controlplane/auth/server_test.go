@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/vxfabric/vxfabric/controlplane/fanout"
 	"github.com/vxfabric/vxfabric/controlplane/server"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"github.com/vxfabric/vxfabric/security/pki"
@@ -25,7 +26,8 @@ func TestRealServerTenantIsolation(t *testing.T) {
 	cfg.EmbeddedFast = true
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	authCfg := Default(dataDir)
-	cfg.Plugins = []server.Plugin{Plugin(authCfg)}
+	// Auth first: interceptors run in the order the plugins hand them in.
+	cfg.Plugins = []server.Plugin{Plugin(authCfg), fanout.Plugin(fanout.Default())}
 	srv, err := server.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -124,8 +126,24 @@ func TestRealServerTenantIsolation(t *testing.T) {
 		t.Errorf("b/net after tenant a's attempts: %v, %v", got, err)
 	}
 
-	// Node certificates made later by the same CA are accepted; agents cannot use the admin API.
+	// Node certificates made later by the same CA are accepted by the real Sync hub, for their own
+	// node only; agents cannot use the admin API.
 	h1 := s.dial(t, client{cert: "node-h1"})
+	snap, err := syncFirst(ctx, h1, "h1")
+	if err != nil {
+		t.Fatalf("h1 Syncs h1: %v", err)
+	}
+	if !snap.GetSnapshot() || len(snap.GetLocalPorts()) != 2 {
+		t.Errorf("h1's snapshot: %v, want both tenants' ports bound to h1", snap)
+	}
+	_, err = syncFirst(ctx, h1, "h2")
+	wantCode(t, "h1 Syncs h2", err, codes.PermissionDenied)
+	_, err = vxfabricv1.NewAgentServiceClient(h1).ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "h2", Revision: snap.GetRevision()})
+	wantCode(t, "h1 reports for h2", err, codes.PermissionDenied)
+	_, err = vxfabricv1.NewAgentServiceClient(h1).ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "h1", Revision: snap.GetRevision()})
+	wantCode(t, "h1 reports for h1", err, codes.OK)
+	_, err = syncFirst(ctx, a, "h1")
+	wantCode(t, "tenant a Syncs h1", err, codes.PermissionDenied)
 	_, err = vxfabricv1.NewNetworkServiceClient(h1).ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{})
 	wantCode(t, "node h1 lists networks", err, codes.PermissionDenied)
 	_, err = vxfabricv1.NewNetworkServiceClient(s.dial(t, client{})).ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{})
