@@ -82,6 +82,8 @@ type tokenStore struct {
 	cli *clientv3.Client
 	ttl time.Duration
 	now func() time.Time
+	// maxEntries bounds the cache against a flood of made-up token ids (maxCacheEntries).
+	maxEntries int
 
 	mu    sync.Mutex // guards cache
 	cache map[string]cacheEntry
@@ -96,7 +98,7 @@ type cacheEntry struct {
 const maxCacheEntries = 4096
 
 func newTokenStore(cli *clientv3.Client, ttl time.Duration) *tokenStore {
-	return &tokenStore{cli: cli, ttl: ttl, now: time.Now, cache: map[string]cacheEntry{}}
+	return &tokenStore{cli: cli, ttl: ttl, now: time.Now, maxEntries: maxCacheEntries, cache: map[string]cacheEntry{}}
 }
 
 // create stores a new token for an existing tenant and returns its record and the secret token.
@@ -206,7 +208,7 @@ func (s *tokenStore) authenticate(ctx context.Context, token string) (tokenRecor
 		}
 		e = cacheEntry{rec: rec, fetched: now}
 		s.mu.Lock()
-		if len(s.cache) >= maxCacheEntries {
+		if len(s.cache) >= s.maxEntries {
 			clear(s.cache)
 		}
 		s.cache[id] = e
