@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
-	"sync"
 	"time"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
@@ -32,87 +31,41 @@ type ConvergenceConfig struct {
 	// ProfileDir, when set, receives a CPU profile of each size's measurement.
 	ProfileDir string
 	Logger     *slog.Logger
+	LogLevel   slog.Level
 	// Progress receives one line per phase.
 	Progress func(format string, args ...any)
 }
 
-// Fill creates perHost ports on every host, with workers concurrent clients, and waits until every
-// host has programmed all of them.
-func (s *Sim) Fill(ctx context.Context, prefix string, perHost, workers int) error {
-	var ports []portSpec
-	for k := range perHost {
-		for i := range s.Hosts() {
-			ports = append(ports, portSpec{name: fmt.Sprintf("%s-%d-%d", prefix, i, k), host: i})
-		}
-	}
-	_, _, err := s.createPorts(ctx, ports, workers)
+// Fill creates one port on every host, with workers concurrent clients (in a process of their own),
+// and waits until every host has programmed all of them.
+func (s *Sim) Fill(ctx context.Context, prefix string, workers int) error {
+	_, _, _, err := s.createPorts(ctx, prefix, s.Hosts(), workers)
 	return err
 }
 
-type portSpec struct {
-	name string
-	host int
-}
-
-// createPorts creates the ports with workers concurrent clients and waits until every host has
-// programmed every one of them; it returns when the last create returned and when the last host
-// programmed the last port.
-func (s *Sim) createPorts(ctx context.Context, ports []portSpec, workers int) (created, applied time.Time, err error) {
-	exps := make([]*Expectation, len(ports))
-	reqs := make([]*vxfabricv1.CreatePortRequest, len(ports))
-	for i, p := range ports {
-		mac := s.NextMAC()
-		exps[i] = s.Expect(mac, p.host)
-		reqs[i] = &vxfabricv1.CreatePortRequest{Tenant: simTenant, Network: simNetwork, Name: p.name, Node: HostName(p.host), Mac: mac.String()}
+// createPorts creates count ports (port i on host i mod Hosts) with workers concurrent clients in a
+// child process, and waits until every host has programmed every one of them. It returns when the
+// first create was sent, when the last one returned, and when the last host programmed the last port.
+func (s *Sim) createPorts(ctx context.Context, prefix string, count, workers int) (start, created, applied time.Time, err error) {
+	base := s.macSeq.Add(uint64(count)) - uint64(count) + 1
+	exps := make([]*Expectation, count)
+	for i := range count {
+		exps[i] = s.Expect(seqMAC(base+uint64(i)), i%s.Hosts())
 	}
-	next := make(chan *vxfabricv1.CreatePortRequest)
-	errc := make(chan error, workers)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for req := range next {
-				if _, err := s.Ports.CreatePort(ctx, req); err != nil {
-					errc <- fmt.Errorf("create port %q on %s: %w", req.Name, req.Node, err)
-					return
-				}
-			}
-		}()
-	}
-feed:
-	for _, r := range reqs {
-		select {
-		case next <- r:
-		case err := <-errc:
-			close(next)
-			wg.Wait()
-			return time.Time{}, time.Time{}, err
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(next)
-	wg.Wait()
-	created = time.Now()
-	select {
-	case err := <-errc:
-		return time.Time{}, time.Time{}, err
-	default:
-	}
-	if err := ctx.Err(); err != nil {
-		return time.Time{}, time.Time{}, err
+	start, created, err = runCreatePorts(ctx, PortBatch{Addr: s.srv.addr, Prefix: prefix, Count: count, Hosts: s.Hosts(), MACBase: base, Clients: workers})
+	if err != nil {
+		return start, created, applied, err
 	}
 	for _, e := range exps {
 		t, err := e.Wait(ctx)
 		if err != nil {
-			return time.Time{}, time.Time{}, err
+			return start, created, applied, err
 		}
 		if t.After(applied) {
 			applied = t
 		}
 	}
-	return created, applied, nil
+	return start, created, applied, nil
 }
 
 // SetUpSpan creates the tenant and the network that spans every host, and one port per host.
@@ -125,20 +78,20 @@ func (s *Sim) SetUpSpan(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("create network %q: %w", simNetwork, err)
 	}
-	return s.Fill(ctx, "base", 1, 16)
+	return s.Fill(ctx, "base", 16)
 }
 
 // Sample is one port created alone.
 type Sample struct {
 	// Create is the CreatePort call's latency (the etcd commit happens within it).
 	Create time.Duration
-	// Converge is from the create response (the commit, as the client sees it) to the last host's
-	// Apply returning with the port programmed.
+	// Converge is from the commit (the earlier of the port's watch event reaching this process and
+	// the create response) to the last host's Apply returning with the port programmed.
 	Converge time.Duration
 }
 
 // MeasureOne creates one port bound to host and measures its convergence; it then waits for every
-// agent to report the revision to the hub, so the next sample starts on a quiet fabric.
+// agent to have applied the revision, so the next sample starts on a quiet fabric.
 func (s *Sim) MeasureOne(ctx context.Context, name string, host int) (Sample, error) {
 	mac := s.NextMAC()
 	e := s.Expect(mac, host)
@@ -154,22 +107,29 @@ func (s *Sim) MeasureOne(ctx context.Context, name string, host int) (Sample, er
 	}
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	committed, err := s.commits.at(wctx, rev)
+	if err != nil {
+		return Sample{}, fmt.Errorf("port %q: %w", name, err)
+	}
+	if t1.Before(committed) {
+		committed = t1
+	}
 	last, err := e.Wait(wctx)
 	if err != nil {
 		return Sample{}, fmt.Errorf("port %q (rev %d): %w", name, rev, err)
 	}
-	if err := s.WaitReported(wctx, rev); err != nil {
-		return Sample{}, fmt.Errorf("port %q (rev %d) reported: %w", name, rev, err)
+	if err := s.WaitApplied(wctx, rev); err != nil {
+		return Sample{}, fmt.Errorf("port %q: %w", name, err)
 	}
-	// An agent may apply before the create response reaches the client: that is convergence 0.
-	return Sample{Create: t1.Sub(t0), Converge: max(last.Sub(t1), 0)}, nil
+	return Sample{Create: t1.Sub(t0), Converge: max(last.Sub(committed), 0)}, nil
 }
 
 // RunConvergence runs benchmark 1 for every size.
 func RunConvergence(ctx context.Context, cfg ConvergenceConfig) Outcome {
 	out := Outcome{Benchmark: "1 convergence"}
 	out.Notes = append(out.Notes, "simulated hosts run the real nodeagent over overlay/fake, one gRPC connection each, "+
-		"with static membership (RegisterNode, no gossip); one server with embedded etcd and the fan-out hub in this process")
+		"with static membership (RegisterNode, no gossip); the API server (controlplane/server with embedded etcd and the fan-out hub) "+
+		"runs in a process of its own; commit time = the port's etcd watch event reaching vxbench (or the create response, if earlier)")
 	for _, n := range cfg.Sizes {
 		ms, note, err := convergenceAt(ctx, cfg, n)
 		out.Metrics = append(out.Metrics, ms...)
@@ -192,7 +152,11 @@ func convergenceAt(ctx context.Context, cfg ConvergenceConfig, n int) ([]Metric,
 	defer cleanup()
 	start := time.Now()
 	cfg.Progress("convergence N=%d: starting server and %d agents", n, n)
-	sim, err := StartSim(ctx, SimConfig{Hosts: n, Dir: dir, Logger: cfg.Logger})
+	scfg := SimConfig{Hosts: n, Dir: dir, Logger: cfg.Logger, LogLevel: cfg.LogLevel}
+	if cfg.ProfileDir != "" {
+		scfg.ServerProfile = filepath.Join(cfg.ProfileDir, fmt.Sprintf("convergence-%d-server.cpu.pprof", n))
+	}
+	sim, err := StartSim(ctx, scfg)
 	if err != nil {
 		return nil, "", err
 	}
@@ -264,6 +228,7 @@ type BurstConfig struct {
 	// ProfileDir, when set, receives a CPU profile of the burst.
 	ProfileDir string
 	Logger     *slog.Logger
+	LogLevel   slog.Level
 	// Progress receives one line per phase.
 	Progress func(format string, args ...any)
 }
@@ -279,7 +244,11 @@ func RunBurst(ctx context.Context, cfg BurstConfig) Outcome {
 	}
 	defer cleanup()
 	cfg.Progress("burst: starting server and %d agents", cfg.Hosts)
-	sim, err := StartSim(ctx, SimConfig{Hosts: cfg.Hosts, Dir: dir, Logger: cfg.Logger})
+	scfg := SimConfig{Hosts: cfg.Hosts, Dir: dir, Logger: cfg.Logger, LogLevel: cfg.LogLevel}
+	if cfg.ProfileDir != "" {
+		scfg.ServerProfile = filepath.Join(cfg.ProfileDir, "burst-server.cpu.pprof")
+	}
+	sim, err := StartSim(ctx, scfg)
 	if err != nil {
 		out.Error = err.Error()
 		return out
@@ -288,10 +257,6 @@ func RunBurst(ctx context.Context, cfg BurstConfig) Outcome {
 	if err := sim.SetUpSpan(ctx); err != nil {
 		out.Error = err.Error()
 		return out
-	}
-	ports := make([]portSpec, cfg.Ports)
-	for i := range ports {
-		ports[i] = portSpec{name: fmt.Sprintf("burst-%d", i), host: i % cfg.Hosts}
 	}
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
@@ -303,8 +268,7 @@ func RunBurst(ctx context.Context, cfg BurstConfig) Outcome {
 		}
 		defer stop()
 	}
-	start := time.Now()
-	created, last, err := sim.createPorts(wctx, ports, cfg.Clients)
+	start, created, last, err := sim.createPorts(wctx, "burst", cfg.Ports, cfg.Clients)
 	if err != nil {
 		out.Error = err.Error()
 		return out

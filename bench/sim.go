@@ -18,6 +18,8 @@ import (
 
 	"github.com/vxfabric/vxfabric/controlplane/fanout"
 	"github.com/vxfabric/vxfabric/controlplane/server"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"github.com/vxfabric/vxfabric/nodeagent"
 	"github.com/vxfabric/vxfabric/overlay"
 	"github.com/vxfabric/vxfabric/overlay/fake"
@@ -31,18 +33,22 @@ type SimConfig struct {
 	Hosts int
 	// Dir holds the embedded etcd's data; it must exist.
 	Dir string
-	// Logger receives the server's and agents' logs.
-	Logger *slog.Logger
+	// Logger receives the agents' logs; LogLevel is the server process's.
+	Logger   *slog.Logger
+	LogLevel slog.Level
+	// ServerProfile, when set, receives the server process's CPU profile (written when it stops).
+	ServerProfile string
 	// ReadyTimeout bounds the wait for every agent's first Apply.
 	ReadyTimeout time.Duration
 }
 
 // Sim is a running simulated fabric.
 type Sim struct {
-	cfg    SimConfig
-	srv    *server.Server
-	hub    *fanout.Hub
-	conn   *grpc.ClientConn
+	cfg     SimConfig
+	srv     *simServer
+	etcd    *clientv3.Client
+	commits *commitWatch
+	conn    *grpc.ClientConn
 	hosts  []*simHost
 	watch  *applyWatch
 	cancel context.CancelFunc
@@ -111,22 +117,16 @@ func StartSim(ctx context.Context, cfg SimConfig) (_ *Sim, err error) {
 			s.Close()
 		}
 	}()
-	scfg := server.Default()
-	scfg.Listen = "127.0.0.1:0"
-	scfg.DataDir = cfg.Dir
-	scfg.Logger = cfg.Logger
-	scfg.Plugins = []server.Plugin{HubPlugin(&s.hub)}
-	if s.srv, err = server.New(ctx, scfg); err != nil {
-		return nil, fmt.Errorf("start server: %w", err)
+	if s.srv, err = startSimServer(ctx, cfg.Dir, cfg.LogLevel, cfg.ServerProfile); err != nil {
+		return nil, err
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := s.srv.Serve(); err != nil {
-			cfg.Logger.Error("server stopped", "err", err)
-		}
-	}()
-	addr := s.srv.Addr().String()
+	addr := s.srv.addr
+	if s.etcd, err = clientv3.New(clientv3.Config{Endpoints: []string{s.srv.etcd}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
+		return nil, fmt.Errorf("etcd client for %s: %w", s.srv.etcd, err)
+	}
+	if s.commits, err = watchCommits(ctx, s.etcd); err != nil {
+		return nil, err
+	}
 	if s.conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		return nil, fmt.Errorf("dial server %s: %w", addr, err)
 	}
@@ -190,13 +190,12 @@ func HubPlugin(hub **fanout.Hub) server.Plugin {
 // Hosts is the number of simulated hosts.
 func (s *Sim) Hosts() int { return len(s.hosts) }
 
-// Server is the API server (for its address and etcd client).
-func (s *Sim) Server() *server.Server { return s.srv }
+// ServerPID is the API server process's id.
+func (s *Sim) ServerPID() int { return s.srv.pid() }
 
 // NextMAC returns a MAC no port of this simulation has used yet.
 func (s *Sim) NextMAC() net.HardwareAddr {
-	n := s.macSeq.Add(1)
-	return net.HardwareAddr{0x0e, 0xb0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+	return seqMAC(s.macSeq.Add(1))
 }
 
 // Expect registers the MAC of a port bound to host: every other simulated host must program it as a
@@ -204,11 +203,16 @@ func (s *Sim) NextMAC() net.HardwareAddr {
 // it plugs the port only once the port's interface exists, which a simulated host never has.)
 func (s *Sim) Expect(mac net.HardwareAddr, host int) *Expectation { return s.watch.expect(mac, host) }
 
-// WaitReported blocks until every agent has reported rev applied to the hub.
-func (s *Sim) WaitReported(ctx context.Context, rev int64) error {
+// WaitApplied blocks until every agent has applied rev (or newer), polling each agent's applied
+// revision every millisecond.
+func (s *Sim) WaitApplied(ctx context.Context, rev int64) error {
 	for _, h := range s.hosts {
-		if err := s.hub.WaitApplied(ctx, h.name, rev); err != nil {
-			return err
+		for h.agent.AppliedRevision() < rev {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("wait for %s to apply revision %d (at %d): %w", h.name, rev, h.agent.AppliedRevision(), ctx.Err())
+			case <-time.After(time.Millisecond):
+			}
 		}
 	}
 	return nil
@@ -219,13 +223,19 @@ func (s *Sim) Close() {
 	if s.cancel != nil {
 		s.cancel()
 	}
+	s.wg.Wait()
 	if s.conn != nil {
 		s.conn.Close()
 	}
-	if s.srv != nil {
-		s.srv.Close()
+	if s.commits != nil {
+		s.commits.stop()
 	}
-	s.wg.Wait()
+	if s.etcd != nil {
+		s.etcd.Close()
+	}
+	if s.srv != nil {
+		s.srv.stop()
+	}
 }
 
 // Expectation is one MAC awaited on every host.

@@ -17,6 +17,7 @@ type Options struct {
 	// Bin is the vxfab binary.
 	Bin      string
 	Logger   *slog.Logger
+	LogLevel slog.Level
 	Progress func(format string, args ...any)
 }
 
@@ -44,6 +45,7 @@ func runConvergence(ctx context.Context, o Options) Outcome {
 		SamplesBySize: map[int]int{1000: 100},
 		ProfileDir:    o.ProfileDir,
 		Logger:        o.Logger,
+		LogLevel:      o.LogLevel,
 		Progress:      o.Progress,
 	}
 	if o.Quick {
@@ -54,7 +56,7 @@ func runConvergence(ctx context.Context, o Options) Outcome {
 }
 
 func runBurst(ctx context.Context, o Options) Outcome {
-	return RunBurst(ctx, BurstConfig{Hosts: 100, Ports: 1000, Clients: 16, Target: 2 * time.Second, ProfileDir: o.ProfileDir, Logger: o.Logger, Progress: o.Progress})
+	return RunBurst(ctx, BurstConfig{Hosts: 100, Ports: 1000, Clients: 16, Target: 2 * time.Second, ProfileDir: o.ProfileDir, Logger: o.Logger, LogLevel: o.LogLevel, Progress: o.Progress})
 }
 
 func runAllocation(ctx context.Context, o Options) Outcome {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -23,6 +24,12 @@ func main() {
 }
 
 func run() int {
+	if len(os.Args) > 1 && os.Args[1] == bench.ServeSimCommand {
+		return serveSim(os.Args[2:])
+	}
+	if len(os.Args) > 1 && os.Args[1] == bench.CreatePortsCommand {
+		return createPorts(os.Args[2:])
+	}
 	quick := flag.Bool("quick", os.Getenv("QUICK") != "", "reduced run (under 2 minutes)")
 	out := flag.String("out", "bench/results/latest.json", "where the JSON report goes (empty: nowhere)")
 	only := flag.String("only", "", "comma-separated benchmark numbers to run (default all), e.g. 1,3")
@@ -41,6 +48,7 @@ func run() int {
 		ProfileDir: *profileDir,
 		Bin:        *bin,
 		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		LogLevel:   level,
 		Progress: func(format string, args ...any) {
 			fmt.Fprintf(os.Stderr, "%s vxbench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 		},
@@ -98,4 +106,55 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// serveSim is the server process of a simulated fabric (see bench.ServeSim).
+func serveSim(args []string) int {
+	fs := flag.NewFlagSet(bench.ServeSimCommand, flag.ExitOnError)
+	dir := fs.String("dir", "", "data directory of the embedded etcd")
+	logLevel := fs.String("log-level", "error", "log level")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	_ = fs.Parse(args)
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil || *dir == "" {
+		fmt.Fprintln(os.Stderr, "vxbench serve-sim: want -dir and a valid -log-level")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("proc", "sim-server")
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "vxbench serve-sim:", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "vxbench serve-sim:", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if err := bench.ServeSim(ctx, *dir, os.Stdout, log); err != nil {
+		fmt.Fprintln(os.Stderr, "vxbench serve-sim:", err)
+		return 1
+	}
+	return 0
+}
+
+// createPorts is an API client process of the simulated fabric (see bench.CreatePorts).
+func createPorts(args []string) int {
+	b, err := bench.ParsePortBatch(args)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vxbench:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := bench.CreatePorts(ctx, b, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "vxbench create-ports:", err)
+		return 1
+	}
+	return 0
 }
