@@ -5,10 +5,13 @@ package nodeagent
 import (
 	"context"
 	"errors"
+	"log/slog"
 )
 
 // NetlinkLinks is only available on Linux.
-type NetlinkLinks struct{}
+type NetlinkLinks struct {
+	Logger *slog.Logger
+}
 
 // Run fails: there is no netlink here.
 func (NetlinkLinks) Run(context.Context, func(string), func()) error {
