@@ -8,11 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+	"github.com/vxfabric/vxfabric/controlplane/server"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -115,8 +118,21 @@ func resolveClient() (resolvedClient, error) {
 		}
 		r.token = strings.TrimSpace(string(data))
 	}
+	// A server started on this machine with its defaults keeps its CA and admin token in its data
+	// directory: use them when nothing else was said, so the quick start needs no flags.
+	local := server.DefaultDataDir()
+	if r.tlsCA == "" && !r.insecure && !strings.HasPrefix(r.server, "unix:") {
+		if ca := filepath.Join(local, "pki", "ca.crt"); readable(ca) {
+			r.tlsCA = ca
+		}
+	}
+	if r.token == "" {
+		if data, err := os.ReadFile(filepath.Join(local, "admin.token")); err == nil {
+			r.token = strings.TrimSpace(string(data))
+		}
+	}
 	if r.tlsCA == "" && !strings.HasPrefix(r.server, "unix:") {
-		// Without a CA to verify the server, the only honest choice is plaintext, and only when asked.
+		// Without a CA to verify the server there is no TLS to speak: plaintext (--insecure servers).
 		r.insecure = true
 	}
 	return r, nil
@@ -178,10 +194,22 @@ func callContext(parent context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(parent, cliOpts.timeout)
 }
 
+func readable(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
 // errorLine renders an error as one readable line: a gRPC status as "Code: message".
 func errorLine(err error) string {
 	if st, ok := status.FromError(err); ok {
 		msg := strings.ReplaceAll(st.Message(), "\n", " ")
+		if st.Code() == codes.Unavailable && strings.Contains(msg, "error reading server preface") {
+			msg += " (the server speaks TLS: give --tls-ca, or use the server's unix socket)"
+		}
 		return st.Code().String() + ": " + msg
 	}
 	return strings.ReplaceAll(err.Error(), "\n", " ")
