@@ -25,25 +25,18 @@ const serverProc = "server"
 
 func agentProc(host string) string { return "agent-" + host }
 
-const relayProc = "relay"
-
 // serverAddr is the server's gRPC address on the underlay, for agents.
 func serverAddr() string { return ControlAddr.String() + ":" + strconv.Itoa(ServerPort) }
 
-// The server listens on the underlay only (`vxfab server` takes one --listen); a relay in the same
-// namespace serves the unix socket for the root namespace's CLI (see Relay).
+// The server listens on the underlay (for agents) and on a unix socket in the state directory (for
+// the root namespace's CLI: no link into the root namespace is needed).
 func (l *Lab) serverSpec() proc {
 	return proc{name: serverProc, ns: l.Namespace(RoleControl), args: []string{
 		"server",
 		"--listen", serverAddr(),
+		"--listen", "unix://" + l.SocketPath(),
 		"--data-dir", l.etcdDir(),
 		"--gossip-bind", ControlAddr.String() + ":" + strconv.Itoa(GossipPort),
-	}}
-}
-
-func (l *Lab) relaySpec() proc {
-	return proc{name: relayProc, ns: l.Namespace(RoleControl), args: []string{
-		"lab", "relay", "--socket", l.SocketPath(), "--to", serverAddr(),
 	}}
 }
 
@@ -293,9 +286,6 @@ func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error))
 // StartServer starts the server (a running one is left alone) and waits until it serves.
 func (l *Lab) StartServer(ctx context.Context) error {
 	if _, err := l.start(ctx, l.serverSpec()); err != nil {
-		return err
-	}
-	if _, err := l.start(ctx, l.relaySpec()); err != nil {
 		return err
 	}
 	return l.waitServer(ctx)

@@ -76,7 +76,7 @@ in every host. VMs are namespaces whose NICs are plugged in as ports. Needs root
 	cmd.AddCommand(
 		newLabUpCmd(f), newLabDownCmd(f), newLabStatusCmd(f), newLabExecCmd(f),
 		newLabAgentCmd(f), newLabServerCmd(f), newLabHostCmd(f), newLabVMCmd(f),
-		newLabDemoCmd(f), newLabRelayCmd(),
+		newLabDemoCmd(f),
 	)
 	return cmd
 }
@@ -345,25 +345,4 @@ func newLabDemoCmd(f *labFlags) *cobra.Command {
 			return l.Demo(cmd.Context(), cmd.OutOrStdout())
 		},
 	}
-}
-
-// newLabRelayCmd is the lab's own helper: it runs in the control namespace and gives the root
-// namespace's CLI the server through a unix socket.
-func newLabRelayCmd() *cobra.Command {
-	var socket, to string
-	cmd := &cobra.Command{
-		Use:    "relay --socket PATH --to HOST:PORT",
-		Short:  "forward a unix socket to the server's TCP address (run by lab up)",
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			return lab.Relay(cmd.Context(), socket, to, log)
-		},
-	}
-	cmd.Flags().StringVar(&socket, "socket", "", "unix socket to listen on")
-	cmd.Flags().StringVar(&to, "to", "", "TCP address to forward to")
-	_ = cmd.MarkFlagRequired("socket")
-	_ = cmd.MarkFlagRequired("to")
-	return cmd
 }
