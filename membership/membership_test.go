@@ -63,6 +63,8 @@ func startMember(t *testing.T, name string, o memberOpts) *Member {
 	cfg.Keys = o.keys
 	cfg.KeyringFile = o.keyringFile
 	cfg.RejoinInterval = 200 * time.Millisecond
+	// A join gossiped over UDP can be lost on a loaded machine; a full sync soon repairs that.
+	cfg.PushPullInterval = 2 * time.Second
 	cfg.Logger = testLogger(t)
 	m, err := New(cfg)
 	if err != nil {

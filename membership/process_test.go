@@ -21,6 +21,7 @@ func runChild(name, seed string) {
 	cfg.VTEP = netip.MustParseAddr("198.18.0.99")
 	cfg.BindAddr = "127.0.0.1:0"
 	cfg.Join = []string{seed}
+	cfg.PushPullInterval = 2 * time.Second
 	m, err := New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

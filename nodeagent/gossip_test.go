@@ -23,6 +23,8 @@ func startMember(t *testing.T, role membership.Role, node, vtep, grpcAddr, bind 
 	cfg.BindAddr = bind
 	cfg.Join = seeds
 	cfg.RejoinInterval = 200 * time.Millisecond
+	// A join gossiped over UDP can be lost on a loaded machine; a full sync soon repairs that.
+	cfg.PushPullInterval = 2 * time.Second
 	cfg.Logger = testLogger()
 	m, err := membership.New(cfg)
 	if err != nil {

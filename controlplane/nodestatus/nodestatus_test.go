@@ -48,6 +48,7 @@ func member(t *testing.T, role membership.Role, name string, n int, seeds []stri
 	cfg := membership.Default(role, name)
 	cfg.BindAddr = "127.0.0.1:0"
 	cfg.Join = seeds
+	cfg.PushPullInterval = 2 * time.Second
 	cfg.Version = "v" + strconv.Itoa(n)
 	if role == membership.RoleAgent {
 		cfg.VTEP = netip.MustParseAddr("198.18.0." + strconv.Itoa(n))
