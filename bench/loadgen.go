@@ -156,6 +156,7 @@ func runCreatePorts(ctx context.Context, b PortBatch) (start, end time.Time, err
 		return start, end, fmt.Errorf("find vxbench executable: %w", err)
 	}
 	cmd := exec.CommandContext(ctx, self, append([]string{CreatePortsCommand}, b.args()...)...)
+	prioritise(cmd)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()

@@ -18,12 +18,12 @@ import (
 
 	"github.com/vxfabric/vxfabric/controlplane/fanout"
 	"github.com/vxfabric/vxfabric/controlplane/server"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"github.com/vxfabric/vxfabric/nodeagent"
 	"github.com/vxfabric/vxfabric/overlay"
 	"github.com/vxfabric/vxfabric/overlay/fake"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // SimConfig is a simulated fabric: one API server (embedded etcd, the fan-out hub as a plugin) and
@@ -49,10 +49,10 @@ type Sim struct {
 	etcd    *clientv3.Client
 	commits *commitWatch
 	conn    *grpc.ClientConn
-	hosts  []*simHost
-	watch  *applyWatch
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	hosts   []*simHost
+	watch   *applyWatch
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 
 	Tenants  vxfabricv1.TenantServiceClient
 	Networks vxfabricv1.NetworkServiceClient
@@ -243,6 +243,7 @@ type Expectation struct {
 	mac       [6]byte
 	remaining int
 	seen      []bool
+	first     time.Time
 	last      time.Time
 	done      chan struct{}
 }
@@ -252,6 +253,16 @@ func (e *Expectation) Wait(ctx context.Context) (time.Time, error) {
 	select {
 	case <-e.done:
 		return e.last, nil
+	case <-ctx.Done():
+		return time.Time{}, fmt.Errorf("wait for mac %s on every host: %w", net.HardwareAddr(e.mac[:]), ctx.Err())
+	}
+}
+
+// First returns when the first host applied the MAC; call it after Wait.
+func (e *Expectation) First(ctx context.Context) (time.Time, error) {
+	select {
+	case <-e.done:
+		return e.first, nil
 	case <-ctx.Done():
 		return time.Time{}, fmt.Errorf("wait for mac %s on every host: %w", net.HardwareAddr(e.mac[:]), ctx.Err())
 	}
@@ -334,6 +345,9 @@ func (w *applyWatch) applied(host int, at time.Time, d overlay.DesiredState, res
 			continue
 		}
 		e.seen[host] = true
+		if e.first.IsZero() || at.Before(e.first) {
+			e.first = at
+		}
 		if at.After(e.last) {
 			e.last = at
 		}
