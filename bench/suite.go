@@ -34,6 +34,7 @@ func All() []Benchmark {
 		{ID: "1", Name: "convergence at scale", Run: runConvergence},
 		{ID: "2", Name: "burst", Run: runBurst},
 		{ID: "3", Name: "VNI allocation", Run: runAllocation},
+		{ID: "4", Name: "datapath programming", Run: runDatapath},
 	}
 }
 
@@ -65,4 +66,12 @@ func runAllocation(ctx context.Context, o Options) Outcome {
 		cfg.Duration = 2 * time.Second
 	}
 	return RunAllocation(ctx, cfg)
+}
+
+func runDatapath(ctx context.Context, o Options) Outcome {
+	cfg := DatapathConfig{Trials: 5, Logger: o.Logger, Progress: o.Progress}
+	if o.Quick {
+		cfg.Trials = 1
+	}
+	return RunDatapath(ctx, cfg)
 }
