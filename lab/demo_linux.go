@@ -172,7 +172,7 @@ func (d *DemoFabric) Checks() []Check {
 			},
 		},
 		{
-			Name: "outside to nat VM", Expected: "refused (no connection)",
+			Name: "outside to nat VM", Expected: "no connection",
 			Path: fmt.Sprintf("outside -> red-a %s (route via h1)", redA.IP(1)),
 			Run: func(ctx context.Context) (string, bool) {
 				return l.expectTCP(ctx, RoleOutside, "red-a", redA.IP(1), netip.Addr{})

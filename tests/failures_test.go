@@ -53,7 +53,7 @@ func TestPrivilegedAgentKill(t *testing.T) {
 	restoreOnCleanup(t, "agent", "start", "h1")
 	restoreOnCleanup(t, "agent", "start", "h2")
 
-	const count = 1500 // 15 s at 10 ms: room for two kills and restarts
+	const count = 600 // 6 s at 10 ms: room for two kills and restarts
 	pings := backgroundPing(f, "kill-a", b, count, 10*time.Millisecond)
 	time.Sleep(300 * time.Millisecond) // let the ping run before the first kill
 	began := time.Now()

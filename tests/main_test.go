@@ -142,13 +142,6 @@ func newFixture(t *testing.T, tenant string) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{t: t, l: l, c: c, ctx: context.Background(), tenant: tenant}
-	// A crashed run of this test may have left the tenant behind.
-	if err := removeTenant(f.ctx, l, c, tenant); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Tenants.CreateTenant(f.ctx, &vxfabricv1.CreateTenantRequest{Name: tenant}); err != nil {
-		t.Fatalf("create tenant %s: %v", tenant, err)
-	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -157,6 +150,13 @@ func newFixture(t *testing.T, tenant string) *fixture {
 		}
 		c.Conn.Close()
 	})
+	// A crashed run of this test may have left the tenant behind.
+	if err := removeTenant(f.ctx, l, c, tenant); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Tenants.CreateTenant(f.ctx, &vxfabricv1.CreateTenantRequest{Name: tenant}); err != nil {
+		t.Fatalf("create tenant %s: %v", tenant, err)
+	}
 	return f
 }
 
@@ -164,6 +164,9 @@ func newFixture(t *testing.T, tenant string) *fixture {
 // does not exist is success.
 func removeTenant(ctx context.Context, l *lab.Lab, c *lab.Client, tenant string) error {
 	ports, err := c.Ports.ListPorts(ctx, &vxfabricv1.ListPortsRequest{Tenant: tenant})
+	if status.Code(err) == codes.NotFound {
+		return nil // no such tenant
+	}
 	if err != nil {
 		return fmt.Errorf("list ports of %s: %w", tenant, err)
 	}

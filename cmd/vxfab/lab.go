@@ -181,11 +181,18 @@ func newLabExecCmd(f *labFlags) *cobra.Command {
 		Short: "run a command inside a lab namespace (its exit status is passed through)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			argv := args[1:]
+			if argv[0] == "--" { // flags stop at the target, so cobra leaves the separator in
+				argv = argv[1:]
+			}
+			if len(argv) == 0 {
+				return errors.New("lab exec: no command given")
+			}
 			l, err := f.open()
 			if err != nil {
 				return err
 			}
-			err = l.Exec(cmd.Context(), args[0], args[1:], lab.Stdio{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+			err = l.Exec(cmd.Context(), args[0], argv, lab.Stdio{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
 			var exit *lab.ExitError
 			if errors.As(err, &exit) {
 				return exitCodeError{code: exit.Code, err: err}
