@@ -47,7 +47,7 @@ verify: ## go mod tidy, regenerate protos, gofmt: fail on any diff
 
 lab: build ## the main job: bring up a 3-host lab, build tenants and networks, print who reaches whom
 	@[ "$$(id -u)" = 0 ] || { echo "make lab needs root (network namespaces)" >&2; exit 1; }
-	$(BIN) lab up --hosts 3
+	$(BIN) lab up
 	$(BIN) lab demo
 
 bench: build ## benchmarks against the targets; QUICK=1 for the reduced run

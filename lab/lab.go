@@ -35,7 +35,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -330,35 +329,4 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return fmt.Errorf("rename %s: %w", tmp, err)
 	}
 	return nil
-}
-
-// Labs lists the names of the labs with a state directory under stateRoot or a namespace whose
-// name starts with nsPrefix on this machine.
-func Labs(stateRoot, nsPrefix string) ([]string, error) {
-	seen := map[string]bool{}
-	entries, err := os.ReadDir(stateRoot)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("read %s: %w", stateRoot, err)
-	}
-	for _, e := range entries {
-		if e.IsDir() && labNameRE.MatchString(e.Name()) {
-			seen[e.Name()] = true
-		}
-	}
-	nss, err := listNamespaces(nsPrefix)
-	if err != nil {
-		return nil, err
-	}
-	for _, ns := range nss {
-		name, _, ok := strings.Cut(strings.TrimPrefix(ns, nsPrefix), "-")
-		if ok && labNameRE.MatchString(name) {
-			seen[name] = true
-		}
-	}
-	names := make([]string, 0, len(seen))
-	for n := range seen {
-		names = append(names, n)
-	}
-	sortStrings(names)
-	return names, nil
 }

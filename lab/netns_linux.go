@@ -20,8 +20,6 @@ import (
 // netnsDir is where iproute2 (and therefore `ip netns exec`) keeps named namespaces.
 const netnsDir = "/run/netns"
 
-func sortStrings(s []string) { sort.Strings(s) }
-
 func namespaceExists(name string) bool {
 	_, err := os.Stat(filepath.Join(netnsDir, name))
 	return err == nil
