@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"slices"
 	"log/slog"
 	"time"
 )
@@ -26,6 +27,14 @@ type Benchmark struct {
 	ID   string
 	Name string
 	Run  func(context.Context, Options) Outcome
+	// Also lists further IDs that RunMany measures in the same setup (it gets Options.Only).
+	Also    []string
+	RunMany func(context.Context, Options) []Outcome
+}
+
+// Selected tells whether the benchmark with id runs.
+func (o Options) Selected(id string) bool {
+	return len(o.Only) == 0 || slices.Contains(o.Only, id)
 }
 
 // All returns the benchmarks in the order they run.
@@ -35,6 +44,7 @@ func All() []Benchmark {
 		{ID: "2", Name: "burst", Run: runBurst},
 		{ID: "3", Name: "VNI allocation", Run: runAllocation},
 		{ID: "4", Name: "datapath programming", Run: runDatapath},
+		{ID: "5", Name: "throughput and failover in the lab", Also: []string{"6"}, RunMany: runLab},
 	}
 }
 
@@ -74,4 +84,15 @@ func runDatapath(ctx context.Context, o Options) Outcome {
 		cfg.Trials = 1
 	}
 	return RunDatapath(ctx, cfg)
+}
+
+func runLab(ctx context.Context, o Options) []Outcome {
+	cfg := LabConfig{
+		Bin: o.Bin, Hosts: 5, Rounds: 2, Seconds: 5, Trials: 10, Poll: 15 * time.Millisecond, Timeout: 30 * time.Second,
+		Pause: time.Second, Throughput: o.Selected("5"), Failover: o.Selected("6"), Logger: o.Logger, Progress: o.Progress,
+	}
+	if o.Quick {
+		cfg.Rounds, cfg.Seconds, cfg.Trials = 1, 2, 3
+	}
+	return RunLab(ctx, cfg)
 }

@@ -65,14 +65,21 @@ func run() int {
 	commit, dirty := bench.GitCommit(".")
 	rep := bench.Report{Date: start.UTC(), Commit: commit, Dirty: dirty, Quick: *quick, Machine: bench.ReadMachine()}
 	for _, b := range bench.All() {
-		if len(opts.Only) > 0 && !slices.Contains(opts.Only, b.ID) {
+		if !slices.ContainsFunc(append([]string{b.ID}, b.Also...), opts.Selected) {
 			continue
 		}
-		opts.Progress("benchmark %s: %s", b.ID, b.Name)
+		opts.Progress("benchmark %s: %s", strings.Join(append([]string{b.ID}, b.Also...), ","), b.Name)
 		t := time.Now()
-		o := b.Run(ctx, opts)
-		o.Took = time.Since(t)
-		rep.Outcomes = append(rep.Outcomes, o)
+		var outs []bench.Outcome
+		if b.RunMany != nil {
+			outs = b.RunMany(ctx, opts)
+		} else {
+			outs = []bench.Outcome{b.Run(ctx, opts)}
+		}
+		for _, o := range outs {
+			o.Took = time.Since(t)
+			rep.Outcomes = append(rep.Outcomes, o)
+		}
 		if ctx.Err() != nil {
 			break
 		}

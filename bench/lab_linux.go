@@ -1,0 +1,415 @@
+//go:build linux
+
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/vxfabric/vxfabric/lab"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// LabName is the lab the throughput and failover benchmarks build (namespaces vxl-bench-*).
+const LabName = "bench"
+
+// LabConfig is benchmarks 5 (throughput) and 6 (failover), which share one lab.
+type LabConfig struct {
+	// Bin is the vxfab binary the lab runs.
+	Bin   string
+	Hosts int
+	// Throughput: Rounds of Seconds-long iperf3 runs over each path.
+	Rounds  int
+	Seconds int
+	// Failover: Trials cuts, polling every Poll, each waiting at most Timeout.
+	Trials  int
+	Poll    time.Duration
+	Timeout time.Duration
+	// Pause is how long a healthy agent is stopped (SIGSTOP) in the false-withdrawal check.
+	Pause      time.Duration
+	Throughput bool
+	Failover   bool
+	Logger     *slog.Logger
+	Progress   func(format string, args ...any)
+}
+
+// labFabric is the lab with one network spanning every host and a VM per host.
+type labFabric struct {
+	l   *lab.Lab
+	vni uint32
+	vms []lab.VM // vms[i] is on host i+1
+}
+
+// RunLab builds the lab "bench" (removing a leftover one first), runs the throughput and failover
+// benchmarks that cfg asks for, and takes the lab down, also on failure.
+func RunLab(ctx context.Context, cfg LabConfig) []Outcome {
+	tput := Outcome{Benchmark: "5 throughput"}
+	fail := Outcome{Benchmark: "6 failover"}
+	var outs []*Outcome
+	if cfg.Throughput {
+		outs = append(outs, &tput)
+	}
+	if cfg.Failover {
+		outs = append(outs, &fail)
+	}
+	result := func() []Outcome {
+		var r []Outcome
+		for _, o := range outs {
+			r = append(r, *o)
+		}
+		return r
+	}
+	setError := func(err error) []Outcome {
+		for _, o := range outs {
+			if o.Error == "" && len(o.Metrics) == 0 {
+				o.Error = err.Error()
+			}
+		}
+		return result()
+	}
+	if os.Geteuid() != 0 {
+		for _, o := range outs {
+			o.Skipped = "needs root (the lab is built of network namespaces)"
+		}
+		return result()
+	}
+	bin, err := filepath.Abs(cfg.Bin)
+	if err == nil {
+		_, err = os.Stat(bin)
+	}
+	if err != nil {
+		return setError(fmt.Errorf("vxfab binary %s (run `make build`): %w", cfg.Bin, err))
+	}
+	lcfg := lab.Default()
+	lcfg.Name = LabName
+	lcfg.Hosts = cfg.Hosts
+	lcfg.Bin = bin
+	lcfg.Logger = cfg.Logger
+	l, err := lab.New(lcfg)
+	if err != nil {
+		return setError(err)
+	}
+	down := func() error {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		return l.Down(dctx)
+	}
+	if err := down(); err != nil {
+		return setError(fmt.Errorf("remove a leftover lab %q: %w", LabName, err))
+	}
+	defer func() {
+		if err := down(); err != nil {
+			for _, o := range outs {
+				o.Notes = append(o.Notes, fmt.Sprintf("lab down failed: %v (run `vxfab lab down --name %s`)", err, LabName))
+			}
+		}
+		cfg.Progress("lab %q down", LabName)
+	}()
+	cfg.Progress("lab %q: up with %d hosts", LabName, cfg.Hosts)
+	if err := l.Up(ctx); err != nil {
+		return setError(fmt.Errorf("lab up: %w", err))
+	}
+	f, err := buildFabric(ctx, l, cfg.Hosts)
+	if err != nil {
+		return setError(err)
+	}
+	if cfg.Throughput {
+		if err := throughput(ctx, f, cfg, &tput); err != nil {
+			tput.Error = err.Error()
+		}
+	}
+	if cfg.Failover {
+		if err := failover(ctx, f, cfg, &fail); err != nil {
+			fail.Error = err.Error()
+		}
+	}
+	return result()
+}
+
+func buildFabric(ctx context.Context, l *lab.Lab, hosts int) (*labFabric, error) {
+	c, err := l.Client()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Conn.Close()
+	if _, err := c.Tenants.CreateTenant(ctx, &vxfabricv1.CreateTenantRequest{Name: "bench"}); err != nil {
+		return nil, fmt.Errorf("create tenant bench: %w", err)
+	}
+	resp, err := c.Networks.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{
+		Tenant: "bench", Name: "span", Cidr: "10.77.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create network bench/span: %w", err)
+	}
+	f := &labFabric{l: l, vni: resp.GetNetwork().GetVni()}
+	for i := 1; i <= hosts; i++ {
+		vm, err := l.CreateVM(ctx, lab.VMSpec{Name: fmt.Sprintf("v%d", i), Host: lab.HostName(i), NICs: []lab.NICSpec{{Tenant: "bench", Network: "span"}}})
+		if err != nil {
+			return nil, fmt.Errorf("create vm v%d: %w", i, err)
+		}
+		f.vms = append(f.vms, vm)
+	}
+	return f, nil
+}
+
+// iperf3 runs one TCP test from client to server (targets of lab.Exec) towards dst and returns the
+// receiver's rate in bit/s.
+func iperf3(ctx context.Context, l *lab.Lab, server, client string, dst netip.Addr, seconds int) (float64, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srvDone := make(chan error, 1)
+	go func() {
+		srvDone <- l.Exec(sctx, server, []string{"iperf3", "-s", "-1", "-B", dst.String()}, lab.Stdio{})
+	}()
+	var out []byte
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var s string
+		s, err = l.Output(ctx, client, "iperf3", "-c", dst.String(), "-t", fmt.Sprint(seconds), "-J")
+		out = []byte(s)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		select { // the server is not listening yet
+		case err := <-srvDone:
+			return 0, fmt.Errorf("iperf3 server in %s: %w", server, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return 0, fmt.Errorf("iperf3 %s -> %s: %w", client, dst, err)
+	}
+	var rep struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.NewDecoder(bytes.NewReader(out)).Decode(&rep); err != nil {
+		return 0, fmt.Errorf("iperf3 %s -> %s: decode report: %w", client, dst, err)
+	}
+	if rep.Error != "" || rep.End.SumReceived.BitsPerSecond <= 0 {
+		return 0, fmt.Errorf("iperf3 %s -> %s: %q", client, dst, rep.Error)
+	}
+	return rep.End.SumReceived.BitsPerSecond, nil
+}
+
+func throughput(ctx context.Context, f *labFabric, cfg LabConfig, out *Outcome) error {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		out.Skipped = "iperf3 is not installed: apt-get install -y iperf3 (make bench installs it as root)"
+		return nil
+	}
+	var under, over []float64
+	for r := range cfg.Rounds {
+		u, err := iperf3(ctx, f.l, "h2", "h1", lab.HostAddr(2), cfg.Seconds)
+		if err != nil {
+			return fmt.Errorf("underlay: %w", err)
+		}
+		o, err := iperf3(ctx, f.l, f.vms[1].Name, f.vms[0].Name, f.vms[1].IP(0), cfg.Seconds)
+		if err != nil {
+			return fmt.Errorf("overlay: %w", err)
+		}
+		cfg.Progress("throughput round %d: underlay %.2f Gbit/s, overlay %.2f Gbit/s", r+1, u/1e9, o/1e9)
+		under, over = append(under, u), append(over, o)
+	}
+	u, o := mean(under), mean(over)
+	note := fmt.Sprintf("mean of %d alternating %d s iperf3 TCP runs", cfg.Rounds, cfg.Seconds)
+	out.Metrics = []Metric{
+		InfoMetric("underlay TCP h1 -> h2", u/1e9, "Gbit/s"),
+		InfoMetric("overlay TCP v1 (h1) -> v2 (h2)", o/1e9, "Gbit/s"),
+		NewMetric("overlay / underlay", o/u, "", AtLeast, 0.9),
+	}
+	for i := range out.Metrics {
+		out.Metrics[i].Note = note
+	}
+	out.Notes = append(out.Notes, fmt.Sprintf("lab %q: hosts are namespaces on a veth underlay (MTU 1500), VMs are namespaces on the overlay (network MTU 1450)", LabName))
+	return nil
+}
+
+func mean(xs []float64) float64 {
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+// entriesTo counts, on every host but target, the FDB entries pointing at target's VTEP.
+func (f *labFabric) entriesTo(target int) (min int, err error) {
+	vtep := lab.HostAddr(target)
+	min = -1
+	for i := range f.vms {
+		h := i + 1
+		if h == target {
+			continue
+		}
+		es, err := f.l.FDB(lab.HostName(h), f.vni)
+		if err != nil {
+			return 0, err
+		}
+		n := 0
+		for _, e := range es {
+			if e.Dst == vtep {
+				n++
+			}
+		}
+		if min < 0 || n < min {
+			min = n
+		}
+	}
+	return min, nil
+}
+
+// waitEntries polls until every other host holds at least want entries to target (want > 0) or
+// none (want == 0), and returns how long that took.
+func (f *labFabric) waitEntries(ctx context.Context, target, want int, poll, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		n, err := f.entriesToAtMost(target, want)
+		if err != nil {
+			return 0, err
+		}
+		if n {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > timeout {
+			return 0, fmt.Errorf("entries to h%d on every other host: want %d, not after %s", target, want, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (f *labFabric) entriesToAtMost(target, want int) (bool, error) {
+	if want > 0 {
+		n, err := f.entriesTo(target)
+		return n >= want, err
+	}
+	vtep := lab.HostAddr(target)
+	for i := range f.vms {
+		h := i + 1
+		if h == target {
+			continue
+		}
+		es, err := f.l.FDB(lab.HostName(h), f.vni)
+		if err != nil {
+			return false, err
+		}
+		for _, e := range es {
+			if e.Dst == vtep {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+func failover(ctx context.Context, f *labFabric, cfg LabConfig, out *Outcome) error {
+	// A host's VM is one unicast entry plus the flood entry on every other host.
+	const healthy = 2
+	var took []time.Duration
+	for i := range cfg.Trials {
+		target := 2 + i%(cfg.Hosts-1) // h2..hN in turn; h1 stays up
+		host := lab.HostName(target)
+		if _, err := f.waitEntries(ctx, target, healthy, cfg.Poll, 2*time.Minute); err != nil {
+			return fmt.Errorf("trial %d, before cutting %s: %w", i+1, host, err)
+		}
+		if err := f.l.CutHost(host); err != nil {
+			return err
+		}
+		d, err := f.waitEntries(ctx, target, 0, cfg.Poll, cfg.Timeout)
+		if rerr := f.l.RestoreHost(host); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		if err != nil {
+			return fmt.Errorf("trial %d: %w", i+1, err)
+		}
+		cfg.Progress("failover trial %d: %s withdrawn everywhere after %s", i+1, host, d.Round(time.Millisecond))
+		took = append(took, d)
+	}
+	note := fmt.Sprintf("%d trials, FDB read through netlink in each host's namespace every %s", cfg.Trials, cfg.Poll)
+	p50 := InfoMetric("cut host's entries withdrawn everywhere p50", Millis(Percentile(took, 50)), "ms")
+	p99 := NewMetric("cut host's entries withdrawn everywhere p99", Millis(Percentile(took, 99)), "ms", AtMost, 2000)
+	p50.Note, p99.Note = note, note
+	out.Metrics = append(out.Metrics, p50, p99)
+
+	falseW, err := pauseCheck(ctx, f, cfg, 2, healthy)
+	if err != nil {
+		return fmt.Errorf("pause check: %w", err)
+	}
+	m := NewMetric(fmt.Sprintf("false withdrawals, h2's agent stopped %s", cfg.Pause), float64(falseW), "", Equal, 0)
+	m.Note = "polls (during the pause and 2 s after) that found an entry to h2 missing on another host"
+	out.Metrics = append(out.Metrics, m)
+	out.Notes = append(out.Notes, fmt.Sprintf("lab %q with %d hosts, one VM per host on one network; a cut takes the host's underlay cable down (lab.CutHost)", LabName, cfg.Hosts))
+	return nil
+}
+
+// pauseCheck stops target's agent (SIGSTOP) for cfg.Pause and counts the polls, during the pause
+// and 2 s after it, that found fewer than want entries to target on some other host.
+func pauseCheck(ctx context.Context, f *labFabric, cfg LabConfig, target, want int) (int, error) {
+	host := lab.HostName(target)
+	if _, err := f.waitEntries(ctx, target, want, cfg.Poll, 2*time.Minute); err != nil {
+		return 0, err
+	}
+	pid := f.l.AgentPID(host)
+	if pid == 0 {
+		return 0, fmt.Errorf("agent of %s is not running", host)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return 0, fmt.Errorf("stop agent %s (pid %d): %w", host, pid, err)
+	}
+	stopped := true
+	cont := func() error {
+		if !stopped {
+			return nil
+		}
+		stopped = false
+		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+			return fmt.Errorf("continue agent %s (pid %d): %w", host, pid, err)
+		}
+		return nil
+	}
+	defer cont()
+	misses := 0
+	start := time.Now()
+	t := time.NewTicker(cfg.Poll)
+	defer t.Stop()
+	for time.Since(start) < cfg.Pause+2*time.Second {
+		if stopped && time.Since(start) >= cfg.Pause {
+			if err := cont(); err != nil {
+				return 0, err
+			}
+		}
+		n, err := f.entriesTo(target)
+		if err != nil {
+			return 0, err
+		}
+		if n < want {
+			misses++
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-t.C:
+		}
+	}
+	cfg.Progress("pause check: %s's agent stopped %s, %d polls found an entry missing", host, cfg.Pause, misses)
+	return misses, cont()
+}
