@@ -2,7 +2,9 @@ package nodestatus
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
+	"github.com/vxfabric/vxfabric/controlplane/server"
 	"github.com/vxfabric/vxfabric/membership"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
@@ -203,5 +206,40 @@ func TestOneLeaderWritesGossipState(t *testing.T) {
 	time.Sleep(time.Second)
 	if after := value(standby.w.writes); after != before {
 		t.Fatalf("%v writes in a quiet second", after-before)
+	}
+}
+
+func TestPluginJoinsAsServerAndWrites(t *testing.T) {
+	cli := startEtcd(t)
+	seed := member(t, membership.RoleAgent, "a9", 19, nil)
+	mcfg := membership.Default(membership.RoleServer, "srv")
+	mcfg.BindAddr = "127.0.0.1:0"
+	mcfg.GRPCAddr = "127.0.0.1:7499"
+	mcfg.Join = []string{seed.LocalAddr().String()}
+	ext, err := Plugin(mcfg)(context.Background(), server.Host{Etcd: cli, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Agents find the server through gossip, and the server records them.
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.Equal(seed.Servers(), []string{"127.0.0.1:7499"}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent sees servers %v", seed.Servers())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	waitNode(t, cli, "a9", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 5*time.Second)
+	// Shutdown leaves the cluster: the agent sees the server LEFT, not DEAD, and no server remains.
+	ext.Close()
+	for len(seed.Servers()) != 0 {
+		if time.Now().After(deadline.Add(5 * time.Second)) {
+			t.Fatalf("agent still sees servers %v", seed.Servers())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, p := range seed.Members() {
+		if p.Name == "srv" && p.State != membership.StateLeft {
+			t.Fatalf("stopped server is %s, want left", p.State)
+		}
 	}
 }
