@@ -212,8 +212,9 @@ func TestPrivilegedChangesWhileAgentDown(t *testing.T) {
 	mustVxfab(t, "lab", "agent", "stop", "h2")
 	f.deleteVM("away-z")
 	nw := f.vm("away-n", "h3", "net")
+	began := time.Now()
 	mustVxfab(t, "lab", "agent", "start", "h2")
-	took, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
+	_, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
 		entries, err := f.l.FDB("h2", vni)
 		if err != nil {
 			return false, err
@@ -224,6 +225,6 @@ func TestPrivilegedChangesWhileAgentDown(t *testing.T) {
 		entries, _ := f.l.FDB("h2", vni)
 		t.Fatalf("h2 did not converge after its agent returned: %v; fdb %v", err, entries)
 	}
-	t.Logf("h2 converged %s after its agent started", took.Round(time.Millisecond))
+	t.Logf("h2 converged %s after its agent was started", time.Since(began).Round(time.Millisecond))
 	f.reach("away-y", nw.IP(0), 5*time.Second)
 }
