@@ -2,7 +2,8 @@
 // control plane streams for that host (AgentService.Sync), through overlay.Datapath.
 //
 // Goroutines of a running agent, and what they own:
-//   - sync: the Sync stream to one server at a time (failing over between them, backoff with jitter);
+//   - sync: the Sync stream to one server at a time (failing over between them, backoff with jitter,
+//     and, with gossip, away from a server gossip declares dead even if its TCP stream never closes);
 //     it merges snapshots and deltas into the desired model, refusing any older than what was applied;
 //   - reconcile: the only caller of Datapath.Apply. Triggers (new desired state, a watched interface
 //     appearing or going, a gossip death or return, the periodic full pass) coalesce into one pending
@@ -24,6 +25,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -51,6 +53,8 @@ type Agent struct {
 	watched map[string]bool // interface names of the desired local ports
 
 	kick chan struct{} // pending reconcile pass (capacity 1: triggers coalesce)
+
+	current atomic.Pointer[string] // server of the open Sync stream, nil while disconnected
 
 	// repMu guards client, pending and lastSent.
 	repMu    sync.Mutex
@@ -103,6 +107,14 @@ func (a *Agent) AppliedRevision() int64 {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.applied
+}
+
+// Server returns the address of the server whose Sync stream is open, "" while disconnected.
+func (a *Agent) Server() string {
+	if p := a.current.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Run drives the agent until ctx ends. It leaves the kernel as it is when it returns.
@@ -223,6 +235,11 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) (progressed bool, err
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer a.current.Store(nil)
+	if a.cfg.Membership != nil && len(a.cfg.Servers) == 0 {
+		// A server whose host died may never close the stream: gossip tells first.
+		go a.watchServer(sctx, cancel, addr)
+	}
 	resume := a.resumeRevision()
 	stream, err := client.Sync(sctx, &vxfabricv1.SyncRequest{Node: a.cfg.Node, ResumeRevision: resume})
 	if err != nil {
@@ -239,7 +256,26 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) (progressed bool, err
 		if !progressed {
 			progressed = true
 			a.log.Info("sync stream open", "server", addr, "resume", resume, "rev", resp.GetRevision(), "snapshot", resp.GetSnapshot())
+			a.current.Store(&addr)
 			a.setReportClient(client)
+		}
+	}
+}
+
+// watchServer ends the stream (cancel) once gossip no longer lists addr among the live servers.
+func (a *Agent) watchServer(ctx context.Context, cancel context.CancelFunc, addr string) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if !slices.Contains(a.cfg.Membership.Servers(), addr) {
+				a.log.Warn("server gone from gossip, failing over", "server", addr)
+				cancel()
+				return
+			}
 		}
 	}
 }

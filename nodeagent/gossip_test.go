@@ -116,3 +116,39 @@ func waitNodeStatus(t *testing.T, w *world, name string, want vxfabricv1.NodeSta
 		return proto.Unmarshal(resp.Kvs[0].Value, n) == nil && n.GetStatus() == want
 	})
 }
+
+// TestGossipServerFailover kills the gossip member of the server an agent streams from while its gRPC
+// side keeps the stream open (as a host that lost power would, its TCP never closed): the agent moves
+// to the other server once gossip declares the first dead.
+func TestGossipServerFailover(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	a, b := startServer(t, cli, ""), startServer(t, cli, "")
+	ma := startMember(t, membership.RoleServer, "srv-a", "", a.addr, "127.0.0.1:0", nil)
+	seeds := []string{ma.LocalAddr().String()}
+	mb := startMember(t, membership.RoleServer, "srv-b", "", b.addr, "127.0.0.1:0", seeds)
+	byAddr := map[string]*membership.Member{a.addr: ma, b.addr: mb}
+	w.mu.Lock()
+	w.vteps["h1"] = "198.18.0.1"
+	w.mu.Unlock()
+	w.node("h1", "198.18.0.1")
+	m1 := startMember(t, membership.RoleAgent, "h1", "198.18.0.1", "", "127.0.0.1:0", seeds)
+	waitFor(t, "both servers known", 5*time.Second, func() bool { return len(m1.Servers()) == 2 })
+	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{member: m1})
+	w.network("n1", 100)
+	w.port("p1", "n1", "h1", 1)
+	w.converge(5*time.Second, h1)
+	first := h1.agent.Server()
+	if byAddr[first] == nil {
+		t.Fatalf("agent streams from %q", first)
+	}
+	killed := time.Now()
+	_ = byAddr[first].Shutdown()
+	waitFor(t, "failover to the other server", 10*time.Second, func() bool {
+		s := h1.agent.Server()
+		return s != "" && s != first
+	})
+	t.Logf("failed over %s after the server's gossip died", time.Since(killed))
+	w.port("p2", "n1", "h1", 2)
+	w.converge(5*time.Second, h1)
+}
