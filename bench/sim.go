@@ -117,7 +117,7 @@ func StartSim(ctx context.Context, cfg SimConfig) (_ *Sim, err error) {
 			s.Close()
 		}
 	}()
-	if s.srv, err = startSimServer(ctx, cfg.Dir, cfg.LogLevel, cfg.ServerProfile); err != nil {
+	if s.srv, err = startSimServer(ctx, cfg.Dir, "", cfg.LogLevel, cfg.ServerProfile); err != nil {
 		return nil, err
 	}
 	addr := s.srv.addr

@@ -28,7 +28,10 @@ const ServeSimCommand = "serve-sim"
 // It runs in a process of its own so that the operating system, not the Go scheduler of the process
 // running a thousand simulated agents, shares the CPU between the server and the agents: the server
 // of a real fabric does not wait behind its agents' reconcile passes.
-func ServeSim(ctx context.Context, dir string, w io.Writer, log *slog.Logger) error {
+//
+// listen is "127.0.0.1:0" when empty; a unix:///path socket reaches the server from other network
+// namespaces.
+func ServeSim(ctx context.Context, dir, listen string, w io.Writer, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -37,7 +40,10 @@ func ServeSim(ctx context.Context, dir string, w io.Writer, log *slog.Logger) er
 	}()
 	var hub *fanout.Hub
 	cfg := server.Default()
-	cfg.Listen = "127.0.0.1:0"
+	cfg.Listen = listen
+	if listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
 	cfg.DataDir = dir
 	cfg.Logger = log
 	cfg.Plugins = []server.Plugin{HubPlugin(&hub)}
@@ -51,7 +57,11 @@ func ServeSim(ctx context.Context, dir string, w io.Writer, log *slog.Logger) er
 	case <-hub.Ready():
 	case <-ctx.Done():
 	}
-	if _, err := fmt.Fprintf(w, "ready %s %s\n", s.Addr(), s.Etcd().Endpoints()[0]); err != nil {
+	addr := s.Addr().String()
+	if strings.HasPrefix(listen, "unix://") {
+		addr = listen
+	}
+	if _, err := fmt.Fprintf(w, "ready %s %s\n", addr, s.Etcd().Endpoints()[0]); err != nil {
 		s.Close()
 		return fmt.Errorf("announce server: %w", err)
 	}
@@ -76,12 +86,12 @@ type simServer struct {
 
 // startSimServer runs ServeSim in a child process (this executable, ServeSimCommand).
 // With profile set, the child writes its CPU profile there when it stops.
-func startSimServer(ctx context.Context, dir string, logLevel slog.Level, profile string) (*simServer, error) {
+func startSimServer(ctx context.Context, dir, listen string, logLevel slog.Level, profile string) (*simServer, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find vxbench executable: %w", err)
 	}
-	cmd := exec.Command(self, ServeSimCommand, "-dir", dir, "-log-level", logLevel.String(), "-cpuprofile", profile)
+	cmd := exec.Command(self, ServeSimCommand, "-dir", dir, "-log-level", logLevel.String(), "-cpuprofile", profile, "-listen", listen)
 	prioritise(cmd)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()

@@ -45,6 +45,7 @@ func All() []Benchmark {
 		{ID: "3", Name: "VNI allocation", Run: runAllocation},
 		{ID: "4", Name: "datapath programming", Run: runDatapath},
 		{ID: "5", Name: "throughput and failover in the lab", Also: []string{"6"}, RunMany: runLab},
+		{ID: "7", Name: "memory", Run: runMemory},
 	}
 }
 
@@ -95,4 +96,16 @@ func runLab(ctx context.Context, o Options) []Outcome {
 		cfg.Rounds, cfg.Seconds, cfg.Trials = 1, 2, 3
 	}
 	return RunLab(ctx, cfg)
+}
+
+func runMemory(ctx context.Context, o Options) Outcome {
+	cfg := MemoryConfig{
+		Bin: o.Bin, Hosts: 1000, Ports: 10000, Settle: 2 * time.Second,
+		Targets:  MemoryTargets{AgentIdle: 25, AgentLoaded: 50, Server: 300},
+		LogLevel: o.LogLevel, Progress: o.Progress,
+	}
+	if o.Quick {
+		cfg.Hosts, cfg.Ports, cfg.Settle = 100, 2000, time.Second
+	}
+	return RunMemory(ctx, cfg)
 }

@@ -121,6 +121,7 @@ func serveSim(args []string) int {
 	dir := fs.String("dir", "", "data directory of the embedded etcd")
 	logLevel := fs.String("log-level", "error", "log level")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	listen := fs.String("listen", "", "API address (default 127.0.0.1:0; unix:///path for a socket)")
 	_ = fs.Parse(args)
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil || *dir == "" {
@@ -143,7 +144,7 @@ func serveSim(args []string) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if err := bench.ServeSim(ctx, *dir, os.Stdout, log); err != nil {
+	if err := bench.ServeSim(ctx, *dir, *listen, os.Stdout, log); err != nil {
 		fmt.Fprintln(os.Stderr, "vxbench serve-sim:", err)
 		return 1
 	}
