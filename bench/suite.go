@@ -2,8 +2,8 @@ package bench
 
 import (
 	"context"
-	"slices"
 	"log/slog"
+	"slices"
 	"time"
 )
 
