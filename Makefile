@@ -50,8 +50,10 @@ lab: build ## the main job: bring up a 3-host lab, build tenants and networks, p
 	$(BIN) lab up
 	$(BIN) lab demo
 
-bench: build ## benchmarks against the targets; QUICK=1 for the reduced run
-	$(GO) run ./bench/cmd/vxbench $(if $(QUICK),-quick)
+bench: build ## benchmarks against the targets (bench/README.md); QUICK=1 for the reduced run
+	@command -v iperf3 >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq iperf3; } >/dev/null || \
+		echo "bench: could not install iperf3; the throughput benchmark will be skipped" >&2
+	$(GO) run ./bench/cmd/vxbench -bin $(BIN) $(if $(QUICK),-quick)
 
 clean: ## remove build output
 	rm -rf bin
