@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 )
 
 // Mode mirrors the network modes of the API.
@@ -64,10 +65,10 @@ const VXLANOverhead = 50
 const DeviceNamePrefix = "vx"
 
 // BridgeName is the name of a network's bridge on every host (at most 12 characters).
-func BridgeName(vni uint32) string { return fmt.Sprintf("vxbr%d", vni) }
+func BridgeName(vni uint32) string { return BridgePrefix + strconv.FormatUint(uint64(vni), 10) }
 
 // VxlanName is the name of a network's vxlan device on every host (at most 12 characters).
-func VxlanName(vni uint32) string { return fmt.Sprintf("vxlan%d", vni) }
+func VxlanName(vni uint32) string { return VxlanPrefix + strconv.FormatUint(uint64(vni), 10) }
 
 // DesiredState is everything one host's kernel must show.
 type DesiredState struct {

@@ -62,6 +62,16 @@ var ErrUplinkMissing = errors.New("uplink interface not found")
 // BridgePrefix starts every bridge name (see BridgeName); nftables matches it as a wildcard.
 const BridgePrefix = "vxbr"
 
+// VxlanPrefix starts every vxlan device name (see VxlanName).
+const VxlanPrefix = "vxlan"
+
+// IsDeviceName reports whether name belongs to the devices this package creates (bridges and vxlan
+// devices). Port and uplink interfaces may not use these names; other "vx" names (the control
+// plane's "vxp<id>" port interfaces) are fine.
+func IsDeviceName(name string) bool {
+	return strings.HasPrefix(name, BridgePrefix) || strings.HasPrefix(name, VxlanPrefix)
+}
+
 // TableName is the name of our nftables tables (one of family inet, one of family bridge).
 const TableName = "vxfabric"
 
@@ -111,14 +121,14 @@ func (d DesiredState) Validate() error {
 			if len(n.Uplink) > 15 {
 				return fmt.Errorf("network vni %d: uplink name %q too long: %w", n.VNI, n.Uplink, ErrInvalid)
 			}
-			if strings.HasPrefix(n.Uplink, DeviceNamePrefix) {
+			if IsDeviceName(n.Uplink) {
 				return fmt.Errorf("network vni %d: uplink %q uses our own prefix: %w", n.VNI, n.Uplink, ErrInvalid)
 			}
 		default:
 			return fmt.Errorf("network vni %d: %s: %w", n.VNI, n.Mode, ErrInvalid)
 		}
 		for _, p := range n.Ports {
-			if p.Interface == "" || len(p.Interface) > 15 || strings.HasPrefix(p.Interface, DeviceNamePrefix) {
+			if p.Interface == "" || len(p.Interface) > 15 || IsDeviceName(p.Interface) {
 				return fmt.Errorf("network vni %d: port interface %q: %w", n.VNI, p.Interface, ErrInvalid)
 			}
 			if other, dup := ports[p.Interface]; dup {

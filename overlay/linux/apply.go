@@ -466,8 +466,8 @@ func ourVNI(l netlink.Link) (uint32, bool) {
 	switch {
 	case l.Type() == "bridge" && strings.HasPrefix(name, overlay.BridgePrefix):
 		rest = name[len(overlay.BridgePrefix):]
-	case l.Type() == "vxlan" && strings.HasPrefix(name, "vxlan"):
-		rest = name[len("vxlan"):]
+	case l.Type() == "vxlan" && strings.HasPrefix(name, overlay.VxlanPrefix):
+		rest = name[len(overlay.VxlanPrefix):]
 	default:
 		return 0, false
 	}
@@ -501,7 +501,7 @@ func (r *run) releasePorts() {
 	for _, name := range names {
 		l := r.links[name]
 		br := bridges[l.Attrs().MasterIndex]
-		if br == nil || strings.HasPrefix(name, overlay.DeviceNamePrefix) {
+		if br == nil || overlay.IsDeviceName(name) {
 			continue
 		}
 		vni, _ := ourVNI(br)
