@@ -4,11 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
-	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"runtime/debug"
@@ -17,8 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -33,18 +27,14 @@ func init() { register(newAgentCmd) }
 
 // agentFlags are the flags of `vxfab agent`.
 type agentFlags struct {
-	node            string
-	vtep            string
-	underlayIface   string
-	join            []string
-	gossipBind      string
-	gossipAdvertise string
-	gossipKey       string
-	gossipKeyring   string
-	servers         []string
-	stateDir        string
-	metricsListen   string
-	logLevel        string
+	node          string
+	vtep          string
+	underlayIface string
+	gossip        gossipFlags
+	servers       []string
+	stateDir      string
+	metricsListen string
+	logLevel      string
 }
 
 func newAgentCmd() *cobra.Command {
@@ -72,11 +62,7 @@ move it first everywhere and SIGHUP, then remove the old key everywhere and SIGH
 	fs.StringVar(&f.node, "node", "", "this host's node name (required)")
 	fs.StringVar(&f.vtep, "vtep", "", "this host's underlay (VTEP) address (required)")
 	fs.StringVar(&f.underlayIface, "underlay-iface", "", "interface carrying the VTEP address (NAT masquerades through it)")
-	fs.StringSliceVar(&f.join, "join", nil, "gossip seeds HOST:PORT, comma separated")
-	fs.StringVar(&f.gossipBind, "gossip-bind", "", "gossip address IP:PORT (default VTEP:"+strconv.Itoa(membership.DefaultPort)+")")
-	fs.StringVar(&f.gossipAdvertise, "gossip-advertise", "", "gossip address other members use, IP:PORT (default: --gossip-bind)")
-	fs.StringVar(&f.gossipKey, "gossip-key", "", "gossip encryption key, base64 of 16, 24 or 32 bytes (env VXFAB_GOSSIP_KEY)")
-	fs.StringVar(&f.gossipKeyring, "gossip-keyring", "", "file of base64 gossip keys, first one primary, reloaded on SIGHUP")
+	f.gossip.addTo(fs, "VTEP:"+strconv.Itoa(membership.DefaultPort))
 	fs.StringSliceVar(&f.servers, "server", nil, "API servers HOST:PORT to fail over between, comma separated (default: found through gossip)")
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/vxfabric/agent", "directory keeping the last applied revision")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "address serving Prometheus metrics on /metrics (default: none)")
@@ -92,18 +78,16 @@ func buildVersion() string {
 }
 
 func runAgent(ctx context.Context, f agentFlags) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
+	log, err := newLogger(f.logLevel)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	vtep, err := netip.ParseAddr(f.vtep)
 	if err != nil {
 		return fmt.Errorf("--vtep %q: %w", f.vtep, err)
 	}
 	version := buildVersion()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	cfg := nodeagent.Default()
 	cfg.Node = f.node
@@ -119,22 +103,12 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	}
 
 	var member *membership.Member
-	if len(f.join) > 0 || f.gossipBind != "" {
-		mc := membership.Default(membership.RoleAgent, f.node)
-		mc.VTEP = vtep
-		mc.Version = version
-		mc.BindAddr = firstNonEmpty(f.gossipBind, netip.AddrPortFrom(vtep, membership.DefaultPort).String())
-		mc.AdvertiseAddr = f.gossipAdvertise
-		mc.Join = trimAll(f.join)
-		mc.KeyringFile = f.gossipKeyring
-		mc.Logger = log
-		if s := firstNonEmpty(f.gossipKey, os.Getenv("VXFAB_GOSSIP_KEY")); s != "" {
-			key, err := membership.ParseKey(s)
-			if err != nil {
-				return fmt.Errorf("--gossip-key: %w", err)
-			}
-			mc.Keys = [][]byte{key}
+	if f.gossip.enabled() {
+		mc, err := f.gossip.config(membership.RoleAgent, f.node, netip.AddrPortFrom(vtep, membership.DefaultPort).String(), log)
+		if err != nil {
+			return err
 		}
+		mc.VTEP = vtep
 		if member, err = membership.New(mc); err != nil {
 			return err
 		}
@@ -166,30 +140,15 @@ func runAgent(ctx context.Context, f agentFlags) error {
 		leave()
 		return err
 	}
-	var metricsSrv *http.Server
-	if f.metricsListen != "" {
-		lis, err := net.Listen("tcp", f.metricsListen)
-		if err != nil {
-			leave()
-			return fmt.Errorf("--metrics-listen %s: %w", f.metricsListen, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := metricsSrv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server failed", "err", err)
-			}
-		}()
+	stopMetrics, err := serveMetrics(ctx, f.metricsListen, reg, log)
+	if err != nil {
+		leave()
+		return err
 	}
 	runErr := agent.Run(ctx)
 	// Graceful stop: peers see LEFT (not DEAD); the kernel keeps every object.
 	leave()
-	if metricsSrv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = metricsSrv.Shutdown(sctx)
-		cancel()
-	}
+	stopMetrics()
 	return runErr
 }
 

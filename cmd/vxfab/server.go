@@ -2,15 +2,19 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
+	"net"
+	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/fanout"
+	"github.com/vxfabric/vxfabric/controlplane/nodestatus"
 	"github.com/vxfabric/vxfabric/controlplane/server"
+	"github.com/vxfabric/vxfabric/membership"
 )
 
 func init() { register(newServerCmd) }
@@ -19,6 +23,9 @@ func init() { register(newServerCmd) }
 type serverFlags struct {
 	listen        []string
 	metricsListen string
+	name          string
+	advertise     string
+	gossip        gossipFlags
 	dataDir       string
 	etcdEndpoints []string
 	etcdCert      string
@@ -61,6 +68,9 @@ func newServerCmd() *cobra.Command {
 	fs.StringArrayVar(&f.vniRanges, "vni-range", nil, "VNI pool range FIRST-LAST, repeatable (default 4096-16777214)")
 	fs.Uint32Var(&f.underlayMTU, "underlay-mtu", def.UnderlayMTU, "MTU of the hosts' underlay; networks default to 50 less")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.name, "name", "", "this server's gossip member name (default server-HOSTNAME)")
+	fs.StringVar(&f.advertise, "advertise", "", "API address HOST:PORT agents dial, announced through gossip (default: the first TCP --listen, with the gossip address's IP when that listen address is unspecified)")
+	f.gossip.addTo(fs, "0.0.0.0:"+strconv.Itoa(membership.DefaultPort)+" when --join is given; without both, no gossip")
 	return cmd
 }
 
@@ -68,11 +78,11 @@ func newServerCmd() *cobra.Command {
 // interceptors and TokenService) are appended here, one line each.
 func serverConfig(f serverFlags, reg prometheus.Registerer) (server.Config, error) {
 	cfg := server.Default()
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return cfg, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
+	log, err := newLogger(f.logLevel)
+	if err != nil {
+		return cfg, err
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Logger = log
 	if len(f.listen) == 0 {
 		return cfg, fmt.Errorf("--listen: at least one address is required")
 	}
@@ -95,6 +105,13 @@ func serverConfig(f serverFlags, reg prometheus.Registerer) (server.Config, erro
 		}
 	}
 	cfg.UnderlayMTU = f.underlayMTU
+	if f.gossip.enabled() {
+		mc, err := serverGossip(f, cfg)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Plugins = append(cfg.Plugins, nodestatus.Plugin(mc))
+	}
 	hub := fanout.Default()
 	hub.Registerer = reg
 	cfg.Plugins = append(cfg.Plugins, fanout.Plugin(hub))
@@ -102,4 +119,58 @@ func serverConfig(f serverFlags, reg prometheus.Registerer) (server.Config, erro
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// serverGossip is the server's membership: agents find the API at --advertise through it, and the
+// leading server writes node status from it.
+func serverGossip(f serverFlags, cfg server.Config) (membership.Config, error) {
+	name := f.name
+	if name == "" {
+		host, _ := os.Hostname()
+		name = "server-" + dnsLabel(host)
+	}
+	mc, err := f.gossip.config(membership.RoleServer, name, "0.0.0.0:"+strconv.Itoa(membership.DefaultPort), cfg.Logger)
+	if err != nil {
+		return mc, err
+	}
+	mc.GRPCAddr = f.advertise
+	if mc.GRPCAddr == "" {
+		for _, l := range append([]string{cfg.Listen}, cfg.AlsoListen...) {
+			host, port, err := net.SplitHostPort(l)
+			if err != nil || strings.HasPrefix(l, "unix:") {
+				continue
+			}
+			if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+				gossipHost, _, _ := net.SplitHostPort(firstNonEmpty(mc.AdvertiseAddr, mc.BindAddr))
+				host = gossipHost
+			}
+			mc.GRPCAddr = net.JoinHostPort(host, port)
+			break
+		}
+	}
+	if mc.GRPCAddr == "" {
+		return mc, fmt.Errorf("--advertise: no TCP --listen address to announce to agents")
+	}
+	return mc, nil
+}
+
+// dnsLabel turns a host name into a valid member name: lower case [a-z0-9-], at most 48 characters.
+func dnsLabel(s string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(s) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			b.WriteRune(r)
+		case b.Len() > 0:
+			b.WriteByte('-')
+		}
+		if b.Len() == 48 {
+			break
+		}
+	}
+	out := strings.Trim(b.String(), "-")
+	if out == "" {
+		return "local"
+	}
+	return out
 }

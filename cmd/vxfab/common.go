@@ -1,0 +1,58 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/pflag"
+	"github.com/vxfabric/vxfabric/membership"
+)
+
+// newLogger is the structured logger of the daemons (server, agent), on stderr.
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// gossipFlags are the gossip options the server and the agent share.
+type gossipFlags struct {
+	join      []string
+	bind      string
+	advertise string
+	key       string
+	keyring   string
+}
+
+func (g *gossipFlags) addTo(fs *pflag.FlagSet, bindDefault string) {
+	fs.StringSliceVar(&g.join, "join", nil, "gossip seeds HOST:PORT, comma separated")
+	fs.StringVar(&g.bind, "gossip-bind", "", "gossip address IP:PORT (default "+bindDefault+")")
+	fs.StringVar(&g.advertise, "gossip-advertise", "", "gossip address other members use, IP:PORT (default: --gossip-bind)")
+	fs.StringVar(&g.key, "gossip-key", "", "gossip encryption key, base64 of 16, 24 or 32 bytes (env VXFAB_GOSSIP_KEY)")
+	fs.StringVar(&g.keyring, "gossip-keyring", "", "file of base64 gossip keys, first one primary, reloaded on SIGHUP")
+}
+
+// enabled: gossip runs when the member has somewhere to bind or someone to join.
+func (g *gossipFlags) enabled() bool { return len(g.join) > 0 || g.bind != "" }
+
+// config is the membership configuration these flags describe; defaultBind applies without --gossip-bind.
+func (g *gossipFlags) config(role membership.Role, node, defaultBind string, log *slog.Logger) (membership.Config, error) {
+	mc := membership.Default(role, node)
+	mc.Version = buildVersion()
+	mc.BindAddr = firstNonEmpty(g.bind, defaultBind)
+	mc.AdvertiseAddr = g.advertise
+	mc.Join = trimAll(g.join)
+	mc.KeyringFile = g.keyring
+	mc.Logger = log
+	if s := firstNonEmpty(g.key, os.Getenv("VXFAB_GOSSIP_KEY")); s != "" {
+		key, err := membership.ParseKey(s)
+		if err != nil {
+			return mc, fmt.Errorf("--gossip-key: %w", err)
+		}
+		mc.Keys = [][]byte{key}
+	}
+	return mc, nil
+}
