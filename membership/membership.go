@@ -172,6 +172,7 @@ func New(cfg Config) (*Member, error) {
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	} else {
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = false, false
+		m.log.Warn("gossip is not encrypted: anyone on the underlay can join and read membership; give a gossip key")
 	}
 
 	ml, err := memberlist.Create(mc)
