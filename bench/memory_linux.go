@@ -35,10 +35,12 @@ type MemoryConfig struct {
 	Hosts int
 	Ports int
 	// Settle is how long RSS is sampled (every 100 ms, the maximum counts) once a state is reached.
-	Settle   time.Duration
-	Targets  MemoryTargets
-	LogLevel slog.Level
-	Progress func(format string, args ...any)
+	Settle  time.Duration
+	Targets MemoryTargets
+	// ProfileDir, when set, receives the server's heap profile at the end (memory-server.heap.pprof).
+	ProfileDir string
+	LogLevel   slog.Level
+	Progress   func(format string, args ...any)
 }
 
 // MemoryTargets are in MiB.
@@ -80,7 +82,11 @@ func memory(ctx context.Context, cfg MemoryConfig, out *Outcome) error {
 	}
 	defer cleanup()
 	sock := "unix://" + filepath.Join(dir, "server.sock")
-	srv, err := startSimServer(ctx, filepath.Join(dir, "data"), sock, cfg.LogLevel, "")
+	var heap string
+	if cfg.ProfileDir != "" {
+		heap = filepath.Join(cfg.ProfileDir, "memory-server.heap.pprof")
+	}
+	srv, err := startSimServer(ctx, filepath.Join(dir, "data"), sock, cfg.LogLevel, "", heap)
 	if err != nil {
 		return err
 	}
@@ -169,6 +175,20 @@ func memory(ctx context.Context, cfg MemoryConfig, out *Outcome) error {
 		return err
 	}
 	cfg.Progress("memory: agent with %d remote ports %.1f MiB, server %.1f MiB", cfg.Ports, loaded, server)
+	if heap != "" {
+		_ = os.Remove(heap)
+		if err := srv.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+			return fmt.Errorf("ask the server for a heap profile: %w", err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if _, err := os.Stat(heap); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("server wrote no heap profile to %s", heap)
+			}
+		}
+	}
 	out.Metrics = []Metric{
 		NewMetric("agent RSS idle", idle, "MiB", AtMost, cfg.Targets.AgentIdle),
 		InfoMetric("agent idle: anonymous (heap, stacks)", idleAnon, "MiB"),

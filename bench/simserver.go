@@ -86,12 +86,15 @@ type simServer struct {
 
 // startSimServer runs ServeSim in a child process (this executable, ServeSimCommand).
 // With profile set, the child writes its CPU profile there when it stops.
-func startSimServer(ctx context.Context, dir, listen string, logLevel slog.Level, profile string) (*simServer, error) {
+func startSimServer(ctx context.Context, dir, listen string, logLevel slog.Level, profile string, heapProfile ...string) (*simServer, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find vxbench executable: %w", err)
 	}
 	cmd := exec.Command(self, ServeSimCommand, "-dir", dir, "-log-level", logLevel.String(), "-cpuprofile", profile, "-listen", listen)
+	if len(heapProfile) > 0 && heapProfile[0] != "" {
+		cmd.Args = append(cmd.Args, "-memprofile", heapProfile[0])
+	}
 	prioritise(cmd)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()

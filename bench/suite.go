@@ -101,8 +101,8 @@ func runLab(ctx context.Context, o Options) []Outcome {
 func runMemory(ctx context.Context, o Options) Outcome {
 	cfg := MemoryConfig{
 		Bin: o.Bin, Hosts: 1000, Ports: 10000, Settle: 2 * time.Second,
-		Targets:  MemoryTargets{AgentIdle: 25, AgentLoaded: 50, Server: 300},
-		LogLevel: o.LogLevel, Progress: o.Progress,
+		Targets:    MemoryTargets{AgentIdle: 25, AgentLoaded: 50, Server: 300},
+		ProfileDir: o.ProfileDir, LogLevel: o.LogLevel, Progress: o.Progress,
 	}
 	if o.Quick {
 		cfg.Hosts, cfg.Ports, cfg.Settle = 100, 2000, time.Second

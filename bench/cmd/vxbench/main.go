@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -122,6 +123,7 @@ func serveSim(args []string) int {
 	logLevel := fs.String("log-level", "error", "log level")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run here")
 	listen := fs.String("listen", "", "API address (default 127.0.0.1:0; unix:///path for a socket)")
+	memProfile := fs.String("memprofile", "", "write a heap profile here on SIGUSR1")
 	_ = fs.Parse(args)
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil || *dir == "" {
@@ -144,6 +146,18 @@ func serveSim(args []string) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if *memProfile != "" {
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		defer signal.Stop(usr1)
+		go func() {
+			for range usr1 {
+				if err := writeHeapProfile(*memProfile); err != nil {
+					log.Error("heap profile", "err", err)
+				}
+			}
+		}()
+	}
 	if err := bench.ServeSim(ctx, *dir, *listen, os.Stdout, log); err != nil {
 		fmt.Fprintln(os.Stderr, "vxbench serve-sim:", err)
 		return 1
@@ -165,4 +179,23 @@ func createPorts(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// writeHeapProfile collects garbage, then writes the heap profile (the live set) to path, through
+// a temporary file so that a reader never sees half of it.
+func writeHeapProfile(path string) error {
+	runtime.GC()
+	runtime.GC() // a second time: sync.Pool keeps what the first one found for one more cycle
+	f, err := os.Create(path + ".tmp")
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
 }
