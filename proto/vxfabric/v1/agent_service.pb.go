@@ -75,6 +75,9 @@ func (x *SyncRequest) GetResumeRevision() int64 {
 }
 
 // SyncResponse is a snapshot (replace everything) or a delta (upserts and removals by id).
+// Peers are the other nodes the view refers to (the node of a remote port or of a flood entry), keyed
+// by name, with the status the control plane has for them: an agent whose gossip never knew a node
+// (it died before the agent started) learns from it that the node is dead.
 type SyncResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Revision int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -86,8 +89,11 @@ type SyncResponse struct {
 	RemovedLocalPortIds  []string        `protobuf:"bytes,6,rep,name=removed_local_port_ids,json=removedLocalPortIds,proto3" json:"removed_local_port_ids,omitempty"`
 	RemotePorts          []*RemotePort   `protobuf:"bytes,7,rep,name=remote_ports,json=remotePorts,proto3" json:"remote_ports,omitempty"`
 	RemovedRemotePortIds []string        `protobuf:"bytes,8,rep,name=removed_remote_port_ids,json=removedRemotePortIds,proto3" json:"removed_remote_port_ids,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Upserts: each replaces the peer of the same name.
+	Peers         []*Peer  `protobuf:"bytes,9,rep,name=peers,proto3" json:"peers,omitempty"`
+	RemovedPeers  []string `protobuf:"bytes,10,rep,name=removed_peers,json=removedPeers,proto3" json:"removed_peers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -172,6 +178,20 @@ func (x *SyncResponse) GetRemotePorts() []*RemotePort {
 func (x *SyncResponse) GetRemovedRemotePortIds() []string {
 	if x != nil {
 		return x.RemovedRemotePortIds
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetPeers() []*Peer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetRemovedPeers() []string {
+	if x != nil {
+		return x.RemovedPeers
 	}
 	return nil
 }
@@ -371,6 +391,68 @@ func (x *FloodEntry) GetVtep() string {
 	return ""
 }
 
+// Peer is another node in a node's view, as the control plane's node record has it.
+type Peer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Vtep  string                 `protobuf:"bytes,2,opt,name=vtep,proto3" json:"vtep,omitempty"`
+	// From gossip through the elected server; agents withhold a peer's entries only when it is DEAD.
+	Status        NodeStatus `protobuf:"varint,3,opt,name=status,proto3,enum=vxfabric.v1.NodeStatus" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Peer) Reset() {
+	*x = Peer{}
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Peer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Peer) ProtoMessage() {}
+
+func (x *Peer) ProtoReflect() protoreflect.Message {
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Peer.ProtoReflect.Descriptor instead.
+func (*Peer) Descriptor() ([]byte, []int) {
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Peer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Peer) GetVtep() string {
+	if x != nil {
+		return x.Vtep
+	}
+	return ""
+}
+
+func (x *Peer) GetStatus() NodeStatus {
+	if x != nil {
+		return x.Status
+	}
+	return NodeStatus_NODE_STATUS_UNSPECIFIED
+}
+
 type LocalPort struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -385,7 +467,7 @@ type LocalPort struct {
 
 func (x *LocalPort) Reset() {
 	*x = LocalPort{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[4]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +479,7 @@ func (x *LocalPort) String() string {
 func (*LocalPort) ProtoMessage() {}
 
 func (x *LocalPort) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[4]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +492,7 @@ func (x *LocalPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalPort.ProtoReflect.Descriptor instead.
 func (*LocalPort) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{4}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LocalPort) GetId() string {
@@ -469,7 +551,7 @@ type RemotePort struct {
 
 func (x *RemotePort) Reset() {
 	*x = RemotePort{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[5]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +563,7 @@ func (x *RemotePort) String() string {
 func (*RemotePort) ProtoMessage() {}
 
 func (x *RemotePort) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[5]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +576,7 @@ func (x *RemotePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemotePort.ProtoReflect.Descriptor instead.
 func (*RemotePort) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{5}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RemotePort) GetId() string {
@@ -551,7 +633,7 @@ type ReportAppliedRequest struct {
 
 func (x *ReportAppliedRequest) Reset() {
 	*x = ReportAppliedRequest{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[6]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +645,7 @@ func (x *ReportAppliedRequest) String() string {
 func (*ReportAppliedRequest) ProtoMessage() {}
 
 func (x *ReportAppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[6]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +658,7 @@ func (x *ReportAppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportAppliedRequest.ProtoReflect.Descriptor instead.
 func (*ReportAppliedRequest) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{6}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReportAppliedRequest) GetNode() string {
@@ -608,7 +690,7 @@ type ReportAppliedResponse struct {
 
 func (x *ReportAppliedResponse) Reset() {
 	*x = ReportAppliedResponse{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[7]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +702,7 @@ func (x *ReportAppliedResponse) String() string {
 func (*ReportAppliedResponse) ProtoMessage() {}
 
 func (x *ReportAppliedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[7]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +715,7 @@ func (x *ReportAppliedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportAppliedResponse.ProtoReflect.Descriptor instead.
 func (*ReportAppliedResponse) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{7}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{8}
 }
 
 type RegisterNodeRequest struct {
@@ -647,7 +729,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[8]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +741,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[8]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +754,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{8}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RegisterNodeRequest) GetName() string {
@@ -705,7 +787,7 @@ type RegisterNodeResponse struct {
 
 func (x *RegisterNodeResponse) Reset() {
 	*x = RegisterNodeResponse{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[9]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +799,7 @@ func (x *RegisterNodeResponse) String() string {
 func (*RegisterNodeResponse) ProtoMessage() {}
 
 func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[9]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +812,7 @@ func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterNodeResponse) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{9}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterNodeResponse) GetNode() *Node {
@@ -747,7 +829,7 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\x1fvxfabric/v1/agent_service.proto\x12\vvxfabric.v1\x1a\x1bvxfabric/v1/resources.proto\"J\n" +
 	"\vSyncRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12'\n" +
-	"\x0fresume_revision\x18\x02 \x01(\x03R\x0eresumeRevision\"\x8e\x03\n" +
+	"\x0fresume_revision\x18\x02 \x01(\x03R\x0eresumeRevision\"\xdc\x03\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x125\n" +
@@ -757,7 +839,10 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"localPorts\x123\n" +
 	"\x16removed_local_port_ids\x18\x06 \x03(\tR\x13removedLocalPortIds\x12:\n" +
 	"\fremote_ports\x18\a \x03(\v2\x17.vxfabric.v1.RemotePortR\vremotePorts\x125\n" +
-	"\x17removed_remote_port_ids\x18\b \x03(\tR\x14removedRemotePortIds\"\x85\x03\n" +
+	"\x17removed_remote_port_ids\x18\b \x03(\tR\x14removedRemotePortIds\x12'\n" +
+	"\x05peers\x18\t \x03(\v2\x11.vxfabric.v1.PeerR\x05peers\x12#\n" +
+	"\rremoved_peers\x18\n" +
+	" \x03(\tR\fremovedPeers\"\x85\x03\n" +
 	"\fNetworkState\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
@@ -779,7 +864,11 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\n" +
 	"FloodEntry\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
-	"\x04vtep\x18\x02 \x01(\tR\x04vtep\"\x93\x01\n" +
+	"\x04vtep\x18\x02 \x01(\tR\x04vtep\"_\n" +
+	"\x04Peer\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04vtep\x18\x02 \x01(\tR\x04vtep\x12/\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x17.vxfabric.v1.NodeStatusR\x06status\"\x93\x01\n" +
 	"\tLocalPort\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -825,39 +914,43 @@ func file_vxfabric_v1_agent_service_proto_rawDescGZIP() []byte {
 	return file_vxfabric_v1_agent_service_proto_rawDescData
 }
 
-var file_vxfabric_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_vxfabric_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_vxfabric_v1_agent_service_proto_goTypes = []any{
 	(*SyncRequest)(nil),           // 0: vxfabric.v1.SyncRequest
 	(*SyncResponse)(nil),          // 1: vxfabric.v1.SyncResponse
 	(*NetworkState)(nil),          // 2: vxfabric.v1.NetworkState
 	(*FloodEntry)(nil),            // 3: vxfabric.v1.FloodEntry
-	(*LocalPort)(nil),             // 4: vxfabric.v1.LocalPort
-	(*RemotePort)(nil),            // 5: vxfabric.v1.RemotePort
-	(*ReportAppliedRequest)(nil),  // 6: vxfabric.v1.ReportAppliedRequest
-	(*ReportAppliedResponse)(nil), // 7: vxfabric.v1.ReportAppliedResponse
-	(*RegisterNodeRequest)(nil),   // 8: vxfabric.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil),  // 9: vxfabric.v1.RegisterNodeResponse
-	(NetworkMode)(0),              // 10: vxfabric.v1.NetworkMode
-	(*Node)(nil),                  // 11: vxfabric.v1.Node
+	(*Peer)(nil),                  // 4: vxfabric.v1.Peer
+	(*LocalPort)(nil),             // 5: vxfabric.v1.LocalPort
+	(*RemotePort)(nil),            // 6: vxfabric.v1.RemotePort
+	(*ReportAppliedRequest)(nil),  // 7: vxfabric.v1.ReportAppliedRequest
+	(*ReportAppliedResponse)(nil), // 8: vxfabric.v1.ReportAppliedResponse
+	(*RegisterNodeRequest)(nil),   // 9: vxfabric.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),  // 10: vxfabric.v1.RegisterNodeResponse
+	(NetworkMode)(0),              // 11: vxfabric.v1.NetworkMode
+	(NodeStatus)(0),               // 12: vxfabric.v1.NodeStatus
+	(*Node)(nil),                  // 13: vxfabric.v1.Node
 }
 var file_vxfabric_v1_agent_service_proto_depIdxs = []int32{
 	2,  // 0: vxfabric.v1.SyncResponse.networks:type_name -> vxfabric.v1.NetworkState
-	4,  // 1: vxfabric.v1.SyncResponse.local_ports:type_name -> vxfabric.v1.LocalPort
-	5,  // 2: vxfabric.v1.SyncResponse.remote_ports:type_name -> vxfabric.v1.RemotePort
-	10, // 3: vxfabric.v1.NetworkState.mode:type_name -> vxfabric.v1.NetworkMode
-	3,  // 4: vxfabric.v1.NetworkState.flood:type_name -> vxfabric.v1.FloodEntry
-	11, // 5: vxfabric.v1.RegisterNodeResponse.node:type_name -> vxfabric.v1.Node
-	0,  // 6: vxfabric.v1.AgentService.Sync:input_type -> vxfabric.v1.SyncRequest
-	6,  // 7: vxfabric.v1.AgentService.ReportApplied:input_type -> vxfabric.v1.ReportAppliedRequest
-	8,  // 8: vxfabric.v1.AgentService.RegisterNode:input_type -> vxfabric.v1.RegisterNodeRequest
-	1,  // 9: vxfabric.v1.AgentService.Sync:output_type -> vxfabric.v1.SyncResponse
-	7,  // 10: vxfabric.v1.AgentService.ReportApplied:output_type -> vxfabric.v1.ReportAppliedResponse
-	9,  // 11: vxfabric.v1.AgentService.RegisterNode:output_type -> vxfabric.v1.RegisterNodeResponse
-	9,  // [9:12] is the sub-list for method output_type
-	6,  // [6:9] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	5,  // 1: vxfabric.v1.SyncResponse.local_ports:type_name -> vxfabric.v1.LocalPort
+	6,  // 2: vxfabric.v1.SyncResponse.remote_ports:type_name -> vxfabric.v1.RemotePort
+	4,  // 3: vxfabric.v1.SyncResponse.peers:type_name -> vxfabric.v1.Peer
+	11, // 4: vxfabric.v1.NetworkState.mode:type_name -> vxfabric.v1.NetworkMode
+	3,  // 5: vxfabric.v1.NetworkState.flood:type_name -> vxfabric.v1.FloodEntry
+	12, // 6: vxfabric.v1.Peer.status:type_name -> vxfabric.v1.NodeStatus
+	13, // 7: vxfabric.v1.RegisterNodeResponse.node:type_name -> vxfabric.v1.Node
+	0,  // 8: vxfabric.v1.AgentService.Sync:input_type -> vxfabric.v1.SyncRequest
+	7,  // 9: vxfabric.v1.AgentService.ReportApplied:input_type -> vxfabric.v1.ReportAppliedRequest
+	9,  // 10: vxfabric.v1.AgentService.RegisterNode:input_type -> vxfabric.v1.RegisterNodeRequest
+	1,  // 11: vxfabric.v1.AgentService.Sync:output_type -> vxfabric.v1.SyncResponse
+	8,  // 12: vxfabric.v1.AgentService.ReportApplied:output_type -> vxfabric.v1.ReportAppliedResponse
+	10, // 13: vxfabric.v1.AgentService.RegisterNode:output_type -> vxfabric.v1.RegisterNodeResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_vxfabric_v1_agent_service_proto_init() }
@@ -872,7 +965,7 @@ func file_vxfabric_v1_agent_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vxfabric_v1_agent_service_proto_rawDesc), len(file_vxfabric_v1_agent_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
