@@ -171,24 +171,26 @@ func iperf3(ctx context.Context, l *lab.Lab, server, client string, dst netip.Ad
 	go func() {
 		srvDone <- l.Exec(sctx, server, []string{"iperf3", "-s", "-1", "-B", dst.String()}, lab.Stdio{})
 	}()
-	var out []byte
-	var err error
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		var s string
-		s, err = l.Output(ctx, client, "iperf3", "-c", dst.String(), "-t", fmt.Sprint(seconds), "-J")
-		out = []byte(s)
-		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
-			break
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		bps, err := iperf3Client(ctx, l, client, dst, seconds)
+		if err == nil {
+			return bps, nil
 		}
-		select { // the server is not listening yet
-		case err := <-srvDone:
-			return 0, fmt.Errorf("iperf3 server in %s: %w", server, err)
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return 0, err
+		}
+		select { // most likely the server is not listening yet
+		case serr := <-srvDone:
+			return 0, fmt.Errorf("iperf3 server in %s ended (%v) before a test ran: %w", server, serr, err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	if err != nil {
-		return 0, fmt.Errorf("iperf3 %s -> %s: %w", client, dst, err)
-	}
+}
+
+// iperf3Client runs the client side once and returns the receiver's rate in bit/s.
+func iperf3Client(ctx context.Context, l *lab.Lab, client string, dst netip.Addr, seconds int) (float64, error) {
+	out, err := l.Output(ctx, client, "iperf3", "-c", dst.String(), "-t", fmt.Sprint(seconds), "-J")
 	var rep struct {
 		End struct {
 			SumReceived struct {
@@ -197,8 +199,8 @@ func iperf3(ctx context.Context, l *lab.Lab, server, client string, dst netip.Ad
 		} `json:"end"`
 		Error string `json:"error"`
 	}
-	if err := json.NewDecoder(bytes.NewReader(out)).Decode(&rep); err != nil {
-		return 0, fmt.Errorf("iperf3 %s -> %s: decode report: %w", client, dst, err)
+	if derr := json.NewDecoder(bytes.NewReader([]byte(out))).Decode(&rep); derr != nil {
+		return 0, fmt.Errorf("iperf3 %s -> %s: %w (report: %v)", client, dst, err, derr)
 	}
 	if rep.Error != "" || rep.End.SumReceived.BitsPerSecond <= 0 {
 		return 0, fmt.Errorf("iperf3 %s -> %s: %q", client, dst, rep.Error)
