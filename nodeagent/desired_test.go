@@ -59,7 +59,7 @@ func TestModelMergeAndBuild(t *testing.T) {
 		},
 		LocalPorts: []*vxfabricv1.LocalPort{
 			local("pa", "n1", "tap-a", "0e:00:00:00:00:01"),
-			local("pb", "n1", "vxp1234567890", "0e:00:00:00:00:02"), // our own prefix: refused, skipped alone
+			local("pb", "n1", "vxbr1234", "0e:00:00:00:00:02"),      // one of our device names: refused, skipped alone
 			local("pc", "nope", "tap-c", "0e:00:00:00:00:03"),       // network not in the view
 		},
 		RemotePorts: []*vxfabricv1.RemotePort{
