@@ -59,8 +59,8 @@ func TestModelMergeAndBuild(t *testing.T) {
 		},
 		LocalPorts: []*vxfabricv1.LocalPort{
 			local("pa", "n1", "tap-a", "0e:00:00:00:00:01"),
-			local("pb", "n1", "vxbr1234", "0e:00:00:00:00:02"),      // one of our device names: refused, skipped alone
-			local("pc", "nope", "tap-c", "0e:00:00:00:00:03"),       // network not in the view
+			local("pb", "n1", "vxbr1234", "0e:00:00:00:00:02"), // one of our device names: refused, skipped alone
+			local("pc", "nope", "tap-c", "0e:00:00:00:00:03"),  // network not in the view
 		},
 		RemotePorts: []*vxfabricv1.RemotePort{
 			remote("r2", "n1", "h2", "0e:00:00:00:00:12", "198.18.0.2"),
