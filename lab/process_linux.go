@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,15 +29,24 @@ func agentProc(host string) string { return "agent-" + host }
 // serverAddr is the server's gRPC address on the underlay, for agents.
 func serverAddr() string { return ControlAddr.String() + ":" + strconv.Itoa(ServerPort) }
 
+func gossipAddr(a netip.Addr) string { return a.String() + ":" + strconv.Itoa(GossipPort) }
+
 // The server listens on the underlay (for agents) and on a unix socket in the state directory (for
-// the root namespace's CLI: no link into the root namespace is needed).
+// the root namespace's CLI: no link into the root namespace is needed). Its gossip seeds are the
+// hosts: a restarted server re-joins them while it is alone, whereas agents that still see each
+// other would never come back to a seed that restarted.
 func (l *Lab) serverSpec() proc {
+	seeds := make([]string, l.cfg.Hosts)
+	for i := range seeds {
+		seeds[i] = gossipAddr(HostAddr(i + 1))
+	}
 	return proc{name: serverProc, ns: l.Namespace(RoleControl), args: []string{
 		"server",
 		"--listen", serverAddr(),
 		"--listen", "unix://" + l.SocketPath(),
 		"--data-dir", l.etcdDir(),
-		"--gossip-bind", ControlAddr.String() + ":" + strconv.Itoa(GossipPort),
+		"--gossip-bind", gossipAddr(ControlAddr),
+		"--join", strings.Join(seeds, ","),
 	}}
 }
 
@@ -48,8 +58,8 @@ func (l *Lab) agentSpec(host string) proc {
 		"--node", host,
 		"--vtep", addr,
 		"--underlay-iface", UnderlayIface,
-		"--join", ControlAddr.String() + ":" + strconv.Itoa(GossipPort),
-		"--gossip-bind", addr + ":" + strconv.Itoa(GossipPort),
+		"--join", gossipAddr(ControlAddr),
+		"--gossip-bind", gossipAddr(HostAddr(i)),
 		"--state-dir", l.agentDir(host),
 		"--metrics-listen", addr + ":" + strconv.Itoa(MetricsPort),
 	}}
