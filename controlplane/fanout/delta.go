@@ -15,6 +15,7 @@ type delta struct {
 	networks map[string]*vxfabricv1.NetworkState
 	local    map[string]*vxfabricv1.LocalPort
 	remote   map[string]*vxfabricv1.RemotePort
+	peers    map[string]*vxfabricv1.Peer
 }
 
 // newDelta returns an empty delta; its maps are allocated on first write (most deltas touch one kind).
@@ -41,7 +42,14 @@ func (d *delta) setRemote(id string, v *vxfabricv1.RemotePort) {
 	d.remote[id] = v
 }
 
-func (d *delta) size() int { return len(d.networks) + len(d.local) + len(d.remote) }
+func (d *delta) setPeer(name string, v *vxfabricv1.Peer) {
+	if d.peers == nil {
+		d.peers = map[string]*vxfabricv1.Peer{}
+	}
+	d.peers[name] = v
+}
+
+func (d *delta) size() int { return len(d.networks) + len(d.local) + len(d.remote) + len(d.peers) }
 
 // merge applies o on top of d. The values are shared, never modified: they are read-only once built.
 func (d *delta) merge(o *delta) {
@@ -53,6 +61,9 @@ func (d *delta) merge(o *delta) {
 	}
 	for k, v := range o.remote {
 		d.setRemote(k, v)
+	}
+	for k, v := range o.peers {
+		d.setPeer(k, v)
 	}
 }
 
@@ -80,6 +91,13 @@ func (d *delta) message(rev int64) *vxfabricv1.SyncResponse {
 			resp.RemovedRemotePortIds = append(resp.RemovedRemotePortIds, id)
 		}
 	}
+	for _, name := range sortedKeys(d.peers) {
+		if v := d.peers[name]; v != nil {
+			resp.Peers = append(resp.Peers, v)
+		} else {
+			resp.RemovedPeers = append(resp.RemovedPeers, name)
+		}
+	}
 	return resp
 }
 
@@ -99,6 +117,12 @@ func sortedKeys[V any](m map[string]V) []string {
 //
 // Network upserts are not built per event: a network is marked dirty for a node, and its state (flood
 // list included) is built once per batch in finish, so a burst of joins costs one flood list per node.
+// Peers likewise: an event that may change whether node B is in node A's view, or B's record, marks the
+// pair (A, B) for a recheck, and finish sends A either B's record or B's removal as the final model
+// says. A recheck of a pair that did not change resends what A has, which is harmless; the events that
+// can change a pair are: a node starting or stopping to take part in a network (pairs with that
+// network's other participants, both ways), and a node's VTEP or status changing (pairs with every
+// node that shares a network with it).
 type batch struct {
 	m         *model
 	log       *slog.Logger
@@ -106,6 +130,7 @@ type batch struct {
 	deltas    map[string]*delta
 	touched   map[string]bool
 	dirty     map[string]map[string]bool // node -> network ids whose NetworkState must be rebuilt
+	peerCheck map[string]map[string]bool // node -> peers whose presence and record must be resent
 	remote    map[string]*vxfabricv1.RemotePort
 	local     map[string]*vxfabricv1.LocalPort
 	// loading: a full load fills the model only; nobody is subscribed to a model being built.
@@ -120,6 +145,37 @@ func newBatch(m *model, log *slog.Logger, connected func(string) bool, hint int)
 		touched: make(map[string]bool, hint),
 		dirty:   map[string]map[string]bool{},
 	}
+}
+
+// recheckPeer marks whether peer is in viewer's view, and with which record, to be resent in finish.
+func (b *batch) recheckPeer(viewer, peer string) {
+	if viewer == peer || b.touch(viewer) == nil {
+		return
+	}
+	if b.peerCheck == nil {
+		b.peerCheck = map[string]map[string]bool{}
+	}
+	if b.peerCheck[viewer] == nil {
+		b.peerCheck[viewer] = map[string]bool{}
+	}
+	b.peerCheck[viewer][peer] = true
+}
+
+// recheckPair marks (x, y) both ways after a change of participation. Node records do not change with
+// participation, so a node without one (no VTEP) is nobody's peer before or after and is skipped.
+func (b *batch) recheckPair(x, y string) {
+	if b.m.peers[y] != nil {
+		b.recheckPeer(x, y)
+	}
+	if b.m.peers[x] != nil {
+		b.recheckPeer(y, x)
+	}
+}
+
+// recheckPeers marks the pairs of node with every participant of network id: node just started or
+// stopped taking part in it.
+func (b *batch) recheckPeers(node, id string) {
+	b.m.forParticipants(id, func(other string) { b.recheckPair(node, other) })
 }
 
 // touch marks node's view changed and returns its delta, or nil when nobody is subscribed for it.
@@ -284,6 +340,10 @@ func (b *batch) network(id string, next *vxfabricv1.Network, ok bool) {
 	for node := range before {
 		if !after[node] {
 			b.removeNetwork(node, id, nil)
+			// The network is gone from node: re-evaluate the pairs it may have carried.
+			for other := range before {
+				b.recheckPair(node, other)
+			}
 		}
 	}
 	for node := range after {
@@ -291,6 +351,7 @@ func (b *batch) network(id string, next *vxfabricv1.Network, ok bool) {
 			b.markNetwork(node, id)
 		} else {
 			b.addNetwork(node, id)
+			b.recheckPeers(node, id)
 		}
 	}
 }
@@ -357,6 +418,7 @@ func (b *batch) port(id string, next *vxfabricv1.Port, ok bool) {
 		} else {
 			b.removeNetwork(pl.node, pl.net, prev)
 		}
+		b.recheckPeers(pl.node, pl.net)
 		if m.vtep(pl.node) != "" {
 			m.forParticipants(pl.net, func(node string) {
 				if node != pl.node {
@@ -405,15 +467,23 @@ func (b *batch) port(id string, next *vxfabricv1.Port, ok bool) {
 
 func (b *batch) node(name string, next *vxfabricv1.Node, ok bool) {
 	m := b.m
-	prevVtep := m.vtep(name)
-	if ok {
-		m.nodes[name] = next
-	} else {
-		delete(m.nodes, name)
+	prevVtep, prevPeer := m.vtep(name), m.peers[name]
+	if !ok {
+		next = nil
 	}
-	nextVtep := m.vtep(name)
-	if b.loading || prevVtep == nextVtep {
-		return // status, version and last change do not shape any view
+	m.putNode(name, next)
+	if b.loading {
+		return
+	}
+	if m.peers[name] != prevPeer {
+		// Its VTEP or status changed (version and last change do not shape any view): every node
+		// sharing a network with it gets its new record, or its removal.
+		for _, net := range m.netsOf(name) {
+			m.forParticipants(net, func(node string) { b.recheckPeer(node, name) })
+		}
+	}
+	if prevVtep == m.vtep(name) {
+		return
 	}
 	for _, net := range m.netsOf(name) {
 		m.forParticipants(net, func(node string) {
@@ -456,6 +526,16 @@ func (b *batch) finish() (map[string]*delta, map[string]bool) {
 				floods[id] = flood
 			}
 			d.setNetwork(id, b.m.networkState(node, id, flood))
+		}
+	}
+	for viewer, peers := range b.peerCheck {
+		d := b.deltas[viewer]
+		for peer := range peers {
+			if b.m.isPeer(viewer, peer) {
+				d.setPeer(peer, b.m.peers[peer])
+			} else {
+				d.setPeer(peer, nil)
+			}
 		}
 	}
 	for node, d := range b.deltas {

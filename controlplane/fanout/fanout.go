@@ -12,7 +12,11 @@
 // (a NetworkState always carries its full flood list) and removes by id; when a network leaves a node's
 // view, the same delta also removes each of its ports explicitly. Agents ignore removals of unknown ids.
 // Remote ports of a node without a VTEP are withheld (and that node is left out of flood lists) until it
-// registers one. Node status (SUSPECT, DEAD) does not change views here.
+// registers one. Node status (SUSPECT, DEAD) withholds nothing here: a view also names its peers, the
+// other nodes its remote ports and flood entries belong to, each with the VTEP and status of its
+// nodes/<name> record, and a peer's status or VTEP change is a delta to exactly the nodes whose view holds
+// it. It is the agent that decides what to withhold (only DEAD peers, and gossip overrides the status
+// when it knows the node): an agent started after a host died learns of the death only from here.
 //
 // It owns the status/ports/<id> keys (written from ReportApplied) and, for static membership, nodes/<name>
 // (RegisterNode). It never writes networks, ports or allocations, and never opens a watch per agent.

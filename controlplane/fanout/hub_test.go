@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -231,6 +233,7 @@ func TestSyncSnapshotThenDeltas(t *testing.T) {
 	want := strings.Join([]string{
 		`local pa net=n1 if=vxppa 0e:00:00:00:00:01 10.0.0.3 vm=""`,
 		`net n1 vni=100 vxbr100/vxlan100 mtu=1450 mode=NETWORK_MODE_ROUTED gw=10.0.0.1/02:fb:00:00:64:01 uplink="" flood=[b=198.18.0.2]`,
+		`peer b@198.18.0.2 NODE_STATUS_ALIVE`,
 		`remote pb net=n1 0e:00:00:00:00:02 10.0.0.4 on b@198.18.0.2`,
 	}, "\n")
 	if got := a.view.String(); got != want {
@@ -316,6 +319,101 @@ func TestSyncPortMoveAndNetworkDelete(t *testing.T) {
 	}
 	if _, ok := agents["c"].view.networks["n2"]; !ok {
 		t.Errorf("c lost n2: %s", agents["c"].view)
+	}
+}
+
+// TestSyncPeerStatus checks that a node's snapshot names the peers of its view with their status, and
+// that a peer's status or VTEP change reaches the nodes that see it, alone, and no other node.
+func TestSyncPeerStatus(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	e.start()
+	c := e.dial()
+	agents := map[string]*agent{}
+	for _, n := range []string{"a", "b", "c"} {
+		agents[n] = e.sync(c, n, 0)
+		agents[n].next(5 * time.Second)
+	}
+	a, b, cc := agents["a"], agents["b"], agents["c"]
+	peersOf := func(ag *agent) string {
+		var out []string
+		for _, p := range ag.view.peers {
+			out = append(out, fmt.Sprintf("%s@%s %s", p.GetName(), p.GetVtep(), p.GetStatus()))
+		}
+		sort.Strings(out)
+		return strings.Join(out, ",")
+	}
+	for n, want := range map[string]string{"a": "b@198.18.0.2 NODE_STATUS_ALIVE", "b": "a@198.18.0.1 NODE_STATUS_ALIVE", "c": ""} {
+		if got := peersOf(agents[n]); got != want {
+			t.Errorf("snapshot of %s: peers %q, want %q", n, got, want)
+		}
+	}
+	// onlyNext fails unless the next message ag gets is at rev (nothing came in between).
+	onlyNext := func(ag *agent, rev int64) *vxfabricv1.SyncResponse {
+		t.Helper()
+		msg := ag.next(5 * time.Second)
+		if msg.GetRevision() != rev {
+			t.Fatalf("node %s: next message at rev %d, want %d: %v", ag.node, msg.GetRevision(), rev, msg)
+		}
+		return msg
+	}
+
+	// b dies: a (which sees b) gets b's status alone; b itself and c (which does not see b) get nothing.
+	dead := testNode("b", "198.18.0.2")
+	dead.Status = vxfabricv1.NodeStatus_NODE_STATUS_DEAD
+	rev := e.put("nodes/b", dead)
+	msg := onlyNext(a, rev)
+	if msg.GetSnapshot() || len(msg.GetNetworks())+len(msg.GetLocalPorts())+len(msg.GetRemotePorts())+len(msg.GetRemovedPeers()) != 0 ||
+		len(msg.GetPeers()) != 1 || msg.GetPeers()[0].GetName() != "b" || msg.GetPeers()[0].GetStatus() != vxfabricv1.NodeStatus_NODE_STATUS_DEAD {
+		t.Errorf("a's delta for b's death: %v, want b DEAD alone", msg)
+	}
+	// A change of version or last change only is no view change: a gets the next change, not that.
+	dead.Version = "v9"
+	e.put("nodes/b", dead)
+	onlyNext(cc, e.put("ports/pc2", testPort("pc2", "n2", "c", 4)))
+	rev = e.put("ports/pa2", testPort("pa2", "n1", "a", 7))
+	onlyNext(a, rev)
+	onlyNext(b, rev)
+	if got, want := peersOf(a), "b@198.18.0.2 NODE_STATUS_DEAD"; got != want {
+		t.Errorf("a's peers %q, want %q", got, want)
+	}
+
+	// b comes back on a new VTEP: a gets the new record along with b's ports at that VTEP.
+	alive := testNode("b", "198.18.0.22")
+	rev = e.put("nodes/b", alive)
+	msg = onlyNext(a, rev)
+	if len(msg.GetPeers()) != 1 || msg.GetPeers()[0].GetVtep() != "198.18.0.22" || msg.GetPeers()[0].GetStatus() != vxfabricv1.NodeStatus_NODE_STATUS_ALIVE {
+		t.Errorf("a's delta for b's return: peers %v, want b@198.18.0.22 ALIVE", msg.GetPeers())
+	}
+
+	// c joins n1: a and b gain c as a peer, c gains both; when it leaves n1, they lose each other.
+	rev = e.put("ports/pc1", testPort("pc1", "n1", "c", 8))
+	for _, ag := range []*agent{a, b, cc} {
+		ag.waitRev(rev)
+	}
+	for n, want := range map[string]string{
+		"a": "b@198.18.0.22 NODE_STATUS_ALIVE,c@198.18.0.3 NODE_STATUS_ALIVE",
+		"b": "a@198.18.0.1 NODE_STATUS_ALIVE,c@198.18.0.3 NODE_STATUS_ALIVE",
+		"c": "a@198.18.0.1 NODE_STATUS_ALIVE,b@198.18.0.22 NODE_STATUS_ALIVE",
+	} {
+		if got := peersOf(agents[n]); got != want {
+			t.Errorf("after c joined n1, %s's peers %q, want %q", n, got, want)
+		}
+	}
+	rev = e.del("ports/pc1")
+	msg = onlyNext(a, rev)
+	if !slices.Equal(msg.GetRemovedPeers(), []string{"c"}) {
+		t.Errorf("a's delta for c leaving n1: removed peers %v, want [c]", msg.GetRemovedPeers())
+	}
+	msg = onlyNext(cc, rev)
+	if !slices.Equal(msg.GetRemovedPeers(), []string{"a", "b"}) {
+		t.Errorf("c's delta for leaving n1: removed peers %v, want [a b]", msg.GetRemovedPeers())
+	}
+	b.waitRev(rev)
+	for n, ag := range agents {
+		if got, want := ag.view.String(), e.snapshotOf(c, n); got != want {
+			t.Errorf("view of %s:\n%s\nwant snapshot\n%s", n, got, want)
+		}
 	}
 }
 

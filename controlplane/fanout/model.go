@@ -26,6 +26,7 @@ type model struct {
 	networks  map[string]*vxfabricv1.Network
 	ports     map[string]*vxfabricv1.Port
 	nodes     map[string]*vxfabricv1.Node
+	peers     map[string]*vxfabricv1.Peer            // node -> its Peer record, shared read-only by every view
 	plugged   map[string]bool                        // port id -> status/ports/<id> exists
 	netPorts  map[string]map[string]*vxfabricv1.Port // network id -> port id -> port
 	nodePorts map[string]map[string]*vxfabricv1.Port // node -> port id -> port
@@ -38,6 +39,7 @@ func newModel() *model {
 		networks:  map[string]*vxfabricv1.Network{},
 		ports:     map[string]*vxfabricv1.Port{},
 		nodes:     map[string]*vxfabricv1.Node{},
+		peers:     map[string]*vxfabricv1.Peer{},
 		plugged:   map[string]bool{},
 		netPorts:  map[string]map[string]*vxfabricv1.Port{},
 		nodePorts: map[string]map[string]*vxfabricv1.Port{},
@@ -76,6 +78,44 @@ func (m *model) vtep(node string) string {
 		return n.GetVtep()
 	}
 	return ""
+}
+
+// putNode records node n (nil: removed) and its Peer record. A node without a VTEP is nobody's peer.
+func (m *model) putNode(name string, n *vxfabricv1.Node) {
+	if n == nil {
+		delete(m.nodes, name)
+		delete(m.peers, name)
+		return
+	}
+	m.nodes[name] = n
+	if n.GetVtep() == "" {
+		delete(m.peers, name)
+		return
+	}
+	if p := m.peers[name]; p != nil && p.GetVtep() == n.GetVtep() && p.GetStatus() == n.GetStatus() {
+		return
+	}
+	m.peers[name] = &vxfabricv1.Peer{Name: name, Vtep: n.GetVtep(), Status: n.GetStatus()}
+}
+
+// isPeer reports whether peer is in viewer's view: another node with a VTEP that takes part in a network
+// viewer takes part in (so its ports are viewer's remote ports and its VTEP is in viewer's flood lists).
+// Its cost is in the ports of peer, not in the size of viewer's view.
+func (m *model) isPeer(viewer, peer string) bool {
+	if viewer == peer || m.peers[peer] == nil {
+		return false
+	}
+	for _, p := range m.nodePorts[peer] {
+		if m.takesPart(viewer, p.GetNetworkId()) {
+			return true
+		}
+	}
+	for id := range m.uplinks[peer] {
+		if m.takesPart(viewer, id) {
+			return true
+		}
+	}
+	return false
 }
 
 // takesPart reports whether network id takes part on node: a port of it is bound there, or its uplink is there.
@@ -265,8 +305,15 @@ func remotePort(p *vxfabricv1.Port, vtep string) *vxfabricv1.RemotePort {
 // snapshot is node's whole view at the model's revision.
 func (m *model) snapshot(node string) *vxfabricv1.SyncResponse {
 	resp := &vxfabricv1.SyncResponse{Revision: m.rev, Snapshot: true}
+	peers := map[string]bool{}
 	for _, id := range m.netsOf(node) {
-		resp.Networks = append(resp.Networks, m.networkState(node, id, m.floodList(id)))
+		flood := m.floodList(id)
+		for _, f := range flood {
+			if f.GetNode() != node {
+				peers[f.GetNode()] = true
+			}
+		}
+		resp.Networks = append(resp.Networks, m.networkState(node, id, flood))
 		ids := make([]string, 0, len(m.netPorts[id]))
 		for pid := range m.netPorts[id] {
 			ids = append(ids, pid)
@@ -280,6 +327,9 @@ func (m *model) snapshot(node string) *vxfabricv1.SyncResponse {
 				resp.RemotePorts = append(resp.RemotePorts, remotePort(p, v))
 			}
 		}
+	}
+	for _, name := range sortedKeys(peers) {
+		resp.Peers = append(resp.Peers, m.peers[name])
 	}
 	return resp
 }

@@ -19,6 +19,7 @@ type view struct {
 	networks map[string]*vxfabricv1.NetworkState
 	local    map[string]*vxfabricv1.LocalPort
 	remote   map[string]*vxfabricv1.RemotePort
+	peers    map[string]*vxfabricv1.Peer
 }
 
 func newView() *view {
@@ -26,6 +27,7 @@ func newView() *view {
 		networks: map[string]*vxfabricv1.NetworkState{},
 		local:    map[string]*vxfabricv1.LocalPort{},
 		remote:   map[string]*vxfabricv1.RemotePort{},
+		peers:    map[string]*vxfabricv1.Peer{},
 	}
 }
 
@@ -43,6 +45,9 @@ func (v *view) apply(msg *vxfabricv1.SyncResponse) {
 	for _, id := range msg.GetRemovedRemotePortIds() {
 		delete(v.remote, id)
 	}
+	for _, name := range msg.GetRemovedPeers() {
+		delete(v.peers, name)
+	}
 	for _, n := range msg.GetNetworks() {
 		v.networks[n.GetId()] = n
 	}
@@ -51,6 +56,9 @@ func (v *view) apply(msg *vxfabricv1.SyncResponse) {
 	}
 	for _, p := range msg.GetRemotePorts() {
 		v.remote[p.GetId()] = p
+	}
+	for _, p := range msg.GetPeers() {
+		v.peers[p.GetName()] = p
 	}
 }
 
@@ -71,6 +79,9 @@ func (v *view) String() string {
 	}
 	for _, p := range v.remote {
 		lines = append(lines, fmt.Sprintf("remote %s net=%s %s %s on %s@%s", p.GetId(), p.GetNetworkId(), p.GetMac(), p.GetIp(), p.GetNode(), p.GetVtep()))
+	}
+	for _, p := range v.peers {
+		lines = append(lines, fmt.Sprintf("peer %s@%s %s", p.GetName(), p.GetVtep(), p.GetStatus()))
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
@@ -112,7 +123,7 @@ func testNode(name, vtep string) *vxfabricv1.Node {
 
 // TestDeltasEqualSnapshots drives the model through random changes (ports created, moved between nodes
 // and networks, deleted; networks created, changed, given uplinks, deleted; nodes registered, readdressed,
-// removed) and checks after every batch that each node's view built from deltas equals a fresh snapshot.
+// changing status, removed) and checks after every batch that each node's view built from deltas equals a fresh snapshot.
 func TestDeltasEqualSnapshots(t *testing.T) {
 	for seed := uint64(1); seed <= 20; seed++ {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
@@ -159,7 +170,12 @@ func TestDeltasEqualSnapshots(t *testing.T) {
 						if rng.IntN(4) == 0 {
 							ev.deleted = true
 						} else {
-							ev.value = mustMarshal(t, testNode(name, fmt.Sprintf("198.18.0.%d", 1+rng.IntN(3))))
+							n := testNode(name, fmt.Sprintf("198.18.0.%d", 1+rng.IntN(3)))
+							n.Status = vxfabricv1.NodeStatus(1 + rng.IntN(4))
+							if rng.IntN(8) == 0 {
+								n.Vtep = "" // recorded before its VTEP is known
+							}
+							ev.value = mustMarshal(t, n)
 						}
 					default:
 						ev.key = "names/networks/t1/x"
@@ -232,6 +248,7 @@ func TestSnapshotContentModel(t *testing.T) {
 		"local pa net=n1 if=vxppa 0e:00:00:00:00:01 10.0.0.3 vm=\"\"",
 		"net n1 vni=100 vxbr100/vxlan100 mtu=1450 mode=NETWORK_MODE_ROUTED gw=10.0.0.1/02:fb:00:00:64:01 uplink=\"\" flood=[b=198.18.0.2]",
 		"net n3 vni=300 vxbr300/vxlan300 mtu=1450 mode=NETWORK_MODE_BRIDGED gw=/02:fb:00:01:2c:01 uplink=\"eth1\" flood=[b=198.18.0.2]",
+		"peer b@198.18.0.2 NODE_STATUS_ALIVE",
 		"remote pb net=n1 0e:00:00:00:00:02 10.0.0.4 on b@198.18.0.2",
 		"remote pb3 net=n3 0e:00:00:00:00:05 10.0.0.7 on b@198.18.0.2",
 	}, "\n")
