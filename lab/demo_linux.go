@@ -305,16 +305,16 @@ func PrintResults(w io.Writer, results []Result) {
 }
 
 // Demo builds the demo's fabric, runs every check with real traffic, prints the table and how to
-// look around. It fails if a check fails; the lab stays up either way.
-func (l *Lab) Demo(ctx context.Context, w io.Writer) error {
+// look around (cli is how the user runs vxfab, e.g. "bin/vxfab"). It fails if a check fails; the lab
+// stays up either way.
+func (l *Lab) Demo(ctx context.Context, w io.Writer, cli string) error {
 	began := time.Now()
 	fmt.Fprintf(w, "building the demo: tenants red and blue (both with web 10.0.0.0/24), one network of each mode, 3 VMs\n")
 	d, err := l.BuildDemo(ctx)
 	if err != nil {
 		return err
 	}
-	built := time.Since(began)
-	fmt.Fprintf(w, "built in %.1fs; checking with real traffic:\n\n", built.Seconds())
+	fmt.Fprintf(w, "built in %.1fs; checking with real traffic:\n\n", time.Since(began).Seconds())
 	results := RunChecks(ctx, d.Checks())
 	PrintResults(w, results)
 	failed := 0
@@ -323,26 +323,33 @@ func (l *Lab) Demo(ctx context.Context, w io.Writer) error {
 			failed++
 		}
 	}
-	name := ""
+	lab := cli + " lab"
 	if l.cfg.Name != Default().Name {
-		name = " --name " + l.cfg.Name
+		lab += " --name " + l.cfg.Name
 	}
 	fmt.Fprintf(w, `
-%[1]d of %[2]d checks passed in %.1[3]fs.
+%d of %d checks passed in %.1fs.
 
 Note: red/web and blue/web share 10.0.0.0/24 and are isolated networks. Without VRF (this kernel
 has none), two networks with the same CIDR cannot both be nat or routed on the same host (their
 gateway routes would collide in the host's one routing table): keep such pairs on different hosts.
 
 Look around (the lab stays up):
-  vxfab lab status%[4]s                           hosts, agents, networks, VMs
-  vxfab network list; vxfab port list; vxfab node list
-  vxfab lab exec%[4]s red-a -- ping %[5]s           a VM is a namespace: run anything in it
-  vxfab lab exec%[4]s h1 -- bridge fdb show         the FDB the agent wrote (try ip -d link, nft list ruleset)
-  vxfab lab agent kill%[4]s h2; vxfab lab host cut%[4]s h3   fault injection (then: agent start, host restore)
-  logs: %[6]s
-Tear down: vxfab lab down%[4]s
-`, len(results)-failed, len(results), time.Since(began).Seconds(), name, d.VMs["red-b"].IP(0), l.logDir())
+`, len(results)-failed, len(results), time.Since(began).Seconds())
+	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+	hints := [][2]string{
+		{lab + " status", "hosts, agents, networks, VMs"},
+		{cli + " network list; " + cli + " port list; " + cli + " node list", "the fabric through its API"},
+		{lab + " exec red-a -- ping " + d.VMs["red-b"].IP(0).String(), "a VM is a namespace: run anything in it"},
+		{lab + " exec h1 -- bridge fdb show", "what the agent wrote (also: ip -d link, nft list ruleset)"},
+		{lab + " agent kill h2; " + lab + " agent start h2", "fault injection (also: host cut|restore, server stop|start)"},
+		{"logs", l.logDir()},
+		{lab + " down", "tear it all down"},
+	}
+	for _, h := range hints {
+		fmt.Fprintf(tw, "  %s\t%s\n", h[0], h[1])
+	}
+	tw.Flush()
 	if failed > 0 {
 		return fmt.Errorf("demo: %d of %d checks failed", failed, len(results))
 	}

@@ -76,6 +76,15 @@ func TestPrivilegedAgentKill(t *testing.T) {
 		}
 	}
 	f.reach("kill-b", a.IP(0), 2*time.Second)
+	// The restarted agents are live, not just running: a new port elsewhere reaches their kernels.
+	c := f.vm("kill-c", "h3", "net")
+	for _, h := range []string{"h1", "h2"} {
+		if _, err := lab.WaitFor(f.ctx, 5*time.Second, func() (bool, error) {
+			return hasMAC(f.fdbTo(h, n.GetVni(), lab.HostAddr(3)), c.Ports[0].GetMac()), nil
+		}); err != nil {
+			t.Errorf("restarted agent on %s did not program a new remote port: %v", h, err)
+		}
+	}
 }
 
 // serverDown is how long TestPrivilegedServerDown keeps the server stopped (VXFAB_E2E_SERVER_DOWN

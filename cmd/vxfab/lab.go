@@ -349,7 +349,7 @@ func newLabDemoCmd(f *labFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return l.Demo(cmd.Context(), cmd.OutOrStdout())
+			return l.Demo(cmd.Context(), cmd.OutOrStdout(), os.Args[0])
 		},
 	}
 }
