@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vxfabric/vxfabric/security/pki"
 )
 
 // proc is one long-running process of the lab.
@@ -47,6 +49,7 @@ func (l *Lab) serverSpec() proc {
 		"--data-dir", l.etcdDir(),
 		"--gossip-bind", gossipAddr(ControlAddr),
 		"--join", strings.Join(seeds, ","),
+		"--gossip-keyring", l.pkiPath(pki.GossipKeyFile),
 	}}
 }
 
@@ -60,6 +63,7 @@ func (l *Lab) agentSpec(host string) proc {
 		"--underlay-iface", UnderlayIface,
 		"--join", gossipAddr(ControlAddr),
 		"--gossip-bind", gossipAddr(HostAddr(i)),
+		"--gossip-keyring", l.pkiPath(pki.GossipKeyFile),
 		"--state-dir", l.agentDir(host),
 		"--metrics-listen", addr + ":" + strconv.Itoa(MetricsPort),
 	}}

@@ -37,6 +37,9 @@ func (l *Lab) Up(ctx context.Context) error {
 	if err := l.ensureTopology(ctx); err != nil {
 		return fmt.Errorf("lab %q: %w", l.cfg.Name, err)
 	}
+	if err := l.ensurePKI(); err != nil {
+		return err
+	}
 	l.log.Info("lab topology ready", "hosts", l.cfg.Hosts, "elapsed", time.Since(began))
 	if err := l.StartServer(ctx); err != nil {
 		return err

@@ -1,0 +1,26 @@
+package lab
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+
+	"github.com/vxfabric/vxfabric/security/pki"
+)
+
+// pkiPath names a file of the lab's PKI (SecurityDir).
+func (l *Lab) pkiPath(name string) string { return filepath.Join(l.SecurityDir(), name) }
+
+// ensurePKI makes whatever of the lab's PKI is missing, as `vxfab certs init` does: a CA, the
+// server's certificate (for 198.18.0.2 and localhost), one client certificate per host, the admin
+// certificate and the gossip key. Existing files are kept, so hosts added later get theirs.
+func (l *Lab) ensurePKI() error {
+	cfg := pki.DefaultInit(l.SecurityDir())
+	cfg.Nodes = l.Hosts()
+	cfg.ServerIPs = []net.IP{net.IP(ControlAddr.AsSlice())}
+	cfg.Logger = l.log
+	if _, err := pki.Init(cfg); err != nil {
+		return fmt.Errorf("lab %q: pki: %w", l.cfg.Name, err)
+	}
+	return nil
+}
