@@ -10,7 +10,16 @@
 //     pass; a failed Apply is retried with backoff;
 //   - report: ReportApplied, coalesced (only the newest report is sent), re-sent on every new stream;
 //   - links: the LinkSource, which triggers a pass when a desired port's interface appears or goes;
-//   - liveness (with gossip): triggers a pass when an agent node becomes DEAD or LEFT, or returns.
+//   - liveness (with gossip): triggers a pass when gossip declares an agent node DEAD, sees it return,
+//     or learns of a node for the first time.
+//
+// Liveness: the remote ports and flood entries of a dead node are withheld from the kernel (and return
+// with it). A node is dead when this agent's gossip says DEAD; when gossip does not know the node (it
+// died before this agent started, and memberlist ignores dead members it never saw alive), when the
+// control plane's status for it, sent as a peer of the view, is DEAD. Gossip, when it knows the node,
+// overrides a status that may be stale. LEFT withholds nothing: a graceful stop of an agent (upgrade,
+// restart) leaves its kernel forwarding to its VMs, and withdrawing it would cut them off; only failure
+// detection withdraws.
 //
 // What it must never do: apply anything before the first snapshot (a restarted agent adopts the
 // kernel as it is), clear or change the kernel because the control plane is unreachable, or go back
@@ -336,40 +345,33 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	}
 }
 
-// downNodes returns the agent nodes gossip reports dead or departed (and not alive under another
-// member name). Without gossip nothing is down.
-func (a *Agent) downNodes() map[string]bool {
+// gossipDead returns, for each agent node this agent's gossip knows, whether it is dead: every member
+// carrying its name is DEAD (a node alive again under another member name is not). SUSPECT and LEFT are
+// not dead. Nil without gossip: the control plane's status alone decides.
+func (a *Agent) gossipDead() map[string]bool {
 	if a.cfg.Membership == nil {
 		return nil
 	}
-	down, up := map[string]bool{}, map[string]bool{}
+	known := map[string]bool{}
 	for _, p := range a.cfg.Membership.Members() {
 		if p.Meta.Role != membership.RoleAgent || p.Meta.Node == "" {
 			continue
 		}
-		if isDown(p.State) {
-			down[p.Meta.Node] = true
-		} else {
-			up[p.Meta.Node] = true
-		}
+		dead, seen := known[p.Meta.Node]
+		known[p.Meta.Node] = p.State == membership.StateDead && (dead || !seen)
 	}
-	for n := range up {
-		delete(down, n)
-	}
-	return down
+	return known
 }
-
-func isDown(s membership.State) bool { return s == membership.StateDead || s == membership.StateLeft }
 
 // reconcile runs one Apply of the current desired state.
 func (a *Agent) reconcile(ctx context.Context) error {
-	down := a.downNodes()
+	gossip := a.gossipDead()
 	a.mu.Lock()
 	if !a.model.ready {
 		a.mu.Unlock()
 		return nil
 	}
-	b := a.model.build(overlay.Underlay{VTEP: a.cfg.VTEP, Interface: a.cfg.UnderlayInterface}, func(n string) bool { return down[n] })
+	b := a.model.build(overlay.Underlay{VTEP: a.cfg.VTEP, Interface: a.cfg.UnderlayInterface}, a.model.dead(gossip))
 	a.watched = map[string]bool{}
 	for iface := range b.portByIface {
 		a.watched[iface] = true
@@ -517,8 +519,9 @@ func (a *Agent) livenessLoop(ctx context.Context) {
 			if !ok {
 				return
 			}
-			if ev.Peer.Meta.Role != membership.RoleAgent || isDown(ev.Peer.State) == isDown(ev.Previous) {
-				continue // SUSPECT and metadata changes change nothing
+			first := ev.Previous == 0 // gossip now decides for this node instead of the control plane
+			if ev.Peer.Meta.Role != membership.RoleAgent || !first && (ev.Peer.State == membership.StateDead) == (ev.Previous == membership.StateDead) {
+				continue // SUSPECT, LEFT and metadata changes withhold nothing and return nothing
 			}
 			a.log.Info("node liveness changed", "peer", ev.Peer.Meta.Node, "state", ev.Peer.State.String(), "vtep", ev.Peer.Meta.VTEP.String())
 			a.trigger()

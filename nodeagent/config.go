@@ -34,7 +34,8 @@ type Config struct {
 	// Datapath is driven by the reconcile loop only; the agent never closes it.
 	Datapath overlay.Datapath
 	// Membership is the agent's gossip member, for server discovery and liveness. Nil: static
-	// membership (the agent registers itself with RegisterNode and withholds nothing).
+	// membership (the agent registers itself with RegisterNode; only the control plane's DEAD status,
+	// written from a server's gossip, withholds a peer's entries).
 	Membership *membership.Member
 	// Links tells the agent when interfaces appear or disappear. Nil: netlink in the current
 	// network namespace (Linux).

@@ -21,6 +21,8 @@ type desiredModel struct {
 	networks map[string]*vxfabricv1.NetworkState
 	local    map[string]*vxfabricv1.LocalPort
 	remote   map[string]*vxfabricv1.RemotePort
+	// peers are the nodes of the remote ports and flood entries, with the control plane's status.
+	peers map[string]*vxfabricv1.Peer
 }
 
 func newDesiredModel() *desiredModel {
@@ -28,6 +30,7 @@ func newDesiredModel() *desiredModel {
 		networks: map[string]*vxfabricv1.NetworkState{},
 		local:    map[string]*vxfabricv1.LocalPort{},
 		remote:   map[string]*vxfabricv1.RemotePort{},
+		peers:    map[string]*vxfabricv1.Peer{},
 	}
 }
 
@@ -37,6 +40,7 @@ func (m *desiredModel) merge(resp *vxfabricv1.SyncResponse) {
 		m.networks = map[string]*vxfabricv1.NetworkState{}
 		m.local = map[string]*vxfabricv1.LocalPort{}
 		m.remote = map[string]*vxfabricv1.RemotePort{}
+		m.peers = map[string]*vxfabricv1.Peer{}
 		m.ready = true
 	}
 	for _, id := range resp.GetRemovedNetworkIds() {
@@ -48,6 +52,9 @@ func (m *desiredModel) merge(resp *vxfabricv1.SyncResponse) {
 	for _, id := range resp.GetRemovedRemotePortIds() {
 		delete(m.remote, id)
 	}
+	for _, name := range resp.GetRemovedPeers() {
+		delete(m.peers, name)
+	}
 	for _, n := range resp.GetNetworks() {
 		m.networks[n.GetId()] = n
 	}
@@ -56,6 +63,9 @@ func (m *desiredModel) merge(resp *vxfabricv1.SyncResponse) {
 	}
 	for _, p := range resp.GetRemotePorts() {
 		m.remote[p.GetId()] = p
+	}
+	for _, p := range resp.GetPeers() {
+		m.peers[p.GetName()] = p
 	}
 	m.revision = max(m.revision, resp.GetRevision())
 }
@@ -72,8 +82,22 @@ type built struct {
 	invalid []error
 }
 
-// build converts the model into the datapath's desired state. down reports nodes that gossip
-// declared dead or departed: their remote ports and flood entries are withheld.
+// dead is the liveness rule that decides whose entries are withheld: a node gossip knows is dead when
+// gossip says so (gossip maps node -> dead, for every agent node it knows); a node it does not know (it
+// died before this agent started: memberlist ignores dead members it never saw alive) is dead when the
+// control plane's status says DEAD. LEFT (a graceful stop: an upgrade or restart, its kernel still
+// forwards) and SUSPECT withhold nothing.
+func (m *desiredModel) dead(gossip map[string]bool) func(node string) bool {
+	return func(node string) bool {
+		if dead, known := gossip[node]; known {
+			return dead
+		}
+		return m.peers[node].GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_DEAD
+	}
+}
+
+// build converts the model into the datapath's desired state. down reports dead nodes (see dead):
+// their remote ports and flood entries are withheld.
 func (m *desiredModel) build(underlay overlay.Underlay, down func(node string) bool) built {
 	b := built{revision: m.revision, portByIface: map[string]string{}}
 	b.state.Underlay = underlay

@@ -92,7 +92,7 @@ func TestModelMergeAndBuild(t *testing.T) {
 		t.Fatalf("ports by interface: %v", b.portByIface)
 	}
 
-	// h3 dead: its port and flood entry are withheld; SUSPECT is not "down" and never reaches build.
+	// h3 dead: its port and flood entry are withheld (see TestLivenessRule for who is dead).
 	b = m.build(under, func(n string) bool { return n == "h3" })
 	want = []string{
 		"fdb vxlan100 0e:00:00:00:00:12 dst 198.18.0.2",
@@ -124,6 +124,52 @@ func TestModelMergeAndBuild(t *testing.T) {
 	m.merge(&vxfabricv1.SyncResponse{Revision: 13, Snapshot: true})
 	if b := m.build(under, none); len(b.state.Networks) != 0 {
 		t.Fatalf("empty snapshot left %d networks", len(b.state.Networks))
+	}
+}
+
+// TestLivenessRule checks which peers' entries are withheld: gossip decides for the nodes it knows, the
+// control plane's status (merged from snapshots and deltas) for the others, and only DEAD withholds.
+func TestLivenessRule(t *testing.T) {
+	peer := func(name string, st vxfabricv1.NodeStatus) *vxfabricv1.Peer {
+		return &vxfabricv1.Peer{Name: name, Vtep: "198.18.0.9", Status: st}
+	}
+	m := newDesiredModel()
+	m.merge(&vxfabricv1.SyncResponse{Revision: 5, Snapshot: true, Peers: []*vxfabricv1.Peer{
+		peer("srv-dead", vxfabricv1.NodeStatus_NODE_STATUS_DEAD),
+		peer("srv-left", vxfabricv1.NodeStatus_NODE_STATUS_LEFT),
+		peer("srv-suspect", vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT),
+		peer("stale-dead", vxfabricv1.NodeStatus_NODE_STATUS_DEAD),
+		peer("gossip-dead", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE),
+		peer("gone", vxfabricv1.NodeStatus_NODE_STATUS_DEAD),
+		peer("revived", vxfabricv1.NodeStatus_NODE_STATUS_DEAD),
+	}})
+	m.merge(&vxfabricv1.SyncResponse{Revision: 6, RemovedPeers: []string{"gone"},
+		Peers: []*vxfabricv1.Peer{peer("revived", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE)}})
+	// gossip: node -> dead, for the nodes gossip knows (as gossipDead returns it).
+	gossip := map[string]bool{"stale-dead": false, "gossip-dead": true, "gossip-left": false}
+	dead := m.dead(gossip)
+	for node, want := range map[string]bool{
+		"srv-dead":    true,  // unknown to gossip (died before this agent started): the server decides
+		"srv-left":    false, // a graceful stop keeps forwarding
+		"srv-suspect": false,
+		"stale-dead":  false, // gossip knows it alive: a stale DEAD from the server is overridden
+		"gossip-dead": true,  // gossip saw it die before the server's status caught up
+		"gossip-left": false,
+		"gone":        false, // removed from the view: no status, nothing withheld
+		"revived":     false, // a delta brought it back
+		"unknown":     false,
+	} {
+		if got := dead(node); got != want {
+			t.Errorf("dead(%s) = %v, want %v", node, got, want)
+		}
+	}
+	if got := m.dead(nil)("stale-dead"); !got {
+		t.Error("without gossip, a DEAD status must withhold")
+	}
+	// A snapshot replaces the peers too.
+	m.merge(&vxfabricv1.SyncResponse{Revision: 7, Snapshot: true})
+	if m.dead(nil)("srv-dead") {
+		t.Error("a snapshot without peers kept an old DEAD status")
 	}
 }
 

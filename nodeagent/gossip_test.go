@@ -3,6 +3,8 @@ package nodeagent
 import (
 	"context"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 
 	"github.com/vxfabric/vxfabric/controlplane/nodestatus"
 	"github.com/vxfabric/vxfabric/membership"
+	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
@@ -35,7 +38,8 @@ func startMember(t *testing.T, role membership.Role, node, vtep, grpcAddr, bind 
 }
 
 // TestGossipDeathAndReturn runs agents that find their server through gossip; a host whose member
-// dies without leaving has its FDB and flood entries withdrawn by the others, and they return with it.
+// dies without leaving has its FDB and flood entries withdrawn by the others, an agent restarted while
+// it is dead does not program them, and they return with it.
 func TestGossipDeathAndReturn(t *testing.T) {
 	cli := startEtcd(t)
 	w := newWorld(t, cli)
@@ -95,6 +99,34 @@ func TestGossipDeathAndReturn(t *testing.T) {
 	}
 	waitNodeStatus(t, w, "h3", vxfabricv1.NodeStatus_NODE_STATUS_DEAD)
 
+	// h1's agent restarts, gossip member and all, while h3 is dead: its new member never saw h3 (memberlist
+	// ignores dead members it did not know), so only the server's status keeps h3's entries out.
+	h1Addr := members["h1"].LocalAddr()
+	h1.stop()
+	_ = members["h1"].Shutdown()
+	m1 := startMember(t, membership.RoleAgent, "h1", "198.18.0.1", "", h1Addr.String(), seeds)
+	h1 = startHost(t, "h1", "198.18.0.1", hostOpts{member: m1, dp: h1.dp.Reopen(), state: h1.stateDir})
+	// The applied revision persists across the restart: wait for the new process's first pass instead.
+	waitFor(t, "restarted h1 applies its first snapshot", 10*time.Second, func() bool { return len(h1.rec.results()) > 0 })
+	for _, p := range m1.Members() {
+		if p.Meta.Node == "h3" {
+			t.Fatalf("the restarted member knows h3 (%s): this test no longer restarts blind", p.State)
+		}
+	}
+	if got, want := normalize(h1.kernel()), w.expect("h1", "h3"); !slices.Equal(got, want) {
+		t.Fatalf("restarted h1 with h3 dead per the server:\n got %q\nwant %q", got, want)
+	}
+	for _, res := range h1.rec.results() {
+		for _, c := range res.Changes {
+			if strings.Contains(c.Object, "dst 198.18.0.3") {
+				t.Fatalf("restarted h1 programmed the dead host: %s", c)
+			}
+		}
+	}
+	if n := h1.counter(h1.agent.met.withheldPorts); n != 1 {
+		t.Fatalf("restarted h1 withholds %v remote ports, want 1", n)
+	}
+
 	// h3 comes back on the same address, with its kernel as it was.
 	m3 := startMember(t, membership.RoleAgent, "h3", "198.18.0.3", "", gossipAddr.String(), seeds)
 	h3b := startHost(t, "h3", "198.18.0.3", hostOpts{member: m3, dp: h3.dp.Reopen(), state: h3.stateDir})
@@ -103,6 +135,95 @@ func TestGossipDeathAndReturn(t *testing.T) {
 		t.Fatalf("h1 still withholds %v remote ports", n)
 	}
 	waitNodeStatus(t, w, "h3", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE)
+}
+
+// TestServerStatusLiveness drives the control plane's node status by hand (no status writer runs) next
+// to real gossip: a DEAD status withholds a node gossip does not know, gossip that knows a node alive
+// overrides a stale DEAD (also as soon as gossip first learns of it), and LEFT, from gossip or from the
+// server, withholds nothing.
+func TestServerStatusLiveness(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	srv := startServer(t, cli, "")
+	sm := startMember(t, membership.RoleServer, "srv", "", srv.addr, "127.0.0.1:0", nil)
+	seeds := []string{sm.LocalAddr().String()}
+	w.node("h1", "198.18.0.1")
+	w.node("h2", "198.18.0.2")
+	w.node("h3", "198.18.0.3") // never in gossip
+	w.node("h4", "198.18.0.4") // in gossip later
+	m1 := startMember(t, membership.RoleAgent, "h1", "198.18.0.1", "", "127.0.0.1:0", seeds)
+	m2 := startMember(t, membership.RoleAgent, "h2", "198.18.0.2", "", "127.0.0.1:0", seeds) // gossip only, no agent
+	gossipSees := func(node string, st membership.State) func() bool {
+		return func() bool {
+			for _, p := range m1.Members() {
+				if p.Meta.Node == node {
+					return p.State == st
+				}
+			}
+			return false
+		}
+	}
+	waitFor(t, "h1's gossip sees h2 alive", 10*time.Second, gossipSees("h2", membership.StateAlive))
+	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{member: m1})
+	w.network("n1", 100)
+	for i, n := range []string{"h1", "h2", "h3", "h4"} {
+		w.port("p"+n, "n1", n, i+1)
+	}
+	w.converge(5*time.Second, h1)
+	setStatus := func(node string, st vxfabricv1.NodeStatus) int64 {
+		return w.put("nodes/"+node, &vxfabricv1.Node{Name: node, Vtep: w.vteps[node], Status: st})
+	}
+	// deletes counts the FDB and flood deletes h1 ever made towards vtep.
+	deletes := func(vtep string) int {
+		n := 0
+		for _, res := range h1.rec.results() {
+			for _, c := range res.Changes {
+				if c.Op == overlay.OpDelete && strings.Contains(c.Object, "dst "+vtep) {
+					n++
+				}
+			}
+		}
+		return n
+	}
+
+	// h3 and h4, unknown to gossip, are DEAD per the server: withdrawn.
+	setStatus("h3", vxfabricv1.NodeStatus_NODE_STATUS_DEAD)
+	setStatus("h4", vxfabricv1.NodeStatus_NODE_STATUS_DEAD)
+	waitKernel(t, h1, func() []string { return w.expect("h1", "h3", "h4") }, 5*time.Second)
+	if n := h1.counter(h1.agent.met.withheldPorts); n != 2 {
+		t.Fatalf("withheld %v remote ports, want 2", n)
+	}
+
+	// h2 is DEAD per the server too, but h1's gossip knows it alive (a stale status): kept.
+	rev := setStatus("h2", vxfabricv1.NodeStatus_NODE_STATUS_DEAD)
+	waitApplied(t, h1, rev, 5*time.Second)
+	if got, want := normalize(h1.kernel()), w.expect("h1", "h3", "h4"); !slices.Equal(got, want) || deletes("198.18.0.2") != 0 {
+		t.Fatalf("stale DEAD of a node gossip knows alive:\n got %q\nwant %q (%d deletes towards h2)", got, want, deletes("198.18.0.2"))
+	}
+
+	// h4 joins gossip with no status write: gossip now decides, and its entries return at once (not at
+	// the next full pass, 30 s away).
+	startMember(t, membership.RoleAgent, "h4", "198.18.0.4", "", "127.0.0.1:0", seeds)
+	waitKernel(t, h1, func() []string { return w.expect("h1", "h3") }, 5*time.Second)
+
+	// h2 stops gracefully (gossip: LEFT) and the server records LEFT for both: nothing is withheld, h3
+	// returns, and h2's entries were never deleted.
+	if err := m2.Leave(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_ = m2.Shutdown()
+	waitFor(t, "h1's gossip sees h2 left", 10*time.Second, gossipSees("h2", membership.StateLeft))
+	setStatus("h2", vxfabricv1.NodeStatus_NODE_STATUS_LEFT)
+	rev = setStatus("h3", vxfabricv1.NodeStatus_NODE_STATUS_LEFT)
+	waitApplied(t, h1, rev, 5*time.Second)
+	rev = w.port("p5", "n1", "h2", 5) // one more pass with h2 LEFT in gossip
+	waitApplied(t, h1, rev, 5*time.Second)
+	if got, want := normalize(h1.kernel()), w.expect("h1"); !slices.Equal(got, want) || deletes("198.18.0.2") != 0 {
+		t.Fatalf("after h2 and h3 LEFT:\n got %q\nwant %q (%d deletes towards h2)", got, want, deletes("198.18.0.2"))
+	}
+	if n := h1.counter(h1.agent.met.withheldPorts); n != 0 {
+		t.Fatalf("withheld %v remote ports after LEFT, want 0", n)
+	}
 }
 
 func waitNodeStatus(t *testing.T, w *world, name string, want vxfabricv1.NodeStatus) {

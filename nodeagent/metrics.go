@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		remotePorts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_remote_ports",
 			Help: "Remote ports (unicast FDB entries) in the applied state."}),
 		withheldPorts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_withheld_remote_ports",
-			Help: "Remote ports withheld because gossip reports their node dead or departed."}),
+			Help: "Remote ports withheld because their node is dead (per gossip, or per the control plane when gossip does not know it)."}),
 		localPorts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_local_ports",
 			Help: "Local ports in the desired state."}),
 		pluggedPorts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_agent_plugged_ports",
