@@ -85,8 +85,8 @@ func (s *Sim) SetUpSpan(ctx context.Context) error {
 type Sample struct {
 	// Create is the CreatePort call's latency (the etcd commit happens within it).
 	Create time.Duration
-	// Converge is from the commit (the earlier of the port's watch event reaching this process and
-	// the create response) to the last host's Apply returning with the port programmed.
+	// Converge is from the commit (the earlier of the port's watch event reaching the server process
+	// and the create response) to the last host's Apply returning with the port programmed.
 	Converge time.Duration
 	// First is from the commit to the first host's Apply returning with it: delivery plus one
 	// reconcile, without the queueing of N agents on the machine's cores.
@@ -137,7 +137,7 @@ func RunConvergence(ctx context.Context, cfg ConvergenceConfig) Outcome {
 	out.Notes = append(out.Notes, "simulated hosts run the real nodeagent over overlay/fake, one gRPC connection each, "+
 		"with static membership (RegisterNode, no gossip); the API server (controlplane/server with embedded etcd and the fan-out hub) "+
 		"and the API clients run in processes of their own (nice -10 as root, so that 1,000 agents sharing 2 cores do not starve them); "+
-		"commit time = the port's etcd watch event reaching vxbench (or the create response, if earlier); "+
+		"commit time = the port's etcd watch event reaching the server process (as the hub's does), or the create response if earlier; "+
 		"a port's own host is not awaited (it plugs the port only once its interface exists)")
 	for _, n := range cfg.Sizes {
 		ms, note, err := convergenceAt(ctx, cfg, n)

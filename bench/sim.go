@@ -22,8 +22,6 @@ import (
 	"github.com/vxfabric/vxfabric/overlay"
 	"github.com/vxfabric/vxfabric/overlay/fake"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // SimConfig is a simulated fabric: one API server (embedded etcd, the fan-out hub as a plugin) and
@@ -46,7 +44,6 @@ type SimConfig struct {
 type Sim struct {
 	cfg     SimConfig
 	srv     *simServer
-	etcd    *clientv3.Client
 	commits *commitWatch
 	conn    *grpc.ClientConn
 	hosts   []*simHost
@@ -121,12 +118,7 @@ func StartSim(ctx context.Context, cfg SimConfig) (_ *Sim, err error) {
 		return nil, err
 	}
 	addr := s.srv.addr
-	if s.etcd, err = clientv3.New(clientv3.Config{Endpoints: []string{s.srv.etcd}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
-		return nil, fmt.Errorf("etcd client for %s: %w", s.srv.etcd, err)
-	}
-	if s.commits, err = watchCommits(ctx, s.etcd); err != nil {
-		return nil, err
-	}
+	s.commits = s.srv.commits
 	if s.conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		return nil, fmt.Errorf("dial server %s: %w", addr, err)
 	}
@@ -226,12 +218,6 @@ func (s *Sim) Close() {
 	s.wg.Wait()
 	if s.conn != nil {
 		s.conn.Close()
-	}
-	if s.commits != nil {
-		s.commits.stop()
-	}
-	if s.etcd != nil {
-		s.etcd.Close()
 	}
 	if s.srv != nil {
 		s.srv.stop()

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -23,7 +24,8 @@ const ServeSimCommand = "serve-sim"
 
 // ServeSim runs the API server of a simulated fabric (embedded etcd under dir, the fan-out hub as a
 // plugin, as `vxfab server` assembles them) until ctx ends or stdin closes. It writes one line,
-// "ready <grpc address> <etcd endpoint>", to w once it serves.
+// "ready <grpc address> <etcd endpoint>", to w once it serves, then a "commit <revision> <unix ns>"
+// line per port written (see reportCommits).
 //
 // It runs in a process of its own so that the operating system, not the Go scheduler of the process
 // running a thousand simulated agents, shares the CPU between the server and the agents: the server
@@ -61,7 +63,16 @@ func ServeSim(ctx context.Context, dir, listen string, w io.Writer, log *slog.Lo
 	if strings.HasPrefix(listen, "unix://") {
 		addr = listen
 	}
-	if _, err := fmt.Fprintf(w, "ready %s %s\n", addr, s.Etcd().Endpoints()[0]); err != nil {
+	var wmu sync.Mutex
+	wmu.Lock()
+	if err := reportCommits(ctx, s.Etcd(), w, &wmu); err != nil {
+		wmu.Unlock()
+		s.Close()
+		return err
+	}
+	_, err = fmt.Fprintf(w, "ready %s %s\n", addr, s.Etcd().Endpoints()[0])
+	wmu.Unlock()
+	if err != nil {
 		s.Close()
 		return fmt.Errorf("announce server: %w", err)
 	}
@@ -82,6 +93,8 @@ type simServer struct {
 	addr  string
 	etcd  string
 	done  chan error
+	// commits collects the server's commit lines.
+	commits *commitWatch
 }
 
 // startSimServer runs ServeSim in a child process (this executable, ServeSimCommand).
@@ -108,7 +121,7 @@ func startSimServer(ctx context.Context, dir, listen string, logLevel slog.Level
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start server process: %w", err)
 	}
-	s := &simServer{cmd: cmd, stdin: stdin, done: make(chan error, 1)}
+	s := &simServer{cmd: cmd, stdin: stdin, done: make(chan error, 1), commits: newCommitWatch()}
 	lines := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -116,6 +129,10 @@ func startSimServer(ctx context.Context, dir, listen string, logLevel slog.Level
 			lines <- sc.Text()
 		}
 		close(lines)
+		for sc.Scan() {
+			s.commits.line(sc.Text())
+		}
+		s.commits.end()
 		_, _ = io.Copy(io.Discard, stdout)
 		s.done <- cmd.Wait()
 	}()
