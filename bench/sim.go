@@ -16,8 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/vxfabric/vxfabric/controlplane/fanout"
-	"github.com/vxfabric/vxfabric/controlplane/server"
 	"github.com/vxfabric/vxfabric/nodeagent"
 	"github.com/vxfabric/vxfabric/overlay"
 	"github.com/vxfabric/vxfabric/overlay/fake"
@@ -155,28 +153,6 @@ func StartSim(ctx context.Context, cfg SimConfig) (_ *Sim, err error) {
 		return nil, fmt.Errorf("agents' first apply: %w", err)
 	}
 	return s, nil
-}
-
-// HubPlugin serves the fan-out hub from the API server, as `vxfab server` does, and stores the hub
-// in *hub for the benchmark's own waits.
-func HubPlugin(hub **fanout.Hub) server.Plugin {
-	return func(ctx context.Context, host server.Host) (server.Extension, error) {
-		h := fanout.New(host.Etcd, fanout.Config{Logger: host.Logger})
-		*hub = h
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			if err := h.Run(ctx); err != nil {
-				host.Logger.Error("fan-out hub stopped", "err", err)
-			}
-		}()
-		return server.Extension{
-			Register:    func(g *grpc.Server) { vxfabricv1.RegisterAgentServiceServer(g, h) },
-			Services:    []string{vxfabricv1.AgentService_ServiceDesc.ServiceName},
-			Convergence: h,
-			Close:       func() { <-done },
-		}, nil
-	}
 }
 
 // Hosts is the number of simulated hosts.

@@ -40,7 +40,6 @@ func ServeSim(ctx context.Context, dir, listen string, w io.Writer, log *slog.Lo
 		_, _ = io.Copy(io.Discard, os.Stdin) // the parent holds stdin open while it wants the server
 		cancel()
 	}()
-	var hub *fanout.Hub
 	cfg := server.Default()
 	cfg.Listen = listen
 	if listen == "" {
@@ -48,17 +47,13 @@ func ServeSim(ctx context.Context, dir, listen string, w io.Writer, log *slog.Lo
 	}
 	cfg.DataDir = dir
 	cfg.Logger = log
-	cfg.Plugins = []server.Plugin{HubPlugin(&hub)}
+	cfg.Plugins = []server.Plugin{fanout.Plugin(fanout.Default())} // as `vxfab server` has it
 	s, err := server.New(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("start server: %w", err)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve() }()
-	select {
-	case <-hub.Ready():
-	case <-ctx.Done():
-	}
 	addr := s.Addr().String()
 	if strings.HasPrefix(listen, "unix://") {
 		addr = listen

@@ -33,6 +33,7 @@ func run() int {
 	}
 	quick := flag.Bool("quick", os.Getenv("QUICK") != "", "reduced run (under 2 minutes)")
 	out := flag.String("out", "bench/results/latest.json", "where the JSON report goes (empty: nowhere)")
+	md := flag.String("markdown", "bench/results/latest.md", "where the table goes as Markdown (empty: nowhere)")
 	only := flag.String("only", "", "comma-separated benchmark numbers to run (default all), e.g. 1,3")
 	profileDir := flag.String("profile-dir", "", "write CPU profiles of the convergence runs here")
 	logLevel := flag.String("log-level", "error", "level of the components' logs on stderr")
@@ -95,6 +96,13 @@ func run() int {
 			return 1
 		}
 		fmt.Printf("wrote %s\n", *out)
+	}
+	if *md != "" {
+		if err := os.WriteFile(*md, []byte(rep.Markdown()), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "vxbench: write", *md+":", err)
+			return 1
+		}
+		fmt.Printf("wrote %s\n", *md)
 	}
 	failed := 0
 	for _, o := range rep.Outcomes {
