@@ -219,6 +219,12 @@ func (r Report) Markdown() string {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", o.Benchmark, m.Name, FormatValue(m.Value, m.Unit), m.targetText(), m.metText())
 		}
 	}
+	b.WriteString("\n")
+	for _, o := range r.Outcomes {
+		for _, n := range o.Notes {
+			fmt.Fprintf(&b, "- %s: %s\n", o.Benchmark, n)
+		}
+	}
 	return b.String()
 }
 
