@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
+	"github.com/vxfabric/vxfabric/controlplane/auth"
 	"github.com/vxfabric/vxfabric/controlplane/fanout"
 	"github.com/vxfabric/vxfabric/controlplane/nodestatus"
 	"github.com/vxfabric/vxfabric/controlplane/server"
@@ -26,6 +27,7 @@ type serverFlags struct {
 	name          string
 	advertise     string
 	gossip        gossipFlags
+	auth          *auth.Config
 	dataDir       string
 	etcdEndpoints []string
 	etcdCert      string
@@ -70,6 +72,7 @@ func newServerCmd() *cobra.Command {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.name, "name", "", "this server's gossip member name (default server-HOSTNAME)")
 	fs.StringVar(&f.advertise, "advertise", "", "API address HOST:PORT agents dial, announced through gossip (default: the first TCP --listen, with the gossip address's IP when that listen address is unspecified)")
+	f.auth = auth.AddFlags(fs)
 	f.gossip.addTo(fs, "0.0.0.0:"+strconv.Itoa(membership.DefaultPort)+" when --join is given; without both, no gossip")
 	return cmd
 }
@@ -105,6 +108,13 @@ func serverConfig(f serverFlags, reg prometheus.Registerer) (server.Config, erro
 		}
 	}
 	cfg.UnderlayMTU = f.underlayMTU
+	// Authentication comes first: nothing may run for a caller before it is authenticated.
+	ac := auth.Default(cfg.DataDir)
+	if f.auth != nil {
+		ac = *f.auth
+		ac.DataDir = cfg.DataDir
+	}
+	cfg.Plugins = append([]server.Plugin{auth.Plugin(ac)}, cfg.Plugins...)
 	if f.gossip.enabled() {
 		mc, err := serverGossip(f, cfg)
 		if err != nil {
