@@ -85,27 +85,31 @@ func (l *Lab) removeProfile() error {
 	return nil
 }
 
-// tokenCreds attaches the admin token, when the lab has one, to every call.
-type tokenCreds struct{ token string }
+// tokenFileCreds attaches the admin token to every call, read from the file the server writes on
+// its first start (so a connection opened before that start works once the token exists).
+type tokenFileCreds struct{ path string }
 
-func (t tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + t.token}, nil
+func (t tokenFileCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	data, err := os.ReadFile(t.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // the open methods (health) need none; the rest fail with Unauthenticated
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read admin token: %w", err)
+	}
+	return map[string]string{"authorization": "Bearer " + strings.TrimSpace(string(data))}, nil
 }
 
-func (tokenCreds) RequireTransportSecurity() bool { return false }
+// RequireTransportSecurity is false: the token only travels over the lab's unix socket.
+func (tokenFileCreds) RequireTransportSecurity() bool { return false }
 
-// Dial connects to the lab's server over its unix socket. The caller closes the connection.
+// Dial connects to the lab's server over its unix socket (plaintext: a local socket only root can
+// open), with the admin token. The caller closes the connection.
 func (l *Lab) Dial() (*grpc.ClientConn, error) {
 	p := l.Profile()
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	if p.TokenFile != "" {
-		data, err := os.ReadFile(p.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("lab %q: read token: %w", l.cfg.Name, err)
-		}
-		opts = append(opts, grpc.WithPerRPCCredentials(tokenCreds{token: strings.TrimSpace(string(data))}))
-	}
-	conn, err := grpc.NewClient(p.Server, opts...)
+	conn, err := grpc.NewClient(p.Server,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(tokenFileCreds{path: l.AdminTokenPath()}))
 	if err != nil {
 		return nil, fmt.Errorf("lab %q: connect to %s: %w", l.cfg.Name, p.Server, err)
 	}

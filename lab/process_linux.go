@@ -33,10 +33,12 @@ func serverAddr() string { return ControlAddr.String() + ":" + strconv.Itoa(Serv
 
 func gossipAddr(a netip.Addr) string { return a.String() + ":" + strconv.Itoa(GossipPort) }
 
-// The server listens on the underlay (for agents) and on a unix socket in the state directory (for
-// the root namespace's CLI: no link into the root namespace is needed). Its gossip seeds are the
-// hosts: a restarted server re-joins them while it is alone, whereas agents that still see each
-// other would never come back to a seed that restarted.
+// The server listens on the underlay (for agents, TLS with the lab's PKI: agents present their node
+// certificates) and on a unix socket in the state directory (for the root namespace's CLI, with the
+// admin token the server writes on first start: no link into the root namespace is needed). Its
+// gossip, encrypted with the lab's key, has the hosts as seeds: a restarted server re-joins them
+// while it is alone, whereas agents that still see each other would never come back to a seed that
+// restarted.
 func (l *Lab) serverSpec() proc {
 	seeds := make([]string, l.cfg.Hosts)
 	for i := range seeds {
@@ -50,6 +52,10 @@ func (l *Lab) serverSpec() proc {
 		"--gossip-bind", gossipAddr(ControlAddr),
 		"--join", strings.Join(seeds, ","),
 		"--gossip-keyring", l.pkiPath(pki.GossipKeyFile),
+		"--tls-cert", l.pkiPath(pki.ServerCert),
+		"--tls-key", l.pkiPath(pki.ServerKey),
+		"--tls-ca", l.pkiPath(pki.CACertFile),
+		"--admin-token-file", l.AdminTokenPath(),
 	}}
 }
 
@@ -64,6 +70,9 @@ func (l *Lab) agentSpec(host string) proc {
 		"--join", gossipAddr(ControlAddr),
 		"--gossip-bind", gossipAddr(HostAddr(i)),
 		"--gossip-keyring", l.pkiPath(pki.GossipKeyFile),
+		"--tls-ca", l.pkiPath(pki.CACertFile),
+		"--tls-cert", l.pkiPath(pki.NodeCertFile(host)),
+		"--tls-key", l.pkiPath(pki.NodeKeyFile(host)),
 		"--state-dir", l.agentDir(host),
 		"--metrics-listen", addr + ":" + strconv.Itoa(MetricsPort),
 	}}
