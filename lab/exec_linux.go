@@ -307,3 +307,25 @@ func (l *Lab) SendUDP(target string, src, dst netip.AddrPort, payload []byte) er
 		return nil
 	})
 }
+
+// DialerIn returns a dial function whose TCP connections start in target's namespace (for
+// grpc.WithContextDialer: a gRPC client in this process that talks as a host or VM would).
+func (l *Lab) DialerIn(target string) (func(ctx context.Context, addr string) (net.Conn, error), error) {
+	ns, err := l.TargetNamespace(target)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := inNamespace(ns, func() error {
+			var d net.Dialer
+			var err error
+			conn, err = d.DialContext(ctx, "tcp4", addr)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("dial %s from %s: %w", addr, target, err)
+		}
+		return conn, nil
+	}, nil
+}

@@ -11,6 +11,10 @@ import (
 // pkiPath names a file of the lab's PKI (SecurityDir).
 func (l *Lab) pkiPath(name string) string { return filepath.Join(l.SecurityDir(), name) }
 
+// PKIFile is the path of a file of the lab's PKI, named as package pki names them (pki.CACertFile,
+// pki.NodeCertFile("h1"), ...).
+func (l *Lab) PKIFile(name string) string { return l.pkiPath(name) }
+
 // ensurePKI makes whatever of the lab's PKI is missing, as `vxfab certs init` does: a CA, the
 // server's certificate (for 198.18.0.2 and localhost), one client certificate per host, the admin
 // certificate and the gossip key. Existing files are kept, so hosts added later get theirs.
