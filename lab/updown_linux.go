@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -100,6 +102,13 @@ func (l *Lab) killAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The pid files name the same processes; a process the scan missed (it left the lab's namespace
+	// and changed its command line) is still found through them.
+	for _, name := range l.pidFileNames() {
+		if pid := l.running(name); pid != 0 && !slices.Contains(pids, pid) {
+			pids = append(pids, pid)
+		}
+	}
 	for _, pid := range pids {
 		l.log.Info("killing lab process", "pid", pid, "cmd", processCmdline(pid))
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -138,4 +147,19 @@ func (l *Lab) Leftovers() ([]string, error) {
 		left = append(left, "directory "+l.Dir())
 	}
 	return left, nil
+}
+
+// pidFileNames lists the processes with a pid file in the state directory.
+func (l *Lab) pidFileNames() []string {
+	entries, err := os.ReadDir(l.runDir())
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, e := range entries {
+		if name, ok := strings.CutSuffix(e.Name(), ".pid"); ok {
+			names = append(names, name)
+		}
+	}
+	return names
 }
