@@ -102,8 +102,7 @@ func (l *Lab) killAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// The pid files name the same processes; a process the scan missed (it left the lab's namespace
-	// and changed its command line) is still found through them.
+	// The pid files should name a subset of what the scan found; their union costs nothing.
 	for _, name := range l.pidFileNames() {
 		if pid := l.running(name); pid != 0 && !slices.Contains(pids, pid) {
 			pids = append(pids, pid)
