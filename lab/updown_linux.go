@@ -14,7 +14,8 @@ import (
 
 // Up builds the lab and starts the fabric in it. It is idempotent: on an existing lab it checks
 // every part and completes what is missing (a dead agent is restarted, a missing cable made), and
-// it never rebuilds what exists. It returns once the server is healthy and every agent is ALIVE.
+// it never rebuilds what exists. It returns once the server is healthy and every agent is ALIVE
+// (but for hosts cut with CutHost, which stay cut).
 // A lab can grow (more hosts), not shrink: that takes Down first.
 func (l *Lab) Up(ctx context.Context) error {
 	began := time.Now()
@@ -54,8 +55,17 @@ func (l *Lab) Up(ctx context.Context) error {
 	if err := l.writeProfiles(); err != nil {
 		return fmt.Errorf("lab %q: %w", l.cfg.Name, err)
 	}
-	if err := l.WaitAgents(ctx); err != nil {
-		return err
+	// A host cut on purpose stays cut (RestoreHost brings it back); its agent cannot be ALIVE.
+	var wait []string
+	for _, h := range l.Hosts() {
+		if _, err := os.Stat(l.cutMarker(h)); err != nil {
+			wait = append(wait, h)
+		}
+	}
+	if len(wait) > 0 {
+		if err := l.WaitAgents(ctx, wait...); err != nil {
+			return err
+		}
 	}
 	l.log.Info("lab up", "hosts", l.cfg.Hosts, "elapsed", time.Since(began))
 	return nil
