@@ -59,6 +59,8 @@ type VMSpec struct {
 	Name string
 	Host string
 	NICs []NICSpec
+	// NoWait returns without waiting for the agent to plug the ports (its agent may be down).
+	NoWait bool
 }
 
 // VM is a created VM: its ports, in NIC order (ports[i] is eth<i>).
@@ -98,8 +100,8 @@ const PlugTimeout = 10 * time.Second
 // <vm>-<network>-<i>, with the VM's name), then the VM's namespace with, per NIC, a veth whose
 // host end carries the port's interface name (the agent plugs it in) and whose VM end ethN gets the
 // port's MAC, address and the network's MTU; the first NIC on a nat or routed network gives the
-// default route through that network's gateway. It returns once every port is plugged. If a step
-// fails, what was made is removed again.
+// default route through that network's gateway. It returns once every port is plugged (unless
+// spec.NoWait). If a step fails, what was made is removed again.
 func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (vm VM, err error) {
 	if err := ValidateVMName(spec.Name); err != nil {
 		return VM{}, err
@@ -164,8 +166,10 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (vm VM, err error) {
 			return vm, fmt.Errorf("vm %q: %w", spec.Name, err)
 		}
 	}
-	if err := waitPlugged(ctx, c, vm.Ports); err != nil {
-		return vm, fmt.Errorf("vm %q: %w", spec.Name, err)
+	if !spec.NoWait {
+		if err := waitPlugged(ctx, c, vm.Ports); err != nil {
+			return vm, fmt.Errorf("vm %q: %w", spec.Name, err)
+		}
 	}
 	l.log.Info("lab vm created", "vm", spec.Name, "node", spec.Host, "ports", len(vm.Ports))
 	return vm, nil
@@ -247,6 +251,19 @@ func (l *Lab) plugNIC(vmNS, host string, i int, port *vxfabricv1.Port, netw *vxf
 		if err := vh.RouteReplace(route); err != nil {
 			return fmt.Errorf("default route via %s on %s: %w", gw, eth, err)
 		}
+	}
+	return nil
+}
+
+// WaitPlugged waits until the agent of the VM's host reports every port of the VM plugged.
+func (l *Lab) WaitPlugged(ctx context.Context, vm VM) error {
+	c, err := l.Client()
+	if err != nil {
+		return err
+	}
+	defer c.Conn.Close()
+	if err := waitPlugged(ctx, c, vm.Ports); err != nil {
+		return fmt.Errorf("vm %q: %w", vm.Name, err)
 	}
 	return nil
 }

@@ -221,6 +221,8 @@ func TestPrivilegedChangesWhileAgentDown(t *testing.T) {
 	mustVxfab(t, "lab", "agent", "stop", "h2")
 	f.deleteVM("away-z")
 	nw := f.vm("away-n", "h3", "net")
+	// A VM on h2 itself: its port waits for h2's agent.
+	local := f.createVM(lab.VMSpec{Name: "away-l", Host: "h2", NICs: []lab.NICSpec{{Tenant: f.tenant, Network: "net"}}, NoWait: true})
 	began := time.Now()
 	mustVxfab(t, "lab", "agent", "start", "h2")
 	_, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
@@ -236,4 +238,8 @@ func TestPrivilegedChangesWhileAgentDown(t *testing.T) {
 	}
 	t.Logf("h2 converged %s after its agent was started", time.Since(began).Round(time.Millisecond))
 	f.reach("away-y", nw.IP(0), 5*time.Second)
+	if err := f.l.WaitPlugged(f.ctx, local); err != nil {
+		t.Fatalf("a port created on h2 while its agent was down: %v", err)
+	}
+	f.reach("away-l", nw.IP(0), 5*time.Second)
 }

@@ -291,6 +291,7 @@ func newLabVMCmd(f *labFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "VMs: namespaces whose NICs are plugged in as ports"}
 	var host string
 	var nics []string
+	var wait bool
 	create := &cobra.Command{
 		Use:   "create VM --host H --nic TENANT/NETWORK[=IP] [--nic ...]",
 		Short: "create the VM's ports, its namespace and NICs, and wait until every port is plugged",
@@ -300,7 +301,7 @@ func newLabVMCmd(f *labFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			spec := lab.VMSpec{Name: args[0], Host: host}
+			spec := lab.VMSpec{Name: args[0], Host: host, NoWait: !wait}
 			for _, n := range nics {
 				nic, err := lab.ParseNIC(n)
 				if err != nil {
@@ -321,6 +322,7 @@ func newLabVMCmd(f *labFlags) *cobra.Command {
 	}
 	create.Flags().StringVar(&host, "host", "", "host the VM runs on (h1..hN)")
 	create.Flags().StringArrayVar(&nics, "nic", nil, "a NIC: TENANT/NETWORK[=IP]; repeat for a multi-homed VM")
+	create.Flags().BoolVar(&wait, "wait", true, "wait until the host's agent has plugged every port")
 	_ = create.MarkFlagRequired("host")
 	_ = create.MarkFlagRequired("nic")
 	del := &cobra.Command{
