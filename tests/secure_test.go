@@ -149,16 +149,20 @@ func TestPrivilegedVMCannotReachControlPlane(t *testing.T) {
 		t.Fatalf("control: the nat VM does not reach outside: %v", err)
 	}
 	gw := netip.MustParseAddr(n.GetGateway())
-	targets := map[string]netip.AddrPort{
-		"server API":         netip.AddrPortFrom(lab.ControlAddr, lab.ServerPort),
-		"server gossip":      netip.AddrPortFrom(lab.ControlAddr, lab.GossipPort),
-		"own host gossip":    netip.AddrPortFrom(lab.HostAddr(1), lab.GossipPort),
-		"own host metrics":   netip.AddrPortFrom(lab.HostAddr(1), lab.MetricsPort),
-		"other host gossip":  netip.AddrPortFrom(lab.HostAddr(2), lab.GossipPort),
-		"other host metrics": netip.AddrPortFrom(lab.HostAddr(2), lab.MetricsPort),
-		"gateway gossip":     netip.AddrPortFrom(gw, lab.GossipPort),
+	targets := []struct {
+		name string
+		dst  netip.AddrPort
+	}{
+		{"server API", netip.AddrPortFrom(lab.ControlAddr, lab.ServerPort)},
+		{"server gossip", netip.AddrPortFrom(lab.ControlAddr, lab.GossipPort)},
+		{"own host gossip", netip.AddrPortFrom(lab.HostAddr(1), lab.GossipPort)},
+		{"own host metrics", netip.AddrPortFrom(lab.HostAddr(1), lab.MetricsPort)},
+		{"other host gossip", netip.AddrPortFrom(lab.HostAddr(2), lab.GossipPort)},
+		{"other host metrics", netip.AddrPortFrom(lab.HostAddr(2), lab.MetricsPort)},
+		{"gateway gossip", netip.AddrPortFrom(gw, lab.GossipPort)},
 	}
-	for name, dst := range targets {
+	for _, tc := range targets {
+		name, dst := tc.name, tc.dst
 		c, err := f.l.DialerIn("cp-v")
 		if err != nil {
 			t.Fatal(err)
