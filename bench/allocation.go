@@ -26,16 +26,19 @@ type AllocationConfig struct {
 	Clients []int
 	// Duration of each measurement.
 	Duration time.Duration
-	Logger   *slog.Logger
-	Progress func(format string, args ...any)
+	// ProfileDir, when set, receives a CPU profile of the network creates at the highest concurrency.
+	ProfileDir string
+	Logger     *slog.Logger
+	Progress   func(format string, args ...any)
 }
 
 // rawPrefix holds the keys of the bare create-if-absent transactions (outside the fabric's prefix).
 const rawPrefix = "/vxbench/raw/"
 
 // RunAllocation runs benchmark 3: one embedded etcd, two API server replicas on it; network creates
-// per second at each concurrency (clients alternate between the replicas), then bare etcd
-// create-if-absent transactions at the same concurrency on the same etcd, then a count of duplicate VNIs.
+// per second at each concurrency (clients alternate between the replicas) and bare etcd
+// create-if-absent transactions at the same concurrency on the same etcd, measured in alternating
+// slices; then a count of duplicate VNIs.
 func RunAllocation(ctx context.Context, cfg AllocationConfig) Outcome {
 	out := Outcome{Benchmark: "3 allocation"}
 	if err := allocation(ctx, cfg, &out); err != nil {
@@ -93,39 +96,62 @@ func allocation(ctx context.Context, cfg AllocationConfig, out *Outcome) error {
 
 	var seq atomic.Int64
 	created := 0
-	for _, n := range cfg.Clients {
-		rate, err := measureRate(ctx, n, cfg.Duration, func(ctx context.Context, worker int) error {
-			i := seq.Add(1)
-			c := vxfabricv1.NewNetworkServiceClient(conns[worker%2])
-			_, err := c.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{
-				Tenant: "alloc", Name: fmt.Sprintf("n%d", i), Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED,
-			})
-			if err != nil {
-				return fmt.Errorf("create network n%d: %w", i, err)
-			}
-			return nil
+	createNetwork := func(ctx context.Context, worker int) error {
+		i := seq.Add(1)
+		c := vxfabricv1.NewNetworkServiceClient(conns[worker%2])
+		_, err := c.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{
+			Tenant: "alloc", Name: fmt.Sprintf("n%d", i), Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED,
 		})
 		if err != nil {
-			return err
+			return fmt.Errorf("create network n%d: %w", i, err)
 		}
+		return nil
+	}
+	rawTxn := func(ctx context.Context, worker int) error {
+		key := fmt.Sprintf("%s%d", rawPrefix, seq.Add(1))
+		resp, err := rawClients[worker%2].Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, "x")).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("txn on %s: %w", key, err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("txn on %s: key already present", key)
+		}
+		return nil
+	}
+	for k, n := range cfg.Clients {
+		var stopProfile func()
+		if cfg.ProfileDir != "" && k == len(cfg.Clients)-1 {
+			if stopProfile, err = startCPUProfile(filepath.Join(cfg.ProfileDir, fmt.Sprintf("allocation-%d.cpu.pprof", n))); err != nil {
+				return err
+			}
+		}
+		// Slices of each alternate, so that load from elsewhere on the machine hits both alike.
+		var rate, raw rateResult
+		slice := cfg.Duration / allocSlices
+		for i := range 2 * allocSlices {
+			r, op := &rate, createNetwork
+			if (i+i/2)%2 == 1 { // N R R N N R R N ...
+				r, op = &raw, rawTxn
+			}
+			res, err := measureRate(ctx, n, slice, op)
+			if err != nil {
+				if stopProfile != nil {
+					stopProfile()
+				}
+				return err
+			}
+			r.ops += res.ops
+			r.took += res.took
+		}
+		if stopProfile != nil {
+			stopProfile()
+		}
+		rate.perSec = float64(rate.ops) / rate.took.Seconds()
+		raw.perSec = float64(raw.ops) / raw.took.Seconds()
 		created += rate.ops
-		raw, err := measureRate(ctx, n, cfg.Duration, func(ctx context.Context, worker int) error {
-			key := fmt.Sprintf("%s%d", rawPrefix, seq.Add(1))
-			resp, err := rawClients[worker%2].Txn(ctx).
-				If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-				Then(clientv3.OpPut(key, "x")).
-				Commit()
-			if err != nil {
-				return fmt.Errorf("txn on %s: %w", key, err)
-			}
-			if !resp.Succeeded {
-				return fmt.Errorf("txn on %s: key already present", key)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
 		cfg.Progress("allocation, %d clients: %.0f networks/s, raw etcd %.0f txn/s", n, rate.perSec, raw.perSec)
 		out.Metrics = append(out.Metrics,
 			InfoMetric(fmt.Sprintf("%d client(s): raw etcd create-if-absent", n), raw.perSec, "txn/s"),
@@ -147,8 +173,12 @@ func allocation(ctx context.Context, cfg AllocationConfig, out *Outcome) error {
 	return nil
 }
 
+// allocSlices is how many alternating slices each rate is measured in.
+const allocSlices = 4
+
 type rateResult struct {
 	ops    int
+	took   time.Duration
 	perSec float64
 }
 
@@ -183,7 +213,7 @@ func measureRate(ctx context.Context, n int, d time.Duration, op func(ctx contex
 	if err := ctx.Err(); err != nil {
 		return rateResult{}, err
 	}
-	return rateResult{ops: int(ops.Load()), perSec: float64(ops.Load()) / took.Seconds()}, nil
+	return rateResult{ops: int(ops.Load()), took: took, perSec: float64(ops.Load()) / took.Seconds()}, nil
 }
 
 // duplicateVNIs reads every network from etcd and counts networks sharing a VNI with an earlier one.

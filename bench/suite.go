@@ -72,7 +72,7 @@ func runBurst(ctx context.Context, o Options) Outcome {
 }
 
 func runAllocation(ctx context.Context, o Options) Outcome {
-	cfg := AllocationConfig{Clients: []int{1, 32}, Duration: 5 * time.Second, Logger: o.Logger, Progress: o.Progress}
+	cfg := AllocationConfig{Clients: []int{1, 32}, Duration: 5 * time.Second, ProfileDir: o.ProfileDir, Logger: o.Logger, Progress: o.Progress}
 	if o.Quick {
 		cfg.Duration = 2 * time.Second
 	}
