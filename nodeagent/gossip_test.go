@@ -257,8 +257,11 @@ func TestGossipServerFailover(t *testing.T) {
 	waitFor(t, "both servers known", 5*time.Second, func() bool { return len(m1.Servers()) == 2 })
 	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{member: m1})
 	w.network("n1", 100)
-	w.port("p1", "n1", "h1", 1)
-	w.converge(5*time.Second, h1)
+	rev := w.port("p1", "n1", "h1", 1)
+	// The port's interface is absent, so the converged kernel is empty, as it is before any stream:
+	// wait for the revision to be applied and the stream to be recorded instead.
+	waitApplied(t, h1, rev, 5*time.Second)
+	waitFor(t, "stream open", 5*time.Second, func() bool { return h1.agent.Server() != "" })
 	first := h1.agent.Server()
 	if byAddr[first] == nil {
 		t.Fatalf("agent streams from %q", first)
