@@ -45,7 +45,8 @@ func drain(h *Hub, subs []*subscriber) (msgs, items int) {
 		if msg := h.next(s); msg != nil {
 			msgs++
 			items += len(msg.GetNetworks()) + len(msg.GetLocalPorts()) + len(msg.GetRemotePorts()) +
-				len(msg.GetRemovedNetworkIds()) + len(msg.GetRemovedLocalPortIds()) + len(msg.GetRemovedRemotePortIds())
+				len(msg.GetRemovedNetworkIds()) + len(msg.GetRemovedLocalPortIds()) + len(msg.GetRemovedRemotePortIds()) +
+				len(msg.GetPeers()) + len(msg.GetRemovedPeers())
 		}
 	}
 	return msgs, items
@@ -110,15 +111,37 @@ func BenchmarkDeltaNodeJoinLeave1000x10(b *testing.B) {
 	}
 }
 
-// One node's snapshot: 10 local ports, 9,990 remote ports, a flood list of 999.
+// A node's status flips between ALIVE and DEAD: the 999 nodes that see it get its record alone.
+func BenchmarkDeltaPeerStatus1000x10(b *testing.B) {
+	h, subs := benchHub(b, 1000, 10)
+	rev := h.m.rev
+	alive, dead := testNode("h0007", "198.18.0.8"), testNode("h0007", "198.18.0.8")
+	dead.Status = vxfabricv1.NodeStatus_NODE_STATUS_DEAD
+	vals := [2][]byte{mustMarshal(b, dead), mustMarshal(b, alive)}
+	var msgs, items int
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		rev++
+		h.applyEvents([]event{{key: "nodes/h0007", value: vals[i%2], rev: rev}}, time.Now())
+		m, n := drain(h, subs)
+		msgs, items = msgs+m, items+n
+	}
+	if msgs != b.N*999 || items != msgs {
+		b.Fatalf("%d messages of %d items for %d status changes, want 999 of one item each", msgs, items, b.N)
+	}
+	b.ReportMetric(float64(msgs)/float64(b.N), "msgs/op")
+}
+
+// One node's snapshot: 10 local ports, 9,990 remote ports, a flood list of 999, 999 peers.
 func BenchmarkSnapshot1000x10(b *testing.B) {
 	h, _ := benchHub(b, 1000, 10)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
 		msg := h.m.snapshot("h0500")
-		if len(msg.GetRemotePorts()) != 9990 {
-			b.Fatalf("%d remote ports", len(msg.GetRemotePorts()))
+		if len(msg.GetRemotePorts()) != 9990 || len(msg.GetPeers()) != 999 {
+			b.Fatalf("%d remote ports, %d peers", len(msg.GetRemotePorts()), len(msg.GetPeers()))
 		}
 	}
 }
