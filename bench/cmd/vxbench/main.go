@@ -32,14 +32,24 @@ func run() int {
 		return createPorts(os.Args[2:])
 	}
 	quick := flag.Bool("quick", os.Getenv("QUICK") != "", "reduced run (under 2 minutes)")
-	out := flag.String("out", "bench/results/latest.json", "where the JSON report goes (empty: nowhere)")
-	md := flag.String("markdown", "bench/results/latest.md", "where the table goes as Markdown (empty: nowhere)")
+	out := flag.String("out", "", "where the JSON report goes (default bench/results/latest.json, quick.json with -quick; - for nowhere)")
+	md := flag.String("markdown", "", "where the table goes as Markdown (default beside the JSON report, .md; - for nowhere)")
 	only := flag.String("only", "", "comma-separated benchmark numbers to run (default all), e.g. 1,3")
 	profileDir := flag.String("profile-dir", "", "write CPU profiles of the convergence runs here")
 	logLevel := flag.String("log-level", "error", "level of the components' logs on stderr")
 	bin := flag.String("bin", envOr("VXFAB_BIN", "bin/vxfab"), "the vxfab binary (lab and memory benchmarks)")
 	flag.Parse()
 
+	// A quick run never overwrites the full run's committed results.
+	if *out == "" {
+		*out = "bench/results/latest.json"
+		if *quick {
+			*out = "bench/results/quick.json"
+		}
+	}
+	if *md == "" && *out != "-" {
+		*md = strings.TrimSuffix(*out, ".json") + ".md"
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		fmt.Fprintf(os.Stderr, "vxbench: --log-level %q: want debug, info, warn or error\n", *logLevel)
@@ -90,14 +100,14 @@ func run() int {
 	fmt.Println()
 	rep.PrintTable(os.Stdout)
 	fmt.Printf("took %s\n", rep.Took)
-	if *out != "" {
+	if *out != "-" {
 		if err := rep.WriteJSON(*out); err != nil {
 			fmt.Fprintln(os.Stderr, "vxbench:", err)
 			return 1
 		}
 		fmt.Printf("wrote %s\n", *out)
 	}
-	if *md != "" {
+	if *md != "" && *md != "-" {
 		if err := os.WriteFile(*md, []byte(rep.Markdown()), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "vxbench: write", *md+":", err)
 			return 1
