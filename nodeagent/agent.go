@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -363,15 +364,47 @@ func (a *Agent) gossipDead() map[string]bool {
 	return known
 }
 
+// infrastructure lists the fabric's own addresses that VMs may never connect to: every gossip
+// member's address and VTEP, the servers' API addresses (from gossip and from Config.Servers), and
+// this host's VTEP. Peers' VTEPs from the desired state are added by the caller under a.mu.
+func (a *Agent) infrastructure() []netip.Addr {
+	out := []netip.Addr{a.cfg.VTEP}
+	addHost := func(hostport string) {
+		if ap, err := netip.ParseAddrPort(hostport); err == nil {
+			out = append(out, ap.Addr())
+		}
+	}
+	for _, s := range a.cfg.Servers {
+		addHost(s)
+	}
+	if a.cfg.Membership != nil {
+		for _, p := range a.cfg.Membership.Members() {
+			out = append(out, p.Addr.Addr())
+			if p.Meta.VTEP.IsValid() {
+				out = append(out, p.Meta.VTEP)
+			}
+			addHost(p.Meta.GRPCAddr)
+		}
+	}
+	return out
+}
+
 // reconcile runs one Apply of the current desired state.
 func (a *Agent) reconcile(ctx context.Context) error {
 	gossip := a.gossipDead()
+	infra := a.infrastructure()
 	a.mu.Lock()
 	if !a.model.ready {
 		a.mu.Unlock()
 		return nil
 	}
 	b := a.model.build(overlay.Underlay{VTEP: a.cfg.VTEP, Interface: a.cfg.UnderlayInterface}, a.model.dead(gossip))
+	for _, p := range a.model.peers {
+		if vtep, err := netip.ParseAddr(p.GetVtep()); err == nil {
+			infra = append(infra, vtep)
+		}
+	}
+	b.state.Infrastructure = infra
 	a.watched = map[string]bool{}
 	for iface := range b.portByIface {
 		a.watched[iface] = true

@@ -78,6 +78,10 @@ type DesiredState struct {
 	DisablePortSecurity bool
 	// DisableUnderlayFilter turns off the filter that accepts VXLAN only from known VTEPs (on by default).
 	DisableUnderlayFilter bool
+	// Infrastructure lists the fabric's own underlay addresses (other hosts, API servers, etcd):
+	// VMs may not open connections to them, whatever their network's mode. The host itself is
+	// protected by the input rules already.
+	Infrastructure []netip.Addr
 }
 
 // Underlay is the host's attachment to the physical network.

@@ -50,6 +50,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -81,10 +82,19 @@ const TableName = "vxfabric"
 const ForwardingMarkChain = "ip-forward-set-by-vxfabric"
 
 // VTEPSet4 and VTEPSet6 are the named sets of the underlay filter, updated element by element.
+// InfraSet4 and InfraSet6 hold the fabric's own addresses that VMs may not connect to.
 const (
-	VTEPSet4 = "vteps4"
-	VTEPSet6 = "vteps6"
+	VTEPSet4  = "vteps4"
+	VTEPSet6  = "vteps6"
+	InfraSet4 = "infra4"
+	InfraSet6 = "infra6"
 )
+
+// NftSetNames are our named sets, in the order they are created.
+var NftSetNames = []string{VTEPSet4, VTEPSet6, InfraSet4, InfraSet6}
+
+// NftSetIs6 tells whether a set of ours holds IPv6 addresses.
+func NftSetIs6(name string) bool { return name == VTEPSet6 || name == InfraSet6 }
 
 // Validate checks a desired state; the error wraps ErrInvalid and names the first bad object.
 func (d DesiredState) Validate() error {
@@ -276,6 +286,8 @@ const (
 	FieldCtState                      // Num: established|related when 0
 	FieldIPSaddrSet                   // Name: an ipv4 set
 	FieldIP6SaddrSet                  // Name: an ipv6 set
+	FieldIPDaddrSet                   // Name: an ipv4 set
+	FieldIP6DaddrSet                  // Name: an ipv6 set
 )
 
 // Match is one condition of a rule.
@@ -336,6 +348,10 @@ func (m Match) String() string {
 		return "ip saddr" + op + "@" + m.Name
 	case FieldIP6SaddrSet:
 		return "ip6 saddr" + op + "@" + m.Name
+	case FieldIPDaddrSet:
+		return "ip daddr" + op + "@" + m.Name
+	case FieldIP6DaddrSet:
+		return "ip6 daddr" + op + "@" + m.Name
 	}
 	return fmt.Sprintf("field(%d)", int(m.Field))
 }
@@ -373,7 +389,10 @@ func host(a netip.Addr) netip.Prefix {
 //
 // Why these rules (tenant isolation on a host that forwards):
 //   - inet input: VXLAN is accepted only from known VTEPs; a VM may ping its gateway and get replies
-//     to what the host opened, nothing else (it never reaches the server, etcd or gossip ports).
+//     to what the host opened, nothing else (it never reaches this host's agent, server, etcd or
+//     gossip ports).
+//   - inet forward: nor does a VM reach those of any other host or server of the fabric: new
+//     connections routed from a vx bridge to an address of the infrastructure sets are dropped.
 //   - inet forward: every rule that names a bridge excludes traffic that enters and leaves the same
 //     bridge, because with br_netfilter loaded (Docker hosts, and this lab machine) frames switched
 //     inside a bridge traverse the inet forward hook too, with the bridge as both iif and oif.
@@ -403,7 +422,11 @@ func NftPlan(d DesiredState) []NftChain {
 			Rule{Matches: []Match{udp}, Counter: true, Verdict: Drop},
 		)
 	}
-	forward.Rules = append(forward.Rules, Rule{Matches: []Match{ct}, Verdict: Accept})
+	forward.Rules = append(forward.Rules, Rule{Matches: []Match{ct}, Verdict: Accept},
+		// New connections from any VM routed towards the fabric's own hosts and servers: never, in
+		// any mode (what is switched inside one bridge is not routed, and not ours to judge here).
+		Rule{Matches: []Match{iif(BridgePrefix + "*"), notOIF(BridgePrefix + "*"), {Field: FieldIPDaddrSet, Name: InfraSet4}}, Counter: true, Verdict: Drop},
+		Rule{Matches: []Match{iif(BridgePrefix + "*"), notOIF(BridgePrefix + "*"), {Field: FieldIP6DaddrSet, Name: InfraSet6}}, Counter: true, Verdict: Drop})
 	for _, n := range d.Networks {
 		br := BridgeName(n.VNI)
 		if n.Mode != ModeBridged {
@@ -457,6 +480,27 @@ func NftPlan(d DesiredState) []NftChain {
 		}
 	}
 	return []NftChain{input, forward, nat, bpre, bpost}
+}
+
+// NftSets returns the elements of each of our named sets (NftSetNames), sorted, without duplicates.
+func NftSets(d DesiredState) map[string][]netip.Addr {
+	v4, v6 := UnderlayVTEPs(d)
+	sets := map[string][]netip.Addr{VTEPSet4: v4, VTEPSet6: v6}
+	for _, a := range d.Infrastructure {
+		if a = a.Unmap(); !a.IsValid() {
+			continue
+		}
+		name := InfraSet4
+		if a.Is6() {
+			name = InfraSet6
+		}
+		sets[name] = append(sets[name], a)
+	}
+	for name, addrs := range sets {
+		slices.SortFunc(addrs, netip.Addr.Compare)
+		sets[name] = slices.Compact(addrs)
+	}
+	return sets
 }
 
 // UnderlayVTEPs returns the VTEPs the underlay filter accepts: every remote port's and flood VTEP

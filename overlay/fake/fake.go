@@ -420,15 +420,12 @@ func (a *applier) applyNeigh(n *network, nd overlay.Network) {
 func (a *applier) applyNft(desired overlay.DesiredState, deletes bool) {
 	d := a.d
 	plan := overlay.NftPlan(desired)
-	v4, v6 := overlay.UnderlayVTEPs(desired)
-	if len(plan) == 0 {
-		v4, v6 = nil, nil
-	}
 	wantSets := map[string][]netip.Addr{}
 	if len(plan) > 0 {
-		slices.SortFunc(v4, netip.Addr.Compare)
-		slices.SortFunc(v6, netip.Addr.Compare)
-		wantSets[overlay.VTEPSet4], wantSets[overlay.VTEPSet6] = v4, v6
+		wantSets = overlay.NftSets(desired)
+		for _, name := range overlay.NftSetNames {
+			wantSets[name] = wantSets[name] // every set exists while the plan does, empty or not
+		}
 	}
 	wantChains := map[string][]string{}
 	for _, c := range plan {
@@ -456,7 +453,7 @@ func (a *applier) applyNft(desired overlay.DesiredState, deletes bool) {
 			}
 			d.chains[key] = merged
 		}
-		for _, name := range []string{overlay.VTEPSet4, overlay.VTEPSet6} {
+		for _, name := range overlay.NftSetNames {
 			want, ok := wantSets[name]
 			if !ok {
 				continue

@@ -137,20 +137,21 @@ func (r *run) nftAdd() {
 	for _, s := range existing {
 		sets[s.Name] = s
 	}
-	for _, sd := range []struct {
-		name string
-		typ  nftables.SetDatatype
-	}{{overlay.VTEPSet4, nftables.TypeIPAddr}, {overlay.VTEPSet6, nftables.TypeIP6Addr}} {
-		if sets[sd.name] != nil {
-			sets[sd.name].Table = inet
+	for _, name := range overlay.NftSetNames {
+		if sets[name] != nil {
+			sets[name].Table = inet
 			continue
 		}
-		s := &nftables.Set{Table: inet, Name: sd.name, KeyType: sd.typ}
+		typ := nftables.TypeIPAddr
+		if overlay.NftSetIs6(name) {
+			typ = nftables.TypeIP6Addr
+		}
+		s := &nftables.Set{Table: inet, Name: name, KeyType: typ}
 		if err := c.AddSet(s, nil); err != nil {
-			r.fail(overlay.TableObject("inet"), fmt.Errorf("add set %s: %w", sd.name, err))
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("add set %s: %w", name, err))
 			return
 		}
-		sets[sd.name] = s
+		sets[name] = s
 		queued = true
 	}
 	if queued {
@@ -161,8 +162,9 @@ func (r *run) nftAdd() {
 	}
 
 	// Set elements: add the missing VTEPs now, remove the stale ones in the deletion pass.
-	v4, v6 := overlay.UnderlayVTEPs(r.desired)
-	for name, want := range map[string][]netip.Addr{overlay.VTEPSet4: v4, overlay.VTEPSet6: v6} {
+	wantSets := overlay.NftSets(r.desired)
+	for _, name := range overlay.NftSetNames {
+		want := wantSets[name]
 		s := sets[name]
 		elems, err := c.GetSetElements(s)
 		if err != nil {
@@ -437,13 +439,20 @@ func ruleExprs(fam nftables.TableFamily, rule overlay.Rule, sets map[string]*nft
 			} else {
 				cmp(expr.CmpOpNeq, binaryutil.NativeEndian.PutUint32(0))
 			}
-		case overlay.FieldIPSaddrSet, overlay.FieldIP6SaddrSet:
-			if m.Field == overlay.FieldIPSaddrSet {
+		case overlay.FieldIPSaddrSet, overlay.FieldIP6SaddrSet, overlay.FieldIPDaddrSet, overlay.FieldIP6DaddrSet:
+			switch m.Field {
+			case overlay.FieldIPSaddrSet:
 				needProto(unix.NFPROTO_IPV4)
 				load(expr.PayloadBaseNetworkHeader, 12, 4)
-			} else {
+			case overlay.FieldIPDaddrSet:
+				needProto(unix.NFPROTO_IPV4)
+				load(expr.PayloadBaseNetworkHeader, 16, 4)
+			case overlay.FieldIP6SaddrSet:
 				needProto(unix.NFPROTO_IPV6)
 				load(expr.PayloadBaseNetworkHeader, 8, 16)
+			default:
+				needProto(unix.NFPROTO_IPV6)
+				load(expr.PayloadBaseNetworkHeader, 24, 16)
 			}
 			s := sets[m.Name]
 			lk := &expr.Lookup{SourceRegister: 1, SetName: m.Name, Invert: m.Neg}
