@@ -20,8 +20,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Comparison says how a value meets its target.
@@ -108,14 +106,7 @@ type Report struct {
 // ReadMachine reads the machine's cores, memory and kernel.
 func ReadMachine() Machine {
 	m := Machine{Cores: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH}
-	var si unix.Sysinfo_t
-	if unix.Sysinfo(&si) == nil {
-		m.MemoryBytes = uint64(si.Totalram) * uint64(si.Unit)
-	}
-	var u unix.Utsname
-	if unix.Uname(&u) == nil {
-		m.Kernel = unix.ByteSliceToString(u.Release[:])
-	}
+	m.MemoryBytes, m.Kernel = memoryAndKernel()
 	return m
 }
 

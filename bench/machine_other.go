@@ -1,0 +1,5 @@
+//go:build !linux
+
+package bench
+
+func memoryAndKernel() (memory uint64, kernel string) { return 0, "" }

@@ -1,0 +1,39 @@
+//go:build linux
+
+package bench
+
+import (
+	"context"
+	"time"
+)
+
+func runDatapath(ctx context.Context, o Options) Outcome {
+	cfg := DatapathConfig{Trials: 5, Logger: o.Logger, Progress: o.Progress}
+	if o.Quick {
+		cfg.Trials = 1
+	}
+	return RunDatapath(ctx, cfg)
+}
+
+func runLab(ctx context.Context, o Options) []Outcome {
+	cfg := LabConfig{
+		Bin: o.Bin, Hosts: 5, Rounds: 4, Seconds: 4, Trials: 10, Poll: 15 * time.Millisecond, Timeout: 30 * time.Second,
+		Pause: time.Second, Throughput: o.Selected("5"), Failover: o.Selected("6"), Logger: o.Logger, Progress: o.Progress,
+	}
+	if o.Quick {
+		cfg.Rounds, cfg.Seconds, cfg.Trials = 1, 2, 3
+	}
+	return RunLab(ctx, cfg)
+}
+
+func runMemory(ctx context.Context, o Options) Outcome {
+	cfg := MemoryConfig{
+		Bin: o.Bin, Hosts: 1000, Ports: 10000, Settle: 2 * time.Second,
+		Targets:    MemoryTargets{AgentIdle: 25, AgentLoaded: 50, Server: 300},
+		ProfileDir: o.ProfileDir, LogLevel: o.LogLevel, Progress: o.Progress,
+	}
+	if o.Quick {
+		cfg.Hosts, cfg.Ports, cfg.Settle = 100, 2000, time.Second
+	}
+	return RunMemory(ctx, cfg)
+}
