@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -14,19 +13,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/vxfabric/vxfabric/controlplane/client"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
-// Profile tells a client how to reach the lab's server. It has the JSON form of the CLI's client
-// profile (cmd/vxfab/client.go), which reads it from the default profile path after `lab up`.
-type Profile struct {
-	Server    string `json:"server"`
-	TLSCA     string `json:"tls_ca,omitempty"`
-	TLSCert   string `json:"tls_cert,omitempty"`
-	TLSKey    string `json:"tls_key,omitempty"`
-	TokenFile string `json:"token_file,omitempty"`
-	Insecure  bool   `json:"insecure,omitempty"`
-}
+// Profile tells a client how to reach the lab's server (the CLI's client profile).
+type Profile = client.Profile
 
 // AdminTokenPath is where the lab keeps the server's admin token once the fabric is secured; the
 // profile names it when it exists.
@@ -43,11 +35,10 @@ func (l *Lab) Profile() Profile {
 }
 
 func (l *Lab) writeProfiles() error {
-	data, err := json.MarshalIndent(l.Profile(), "", "  ")
+	data, err := l.Profile().Marshal()
 	if err != nil {
 		return err
 	}
-	data = append(data, '\n')
 	paths := []string{l.ProfilePath()}
 	if l.cfg.ProfilePath != "" {
 		paths = append(paths, l.cfg.ProfilePath)
@@ -68,15 +59,11 @@ func (l *Lab) removeProfile() error {
 	if l.cfg.ProfilePath == "" {
 		return nil
 	}
-	data, err := os.ReadFile(l.cfg.ProfilePath)
+	p, err := client.ReadProfile(l.cfg.ProfilePath)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("read client profile: %w", err)
-	}
-	var p Profile
-	if json.Unmarshal(data, &p) == nil && p.Server != l.Profile().Server {
+	if err == nil && p.Server != l.Profile().Server {
 		return nil
 	}
 	if err := os.Remove(l.cfg.ProfilePath); err != nil && !errors.Is(err, os.ErrNotExist) {

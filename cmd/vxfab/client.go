@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"github.com/vxfabric/vxfabric/controlplane/client"
 	"github.com/vxfabric/vxfabric/controlplane/server"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -23,9 +23,8 @@ import (
 
 const defaultServer = "127.0.0.1:7400"
 
-// defaultProfilePath is where `vxfab lab up` records how the CLI reaches the lab's server, so that
-// commands need no flags afterwards.
-const defaultProfilePath = "/run/vxfabric/lab/client.json"
+// defaultProfilePath is where `vxfab lab up` records how the CLI reaches the lab's server.
+const defaultProfilePath = client.DefaultProfilePath
 
 // clientFlags are the options every API command shares. Flags win over VXFAB_* environment
 // variables, which win over the profile file.
@@ -55,16 +54,6 @@ func addClientFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&cliOpts.timeout, "timeout", 15*time.Second, "deadline of one API call")
 }
 
-// clientProfile is a file that says how to reach a server: the lab writes one.
-type clientProfile struct {
-	Server    string `json:"server"`
-	TLSCA     string `json:"tls_ca,omitempty"`
-	TLSCert   string `json:"tls_cert,omitempty"`
-	TLSKey    string `json:"tls_key,omitempty"`
-	TokenFile string `json:"token_file,omitempty"`
-	Insecure  bool   `json:"insecure,omitempty"`
-}
-
 // resolvedClient is the outcome of flags, environment and profile.
 type resolvedClient struct {
 	server   string
@@ -85,7 +74,7 @@ func firstNonEmpty(values ...string) string {
 }
 
 func resolveClient() (resolvedClient, error) {
-	var prof clientProfile
+	var prof client.Profile
 	profPath := firstNonEmpty(cliOpts.profile, os.Getenv("VXFAB_PROFILE"))
 	explicitProfile := profPath != ""
 	if !explicitProfile {
@@ -93,12 +82,10 @@ func resolveClient() (resolvedClient, error) {
 	}
 	useProfile := cliOpts.server == "" && os.Getenv("VXFAB_SERVER") == "" || explicitProfile
 	if useProfile {
-		data, err := os.ReadFile(profPath)
+		p, err := client.ReadProfile(profPath)
 		switch {
 		case err == nil:
-			if err := json.Unmarshal(data, &prof); err != nil {
-				return resolvedClient{}, fmt.Errorf("read profile %s: %w", profPath, err)
-			}
+			prof = p
 		case explicitProfile || !errors.Is(err, os.ErrNotExist):
 			return resolvedClient{}, fmt.Errorf("read profile: %w", err)
 		}
