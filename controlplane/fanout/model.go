@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
@@ -235,11 +236,6 @@ func removeFrom[V any](idx map[string]map[string]V, outer, inner string) {
 	}
 }
 
-// bridgeName and vxlanName must match overlay.BridgeName and overlay.VxlanName; they are repeated here so
-// the control plane does not depend on the datapath package.
-func bridgeName(vni uint32) string { return fmt.Sprintf("vxbr%d", vni) }
-func vxlanName(vni uint32) string  { return fmt.Sprintf("vxlan%d", vni) }
-
 // gatewayMAC is 02:fb:<vni, 3 bytes big-endian>:01, the same on every host.
 func gatewayMAC(vni uint32) string {
 	return fmt.Sprintf("02:fb:%02x:%02x:%02x:01", byte(vni>>16), byte(vni>>8), byte(vni))
@@ -271,8 +267,8 @@ func (m *model) networkState(node, id string, flood []*vxfabricv1.FloodEntry) *v
 		Cidr:       n.GetCidr(),
 		Gateway:    n.GetGateway(),
 		GatewayMac: n.GetGatewayMac(),
-		BridgeName: bridgeName(n.GetVni()),
-		VxlanName:  vxlanName(n.GetVni()),
+		BridgeName: overlay.BridgeName(n.GetVni()),
+		VxlanName:  overlay.VxlanName(n.GetVni()),
 		Flood:      make([]*vxfabricv1.FloodEntry, 0, len(flood)),
 	}
 	if ns.GatewayMac == "" {
