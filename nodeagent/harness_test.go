@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed/etcdtest"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -23,7 +25,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
 	"github.com/vxfabric/vxfabric/controlplane/fanout"
 	"github.com/vxfabric/vxfabric/membership"
 	"github.com/vxfabric/vxfabric/overlay"
@@ -47,19 +48,7 @@ func testLogger() *slog.Logger {
 
 func startEtcd(t *testing.T) *clientv3.Client {
 	t.Helper()
-	cfg := etcdembed.Default(t.TempDir())
-	cfg.Fast = true
-	srv, err := etcdembed.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	cli, err := srv.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
+	return etcdtest.Client(t)
 }
 
 // server is a fan-out hub served over gRPC on a fixed loopback address, so it can stop and come back.

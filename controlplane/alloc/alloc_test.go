@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed/etcdtest"
+
 	"github.com/vxfabric/vxfabric/controlplane/store"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,19 +19,7 @@ import (
 
 func startEtcd(t *testing.T) *clientv3.Client {
 	t.Helper()
-	cfg := etcdembed.Default(t.TempDir())
-	cfg.Fast = true
-	e, err := etcdembed.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	cli, err := e.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
+	return etcdtest.Client(t)
 }
 
 // allocModel is what the allocator's state must be after a sequence of creates and deletes.

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed/etcdtest"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -22,7 +24,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"github.com/vxfabric/vxfabric/security/pki"
 )
@@ -38,22 +39,7 @@ func TestMain(m *testing.M) {
 // startEtcd runs an embedded etcd for one test and returns a client to it.
 func startEtcd(t *testing.T) *clientv3.Client {
 	t.Helper()
-	cfg := etcdembed.Default(t.TempDir())
-	cfg.Fast = true
-	s, err := etcdembed.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := s.Client()
-	if err != nil {
-		s.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cli.Close()
-		s.Close()
-	})
-	return cli
+	return etcdtest.Client(t)
 }
 
 func putTenant(t *testing.T, cli *clientv3.Client, name string) {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed/etcdtest"
+
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
@@ -22,7 +24,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
@@ -43,19 +44,7 @@ type env struct {
 
 func startEtcd(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cfg := etcdembed.Default(t.TempDir())
-	cfg.Fast = true
-	srv, err := etcdembed.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	cli, err := srv.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
+	return etcdtest.Client(t)
 }
 
 func newEnv(t testing.TB, cfg Config) *env {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed/etcdtest"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -16,7 +18,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
 	"github.com/vxfabric/vxfabric/controlplane/server"
 	"github.com/vxfabric/vxfabric/membership"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
@@ -31,19 +32,7 @@ const prefix = "/vxfabric/v1/"
 
 func startEtcd(t *testing.T) *clientv3.Client {
 	t.Helper()
-	cfg := etcdembed.Default(t.TempDir())
-	cfg.Fast = true
-	srv, err := etcdembed.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Close)
-	cli, err := srv.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
+	return etcdtest.Client(t)
 }
 
 func member(t *testing.T, role membership.Role, name string, n int, seeds []string) *membership.Member {

@@ -8,25 +8,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed/etcdtest"
+
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func newTestStore(t *testing.T) (*Store, *clientv3.Client) {
 	t.Helper()
-	cfg := etcdembed.Default(t.TempDir())
-	cfg.Fast = true
-	e, err := etcdembed.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	cli, err := e.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	cli := etcdtest.Client(t)
 	return New(cli), cli
 }
 
