@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/vxfabric/vxfabric/membership"
@@ -25,6 +26,8 @@ type gossipFlags struct {
 	advertise string
 	key       string
 	keyring   string
+	probe     time.Duration
+	suspicion int
 }
 
 func (g *gossipFlags) addTo(fs *pflag.FlagSet, bindDefault string) {
@@ -33,6 +36,10 @@ func (g *gossipFlags) addTo(fs *pflag.FlagSet, bindDefault string) {
 	fs.StringVar(&g.advertise, "gossip-advertise", "", "gossip address other members use, IP:PORT (default: --gossip-bind)")
 	fs.StringVar(&g.key, "gossip-key", "", "gossip encryption key, base64 of 16, 24 or 32 bytes (env VXFAB_GOSSIP_KEY)")
 	fs.StringVar(&g.keyring, "gossip-keyring", "", "file of base64 gossip keys, first one primary, reloaded on SIGHUP")
+	def := membership.Default(membership.RoleAgent, "")
+	fs.DurationVar(&g.probe, "gossip-probe-interval", def.ProbeInterval, "how often each member probes another (probe timeout: half of it)")
+	fs.IntVar(&g.suspicion, "gossip-suspicion-mult", def.SuspicionMult,
+		"a suspect member is declared dead after this many probe intervals (times log10 of the cluster size above 10): lower detects dead hosts sooner but may declare a paused one dead")
 }
 
 // enabled: gossip runs when the member has somewhere to bind or someone to join.
@@ -46,6 +53,12 @@ func (g *gossipFlags) config(role membership.Role, node, defaultBind string, log
 	mc.AdvertiseAddr = g.advertise
 	mc.Join = trimAll(g.join)
 	mc.KeyringFile = g.keyring
+	if g.probe > 0 {
+		mc.ProbeInterval, mc.ProbeTimeout = g.probe, g.probe/2
+	}
+	if g.suspicion > 0 {
+		mc.SuspicionMult = g.suspicion
+	}
 	mc.Logger = log
 	if s := firstNonEmpty(g.key, os.Getenv("VXFAB_GOSSIP_KEY")); s != "" {
 		key, err := membership.ParseKey(s)
