@@ -61,6 +61,7 @@ move it first everywhere and SIGHUP, then remove the old key everywhere and SIGH
 	fs := cmd.Flags()
 	fs.StringVar(&f.node, "node", "", "this host's node name (required)")
 	fs.StringVar(&f.vtep, "vtep", "", "this host's underlay (VTEP) address (required)")
+	mustRequire(cmd, "node", "vtep")
 	fs.StringVar(&f.underlayIface, "underlay-iface", "", "interface carrying the VTEP address (NAT masquerades through it)")
 	f.gossip.addTo(fs, "VTEP:"+strconv.Itoa(membership.DefaultPort))
 	fs.StringSliceVar(&f.servers, "server", nil, "API servers HOST:PORT to fail over between, comma separated (default: found through gossip)")

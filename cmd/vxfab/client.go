@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,7 +115,9 @@ func resolveClient() (resolvedClient, error) {
 			r.tlsCA = ca
 		}
 	}
-	if r.token == "" {
+	// The local admin token goes only to a server on this machine (loopback or unix socket): never
+	// over a network, where plaintext would expose it.
+	if r.token == "" && isLocalServer(r.server) {
 		if data, err := os.ReadFile(filepath.Join(local, "admin.token")); err == nil {
 			r.token = strings.TrimSpace(string(data))
 		}
@@ -181,6 +185,22 @@ func callContext(parent context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(parent, cliOpts.timeout)
 }
 
+// isLocalServer tells whether addr is a unix socket or a loopback address.
+func isLocalServer(addr string) bool {
+	if strings.HasPrefix(addr, "unix:") {
+		return true
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
 func readable(path string) bool {
 	f, err := os.Open(path)
 	if err != nil {
@@ -194,8 +214,13 @@ func readable(path string) bool {
 func errorLine(err error) string {
 	if st, ok := status.FromError(err); ok {
 		msg := strings.ReplaceAll(st.Message(), "\n", " ")
-		if st.Code() == codes.Unavailable && strings.Contains(msg, "error reading server preface") {
+		switch {
+		case st.Code() == codes.Unavailable && strings.Contains(msg, "error reading server preface"):
 			msg += " (the server speaks TLS: give --tls-ca, or use the server's unix socket)"
+		case st.Code() == codes.Unavailable && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority")):
+			msg += " (the server refused the TLS handshake: is the client certificate signed by the server's CA?)"
+		case st.Code() == codes.Unavailable && strings.Contains(msg, "certificate signed by unknown authority"):
+			msg += " (the server's certificate is not signed by --tls-ca)"
 		}
 		return st.Code().String() + ": " + msg
 	}

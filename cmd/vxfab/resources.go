@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -38,15 +40,32 @@ func apiCall(cmd *cobra.Command, fn func(ctx context.Context, conn *grpc.ClientC
 	return fn(ctx, conn)
 }
 
+// mustRequire marks flags the command cannot do without, so a missing one is reported by name
+// before anything is sent.
+func mustRequire(cmd *cobra.Command, flags ...string) {
+	for _, f := range flags {
+		if err := cmd.MarkFlagRequired(f); err != nil {
+			panic(fmt.Sprintf("%s: %v", cmd.CommandPath(), err)) // a typo in this file
+		}
+	}
+}
+
 // render prints msg as JSON with -o json, else as the table that table writes.
 func render(cmd *cobra.Command, msg proto.Message, table func(w io.Writer)) error {
 	out := cmd.OutOrStdout()
 	if cliOpts.output == "json" {
-		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(msg)
+		// Every field, empty lists included, and a stable layout (protojson's own spacing is
+		// deliberately unstable), so scripts can rely on the shape.
+		b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(msg)
 		if err != nil {
 			return fmt.Errorf("encode json: %w", err)
 		}
-		_, err = fmt.Fprintln(out, string(b))
+		var buf bytes.Buffer
+		if err := json.Indent(&buf, b, "", "  "); err != nil {
+			return fmt.Errorf("encode json: %w", err)
+		}
+		buf.WriteByte('\n')
+		_, err = out.Write(buf.Bytes())
 		return err
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
@@ -176,6 +195,13 @@ func newNetworkCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// 0 on the wire means "allocate one": an explicit --vni 0 is a mistake, not a request.
+			if cmd.Flags().Changed("vni") && vni == 0 {
+				return fmt.Errorf("--vni 0: a VNI is 1-16777214 (leave --vni out to have one allocated)")
+			}
+			if cmd.Flags().Changed("mtu") && mtu == 0 {
+				return fmt.Errorf("--mtu 0: an MTU is 576-9000 (leave --mtu out for the default)")
+			}
 			req := &vxfabricv1.CreateNetworkRequest{Tenant: tenant, Name: args[0], Cidr: cidr, Mode: m, Vni: vni,
 				Mtu: mtu, Gateway: gateway, RequestId: requestID}
 			if uplink != "" {
@@ -203,6 +229,7 @@ func newNetworkCmd() *cobra.Command {
 	cf.StringVar(&gateway, "gateway", "", "gateway address, nat and routed only (default: first host address)")
 	cf.StringVar(&uplink, "uplink", "", "NODE:IFACE, bridged only")
 	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same network")
+	mustRequire(create, "tenant", "cidr", "mode")
 
 	list := &cobra.Command{
 		Use: "list", Short: "list networks", Args: cobra.NoArgs,
@@ -230,6 +257,7 @@ func newNetworkCmd() *cobra.Command {
 		},
 	}
 	show.Flags().StringVar(&tenant, "tenant", "", "tenant owning the network")
+	mustRequire(show, "tenant")
 	update := &cobra.Command{
 		Use: "update NAME", Short: "change a network's MTU", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -244,6 +272,7 @@ func newNetworkCmd() *cobra.Command {
 		},
 	}
 	update.Flags().StringVar(&tenant, "tenant", "", "tenant owning the network")
+	mustRequire(update, "tenant")
 	update.Flags().Uint32Var(&mtu, "mtu", 0, "new MTU")
 	update.Flags().Int64Var(&rev, "revision", 0, "update only if the network is still at this revision")
 	del := &cobra.Command{
@@ -260,6 +289,7 @@ func newNetworkCmd() *cobra.Command {
 		},
 	}
 	del.Flags().StringVar(&tenant, "tenant", "", "tenant owning the network")
+	mustRequire(del, "tenant")
 	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the network is still at this revision")
 	cmd.AddCommand(create, list, show, update, del)
 	return cmd
@@ -318,6 +348,7 @@ func newPortCmd() *cobra.Command {
 	cf.StringVar(&ip, "ip", "", "IPv4 address (default: allocated)")
 	cf.StringVar(&vm, "vm", "", "VM name (ports sharing it are one multi-homed VM)")
 	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same port")
+	mustRequire(create, "tenant", "network", "node")
 	list := &cobra.Command{
 		Use: "list", Short: "list ports", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -349,6 +380,7 @@ func newPortCmd() *cobra.Command {
 		},
 	}
 	show.Flags().StringVar(&tenant, "tenant", "", "tenant owning the port")
+	mustRequire(show, "tenant")
 	move := &cobra.Command{
 		Use: "move NAME", Short: "bind a port to another host (MAC, IP and interface name stay)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -364,6 +396,7 @@ func newPortCmd() *cobra.Command {
 	}
 	move.Flags().StringVar(&tenant, "tenant", "", "tenant owning the port")
 	move.Flags().StringVar(&node, "node", "", "the new host")
+	mustRequire(move, "tenant", "node")
 	move.Flags().Int64Var(&rev, "revision", 0, "move only if the port is still at this revision")
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "delete a port", Args: cobra.ExactArgs(1),
@@ -379,6 +412,7 @@ func newPortCmd() *cobra.Command {
 		},
 	}
 	del.Flags().StringVar(&tenant, "tenant", "", "tenant owning the port")
+	mustRequire(del, "tenant")
 	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the port is still at this revision")
 	cmd.AddCommand(create, list, show, move, del)
 	return cmd
