@@ -3,8 +3,8 @@ package membership
 import "github.com/prometheus/client_golang/prometheus"
 
 var (
-	membersDesc = prometheus.NewDesc("vxfab_gossip_members", "Gossip members known to this member, by role and state.", []string{"role", "state"}, nil)
-	healthDesc  = prometheus.NewDesc("vxfab_gossip_health_score", "memberlist's health awareness score of this member (0 is healthy).", nil, nil)
+	membersDesc = prometheus.NewDesc("vxfabric_gossip_members", "Gossip members known to this member, by role and state.", []string{"role", "state"}, nil)
+	healthDesc  = prometheus.NewDesc("vxfabric_gossip_health_score", "memberlist's health awareness score of this member (0 is healthy).", nil, nil)
 )
 
 // Collector exports the member counts by role and state, and the health score.

@@ -88,9 +88,9 @@ func New(cli *clientv3.Client, m *membership.Member, cfg Config) *Writer {
 	}
 	w := &Writer{
 		cli: cli, m: m, cfg: cfg, log: cfg.Logger,
-		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfab_nodestatus_leader",
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "vxfabric_nodestatus_leader",
 			Help: "1 while this server is the one writing node status from gossip."}),
-		writes: prometheus.NewCounter(prometheus.CounterOpts{Name: "vxfab_nodestatus_writes_total",
+		writes: prometheus.NewCounter(prometheus.CounterOpts{Name: "vxfabric_nodestatus_writes_total",
 			Help: "Node records written from gossip."}),
 	}
 	if cfg.Registerer != nil {
