@@ -38,12 +38,13 @@ lint: ## gofmt, go vet, buf lint
 proto: ## regenerate the Go code of proto/ (offline)
 	$(BUF) generate
 
-verify: ## go mod tidy, regenerate protos, gofmt: fail on any diff
+verify: ## go mod tidy, regenerate protos, gofmt: fail on any diff (new files included)
+	@git diff --quiet && [ -z "$$(git status --porcelain)" ] || { echo "verify: start from a clean tree (commit or stash first)"; exit 1; }
 	$(GO) mod tidy
 	cd tools && $(GO) mod tidy
 	$(BUF) generate
 	gofmt -w $$(git ls-files '*.go')
-	@git diff --exit-code -- . || { echo "verify: the tree changed (see the diff above)"; exit 1; }
+	@git diff --exit-code -- . && [ -z "$$(git status --porcelain)" ] || { git status --short; echo "verify: the tree changed (see above)"; exit 1; }
 
 lab: build ## the main job: bring up a 3-host lab, build tenants and networks, print who reaches whom
 	@[ "$$(id -u)" = 0 ] || { echo "make lab needs root (network namespaces)" >&2; exit 1; }
