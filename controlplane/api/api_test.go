@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/vxfabric/vxfabric/controlplane/store"
@@ -69,5 +70,37 @@ func TestCheckCreateNetworkDefaults(t *testing.T) {
 		if _, err := validMAC(mac); err != nil {
 			t.Errorf("%q refused: %v", mac, err)
 		}
+	}
+}
+
+func TestCIDRSpecialRangesRefused(t *testing.T) {
+	for _, cidr := range []string{
+		"0.0.0.0/8", "0.0.0.0/24", "127.0.0.0/8", "127.0.1.0/24", "169.254.0.0/16", "169.254.3.0/24",
+		"169.0.0.0/8", // contains 169.254.0.0/16
+		"224.0.0.0/24", "239.1.0.0/16", "240.0.0.0/8", "255.255.255.0/24", "224.0.0.0/8",
+	} {
+		_, err := validCIDR(cidr)
+		if !errors.Is(err, store.ErrInvalidArgument) {
+			t.Errorf("cidr %s: %v, want invalid argument", cidr, err)
+		}
+	}
+	for _, cidr := range []string{"1.0.0.0/8", "126.255.255.0/24", "128.0.0.0/8", "169.253.0.0/16", "169.255.0.0/16", "223.255.255.0/24", "10.0.0.0/8"} {
+		if _, err := validCIDR(cidr); err != nil {
+			t.Errorf("cidr %s refused: %v", cidr, err)
+		}
+	}
+}
+
+func TestCheckVTEPs(t *testing.T) {
+	nodes := []*vxfabricv1.Node{{Name: "h0"}, {Name: "h1", Vtep: "198.18.0.1"}, {Name: "h2", Vtep: "198.18.1.7"}}
+	err := checkVTEPs("198.18.1.0/24", nodes)
+	if !errors.Is(err, store.ErrFailedPrecondition) {
+		t.Fatalf("network over a vtep: %v, want failed precondition", err)
+	}
+	if !strings.Contains(err.Error(), "node h2") || !strings.Contains(err.Error(), "198.18.1.7") {
+		t.Errorf("message %q does not name node h2 and its vtep", err)
+	}
+	if err := checkVTEPs("198.18.2.0/24", nodes); err != nil {
+		t.Errorf("network beside the vteps refused: %v", err)
 	}
 }

@@ -73,6 +73,21 @@ func (s *NetworkServer) CreateNetwork(ctx context.Context, req *vxfabricv1.Creat
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
+	// A retry of a create that succeeded returns its network (inside Alloc.CreateNetwork) even if a
+	// node with a VTEP in the CIDR has registered since; only new networks are checked.
+	prev, err := s.store.NetworkForRequest(ctx, req.RequestId, n.Tenant, n.Name)
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if prev == nil {
+		nodes, _, err := s.store.ListNodes(ctx)
+		if err != nil {
+			return nil, s.toStatus(err)
+		}
+		if err := checkVTEPs(n.Cidr, nodes); err != nil {
+			return nil, s.toStatus(err)
+		}
+	}
 	n.CreateTime = timestamppb.Now()
 	out, err := s.cfg.Alloc.CreateNetwork(ctx, n, req.RequestId)
 	if err != nil {

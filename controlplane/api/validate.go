@@ -17,6 +17,20 @@ var (
 	requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 )
 
+// specialPrefixes are IPv4 ranges no network may overlap: a gateway or port address in them would be
+// this-network, loopback, link-local, multicast or reserved/broadcast, which the kernel treats
+// specially (or refuses) on every host with a port in the network.
+var specialPrefixes = []struct {
+	prefix netip.Prefix
+	what   string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "this-network range 0.0.0.0/8"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback range 127.0.0.0/8"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local range 169.254.0.0/16"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast range 224.0.0.0/4"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved range 240.0.0.0/4 (broadcast included)"},
+}
+
 const (
 	minMTU = 576
 	maxMTU = 9000
@@ -55,7 +69,8 @@ func validExpected(rev int64) error {
 	return nil
 }
 
-// validCIDR parses an IPv4 network address with prefix /8 to /29 and no host bits.
+// validCIDR parses an IPv4 network address with prefix /8 to /29 and no host bits, outside the
+// special-purpose ranges.
 func validCIDR(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil || !p.Addr().Is4() {
@@ -66,6 +81,11 @@ func validCIDR(s string) (netip.Prefix, error) {
 	}
 	if p.Masked() != p {
 		return netip.Prefix{}, invalid("cidr %q: host bits set (the network address is %s)", s, p.Masked())
+	}
+	for _, sp := range specialPrefixes {
+		if p.Overlaps(sp.prefix) {
+			return netip.Prefix{}, invalid("cidr %q: overlaps the %s", s, sp.what)
+		}
 	}
 	return p, nil
 }
@@ -265,6 +285,29 @@ func checkPortInNetwork(p *vxfabricv1.Port, n *vxfabricv1.Network) error {
 	}
 	if p.Mac != "" && p.Mac == alloc.GatewayMAC(n.Vni) {
 		return invalid("mac %s: reserved for the gateway of network %q", p.Mac, n.Name)
+	}
+	return nil
+}
+
+// checkVTEPs refuses a network whose CIDR contains the VTEP of a known node: a routed gateway (or a
+// port address) equal to a host's underlay address would make that address local on every host with
+// a port in the network and cut the host off the fabric. This is a conflict with the stored state,
+// hence FailedPrecondition. Only the nodes known now are checked: a node that registers later with a
+// VTEP inside an existing network's CIDR is not re-checked.
+func checkVTEPs(cidr string, nodes []*vxfabricv1.Node) error {
+	prefix, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return fmt.Errorf("cidr %q: %w", cidr, err)
+	}
+	for _, node := range nodes {
+		vtep, err := netip.ParseAddr(node.Vtep)
+		if err != nil {
+			continue // a node without a (valid) VTEP yet has nothing to collide with
+		}
+		if prefix.Contains(vtep) {
+			return fmt.Errorf("cidr %s contains the vtep %s of node %s (refused: its gateway or a port address would cut that host off the fabric): %w",
+				prefix, vtep, node.Name, store.ErrFailedPrecondition)
+		}
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ func TestInvalidInputsWriteNothing(t *testing.T) {
 	must(c.tenants.CreateTenant(ctx, &vxfabricv1.CreateTenantRequest{Name: "acme"}))
 	web := must(c.networks.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Tenant: "acme", Name: "web", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT})).Network
 	must(c.networks.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Tenant: "acme", Name: "iso", Cidr: "10.5.0.0/29", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}))
+	must(s.Store().PutNode(ctx, &vxfabricv1.Node{Name: "h1", Vtep: "198.18.0.1"}))
 
 	const (
 		iso     = vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED
@@ -71,6 +72,15 @@ func TestInvalidInputsWriteNothing(t *testing.T) {
 		{"cidr /7", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "10.0.0.0/7" }), inv},
 		{"cidr /30", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "10.0.0.0/30" }), inv},
 		{"cidr host bits", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "10.0.0.1/24" }), inv},
+		{"cidr this-network", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "0.0.0.0/8" }), inv},
+		{"cidr loopback", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "127.0.0.0/24" }), inv},
+		{"cidr link-local", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "169.254.0.0/16" }), inv},
+		{"cidr over link-local", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "169.0.0.0/8" }), inv},
+		{"cidr multicast", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "239.0.0.0/24" }), inv},
+		{"cidr reserved", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "240.0.0.0/24" }), inv},
+		{"cidr with broadcast", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "255.255.255.0/24" }), inv},
+		{"cidr contains a vtep", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Mode, r.Cidr = nat, "198.18.0.0/24" }), codes.FailedPrecondition},
+		{"isolated cidr contains a vtep", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Cidr = "198.18.0.0/16" }), codes.FailedPrecondition},
 		{"vni too big", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Vni = 16777215 }), inv},
 		{"mtu small", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Mtu = 575 }), inv},
 		{"mtu big", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Mtu = 9001 }), inv},
