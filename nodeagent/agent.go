@@ -399,10 +399,8 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		return nil
 	}
 	b := a.model.build(overlay.Underlay{VTEP: a.cfg.VTEP, Interface: a.cfg.UnderlayInterface}, a.model.dead(gossip))
-	for _, p := range a.model.peers {
-		if vtep, err := netip.ParseAddr(p.GetVtep()); err == nil {
-			infra = append(infra, vtep)
-		}
+	for _, vtep := range a.model.peerVTEPs {
+		infra = append(infra, vtep)
 	}
 	b.state.Infrastructure = infra
 	a.watched = map[string]bool{}

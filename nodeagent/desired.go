@@ -14,34 +14,93 @@ import (
 
 // desiredModel is this node's view as the control plane sent it: the last snapshot with every later
 // delta merged in. It is not safe for concurrent use (the agent guards it with its mutex).
+//
+// Addresses are parsed once, when a message is merged, and the remote ports are kept sorted by id
+// between builds (re-sorting only what was touched since): with ten thousand remote ports a change
+// of one port must not cost ten thousand parses and a sort on every build.
 type desiredModel struct {
 	// revision is the store revision of the last message merged; 0 before the first snapshot.
 	revision int64
 	// ready is set by the first snapshot: nothing is applied before it.
 	ready    bool
-	networks map[string]*vxfabricv1.NetworkState
-	local    map[string]*vxfabricv1.LocalPort
-	remote   map[string]*vxfabricv1.RemotePort
+	networks map[string]*networkEntry
+	local    map[string]*localEntry
+	remote   map[string]*remoteEntry
 	// peers are the nodes of the remote ports and flood entries, with the control plane's status.
 	peers map[string]*vxfabricv1.Peer
+	// peerVTEPs holds the peers' VTEP addresses that parse (the infrastructure set).
+	peerVTEPs map[string]netip.Addr
+	// nodes holds one liveness flag per node named by a remote port or flood entry, shared by its
+	// entries: build evaluates the liveness rule once per node, not once per port.
+	nodes map[string]*nodeRef
+	// remoteSorted is remote in id order as of the last build; remoteTouched the ids merged since.
+	remoteSorted  []*remoteEntry
+	remoteTouched map[string]struct{}
+}
+
+type nodeRef struct {
+	name string
+	down bool // as of the last build
+}
+
+type networkEntry struct {
+	state *vxfabricv1.NetworkState
+	conv  overlay.Network
+	err   error // convertNetwork's
+	// flood holds the valid flood entries sorted by VTEP; floodInvalid the others' errors, in order.
+	flood        []floodEntry
+	floodInvalid []error
+}
+
+type floodEntry struct {
+	node *nodeRef
+	vtep netip.Addr
+}
+
+type localEntry struct {
+	id, network string
+	rawMAC      string // as sent, for the error when it does not parse
+	port        overlay.LocalPort
+	macOK       bool
+}
+
+type remoteEntry struct {
+	id, network string
+	node        *nodeRef
+	port        overlay.RemotePort
+	err         error // set when the MAC or VTEP does not parse: it is skipped
 }
 
 func newDesiredModel() *desiredModel {
-	return &desiredModel{
-		networks: map[string]*vxfabricv1.NetworkState{},
-		local:    map[string]*vxfabricv1.LocalPort{},
-		remote:   map[string]*vxfabricv1.RemotePort{},
-		peers:    map[string]*vxfabricv1.Peer{},
+	m := &desiredModel{}
+	m.reset()
+	return m
+}
+
+func (m *desiredModel) reset() {
+	m.networks = map[string]*networkEntry{}
+	m.local = map[string]*localEntry{}
+	m.remote = map[string]*remoteEntry{}
+	m.peers = map[string]*vxfabricv1.Peer{}
+	m.peerVTEPs = map[string]netip.Addr{}
+	m.nodes = map[string]*nodeRef{}
+	m.remoteSorted = nil
+	m.remoteTouched = map[string]struct{}{}
+}
+
+func (m *desiredModel) node(name string) *nodeRef {
+	n := m.nodes[name]
+	if n == nil {
+		n = &nodeRef{name: name}
+		m.nodes[name] = n
 	}
+	return n
 }
 
 // merge applies one Sync message: a snapshot replaces everything, a delta upserts and removes by id.
 func (m *desiredModel) merge(resp *vxfabricv1.SyncResponse) {
 	if resp.GetSnapshot() {
-		m.networks = map[string]*vxfabricv1.NetworkState{}
-		m.local = map[string]*vxfabricv1.LocalPort{}
-		m.remote = map[string]*vxfabricv1.RemotePort{}
-		m.peers = map[string]*vxfabricv1.Peer{}
+		m.reset()
 		m.ready = true
 	}
 	for _, id := range resp.GetRemovedNetworkIds() {
@@ -51,24 +110,89 @@ func (m *desiredModel) merge(resp *vxfabricv1.SyncResponse) {
 		delete(m.local, id)
 	}
 	for _, id := range resp.GetRemovedRemotePortIds() {
-		delete(m.remote, id)
+		if _, ok := m.remote[id]; ok {
+			delete(m.remote, id)
+			m.remoteTouched[id] = struct{}{}
+		}
 	}
 	for _, name := range resp.GetRemovedPeers() {
 		delete(m.peers, name)
+		delete(m.peerVTEPs, name)
 	}
 	for _, n := range resp.GetNetworks() {
-		m.networks[n.GetId()] = n
+		m.networks[n.GetId()] = m.parseNetwork(n)
 	}
 	for _, p := range resp.GetLocalPorts() {
-		m.local[p.GetId()] = p
+		mac, err := net.ParseMAC(p.GetMac())
+		ip, _ := netip.ParseAddr(p.GetIp())
+		m.local[p.GetId()] = &localEntry{id: p.GetId(), network: p.GetNetworkId(), rawMAC: p.GetMac(), macOK: err == nil && len(mac) == 6,
+			port: overlay.LocalPort{Interface: p.GetInterfaceName(), MAC: mac, IP: ip}}
 	}
 	for _, p := range resp.GetRemotePorts() {
-		m.remote[p.GetId()] = p
+		e := &remoteEntry{id: p.GetId(), network: p.GetNetworkId(), node: m.node(p.GetNode())}
+		mac, err := net.ParseMAC(p.GetMac())
+		vtep, verr := netip.ParseAddr(p.GetVtep())
+		if err != nil || len(mac) != 6 || verr != nil {
+			e.err = fmt.Errorf("remote port %s: mac %q vtep %q", p.GetId(), p.GetMac(), p.GetVtep())
+		}
+		ip, _ := netip.ParseAddr(p.GetIp())
+		e.port = overlay.RemotePort{MAC: mac, IP: ip, VTEP: vtep}
+		m.remote[e.id] = e
+		m.remoteTouched[e.id] = struct{}{}
 	}
 	for _, p := range resp.GetPeers() {
 		m.peers[p.GetName()] = p
+		if vtep, err := netip.ParseAddr(p.GetVtep()); err == nil {
+			m.peerVTEPs[p.GetName()] = vtep
+		} else {
+			delete(m.peerVTEPs, p.GetName())
+		}
 	}
 	m.revision = max(m.revision, resp.GetRevision())
+}
+
+func (m *desiredModel) parseNetwork(s *vxfabricv1.NetworkState) *networkEntry {
+	e := &networkEntry{state: s}
+	e.conv, e.err = convertNetwork(s)
+	for _, f := range s.GetFlood() {
+		v, err := netip.ParseAddr(f.GetVtep())
+		if err != nil {
+			e.floodInvalid = append(e.floodInvalid, fmt.Errorf("network %s: flood vtep %q of node %q: %w", s.GetId(), f.GetVtep(), f.GetNode(), err))
+			continue
+		}
+		e.flood = append(e.flood, floodEntry{node: m.node(f.GetNode()), vtep: v})
+	}
+	slices.SortStableFunc(e.flood, func(a, b floodEntry) int { return a.vtep.Compare(b.vtep) })
+	return e
+}
+
+// sortedRemotes returns the remote ports in id order, merging the ids touched since the last call
+// into the previous order instead of sorting them all again.
+func (m *desiredModel) sortedRemotes() []*remoteEntry {
+	if len(m.remoteTouched) == 0 {
+		return m.remoteSorted
+	}
+	touched := slices.Sorted(maps.Keys(m.remoteTouched))
+	clear(m.remoteTouched)
+	old := m.remoteSorted
+	out := make([]*remoteEntry, 0, len(m.remote))
+	i, j := 0, 0
+	for i < len(old) || j < len(touched) {
+		if j == len(touched) || (i < len(old) && old[i].id < touched[j]) {
+			out = append(out, old[i])
+			i++
+			continue
+		}
+		if i < len(old) && old[i].id == touched[j] {
+			i++ // replaced or removed: the model has the current entry, if any
+		}
+		if e, ok := m.remote[touched[j]]; ok {
+			out = append(out, e)
+		}
+		j++
+	}
+	m.remoteSorted = out
+	return out
 }
 
 // built is the overlay state derived from the model, with what was left out and why.
@@ -98,90 +222,84 @@ func (m *desiredModel) dead(gossip map[string]bool) func(node string) bool {
 }
 
 // build converts the model into the datapath's desired state. down reports dead nodes (see dead):
-// their remote ports and flood entries are withheld.
+// their remote ports and flood entries are withheld. The slices of networks, ports and flood entries
+// are new on every build; the MAC addresses are shared with the model and must not be modified.
 func (m *desiredModel) build(underlay overlay.Underlay, down func(node string) bool) built {
 	b := built{revision: m.revision, portByIface: map[string]string{}}
 	b.state.Underlay = underlay
-	byID := map[string]*overlay.Network{}
-	ids := make([]string, 0, len(m.networks))
-	for id := range m.networks {
-		ids = append(ids, id)
+	for _, n := range m.nodes {
+		n.down = down(n.name)
 	}
-	slices.Sort(ids)
+	byID := map[string]*overlay.Network{}
+	counts := map[string]int{}
+	remotes := m.sortedRemotes()
+	for _, e := range remotes {
+		counts[e.network]++
+	}
+	ids := sortedKeys(m.networks)
 	vnis := map[uint32]string{}
 	for _, id := range ids {
-		n, err := convertNetwork(m.networks[id])
-		if err != nil {
-			b.invalid = append(b.invalid, err)
+		e := m.networks[id]
+		if e.err != nil {
+			b.invalid = append(b.invalid, e.err)
 			continue
 		}
+		n := e.conv
 		if other, dup := vnis[n.VNI]; dup {
 			b.invalid = append(b.invalid, fmt.Errorf("network %s: vni %d already used by network %s", id, n.VNI, other))
 			continue
 		}
 		vnis[n.VNI] = id
-		seen := map[netip.Addr]bool{}
-		for _, f := range m.networks[id].GetFlood() {
-			v, err := netip.ParseAddr(f.GetVtep())
-			if err != nil {
-				b.invalid = append(b.invalid, fmt.Errorf("network %s: flood vtep %q of node %q: %w", id, f.GetVtep(), f.GetNode(), err))
+		b.invalid = append(b.invalid, e.floodInvalid...)
+		n.Flood = make([]netip.Addr, 0, len(e.flood))
+		for _, f := range e.flood {
+			// Sorted by VTEP: a duplicate is the previous one kept.
+			if f.node.down || f.vtep == underlay.VTEP || len(n.Flood) > 0 && n.Flood[len(n.Flood)-1] == f.vtep {
 				continue
 			}
-			if down(f.GetNode()) {
-				continue
-			}
-			if v == underlay.VTEP || seen[v] {
-				continue
-			}
-			seen[v] = true
-			n.Flood = append(n.Flood, v)
+			n.Flood = append(n.Flood, f.vtep)
 		}
-		slices.SortFunc(n.Flood, func(a, b netip.Addr) int { return a.Compare(b) })
+		n.Remotes = make([]overlay.RemotePort, 0, counts[id])
 		byID[id] = &n
 	}
 	ifaces := map[string]string{}
 	for _, id := range sortedKeys(m.local) {
 		p := m.local[id]
-		n := byID[p.GetNetworkId()]
+		n := byID[p.network]
 		if n == nil {
 			continue // its network is not (yet) in the view
 		}
-		mac, err := net.ParseMAC(p.GetMac())
-		if err != nil || len(mac) != 6 {
-			b.invalid = append(b.invalid, fmt.Errorf("local port %s: mac %q", id, p.GetMac()))
+		if !p.macOK {
+			b.invalid = append(b.invalid, fmt.Errorf("local port %s: mac %q", id, p.rawMAC))
 			continue
 		}
-		if p.GetInterfaceName() == "" {
+		iface := p.port.Interface
+		if iface == "" {
 			b.invalid = append(b.invalid, fmt.Errorf("local port %s: no interface name", id))
 			continue
 		}
-		if other, dup := ifaces[p.GetInterfaceName()]; dup {
-			b.invalid = append(b.invalid, fmt.Errorf("local port %s: interface %q already used by port %s", id, p.GetInterfaceName(), other))
+		if other, dup := ifaces[iface]; dup {
+			b.invalid = append(b.invalid, fmt.Errorf("local port %s: interface %q already used by port %s", id, iface, other))
 			continue
 		}
-		ifaces[p.GetInterfaceName()] = id
-		ip, _ := netip.ParseAddr(p.GetIp())
-		n.Ports = append(n.Ports, overlay.LocalPort{Interface: p.GetInterfaceName(), MAC: mac, IP: ip})
-		b.portByIface[p.GetInterfaceName()] = id
+		ifaces[iface] = id
+		n.Ports = append(n.Ports, p.port)
+		b.portByIface[iface] = id
 	}
-	for _, id := range sortedKeys(m.remote) {
-		p := m.remote[id]
-		n := byID[p.GetNetworkId()]
+	for _, e := range remotes {
+		n := byID[e.network]
 		if n == nil {
 			continue
 		}
-		mac, err := net.ParseMAC(p.GetMac())
-		vtep, verr := netip.ParseAddr(p.GetVtep())
-		if err != nil || len(mac) != 6 || verr != nil {
-			b.invalid = append(b.invalid, fmt.Errorf("remote port %s: mac %q vtep %q", id, p.GetMac(), p.GetVtep()))
+		if e.err != nil {
+			b.invalid = append(b.invalid, e.err)
 			continue
 		}
-		if down(p.GetNode()) {
+		if e.node.down {
 			b.withheld++
 			continue
 		}
-		ip, _ := netip.ParseAddr(p.GetIp())
-		n.Remotes = append(n.Remotes, overlay.RemotePort{MAC: mac, IP: ip, VTEP: vtep})
+		n.Remotes = append(n.Remotes, e.port)
 		b.remotes++
 	}
 	for _, id := range ids {

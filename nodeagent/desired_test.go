@@ -2,9 +2,13 @@ package nodeagent
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -209,6 +213,54 @@ func TestConfigValidate(t *testing.T) {
 		mod(&c)
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: Validate accepted a bad config", name)
+		}
+	}
+}
+
+// TestDeltasBuildAsSnapshot checks that a model kept up to date by deltas (parsed once, remote ports
+// re-sorted only where touched) builds exactly what a fresh snapshot of the same view builds.
+func TestDeltasBuildAsSnapshot(t *testing.T) {
+	self := netip.MustParseAddr("198.18.0.1")
+	under := overlay.Underlay{VTEP: self}
+	rng := rand.New(rand.NewPCG(1, 2))
+	view := map[string]*vxfabricv1.RemotePort{}
+	nets := []*vxfabricv1.NetworkState{netState("n1", 100, "h2=198.18.0.2", "h3=198.18.0.3", "h9=bad"), netState("n2", 200, "h3=198.18.0.3")}
+	peers := []*vxfabricv1.Peer{{Name: "h3", Vtep: "198.18.0.3", Status: vxfabricv1.NodeStatus_NODE_STATUS_DEAD}}
+	m := newDesiredModel()
+	m.merge(&vxfabricv1.SyncResponse{Revision: 1, Snapshot: true, Networks: nets, Peers: peers})
+	for rev := int64(2); rev < 200; rev++ {
+		d := &vxfabricv1.SyncResponse{Revision: rev}
+		for range rng.IntN(5) {
+			id := fmt.Sprintf("r%02d", rng.IntN(60))
+			if rng.IntN(3) == 0 {
+				delete(view, id)
+				d.RemovedRemotePortIds = append(d.RemovedRemotePortIds, id)
+				continue
+			}
+			mac := fmt.Sprintf("0e:00:00:00:00:%02x", rng.IntN(40)) // duplicates: the first id wins
+			if rng.IntN(20) == 0 {
+				mac = "not-a-mac"
+			}
+			p := remote(id, []string{"n1", "n2", "n3"}[rng.IntN(3)], fmt.Sprintf("h%d", 2+rng.IntN(3)), mac, fmt.Sprintf("198.18.0.%d", 2+rng.IntN(3)))
+			view[id] = p
+			d.RemotePorts = append(d.RemotePorts, p)
+		}
+		m.merge(d)
+		snap := newDesiredModel()
+		snap.merge(&vxfabricv1.SyncResponse{Revision: rev, Snapshot: true, Networks: nets, Peers: peers,
+			RemotePorts: slices.Collect(maps.Values(view))})
+		dead := func(n string) bool { return n == "h4" }
+		got, want := m.build(under, m.dead(nil)), snap.build(under, snap.dead(nil))
+		if rev%2 == 0 {
+			got, want = m.build(under, dead), snap.build(under, dead)
+		}
+		if !reflect.DeepEqual(got.state, want.state) || got.remotes != want.remotes || got.withheld != want.withheld ||
+			fmt.Sprint(got.invalid) != fmt.Sprint(want.invalid) {
+			t.Fatalf("rev %d: deltas built\n%+v\n(remotes %d withheld %d invalid %v)\nsnapshot built\n%+v\n(remotes %d withheld %d invalid %v)",
+				rev, got.state, got.remotes, got.withheld, got.invalid, want.state, want.remotes, want.withheld, want.invalid)
+		}
+		if got.remotes+got.withheld == 0 && len(view) > 0 && rev > 20 {
+			t.Fatalf("rev %d: nothing built from %d remote ports", rev, len(view))
 		}
 	}
 }

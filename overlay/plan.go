@@ -509,13 +509,25 @@ func UnderlayVTEPs(d DesiredState) (v4, v6 []netip.Addr) {
 	if d.DisableUnderlayFilter {
 		return nil, nil
 	}
-	seen := make(map[netip.Addr]bool)
+	// Remote ports outnumber VTEPs by far (ten thousand ports on a thousand hosts): the map is
+	// sized for the VTEPs (the flood lists name them), and a run of ports behind one VTEP costs one
+	// comparison each.
+	hint := 0
+	for _, n := range d.Networks {
+		hint += len(n.Flood)
+	}
+	seen := make(map[netip.Addr]struct{}, hint)
+	var last netip.Addr
 	add := func(a netip.Addr) {
 		a = a.Unmap()
-		if seen[a] {
+		if a == last && a.IsValid() {
 			return
 		}
-		seen[a] = true
+		last = a
+		if _, dup := seen[a]; dup {
+			return
+		}
+		seen[a] = struct{}{}
 		if a.Is4() {
 			v4 = append(v4, a)
 		} else {

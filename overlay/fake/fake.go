@@ -57,13 +57,18 @@ type network struct {
 	ports     map[string]bool
 }
 
+// fdbEntry and neighEntry carry ord, the entry's position in the desired list, in what would be
+// padding: sorting by key then ord is a stable sort at the cost of an unstable one (the first of two
+// entries with one key wins, as in the kernel where the later write is skipped).
 type fdbEntry struct {
 	mac  uint64
 	vtep uint32
+	ord  uint32
 }
 
 type neighEntry struct {
 	ip  uint32
+	ord uint32
 	mac uint64
 }
 
@@ -207,7 +212,8 @@ func (a *applier) apply(desired overlay.DesiredState) {
 		d.forwarding, d.forwardingOurs = true, true
 		a.change(overlay.OpUpdate, overlay.ForwardingObject+"=1")
 	}
-	a.applyNft(desired, false)
+	nft := planNft(desired)
+	a.applyNft(nft, false)
 
 	want := make(map[uint32]bool, len(desired.Networks))
 	for _, nd := range desired.Networks {
@@ -242,7 +248,7 @@ func (a *applier) apply(desired overlay.DesiredState) {
 		a.change(overlay.OpDelete, overlay.BridgeObject(vni))
 		delete(d.nets, vni)
 	}
-	a.applyNft(desired, true)
+	a.applyNft(nft, true)
 	if !desired.NeedsForwarding() && d.forwarding && d.forwardingOurs {
 		d.forwarding, d.forwardingOurs = false, false
 		a.change(overlay.OpUpdate, overlay.ForwardingObject+"=0")
@@ -324,12 +330,12 @@ func (a *applier) applyNetwork(desired overlay.DesiredState, nd overlay.Network)
 
 func (a *applier) applyFDB(n *network, nd overlay.Network) {
 	want := make([]fdbEntry, 0, len(nd.Remotes))
-	for _, r := range nd.Remotes {
-		want = append(want, fdbEntry{mac: macKey(r.MAC), vtep: a.d.intern(r.VTEP.Unmap())})
+	for i, r := range nd.Remotes {
+		want = append(want, fdbEntry{mac: macKey(r.MAC), vtep: a.d.intern(r.VTEP.Unmap()), ord: uint32(i)})
 	}
-	cmpFDB := func(x, y fdbEntry) int { return cmp.Compare(x.mac, y.mac) }
+	cmpFDB := func(x, y fdbEntry) int { return cmp.Or(cmp.Compare(x.mac, y.mac), cmp.Compare(x.ord, y.ord)) }
 	if !slices.IsSortedFunc(want, cmpFDB) {
-		slices.SortStableFunc(want, cmpFDB)
+		slices.SortFunc(want, cmpFDB)
 	}
 	want = slices.CompactFunc(want, func(x, y fdbEntry) bool { return x.mac == y.mac })
 	var dels []fdbEntry
@@ -380,16 +386,16 @@ func (a *applier) applyNeigh(n *network, nd overlay.Network) {
 	var want []neighEntry
 	if nd.Proxy() {
 		want = make([]neighEntry, 0, len(nd.Remotes))
-		for _, r := range nd.Remotes {
+		for i, r := range nd.Remotes {
 			if ip := r.IP.Unmap(); ip.Is4() {
 				b := ip.As4()
-				want = append(want, neighEntry{ip: uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]), mac: macKey(r.MAC)})
+				want = append(want, neighEntry{ip: uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]), ord: uint32(i), mac: macKey(r.MAC)})
 			}
 		}
 	}
-	cmpN := func(x, y neighEntry) int { return cmp.Compare(x.ip, y.ip) }
+	cmpN := func(x, y neighEntry) int { return cmp.Or(cmp.Compare(x.ip, y.ip), cmp.Compare(x.ord, y.ord)) }
 	if !slices.IsSortedFunc(want, cmpN) {
-		slices.SortStableFunc(want, cmpN)
+		slices.SortFunc(want, cmpN)
 	}
 	want = slices.CompactFunc(want, func(x, y neighEntry) bool { return x.ip == y.ip })
 	var dels []neighEntry
@@ -416,26 +422,36 @@ func (a *applier) applyNeigh(n *network, nd overlay.Network) {
 	n.neigh = want
 }
 
-// applyNft adds what is missing (deletes=false) or removes what is stale (deletes=true), so that
-// like the Linux datapath every rule is in place before any old one goes.
-func (a *applier) applyNft(desired overlay.DesiredState, deletes bool) {
-	d := a.d
-	plan := overlay.NftPlan(desired)
-	wantSets := map[string][]netip.Addr{}
-	if len(plan) > 0 {
-		wantSets = overlay.NftSets(desired)
+// nftWant is the nftables state a desired state asks for, computed once per Apply.
+type nftWant struct {
+	plan   []overlay.NftChain
+	sets   map[string][]netip.Addr
+	chains map[string][]string // rule texts per "family chain"
+}
+
+func planNft(desired overlay.DesiredState) nftWant {
+	w := nftWant{plan: overlay.NftPlan(desired), sets: map[string][]netip.Addr{}, chains: map[string][]string{}}
+	if len(w.plan) > 0 {
+		w.sets = overlay.NftSets(desired)
 		for _, name := range overlay.NftSetNames {
-			wantSets[name] = wantSets[name] // every set exists while the plan does, empty or not
+			w.sets[name] = w.sets[name] // every set exists while the plan does, empty or not
 		}
 	}
-	wantChains := map[string][]string{}
-	for _, c := range plan {
+	for _, c := range w.plan {
 		var texts []string
 		for _, r := range c.Rules {
 			texts = append(texts, r.String())
 		}
-		wantChains[c.Family+" "+c.Name] = texts
+		w.chains[c.Family+" "+c.Name] = texts
 	}
+	return w
+}
+
+// applyNft adds what is missing (deletes=false) or removes what is stale (deletes=true), so that
+// like the Linux datapath every rule is in place before any old one goes.
+func (a *applier) applyNft(w nftWant, deletes bool) {
+	d := a.d
+	plan, wantSets, wantChains := w.plan, w.sets, w.chains
 	if !deletes {
 		for _, fam := range []string{"inet", "bridge"} {
 			if len(plan) > 0 && !d.hasTable(fam) {
@@ -460,10 +476,16 @@ func (a *applier) applyNft(desired overlay.DesiredState, deletes bool) {
 				continue
 			}
 			have := d.sets[name]
+			missing := 0
 			for _, v := range want {
 				if _, found := slices.BinarySearchFunc(have, v, netip.Addr.Compare); !found {
 					a.change(overlay.OpAdd, overlay.SetElemObject(name, v))
+					missing++
 				}
+			}
+			if missing == 0 {
+				d.sets[name] = have // already sorted and without duplicates
+				continue
 			}
 			union := append(slices.Clone(have), want...)
 			slices.SortFunc(union, netip.Addr.Compare)
@@ -495,6 +517,9 @@ func (a *applier) applyNft(desired overlay.DesiredState, deletes bool) {
 	}
 	for _, name := range sortedKeys(d.sets) {
 		want := wantSets[name]
+		if _, ok := wantSets[name]; ok && len(want) == len(d.sets[name]) {
+			continue // the add pass made the set a superset of want: equal length, nothing stale
+		}
 		var kept []netip.Addr
 		for _, v := range d.sets[name] {
 			if _, found := slices.BinarySearchFunc(want, v, netip.Addr.Compare); found {
