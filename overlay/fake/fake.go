@@ -59,7 +59,7 @@ type network struct {
 
 // fdbEntry and neighEntry carry ord, the entry's position in the desired list, in what would be
 // padding: sorting by key then ord is a stable sort at the cost of an unstable one (the first of two
-// entries with one key wins, as in the kernel where the later write is skipped).
+// entries with one key wins, as in the Linux datapath, which skips a later listing).
 type fdbEntry struct {
 	mac  uint64
 	vtep uint32

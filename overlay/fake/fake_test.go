@@ -364,3 +364,46 @@ func BenchmarkApply10kNoop(b *testing.B) {
 		}
 	}
 }
+
+// TestFirstListingWins pins which of two remote ports with one MAC (FDB) or one IP (neighbour) is
+// programmed, in an order the fake has to sort: the first listed, as the Linux datapath does.
+func TestFirstListingWins(t *testing.T) {
+	d := New()
+	desired := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: ip("198.18.0.1")}, Networks: []overlay.Network{{
+		VNI: 100, Mode: overlay.ModeIsolated, MTU: 1450,
+		Remotes: []overlay.RemotePort{
+			{MAC: mac("0e:00:00:00:00:09"), IP: ip("10.0.0.9"), VTEP: ip("198.18.0.9")},
+			{MAC: mac("0e:00:00:00:00:05"), IP: ip("10.0.0.5"), VTEP: ip("198.18.0.5")},
+			{MAC: mac("0e:00:00:00:00:05"), IP: ip("10.0.0.6"), VTEP: ip("198.18.0.6")}, // MAC of the one above
+			{MAC: mac("0e:00:00:00:00:07"), IP: ip("10.0.0.9"), VTEP: ip("198.18.0.7")}, // IP of the first
+			{MAC: mac("0e:00:00:00:00:01"), IP: ip("10.0.0.1"), VTEP: ip("198.18.0.1")},
+		},
+	}}}
+	// Enough entries out of order that the sort is not a (stable) insertion sort.
+	for i := 64; i > 16; i-- {
+		desired.Networks[0].Remotes = append(desired.Networks[0].Remotes, overlay.RemotePort{
+			MAC: mac(fmt.Sprintf("0e:00:00:00:01:%02x", i)), IP: ip(fmt.Sprintf("10.0.1.%d", i)), VTEP: ip("198.18.0.2")})
+	}
+	if _, err := d.Apply(context.Background(), desired); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range strings.Split(d.Dump(), "\n") {
+		if (strings.HasPrefix(l, "fdb ") || strings.HasPrefix(l, "neigh ")) && !strings.Contains(l, "0e:00:00:00:01:") {
+			got = append(got, l)
+		}
+	}
+	want := []string{
+		"fdb vxlan100 0e:00:00:00:00:01 dst 198.18.0.1",
+		"fdb vxlan100 0e:00:00:00:00:05 dst 198.18.0.5",
+		"fdb vxlan100 0e:00:00:00:00:07 dst 198.18.0.7",
+		"fdb vxlan100 0e:00:00:00:00:09 dst 198.18.0.9",
+		"neigh vxlan100 10.0.0.1 lladdr 0e:00:00:00:00:01",
+		"neigh vxlan100 10.0.0.5 lladdr 0e:00:00:00:00:05",
+		"neigh vxlan100 10.0.0.6 lladdr 0e:00:00:00:00:05",
+		"neigh vxlan100 10.0.0.9 lladdr 0e:00:00:00:00:09",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("kernel:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
