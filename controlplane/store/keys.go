@@ -30,6 +30,11 @@ const (
 	PortStatusPrefix   = Prefix + "status/ports/"   // <port-id> -> "1" while plugged
 	RequestsPrefix     = Prefix + "requests/"       // <kind>/<request-id> -> raw resource id
 	LeaderPrefix       = Prefix + "leader/"         // election of the node-status writer
+	// NodeCIDRPrefix indexes which nat and routed networks take part on which node, for the gateway
+	// overlap check: <node>/<network-id>/<port-id> -> raw network CIDR, one key per port of a nat or
+	// routed network, written and deleted with the port (so the node's last port of a network takes
+	// the network's entry with it).
+	NodeCIDRPrefix = Prefix + "index/node-cidr/"
 )
 
 // Request kinds of RequestKey.
@@ -81,3 +86,14 @@ func PortStatusKey(portID string) string { return PortStatusPrefix + portID }
 
 // RequestKey records which resource a create with this request id made.
 func RequestKey(kind, requestID string) string { return RequestsPrefix + kind + "/" + requestID }
+
+// NodeNetworkCIDRPrefix holds the node-cidr index keys of one network's ports on one node: it is
+// non-empty exactly while the node takes part in that (nat or routed) network through a port.
+func NodeNetworkCIDRPrefix(node, networkID string) string {
+	return NodeCIDRPrefix + node + "/" + networkID + "/"
+}
+
+// NodeCIDRKey is the node-cidr index key of a port of a nat or routed network.
+func NodeCIDRKey(node, networkID, portID string) string {
+	return NodeNetworkCIDRPrefix(node, networkID) + portID
+}

@@ -37,8 +37,11 @@ func portAllocKeys(p *vxfabricv1.Port) (ipKey, macKey string, err error) {
 // them, so a crash between steps cannot leak one and no repair pass is needed.
 //
 // The transaction fails unless the network (p.NetworkId) exists and the name, address, MAC and id are
-// free. Errors: ErrNotFound (network), ErrAlreadyExists (name), ErrIPTaken, ErrMACTaken, ErrIDTaken,
-// ErrRequestMismatch. With a request id that already made a port, that port is returned.
+// free, and (nat and routed networks) the node takes part in no other nat or routed network with an
+// overlapping CIDR (see gatewayGuard; the port's node-cidr index key is written with it). Errors:
+// ErrNotFound (network), ErrAlreadyExists (name), ErrIPTaken, ErrMACTaken, ErrIDTaken,
+// ErrRequestMismatch, ErrFailedPrecondition (overlap). With a request id that already made a port,
+// that port is returned.
 func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID string) (*vxfabricv1.Port, error) {
 	stored := proto.Clone(p).(*vxfabricv1.Port)
 	stored.Revision, stored.Plugged = 0, false
@@ -48,13 +51,19 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 	}
 	key, nameKey, netKey := PortKey(p.Id), PortNameKey(p.Tenant, p.Name), NetworkKey(p.NetworkId)
 	for range maxCASRetries {
+		guard, err := s.readGatewayGuard(ctx, p.NetworkId, p.Node)
+		if err != nil {
+			return nil, err
+		}
 		cmps := []clientv3.Cmp{exists(netKey), notExists(nameKey), notExists(ipKey), notExists(macKey), notExists(key)}
+		cmps = append(cmps, guard.cmps()...)
 		puts := []clientv3.Op{
 			clientv3.OpPut(key, marshal(stored)),
 			clientv3.OpPut(nameKey, p.Id),
 			clientv3.OpPut(ipKey, p.Id),
 			clientv3.OpPut(macKey, p.Id),
 		}
+		puts = append(puts, guard.put(p.Id)...)
 		elses := []clientv3.Op{
 			clientv3.OpGet(netKey, clientv3.WithKeysOnly()),
 			clientv3.OpGet(nameKey, clientv3.WithKeysOnly()),
@@ -106,6 +115,9 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 			return nil, fmt.Errorf("address %s in network %s: %w", p.Ip, p.NetworkId, ErrIPTaken)
 		case len(rangeKVs(resp, 3)) > 0:
 			return nil, fmt.Errorf("mac %s in network %s: %w", p.Mac, p.NetworkId, ErrMACTaken)
+		}
+		if err := s.gatewayConflict(ctx, guard); err != nil {
+			return nil, err
 		}
 	}
 	return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, ErrContention)
@@ -206,7 +218,9 @@ func (s *Store) ListPorts(ctx context.Context, f PortFilter) ([]*vxfabricv1.Port
 }
 
 // UpdatePort applies mutate to a port and writes it back, as UpdateNetwork does. mutate may change
-// only the node: id, network, MAC, address and interface name are fixed for the port's life.
+// only the node: id, network, MAC, address and interface name are fixed for the port's life. A move
+// to another node is checked and indexed as CreatePort does (ErrFailedPrecondition on a gateway
+// overlap there).
 func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected int64, mutate func(*vxfabricv1.Port) error) (*vxfabricv1.Port, error) {
 	for range maxCASRetries {
 		p, err := s.GetPort(ctx, tenant, name)
@@ -225,13 +239,28 @@ func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected in
 		}
 		p.Revision, p.Plugged = 0, false
 		key := PortKey(p.Id)
-		resp, err := s.kv.Txn(ctx).If(atRevision(key, read)).Then(clientv3.OpPut(key, marshal(p))).Commit()
+		cmps := []clientv3.Cmp{atRevision(key, read)}
+		ops := []clientv3.Op{clientv3.OpPut(key, marshal(p))}
+		guard := &gatewayGuard{}
+		if oldNode := before.(*vxfabricv1.Port).Node; p.Node != oldNode {
+			// A move binds the port to another node: the same gateway check as a create.
+			if guard, err = s.readGatewayGuard(ctx, p.NetworkId, p.Node); err != nil {
+				return nil, err
+			}
+			cmps = append(cmps, guard.cmps()...)
+			ops = append(ops, clientv3.OpDelete(NodeCIDRKey(oldNode, p.NetworkId, p.Id)))
+			ops = append(ops, guard.put(p.Id)...)
+		}
+		resp, err := s.kv.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("update port %q in tenant %q: %w", name, tenant, err)
 		}
 		if resp.Succeeded {
 			p.Revision, p.Plugged = resp.Header.Revision, plugged
 			return p, nil
+		}
+		if err := s.gatewayConflict(ctx, guard); err != nil {
+			return nil, err
 		}
 		if expected != 0 {
 			return nil, fmt.Errorf("port %q in tenant %q changed after revision %d: %w", name, tenant, expected, ErrStale)
@@ -240,7 +269,8 @@ func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected in
 	return nil, fmt.Errorf("update port %q in tenant %q: %w", name, tenant, ErrContention)
 }
 
-// DeletePort removes a port with its name index, allocations and plugged status in one transaction.
+// DeletePort removes a port with its name index, allocations, plugged status and node-cidr index key
+// in one transaction.
 func (s *Store) DeletePort(ctx context.Context, tenant, name string, expected int64) error {
 	for range maxCASRetries {
 		p, err := s.GetPort(ctx, tenant, name)
@@ -261,6 +291,7 @@ func (s *Store) DeletePort(ctx context.Context, tenant, name string, expected in
 			clientv3.OpDelete(ipKey),
 			clientv3.OpDelete(macKey),
 			clientv3.OpDelete(PortStatusKey(p.Id)),
+			clientv3.OpDelete(NodeCIDRKey(p.Node, p.NetworkId, p.Id)),
 		).Commit()
 		if err != nil {
 			return fmt.Errorf("delete port %q in tenant %q: %w", name, tenant, err)
