@@ -49,8 +49,9 @@ type Server struct {
 	closeOnce sync.Once
 }
 
-// New connects to (or starts) etcd, builds the services and plugins and binds the listener. It does
-// not serve yet: call Serve. On error everything started is released.
+// New binds the listeners, then connects to (or starts) etcd and builds the services and plugins. It
+// does not serve yet: call Serve. On error everything started is released, listeners included; a
+// listener that cannot be bound fails New before anything is written.
 func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("server config: %w", err)
@@ -64,6 +65,22 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 			s.release()
 		}
 	}()
+
+	// Bind first: a start that cannot serve (an address in use, say) fails before it starts etcd or
+	// the plugins, and so writes nothing (no data directory, no keys).
+	for _, l := range append([]string{cfg.Listen}, cfg.AlsoListen...) {
+		network, address, _ := listenAddr(l)
+		if network == "unix" {
+			if err := prepareSocket(address); err != nil {
+				return nil, err
+			}
+		}
+		lis, err := net.Listen(network, address)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", l, err)
+		}
+		s.lis = append(s.lis, lis)
+	}
 
 	endpoints := cfg.Etcd.Endpoints
 	if len(endpoints) == 0 {
@@ -120,20 +137,6 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	s.setServing(false)
-
-	for _, l := range append([]string{cfg.Listen}, cfg.AlsoListen...) {
-		network, address, _ := listenAddr(l)
-		if network == "unix" {
-			if err := prepareSocket(address); err != nil {
-				return nil, err
-			}
-		}
-		lis, err := net.Listen(network, address)
-		if err != nil {
-			return nil, fmt.Errorf("listen on %s: %w", l, err)
-		}
-		s.lis = append(s.lis, lis)
-	}
 
 	s.wg.Add(1)
 	go func() {
