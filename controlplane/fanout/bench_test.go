@@ -42,7 +42,7 @@ func benchHub(b *testing.B, nodes, portsPerNode int) (*Hub, []*subscriber) {
 // drain renders every mailbox as its stream goroutine would, and returns the messages and items sent.
 func drain(h *Hub, subs []*subscriber) (msgs, items int) {
 	for _, s := range subs {
-		if msg := h.next(s); msg != nil {
+		if msg, _ := h.next(s, true); msg != nil {
 			msgs++
 			items += len(msg.GetNetworks()) + len(msg.GetLocalPorts()) + len(msg.GetRemotePorts()) +
 				len(msg.GetRemovedNetworkIds()) + len(msg.GetRemovedLocalPortIds()) + len(msg.GetRemovedRemotePortIds()) +

@@ -131,8 +131,6 @@ type batch struct {
 	touched   map[string]bool
 	dirty     map[string]map[string]bool // node -> network ids whose NetworkState must be rebuilt
 	peerCheck map[string]map[string]bool // node -> peers whose presence and record must be resent
-	remote    map[string]*vxfabricv1.RemotePort
-	local     map[string]*vxfabricv1.LocalPort
 	// loading: a full load fills the model only; nobody is subscribed to a model being built.
 	loading bool
 }
@@ -203,36 +201,16 @@ func (b *batch) markNetwork(node, id string) {
 }
 
 // items returns what port p is in node's view under the current model: a local port, a remote port, or
-// nothing (p nil, its network not on node, or its node without a VTEP yet). The values are cached per
-// event, since every viewer of a remote port sees the same one.
+// nothing (p nil, its network not on node, or its node without a VTEP yet). The values are the model's
+// shared messages, the same for every viewer.
 func (b *batch) items(node string, p *vxfabricv1.Port) (*vxfabricv1.LocalPort, *vxfabricv1.RemotePort) {
 	if p == nil || !b.m.takesPart(node, p.GetNetworkId()) {
 		return nil, nil
 	}
 	if p.GetNode() == node {
-		l := b.local[p.GetId()]
-		if l == nil {
-			l = localPort(p)
-			b.local[p.GetId()] = l
-		}
-		return l, nil
+		return b.m.locals[p.GetId()], nil
 	}
-	v := b.m.vtep(p.GetNode())
-	if v == "" {
-		return nil, nil
-	}
-	r := b.remote[p.GetId()]
-	if r == nil {
-		r = remotePort(p, v)
-		b.remote[p.GetId()] = r
-	}
-	return nil, r
-}
-
-// newEvent drops the per-event item caches: the model is about to change.
-func (b *batch) newEvent() {
-	b.remote = map[string]*vxfabricv1.RemotePort{}
-	b.local = map[string]*vxfabricv1.LocalPort{}
+	return nil, b.m.remotes[p.GetId()]
 }
 
 // addNetwork puts network id and all of its ports into node's view (node just started taking part).
@@ -286,7 +264,6 @@ func (b *batch) apply(ev event) {
 	if !ok {
 		return
 	}
-	b.newEvent()
 	switch kind {
 	case "networks/":
 		n, ok := decode(b.log, ev, &vxfabricv1.Network{})

@@ -8,6 +8,12 @@
 // loop; a mailbox that grows past Config.MaxPending is dropped and its stream gets a fresh snapshot.
 // On watch compaction the hub reloads and resnapshots every stream.
 //
+// Memory: the model holds one immutable message per port, peer and flood entry, which every view's
+// snapshot and delta points to, so a snapshot costs a pointer per item. At most Config.MaxSnapshots
+// snapshots are built and handed to gRPC at once; other streams wait for a slot (a reconnect storm of
+// 1,000 agents would otherwise build 1,000 snapshots at once). What the slots cannot bound is gRPC's
+// copy: Send returns once the encoded message is queued, and it stays queued until the agent reads it.
+//
 // Message semantics, for agents: a snapshot replaces the whole view. A delta upserts whole objects by id
 // (a NetworkState always carries its full flood list) and removes by id; when a network leaves a node's
 // view, the same delta also removes each of its ports explicitly. Agents ignore removals of unknown ids.
@@ -35,12 +41,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
@@ -59,6 +68,13 @@ type Config struct {
 	// CatchUpTimeout bounds how long Sync waits for the hub to reach a resume revision that the store
 	// already has (the agent came from a replica that was ahead). Default 5 s.
 	CatchUpTimeout time.Duration
+	// MaxSnapshots bounds the snapshots being built or sent at once. A snapshot of a large view is a
+	// large message (10,000 remote ports encode to about 1 MB), so 1,000 agents connecting at once
+	// would otherwise hold 1,000 of them; streams beyond the bound wait their turn. Default 2 x GOMAXPROCS.
+	MaxSnapshots int
+	// SnapshotSlotHold is the longest a stream keeps its snapshot slot while its Send is held up by flow
+	// control (an agent not reading), so that stalled agents cannot hold up everyone else. Default 1 s.
+	SnapshotSlotHold time.Duration
 	// Registerer receives the hub's metrics; nil: a private registry (metrics not exported).
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -72,6 +88,10 @@ func Default() Config {
 		History:        64,
 		RetryInterval:  time.Second,
 		CatchUpTimeout: 5 * time.Second,
+		MaxSnapshots:   2 * runtime.GOMAXPROCS(0),
+		// Well above the time to build and encode a 10,000-port snapshot (a few ms), well below a
+		// reconnect timeout.
+		SnapshotSlotHold: time.Second,
 	}
 }
 
@@ -86,6 +106,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("fanout history %d must be positive", c.History)
 	case c.RetryInterval <= 0 || c.CatchUpTimeout <= 0:
 		return errors.New("fanout retry interval and catch-up timeout must be positive")
+	case c.MaxSnapshots < 1:
+		return fmt.Errorf("fanout max snapshots %d must be positive", c.MaxSnapshots)
+	case c.SnapshotSlotHold <= 0:
+		return fmt.Errorf("fanout snapshot slot hold %s must be positive", c.SnapshotSlotHold)
 	}
 	return nil
 }
@@ -115,6 +139,9 @@ type Hub struct {
 	subsMu sync.Mutex
 	subs   map[string]map[*subscriber]struct{}
 
+	// slots holds a token per snapshot being built or sent (capacity Config.MaxSnapshots).
+	slots chan struct{}
+
 	statMu sync.Mutex // desired revisions change only with mu also held for writing
 	stats  map[string]*nodeStat
 	statCh chan struct{} // closed and replaced on every applied report
@@ -124,6 +151,8 @@ type Hub struct {
 	hookMu        sync.Mutex
 	kick          context.CancelFunc
 	beforeRewatch func()
+	// snapshotBuilt, set before streams start, runs after each snapshot is built for a stream.
+	snapshotBuilt func()
 }
 
 // nodeStat is what the hub knows of one node's convergence.
@@ -157,6 +186,12 @@ func New(cli *clientv3.Client, cfg Config) *Hub {
 	if cfg.CatchUpTimeout == 0 {
 		cfg.CatchUpTimeout = def.CatchUpTimeout
 	}
+	if cfg.MaxSnapshots == 0 {
+		cfg.MaxSnapshots = def.MaxSnapshots
+	}
+	if cfg.SnapshotSlotHold == 0 {
+		cfg.SnapshotSlotHold = def.SnapshotSlotHold
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -173,6 +208,7 @@ func New(cli *clientv3.Client, cfg Config) *Hub {
 		ready:  make(chan struct{}),
 		done:   make(chan struct{}),
 		subs:   map[string]map[*subscriber]struct{}{},
+		slots:  make(chan struct{}, max(cfg.MaxSnapshots, 1)),
 		stats:  map[string]*nodeStat{},
 		statCh: make(chan struct{}),
 	}
@@ -485,7 +521,7 @@ func (h *Hub) subscribe(node string, resume int64) (*subscriber, *vxfabricv1.Syn
 	if resume > 0 && resume >= h.baseRev && resume >= desired && resume <= h.m.rev {
 		first = &vxfabricv1.SyncResponse{Revision: h.m.rev}
 	} else {
-		first = h.m.snapshot(node)
+		first = h.snapshot(node)
 	}
 	s := newSubscriber(node)
 	h.subsMu.Lock()
@@ -506,14 +542,19 @@ func (h *Hub) unsubscribe(s *subscriber) {
 	h.subsMu.Unlock()
 }
 
-// next returns the message a stream must send now, or nil when its mailbox is empty.
-func (h *Hub) next(s *subscriber) *vxfabricv1.SyncResponse {
+// next returns the message a stream must send now, or nil when its mailbox is empty. A snapshot is built
+// only when the caller holds a snapshot slot (slotted); otherwise next returns nil and owed, and the
+// snapshot stays owed.
+func (h *Hub) next(s *subscriber, slotted bool) (msg *vxfabricv1.SyncResponse, owed bool) {
 	d, rev, snap := s.take()
 	if !snap {
 		if d == nil {
-			return nil
+			return nil, false
 		}
-		return d.message(rev)
+		return d.message(rev), false
+	}
+	if !slotted {
+		return nil, true
 	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
@@ -521,5 +562,42 @@ func (h *Hub) next(s *subscriber) *vxfabricv1.SyncResponse {
 	s.mu.Lock()
 	s.pending, s.items, s.resnapshot = nil, 0, false
 	s.mu.Unlock()
-	return h.m.snapshot(s.node)
+	return h.snapshot(s.node), false
+}
+
+// snapshot builds node's snapshot. h.mu is held for reading, and the caller holds a snapshot slot.
+func (h *Hub) snapshot(node string) *vxfabricv1.SyncResponse {
+	msg := h.m.snapshot(node)
+	if h.snapshotBuilt != nil {
+		h.snapshotBuilt()
+	}
+	return msg
+}
+
+// snapshotSlot waits for one of Config.MaxSnapshots slots, to be held while a snapshot is built and
+// handed to gRPC; release gives it back (once, however often it is called). Send returns once the
+// encoded message is queued on the connection, which is immediate unless the stream's previous
+// messages are still unread; a slot held up that way is given back after Config.SnapshotSlotHold.
+// A stream that ends while waiting takes nothing and owes nothing.
+func (h *Hub) snapshotSlot(ctx context.Context) (release func(), err error) {
+	select {
+	case h.slots <- struct{}{}:
+	default:
+		h.met.snapshotWaiting.Inc()
+		defer h.met.snapshotWaiting.Dec()
+		select {
+		case h.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		case <-h.done:
+			return nil, status.Error(codes.Unavailable, "fan-out hub stopped")
+		}
+	}
+	var once sync.Once
+	free := func() { once.Do(func() { <-h.slots }) }
+	t := time.AfterFunc(h.cfg.SnapshotSlotHold, free)
+	return func() {
+		t.Stop()
+		free()
+	}, nil
 }

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,7 +58,7 @@ func newEnv(t testing.TB, cfg Config) *env {
 }
 
 // start runs the hub and serves it on a loopback listener; everything stops in t.Cleanup.
-func (e *env) start() {
+func (e *env) start(opts ...grpc.ServerOption) {
 	t := e.t
 	ctx, cancel := context.WithCancel(context.Background())
 	runErr := make(chan error, 1)
@@ -65,7 +67,7 @@ func (e *env) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(opts...)
 	vxfabricv1.RegisterAgentServiceServer(gs, e.hub)
 	served := make(chan struct{})
 	go func() { defer close(served); _ = gs.Serve(lis) }()
@@ -700,6 +702,9 @@ func TestRegisterNode(t *testing.T) {
 func TestStalledAgentDoesNotDelayOthers(t *testing.T) {
 	cfg := Default()
 	cfg.MaxPending = 200
+	// One snapshot slot, which the stalled stream takes for its owed snapshot and cannot finish sending:
+	// an agent connecting after that must still get its snapshot.
+	cfg.MaxSnapshots, cfg.SnapshotSlotHold = 1, 200*time.Millisecond
 	e := newEnv(t, cfg)
 	e.put("nodes/fast", testNode("fast", "198.18.0.1"))
 	e.put("nodes/slow", testNode("slow", "198.18.0.2"))
@@ -773,6 +778,210 @@ func TestStalledAgentDoesNotDelayOthers(t *testing.T) {
 	}
 	if _, ok := fast.view.remote["v00299"]; !ok {
 		t.Error("reader missed the last change")
+	}
+	// The stalled stream is owed a snapshot it cannot send; a newcomer still gets one.
+	late := e.sync(e.dial(), "fast", 0)
+	if msg := late.next(5 * time.Second); !msg.GetSnapshot() || len(msg.GetRemotePorts()) != 3301 {
+		t.Errorf("newcomer's first message: snapshot %v with %d remote ports, want a snapshot of 3301", msg.GetSnapshot(), len(msg.GetRemotePorts()))
+	}
+}
+
+// TestSnapshotStormBounded connects 300 streams at once to a model holding 3,000 ports (2,990 remote
+// ports per view) and checks that no more than Config.MaxSnapshots snapshots are ever built and not
+// yet handed to gRPC at the same time, counted from outside the hub (a hook after each build, an
+// interceptor after each snapshot's Send); without the slots all 300 are built at once. The heap is
+// logged, not bounded: it is dominated by what the bound cannot reach, the encoded snapshots gRPC
+// queues until each client reads its own (Send returns once queued), and this process's clients
+// decoding them.
+func TestSnapshotStormBounded(t *testing.T) {
+	const (
+		nodes        = 300
+		portsPerNode = 10
+		slots        = 2
+	)
+	cfg := Default()
+	cfg.MaxSnapshots = slots
+	e := newEnv(t, cfg)
+	e.put("networks/n1", testNetwork("n1", 100))
+	var ops []clientv3.Op
+	for i := range nodes {
+		name := fmt.Sprintf("h%03d", i)
+		ops = append(ops, clientv3.OpPut(prefix+"nodes/"+name, string(mustMarshal(t, testNode(name, fmt.Sprintf("198.18.%d.%d", i/250, i%250+1))))))
+		for j := range portsPerNode {
+			id := fmt.Sprintf("p%03d-%d", i, j)
+			ops = append(ops, clientv3.OpPut(prefix+"ports/"+id, string(mustMarshal(t, testPort(id, "n1", name, i*portsPerNode+j)))))
+		}
+		if len(ops) >= 100 {
+			if _, err := e.cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
+				t.Fatal(err)
+			}
+			ops = ops[:0]
+		}
+	}
+
+	var inFlight, peak atomic.Int64
+	e.hub.snapshotBuilt = func() {
+		n := inFlight.Add(1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+	}
+	sent := grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		return handler(srv, &countingStream{ServerStream: ss, sent: func() { inFlight.Add(-1) }})
+	})
+	e.start(sent)
+
+	var conns []vxfabricv1.AgentServiceClient
+	for range 10 {
+		conns = append(conns, e.dial())
+	}
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	stop := make(chan struct{})
+	var sampled sync.WaitGroup
+	var peakHeap uint64
+	sampled.Add(1)
+	go func() {
+		defer sampled.Done()
+		tick := time.NewTicker(2 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			peakHeap = max(peakHeap, ms.HeapAlloc)
+			select {
+			case <-tick.C:
+			case <-stop:
+				return
+			}
+		}
+	}()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := time.Now()
+	results := make(chan error, nodes)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		node := fmt.Sprintf("h%03d", i)
+		stream, err := conns[i%len(conns)].Sync(ctx, &vxfabricv1.SyncRequest{Node: node})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg, err := stream.Recv()
+			switch {
+			case err != nil:
+				results <- fmt.Errorf("node %s: %w", node, err)
+			case !msg.GetSnapshot() || len(msg.GetRemotePorts()) != (nodes-1)*portsPerNode || len(msg.GetPeers()) != nodes-1:
+				results <- fmt.Errorf("node %s: snapshot %v with %d remote ports and %d peers, want %d and %d",
+					node, msg.GetSnapshot(), len(msg.GetRemotePorts()), len(msg.GetPeers()), (nodes-1)*portsPerNode, nodes-1)
+			default:
+				results <- nil
+			}
+		}()
+	}
+	timeout := time.After(30 * time.Second)
+	for range nodes {
+		select {
+		case err := <-results:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-timeout:
+			t.Fatal("not every stream got its snapshot within 30 s")
+		}
+	}
+	elapsed := time.Since(start)
+	close(stop)
+	sampled.Wait()
+	cancel()
+	wg.Wait()
+
+	growth := int64(peakHeap) - int64(base.HeapAlloc)
+	t.Logf("%d snapshots of %d remote ports in %s; at most %d built and unsent at once (bound %d); heap %.1f MiB at start, peak growth %.1f MiB",
+		nodes, (nodes-1)*portsPerNode, elapsed.Round(time.Millisecond), peak.Load(), slots, float64(base.HeapAlloc)/(1<<20), float64(growth)/(1<<20))
+	if p := peak.Load(); p > slots || p < 1 {
+		t.Errorf("%d snapshots built and not yet sent at once, want 1..%d", p, slots)
+	}
+}
+
+// countingStream calls sent after each snapshot message's Send returns.
+type countingStream struct {
+	grpc.ServerStream
+	sent func()
+}
+
+func (c *countingStream) SendMsg(m any) error {
+	err := c.ServerStream.SendMsg(m)
+	if r, ok := m.(*vxfabricv1.SyncResponse); ok && r.GetSnapshot() {
+		c.sent()
+	}
+	return err
+}
+
+// TestSnapshotSlotCancelWhileWaiting ends a stream that waits for a snapshot slot: it takes none, gives
+// none back (the slot held elsewhere stays held), and the next stream gets its snapshot once the slot
+// is free.
+func TestSnapshotSlotCancelWhileWaiting(t *testing.T) {
+	cfg := Default()
+	cfg.MaxSnapshots = 1
+	e := newEnv(t, cfg)
+	e.seed()
+	e.start()
+	release, err := e.hub.snapshotSlot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.dial()
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := c.Sync(ctx, &vxfabricv1.SyncRequest{Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(t, e.reg, "vxfabric_fanout_snapshot_waiting", 1)
+	cancel()
+	if _, err := stream.Recv(); status.Code(err) != codes.Canceled {
+		t.Fatalf("cancelled stream: %v, want Canceled", err)
+	}
+	waitMetric(t, e.reg, "vxfabric_fanout_snapshot_waiting", 0)
+	if n := len(e.hub.slots); n != 1 {
+		t.Fatalf("%d slots taken after the waiting stream ended, want the 1 held here", n)
+	}
+	if n := metric(t, e.reg, "vxfabric_fanout_streams"); n != 0 {
+		t.Fatalf("streams gauge %v after the waiting stream ended, want 0", n)
+	}
+	a := e.sync(c, "a", 0)
+	waitMetric(t, e.reg, "vxfabric_fanout_snapshot_waiting", 1)
+	release()
+	release() // a second call gives back nothing more
+	if msg := a.next(5 * time.Second); !msg.GetSnapshot() {
+		t.Fatalf("first message after the slot freed: %v, want a snapshot", msg)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(e.hub.slots) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slots still taken after the snapshot was sent", len(e.hub.slots))
+		}
+		time.Sleep(5 * time.Millisecond) // polling, bounded by the deadline
+	}
+}
+
+// waitMetric polls a gauge until it equals want (5 s at most).
+func waitMetric(t testing.TB, reg *prometheus.Registry, name string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := metric(t, reg, name)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %v, want %v", name, got, want)
+		}
+		time.Sleep(5 * time.Millisecond) // polling, bounded by the deadline
 	}
 }
 

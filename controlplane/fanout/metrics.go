@@ -3,20 +3,24 @@ package fanout
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	streams      prometheus.Gauge
-	messages     prometheus.Counter
-	snapshots    prometheus.Counter
-	overflows    prometheus.Counter
-	loads        prometheus.Counter
-	statusWrites prometheus.Counter
-	revision     prometheus.Gauge
-	convergence  prometheus.Histogram
+	streams         prometheus.Gauge
+	snapshotWaiting prometheus.Gauge
+	messages        prometheus.Counter
+	snapshots       prometheus.Counter
+	overflows       prometheus.Counter
+	loads           prometheus.Counter
+	statusWrites    prometheus.Counter
+	revision        prometheus.Gauge
+	convergence     prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vxfabric_fanout_streams", Help: "Sync streams currently connected.",
+		}),
+		snapshotWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vxfabric_fanout_snapshot_waiting", Help: "Sync streams waiting for a slot to build and send a snapshot (Config.MaxSnapshots).",
 		}),
 		messages: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vxfabric_fanout_messages_sent_total", Help: "SyncResponse messages sent, snapshots included.",
@@ -42,6 +46,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
 		}),
 	}
-	reg.MustRegister(m.streams, m.messages, m.snapshots, m.overflows, m.loads, m.statusWrites, m.revision, m.convergence)
+	reg.MustRegister(m.streams, m.snapshotWaiting, m.messages, m.snapshots, m.overflows, m.loads, m.statusWrites, m.revision, m.convergence)
 	return m
 }

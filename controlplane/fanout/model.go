@@ -3,6 +3,7 @@ package fanout
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 
@@ -27,12 +28,20 @@ type model struct {
 	networks  map[string]*vxfabricv1.Network
 	ports     map[string]*vxfabricv1.Port
 	nodes     map[string]*vxfabricv1.Node
-	peers     map[string]*vxfabricv1.Peer            // node -> its Peer record, shared read-only by every view
 	plugged   map[string]bool                        // port id -> status/ports/<id> exists
 	netPorts  map[string]map[string]*vxfabricv1.Port // network id -> port id -> port
 	nodePorts map[string]map[string]*vxfabricv1.Port // node -> port id -> port
 	netNodes  map[string]map[string]int              // network id -> node -> ports of the network bound there
 	uplinks   map[string]map[string]struct{}         // node -> ids of networks whose uplink is on it
+
+	// The messages views are made of, built when their object (or, for remote ports and flood entries,
+	// their node's VTEP) changes and then shared by every snapshot and delta, so that a view costs a
+	// pointer per item, not a copy. Never modified once stored: a stream may be marshalling one while
+	// the watch loop replaces it with a new one.
+	peers   map[string]*vxfabricv1.Peer       // node with a VTEP -> its Peer record
+	floods  map[string]*vxfabricv1.FloodEntry // node with a VTEP -> its flood entry
+	locals  map[string]*vxfabricv1.LocalPort  // port id -> the port as its own node sees it
+	remotes map[string]*vxfabricv1.RemotePort // port id -> the port as others see it, while its node has a VTEP
 }
 
 func newModel() *model {
@@ -41,7 +50,10 @@ func newModel() *model {
 		ports:     map[string]*vxfabricv1.Port{},
 		nodes:     map[string]*vxfabricv1.Node{},
 		peers:     map[string]*vxfabricv1.Peer{},
+		floods:    map[string]*vxfabricv1.FloodEntry{},
 		plugged:   map[string]bool{},
+		locals:    map[string]*vxfabricv1.LocalPort{},
+		remotes:   map[string]*vxfabricv1.RemotePort{},
 		netPorts:  map[string]map[string]*vxfabricv1.Port{},
 		nodePorts: map[string]map[string]*vxfabricv1.Port{},
 		netNodes:  map[string]map[string]int{},
@@ -83,6 +95,19 @@ func (m *model) vtep(node string) string {
 
 // putNode records node n (nil: removed) and its Peer record. A node without a VTEP is nobody's peer.
 func (m *model) putNode(name string, n *vxfabricv1.Node) {
+	prevVtep := m.vtep(name)
+	defer func() {
+		if v := m.vtep(name); v != prevVtep {
+			if v != "" {
+				m.floods[name] = &vxfabricv1.FloodEntry{Node: name, Vtep: v}
+			} else {
+				delete(m.floods, name)
+			}
+			for _, p := range m.nodePorts[name] {
+				m.putRemote(p)
+			}
+		}
+	}()
 	if n == nil {
 		delete(m.nodes, name)
 		delete(m.peers, name)
@@ -178,6 +203,17 @@ func (m *model) putPort(p *vxfabricv1.Port) {
 		m.netNodes[p.GetNetworkId()] = map[string]int{}
 	}
 	m.netNodes[p.GetNetworkId()][p.GetNode()]++
+	m.locals[p.GetId()] = localPort(p)
+	m.putRemote(p)
+}
+
+// putRemote replaces p's shared RemotePort (a new message: the old one may be in flight).
+func (m *model) putRemote(p *vxfabricv1.Port) {
+	if v := m.vtep(p.GetNode()); v != "" {
+		m.remotes[p.GetId()] = remotePort(p, v)
+	} else {
+		delete(m.remotes, p.GetId())
+	}
 }
 
 func (m *model) deletePort(id string) {
@@ -186,6 +222,8 @@ func (m *model) deletePort(id string) {
 		return
 	}
 	delete(m.ports, id)
+	delete(m.locals, id)
+	delete(m.remotes, id)
 	removeFrom(m.netPorts, p.GetNetworkId(), id)
 	removeFrom(m.nodePorts, p.GetNode(), id)
 	counts := m.netNodes[p.GetNetworkId()]
@@ -245,8 +283,8 @@ func gatewayMAC(vni uint32) string {
 func (m *model) floodList(id string) []*vxfabricv1.FloodEntry {
 	var flood []*vxfabricv1.FloodEntry
 	m.forParticipants(id, func(node string) {
-		if v := m.vtep(node); v != "" {
-			flood = append(flood, &vxfabricv1.FloodEntry{Node: node, Vtep: v})
+		if f := m.floods[node]; f != nil {
+			flood = append(flood, f)
 		}
 	})
 	sort.Slice(flood, func(i, j int) bool { return flood[i].Node < flood[j].Node })
@@ -298,33 +336,40 @@ func remotePort(p *vxfabricv1.Port, vtep string) *vxfabricv1.RemotePort {
 	}
 }
 
-// snapshot is node's whole view at the model's revision.
+// snapshot is node's whole view at the model's revision. Its ports and peers are the model's shared
+// messages: the snapshot owns only its slices and network states.
 func (m *model) snapshot(node string) *vxfabricv1.SyncResponse {
 	resp := &vxfabricv1.SyncResponse{Revision: m.rev, Snapshot: true}
-	peers := map[string]bool{}
-	for _, id := range m.netsOf(node) {
+	nets := m.netsOf(node)
+	remotes := 0
+	for _, id := range nets {
+		remotes += len(m.netPorts[id])
+	}
+	resp.RemotePorts = make([]*vxfabricv1.RemotePort, 0, remotes)
+	var peers []string
+	for _, id := range nets {
 		flood := m.floodList(id)
 		for _, f := range flood {
 			if f.GetNode() != node {
-				peers[f.GetNode()] = true
+				peers = append(peers, f.GetNode())
 			}
 		}
 		resp.Networks = append(resp.Networks, m.networkState(node, id, flood))
-		ids := make([]string, 0, len(m.netPorts[id]))
-		for pid := range m.netPorts[id] {
-			ids = append(ids, pid)
-		}
-		sort.Strings(ids)
-		for _, pid := range ids {
-			p := m.netPorts[id][pid]
+		firstLocal, firstRemote := len(resp.LocalPorts), len(resp.RemotePorts)
+		for pid, p := range m.netPorts[id] {
 			if p.GetNode() == node {
-				resp.LocalPorts = append(resp.LocalPorts, localPort(p))
-			} else if v := m.vtep(p.GetNode()); v != "" {
-				resp.RemotePorts = append(resp.RemotePorts, remotePort(p, v))
+				resp.LocalPorts = append(resp.LocalPorts, m.locals[pid])
+			} else if r := m.remotes[pid]; r != nil {
+				resp.RemotePorts = append(resp.RemotePorts, r)
 			}
 		}
+		slices.SortFunc(resp.LocalPorts[firstLocal:], func(a, b *vxfabricv1.LocalPort) int { return strings.Compare(a.GetId(), b.GetId()) })
+		slices.SortFunc(resp.RemotePorts[firstRemote:], func(a, b *vxfabricv1.RemotePort) int { return strings.Compare(a.GetId(), b.GetId()) })
 	}
-	for _, name := range sortedKeys(peers) {
+	slices.Sort(peers)
+	peers = slices.Compact(peers)
+	resp.Peers = make([]*vxfabricv1.Peer, 0, len(peers))
+	for _, name := range peers {
 		resp.Peers = append(resp.Peers, m.peers[name])
 	}
 	return resp

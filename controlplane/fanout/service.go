@@ -50,6 +50,12 @@ func (h *Hub) Sync(req *vxfabricv1.SyncRequest, stream grpc.ServerStreamingServe
 		}
 	}
 
+	// The first message takes a snapshot slot even when it turns out to be a cheap resume: which it is,
+	// is known only under h.mu, and a resume holds the slot for microseconds.
+	release, err := h.snapshotSlot(ctx)
+	if err != nil {
+		return err
+	}
 	s, first := h.subscribe(node, req.GetResumeRevision())
 	defer h.unsubscribe(s)
 	h.met.streams.Inc()
@@ -72,16 +78,16 @@ func (h *Hub) Sync(req *vxfabricv1.SyncRequest, stream grpc.ServerStreamingServe
 		}
 		return nil
 	}
-	if err := send(first); err != nil {
+	err = send(first)
+	release()
+	if err != nil {
 		return err
 	}
 	for {
 		select {
 		case <-s.notify:
-			if msg := h.next(s); msg != nil {
-				if err := send(msg); err != nil {
-					return err
-				}
+			if err := h.drain(ctx, s, send); err != nil {
+				return err
 			}
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
@@ -89,6 +95,24 @@ func (h *Hub) Sync(req *vxfabricv1.SyncRequest, stream grpc.ServerStreamingServe
 			return status.Error(codes.Unavailable, "fan-out hub stopped")
 		}
 	}
+}
+
+// drain sends what s's mailbox holds: its merged backlog, or the snapshot it is owed, built and sent
+// while holding a snapshot slot.
+func (h *Hub) drain(ctx context.Context, s *subscriber, send func(*vxfabricv1.SyncResponse) error) error {
+	msg, owed := h.next(s, false)
+	if owed {
+		release, err := h.snapshotSlot(ctx)
+		if err != nil {
+			return err
+		}
+		defer release()
+		msg, _ = h.next(s, true)
+	}
+	if msg == nil {
+		return nil
+	}
+	return send(msg)
 }
 
 // catchUp handles a resume revision ahead of the hub: if the store has it, the agent came from a

@@ -260,3 +260,77 @@ func TestSnapshotContentModel(t *testing.T) {
 		t.Errorf("view of a:\n%s\nwant\n%s", got, want)
 	}
 }
+
+// TestViewsShareMessages checks that every view carries the model's one message per remote port (the
+// same pointer in each viewer's snapshot and delta), that a change replaces the message rather than
+// modifying it (a stream may be marshalling the old one), and that a snapshot's allocations do not
+// grow with the ports it holds.
+func TestViewsShareMessages(t *testing.T) {
+	m := newModel()
+	log := slog.New(slog.DiscardHandler)
+	b := newBatch(m, log, func(string) bool { return false }, 0)
+	rev := int64(1)
+	load := func(key string, msg proto.Message) {
+		rev++
+		b.apply(event{key: key, value: mustMarshal(t, msg), rev: rev})
+	}
+	load("networks/n1", testNetwork("n1", 100))
+	for i := range 30 {
+		name := fmt.Sprintf("h%02d", i)
+		load("nodes/"+name, testNode(name, fmt.Sprintf("198.18.0.%d", i+1)))
+		for j := range 10 {
+			id := fmt.Sprintf("p%02d-%d", i, j)
+			load("ports/"+id, testPort(id, "n1", name, i*10+j))
+		}
+	}
+	byID := func(msg *vxfabricv1.SyncResponse) map[string]*vxfabricv1.RemotePort {
+		ports := map[string]*vxfabricv1.RemotePort{}
+		for _, p := range msg.GetRemotePorts() {
+			ports[p.GetId()] = p
+		}
+		return ports
+	}
+	a, c := byID(m.snapshot("h00")), byID(m.snapshot("h01"))
+	if len(a) != 290 || len(c) != 290 {
+		t.Fatalf("%d and %d remote ports, want 290 each", len(a), len(c))
+	}
+	for id, p := range a {
+		if q, ok := c[id]; ok && p != q {
+			t.Fatalf("port %s: two viewers got two copies", id)
+		}
+	}
+
+	old := a["p02-0"]
+	moved := testPort("p02-0", "n1", "h02", 999)
+	rev++
+	batch := newBatch(m, log, func(string) bool { return true }, 0)
+	batch.apply(event{key: "ports/p02-0", value: mustMarshal(t, moved), rev: rev})
+	rev++
+	batch.apply(event{key: "nodes/h03", value: mustMarshal(t, testNode("h03", "198.18.1.99")), rev: rev})
+	deltas, _ := batch.finish()
+	if old.GetMac() != testPort("p02-0", "n1", "h02", 20).GetMac() {
+		t.Errorf("published message modified: mac now %s", old.GetMac())
+	}
+	if old3 := a["p03-0"]; old3.GetVtep() != "198.18.0.4" {
+		t.Errorf("published message modified by a VTEP change: vtep now %s", old3.GetVtep())
+	}
+	snap := byID(m.snapshot("h01"))
+	for _, viewer := range []string{"h00", "h05"} {
+		got := byID(deltas[viewer].message(rev))
+		for _, id := range []string{"p02-0", "p03-0", "p03-9"} {
+			if got[id] == nil || got[id] != snap[id] {
+				t.Errorf("viewer %s: delta carries %v for %s, want the model's message %v", viewer, got[id], id, snap[id])
+			}
+		}
+	}
+	if snap["p02-0"].GetMac() != moved.GetMac() || snap["p03-0"].GetVtep() != "198.18.1.99" {
+		t.Errorf("after the changes: p02-0 mac %s, p03-0 vtep %s", snap["p02-0"].GetMac(), snap["p03-0"].GetVtep())
+	}
+
+	// Allocations of a snapshot: its slices and network states, not a message per port (290 here).
+	n := testing.AllocsPerRun(10, func() { m.snapshot("h00") })
+	t.Logf("a snapshot of 290 remote ports: %.0f allocations", n)
+	if n > 60 {
+		t.Errorf("a snapshot of 290 remote ports takes %.0f allocations, want at most 60", n)
+	}
+}
