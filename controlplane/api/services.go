@@ -213,11 +213,6 @@ func (s *PortServer) ListPorts(ctx context.Context, req *vxfabricv1.ListPortsReq
 			return nil, s.toStatus(err)
 		}
 	}
-	if req.Tenant != "" && req.Network != "" {
-		if _, err := s.store.GetNetwork(ctx, req.Tenant, req.Network); err != nil {
-			return nil, s.toStatus(err)
-		}
-	}
 	ps, err := s.store.ListPorts(ctx, store.PortFilter{Tenant: req.Tenant, Network: req.Network, Node: req.Node, VM: req.Vm})
 	if err != nil {
 		return nil, s.toStatus(err)

@@ -180,18 +180,32 @@ func (f PortFilter) match(p *vxfabricv1.Port) bool {
 }
 
 // ListPorts reads the ports matching f, with their plugged state, sorted by tenant and name. A filter
-// naming a tenant that does not exist gives ErrNotFound.
+// naming a tenant that does not exist gives ErrNotFound, and so does a network name unknown in the
+// filter's tenant (in every tenant when the filter names none).
 func (s *Store) ListPorts(ctx context.Context, f PortFilter) ([]*vxfabricv1.Port, error) {
-	resp, err := s.kv.Txn(ctx).Then(
+	ops := []clientv3.Op{
 		clientv3.OpGet(TenantKey(f.Tenant), clientv3.WithKeysOnly()),
 		clientv3.OpGet(PortsPrefix, clientv3.WithPrefix()),
 		clientv3.OpGet(PortStatusPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
-	).Commit()
+	}
+	switch {
+	case f.Network != "" && f.Tenant != "":
+		ops = append(ops, clientv3.OpGet(NetworkNameKey(f.Tenant, f.Network), clientv3.WithKeysOnly()))
+	case f.Network != "":
+		ops = append(ops, clientv3.OpGet(NetworkNamesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()))
+	}
+	resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("list ports: %w", err)
 	}
 	if f.Tenant != "" && len(rangeKVs(resp, 0)) == 0 {
 		return nil, fmt.Errorf("tenant %q: %w", f.Tenant, ErrNotFound)
+	}
+	if f.Network != "" && !hasNetworkName(rangeKVs(resp, 3), f.Network) {
+		if f.Tenant != "" {
+			return nil, fmt.Errorf("network %q in tenant %q: %w", f.Network, f.Tenant, ErrNotFound)
+		}
+		return nil, fmt.Errorf("network %q in any tenant: %w", f.Network, ErrNotFound)
 	}
 	plugged := make(map[string]bool, len(rangeKVs(resp, 2)))
 	for _, kv := range rangeKVs(resp, 2) {
@@ -215,6 +229,16 @@ func (s *Store) ListPorts(ctx context.Context, f PortFilter) ([]*vxfabricv1.Port
 		return out[i].Name < out[j].Name
 	})
 	return out, nil
+}
+
+// hasNetworkName tells whether name-index keys (names/networks/<tenant>/<name>) hold the name.
+func hasNetworkName(kvs []*mvccpb.KeyValue, name string) bool {
+	for _, kv := range kvs {
+		if strings.HasSuffix(string(kv.Key), "/"+name) {
+			return true
+		}
+	}
+	return false
 }
 
 // UpdatePort applies mutate to a port and writes it back, as UpdateNetwork does. mutate may change
