@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
@@ -174,6 +175,22 @@ func (m *desiredModel) sortedRemotes() []*remoteEntry {
 	}
 	touched := slices.Sorted(maps.Keys(m.remoteTouched))
 	clear(m.remoteTouched)
+	if len(touched) <= 16 && len(m.remoteSorted) > 0 {
+		// A few changes (the common delta): edit in place, one move of the tail at most per id.
+		for _, id := range touched {
+			i, found := slices.BinarySearchFunc(m.remoteSorted, id, func(e *remoteEntry, id string) int { return strings.Compare(e.id, id) })
+			e, ok := m.remote[id]
+			switch {
+			case found && ok:
+				m.remoteSorted[i] = e
+			case found:
+				m.remoteSorted = slices.Delete(m.remoteSorted, i, i+1)
+			case ok:
+				m.remoteSorted = slices.Insert(m.remoteSorted, i, e)
+			}
+		}
+		return m.remoteSorted
+	}
 	old := m.remoteSorted
 	out := make([]*remoteEntry, 0, len(m.remote))
 	i, j := 0, 0
@@ -231,10 +248,16 @@ func (m *desiredModel) build(underlay overlay.Underlay, down func(node string) b
 		n.down = down(n.name)
 	}
 	byID := map[string]*overlay.Network{}
-	counts := map[string]int{}
 	remotes := m.sortedRemotes()
-	for _, e := range remotes {
-		counts[e.network]++
+	// Ports come in runs of one network (few networks, many ports): one map access per run.
+	counts := map[string]int{}
+	for i := 0; i < len(remotes); {
+		j := i + 1
+		for j < len(remotes) && remotes[j].network == remotes[i].network {
+			j++
+		}
+		counts[remotes[i].network] += j - i
+		i = j
 	}
 	ids := sortedKeys(m.networks)
 	vnis := map[uint32]string{}
@@ -286,8 +309,11 @@ func (m *desiredModel) build(underlay overlay.Underlay, down func(node string) b
 		n.Ports = append(n.Ports, p.port)
 		b.portByIface[iface] = id
 	}
-	for _, e := range remotes {
-		n := byID[e.network]
+	var n *overlay.Network
+	for i, e := range remotes {
+		if i == 0 || e.network != remotes[i-1].network {
+			n = byID[e.network]
+		}
 		if n == nil {
 			continue
 		}

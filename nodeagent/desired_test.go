@@ -230,8 +230,15 @@ func TestDeltasBuildAsSnapshot(t *testing.T) {
 	m.merge(&vxfabricv1.SyncResponse{Revision: 1, Snapshot: true, Networks: nets, Peers: peers})
 	for rev := int64(2); rev < 200; rev++ {
 		d := &vxfabricv1.SyncResponse{Revision: rev}
-		for range rng.IntN(5) {
+		k := rng.IntN(5)
+		if rev%25 == 0 {
+			k = 40 // a burst: merged into the order rather than edited in place
+		}
+		for range k {
 			id := fmt.Sprintf("r%02d", rng.IntN(60))
+			// One delta names an id once: as removed or as upserted (removals are merged first).
+			d.RemotePorts = slices.DeleteFunc(d.RemotePorts, func(p *vxfabricv1.RemotePort) bool { return p.GetId() == id })
+			d.RemovedRemotePortIds = slices.DeleteFunc(d.RemovedRemotePortIds, func(r string) bool { return r == id })
 			if rng.IntN(3) == 0 {
 				delete(view, id)
 				d.RemovedRemotePortIds = append(d.RemovedRemotePortIds, id)

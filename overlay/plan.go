@@ -516,7 +516,9 @@ func UnderlayVTEPs(d DesiredState) (v4, v6 []netip.Addr) {
 	for _, n := range d.Networks {
 		hint += len(n.Flood)
 	}
-	seen := make(map[netip.Addr]struct{}, hint)
+	// IPv4 keys hash as 4 bytes, not as a 24-byte netip.Addr.
+	seen4 := make(map[uint32]struct{}, hint)
+	seen6 := make(map[netip.Addr]struct{})
 	var last netip.Addr
 	add := func(a netip.Addr) {
 		a = a.Unmap()
@@ -524,15 +526,21 @@ func UnderlayVTEPs(d DesiredState) (v4, v6 []netip.Addr) {
 			return
 		}
 		last = a
-		if _, dup := seen[a]; dup {
+		if a.Is4() {
+			b := a.As4()
+			k := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+			if _, dup := seen4[k]; dup {
+				return
+			}
+			seen4[k] = struct{}{}
+			v4 = append(v4, a)
 			return
 		}
-		seen[a] = struct{}{}
-		if a.Is4() {
-			v4 = append(v4, a)
-		} else {
-			v6 = append(v6, a)
+		if _, dup := seen6[a]; dup {
+			return
 		}
+		seen6[a] = struct{}{}
+		v6 = append(v6, a)
 	}
 	for _, n := range d.Networks {
 		for _, r := range n.Remotes {
