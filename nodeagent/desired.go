@@ -32,7 +32,8 @@ type desiredModel struct {
 	// peerVTEPs holds the peers' VTEP addresses that parse (the infrastructure set).
 	peerVTEPs map[string]netip.Addr
 	// nodes holds one liveness flag per node named by a remote port or flood entry, shared by its
-	// entries: build evaluates the liveness rule once per node, not once per port.
+	// entries: build evaluates the liveness rule once per node, not once per port. A node no entry
+	// names any more stays until the next snapshot (a name and a flag).
 	nodes map[string]*nodeRef
 	// remoteSorted is remote in id order as of the last build; remoteTouched the ids merged since.
 	remoteSorted  []*remoteEntry
@@ -45,9 +46,8 @@ type nodeRef struct {
 }
 
 type networkEntry struct {
-	state *vxfabricv1.NetworkState
-	conv  overlay.Network
-	err   error // convertNetwork's
+	conv overlay.Network
+	err  error // convertNetwork's
 	// flood holds the valid flood entries sorted by VTEP; floodInvalid the others' errors, in order.
 	flood        []floodEntry
 	floodInvalid []error
@@ -153,7 +153,7 @@ func (m *desiredModel) merge(resp *vxfabricv1.SyncResponse) {
 }
 
 func (m *desiredModel) parseNetwork(s *vxfabricv1.NetworkState) *networkEntry {
-	e := &networkEntry{state: s}
+	e := &networkEntry{}
 	e.conv, e.err = convertNetwork(s)
 	for _, f := range s.GetFlood() {
 		v, err := netip.ParseAddr(f.GetVtep())
