@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -171,4 +172,35 @@ func WaitFor(ctx context.Context, timeout time.Duration, cond func() (bool, erro
 	began := time.Now()
 	err := poll(ctx, timeout, cond)
 	return time.Since(began), err
+}
+
+// ipv4L4 returns the transport header and payload of an IPv4 frame of the given protocol, or nil.
+func ipv4L4(f []byte, proto uint8) (dst netip.Addr, l4 []byte) {
+	if len(f) < 14+20 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP {
+		return netip.Addr{}, nil
+	}
+	ip := f[14:]
+	ihl := int(ip[0]&0x0f) * 4
+	if ip[9] != proto || ihl < 20 || len(ip) < ihl+8 {
+		return netip.Addr{}, nil
+	}
+	return netip.AddrFrom4([4]byte(ip[16:20])), ip[ihl:]
+}
+
+// IPv4To matches IPv4 frames of a transport protocol (unix.IPPROTO_TCP, unix.IPPROTO_UDP) sent to
+// dst: with a capture on a VM's NIC, it tells that a connection attempt did leave the VM.
+func IPv4To(proto uint8, dst netip.AddrPort) func([]byte) bool {
+	return func(f []byte) bool {
+		addr, l4 := ipv4L4(f, proto)
+		return l4 != nil && addr == dst.Addr() && binary.BigEndian.Uint16(l4[2:4]) == dst.Port()
+	}
+}
+
+// UDPPayload matches IPv4 UDP datagrams to port whose payload starts with prefix, whatever their
+// addresses (NAT may have rewritten them on the way).
+func UDPPayload(port uint16, prefix []byte) func([]byte) bool {
+	return func(f []byte) bool {
+		_, l4 := ipv4L4(f, unix.IPPROTO_UDP)
+		return l4 != nil && binary.BigEndian.Uint16(l4[2:4]) == port && bytes.HasPrefix(l4[8:], prefix)
+	}
 }

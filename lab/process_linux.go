@@ -351,3 +351,36 @@ func (l *Lab) KillAgent(ctx context.Context, host string) error {
 // ServerPID and AgentPID return the pid of a running process, or 0.
 func (l *Lab) ServerPID() int           { return l.running(serverProc) }
 func (l *Lab) AgentPID(host string) int { return l.running(agentProc(host)) }
+
+// PauseAgent stops a host's agent with SIGSTOP, as a stalled machine or a long pause would: the
+// process keeps its sockets and kernel state but answers nothing until ResumeAgent.
+func (l *Lab) PauseAgent(host string) error {
+	if err := l.checkHost(host); err != nil {
+		return err
+	}
+	pid := l.running(agentProc(host))
+	if pid == 0 {
+		return fmt.Errorf("pause agent %s: not running", host)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return fmt.Errorf("pause agent %s (pid %d): %w", host, pid, err)
+	}
+	l.log.Info("lab process paused", "proc", agentProc(host), "pid", pid)
+	return nil
+}
+
+// ResumeAgent continues a paused agent (SIGCONT). An agent that is running or not running at all
+// is left as it is.
+func (l *Lab) ResumeAgent(host string) error {
+	if err := l.checkHost(host); err != nil {
+		return err
+	}
+	pid := l.running(agentProc(host))
+	if pid == 0 {
+		return nil
+	}
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("resume agent %s (pid %d): %w", host, pid, err)
+	}
+	return nil
+}
