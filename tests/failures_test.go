@@ -42,16 +42,21 @@ func bridgeIndex(f *fixture, host string, vni uint32) int {
 }
 
 // TestPrivilegedAgentKill kills both agents of a VM pair with SIGKILL and restarts them during a
-// ping every 10 ms: at most one echo is lost and the kernel objects are adopted, not recreated.
+// ping every 10 ms: at most one echo is lost and the kernel objects are adopted, not recreated: no
+// host (the killed ones and their peer h3, which has a port in the network too) sees a link of the
+// fabric go down or an FDB or neighbour entry of a vxlan device deleted.
 func TestPrivilegedAgentKill(t *testing.T) {
 	f := newFixture(t, "e2e-kill")
 	n := f.network("net", "10.50.0.0/24", isolated)
 	a := f.vm("kill-a", "h1", "net")
 	b := f.vm("kill-b", "h2", "net")
+	f.vm("kill-d", "h3", "net")
 	f.reach("kill-a", b.IP(0), 5*time.Second)
+	f.reach("kill-d", a.IP(0), 5*time.Second)
 	bridges := map[string]int{"h1": bridgeIndex(f, "h1", n.GetVni()), "h2": bridgeIndex(f, "h2", n.GetVni())}
 	restoreOnCleanup(t, "agent", "start", "h1")
 	restoreOnCleanup(t, "agent", "start", "h2")
+	kernel := watchKernel(t, f.l, "h1", "h2", "h3")
 
 	const count = 600 // 6 s at 10 ms: room for two kills and restarts
 	pings := backgroundPing(f, "kill-a", b, count, 10*time.Millisecond)
@@ -74,6 +79,12 @@ func TestPrivilegedAgentKill(t *testing.T) {
 		if got := bridgeIndex(f, h, n.GetVni()); got != idx {
 			t.Errorf("%s: bridge recreated after restart (ifindex %d -> %d)", h, idx, got)
 		}
+	}
+	// The record ends here: the new port below legitimately creates links on h3.
+	events := stopWatch(t, kernel)
+	t.Logf("%d kernel events on h1-h3 during the kills and restarts", len(events))
+	if bad := disruptions(events); len(bad) > 0 {
+		t.Errorf("%d disruptive kernel changes during the kills and restarts:%s", len(bad), eventLines(bad))
 	}
 	f.reach("kill-b", a.IP(0), 2*time.Second)
 	// The restarted agents are live, not just running: a new port elsewhere reaches their kernels.

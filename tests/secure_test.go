@@ -4,10 +4,14 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -15,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vxfabric/vxfabric/lab"
+	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"github.com/vxfabric/vxfabric/security/pki"
 )
@@ -134,45 +139,237 @@ func TestPrivilegedTenantToken(t *testing.T) {
 	}
 }
 
-// TestPrivilegedVMCannotReachControlPlane: a VM on a nat network reaches the outside (through its
-// host's NAT) but not the server's API or gossip, nor any host's gossip or metrics port.
+// cpTarget is one control-plane endpoint a VM tries to reach.
+type cpTarget struct {
+	name string
+	dst  netip.AddrPort
+}
+
+// controlPlaneTargets lists what no VM may connect to over TCP: the server's API and gossip, the
+// embedded etcd's ports at the server's underlay address, and every host's gossip and metrics
+// ports.
+func controlPlaneTargets(l *lab.Lab, etcd []uint16) []cpTarget {
+	targets := []cpTarget{
+		{"server API", netip.AddrPortFrom(lab.ControlAddr, lab.ServerPort)},
+		{"server gossip", netip.AddrPortFrom(lab.ControlAddr, lab.GossipPort)},
+	}
+	for _, p := range etcd {
+		targets = append(targets, cpTarget{fmt.Sprintf("server etcd :%d", p), netip.AddrPortFrom(lab.ControlAddr, p)})
+	}
+	for i, h := range l.Hosts() {
+		targets = append(targets,
+			cpTarget{h + " gossip", netip.AddrPortFrom(lab.HostAddr(i+1), lab.GossipPort)},
+			cpTarget{h + " metrics", netip.AddrPortFrom(lab.HostAddr(i+1), lab.MetricsPort)})
+	}
+	return targets
+}
+
+// etcdPorts finds the embedded etcd's client and peer ports: the server's listeners on loopback in
+// the control namespace (chosen at start, so read from the kernel), each checked to accept there.
+func etcdPorts(t *testing.T, l *lab.Lab) []uint16 {
+	t.Helper()
+	listeners, err := l.TCPListeners(lab.RoleControl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial, err := l.DialerIn(lab.RoleControl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ports []uint16
+	for _, ln := range listeners {
+		if !ln.Addr().IsLoopback() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		conn, err := dial(ctx, ln.String())
+		cancel()
+		if err != nil {
+			t.Fatalf("control: etcd listener %s does not accept inside the control namespace: %v", ln, err)
+		}
+		conn.Close()
+		ports = append(ports, ln.Port())
+	}
+	if len(ports) == 0 {
+		t.Fatalf("control: no loopback listener (embedded etcd) in the control namespace; listeners %v", listeners)
+	}
+	return ports
+}
+
+// hostileDefaultRoute gives a VM of an isolated network (which has no gateway) a default route
+// through its host's bridge, as a VM that wants out would: every packet it routes goes to the
+// host's own IP stack.
+func hostileDefaultRoute(t *testing.T, f *fixture, vm lab.VM) {
+	t.Helper()
+	h, err := f.l.Handle(vm.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br, err := h.LinkByName(overlay.BridgeName(vm.Networks[0].GetVni()))
+	h.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const fakeGW = "169.254.0.1"
+	mustVxfab(t, "lab", "exec", vm.Name, "--", "ip", "neigh", "replace", fakeGW,
+		"lladdr", br.Attrs().HardwareAddr.String(), "dev", "eth0", "nud", "permanent")
+	mustVxfab(t, "lab", "exec", vm.Name, "--", "ip", "route", "replace", "default", "via", fakeGW, "dev", "eth0", "onlink")
+}
+
+// TestPrivilegedVMCannotReachControlPlane: VMs on an isolated (given a hostile default route through
+// its host), a nat and a routed network, one per host, connect over TCP to none of the server's API,
+// gossip and etcd ports nor any host's gossip and metrics ports (nor their own gateway's gossip
+// port), and their UDP datagrams reach neither the gossip port of the server and the other hosts
+// (watched on the receiver's wire) nor their own host (a listener there). Each attempt is seen
+// leaving the VM, and the nat and routed VMs do reach the outside, so a refusal is the fabric's.
+// Bridged networks are left out: they share the physical LAN at layer 2 by design (lab/README.md).
 func TestPrivilegedVMCannotReachControlPlane(t *testing.T) {
 	f := newFixture(t, "e2e-cp")
-	n := f.network("ext", "10.59.0.0/24", vxfabricv1.NetworkMode_NETWORK_MODE_NAT)
-	f.vm("cp-v", "h1", "ext")
+	f.network("iso", "10.59.0.0/24", isolated)
+	f.network("ext", "10.60.0.0/24", vxfabricv1.NetworkMode_NETWORK_MODE_NAT)
+	f.network("rt", "10.61.0.0/24", vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED)
+	iso := f.vm("cp-iso", "h1", "iso")
+	nat := f.vm("cp-nat", "h2", "ext")
+	rt := f.vm("cp-rt", "h3", "rt")
+	hostileDefaultRoute(t, f, iso)
+	rtCIDR := netip.MustParsePrefix("10.61.0.0/24")
+	if err := f.l.RouteReplace(lab.RoleOutside, rtCIDR, lab.HostAddr(3)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.l.RouteDelete(lab.RoleOutside, rtCIDR); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
 	ln, err := f.l.ListenTCP(lab.RoleOutside, netip.AddrPortFrom(lab.OutsideAddr, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	if _, err := f.l.DialTCP("cp-v", ln.Addr(), 2*time.Second); err != nil {
-		t.Fatalf("control: the nat VM does not reach outside: %v", err)
+	for _, vm := range []lab.VM{nat, rt} {
+		if _, err := f.l.DialTCP(vm.Name, ln.Addr(), 2*time.Second); err != nil {
+			t.Fatalf("control: the %s VM does not reach outside: %v", vm.Networks[0].GetName(), err)
+		}
 	}
-	gw := netip.MustParseAddr(n.GetGateway())
-	targets := []struct {
-		name string
-		dst  netip.AddrPort
-	}{
-		{"server API", netip.AddrPortFrom(lab.ControlAddr, lab.ServerPort)},
-		{"server gossip", netip.AddrPortFrom(lab.ControlAddr, lab.GossipPort)},
-		{"own host gossip", netip.AddrPortFrom(lab.HostAddr(1), lab.GossipPort)},
-		{"own host metrics", netip.AddrPortFrom(lab.HostAddr(1), lab.MetricsPort)},
-		{"other host gossip", netip.AddrPortFrom(lab.HostAddr(2), lab.GossipPort)},
-		{"other host metrics", netip.AddrPortFrom(lab.HostAddr(2), lab.MetricsPort)},
-		{"gateway gossip", netip.AddrPortFrom(gw, lab.GossipPort)},
+	if _, err := f.l.DialTCP(iso.Name, ln.Addr(), time.Second); err == nil {
+		t.Errorf("the isolated VM reaches outside through its hostile route")
 	}
+	etcd := etcdPorts(t, f.l)
+	targets := controlPlaneTargets(f.l, etcd)
+	began := time.Now()
+	for _, vm := range []lab.VM{iso, nat, rt} {
+		t.Run(vm.Networks[0].GetName(), func(t *testing.T) {
+			t.Parallel()
+			vmTargets := targets
+			if gw, err := netip.ParseAddr(vm.Networks[0].GetGateway()); err == nil {
+				vmTargets = append(slices.Clip(vmTargets), cpTarget{"own gateway gossip", netip.AddrPortFrom(gw, lab.GossipPort)})
+			}
+			vmCannotConnect(t, f.l, vm, vmTargets)
+			vmCannotSendGossip(t, f.l, vm)
+		})
+	}
+	t.Cleanup(func() {
+		t.Logf("3 VMs probed %d TCP targets each (etcd ports %v) and the gossip UDP ports in %s", len(targets), etcd,
+			time.Since(began).Round(time.Millisecond))
+	})
+}
+
+// vmCannotConnect tries every target at once from vm over TCP (1 s each) and fails the test for each
+// connection opened, or for an attempt that never left the VM.
+func vmCannotConnect(t *testing.T, l *lab.Lab, vm lab.VM, targets []cpTarget) {
+	dial, err := l.DialerIn(vm.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
 	for _, tc := range targets {
-		name, dst := tc.name, tc.dst
-		c, err := f.l.DialerIn("cp-v")
+		sent, err := l.Capture(vm.Name, "eth0", lab.IPv4To(unix.IPPROTO_TCP, tc.dst))
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		conn, err := c(ctx, dst.String())
-		cancel()
-		if err == nil {
-			conn.Close()
-			t.Errorf("the VM opened a connection to the %s at %s", name, dst)
+		wg.Go(func() {
+			defer sent.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			conn, err := dial(ctx, tc.dst.String())
+			cancel()
+			if err == nil {
+				conn.Close()
+				t.Errorf("%s opened a connection to the %s at %s", vm.Name, tc.name, tc.dst)
+				return
+			}
+			// A refusal can come back before the capture has read the SYN: give it a moment.
+			left := func() (bool, error) { return sent.Count() > 0, nil }
+			if _, werr := lab.WaitFor(context.Background(), time.Second, left); werr != nil {
+				t.Errorf("control: %s's connection to the %s at %s never left the VM (%v)", vm.Name, tc.name, tc.dst, err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// vmCannotSendGossip sends a UDP datagram from vm to the gossip port of the server and of every
+// host but its own, and watches each receiver's underlay NIC: none may arrive there, while the same
+// datagram from outside does. To its own host (which it would reach without crossing a wire) it
+// sends to a listener on a spare port of the host's underlay address.
+func vmCannotSendGossip(t *testing.T, l *lab.Lab, vm lab.VM) {
+	probe := []byte("vxt-probe-" + vm.Name)
+	control := []byte("vxt-control-" + vm.Name)
+	receivers := map[string]netip.Addr{lab.RoleControl: lab.ControlAddr}
+	for i, h := range l.Hosts() {
+		if h != vm.Host {
+			receivers[h] = lab.HostAddr(i + 1)
 		}
+	}
+	var wg sync.WaitGroup
+	for ns, addr := range receivers {
+		dst := netip.AddrPortFrom(addr, lab.GossipPort)
+		got, err := l.Capture(ns, lab.UnderlayIface, lab.UDPPayload(lab.GossipPort, probe))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctl, err := l.Capture(ns, lab.UnderlayIface, lab.UDPPayload(lab.GossipPort, control))
+		if err != nil {
+			got.Close()
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			defer got.Close()
+			defer ctl.Close()
+			if err := l.SendUDP(vm.Name, netip.AddrPort{}, dst, probe); err != nil {
+				t.Errorf("send from %s to %s: %v", vm.Name, dst, err)
+				return
+			}
+			if err := l.SendUDP(lab.RoleOutside, netip.AddrPort{}, dst, control); err != nil {
+				t.Errorf("send from outside to %s: %v", dst, err)
+				return
+			}
+			if _, err := lab.WaitFor(context.Background(), 2*time.Second, func() (bool, error) { return ctl.Count() > 0, nil }); err != nil {
+				t.Errorf("control: a datagram from outside to %s was not seen on %s's %s", dst, ns, lab.UnderlayIface)
+				return
+			}
+			if n := got.Count(); n > 0 {
+				t.Errorf("a UDP datagram from %s to the gossip port %s arrived on %s's %s", vm.Name, dst, ns, lab.UnderlayIface)
+			}
+		})
+	}
+	wg.Wait()
+
+	i, _ := lab.HostIndex(vm.Host)
+	own, err := l.ListenUDP(vm.Host, netip.AddrPortFrom(lab.HostAddr(i), 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	if err := l.SendUDP(vm.Name, netip.AddrPort{}, own.Addr(), probe); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := own.Receive(probe, time.Second); ok {
+		t.Errorf("a UDP datagram from %s reached its own host %s at %s", vm.Name, vm.Host, own.Addr())
+	}
+	if err := l.SendUDP(lab.RoleOutside, netip.AddrPort{}, own.Addr(), control); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := own.Receive(control, 2*time.Second); !ok {
+		t.Errorf("control: a datagram from outside did not reach the listener %s on %s", own.Addr(), vm.Host)
 	}
 }
