@@ -497,10 +497,28 @@ func NftSets(d DesiredState) map[string][]netip.Addr {
 		sets[name] = append(sets[name], a)
 	}
 	for name, addrs := range sets {
-		slices.SortFunc(addrs, netip.Addr.Compare)
-		sets[name] = slices.Compact(addrs)
+		sets[name] = slices.Compact(sortAddrs(addrs))
 	}
 	return sets
+}
+
+// sortAddrs sorts addrs in netip.Addr.Compare order; IPv4 alone sorts as 32-bit numbers, several
+// times quicker than comparing netip.Addr values (a thousand VTEPs on every Apply).
+func sortAddrs(addrs []netip.Addr) []netip.Addr {
+	keys := make([]uint32, len(addrs))
+	for i, a := range addrs {
+		if !a.Is4() {
+			slices.SortFunc(addrs, netip.Addr.Compare)
+			return addrs
+		}
+		b := a.As4()
+		keys[i] = uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	}
+	slices.Sort(keys)
+	for i, k := range keys {
+		addrs[i] = netip.AddrFrom4([4]byte{byte(k >> 24), byte(k >> 16), byte(k >> 8), byte(k)})
+	}
+	return addrs
 }
 
 // UnderlayVTEPs returns the VTEPs the underlay filter accepts: every remote port's and flood VTEP

@@ -2,8 +2,10 @@ package overlay
 
 import (
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -43,5 +45,39 @@ func TestValidatePortAndUplinkNames(t *testing.T) {
 		if !tc.ok && !errors.Is(err, ErrInvalid) {
 			t.Errorf("port %q uplink %q: err %v, want ErrInvalid", tc.port, tc.uplink, err)
 		}
+	}
+}
+
+// TestNftSetsSorted checks that the underlay sets come out in netip.Addr order without duplicates,
+// IPv4 (sorted as numbers) and IPv6 alike.
+func TestNftSetsSorted(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	d := DesiredState{Networks: []Network{{VNI: 1}, {VNI: 2}}, Infrastructure: []netip.Addr{netip.MustParseAddr("fd00::2"), netip.MustParseAddr("fd00::1")}}
+	for i := range 500 {
+		v := netip.AddrFrom4([4]byte{198, byte(18 + rng.IntN(2)), byte(rng.IntN(256)), byte(rng.IntN(256))})
+		d.Networks[i%2].Remotes = append(d.Networks[i%2].Remotes, RemotePort{VTEP: v})
+		if i%7 == 0 {
+			d.Networks[i%2].Flood = append(d.Networks[i%2].Flood, v, netip.AddrFrom16(v.As16())) // v4-mapped: the same VTEP
+		}
+	}
+	d.Networks[1].Flood = append(d.Networks[1].Flood, netip.MustParseAddr("fd00::9"), netip.MustParseAddr("fd00::3"))
+	sets := NftSets(d)
+	for name, want := range map[string]int{VTEPSet4: -1, VTEPSet6: 2, InfraSet6: 2} {
+		got := sets[name]
+		if !slices.IsSortedFunc(got, netip.Addr.Compare) || len(slices.Compact(slices.Clone(got))) != len(got) {
+			t.Errorf("set %s not sorted or with duplicates: %v", name, got)
+		}
+		if want >= 0 && len(got) != want {
+			t.Errorf("set %s has %d elements, want %d: %v", name, len(got), want, got)
+		}
+	}
+	seen := map[netip.Addr]bool{}
+	for _, n := range d.Networks {
+		for _, r := range n.Remotes {
+			seen[r.VTEP] = true
+		}
+	}
+	if len(sets[VTEPSet4]) != len(seen) {
+		t.Errorf("set %s has %d elements, want %d", VTEPSet4, len(sets[VTEPSet4]), len(seen))
 	}
 }

@@ -368,8 +368,13 @@ func (a *applier) applyFlood(n *network, nd overlay.Network) {
 	for _, v := range nd.Flood {
 		want = append(want, v.Unmap())
 	}
-	slices.SortFunc(want, netip.Addr.Compare)
+	if !slices.IsSortedFunc(want, netip.Addr.Compare) { // the agent sends it sorted
+		slices.SortFunc(want, netip.Addr.Compare)
+	}
 	want = slices.Compact(want)
+	if slices.Equal(want, n.flood) {
+		return
+	}
 	for _, v := range want {
 		if _, ok := slices.BinarySearchFunc(n.flood, v, netip.Addr.Compare); !ok {
 			a.change(overlay.OpAdd, overlay.FloodObject(n.vni, v))
