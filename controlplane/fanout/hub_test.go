@@ -801,6 +801,9 @@ func TestSnapshotStormBounded(t *testing.T) {
 	)
 	cfg := Default()
 	cfg.MaxSnapshots = slots
+	// Every client here reads, so no Send is stuck; a slow machine (-race) must not make the hold
+	// timer give a slot back while its snapshot is still being built or encoded.
+	cfg.SnapshotSlotHold = time.Minute
 	e := newEnv(t, cfg)
 	e.put("networks/n1", testNetwork("n1", 100))
 	var ops []clientv3.Op
