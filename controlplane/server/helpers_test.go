@@ -120,9 +120,9 @@ func newClients(conn *grpc.ClientConn) clients {
 		nodes:    vxfabricv1.NewNodeServiceClient(conn),
 	}
 }
+
 // testContext bounds a test against a hang, not a speed: a loaded CI machine runs etcd, two
 // servers and hundreds of clients on two cores.
-
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	t.Cleanup(cancel)
