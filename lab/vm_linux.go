@@ -40,7 +40,7 @@ func ParseNIC(s string) (NICSpec, error) {
 			return NICSpec{}, fmt.Errorf("nic %q: %w", s, err)
 		}
 		if !addr.Is4() {
-			return NICSpec{}, fmt.Errorf("nic %q: %s is not an IPv4 address", s, ip)
+			return NICSpec{}, fmt.Errorf("nic %q: %q is not an IPv4 address", s, ip)
 		}
 	}
 	return NICSpec{Tenant: tenant, Network: network, IP: ip}, nil

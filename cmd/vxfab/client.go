@@ -213,7 +213,7 @@ func readable(path string) bool {
 // errorLine renders an error as one readable line: a gRPC status as "Code: message".
 func errorLine(err error) string {
 	if st, ok := status.FromError(err); ok {
-		msg := strings.ReplaceAll(st.Message(), "\n", " ")
+		msg := singleLine(st.Message())
 		switch {
 		case st.Code() == codes.Unavailable && strings.Contains(msg, "error reading server preface"):
 			msg += " (the server speaks TLS: give --tls-ca, or use the server's unix socket)"
@@ -224,5 +224,16 @@ func errorLine(err error) string {
 		}
 		return st.Code().String() + ": " + msg
 	}
-	return strings.ReplaceAll(err.Error(), "\n", " ")
+	return singleLine(err.Error())
+}
+
+// singleLine keeps a message on one terminal line: line breaks and other control characters (which
+// could also rewrite the terminal) become spaces.
+func singleLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
 }
