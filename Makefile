@@ -12,21 +12,32 @@ PKGS     := ./...
 TEST_TIMEOUT ?= 12m
 export VXFAB_BIN := $(abspath $(BIN))
 
-.PHONY: help build test test-unit test-privileged lint proto verify lab bench clean
+.PHONY: help deps build test test-unit test-privileged lint proto verify lab bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+deps: ## install what the lab and the privileged tests run (ip, bridge, sysctl, ping) when missing (root, Debian)
+	@need=""; \
+	command -v ip >/dev/null && command -v bridge >/dev/null || need="$$need iproute2"; \
+	command -v sysctl >/dev/null || need="$$need procps"; \
+	command -v ping >/dev/null || need="$$need iputils-ping"; \
+	if [ -n "$$need" ]; then \
+		[ "$$(id -u)" = 0 ] || { echo "deps: missing$$need; install them (as root: make deps)" >&2; exit 1; }; \
+		echo "deps: installing$$need"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	fi
+
 build: ## build the vxfab binary into bin/vxfab
 	$(GO) build -o $(BIN) ./cmd/vxfab
 
-test: build ## everything CI runs: unit, integration, and (as root) privileged and end-to-end tests
+test: deps build ## everything CI runs: unit, integration, and (as root) privileged and end-to-end tests
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 
 test-unit: ## tests that need neither root nor namespaces
 	VXFAB_SKIP_PRIVILEGED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 
-test-privileged: build ## only the privileged tests (root: real namespaces, VXLAN, bridges, nftables)
+test-privileged: deps build ## only the privileged tests (root: real namespaces, VXLAN, bridges, nftables)
 	@[ "$$(id -u)" = 0 ] || { echo "test-privileged needs root" >&2; exit 1; }
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run 'Privileged' $(PKGS)
 
@@ -46,7 +57,7 @@ verify: ## go mod tidy, regenerate protos, gofmt: fail on any diff (new files in
 	gofmt -w $$(git ls-files '*.go')
 	@git diff --exit-code -- . && [ -z "$$(git status --porcelain)" ] || { git status --short; echo "verify: the tree changed (see above)"; exit 1; }
 
-lab: build ## the main job: bring up a 3-host lab, build tenants and networks, print who reaches whom
+lab: deps build ## the main job: bring up a 3-host lab, build tenants and networks, print who reaches whom
 	@[ "$$(id -u)" = 0 ] || { echo "make lab needs root (network namespaces)" >&2; exit 1; }
 	$(BIN) lab up
 	$(BIN) lab demo
