@@ -23,7 +23,7 @@ deps: ## install what the lab and the privileged tests run (ip, bridge, sysctl, 
 	command -v sysctl >/dev/null || need="$$need procps"; \
 	command -v ping >/dev/null || need="$$need iputils-ping"; \
 	if [ -n "$$need" ]; then \
-		[ "$$(id -u)" = 0 ] || { echo "deps: missing$$need; install them (as root: make deps)" >&2; exit 1; }; \
+		[ "$$(id -u)" = 0 ] || { echo "deps: missing$$need (privileged tests will skip; as root, make deps installs them)" >&2; exit 0; }; \
 		echo "deps: installing$$need"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
 	fi
