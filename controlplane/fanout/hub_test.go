@@ -488,9 +488,23 @@ func TestSyncCompactionResnapshots(t *testing.T) {
 	a.next(5 * time.Second)
 
 	// The hub loses its watch; while it is away, a's view changes and history is compacted.
-	e.hub.hookMu.Lock()
-	e.hub.kick()
-	e.hub.hookMu.Unlock()
+	// The first watch may not have started yet (a's snapshot comes from the load before it): wait
+	// for it, or kick would be nil (regression: a nil call here panicked while holding hookMu and
+	// hung the package until the test timeout).
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		e.hub.hookMu.Lock()
+		kick := e.hub.kick
+		if kick != nil {
+			kick()
+		}
+		e.hub.hookMu.Unlock()
+		if kick != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the hub never started watching")
+		}
+	}
 	<-paused
 	e.put("ports/pb", testPort("pb", "n1", "b", 8))
 	e.del("ports/pa")
