@@ -255,10 +255,20 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) (progressed bool, err
 	if err != nil {
 		return false, fmt.Errorf("open sync stream to %s: %w", addr, err)
 	}
+	// parts gathers a snapshot sent in parts; it lives and dies with this stream, so a stream cut
+	// between parts leaves the desired state as it was.
+	var parts snapshotParts
 	for {
-		resp, err := stream.Recv()
+		part, err := stream.Recv()
 		if err != nil {
 			return progressed, fmt.Errorf("sync stream from %s: %w", addr, err)
+		}
+		resp, err := parts.add(part)
+		if err != nil {
+			return progressed, fmt.Errorf("sync stream from %s: %w", addr, err)
+		}
+		if resp == nil {
+			continue
 		}
 		if err := a.accept(resp); err != nil {
 			return progressed, err

@@ -178,6 +178,8 @@ type hostOpts struct {
 	state   string         // state dir; "" : a new one
 	resync  time.Duration  // full pass period; 0: the default
 	failN   int            // the first failN Applies fail
+	// wrap, if set, wraps the host's kernel before the recorder (to observe each Apply).
+	wrap func(overlay.Datapath) overlay.Datapath
 }
 
 func startHost(t *testing.T, name, vtep string, o hostOpts) *host {
@@ -189,7 +191,11 @@ func startHost(t *testing.T, name, vtep string, o hostOpts) *host {
 	if h.stateDir == "" {
 		h.stateDir = t.TempDir()
 	}
-	h.rec = &recorder{Datapath: h.dp, failN: o.failN}
+	var dp overlay.Datapath = h.dp
+	if o.wrap != nil {
+		dp = o.wrap(dp)
+	}
+	h.rec = &recorder{Datapath: dp, failN: o.failN}
 	cfg := Default()
 	cfg.Node = name
 	cfg.VTEP = h.vtep

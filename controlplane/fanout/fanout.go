@@ -75,6 +75,11 @@ type Config struct {
 	// SnapshotSlotHold is the longest a stream keeps its snapshot slot while its Send is held up by flow
 	// control (an agent not reading), so that stalled agents cannot hold up everyone else. Default 1 s.
 	SnapshotSlotHold time.Duration
+	// SnapshotPartItems bounds the items (networks, ports and peers) of one message of a snapshot: a
+	// larger snapshot is sent in parts (SyncResponse.snapshot_continues on all but the last), so that
+	// each Send waits for the stream's flow-control window and about one part per stream sits queued in
+	// gRPC instead of a whole snapshot. Default 512 (about 64 KB of remote ports).
+	SnapshotPartItems int
 	// Registerer receives the hub's metrics; nil: a private registry (metrics not exported).
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -91,7 +96,8 @@ func Default() Config {
 		MaxSnapshots:   2 * runtime.GOMAXPROCS(0),
 		// Well above the time to build and encode a 10,000-port snapshot (a few ms), well below a
 		// reconnect timeout.
-		SnapshotSlotHold: time.Second,
+		SnapshotSlotHold:  time.Second,
+		SnapshotPartItems: 512,
 	}
 }
 
@@ -110,6 +116,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("fanout max snapshots %d must be positive", c.MaxSnapshots)
 	case c.SnapshotSlotHold <= 0:
 		return fmt.Errorf("fanout snapshot slot hold %s must be positive", c.SnapshotSlotHold)
+	case c.SnapshotPartItems < 1:
+		return fmt.Errorf("fanout snapshot part items %d must be positive", c.SnapshotPartItems)
 	}
 	return nil
 }
@@ -191,6 +199,9 @@ func New(cli *clientv3.Client, cfg Config) *Hub {
 	}
 	if cfg.SnapshotSlotHold == 0 {
 		cfg.SnapshotSlotHold = def.SnapshotSlotHold
+	}
+	if cfg.SnapshotPartItems == 0 {
+		cfg.SnapshotPartItems = def.SnapshotPartItems
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

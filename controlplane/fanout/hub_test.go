@@ -139,7 +139,7 @@ func (e *env) sync(c vxfabricv1.AgentServiceClient, node string, resume int64) *
 	a := &agent{t: e.t, node: node, msgs: make(chan *vxfabricv1.SyncResponse, 1024), cancel: cancel, done: make(chan error, 1), view: newView()}
 	go func() {
 		for {
-			msg, err := stream.Recv()
+			msg, err := recvWhole(stream.Recv)
 			if err != nil {
 				close(a.msgs)
 				a.done <- err
@@ -888,7 +888,7 @@ func TestSnapshotStormBounded(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			msg, err := stream.Recv()
+			msg, err := recvWhole(stream.Recv)
 			switch {
 			case err != nil:
 				results <- fmt.Errorf("node %s: %w", node, err)
@@ -925,7 +925,7 @@ func TestSnapshotStormBounded(t *testing.T) {
 	}
 }
 
-// countingStream calls sent after each snapshot message's Send returns.
+// countingStream calls sent after the Send of each snapshot's last part returns.
 type countingStream struct {
 	grpc.ServerStream
 	sent func()
@@ -933,7 +933,7 @@ type countingStream struct {
 
 func (c *countingStream) SendMsg(m any) error {
 	err := c.ServerStream.SendMsg(m)
-	if r, ok := m.(*vxfabricv1.SyncResponse); ok && r.GetSnapshot() {
+	if r, ok := m.(*vxfabricv1.SyncResponse); ok && r.GetSnapshot() && !r.GetSnapshotContinues() {
 		c.sent()
 	}
 	return err
@@ -1057,7 +1057,7 @@ func TestThousandAgents(t *testing.T) {
 			defer wg.Done()
 			first := true
 			for {
-				msg, err := stream.Recv()
+				msg, err := recvWhole(stream.Recv)
 				if err != nil {
 					if first {
 						ready <- err

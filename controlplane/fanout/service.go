@@ -68,11 +68,19 @@ func (h *Hub) Sync(req *vxfabricv1.SyncRequest, stream grpc.ServerStreamingServe
 			h.log.Error("store revision went backwards, ending stream", "node", node, "rev", msg.GetRevision(), "sent", last)
 			return status.Errorf(codes.Aborted, "store revision went backwards from %d to %d; reconnect", last, msg.GetRevision())
 		}
-		if err := stream.Send(msg); err != nil {
-			return err
+		parts := []*vxfabricv1.SyncResponse{msg}
+		if msg.GetSnapshot() {
+			// Each Send waits for the flow-control window the previous part used, so a slow reader
+			// holds about one part queued in gRPC, not the whole snapshot.
+			parts = snapshotParts(msg, h.cfg.SnapshotPartItems)
+		}
+		for _, p := range parts {
+			if err := stream.Send(p); err != nil {
+				return err
+			}
+			h.met.messages.Inc()
 		}
 		last = msg.GetRevision()
-		h.met.messages.Inc()
 		if msg.GetSnapshot() {
 			h.met.snapshots.Inc()
 		}

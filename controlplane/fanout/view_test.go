@@ -20,6 +20,8 @@ type view struct {
 	local    map[string]*vxfabricv1.LocalPort
 	remote   map[string]*vxfabricv1.RemotePort
 	peers    map[string]*vxfabricv1.Peer
+	// continues: the last message applied was a snapshot part with more parts to come.
+	continues bool
 }
 
 func newView() *view {
@@ -85,6 +87,21 @@ func (v *view) String() string {
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
+}
+
+// applyPart applies msg like an agent does: a snapshot's first part replaces the view, its later parts
+// (after one with snapshot_continues) add to it.
+func (v *view) applyPart(msg *vxfabricv1.SyncResponse) {
+	if msg.GetSnapshot() && v.continues {
+		continues := msg.GetSnapshotContinues()
+		msg = proto.CloneOf(msg)
+		msg.Snapshot = false
+		v.apply(msg)
+		v.continues = continues
+		return
+	}
+	v.apply(msg)
+	v.continues = msg.GetSnapshotContinues()
 }
 
 func viewOf(msg *vxfabricv1.SyncResponse) *view {
@@ -195,6 +212,14 @@ func TestDeltasEqualSnapshots(t *testing.T) {
 					want := viewOf(m.snapshot(n)).String()
 					if got := views[n].String(); got != want {
 						t.Fatalf("step %d node %s: view from deltas\n%s\nwant snapshot\n%s", step, n, got, want)
+					}
+					// The snapshot sent in parts of a few items gives the same view.
+					chunked := newView()
+					for _, part := range snapshotParts(m.snapshot(n), 1+rng.IntN(4)) {
+						chunked.applyPart(part)
+					}
+					if got := chunked.String(); got != want {
+						t.Fatalf("step %d node %s: view from snapshot parts\n%s\nwant snapshot\n%s", step, n, got, want)
 					}
 				}
 			}

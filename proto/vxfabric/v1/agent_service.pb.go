@@ -90,10 +90,13 @@ type SyncResponse struct {
 	RemotePorts          []*RemotePort   `protobuf:"bytes,7,rep,name=remote_ports,json=remotePorts,proto3" json:"remote_ports,omitempty"`
 	RemovedRemotePortIds []string        `protobuf:"bytes,8,rep,name=removed_remote_port_ids,json=removedRemotePortIds,proto3" json:"removed_remote_port_ids,omitempty"`
 	// Upserts: each replaces the peer of the same name.
-	Peers         []*Peer  `protobuf:"bytes,9,rep,name=peers,proto3" json:"peers,omitempty"`
-	RemovedPeers  []string `protobuf:"bytes,10,rep,name=removed_peers,json=removedPeers,proto3" json:"removed_peers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Peers        []*Peer  `protobuf:"bytes,9,rep,name=peers,proto3" json:"peers,omitempty"`
+	RemovedPeers []string `protobuf:"bytes,10,rep,name=removed_peers,json=removedPeers,proto3" json:"removed_peers,omitempty"`
+	// More parts of this snapshot follow; the receiver applies the snapshot only when the part
+	// without it arrives; all parts carry the same revision.
+	SnapshotContinues bool `protobuf:"varint,11,opt,name=snapshot_continues,json=snapshotContinues,proto3" json:"snapshot_continues,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -194,6 +197,13 @@ func (x *SyncResponse) GetRemovedPeers() []string {
 		return x.RemovedPeers
 	}
 	return nil
+}
+
+func (x *SyncResponse) GetSnapshotContinues() bool {
+	if x != nil {
+		return x.SnapshotContinues
+	}
+	return false
 }
 
 // NetworkState is one network as a node must program it.
@@ -829,7 +839,7 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\x1fvxfabric/v1/agent_service.proto\x12\vvxfabric.v1\x1a\x1bvxfabric/v1/resources.proto\"J\n" +
 	"\vSyncRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12'\n" +
-	"\x0fresume_revision\x18\x02 \x01(\x03R\x0eresumeRevision\"\xdc\x03\n" +
+	"\x0fresume_revision\x18\x02 \x01(\x03R\x0eresumeRevision\"\x8b\x04\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x125\n" +
@@ -842,7 +852,8 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\x17removed_remote_port_ids\x18\b \x03(\tR\x14removedRemotePortIds\x12'\n" +
 	"\x05peers\x18\t \x03(\v2\x11.vxfabric.v1.PeerR\x05peers\x12#\n" +
 	"\rremoved_peers\x18\n" +
-	" \x03(\tR\fremovedPeers\"\x85\x03\n" +
+	" \x03(\tR\fremovedPeers\x12-\n" +
+	"\x12snapshot_continues\x18\v \x01(\bR\x11snapshotContinues\"\x85\x03\n" +
 	"\fNetworkState\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
