@@ -75,6 +75,12 @@ type Config struct {
 	RejoinInterval time.Duration
 	// ForgetAfter drops a DEAD or LEFT member from Members() after this long. Default 24 h.
 	ForgetAfter time.Duration
+	// ReachTimeout is how long a dial of a suspect's gossip address waits for its host's kernel to
+	// answer, and ReachAttempts how many unanswered dials in a row make it Unreachable (see reach.go).
+	// Defaults 250 ms and 2: a suspect host that is gone is Down 0.5 s after the suspicion reaches
+	// this member, a paused process on a live host never is.
+	ReachTimeout  time.Duration
+	ReachAttempts int
 
 	Logger *slog.Logger
 }
@@ -93,6 +99,8 @@ func Default(role Role, node string) Config {
 		PushPullInterval:        15 * time.Second,
 		RejoinInterval:          2 * time.Second,
 		ForgetAfter:             24 * time.Hour,
+		ReachTimeout:            250 * time.Millisecond,
+		ReachAttempts:           2,
 	}
 }
 
@@ -128,6 +136,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ForgetAfter == 0 {
 		c.ForgetAfter = d.ForgetAfter
+	}
+	if c.ReachTimeout == 0 {
+		c.ReachTimeout = d.ReachTimeout
+	}
+	if c.ReachAttempts == 0 {
+		c.ReachAttempts = d.ReachAttempts
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -165,6 +179,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProbeTimeout >= c.ProbeInterval {
 		return fmt.Errorf("gossip probe timeout %s must be shorter than the probe interval %s", c.ProbeTimeout, c.ProbeInterval)
+	}
+	if c.ReachTimeout < 0 || c.ReachAttempts < 0 {
+		return errors.New("gossip reachability timeout and attempts must not be negative")
 	}
 	if c.SuspicionMult < 1 || c.SuspicionMaxTimeoutMult < 1 {
 		return errors.New("gossip suspicion multipliers must be at least 1")

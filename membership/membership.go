@@ -8,9 +8,13 @@
 //
 // memberlist tells joins, leaves and metadata updates, but neither suspicion nor the difference
 // between a dead and a departed member. This package adds both:
-//   - SUSPECT: this member's own probe of a peer failed (memberlist logs "Suspect X has failed"),
-//     until an alive message (a refutation) or a successful probe of that peer arrives. It is this
-//     member's view, best effort, for display only: nothing acts on SUSPECT.
+//   - SUSPECT: this member's own probe of a peer failed (memberlist logs "Suspect X has failed"), or
+//     another member's failed probe was hinted to it and its own dials of the peer's host got no
+//     answer; until an alive message (a refutation) or a successful probe of that peer arrives.
+//   - Unreachable (a flag of SUSPECT, see reach.go): the suspect's host's kernel does not answer TCP
+//     dials on its gossip address. SUSPECT and Unreachable is Down, like DEAD: a host that is cut off
+//     is Down in about a second, while a paused process on a live host stays SUSPECT and is never Down
+//     before memberlist's suspicion timeout declares it DEAD.
 //   - LEFT rather than DEAD: a member that leaves gracefully first gossips metadata with Leaving set.
 //
 // # Timing (Config defaults)
@@ -92,6 +96,16 @@ type Peer struct {
 	State State
 	// Since is when this member saw State begin.
 	Since time.Time
+	// Unreachable: while SUSPECT, this member's dials of its gossip address got no answer from its
+	// host's kernel (see reach.go). Cleared when the member is alive again or answers a dial.
+	Unreachable bool
+}
+
+// Down reports whether the peer's host is gone as far as forwarding goes: gossip declared it DEAD,
+// or it is SUSPECT and its host's kernel does not answer on the underlay. A paused or crashed process
+// on a host that is up is not Down until memberlist's suspicion timeout declares it DEAD.
+func (p Peer) Down() bool {
+	return p.State == StateDead || p.State == StateSuspect && p.Unreachable
 }
 
 // Event is one change of a peer's state or metadata. Previous is 0 for a peer seen for the first time;
@@ -99,6 +113,8 @@ type Peer struct {
 type Event struct {
 	Peer     Peer
 	Previous State
+	// PreviousDown is Peer.Down() before the change.
+	PreviousDown bool
 }
 
 // Member is this process's membership in the gossip cluster.
@@ -108,10 +124,15 @@ type Member struct {
 	ml      *memberlist.Memberlist
 	keyring *memberlist.Keyring
 
-	mu      sync.Mutex // guards peers, subs, leaving
-	peers   map[string]*Peer
-	subs    map[*subscriber]struct{}
-	leaving bool
+	mu       sync.Mutex // guards peers, subs, leaving, checking, closed
+	peers    map[string]*Peer
+	subs     map[*subscriber]struct{}
+	leaving  bool
+	checking map[string]bool // members whose reachability check runs
+	closed   bool            // Shutdown began: start no goroutine
+
+	hints *memberlist.TransmitLimitedQueue // suspect hints to gossip
+	dial  reachDialer
 
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -126,12 +147,15 @@ func New(cfg Config) (*Member, error) {
 		return nil, err
 	}
 	m := &Member{
-		cfg:   cfg,
-		log:   cfg.Logger.With("member", cfg.Name),
-		peers: map[string]*Peer{},
-		subs:  map[*subscriber]struct{}{},
-		stop:  make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger.With("member", cfg.Name),
+		peers:    map[string]*Peer{},
+		subs:     map[*subscriber]struct{}{},
+		checking: map[string]bool{},
+		stop:     make(chan struct{}),
+		dial:     dialAnswered,
 	}
+	m.hints = &memberlist.TransmitLimitedQueue{NumNodes: m.numPeers, RetransmitMult: 3}
 	bind, _ := parseAddrPort(cfg.BindAddr)
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -309,6 +333,9 @@ func (m *Member) Leave(timeout time.Duration) error {
 func (m *Member) Shutdown() error {
 	var err error
 	m.shutOnce.Do(func() {
+		m.mu.Lock()
+		m.closed = true
+		m.mu.Unlock()
 		close(m.stop)
 		m.wg.Wait()
 		if e := m.ml.Shutdown(); e != nil {
@@ -390,7 +417,7 @@ func (m *Member) setState(name string, n *memberlist.Node, st State, onlyFrom ..
 	if len(onlyFrom) > 0 && !slices.Contains(onlyFrom, p.State) {
 		return
 	}
-	prev := p.State
+	prev, wasDown := p.State, p.Down()
 	changed := prev != st
 	if n != nil {
 		a, _ := netip.AddrFromSlice(n.Addr)
@@ -409,15 +436,27 @@ func (m *Member) setState(name string, n *memberlist.Node, st State, onlyFrom ..
 	}
 	if prev != st {
 		p.Since = time.Now()
+		p.Unreachable = false // a new state starts without the old suspicion's dials
 	}
 	p.State = st
 	if prev != st {
 		m.log.Info("gossip member state", "peer", name, "node", p.Meta.Node, "role", string(p.Meta.Role), "state", st.String(), "previous", prev.String())
 	}
-	ev := Event{Peer: *p, Previous: prev}
+	m.publish(Event{Peer: *p, Previous: prev, PreviousDown: wasDown})
+}
+
+// publish hands ev to every subscriber. Callers hold m.mu.
+func (m *Member) publish(ev Event) {
 	for s := range m.subs {
 		s.push(ev)
 	}
+}
+
+// numPeers is the number of members known (for the hint queue's retransmit count).
+func (m *Member) numPeers() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.peers)
 }
 
 // delegates implements memberlist's delegate interfaces for a Member.
@@ -434,10 +473,12 @@ func (d *delegates) NodeMeta(limit int) []byte {
 	}
 	return b
 }
-func (d *delegates) NotifyMsg([]byte)                           {}
-func (d *delegates) GetBroadcasts(overhead, limit int) [][]byte { return nil }
-func (d *delegates) LocalState(join bool) []byte                { return nil }
-func (d *delegates) MergeRemoteState(buf []byte, join bool)     {}
+func (d *delegates) NotifyMsg(msg []byte) { d.m.hinted(msg) }
+func (d *delegates) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.m.hints.GetBroadcasts(overhead, limit)
+}
+func (d *delegates) LocalState(join bool) []byte            { return nil }
+func (d *delegates) MergeRemoteState(buf []byte, join bool) {}
 
 func (d *delegates) NotifyJoin(n *memberlist.Node) { d.m.setState(n.Name, n, StateAlive) }
 func (d *delegates) NotifyUpdate(n *memberlist.Node) {
@@ -481,6 +522,7 @@ func (w *logWriter) Write(b []byte) (int, error) {
 		rest := line[i+len(suspectPrefix):]
 		if j := strings.Index(rest, " has failed"); j > 0 {
 			w.m.setState(rest[:j], nil, StateSuspect, StateAlive)
+			w.m.suspected(rest[:j])
 		}
 	}
 	return len(b), nil

@@ -1,0 +1,125 @@
+package membership
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// noAnswerFrom makes m's reachability dials of addr get no answer, as from a host that is cut off
+// (on loopback a stopped member's port answers with a reset, which proves its host is up).
+func noAnswerFrom(m *Member, addr string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.dial = func(ctx context.Context, a string) bool {
+		if a == addr {
+			<-ctx.Done()
+			return false
+		}
+		return dialAnswered(ctx, a)
+	}
+}
+
+func waitDown(t *testing.T, m *Member, peer string, within time.Duration) Peer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	var got Peer
+	err := m.WaitFor(ctx, func(ps []Peer) bool {
+		for _, p := range ps {
+			if p.Name == peer && p.Down() {
+				got = p
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatalf("%s: %s not down within %s: members %v", m.Name(), peer, within, m.Members())
+	}
+	return got
+}
+
+// TestUnreachableSuspectIsDownBeforeDead: a member whose host stops answering is Down at every
+// other member well before memberlist's suspicion timeout declares it dead, and up again when it
+// comes back.
+func TestUnreachableSuspectIsDownBeforeDead(t *testing.T) {
+	const size = 5
+	ms := make([]*Member, size)
+	for i := range ms {
+		var seeds []string
+		if i > 0 {
+			seeds = []string{ms[0].LocalAddr().String()}
+		}
+		ms[i] = startMember(t, fmt.Sprintf("r-m%d", i), memberOpts{seeds: seeds})
+	}
+	for _, m := range ms {
+		for _, o := range ms {
+			waitState(t, m, o.Name(), StateAlive, 10*time.Second)
+		}
+	}
+	victim, observers := ms[size-1], ms[:size-1]
+	addr := victim.LocalAddr()
+	for _, m := range observers {
+		noAnswerFrom(m, addr.String())
+	}
+	cut := time.Now()
+	_ = victim.Shutdown()
+	var worst time.Duration
+	for _, m := range observers {
+		p := waitDown(t, m, victim.Name(), 3*time.Second)
+		if p.State != StateSuspect || !p.Unreachable {
+			t.Fatalf("%s: victim down as %s (unreachable %v), want an unreachable suspect", m.Name(), p.State, p.Unreachable)
+		}
+		worst = max(worst, time.Since(cut))
+	}
+	t.Logf("an unreachable member was down at every observer after %s (dead would take 3.6-4.1 s)", worst)
+	if worst > 2*time.Second {
+		t.Fatalf("down everywhere after %s, want under 2 s", worst)
+	}
+
+	back := startMember(t, victim.Name(), memberOpts{seeds: []string{ms[0].LocalAddr().String()}, bind: addr.String()})
+	for _, m := range observers {
+		waitState(t, m, back.Name(), StateAlive, 10*time.Second)
+		for _, p := range m.Members() {
+			if p.Name == back.Name() && (p.Down() || p.Unreachable) {
+				t.Fatalf("%s: member back but still down: %+v", m.Name(), p)
+			}
+		}
+	}
+}
+
+// TestStoppedMemberOnLiveHostIsNotDownUntilDead: a member that stops while its host answers (on
+// loopback its closed port answers with a reset) is suspect but never Down before it is DEAD.
+func TestStoppedMemberOnLiveHostIsNotDownUntilDead(t *testing.T) {
+	a := startMember(t, "l-a", memberOpts{})
+	b := startMember(t, "l-b", memberOpts{seeds: []string{a.LocalAddr().String()}})
+	v := startMember(t, "l-v", memberOpts{seeds: []string{a.LocalAddr().String()}})
+	for _, m := range []*Member{a, b} {
+		waitState(t, m, v.Name(), StateAlive, 10*time.Second)
+	}
+	events, cancel := a.Subscribe()
+	defer cancel()
+	_ = v.Shutdown()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Peer.Name != v.Name() {
+				continue
+			}
+			if ev.Peer.Down() && ev.Peer.State != StateDead {
+				t.Fatalf("member on a live host is down as %s (unreachable %v) before it is dead", ev.Peer.State, ev.Peer.Unreachable)
+			}
+			if ev.Peer.State == StateDead {
+				if !ev.Peer.Down() || ev.PreviousDown {
+					t.Fatalf("dead event: down %v, previously down %v; want true, false", ev.Peer.Down(), ev.PreviousDown)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("stopped member not declared dead within 10 s")
+		}
+	}
+}
