@@ -26,7 +26,8 @@ type AllocationConfig struct {
 	Clients []int
 	// Duration of each measurement.
 	Duration time.Duration
-	// ProfileDir, when set, receives a CPU profile of the network creates at the highest concurrency.
+	// ProfileDir, when set, receives CPU profiles of the network creates at each concurrency
+	// (allocation-<clients>-slice<i>.cpu.pprof; the raw transactions' slices are not profiled).
 	ProfileDir string
 	Logger     *slog.Logger
 	Progress   func(format string, args ...any)
@@ -121,13 +122,7 @@ func allocation(ctx context.Context, cfg AllocationConfig, out *Outcome) error {
 		}
 		return nil
 	}
-	for k, n := range cfg.Clients {
-		var stopProfile func()
-		if cfg.ProfileDir != "" && k == len(cfg.Clients)-1 {
-			if stopProfile, err = startCPUProfile(filepath.Join(cfg.ProfileDir, fmt.Sprintf("allocation-%d.cpu.pprof", n))); err != nil {
-				return err
-			}
-		}
+	for _, n := range cfg.Clients {
 		// Slices of each alternate, so that load from elsewhere on the machine hits both alike.
 		var rate, raw rateResult
 		slice := cfg.Duration / allocSlices
@@ -136,18 +131,23 @@ func allocation(ctx context.Context, cfg AllocationConfig, out *Outcome) error {
 			if (i+i/2)%2 == 1 { // N R R N N R R N ...
 				r, op = &raw, rawTxn
 			}
-			res, err := measureRate(ctx, n, slice, op)
-			if err != nil {
-				if stopProfile != nil {
-					stopProfile()
+			// The profile covers the network creates only, one file per slice (go tool pprof merges them).
+			var stopProfile func()
+			if cfg.ProfileDir != "" && r == &rate {
+				path := filepath.Join(cfg.ProfileDir, fmt.Sprintf("allocation-%d-slice%d.cpu.pprof", n, i))
+				if stopProfile, err = startCPUProfile(path); err != nil {
+					return err
 				}
+			}
+			res, err := measureRate(ctx, n, slice, op)
+			if stopProfile != nil {
+				stopProfile()
+			}
+			if err != nil {
 				return err
 			}
 			r.ops += res.ops
 			r.took += res.took
-		}
-		if stopProfile != nil {
-			stopProfile()
 		}
 		rate.perSec = float64(rate.ops) / rate.took.Seconds()
 		raw.perSec = float64(raw.ops) / raw.took.Seconds()

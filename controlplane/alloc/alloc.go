@@ -83,10 +83,11 @@ func (a *Allocator) nextVNI(ctx context.Context, n int) (uint32, error) {
 }
 
 // CreateNetwork creates n (every field set by the caller but id, VNI when zero, and gateway MAC) in
-// one transaction with its VNI allocation; see store.CreateNetwork. A requested VNI (n.Vni != 0) is
-// honoured or refused with store.ErrVNITaken (an ErrAlreadyExists); an allocated one is retried until
-// a transaction wins or the pool is exhausted (store.ErrExhausted).
-func (a *Allocator) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string) (*vxfabricv1.Network, error) {
+// one transaction with its VNI allocation; see store.CreateNetwork, also for nodesRev (0: no node
+// guard; store.ErrNodesChanged is returned, not retried). A requested VNI (n.Vni != 0) is honoured or
+// refused with store.ErrVNITaken (an ErrAlreadyExists); an allocated one is retried until a
+// transaction wins or the pool is exhausted (store.ErrExhausted).
+func (a *Allocator) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string, nodesRev int64) (*vxfabricv1.Network, error) {
 	// A retry of a create that succeeded returns its network before anything is allocated (a full pool
 	// must not turn a retry into ResourceExhausted). Concurrent retries are still settled by the
 	// transaction's compare on the request record.
@@ -107,7 +108,7 @@ func (a *Allocator) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, re
 		if try.Gateway != "" {
 			try.GatewayMac = GatewayMAC(try.Vni)
 		}
-		out, err := a.store.CreateNetwork(ctx, try, requestID)
+		out, err := a.store.CreateNetwork(ctx, try, requestID, nodesRev)
 		switch {
 		case errors.Is(err, store.ErrIDTaken), errors.Is(err, store.ErrVNITaken) && !requested:
 			continue

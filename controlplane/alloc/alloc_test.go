@@ -73,7 +73,7 @@ func TestAllocatorNeverDuplicatesProperty(t *testing.T) {
 				if rapid.Bool().Draw(rt, "nat") {
 					mode, gw = vxfabricv1.NetworkMode_NETWORK_MODE_NAT, "10.0.0.1"
 				}
-				got, err := al.CreateNetwork(ctx, &vxfabricv1.Network{Tenant: "t1", Name: name, Cidr: "10.0.0.0/29", Mode: mode, Vni: vni, Mtu: 1450, Gateway: gw}, reqID)
+				got, err := al.CreateNetwork(ctx, &vxfabricv1.Network{Tenant: "t1", Name: name, Cidr: "10.0.0.0/29", Mode: mode, Vni: vni, Mtu: 1450, Gateway: gw}, reqID, 0)
 				if prevID, ok := m.requests[reqID]; ok {
 					var prev *vxfabricv1.Network
 					for _, n := range m.networks {

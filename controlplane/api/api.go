@@ -3,7 +3,9 @@
 //
 // It owns request validation (the API's validation table: refused requests are InvalidArgument and
 // write nothing) and the one mapping of store's sentinel errors to gRPC codes (toStatus). It must
-// never keep resources in memory between calls: every answer comes from etcd.
+// never keep resources in memory between calls: every answer comes from etcd. The one copy it keeps,
+// the node VTEPs for CreateNetwork's check, is a hint that each create's transaction verifies (see
+// nodeView).
 package api
 
 import (
@@ -71,7 +73,7 @@ func New(cfg Config) (*Services, error) {
 	c := &core{cfg: cfg, store: cfg.Store, log: cfg.Logger}
 	return &Services{
 		Tenants:  &TenantServer{core: c},
-		Networks: &NetworkServer{core: c},
+		Networks: &NetworkServer{core: c, nodes: &nodeView{store: cfg.Store}},
 		Ports:    &PortServer{core: c},
 		Nodes:    &NodeServer{core: c},
 	}, nil

@@ -93,14 +93,14 @@ func TestCIDRSpecialRangesRefused(t *testing.T) {
 
 func TestCheckVTEPs(t *testing.T) {
 	nodes := []*vxfabricv1.Node{{Name: "h0"}, {Name: "h1", Vtep: "198.18.0.1"}, {Name: "h2", Vtep: "198.18.1.7"}}
-	err := checkVTEPs("198.18.1.0/24", nodes)
+	err := checkVTEPs("198.18.1.0/24", vtepsOf(nodes))
 	if !errors.Is(err, store.ErrFailedPrecondition) {
 		t.Fatalf("network over a vtep: %v, want failed precondition", err)
 	}
 	if !strings.Contains(err.Error(), "node h2") || !strings.Contains(err.Error(), "198.18.1.7") {
 		t.Errorf("message %q does not name node h2 and its vtep", err)
 	}
-	if err := checkVTEPs("198.18.2.0/24", nodes); err != nil {
+	if err := checkVTEPs("198.18.2.0/24", vtepsOf(nodes)); err != nil {
 		t.Errorf("network beside the vteps refused: %v", err)
 	}
 }

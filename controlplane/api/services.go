@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
 	"github.com/vxfabric/vxfabric/controlplane/store"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
@@ -66,6 +68,7 @@ func (s *TenantServer) DeleteTenant(ctx context.Context, req *vxfabricv1.DeleteT
 type NetworkServer struct {
 	vxfabricv1.UnimplementedNetworkServiceServer
 	*core
+	nodes *nodeView
 }
 
 func (s *NetworkServer) CreateNetwork(ctx context.Context, req *vxfabricv1.CreateNetworkRequest) (*vxfabricv1.CreateNetworkResponse, error) {
@@ -73,28 +76,49 @@ func (s *NetworkServer) CreateNetwork(ctx context.Context, req *vxfabricv1.Creat
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
-	// A retry of a create that succeeded returns its network (inside Alloc.CreateNetwork) even if a
-	// node with a VTEP in the CIDR has registered since; only new networks are checked.
-	prev, err := s.store.NetworkForRequest(ctx, req.RequestId, n.Tenant, n.Name)
-	if err != nil {
-		return nil, s.toStatus(err)
-	}
-	if prev == nil {
-		nodes, _, err := s.store.ListNodes(ctx)
-		if err != nil {
-			return nil, s.toStatus(err)
-		}
-		if err := checkVTEPs(n.Cidr, nodes); err != nil {
-			return nil, s.toStatus(err)
-		}
-	}
 	n.CreateTime = timestamppb.Now()
-	out, err := s.cfg.Alloc.CreateNetwork(ctx, n, req.RequestId)
+	out, err := s.createNetwork(ctx, n, req.RequestId)
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
 	s.log.Info("network created", "tenant", out.Tenant, "network", out.Name, "vni", out.Vni, "rev", out.Revision)
 	return &vxfabricv1.CreateNetworkResponse{Network: out}, nil
+}
+
+// maxNodeRefreshes bounds how often one create reads the nodes again because one was written
+// between its check and its transaction.
+const maxNodeRefreshes = 8
+
+// createNetwork checks n's CIDR against the nodes' VTEPs (see nodeView) and creates it in one
+// transaction that also holds only while the nodes are as checked.
+func (s *NetworkServer) createNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string) (*vxfabricv1.Network, error) {
+	var stale int64
+	for range maxNodeRefreshes {
+		rev, vteps, err := s.nodes.get(ctx, stale)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkVTEPs(n.Cidr, vteps); err != nil {
+			if stale == 0 {
+				stale = rev // refuse only on a view read during this create (any after the first)
+				continue
+			}
+			// A retry of a create that succeeded returns its network even if a node with a VTEP in
+			// the CIDR has registered since: only new networks are checked.
+			if prev, err := s.store.NetworkForRequest(ctx, requestID, n.Tenant, n.Name); prev != nil || err != nil {
+				return prev, err
+			}
+			return nil, err
+		}
+		out, err := s.cfg.Alloc.CreateNetwork(ctx, n, requestID, rev)
+		if errors.Is(err, store.ErrNodesChanged) {
+			s.log.Debug("nodes changed during network create", "tenant", n.Tenant, "network", n.Name, "rev", rev)
+			stale = rev
+			continue
+		}
+		return out, err
+	}
+	return nil, fmt.Errorf("create network %q in tenant %q: nodes changed %d times: %w", n.Name, n.Tenant, maxNodeRefreshes, store.ErrContention)
 }
 
 func (s *NetworkServer) GetNetwork(ctx context.Context, req *vxfabricv1.GetNetworkRequest) (*vxfabricv1.GetNetworkResponse, error) {

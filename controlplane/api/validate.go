@@ -294,19 +294,15 @@ func checkPortInNetwork(p *vxfabricv1.Port, n *vxfabricv1.Network) error {
 // a port in the network and cut the host off the fabric. This is a conflict with the stored state,
 // hence FailedPrecondition. Only the nodes known now are checked: a node that registers later with a
 // VTEP inside an existing network's CIDR is not re-checked.
-func checkVTEPs(cidr string, nodes []*vxfabricv1.Node) error {
+func checkVTEPs(cidr string, nodes []nodeVTEP) error {
 	prefix, err := netip.ParsePrefix(cidr)
 	if err != nil {
 		return fmt.Errorf("cidr %q: %w", cidr, err)
 	}
-	for _, node := range nodes {
-		vtep, err := netip.ParseAddr(node.Vtep)
-		if err != nil {
-			continue // a node without a (valid) VTEP yet has nothing to collide with
-		}
-		if prefix.Contains(vtep) {
+	for _, n := range nodes {
+		if prefix.Contains(n.vtep) {
 			return fmt.Errorf("cidr %s contains the vtep %s of node %s (refused: its gateway or a port address would cut that host off the fabric): %w",
-				prefix, vtep, node.Name, store.ErrFailedPrecondition)
+				prefix, n.vtep, n.node, store.ErrFailedPrecondition)
 		}
 	}
 	return nil

@@ -27,6 +27,9 @@ var (
 	ErrMACTaken = fmt.Errorf("%w: mac address taken", ErrAlreadyExists)
 	// ErrIDTaken: a freshly generated random id collided (practically never); generate another.
 	ErrIDTaken = fmt.Errorf("%w: id taken", ErrAlreadyExists)
+	// ErrNodesChanged: a create checked against the node records at some revision failed because a
+	// node record was written since; the caller reads the nodes again, checks again and retries.
+	ErrNodesChanged = fmt.Errorf("%w: node records changed", ErrContention)
 	// ErrRequestMismatch: a request_id was reused for a different resource.
 	ErrRequestMismatch = fmt.Errorf("%w: request_id already used for another resource", ErrFailedPrecondition)
 )

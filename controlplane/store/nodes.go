@@ -60,3 +60,17 @@ func (s *Store) ListNodes(ctx context.Context) ([]*vxfabricv1.Node, int64, error
 	}
 	return out, resp.Header.Revision, nil
 }
+
+// NodesUnchangedSince holds in a transaction while no node record has been created or written after
+// rev (a deleted one does not count): etcd compares every key of the range, and an empty range
+// compares as one key at revision 0. It costs the transaction one range over the node keys inside
+// etcd, and the caller no read of its own.
+func NodesUnchangedSince(rev int64) clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(NodesPrefix), "<", rev+1).WithPrefix()
+}
+
+// nodesWrittenAfter reads the keys of the node records written after rev: the else branch that tells
+// a failed NodesUnchangedSince from the transaction's other compares.
+func nodesWrittenAfter(rev int64) clientv3.Op {
+	return clientv3.OpGet(NodesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMinModRev(rev+1))
+}

@@ -223,7 +223,12 @@ func decodeNetwork(kv *mvccpb.KeyValue) (*vxfabricv1.Network, error) {
 // The transaction fails unless the tenant exists and the name, the VNI and the id are free. Errors:
 // ErrNotFound (tenant), ErrAlreadyExists (name), ErrVNITaken, ErrIDTaken, ErrRequestMismatch. With a
 // request id that already made a network, that network is returned and nothing is written.
-func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string) (*vxfabricv1.Network, error) {
+//
+// nodesRev, when non-zero, is the revision at which the caller read the node records to check the
+// network against them (ListNodes): the transaction then also requires that no node record was
+// written after it (NodesUnchangedSince), and fails with ErrNodesChanged otherwise, so that a check
+// against node records and the create are one atomic step without reading the nodes per create.
+func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string, nodesRev int64) (*vxfabricv1.Network, error) {
 	stored := proto.Clone(n).(*vxfabricv1.Network)
 	stored.Revision = 0
 	key, nameKey, vniKey := NetworkKey(n.Id), NetworkNameKey(n.Tenant, n.Name), VNIKey(n.Vni)
@@ -243,6 +248,10 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 			cmps = append(cmps, notExists(rk))
 			puts = append(puts, clientv3.OpPut(rk, n.Id))
 			elses = append(elses, clientv3.OpGet(rk))
+		}
+		if nodesRev != 0 {
+			cmps = append(cmps, NodesUnchangedSince(nodesRev))
+			elses = append(elses, nodesWrittenAfter(nodesRev))
 		}
 		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
 		if err != nil {
@@ -280,6 +289,8 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 			return nil, fmt.Errorf("network id %s: %w", n.Id, ErrIDTaken)
 		case len(rangeKVs(resp, 2)) > 0:
 			return nil, fmt.Errorf("vni %d: %w", n.Vni, ErrVNITaken)
+		case nodesRev != 0 && len(rangeKVs(resp, len(resp.Responses)-1)) > 0:
+			return nil, fmt.Errorf("network %q in tenant %q: checked against the nodes at revision %d: %w", n.Name, n.Tenant, nodesRev, ErrNodesChanged)
 		}
 		// Everything compared has changed back in between: try again.
 	}

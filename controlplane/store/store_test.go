@@ -41,7 +41,7 @@ func TestTenantDeleteRacesNetworkCreate(t *testing.T) {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			_, createErr = st.CreateNetwork(ctx, &vxfabricv1.Network{Id: fmt.Sprintf("%010x", i), Tenant: tenant, Name: "web", Vni: uint32(100 + i)}, "")
+			_, createErr = st.CreateNetwork(ctx, &vxfabricv1.Network{Id: fmt.Sprintf("%010x", i), Tenant: tenant, Name: "web", Vni: uint32(100 + i)}, "", 0)
 		}()
 		go func() {
 			defer wg.Done()
