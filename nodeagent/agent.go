@@ -10,11 +10,14 @@
 //     pass; a failed Apply is retried with backoff;
 //   - report: ReportApplied, coalesced (only the newest report is sent), re-sent on every new stream;
 //   - links: the LinkSource, which triggers a pass when a desired port's interface appears or goes;
-//   - liveness (with gossip): triggers a pass when gossip declares an agent node DEAD, sees it return,
-//     or learns of a node for the first time.
+//   - liveness (with gossip): triggers a pass when gossip finds an agent node Down (DEAD, or SUSPECT
+//     and its host does not answer on the underlay), sees it return, or learns of a node for the
+//     first time.
 //
 // Liveness: the remote ports and flood entries of a dead node are withheld from the kernel (and return
-// with it). A node is dead when this agent's gossip says DEAD; when gossip does not know the node (it
+// with it). A node is dead when this agent's gossip says it is Down (membership.Peer.Down: a host cut
+// off is withdrawn about a second after gossip suspects it, a paused agent on a live host only if
+// the suspicion timeout declares it DEAD); when gossip does not know the node (it
 // died before this agent started, and memberlist ignores dead members it never saw alive), when the
 // control plane's status for it, sent as a peer of the view, is DEAD. Gossip, when it knows the node,
 // overrides a status that may be stale. LEFT withholds nothing: a graceful stop of an agent (upgrade,
@@ -357,8 +360,10 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 }
 
 // gossipDead returns, for each agent node this agent's gossip knows, whether it is dead: every member
-// carrying its name is DEAD (a node alive again under another member name is not). SUSPECT and LEFT are
-// not dead. Nil without gossip: the control plane's status alone decides.
+// carrying its name is Down (DEAD, or SUSPECT with a host that does not answer on the underlay; a node
+// alive again under another member name is not). LEFT, and SUSPECT on a host that answers (a paused
+// or restarting agent: its kernel still forwards), are not dead. Nil without gossip: the control
+// plane's status alone decides.
 func (a *Agent) gossipDead() map[string]bool {
 	if a.cfg.Membership == nil {
 		return nil
@@ -369,7 +374,7 @@ func (a *Agent) gossipDead() map[string]bool {
 			continue
 		}
 		dead, seen := known[p.Meta.Node]
-		known[p.Meta.Node] = p.State == membership.StateDead && (dead || !seen)
+		known[p.Meta.Node] = p.Down() && (dead || !seen)
 	}
 	return known
 }
@@ -561,10 +566,10 @@ func (a *Agent) livenessLoop(ctx context.Context) {
 				return
 			}
 			first := ev.Previous == 0 // gossip now decides for this node instead of the control plane
-			if ev.Peer.Meta.Role != membership.RoleAgent || !first && (ev.Peer.State == membership.StateDead) == (ev.Previous == membership.StateDead) {
-				continue // SUSPECT, LEFT and metadata changes withhold nothing and return nothing
+			if ev.Peer.Meta.Role != membership.RoleAgent || !first && ev.Peer.Down() == ev.PreviousDown {
+				continue // LEFT, a reachable SUSPECT and metadata changes withhold nothing and return nothing
 			}
-			a.log.Info("node liveness changed", "peer", ev.Peer.Meta.Node, "state", ev.Peer.State.String(), "vtep", ev.Peer.Meta.VTEP.String())
+			a.log.Info("node liveness changed", "peer", ev.Peer.Meta.Node, "state", ev.Peer.State.String(), "down", ev.Peer.Down(), "vtep", ev.Peer.Meta.VTEP.String())
 			a.trigger()
 		}
 	}
