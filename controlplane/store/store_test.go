@@ -104,3 +104,66 @@ func TestRevisionsAndStaleRequests(t *testing.T) {
 		t.Fatalf("plugged status of a missing port: %v", err)
 	}
 }
+
+// A network create checked against the nodes at some revision fails with ErrNodesChanged, writing
+// nothing, once a node was created or written after it; a deleted node does not count; a retry of a
+// create that succeeded returns its network whatever the nodes did since.
+func TestCreateNetworkNodeGuard(t *testing.T) {
+	st, cli := newTestStore(t)
+	ctx := testCtx(t)
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	_, emptyRev, err := st.ListNodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutNode(ctx, &vxfabricv1.Node{Name: "h1", Vtep: "198.18.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	net := func(id, name string, vni uint32) *vxfabricv1.Network {
+		return &vxfabricv1.Network{Id: id, Tenant: "acme", Name: name, Vni: vni, Cidr: "10.0.0.0/24"}
+	}
+	if _, err := st.CreateNetwork(ctx, net("000000000a", "a", 100), "req-a", emptyRev); !errors.Is(err, ErrNodesChanged) {
+		t.Fatalf("create checked before a node was added: %v, want ErrNodesChanged", err)
+	}
+	if resp, err := cli.Get(ctx, Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 2 {
+		t.Fatalf("the failed create wrote keys: %d keys (tenant and node expected), %v", resp.Count, err)
+	}
+	_, rev, err := st.ListNodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := st.CreateNetwork(ctx, net("000000000a", "a", 100), "req-a", rev)
+	if err != nil {
+		t.Fatalf("create checked at the current revision: %v", err)
+	}
+
+	// A node written again (same VTEP, another status) changes the nodes too.
+	if _, err := st.PutNode(ctx, &vxfabricv1.Node{Name: "h1", Vtep: "198.18.0.1", Status: vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateNetwork(ctx, net("000000000b", "b", 101), "", rev); !errors.Is(err, ErrNodesChanged) {
+		t.Fatalf("create checked before a node was written: %v, want ErrNodesChanged", err)
+	}
+	// The retry of a create that succeeded is answered before the guard.
+	again, err := st.CreateNetwork(ctx, net("000000000c", "a", 102), "req-a", rev)
+	if err != nil || again.Id != a.Id {
+		t.Fatalf("retry of request req-a: %v, %v; want network %s", again, err, a.Id)
+	}
+	// The name conflict is the answer, not the guard.
+	if _, err := st.CreateNetwork(ctx, net("000000000d", "a", 103), "", rev); !errors.Is(err, ErrAlreadyExists) || errors.Is(err, ErrNodesChanged) {
+		t.Fatalf("create of a taken name with a stale guard: %v, want ErrAlreadyExists", err)
+	}
+
+	_, rev, err = st.ListNodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Delete(ctx, NodeKey("h1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateNetwork(ctx, net("000000000b", "b", 101), "", rev); err != nil {
+		t.Fatalf("create checked before a node was deleted: %v", err)
+	}
+}
