@@ -24,9 +24,11 @@ package overlay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 )
 
@@ -164,9 +166,106 @@ type Result struct {
 
 // Datapath converges a host's kernel to a desired state.
 //
-// Apply may be called again with the same state: the second call changes nothing. Apply and Close are
-// never called concurrently with each other (the caller serialises them); Apply may block on the kernel.
+// Apply may be called again with the same state: the second call changes nothing. Apply, ApplyDelta
+// and Close are never called concurrently with each other (the caller serialises them); both may block
+// on the kernel.
+//
+// Apply is the declarative path: it reads the kernel, diffs and converges everything (devices, ports,
+// nftables, entries), and repairs drift. ApplyDelta is the incremental one for the common change, a
+// remote port or flood entry coming or going in a network the kernel already holds: it writes exactly
+// the entries it is given and reads nothing, so its cost follows the change, not the state. A caller
+// mixes them so that after any sequence of ApplyDelta calls, an Apply of the state those changes
+// describe changes nothing; the periodic Apply still repairs whatever drifted.
 type Datapath interface {
 	Apply(ctx context.Context, desired DesiredState) (Result, error)
+	// ApplyDelta writes the entries of delta, network by network in the order of Apply: unicast FDB
+	// entries set (replaced in place), flood entries appended, neighbour entries set; then, for every
+	// network, the deletions (an entry already gone is success). Every network must have been
+	// programmed by an earlier Apply (its vxlan device exists), or ApplyDelta fails with
+	// ErrNotProgrammed before writing anything; every VTEP it names must be one the last Apply's
+	// underlay filter accepts already (the caller's contract: ApplyDelta never touches nftables).
+	// Result.Changes holds OpAdd for an entry that did not exist, OpUpdate for one replaced (values
+	// are not compared: nothing is read) and OpDelete for one removed; Result.Plugged is nil.
+	ApplyDelta(ctx context.Context, delta Delta) (Result, error)
 	Close() error
+}
+
+// ErrNotProgrammed marks an ApplyDelta naming a network whose devices the kernel does not hold: the
+// caller must Apply the whole state instead.
+var ErrNotProgrammed = errors.New("network not programmed")
+
+// Delta is a change to the remote entries of networks the kernel already holds (see ApplyDelta).
+type Delta struct {
+	Networks []NetworkDelta
+}
+
+// Empty reports whether the delta writes nothing.
+func (d Delta) Empty() bool {
+	for _, n := range d.Networks {
+		if len(n.SetFDB)+len(n.AddFlood)+len(n.SetNeigh)+len(n.DelFDB)+len(n.DelFlood)+len(n.DelNeigh) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// NetworkDelta is the change to one network's FDB, flood and neighbour (ARP suppression) entries.
+type NetworkDelta struct {
+	VNI uint32
+	// SetFDB, AddFlood and SetNeigh are written first, in this order.
+	SetFDB   []FDBEntry
+	AddFlood []netip.Addr
+	SetNeigh []NeighEntry
+	// DelFDB names each entry as the kernel holds it: its MAC and the VTEP it points at.
+	DelFDB   []FDBEntry
+	DelFlood []netip.Addr
+	// DelNeigh entries are removed by IP; the MAC only names the object in Result.Changes.
+	DelNeigh []NeighEntry
+}
+
+// FDBEntry is a unicast FDB entry: a remote MAC behind a VTEP.
+type FDBEntry struct {
+	MAC  net.HardwareAddr
+	VTEP netip.Addr
+}
+
+// NeighEntry is an ARP suppression entry on a vxlan device.
+type NeighEntry struct {
+	IP  netip.Addr
+	MAC net.HardwareAddr
+}
+
+// Validate checks a delta; the error wraps ErrInvalid and names the first bad entry.
+func (d Delta) Validate() error {
+	seen := make(map[uint32]bool, len(d.Networks))
+	for _, n := range d.Networks {
+		if n.VNI == 0 || n.VNI >= 1<<24 {
+			return fmt.Errorf("delta network vni %d: out of range 1..16777215: %w", n.VNI, ErrInvalid)
+		}
+		if seen[n.VNI] {
+			return fmt.Errorf("delta network vni %d: listed twice: %w", n.VNI, ErrInvalid)
+		}
+		seen[n.VNI] = true
+		for _, e := range slices.Concat(n.SetFDB, n.DelFDB) {
+			if len(e.MAC) != 6 || !e.VTEP.IsValid() {
+				return fmt.Errorf("delta network vni %d: fdb entry %s at %s: %w", n.VNI, e.MAC, e.VTEP, ErrInvalid)
+			}
+		}
+		for _, v := range slices.Concat(n.AddFlood, n.DelFlood) {
+			if !v.IsValid() {
+				return fmt.Errorf("delta network vni %d: flood vtep missing: %w", n.VNI, ErrInvalid)
+			}
+		}
+		for _, e := range n.SetNeigh {
+			if !e.IP.Unmap().Is4() || len(e.MAC) != 6 {
+				return fmt.Errorf("delta network vni %d: neighbour %s lladdr %s: %w", n.VNI, e.IP, e.MAC, ErrInvalid)
+			}
+		}
+		for _, e := range n.DelNeigh {
+			if !e.IP.Unmap().Is4() {
+				return fmt.Errorf("delta network vni %d: neighbour %s: %w", n.VNI, e.IP, ErrInvalid)
+			}
+		}
+	}
+	return nil
 }

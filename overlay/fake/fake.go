@@ -198,6 +198,122 @@ func (d *Datapath) Apply(ctx context.Context, desired overlay.DesiredState) (ove
 	return a.res, errors.Join(errs...)
 }
 
+// ApplyDelta implements overlay.Datapath: it edits the tables of networks an earlier Apply created,
+// entry by entry, reporting exactly what the Linux datapath reports for the same delta.
+func (d *Datapath) ApplyDelta(ctx context.Context, delta overlay.Delta) (overlay.Result, error) {
+	if err := ctx.Err(); err != nil {
+		return overlay.Result{}, err
+	}
+	if err := delta.Validate(); err != nil {
+		return overlay.Result{}, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return overlay.Result{}, ErrClosed
+	}
+	nets := make([]*network, len(delta.Networks))
+	for i, nd := range delta.Networks {
+		n := d.nets[nd.VNI]
+		if n == nil || !n.local.IsValid() {
+			return overlay.Result{}, fmt.Errorf("vxlan %s: %w", overlay.VxlanName(nd.VNI), overlay.ErrNotProgrammed)
+		}
+		nets[i] = n
+	}
+	a := &applier{d: d}
+	for i, nd := range delta.Networks {
+		n := nets[i]
+		for _, e := range nd.SetFDB {
+			a.setFDB(n, fdbEntry{mac: macKey(e.MAC), vtep: d.intern(e.VTEP.Unmap())})
+		}
+		for _, v := range nd.AddFlood {
+			a.addFlood(n, v.Unmap())
+		}
+		for _, e := range nd.SetNeigh {
+			a.setNeigh(n, neighEntry{ip: ip4Key(e.IP), mac: macKey(e.MAC)})
+		}
+	}
+	for i, nd := range delta.Networks {
+		n := nets[i]
+		for _, e := range nd.DelFDB {
+			a.delFDB(n, macKey(e.MAC), e.VTEP.Unmap())
+		}
+		for _, v := range nd.DelFlood {
+			a.delFlood(n, v.Unmap())
+		}
+		for _, e := range nd.DelNeigh {
+			a.delNeigh(n, ip4Key(e.IP))
+		}
+	}
+	return a.res, nil
+}
+
+// setFDB writes one unicast entry as NeighSet would: created, or replaced whatever it held.
+func (a *applier) setFDB(n *network, e fdbEntry) {
+	obj := overlay.FDBObject(n.vni, macOf(e.mac), a.d.vteps[e.vtep])
+	i, found := slices.BinarySearchFunc(n.fdb, e.mac, func(x fdbEntry, k uint64) int { return cmp.Compare(x.mac, k) })
+	if found {
+		n.fdb[i] = e
+		a.change(overlay.OpUpdate, obj)
+		return
+	}
+	n.fdb = slices.Insert(n.fdb, i, e)
+	a.change(overlay.OpAdd, obj)
+}
+
+// delFDB removes the entry of mac if it points at vtep, as NeighDel with a destination does.
+func (a *applier) delFDB(n *network, mac uint64, vtep netip.Addr) {
+	i, found := slices.BinarySearchFunc(n.fdb, mac, func(x fdbEntry, k uint64) int { return cmp.Compare(x.mac, k) })
+	if !found || a.d.vteps[n.fdb[i].vtep] != vtep {
+		return
+	}
+	n.fdb = slices.Delete(n.fdb, i, i+1)
+	a.change(overlay.OpDelete, overlay.FDBObject(n.vni, macOf(mac), vtep))
+}
+
+// addFlood appends one flood entry; one already there is left alone (NeighAppend says EEXIST).
+func (a *applier) addFlood(n *network, v netip.Addr) {
+	i, found := slices.BinarySearchFunc(n.flood, v, netip.Addr.Compare)
+	if found {
+		return
+	}
+	n.flood = slices.Insert(n.flood, i, v)
+	a.change(overlay.OpAdd, overlay.FloodObject(n.vni, v))
+}
+
+func (a *applier) delFlood(n *network, v netip.Addr) {
+	i, found := slices.BinarySearchFunc(n.flood, v, netip.Addr.Compare)
+	if !found {
+		return
+	}
+	n.flood = slices.Delete(n.flood, i, i+1)
+	a.change(overlay.OpDelete, overlay.FloodObject(n.vni, v))
+}
+
+// setNeigh writes one ARP suppression entry: created, or replaced whatever it held.
+func (a *applier) setNeigh(n *network, e neighEntry) {
+	obj := overlay.NeighObject(n.vni, ipOf(e.ip), macOf(e.mac))
+	i, found := slices.BinarySearchFunc(n.neigh, e.ip, func(x neighEntry, k uint32) int { return cmp.Compare(x.ip, k) })
+	if found {
+		n.neigh[i] = e
+		a.change(overlay.OpUpdate, obj)
+		return
+	}
+	n.neigh = slices.Insert(n.neigh, i, e)
+	a.change(overlay.OpAdd, obj)
+}
+
+// delNeigh removes the entry of ip, whatever MAC it holds (NeighDel by address).
+func (a *applier) delNeigh(n *network, ip uint32) {
+	i, found := slices.BinarySearchFunc(n.neigh, ip, func(x neighEntry, k uint32) int { return cmp.Compare(x.ip, k) })
+	if !found {
+		return
+	}
+	old := n.neigh[i]
+	n.neigh = slices.Delete(n.neigh, i, i+1)
+	a.change(overlay.OpDelete, overlay.NeighObject(n.vni, ipOf(ip), macOf(old.mac)))
+}
+
 type applier struct {
 	d   *Datapath
 	res overlay.Result
@@ -394,8 +510,7 @@ func (a *applier) applyNeigh(n *network, nd overlay.Network) {
 		want = make([]neighEntry, 0, len(nd.Remotes))
 		for i, r := range nd.Remotes {
 			if ip := r.IP.Unmap(); ip.Is4() {
-				b := ip.As4()
-				want = append(want, neighEntry{ip: uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]), ord: uint32(i), mac: macKey(r.MAC)})
+				want = append(want, neighEntry{ip: ip4Key(ip), ord: uint32(i), mac: macKey(r.MAC)})
 			}
 		}
 	}
@@ -701,6 +816,11 @@ func macOf(k uint64) net.HardwareAddr {
 		k >>= 8
 	}
 	return m
+}
+
+func ip4Key(a netip.Addr) uint32 {
+	b := a.Unmap().As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
 func ipOf(v uint32) netip.Addr {
