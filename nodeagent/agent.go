@@ -66,6 +66,12 @@ type Agent struct {
 	watched map[string]bool // interface names of the desired local ports
 
 	kick chan struct{} // pending reconcile pass (capacity 1: triggers coalesce)
+	// fullWanted makes the next pass a full one (see trigger); without it a kick from a merged
+	// change may be applied incrementally.
+	fullWanted atomic.Bool
+	// plugged is the last full pass's plugged port ids, reported again by incremental passes (which
+	// plug nothing). Only the reconcile goroutine uses it.
+	plugged []string
 
 	current atomic.Pointer[string] // server of the open Sync stream, nil while disconnected
 
@@ -146,7 +152,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
+// trigger asks for a full pass: an interface came or went, a node's liveness changed.
 func (a *Agent) trigger() {
+	a.fullWanted.Store(true)
+	a.kickChange()
+}
+
+// kickChange asks for a pass that may apply what was merged incrementally.
+func (a *Agent) kickChange() {
 	select {
 	case a.kick <- struct{}{}:
 	default:
@@ -328,9 +341,11 @@ func (a *Agent) accept(resp *vxfabricv1.SyncResponse) error {
 	rev := a.model.revision
 	a.mu.Unlock()
 	a.met.desiredRevision.Set(float64(rev))
-	a.log.Debug("desired state received", "rev", resp.GetRevision(), "snapshot", resp.GetSnapshot(),
-		"networks", len(resp.GetNetworks()), "local_ports", len(resp.GetLocalPorts()), "remote_ports", len(resp.GetRemotePorts()))
-	a.trigger()
+	if a.log.Enabled(context.Background(), slog.LevelDebug) {
+		a.log.Debug("desired state received", "rev", resp.GetRevision(), "snapshot", resp.GetSnapshot(),
+			"networks", len(resp.GetNetworks()), "local_ports", len(resp.GetLocalPorts()), "remote_ports", len(resp.GetRemotePorts()))
+	}
+	a.kickChange()
 	return nil
 }
 
@@ -340,15 +355,21 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	bo := backoff{min: a.cfg.BackoffMin, max: a.cfg.BackoffMax}
 	var retry <-chan time.Time
 	for {
+		fullPass := true
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.kick:
+			fullPass = a.fullWanted.Swap(false)
 		case <-full.C:
 		case <-retry:
 		}
 		retry = nil
-		if err := a.reconcile(ctx); err != nil {
+		pass := a.reconcile
+		if !fullPass {
+			pass = a.reconcileChange
+		}
+		if err := pass(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -404,7 +425,66 @@ func (a *Agent) infrastructure() []netip.Addr {
 	return out
 }
 
-// reconcile runs one Apply of the current desired state.
+// reconcileChange applies what was merged since the last pass as a delta when it can (see
+// incremental.go), and runs the full pass otherwise or when the delta fails.
+func (a *Agent) reconcileChange(ctx context.Context) error {
+	a.mu.Lock()
+	if !a.model.ready {
+		a.mu.Unlock()
+		return nil
+	}
+	d, remotes, withheld, ok := a.model.incremental(a.cfg.VTEP)
+	rev := a.model.revision
+	a.mu.Unlock()
+	if !ok {
+		return a.reconcile(ctx)
+	}
+	if !d.Empty() {
+		start := time.Now()
+		res, err := a.cfg.Datapath.ApplyDelta(ctx, d)
+		a.met.reconcileDuration.Observe(time.Since(start).Seconds())
+		if err != nil {
+			// The model recorded the delta as programmed; only a full pass knows better now.
+			a.mu.Lock()
+			a.model.prog = nil
+			a.mu.Unlock()
+			if ctx.Err() != nil {
+				return err
+			}
+			a.log.Warn("incremental apply failed, running a full pass", "rev", rev, "objects", len(res.Errors), "err", err)
+			return a.reconcile(ctx)
+		}
+		if a.log.Enabled(ctx, slog.LevelDebug) {
+			for _, c := range res.Changes {
+				a.log.Debug("kernel object written", "op", string(c.Op), "object", c.Object, "rev", rev)
+			}
+		}
+	}
+	a.met.remotePorts.Set(float64(remotes))
+	a.met.withheldPorts.Set(float64(withheld))
+	a.advance(rev, a.plugged)
+	return nil
+}
+
+// advance records rev as applied (the kernel holds it), persists it and queues the report.
+func (a *Agent) advance(rev int64, plugged []string) {
+	a.mu.Lock()
+	advanced := rev > a.applied
+	if advanced {
+		a.applied = rev
+	}
+	applied := a.applied
+	a.mu.Unlock()
+	if advanced {
+		if err := saveAppliedRevision(a.cfg.StateDir, applied); err != nil {
+			a.log.Error("cannot persist the applied revision", "rev", applied, "err", err)
+		}
+	}
+	a.met.appliedRevision.Set(float64(applied))
+	a.queueReport(applied, plugged)
+}
+
+// reconcile runs one Apply of the current desired state (a full pass).
 func (a *Agent) reconcile(ctx context.Context) error {
 	gossip := a.gossipDead()
 	infra := a.infrastructure()
@@ -448,6 +528,9 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	a.met.pluggedPorts.Set(float64(len(plugged)))
 	a.met.withheldPorts.Set(float64(b.withheld))
 	if err != nil {
+		a.mu.Lock()
+		a.model.prog = nil // the kernel may hold part of it: the next pass is full again
+		a.mu.Unlock()
 		a.met.reconcileErrors.Inc()
 		if ctx.Err() == nil {
 			a.log.Error("apply failed, retrying", "rev", b.revision, "objects", len(res.Errors), "err", err)
@@ -458,20 +541,8 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		return fmt.Errorf("apply revision %d: %w", b.revision, err)
 	}
 	a.met.remotePorts.Set(float64(b.remotes))
-	a.mu.Lock()
-	advanced := b.revision > a.applied
-	if advanced {
-		a.applied = b.revision
-	}
-	applied := a.applied
-	a.mu.Unlock()
-	if advanced {
-		if err := saveAppliedRevision(a.cfg.StateDir, applied); err != nil {
-			a.log.Error("cannot persist the applied revision", "rev", applied, "err", err)
-		}
-	}
-	a.met.appliedRevision.Set(float64(applied))
-	a.queueReport(applied, plugged)
+	a.plugged = plugged
+	a.advance(b.revision, plugged)
 	return nil
 }
 

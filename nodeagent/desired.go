@@ -38,11 +38,16 @@ type desiredModel struct {
 	// remoteSorted is remote in id order as of the last build; remoteTouched the ids merged since.
 	remoteSorted  []*remoteEntry
 	remoteTouched map[string]struct{}
+	// prog is what the last full pass programmed, kept current by incremental passes; nil when the
+	// next pass must be full. pend is what was merged since the last pass. See incremental.go.
+	prog *programmed
+	pend pending
 }
 
 type nodeRef struct {
-	name string
-	down bool // as of the last build
+	name  string
+	down  bool // as of the last build
+	known bool // down was evaluated by a build
 }
 
 type networkEntry struct {
@@ -87,6 +92,8 @@ func (m *desiredModel) reset() {
 	m.nodes = map[string]*nodeRef{}
 	m.remoteSorted = nil
 	m.remoteTouched = map[string]struct{}{}
+	m.prog = nil
+	m.pend = pending{full: true, remotes: map[string]*remoteEntry{}, networks: map[string]*networkEntry{}}
 }
 
 func (m *desiredModel) node(name string) *nodeRef {
@@ -105,23 +112,37 @@ func (m *desiredModel) merge(resp *vxfabricv1.SyncResponse) {
 		m.ready = true
 	}
 	for _, id := range resp.GetRemovedNetworkIds() {
-		delete(m.networks, id)
+		if _, ok := m.networks[id]; ok {
+			delete(m.networks, id)
+			m.pend.full = true
+		}
 	}
 	for _, id := range resp.GetRemovedLocalPortIds() {
-		delete(m.local, id)
+		if _, ok := m.local[id]; ok {
+			delete(m.local, id)
+			m.pend.full = true
+		}
 	}
 	for _, id := range resp.GetRemovedRemotePortIds() {
-		if _, ok := m.remote[id]; ok {
+		if old, ok := m.remote[id]; ok {
+			m.pend.remote(id, old)
 			delete(m.remote, id)
 			m.remoteTouched[id] = struct{}{}
 		}
 	}
 	for _, name := range resp.GetRemovedPeers() {
-		delete(m.peers, name)
-		delete(m.peerVTEPs, name)
+		if _, ok := m.peers[name]; ok {
+			delete(m.peers, name)
+			delete(m.peerVTEPs, name)
+			m.pend.full = true
+		}
 	}
 	for _, n := range resp.GetNetworks() {
+		m.pend.network(n.GetId(), m.networks[n.GetId()])
 		m.networks[n.GetId()] = m.parseNetwork(n)
+	}
+	if len(resp.GetLocalPorts()) > 0 {
+		m.pend.full = true
 	}
 	for _, p := range resp.GetLocalPorts() {
 		mac, err := net.ParseMAC(p.GetMac())
@@ -138,10 +159,14 @@ func (m *desiredModel) merge(resp *vxfabricv1.SyncResponse) {
 		}
 		ip, _ := netip.ParseAddr(p.GetIp())
 		e.port = overlay.RemotePort{MAC: mac, IP: ip, VTEP: vtep}
+		m.pend.remote(e.id, m.remote[e.id])
 		m.remote[e.id] = e
 		m.remoteTouched[e.id] = struct{}{}
 	}
 	for _, p := range resp.GetPeers() {
+		if !samePeer(m.peers[p.GetName()], p) {
+			m.pend.full = true
+		}
 		m.peers[p.GetName()] = p
 		if vtep, err := netip.ParseAddr(p.GetVtep()); err == nil {
 			m.peerVTEPs[p.GetName()] = vtep
@@ -245,8 +270,25 @@ func (m *desiredModel) build(underlay overlay.Underlay, down func(node string) b
 	b := built{revision: m.revision, portByIface: map[string]string{}}
 	b.state.Underlay = underlay
 	for _, n := range m.nodes {
-		n.down = down(n.name)
+		n.down, n.known = down(n.name), true
 	}
+	m.pend.reset()
+	prog := m.prog
+	if prog == nil {
+		prog = &programmed{nets: map[string]*progNet{}, vteps: map[netip.Addr]int32{}}
+	}
+	// The maps keep their room from one full pass to the next.
+	for id, pn := range prog.nets {
+		if _, ok := m.networks[id]; !ok {
+			delete(prog.nets, id)
+			continue
+		}
+		clear(pn.macs)
+		clear(pn.ips)
+		pn.vni = 0
+	}
+	clear(prog.vteps)
+	m.prog = prog
 	byID := map[string]*overlay.Network{}
 	remotes := m.sortedRemotes()
 	// Ports come in runs of one network (few networks, many ports): one map access per run.
@@ -274,14 +316,7 @@ func (m *desiredModel) build(underlay overlay.Underlay, down func(node string) b
 		}
 		vnis[n.VNI] = id
 		b.invalid = append(b.invalid, e.floodInvalid...)
-		n.Flood = make([]netip.Addr, 0, len(e.flood))
-		for _, f := range e.flood {
-			// Sorted by VTEP: a duplicate is the previous one kept.
-			if f.node.down || f.vtep == underlay.VTEP || len(n.Flood) > 0 && n.Flood[len(n.Flood)-1] == f.vtep {
-				continue
-			}
-			n.Flood = append(n.Flood, f.vtep)
-		}
+		n.Flood = floodList(make([]netip.Addr, 0, len(e.flood)), e.flood, underlay.VTEP)
 		n.Remotes = make([]overlay.RemotePort, 0, counts[id])
 		byID[id] = &n
 	}
@@ -358,7 +393,14 @@ func (m *desiredModel) build(underlay overlay.Underlay, down func(node string) b
 		}
 		n.Ports = ports
 		b.state.Networks = append(b.state.Networks, *n)
+		prog.record(id, *n)
 	}
+	for id, pn := range prog.nets {
+		if pn.vni == 0 {
+			delete(prog.nets, id) // not programmed this time
+		}
+	}
+	prog.remotes, prog.withheld = b.remotes, b.withheld
 	slices.SortFunc(b.state.Networks, func(a, b overlay.Network) int { return cmp.Compare(a.VNI, b.VNI) })
 	return b
 }
