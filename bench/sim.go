@@ -63,7 +63,7 @@ type simHost struct {
 	agent *nodeagent.Agent
 }
 
-// hookedDatapath tells the watch what each successful Apply programmed.
+// hookedDatapath tells the watch what each successful Apply or ApplyDelta programmed.
 type hookedDatapath struct {
 	overlay.Datapath
 	host  int
@@ -73,7 +73,15 @@ type hookedDatapath struct {
 func (h *hookedDatapath) Apply(ctx context.Context, d overlay.DesiredState) (overlay.Result, error) {
 	res, err := h.Datapath.Apply(ctx, d)
 	if err == nil {
-		h.watch.applied(h.host, time.Now(), d, res)
+		h.watch.applied(h.host, time.Now(), overlay.DesiredState{}, res)
+	}
+	return res, err
+}
+
+func (h *hookedDatapath) ApplyDelta(ctx context.Context, d overlay.Delta) (overlay.Result, error) {
+	res, err := h.Datapath.ApplyDelta(ctx, d)
+	if err == nil {
+		h.watch.applied(h.host, time.Now(), overlay.DesiredState{}, res)
 	}
 	return res, err
 }
@@ -274,9 +282,9 @@ func (w *applyWatch) waitFirstApply(ctx context.Context) error {
 	}
 }
 
-// applied is called by host's datapath after every successful Apply (from the agent's reconcile
+// applied is called by host's datapath after every successful Apply or ApplyDelta (from the agent's reconcile
 // goroutine: it must be quick).
-func (w *applyWatch) applied(host int, at time.Time, d overlay.DesiredState, res overlay.Result) {
+func (w *applyWatch) applied(host int, at time.Time, _ overlay.DesiredState, res overlay.Result) {
 	var macs [][6]byte
 	if w.active.Load() > 0 {
 		for _, c := range res.Changes {
