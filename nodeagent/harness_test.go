@@ -125,7 +125,8 @@ func (l *links) set(dp *fake.Datapath, name string, present bool) {
 	}
 }
 
-// recorder wraps a datapath and records every Apply; the first failN fail without touching it.
+// recorder wraps a datapath and records every Apply and ApplyDelta; the first failN Applies fail
+// without touching it.
 type recorder struct {
 	overlay.Datapath
 	mu      sync.Mutex
@@ -144,6 +145,15 @@ func (r *recorder) Apply(ctx context.Context, d overlay.DesiredState) (overlay.R
 	}
 	r.mu.Unlock()
 	res, err := r.Datapath.Apply(ctx, d)
+	r.mu.Lock()
+	r.applies = append(r.applies, res)
+	r.mu.Unlock()
+	return res, err
+}
+
+// ApplyDelta records incremental passes among the results too (injected failures hit Apply only).
+func (r *recorder) ApplyDelta(ctx context.Context, d overlay.Delta) (overlay.Result, error) {
+	res, err := r.Datapath.ApplyDelta(ctx, d)
 	r.mu.Lock()
 	r.applies = append(r.applies, res)
 	r.mu.Unlock()
