@@ -184,8 +184,12 @@ type Datapath interface {
 	// programmed by an earlier Apply (its vxlan device exists), or ApplyDelta fails with
 	// ErrNotProgrammed before writing anything; every VTEP it names must be one the last Apply's
 	// underlay filter accepts already (the caller's contract: ApplyDelta never touches nftables).
-	// Result.Changes holds OpAdd for an entry that did not exist, OpUpdate for one replaced (values
-	// are not compared: nothing is read) and OpDelete for one removed; Result.Plugged is nil.
+	// Result.Changes reports what was written as the kernel acknowledges it, without reading
+	// anything: for unicast FDB and neighbour entries OpAdd when none existed for the MAC or IP and
+	// OpUpdate when one was replaced (values are not compared); OpAdd for every flood entry appended
+	// (appending one that exists changes nothing, and the kernel does not say); OpDelete for every
+	// deletion unless the kernel found no entry for the MAC or IP at all (an FDB MAC present under
+	// another destination is acknowledged and left alone). Result.Plugged is nil.
 	ApplyDelta(ctx context.Context, delta Delta) (Result, error)
 	Close() error
 }

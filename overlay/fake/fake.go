@@ -261,32 +261,37 @@ func (a *applier) setFDB(n *network, e fdbEntry) {
 	a.change(overlay.OpAdd, obj)
 }
 
-// delFDB removes the entry of mac if it points at vtep, as NeighDel with a destination does.
+// delFDB removes the entry of mac if it points at vtep, as NeighDel with a destination does; like the
+// kernel it acknowledges (and reports) the deletion whenever mac has an entry at all.
 func (a *applier) delFDB(n *network, mac uint64, vtep netip.Addr) {
 	i, found := slices.BinarySearchFunc(n.fdb, mac, func(x fdbEntry, k uint64) int { return cmp.Compare(x.mac, k) })
-	if !found || a.d.vteps[n.fdb[i].vtep] != vtep {
-		return
-	}
-	n.fdb = slices.Delete(n.fdb, i, i+1)
-	a.change(overlay.OpDelete, overlay.FDBObject(n.vni, macOf(mac), vtep))
-}
-
-// addFlood appends one flood entry; one already there is left alone (NeighAppend says EEXIST).
-func (a *applier) addFlood(n *network, v netip.Addr) {
-	i, found := slices.BinarySearchFunc(n.flood, v, netip.Addr.Compare)
-	if found {
-		return
-	}
-	n.flood = slices.Insert(n.flood, i, v)
-	a.change(overlay.OpAdd, overlay.FloodObject(n.vni, v))
-}
-
-func (a *applier) delFlood(n *network, v netip.Addr) {
-	i, found := slices.BinarySearchFunc(n.flood, v, netip.Addr.Compare)
 	if !found {
 		return
 	}
-	n.flood = slices.Delete(n.flood, i, i+1)
+	if a.d.vteps[n.fdb[i].vtep] == vtep {
+		n.fdb = slices.Delete(n.fdb, i, i+1)
+	}
+	a.change(overlay.OpDelete, overlay.FDBObject(n.vni, macOf(mac), vtep))
+}
+
+// addFlood appends one flood entry; like the kernel it reports every append, even of one that exists
+// (which changes nothing).
+func (a *applier) addFlood(n *network, v netip.Addr) {
+	if i, found := slices.BinarySearchFunc(n.flood, v, netip.Addr.Compare); !found {
+		n.flood = slices.Insert(n.flood, i, v)
+	}
+	a.change(overlay.OpAdd, overlay.FloodObject(n.vni, v))
+}
+
+// delFlood removes one flood entry; like the kernel it reports the deletion whenever the all-zero
+// entry exists at all (under any destination).
+func (a *applier) delFlood(n *network, v netip.Addr) {
+	if len(n.flood) == 0 {
+		return
+	}
+	if i, found := slices.BinarySearchFunc(n.flood, v, netip.Addr.Compare); found {
+		n.flood = slices.Delete(n.flood, i, i+1)
+	}
 	a.change(overlay.OpDelete, overlay.FloodObject(n.vni, v))
 }
 

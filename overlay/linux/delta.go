@@ -54,13 +54,11 @@ func (d *Datapath) ApplyDelta(ctx context.Context, delta overlay.Delta) (overlay
 			v = v.Unmap()
 			err := d.h.NeighAppend(&netlink.Neigh{LinkIndex: idx[i], Family: unix.AF_BRIDGE,
 				State: unix.NUD_PERMANENT | unix.NUD_NOARP, Flags: unix.NTF_SELF, HardwareAddr: zeroMAC, IP: v.AsSlice()})
-			switch {
-			case errors.Is(err, unix.EEXIST):
-			case err != nil:
+			if err != nil && !errors.Is(err, unix.EEXIST) {
 				res.fail(overlay.FloodObject(n.VNI, v), fmt.Errorf("append: %w", err))
-			default:
-				res.change(overlay.OpAdd, overlay.FloodObject(n.VNI, v))
+				continue
 			}
+			res.change(overlay.OpAdd, overlay.FloodObject(n.VNI, v))
 		}
 		for _, e := range n.SetNeigh {
 			ip := e.IP.Unmap()
@@ -123,4 +121,3 @@ func (d *Datapath) delEntry(res *entryResult, obj string, n *netlink.Neigh) {
 		res.change(overlay.OpDelete, obj)
 	}
 }
-
