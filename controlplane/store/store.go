@@ -253,7 +253,7 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 			cmps = append(cmps, NodesUnchangedSince(nodesRev))
 			elses = append(elses, nodesWrittenAfter(nodesRev))
 		}
-		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
+		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, err)
 		}
@@ -261,6 +261,12 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 			out := proto.Clone(stored).(*vxfabricv1.Network)
 			out.Revision = resp.Header.Revision
 			return out, nil
+		}
+		// Why it failed: the reads run after the failure, not in an else branch, which would ride in
+		// the raft entry (and be encoded and decoded along the way) of every successful create. A
+		// state that changed back in between finds nothing and tries again below.
+		if resp, err = s.kv.Txn(ctx).Then(elses...).Commit(); err != nil {
+			return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, err)
 		}
 		if requestID != "" {
 			if id, rev := requestRecord(first(rangeKVs(resp, 4))); rev != 0 {
