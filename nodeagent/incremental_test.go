@@ -66,86 +66,99 @@ func assertNothingLeft(t rapid.TB, a *Agent, dp *fake.Datapath, step int) {
 func TestIncrementalMatchesFullPass(t *testing.T) {
 	rapid.Check(t, func(rt *rapid.T) {
 		dp := fake.New()
-		counter := &deltaCounter{Datapath: dp}
-		a := incAgent(t, counter)
-		ctx := context.Background()
-		nets := []*vxfabricv1.NetworkState{
-			{Id: "iso", Vni: 100, Mtu: 1450, Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED},
-			{Id: "br", Vni: 200, Mtu: 1450, Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED},
-		}
-		status := map[int]vxfabricv1.NodeStatus{}
-		peer := func(i int) *vxfabricv1.Peer {
-			return &vxfabricv1.Peer{Name: fmt.Sprintf("h%d", i), Vtep: incVTEP(i), Status: status[i]}
-		}
-		flood := func(n *vxfabricv1.NetworkState, nodes []int) *vxfabricv1.NetworkState {
-			c := &vxfabricv1.NetworkState{Id: n.Id, Vni: n.Vni, Mtu: n.Mtu, Mode: n.Mode}
-			for _, i := range nodes {
-				c.Flood = append(c.Flood, &vxfabricv1.FloodEntry{Node: fmt.Sprintf("h%d", i), Vtep: incVTEP(i)})
-			}
-			return c
-		}
-		snap := &vxfabricv1.SyncResponse{Revision: 1, Snapshot: true}
-		for i := range 4 {
-			status[i] = vxfabricv1.NodeStatus_NODE_STATUS_ALIVE
-			snap.Peers = append(snap.Peers, peer(i))
-		}
-		for _, n := range nets {
-			snap.Networks = append(snap.Networks, flood(n, []int{0, 1, 2}))
-		}
-		if err := a.accept(snap); err != nil {
-			rt.Fatal(err)
-		}
-		if err := a.reconcile(ctx); err != nil {
-			rt.Fatal(err)
-		}
-		rev := int64(1)
-		steps := rapid.IntRange(1, 25).Draw(rt, "steps")
-		for step := range steps {
-			rev++
-			d := &vxfabricv1.SyncResponse{Revision: rev}
-			for range rapid.IntRange(1, 3).Draw(rt, "ops") {
-				switch rapid.IntRange(0, 9).Draw(rt, "op") {
-				case 0, 1, 2, 3: // a remote port added or changed
-					node := rapid.IntRange(0, 4).Draw(rt, "node") // h4 is no peer yet
-					p := &vxfabricv1.RemotePort{
-						Id:        fmt.Sprintf("p%d", rapid.IntRange(0, 7).Draw(rt, "port")),
-						NetworkId: rapid.SampledFrom([]string{"iso", "iso", "br", "unknown"}).Draw(rt, "network"),
-						Node:      fmt.Sprintf("h%d", node),
-						Vtep:      rapid.SampledFrom([]string{incVTEP(node), incVTEP(node), incVTEP(5), "bad"}).Draw(rt, "vtep"),
-						Mac:       rapid.SampledFrom([]string{"0e:00:00:00:00:01", "0e:00:00:00:00:02", "0e:00:00:00:00:03", "0e:00:00:00:00:04", "zz"}).Draw(rt, "mac"),
-						Ip:        rapid.SampledFrom([]string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", ""}).Draw(rt, "ip"),
-					}
-					d.RemotePorts = append(d.RemotePorts, p)
-				case 4, 5: // a remote port removed
-					d.RemovedRemotePortIds = append(d.RemovedRemotePortIds, fmt.Sprintf("p%d", rapid.IntRange(0, 7).Draw(rt, "port")))
-				case 6: // a flood list sent again
-					n := nets[rapid.IntRange(0, 1).Draw(rt, "net")]
-					nodes := rapid.SliceOfDistinct(rapid.IntRange(0, 4), rapid.ID).Draw(rt, "flood")
-					slices.Sort(nodes)
-					d.Networks = append(d.Networks, flood(n, nodes))
-				case 7: // a peer dies or returns
-					i := rapid.IntRange(0, 3).Draw(rt, "peer")
-					status[i] = rapid.SampledFrom([]vxfabricv1.NodeStatus{vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, vxfabricv1.NodeStatus_NODE_STATUS_DEAD}).Draw(rt, "status")
-					d.Peers = append(d.Peers, peer(i))
-				case 8: // a peer record sent again, unchanged
-					d.Peers = append(d.Peers, peer(rapid.IntRange(0, 3).Draw(rt, "peer")))
-				case 9: // the fifth node becomes a peer
-					status[4] = vxfabricv1.NodeStatus_NODE_STATUS_ALIVE
-					d.Peers = append(d.Peers, peer(4))
-				}
-			}
-			if err := a.accept(d); err != nil {
-				rt.Fatal(err)
-			}
-			if err := a.reconcileChange(ctx); err != nil {
-				rt.Fatalf("step %d: %v", step, err)
-			}
-			if got := a.AppliedRevision(); got != rev {
-				rt.Fatalf("step %d: applied revision %d, want %d", step, got, rev)
-			}
-			assertNothingLeft(rt, a, dp, step)
-		}
+		incrementalProperty(t, rt, dp, func(want overlay.DesiredState) (overlay.Result, error) {
+			return dp.Reopen().Apply(context.Background(), want)
+		})
 	})
+}
+
+// incrementalProperty is one run of the property on dp: full(want) applies the whole desired state
+// after each step (to a copy of the kernel where there is one) and must report no change.
+func incrementalProperty(t *testing.T, rt *rapid.T, dp overlay.Datapath, full func(overlay.DesiredState) (overlay.Result, error)) {
+	a := incAgent(t, dp)
+	ctx := context.Background()
+	nets := []*vxfabricv1.NetworkState{
+		{Id: "iso", Vni: 100, Mtu: 1450, Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED},
+		{Id: "br", Vni: 200, Mtu: 1450, Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED},
+	}
+	status := map[int]vxfabricv1.NodeStatus{}
+	peer := func(i int) *vxfabricv1.Peer {
+		return &vxfabricv1.Peer{Name: fmt.Sprintf("h%d", i), Vtep: incVTEP(i), Status: status[i]}
+	}
+	flood := func(n *vxfabricv1.NetworkState, nodes []int) *vxfabricv1.NetworkState {
+		c := &vxfabricv1.NetworkState{Id: n.Id, Vni: n.Vni, Mtu: n.Mtu, Mode: n.Mode}
+		for _, i := range nodes {
+			c.Flood = append(c.Flood, &vxfabricv1.FloodEntry{Node: fmt.Sprintf("h%d", i), Vtep: incVTEP(i)})
+		}
+		return c
+	}
+	snap := &vxfabricv1.SyncResponse{Revision: 1, Snapshot: true}
+	for i := range 4 {
+		status[i] = vxfabricv1.NodeStatus_NODE_STATUS_ALIVE
+		snap.Peers = append(snap.Peers, peer(i))
+	}
+	for _, n := range nets {
+		snap.Networks = append(snap.Networks, flood(n, []int{0, 1, 2}))
+	}
+	if err := a.accept(snap); err != nil {
+		rt.Fatal(err)
+	}
+	if err := a.reconcile(ctx); err != nil {
+		rt.Fatal(err)
+	}
+	rev := int64(1)
+	steps := rapid.IntRange(1, 25).Draw(rt, "steps")
+	for step := range steps {
+		rev++
+		d := &vxfabricv1.SyncResponse{Revision: rev}
+		for range rapid.IntRange(1, 3).Draw(rt, "ops") {
+			switch rapid.IntRange(0, 9).Draw(rt, "op") {
+			case 0, 1, 2, 3: // a remote port added or changed
+				node := rapid.IntRange(0, 4).Draw(rt, "node") // h4 is no peer yet
+				p := &vxfabricv1.RemotePort{
+					Id:        fmt.Sprintf("p%d", rapid.IntRange(0, 7).Draw(rt, "port")),
+					NetworkId: rapid.SampledFrom([]string{"iso", "iso", "br", "unknown"}).Draw(rt, "network"),
+					Node:      fmt.Sprintf("h%d", node),
+					Vtep:      rapid.SampledFrom([]string{incVTEP(node), incVTEP(node), incVTEP(5), "bad"}).Draw(rt, "vtep"),
+					Mac:       rapid.SampledFrom([]string{"0e:00:00:00:00:01", "0e:00:00:00:00:02", "0e:00:00:00:00:03", "0e:00:00:00:00:04", "zz"}).Draw(rt, "mac"),
+					Ip:        rapid.SampledFrom([]string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", ""}).Draw(rt, "ip"),
+				}
+				d.RemotePorts = append(d.RemotePorts, p)
+			case 4, 5: // a remote port removed
+				d.RemovedRemotePortIds = append(d.RemovedRemotePortIds, fmt.Sprintf("p%d", rapid.IntRange(0, 7).Draw(rt, "port")))
+			case 6: // a flood list sent again
+				n := nets[rapid.IntRange(0, 1).Draw(rt, "net")]
+				nodes := rapid.SliceOfDistinct(rapid.IntRange(0, 4), rapid.ID).Draw(rt, "flood")
+				slices.Sort(nodes)
+				d.Networks = append(d.Networks, flood(n, nodes))
+			case 7: // a peer dies or returns
+				i := rapid.IntRange(0, 3).Draw(rt, "peer")
+				status[i] = rapid.SampledFrom([]vxfabricv1.NodeStatus{vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, vxfabricv1.NodeStatus_NODE_STATUS_DEAD}).Draw(rt, "status")
+				d.Peers = append(d.Peers, peer(i))
+			case 8: // a peer record sent again, unchanged
+				d.Peers = append(d.Peers, peer(rapid.IntRange(0, 3).Draw(rt, "peer")))
+			case 9: // the fifth node becomes a peer
+				status[4] = vxfabricv1.NodeStatus_NODE_STATUS_ALIVE
+				d.Peers = append(d.Peers, peer(4))
+			}
+		}
+		if err := a.accept(d); err != nil {
+			rt.Fatal(err)
+		}
+		if err := a.reconcileChange(ctx); err != nil {
+			rt.Fatalf("step %d: %v", step, err)
+		}
+		if got := a.AppliedRevision(); got != rev {
+			rt.Fatalf("step %d: applied revision %d, want %d", step, got, rev)
+		}
+		res, err := full(a.fullState())
+		if err != nil {
+			rt.Fatalf("step %d: full apply: %v", step, err)
+		}
+		if len(res.Changes) > 0 {
+			rt.Fatalf("step %d: a full Apply after the incremental passes still changes %v", step, res.Changes)
+		}
+	}
 }
 
 // TestIncrementalPassIsUsed checks that a remote port coming and going in a programmed network, behind
