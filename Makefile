@@ -28,8 +28,10 @@ deps: ## install what the lab and the privileged tests run (ip, bridge, sysctl, 
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
 	fi
 
+# The binary is static (CGO_ENABLED=0): no libc or dynamic loader is mapped into each process (about
+# 1 MiB less RSS per agent) and it runs on any Linux distribution. Nothing in vxfabric needs cgo.
 build: ## build the vxfab binary into bin/vxfab
-	$(GO) build -o $(BIN) ./cmd/vxfab
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/vxfab
 
 test: deps build ## everything CI runs: unit, integration, and (as root) privileged and end-to-end tests
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
