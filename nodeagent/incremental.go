@@ -29,6 +29,11 @@ type programmed struct {
 	vteps map[netip.Addr]int32
 	// remotes and withheld are the metrics' figures.
 	remotes, withheld int
+	// Scratch space of incremental, kept so that a pass allocates little.
+	byNet map[*progNet]*overlay.NetworkDelta
+	dvtep map[netip.Addr]int32
+	fdb   map[fdbKey]keyChange
+	neigh map[neighKey]keyChange
 }
 
 type progNet struct {
@@ -142,6 +147,17 @@ type keyChange struct {
 	before, after *remoteEntry
 }
 
+// note counts e leaving (sign -1) or entering (+1) the key.
+func (c keyChange) note(e *remoteEntry, sign int32) keyChange {
+	c.delta += sign
+	if sign < 0 {
+		c.before = e
+	} else {
+		c.after = e
+	}
+	return c
+}
+
 // incremental turns what was merged since the last pass into a delta of kernel entries and records it
 // as programmed. ok is false when only a full pass can apply the change; the model is then unchanged
 // and the caller runs the full pass (which rebuilds m.prog).
@@ -150,7 +166,15 @@ func (m *desiredModel) incremental(local netip.Addr) (d overlay.Delta, remotes, 
 	if p == nil || m.pend.full {
 		return d, 0, 0, false
 	}
-	byNet := map[*progNet]*overlay.NetworkDelta{}
+	if p.byNet == nil {
+		p.byNet, p.dvtep = map[*progNet]*overlay.NetworkDelta{}, map[netip.Addr]int32{}
+		p.fdb, p.neigh = map[fdbKey]keyChange{}, map[neighKey]keyChange{}
+	}
+	byNet, vteps, fdb, neigh := p.byNet, p.dvtep, p.fdb, p.neigh
+	clear(byNet)
+	clear(vteps)
+	clear(fdb)
+	clear(neigh)
 	nd := func(pn *progNet) *overlay.NetworkDelta {
 		x := byNet[pn]
 		if x == nil {
@@ -159,7 +183,6 @@ func (m *desiredModel) incremental(local netip.Addr) (d overlay.Delta, remotes, 
 		}
 		return x
 	}
-	vteps := map[netip.Addr]int32{}
 
 	// Flood lists of networks sent again: only the flood entries may differ.
 	for id, old := range m.pend.networks {
@@ -192,8 +215,6 @@ func (m *desiredModel) incremental(local netip.Addr) (d overlay.Delta, remotes, 
 	}
 
 	// Remote ports: what each touched MAC and IP held before and holds after.
-	fdb := map[fdbKey]*keyChange{}
-	neigh := map[neighKey]*keyChange{}
 	for id, old := range m.pend.remotes {
 		for _, side := range [2]struct {
 			e    *remoteEntry
@@ -216,25 +237,11 @@ func (m *desiredModel) incremental(local netip.Addr) (d overlay.Delta, remotes, 
 			}
 			remotes += int(side.sign)
 			vteps[e.port.VTEP.Unmap()] += side.sign
-			note := func(c *keyChange) {
-				c.delta += side.sign
-				if side.sign < 0 {
-					c.before = e
-				} else {
-					c.after = e
-				}
-			}
 			fk := fdbKey{pn, macKey(e.port.MAC)}
-			if fdb[fk] == nil {
-				fdb[fk] = &keyChange{}
-			}
-			note(fdb[fk])
+			fdb[fk] = fdb[fk].note(e, side.sign)
 			if ip := e.port.IP.Unmap(); pn.proxy && ip.Is4() {
 				nk := neighKey{pn, ip4Key(ip)}
-				if neigh[nk] == nil {
-					neigh[nk] = &keyChange{}
-				}
-				note(neigh[nk])
+				neigh[nk] = neigh[nk].note(e, side.sign)
 			}
 		}
 	}
