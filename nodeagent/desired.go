@@ -277,17 +277,8 @@ func (m *desiredModel) build(underlay overlay.Underlay, down func(node string) b
 	if prog == nil {
 		prog = &programmed{nets: map[string]*progNet{}, vteps: map[netip.Addr]int32{}}
 	}
-	// The maps keep their room from one full pass to the next.
-	for id, pn := range prog.nets {
-		if _, ok := m.networks[id]; !ok {
-			delete(prog.nets, id)
-			continue
-		}
-		clear(pn.macs)
-		clear(pn.ips)
-		pn.vni = 0
-	}
-	clear(prog.vteps)
+	clear(prog.built)
+	prog.built, prog.indexed = prog.built[:0], false
 	m.prog = prog
 	byID := map[string]*overlay.Network{}
 	remotes := m.sortedRemotes()
@@ -393,12 +384,7 @@ func (m *desiredModel) build(underlay overlay.Underlay, down func(node string) b
 		}
 		n.Ports = ports
 		b.state.Networks = append(b.state.Networks, *n)
-		prog.record(id, *n)
-	}
-	for id, pn := range prog.nets {
-		if pn.vni == 0 {
-			delete(prog.nets, id) // not programmed this time
-		}
+		prog.built = append(prog.built, builtNet{id: id, n: *n})
 	}
 	prog.remotes, prog.withheld = b.remotes, b.withheld
 	slices.SortFunc(b.state.Networks, func(a, b overlay.Network) int { return cmp.Compare(a.VNI, b.VNI) })

@@ -23,10 +23,15 @@ import (
 // lists (networks, local ports, peers, snapshots). Liveness changes and the periodic pass are full
 // passes too (Agent.trigger).
 
-// programmed is what the last full pass put in the kernel, kept current by incremental passes.
+// programmed is what the last full pass put in the kernel, kept current by incremental passes. The
+// counts are built from the full pass's networks (built) by the first incremental pass that needs
+// them, not by the full pass itself: a run of full passes (a host joining, the periodic pass) pays
+// for the counting once, and only when a change comes.
 type programmed struct {
-	nets  map[string]*progNet // by network id: the networks of the last full build's state
-	vteps map[netip.Addr]int32
+	built   []builtNet
+	indexed bool
+	nets    map[string]*progNet // by network id: the networks of the last full build's state
+	vteps   map[netip.Addr]int32
 	// remotes and withheld are the metrics' figures.
 	remotes, withheld int
 	// Scratch space of incremental, kept so that a pass allocates little.
@@ -97,7 +102,36 @@ func floodList(dst []netip.Addr, entries []floodEntry, local netip.Addr) []netip
 	return dst
 }
 
-// record fills p from one network of a full build's state.
+type builtNet struct {
+	id string
+	n  overlay.Network
+}
+
+// index counts what the last full pass programmed, once after it; the maps keep their room from one
+// full pass to the next.
+func (p *programmed) index() {
+	if p.indexed {
+		return
+	}
+	for _, pn := range p.nets {
+		clear(pn.macs)
+		clear(pn.ips)
+		pn.vni = 0
+	}
+	clear(p.vteps)
+	for _, b := range p.built {
+		p.record(b.id, b.n)
+	}
+	for id, pn := range p.nets {
+		if pn.vni == 0 {
+			delete(p.nets, id) // not programmed this time
+		}
+	}
+	clear(p.built)
+	p.built, p.indexed = p.built[:0], true
+}
+
+// record counts one network of a full build's state.
 func (p *programmed) record(id string, n overlay.Network) {
 	pn := p.nets[id]
 	if pn == nil {
@@ -166,6 +200,7 @@ func (m *desiredModel) incremental(local netip.Addr) (d overlay.Delta, remotes, 
 	if p == nil || m.pend.full {
 		return d, 0, 0, false
 	}
+	p.index()
 	if p.byNet == nil {
 		p.byNet, p.dvtep = map[*progNet]*overlay.NetworkDelta{}, map[netip.Addr]int32{}
 		p.fdb, p.neigh = map[fdbKey]keyChange{}, map[neighKey]keyChange{}
