@@ -5,9 +5,12 @@
 //   - sync: the Sync stream to one server at a time (failing over between them, backoff with jitter,
 //     and, with gossip, away from a server gossip declares dead even if its TCP stream never closes);
 //     it merges snapshots and deltas into the desired model, refusing any older than what was applied;
-//   - reconcile: the only caller of Datapath.Apply. Triggers (new desired state, a watched interface
-//     appearing or going, a gossip death or return, the periodic full pass) coalesce into one pending
-//     pass; a failed Apply is retried with backoff;
+//   - reconcile: the only caller of Datapath.Apply and ApplyDelta. Triggers (new desired state, a
+//     watched interface appearing or going, a gossip death or return, the periodic full pass) coalesce
+//     into one pending pass; a failed Apply is retried with backoff. A pass for new desired state that
+//     only adds, moves or removes remote ports and flood entries of programmed networks behind known
+//     VTEPs writes just those entries (ApplyDelta, see incremental.go); every other pass, and every
+//     pass a link, liveness or the timer asks for, is a full one (build, Apply, drift repaired);
 //   - report: ReportApplied, coalesced (only the newest report is sent), re-sent on every new stream;
 //   - links: the LinkSource, which triggers a pass when a desired port's interface appears or goes;
 //   - liveness (with gossip): triggers a pass when gossip finds an agent node Down (DEAD, or SUSPECT

@@ -351,20 +351,3 @@ func sortDelta(x *overlay.NetworkDelta) {
 	slices.SortFunc(x.AddFlood, netip.Addr.Compare)
 	slices.SortFunc(x.DelFlood, netip.Addr.Compare)
 }
-
-// fullState builds the whole desired state as the next full pass would, without recording anything
-// (tests compare it with what incremental passes programmed).
-func (a *Agent) fullState() overlay.DesiredState {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	prog, pend := a.model.prog, a.model.pend
-	a.model.prog = nil
-	a.model.pend = pending{remotes: map[string]*remoteEntry{}, networks: map[string]*networkEntry{}}
-	b := a.model.build(overlay.Underlay{VTEP: a.cfg.VTEP, Interface: a.cfg.UnderlayInterface}, a.model.dead(a.gossipDead()))
-	a.model.prog, a.model.pend = prog, pend
-	for _, vtep := range a.model.peerVTEPs {
-		b.state.Infrastructure = append(b.state.Infrastructure, vtep)
-	}
-	b.state.Infrastructure = append(a.infrastructure(), b.state.Infrastructure...)
-	return b.state
-}
