@@ -353,7 +353,7 @@ func (a *Agent) accept(resp *vxfabricv1.SyncResponse) error {
 }
 
 func (a *Agent) reconcileLoop(ctx context.Context) {
-	full := time.NewTicker(a.cfg.FullResyncInterval)
+	full := time.NewTimer(jittered(a.cfg.FullResyncInterval))
 	defer full.Stop()
 	bo := backoff{min: a.cfg.BackoffMin, max: a.cfg.BackoffMax}
 	var retry <-chan time.Time
@@ -365,6 +365,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		case <-a.kick:
 			fullPass = a.fullWanted.Swap(false)
 		case <-full.C:
+			full.Reset(jittered(a.cfg.FullResyncInterval))
 		case <-retry:
 		}
 		retry = nil
@@ -381,6 +382,13 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			bo.reset()
 		}
 	}
+}
+
+// jittered spreads a period over 0.75..1.25 of itself: agents started together (a rack powered on,
+// a fleet upgraded) must not all read and diff their kernels, and load their servers, in the same
+// instant of every period.
+func jittered(d time.Duration) time.Duration {
+	return d*3/4 + rand.N(d/2+1)
 }
 
 // gossipDead returns, for each agent node this agent's gossip knows, whether it is dead: every member

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"pgregory.net/rapid"
 
@@ -239,4 +240,21 @@ func (a *Agent) fullState() overlay.DesiredState {
 	}
 	b.state.Infrastructure = append(a.infrastructure(), b.state.Infrastructure...)
 	return b.state
+}
+
+// TestFullPassJitter checks that periodic full passes are spread over 0.75..1.25 of the interval, so
+// that agents started together do not all run them at once.
+func TestFullPassJitter(t *testing.T) {
+	const d = 30 * time.Second
+	lo, hi := d, time.Duration(0)
+	for range 1000 {
+		j := jittered(d)
+		lo, hi = min(lo, j), max(hi, j)
+	}
+	if lo < d*3/4 || hi > d*5/4 {
+		t.Fatalf("jittered periods span %s..%s, want within %s..%s", lo, hi, d*3/4, d*5/4)
+	}
+	if hi-lo < d/4 {
+		t.Fatalf("jittered periods span only %s..%s: the agents would stay in step", lo, hi)
+	}
 }
