@@ -229,29 +229,28 @@ func decodeNetwork(kv *mvccpb.KeyValue) (*vxfabricv1.Network, error) {
 // written after it (NodesUnchangedSince), and fails with ErrNodesChanged otherwise, so that a check
 // against node records and the create are one atomic step without reading the nodes per create.
 func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string, nodesRev int64) (*vxfabricv1.Network, error) {
-	stored := proto.Clone(n).(*vxfabricv1.Network)
-	stored.Revision = 0
+	stored := n
+	if n.Revision != 0 { // the revision is not stored
+		stored = proto.Clone(n).(*vxfabricv1.Network)
+		stored.Revision = 0
+	}
+	value := marshal(stored)
 	key, nameKey, vniKey := NetworkKey(n.Id), NetworkNameKey(n.Tenant, n.Name), VNIKey(n.Vni)
+	var rk string
+	if requestID != "" {
+		rk = RequestKey(KindNetwork, requestID)
+	}
 	for range maxCASRetries {
-		cmps := []clientv3.Cmp{exists(TenantKey(n.Tenant)), notExists(nameKey), notExists(vniKey), notExists(key)}
-		puts := []clientv3.Op{
-			clientv3.OpPut(key, marshal(stored)),
-			clientv3.OpPut(nameKey, n.Id),
-			clientv3.OpPut(vniKey, n.Id),
-		}
-		elses := []clientv3.Op{
-			clientv3.OpGet(TenantKey(n.Tenant), clientv3.WithKeysOnly()),
-			clientv3.OpGet(nameKey), clientv3.OpGet(vniKey), clientv3.OpGet(key, clientv3.WithKeysOnly()),
-		}
-		if requestID != "" {
-			rk := RequestKey(KindNetwork, requestID)
+		cmps := make([]clientv3.Cmp, 0, 6)
+		cmps = append(cmps, exists(TenantKey(n.Tenant)), notExists(nameKey), notExists(vniKey), notExists(key))
+		puts := make([]clientv3.Op, 0, 4)
+		puts = append(puts, clientv3.OpPut(key, value), clientv3.OpPut(nameKey, n.Id), clientv3.OpPut(vniKey, n.Id))
+		if rk != "" {
 			cmps = append(cmps, notExists(rk))
 			puts = append(puts, clientv3.OpPut(rk, n.Id))
-			elses = append(elses, clientv3.OpGet(rk))
 		}
 		if nodesRev != 0 {
 			cmps = append(cmps, NodesUnchangedSince(nodesRev))
-			elses = append(elses, nodesWrittenAfter(nodesRev))
 		}
 		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Commit()
 		if err != nil {
@@ -262,17 +261,27 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 			out.Revision = resp.Header.Revision
 			return out, nil
 		}
-		// Why it failed: the reads run after the failure, not in an else branch, which would ride in
+		// Why it failed: these reads run after the failure, not as an else branch, which would ride in
 		// the raft entry (and be encoded and decoded along the way) of every successful create. A
 		// state that changed back in between finds nothing and tries again below.
-		if resp, err = s.kv.Txn(ctx).Then(elses...).Commit(); err != nil {
+		reads := []clientv3.Op{
+			clientv3.OpGet(TenantKey(n.Tenant), clientv3.WithKeysOnly()),
+			clientv3.OpGet(nameKey), clientv3.OpGet(vniKey), clientv3.OpGet(key, clientv3.WithKeysOnly()),
+		}
+		if rk != "" {
+			reads = append(reads, clientv3.OpGet(rk))
+		}
+		if nodesRev != 0 {
+			reads = append(reads, nodesWrittenAfter(nodesRev))
+		}
+		if resp, err = s.kv.Txn(ctx).Then(reads...).Commit(); err != nil {
 			return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, err)
 		}
 		if requestID != "" {
 			if id, rev := requestRecord(first(rangeKVs(resp, 4))); rev != 0 {
 				prev, err := s.GetNetworkByID(ctx, id)
 				if errors.Is(err, ErrNotFound) {
-					if err := s.dropStaleRequest(ctx, RequestKey(KindNetwork, requestID), rev); err != nil {
+					if err := s.dropStaleRequest(ctx, rk, rev); err != nil {
 						return nil, err
 					}
 					continue
