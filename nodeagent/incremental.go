@@ -56,13 +56,24 @@ type pending struct {
 	networks map[string]*networkEntry
 }
 
+// reset empties p. Maps that grew (a burst of changes) are replaced rather than cleared: an empty
+// map keeps its room, and clearing or ranging over it costs that room on every later pass.
 func (p *pending) reset() {
 	p.full = false
-	clear(p.remotes)
+	if len(p.remotes) > 64 {
+		p.remotes = map[string]*remoteEntry{}
+	} else {
+		clear(p.remotes)
+	}
 	clear(p.networks)
 }
 
+// remote records the version of a remote port the last pass saw (nil: none), unless a full pass is
+// due anyway.
 func (p *pending) remote(id string, old *remoteEntry) {
+	if p.full {
+		return
+	}
 	if _, seen := p.remotes[id]; !seen {
 		p.remotes[id] = old
 	}
@@ -71,6 +82,8 @@ func (p *pending) remote(id string, old *remoteEntry) {
 func (p *pending) network(id string, old *networkEntry) {
 	if old == nil {
 		p.full = true // a new network: devices, nftables
+	}
+	if p.full {
 		return
 	}
 	if _, seen := p.networks[id]; !seen {
