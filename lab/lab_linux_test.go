@@ -164,6 +164,28 @@ func TestPrivilegedTopology(t *testing.T) {
 	mustReach(t, l, "h2", ControlAddr)
 	mustReach(t, l, "outside", HostAddr(1))
 
+	// br_netfilter is off for the bridges of hosts and switch unless the lab asks for it, whatever
+	// the machine's module state ("" when the module is not loaded: nothing to switch).
+	checkBridgeNetfilter := func(want string) {
+		t.Helper()
+		for _, r := range []string{RoleSwitch, "h1", "h2"} {
+			got, err := bridgeNetfilter(l.Namespace(r))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != "" && got != want {
+				t.Errorf("%s: bridge-nf-call-{arptables,iptables,ip6tables} = %s, want %s", r, got, want)
+			}
+		}
+	}
+	checkBridgeNetfilter("0,0,0")
+	l.cfg.BridgeNetfilter = true
+	if err := l.ensureTopology(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkBridgeNetfilter("1,1,1")
+	l.cfg.BridgeNetfilter = false
+
 	h1, err := l.Handle("h1")
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -74,6 +75,11 @@ func (l *Lab) ensureTopology(ctx context.Context) error {
 			return err
 		}
 	}
+	for _, r := range append([]string{RoleSwitch}, l.Hosts()...) {
+		if err := ensureBridgeNetfilter(l.Namespace(r), l.cfg.BridgeNetfilter); err != nil {
+			return err
+		}
+	}
 	sw, err := handleAt(l.Namespace(RoleSwitch))
 	if err != nil {
 		return err
@@ -117,6 +123,62 @@ func hostOfPort(switchEnd string) string {
 		}
 	}
 	return ""
+}
+
+// bridgeNetfilterSysctls are br_netfilter's per-namespace switches; they exist only while the
+// module is loaded.
+var bridgeNetfilterSysctls = []string{
+	"/proc/sys/net/bridge/bridge-nf-call-arptables",
+	"/proc/sys/net/bridge/bridge-nf-call-iptables",
+	"/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+}
+
+// ensureBridgeNetfilter sets whether the bridges of a namespace pass frames through the arp, ip
+// and ip6 hooks (and conntrack). Without the br_netfilter module there is nothing to set.
+func ensureBridgeNetfilter(ns string, on bool) error {
+	want := "0"
+	if on {
+		want = "1"
+	}
+	return inNamespace(ns, func() error {
+		for _, path := range bridgeNetfilterSysctls {
+			b, err := os.ReadFile(path)
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("namespace %q: read %s: %w", ns, path, err)
+			}
+			if strings.TrimSpace(string(b)) == want {
+				continue
+			}
+			if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+				return fmt.Errorf("namespace %q: set %s to %s: %w", ns, path, want, err)
+			}
+		}
+		return nil
+	})
+}
+
+// bridgeNetfilter reads the three switches in a namespace: "" when br_netfilter is not loaded,
+// else their values joined by commas.
+func bridgeNetfilter(ns string) (string, error) {
+	var vals []string
+	err := inNamespace(ns, func() error {
+		for _, path := range bridgeNetfilterSysctls {
+			b, err := os.ReadFile(path)
+			if errors.Is(err, os.ErrNotExist) {
+				vals = nil
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("namespace %q: read %s: %w", ns, path, err)
+			}
+			vals = append(vals, strings.TrimSpace(string(b)))
+		}
+		return nil
+	})
+	return strings.Join(vals, ","), err
 }
 
 func ensureBridge(h *netlink.Handle, name string) (int, error) {
