@@ -4,8 +4,11 @@ package linux_test
 
 import (
 	"context"
+	"net"
+	"net/netip"
 	"testing"
 
+	"github.com/vxfabric/vxfabric/overlay"
 	"github.com/vxfabric/vxfabric/overlay/internal/nstest"
 	"github.com/vxfabric/vxfabric/overlay/linux/linuxbench"
 )
@@ -72,6 +75,33 @@ func BenchmarkPrivilegedRepair10k(b *testing.B) {
 		b.StartTimer()
 		if _, n, err := e.Apply(ctx, e.Full); err != nil || n != 1 {
 			b.Fatalf("repair apply: %d changes, err %v", n, err)
+		}
+	}
+}
+
+// BenchmarkPrivilegedDeltaOneRemote10k: one remote port added (FDB and neighbour entry) and the
+// previous one removed through ApplyDelta, in a network of 10,000: what the agent writes per change.
+func BenchmarkPrivilegedDeltaOneRemote10k(b *testing.B) {
+	e := benchEnv(b)
+	ctx := context.Background()
+	if _, _, err := e.Apply(ctx, e.Full); err != nil {
+		b.Fatal(err)
+	}
+	vtep := e.Full.Networks[0].Flood[0]
+	port := func(i int) (overlay.FDBEntry, overlay.NeighEntry) {
+		mac := net.HardwareAddr{0x0e, 0x43, 0, byte(i >> 16), byte(i >> 8), byte(i)}
+		return overlay.FDBEntry{MAC: mac, VTEP: vtep}, overlay.NeighEntry{IP: netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)}), MAC: mac}
+	}
+	for i := 0; b.Loop(); i++ {
+		f, n := port(i)
+		d := overlay.NetworkDelta{VNI: linuxbench.VNI, SetFDB: []overlay.FDBEntry{f}, SetNeigh: []overlay.NeighEntry{n}}
+		if i > 0 {
+			pf, pn := port(i - 1)
+			d.DelFDB, d.DelNeigh = []overlay.FDBEntry{pf}, []overlay.NeighEntry{pn}
+		}
+		res, err := e.DP.ApplyDelta(ctx, overlay.Delta{Networks: []overlay.NetworkDelta{d}})
+		if want := 2 + len(d.DelFDB) + len(d.DelNeigh); err != nil || len(res.Changes) != want {
+			b.Fatalf("delta: %d changes (want %d), err %v", len(res.Changes), want, err)
 		}
 	}
 }
