@@ -16,7 +16,10 @@
 //
 // Reconcile reads what the kernel reports, diffs it against the desired state and writes only the
 // difference: add before delete, never flush, and never touch an object that is not ours (every
-// device name starts with "vx", every nftables object lives in our own table).
+// device name starts with "vx", every nftables object lives in our own table). Between full passes
+// a change of remote entries (a port or flood target coming, moving or going in a network already
+// programmed) is written as it is, entry by entry, in the same order and without reading the kernel
+// (Datapath.ApplyDelta): its cost follows the change, not the ten thousand entries around it.
 //
 // This package must never switch the namespace of a shared goroutine: the Linux implementation works
 // through handles bound to a namespace.
