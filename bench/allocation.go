@@ -1,10 +1,14 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,16 +152,24 @@ func allocation(ctx context.Context, cfg AllocationConfig, out *Outcome) error {
 			}
 			r.ops += res.ops
 			r.took += res.took
+			r.cpu += res.cpu
 		}
 		rate.perSec = float64(rate.ops) / rate.took.Seconds()
 		raw.perSec = float64(raw.ops) / raw.took.Seconds()
 		created += rate.ops
-		cfg.Progress("allocation, %d clients: %.0f networks/s, raw etcd %.0f txn/s", n, rate.perSec, raw.perSec)
+		cfg.Progress("allocation, %d clients: %.0f networks/s, raw etcd %.0f txn/s (process CPU per op %.0f and %.0f µs)",
+			n, rate.perSec, raw.perSec, rate.cpuPerOp(), raw.cpuPerOp())
 		out.Metrics = append(out.Metrics,
 			InfoMetric(fmt.Sprintf("%d client(s): raw etcd create-if-absent", n), raw.perSec, "txn/s"),
 			InfoMetric(fmt.Sprintf("%d client(s): network creates", n), rate.perSec, "/s"),
 			NewMetric(fmt.Sprintf("%d client(s): network creates / raw txns", n), rate.perSec/raw.perSec, "", AtLeast, 0.5),
 		)
+		if rate.cpu > 0 && raw.cpu > 0 {
+			out.Metrics = append(out.Metrics,
+				InfoMetric(fmt.Sprintf("%d client(s): process CPU per raw txn", n), raw.cpuPerOp(), "µs"),
+				InfoMetric(fmt.Sprintf("%d client(s): process CPU per network create", n), rate.cpuPerOp(), "µs"),
+			)
+		}
 	}
 	dups, total, err := duplicateVNIs(ctx, rawClients[0])
 	if err != nil {
@@ -180,7 +192,45 @@ type rateResult struct {
 	ops    int
 	took   time.Duration
 	perSec float64
+	// cpu is the CPU time the whole process (etcd, servers and clients) used meanwhile; 0 when unknown.
+	cpu time.Duration
 }
+
+// cpuPerOp is the process's CPU time per operation in µs: what the rate comes to when the process has
+// the cores to itself (the machine is shared, so rates swing with others' load; this does less).
+func (r rateResult) cpuPerOp() float64 {
+	if r.ops == 0 {
+		return 0
+	}
+	return float64(r.cpu.Microseconds()) / float64(r.ops)
+}
+
+// processCPU reads the user and system CPU time of this process from /proc/self/stat (10 ms
+// resolution); 0 where there is no /proc.
+func processCPU() time.Duration {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * (time.Second / clockTicks)
+}
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times (100 on every Linux architecture Go supports).
+const clockTicks = 100
 
 // measureRate runs op from n goroutines for d and returns the completed operations per second.
 func measureRate(ctx context.Context, n int, d time.Duration, op func(ctx context.Context, worker int) error) (rateResult, error) {
@@ -190,6 +240,7 @@ func measureRate(ctx context.Context, n int, d time.Duration, op func(ctx contex
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	deadline := time.Now().Add(d)
+	cpu0 := processCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range n {
@@ -207,13 +258,17 @@ func measureRate(ctx context.Context, n int, d time.Duration, op func(ctx contex
 	}
 	wg.Wait()
 	took := time.Since(start)
+	cpu := processCPU() - cpu0
 	if firstErr != nil {
 		return rateResult{}, firstErr
 	}
 	if err := ctx.Err(); err != nil {
 		return rateResult{}, err
 	}
-	return rateResult{ops: int(ops.Load()), took: took, perSec: float64(ops.Load()) / took.Seconds()}, nil
+	if cpu0 == 0 {
+		cpu = 0
+	}
+	return rateResult{ops: int(ops.Load()), took: took, perSec: float64(ops.Load()) / took.Seconds(), cpu: cpu}, nil
 }
 
 // duplicateVNIs reads every network from etcd and counts networks sharing a VNI with an earlier one.
