@@ -88,18 +88,21 @@ func (a *Allocator) nextVNI(ctx context.Context, n int) (uint32, error) {
 // refused with store.ErrVNITaken (an ErrAlreadyExists); an allocated one is retried until a
 // transaction wins or the pool is exhausted (store.ErrExhausted).
 func (a *Allocator) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string, nodesRev int64) (*vxfabricv1.Network, error) {
-	// A retry of a create that succeeded returns its network before anything is allocated (a full pool
-	// must not turn a retry into ResourceExhausted). Concurrent retries are still settled by the
-	// transaction's compare on the request record.
-	if prev, err := a.store.NetworkForRequest(ctx, requestID, n.Tenant, n.Name); prev != nil || err != nil {
-		return prev, err
-	}
+	// A retry of a create that succeeded is answered by the transaction (its compare on the request
+	// record fails, and store returns the recorded network), without a read before it. Only a full
+	// pool is checked against the request record first: it must not turn a retry into
+	// ResourceExhausted.
 	requested := n.Vni != 0
 	for attempt := range maxAttempts {
 		try := proto.Clone(n).(*vxfabricv1.Network)
 		try.Id = NewID()
 		if !requested {
 			v, err := a.nextVNI(ctx, attempt)
+			if errors.Is(err, store.ErrExhausted) {
+				if prev, perr := a.store.NetworkForRequest(ctx, requestID, n.Tenant, n.Name); prev != nil || perr != nil {
+					return prev, perr
+				}
+			}
 			if err != nil {
 				return nil, fmt.Errorf("allocate vni for network %q: %w", n.Name, err)
 			}
