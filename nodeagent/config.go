@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"regexp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/vxfabric/vxfabric/membership"
 	"github.com/vxfabric/vxfabric/overlay"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
 // Config is one agent: which node it speaks for, where its servers are, and what it drives.
@@ -86,13 +86,11 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-var nodeNameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
-
 // Validate reports a configuration the agent cannot run with.
 func (c Config) Validate() error {
 	c = c.withDefaults()
-	if !nodeNameRE.MatchString(c.Node) {
-		return fmt.Errorf("node name %q: want 1-63 characters of [a-z0-9-] starting with a letter", c.Node)
+	if !vxfabricv1.ValidName(c.Node) {
+		return fmt.Errorf("node name %q: want %s", c.Node, vxfabricv1.NameRule)
 	}
 	if !c.VTEP.IsValid() || c.VTEP.IsUnspecified() {
 		return fmt.Errorf("node %q: a VTEP address is required", c.Node)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/store"
@@ -12,10 +11,20 @@ import (
 )
 
 // The validation table of the API: anything refused here is InvalidArgument and nothing is written.
-var (
-	nameRE      = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
-	requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
-)
+
+// validRequestIDChars: request ids are 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'.
+func validRequestIDChars(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // specialPrefixes are IPv4 ranges no network may overlap: a gateway or port address in them would be
 // this-network, loopback, link-local, multicast or reserved/broadcast, which the kernel treats
@@ -42,8 +51,8 @@ func invalid(format string, args ...any) error {
 
 // validName checks a tenant, network, port, node or vm name.
 func validName(field, s string) error {
-	if !nameRE.MatchString(s) {
-		return invalid("%s %q: want 1-63 characters of a-z, 0-9 and '-', starting with a letter", field, s)
+	if !vxfabricv1.ValidName(s) {
+		return invalid("%s %q: want %s", field, s, vxfabricv1.NameRule)
 	}
 	return nil
 }
@@ -56,7 +65,7 @@ func validOptionalName(field, s string) error {
 }
 
 func validRequestID(s string) error {
-	if s != "" && !requestIDRE.MatchString(s) {
+	if s != "" && !validRequestIDChars(s) {
 		return invalid("request_id %q: want 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'", s)
 	}
 	return nil

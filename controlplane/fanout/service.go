@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -17,11 +16,9 @@ import (
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
-var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
-
 func validNode(name string) error {
-	if !nameRE.MatchString(name) {
-		return status.Errorf(codes.InvalidArgument, "node name %q: want 1-63 characters of [a-z0-9-] starting with a letter", name)
+	if !vxfabricv1.ValidName(name) {
+		return status.Errorf(codes.InvalidArgument, "node name %q: want %s", name, vxfabricv1.NameRule)
 	}
 	return nil
 }
