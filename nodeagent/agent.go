@@ -648,6 +648,14 @@ func (a *Agent) livenessLoop(ctx context.Context) {
 				return
 			}
 			first := ev.Previous == 0 // gossip now decides for this node instead of the control plane
+			if ev.Peer.Meta.Role == membership.RoleServer {
+				// A server's addresses join the infrastructure set (VMs may not reach them) as soon as
+				// it is seen or moves, not at the next periodic pass.
+				if first || ev.Previous == ev.Peer.State {
+					a.trigger()
+				}
+				continue
+			}
 			if ev.Peer.Meta.Role != membership.RoleAgent || !first && ev.Peer.Down() == ev.PreviousDown {
 				continue // LEFT, a reachable SUSPECT and metadata changes withhold nothing and return nothing
 			}
