@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
@@ -22,20 +23,21 @@ func init() { register(newServerCmd) }
 
 // serverFlags are the flags of `vxfab server`.
 type serverFlags struct {
-	listen        []string
-	metricsListen string
-	name          string
-	advertise     string
-	gossip        gossipFlags
-	auth          *auth.Config
-	dataDir       string
-	etcdEndpoints []string
-	etcdCert      string
-	etcdKey       string
-	etcdCA        string
-	vniRanges     []string
-	underlayMTU   uint32
-	logLevel      string
+	listen           []string
+	metricsListen    string
+	name             string
+	advertise        string
+	gossip           gossipFlags
+	auth             *auth.Config
+	dataDir          string
+	etcdEndpoints    []string
+	etcdCert         string
+	etcdKey          string
+	etcdCA           string
+	vniRanges        []string
+	underlayMTU      uint32
+	requestRetention time.Duration
+	logLevel         string
 }
 
 func newServerCmd() *cobra.Command {
@@ -69,6 +71,7 @@ func newServerCmd() *cobra.Command {
 	fs.StringVar(&f.etcdCA, "etcd-ca", "", "CA of the etcd cluster")
 	fs.StringArrayVar(&f.vniRanges, "vni-range", nil, "VNI pool range FIRST-LAST, repeatable (default 4096-16777214)")
 	fs.Uint32Var(&f.underlayMTU, "underlay-mtu", def.UnderlayMTU, "MTU of the hosts' underlay; networks default to 50 less")
+	fs.DurationVar(&f.requestRetention, "request-retention", def.RequestRetention, "how long a create's request_id is remembered (0: forever)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.name, "name", "", "this server's gossip member name (default server-HOSTNAME)")
 	fs.StringVar(&f.advertise, "advertise", "", "API address HOST:PORT agents dial, announced through gossip (default: the first TCP --listen, with the gossip address's IP when that listen address is unspecified)")
@@ -108,6 +111,7 @@ func serverConfig(f serverFlags, reg prometheus.Registerer) (server.Config, erro
 		}
 	}
 	cfg.UnderlayMTU = f.underlayMTU
+	cfg.RequestRetention = f.requestRetention
 	// Authentication comes first: nothing may run for a caller before it is authenticated.
 	ac := auth.Default(cfg.DataDir)
 	if f.auth != nil {

@@ -83,7 +83,10 @@ type Config struct {
 	HealthInterval time.Duration
 	// ShutdownTimeout bounds the graceful stop (open streams are cut after it). Default 5 s.
 	ShutdownTimeout time.Duration
-	Logger          *slog.Logger
+	// RequestRetention is how long a create's request_id is remembered (etcd deletes the record with
+	// its lease after that; see store.ExpireRequests). Default 24 h; 0 keeps records forever.
+	RequestRetention time.Duration
+	Logger           *slog.Logger
 	// ServerOptions are extra gRPC server options (credentials, interceptors; see Extension).
 	ServerOptions []grpc.ServerOption
 	// Plugins add services, options and a convergence source; see Plugin.
@@ -108,14 +111,15 @@ func DefaultDataDir() string {
 // Default returns the configuration of a plain `vxfab server`.
 func Default() Config {
 	return Config{
-		Listen:          DefaultListen,
-		DataDir:         DefaultDataDir(),
-		Etcd:            EtcdConfig{DialTimeout: 2 * time.Second},
-		VNIRanges:       alloc.DefaultRanges(),
-		UnderlayMTU:     1500,
-		HealthInterval:  time.Second,
-		ShutdownTimeout: 5 * time.Second,
-		Logger:          slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		Listen:           DefaultListen,
+		DataDir:          DefaultDataDir(),
+		Etcd:             EtcdConfig{DialTimeout: 2 * time.Second},
+		VNIRanges:        alloc.DefaultRanges(),
+		UnderlayMTU:      1500,
+		HealthInterval:   time.Second,
+		ShutdownTimeout:  5 * time.Second,
+		RequestRetention: store.DefaultRequestRetention,
+		Logger:           slog.New(slog.NewTextHandler(os.Stderr, nil)),
 	}
 }
 
@@ -159,6 +163,9 @@ func (c Config) Validate() error {
 	}
 	if c.UnderlayMTU < 626 || c.UnderlayMTU > 65535 {
 		return fmt.Errorf("underlay mtu %d: must be 626-65535 (networks get 50 bytes less)", c.UnderlayMTU)
+	}
+	if c.RequestRetention < 0 || c.RequestRetention > 0 && c.RequestRetention < time.Minute {
+		return fmt.Errorf("request retention %s: must be at least a minute (0 keeps request ids forever)", c.RequestRetention)
 	}
 	if c.HealthInterval <= 0 || c.ShutdownTimeout <= 0 || c.Etcd.DialTimeout <= 0 {
 		return errors.New("health interval, shutdown timeout and etcd dial timeout must be positive")

@@ -134,6 +134,16 @@ func TestTwoReplicasConcurrentCreates(t *testing.T) {
 	if n := count("/vxfabric/v1/ports/"); n != ports {
 		t.Errorf("%d ports, want %d", n, ports)
 	}
+	// Request records expire with their leases (RequestRetention), one per record of each request.
+	records := must(cli.Get(ctx, "/vxfabric/v1/requests/", clientv3.WithPrefix())).Kvs
+	if len(records) != 1+networks+ports {
+		t.Errorf("%d request records, want %d", len(records), 1+networks+ports)
+	}
+	for _, kv := range records {
+		if kv.Lease == 0 {
+			t.Fatalf("request record %s holds no lease: it would never expire", kv.Key)
+		}
+	}
 	for _, kv := range must(cli.Get(ctx, "/vxfabric/v1/alloc/vni/", clientv3.WithPrefix())).Kvs {
 		vni := strings.TrimPrefix(string(kv.Key), "/vxfabric/v1/alloc/vni/")
 		if len(vni) != 8 {

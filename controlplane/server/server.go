@@ -97,6 +97,9 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.store = store.New(s.cli)
+	if cfg.RequestRetention > 0 {
+		s.store.ExpireRequests(s.cli, cfg.RequestRetention)
+	}
 
 	opts := append([]grpc.ServerOption{}, cfg.ServerOptions...)
 	var registers []func(*grpc.Server)

@@ -71,13 +71,22 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 			clientv3.OpGet(macKey, clientv3.WithKeysOnly()),
 			clientv3.OpGet(key, clientv3.WithKeysOnly()),
 		}
+		var lease clientv3.LeaseID
 		if requestID != "" {
 			rk := RequestKey(KindPort, requestID)
+			put, l, err := s.requestPut(ctx, rk, p.Id)
+			if err != nil {
+				return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, err)
+			}
+			lease = l
 			cmps = append(cmps, notExists(rk))
-			puts = append(puts, clientv3.OpPut(rk, p.Id))
+			puts = append(puts, put)
 			elses = append(elses, clientv3.OpGet(rk))
 		}
 		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
+		if s.leaseLost(err, lease) {
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, err)
 		}

@@ -21,7 +21,8 @@ const maxCASRetries = 16
 // Store reads and writes the vxfabric keys. It is safe for concurrent use and holds no state besides
 // the client: any number of Stores (in any number of server replicas) may share one etcd.
 type Store struct {
-	kv clientv3.KV
+	kv       clientv3.KV
+	requests *requestLeases // nil: request records never expire (see ExpireRequests)
 }
 
 // New returns a Store over an etcd client (or any clientv3.KV).
@@ -106,13 +107,22 @@ func (s *Store) CreateTenant(ctx context.Context, t *vxfabricv1.Tenant, requestI
 		cmps := []clientv3.Cmp{notExists(key)}
 		puts := []clientv3.Op{clientv3.OpPut(key, marshal(t))}
 		elses := []clientv3.Op{clientv3.OpGet(key)}
+		var lease clientv3.LeaseID
 		if requestID != "" {
 			rk := RequestKey(KindTenant, requestID)
+			put, l, err := s.requestPut(ctx, rk, t.Name)
+			if err != nil {
+				return nil, fmt.Errorf("create tenant %q: %w", t.Name, err)
+			}
+			lease = l
 			cmps = append(cmps, notExists(rk))
-			puts = append(puts, clientv3.OpPut(rk, t.Name))
+			puts = append(puts, put)
 			elses = append(elses, clientv3.OpGet(rk))
 		}
 		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
+		if s.leaseLost(err, lease) {
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("create tenant %q: %w", t.Name, err)
 		}
@@ -245,14 +255,23 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 		cmps = append(cmps, exists(TenantKey(n.Tenant)), notExists(nameKey), notExists(vniKey), notExists(key))
 		puts := make([]clientv3.Op, 0, 4)
 		puts = append(puts, clientv3.OpPut(key, value), clientv3.OpPut(nameKey, n.Id), clientv3.OpPut(vniKey, n.Id))
+		var lease clientv3.LeaseID
 		if rk != "" {
+			put, l, err := s.requestPut(ctx, rk, n.Id)
+			if err != nil {
+				return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, err)
+			}
+			lease = l
 			cmps = append(cmps, notExists(rk))
-			puts = append(puts, clientv3.OpPut(rk, n.Id))
+			puts = append(puts, put)
 		}
 		if nodesRev != 0 {
 			cmps = append(cmps, NodesUnchangedSince(nodesRev))
 		}
 		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Commit()
+		if s.leaseLost(err, lease) {
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, err)
 		}

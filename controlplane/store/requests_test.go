@@ -1,0 +1,94 @@
+package store
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// Request records expire: within the retention a retry returns the created resource; after it the
+// record is gone from etcd (etcd deleted it with its lease) and a retry is a new create.
+func TestRequestRecordsExpire(t *testing.T) {
+	s, cli := newTestStore(t)
+	const retention = 2 * time.Second
+	s.ExpireRequests(cli, retention)
+	ctx := testCtx(t)
+
+	if _, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, "req-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "other"}, "req-2"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, "req-1")
+	if err != nil || got.GetName() != "acme" {
+		t.Fatalf("retry within the retention: %v, %v; want the tenant", got, err)
+	}
+	resp, err := cli.Get(ctx, RequestKey(KindTenant, "req-1"))
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+		t.Fatalf("request record: %v, %v; want one key on a lease", resp.Kvs, err)
+	}
+	other, err := cli.Get(ctx, RequestKey(KindTenant, "req-2"))
+	if err != nil || len(other.Kvs) != 1 || other.Kvs[0].Lease != resp.Kvs[0].Lease {
+		t.Fatalf("records of one slice do not share a lease: %v, %v", other.Kvs, err)
+	}
+	ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
+	if err != nil || ttl.GrantedTTL < int64(retention/time.Second) {
+		t.Fatalf("lease granted for %d s (%v), want at least the retention %s", ttl.GrantedTTL, err, retention)
+	}
+
+	deadline := time.Now().Add(time.Duration(ttl.GrantedTTL)*time.Second + 10*time.Second)
+	for {
+		resp, err := cli.Get(ctx, RequestsPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Count == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d request records left %d s after their lease's TTL", resp.Count, 10)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := s.GetTenant(ctx, "acme"); err != nil {
+		t.Fatalf("the tenant went with its request record: %v", err)
+	}
+	if _, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, "req-1"); !errors.Is(err, ErrAlreadyExists) {
+		t.Fatalf("retry after the retention: %v, want AlreadyExists (the record is gone, the name is taken)", err)
+	}
+	// A create after expiry grants a new lease for its record.
+	if _, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "late"}, "req-3"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A lease revoked under the store (an operator, or a clock jump) costs one retry, not a failed create.
+func TestRequestRecordLeaseLost(t *testing.T) {
+	s, cli := newTestStore(t)
+	s.ExpireRequests(cli, time.Hour)
+	ctx := testCtx(t)
+	if _, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "a"}, "r-a"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, RequestKey(KindTenant, "r-a"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("request record: %v, %v", resp, err)
+	}
+	if _, err := cli.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"b", "c"} {
+		if _, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: name}, "r-"+name); err != nil {
+			t.Fatalf("create %s after its lease was revoked: %v", name, err)
+		}
+	}
+	if _, err := s.CreateNetwork(ctx, &vxfabricv1.Network{Id: "n1", Tenant: "b", Name: "n", Vni: 4242, Cidr: "10.9.0.0/24",
+		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}, "r-n", 0); err != nil {
+		t.Fatalf("network create: %v", err)
+	}
+}
