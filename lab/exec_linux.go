@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -76,8 +75,8 @@ type PingResult struct {
 }
 
 var (
-	pingSummaryRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
-	pingFromRE    = regexp.MustCompile(`bytes from ([0-9.]+)`)
+	pingSummaryRE = lazyRegexp(`(\d+) packets transmitted, (\d+) received`)
+	pingFromRE    = lazyRegexp(`bytes from ([0-9.]+)`)
 )
 
 // PingOptions shape one ping run.
@@ -108,7 +107,7 @@ func (l *Lab) Ping(ctx context.Context, target string, dst netip.Addr, o PingOpt
 		return PingResult{}, err
 	}
 	res := PingResult{Output: strings.TrimSpace(out.String())}
-	m := pingSummaryRE.FindStringSubmatch(res.Output)
+	m := pingSummaryRE().FindStringSubmatch(res.Output)
 	if m == nil {
 		if exitErr != nil {
 			// "Network is unreachable" and the like: nothing sent, nothing received.
@@ -118,7 +117,7 @@ func (l *Lab) Ping(ctx context.Context, target string, dst netip.Addr, o PingOpt
 	}
 	res.Sent, _ = strconv.Atoi(m[1])
 	res.Received, _ = strconv.Atoi(m[2])
-	if f := pingFromRE.FindStringSubmatch(res.Output); f != nil {
+	if f := pingFromRE().FindStringSubmatch(res.Output); f != nil {
 		res.From = f[1]
 	}
 	return res, nil

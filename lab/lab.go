@@ -35,6 +35,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -76,12 +77,18 @@ const (
 	RoleLAN     = "lan"
 )
 
+// The lab's name rules, compiled on first use: every vxfab process links this package, and only
+// lab commands need them.
 var (
-	labNameRE  = regexp.MustCompile(`^[a-z][a-z0-9]{0,11}$`)
-	hostRE     = regexp.MustCompile(`^h([1-9][0-9]?)$`)
-	vmNameRE   = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}$`)
-	nsPrefixRE = regexp.MustCompile(`^[a-z]{2,4}-$`)
+	labNameRE  = lazyRegexp(`^[a-z][a-z0-9]{0,11}$`)
+	hostRE     = lazyRegexp(`^h([1-9][0-9]?)$`)
+	vmNameRE   = lazyRegexp(`^[a-z][a-z0-9-]{0,30}$`)
+	nsPrefixRE = lazyRegexp(`^[a-z]{2,4}-$`)
 )
+
+func lazyRegexp(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
 
 // Config says which lab to build or operate on.
 type Config struct {
@@ -123,10 +130,10 @@ func Default() Config {
 
 // Validate reports a configuration the lab cannot be built from.
 func (c Config) Validate() error {
-	if !labNameRE.MatchString(c.Name) {
+	if !labNameRE().MatchString(c.Name) {
 		return fmt.Errorf("lab name %q: want 1-12 characters of [a-z0-9] starting with a letter", c.Name)
 	}
-	if !nsPrefixRE.MatchString(c.NamespacePrefix) {
+	if !nsPrefixRE().MatchString(c.NamespacePrefix) {
 		return fmt.Errorf("lab %q: namespace prefix %q: want 2-4 letters and a dash", c.Name, c.NamespacePrefix)
 	}
 	if c.Hosts < 1 || c.Hosts > MaxHosts {
@@ -179,7 +186,7 @@ func HostName(i int) string { return "h" + strconv.Itoa(i) }
 
 // HostIndex parses a host name; ok is false for anything that is not h<1..MaxHosts>.
 func HostIndex(host string) (int, bool) {
-	m := hostRE.FindStringSubmatch(host)
+	m := hostRE().FindStringSubmatch(host)
 	if m == nil {
 		return 0, false
 	}
@@ -207,7 +214,7 @@ func (l *Lab) VMNamespace(vm string) string { return l.Namespace("vm-" + vm) }
 
 // ValidateVMName refuses names that are not usable as port-name prefixes or that shadow a role.
 func ValidateVMName(vm string) error {
-	if !vmNameRE.MatchString(vm) {
+	if !vmNameRE().MatchString(vm) {
 		return fmt.Errorf("vm name %q: want 1-31 characters of [a-z0-9-] starting with a letter", vm)
 	}
 	if _, isHost := HostIndex(vm); isHost {

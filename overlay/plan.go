@@ -35,7 +35,8 @@
 // traffic that is not ours. See NftPlan for the rules. The Linux datapath compares the comment of
 // every rule with the plan: matching rules stay (a restarted process re-creates nothing), missing
 // ones are inserted at their place by handle, stale ones deleted afterwards; tables are never flushed.
-// br_netfilter (loaded on Docker hosts, and on this lab machine) sends frames switched inside a bridge
+// br_netfilter (loaded on Docker hosts and on many others; every new namespace then starts with it on)
+// sends frames switched inside a bridge
 // through the inet forward hook with the bridge as both iif and oif; every forward rule that names a
 // bridge therefore excludes that case.
 //
@@ -394,7 +395,7 @@ func host(a netip.Addr) netip.Prefix {
 //   - inet forward: nor does a VM reach those of any other host or server of the fabric: new
 //     connections routed from a vx bridge to an address of the infrastructure sets are dropped.
 //   - inet forward: every rule that names a bridge excludes traffic that enters and leaves the same
-//     bridge, because with br_netfilter loaded (Docker hosts, and this lab machine) frames switched
+//     bridge, because with br_netfilter loaded (Docker hosts and many others) frames switched
 //     inside a bridge traverse the inet forward hook too, with the bridge as both iif and oif.
 //     Replies pass first; a non-bridged network's traffic never goes to another vx
 //     bridge (two tenants with the same CIDR stay apart even with forwarding on); nat networks accept
