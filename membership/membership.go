@@ -11,10 +11,10 @@
 //   - SUSPECT: this member's own probe of a peer failed (memberlist logs "Suspect X has failed"), or
 //     another member's failed probe was hinted to it and its own dials of the peer's host got no
 //     answer; until an alive message (a refutation) or a successful probe of that peer arrives.
-//   - Unreachable (a flag of SUSPECT, see reach.go): the suspect's host's kernel does not answer TCP
-//     dials on its gossip address. SUSPECT and Unreachable is Down, like DEAD: a host that is cut off
-//     is Down in about a second, while a paused process on a live host stays SUSPECT and is never Down
-//     before memberlist's suspicion timeout declares it DEAD.
+//   - Unreachable (a flag of SUSPECT and DEAD, see reach.go): the member's host's kernel does not
+//     answer TCP dials on its gossip address. SUSPECT or DEAD, and Unreachable, is Down: a host that
+//     is cut off is Down in about a second, while a paused or crashed process on a live host is
+//     never Down, even once memberlist declares it DEAD.
 //   - LEFT rather than DEAD: a member that leaves gracefully first gossips metadata with Leaving set.
 //
 // # Timing (Config defaults)
@@ -96,16 +96,16 @@ type Peer struct {
 	State State
 	// Since is when this member saw State begin.
 	Since time.Time
-	// Unreachable: while SUSPECT, this member's dials of its gossip address got no answer from its
-	// host's kernel (see reach.go). Cleared when the member is alive again or answers a dial.
+	// Unreachable: while SUSPECT or DEAD, this member's dials of its gossip address got no answer
+	// from its host's kernel (see reach.go). Cleared when the member is alive again or answers a dial.
 	Unreachable bool
 }
 
-// Down reports whether the peer's host is gone as far as forwarding goes: gossip declared it DEAD,
-// or it is SUSPECT and its host's kernel does not answer on the underlay. A paused or crashed process
-// on a host that is up is not Down until memberlist's suspicion timeout declares it DEAD.
+// Down reports whether the peer's host is gone as far as forwarding goes: gossip suspects it or
+// declared it DEAD, and its host's kernel does not answer on the underlay. A paused, crashed or
+// restarting process on a host that is up is never Down: that host's kernel still forwards.
 func (p Peer) Down() bool {
-	return p.State == StateDead || p.State == StateSuspect && p.Unreachable
+	return (p.State == StateSuspect || p.State == StateDead) && p.Unreachable
 }
 
 // Event is one change of a peer's state or metadata. Previous is 0 for a peer seen for the first time;
@@ -153,9 +153,14 @@ func New(cfg Config) (*Member, error) {
 		subs:     map[*subscriber]struct{}{},
 		checking: map[string]bool{},
 		stop:     make(chan struct{}),
-		dial:     dialAnswered,
+		dial:     cfg.ReachDialer,
 	}
-	m.hints = &memberlist.TransmitLimitedQueue{NumNodes: m.numPeers, RetransmitMult: 3}
+	if m.dial == nil {
+		m.dial = DialHost
+	}
+	// A hint is small and rare: sent often enough (8 * log10(n) times) that every member gets it
+	// from the gossip of the first rounds, whichever members those rounds pick.
+	m.hints = &memberlist.TransmitLimitedQueue{NumNodes: m.numPeers, RetransmitMult: 8}
 	bind, _ := parseAddrPort(cfg.BindAddr)
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -436,7 +441,11 @@ func (m *Member) setState(name string, n *memberlist.Node, st State, onlyFrom ..
 	}
 	if prev != st {
 		p.Since = time.Now()
-		p.Unreachable = false // a new state starts without the old suspicion's dials
+		if st != StateDead {
+			// A member alive again or gone for good starts without the old dials; a suspect
+			// declared dead keeps them (its check goes on).
+			p.Unreachable = false
+		}
 	}
 	p.State = st
 	if prev != st {
@@ -496,6 +505,9 @@ func (d *delegates) NotifyLeave(n *memberlist.Node) {
 		st = StateLeft
 	}
 	d.m.setState(n.Name, n, st)
+	if st == StateDead {
+		d.m.checkReach(n.Name) // Down only once its host does not answer either
+	}
 }
 
 // NotifyAlive sees every alive message, refutations included: it ends a suspicion (never a death:

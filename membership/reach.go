@@ -10,17 +10,24 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// Reachability check of suspects.
+// Reachability check of suspects and the dead.
 //
-// memberlist needs the whole suspicion timeout (3.4 s by default) to tell a dead host from a paused
-// process, because all it has is the process's answers. The host's kernel can tell them apart much
-// sooner: a paused or crashed process's kernel still completes a TCP handshake on the gossip port (the
-// listening socket's backlog answers without the process), or answers it with a reset; a host that is
-// cut off or powered off answers nothing. So as soon as a member is suspected, this member dials the
-// suspect's gossip address; when ReachAttempts dials in a row get no answer within ReachTimeout, the
-// suspect is marked Unreachable, and a peer is Down (its entries are withheld) when it is DEAD or
-// SUSPECT and Unreachable. Down ends when the member is alive again (it refuted the suspicion or
-// answered a probe) or a later dial gets an answer.
+// memberlist judges processes: all it has is a process's answers, so a paused agent, a crashed one
+// and a host that is gone look the same to it, and it needs the whole suspicion timeout (3.4 s by
+// default) before it declares any of them DEAD. Forwarding needs to know about the host: its kernel
+// keeps forwarding to its VMs while its agent is paused, crashed or restarting, and withdrawing its
+// entries then would cut those VMs off. The host's kernel answers for itself: a paused or crashed
+// process's kernel still completes a TCP handshake on the gossip port (the listening socket's backlog
+// answers without the process) or answers it with a reset; a host that is cut off or powered off
+// answers nothing.
+//
+// So as soon as a member is suspected, and for as long as it is SUSPECT or DEAD, this member dials
+// its gossip address; when ReachAttempts dials in a row get no answer within ReachTimeout the member
+// is marked Unreachable, and a peer is Down (its entries are withheld) when it is SUSPECT or DEAD and
+// Unreachable. A host cut off is Down about half a second after the suspicion reaches this member;
+// a host whose kernel answers is never Down, whatever memberlist concludes about its process; and
+// after a partition heals, the stale suspicions the healed member's memberlist still holds (their
+// gossip was lost in the partition, so nobody refuted them) cannot make it withdraw peers that answer.
 //
 // memberlist gossips suspicions but tells its delegates nothing about them, and a member probes each
 // other member only once per round (n probe intervals). So the member whose probe failed gossips a
@@ -31,11 +38,12 @@ import (
 // msgSuspectHint is the user message "the member named in the rest of the message is suspect".
 const msgSuspectHint byte = 1
 
-// reachDialer dials a TCP address and reports whether the host's kernel answered: a completed
-// handshake or a refusal (a reset) both prove the host is there.
+// reachDialer dials a TCP address and reports whether the host's kernel answered.
 type reachDialer func(ctx context.Context, addr string) bool
 
-func dialAnswered(ctx context.Context, addr string) bool {
+// DialHost is the default Config.ReachDialer: a TCP dial of addr; a completed handshake or a refusal
+// (a reset) both prove the host is there.
+func DialHost(ctx context.Context, addr string) bool {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err == nil {
@@ -82,13 +90,13 @@ func (m *Member) hinted(msg []byte) {
 	}
 }
 
-// checkReach starts dialling the named member's gossip address, unless a check of it is running. It
-// runs until the member is no longer suspected or, if its first round found it reachable and this
-// member does not suspect it, right after that round.
+// checkReach starts dialling the named member's gossip address, unless a check of it is running or
+// it has left. A check runs while the member is SUSPECT or DEAD (every ReachTimeout while suspect,
+// every deadRecheck while dead); a hint about an alive member that answers ends after one round.
 func (m *Member) checkReach(name string) {
 	m.mu.Lock()
 	p, ok := m.peers[name]
-	if !ok || m.closed || m.checking[name] || p.State == StateDead || p.State == StateLeft {
+	if !ok || m.closed || m.checking[name] || p.State == StateLeft {
 		m.mu.Unlock()
 		return
 	}
@@ -105,6 +113,10 @@ func (m *Member) checkReach(name string) {
 			m.mu.Unlock()
 		}()
 		for {
+			since, ok := m.stateSince(name)
+			if !ok {
+				return
+			}
 			answered := false
 			for range m.cfg.ReachAttempts {
 				ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ReachTimeout)
@@ -120,45 +132,67 @@ func (m *Member) checkReach(name string) {
 					break
 				}
 			}
-			if !m.setReach(name, answered) {
+			next, again := m.setReach(name, since, answered)
+			if !again {
 				return
 			}
 			select {
 			case <-m.stop:
 				return
-			case <-time.After(m.cfg.ReachTimeout):
+			case <-time.After(next):
 			}
 		}
 	}()
 }
 
-// setReach records the outcome of a round of dials. An unanswered round makes the member SUSPECT
-// (if it was alive: another member's hint) and Unreachable. It returns whether to keep checking: while
-// the member stays suspect.
-func (m *Member) setReach(name string, answered bool) bool {
+// deadRecheck is how often a DEAD member's host is dialled again, in ReachTimeouts: a host whose
+// agent died but whose kernel answers is not Down until it stops answering.
+const deadRecheck = 4
+
+// stateSince returns when the named member's current state began; false when it is gone.
+func (m *Member) stateSince(name string) (time.Time, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p, ok := m.peers[name]
+	if !ok {
+		return time.Time{}, false
+	}
+	return p.Since, true
+}
+
+// setReach records a round of dials that began while the member was in the state that began at
+// since. An unanswered round makes it Unreachable, and SUSPECT if it was alive (another member's
+// hint). It returns whether to check again, and when.
+func (m *Member) setReach(name string, since time.Time, answered bool) (time.Duration, bool) {
 	select {
 	case <-m.stop:
-		return false
+		return 0, false
 	default:
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p, ok := m.peers[name]
-	if !ok || p.State == StateDead || p.State == StateLeft {
-		return false
+	if !ok || p.State == StateLeft {
+		return 0, false
 	}
-	if answered && p.State == StateAlive {
-		return false // a hint about a host that answers: nothing to do
+	if p.State == StateAlive && (answered || !p.Since.Equal(since)) {
+		// An alive member that answers needs no check; and a round that began before the member
+		// came back (it refuted, or answered a probe) says nothing about it now.
+		return 0, false
+	}
+	next := m.cfg.ReachTimeout
+	if p.State == StateDead {
+		next *= deadRecheck
 	}
 	if p.Unreachable == !answered {
-		return p.State == StateSuspect
+		return next, true
 	}
 	prev, wasDown := p.State, p.Down()
 	p.Unreachable = !answered
-	if p.State != StateSuspect {
+	if p.State == StateAlive {
 		p.State, p.Since = StateSuspect, time.Now()
 	}
 	m.log.Info("gossip member reachability", "peer", name, "node", p.Meta.Node, "unreachable", p.Unreachable, "state", p.State.String())
 	m.publish(Event{Peer: *p, Previous: prev, PreviousDown: wasDown})
-	return true
+	return next, true
 }

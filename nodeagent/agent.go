@@ -13,14 +13,15 @@
 //     pass a link, liveness or the timer asks for, is a full one (build, Apply, drift repaired);
 //   - report: ReportApplied, coalesced (only the newest report is sent), re-sent on every new stream;
 //   - links: the LinkSource, which triggers a pass when a desired port's interface appears or goes;
-//   - liveness (with gossip): triggers a pass when gossip finds an agent node Down (DEAD, or SUSPECT
+//   - liveness (with gossip): triggers a pass when gossip finds an agent node Down (SUSPECT or DEAD,
 //     and its host does not answer on the underlay), sees it return, or learns of a node for the
 //     first time.
 //
 // Liveness: the remote ports and flood entries of a dead node are withheld from the kernel (and return
 // with it). A node is dead when this agent's gossip says it is Down (membership.Peer.Down: a host cut
-// off is withdrawn about a second after gossip suspects it, a paused agent on a live host only if
-// the suspicion timeout declares it DEAD); when gossip does not know the node (it
+// off is withdrawn about a second after gossip suspects it; a host whose agent is paused, crashed or
+// restarting is never withdrawn while its kernel answers, since that kernel still forwards to its
+// VMs, even once gossip declares the agent DEAD); when gossip does not know the node (it
 // died before this agent started, and memberlist ignores dead members it never saw alive), when the
 // control plane's status for it, sent as a peer of the view, is DEAD. Gossip, when it knows the node,
 // overrides a status that may be stale. LEFT withholds nothing: a graceful stop of an agent (upgrade,
@@ -392,10 +393,10 @@ func jittered(d time.Duration) time.Duration {
 }
 
 // gossipDead returns, for each agent node this agent's gossip knows, whether it is dead: every member
-// carrying its name is Down (DEAD, or SUSPECT with a host that does not answer on the underlay; a node
-// alive again under another member name is not). LEFT, and SUSPECT on a host that answers (a paused
-// or restarting agent: its kernel still forwards), are not dead. Nil without gossip: the control
-// plane's status alone decides.
+// carrying its name is Down (SUSPECT or DEAD, with a host that does not answer on the underlay; a
+// node alive again under another member name is not). LEFT, and SUSPECT or DEAD on a host that
+// answers (a paused, crashed or restarting agent: its kernel still forwards), are not dead. Nil
+// without gossip: the control plane's status alone decides.
 func (a *Agent) gossipDead() map[string]bool {
 	if a.cfg.Membership == nil {
 		return nil

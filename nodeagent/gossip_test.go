@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,11 @@ import (
 	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
+
+// cutOff holds the gossip addresses of hosts that are cut off: the members' reachability dials of
+// them get no answer (on loopback a stopped member's port would answer with a reset, as the kernel of
+// a host whose agent died does).
+var cutOff sync.Map
 
 func startMember(t *testing.T, role membership.Role, node, vtep, grpcAddr, bind string, seeds []string) *membership.Member {
 	t.Helper()
@@ -29,6 +35,13 @@ func startMember(t *testing.T, role membership.Role, node, vtep, grpcAddr, bind 
 	// A join gossiped over UDP can be lost on a loaded machine; a full sync soon repairs that.
 	cfg.PushPullInterval = 2 * time.Second
 	cfg.Logger = testLogger()
+	cfg.ReachDialer = func(ctx context.Context, addr string) bool {
+		if _, cut := cutOff.Load(addr); cut {
+			<-ctx.Done()
+			return false
+		}
+		return membership.DialHost(ctx, addr)
+	}
 	m, err := membership.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -75,8 +88,10 @@ func TestGossipDeathAndReturn(t *testing.T) {
 	h1, h2, h3 := hosts["h1"], hosts["h2"], hosts["h3"]
 	w.converge(10*time.Second, h1, h2, h3)
 
-	// h3 dies: its agent stops and its member vanishes without a leave.
+	// h3 dies: its host is cut off, its agent stops and its member vanishes without a leave.
 	gossipAddr := members["h3"].LocalAddr()
+	cutOff.Store(gossipAddr.String(), true)
+	t.Cleanup(func() { cutOff.Delete(gossipAddr.String()) })
 	h3.stop()
 	killed := time.Now()
 	_ = members["h3"].Shutdown()
@@ -128,6 +143,7 @@ func TestGossipDeathAndReturn(t *testing.T) {
 	}
 
 	// h3 comes back on the same address, with its kernel as it was.
+	cutOff.Delete(gossipAddr.String())
 	m3 := startMember(t, membership.RoleAgent, "h3", "198.18.0.3", "", gossipAddr.String(), seeds)
 	h3b := startHost(t, "h3", "198.18.0.3", hostOpts{member: m3, dp: h3.dp.Reopen(), state: h3.stateDir})
 	w.converge(10*time.Second, h1, h2, h3b)

@@ -258,3 +258,58 @@ func TestPrivilegedChangesWhileAgentDown(t *testing.T) {
 	}
 	f.reach("away-l", nw.IP(0), 5*time.Second)
 }
+
+// TestPrivilegedDeadAgentLiveHost kills h2's agent and leaves it down until gossip declares it
+// DEAD. h2's kernel still answers on the underlay, and still forwards to its VMs: its peers keep its
+// entries (no FDB or neighbour entry deleted anywhere) and the VMs keep talking throughout. Then the
+// agent starts again and its host is ALIVE.
+func TestPrivilegedDeadAgentLiveHost(t *testing.T) {
+	f := newFixture(t, "e2e-dead")
+	f.network("net", "10.64.0.0/24", isolated)
+	a := f.vm("dead-a", "h1", "net")
+	b := f.vm("dead-b", "h2", "net")
+	f.reach("dead-a", b.IP(0), 5*time.Second)
+	restoreOnCleanup(t, "agent", "start", "h2")
+	kernel := watchKernel(t, f.l, "h1", "h2", "h3")
+	status := func() vxfabricv1.NodeStatus {
+		resp, err := f.c.Nodes.ListNodes(f.ctx, &vxfabricv1.ListNodesRequest{})
+		if err != nil {
+			t.Fatalf("list nodes: %v", err)
+		}
+		for _, n := range resp.GetNodes() {
+			if n.GetName() == "h2" {
+				return n.GetStatus()
+			}
+		}
+		return vxfabricv1.NodeStatus_NODE_STATUS_UNSPECIFIED
+	}
+
+	const count = 800 // 8 s at 10 ms: the kill, the death (about 4 s) and 2 s more
+	pings := backgroundPing(f, "dead-a", b, count, 10*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	mustVxfab(t, "lab", "agent", "kill", "h2")
+	killed := time.Now()
+	took, err := lab.WaitFor(f.ctx, 8*time.Second, func() (bool, error) {
+		return status() == vxfabricv1.NodeStatus_NODE_STATUS_DEAD, nil
+	})
+	if err != nil {
+		t.Fatalf("h2 not DEAD in the node list 8 s after its agent was killed (status %s)", status())
+	}
+	t.Logf("h2's agent killed: DEAD after %s", took.Round(time.Millisecond))
+	res := <-pings
+	t.Logf("ping from h1 to h2's VM over the kill and the death (%s): %d sent, %d received", time.Since(killed).Round(time.Millisecond), res.Sent, res.Received)
+	if res.Sent < count/2 || res.Received != res.Sent {
+		t.Errorf("ping while h2's agent was dead but its kernel up: %d sent, %d received, want none lost:\n%s", res.Sent, res.Received, res.Output)
+	}
+	if bad := disruptions(stopWatch(t, kernel)); len(bad) > 0 {
+		t.Errorf("%d disruptive kernel changes while h2's agent was dead:%s", len(bad), eventLines(bad))
+	}
+
+	mustVxfab(t, "lab", "agent", "start", "h2")
+	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
+		return status() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
+	}); err != nil {
+		t.Fatalf("h2 not ALIVE after its agent started again (status %s)", status())
+	}
+	f.reach("dead-b", a.IP(0), 2*time.Second)
+}
