@@ -35,7 +35,7 @@ func run() int {
 	out := flag.String("out", "", "where the JSON report goes (default bench/results/latest.json, quick.json with -quick; - for nowhere)")
 	md := flag.String("markdown", "", "where the table goes as Markdown (default beside the JSON report, .md; - for nowhere)")
 	only := flag.String("only", "", "comma-separated benchmark numbers to run (default all), e.g. 1,3")
-	profileDir := flag.String("profile-dir", "", "write CPU profiles of the convergence runs here")
+	profileDir := flag.String("profile-dir", "", "write CPU profiles (convergence, burst, allocation) and the memory benchmark's server heap profile here (created if missing)")
 	logLevel := flag.String("log-level", "error", "level of the components' logs on stderr")
 	bin := flag.String("bin", envOr("VXFAB_BIN", "bin/vxfab"), "the vxfab binary (lab and memory benchmarks)")
 	flag.Parse()
@@ -49,6 +49,12 @@ func run() int {
 	}
 	if *md == "" && *out != "-" {
 		*md = strings.TrimSuffix(*out, ".json") + ".md"
+	}
+	if *profileDir != "" {
+		if err := os.MkdirAll(*profileDir, 0o755); err != nil {
+			fmt.Fprintf(os.Stderr, "vxbench: --profile-dir: %v\n", err)
+			return 2
+		}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
