@@ -242,12 +242,20 @@ type NeighEntry struct {
 	MAC net.HardwareAddr
 }
 
+// checkVNI refuses a VNI outside the 24 bits of the VXLAN header, or 0; what names the object.
+func checkVNI(what string, vni uint32) error {
+	if vni == 0 || vni >= 1<<24 {
+		return fmt.Errorf("%s vni %d: out of range 1..16777215: %w", what, vni, ErrInvalid)
+	}
+	return nil
+}
+
 // Validate checks a delta; the error wraps ErrInvalid and names the first bad entry.
 func (d Delta) Validate() error {
 	seen := make(map[uint32]bool, len(d.Networks))
 	for _, n := range d.Networks {
-		if n.VNI == 0 || n.VNI >= 1<<24 {
-			return fmt.Errorf("delta network vni %d: out of range 1..16777215: %w", n.VNI, ErrInvalid)
+		if err := checkVNI("delta network", n.VNI); err != nil {
+			return err
 		}
 		if seen[n.VNI] {
 			return fmt.Errorf("delta network vni %d: listed twice: %w", n.VNI, ErrInvalid)

@@ -105,8 +105,8 @@ func (d DesiredState) Validate() error {
 	vnis := make(map[uint32]bool, len(d.Networks))
 	ports := make(map[string]uint32)
 	for _, n := range d.Networks {
-		if n.VNI == 0 || n.VNI >= 1<<24 {
-			return fmt.Errorf("network vni %d: out of range 1..16777215: %w", n.VNI, ErrInvalid)
+		if err := checkVNI("network", n.VNI); err != nil {
+			return err
 		}
 		if vnis[n.VNI] {
 			return fmt.Errorf("network vni %d: listed twice: %w", n.VNI, ErrInvalid)
