@@ -132,16 +132,21 @@ func TestModelMergeAndBuild(t *testing.T) {
 }
 
 // TestLivenessRule checks which peers' entries are withheld: gossip decides for the nodes it knows, the
-// control plane's status (merged from snapshots and deltas) for the others, and only DEAD withholds.
+// control plane's status (merged from snapshots and deltas) for the others, and only a SUSPECT or DEAD
+// node whose host is unreachable withholds.
 func TestLivenessRule(t *testing.T) {
 	peer := func(name string, st vxfabricv1.NodeStatus) *vxfabricv1.Peer {
-		return &vxfabricv1.Peer{Name: name, Vtep: "198.18.0.9", Status: st}
+		// The status writer finds a dead or suspect host unreachable unless the name says "-up".
+		cut := (st == vxfabricv1.NodeStatus_NODE_STATUS_DEAD || st == vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT) && !strings.HasSuffix(name, "-up")
+		return &vxfabricv1.Peer{Name: name, Vtep: "198.18.0.9", Status: st, Unreachable: cut}
 	}
 	m := newDesiredModel()
 	m.merge(&vxfabricv1.SyncResponse{Revision: 5, Snapshot: true, Peers: []*vxfabricv1.Peer{
 		peer("srv-dead", vxfabricv1.NodeStatus_NODE_STATUS_DEAD),
 		peer("srv-left", vxfabricv1.NodeStatus_NODE_STATUS_LEFT),
 		peer("srv-suspect", vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT),
+		peer("srv-suspect-up", vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT),
+		peer("srv-dead-up", vxfabricv1.NodeStatus_NODE_STATUS_DEAD),
 		peer("stale-dead", vxfabricv1.NodeStatus_NODE_STATUS_DEAD),
 		peer("gossip-dead", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE),
 		peer("gone", vxfabricv1.NodeStatus_NODE_STATUS_DEAD),
@@ -153,15 +158,17 @@ func TestLivenessRule(t *testing.T) {
 	gossip := map[string]bool{"stale-dead": false, "gossip-dead": true, "gossip-left": false}
 	dead := m.dead(gossip)
 	for node, want := range map[string]bool{
-		"srv-dead":    true,  // unknown to gossip (died before this agent started): the server decides
-		"srv-left":    false, // a graceful stop keeps forwarding
-		"srv-suspect": false,
-		"stale-dead":  false, // gossip knows it alive: a stale DEAD from the server is overridden
-		"gossip-dead": true,  // gossip saw it die before the server's status caught up
-		"gossip-left": false,
-		"gone":        false, // removed from the view: no status, nothing withheld
-		"revived":     false, // a delta brought it back
-		"unknown":     false,
+		"srv-dead":       true,  // unknown to gossip (died before this agent started): the server decides
+		"srv-left":       false, // a graceful stop keeps forwarding
+		"srv-suspect":    true,  // suspect and its host does not answer
+		"srv-suspect-up": false, // a paused agent: its host answers
+		"srv-dead-up":    false, // a crashed agent on a host that still forwards
+		"stale-dead":     false, // gossip knows it alive: a stale DEAD from the server is overridden
+		"gossip-dead":    true,  // gossip saw it die before the server's status caught up
+		"gossip-left":    false,
+		"gone":           false, // removed from the view: no status, nothing withheld
+		"revived":        false, // a delta brought it back
+		"unknown":        false,
 	} {
 		if got := dead(node); got != want {
 			t.Errorf("dead(%s) = %v, want %v", node, got, want)
@@ -225,7 +232,7 @@ func TestDeltasBuildAsSnapshot(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	view := map[string]*vxfabricv1.RemotePort{}
 	nets := []*vxfabricv1.NetworkState{netState("n1", 100, "h2=198.18.0.2", "h3=198.18.0.3", "h9=bad"), netState("n2", 200, "h3=198.18.0.3")}
-	peers := []*vxfabricv1.Peer{{Name: "h3", Vtep: "198.18.0.3", Status: vxfabricv1.NodeStatus_NODE_STATUS_DEAD}}
+	peers := []*vxfabricv1.Peer{{Name: "h3", Vtep: "198.18.0.3", Status: vxfabricv1.NodeStatus_NODE_STATUS_DEAD, Unreachable: true}}
 	m := newDesiredModel()
 	m.merge(&vxfabricv1.SyncResponse{Revision: 1, Snapshot: true, Networks: nets, Peers: peers})
 	for rev := int64(2); rev < 200; rev++ {

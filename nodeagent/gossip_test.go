@@ -187,7 +187,9 @@ func TestServerStatusLiveness(t *testing.T) {
 	}
 	w.converge(5*time.Second, h1)
 	setStatus := func(node string, st vxfabricv1.NodeStatus) int64 {
-		return w.put("nodes/"+node, &vxfabricv1.Node{Name: node, Vtep: w.vteps[node], Status: st})
+		// As the status writer records a host that answers no dial.
+		cut := st == vxfabricv1.NodeStatus_NODE_STATUS_DEAD || st == vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT
+		return w.put("nodes/"+node, &vxfabricv1.Node{Name: node, Vtep: w.vteps[node], Status: st, Unreachable: cut})
 	}
 	// deletes counts the FDB and flood deletes h1 ever made towards vtep.
 	deletes := func(vtep string) int {

@@ -93,7 +93,7 @@ func (p *pending) network(id string, old *networkEntry) {
 
 // samePeer tells whether a peer record sent again changes nothing this agent uses.
 func samePeer(a, b *vxfabricv1.Peer) bool {
-	return a != nil && b != nil && a.GetVtep() == b.GetVtep() && a.GetStatus() == b.GetStatus()
+	return a != nil && b != nil && a.GetVtep() == b.GetVtep() && a.GetStatus() == b.GetStatus() && a.GetUnreachable() == b.GetUnreachable()
 }
 
 // sameNetwork tells whether two versions of a network differ at most in their flood lists.

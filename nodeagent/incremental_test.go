@@ -84,7 +84,8 @@ func incrementalProperty(t *testing.T, rt *rapid.T, dp overlay.Datapath, full fu
 	}
 	status := map[int]vxfabricv1.NodeStatus{}
 	peer := func(i int) *vxfabricv1.Peer {
-		return &vxfabricv1.Peer{Name: fmt.Sprintf("h%d", i), Vtep: incVTEP(i), Status: status[i]}
+		st := status[i]
+		return &vxfabricv1.Peer{Name: fmt.Sprintf("h%d", i), Vtep: incVTEP(i), Status: st, Unreachable: st == vxfabricv1.NodeStatus_NODE_STATUS_DEAD}
 	}
 	flood := func(n *vxfabricv1.NetworkState, nodes []int) *vxfabricv1.NetworkState {
 		c := &vxfabricv1.NetworkState{Id: n.Id, Vni: n.Vni, Mtu: n.Mtu, Mode: n.Mode}
@@ -194,7 +195,7 @@ func TestIncrementalPassIsUsed(t *testing.T) {
 		{"flood entry back", &vxfabricv1.SyncResponse{Networks: []*vxfabricv1.NetworkState{netState("n", 100, "h0="+incVTEP(0), "h1="+incVTEP(1))}}, 1, 0},
 		{"port behind a new vtep", &vxfabricv1.SyncResponse{RemotePorts: []*vxfabricv1.RemotePort{remote("p2", "n", "h0", "0e:00:00:00:00:12", "198.18.9.9")}}, 1, 0},
 		{"peer unchanged", &vxfabricv1.SyncResponse{Peers: snap.Peers[:1]}, 0, 0},
-		{"peer dead", &vxfabricv1.SyncResponse{Peers: []*vxfabricv1.Peer{{Name: "h1", Vtep: incVTEP(1), Status: vxfabricv1.NodeStatus_NODE_STATUS_DEAD}}}, 1, 0},
+		{"peer dead", &vxfabricv1.SyncResponse{Peers: []*vxfabricv1.Peer{{Name: "h1", Vtep: incVTEP(1), Status: vxfabricv1.NodeStatus_NODE_STATUS_DEAD, Unreachable: true}}}, 1, 0},
 		{"mac shared by two ports", &vxfabricv1.SyncResponse{RemotePorts: []*vxfabricv1.RemotePort{remote("p3", "n", "h0", "0e:00:00:00:00:10", incVTEP(0))}}, 1, 0},
 		{"ip shared by two ports", &vxfabricv1.SyncResponse{RemotePorts: []*vxfabricv1.RemotePort{{Id: "p4", NetworkId: "n", Node: "h0", Mac: "0e:00:00:00:00:14", Vtep: incVTEP(0), Ip: "10.0.0.1"}}}, 1, 0},
 		{"port of a dead node", &vxfabricv1.SyncResponse{RemotePorts: []*vxfabricv1.RemotePort{remote("p5", "n", "h1", "0e:00:00:00:00:15", incVTEP(1))}}, 0, 0},

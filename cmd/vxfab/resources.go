@@ -110,6 +110,18 @@ func statusName(s vxfabricv1.NodeStatus) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "NODE_STATUS_"))
 }
 
+// hostState tells the node's host apart from its agent: a suspect or dead agent on a host that still
+// answers on the underlay keeps its entries (its kernel forwards); an unreachable one is withdrawn.
+func hostState(n *vxfabricv1.Node) string {
+	switch {
+	case n.GetUnreachable():
+		return "unreachable"
+	case n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_LEFT || n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_UNSPECIFIED:
+		return "-"
+	}
+	return "up"
+}
+
 // ---- tenant ----
 
 func newTenantCmd() *cobra.Command {
@@ -477,9 +489,9 @@ func newNodeCmd() *cobra.Command {
 // nodeTable shows each node's applied revision against the newest revision of its desired state, and
 // (when latest is non-zero) the store's current revision.
 func nodeTable(w io.Writer, latest int64, ns ...*vxfabricv1.Node) {
-	row(w, "NAME", "VTEP", "STATUS", "VERSION", "APPLIED", "DESIRED", "IN-SYNC", "LAST-CHANGE")
+	row(w, "NAME", "VTEP", "STATUS", "HOST", "VERSION", "APPLIED", "DESIRED", "IN-SYNC", "LAST-CHANGE")
 	for _, n := range ns {
-		row(w, n.Name, n.Vtep, statusName(n.Status), n.Version, n.AppliedRevision, n.DesiredRevision,
+		row(w, n.Name, n.Vtep, statusName(n.Status), hostState(n), n.Version, n.AppliedRevision, n.DesiredRevision,
 			yesNo(n.AppliedRevision >= n.DesiredRevision && n.AppliedRevision > 0), fmtTime(n.LastChange))
 	}
 	if latest != 0 {

@@ -118,10 +118,10 @@ func (m *model) putNode(name string, n *vxfabricv1.Node) {
 		delete(m.peers, name)
 		return
 	}
-	if p := m.peers[name]; p != nil && p.GetVtep() == n.GetVtep() && p.GetStatus() == n.GetStatus() {
+	if p := m.peers[name]; p != nil && p.GetVtep() == n.GetVtep() && p.GetStatus() == n.GetStatus() && p.GetUnreachable() == n.GetUnreachable() {
 		return
 	}
-	m.peers[name] = &vxfabricv1.Peer{Name: name, Vtep: n.GetVtep(), Status: n.GetStatus()}
+	m.peers[name] = &vxfabricv1.Peer{Name: name, Vtep: n.GetVtep(), Status: n.GetStatus(), Unreachable: n.GetUnreachable()}
 }
 
 // isPeer reports whether peer is in viewer's view: another node with a VTEP that takes part in a network

@@ -240,6 +240,7 @@ func (w *Writer) write(ctx context.Context, lead leadership, p membership.Peer) 
 		}
 		next := proto.CloneOf(cur)
 		next.Name, next.Vtep, next.Status, next.Version = name, p.Meta.VTEP.String(), statusOf(p.State), p.Meta.Version
+		next.Unreachable = p.Unreachable
 		// Revisions are not stored in the record (see the key schema).
 		next.AppliedRevision, next.DesiredRevision, next.Revision = 0, 0, 0
 		if modRev == 0 || cur.GetStatus() != next.GetStatus() || next.LastChange == nil {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,9 +36,20 @@ func startEtcd(t *testing.T) *clientv3.Client {
 	return etcdtest.Client(t)
 }
 
+// cutOff holds the gossip addresses of hosts that are cut off: reachability dials of them get no
+// answer (on loopback a stopped member's port answers with a reset, like a live host's kernel).
+var cutOff sync.Map
+
 func member(t *testing.T, role membership.Role, name string, n int, seeds []string) *membership.Member {
 	t.Helper()
 	cfg := membership.Default(role, name)
+	cfg.ReachDialer = func(ctx context.Context, addr string) bool {
+		if _, cut := cutOff.Load(addr); cut {
+			<-ctx.Done()
+			return false
+		}
+		return membership.DialHost(ctx, addr)
+	}
 	cfg.BindAddr = "127.0.0.1:0"
 	cfg.Join = seeds
 	cfg.PushPullInterval = 2 * time.Second
@@ -183,6 +195,20 @@ func TestOneLeaderWritesGossipState(t *testing.T) {
 	if !dead.LastChange.AsTime().After(n2.LastChange.AsTime()) {
 		t.Fatalf("last change not advanced on death: %v then %v", n2.LastChange, dead.LastChange)
 	}
+	// a2's host still answers (its closed port resets the dials): dead, not unreachable.
+	time.Sleep(time.Second)
+	if n := node(t, cli, "a2"); n.GetUnreachable() {
+		t.Fatalf("a2 stopped on a host that answers is recorded unreachable: %v", n)
+	}
+	// a4's host is cut off: recorded unreachable while suspect, long before memberlist's death.
+	a4 := member(t, membership.RoleAgent, "a4", 14, seeds)
+	waitNode(t, cli, "a4", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 5*time.Second)
+	cutOff.Store(a4.LocalAddr().String(), true)
+	t.Cleanup(func() { cutOff.Delete(a4.LocalAddr().String()) })
+	cut := time.Now()
+	_ = a4.Shutdown()
+	waitFor("a4 recorded unreachable", func() bool { return node(t, cli, "a4").GetUnreachable() })
+	t.Logf("a cut-off host recorded unreachable %s after the cut (status %s)", time.Since(cut).Round(time.Millisecond), node(t, cli, "a4").GetStatus())
 
 	// The leader's server stops: the other takes over and records a new agent.
 	leader.stop()

@@ -406,8 +406,10 @@ type Peer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Vtep  string                 `protobuf:"bytes,2,opt,name=vtep,proto3" json:"vtep,omitempty"`
-	// From gossip through the elected server; agents withhold a peer's entries only when it is DEAD.
+	// From gossip through the elected server. An agent whose own gossip does not know the peer
+	// withholds its entries when it is SUSPECT or DEAD and unreachable (see Node.unreachable).
 	Status        NodeStatus `protobuf:"varint,3,opt,name=status,proto3,enum=vxfabric.v1.NodeStatus" json:"status,omitempty"`
+	Unreachable   bool       `protobuf:"varint,4,opt,name=unreachable,proto3" json:"unreachable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -461,6 +463,13 @@ func (x *Peer) GetStatus() NodeStatus {
 		return x.Status
 	}
 	return NodeStatus_NODE_STATUS_UNSPECIFIED
+}
+
+func (x *Peer) GetUnreachable() bool {
+	if x != nil {
+		return x.Unreachable
+	}
+	return false
 }
 
 type LocalPort struct {
@@ -875,11 +884,12 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\n" +
 	"FloodEntry\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
-	"\x04vtep\x18\x02 \x01(\tR\x04vtep\"_\n" +
+	"\x04vtep\x18\x02 \x01(\tR\x04vtep\"\x81\x01\n" +
 	"\x04Peer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04vtep\x18\x02 \x01(\tR\x04vtep\x12/\n" +
-	"\x06status\x18\x03 \x01(\x0e2\x17.vxfabric.v1.NodeStatusR\x06status\"\x93\x01\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x17.vxfabric.v1.NodeStatusR\x06status\x12 \n" +
+	"\vunreachable\x18\x04 \x01(\bR\vunreachable\"\x93\x01\n" +
 	"\tLocalPort\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +

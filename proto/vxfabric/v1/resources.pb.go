@@ -553,8 +553,13 @@ type Node struct {
 	// The newest revision that changed this node's desired state.
 	DesiredRevision int64 `protobuf:"varint,6,opt,name=desired_revision,json=desiredRevision,proto3" json:"desired_revision,omitempty"`
 	// The agent's version, from gossip.
-	Version       string `protobuf:"bytes,7,opt,name=version,proto3" json:"version,omitempty"`
-	Revision      int64  `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	Version  string `protobuf:"bytes,7,opt,name=version,proto3" json:"version,omitempty"`
+	Revision int64  `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The host does not answer on the underlay: while the node is SUSPECT or DEAD, the status writer's
+	// TCP dials of its gossip address got neither a handshake nor a reset. Only then are its entries
+	// withdrawn; a DEAD node that is not unreachable is an agent that stopped on a host that still
+	// forwards to its VMs.
+	Unreachable   bool `protobuf:"varint,9,opt,name=unreachable,proto3" json:"unreachable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -645,6 +650,13 @@ func (x *Node) GetRevision() int64 {
 	return 0
 }
 
+func (x *Node) GetUnreachable() bool {
+	if x != nil {
+		return x.Unreachable
+	}
+	return false
+}
+
 var File_vxfabric_v1_resources_proto protoreflect.FileDescriptor
 
 const file_vxfabric_v1_resources_proto_rawDesc = "" +
@@ -690,7 +702,7 @@ const file_vxfabric_v1_resources_proto_rawDesc = "" +
 	"\aplugged\x18\v \x01(\bR\aplugged\x12\x1a\n" +
 	"\brevision\x18\f \x01(\x03R\brevision\x12;\n" +
 	"\vcreate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xa8\x02\n" +
+	"createTime\"\xca\x02\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04vtep\x18\x02 \x01(\tR\x04vtep\x12/\n" +
@@ -700,7 +712,8 @@ const file_vxfabric_v1_resources_proto_rawDesc = "" +
 	"\x10applied_revision\x18\x05 \x01(\x03R\x0fappliedRevision\x12)\n" +
 	"\x10desired_revision\x18\x06 \x01(\x03R\x0fdesiredRevision\x12\x18\n" +
 	"\aversion\x18\a \x01(\tR\aversion\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x03R\brevision*\x8f\x01\n" +
+	"\brevision\x18\b \x01(\x03R\brevision\x12 \n" +
+	"\vunreachable\x18\t \x01(\bR\vunreachable*\x8f\x01\n" +
 	"\vNetworkMode\x12\x1c\n" +
 	"\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15NETWORK_MODE_ISOLATED\x10\x01\x12\x14\n" +
