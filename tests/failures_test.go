@@ -180,6 +180,12 @@ func TestPrivilegedHostCut(t *testing.T) {
 	if took > 2500*time.Millisecond {
 		t.Errorf("h3's entries withdrawn %s after the cut, want within 2.5 s", took.Round(time.Millisecond))
 	}
+	// The node list says why: h3's host does not answer.
+	if _, err := lab.WaitFor(f.ctx, 5*time.Second, func() (bool, error) {
+		return f.node("h3").GetUnreachable(), nil
+	}); err != nil {
+		t.Errorf("node list does not show h3 unreachable after the cut: %v", f.node("h3"))
+	}
 
 	mustVxfab(t, "lab", "host", "restore", "h3")
 	took, err = lab.WaitFor(f.ctx, 30*time.Second, present)
@@ -271,18 +277,7 @@ func TestPrivilegedDeadAgentLiveHost(t *testing.T) {
 	f.reach("dead-a", b.IP(0), 5*time.Second)
 	restoreOnCleanup(t, "agent", "start", "h2")
 	kernel := watchKernel(t, f.l, "h1", "h2", "h3")
-	status := func() vxfabricv1.NodeStatus {
-		resp, err := f.c.Nodes.ListNodes(f.ctx, &vxfabricv1.ListNodesRequest{})
-		if err != nil {
-			t.Fatalf("list nodes: %v", err)
-		}
-		for _, n := range resp.GetNodes() {
-			if n.GetName() == "h2" {
-				return n.GetStatus()
-			}
-		}
-		return vxfabricv1.NodeStatus_NODE_STATUS_UNSPECIFIED
-	}
+	status := func() vxfabricv1.NodeStatus { return f.node("h2").GetStatus() }
 
 	const count = 800 // 8 s at 10 ms: the kill, the death (about 4 s) and 2 s more
 	pings := backgroundPing(f, "dead-a", b, count, 10*time.Millisecond)
@@ -296,6 +291,9 @@ func TestPrivilegedDeadAgentLiveHost(t *testing.T) {
 		t.Fatalf("h2 not DEAD in the node list 8 s after its agent was killed (status %s)", status())
 	}
 	t.Logf("h2's agent killed: DEAD after %s", took.Round(time.Millisecond))
+	if f.node("h2").GetUnreachable() {
+		t.Errorf("node list shows h2's host unreachable, but its kernel answers: %v", f.node("h2"))
+	}
 	res := <-pings
 	t.Logf("ping from h1 to h2's VM over the kill and the death (%s): %d sent, %d received", time.Since(killed).Round(time.Millisecond), res.Sent, res.Received)
 	if res.Sent < count/2 || res.Received != res.Sent {

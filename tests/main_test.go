@@ -261,6 +261,21 @@ func (f *fixture) reach(from string, dst netip.Addr, timeout time.Duration) {
 }
 
 // fdbTo returns the FDB entries of network vni on host that point at vtep.
+// node is the server's record of a node (what `vxfab node list` prints); nil when it has none.
+func (f *fixture) node(name string) *vxfabricv1.Node {
+	f.t.Helper()
+	resp, err := f.c.Nodes.ListNodes(f.ctx, &vxfabricv1.ListNodesRequest{})
+	if err != nil {
+		f.t.Fatalf("list nodes: %v", err)
+	}
+	for _, n := range resp.GetNodes() {
+		if n.GetName() == name {
+			return n
+		}
+	}
+	return nil
+}
+
 func (f *fixture) fdbTo(host string, vni uint32, vtep netip.Addr) []lab.FDBEntry {
 	f.t.Helper()
 	entries, err := f.l.FDB(host, vni)
