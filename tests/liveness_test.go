@@ -204,13 +204,9 @@ func TestPrivilegedAgentPause(t *testing.T) {
 	count := int((paused + after) / interval)
 	pings := backgroundPing(f, "pa-1", p2, count, interval)
 	began := time.Now()
-	if err := f.l.PauseAgent("h2"); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(paused) // the stall itself, not a wait for convergence
-	if err := f.l.ResumeAgent("h2"); err != nil {
-		t.Fatal(err)
-	}
+	mustVxfab(t, "lab", "agent", "pause", "h2") // the CLI, as a lab user would
+	time.Sleep(paused - time.Since(began))      // the stall itself, not a wait for convergence
+	mustVxfab(t, "lab", "agent", "resume", "h2")
 	resumed := time.Now()
 	time.Sleep(after) // the window in which a late verdict of death would show
 	seen, polls, pollErrs := nodes.stop()

@@ -205,7 +205,7 @@ func newLabExecCmd(f *labFlags) *cobra.Command {
 }
 
 func newLabAgentCmd(f *labFlags) *cobra.Command {
-	cmd := &cobra.Command{Use: "agent", Short: "fault injection on a host's agent: stop, start, kill"}
+	cmd := &cobra.Command{Use: "agent", Short: "fault injection on a host's agent: stop, start, kill, pause, resume"}
 	act := func(use, short string, do func(*lab.Lab, *cobra.Command, string) error) *cobra.Command {
 		return &cobra.Command{
 			Use: use + " H", Short: short, Args: cobra.ExactArgs(1),
@@ -224,6 +224,12 @@ func newLabAgentCmd(f *labFlags) *cobra.Command {
 		}),
 		act("kill", "kill the agent with SIGKILL, as a crash would", func(l *lab.Lab, cmd *cobra.Command, h string) error {
 			return l.KillAgent(cmd.Context(), h)
+		}),
+		act("pause", "freeze the agent (SIGSTOP), as a stalled machine or a long pause would; its kernel keeps forwarding", func(l *lab.Lab, cmd *cobra.Command, h string) error {
+			return l.PauseAgent(h)
+		}),
+		act("resume", "continue a paused agent (SIGCONT)", func(l *lab.Lab, cmd *cobra.Command, h string) error {
+			return l.ResumeAgent(h)
 		}),
 		act("start", "start the agent and wait until it is ALIVE", func(l *lab.Lab, cmd *cobra.Command, h string) error {
 			if err := l.StartAgent(cmd.Context(), h); err != nil {
