@@ -67,7 +67,8 @@ func testCtx(t *testing.T) context.Context {
 }
 
 // registerNode writes a node record the way RegisterNode does (read, then a transaction on the
-// key's revision) and returns the revision of the write.
+// key's revision that rewrites the nodes epoch when the node is new or its VTEP changed) and returns
+// the revision of the write.
 func (f *apiFixture) registerNode(ctx context.Context, name, vtep string) (int64, error) {
 	key := store.NodeKey(name)
 	for {
@@ -76,14 +77,22 @@ func (f *apiFixture) registerNode(ctx context.Context, name, vtep string) (int64
 			return 0, err
 		}
 		var modRev int64
+		prev := &vxfabricv1.Node{}
 		if len(resp.Kvs) == 1 {
 			modRev = resp.Kvs[0].ModRevision
+			if err := proto.Unmarshal(resp.Kvs[0].Value, prev); err != nil {
+				return 0, err
+			}
 		}
 		val, err := proto.Marshal(&vxfabricv1.Node{Name: name, Vtep: vtep, Status: vxfabricv1.NodeStatus_NODE_STATUS_ALIVE})
 		if err != nil {
 			return 0, err
 		}
-		tx, err := f.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).Then(clientv3.OpPut(key, string(val))).Commit()
+		puts := []clientv3.Op{clientv3.OpPut(key, string(val))}
+		if modRev == 0 || prev.GetVtep() != vtep {
+			puts = append(puts, clientv3.OpPut(store.NodesEpochKey, ""))
+		}
+		tx, err := f.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).Then(puts...).Commit()
 		if err != nil {
 			return 0, err
 		}

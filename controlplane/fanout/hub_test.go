@@ -692,9 +692,31 @@ func TestRegisterNode(t *testing.T) {
 	if again.GetNode().GetRevision() != first.GetNode().GetRevision() {
 		t.Errorf("repeated registration rewrote the node: revision %d -> %d", first.GetNode().GetRevision(), again.GetNode().GetRevision())
 	}
+	// The nodes epoch (store.NodesEpochKey) moves with a new node or a new VTEP, never with a status
+	// or version alone: network creates checked against the VTEPs depend on it.
+	epoch := func() int64 {
+		resp, err := e.cli.Get(ctx, prefix+"nodes-epoch")
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("nodes epoch: %v %v", resp, err)
+		}
+		return resp.Kvs[0].ModRevision
+	}
+	if got := epoch(); got != first.GetNode().GetRevision() {
+		t.Errorf("a new node left the nodes epoch at %d, want its write's revision %d", got, first.GetNode().GetRevision())
+	}
+	upgraded, err := c.RegisterNode(ctx, &vxfabricv1.RegisterNodeRequest{Name: "h1", Vtep: "198.18.0.1", Version: "v1.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := epoch(); upgraded.GetNode().GetRevision() == first.GetNode().GetRevision() || got != first.GetNode().GetRevision() {
+		t.Errorf("a version change (node at %d) moved the nodes epoch to %d", upgraded.GetNode().GetRevision(), got)
+	}
 	moved, err := c.RegisterNode(ctx, &vxfabricv1.RegisterNodeRequest{Name: "h1", Vtep: "198.18.0.9", Version: "v2"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := epoch(); got != moved.GetNode().GetRevision() {
+		t.Errorf("a new VTEP left the nodes epoch at %d, want %d", got, moved.GetNode().GetRevision())
 	}
 	resp, err := e.cli.Get(ctx, prefix+"nodes/h1")
 	if err != nil || len(resp.Kvs) != 1 {

@@ -257,10 +257,16 @@ func (w *Writer) write(ctx context.Context, lead leadership, p membership.Peer) 
 		if err != nil {
 			return fmt.Errorf("encode node %q: %w", name, err)
 		}
+		puts := []clientv3.Op{clientv3.OpPut(key, string(val))}
+		if modRev == 0 || cur.GetVtep() != next.GetVtep() {
+			// A new node or a new VTEP: network creates checked against the old VTEPs must fail
+			// (store.NodesEpochKey).
+			puts = append(puts, clientv3.OpPut(w.cfg.Prefix+"nodes-epoch", ""))
+		}
 		tx, err := w.cli.Txn(ctx).If(
 			clientv3.Compare(clientv3.CreateRevision(lead.key), "=", lead.rev),
 			clientv3.Compare(clientv3.ModRevision(key), "=", modRev),
-		).Then(clientv3.OpPut(key, string(val))).Else(clientv3.OpGet(lead.key)).Commit()
+		).Then(puts...).Else(clientv3.OpGet(lead.key)).Commit()
 		if err != nil {
 			return fmt.Errorf("write node %q: %w", name, err)
 		}

@@ -195,6 +195,18 @@ func TestOneLeaderWritesGossipState(t *testing.T) {
 	if !dead.LastChange.AsTime().After(n2.LastChange.AsTime()) {
 		t.Fatalf("last change not advanced on death: %v then %v", n2.LastChange, dead.LastChange)
 	}
+	// The death is a status change, not a new VTEP: the nodes epoch (store.NodesEpochKey), which a2's
+	// first record moved, stays behind it.
+	modRev := func(key string) int64 {
+		resp, err := cli.Get(context.Background(), prefix+key)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("%s: %v %v", key, resp, err)
+		}
+		return resp.Kvs[0].ModRevision
+	}
+	if e, d := modRev("nodes-epoch"), modRev("nodes/a2"); e >= d {
+		t.Fatalf("nodes epoch at %d, a2's death written at %d: a status change moved the epoch", e, d)
+	}
 	// a2's host still answers (its closed port resets the dials): dead, not unreachable.
 	time.Sleep(time.Second)
 	if n := node(t, cli, "a2"); n.GetUnreachable() {

@@ -27,9 +27,13 @@ const (
 	IPPrefix           = Prefix + "alloc/ip/"       // <network-id>/<ipv4> -> raw port id
 	MACPrefix          = Prefix + "alloc/mac/"      // <network-id>/<mac> -> raw port id
 	NodesPrefix        = Prefix + "nodes/"          // <node> -> Node
-	PortStatusPrefix   = Prefix + "status/ports/"   // <port-id> -> "1" while plugged
-	RequestsPrefix     = Prefix + "requests/"       // <kind>/<request-id> -> raw resource id
-	LeaderPrefix       = Prefix + "leader/"         // election of the node-status writer
+	// NodesEpochKey is rewritten, in the same transaction, by every write that adds a node record or
+	// changes a node's VTEP (RegisterNode, the node status writer, PutNode): a create checked against
+	// the node VTEPs compares this one key instead of every node record (NodesUnchangedSince).
+	NodesEpochKey    = Prefix + "nodes-epoch"
+	PortStatusPrefix = Prefix + "status/ports/" // <port-id> -> "1" while plugged
+	RequestsPrefix   = Prefix + "requests/"     // <kind>/<request-id> -> raw resource id
+	LeaderPrefix     = Prefix + "leader/"       // election of the node-status writer
 	// NodeCIDRPrefix indexes which nat and routed networks take part on which node, for the gateway
 	// overlap check: <node>/<network-id>/<port-id> -> raw network CIDR, one key per port of a nat or
 	// routed network, written and deleted with the port (so the node's last port of a network takes

@@ -20,11 +20,12 @@ func decodeNode(kv *mvccpb.KeyValue) (*vxfabricv1.Node, error) {
 }
 
 // PutNode writes a node record (name, vtep, status, last change, version). Applied and desired
-// revisions are not stored: they are live figures of the fan-out.
+// revisions are not stored: they are live figures of the fan-out. It does not read the old record,
+// so it always rewrites NodesEpochKey.
 func (s *Store) PutNode(ctx context.Context, n *vxfabricv1.Node) (*vxfabricv1.Node, error) {
 	stored := proto.Clone(n).(*vxfabricv1.Node)
 	stored.Revision, stored.AppliedRevision, stored.DesiredRevision = 0, 0, 0
-	resp, err := s.kv.Put(ctx, NodeKey(n.Name), marshal(stored))
+	resp, err := s.kv.Txn(ctx).Then(clientv3.OpPut(NodeKey(n.Name), marshal(stored)), clientv3.OpPut(NodesEpochKey, "")).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("put node %q: %w", n.Name, err)
 	}
@@ -61,16 +62,16 @@ func (s *Store) ListNodes(ctx context.Context) ([]*vxfabricv1.Node, int64, error
 	return out, resp.Header.Revision, nil
 }
 
-// NodesUnchangedSince holds in a transaction while no node record has been created or written after
-// rev (a deleted one does not count): etcd compares every key of the range, and an empty range
-// compares as one key at revision 0. It costs the transaction one range over the node keys inside
-// etcd, and the caller no read of its own.
+// NodesUnchangedSince holds in a transaction while no node was added and no node's VTEP changed
+// after rev: it compares NodesEpochKey, which every such write rewrites in its own transaction, so it
+// costs one key whatever the number of nodes. A status-only write (SUSPECT, DEAD) does not count: it
+// changes no VTEP.
 func NodesUnchangedSince(rev int64) clientv3.Cmp {
-	return clientv3.Compare(clientv3.ModRevision(NodesPrefix), "<", rev+1).WithPrefix()
+	return clientv3.Compare(clientv3.ModRevision(NodesEpochKey), "<", rev+1)
 }
 
-// nodesWrittenAfter reads the keys of the node records written after rev: the else branch that tells
-// a failed NodesUnchangedSince from the transaction's other compares.
+// nodesWrittenAfter reads the epoch key if it was rewritten after rev: the read that tells a failed
+// NodesUnchangedSince from the transaction's other compares.
 func nodesWrittenAfter(rev int64) clientv3.Op {
-	return clientv3.OpGet(NodesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMinModRev(rev+1))
+	return clientv3.OpGet(NodesEpochKey, clientv3.WithKeysOnly(), clientv3.WithMinModRev(rev+1))
 }

@@ -127,8 +127,8 @@ func TestCreateNetworkNodeGuard(t *testing.T) {
 	if _, err := st.CreateNetwork(ctx, net("000000000a", "a", 100), "req-a", emptyRev); !errors.Is(err, ErrNodesChanged) {
 		t.Fatalf("create checked before a node was added: %v, want ErrNodesChanged", err)
 	}
-	if resp, err := cli.Get(ctx, Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 2 {
-		t.Fatalf("the failed create wrote keys: %d keys (tenant and node expected), %v", resp.Count, err)
+	if resp, err := cli.Get(ctx, Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 3 {
+		t.Fatalf("the failed create wrote keys: %d keys (tenant, node and nodes epoch expected), %v", resp.Count, err)
 	}
 	_, rev, err := st.ListNodes(ctx)
 	if err != nil {
