@@ -12,12 +12,13 @@ import (
 // nodeView is this replica's copy of the node VTEPs for the VTEP check of CreateNetwork. It saves
 // reading every node record on every create, and it is never trusted on its own:
 //   - a create the view lets through carries the view's revision into its transaction
-//     (store.NodesUnchangedSince), so a node created or written after the read fails the create
-//     with store.ErrNodesChanged; the create then reads the view again, checks again and retries;
+//     (store.NodesUnchangedSince), so a node added or given a new VTEP after the read fails the
+//     create with store.ErrNodesChanged; the create then reads the view again, checks again and
+//     retries;
 //   - a create the view refuses is checked again against a fresh read before it is refused.
 //
-// Either way the answer is that of the node records in etcd at the create's commit. A node written
-// without a change of VTEP (a status change) costs the next create one read and one more transaction.
+// Either way the answer is that of the node VTEPs in etcd at the create's commit. A status change
+// (SUSPECT, DEAD) changes no VTEP and costs creates nothing.
 type nodeView struct {
 	store *store.Store
 	// mu guards rev and vteps. It is held across the refresh read, so that one read serves every
