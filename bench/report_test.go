@@ -134,14 +134,14 @@ func TestApplyWatch(t *testing.T) {
 	mac := seqMAC(9)
 	e := w.expect(mac, 0) // bound to host 0: hosts 1 and 2 must program it
 	t0 := time.Unix(100, 0)
-	w.applied(1, t0, emptyState(), resultWith("add", "fdb vxlan4096 "+mac.String()+" dst 198.18.0.1"))
-	w.applied(2, t0.Add(time.Second), emptyState(), resultWith("delete", "fdb vxlan4096 "+mac.String()+" dst 198.18.0.1"))
+	w.applied(1, t0, resultWith("add", "fdb vxlan4096 "+mac.String()+" dst 198.18.0.1"))
+	w.applied(2, t0.Add(time.Second), resultWith("delete", "fdb vxlan4096 "+mac.String()+" dst 198.18.0.1"))
 	select {
 	case <-e.done:
 		t.Fatal("a delete counted as programming the MAC")
 	default:
 	}
-	w.applied(2, t0.Add(2*time.Second), emptyState(), resultWith("add", "fdb vxlan4096 "+mac.String()+" dst 198.18.0.1"))
+	w.applied(2, t0.Add(2*time.Second), resultWith("add", "fdb vxlan4096 "+mac.String()+" dst 198.18.0.1"))
 	last, err := e.Wait(context.Background())
 	if err != nil || !last.Equal(t0.Add(2*time.Second)) {
 		t.Fatalf("Wait = %v, %v; want the second host's apply", last, err)
@@ -151,7 +151,6 @@ func TestApplyWatch(t *testing.T) {
 	}
 }
 
-func emptyState() overlay.DesiredState { return overlay.DesiredState{} }
 
 func resultWith(op, object string) overlay.Result {
 	return overlay.Result{Changes: []overlay.Change{{Op: overlay.Op(op), Object: object}}}

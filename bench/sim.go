@@ -73,7 +73,7 @@ type hookedDatapath struct {
 func (h *hookedDatapath) Apply(ctx context.Context, d overlay.DesiredState) (overlay.Result, error) {
 	res, err := h.Datapath.Apply(ctx, d)
 	if err == nil {
-		h.watch.applied(h.host, time.Now(), overlay.DesiredState{}, res)
+		h.watch.applied(h.host, time.Now(), res)
 	}
 	return res, err
 }
@@ -81,7 +81,7 @@ func (h *hookedDatapath) Apply(ctx context.Context, d overlay.DesiredState) (ove
 func (h *hookedDatapath) ApplyDelta(ctx context.Context, d overlay.Delta) (overlay.Result, error) {
 	res, err := h.Datapath.ApplyDelta(ctx, d)
 	if err == nil {
-		h.watch.applied(h.host, time.Now(), overlay.DesiredState{}, res)
+		h.watch.applied(h.host, time.Now(), res)
 	}
 	return res, err
 }
@@ -284,7 +284,7 @@ func (w *applyWatch) waitFirstApply(ctx context.Context) error {
 
 // applied is called by host's datapath after every successful Apply or ApplyDelta (from the agent's reconcile
 // goroutine: it must be quick).
-func (w *applyWatch) applied(host int, at time.Time, _ overlay.DesiredState, res overlay.Result) {
+func (w *applyWatch) applied(host int, at time.Time, res overlay.Result) {
 	var macs [][6]byte
 	if w.active.Load() > 0 {
 		for _, c := range res.Changes {

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -335,4 +336,25 @@ func TestParseNIC(t *testing.T) {
 			t.Errorf("ParseNIC(%q) = %+v, %v; want %+v ok=%t", tt.in, got, err, tt.want, tt.ok)
 		}
 	}
+}
+
+// bridgeNetfilter reads the three switches in a namespace: "" when br_netfilter is not loaded,
+// else their values joined by commas.
+func bridgeNetfilter(ns string) (string, error) {
+	var vals []string
+	err := inNamespace(ns, func() error {
+		for _, path := range bridgeNetfilterSysctls {
+			b, err := os.ReadFile(path)
+			if errors.Is(err, os.ErrNotExist) {
+				vals = nil
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("namespace %q: read %s: %w", ns, path, err)
+			}
+			vals = append(vals, strings.TrimSpace(string(b)))
+		}
+		return nil
+	})
+	return strings.Join(vals, ","), err
 }

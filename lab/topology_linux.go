@@ -160,27 +160,6 @@ func ensureBridgeNetfilter(ns string, on bool) error {
 	})
 }
 
-// bridgeNetfilter reads the three switches in a namespace: "" when br_netfilter is not loaded,
-// else their values joined by commas.
-func bridgeNetfilter(ns string) (string, error) {
-	var vals []string
-	err := inNamespace(ns, func() error {
-		for _, path := range bridgeNetfilterSysctls {
-			b, err := os.ReadFile(path)
-			if errors.Is(err, os.ErrNotExist) {
-				vals = nil
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("namespace %q: read %s: %w", ns, path, err)
-			}
-			vals = append(vals, strings.TrimSpace(string(b)))
-		}
-		return nil
-	})
-	return strings.Join(vals, ","), err
-}
-
 func ensureBridge(h *netlink.Handle, name string) (int, error) {
 	link, err := h.LinkByName(name)
 	var notFound netlink.LinkNotFoundError

@@ -1,7 +1,6 @@
 package membership
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -85,7 +84,7 @@ type Config struct {
 	ReachAttempts int
 	// ReachDialer dials a member's gossip address and reports whether its host answered (a completed
 	// handshake or a reset). Nil: a TCP dial. Tests give one that simulates hosts cut off.
-	ReachDialer func(ctx context.Context, addr string) (answered bool)
+	ReachDialer ReachDialer
 
 	Logger *slog.Logger
 }

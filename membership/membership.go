@@ -128,13 +128,16 @@ type Member struct {
 	peers    map[string]*Peer
 	subs     map[*subscriber]struct{}
 	leaving  bool
-	checking map[string]bool // members whose reachability check runs
-	closed   bool            // Shutdown began: start no goroutine
+	checking map[string]bool      // members whose reachability check runs
+	relayed  map[string]time.Time // when this member last relayed a hint about each member
+	closed   bool                 // Shutdown began: start no goroutine
 
 	hints *memberlist.TransmitLimitedQueue // suspect hints to gossip
-	dial  reachDialer
+	dial  ReachDialer
 
 	stop     chan struct{}
+	life     context.Context // cancelled by Shutdown: ends dials in flight
+	endLife  context.CancelFunc
 	wg       sync.WaitGroup
 	shutOnce sync.Once
 }
@@ -152,12 +155,14 @@ func New(cfg Config) (*Member, error) {
 		peers:    map[string]*Peer{},
 		subs:     map[*subscriber]struct{}{},
 		checking: map[string]bool{},
+		relayed:  map[string]time.Time{},
 		stop:     make(chan struct{}),
 		dial:     cfg.ReachDialer,
 	}
 	if m.dial == nil {
 		m.dial = DialHost
 	}
+	m.life, m.endLife = context.WithCancel(context.Background())
 	// A hint is small and rare: sent often enough (8 * log10(n) times) that every member gets it
 	// from the gossip of the first rounds, whichever members those rounds pick.
 	m.hints = &memberlist.TransmitLimitedQueue{NumNodes: m.numPeers, RetransmitMult: 8}
@@ -341,6 +346,7 @@ func (m *Member) Shutdown() error {
 		m.mu.Lock()
 		m.closed = true
 		m.mu.Unlock()
+		m.endLife()
 		close(m.stop)
 		m.wg.Wait()
 		if e := m.ml.Shutdown(); e != nil {
@@ -382,6 +388,7 @@ func (m *Member) maintain() {
 		for name, p := range m.peers {
 			if (p.State == StateDead || p.State == StateLeft) && time.Since(p.Since) > m.cfg.ForgetAfter {
 				delete(m.peers, name)
+				delete(m.relayed, name)
 			}
 		}
 		m.mu.Unlock()

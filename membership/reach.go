@@ -38,8 +38,8 @@ import (
 // msgSuspectHint is the user message "the member named in the rest of the message is suspect".
 const msgSuspectHint byte = 1
 
-// reachDialer dials a TCP address and reports whether the host's kernel answered.
-type reachDialer func(ctx context.Context, addr string) bool
+// ReachDialer dials a member's gossip address and reports whether its host's kernel answered.
+type ReachDialer func(ctx context.Context, addr string) (answered bool)
 
 // DialHost is the default Config.ReachDialer: a TCP dial of addr; a completed handshake or a refusal
 // (a reset) both prove the host is there.
@@ -74,31 +74,45 @@ func (h *suspectHint) Finished()       {}
 // suspected is called when this member's own probe of name failed: it tells the others and checks
 // the suspect's host.
 func (m *Member) suspected(name string) {
-	if m.hints != nil {
-		m.hints.QueueBroadcast(newSuspectHint(name))
-	}
+	m.hints.QueueBroadcast(newSuspectHint(name))
 	m.checkReach(name)
 }
 
-// hinted handles a user message from another member.
+// hinted handles a user message from another member. A hint that starts a check here is passed on,
+// as memberlist passes on the suspicions it learns: the sender's own retransmissions reach only a
+// few members of a large fabric. relayAfter bounds how often one member relays hints about one name.
 func (m *Member) hinted(msg []byte) {
 	if len(msg) < 2 || msg[0] != msgSuspectHint {
 		return // unknown messages come from newer versions: ignore them
 	}
-	if name := string(msg[1:]); name != m.cfg.Name {
-		m.checkReach(name)
+	name := string(msg[1:])
+	if name == m.cfg.Name || !m.checkReach(name) {
+		return
+	}
+	m.mu.Lock()
+	relay := time.Since(m.relayed[name]) > relayAfter
+	if relay {
+		m.relayed[name] = time.Now()
+	}
+	m.mu.Unlock()
+	if relay {
+		m.hints.QueueBroadcast(newSuspectHint(name))
 	}
 }
 
+// relayAfter is how long a member waits before it relays another hint about the same member.
+const relayAfter = 5 * time.Second
+
 // checkReach starts dialling the named member's gossip address, unless a check of it is running or
-// it has left. A check runs while the member is SUSPECT or DEAD (every ReachTimeout while suspect,
-// every deadRecheck while dead); a hint about an alive member that answers ends after one round.
-func (m *Member) checkReach(name string) {
+// it has left; it reports whether it started one. A check runs while the member is SUSPECT or DEAD
+// (every ReachTimeout while suspect, every deadRecheck ReachTimeouts while dead, every deadSlow once
+// dead for deadSlowAfter); a hint about an alive member that answers ends after one round.
+func (m *Member) checkReach(name string) bool {
 	m.mu.Lock()
 	p, ok := m.peers[name]
 	if !ok || m.closed || m.checking[name] || p.State == StateLeft {
 		m.mu.Unlock()
-		return
+		return false
 	}
 	m.checking[name] = true
 	addr, dial := p.Addr.String(), m.dial
@@ -107,30 +121,15 @@ func (m *Member) checkReach(name string) {
 
 	go func() {
 		defer m.wg.Done()
-		defer func() {
-			m.mu.Lock()
-			delete(m.checking, name)
-			m.mu.Unlock()
-		}()
 		for {
 			since, ok := m.stateSince(name)
 			if !ok {
+				m.endCheck(name)
 				return
 			}
-			answered := false
-			for range m.cfg.ReachAttempts {
-				ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ReachTimeout)
-				answered = dial(ctx, addr)
-				// A dial that fails fast (no route, host unreachable) still waits out the timeout, so
-				// that ReachAttempts dials span the same time whatever the failure.
-				select {
-				case <-ctx.Done():
-				case <-m.stop:
-				}
-				cancel()
-				if answered {
-					break
-				}
+			answered, ok := m.dialRound(dial, addr)
+			if !ok {
+				return // shutting down
 			}
 			next, again := m.setReach(name, since, answered)
 			if !again {
@@ -143,11 +142,46 @@ func (m *Member) checkReach(name string) {
 			}
 		}
 	}()
+	return true
+}
+
+// dialRound dials addr up to ReachAttempts times and reports whether the host answered; ok is false
+// when the member shuts down meanwhile.
+func (m *Member) dialRound(dial ReachDialer, addr string) (answered, ok bool) {
+	for range m.cfg.ReachAttempts {
+		ctx, cancel := context.WithTimeout(m.life, m.cfg.ReachTimeout) // Shutdown cancels it
+		answered = dial(ctx, addr)
+		if !answered {
+			// A dial that fails fast (no route, host unreachable) still waits out the timeout, so that
+			// ReachAttempts unanswered dials span the same time whatever the failure.
+			<-ctx.Done()
+		}
+		cancel()
+		if m.life.Err() != nil {
+			return false, false
+		}
+		if answered {
+			return true, true
+		}
+	}
+	return false, true
+}
+
+// endCheck marks the named member's check finished.
+func (m *Member) endCheck(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.checking, name)
 }
 
 // deadRecheck is how often a DEAD member's host is dialled again, in ReachTimeouts: a host whose
-// agent died but whose kernel answers is not Down until it stops answering.
-const deadRecheck = 4
+// agent died but whose kernel answers is not Down until it stops answering. After deadSlowAfter the
+// member is dialled every deadSlow only: most such hosts are gone for good.
+const (
+	deadRecheck   = 4
+	deadSlowAfter = time.Minute
+	deadSlow      = 5 * time.Second
+)
 
 // stateSince returns when the named member's current state began; false when it is gone.
 func (m *Member) stateSince(name string) (time.Time, bool) {
@@ -162,15 +196,19 @@ func (m *Member) stateSince(name string) (time.Time, bool) {
 
 // setReach records a round of dials that began while the member was in the state that began at
 // since. An unanswered round makes it Unreachable, and SUSPECT if it was alive (another member's
-// hint). It returns whether to check again, and when.
-func (m *Member) setReach(name string, since time.Time, answered bool) (time.Duration, bool) {
-	select {
-	case <-m.stop:
-		return 0, false
-	default:
-	}
+// hint). It returns whether to check again, and when; when not, the check ends here, under the same
+// lock, so that a new suspicion right after starts a new check.
+func (m *Member) setReach(name string, since time.Time, answered bool) (next time.Duration, again bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	defer func() {
+		if !again {
+			delete(m.checking, name)
+		}
+	}()
+	if m.closed {
+		return 0, false
+	}
 	p, ok := m.peers[name]
 	if !ok || p.State == StateLeft {
 		return 0, false
@@ -180,9 +218,12 @@ func (m *Member) setReach(name string, since time.Time, answered bool) (time.Dur
 		// came back (it refuted, or answered a probe) says nothing about it now.
 		return 0, false
 	}
-	next := m.cfg.ReachTimeout
+	next = m.cfg.ReachTimeout
 	if p.State == StateDead {
 		next *= deadRecheck
+		if time.Since(p.Since) > deadSlowAfter {
+			next = deadSlow
+		}
 	}
 	if p.Unreachable == !answered {
 		return next, true

@@ -652,7 +652,7 @@ func (a *Agent) livenessLoop(ctx context.Context) {
 			if ev.Peer.Meta.Role == membership.RoleServer {
 				// A server's addresses join the infrastructure set (VMs may not reach them) as soon as
 				// it is seen or moves, not at the next periodic pass.
-				if first || ev.Previous == ev.Peer.State {
+				if first || ev.Previous == ev.Peer.State && ev.PreviousDown == ev.Peer.Down() { // seen, or its metadata changed
 					a.trigger()
 				}
 				continue

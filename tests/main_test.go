@@ -260,7 +260,6 @@ func (f *fixture) reach(from string, dst netip.Addr, timeout time.Duration) {
 	}
 }
 
-// fdbTo returns the FDB entries of network vni on host that point at vtep.
 // node is the server's record of a node (what `vxfab node list` prints); nil when it has none.
 func (f *fixture) node(name string) *vxfabricv1.Node {
 	f.t.Helper()
@@ -276,6 +275,7 @@ func (f *fixture) node(name string) *vxfabricv1.Node {
 	return nil
 }
 
+// fdbTo returns the FDB entries of network vni on host that point at vtep.
 func (f *fixture) fdbTo(host string, vni uint32, vtep netip.Addr) []lab.FDBEntry {
 	f.t.Helper()
 	entries, err := f.l.FDB(host, vni)
