@@ -151,7 +151,6 @@ func TestApplyWatch(t *testing.T) {
 	}
 }
 
-
 func resultWith(op, object string) overlay.Result {
 	return overlay.Result{Changes: []overlay.Change{{Op: overlay.Op(op), Object: object}}}
 }
