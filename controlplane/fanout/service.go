@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vxfabric/vxfabric/controlplane/store"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
@@ -253,15 +254,9 @@ func (h *Hub) RegisterNode(ctx context.Context, req *vxfabricv1.RegisterNodeRequ
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "encode node %q: %v", name, err)
 		}
-		puts := []clientv3.Op{clientv3.OpPut(key, string(val))}
-		if modRev == 0 || cur.GetVtep() != next.Vtep {
-			// A new node or a new VTEP: network creates checked against the old VTEPs must fail
-			// (store.NodesEpochKey).
-			puts = append(puts, clientv3.OpPut(h.cfg.Prefix+"nodes-epoch", ""))
-		}
 		tx, err := h.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
-			Then(puts...).
+			Then(store.NodeWriteOps(h.cfg.Prefix, name, string(val), modRev == 0 || cur.GetVtep() != next.Vtep)...).
 			Commit()
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "write node %q: %v", name, err)

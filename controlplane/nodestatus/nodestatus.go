@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/vxfabric/vxfabric/controlplane/store"
 	"github.com/vxfabric/vxfabric/membership"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
@@ -257,16 +258,10 @@ func (w *Writer) write(ctx context.Context, lead leadership, p membership.Peer) 
 		if err != nil {
 			return fmt.Errorf("encode node %q: %w", name, err)
 		}
-		puts := []clientv3.Op{clientv3.OpPut(key, string(val))}
-		if modRev == 0 || cur.GetVtep() != next.GetVtep() {
-			// A new node or a new VTEP: network creates checked against the old VTEPs must fail
-			// (store.NodesEpochKey).
-			puts = append(puts, clientv3.OpPut(w.cfg.Prefix+"nodes-epoch", ""))
-		}
 		tx, err := w.cli.Txn(ctx).If(
 			clientv3.Compare(clientv3.CreateRevision(lead.key), "=", lead.rev),
 			clientv3.Compare(clientv3.ModRevision(key), "=", modRev),
-		).Then(puts...).Else(clientv3.OpGet(lead.key)).Commit()
+		).Then(store.NodeWriteOps(w.cfg.Prefix, name, string(val), modRev == 0 || cur.GetVtep() != next.GetVtep())...).Else(clientv3.OpGet(lead.key)).Commit()
 		if err != nil {
 			return fmt.Errorf("write node %q: %w", name, err)
 		}

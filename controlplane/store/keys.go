@@ -30,7 +30,7 @@ const (
 	// NodesEpochKey is rewritten, in the same transaction, by every write that adds a node record or
 	// changes a node's VTEP (RegisterNode, the node status writer, PutNode): a create checked against
 	// the node VTEPs compares this one key instead of every node record (NodesUnchangedSince).
-	NodesEpochKey    = Prefix + "nodes-epoch"
+	NodesEpochKey    = Prefix + nodesEpoch
 	PortStatusPrefix = Prefix + "status/ports/" // <port-id> -> "1" while plugged
 	RequestsPrefix   = Prefix + "requests/"     // <kind>/<request-id> -> raw resource id
 	LeaderPrefix     = Prefix + "leader/"       // election of the node-status writer
@@ -40,6 +40,9 @@ const (
 	// the network's entry with it).
 	NodeCIDRPrefix = Prefix + "index/node-cidr/"
 )
+
+// nodesEpoch is NodesEpochKey relative to the fabric's prefix.
+const nodesEpoch = "nodes-epoch"
 
 // Request kinds of RequestKey.
 const (

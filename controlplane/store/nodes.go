@@ -25,7 +25,7 @@ func decodeNode(kv *mvccpb.KeyValue) (*vxfabricv1.Node, error) {
 func (s *Store) PutNode(ctx context.Context, n *vxfabricv1.Node) (*vxfabricv1.Node, error) {
 	stored := proto.Clone(n).(*vxfabricv1.Node)
 	stored.Revision, stored.AppliedRevision, stored.DesiredRevision = 0, 0, 0
-	resp, err := s.kv.Txn(ctx).Then(clientv3.OpPut(NodeKey(n.Name), marshal(stored)), clientv3.OpPut(NodesEpochKey, "")).Commit()
+	resp, err := s.kv.Txn(ctx).Then(NodeWriteOps(Prefix, n.Name, marshal(stored), true)...).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("put node %q: %w", n.Name, err)
 	}
@@ -60,6 +60,18 @@ func (s *Store) ListNodes(ctx context.Context) ([]*vxfabricv1.Node, int64, error
 		out = append(out, n)
 	}
 	return out, resp.Header.Revision, nil
+}
+
+// NodeWriteOps are the operations of a write of node name's record (value) under prefix, for every
+// writer of node records (RegisterNode, the status writer, PutNode): the put, and the rewrite of the
+// nodes epoch when newVTEP (the node is new or its VTEP changed), so that network creates checked
+// against the old VTEPs fail (NodesUnchangedSince).
+func NodeWriteOps(prefix, name, value string, newVTEP bool) []clientv3.Op {
+	ops := []clientv3.Op{clientv3.OpPut(prefix+"nodes/"+name, value)}
+	if newVTEP {
+		ops = append(ops, clientv3.OpPut(prefix+nodesEpoch, ""))
+	}
+	return ops
 }
 
 // NodesUnchangedSince holds in a transaction while no node was added and no node's VTEP changed
