@@ -210,7 +210,7 @@ func memory(ctx context.Context, cfg MemoryConfig, out *Outcome) error {
 		"agent idle, file-backed: the kernel maps the 64 KiB around each touched page of the binary (fault-around), so one function or "+
 			"type touched costs 64 KiB; the binary's code and read-only data come from its /proc/PID/smaps mappings",
 		fmt.Sprintf("server: controlplane/server with embedded etcd and the fan-out hub in a process of its own (as in benchmark 1), "+
-			"with %d nodes registered, each with a Sync stream open (a client reading and discarding)", cfg.Hosts))
+			"with %d nodes registered, each with a Sync stream open (a client asking for snapshots in parts as the agent does, reading and discarding)", cfg.Hosts))
 	return nil
 }
 
@@ -439,7 +439,7 @@ func openStreams(ctx context.Context, addr string, n int) (*syncStreams, error) 
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			stream, err := vxfabricv1.NewAgentServiceClient(conn).Sync(sctx, &vxfabricv1.SyncRequest{Node: HostName(i)})
+			stream, err := vxfabricv1.NewAgentServiceClient(conn).Sync(sctx, &vxfabricv1.SyncRequest{Node: HostName(i), SnapshotParts: true})
 			if err != nil {
 				first <- fmt.Errorf("sync %s: %w", HostName(i), err)
 				return

@@ -271,7 +271,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) (progressed bool, err
 		go a.watchServer(sctx, cancel, addr)
 	}
 	resume := a.resumeRevision()
-	stream, err := client.Sync(sctx, &vxfabricv1.SyncRequest{Node: a.cfg.Node, ResumeRevision: resume})
+	stream, err := client.Sync(sctx, &vxfabricv1.SyncRequest{Node: a.cfg.Node, ResumeRevision: resume, SnapshotParts: true})
 	if err != nil {
 		return false, fmt.Errorf("open sync stream to %s: %w", addr, err)
 	}

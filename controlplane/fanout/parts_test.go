@@ -116,7 +116,7 @@ func TestSyncSnapshotInParts(t *testing.T) {
 		t.Fatalf("unchunked snapshot has %d items, want 30", partItems(unchunked))
 	}
 
-	stream, err := e.dial().Sync(ctx, &vxfabricv1.SyncRequest{Node: "h0"})
+	stream, err := e.dial().Sync(ctx, &vxfabricv1.SyncRequest{Node: "h0", SnapshotParts: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,5 +153,19 @@ func TestSyncSnapshotInParts(t *testing.T) {
 	if msg.GetSnapshot() || msg.GetSnapshotContinues() || msg.GetRevision() != next || len(msg.GetLocalPorts()) != 1 {
 		t.Errorf("delta: snapshot %v continues %v rev %d with %d local ports, want a delta at %d with 1",
 			msg.GetSnapshot(), msg.GetSnapshotContinues(), msg.GetRevision(), len(msg.GetLocalPorts()), next)
+	}
+
+	// An agent that does not ask for parts (one that predates them) gets each snapshot whole.
+	old, err := e.dial().Sync(ctx, &vxfabricv1.SyncRequest{Node: "h0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole, err := old.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !whole.GetSnapshot() || whole.GetSnapshotContinues() || partItems(whole) != partItems(unchunked)+1 {
+		t.Errorf("snapshot for an agent without parts: snapshot %v, continues %v, %d items; want one message of %d",
+			whole.GetSnapshot(), whole.GetSnapshotContinues(), partItems(whole), partItems(unchunked)+1)
 	}
 }

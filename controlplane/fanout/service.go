@@ -67,7 +67,7 @@ func (h *Hub) Sync(req *vxfabricv1.SyncRequest, stream grpc.ServerStreamingServe
 			return status.Errorf(codes.Aborted, "store revision went backwards from %d to %d; reconnect", last, msg.GetRevision())
 		}
 		parts := []*vxfabricv1.SyncResponse{msg}
-		if msg.GetSnapshot() {
+		if msg.GetSnapshot() && req.GetSnapshotParts() {
 			// Each Send waits for the flow-control window the previous part used, so a slow reader
 			// holds about one part queued in gRPC, not the whole snapshot.
 			parts = snapshotParts(msg, h.cfg.SnapshotPartItems)

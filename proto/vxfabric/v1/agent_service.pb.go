@@ -26,8 +26,12 @@ type SyncRequest struct {
 	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// 0: start with a snapshot.
 	ResumeRevision int64 `protobuf:"varint,2,opt,name=resume_revision,json=resumeRevision,proto3" json:"resume_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The agent merges a snapshot sent in parts (SyncResponse.snapshot_continues). The server splits
+	// large snapshots only for such agents: an agent that predates the field would take the first part
+	// for the whole snapshot and withdraw everything the later parts carry.
+	SnapshotParts bool `protobuf:"varint,3,opt,name=snapshot_parts,json=snapshotParts,proto3" json:"snapshot_parts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncRequest) Reset() {
@@ -72,6 +76,13 @@ func (x *SyncRequest) GetResumeRevision() int64 {
 		return x.ResumeRevision
 	}
 	return 0
+}
+
+func (x *SyncRequest) GetSnapshotParts() bool {
+	if x != nil {
+		return x.SnapshotParts
+	}
+	return false
 }
 
 // SyncResponse is a snapshot (replace everything) or a delta (upserts and removals by id).
@@ -845,10 +856,11 @@ var File_vxfabric_v1_agent_service_proto protoreflect.FileDescriptor
 
 const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fvxfabric/v1/agent_service.proto\x12\vvxfabric.v1\x1a\x1bvxfabric/v1/resources.proto\"J\n" +
+	"\x1fvxfabric/v1/agent_service.proto\x12\vvxfabric.v1\x1a\x1bvxfabric/v1/resources.proto\"q\n" +
 	"\vSyncRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12'\n" +
-	"\x0fresume_revision\x18\x02 \x01(\x03R\x0eresumeRevision\"\x8b\x04\n" +
+	"\x0fresume_revision\x18\x02 \x01(\x03R\x0eresumeRevision\x12%\n" +
+	"\x0esnapshot_parts\x18\x03 \x01(\bR\rsnapshotParts\"\x8b\x04\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x125\n" +
