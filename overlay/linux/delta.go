@@ -47,13 +47,11 @@ func (d *Datapath) ApplyDelta(ctx context.Context, delta overlay.Delta) (overlay
 	for i, n := range delta.Networks {
 		for _, e := range n.SetFDB {
 			vtep := e.VTEP.Unmap()
-			d.setEntry(&res, overlay.FDBObject(n.VNI, e.MAC, vtep), &netlink.Neigh{LinkIndex: idx[i], Family: unix.AF_BRIDGE,
-				State: unix.NUD_PERMANENT | unix.NUD_NOARP, Flags: unix.NTF_SELF, HardwareAddr: e.MAC, IP: vtep.AsSlice()})
+			d.setEntry(&res, overlay.FDBObject(n.VNI, e.MAC, vtep), fdbEntry(idx[i], e.MAC, vtep))
 		}
 		for _, v := range n.AddFlood {
 			v = v.Unmap()
-			err := d.h.NeighAppend(&netlink.Neigh{LinkIndex: idx[i], Family: unix.AF_BRIDGE,
-				State: unix.NUD_PERMANENT | unix.NUD_NOARP, Flags: unix.NTF_SELF, HardwareAddr: zeroMAC, IP: v.AsSlice()})
+			err := d.h.NeighAppend(floodEntry(idx[i], v))
 			if err != nil && !errors.Is(err, unix.EEXIST) {
 				res.fail(overlay.FloodObject(n.VNI, v), fmt.Errorf("append: %w", err))
 				continue
@@ -62,24 +60,21 @@ func (d *Datapath) ApplyDelta(ctx context.Context, delta overlay.Delta) (overlay
 		}
 		for _, e := range n.SetNeigh {
 			ip := e.IP.Unmap()
-			d.setEntry(&res, overlay.NeighObject(n.VNI, ip, e.MAC), &netlink.Neigh{LinkIndex: idx[i], Family: unix.AF_INET,
-				State: unix.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: e.MAC})
+			d.setEntry(&res, overlay.NeighObject(n.VNI, ip, e.MAC), arpEntry(idx[i], ip, e.MAC))
 		}
 	}
 	for i, n := range delta.Networks {
 		for _, e := range n.DelFDB {
 			vtep := e.VTEP.Unmap()
-			d.delEntry(&res, overlay.FDBObject(n.VNI, e.MAC, vtep), &netlink.Neigh{LinkIndex: idx[i], Family: unix.AF_BRIDGE,
-				Flags: unix.NTF_SELF, HardwareAddr: e.MAC, IP: vtep.AsSlice()})
+			deleteEntry(d.h, &res, overlay.FDBObject(n.VNI, e.MAC, vtep), fdbEntry(idx[i], e.MAC, vtep))
 		}
 		for _, v := range n.DelFlood {
 			v = v.Unmap()
-			d.delEntry(&res, overlay.FloodObject(n.VNI, v), &netlink.Neigh{LinkIndex: idx[i], Family: unix.AF_BRIDGE,
-				Flags: unix.NTF_SELF, HardwareAddr: zeroMAC, IP: v.AsSlice()})
+			deleteEntry(d.h, &res, overlay.FloodObject(n.VNI, v), floodEntry(idx[i], v))
 		}
 		for _, e := range n.DelNeigh {
 			ip := e.IP.Unmap()
-			d.delEntry(&res, overlay.NeighObject(n.VNI, ip, e.MAC), &netlink.Neigh{LinkIndex: idx[i], Family: unix.AF_INET, IP: ip.AsSlice()})
+			deleteEntry(d.h, &res, overlay.NeighObject(n.VNI, ip, e.MAC), arpEntry(idx[i], ip, e.MAC))
 		}
 	}
 	out := overlay.Result{Changes: res.changes, Errors: res.errs}
@@ -108,16 +103,4 @@ func (d *Datapath) setEntry(res *entryResult, obj string, n *netlink.Neigh) {
 		return
 	}
 	res.change(overlay.OpUpdate, obj)
-}
-
-// delEntry removes an entry; one already gone is success and no change.
-func (d *Datapath) delEntry(res *entryResult, obj string, n *netlink.Neigh) {
-	err := d.h.NeighDel(n)
-	switch {
-	case errors.Is(err, unix.ENOENT):
-	case err != nil:
-		res.fail(obj, fmt.Errorf("delete: %w", err))
-	default:
-		res.change(overlay.OpDelete, obj)
-	}
 }

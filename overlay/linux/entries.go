@@ -42,6 +42,35 @@ func keyOf(m net.HardwareAddr) macKey {
 
 var zeroMAC = net.HardwareAddr{0, 0, 0, 0, 0, 0}
 
+// The entries of a vxlan device (index vx), one constructor each, so that Apply and ApplyDelta write
+// exactly the same objects (a difference would read as drift on the next full pass).
+
+// fdbEntry sends frames for mac to vtep.
+func fdbEntry(vx int, mac net.HardwareAddr, vtep netip.Addr) *netlink.Neigh {
+	return &netlink.Neigh{LinkIndex: vx, Family: unix.AF_BRIDGE, State: unix.NUD_PERMANENT | unix.NUD_NOARP,
+		Flags: unix.NTF_SELF, HardwareAddr: mac, IP: vtep.AsSlice()}
+}
+
+// floodEntry adds vtep to the head-end replication list (the all-zero MAC).
+func floodEntry(vx int, vtep netip.Addr) *netlink.Neigh { return fdbEntry(vx, zeroMAC, vtep) }
+
+// arpEntry answers ARP requests for ip with mac (ARP suppression through the vxlan proxy flag).
+func arpEntry(vx int, ip netip.Addr, mac net.HardwareAddr) *netlink.Neigh {
+	return &netlink.Neigh{LinkIndex: vx, Family: unix.AF_INET, State: unix.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: mac}
+}
+
+// deleteEntry removes an entry and records it; one already gone is success and no change.
+func deleteEntry(h *netlink.Handle, res *entryResult, obj string, n *netlink.Neigh) {
+	err := h.NeighDel(n)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+	case err != nil:
+		res.fail(obj, fmt.Errorf("delete: %w", err))
+	default:
+		res.change(overlay.OpDelete, obj)
+	}
+}
+
 // syncFDB reads the vxlan device's FDB with one per-device dump, indexes it by MAC, writes the
 // missing or wrong unicast entries (NeighSet replaces in place: no delete and re-add), appends the
 // missing flood entries, and only then deletes what is stale.
@@ -91,9 +120,7 @@ func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxInde
 			continue
 		}
 		obj := overlay.FDBObject(n.VNI, rp.MAC, vtep)
-		err := h.NeighSet(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_BRIDGE,
-			State: unix.NUD_PERMANENT | unix.NUD_NOARP, Flags: unix.NTF_SELF,
-			HardwareAddr: rp.MAC, IP: vtep.AsSlice()})
+		err := h.NeighSet(fdbEntry(vxIndex, rp.MAC, vtep))
 		if err != nil {
 			res.fail(obj, fmt.Errorf("set: %w", err))
 			continue
@@ -114,9 +141,7 @@ func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxInde
 		if haveFlood[v] {
 			continue
 		}
-		err := h.NeighAppend(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_BRIDGE,
-			State: unix.NUD_PERMANENT | unix.NUD_NOARP, Flags: unix.NTF_SELF,
-			HardwareAddr: zeroMAC, IP: v.AsSlice()})
+		err := h.NeighAppend(floodEntry(vxIndex, v))
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			res.fail(overlay.FloodObject(n.VNI, v), fmt.Errorf("append: %w", err))
 			continue
@@ -129,26 +154,13 @@ func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxInde
 		}
 		cur := have[k]
 		mac := net.HardwareAddr(k[:])
-		obj := overlay.FDBObject(n.VNI, mac, cur.vtep)
-		err := h.NeighDel(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_BRIDGE, Flags: unix.NTF_SELF,
-			HardwareAddr: mac, IP: cur.vtep.AsSlice()})
-		if err != nil && !errors.Is(err, unix.ENOENT) {
-			res.fail(obj, fmt.Errorf("delete: %w", err))
-			continue
-		}
-		res.change(overlay.OpDelete, obj)
+		deleteEntry(h, &res, overlay.FDBObject(n.VNI, mac, cur.vtep), fdbEntry(vxIndex, mac, cur.vtep))
 	}
 	for _, v := range sortedKeys(haveFlood, netip.Addr.Compare) {
 		if wantFlood[v] {
 			continue
 		}
-		err := h.NeighDel(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_BRIDGE, Flags: unix.NTF_SELF,
-			HardwareAddr: zeroMAC, IP: v.AsSlice()})
-		if err != nil && !errors.Is(err, unix.ENOENT) {
-			res.fail(overlay.FloodObject(n.VNI, v), fmt.Errorf("delete: %w", err))
-			continue
-		}
-		res.change(overlay.OpDelete, overlay.FloodObject(n.VNI, v))
+		deleteEntry(h, &res, overlay.FloodObject(n.VNI, v), floodEntry(vxIndex, v))
 	}
 	return res
 }
@@ -190,8 +202,7 @@ func syncNeigh(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxIn
 				continue
 			}
 			obj := overlay.NeighObject(n.VNI, ip, rp.MAC)
-			err := h.NeighSet(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_INET,
-				State: unix.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: rp.MAC})
+			err := h.NeighSet(arpEntry(vxIndex, ip, rp.MAC))
 			if err != nil {
 				res.fail(obj, fmt.Errorf("set: %w", err))
 				continue
@@ -209,13 +220,7 @@ func syncNeigh(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxIn
 		}
 		cur := have[ip]
 		mac := net.HardwareAddr(cur.mac[:])
-		obj := overlay.NeighObject(n.VNI, ip, mac)
-		err := h.NeighDel(&netlink.Neigh{LinkIndex: vxIndex, Family: unix.AF_INET, IP: ip.AsSlice()})
-		if err != nil && !errors.Is(err, unix.ENOENT) {
-			res.fail(obj, fmt.Errorf("delete: %w", err))
-			continue
-		}
-		res.change(overlay.OpDelete, obj)
+		deleteEntry(h, &res, overlay.NeighObject(n.VNI, ip, mac), arpEntry(vxIndex, ip, mac))
 	}
 	return res
 }
