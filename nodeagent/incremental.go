@@ -2,7 +2,6 @@ package nodeagent
 
 import (
 	"cmp"
-	"net"
 	"net/netip"
 	"slices"
 
@@ -153,28 +152,15 @@ func (p *programmed) record(id string, n overlay.Network) {
 	}
 	pn.vni, pn.proxy = n.VNI, n.Proxy()
 	for _, r := range n.Remotes {
-		pn.macs[macKey(r.MAC)]++
+		pn.macs[overlay.MACKey(r.MAC)]++
 		if ip := r.IP.Unmap(); pn.proxy && ip.Is4() {
-			pn.ips[ip4Key(ip)]++
+			pn.ips[overlay.IPv4Key(ip)]++
 		}
 		p.vteps[r.VTEP.Unmap()]++
 	}
 	for _, v := range n.Flood {
 		p.vteps[v.Unmap()]++
 	}
-}
-
-func macKey(m net.HardwareAddr) uint64 {
-	var k uint64
-	for _, b := range m[:6] {
-		k = k<<8 | uint64(b)
-	}
-	return k
-}
-
-func ip4Key(a netip.Addr) uint32 {
-	b := a.As4()
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
 type fdbKey struct {
@@ -285,10 +271,10 @@ func (m *desiredModel) incremental(local netip.Addr) (d overlay.Delta, remotes, 
 			}
 			remotes += int(side.sign)
 			vteps[e.port.VTEP.Unmap()] += side.sign
-			fk := fdbKey{pn, macKey(e.port.MAC)}
+			fk := fdbKey{pn, overlay.MACKey(e.port.MAC)}
 			fdb[fk] = fdb[fk].note(e, side.sign)
 			if ip := e.port.IP.Unmap(); pn.proxy && ip.Is4() {
-				nk := neighKey{pn, ip4Key(ip)}
+				nk := neighKey{pn, overlay.IPv4Key(ip)}
 				neigh[nk] = neigh[nk].note(e, side.sign)
 			}
 		}
@@ -355,7 +341,7 @@ func setCount[K comparable](m map[K]int32, k K, delta int32) {
 
 // sortDelta orders a network's entries, so that the same change always writes in the same order.
 func sortDelta(x *overlay.NetworkDelta) {
-	byMAC := func(a, b overlay.FDBEntry) int { return cmp.Compare(macKey(a.MAC), macKey(b.MAC)) }
+	byMAC := func(a, b overlay.FDBEntry) int { return cmp.Compare(overlay.MACKey(a.MAC), overlay.MACKey(b.MAC)) }
 	byIP := func(a, b overlay.NeighEntry) int { return a.IP.Compare(b.IP) }
 	slices.SortFunc(x.SetFDB, byMAC)
 	slices.SortFunc(x.DelFDB, byMAC)

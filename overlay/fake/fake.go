@@ -172,7 +172,7 @@ func (d *Datapath) DeleteFDB(vni uint32, mac net.HardwareAddr) {
 	if n == nil {
 		return
 	}
-	k := macKey(mac)
+	k := overlay.MACKey(mac)
 	n.fdb = slices.DeleteFunc(n.fdb, func(e fdbEntry) bool { return e.mac == k })
 }
 
@@ -224,25 +224,25 @@ func (d *Datapath) ApplyDelta(ctx context.Context, delta overlay.Delta) (overlay
 	for i, nd := range delta.Networks {
 		n := nets[i]
 		for _, e := range nd.SetFDB {
-			a.setFDB(n, fdbEntry{mac: macKey(e.MAC), vtep: d.intern(e.VTEP.Unmap())})
+			a.setFDB(n, fdbEntry{mac: overlay.MACKey(e.MAC), vtep: d.intern(e.VTEP.Unmap())})
 		}
 		for _, v := range nd.AddFlood {
 			a.addFlood(n, v.Unmap())
 		}
 		for _, e := range nd.SetNeigh {
-			a.setNeigh(n, neighEntry{ip: ip4Key(e.IP), mac: macKey(e.MAC)})
+			a.setNeigh(n, neighEntry{ip: overlay.IPv4Key(e.IP), mac: overlay.MACKey(e.MAC)})
 		}
 	}
 	for i, nd := range delta.Networks {
 		n := nets[i]
 		for _, e := range nd.DelFDB {
-			a.delFDB(n, macKey(e.MAC), e.VTEP.Unmap())
+			a.delFDB(n, overlay.MACKey(e.MAC), e.VTEP.Unmap())
 		}
 		for _, v := range nd.DelFlood {
 			a.delFlood(n, v.Unmap())
 		}
 		for _, e := range nd.DelNeigh {
-			a.delNeigh(n, ip4Key(e.IP))
+			a.delNeigh(n, overlay.IPv4Key(e.IP))
 		}
 	}
 	return a.res, nil
@@ -250,7 +250,7 @@ func (d *Datapath) ApplyDelta(ctx context.Context, delta overlay.Delta) (overlay
 
 // setFDB writes one unicast entry as NeighSet would: created, or replaced whatever it held.
 func (a *applier) setFDB(n *network, e fdbEntry) {
-	obj := overlay.FDBObject(n.vni, macOf(e.mac), a.d.vteps[e.vtep])
+	obj := overlay.FDBObject(n.vni, overlay.MACFromKey(e.mac), a.d.vteps[e.vtep])
 	i, found := slices.BinarySearchFunc(n.fdb, e.mac, func(x fdbEntry, k uint64) int { return cmp.Compare(x.mac, k) })
 	if found {
 		n.fdb[i] = e
@@ -271,7 +271,7 @@ func (a *applier) delFDB(n *network, mac uint64, vtep netip.Addr) {
 	if a.d.vteps[n.fdb[i].vtep] == vtep {
 		n.fdb = slices.Delete(n.fdb, i, i+1)
 	}
-	a.change(overlay.OpDelete, overlay.FDBObject(n.vni, macOf(mac), vtep))
+	a.change(overlay.OpDelete, overlay.FDBObject(n.vni, overlay.MACFromKey(mac), vtep))
 }
 
 // addFlood appends one flood entry; like the kernel it reports every append, even of one that exists
@@ -297,7 +297,7 @@ func (a *applier) delFlood(n *network, v netip.Addr) {
 
 // setNeigh writes one ARP suppression entry: created, or replaced whatever it held.
 func (a *applier) setNeigh(n *network, e neighEntry) {
-	obj := overlay.NeighObject(n.vni, ipOf(e.ip), macOf(e.mac))
+	obj := overlay.NeighObject(n.vni, overlay.IPv4FromKey(e.ip), overlay.MACFromKey(e.mac))
 	i, found := slices.BinarySearchFunc(n.neigh, e.ip, func(x neighEntry, k uint32) int { return cmp.Compare(x.ip, k) })
 	if found {
 		n.neigh[i] = e
@@ -316,7 +316,7 @@ func (a *applier) delNeigh(n *network, ip uint32) {
 	}
 	old := n.neigh[i]
 	n.neigh = slices.Delete(n.neigh, i, i+1)
-	a.change(overlay.OpDelete, overlay.NeighObject(n.vni, ipOf(ip), macOf(old.mac)))
+	a.change(overlay.OpDelete, overlay.NeighObject(n.vni, overlay.IPv4FromKey(ip), overlay.MACFromKey(old.mac)))
 }
 
 type applier struct {
@@ -453,7 +453,7 @@ func (a *applier) applyNetwork(desired overlay.DesiredState, nd overlay.Network)
 func (a *applier) applyFDB(n *network, nd overlay.Network) {
 	want := make([]fdbEntry, 0, len(nd.Remotes))
 	for i, r := range nd.Remotes {
-		want = append(want, fdbEntry{mac: macKey(r.MAC), vtep: a.d.intern(r.VTEP.Unmap()), ord: uint32(i)})
+		want = append(want, fdbEntry{mac: overlay.MACKey(r.MAC), vtep: a.d.intern(r.VTEP.Unmap()), ord: uint32(i)})
 	}
 	cmpFDB := func(x, y fdbEntry) int { return cmp.Or(cmp.Compare(x.mac, y.mac), cmp.Compare(x.ord, y.ord)) }
 	if !slices.IsSortedFunc(want, cmpFDB) {
@@ -468,18 +468,18 @@ func (a *applier) applyFDB(n *network, nd overlay.Network) {
 			dels = append(dels, n.fdb[i])
 			i++
 		case i == len(n.fdb) || want[j].mac < n.fdb[i].mac:
-			a.change(overlay.OpAdd, overlay.FDBObject(n.vni, macOf(want[j].mac), a.d.vteps[want[j].vtep]))
+			a.change(overlay.OpAdd, overlay.FDBObject(n.vni, overlay.MACFromKey(want[j].mac), a.d.vteps[want[j].vtep]))
 			j++
 		default:
 			if n.fdb[i].vtep != want[j].vtep {
-				a.change(overlay.OpUpdate, overlay.FDBObject(n.vni, macOf(want[j].mac), a.d.vteps[want[j].vtep]))
+				a.change(overlay.OpUpdate, overlay.FDBObject(n.vni, overlay.MACFromKey(want[j].mac), a.d.vteps[want[j].vtep]))
 			}
 			i++
 			j++
 		}
 	}
 	for _, e := range dels {
-		a.change(overlay.OpDelete, overlay.FDBObject(n.vni, macOf(e.mac), a.d.vteps[e.vtep]))
+		a.change(overlay.OpDelete, overlay.FDBObject(n.vni, overlay.MACFromKey(e.mac), a.d.vteps[e.vtep]))
 	}
 	n.fdb = want
 }
@@ -515,7 +515,7 @@ func (a *applier) applyNeigh(n *network, nd overlay.Network) {
 		want = make([]neighEntry, 0, len(nd.Remotes))
 		for i, r := range nd.Remotes {
 			if ip := r.IP.Unmap(); ip.Is4() {
-				want = append(want, neighEntry{ip: ip4Key(ip), ord: uint32(i), mac: macKey(r.MAC)})
+				want = append(want, neighEntry{ip: overlay.IPv4Key(ip), ord: uint32(i), mac: overlay.MACKey(r.MAC)})
 			}
 		}
 	}
@@ -532,18 +532,18 @@ func (a *applier) applyNeigh(n *network, nd overlay.Network) {
 			dels = append(dels, n.neigh[i])
 			i++
 		case i == len(n.neigh) || want[j].ip < n.neigh[i].ip:
-			a.change(overlay.OpAdd, overlay.NeighObject(n.vni, ipOf(want[j].ip), macOf(want[j].mac)))
+			a.change(overlay.OpAdd, overlay.NeighObject(n.vni, overlay.IPv4FromKey(want[j].ip), overlay.MACFromKey(want[j].mac)))
 			j++
 		default:
 			if n.neigh[i].mac != want[j].mac {
-				a.change(overlay.OpUpdate, overlay.NeighObject(n.vni, ipOf(want[j].ip), macOf(want[j].mac)))
+				a.change(overlay.OpUpdate, overlay.NeighObject(n.vni, overlay.IPv4FromKey(want[j].ip), overlay.MACFromKey(want[j].mac)))
 			}
 			i++
 			j++
 		}
 	}
 	for _, e := range dels {
-		a.change(overlay.OpDelete, overlay.NeighObject(n.vni, ipOf(e.ip), macOf(e.mac)))
+		a.change(overlay.OpDelete, overlay.NeighObject(n.vni, overlay.IPv4FromKey(e.ip), overlay.MACFromKey(e.mac)))
 	}
 	n.neigh = want
 }
@@ -778,13 +778,13 @@ func (d *Datapath) Dump() string {
 			add("%s", overlay.UplinkObject(n.vni, n.uplink))
 		}
 		for _, e := range n.fdb {
-			add("%s", overlay.FDBObject(n.vni, macOf(e.mac), d.vteps[e.vtep]))
+			add("%s", overlay.FDBObject(n.vni, overlay.MACFromKey(e.mac), d.vteps[e.vtep]))
 		}
 		for _, v := range n.flood {
 			add("%s", overlay.FloodObject(n.vni, v))
 		}
 		for _, e := range n.neigh {
-			add("%s", overlay.NeighObject(n.vni, ipOf(e.ip), macOf(e.mac)))
+			add("%s", overlay.NeighObject(n.vni, overlay.IPv4FromKey(e.ip), overlay.MACFromKey(e.mac)))
 		}
 		for p := range n.ports {
 			add("%s mtu %d", overlay.PortObject(n.vni, p), n.mtu)
@@ -804,32 +804,6 @@ func (d *Datapath) Dump() string {
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n") + "\n"
-}
-
-func macKey(m net.HardwareAddr) uint64 {
-	var k uint64
-	for _, b := range m[:6] {
-		k = k<<8 | uint64(b)
-	}
-	return k
-}
-
-func macOf(k uint64) net.HardwareAddr {
-	m := make(net.HardwareAddr, 6)
-	for i := 5; i >= 0; i-- {
-		m[i] = byte(k)
-		k >>= 8
-	}
-	return m
-}
-
-func ip4Key(a netip.Addr) uint32 {
-	b := a.Unmap().As4()
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-}
-
-func ipOf(v uint32) netip.Addr {
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
 func sortedVNIs(m map[uint32]*network) []uint32 {
