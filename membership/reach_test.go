@@ -21,6 +21,26 @@ func noAnswerFrom(m *Member, addr string) {
 	}
 }
 
+// startCluster starts size members named prefix0, prefix1, ... joined through the first, and waits
+// until each sees every other alive.
+func startCluster(t *testing.T, prefix string, size int) []*Member {
+	t.Helper()
+	ms := make([]*Member, size)
+	for i := range ms {
+		var seeds []string
+		if i > 0 {
+			seeds = []string{ms[0].LocalAddr().String()}
+		}
+		ms[i] = startMember(t, fmt.Sprintf("%s%02d", prefix, i), memberOpts{seeds: seeds})
+	}
+	for _, m := range ms {
+		for _, o := range ms {
+			waitState(t, m, o.Name(), StateAlive, 20*time.Second)
+		}
+	}
+	return ms
+}
+
 func waitDown(t *testing.T, m *Member, peer string, within time.Duration) Peer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
@@ -46,19 +66,7 @@ func waitDown(t *testing.T, m *Member, peer string, within time.Duration) Peer {
 // comes back.
 func TestUnreachableSuspectIsDownBeforeDead(t *testing.T) {
 	const size = 5
-	ms := make([]*Member, size)
-	for i := range ms {
-		var seeds []string
-		if i > 0 {
-			seeds = []string{ms[0].LocalAddr().String()}
-		}
-		ms[i] = startMember(t, fmt.Sprintf("r-m%d", i), memberOpts{seeds: seeds})
-	}
-	for _, m := range ms {
-		for _, o := range ms {
-			waitState(t, m, o.Name(), StateAlive, 10*time.Second)
-		}
-	}
+	ms := startCluster(t, "r-m", size)
 	victim, observers := ms[size-1], ms[:size-1]
 	addr := victim.LocalAddr()
 	for _, m := range observers {
@@ -146,19 +154,7 @@ func TestHintsReachEveryMemberOfALargerFabric(t *testing.T) {
 		t.Skip("24 gossip members")
 	}
 	const size = 24
-	ms := make([]*Member, size)
-	for i := range ms {
-		var seeds []string
-		if i > 0 {
-			seeds = []string{ms[0].LocalAddr().String()}
-		}
-		ms[i] = startMember(t, fmt.Sprintf("big-%02d", i), memberOpts{seeds: seeds})
-	}
-	for _, m := range ms {
-		for _, o := range ms {
-			waitState(t, m, o.Name(), StateAlive, 20*time.Second)
-		}
-	}
+	ms := startCluster(t, "big-", size)
 	victim, observers := ms[size-1], ms[:size-1]
 	for _, m := range observers {
 		noAnswerFrom(m, victim.LocalAddr().String())
