@@ -23,10 +23,10 @@ const DefaultPort = 7946
 
 // Config is one member's identity, address, keys and failure-detector timing.
 //
-// The timing defaults are chosen for a LAN so that a host that dies is marked DEAD by every peer in
-// under 4 s (clusters of up to 10 members; see the package comment for the arithmetic and the
-// measurements), while a member paused for 3 s (SIGSTOP, a long GC, a saturated CPU) refutes its
-// suspicion before anyone declares it dead.
+// The timing defaults are chosen for a LAN so that a host that is cut off is Down at every peer in
+// about a second and DEAD in under 5 s (clusters of up to 10 members; see the package comment),
+// while a member paused for 3 s (SIGSTOP, a long GC, a saturated CPU) refutes its suspicion before
+// anyone declares it dead.
 type Config struct {
 	// Name is the member's unique gossip name. Default: Node.
 	Name string
@@ -61,7 +61,8 @@ type Config struct {
 	// ProbeTimeout is how long a direct probe waits for its ack before asking others. Default 100 ms.
 	ProbeTimeout time.Duration
 	// SuspicionMult: a suspect member is declared dead after SuspicionMult * max(1, log10(n)) *
-	// ProbeInterval unless it refutes. Default 17 (3.4 s with 10 members or fewer).
+	// ProbeInterval unless it refutes. Default 20 (4 s with 10 members or fewer): a paused process has
+	// 4 s to refute, and withdrawal does not wait for it (see Peer.Down).
 	SuspicionMult int
 	// SuspicionMaxTimeoutMult bounds how much longer the suspicion may last while too few peers
 	// confirm it. Default 1: the timeout is fixed, so the time to dead does not grow with the number
@@ -97,7 +98,7 @@ func Default(role Role, node string) Config {
 		BindAddr:                net.JoinHostPort("0.0.0.0", strconv.Itoa(DefaultPort)),
 		ProbeInterval:           200 * time.Millisecond,
 		ProbeTimeout:            100 * time.Millisecond,
-		SuspicionMult:           17,
+		SuspicionMult:           20,
 		SuspicionMaxTimeoutMult: 1,
 		GossipInterval:          100 * time.Millisecond,
 		PushPullInterval:        15 * time.Second,

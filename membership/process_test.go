@@ -120,8 +120,8 @@ func TestPausedProcessNotDeclaredDead(t *testing.T) {
 		if err := c.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
-		// A death would be declared by now: the suspicion timeout is 3.4 s from the first failed probe.
-		time.Sleep(1500 * time.Millisecond)
+		// A death would be declared by now: the suspicion timeout is 4 s from the first failed probe.
+		time.Sleep(2 * time.Second)
 		for _, m := range ms {
 			if st := stateOf(m, "paused"); st != StateAlive {
 				t.Fatalf("%s sees the resumed member as %s", m.Name(), st)

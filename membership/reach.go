@@ -13,7 +13,7 @@ import (
 // Reachability check of suspects and the dead.
 //
 // memberlist judges processes: all it has is a process's answers, so a paused agent, a crashed one
-// and a host that is gone look the same to it, and it needs the whole suspicion timeout (3.4 s by
+// and a host that is gone look the same to it, and it needs the whole suspicion timeout (4 s by
 // default) before it declares any of them DEAD. Forwarding needs to know about the host: its kernel
 // keeps forwarding to its VMs while its agent is paused, crashed or restarting, and withdrawing its
 // entries then would cut those VMs off. The host's kernel answers for itself: a paused or crashed

@@ -5,4 +5,4 @@ package nodeagent
 import "time"
 
 // deadBound is how long a killed member may take to be withdrawn everywhere: the documented figure.
-const deadBound = 5 * time.Second
+const deadBound = 6 * time.Second

@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -31,10 +32,6 @@ func TestRequestRecordsExpire(t *testing.T) {
 	resp, err := cli.Get(ctx, RequestKey(KindTenant, "req-1"))
 	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
 		t.Fatalf("request record: %v, %v; want one key on a lease", resp.Kvs, err)
-	}
-	other, err := cli.Get(ctx, RequestKey(KindTenant, "req-2"))
-	if err != nil || len(other.Kvs) != 1 || other.Kvs[0].Lease != resp.Kvs[0].Lease {
-		t.Fatalf("records of one slice do not share a lease: %v, %v", other.Kvs, err)
 	}
 	ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
 	if err != nil || ttl.GrantedTTL < int64(retention/time.Second) {
@@ -90,5 +87,29 @@ func TestRequestRecordLeaseLost(t *testing.T) {
 	if _, err := s.CreateNetwork(ctx, &vxfabricv1.Network{Id: "n1", Tenant: "b", Name: "n", Vni: 4242, Cidr: "10.9.0.0/24",
 		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}, "r-n", 0); err != nil {
 		t.Fatalf("network create: %v", err)
+	}
+}
+
+// Records share leases, one per slice of the retention: twenty creates in a row (which may straddle
+// one slice boundary) use at most two.
+func TestRequestRecordsShareLeases(t *testing.T) {
+	s, cli := newTestStore(t)
+	s.ExpireRequests(cli, time.Hour)
+	ctx := testCtx(t)
+	for i := range 20 {
+		if _, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: fmt.Sprintf("t%d", i)}, fmt.Sprintf("r%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := cli.Get(ctx, RequestsPrefix, clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 20 {
+		t.Fatalf("request records: %d, %v; want 20", len(resp.Kvs), err)
+	}
+	leases := map[int64]bool{}
+	for _, kv := range resp.Kvs {
+		leases[kv.Lease] = true
+	}
+	if len(leases) > 2 || leases[0] {
+		t.Fatalf("20 records on %d leases %v, want one or two and none without", len(leases), leases)
 	}
 }
