@@ -89,6 +89,19 @@ func privileged(t *testing.T) {
 }
 
 // testLab returns a lab with unique vxt- namespaces and a temporary state root, removed at cleanup.
+// topologyLab is testLab with its run directory and namespaces (switch, hosts, outside) built.
+func topologyLab(t *testing.T, hosts int) *Lab {
+	t.Helper()
+	l := testLab(t, hosts)
+	if err := os.MkdirAll(l.runDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.ensureTopology(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 func testLab(t *testing.T, hosts int) *Lab {
 	t.Helper()
 	cfg := Default()
@@ -282,14 +295,7 @@ func TestPrivilegedTopology(t *testing.T) {
 // the connection arrived from.
 func TestPrivilegedProbes(t *testing.T) {
 	privileged(t)
-	ctx := context.Background()
-	l := testLab(t, 1)
-	if err := os.MkdirAll(l.runDir(), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.ensureTopology(ctx); err != nil {
-		t.Fatal(err)
-	}
+	l := topologyLab(t, 1)
 	ln, err := l.ListenTCP(RoleOutside, netip.AddrPortFrom(OutsideAddr, 0))
 	if err != nil {
 		t.Fatal(err)

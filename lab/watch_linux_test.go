@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -35,13 +34,7 @@ func TestParseTCPListeners(t *testing.T) {
 func TestPrivilegedWatchKernel(t *testing.T) {
 	privileged(t)
 	ctx := context.Background()
-	l := testLab(t, 1)
-	if err := os.MkdirAll(l.runDir(), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.ensureTopology(ctx); err != nil {
-		t.Fatal(err)
-	}
+	l := topologyLab(t, 1)
 	w, err := l.WatchKernel("h1")
 	if err != nil {
 		t.Fatal(err)

@@ -128,6 +128,17 @@ type agent struct {
 	view   *view
 }
 
+// syncAll opens a stream for each node and waits for its first message.
+func (e *env) syncAll(c vxfabricv1.AgentServiceClient, nodes ...string) map[string]*agent {
+	e.t.Helper()
+	agents := map[string]*agent{}
+	for _, n := range nodes {
+		agents[n] = e.sync(c, n, 0)
+		agents[n].next(5 * time.Second)
+	}
+	return agents
+}
+
 func (e *env) sync(c vxfabricv1.AgentServiceClient, node string, resume int64) *agent {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -261,11 +272,7 @@ func TestSyncPortMoveAndNetworkDelete(t *testing.T) {
 	e.seed()
 	e.start()
 	c := e.dial()
-	agents := map[string]*agent{}
-	for _, n := range []string{"a", "b", "c"} {
-		agents[n] = e.sync(c, n, 0)
-		agents[n].next(5 * time.Second)
-	}
+	agents := e.syncAll(c, "a", "b", "c")
 	// check waits for each agent's view to equal a fresh snapshot at rev. A node gets no message for
 	// changes outside its view, so its view's revision may stay below rev.
 	check := func(what string, rev int64) {
@@ -320,11 +327,7 @@ func TestSyncPeerStatus(t *testing.T) {
 	e.seed()
 	e.start()
 	c := e.dial()
-	agents := map[string]*agent{}
-	for _, n := range []string{"a", "b", "c"} {
-		agents[n] = e.sync(c, n, 0)
-		agents[n].next(5 * time.Second)
-	}
+	agents := e.syncAll(c, "a", "b", "c")
 	a, b, cc := agents["a"], agents["b"], agents["c"]
 	peersOf := func(ag *agent) string {
 		var out []string
