@@ -17,11 +17,12 @@ export VXFAB_BIN := $(abspath $(BIN))
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## install what the lab and the privileged tests run (ip, bridge, sysctl, ping) when missing (root, Debian)
+deps: ## install what the lab and the privileged tests run (ip, bridge, sysctl, ping, nft) when missing (root, Debian)
 	@need=""; \
 	command -v ip >/dev/null && command -v bridge >/dev/null || need="$$need iproute2"; \
 	command -v sysctl >/dev/null || need="$$need procps"; \
 	command -v ping >/dev/null || need="$$need iputils-ping"; \
+	command -v nft >/dev/null || need="$$need nftables"; \
 	if [ -n "$$need" ]; then \
 		[ "$$(id -u)" = 0 ] || { echo "deps: missing$$need (privileged tests will skip; as root, make deps installs them)" >&2; exit 0; }; \
 		echo "deps: installing$$need"; \

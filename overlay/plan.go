@@ -308,9 +308,9 @@ func (m Match) String() string {
 	}
 	switch m.Field {
 	case FieldIIFName:
-		return "iifname" + op + `"` + m.Name + `"`
+		return "iifname" + op + quoteName(m.Name)
 	case FieldOIFName:
-		return "oifname" + op + `"` + m.Name + `"`
+		return "oifname" + op + quoteName(m.Name)
 	case FieldEtherType:
 		switch m.Num {
 		case 0x0800:
@@ -355,6 +355,13 @@ func (m Match) String() string {
 		return "ip6 daddr" + op + "@" + m.Name
 	}
 	return fmt.Sprintf("field(%d)", int(m.Field))
+}
+
+// quoteName quotes an interface name in a rule's text with single quotes. The text is the rule's
+// nft comment, and nft prints a comment between double quotes without escaping what is inside: a
+// double quote there would make `nft list ruleset` output that `nft -f` cannot load back.
+func quoteName(name string) string {
+	return "'" + strings.ReplaceAll(name, `"`, "'") + "'"
 }
 
 func prefixText(p netip.Prefix) string {

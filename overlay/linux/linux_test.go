@@ -6,14 +6,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"net"
-	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
@@ -63,6 +65,27 @@ func TestPrivilegedOverlay(t *testing.T) {
 			if fmt.Sprint(res.Plugged) != fmt.Sprint(want) {
 				t.Errorf("h%d plugged = %v, want %v", i+1, res.Plugged, want)
 			}
+		}
+	})
+
+	// An operator's `nft list ruleset > saved; nft -f saved` (as nftables.service does at boot) loads
+	// our tables back, and the datapath adopts them: the rules' comments survive the round trip.
+	t.Run("SavedRulesetReloadsAndIsAdopted", func(t *testing.T) {
+		if _, err := exec.LookPath("nft"); err != nil {
+			t.Skip("the nft command is not installed (make deps installs it)")
+		}
+		h := l.hosts[0]
+		saved := filepath.Join(t.TempDir(), "ruleset.nft")
+		if err := os.WriteFile(saved, []byte(h.MustRun(t, "nft", "list", "ruleset")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		h.MustRun(t, "nft", "delete", "table", "inet", overlay.TableName)
+		h.MustRun(t, "nft", "delete", "table", "bridge", overlay.TableName)
+		if out, err := h.Run("nft", "-f", saved); err != nil {
+			t.Fatalf("nft -f of the saved ruleset: %v\n%s", err, out)
+		}
+		if res := l.apply(0); len(res.Changes) != 0 {
+			t.Errorf("Apply after the reload: changes:\n%s", changeText(res))
 		}
 	})
 
@@ -345,7 +368,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 		h1.MustRun(t, "bridge", "fdb", "del", "0e:00:00:01:01:02", "dev", "vxlan101", "dst", "198.18.0.2")
 		h1.MustRun(t, "ip", "neigh", "del", "10.10.0.2", "dev", "vxlan101")
 		h1.MustRun(t, "ip", "link", "del", "vxlan102")
-		deleteOneRule(t, l.dps[0], "inet", "forward", `iifname "vxbr101" oifname != "vxbr101" oifname "vxbr*" drop`)
+		deleteOneRule(t, l.dps[0], "inet", "forward", `iifname 'vxbr101' oifname != 'vxbr101' oifname 'vxbr*' drop`)
 		res := l.apply(0)
 		got := changeText(res)
 		for _, want := range []string{
@@ -354,7 +377,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 			"add vxlan vxlan102",
 			"add fdb vxlan102 0e:00:00:01:02:02 dst 198.18.0.2",
 			"add flood vxlan102 dst 198.18.0.2",
-			`add nft rule inet vxfabric forward iifname "vxbr101" oifname != "vxbr101" oifname "vxbr*" drop`,
+			`add nft rule inet vxfabric forward iifname 'vxbr101' oifname != 'vxbr101' oifname 'vxbr*' drop`,
 		} {
 			if !strings.Contains(got, want+"\n") {
 				t.Errorf("repair lacks %q; changes:\n%s", want, got)
