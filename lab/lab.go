@@ -199,6 +199,25 @@ func HostAddr(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{198, 18, 0, byte(10 + i)})
 }
 
+// Names returns the labs that have a state directory under root, sorted: those brought up and not
+// yet taken down (also after a crash).
+func Names(root string) ([]string, error) {
+	entries, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() && labNameRE().MatchString(e.Name()) {
+			names = append(names, e.Name()) // ReadDir sorts by name
+		}
+	}
+	return names, nil
+}
+
 // Dir is the lab's state directory.
 func (l *Lab) Dir() string { return filepath.Join(l.cfg.StateRoot, l.cfg.Name) }
 

@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/vxfabric/vxfabric/lab"
 )
@@ -20,14 +23,40 @@ func init() { register(newLabCmd) }
 // labFlags are shared by every `vxfab lab` command.
 type labFlags struct {
 	name      string
+	nameFlag  *pflag.Flag
 	stateRoot string
 	nsPrefix  string
 	verbose   bool
+	// creating is set by `lab up`, whose default name is always "lab".
+	creating bool
+}
+
+// labName is --name, or without it the one lab that is up, so that `vxfab lab up --name x` needs no
+// --name afterwards.
+func (f *labFlags) labName() (string, error) {
+	if f.creating || f.nameFlag.Changed {
+		return f.name, nil
+	}
+	names, err := lab.Names(f.stateRoot)
+	if err != nil {
+		return "", fmt.Errorf("list the labs: %w", err)
+	}
+	switch {
+	case len(names) == 1:
+		return names[0], nil
+	case len(names) > 1 && !slices.Contains(names, f.name):
+		return "", fmt.Errorf("labs %s are up: name one with --name", strings.Join(names, ", "))
+	}
+	return f.name, nil
 }
 
 func (f *labFlags) config() (lab.Config, error) {
 	cfg := lab.Default()
-	cfg.Name = f.name
+	name, err := f.labName()
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Name = name
 	cfg.StateRoot = f.stateRoot
 	cfg.NamespacePrefix = f.nsPrefix
 	if f.stateRoot == lab.DefaultStateRoot {
@@ -57,6 +86,16 @@ func (f *labFlags) open() (*lab.Lab, error) {
 	return lab.Open(cfg)
 }
 
+func (f *labFlags) register(pf *pflag.FlagSet) {
+	pf.StringVar(&f.name, "name", "lab", "lab name (1-12 characters of [a-z0-9]); other commands than up default to the one lab that is up")
+	f.nameFlag = pf.Lookup("name")
+	pf.StringVar(&f.stateRoot, "state-root", lab.DefaultStateRoot, "directory holding the labs' state")
+	pf.BoolVarP(&f.verbose, "verbose", "v", false, "log what the lab does")
+	pf.StringVar(&f.nsPrefix, "namespace-prefix", lab.DefaultNamespacePrefix, "prefix of the lab's namespace names (tests use vxt-)")
+	_ = pf.MarkHidden("state-root")
+	_ = pf.MarkHidden("namespace-prefix")
+}
+
 func newLabCmd() *cobra.Command {
 	f := &labFlags{}
 	cmd := &cobra.Command{
@@ -66,13 +105,7 @@ func newLabCmd() *cobra.Command {
 "lan" physical LAN, all network namespaces named vxl-<lab>-<role> on this machine, with vxfab agent
 in every host. VMs are namespaces whose NICs are plugged in as ports. Needs root.`,
 	}
-	pf := cmd.PersistentFlags()
-	pf.StringVar(&f.name, "name", "lab", "lab name (1-12 characters of [a-z0-9])")
-	pf.StringVar(&f.stateRoot, "state-root", lab.DefaultStateRoot, "directory holding the labs' state")
-	pf.BoolVarP(&f.verbose, "verbose", "v", false, "log what the lab does")
-	pf.StringVar(&f.nsPrefix, "namespace-prefix", lab.DefaultNamespacePrefix, "prefix of the lab's namespace names (tests use vxt-)")
-	_ = pf.MarkHidden("state-root")
-	_ = pf.MarkHidden("namespace-prefix")
+	f.register(cmd.PersistentFlags())
 	cmd.AddCommand(
 		newLabUpCmd(f), newLabDownCmd(f), newLabStatusCmd(f), newLabExecCmd(f),
 		newLabAgentCmd(f), newLabServerCmd(f), newLabHostCmd(f), newLabVMCmd(f),
@@ -89,6 +122,7 @@ func newLabUpCmd(f *labFlags) *cobra.Command {
 		Short: "build the lab and start the fabric in it (idempotent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.creating = true
 			cfg, err := f.config()
 			if err != nil {
 				return err
