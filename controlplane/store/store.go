@@ -23,10 +23,11 @@ const maxCASRetries = 16
 type Store struct {
 	kv       clientv3.KV
 	requests *requestLeases // nil: request records never expire (see ExpireRequests)
+	creates  *txnBatcher    // network creates, committed in groups under load
 }
 
 // New returns a Store over an etcd client (or any clientv3.KV).
-func New(kv clientv3.KV) *Store { return &Store{kv: kv} }
+func New(kv clientv3.KV) *Store { return &Store{kv: kv, creates: &txnBatcher{kv: kv}} }
 
 // KV is the underlying etcd key-value API.
 func (s *Store) KV() clientv3.KV { return s.kv }
@@ -268,7 +269,7 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 		if nodesRev != 0 {
 			cmps = append(cmps, NodesUnchangedSince(nodesRev))
 		}
-		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Commit()
+		resp, err := s.creates.commit(ctx, cmps, puts)
 		if s.leaseLost(err, lease) {
 			continue
 		}
