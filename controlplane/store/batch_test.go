@@ -168,3 +168,55 @@ func TestTakeKeepsCollidingTransactionsApart(t *testing.T) {
 		}
 	}
 }
+
+// Port creates share the batches too: of ports colliding on a name, an address or a MAC exactly one
+// is written, and each of the others gets its own error.
+func TestCollidingPortCreatesGetTheirOwnAnswers(t *testing.T) {
+	st, cli := newTestStore(t)
+	ctx := testCtx(t)
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "t"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	netw := &vxfabricv1.Network{Id: "00000000aa", Tenant: "t", Name: "n", Vni: 100, Cidr: "10.0.0.0/16",
+		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}
+	if _, err := st.CreateNetwork(ctx, netw, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	var ports []*vxfabricv1.Port
+	for i := range 8 {
+		port := func(group, name, ip, mac string) {
+			ports = append(ports, &vxfabricv1.Port{Id: fmt.Sprintf("%s%07d", group[:3], i), Tenant: "t", Network: "n",
+				NetworkId: netw.Id, Name: name, Node: "h1", Ip: ip, Mac: mac})
+		}
+		port("name", "same-name", fmt.Sprintf("10.0.1.%d", i+1), fmt.Sprintf("0e:00:00:00:01:%02x", i))
+		port("ipa", fmt.Sprintf("same-ip-%d", i), "10.0.2.1", fmt.Sprintf("0e:00:00:00:02:%02x", i))
+		port("mac", fmt.Sprintf("same-mac-%d", i), fmt.Sprintf("10.0.3.%d", i+1), "0e:00:00:00:03:00")
+		port("fre", fmt.Sprintf("free-%d", i), fmt.Sprintf("10.0.4.%d", i+1), fmt.Sprintf("0e:00:00:00:04:%02x", i))
+	}
+	errs := make([]error, len(ports))
+	var wg sync.WaitGroup
+	for i, p := range ports {
+		wg.Go(func() { _, errs[i] = st.CreatePort(ctx, p, "") })
+	}
+	wg.Wait()
+	won := map[string]int{}
+	for i, err := range errs {
+		group := []string{"same-name", "same-ip", "same-mac", "free"}[i%4]
+		switch {
+		case err == nil:
+			won[group]++
+		case group == "same-name" && errors.Is(err, ErrAlreadyExists),
+			group == "same-ip" && errors.Is(err, ErrIPTaken),
+			group == "same-mac" && errors.Is(err, ErrMACTaken):
+		default:
+			t.Errorf("%s create %s: %v", group, ports[i].Name, err)
+		}
+	}
+	if won["same-name"] != 1 || won["same-ip"] != 1 || won["same-mac"] != 1 || won["free"] != 8 {
+		t.Errorf("creates that succeeded per group %v, want one of each colliding group and all 8 free ones", won)
+	}
+	resp, err := cli.Get(ctx, PortKey(""), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 11 {
+		t.Errorf("%d ports stored (%v), want 11", resp.Count, err)
+	}
+}

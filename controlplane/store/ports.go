@@ -64,13 +64,6 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 			clientv3.OpPut(macKey, p.Id),
 		}
 		puts = append(puts, guard.put(p.Id)...)
-		elses := []clientv3.Op{
-			clientv3.OpGet(netKey, clientv3.WithKeysOnly()),
-			clientv3.OpGet(nameKey, clientv3.WithKeysOnly()),
-			clientv3.OpGet(ipKey, clientv3.WithKeysOnly()),
-			clientv3.OpGet(macKey, clientv3.WithKeysOnly()),
-			clientv3.OpGet(key, clientv3.WithKeysOnly()),
-		}
 		var lease clientv3.LeaseID
 		if requestID != "" {
 			rk := RequestKey(KindPort, requestID)
@@ -81,9 +74,8 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 			lease = l
 			cmps = append(cmps, notExists(rk))
 			puts = append(puts, put)
-			elses = append(elses, clientv3.OpGet(rk))
 		}
-		resp, err := s.kv.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
+		resp, err := s.creates.commit(ctx, cmps, puts)
 		if s.leaseLost(err, lease) {
 			continue
 		}
@@ -94,6 +86,20 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 			out := proto.Clone(stored).(*vxfabricv1.Port)
 			out.Revision = resp.Header.Revision
 			return out, nil
+		}
+		// Why it failed, read after the failure as for networks (see CreateNetwork).
+		reads := []clientv3.Op{
+			clientv3.OpGet(netKey, clientv3.WithKeysOnly()),
+			clientv3.OpGet(nameKey, clientv3.WithKeysOnly()),
+			clientv3.OpGet(ipKey, clientv3.WithKeysOnly()),
+			clientv3.OpGet(macKey, clientv3.WithKeysOnly()),
+			clientv3.OpGet(key, clientv3.WithKeysOnly()),
+		}
+		if requestID != "" {
+			reads = append(reads, clientv3.OpGet(RequestKey(KindPort, requestID)))
+		}
+		if resp, err = s.kv.Txn(ctx).Then(reads...).Commit(); err != nil {
+			return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, err)
 		}
 		if requestID != "" {
 			if id, rev := requestRecord(first(rangeKVs(resp, 5))); rev != 0 {

@@ -23,7 +23,7 @@ const maxCASRetries = 16
 type Store struct {
 	kv       clientv3.KV
 	requests *requestLeases // nil: request records never expire (see ExpireRequests)
-	creates  *txnBatcher    // network creates, committed in groups under load
+	creates  *txnBatcher    // network and port creates, committed in groups under load
 }
 
 // New returns a Store over an etcd client (or any clientv3.KV).
