@@ -31,6 +31,7 @@ func TestLabNameDefaultsToTheLabThatIsUp(t *testing.T) {
 		}
 		return f.labName()
 	}
+	// The rows run in order and the labs they bring up add up: tp, then tp and zz, then all three.
 	for _, tc := range []struct {
 		up   []string
 		args []string

@@ -130,15 +130,16 @@ func hasGateway(m vxfabricv1.NetworkMode) bool {
 
 // validInterface checks a Linux interface name as the kernel's dev_valid_name() does: 1-15 bytes,
 // not "." or "..", no '/', ':', NUL or whitespace (the kernel's isspace() includes 0xa0). We also
-// refuse other control bytes: no real NIC has them and they garble every listing.
+// refuse other control bytes, which no real NIC has and which garble every listing, and quotes,
+// which the nftables rules naming the interface could not carry in their comments.
 func validInterface(s string) error {
 	bad := s == "" || len(s) > 15 || s == "." || s == ".."
 	for i := 0; i < len(s) && !bad; i++ {
 		c := s[i]
-		bad = c == '/' || c == ':' || c <= ' ' || c == 0x7f || c == 0xa0
+		bad = c == '/' || c == ':' || c <= ' ' || c == 0x7f || c == 0xa0 || c == '"' || c == '\''
 	}
 	if bad {
-		return invalid("interface %q: want a Linux interface name of 1-15 characters, without '/', ':' or spaces", s)
+		return invalid("interface %q: want a Linux interface name of 1-15 characters, without '/', ':', quotes or spaces", s)
 	}
 	return nil
 }

@@ -3,61 +3,87 @@ package store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Group commit of create transactions.
 //
-// Concurrent creates are independent transactions of the same shape: compares that the keys they
-// write are absent (and that the tenant and the nodes are as read), then puts. While one etcd
+// Network and port creates are independent transactions of one shape: compares that the keys they
+// write are absent (and that the tenant, network and nodes are as read), then puts. While one etcd
 // transaction is in flight, the creates that arrive queue up, and the next transaction carries all
-// of them: one gRPC call, one raft entry and one apply for many creates, which is what bounds the
-// create rate under load (each create still compares and writes exactly what it did alone).
+// of them, each as a nested transaction of its own: one gRPC call, one raft entry and one apply for
+// many creates, which is what bounds the create rate under load. etcd evaluates each nested
+// transaction's compares on its own, so each create succeeds or fails exactly as it would have
+// alone, and gets its own answer.
 //
-// A batch is all or nothing in etcd, so it only ever holds creates that cannot affect each other:
-// no create writes a key that another one in the batch compares or writes (two creates of the same
-// name, VNI or request id go in different batches, and the later one fails its compare as it would
-// alone). When a batch of several fails (one of its compares is false, or etcd refused it), each of
-// its creates runs again alone and gets its own answer, so a caller always sees what its own
-// transaction would have returned. A single create is committed as it is.
+// etcd evaluates every compare of a transaction against the state before it, so a batch never holds
+// two creates that touch each other's keys: no create writes a key that another one in the batch
+// compares or writes (two creates of the same name, VNI, address or request id go in different
+// batches, and whichever commits second fails its compare).
+//
+// When etcd refuses a batch as a whole (too many operations, too large, an expired request lease),
+// nothing of it was applied, and each of its creates runs again alone. Any other error leaves the
+// outcome unknown, as it would for one transaction, and every create of the batch returns it.
 
-// maxBatchOps bounds the compares and the puts of one batched transaction, each: etcd refuses a
-// transaction with more than --max-txn-ops (default 128) of either.
-const maxBatchOps = 128
+// maxTxnOps is etcd's default --max-txn-ops: a transaction, and each transaction nested in it, may
+// have at most this many compares and this many operations, minus the operations of the
+// transactions around it. A batch refused for too many operations halves the batcher's limit.
+const maxTxnOps = 128
 
-// batchCommitTimeout bounds one batched commit. It does not end with the context of any one caller:
-// the batch carries the others' creates too. A caller whose context ends stops waiting.
+// maxBatch bounds the creates of one batch, which keeps the request well under etcd's default
+// --max-request-bytes (1.5 MiB).
+const maxBatch = 64
+
+// batchCommitTimeout bounds the commit of a batch of several creates whose callers set no deadline;
+// a batch runs until the latest of its callers' deadlines otherwise. A caller whose context ends
+// stops waiting.
 const batchCommitTimeout = 30 * time.Second
 
 type batchedTxn struct {
+	ctx  context.Context
 	cmps []clientv3.Cmp
 	puts []clientv3.Op
 	done chan struct{}
 	// Set before done is closed.
 	resp  *clientv3.TxnResponse
 	err   error
-	alone bool // the batch failed: run the transaction alone
+	alone bool // etcd refused the batch as a whole: run the transaction alone
 }
+
+// ops is what the transaction counts against etcd's per-transaction limit.
+func (t *batchedTxn) ops() int { return max(len(t.cmps), len(t.puts)) }
 
 type txnBatcher struct {
 	kv clientv3.KV
 
-	mu      sync.Mutex
-	queue   []*batchedTxn
-	running bool // a drain goroutine is committing the queue
-
-	// Counted for tests and metrics: transactions sent, and creates they carried.
+	mu sync.Mutex // guards the fields below
+	// queue holds the transactions waiting for a batch, in arrival order.
+	queue []*batchedTxn
+	// running is set while a drain goroutine commits the queue.
+	running bool
+	// maxOps is maxTxnOps, halved by every batch that etcd refuses for too many operations.
+	maxOps int
+	// commits and carried count the transactions sent and the creates they carried.
 	commits, carried uint64
 }
 
-// commit runs If(cmps).Then(puts) as one transaction would, possibly in one etcd transaction with
-// other creates.
+func newTxnBatcher(kv clientv3.KV) *txnBatcher { return &txnBatcher{kv: kv, maxOps: maxTxnOps} }
+
+// commit runs If(cmps).Then(puts) with the answer it would get alone (its response holds its own
+// puts' results, under the header of the transaction that carried it), possibly inside one etcd
+// transaction with other creates.
 func (b *txnBatcher) commit(ctx context.Context, cmps []clientv3.Cmp, puts []clientv3.Op) (*clientv3.TxnResponse, error) {
-	t := &batchedTxn{cmps: cmps, puts: puts, done: make(chan struct{})}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	t := &batchedTxn{ctx: ctx, cmps: cmps, puts: puts, done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, t)
 	if !b.running {
@@ -68,7 +94,7 @@ func (b *txnBatcher) commit(ctx context.Context, cmps []clientv3.Cmp, puts []cli
 	select {
 	case <-t.done:
 	case <-ctx.Done():
-		b.withdraw(t) // not sent yet: never sent; in flight: it may commit, as any timed-out call
+		b.withdraw(t) // not taken yet: never sent; in flight: it may commit, as any timed-out call
 		return nil, ctx.Err()
 	}
 	if t.alone {
@@ -104,39 +130,73 @@ func (b *txnBatcher) drain() {
 }
 
 func (b *txnBatcher) commitBatch(batch []*batchedTxn) {
-	ctx, cancel := context.WithTimeout(context.Background(), batchCommitTimeout)
-	defer cancel()
 	if len(batch) == 1 {
 		t := batch[0]
+		ctx, cancel := context.WithTimeout(t.ctx, batchCommitTimeout)
+		defer cancel()
 		t.resp, t.err = b.kv.Txn(ctx).If(t.cmps...).Then(t.puts...).Commit()
 		close(t.done)
 		return
 	}
-	var cmps []clientv3.Cmp
-	var puts []clientv3.Op
-	for _, t := range batch {
-		cmps = append(cmps, t.cmps...)
-		puts = append(puts, t.puts...)
+	ctx, cancel := batchContext(batch)
+	defer cancel()
+	nested := make([]clientv3.Op, len(batch))
+	for i, t := range batch {
+		nested[i] = clientv3.OpTxn(t.cmps, t.puts, nil)
 	}
-	resp, err := b.kv.Txn(ctx).If(cmps...).Then(puts...).Commit()
-	for _, t := range batch {
-		if err == nil && resp.Succeeded {
-			t.resp = resp
-		} else {
+	resp, err := b.kv.Txn(ctx).Then(nested...).Commit()
+	refused := refusedWhole(err)
+	if errors.Is(err, rpctypes.ErrTooManyOps) {
+		b.mu.Lock()
+		b.maxOps = max(b.maxOps/2, 2)
+		b.mu.Unlock()
+	}
+	for i, t := range batch {
+		switch {
+		case refused:
 			t.alone = true
+		case err != nil:
+			t.err = err
+		default:
+			own := resp.Responses[i].GetResponseTxn()
+			t.resp = (*clientv3.TxnResponse)(&pb.TxnResponse{Header: resp.Header, Succeeded: own.Succeeded, Responses: own.Responses})
 		}
 		close(t.done)
 	}
+}
+
+// refusedWhole reports whether etcd refused a transaction before applying any of it, for a reason
+// that may lie with one create of the batch or with the batch's size.
+func refusedWhole(err error) bool {
+	return errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) ||
+		errors.Is(err, rpctypes.ErrDuplicateKey) || errors.Is(err, rpctypes.ErrLeaseNotFound)
+}
+
+// batchContext runs until the latest deadline of the batch's callers, or batchCommitTimeout if one
+// of them has none: the batch carries every caller's create, so no one caller's end cancels it.
+func batchContext(batch []*batchedTxn) (context.Context, context.CancelFunc) {
+	var latest time.Time
+	for _, t := range batch {
+		d, ok := t.ctx.Deadline()
+		if !ok {
+			return context.WithTimeout(context.Background(), batchCommitTimeout)
+		}
+		if d.After(latest) {
+			latest = d
+		}
+	}
+	return context.WithDeadline(context.Background(), latest)
 }
 
 // take removes from the queue, in order, the transactions that fit one batch together; the others
 // stay queued for the next one. Called with mu held.
 func (b *txnBatcher) take() []*batchedTxn {
 	var batch []*batchedTxn
-	ncmps, nputs := 0, 0
+	widest := 0 // the largest ops() of the batch
 	rest := b.queue[:0]
 	for _, t := range b.queue {
-		fits := ncmps+len(t.cmps) <= maxBatchOps && nputs+len(t.puts) <= maxBatchOps
+		// The outer transaction has one operation per create, which each nested one gives up.
+		fits := len(batch) < maxBatch && len(batch)+1+max(widest, t.ops()) <= b.maxOps
 		for _, o := range batch {
 			if !fits {
 				break
@@ -148,8 +208,7 @@ func (b *txnBatcher) take() []*batchedTxn {
 			continue
 		}
 		batch = append(batch, t)
-		ncmps += len(t.cmps)
-		nputs += len(t.puts)
+		widest = max(widest, t.ops())
 	}
 	clear(b.queue[len(rest):])
 	b.queue = rest

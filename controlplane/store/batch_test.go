@@ -1,15 +1,29 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"testing"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
+
+func TestMain(m *testing.M) {
+	// The batcher's drain goroutine ends with its queue; etcd's client and embedded server leave
+	// these behind for a moment after Close.
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+		goleak.IgnoreAnyFunction("go.etcd.io/etcd/client/pkg/v3/logutil.(*MergeLogger).outputLoop"),
+	)
+}
 
 // createConcurrently runs one CreateNetwork per network, all at once, and returns their errors.
 func createConcurrently(t *testing.T, st *Store, nets []*vxfabricv1.Network, requestIDs []string) []error {
@@ -140,7 +154,8 @@ func TestTakeKeepsCollidingTransactionsApart(t *testing.T) {
 	writesTenant := txn([]string{"c"}, "c", "tenant") // writes what all the others compare
 	prefix := txn([]string{"tenant"}, "d")
 	prefix.cmps = append(prefix.cmps, prefixEmpty("a"))
-	bt := &txnBatcher{queue: []*batchedTxn{a, b, sameKey, comparesB, writesTenant, prefix}}
+	bt := newTxnBatcher(nil)
+	bt.queue = []*batchedTxn{a, b, sameKey, comparesB, writesTenant, prefix}
 
 	names := map[*batchedTxn]string{a: "a", b: "b", sameKey: "sameKey", comparesB: "comparesB", writesTenant: "writesTenant", prefix: "prefix"}
 	var batches []string
@@ -156,15 +171,27 @@ func TestTakeKeepsCollidingTransactionsApart(t *testing.T) {
 		t.Errorf("batches %v, want %s", batches, want)
 	}
 
-	// The op limit: 100 transactions of 5 compares and 3 puts fill batches of 25 compares' worth.
-	bt.queue = nil
-	for i := range 100 {
-		k := fmt.Sprint(i)
-		bt.queue = append(bt.queue, txn([]string{"c1" + k, "c2" + k, "c3" + k, "c4" + k, "c5" + k}, "p1"+k, "p2"+k, "p3"+k))
+	// The limits: at most maxBatch creates, and the outer transaction's operations (one per create)
+	// plus the widest create's within maxOps.
+	fill := func() {
+		bt.queue = nil
+		for i := range 100 {
+			k := fmt.Sprint(i)
+			bt.queue = append(bt.queue, txn([]string{"c1" + k, "c2" + k, "c3" + k, "c4" + k, "c5" + k}, "p1"+k, "p2"+k, "p3"+k))
+		}
 	}
-	for _, want := range []int{25, 25, 25, 25} {
-		if got := len(bt.take()); got != want {
-			t.Fatalf("batch of %d transactions, want %d", got, want)
+	for _, tc := range []struct {
+		maxOps int
+		sizes  string
+	}{{maxTxnOps, "[64 36]"}, {32, "[27 27 27 19]"}} {
+		bt.maxOps = tc.maxOps
+		fill()
+		var sizes []int
+		for len(bt.queue) > 0 {
+			sizes = append(sizes, len(bt.take()))
+		}
+		if fmt.Sprint(sizes) != tc.sizes {
+			t.Errorf("maxOps %d: batches of %v creates, want %s", tc.maxOps, sizes, tc.sizes)
 		}
 	}
 }
@@ -218,5 +245,139 @@ func TestCollidingPortCreatesGetTheirOwnAnswers(t *testing.T) {
 	resp, err := cli.Get(ctx, PortKey(""), clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil || resp.Count != 11 {
 		t.Errorf("%d ports stored (%v), want 11", resp.Count, err)
+	}
+}
+
+// batchFaultKV passes transactions to etcd, except that a batch (a transaction of nested ones) meets
+// fault: before etcd sees it (refuse), or after etcd committed it (the answer is lost).
+type batchFaultKV struct {
+	clientv3.KV
+	refuse, lose error
+}
+
+func (k batchFaultKV) Txn(ctx context.Context) clientv3.Txn {
+	return &faultTxn{Txn: k.KV.Txn(ctx), kv: k}
+}
+
+type faultTxn struct {
+	clientv3.Txn
+	kv    batchFaultKV
+	batch bool
+}
+
+func (t *faultTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
+func (t *faultTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+	t.Txn = t.Txn.Else(ops...)
+	return t
+}
+func (t *faultTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	for _, op := range ops {
+		t.batch = t.batch || op.IsTxn()
+	}
+	t.Txn = t.Txn.Then(ops...)
+	return t
+}
+
+func (t *faultTxn) Commit() (*clientv3.TxnResponse, error) {
+	if t.batch && t.kv.refuse != nil {
+		return nil, t.kv.refuse
+	}
+	resp, err := t.Txn.Commit()
+	if t.batch && err == nil && t.kv.lose != nil {
+		return nil, t.kv.lose
+	}
+	return resp, err
+}
+
+// A batch whose answer is lost after etcd committed it gives every create of it that error, as one
+// transaction would: none is run again, which would report "already exists" for its own network.
+func TestBatchWithUnknownOutcomeReturnsTheError(t *testing.T) {
+	_, cli := newTestStore(t)
+	lost := status.Error(codes.Unavailable, "connection lost after the commit")
+	st := New(batchFaultKV{KV: cli, lose: lost})
+	ctx := testCtx(t)
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "t"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	var nets []*vxfabricv1.Network
+	for i := range 64 {
+		nets = append(nets, &vxfabricv1.Network{Id: fmt.Sprintf("%010x", i), Tenant: "t", Name: fmt.Sprintf("n%d", i), Vni: uint32(100 + i)})
+	}
+	lostCount := 0
+	for i, err := range createConcurrently(t, st, nets, nil) {
+		switch {
+		case errors.Is(err, lost):
+			lostCount++
+		case err != nil:
+			t.Errorf("create %d: %v, want success (committed alone) or the lost answer", i, err)
+		}
+	}
+	if lostCount == 0 {
+		t.Error("no create went through a batch: the test proves nothing")
+	}
+	resp, err := cli.Get(ctx, NetworkKey(""), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 64 {
+		t.Errorf("%d networks stored (%v), want all 64", resp.Count, err)
+	}
+}
+
+// A batch that etcd refuses as a whole was not applied: each create runs again alone and succeeds,
+// and a refusal for too many operations makes later batches smaller.
+func TestRefusedBatchRunsEachCreateAlone(t *testing.T) {
+	_, cli := newTestStore(t)
+	st := New(batchFaultKV{KV: cli, refuse: rpctypes.ErrTooManyOps})
+	ctx := testCtx(t)
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "t"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	var nets []*vxfabricv1.Network
+	for i := range 64 {
+		nets = append(nets, &vxfabricv1.Network{Id: fmt.Sprintf("%010x", i), Tenant: "t", Name: fmt.Sprintf("n%d", i), Vni: uint32(100 + i)})
+	}
+	for i, err := range createConcurrently(t, st, nets, nil) {
+		if err != nil {
+			t.Errorf("create %d: %v", i, err)
+		}
+	}
+	st.creates.mu.Lock()
+	maxOps, commits, carried := st.creates.maxOps, st.creates.commits, st.creates.carried
+	st.creates.mu.Unlock()
+	if commits == carried {
+		t.Fatal("no create went through a batch: the test proves nothing")
+	}
+	if maxOps >= maxTxnOps {
+		t.Errorf("batch limit %d after a refusal for too many operations, want it lowered", maxOps)
+	}
+	resp, err := cli.Get(ctx, NetworkKey(""), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 64 {
+		t.Errorf("%d networks stored (%v), want all 64", resp.Count, err)
+	}
+}
+
+// A caller whose context has ended is not queued, and one that gives up while queued is withdrawn:
+// neither create is ever sent.
+func TestEndedCallersAreNotSent(t *testing.T) {
+	_, cli := newTestStore(t)
+	st := New(cli)
+	ctx := testCtx(t)
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "t"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := st.CreateNetwork(ended, &vxfabricv1.Network{Id: "000000000a", Tenant: "t", Name: "late", Vni: 7}, "", 0); !errors.Is(err, context.Canceled) {
+		t.Errorf("create with an ended context: %v, want context.Canceled", err)
+	}
+	// A queued transaction that is withdrawn leaves the queue.
+	b := newTxnBatcher(cli)
+	queued := &batchedTxn{ctx: ctx, done: make(chan struct{})}
+	b.queue = []*batchedTxn{queued}
+	b.withdraw(queued)
+	if len(b.queue) != 0 {
+		t.Errorf("queue after withdraw: %d transactions", len(b.queue))
+	}
+	resp, err := cli.Get(ctx, NetworkKey(""), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 0 {
+		t.Errorf("%d networks stored (%v), want none", resp.Count, err)
 	}
 }

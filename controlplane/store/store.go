@@ -18,8 +18,9 @@ import (
 // maxCASRetries bounds the read-modify-write loops of updates and deletes without an expected revision.
 const maxCASRetries = 16
 
-// Store reads and writes the vxfabric keys. It is safe for concurrent use and holds no state besides
-// the client: any number of Stores (in any number of server replicas) may share one etcd.
+// Store reads and writes the vxfabric keys. It is safe for concurrent use, and all of its state is in
+// etcd (it only queues the creates it is about to commit, see txnBatcher): any number of Stores (in
+// any number of server replicas) may share one etcd.
 type Store struct {
 	kv       clientv3.KV
 	requests *requestLeases // nil: request records never expire (see ExpireRequests)
@@ -27,7 +28,7 @@ type Store struct {
 }
 
 // New returns a Store over an etcd client (or any clientv3.KV).
-func New(kv clientv3.KV) *Store { return &Store{kv: kv, creates: &txnBatcher{kv: kv}} }
+func New(kv clientv3.KV) *Store { return &Store{kv: kv, creates: newTxnBatcher(kv)} }
 
 // KV is the underlying etcd key-value API.
 func (s *Store) KV() clientv3.KV { return s.kv }
