@@ -89,6 +89,44 @@ func TestPrivilegedOverlay(t *testing.T) {
 		}
 	})
 
+	// Before rule texts quoted interface names with single quotes they used double quotes. A rule
+	// left by that version is replaced by its new text on the first Apply (the new one is added
+	// before the old one is deleted), and then left alone.
+	t.Run("RulesOfTheOldTextAreReplaced", func(t *testing.T) {
+		const text = `iifname 'vxbr101' oifname != 'vxbr101' oifname 'vxbr*' drop`
+		old := strings.ReplaceAll(text, "'", `"`)
+		var rule overlay.Rule
+		for _, ch := range overlay.NftPlan(l.desired(0)) {
+			for _, r := range ch.Rules {
+				if ch.Family == "inet" && ch.Name == "forward" && r.String() == text {
+					rule = r
+				}
+			}
+		}
+		if rule.Verdict == "" {
+			t.Fatalf("no forward rule %q in the plan", text)
+		}
+		dp := l.dps[0]
+		deleteOneRule(t, dp, "inet", "forward", text)
+		tb := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyINet}
+		dp.nft.AddRule(&nftables.Rule{Table: tb, Chain: &nftables.Chain{Name: "forward", Table: tb},
+			Exprs: ruleExprs(nftables.TableFamilyINet, rule, nil), UserData: userdata.AppendString(nil, userdata.TypeComment, old)})
+		if err := dp.nft.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		got := changeText(l.apply(0))
+		want := "add " + overlay.RuleObject("inet", "forward", text) + "\ndelete " + overlay.RuleObject("inet", "forward", old) + "\n"
+		if got != want {
+			t.Errorf("Apply over a rule of the old text: changes\n%swant\n%s", got, want)
+		}
+		if res := l.apply(0); len(res.Changes) != 0 {
+			t.Errorf("second Apply: changes:\n%s", changeText(res))
+		}
+		if !strings.Contains(rulesOf(t, dp), "inet forward "+text+"\n") || strings.Contains(rulesOf(t, dp), old) {
+			t.Errorf("rules after the upgrade:\n%s", rulesOf(t, dp))
+		}
+	})
+
 	t.Run("KernelObjects", func(t *testing.T) {
 		h := l.dps[0].h
 		link := func(name string) netlink.Link {
