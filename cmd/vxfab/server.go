@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -128,11 +129,23 @@ func serverConfig(f serverFlags, reg prometheus.Registerer) (server.Config, erro
 	}
 	hub := fanout.Default()
 	hub.Registerer = reg
-	cfg.Plugins = append(cfg.Plugins, fanout.Plugin(hub))
+	cfg.Plugins = append(cfg.Plugins, fanout.Plugin(hub), storeMetrics(reg))
 	if err := cfg.Validate(); err != nil {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// storeMetrics exports the store's group-commit counters.
+func storeMetrics(reg prometheus.Registerer) server.Plugin {
+	return func(_ context.Context, h server.Host) (server.Extension, error) {
+		for _, c := range h.Store.Metrics() {
+			if err := reg.Register(c); err != nil {
+				return server.Extension{}, fmt.Errorf("register store metrics: %w", err)
+			}
+		}
+		return server.Extension{}, nil
+	}
 }
 
 // serverGossip is the server's membership: agents find the API at --advertise through it, and the

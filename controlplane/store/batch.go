@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -101,6 +102,29 @@ func (b *txnBatcher) commit(ctx context.Context, cmps []clientv3.Cmp, puts []cli
 		return b.kv.Txn(ctx).If(cmps...).Then(puts...).Commit()
 	}
 	return t.resp, t.err
+}
+
+// Metrics returns the group commit's counters, for a Prometheus registry: the etcd transactions that
+// committed creates, and the creates they carried (their ratio is the mean batch size).
+func (s *Store) Metrics() []prometheus.Collector {
+	b := s.creates
+	read := func(f func() uint64) func() float64 {
+		return func() float64 {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return float64(f())
+		}
+	}
+	return []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vxfabric_store_create_transactions_total",
+			Help: "etcd transactions that committed network and port creates (several creates share one under load).",
+		}, read(func() uint64 { return b.commits })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vxfabric_store_creates_committed_total",
+			Help: "Network and port creates sent to etcd, batched or alone.",
+		}, read(func() uint64 { return b.carried })),
+	}
 }
 
 // withdraw removes t from the queue if no batch has taken it yet.

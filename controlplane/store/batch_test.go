@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
@@ -70,6 +71,19 @@ func TestConcurrentCreatesAreCommittedTogether(t *testing.T) {
 		t.Errorf("%d transactions carried %d creates: want 640 creates in fewer transactions", commits, carried)
 	}
 	t.Logf("%d creates in %d transactions", carried, commits)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(st.Metrics()...)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = uint64(mf.GetMetric()[0].GetCounter().GetValue())
+	}
+	if want := map[string]uint64{"vxfabric_store_create_transactions_total": commits, "vxfabric_store_creates_committed_total": carried}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("metrics %v, want %v", got, want)
+	}
 	for _, prefix := range []string{NetworkKey(""), TenantNetworkNamesPrefix("t"), VNIPrefix, RequestKey(KindNetwork, "")} {
 		resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if err != nil || resp.Count != 640 {
