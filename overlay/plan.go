@@ -97,6 +97,64 @@ var NftSetNames = []string{VTEPSet4, VTEPSet6, InfraSet4, InfraSet6}
 // NftSetIs6 tells whether a set of ours holds IPv6 addresses.
 func NftSetIs6(name string) bool { return name == VTEPSet6 || name == InfraSet6 }
 
+// The port security sets, in our bridge table: every frame a local port sends is checked with a
+// lookup in each, whatever the number of ports on the host, instead of a walk through rules per port.
+//   - PortSet: the local ports' interfaces; PortSet4: those whose port has an IPv4 address;
+//   - PortMACSet: interface . MAC, the one source MAC each port may send;
+//   - PortIP4Set: interface . IPv4 address, the one source address each port may send.
+const (
+	PortSet    = "ports"
+	PortSet4   = "ports4"
+	PortMACSet = "port_macs"
+	PortIP4Set = "port_ips4"
+)
+
+// NftPortSetNames are the port security sets, in the order they are created.
+var NftPortSetNames = []string{PortSet, PortSet4, PortMACSet, PortIP4Set}
+
+// PortSetElem is an element of a port security set: an interface, with a MAC (PortMACSet) or an
+// IPv4 address (PortIP4Set).
+type PortSetElem struct {
+	Interface string
+	MAC       net.HardwareAddr
+	IP        netip.Addr
+}
+
+// String is the element as nft prints it: "tap1", "tap1 . 0e:00:00:00:00:01", "tap1 . 10.0.0.2".
+func (e PortSetElem) String() string {
+	switch {
+	case e.MAC != nil:
+		return e.Interface + " . " + e.MAC.String()
+	case e.IP.IsValid():
+		return e.Interface + " . " + e.IP.String()
+	}
+	return e.Interface
+}
+
+// NftPortSets returns the elements of each port security set (NftPortSetNames), sorted by their
+// text, without duplicates; none when port security is off.
+func NftPortSets(d DesiredState) map[string][]PortSetElem {
+	sets := make(map[string][]PortSetElem, len(NftPortSetNames))
+	if d.DisablePortSecurity {
+		return sets
+	}
+	for _, n := range d.Networks {
+		for _, p := range n.Ports {
+			sets[PortSet] = append(sets[PortSet], PortSetElem{Interface: p.Interface})
+			sets[PortMACSet] = append(sets[PortMACSet], PortSetElem{Interface: p.Interface, MAC: p.MAC})
+			if p.IP.Is4() {
+				sets[PortSet4] = append(sets[PortSet4], PortSetElem{Interface: p.Interface})
+				sets[PortIP4Set] = append(sets[PortIP4Set], PortSetElem{Interface: p.Interface, IP: p.IP})
+			}
+		}
+	}
+	for name, elems := range sets {
+		slices.SortFunc(elems, func(a, b PortSetElem) int { return strings.Compare(a.String(), b.String()) })
+		sets[name] = slices.CompactFunc(elems, func(a, b PortSetElem) bool { return a.String() == b.String() })
+	}
+	return sets
+}
+
 // Validate checks a desired state; the error wraps ErrInvalid and names the first bad object.
 func (d DesiredState) Validate() error {
 	if len(d.Networks) > 0 && !d.Underlay.VTEP.IsValid() {
@@ -239,6 +297,9 @@ func RuleObject(family, chain, rule string) string {
 func SetElemObject(set string, a netip.Addr) string {
 	return "nft element inet " + TableName + " " + set + " " + a.String()
 }
+func PortSetElemObject(set, elem string) string { // elem: PortSetElem.String()
+	return "nft element bridge " + TableName + " " + set + " " + elem
+}
 
 // NftChain is one base chain of ours with its rules in order.
 type NftChain struct {
@@ -272,23 +333,28 @@ const (
 type Field int
 
 const (
-	FieldIIFName     Field = iota + 1 // Name; a trailing "*" matches a prefix
-	FieldOIFName                      // Name; a trailing "*" matches a prefix
-	FieldEtherType                    // Num: 0x0800 ip, 0x0806 arp
-	FieldEtherSaddr                   // MAC
-	FieldARPOp                        // Num
-	FieldARPSha                       // MAC
-	FieldARPSpa                       // Prefix (a single address)
-	FieldARPTpa                       // Prefix (a single address)
-	FieldIPSaddr                      // Prefix
-	FieldIPDaddr                      // Prefix
-	FieldUDPDport                     // Num
-	FieldICMPType                     // Num
-	FieldCtState                      // Num: established|related when 0
-	FieldIPSaddrSet                   // Name: an ipv4 set
-	FieldIP6SaddrSet                  // Name: an ipv6 set
-	FieldIPDaddrSet                   // Name: an ipv4 set
-	FieldIP6DaddrSet                  // Name: an ipv6 set
+	FieldIIFName              Field = iota + 1 // Name; a trailing "*" matches a prefix
+	FieldOIFName                               // Name; a trailing "*" matches a prefix
+	FieldEtherType                             // Num: 0x0800 ip, 0x0806 arp
+	FieldEtherSaddr                            // MAC
+	FieldARPOp                                 // Num
+	FieldARPSha                                // MAC
+	FieldARPSpa                                // Prefix (a single address)
+	FieldARPTpa                                // Prefix (a single address)
+	FieldIPSaddr                               // Prefix
+	FieldIPDaddr                               // Prefix
+	FieldUDPDport                              // Num
+	FieldICMPType                              // Num
+	FieldCtState                               // Num: established|related when 0
+	FieldIPSaddrSet                            // Name: an ipv4 set
+	FieldIP6SaddrSet                           // Name: an ipv6 set
+	FieldIPDaddrSet                            // Name: an ipv4 set
+	FieldIP6DaddrSet                           // Name: an ipv6 set
+	FieldIIFNameSet                            // Name: a set of interface names
+	FieldIIFNameEtherSaddrSet                  // Name: a set of interface . MAC
+	FieldIIFNameARPShaSet                      // Name: a set of interface . MAC
+	FieldIIFNameARPSpaSet                      // Name: a set of interface . IPv4 address
+	FieldIIFNameIPSaddrSet                     // Name: a set of interface . IPv4 address
 )
 
 // Match is one condition of a rule.
@@ -353,6 +419,16 @@ func (m Match) String() string {
 		return "ip daddr" + op + "@" + m.Name
 	case FieldIP6DaddrSet:
 		return "ip6 daddr" + op + "@" + m.Name
+	case FieldIIFNameSet:
+		return "iifname" + op + "@" + m.Name
+	case FieldIIFNameEtherSaddrSet:
+		return "iifname . ether saddr" + op + "@" + m.Name
+	case FieldIIFNameARPShaSet:
+		return "iifname . arp saddr ether" + op + "@" + m.Name
+	case FieldIIFNameARPSpaSet:
+		return "iifname . arp saddr ip" + op + "@" + m.Name
+	case FieldIIFNameIPSaddrSet:
+		return "iifname . ip saddr" + op + "@" + m.Name
 	}
 	return fmt.Sprintf("field(%d)", int(m.Field))
 }
@@ -408,7 +484,8 @@ func host(a netip.Addr) netip.Prefix {
 //     bridge (two tenants with the same CIDR stay apart even with forwarding on); nat networks accept
 //     no new connections from outside; isolated networks forward nothing at all.
 //   - inet postrouting (nat): masquerade a nat network's CIDR leaving anywhere but its own bridge.
-//   - bridge prerouting: port security, a port sends only its own source MAC and IPv4/ARP address.
+//   - bridge prerouting: port security, a port sends only its own source MAC and IPv4/ARP address:
+//     four rules whatever the number of ports, each a lookup in the port sets (NftPortSets).
 //   - bridge postrouting: the distributed gateway stays local: frames from the gateway MAC and ARP
 //     requests for the gateway IP never leave through a vxlan device.
 func NftPlan(d DesiredState) []NftChain {
@@ -469,23 +546,15 @@ func NftPlan(d DesiredState) []NftChain {
 				Rule{Matches: []Match{oif(vx), {Field: FieldEtherType, Num: 0x0806},
 					{Field: FieldARPTpa, Prefix: host(n.Gateway)}}, Verdict: Drop})
 		}
-		if d.DisablePortSecurity {
-			continue
-		}
-		for _, p := range n.Ports {
-			in := iif(p.Interface)
-			bpre.Rules = append(bpre.Rules,
-				Rule{Matches: []Match{in, {Field: FieldEtherSaddr, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: Drop},
-				Rule{Matches: []Match{in, {Field: FieldEtherType, Num: 0x0806},
-					{Field: FieldARPSha, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: Drop})
-			if p.IP.Is4() {
-				bpre.Rules = append(bpre.Rules,
-					Rule{Matches: []Match{in, {Field: FieldEtherType, Num: 0x0806},
-						{Field: FieldARPSpa, Neg: true, Prefix: host(p.IP)}}, Counter: true, Verdict: Drop},
-					Rule{Matches: []Match{in, {Field: FieldEtherType, Num: 0x0800},
-						{Field: FieldIPSaddr, Neg: true, Prefix: host(p.IP)}}, Counter: true, Verdict: Drop})
-			}
-		}
+	}
+	if sets := NftPortSets(d); len(sets[PortSet]) > 0 {
+		ports, ports4 := Match{Field: FieldIIFNameSet, Name: PortSet}, Match{Field: FieldIIFNameSet, Name: PortSet4}
+		arp, ip := Match{Field: FieldEtherType, Num: 0x0806}, Match{Field: FieldEtherType, Num: 0x0800}
+		bpre.Rules = append(bpre.Rules,
+			Rule{Matches: []Match{ports, {Field: FieldIIFNameEtherSaddrSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: Drop},
+			Rule{Matches: []Match{ports, arp, {Field: FieldIIFNameARPShaSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: Drop},
+			Rule{Matches: []Match{ports4, arp, {Field: FieldIIFNameARPSpaSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: Drop},
+			Rule{Matches: []Match{ports4, ip, {Field: FieldIIFNameIPSaddrSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: Drop})
 	}
 	return []NftChain{input, forward, nat, bpre, bpost}
 }

@@ -35,9 +35,11 @@ type Datapath struct {
 	nets  map[uint32]*network
 	// forwarding is net.ipv4.ip_forward; forwardingOurs records that we turned it on.
 	forwarding, forwardingOurs bool
-	// chains holds rule texts per "family chain", in order; sets holds the VTEP sets' elements.
-	chains map[string][]string
-	sets   map[string][]netip.Addr
+	// chains holds rule texts per "family chain", in order; sets holds the address sets' elements,
+	// portSets the port security sets' elements (as text), both sorted.
+	chains   map[string][]string
+	sets     map[string][]netip.Addr
+	portSets map[string][]string
 	// vteps interns VTEP addresses so an FDB record stays 16 bytes.
 	vteps    []netip.Addr
 	vtepIdx  map[netip.Addr]uint32 // IPv6
@@ -82,6 +84,7 @@ func New() *Datapath {
 		nets:     make(map[uint32]*network),
 		chains:   make(map[string][]string),
 		sets:     make(map[string][]netip.Addr),
+		portSets: make(map[string][]string),
 		vtepIdx:  make(map[netip.Addr]uint32),
 		vtepIdx4: make(map[uint32]uint32),
 	}
@@ -142,6 +145,9 @@ func (d *Datapath) Reopen() *Datapath {
 	}
 	for k, v := range d.sets {
 		n.sets[k] = slices.Clone(v)
+	}
+	for k, v := range d.portSets {
+		n.portSets[k] = slices.Clone(v)
 	}
 	n.vteps = slices.Clone(d.vteps)
 	maps.Copy(n.vtepIdx, d.vtepIdx)
@@ -550,17 +556,27 @@ func (a *applier) applyNeigh(n *network, nd overlay.Network) {
 
 // nftWant is the nftables state a desired state asks for, computed once per Apply.
 type nftWant struct {
-	plan   []overlay.NftChain
-	sets   map[string][]netip.Addr
-	chains map[string][]string // rule texts per "family chain"
+	plan     []overlay.NftChain
+	sets     map[string][]netip.Addr
+	portSets map[string][]string // element texts, sorted
+	chains   map[string][]string // rule texts per "family chain"
 }
 
 func planNft(desired overlay.DesiredState) nftWant {
-	w := nftWant{plan: overlay.NftPlan(desired), sets: map[string][]netip.Addr{}, chains: map[string][]string{}}
+	w := nftWant{plan: overlay.NftPlan(desired), sets: map[string][]netip.Addr{}, portSets: map[string][]string{},
+		chains: map[string][]string{}}
 	if len(w.plan) > 0 {
 		w.sets = overlay.NftSets(desired)
 		for _, name := range overlay.NftSetNames {
 			w.sets[name] = w.sets[name] // every set exists while the plan does, empty or not
+		}
+		port := overlay.NftPortSets(desired)
+		for _, name := range overlay.NftPortSetNames {
+			texts := []string{}
+			for _, e := range port[name] {
+				texts = append(texts, e.String())
+			}
+			w.portSets[name] = texts
 		}
 	}
 	for _, c := range w.plan {
@@ -620,6 +636,21 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 			slices.SortFunc(union, netip.Addr.Compare)
 			d.sets[name] = slices.Compact(union)
 		}
+		for _, name := range overlay.NftPortSetNames {
+			want, ok := w.portSets[name]
+			if !ok {
+				continue
+			}
+			have := d.portSets[name]
+			for _, v := range want {
+				if _, found := slices.BinarySearch(have, v); !found {
+					a.change(overlay.OpAdd, overlay.PortSetElemObject(name, v))
+				}
+			}
+			union := append(slices.Clone(have), want...)
+			slices.Sort(union)
+			d.portSets[name] = slices.Compact(union)
+		}
 		return
 	}
 	if len(plan) == 0 {
@@ -630,6 +661,7 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 		}
 		clear(d.chains)
 		clear(d.sets)
+		clear(d.portSets)
 		return
 	}
 	for _, key := range sortedKeys(d.chains) {
@@ -658,6 +690,18 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 			}
 		}
 		d.sets[name] = kept
+	}
+	for _, name := range sortedKeys(d.portSets) {
+		want := w.portSets[name]
+		var kept []string
+		for _, v := range d.portSets[name] {
+			if _, found := slices.BinarySearch(want, v); found {
+				kept = append(kept, v)
+			} else {
+				a.change(overlay.OpDelete, overlay.PortSetElemObject(name, v))
+			}
+		}
+		d.portSets[name] = kept
 	}
 }
 
@@ -800,6 +844,11 @@ func (d *Datapath) Dump() string {
 	for name, elems := range d.sets {
 		for _, v := range elems {
 			add("%s", overlay.SetElemObject(name, v))
+		}
+	}
+	for name, elems := range d.portSets {
+		for _, v := range elems {
+			add("%s", overlay.PortSetElemObject(name, v))
 		}
 	}
 	sort.Strings(lines)

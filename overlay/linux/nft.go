@@ -6,7 +6,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -27,6 +30,12 @@ var families = []struct {
 	fam  nftables.TableFamily
 }{{"inet", nftables.TableFamilyINet}, {"bridge", nftables.TableFamilyBridge}}
 
+// staleElem is a set element the deletion pass removes, with the object name its change reports.
+type staleElem struct {
+	elem   nftables.SetElement
+	object string
+}
+
 type staleRule struct {
 	chain  *nftables.Chain
 	handle uint64
@@ -39,7 +48,7 @@ type nftRun struct {
 	tables         map[string]*nftables.Table // family -> our table, if it exists
 	forwardingMark bool
 	staleRules     []staleRule
-	staleElems     map[*nftables.Set][]nftables.SetElement
+	staleElems     map[*nftables.Set][]staleElem
 }
 
 func familyOf(name string) nftables.TableFamily {
@@ -60,7 +69,7 @@ func (r *run) nftAdd() {
 	c := r.d.nft
 	r.nft.plan = overlay.NftPlan(r.desired)
 	r.nft.tables = make(map[string]*nftables.Table)
-	r.nft.staleElems = make(map[*nftables.Set][]nftables.SetElement)
+	r.nft.staleElems = make(map[*nftables.Set][]staleElem)
 	haveChains := make(map[string]*nftables.Chain) // "family name"
 	for _, f := range families {
 		tables, err := c.ListTablesOfFamily(f.fam)
@@ -188,7 +197,7 @@ func (r *run) nftAdd() {
 		}
 		for a, e := range have {
 			if !wantSet[a] {
-				r.nft.staleElems[s] = append(r.nft.staleElems[s], e)
+				r.nft.staleElems[s] = append(r.nft.staleElems[s], staleElem{e, overlay.SetElemObject(name, a)})
 			}
 		}
 		if len(add) > 0 {
@@ -201,11 +210,135 @@ func (r *run) nftAdd() {
 		r.fail(overlay.TableObject("inet"), fmt.Errorf("add set elements: %w", err))
 	}
 
+	r.nftPortSets(sets)
+
 	// Rules, one transaction per chain so that one bad chain does not hold back the others.
 	for _, pc := range r.nft.plan {
 		ch := chains[pc.Family+" "+pc.Name]
 		r.syncChainAdd(pc, ch, sets)
 	}
+}
+
+// nftPortSets creates the port security sets in our bridge table when missing, adds their missing
+// elements and leaves the stale ones to the deletion pass; sets receives them by name for the rules.
+func (r *run) nftPortSets(sets map[string]*nftables.Set) {
+	c := r.d.nft
+	br := r.nft.tables["bridge"]
+	existing, err := c.GetSets(br)
+	if err != nil && !isNotFound(err) {
+		r.fail(overlay.TableObject("bridge"), fmt.Errorf("list sets: %w", err))
+		return
+	}
+	for _, s := range existing {
+		if slices.Contains(overlay.NftPortSetNames, s.Name) {
+			s.Table = br
+			sets[s.Name] = s
+		}
+	}
+	queued := false
+	for _, name := range overlay.NftPortSetNames {
+		if sets[name] != nil {
+			continue
+		}
+		typ, concat := portSetType(name)
+		s := &nftables.Set{Table: br, Name: name, KeyType: typ, Concatenation: concat}
+		if !concat {
+			// nft stores interface names in host byte order; without this it prints them reversed
+			// ("", for a name shorter than IFNAMSIZ), and what it prints would not load back.
+			s.KeyByteOrder = binaryutil.NativeEndian
+		}
+		if err := c.AddSet(s, nil); err != nil {
+			r.fail(overlay.TableObject("bridge"), fmt.Errorf("add set %s: %w", name, err))
+			return
+		}
+		sets[name] = s
+		queued = true
+	}
+	if queued {
+		if err := c.Flush(); err != nil {
+			r.fail(overlay.TableObject("bridge"), fmt.Errorf("create port security sets: %w", err))
+			return
+		}
+	}
+	want := overlay.NftPortSets(r.desired)
+	for _, name := range overlay.NftPortSetNames {
+		s := sets[name]
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			r.fail(overlay.TableObject("bridge"), fmt.Errorf("list set %s: %w", name, err))
+			continue
+		}
+		have := make(map[string]nftables.SetElement, len(elems))
+		for _, e := range elems {
+			have[portSetElemText(name, e.Key)] = e
+		}
+		wanted := make(map[string]bool, len(want[name]))
+		var add []nftables.SetElement
+		for _, e := range want[name] {
+			text := e.String()
+			wanted[text] = true
+			if _, ok := have[text]; !ok {
+				add = append(add, nftables.SetElement{Key: portSetKey(e)})
+				r.change(overlay.OpAdd, overlay.PortSetElemObject(name, text))
+			}
+		}
+		for text, e := range have {
+			if !wanted[text] {
+				r.nft.staleElems[s] = append(r.nft.staleElems[s], staleElem{e, overlay.PortSetElemObject(name, text)})
+			}
+		}
+		if len(add) > 0 {
+			if err := c.SetAddElements(s, add); err != nil {
+				r.fail(overlay.TableObject("bridge"), fmt.Errorf("queue elements of %s: %w", name, err))
+			}
+		}
+	}
+	if err := c.Flush(); err != nil {
+		r.fail(overlay.TableObject("bridge"), fmt.Errorf("add port security set elements: %w", err))
+	}
+}
+
+// portSetType is the key type of a port security set: an interface name, concatenated with a MAC
+// or an IPv4 address.
+func portSetType(name string) (typ nftables.SetDatatype, concat bool) {
+	switch name {
+	case overlay.PortMACSet:
+		return nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr), true
+	case overlay.PortIP4Set:
+		return nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr), true
+	}
+	return nftables.TypeIFName, false
+}
+
+// portSetKey is an element's key as the kernel compares it: the interface name padded to IFNAMSIZ,
+// then the MAC or the IPv4 address, each field of a concatenation padded to 4 bytes.
+func portSetKey(e overlay.PortSetElem) []byte {
+	k := make([]byte, unix.IFNAMSIZ, unix.IFNAMSIZ+8)
+	copy(k, e.Interface)
+	switch {
+	case e.MAC != nil:
+		k = append(append(k, e.MAC...), 0, 0)
+	case e.IP.Is4():
+		a := e.IP.As4()
+		k = append(k, a[:]...)
+	}
+	return k
+}
+
+// portSetElemText reads a key of a port security set back into its element's text.
+func portSetElemText(name string, key []byte) string {
+	if len(key) < unix.IFNAMSIZ {
+		return fmt.Sprintf("key %x", key)
+	}
+	e := overlay.PortSetElem{Interface: strings.TrimRight(string(key[:unix.IFNAMSIZ]), "\x00")}
+	rest := key[unix.IFNAMSIZ:]
+	switch {
+	case name == overlay.PortMACSet && len(rest) >= 6:
+		e.MAC = net.HardwareAddr(slices.Clone(rest[:6]))
+	case name == overlay.PortIP4Set && len(rest) >= 4:
+		e.IP = netip.AddrFrom4([4]byte(rest[:4]))
+	}
+	return e.String()
 }
 
 func isNotFound(err error) bool {
@@ -325,14 +458,17 @@ func (r *run) nftDelete() {
 		}
 	}
 	queued := false
-	for s, elems := range r.nft.staleElems {
+	for s, stale := range r.nft.staleElems {
+		elems := make([]nftables.SetElement, len(stale))
+		for i, e := range stale {
+			elems[i] = e.elem
+		}
 		if err := c.SetDeleteElements(s, elems); err != nil {
-			r.fail(overlay.TableObject("inet"), fmt.Errorf("queue delete of %s elements: %w", s.Name, err))
+			r.fail(overlay.TableObject(tableFamilyName(s.Table)), fmt.Errorf("queue delete of %s elements: %w", s.Name, err))
 			continue
 		}
-		for _, e := range elems {
-			a, _ := netip.AddrFromSlice(e.Key)
-			r.change(overlay.OpDelete, overlay.SetElemObject(s.Name, a))
+		for _, e := range stale {
+			r.change(overlay.OpDelete, e.object)
 		}
 		queued = true
 	}
@@ -379,6 +515,13 @@ func ruleExprs(fam nftables.TableFamily, rule overlay.Rule, sets map[string]*nft
 			p = p.Masked()
 		}
 		cmp(op, p.Addr().AsSlice())
+	}
+	lookup := func(m overlay.Match) {
+		lk := &expr.Lookup{SourceRegister: 1, SetName: m.Name, Invert: m.Neg}
+		if s := sets[m.Name]; s != nil {
+			lk.SetID = s.ID
+		}
+		e = append(e, lk)
 	}
 	for _, m := range rule.Matches {
 		op := expr.CmpOpEq
@@ -439,6 +582,25 @@ func ruleExprs(fam nftables.TableFamily, rule overlay.Rule, sets map[string]*nft
 			} else {
 				cmp(expr.CmpOpNeq, binaryutil.NativeEndian.PutUint32(0))
 			}
+		case overlay.FieldIIFNameSet:
+			e = append(e, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1})
+			lookup(m)
+		case overlay.FieldIIFNameEtherSaddrSet, overlay.FieldIIFNameARPShaSet, overlay.FieldIIFNameARPSpaSet,
+			overlay.FieldIIFNameIPSaddrSet:
+			// A concatenation: the name fills register 1 (16 bytes), the address follows it in
+			// register 2, and the lookup reads both from register 1 on.
+			e = append(e, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1})
+			base, off, n := expr.PayloadBaseLLHeader, uint32(6), uint32(6)
+			switch m.Field {
+			case overlay.FieldIIFNameARPShaSet:
+				base, off = expr.PayloadBaseNetworkHeader, 8
+			case overlay.FieldIIFNameARPSpaSet:
+				base, off, n = expr.PayloadBaseNetworkHeader, 14, 4
+			case overlay.FieldIIFNameIPSaddrSet:
+				base, off, n = expr.PayloadBaseNetworkHeader, 12, 4
+			}
+			e = append(e, &expr.Payload{DestRegister: 2, Base: base, Offset: off, Len: n})
+			lookup(m)
 		case overlay.FieldIPSaddrSet, overlay.FieldIP6SaddrSet, overlay.FieldIPDaddrSet, overlay.FieldIP6DaddrSet:
 			switch m.Field {
 			case overlay.FieldIPSaddrSet:
@@ -454,12 +616,7 @@ func ruleExprs(fam nftables.TableFamily, rule overlay.Rule, sets map[string]*nft
 				needProto(unix.NFPROTO_IPV6)
 				load(expr.PayloadBaseNetworkHeader, 24, 16)
 			}
-			s := sets[m.Name]
-			lk := &expr.Lookup{SourceRegister: 1, SetName: m.Name, Invert: m.Neg}
-			if s != nil {
-				lk.SetID = s.ID
-			}
-			e = append(e, lk)
+			lookup(m)
 		}
 	}
 	if rule.Counter {
