@@ -200,14 +200,9 @@ func (r *run) nftAdd() {
 				r.nft.staleElems[s] = append(r.nft.staleElems[s], staleElem{e, overlay.SetElemObject(name, a)})
 			}
 		}
-		if len(add) > 0 {
-			if err := c.SetAddElements(s, add); err != nil {
-				r.fail(overlay.TableObject("inet"), fmt.Errorf("queue elements of %s: %w", name, err))
-			}
+		if err := r.setElements(s, add, false); err != nil {
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("add elements of %s: %w", name, err))
 		}
-	}
-	if err := c.Flush(); err != nil {
-		r.fail(overlay.TableObject("inet"), fmt.Errorf("add set elements: %w", err))
 	}
 
 	r.nftPortSets(sets)
@@ -287,15 +282,38 @@ func (r *run) nftPortSets(sets map[string]*nftables.Set) {
 				r.nft.staleElems[s] = append(r.nft.staleElems[s], staleElem{e, overlay.PortSetElemObject(name, text)})
 			}
 		}
-		if len(add) > 0 {
-			if err := c.SetAddElements(s, add); err != nil {
-				r.fail(overlay.TableObject("bridge"), fmt.Errorf("queue elements of %s: %w", name, err))
-			}
+		if err := r.setElements(s, add, false); err != nil {
+			r.fail(overlay.TableObject("bridge"), fmt.Errorf("add elements of %s: %w", name, err))
 		}
 	}
-	if err := c.Flush(); err != nil {
-		r.fail(overlay.TableObject("bridge"), fmt.Errorf("add port security set elements: %w", err))
+}
+
+// ruleChunk bounds the rules added or deleted in one netlink batch: the kernel acknowledges each
+// rule, and a few hundred acknowledgements overflow the socket's receive buffer (ENOBUFS).
+const ruleChunk = 64
+
+// elemChunk bounds the set elements of one netlink batch: the kernel refuses a batch larger than the
+// socket's buffer ("message too long"), which a few thousand elements reach.
+const elemChunk = 512
+
+// setElements adds (or, with del, deletes) elems in batches of elemChunk, each flushed.
+func (r *run) setElements(s *nftables.Set, elems []nftables.SetElement, del bool) error {
+	c := r.d.nft
+	for chunk := range slices.Chunk(elems, elemChunk) {
+		var err error
+		if del {
+			err = c.SetDeleteElements(s, chunk)
+		} else {
+			err = c.SetAddElements(s, chunk)
+		}
+		if err == nil {
+			err = c.Flush()
+		}
+		if err != nil {
+			return err
+		}
 	}
+	return nil
 }
 
 // portSetType is the key type of a port security set: an interface name, concatenated with a MAC
@@ -373,10 +391,17 @@ func (r *run) syncChainAdd(pc overlay.NftChain, ch *nftables.Chain, sets map[str
 			}
 		}
 	}
-	queued := false
+	queued := 0
 	for i, rule := range pc.Rules {
 		if match[i] >= 0 {
 			continue
+		}
+		if queued == ruleChunk {
+			if err := c.Flush(); err != nil {
+				r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("add rules: %w", err))
+				return
+			}
+			queued = 0
 		}
 		nr := &nftables.Rule{Table: ch.Table, Chain: ch, Exprs: ruleExprs(familyOf(pc.Family), rule, sets),
 			UserData: userdata.AppendString(nil, userdata.TypeComment, want[i])}
@@ -396,14 +421,14 @@ func (r *run) syncChainAdd(pc overlay.NftChain, ch *nftables.Chain, sets map[str
 			c.AddRule(nr)
 		}
 		r.change(overlay.OpAdd, overlay.RuleObject(pc.Family, pc.Name, want[i]))
-		queued = true
+		queued++
 	}
 	for j, rule := range have {
 		if !matched[j] {
 			r.nft.staleRules = append(r.nft.staleRules, staleRule{chain: ch, handle: rule.Handle, text: texts[j]})
 		}
 	}
-	if queued {
+	if queued > 0 {
 		if err := c.Flush(); err != nil {
 			r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("add rules: %w", err))
 		}
@@ -445,8 +470,8 @@ func (r *run) nftDelete() {
 		}
 		return
 	}
-	if len(r.nft.staleRules) > 0 {
-		for _, s := range r.nft.staleRules {
+	for chunk := range slices.Chunk(r.nft.staleRules, ruleChunk) {
+		for _, s := range chunk {
 			if err := c.DelRule(&nftables.Rule{Table: s.chain.Table, Chain: s.chain, Handle: s.handle}); err != nil {
 				r.fail(overlay.RuleObject(tableFamilyName(s.chain.Table), s.chain.Name, s.text), err)
 				continue
@@ -457,24 +482,17 @@ func (r *run) nftDelete() {
 			r.fail(overlay.TableObject("inet"), fmt.Errorf("delete stale rules: %w", err))
 		}
 	}
-	queued := false
 	for s, stale := range r.nft.staleElems {
 		elems := make([]nftables.SetElement, len(stale))
 		for i, e := range stale {
 			elems[i] = e.elem
 		}
-		if err := c.SetDeleteElements(s, elems); err != nil {
-			r.fail(overlay.TableObject(tableFamilyName(s.Table)), fmt.Errorf("queue delete of %s elements: %w", s.Name, err))
+		if err := r.setElements(s, elems, true); err != nil {
+			r.fail(overlay.TableObject(tableFamilyName(s.Table)), fmt.Errorf("delete stale elements of %s: %w", s.Name, err))
 			continue
 		}
 		for _, e := range stale {
 			r.change(overlay.OpDelete, e.object)
-		}
-		queued = true
-	}
-	if queued {
-		if err := c.Flush(); err != nil {
-			r.fail(overlay.TableObject("inet"), fmt.Errorf("delete stale set elements: %w", err))
 		}
 	}
 }
