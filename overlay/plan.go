@@ -149,8 +149,21 @@ func NftPortSets(d DesiredState) map[string][]PortSetElem {
 		}
 	}
 	for name, elems := range sets {
-		slices.SortFunc(elems, func(a, b PortSetElem) int { return strings.Compare(a.String(), b.String()) })
-		sets[name] = slices.CompactFunc(elems, func(a, b PortSetElem) bool { return a.String() == b.String() })
+		type keyed struct {
+			text string
+			elem PortSetElem
+		}
+		ks := make([]keyed, len(elems))
+		for i, e := range elems {
+			ks[i] = keyed{e.String(), e}
+		}
+		slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.text, b.text) })
+		ks = slices.CompactFunc(ks, func(a, b keyed) bool { return a.text == b.text })
+		elems = elems[:len(ks)]
+		for i, k := range ks {
+			elems[i] = k.elem
+		}
+		sets[name] = elems
 	}
 	return sets
 }

@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -79,5 +80,35 @@ func TestNftSetsSorted(t *testing.T) {
 	}
 	if len(sets[VTEPSet4]) != len(seen) {
 		t.Errorf("set %s has %d elements, want %d", VTEPSet4, len(sets[VTEPSet4]), len(seen))
+	}
+}
+
+// The port sets hold each port once in ports and port_macs, and only IPv4 ports in ports4 and
+// port_ips4 (an IPv6 port is held to its MAC alone); none with port security off.
+func TestNftPortSets(t *testing.T) {
+	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+	d := DesiredState{Networks: []Network{
+		{VNI: 1, Ports: []LocalPort{{Interface: "tap2", MAC: mac("0e:00:00:00:00:02"), IP: netip.MustParseAddr("10.0.0.2")}}},
+		{VNI: 2, Ports: []LocalPort{
+			{Interface: "tap1", MAC: mac("0e:00:00:00:00:01"), IP: netip.MustParseAddr("10.0.1.1")},
+			{Interface: "tap6", MAC: mac("0e:00:00:00:00:06"), IP: netip.MustParseAddr("fd00::6")},
+		}},
+	}}
+	got := map[string]string{}
+	for name, elems := range NftPortSets(d) {
+		got[name] = fmt.Sprint(elems)
+	}
+	want := map[string]string{
+		PortSet:    "[tap1 tap2 tap6]",
+		PortSet4:   "[tap1 tap2]",
+		PortMACSet: "[tap1 . 0e:00:00:00:00:01 tap2 . 0e:00:00:00:00:02 tap6 . 0e:00:00:00:00:06]",
+		PortIP4Set: "[tap1 . 10.0.1.1 tap2 . 10.0.0.2]",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("port sets\n%v\nwant\n%v", got, want)
+	}
+	d.DisablePortSecurity = true
+	if sets := NftPortSets(d); len(sets) != 0 {
+		t.Errorf("port sets with port security off: %v", sets)
 	}
 }

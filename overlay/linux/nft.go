@@ -3,9 +3,11 @@
 package linux
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -30,8 +32,8 @@ var families = []struct {
 	fam  nftables.TableFamily
 }{{"inet", nftables.TableFamilyINet}, {"bridge", nftables.TableFamilyBridge}}
 
-// staleElem is a set element the deletion pass removes, with the object name its change reports.
-type staleElem struct {
+// setElem is a set element to add or delete, with the object name its change reports.
+type setElem struct {
 	elem   nftables.SetElement
 	object string
 }
@@ -48,7 +50,7 @@ type nftRun struct {
 	tables         map[string]*nftables.Table // family -> our table, if it exists
 	forwardingMark bool
 	staleRules     []staleRule
-	staleElems     map[*nftables.Set][]staleElem
+	setElems       map[*nftables.Set][]setElem
 }
 
 func familyOf(name string) nftables.TableFamily {
@@ -69,7 +71,7 @@ func (r *run) nftAdd() {
 	c := r.d.nft
 	r.nft.plan = overlay.NftPlan(r.desired)
 	r.nft.tables = make(map[string]*nftables.Table)
-	r.nft.staleElems = make(map[*nftables.Set][]staleElem)
+	r.nft.setElems = make(map[*nftables.Set][]setElem)
 	haveChains := make(map[string]*nftables.Chain) // "family name"
 	for _, f := range families {
 		tables, err := c.ListTablesOfFamily(f.fam)
@@ -187,48 +189,65 @@ func (r *run) nftAdd() {
 			}
 		}
 		wantSet := make(map[netip.Addr]bool, len(want))
-		var add []nftables.SetElement
+		var add []setElem
 		for _, a := range want {
 			wantSet[a] = true
 			if _, ok := have[a]; !ok {
-				add = append(add, nftables.SetElement{Key: a.AsSlice()})
-				r.change(overlay.OpAdd, overlay.SetElemObject(name, a))
+				add = append(add, setElem{nftables.SetElement{Key: a.AsSlice()}, overlay.SetElemObject(name, a)})
 			}
 		}
 		for a, e := range have {
 			if !wantSet[a] {
-				r.nft.staleElems[s] = append(r.nft.staleElems[s], staleElem{e, overlay.SetElemObject(name, a)})
+				r.nft.setElems[s] = append(r.nft.setElems[s], setElem{e, overlay.SetElemObject(name, a)})
 			}
 		}
-		if err := r.setElements(s, add, false); err != nil {
+		if err := r.setElements(s, add, overlay.OpAdd); err != nil {
 			r.fail(overlay.TableObject("inet"), fmt.Errorf("add elements of %s: %w", name, err))
 		}
 	}
 
-	r.nftPortSets(sets)
+	portSets, portSetsErr := r.nftPortSets()
+	if portSetsErr != nil {
+		r.fail(overlay.TableObject("bridge"), portSetsErr)
+	}
 
 	// Rules, one transaction per chain so that one bad chain does not hold back the others.
 	for _, pc := range r.nft.plan {
 		ch := chains[pc.Family+" "+pc.Name]
-		r.syncChainAdd(pc, ch, sets)
+		switch {
+		case pc.Family == "inet":
+			r.syncChainAdd(pc, ch, sets)
+		case portSetsErr != nil && pc.Family == "bridge" && pc.Name == "prerouting":
+			// Its rules look ports up in the sets: without them in place, the chain keeps the
+			// rules it has (port security stays as it was) until an Apply gets the sets right.
+		default:
+			r.syncChainAdd(pc, ch, portSets)
+		}
 	}
 }
 
 // nftPortSets creates the port security sets in our bridge table when missing, adds their missing
-// elements and leaves the stale ones to the deletion pass; sets receives them by name for the rules.
-func (r *run) nftPortSets(sets map[string]*nftables.Set) {
+// elements and leaves the stale ones to the deletion pass. It returns the sets by name, for the
+// bridge rules; an error means the rules that look ports up cannot be trusted to work.
+func (r *run) nftPortSets() (map[string]*nftables.Set, error) {
 	c := r.d.nft
 	br := r.nft.tables["bridge"]
+	sets := make(map[string]*nftables.Set, len(overlay.NftPortSetNames))
 	existing, err := c.GetSets(br)
 	if err != nil && !isNotFound(err) {
-		r.fail(overlay.TableObject("bridge"), fmt.Errorf("list sets: %w", err))
-		return
+		return nil, fmt.Errorf("list sets: %w", err)
 	}
 	for _, s := range existing {
-		if slices.Contains(overlay.NftPortSetNames, s.Name) {
-			s.Table = br
-			sets[s.Name] = s
+		if !slices.Contains(overlay.NftPortSetNames, s.Name) {
+			continue
 		}
+		// The key type as read back names its parts ("ifname . ether_addr"); its length and
+		// concatenation flag are not always decoded.
+		if typ, _ := portSetType(s.Name); s.KeyType.Name != typ.Name {
+			return nil, fmt.Errorf("set %s exists with key type %q, want %q (delete it and Apply again)", s.Name, s.KeyType.Name, typ.Name)
+		}
+		s.Table = br
+		sets[s.Name] = s
 	}
 	queued := false
 	for _, name := range overlay.NftPortSetNames {
@@ -243,24 +262,23 @@ func (r *run) nftPortSets(sets map[string]*nftables.Set) {
 			s.KeyByteOrder = binaryutil.NativeEndian
 		}
 		if err := c.AddSet(s, nil); err != nil {
-			r.fail(overlay.TableObject("bridge"), fmt.Errorf("add set %s: %w", name, err))
-			return
+			return nil, fmt.Errorf("add set %s: %w", name, err)
 		}
 		sets[name] = s
 		queued = true
 	}
 	if queued {
 		if err := c.Flush(); err != nil {
-			r.fail(overlay.TableObject("bridge"), fmt.Errorf("create port security sets: %w", err))
-			return
+			return nil, fmt.Errorf("create port security sets: %w", err)
 		}
 	}
 	want := overlay.NftPortSets(r.desired)
+	var errs []error
 	for _, name := range overlay.NftPortSetNames {
 		s := sets[name]
 		elems, err := c.GetSetElements(s)
 		if err != nil {
-			r.fail(overlay.TableObject("bridge"), fmt.Errorf("list set %s: %w", name, err))
+			errs = append(errs, fmt.Errorf("list set %s: %w", name, err))
 			continue
 		}
 		have := make(map[string]nftables.SetElement, len(elems))
@@ -268,52 +286,24 @@ func (r *run) nftPortSets(sets map[string]*nftables.Set) {
 			have[portSetElemText(name, e.Key)] = e
 		}
 		wanted := make(map[string]bool, len(want[name]))
-		var add []nftables.SetElement
+		var add []setElem
 		for _, e := range want[name] {
 			text := e.String()
 			wanted[text] = true
 			if _, ok := have[text]; !ok {
-				add = append(add, nftables.SetElement{Key: portSetKey(e)})
-				r.change(overlay.OpAdd, overlay.PortSetElemObject(name, text))
+				add = append(add, setElem{nftables.SetElement{Key: portSetKey(e)}, overlay.PortSetElemObject(name, text)})
 			}
 		}
 		for text, e := range have {
 			if !wanted[text] {
-				r.nft.staleElems[s] = append(r.nft.staleElems[s], staleElem{e, overlay.PortSetElemObject(name, text)})
+				r.nft.setElems[s] = append(r.nft.setElems[s], setElem{e, overlay.PortSetElemObject(name, text)})
 			}
 		}
-		if err := r.setElements(s, add, false); err != nil {
-			r.fail(overlay.TableObject("bridge"), fmt.Errorf("add elements of %s: %w", name, err))
+		if err := r.setElements(s, add, overlay.OpAdd); err != nil {
+			errs = append(errs, fmt.Errorf("add elements of %s: %w", name, err))
 		}
 	}
-}
-
-// ruleChunk bounds the rules added or deleted in one netlink batch: the kernel acknowledges each
-// rule, and a few hundred acknowledgements overflow the socket's receive buffer (ENOBUFS).
-const ruleChunk = 64
-
-// elemChunk bounds the set elements of one netlink batch: the kernel refuses a batch larger than the
-// socket's buffer ("message too long"), which a few thousand elements reach.
-const elemChunk = 512
-
-// setElements adds (or, with del, deletes) elems in batches of elemChunk, each flushed.
-func (r *run) setElements(s *nftables.Set, elems []nftables.SetElement, del bool) error {
-	c := r.d.nft
-	for chunk := range slices.Chunk(elems, elemChunk) {
-		var err error
-		if del {
-			err = c.SetDeleteElements(s, chunk)
-		} else {
-			err = c.SetAddElements(s, chunk)
-		}
-		if err == nil {
-			err = c.Flush()
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return sets, errors.Join(errs...)
 }
 
 // portSetType is the key type of a port security set: an interface name, concatenated with a MAC
@@ -359,6 +349,41 @@ func portSetElemText(name string, key []byte) string {
 	return e.String()
 }
 
+// ruleChunk bounds the rules added or deleted in one netlink batch: the kernel acknowledges each
+// rule, and a few hundred acknowledgements overflow the socket's receive buffer (ENOBUFS).
+const ruleChunk = 64
+
+// elemChunk bounds the set elements of one netlink batch: the kernel refuses a batch larger than the
+// socket's buffer ("message too long"), which a few thousand elements reach.
+const elemChunk = 512
+
+// setElements adds (OpAdd) or deletes elems in batches of elemChunk, each flushed and then reported.
+func (r *run) setElements(s *nftables.Set, elems []setElem, op overlay.Op) error {
+	c := r.d.nft
+	for chunk := range slices.Chunk(elems, elemChunk) {
+		batch := make([]nftables.SetElement, len(chunk))
+		for i, e := range chunk {
+			batch[i] = e.elem
+		}
+		var err error
+		if op == overlay.OpAdd {
+			err = c.SetAddElements(s, batch)
+		} else {
+			err = c.SetDeleteElements(s, batch)
+		}
+		if err == nil {
+			err = c.Flush()
+		}
+		if err != nil {
+			return err
+		}
+		for _, e := range chunk {
+			r.change(op, e.object)
+		}
+	}
+	return nil
+}
+
 func isNotFound(err error) bool {
 	return errors.Is(err, unix.ENOENT)
 }
@@ -391,17 +416,28 @@ func (r *run) syncChainAdd(pc overlay.NftChain, ch *nftables.Chain, sets map[str
 			}
 		}
 	}
-	queued := 0
+	// Rules go in batches of ruleChunk, each reported once flushed.
+	var queued []string
+	flush := func() bool {
+		if len(queued) == 0 {
+			return true
+		}
+		if err := c.Flush(); err != nil {
+			r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("add rules: %w", err))
+			return false
+		}
+		for _, text := range queued {
+			r.change(overlay.OpAdd, overlay.RuleObject(pc.Family, pc.Name, text))
+		}
+		queued = queued[:0]
+		return true
+	}
 	for i, rule := range pc.Rules {
 		if match[i] >= 0 {
 			continue
 		}
-		if queued == ruleChunk {
-			if err := c.Flush(); err != nil {
-				r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("add rules: %w", err))
-				return
-			}
-			queued = 0
+		if len(queued) == ruleChunk && !flush() {
+			return
 		}
 		nr := &nftables.Rule{Table: ch.Table, Chain: ch, Exprs: ruleExprs(familyOf(pc.Family), rule, sets),
 			UserData: userdata.AppendString(nil, userdata.TypeComment, want[i])}
@@ -420,17 +456,14 @@ func (r *run) syncChainAdd(pc overlay.NftChain, ch *nftables.Chain, sets map[str
 		} else {
 			c.AddRule(nr)
 		}
-		r.change(overlay.OpAdd, overlay.RuleObject(pc.Family, pc.Name, want[i]))
-		queued++
+		queued = append(queued, want[i])
+	}
+	if !flush() {
+		return // the chain's old rules stay until its new ones are all in
 	}
 	for j, rule := range have {
 		if !matched[j] {
 			r.nft.staleRules = append(r.nft.staleRules, staleRule{chain: ch, handle: rule.Handle, text: texts[j]})
-		}
-	}
-	if queued > 0 {
-		if err := c.Flush(); err != nil {
-			r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("add rules: %w", err))
 		}
 	}
 }
@@ -471,28 +504,33 @@ func (r *run) nftDelete() {
 		return
 	}
 	for chunk := range slices.Chunk(r.nft.staleRules, ruleChunk) {
+		var queued []string
 		for _, s := range chunk {
+			object := overlay.RuleObject(tableFamilyName(s.chain.Table), s.chain.Name, s.text)
 			if err := c.DelRule(&nftables.Rule{Table: s.chain.Table, Chain: s.chain, Handle: s.handle}); err != nil {
-				r.fail(overlay.RuleObject(tableFamilyName(s.chain.Table), s.chain.Name, s.text), err)
+				r.fail(object, err)
 				continue
 			}
-			r.change(overlay.OpDelete, overlay.RuleObject(tableFamilyName(s.chain.Table), s.chain.Name, s.text))
+			queued = append(queued, object)
 		}
 		if err := c.Flush(); err != nil {
-			r.fail(overlay.TableObject("inet"), fmt.Errorf("delete stale rules: %w", err))
-		}
-	}
-	for s, stale := range r.nft.staleElems {
-		elems := make([]nftables.SetElement, len(stale))
-		for i, e := range stale {
-			elems[i] = e.elem
-		}
-		if err := r.setElements(s, elems, true); err != nil {
-			r.fail(overlay.TableObject(tableFamilyName(s.Table)), fmt.Errorf("delete stale elements of %s: %w", s.Name, err))
+			r.fail(overlay.TableObject(tableFamilyName(chunk[0].chain.Table)), fmt.Errorf("delete stale rules: %w", err))
 			continue
 		}
-		for _, e := range stale {
-			r.change(overlay.OpDelete, e.object)
+		for _, object := range queued {
+			r.change(overlay.OpDelete, object)
+		}
+	}
+	// In a stable order: sets by family and name, elements by name.
+	stale := slices.Collect(maps.Keys(r.nft.setElems))
+	slices.SortFunc(stale, func(a, b *nftables.Set) int {
+		return cmp.Or(strings.Compare(tableFamilyName(a.Table), tableFamilyName(b.Table)), strings.Compare(a.Name, b.Name))
+	})
+	for _, s := range stale {
+		elems := r.nft.setElems[s]
+		slices.SortFunc(elems, func(a, b setElem) int { return strings.Compare(a.object, b.object) })
+		if err := r.setElements(s, elems, overlay.OpDelete); err != nil {
+			r.fail(overlay.TableObject(tableFamilyName(s.Table)), fmt.Errorf("delete stale elements of %s: %w", s.Name, err))
 		}
 	}
 }

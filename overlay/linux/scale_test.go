@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
+
 	"github.com/vxfabric/vxfabric/overlay"
 	"github.com/vxfabric/vxfabric/overlay/internal/nstest"
 )
@@ -29,7 +32,7 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 	ip := netip.MustParseAddr
 	port := func(i int) overlay.LocalPort {
 		mac, _ := net.ParseMAC(fmt.Sprintf("0e:00:00:00:%02x:%02x", i>>8, i&0xff))
-		return overlay.LocalPort{Interface: fmt.Sprintf("tap%d", i), MAC: mac, IP: netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i&0xff + 1)})}
+		return overlay.LocalPort{Interface: fmt.Sprintf("tap%d", i), MAC: mac, IP: netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1})}
 	}
 	many := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: ip("198.18.0.1")}}
 	for v := range 80 { // about 480 rules in the inet chains
@@ -60,5 +63,107 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 	rules := ns.MustRun(t, "nft", "list", "table", "bridge", overlay.TableName)
 	if !strings.Contains(rules, `elements = { "tap1" . 0e:00:00:00:00:01 }`) || strings.Contains(rules, "tap599") {
 		t.Errorf("port sets after shrinking to one port:\n%s", rules)
+	}
+}
+
+// Upgrading from the per-port rules of earlier versions: the old rules stay until the set-based
+// ones are in place, also when the sets cannot be made (port security never goes off on the way),
+// and go once they are.
+func TestPrivilegedPortSecurityUpgrade(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns := nstest.New(t, "psup")
+	ns.MustRun(t, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")
+	dp, err := New(Config{NetNS: ns.Path(), Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	mac, _ := net.ParseMAC("0e:00:00:00:00:01")
+	p := overlay.LocalPort{Interface: "tap1", MAC: mac, IP: netip.MustParseAddr("10.9.0.2")}
+	state := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
+		Networks: []overlay.Network{{VNI: 11, Mode: overlay.ModeIsolated, MTU: 1450, Ports: []overlay.LocalPort{p}}}}
+
+	// What an earlier version left: our tables, and the port's four rules in bridge prerouting.
+	off := state
+	off.DisablePortSecurity = true
+	if _, err := dp.Apply(context.Background(), off); err != nil {
+		t.Fatal(err)
+	}
+	in := overlay.Match{Field: overlay.FieldIIFName, Name: p.Interface}
+	arp, ip4 := overlay.Match{Field: overlay.FieldEtherType, Num: 0x0806}, overlay.Match{Field: overlay.FieldEtherType, Num: 0x0800}
+	host := netip.PrefixFrom(p.IP, 32)
+	old := []overlay.Rule{
+		{Matches: []overlay.Match{in, {Field: overlay.FieldEtherSaddr, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: overlay.Drop},
+		{Matches: []overlay.Match{in, arp, {Field: overlay.FieldARPSha, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: overlay.Drop},
+		{Matches: []overlay.Match{in, arp, {Field: overlay.FieldARPSpa, Neg: true, Prefix: host}}, Counter: true, Verdict: overlay.Drop},
+		{Matches: []overlay.Match{in, ip4, {Field: overlay.FieldIPSaddr, Neg: true, Prefix: host}}, Counter: true, Verdict: overlay.Drop},
+	}
+	tb := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyBridge}
+	for _, r := range old {
+		dp.nft.AddRule(&nftables.Rule{Table: tb, Chain: &nftables.Chain{Name: "prerouting", Table: tb},
+			Exprs: ruleExprs(nftables.TableFamilyBridge, r, nil), UserData: userdata.AppendString(nil, userdata.TypeComment, r.String())})
+	}
+	if err := dp.nft.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	oldKept := func() bool {
+		rules := rulesOf(t, dp)
+		for _, r := range old {
+			if !strings.Contains(rules, "bridge prerouting "+r.String()+"\n") {
+				return false
+			}
+		}
+		return true
+	}
+
+	// A set of ours in the way, with another key type: the Apply fails, naming it, and the old
+	// rules stay.
+	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortMACSet)
+	ns.MustRun(t, "nft", "add", "set", "bridge", overlay.TableName, overlay.PortMACSet, "{ type ifname; }")
+	if _, err := dp.Apply(context.Background(), state); err == nil || !strings.Contains(err.Error(), overlay.PortMACSet) {
+		t.Errorf("Apply with %s of another type: err %v, want one naming the set", overlay.PortMACSet, err)
+	}
+	if !oldKept() {
+		t.Errorf("the old per-port rules went while the sets could not be made:\n%s", rulesOf(t, dp))
+	}
+
+	// Once the way is clear, the set rules come and the old ones go; then nothing changes.
+	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortMACSet)
+	res, err := dp.Apply(context.Background(), state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := changeText(res)
+	for _, r := range old {
+		if !strings.Contains(got, "delete "+overlay.RuleObject("bridge", "prerouting", r.String())+"\n") {
+			t.Errorf("changes lack the deletion of %q:\n%s", r.String(), got)
+		}
+	}
+	if oldKept() || !strings.Contains(rulesOf(t, dp), "bridge prerouting iifname @ports iifname . ether saddr != @port_macs counter drop\n") {
+		t.Errorf("rules after the upgrade:\n%s", rulesOf(t, dp))
+	}
+	if res, err := dp.Apply(context.Background(), state); err != nil || len(res.Changes) != 0 {
+		t.Errorf("second Apply: err %v, changes:\n%s", err, changeText(res))
+	}
+}
+
+// Keys of the port sets read back as the elements they were made from.
+func TestPortSetKeysRoundTrip(t *testing.T) {
+	mac, _ := net.ParseMAC("0e:00:00:00:12:34")
+	for _, tc := range []struct {
+		set  string
+		elem overlay.PortSetElem
+	}{
+		{overlay.PortSet, overlay.PortSetElem{Interface: "vxp0123456789ab"}}, // 15 characters
+		{overlay.PortMACSet, overlay.PortSetElem{Interface: "tap1", MAC: mac}},
+		{overlay.PortIP4Set, overlay.PortSetElem{Interface: "tap1", IP: netip.MustParseAddr("10.0.0.2")}},
+	} {
+		key := portSetKey(tc.elem)
+		if got := portSetElemText(tc.set, key); got != tc.elem.String() {
+			t.Errorf("%s: %q read back as %q (key %x)", tc.set, tc.elem, got, key)
+		}
+		if want := map[string]int{overlay.PortSet: 16, overlay.PortMACSet: 24, overlay.PortIP4Set: 20}[tc.set]; len(key) != want {
+			t.Errorf("%s: key of %d bytes, want %d", tc.set, len(key), want)
+		}
 	}
 }
