@@ -45,6 +45,32 @@ func createConcurrently(t *testing.T, st *Store, nets []*vxfabricv1.Network, req
 	return errs
 }
 
+// tally counts the creates that succeeded per group (create i is in groups[i%len(groups)]) and
+// reports every failure but its group's expected error.
+func tally(t *testing.T, errs []error, groups []string, expected map[string]error, name func(i int) string) map[string]int {
+	t.Helper()
+	won := map[string]int{}
+	for i, err := range errs {
+		group := groups[i%len(groups)]
+		switch {
+		case err == nil:
+			won[group]++
+		case expected[group] == nil || !errors.Is(err, expected[group]):
+			t.Errorf("%s create %s: %v", group, name(i), err)
+		}
+	}
+	return won
+}
+
+// someNetworks returns n networks of tenant t with distinct names, ids and VNIs.
+func someNetworks(n int) []*vxfabricv1.Network {
+	var nets []*vxfabricv1.Network
+	for i := range n {
+		nets = append(nets, &vxfabricv1.Network{Id: fmt.Sprintf("%010x", i), Tenant: "t", Name: fmt.Sprintf("n%d", i), Vni: uint32(100 + i)})
+	}
+	return nets
+}
+
 // Concurrent creates share etcd transactions, and every one of them is written, once, with its own
 // VNI: what 640 separate transactions would have left.
 func TestConcurrentCreatesAreCommittedTogether(t *testing.T) {
@@ -124,20 +150,9 @@ func TestCollidingCreatesGetTheirOwnAnswers(t *testing.T) {
 			nets = append(nets, next(fmt.Sprintf("free-%d-%d", round, i), uint32(40000+round*100+i)))
 			rids = append(rids, "")
 		}
-		errs := createConcurrently(t, st, nets, rids)
-		won := map[string]int{}
-		for i, err := range errs {
-			group := []string{"same-name", "same-vni", "same-request", "free"}[i%4]
-			switch {
-			case err == nil:
-				won[group]++
-			case group == "same-name" && errors.Is(err, ErrAlreadyExists),
-				group == "same-vni" && errors.Is(err, ErrVNITaken),
-				group == "same-request" && errors.Is(err, ErrRequestMismatch):
-			default:
-				t.Errorf("round %d, %s create %s: %v", round, group, nets[i].Name, err)
-			}
-		}
+		won := tally(t, createConcurrently(t, st, nets, rids), []string{"same-name", "same-vni", "same-request", "free"},
+			map[string]error{"same-name": ErrAlreadyExists, "same-vni": ErrVNITaken, "same-request": ErrRequestMismatch},
+			func(i int) string { return fmt.Sprintf("round %d, %s", round, nets[i].Name) })
 		if won["same-name"] != 1 || won["same-vni"] != 1 || won["same-request"] != 1 || won["free"] != 8 {
 			t.Errorf("round %d: creates that succeeded per group %v, want one of each colliding group and all 8 free ones", round, won)
 		}
@@ -240,19 +255,9 @@ func TestCollidingPortCreatesGetTheirOwnAnswers(t *testing.T) {
 		wg.Go(func() { _, errs[i] = st.CreatePort(ctx, p, "") })
 	}
 	wg.Wait()
-	won := map[string]int{}
-	for i, err := range errs {
-		group := []string{"same-name", "same-ip", "same-mac", "free"}[i%4]
-		switch {
-		case err == nil:
-			won[group]++
-		case group == "same-name" && errors.Is(err, ErrAlreadyExists),
-			group == "same-ip" && errors.Is(err, ErrIPTaken),
-			group == "same-mac" && errors.Is(err, ErrMACTaken):
-		default:
-			t.Errorf("%s create %s: %v", group, ports[i].Name, err)
-		}
-	}
+	won := tally(t, errs, []string{"same-name", "same-ip", "same-mac", "free"},
+		map[string]error{"same-name": ErrAlreadyExists, "same-ip": ErrIPTaken, "same-mac": ErrMACTaken},
+		func(i int) string { return ports[i].Name })
 	if won["same-name"] != 1 || won["same-ip"] != 1 || won["same-mac"] != 1 || won["free"] != 8 {
 		t.Errorf("creates that succeeded per group %v, want one of each colliding group and all 8 free ones", won)
 	}
@@ -313,10 +318,7 @@ func TestBatchWithUnknownOutcomeReturnsTheError(t *testing.T) {
 	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "t"}, ""); err != nil {
 		t.Fatal(err)
 	}
-	var nets []*vxfabricv1.Network
-	for i := range 64 {
-		nets = append(nets, &vxfabricv1.Network{Id: fmt.Sprintf("%010x", i), Tenant: "t", Name: fmt.Sprintf("n%d", i), Vni: uint32(100 + i)})
-	}
+	nets := someNetworks(64)
 	lostCount := 0
 	for i, err := range createConcurrently(t, st, nets, nil) {
 		switch {
@@ -344,10 +346,7 @@ func TestRefusedBatchRunsEachCreateAlone(t *testing.T) {
 	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "t"}, ""); err != nil {
 		t.Fatal(err)
 	}
-	var nets []*vxfabricv1.Network
-	for i := range 64 {
-		nets = append(nets, &vxfabricv1.Network{Id: fmt.Sprintf("%010x", i), Tenant: "t", Name: fmt.Sprintf("n%d", i), Vni: uint32(100 + i)})
-	}
+	nets := someNetworks(64)
 	for i, err := range createConcurrently(t, st, nets, nil) {
 		if err != nil {
 			t.Errorf("create %d: %v", i, err)

@@ -20,13 +20,7 @@ import (
 // kernel does not hold is refused before anything is written.
 func TestPrivilegedDeltaMatchesFakeAndFullApply(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
-	ns := nstest.New(t, "dlt")
-	ns.MustRun(t, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")
-	dp, err := New(Config{NetNS: ns.Path(), Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	_, dp := hostNS(t, "dlt")
 	fk := fake.New()
 	ctx := context.Background()
 

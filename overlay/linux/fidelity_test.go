@@ -18,16 +18,10 @@ import (
 // and compares what each reports, so that tests and simulations on the fake stay honest.
 func TestPrivilegedFakeMatchesKernel(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
-	ns := nstest.New(t, "fid")
+	ns, dp := hostNS(t, "fid")
 	vm := nstest.New(t, "fidvm")
-	ns.MustRun(t, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")
 	nstest.MustVeth(t, nstest.End{NS: ns, Name: "tap1"}, nstest.End{NS: vm, Name: "eth0"})
 	nstest.MustVeth(t, nstest.End{NS: ns, Name: "tap2"}, nstest.End{NS: vm, Name: "eth1"})
-	dp, err := New(Config{NetNS: ns.Path(), Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
 	fk := fake.New()
 	fk.SetLink("tap1", true)
 	fk.SetLink("tap2", true)

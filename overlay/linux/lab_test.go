@@ -63,6 +63,20 @@ type lab struct {
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+// hostNS makes a host namespace with the VTEP 198.18.0.1 on its loopback and a datapath on it,
+// closed (before the namespace goes) when the test ends.
+func hostNS(t *testing.T, label string) (*nstest.NS, *Datapath) {
+	t.Helper()
+	ns := nstest.New(t, label)
+	ns.MustRun(t, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")
+	dp, err := New(Config{NetNS: ns.Path(), Logger: discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dp.Close() })
+	return ns, dp
+}
+
 func mustMAC(s string) net.HardwareAddr {
 	m, err := net.ParseMAC(s)
 	if err != nil {

@@ -551,16 +551,10 @@ func deleteOneRule(t *testing.T, dp *Datapath, family, chain, text string) {
 // of the state still converges; a port whose interface does not exist is not an error.
 func TestPrivilegedPartialFailure(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
-	ns := nstest.New(t, "part")
-	ns.MustRun(t, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")
+	ns, dp := hostNS(t, "part")
 	// Someone else's device occupies the name of network 7's bridge.
 	ns.MustRun(t, "ip", "link", "add", "vxbr7", "type", "veth", "peer", "name", "other7")
 	ns.MustRun(t, "ip", "link", "add", "vxlan6", "type", "veth", "peer", "name", "other6")
-	dp, err := New(Config{NetNS: ns.Path(), Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
 	port := overlay.LocalPort{Interface: "tap-later", MAC: mustMAC("0e:00:00:00:00:01"), IP: netip.MustParseAddr("10.0.0.1")}
 	desired := overlay.DesiredState{
 		Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},

@@ -22,13 +22,7 @@ import (
 // few hundred rules overflowed it, and 50 ports on one host could not be programmed).
 func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
-	ns := nstest.New(t, "many")
-	ns.MustRun(t, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")
-	dp, err := New(Config{NetNS: ns.Path(), Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	ns, dp := hostNS(t, "many")
 	ip := netip.MustParseAddr
 	port := func(i int) overlay.LocalPort {
 		mac, _ := net.ParseMAC(fmt.Sprintf("0e:00:00:00:%02x:%02x", i>>8, i&0xff))
@@ -71,13 +65,7 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 // and go once they are.
 func TestPrivilegedPortSecurityUpgrade(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
-	ns := nstest.New(t, "psup")
-	ns.MustRun(t, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")
-	dp, err := New(Config{NetNS: ns.Path(), Logger: discard()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	ns, dp := hostNS(t, "psup")
 	mac, _ := net.ParseMAC("0e:00:00:00:00:01")
 	p := overlay.LocalPort{Interface: "tap1", MAC: mac, IP: netip.MustParseAddr("10.9.0.2")}
 	state := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
