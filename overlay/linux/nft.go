@@ -50,7 +50,7 @@ type nftRun struct {
 	tables         map[string]*nftables.Table // family -> our table, if it exists
 	forwardingMark bool
 	staleRules     []staleRule
-	setElems       map[*nftables.Set][]setElem
+	staleElems     map[*nftables.Set][]setElem
 }
 
 func familyOf(name string) nftables.TableFamily {
@@ -71,7 +71,7 @@ func (r *run) nftAdd() {
 	c := r.d.nft
 	r.nft.plan = overlay.NftPlan(r.desired)
 	r.nft.tables = make(map[string]*nftables.Table)
-	r.nft.setElems = make(map[*nftables.Set][]setElem)
+	r.nft.staleElems = make(map[*nftables.Set][]setElem)
 	haveChains := make(map[string]*nftables.Chain) // "family name"
 	for _, f := range families {
 		tables, err := c.ListTablesOfFamily(f.fam)
@@ -198,7 +198,7 @@ func (r *run) nftAdd() {
 		}
 		for a, e := range have {
 			if !wantSet[a] {
-				r.nft.setElems[s] = append(r.nft.setElems[s], setElem{e, overlay.SetElemObject(name, a)})
+				r.nft.staleElems[s] = append(r.nft.staleElems[s], setElem{e, overlay.SetElemObject(name, a)})
 			}
 		}
 		if err := r.setElements(s, add, overlay.OpAdd); err != nil {
@@ -296,7 +296,7 @@ func (r *run) nftPortSets() (map[string]*nftables.Set, error) {
 		}
 		for text, e := range have {
 			if !wanted[text] {
-				r.nft.setElems[s] = append(r.nft.setElems[s], setElem{e, overlay.PortSetElemObject(name, text)})
+				r.nft.staleElems[s] = append(r.nft.staleElems[s], setElem{e, overlay.PortSetElemObject(name, text)})
 			}
 		}
 		if err := r.setElements(s, add, overlay.OpAdd); err != nil {
@@ -522,12 +522,12 @@ func (r *run) nftDelete() {
 		}
 	}
 	// In a stable order: sets by family and name, elements by name.
-	stale := slices.Collect(maps.Keys(r.nft.setElems))
+	stale := slices.Collect(maps.Keys(r.nft.staleElems))
 	slices.SortFunc(stale, func(a, b *nftables.Set) int {
 		return cmp.Or(strings.Compare(tableFamilyName(a.Table), tableFamilyName(b.Table)), strings.Compare(a.Name, b.Name))
 	})
 	for _, s := range stale {
-		elems := r.nft.setElems[s]
+		elems := r.nft.staleElems[s]
 		slices.SortFunc(elems, func(a, b setElem) int { return strings.Compare(a.object, b.object) })
 		if err := r.setElements(s, elems, overlay.OpDelete); err != nil {
 			r.fail(overlay.TableObject(tableFamilyName(s.Table)), fmt.Errorf("delete stale elements of %s: %w", s.Name, err))
