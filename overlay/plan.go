@@ -560,7 +560,7 @@ func NftPlan(d DesiredState) []NftChain {
 					{Field: FieldARPTpa, Prefix: host(n.Gateway)}}, Verdict: Drop})
 		}
 	}
-	if sets := NftPortSets(d); len(sets[PortSet]) > 0 {
+	if !d.DisablePortSecurity && slices.ContainsFunc(d.Networks, func(n Network) bool { return len(n.Ports) > 0 }) {
 		ports, ports4 := Match{Field: FieldIIFNameSet, Name: PortSet}, Match{Field: FieldIIFNameSet, Name: PortSet4}
 		arp, ip := Match{Field: FieldEtherType, Num: 0x0806}, Match{Field: FieldEtherType, Num: 0x0800}
 		bpre.Rules = append(bpre.Rules,
