@@ -613,43 +613,16 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 			d.chains[key] = merged
 		}
 		for _, name := range overlay.NftSetNames {
-			want, ok := wantSets[name]
-			if !ok {
-				continue
+			if want, ok := wantSets[name]; ok {
+				d.sets[name] = addMissing(d.sets[name], want, netip.Addr.Compare,
+					func(v netip.Addr) { a.change(overlay.OpAdd, overlay.SetElemObject(name, v)) })
 			}
-			have := d.sets[name]
-			if slices.Equal(have, want) {
-				continue // the common case: nothing to add, and comparing is cheaper than searching
-			}
-			missing := 0
-			for _, v := range want {
-				if _, found := slices.BinarySearchFunc(have, v, netip.Addr.Compare); !found {
-					a.change(overlay.OpAdd, overlay.SetElemObject(name, v))
-					missing++
-				}
-			}
-			if missing == 0 {
-				d.sets[name] = have // already sorted and without duplicates
-				continue
-			}
-			union := append(slices.Clone(have), want...)
-			slices.SortFunc(union, netip.Addr.Compare)
-			d.sets[name] = slices.Compact(union)
 		}
 		for _, name := range overlay.NftPortSetNames {
-			want, ok := w.portSets[name]
-			if !ok {
-				continue
+			if want, ok := w.portSets[name]; ok {
+				d.portSets[name] = addMissing(d.portSets[name], want, strings.Compare,
+					func(v string) { a.change(overlay.OpAdd, overlay.PortSetElemObject(name, v)) })
 			}
-			have := d.portSets[name]
-			for _, v := range want {
-				if _, found := slices.BinarySearch(have, v); !found {
-					a.change(overlay.OpAdd, overlay.PortSetElemObject(name, v))
-				}
-			}
-			union := append(slices.Clone(have), want...)
-			slices.Sort(union)
-			d.portSets[name] = slices.Compact(union)
 		}
 		return
 	}
@@ -677,32 +650,51 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 		d.chains[key] = slices.Clone(want)
 	}
 	for _, name := range sortedKeys(d.sets) {
-		want := wantSets[name]
-		if _, ok := wantSets[name]; ok && len(want) == len(d.sets[name]) {
-			continue // the add pass made the set a superset of want: equal length, nothing stale
-		}
-		var kept []netip.Addr
-		for _, v := range d.sets[name] {
-			if _, found := slices.BinarySearchFunc(want, v, netip.Addr.Compare); found {
-				kept = append(kept, v)
-			} else {
-				a.change(overlay.OpDelete, overlay.SetElemObject(name, v))
-			}
-		}
-		d.sets[name] = kept
+		d.sets[name] = dropStale(d.sets[name], wantSets[name], netip.Addr.Compare,
+			func(v netip.Addr) { a.change(overlay.OpDelete, overlay.SetElemObject(name, v)) })
 	}
 	for _, name := range sortedKeys(d.portSets) {
-		want := w.portSets[name]
-		var kept []string
-		for _, v := range d.portSets[name] {
-			if _, found := slices.BinarySearch(want, v); found {
-				kept = append(kept, v)
-			} else {
-				a.change(overlay.OpDelete, overlay.PortSetElemObject(name, v))
-			}
-		}
-		d.portSets[name] = kept
+		d.portSets[name] = dropStale(d.portSets[name], w.portSets[name], strings.Compare,
+			func(v string) { a.change(overlay.OpDelete, overlay.PortSetElemObject(name, v)) })
 	}
+}
+
+// addMissing returns the union of two sorted sets without duplicates, reporting each element of
+// want that have lacks.
+func addMissing[T any](have, want []T, cmp func(T, T) int, added func(T)) []T {
+	if slices.EqualFunc(have, want, func(a, b T) bool { return cmp(a, b) == 0 }) {
+		return have // the common case: nothing to add, and comparing is cheaper than searching
+	}
+	missing := 0
+	for _, v := range want {
+		if _, found := slices.BinarySearchFunc(have, v, cmp); !found {
+			added(v)
+			missing++
+		}
+	}
+	if missing == 0 {
+		return have
+	}
+	union := append(slices.Clone(have), want...)
+	slices.SortFunc(union, cmp)
+	return slices.CompactFunc(union, func(a, b T) bool { return cmp(a, b) == 0 })
+}
+
+// dropStale returns the elements of the sorted set have that the sorted set want holds, reporting
+// each one it drops. After addMissing have is a superset of want: equal lengths mean nothing stale.
+func dropStale[T any](have, want []T, cmp func(T, T) int, dropped func(T)) []T {
+	if want != nil && len(want) == len(have) {
+		return have
+	}
+	var kept []T
+	for _, v := range have {
+		if _, found := slices.BinarySearchFunc(want, v, cmp); found {
+			kept = append(kept, v)
+		} else {
+			dropped(v)
+		}
+	}
+	return kept
 }
 
 func (d *Datapath) hasTable(family string) bool {
