@@ -4,6 +4,7 @@ package bench
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,8 +36,13 @@ type MemoryConfig struct {
 	Hosts int
 	Ports int
 	// Settle is how long RSS is sampled (every 100 ms, the maximum counts) once a state is reached.
-	Settle  time.Duration
-	Targets MemoryTargets
+	Settle time.Duration
+	// IdleWindow and LoadedWindow, when set, are how long the agent is sampled idle and loaded
+	// instead: long enough to hold one of its periodic full reconcile passes, whose code and
+	// allocations following changes alone would not show (and, idle, to see the binary's pages the
+	// agent releases once it has converged come back as it uses them).
+	IdleWindow, LoadedWindow time.Duration
+	Targets                  MemoryTargets
 	// ProfileDir, when set, receives the server's heap profile at the end (memory-server.heap.pprof).
 	ProfileDir string
 	LogLevel   slog.Level
@@ -108,7 +114,7 @@ func memory(ctx context.Context, cfg MemoryConfig, out *Outcome) error {
 	if err := waitNodeApplied(ctx, nodes, memNode, 1); err != nil {
 		return err
 	}
-	idle, err := sampleRSS(ctx, agent.pid(), cfg.Settle)
+	idle, err := sampleRSS(ctx, agent.pid(), cmp.Or(cfg.IdleWindow, cfg.Settle))
 	if err != nil {
 		return err
 	}
@@ -171,7 +177,7 @@ func memory(ctx context.Context, cfg MemoryConfig, out *Outcome) error {
 	if fdb < cfg.Ports {
 		return fmt.Errorf("agent reports revision %d applied, but its kernel holds %d FDB entries, want %d", resp.GetPort().GetRevision(), fdb, cfg.Ports)
 	}
-	loaded, err := sampleRSS(ctx, agent.pid(), cfg.Settle)
+	loaded, err := sampleRSS(ctx, agent.pid(), cmp.Or(cfg.LoadedWindow, cfg.Settle))
 	if err != nil {
 		return err
 	}
@@ -205,7 +211,10 @@ func memory(ctx context.Context, cfg MemoryConfig, out *Outcome) error {
 	}
 	out.Metrics[5].Note = fmt.Sprintf("%d FDB entries in the agent's namespace", fdb)
 	out.Notes = append(out.Notes,
-		fmt.Sprintf("VmRSS from /proc/PID/status, the maximum of samples every 100 ms over %s once the state is reached", cfg.Settle),
+		fmt.Sprintf("VmRSS from /proc/PID/status, the maximum of samples every 100 ms once the state is reached: agent idle over %s, "+
+			"agent loaded over %s, server over %s", cmp.Or(cfg.IdleWindow, cfg.Settle), cmp.Or(cfg.LoadedWindow, cfg.Settle), cfg.Settle),
+		"agent: once converged, the agent drops its mappings of the binary's pages (MADV_DONTNEED on its read-only mappings, "+
+			"the pages stay in the page cache); those it then uses come back, as the idle window's periodic full pass shows",
 		"agent: the real `vxfab agent` binary (static membership, no gossip) in its own network namespace with the real kernel datapath",
 		"agent idle, file-backed: the kernel maps the 64 KiB around each touched page of the binary (fault-around), so one function or "+
 			"type touched costs 64 KiB; the binary's code and read-only data come from its /proc/PID/smaps mappings",

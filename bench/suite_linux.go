@@ -5,6 +5,8 @@ package bench
 import (
 	"context"
 	"time"
+
+	"github.com/vxfabric/vxfabric/nodeagent"
 )
 
 func runDatapath(ctx context.Context, o Options) Outcome {
@@ -26,14 +28,19 @@ func runLab(ctx context.Context, o Options) []Outcome {
 	return RunLab(ctx, cfg)
 }
 
+// fullPassWindow holds at least one of the agent's periodic full reconcile passes, which come every
+// FullResyncInterval +- 25 %.
+var fullPassWindow = nodeagent.Default().FullResyncInterval*5/4 + 2*time.Second
+
 func runMemory(ctx context.Context, o Options) Outcome {
 	cfg := MemoryConfig{
 		Bin: o.Bin, Hosts: 1000, Ports: 10000, Settle: 2 * time.Second,
+		IdleWindow: fullPassWindow, LoadedWindow: fullPassWindow,
 		Targets:    MemoryTargets{AgentIdle: 25, AgentLoaded: 50, Server: 300},
 		ProfileDir: o.ProfileDir, LogLevel: o.LogLevel, Progress: o.Progress,
 	}
 	if o.Quick {
-		cfg.Hosts, cfg.Ports, cfg.Settle = 100, 2000, time.Second
+		cfg.Hosts, cfg.Ports, cfg.Settle, cfg.LoadedWindow = 100, 2000, time.Second, 0
 	}
 	return RunMemory(ctx, cfg)
 }

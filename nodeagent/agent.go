@@ -85,6 +85,9 @@ type Agent struct {
 	pending  *report
 	lastSent *report
 	repKick  chan struct{}
+
+	converged     chan struct{} // closed by the first full pass that applied a snapshot
+	convergedOnce sync.Once
 }
 
 type report struct {
@@ -120,10 +123,16 @@ func New(cfg Config) (*Agent, error) {
 		watched: map[string]bool{},
 		kick:    make(chan struct{}, 1),
 		repKick: make(chan struct{}, 1),
+
+		converged: make(chan struct{}),
 	}
 	a.met.appliedRevision.Set(float64(applied))
 	return a, nil
 }
+
+// Converged is closed once the kernel holds the first desired state this agent received: start-up
+// is over, from then on the agent only follows changes.
+func (a *Agent) Converged() <-chan struct{} { return a.converged }
 
 // AppliedRevision is the newest revision applied to the kernel (persisted across restarts).
 func (a *Agent) AppliedRevision() int64 {
@@ -555,6 +564,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	a.met.remotePorts.Set(float64(b.remotes))
 	a.plugged = plugged
 	a.advance(b.revision, plugged)
+	a.convergedOnce.Do(func() { close(a.converged) })
 	return nil
 }
 

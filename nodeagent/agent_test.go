@@ -299,3 +299,38 @@ func TestDriftRepairedByFullPass(t *testing.T) {
 	}
 	w.converge(2*time.Second, hs[0])
 }
+
+// TestConvergedOnceKernelHoldsFirstState: with the server away, and while Applies fail, Converged
+// stays open; it closes once the kernel holds the desired state.
+func TestConvergedOnceKernelHoldsFirstState(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	srv := startServer(t, cli, "")
+	addr := srv.addr
+	srv.stop()
+	w.mu.Lock()
+	w.vteps["h1"] = "198.18.0.1" // RegisterNode writes it
+	w.mu.Unlock()
+	w.node("h2", "198.18.0.2")
+	w.network("n1", 100)
+	w.port("p1", "n1", "h1", 1)
+	w.port("p2", "n1", "h2", 2)
+	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{addr}, failN: 2})
+	select {
+	case <-h1.agent.Converged():
+		t.Fatal("Converged closed before any server answered")
+	case <-time.After(300 * time.Millisecond):
+	}
+	startServer(t, cli, addr)
+	select {
+	case <-h1.agent.Converged():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Converged still open 10 s after the server came back")
+	}
+	if got, want := normalize(h1.kernel()), w.expect("h1"); !slices.Equal(got, want) {
+		t.Fatalf("Converged closed with the kernel holding %q, want %q", got, want)
+	}
+	if n := h1.counter(h1.agent.met.reconcileErrors); n != 2 {
+		t.Fatalf("counted %v reconcile errors before converging, want 2", n)
+	}
+}

@@ -146,6 +146,18 @@ func runAgent(ctx context.Context, f agentFlags) error {
 		leave()
 		return err
 	}
+	go func() {
+		select {
+		case <-agent.Converged():
+			before, after, err := releaseStartupPages()
+			if err != nil {
+				log.Warn("cannot release the start-up pages of the binary", "err", err)
+				return
+			}
+			log.Info("start-up over: binary pages released", "resident_before_kib", before>>10, "resident_after_kib", after>>10)
+		case <-ctx.Done():
+		}
+	}()
 	runErr := agent.Run(ctx)
 	// Graceful stop: peers see LEFT (not DEAD); the kernel keeps every object.
 	leave()
