@@ -14,7 +14,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/pkg/v3/featuregate"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/features"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -106,6 +108,19 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.Fast {
 		ec.TickMs, ec.ElectionMs = 10, 100
+	}
+	// Request records ride on leases (store.ExpireRequests). Without checkpoints, every restart gives
+	// each lease its whole TTL again, and a server restarted more often than the retention would keep
+	// its records forever. With them, the leader persists each lease's remaining TTL every 5 minutes
+	// and a restart resumes from there.
+	gates, ok := ec.ServerFeatureGate.(featuregate.MutableFeatureGate)
+	if !ok {
+		return nil, errors.New("embedded etcd: its feature gates cannot be set")
+	}
+	if err := gates.SetFromMap(map[string]bool{
+		string(features.LeaseCheckpoint): true, string(features.LeaseCheckpointPersist): true,
+	}); err != nil {
+		return nil, fmt.Errorf("embedded etcd feature gates: %w", err)
 	}
 	closing := &atomic.Bool{}
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&slogCore{log: cfg.Logger, closing: closing}))

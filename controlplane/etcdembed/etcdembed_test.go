@@ -4,6 +4,9 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/pkg/v3/featuregate"
+	"go.etcd.io/etcd/server/v3/features"
 )
 
 func TestStartPutGetRestart(t *testing.T) {
@@ -44,6 +47,12 @@ func TestStartPutGetRestart(t *testing.T) {
 	}
 	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v" {
 		t.Fatalf("after restart got %v, want /k=v", resp.Kvs)
+	}
+	// Leases' remaining TTLs are checkpointed and persisted, so a restart does not renew them.
+	for _, f := range []featuregate.Feature{features.LeaseCheckpoint, features.LeaseCheckpointPersist} {
+		if !s.etcd.Server.Cfg.ServerFeatureGate.Enabled(f) {
+			t.Errorf("embedded etcd runs without %s", f)
+		}
 	}
 }
 

@@ -17,10 +17,11 @@ import (
 // one per slice of retention/retentionSlices, granted by the first create of its slice, so a
 // lease's keys expire between retention and retention*(1+1/retentionSlices) after their creates.
 // A retry after that is a new create: it answers AlreadyExists when the resource's name is still
-// taken. etcd gives every lease its whole TTL again when its leader restarts or changes (unless the
-// cluster runs with its alpha LeaseCheckpoint feature), so a record lives at most the retention past
-// the later of its create and the last such event: a store whose leader restarts more often than
-// every retention keeps its records until it stops doing so.
+// taken. etcd gives every lease its whole TTL again when its leader restarts or changes, unless the
+// cluster checkpoints leases (feature gates LeaseCheckpoint and LeaseCheckpointPersist, which the
+// embedded etcd turns on): then a restart resumes from the remaining TTL of the last checkpoint, at
+// most 5 minutes old (leases do not run while etcd is down). Without them, a store whose leader restarts more often than every retention
+// keeps its records until it stops doing so.
 
 // retentionSlices is how many leases one retention period spans.
 const retentionSlices = 24
