@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -386,3 +387,48 @@ func IsIPv4OrARP(frame []byte) bool {
 
 // IsVXLAN matches any VXLAN frame.
 func IsVXLAN(frame []byte) bool { return VXLANInner(frame) != nil }
+
+// SendFrame writes one raw Ethernet frame out of iface inside n.
+func (n *NS) SendFrame(iface string, frame []byte) error {
+	return n.inNS(func() error {
+		ifi, err := net.InterfaceByName(iface)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", iface, err)
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		defer unix.Close(fd)
+		to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}
+		copy(to.Addr[:], frame[:6])
+		if err := unix.Sendto(fd, frame, 0, to); err != nil {
+			return fmt.Errorf("send a frame out of %s: %w", iface, err)
+		}
+		return nil
+	})
+}
+
+// ARPFrame is an Ethernet broadcast carrying an IPv4 ARP message of op (1 request, 2 reply) from
+// the Ethernet source ethSrc, with sender sha/spa and target address tpa (target MAC zero).
+func ARPFrame(op uint16, ethSrc, sha net.HardwareAddr, spa, tpa netip.Addr) []byte {
+	f := make([]byte, 0, 60)
+	f = append(f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+	f = append(f, ethSrc...)
+	f = append(f, 0x08, 0x06)             // ARP
+	f = append(f, 0, 1, 0x08, 0x00, 6, 4) // Ethernet, IPv4, address lengths
+	f = append(f, byte(op>>8), byte(op))
+	f = append(f, sha...)
+	f = append(f, spa.AsSlice()...)
+	f = append(f, make([]byte, 6)...)
+	f = append(f, tpa.AsSlice()...)
+	return append(f, make([]byte, 60-len(f))...) // padded to the Ethernet minimum
+}
+
+// ARPFrom matches ARP frames whose sender is sha and spa.
+func ARPFrom(sha net.HardwareAddr, spa netip.Addr) func(frame []byte) bool {
+	return func(f []byte) bool {
+		return len(f) >= 42 && f[12] == 0x08 && f[13] == 0x06 &&
+			string(f[22:28]) == string(sha) && netip.AddrFrom4([4]byte(f[28:32])) == spa
+	}
+}
