@@ -109,6 +109,11 @@ const (
 	PortIP4Set = "port_ips4"
 )
 
+// PortDropSet, in our bridge table too, counts what port security drops, per port: each drop rule
+// adds the frame's input interface to it and counts the frame on that element (`nft list set bridge
+// vxfabric port_drops`). The kernel fills it; an Apply only removes the interfaces of ports gone.
+const PortDropSet = "port_drops"
+
 // NftPortSetNames are the port security sets, in the order they are created.
 var NftPortSetNames = []string{PortSet, PortSet4, PortMACSet, PortIP4Set}
 
@@ -330,6 +335,10 @@ type Rule struct {
 	Matches []Match
 	// Counter counts the packets the rule matched (port security drops).
 	Counter bool
+	// Tally names a dynamic set of interface names (PortDropSet): the rule adds the frame's input
+	// interface to it, and the element counts the frames.
+	Tally string
+	// Verdict ends the rule; none lets the frame go on to the next rule.
 	Verdict Verdict
 }
 
@@ -469,8 +478,18 @@ func (r Rule) String() string {
 	if r.Counter {
 		b.WriteString("counter ")
 	}
+	if r.Tally != "" {
+		b.WriteString("update @" + r.Tally + " { iifname } ")
+	}
 	b.WriteString(string(r.Verdict))
-	return b.String()
+	return strings.TrimSuffix(b.String(), " ")
+}
+
+// tallyAndDrop drops the frames that match, counting each on its port's element of PortDropSet
+// first. The count is a rule of its own: adding an element can fail (the set full, no memory), and
+// a failed update ends its rule, which must not let the frame through.
+func tallyAndDrop(m []Match) []Rule {
+	return []Rule{{Matches: m, Tally: PortDropSet}, {Matches: m, Counter: true, Verdict: Drop}}
 }
 
 func iif(name string) Match    { return Match{Field: FieldIIFName, Name: name} }
@@ -498,7 +517,8 @@ func host(a netip.Addr) netip.Prefix {
 //     no new connections from outside; isolated networks forward nothing at all.
 //   - inet postrouting (nat): masquerade a nat network's CIDR leaving anywhere but its own bridge.
 //   - bridge prerouting: port security, a port sends only its own source MAC and IPv4/ARP address:
-//     four rules whatever the number of ports, each a lookup in the port sets (NftPortSets).
+//     four checks whatever the number of ports, each a lookup in the port sets (NftPortSets), and
+//     each a pair of rules: one counts the frame on its port (PortDropSet), the next drops it.
 //   - bridge postrouting: the distributed gateway stays local: frames from the gateway MAC and ARP
 //     requests for the gateway IP never leave through a vxlan device.
 func NftPlan(d DesiredState) []NftChain {
@@ -563,11 +583,11 @@ func NftPlan(d DesiredState) []NftChain {
 	if !d.DisablePortSecurity && slices.ContainsFunc(d.Networks, func(n Network) bool { return len(n.Ports) > 0 }) {
 		ports, ports4 := Match{Field: FieldIIFNameSet, Name: PortSet}, Match{Field: FieldIIFNameSet, Name: PortSet4}
 		arp, ip := Match{Field: FieldEtherType, Num: 0x0806}, Match{Field: FieldEtherType, Num: 0x0800}
-		bpre.Rules = append(bpre.Rules,
-			Rule{Matches: []Match{ports, {Field: FieldIIFNameEtherSaddrSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: Drop},
-			Rule{Matches: []Match{ports, arp, {Field: FieldIIFNameARPShaSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: Drop},
-			Rule{Matches: []Match{ports4, arp, {Field: FieldIIFNameARPSpaSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: Drop},
-			Rule{Matches: []Match{ports4, ip, {Field: FieldIIFNameIPSaddrSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: Drop})
+		bpre.Rules = slices.Concat(bpre.Rules,
+			tallyAndDrop([]Match{ports, {Field: FieldIIFNameEtherSaddrSet, Neg: true, Name: PortMACSet}}),
+			tallyAndDrop([]Match{ports, arp, {Field: FieldIIFNameARPShaSet, Neg: true, Name: PortMACSet}}),
+			tallyAndDrop([]Match{ports4, arp, {Field: FieldIIFNameARPSpaSet, Neg: true, Name: PortIP4Set}}),
+			tallyAndDrop([]Match{ports4, ip, {Field: FieldIIFNameIPSaddrSet, Neg: true, Name: PortIP4Set}}))
 	}
 	return []NftChain{input, forward, nat, bpre, bpost}
 }

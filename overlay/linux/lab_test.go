@@ -4,6 +4,7 @@ package linux
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -275,4 +276,38 @@ func (l *lab) received(t *testing.T, vm string, f func()) int64 {
 
 func (l *lab) ping(from, to string, count int) int {
 	return l.vms[from].ns.Ping(to, count, "0.05")
+}
+
+// portDrops reads the frames port security dropped per interface, from the port_drops set of ns's
+// bridge table.
+func portDrops(t *testing.T, ns *nstest.NS) map[string]uint64 {
+	t.Helper()
+	out := ns.MustRun(t, "nft", "-j", "list", "set", "bridge", overlay.TableName, overlay.PortDropSet)
+	var doc struct {
+		Nftables []struct {
+			Set *struct {
+				Elem []struct {
+					Elem struct {
+						Val     string `json:"val"`
+						Counter struct {
+							Packets uint64 `json:"packets"`
+						} `json:"counter"`
+					} `json:"elem"`
+				} `json:"elem"`
+			} `json:"set"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("nft -j list set %s: %v\n%s", overlay.PortDropSet, err, out)
+	}
+	drops := map[string]uint64{}
+	for _, o := range doc.Nftables {
+		if o.Set == nil {
+			continue
+		}
+		for _, e := range o.Set.Elem {
+			drops[e.Elem.Val] = e.Elem.Counter.Packets
+		}
+	}
+	return drops
 }

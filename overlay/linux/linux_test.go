@@ -352,6 +352,16 @@ func TestPrivilegedOverlay(t *testing.T) {
 		if got := l.ping("a1", "10.10.0.2", 1); got != 1 {
 			t.Error("a1 -> a2 broken after restoring its own addresses")
 		}
+		// What was dropped is counted on the port that sent it, and on no other.
+		drops := portDrops(t, l.hosts[0])
+		if drops["a1"] < 4 {
+			t.Errorf("port a1 sent at least 4 spoofed frames, port_drops counts %v", drops)
+		}
+		for _, other := range []string{"b1", "n1", "r1"} {
+			if _, ok := drops[other]; ok {
+				t.Errorf("port %s spoofed nothing, port_drops counts %v", other, drops)
+			}
+		}
 	})
 
 	t.Run("PortSecurityARP", func(t *testing.T) {
@@ -359,6 +369,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 		// rest), so what a forged ARP message can poison is the host's neighbour table: the
 		// frames are looked for on r1's host, on its network's bridge.
 		r1 := l.vms["r1"]
+		before := portDrops(t, l.hosts[r1.host])["r1"]
 		gw := netip.MustParseAddr("10.30.0.1")
 		foreignMAC := net.HardwareAddr{0x0e, 0, 0, 1, 1, 0x99}
 		foreignIP := netip.MustParseAddr("10.30.0.9")
@@ -388,6 +399,9 @@ func TestPrivilegedOverlay(t *testing.T) {
 				t.Errorf("ARP reply from r1 with %s (%s is %s): the host's bridge received %d of the 3 sent: %s",
 					tc.name, tc.spa, tc.sha, n, strings.Join(c.Samples(), "; "))
 			}
+		}
+		if got := portDrops(t, l.hosts[r1.host])["r1"] - before; got != 6 {
+			t.Errorf("port r1 sent 6 forged ARP replies, port_drops counted %d more", got)
 		}
 	})
 

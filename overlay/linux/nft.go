@@ -238,6 +238,15 @@ func (r *run) nftPortSets() (map[string]*nftables.Set, error) {
 		return nil, fmt.Errorf("list sets: %w", err)
 	}
 	for _, s := range existing {
+		if s.Name == overlay.PortDropSet {
+			if s.KeyType.Name != nftables.TypeIFName.Name || !s.Dynamic {
+				return nil, fmt.Errorf("set %s exists with key type %q, dynamic %v; want %q, dynamic (delete it and Apply again)",
+					s.Name, s.KeyType.Name, s.Dynamic, nftables.TypeIFName.Name)
+			}
+			s.Table = br
+			sets[s.Name] = s
+			continue
+		}
 		if !slices.Contains(overlay.NftPortSetNames, s.Name) {
 			continue
 		}
@@ -265,6 +274,17 @@ func (r *run) nftPortSets() (map[string]*nftables.Set, error) {
 			return nil, fmt.Errorf("add set %s: %w", name, err)
 		}
 		sets[name] = s
+		queued = true
+	}
+	if sets[overlay.PortDropSet] == nil {
+		// Filled by the rules (an update adds a missing element), each element with a counter. The
+		// size is nft's default for a dynamic set, far above a host's ports.
+		s := &nftables.Set{Table: br, Name: overlay.PortDropSet, KeyType: nftables.TypeIFName,
+			KeyByteOrder: binaryutil.NativeEndian, Dynamic: true, Counter: true, Size: 65535}
+		if err := c.AddSet(s, nil); err != nil {
+			return nil, fmt.Errorf("add set %s: %w", s.Name, err)
+		}
+		sets[s.Name] = s
 		queued = true
 	}
 	if queued {
@@ -301,6 +321,22 @@ func (r *run) nftPortSets() (map[string]*nftables.Set, error) {
 		}
 		if err := r.setElements(s, add, overlay.OpAdd); err != nil {
 			errs = append(errs, fmt.Errorf("add elements of %s: %w", name, err))
+		}
+	}
+	// The drop counts of ports gone go with them; the others are the kernel's.
+	drops := sets[overlay.PortDropSet]
+	elems, err := c.GetSetElements(drops)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list set %s: %w", drops.Name, err))
+	}
+	ports := make(map[string]bool, len(want[overlay.PortSet]))
+	for _, e := range want[overlay.PortSet] {
+		ports[e.Interface] = true
+	}
+	for _, e := range elems {
+		if text := portSetElemText(drops.Name, e.Key); !ports[text] {
+			e.Counter = nil
+			r.nft.staleElems[drops] = append(r.nft.staleElems[drops], setElem{e, overlay.PortSetElemObject(drops.Name, text)})
 		}
 	}
 	return sets, errors.Join(errs...)
@@ -677,6 +713,14 @@ func ruleExprs(fam nftables.TableFamily, rule overlay.Rule, sets map[string]*nft
 	}
 	if rule.Counter {
 		e = append(e, &expr.Counter{})
+	}
+	if rule.Tally != "" {
+		e = append(e, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1})
+		ds := &expr.Dynset{SrcRegKey: 1, SetName: rule.Tally, Operation: unix.NFT_DYNSET_OP_UPDATE}
+		if s := sets[rule.Tally]; s != nil {
+			ds.SetID = s.ID
+		}
+		e = append(e, ds)
 	}
 	switch rule.Verdict {
 	case overlay.Accept:
