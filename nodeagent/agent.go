@@ -38,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -67,7 +68,7 @@ type Agent struct {
 	mu      sync.Mutex
 	model   *desiredModel
 	applied int64
-	watched map[string]bool // interface names of the desired local ports
+	watched map[string]string // interface name of each desired local port -> its port id
 
 	kick chan struct{} // pending reconcile pass (capacity 1: triggers coalesce)
 	// fullWanted makes the next pass a full one (see trigger); without it a kick from a merged
@@ -120,13 +121,16 @@ func New(cfg Config) (*Agent, error) {
 		links:   links,
 		model:   newDesiredModel(),
 		applied: applied,
-		watched: map[string]bool{},
+		watched: map[string]string{},
 		kick:    make(chan struct{}, 1),
 		repKick: make(chan struct{}, 1),
 
 		converged: make(chan struct{}),
 	}
 	a.met.appliedRevision.Set(float64(applied))
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(newPortDropCollector(a))
+	}
 	return a, nil
 }
 
@@ -519,10 +523,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		infra = append(infra, vtep)
 	}
 	b.state.Infrastructure = infra
-	a.watched = map[string]bool{}
-	for iface := range b.portByIface {
-		a.watched[iface] = true
-	}
+	a.watched = maps.Clone(b.portByIface)
 	a.mu.Unlock()
 	for _, err := range b.invalid {
 		a.log.Warn("desired object skipped", "rev", b.revision, "err", err)
@@ -633,7 +634,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 func (a *Agent) linkLoop(ctx context.Context) {
 	changed := func(name string) {
 		a.mu.Lock()
-		hit := a.watched[name]
+		_, hit := a.watched[name]
 		a.mu.Unlock()
 		if hit {
 			a.trigger()

@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -332,5 +333,49 @@ func TestConvergedOnceKernelHoldsFirstState(t *testing.T) {
 	}
 	if n := h1.counter(h1.agent.met.reconcileErrors); n != 2 {
 		t.Fatalf("counted %v reconcile errors before converging, want 2", n)
+	}
+}
+
+// TestPortDropsExported: what port security dropped is exported per local port, and a port gone
+// leaves the metric.
+func TestPortDropsExported(t *testing.T) {
+	w, _, hs := threeHosts(t)
+	w.plug(hs[0], "p1")
+	w.converge(5*time.Second, hs...)
+	h1 := hs[0]
+	drops := func() map[string]float64 {
+		t.Helper()
+		mfs, err := h1.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() != "vxfabric_agent_port_security_dropped_frames_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range m.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				got[labels["port"]+" "+labels["interface"]] = m.GetCounter().GetValue()
+			}
+		}
+		return got
+	}
+	if got := drops(); len(got) != 0 {
+		t.Fatalf("drops exported before any: %v", got)
+	}
+	h1.dp.Drop("tapp1", 3)
+	h1.dp.Drop("tapp4", 2)
+	h1.dp.Drop("tapp2", 7) // p2 is h2's port: h1's kernel does not count it
+	if got, want := drops(), map[string]float64{"p1 tapp1": 3, "p4 tapp4": 2}; !maps.Equal(got, want) {
+		t.Fatalf("drops exported %v, want %v", got, want)
+	}
+	w.delPort("p1")
+	w.converge(5*time.Second, hs...)
+	if got, want := drops(), map[string]float64{"p4 tapp4": 2}; !maps.Equal(got, want) {
+		t.Fatalf("after p1's deletion, drops exported %v, want %v", got, want)
 	}
 }

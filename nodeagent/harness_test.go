@@ -160,6 +160,11 @@ func (r *recorder) ApplyDelta(ctx context.Context, d overlay.Delta) (overlay.Res
 	return res, err
 }
 
+// PortDrops passes the kernel's drop counts through.
+func (r *recorder) PortDrops(ctx context.Context) (map[string]uint64, error) {
+	return r.Datapath.(overlay.DropCounter).PortDrops(ctx)
+}
+
 func (r *recorder) results() []overlay.Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()

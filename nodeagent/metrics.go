@@ -1,6 +1,13 @@
 package nodeagent
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vxfabric/vxfabric/overlay"
+)
 
 type metrics struct {
 	appliedRevision   prometheus.Gauge
@@ -46,4 +53,40 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			m.withheldPorts, m.localPorts, m.pluggedPorts, m.syncReconnects, m.staleRefused, m.invalidObjects)
 	}
 	return m
+}
+
+// portDropCollector exports the frames port security dropped per local port, read from the
+// datapath at each scrape when it counts them (overlay.DropCounter).
+type portDropCollector struct {
+	a    *Agent
+	desc *prometheus.Desc
+}
+
+func newPortDropCollector(a *Agent) portDropCollector {
+	return portDropCollector{a: a, desc: prometheus.NewDesc("vxfabric_agent_port_security_dropped_frames_total",
+		"Frames a local port sent that port security dropped (a source MAC, ARP sender or IPv4 source not its own).",
+		[]string{"port", "interface"}, nil)}
+}
+
+func (c portDropCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c portDropCollector) Collect(ch chan<- prometheus.Metric) {
+	dc, ok := c.a.cfg.Datapath.(overlay.DropCounter)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	drops, err := dc.PortDrops(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	c.a.mu.Lock()
+	defer c.a.mu.Unlock()
+	for iface, n := range drops {
+		if id, ok := c.a.watched[iface]; ok { // a port gone: its count goes with the next pass
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), id, iface)
+		}
+	}
 }

@@ -197,6 +197,13 @@ type Datapath interface {
 	Close() error
 }
 
+// DropCounter is a Datapath that counts, per local port, the frames port security dropped.
+type DropCounter interface {
+	// PortDrops returns the frames dropped per local port interface since its count began (when the
+	// port first sent a frame that was dropped); ports that never did are absent.
+	PortDrops(ctx context.Context) (map[string]uint64, error)
+}
+
 // ErrNotProgrammed marks an ApplyDelta naming a network whose devices the kernel does not hold: the
 // caller must Apply the whole state instead.
 var ErrNotProgrammed = errors.New("network not programmed")

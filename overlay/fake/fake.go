@@ -40,6 +40,9 @@ type Datapath struct {
 	chains   map[string][]string
 	sets     map[string][]netip.Addr
 	portSets map[string][]string
+	// drops counts per port interface the frames port security dropped (see Drop), as the
+	// kernel's port_drops set does.
+	drops map[string]uint64
 	// vteps interns VTEP addresses so an FDB record stays 16 bytes.
 	vteps    []netip.Addr
 	vtepIdx  map[netip.Addr]uint32 // IPv6
@@ -85,6 +88,7 @@ func New() *Datapath {
 		chains:   make(map[string][]string),
 		sets:     make(map[string][]netip.Addr),
 		portSets: make(map[string][]string),
+		drops:    make(map[string]uint64),
 		vtepIdx:  make(map[netip.Addr]uint32),
 		vtepIdx4: make(map[uint32]uint32),
 	}
@@ -635,6 +639,7 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 		clear(d.chains)
 		clear(d.sets)
 		clear(d.portSets)
+		clear(d.drops)
 		return
 	}
 	for _, key := range sortedKeys(d.chains) {
@@ -657,6 +662,34 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 		d.portSets[name] = dropStale(d.portSets[name], w.portSets[name], strings.Compare,
 			func(v string) { a.change(overlay.OpDelete, overlay.PortSetElemObject(name, v)) })
 	}
+	for _, iface := range sortedKeys(d.drops) {
+		if _, ok := slices.BinarySearch(w.portSets[overlay.PortSet], iface); !ok {
+			delete(d.drops, iface)
+			a.change(overlay.OpDelete, overlay.PortSetElemObject(overlay.PortDropSet, iface))
+		}
+	}
+}
+
+// Drop stands for n frames from interface iface that port security dropped: they are counted when
+// iface is a secured local port, as the kernel's rules would.
+func (d *Datapath) Drop(iface string, n uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := slices.BinarySearch(d.portSets[overlay.PortSet], iface); ok {
+		d.drops[iface] += n
+	}
+}
+
+var _ overlay.DropCounter = (*Datapath)(nil)
+
+// PortDrops implements overlay.DropCounter.
+func (d *Datapath) PortDrops(context.Context) (map[string]uint64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
+	return maps.Clone(d.drops), nil
 }
 
 // addMissing returns the union of two sorted sets without duplicates, reporting each element of

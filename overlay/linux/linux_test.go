@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -352,8 +353,12 @@ func TestPrivilegedOverlay(t *testing.T) {
 		if got := l.ping("a1", "10.10.0.2", 1); got != 1 {
 			t.Error("a1 -> a2 broken after restoring its own addresses")
 		}
-		// What was dropped is counted on the port that sent it, and on no other.
+		// What was dropped is counted on the port that sent it, and on no other; the datapath reads
+		// the same counts as nft.
 		drops := portDrops(t, l.hosts[0])
+		if got, err := l.dps[0].PortDrops(context.Background()); err != nil || !maps.Equal(got, drops) {
+			t.Errorf("PortDrops = %v, %v; nft lists %v", got, err, drops)
+		}
 		if drops["a1"] < 4 {
 			t.Errorf("port a1 sent at least 4 spoofed frames, port_drops counts %v", drops)
 		}

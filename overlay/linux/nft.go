@@ -4,6 +4,7 @@ package linux
 
 import (
 	"cmp"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -742,4 +743,39 @@ func ifname(name string) []byte {
 	b := make([]byte, unix.IFNAMSIZ)
 	copy(b, name)
 	return b
+}
+
+var _ overlay.DropCounter = (*Datapath)(nil)
+
+// PortDrops implements overlay.DropCounter: the counters of the port_drops set's elements.
+func (d *Datapath) PortDrops(ctx context.Context) (map[string]uint64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	br := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyBridge}
+	set, err := d.nft.GetSetByName(br, overlay.PortDropSet)
+	if isNotFound(err) {
+		return map[string]uint64{}, nil // no secured port yet, or our tables removed
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read set %s: %w", overlay.PortDropSet, err)
+	}
+	elems, err := d.nft.GetSetElements(set)
+	if err != nil {
+		return nil, fmt.Errorf("list set %s: %w", overlay.PortDropSet, err)
+	}
+	drops := make(map[string]uint64, len(elems))
+	for _, e := range elems {
+		var n uint64
+		if e.Counter != nil {
+			n = e.Counter.Packets
+		}
+		drops[portSetElemText(overlay.PortDropSet, e.Key)] = n
+	}
+	return drops, nil
 }

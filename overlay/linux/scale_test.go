@@ -37,6 +37,9 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 		many.Networks[0].Ports = append(many.Networks[0].Ports, port(i))
 	}
 	few := overlay.DesiredState{Underlay: many.Underlay, Networks: []overlay.Network{many.Networks[1]}}
+	if got, err := dp.PortDrops(context.Background()); err != nil || len(got) != 0 {
+		t.Fatalf("PortDrops before any Apply = %v, %v; want none", got, err)
+	}
 
 	for i, step := range []struct {
 		state overlay.DesiredState
@@ -61,6 +64,9 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 	}
 	if got := portDrops(t, ns); len(got) != 1 || got["tap1"] != 0 {
 		t.Errorf("drop counts after shrinking to port tap1: %v, want tap1 only", got)
+	}
+	if got, err := dp.PortDrops(context.Background()); err != nil || len(got) != 1 || got["tap1"] != 0 {
+		t.Errorf("PortDrops after shrinking to port tap1 = %v, %v; want tap1 only", got, err)
 	}
 	rules := ns.MustRun(t, "nft", "list", "table", "bridge", overlay.TableName)
 	if !strings.Contains(rules, `elements = { "tap1" . 0e:00:00:00:00:01 }`) || strings.Contains(rules, "tap599") {
