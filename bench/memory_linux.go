@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/vxfabric/vxfabric/nodeagent/binpages"
 	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
@@ -338,49 +339,20 @@ func readStatus(pid int, field string) (float64, error) {
 	return 0, fmt.Errorf("pid %d: no %s in /proc/%d/status", pid, field, pid)
 }
 
-// readBinaryRSS reads the resident MiB of pid's executable mappings from /proc/PID/smaps: code (the
-// executable mapping, .text) and read-only data (.rodata with the type descriptors and strings,
-// .gopclntab). The writable data mapping is left out (small, and partly anonymous copy-on-write).
+// readBinaryRSS reads the resident size in MiB of pid's executable's code and read-only data
+// mappings.
 func readBinaryRSS(pid int) (code, rodata float64, err error) {
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	ms, err := binpages.Of(pid)
 	if err != nil {
-		return 0, 0, fmt.Errorf("executable of pid %d: %w", pid, err)
+		return 0, 0, err
 	}
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
-	if err != nil {
-		return 0, 0, fmt.Errorf("mappings of pid %d: %w", pid, err)
-	}
-	defer f.Close()
-	var into *float64
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		// A mapping's header: "ADDR-ADDR PERMS OFFSET DEV INODE PATH"; its fields follow as "Name: value kB".
-		if fs := strings.Fields(line); len(fs) >= 5 && strings.Contains(fs[0], "-") && !strings.HasSuffix(fs[0], ":") {
-			into = nil
-			if len(fs) >= 6 && strings.HasSuffix(line, " "+exe) {
-				switch fs[1] {
-				case "r-xp":
-					into = &code
-				case "r--p":
-					into = &rodata
-				}
-			}
-			continue
+	for _, m := range ms {
+		switch m.Perms {
+		case "r-xp":
+			code += float64(m.Rss) / (1 << 20)
+		case "r--p":
+			rodata += float64(m.Rss) / (1 << 20)
 		}
-		if v, ok := strings.CutPrefix(line, "Rss:"); ok && into != nil {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			if err != nil {
-				return 0, 0, fmt.Errorf("pid %d: smaps Rss %q: %w", pid, v, err)
-			}
-			*into += kb / 1024
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, 0, fmt.Errorf("mappings of pid %d: %w", pid, err)
-	}
-	if code == 0 {
-		return 0, 0, fmt.Errorf("pid %d: no resident code mapping of %s in its smaps", pid, exe)
 	}
 	return code, rodata, nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vxfabric/vxfabric/membership"
 	"github.com/vxfabric/vxfabric/nodeagent"
+	"github.com/vxfabric/vxfabric/nodeagent/binpages"
 	"github.com/vxfabric/vxfabric/overlay/linux"
 )
 
@@ -149,7 +150,8 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	go func() {
 		select {
 		case <-agent.Converged():
-			before, after, err := releaseStartupPages()
+			// Most of the binary's pages mapped so far only served start-up (binpages).
+			before, after, err := binpages.Release()
 			if err != nil {
 				log.Warn("cannot release the start-up pages of the binary", "err", err)
 				return
