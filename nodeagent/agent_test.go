@@ -2,6 +2,7 @@ package nodeagent
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"net"
 	"slices"
@@ -377,5 +378,15 @@ func TestPortDropsExported(t *testing.T) {
 	w.converge(5*time.Second, hs...)
 	if got, want := drops(), map[string]float64{"p4 tapp4": 2}; !maps.Equal(got, want) {
 		t.Fatalf("after p1's deletion, drops exported %v, want %v", got, want)
+	}
+	if got, err := h1.dp.PortDrops(context.Background()); err != nil || !maps.Equal(got, map[string]uint64{"tapp4": 2}) {
+		t.Fatalf("after p1's deletion the kernel counts %v, %v; want tapp4 only", got, err)
+	}
+	// Counts that cannot be read are left out of a scrape, which still answers the rest.
+	h1.rec.mu.Lock()
+	h1.rec.dropsErr = errors.New("injected read failure")
+	h1.rec.mu.Unlock()
+	if got := drops(); len(got) != 0 { // drops fails the test when the scrape fails
+		t.Fatalf("drops exported while they cannot be read: %v", got)
 	}
 }

@@ -132,6 +132,8 @@ type recorder struct {
 	mu      sync.Mutex
 	applies []overlay.Result
 	failN   int
+	// dropsErr, when set, is PortDrops' answer.
+	dropsErr error
 }
 
 var errInjected = errors.New("injected apply failure")
@@ -160,8 +162,14 @@ func (r *recorder) ApplyDelta(ctx context.Context, d overlay.Delta) (overlay.Res
 	return res, err
 }
 
-// PortDrops passes the kernel's drop counts through.
+// PortDrops passes the kernel's drop counts through, or fails with dropsErr.
 func (r *recorder) PortDrops(ctx context.Context) (map[string]uint64, error) {
+	r.mu.Lock()
+	err := r.dropsErr
+	r.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	return r.Datapath.(overlay.DropCounter).PortDrops(ctx)
 }
 

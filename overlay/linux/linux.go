@@ -66,6 +66,11 @@ type Datapath struct {
 	dump1, dump2 *nl.SocketHandle
 	nft          *nftables.Conn
 	closed       bool
+
+	// nftRead serves PortDrops under readMu, so that reading the counters never waits for an Apply;
+	// nil once closed.
+	readMu  sync.Mutex
+	nftRead *nftables.Conn
 }
 
 var _ overlay.Datapath = (*Datapath)(nil)
@@ -104,6 +109,9 @@ func New(cfg Config) (*Datapath, error) {
 		if d.nft, err = nftables.New(nftables.AsLasting()); err != nil {
 			return fmt.Errorf("nftables connection: %w", err)
 		}
+		if d.nftRead, err = nftables.New(nftables.AsLasting()); err != nil {
+			return fmt.Errorf("nftables connection: %w", err)
+		}
 		return nil
 	})
 	if err != nil {
@@ -116,6 +124,12 @@ func (d *Datapath) closeHandles() {
 	if d.nft != nil {
 		_ = d.nft.CloseLasting()
 	}
+	d.readMu.Lock()
+	if d.nftRead != nil {
+		_ = d.nftRead.CloseLasting()
+		d.nftRead = nil
+	}
+	d.readMu.Unlock()
 	if d.h != nil {
 		d.h.Close()
 	}

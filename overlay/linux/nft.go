@@ -749,23 +749,23 @@ var _ overlay.DropCounter = (*Datapath)(nil)
 
 // PortDrops implements overlay.DropCounter: the counters of the port_drops set's elements.
 func (d *Datapath) PortDrops(ctx context.Context) (map[string]uint64, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
+	d.readMu.Lock()
+	defer d.readMu.Unlock()
+	if d.nftRead == nil {
 		return nil, ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	br := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyBridge}
-	set, err := d.nft.GetSetByName(br, overlay.PortDropSet)
+	set, err := d.nftRead.GetSetByName(br, overlay.PortDropSet)
 	if isNotFound(err) {
 		return map[string]uint64{}, nil // no secured port yet, or our tables removed
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read set %s: %w", overlay.PortDropSet, err)
 	}
-	elems, err := d.nft.GetSetElements(set)
+	elems, err := d.nftRead.GetSetElements(set)
 	if err != nil {
 		return nil, fmt.Errorf("list set %s: %w", overlay.PortDropSet, err)
 	}
