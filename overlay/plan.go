@@ -109,10 +109,16 @@ const (
 	PortIP4Set = "port_ips4"
 )
 
-// PortDropSet, in our bridge table too, counts what port security drops, per port: each drop rule
-// adds the frame's input interface to it and counts the frame on that element (`nft list set bridge
-// vxfabric port_drops`). The kernel fills it; an Apply only removes the interfaces of ports gone.
-const PortDropSet = "port_drops"
+// PortDropSet, in our bridge table too, counts what port security drops, per port: a frame that
+// fails a check jumps to PortDropChain, whose first rule adds the frame's input interface to the
+// set and counts the frame on that element (`nft list set bridge vxfabric port_drops`), and whose
+// second drops it. The kernel fills the set; an Apply only removes the interfaces of ports gone.
+// The count is a rule of its own because adding an element can fail (the set full, no memory),
+// which ends that rule: the drop must not depend on it.
+const (
+	PortDropSet   = "port_drops"
+	PortDropChain = "port_drop"
+)
 
 // NftPortSetNames are the port security sets, in the order they are created.
 var NftPortSetNames = []string{PortSet, PortSet4, PortMACSet, PortIP4Set}
@@ -319,12 +325,13 @@ func PortSetElemObject(set, elem string) string { // elem: PortSetElem.String()
 	return "nft element bridge " + TableName + " " + set + " " + elem
 }
 
-// NftChain is one base chain of ours with its rules in order.
+// NftChain is one chain of ours with its rules in order: a base chain on a hook, or a regular
+// chain (no Type, Hook or Priority) that rules of the same table jump to.
 type NftChain struct {
 	Family   string // "inet" or "bridge"
 	Name     string
-	Type     string // "filter" or "nat"
-	Hook     string // "prerouting", "input", "forward", "postrouting"
+	Type     string // "filter" or "nat"; "" for a regular chain
+	Hook     string // "prerouting", "input", "forward", "postrouting"; "" for a regular chain
 	Priority int
 	Rules    []Rule
 }
@@ -350,6 +357,19 @@ const (
 	Drop       Verdict = "drop"
 	Masquerade Verdict = "masquerade"
 )
+
+// JumpTo is the verdict that goes on in a regular chain of the same table (and comes back after it
+// unless that chain ends the frame).
+func JumpTo(chain string) Verdict { return Verdict("jump " + chain) }
+
+// JumpTarget is the chain a JumpTo verdict names, or "".
+func (v Verdict) JumpTarget() string {
+	target, _ := strings.CutPrefix(string(v), "jump ")
+	if target == string(v) {
+		return ""
+	}
+	return target
+}
 
 // Field is what a Match looks at.
 type Field int
@@ -485,11 +505,11 @@ func (r Rule) String() string {
 	return strings.TrimSuffix(b.String(), " ")
 }
 
-// tallyAndDrop drops the frames that match, counting each on its port's element of PortDropSet
-// first. The count is a rule of its own: adding an element can fail (the set full, no memory), and
-// a failed update ends its rule, which must not let the frame through.
-func tallyAndDrop(m []Match) []Rule {
-	return []Rule{{Matches: m, Tally: PortDropSet}, {Matches: m, Counter: true, Verdict: Drop}}
+// PortDropChainPlan is the regular chain port security jumps to: count the frame on its port, then
+// drop it.
+func PortDropChainPlan() NftChain {
+	return NftChain{Family: "bridge", Name: PortDropChain,
+		Rules: []Rule{{Tally: PortDropSet}, {Verdict: Drop}}}
 }
 
 func iif(name string) Match    { return Match{Field: FieldIIFName, Name: name} }
@@ -517,8 +537,8 @@ func host(a netip.Addr) netip.Prefix {
 //     no new connections from outside; isolated networks forward nothing at all.
 //   - inet postrouting (nat): masquerade a nat network's CIDR leaving anywhere but its own bridge.
 //   - bridge prerouting: port security, a port sends only its own source MAC and IPv4/ARP address:
-//     four checks whatever the number of ports, each a lookup in the port sets (NftPortSets), and
-//     each a pair of rules: one counts the frame on its port (PortDropSet), the next drops it.
+//     four rules whatever the number of ports, each a lookup in the port sets (NftPortSets); a frame
+//     that fails one goes to PortDropChain, which counts it on its port and drops it.
 //   - bridge postrouting: the distributed gateway stays local: frames from the gateway MAC and ARP
 //     requests for the gateway IP never leave through a vxlan device.
 func NftPlan(d DesiredState) []NftChain {
@@ -583,13 +603,15 @@ func NftPlan(d DesiredState) []NftChain {
 	if !d.DisablePortSecurity && slices.ContainsFunc(d.Networks, func(n Network) bool { return len(n.Ports) > 0 }) {
 		ports, ports4 := Match{Field: FieldIIFNameSet, Name: PortSet}, Match{Field: FieldIIFNameSet, Name: PortSet4}
 		arp, ip := Match{Field: FieldEtherType, Num: 0x0806}, Match{Field: FieldEtherType, Num: 0x0800}
-		bpre.Rules = slices.Concat(bpre.Rules,
-			tallyAndDrop([]Match{ports, {Field: FieldIIFNameEtherSaddrSet, Neg: true, Name: PortMACSet}}),
-			tallyAndDrop([]Match{ports, arp, {Field: FieldIIFNameARPShaSet, Neg: true, Name: PortMACSet}}),
-			tallyAndDrop([]Match{ports4, arp, {Field: FieldIIFNameARPSpaSet, Neg: true, Name: PortIP4Set}}),
-			tallyAndDrop([]Match{ports4, ip, {Field: FieldIIFNameIPSaddrSet, Neg: true, Name: PortIP4Set}}))
+		drop := JumpTo(PortDropChain)
+		bpre.Rules = append(bpre.Rules,
+			Rule{Matches: []Match{ports, {Field: FieldIIFNameEtherSaddrSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: drop},
+			Rule{Matches: []Match{ports, arp, {Field: FieldIIFNameARPShaSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: drop},
+			Rule{Matches: []Match{ports4, arp, {Field: FieldIIFNameARPSpaSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: drop},
+			Rule{Matches: []Match{ports4, ip, {Field: FieldIIFNameIPSaddrSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: drop})
 	}
-	return []NftChain{input, forward, nat, bpre, bpost}
+	// The drop chain before the chain that jumps to it: its rules are in place first.
+	return []NftChain{input, forward, nat, PortDropChainPlan(), bpre, bpost}
 }
 
 // NftSets returns the elements of each of our named sets (NftSetNames), sorted, without duplicates.

@@ -153,6 +153,7 @@ func (d *Datapath) Reopen() *Datapath {
 	for k, v := range d.portSets {
 		n.portSets[k] = slices.Clone(v)
 	}
+	maps.Copy(n.drops, d.drops)
 	n.vteps = slices.Clone(d.vteps)
 	maps.Copy(n.vtepIdx, d.vtepIdx)
 	maps.Copy(n.vtepIdx4, d.vtepIdx4)

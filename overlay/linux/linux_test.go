@@ -359,8 +359,8 @@ func TestPrivilegedOverlay(t *testing.T) {
 		if got, err := l.dps[0].PortDrops(context.Background()); err != nil || !maps.Equal(got, drops) {
 			t.Errorf("PortDrops = %v, %v; nft lists %v", got, err, drops)
 		}
-		if drops["a1"] < 4 {
-			t.Errorf("port a1 sent at least 4 spoofed frames, port_drops counts %v", drops)
+		if drops["a1"] < 2 { // at least one ARP request from each spoofed address
+			t.Errorf("port a1 sent at least 2 spoofed frames, port_drops counts %v", drops)
 		}
 		for _, other := range []string{"b1", "n1", "r1"} {
 			if _, ok := drops[other]; ok {

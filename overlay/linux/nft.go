@@ -118,17 +118,23 @@ func (r *run) nftAdd() {
 	for _, pc := range r.nft.plan {
 		key := pc.Family + " " + pc.Name
 		if ch := haveChains[key]; ch != nil {
-			if ch.Hooknum == nil || *ch.Hooknum != *hooks[pc.Hook] || ch.Type != nftables.ChainType(pc.Type) ||
-				ch.Priority == nil || int(*ch.Priority) != pc.Priority {
+			switch {
+			case pc.Hook == "" && ch.Hooknum != nil:
+				r.fail(overlay.ChainObject(pc.Family, pc.Name), errors.New("exists as a base chain, want a regular one"))
+			case pc.Hook != "" && (ch.Hooknum == nil || *ch.Hooknum != *hooks[pc.Hook] || ch.Type != nftables.ChainType(pc.Type) ||
+				ch.Priority == nil || int(*ch.Priority) != pc.Priority):
 				r.fail(overlay.ChainObject(pc.Family, pc.Name), errors.New("exists with another hook, type or priority"))
 			}
 			ch.Table = r.nft.tables[pc.Family]
 			chains[key] = ch
 			continue
 		}
-		chains[key] = c.AddChain(&nftables.Chain{Name: pc.Name, Table: r.nft.tables[pc.Family],
-			Type: nftables.ChainType(pc.Type), Hooknum: hooks[pc.Hook],
-			Priority: nftables.ChainPriorityRef(nftables.ChainPriority(pc.Priority)), Policy: &accept})
+		nc := &nftables.Chain{Name: pc.Name, Table: r.nft.tables[pc.Family]}
+		if pc.Hook != "" {
+			nc.Type, nc.Hooknum, nc.Policy = nftables.ChainType(pc.Type), hooks[pc.Hook], &accept
+			nc.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(pc.Priority))
+		}
+		chains[key] = c.AddChain(nc)
 		r.change(overlay.OpAdd, overlay.ChainObject(pc.Family, pc.Name))
 		queued = true
 	}
@@ -213,14 +219,22 @@ func (r *run) nftAdd() {
 	}
 
 	// Rules, one transaction per chain so that one bad chain does not hold back the others.
+	dropChainOK := false
 	for _, pc := range r.nft.plan {
 		ch := chains[pc.Family+" "+pc.Name]
 		switch {
 		case pc.Family == "inet":
 			r.syncChainAdd(pc, ch, sets)
-		case portSetsErr != nil && pc.Family == "bridge" && pc.Name == "prerouting":
-			// Its rules look ports up in the sets: without them in place, the chain keeps the
-			// rules it has (port security stays as it was) until an Apply gets the sets right.
+		case pc.Family == "bridge" && pc.Name == overlay.PortDropChain:
+			if portSets[overlay.PortDropSet] == nil {
+				// No set to count in: the chain drops without counting rather than not at all.
+				pc.Rules = slices.DeleteFunc(slices.Clone(pc.Rules), func(rule overlay.Rule) bool { return rule.Tally != "" })
+			}
+			dropChainOK = r.syncChainAdd(pc, ch, portSets)
+		case pc.Family == "bridge" && pc.Name == "prerouting" && (portSetsErr != nil || !dropChainOK):
+			// Its rules look ports up in the sets and jump to the drop chain: without both in
+			// place, the chain keeps the rules it has (port security stays as it was) until an
+			// Apply gets them right.
 		default:
 			r.syncChainAdd(pc, ch, portSets)
 		}
@@ -238,14 +252,10 @@ func (r *run) nftPortSets() (map[string]*nftables.Set, error) {
 	if err != nil && !isNotFound(err) {
 		return nil, fmt.Errorf("list sets: %w", err)
 	}
+	var drops *nftables.Set
 	for _, s := range existing {
 		if s.Name == overlay.PortDropSet {
-			if s.KeyType.Name != nftables.TypeIFName.Name || !s.Dynamic {
-				return nil, fmt.Errorf("set %s exists with key type %q, dynamic %v; want %q, dynamic (delete it and Apply again)",
-					s.Name, s.KeyType.Name, s.Dynamic, nftables.TypeIFName.Name)
-			}
-			s.Table = br
-			sets[s.Name] = s
+			drops = s
 			continue
 		}
 		if !slices.Contains(overlay.NftPortSetNames, s.Name) {
@@ -275,17 +285,6 @@ func (r *run) nftPortSets() (map[string]*nftables.Set, error) {
 			return nil, fmt.Errorf("add set %s: %w", name, err)
 		}
 		sets[name] = s
-		queued = true
-	}
-	if sets[overlay.PortDropSet] == nil {
-		// Filled by the rules (an update adds a missing element), each element with a counter. The
-		// size is nft's default for a dynamic set, far above a host's ports.
-		s := &nftables.Set{Table: br, Name: overlay.PortDropSet, KeyType: nftables.TypeIFName,
-			KeyByteOrder: binaryutil.NativeEndian, Dynamic: true, Counter: true, Size: 65535}
-		if err := c.AddSet(s, nil); err != nil {
-			return nil, fmt.Errorf("add set %s: %w", s.Name, err)
-		}
-		sets[s.Name] = s
 		queued = true
 	}
 	if queued {
@@ -324,23 +323,54 @@ func (r *run) nftPortSets() (map[string]*nftables.Set, error) {
 			errs = append(errs, fmt.Errorf("add elements of %s: %w", name, err))
 		}
 	}
-	// The drop counts of ports gone go with them; the others are the kernel's.
-	drops := sets[overlay.PortDropSet]
-	elems, err := c.GetSetElements(drops)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("list set %s: %w", drops.Name, err))
+	// Port security does not depend on this one: without it, its drop chain drops without counting.
+	drops, dropsErr := r.nftPortDropSet(drops, want[overlay.PortSet])
+	if dropsErr != nil {
+		r.fail(overlay.PortSetElemObject(overlay.PortDropSet, "*"), dropsErr)
 	}
-	ports := make(map[string]bool, len(want[overlay.PortSet]))
-	for _, e := range want[overlay.PortSet] {
-		ports[e.Interface] = true
-	}
-	for _, e := range elems {
-		if text := portSetElemText(drops.Name, e.Key); !ports[text] {
-			e.Counter = nil
-			r.nft.staleElems[drops] = append(r.nft.staleElems[drops], setElem{e, overlay.PortSetElemObject(drops.Name, text)})
-		}
+	if drops != nil {
+		sets[drops.Name] = drops
 	}
 	return sets, errors.Join(errs...)
+}
+
+// nftPortDropSet creates the port_drops set when missing (have nil) and queues for the deletion
+// pass the elements of interfaces that are no longer ports; the kernel keeps the others.
+func (r *run) nftPortDropSet(have *nftables.Set, ports []overlay.PortSetElem) (*nftables.Set, error) {
+	c := r.d.nft
+	if have != nil {
+		if have.KeyType.Name != nftables.TypeIFName.Name || !have.Dynamic {
+			return nil, fmt.Errorf("set %s exists with key type %q, dynamic %v; want %q, dynamic (delete it and Apply again)",
+				have.Name, have.KeyType.Name, have.Dynamic, nftables.TypeIFName.Name)
+		}
+		have.Table = r.nft.tables["bridge"]
+	} else {
+		// Filled by the rules (an update adds a missing element), each element with a counter. The
+		// size is nft's default for a dynamic set, far above a host's ports.
+		have = &nftables.Set{Table: r.nft.tables["bridge"], Name: overlay.PortDropSet, KeyType: nftables.TypeIFName,
+			KeyByteOrder: binaryutil.NativeEndian, Dynamic: true, Counter: true, Size: 65535}
+		if err := c.AddSet(have, nil); err != nil {
+			return nil, fmt.Errorf("add set %s: %w", have.Name, err)
+		}
+		if err := c.Flush(); err != nil {
+			return nil, fmt.Errorf("create set %s: %w", have.Name, err)
+		}
+	}
+	elems, err := c.GetSetElements(have)
+	if err != nil {
+		return have, fmt.Errorf("list set %s: %w", have.Name, err)
+	}
+	keep := make(map[string]bool, len(ports))
+	for _, p := range ports {
+		keep[p.Interface] = true
+	}
+	for _, e := range elems {
+		if text := portSetElemText(have.Name, e.Key); !keep[text] {
+			e.Counter = nil
+			r.nft.staleElems[have] = append(r.nft.staleElems[have], setElem{e, overlay.PortSetElemObject(have.Name, text)})
+		}
+	}
+	return have, nil
 }
 
 // portSetType is the key type of a port security set: an interface name, concatenated with a MAC
@@ -425,12 +455,14 @@ func isNotFound(err error) bool {
 	return errors.Is(err, unix.ENOENT)
 }
 
-func (r *run) syncChainAdd(pc overlay.NftChain, ch *nftables.Chain, sets map[string]*nftables.Set) {
+// syncChainAdd adds the rules of pc that ch lacks, each before the next rule it keeps, and queues
+// the rules pc does not have for the deletion pass; it reports whether ch now holds all of pc's.
+func (r *run) syncChainAdd(pc overlay.NftChain, ch *nftables.Chain, sets map[string]*nftables.Set) bool {
 	c := r.d.nft
 	have, err := c.GetRules(ch.Table, ch)
 	if err != nil && !isNotFound(err) {
 		r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("list rules: %w", err))
-		return
+		return false
 	}
 	texts := make([]string, len(have))
 	for i, rule := range have {
@@ -474,7 +506,7 @@ func (r *run) syncChainAdd(pc overlay.NftChain, ch *nftables.Chain, sets map[str
 			continue
 		}
 		if len(queued) == ruleChunk && !flush() {
-			return
+			return false
 		}
 		nr := &nftables.Rule{Table: ch.Table, Chain: ch, Exprs: ruleExprs(familyOf(pc.Family), rule, sets),
 			UserData: userdata.AppendString(nil, userdata.TypeComment, want[i])}
@@ -496,13 +528,14 @@ func (r *run) syncChainAdd(pc overlay.NftChain, ch *nftables.Chain, sets map[str
 		queued = append(queued, want[i])
 	}
 	if !flush() {
-		return // the chain's old rules stay until its new ones are all in
+		return false // the chain's old rules stay until its new ones are all in
 	}
 	for j, rule := range have {
 		if !matched[j] {
 			r.nft.staleRules = append(r.nft.staleRules, staleRule{chain: ch, handle: rule.Handle, text: texts[j]})
 		}
 	}
+	return true
 }
 
 // nftSetForwardingMark creates or deletes the marker chain that records who turned forwarding on.
@@ -722,6 +755,9 @@ func ruleExprs(fam nftables.TableFamily, rule overlay.Rule, sets map[string]*nft
 			ds.SetID = s.ID
 		}
 		e = append(e, ds)
+	}
+	if target := rule.Verdict.JumpTarget(); target != "" {
+		return append(e, &expr.Verdict{Kind: expr.VerdictJump, Chain: target})
 	}
 	switch rule.Verdict {
 	case overlay.Accept:

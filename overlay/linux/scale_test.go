@@ -141,7 +141,7 @@ func TestPrivilegedPortSecurityUpgrade(t *testing.T) {
 			t.Errorf("changes lack the deletion of %q:\n%s", r.String(), got)
 		}
 	}
-	if oldKept() || !strings.Contains(rulesOf(t, dp), "bridge prerouting iifname @ports iifname . ether saddr != @port_macs counter drop\n") {
+	if oldKept() || !strings.Contains(rulesOf(t, dp), "bridge prerouting iifname @ports iifname . ether saddr != @port_macs counter jump port_drop\n") {
 		t.Errorf("rules after the upgrade:\n%s", rulesOf(t, dp))
 	}
 	if res, err := dp.Apply(context.Background(), state); err != nil || len(res.Changes) != 0 {
@@ -167,5 +167,88 @@ func TestPortSetKeysRoundTrip(t *testing.T) {
 		if want := map[string]int{overlay.PortSet: 16, overlay.PortMACSet: 24, overlay.PortIP4Set: 20}[tc.set]; len(key) != want {
 			t.Errorf("%s: key of %d bytes, want %d", tc.set, len(key), want)
 		}
+	}
+}
+
+// Upgrading from the set-based rules that dropped in place (no per-port counts): the rules that
+// jump to the counting drop chain come in, the old ones go, and nothing changes after.
+func TestPrivilegedPortDropUpgrade(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "pdup")
+	mac, _ := net.ParseMAC("0e:00:00:00:00:01")
+	p := overlay.LocalPort{Interface: "tap1", MAC: mac, IP: netip.MustParseAddr("10.9.0.2")}
+	state := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
+		Networks: []overlay.Network{{VNI: 11, Mode: overlay.ModeIsolated, MTU: 1450, Ports: []overlay.LocalPort{p}}}}
+	if _, err := dp.Apply(context.Background(), state); err != nil {
+		t.Fatal(err)
+	}
+	// What the earlier version left: its four rules dropping in place, no drop chain, no count set.
+	var old []overlay.Rule
+	for _, r := range overlay.NftPlan(state) {
+		if r.Family == "bridge" && r.Name == "prerouting" {
+			for _, rule := range r.Rules {
+				rule.Verdict = overlay.Drop
+				old = append(old, rule)
+			}
+		}
+	}
+	ns.MustRun(t, "nft", "flush", "chain", "bridge", overlay.TableName, "prerouting")
+	ns.MustRun(t, "nft", "delete", "chain", "bridge", overlay.TableName, overlay.PortDropChain)
+	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortDropSet)
+	tb := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyBridge}
+	for _, r := range old {
+		dp.nft.AddRule(&nftables.Rule{Table: tb, Chain: &nftables.Chain{Name: "prerouting", Table: tb},
+			Exprs: ruleExprs(nftables.TableFamilyBridge, r, nil), UserData: userdata.AppendString(nil, userdata.TypeComment, r.String())})
+	}
+	if err := dp.nft.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if rules := rulesOf(t, dp); !strings.Contains(rules, "bridge prerouting "+old[0].String()+"\n") {
+		t.Fatalf("the old rules are not in place:\n%s", rules)
+	}
+
+	res, err := dp.Apply(context.Background(), state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := changeText(res)
+	for _, r := range old {
+		if !strings.Contains(got, "delete "+overlay.RuleObject("bridge", "prerouting", r.String())+"\n") {
+			t.Errorf("changes lack the deletion of %q:\n%s", r.String(), got)
+		}
+	}
+	rules := rulesOf(t, dp)
+	for _, want := range []string{
+		"bridge prerouting iifname @ports iifname . ether saddr != @port_macs counter jump port_drop\n",
+		"bridge port_drop update @port_drops { iifname }\n",
+		"bridge port_drop drop\n",
+	} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("rules after the upgrade lack %q:\n%s", want, rules)
+		}
+	}
+	if res, err := dp.Apply(context.Background(), state); err != nil || len(res.Changes) != 0 {
+		t.Errorf("second Apply: err %v, changes:\n%s", err, changeText(res))
+	}
+
+	// A count set that cannot serve (another key type) is reported, and port security goes on
+	// without counting until it is cleared.
+	ns.MustRun(t, "nft", "flush", "chain", "bridge", overlay.TableName, overlay.PortDropChain)
+	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortDropSet)
+	ns.MustRun(t, "nft", "add", "set", "bridge", overlay.TableName, overlay.PortDropSet, "{ type ipv4_addr; }")
+	if _, err := dp.Apply(context.Background(), state); err == nil || !strings.Contains(err.Error(), overlay.PortDropSet) {
+		t.Errorf("Apply with %s of another type: err %v, want one naming the set", overlay.PortDropSet, err)
+	}
+	rules = rulesOf(t, dp)
+	if !strings.Contains(rules, "bridge port_drop drop\n") || strings.Contains(rules, "update @port_drops") ||
+		!strings.Contains(rules, "counter jump port_drop\n") {
+		t.Errorf("rules with an unusable count set: want the jumps and a drop chain that drops without counting:\n%s", rules)
+	}
+	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortDropSet)
+	if _, err := dp.Apply(context.Background(), state); err != nil {
+		t.Fatal(err)
+	}
+	if rules := rulesOf(t, dp); !strings.Contains(rules, "bridge port_drop update @port_drops { iifname }\n") {
+		t.Errorf("the count is not back once the set could be made:\n%s", rules)
 	}
 }
