@@ -19,9 +19,10 @@ import (
 // A retry after that is a new create: it answers AlreadyExists when the resource's name is still
 // taken. etcd gives every lease its whole TTL again when its leader restarts or changes, unless the
 // cluster checkpoints leases (feature gates LeaseCheckpoint and LeaseCheckpointPersist, which the
-// embedded etcd turns on): then a restart resumes from the remaining TTL of the last checkpoint, at
-// most 5 minutes old (leases do not run while etcd is down). Without them, a store whose leader restarts more often than every retention
-// keeps its records until it stops doing so.
+// embedded etcd turns on): then a restart resumes from the remaining TTL of the last checkpoint,
+// which the leader takes 5 minutes after it starts and every 5 minutes after that (leases do not
+// run while etcd is down). A leader that restarts more often than every 5 minutes with them, or
+// more often than every retention without them, renews the records each time.
 
 // retentionSlices is how many leases one retention period spans.
 const retentionSlices = 24
