@@ -6,9 +6,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -289,6 +293,57 @@ func (f *fixture) fdbTo(host string, vni uint32, vtep netip.Addr) []lab.FDBEntry
 		}
 	}
 	return to
+}
+
+// scrape reads the Prometheus metrics of host's agent, from inside the host's namespace.
+func (f *fixture) scrape(host string) string {
+	f.t.Helper()
+	dial, err := f.l.DialerIn(host)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	i, err := strconv.Atoi(strings.TrimPrefix(host, "h"))
+	if err != nil {
+		f.t.Fatalf("host %q", host)
+	}
+	tr := &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) }}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: tr}
+	url := "http://" + netip.AddrPortFrom(lab.HostAddr(i), lab.MetricsPort).String() + "/metrics"
+	resp, err := c.Get(url)
+	if err != nil {
+		f.t.Fatalf("scrape %s's agent: %v", host, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		f.t.Fatalf("scrape %s: %s, %v\n%s", url, resp.Status, err, body)
+	}
+	return string(body)
+}
+
+// metricValue is the value of the sample of metric name whose labels hold label, 0 without one.
+func metricValue(text, name, label string) float64 {
+	for line := range strings.Lines(text) {
+		if strings.HasPrefix(line, name+"{") && strings.Contains(line, label) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			return v
+		}
+	}
+	return 0
+}
+
+// grepLines returns the lines of text that start with prefix.
+func grepLines(text, prefix string) string {
+	var b strings.Builder
+	for line := range strings.Lines(text) {
+		if strings.HasPrefix(line, prefix) {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
 }
 
 // hasMAC reports whether entries hold mac.

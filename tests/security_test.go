@@ -129,6 +129,15 @@ func TestPrivilegedPortSecurity(t *testing.T) {
 	if !send(netip.Addr{}, "legit-2") {
 		t.Error("control: after restoring its MAC the VM's datagram did not arrive")
 	}
+	// h1's agent counts both drops on the sender's port, and nothing on the receiver's.
+	metrics := f.scrape("h1")
+	name := "vxfabric_agent_port_security_dropped_frames_total"
+	if n := metricValue(metrics, name, `port="`+sender.Ports[0].GetId()+`"`); n < 2 {
+		t.Errorf("h1's agent exports %v dropped frames for port %s, want at least 2:\n%s", n, sender.Ports[0].GetId(), grepLines(metrics, name))
+	}
+	if n := metricValue(f.scrape("h2"), name, `port="`+r.Ports[0].GetId()+`"`); n != 0 {
+		t.Errorf("h2's agent exports %v dropped frames for the receiver's port, want none", n)
+	}
 }
 
 // TestPrivilegedARPSuppression pings a remote VM from a VM with an empty neighbour table: the ARP
