@@ -100,14 +100,7 @@ func TestPrivilegedPortSecurityUpgrade(t *testing.T) {
 		{Matches: []overlay.Match{in, arp, {Field: overlay.FieldARPSpa, Neg: true, Prefix: host}}, Counter: true, Verdict: overlay.Drop},
 		{Matches: []overlay.Match{in, ip4, {Field: overlay.FieldIPSaddr, Neg: true, Prefix: host}}, Counter: true, Verdict: overlay.Drop},
 	}
-	tb := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyBridge}
-	for _, r := range old {
-		dp.nft.AddRule(&nftables.Rule{Table: tb, Chain: &nftables.Chain{Name: "prerouting", Table: tb},
-			Exprs: ruleExprs(nftables.TableFamilyBridge, r, nil), UserData: userdata.AppendString(nil, userdata.TypeComment, r.String())})
-	}
-	if err := dp.nft.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	writePrerouting(t, dp, old)
 	oldKept := func() bool {
 		rules := rulesOf(t, dp)
 		for _, r := range old {
@@ -135,12 +128,7 @@ func TestPrivilegedPortSecurityUpgrade(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := changeText(res)
-	for _, r := range old {
-		if !strings.Contains(got, "delete "+overlay.RuleObject("bridge", "prerouting", r.String())+"\n") {
-			t.Errorf("changes lack the deletion of %q:\n%s", r.String(), got)
-		}
-	}
+	checkDeleted(t, res, old)
 	if oldKept() || !strings.Contains(rulesOf(t, dp), "bridge prerouting iifname @ports iifname . ether saddr != @port_macs counter jump port_drop\n") {
 		t.Errorf("rules after the upgrade:\n%s", rulesOf(t, dp))
 	}
@@ -195,14 +183,7 @@ func TestPrivilegedPortDropUpgrade(t *testing.T) {
 	ns.MustRun(t, "nft", "flush", "chain", "bridge", overlay.TableName, "prerouting")
 	ns.MustRun(t, "nft", "delete", "chain", "bridge", overlay.TableName, overlay.PortDropChain)
 	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortDropSet)
-	tb := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyBridge}
-	for _, r := range old {
-		dp.nft.AddRule(&nftables.Rule{Table: tb, Chain: &nftables.Chain{Name: "prerouting", Table: tb},
-			Exprs: ruleExprs(nftables.TableFamilyBridge, r, nil), UserData: userdata.AppendString(nil, userdata.TypeComment, r.String())})
-	}
-	if err := dp.nft.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	writePrerouting(t, dp, old)
 	if rules := rulesOf(t, dp); !strings.Contains(rules, "bridge prerouting "+old[0].String()+"\n") {
 		t.Fatalf("the old rules are not in place:\n%s", rules)
 	}
@@ -211,12 +192,7 @@ func TestPrivilegedPortDropUpgrade(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := changeText(res)
-	for _, r := range old {
-		if !strings.Contains(got, "delete "+overlay.RuleObject("bridge", "prerouting", r.String())+"\n") {
-			t.Errorf("changes lack the deletion of %q:\n%s", r.String(), got)
-		}
-	}
+	checkDeleted(t, res, old)
 	rules := rulesOf(t, dp)
 	for _, want := range []string{
 		"bridge prerouting iifname @ports iifname . ether saddr != @port_macs counter jump port_drop\n",
@@ -250,5 +226,29 @@ func TestPrivilegedPortDropUpgrade(t *testing.T) {
 	}
 	if rules := rulesOf(t, dp); !strings.Contains(rules, "bridge port_drop update @port_drops { iifname }\n") {
 		t.Errorf("the count is not back once the set could be made:\n%s", rules)
+	}
+}
+
+// writePrerouting adds rules to our bridge prerouting chain as an earlier version wrote them.
+func writePrerouting(t *testing.T, dp *Datapath, rules []overlay.Rule) {
+	t.Helper()
+	tb := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyBridge}
+	for _, r := range rules {
+		dp.nft.AddRule(&nftables.Rule{Table: tb, Chain: &nftables.Chain{Name: "prerouting", Table: tb},
+			Exprs: ruleExprs(nftables.TableFamilyBridge, r, nil), UserData: userdata.AppendString(nil, userdata.TypeComment, r.String())})
+	}
+	if err := dp.nft.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkDeleted fails unless res reports the deletion of every rule of old from bridge prerouting.
+func checkDeleted(t *testing.T, res overlay.Result, old []overlay.Rule) {
+	t.Helper()
+	got := changeText(res)
+	for _, r := range old {
+		if !strings.Contains(got, "delete "+overlay.RuleObject("bridge", "prerouting", r.String())+"\n") {
+			t.Errorf("changes lack the deletion of %q:\n%s", r.String(), got)
+		}
 	}
 }
