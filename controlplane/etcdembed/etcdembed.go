@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,10 +26,13 @@ import (
 type Config struct {
 	// Dir holds the data; created if missing.
 	Dir string
-	// ClientURL is where clients connect; port 0 picks a free one. Default http://127.0.0.1:0.
+	// ClientURL is where clients connect (port 0 picks a free one). Empty, the default: a unix
+	// socket in Dir, which Start makes private to this user (0700), so that no other local user can
+	// reach the unauthenticated etcd; when Dir's path is too long for a socket, the socket goes in
+	// a private temporary directory instead.
 	ClientURL string
-	// PeerURL is the raft peer listener (unused by a single node, but etcd needs one).
-	// Default http://127.0.0.1:0.
+	// PeerURL is the raft peer listener (unused by a single node, but etcd needs one). Empty, the
+	// default: a unix socket beside the client's, for the same reason.
 	PeerURL string
 	// Fast shortens raft ticks for tests (TickMs 10, ElectionMs 100).
 	Fast bool
@@ -41,12 +45,7 @@ type Config struct {
 
 // Default returns the configuration `vxfab server` uses for a data directory.
 func Default(dir string) Config {
-	return Config{
-		Dir:          dir,
-		ClientURL:    "http://127.0.0.1:0",
-		PeerURL:      "http://127.0.0.1:0",
-		ReadyTimeout: 30 * time.Second,
-	}
+	return Config{Dir: dir, ReadyTimeout: 30 * time.Second}
 }
 
 // Validate reports a configuration that cannot start.
@@ -67,27 +66,49 @@ type Server struct {
 	etcd      *embed.Etcd
 	closing   *atomic.Bool
 	closeOnce sync.Once
+	sockDir   string // a private temporary directory of the sockets, removed by Close; "" when none
 }
 
+// maxSocketPath is the longest path a unix socket can have (sun_path less its terminating NUL).
+const maxSocketPath = 107
+
 // Start runs etcd and returns once it serves clients.
-func Start(ctx context.Context, cfg Config) (*Server, error) {
-	if cfg.ClientURL == "" {
-		cfg.ClientURL = "http://127.0.0.1:0"
+func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if cfg.PeerURL == "" {
-		cfg.PeerURL = "http://127.0.0.1:0"
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create etcd data directory: %w", err)
+	}
+	if err := os.Chmod(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("etcd data directory: %w", err)
+	}
+	srv := &Server{closing: &atomic.Bool{}}
+	if cfg.ClientURL == "" || cfg.PeerURL == "" {
+		dir := cfg.Dir
+		if len(filepath.Join(dir, "client.sock")) > maxSocketPath {
+			if dir, err = os.MkdirTemp("", "vxfab-etcd-"); err != nil {
+				return nil, fmt.Errorf("directory of the etcd sockets: %w", err)
+			}
+			srv.sockDir = dir
+			defer func() {
+				if err != nil {
+					_ = os.RemoveAll(dir)
+				}
+			}()
+		}
+		if cfg.ClientURL == "" {
+			cfg.ClientURL = "unix://" + filepath.Join(dir, "client.sock")
+		}
+		if cfg.PeerURL == "" {
+			cfg.PeerURL = "unix://" + filepath.Join(dir, "peer.sock")
+		}
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 30 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create etcd data directory: %w", err)
 	}
 	curl, _ := url.Parse(cfg.ClientURL)
 	purl, _ := url.Parse(cfg.PeerURL)
@@ -99,6 +120,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	ec.AdvertiseClientUrls = []url.URL{*curl}
 	ec.ListenPeerUrls = []url.URL{*purl}
 	ec.AdvertisePeerUrls = []url.URL{*purl}
+	if purl.Scheme == "unix" && purl.Host == "" {
+		// etcd listens for peers on a unix URL's host part: the socket's absolute path goes there
+		// (it would not survive as a URL's host in text, so only the listener gets it).
+		ec.ListenPeerUrls = []url.URL{{Scheme: "unix", Host: purl.Path}}
+	}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
 	// History kept for agents that resume a Sync stream after an outage.
 	ec.AutoCompactionMode = "revision"
@@ -122,8 +148,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("embedded etcd feature gates: %w", err)
 	}
-	closing := &atomic.Bool{}
-	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&slogCore{log: cfg.Logger, closing: closing}))
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&slogCore{log: cfg.Logger, closing: srv.closing}))
 
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
@@ -141,11 +166,18 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Server{etcd: e, closing: closing}, nil
+	srv.etcd = e
+	return srv, nil
 }
 
 // Endpoint is the address clients connect to (the bound port when ClientURL asked for port 0).
-func (s *Server) Endpoint() string { return "http://" + s.etcd.Clients[0].Addr().String() }
+func (s *Server) Endpoint() string {
+	a := s.etcd.Clients[0].Addr()
+	if a.Network() == "unix" {
+		return "unix://" + a.String()
+	}
+	return "http://" + a.String()
+}
 
 // Client opens a client to this server. The caller closes it.
 func (s *Server) Client() (*clientv3.Client, error) {
@@ -162,6 +194,9 @@ func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		s.closing.Store(true)
 		s.etcd.Close()
+		if s.sockDir != "" {
+			_ = os.RemoveAll(s.sockDir)
+		}
 	})
 }
 

@@ -2,6 +2,13 @@ package etcdembed
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,4 +78,106 @@ func TestCloseTwice(t *testing.T) {
 	}
 	s.Close()
 	s.Close()
+}
+
+// TestPrivateSockets: by default etcd listens on unix sockets in its data directory, which only its
+// user may enter: another local user cannot reach the unauthenticated etcd, and no TCP port is open.
+func TestPrivateSockets(t *testing.T) {
+	// Not t.TempDir: its parent is private, and another user must get as far as the data directory.
+	dir, err := os.MkdirTemp("", "vxfab-etcdtest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := Default(filepath.Join(dir, "etcd"))
+	cfg.Fast = true
+	if err := os.Mkdir(cfg.Dir, 0o755); err != nil { // left open by someone: Start closes it
+		t.Fatal(err)
+	}
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sock := filepath.Join(dir, "etcd", "client.sock")
+	if got := s.Endpoint(); got != "unix://"+sock {
+		t.Fatalf("endpoint %q, want unix://%s", got, sock)
+	}
+	for _, l := range []net.Listener{s.etcd.Clients[0], s.etcd.Peers[0].Listener} {
+		if l.Addr().Network() != "unix" || filepath.Dir(l.Addr().String()) != filepath.Join(dir, "etcd") {
+			t.Errorf("etcd listens on %s %s, want a unix socket in its data directory", l.Addr().Network(), l.Addr())
+		}
+	}
+	if fi, err := os.Stat(cfg.Dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("data directory: %v, %v; want mode 0700", fi.Mode(), err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("another user's attempt needs root")
+	}
+	// Another user (nobody), in a process of its own, cannot connect: only the data directory's
+	// mode stops it (its parent, and the copy of this test binary it runs, are open to all).
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "etcdembed.test")
+	self, err := os.ReadFile(os.Args[0])
+	if err == nil {
+		err = os.WriteFile(bin, self, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestHelperDial$")
+	cmd.Env = append(os.Environ(), "VXFAB_TEST_DIAL="+sock)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "permission denied") {
+		t.Errorf("user nobody dialling %s: %v\n%s", sock, err, out)
+	}
+}
+
+// TestHelperDial dials the unix socket VXFAB_TEST_DIAL and prints the outcome (TestPrivateSockets
+// runs it as another user).
+func TestHelperDial(t *testing.T) {
+	sock := os.Getenv("VXFAB_TEST_DIAL")
+	if sock == "" {
+		t.Skip("run by TestPrivateSockets")
+	}
+	c, err := net.Dial("unix", sock)
+	if err == nil {
+		c.Close()
+		t.Fatalf("connected to %s", sock)
+	}
+	fmt.Println(err)
+}
+
+// TestLongDirSockets: a data directory too deep for a socket path puts the sockets in a private
+// temporary directory, removed on Close.
+func TestLongDirSockets(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 60), strings.Repeat("e", 60))
+	cfg := Default(dir)
+	cfg.Fast = true
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sockDir := filepath.Dir(strings.TrimPrefix(s.Endpoint(), "unix://"))
+	if !strings.HasPrefix(filepath.Base(sockDir), "vxfab-etcd-") {
+		s.Close()
+		t.Fatalf("endpoint %s, want a socket in a temporary directory", s.Endpoint())
+	}
+	cli, err := s.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	cli.Close()
+	s.Close()
+	if _, err := os.Stat(sockDir); !os.IsNotExist(err) {
+		t.Errorf("socket directory %s after Close: %v", sockDir, err)
+	}
 }
