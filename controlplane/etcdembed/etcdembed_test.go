@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/pkg/v3/featuregate"
 	"go.etcd.io/etcd/server/v3/features"
 )
@@ -179,5 +180,39 @@ func TestLongDirSockets(t *testing.T) {
 	s.Close()
 	if _, err := os.Stat(sockDir); !os.IsNotExist(err) {
 		t.Errorf("socket directory %s after Close: %v", sockDir, err)
+	}
+}
+
+// TestUpgradeFromLoopback: a data directory written by an etcd on loopback TCP (as earlier versions
+// ran it) starts on the private sockets with its data.
+func TestUpgradeFromLoopback(t *testing.T) {
+	cfg := Default(t.TempDir())
+	cfg.Fast = true
+	old := cfg
+	old.ClientURL, old.PeerURL = "http://127.0.0.1:0", "http://127.0.0.1:0"
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i, c := range []Config{old, cfg} {
+		s, err := Start(ctx, c)
+		if err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+		cli, err := s.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			_, err = cli.Put(ctx, "/k", "v")
+		} else {
+			var resp *clientv3.GetResponse
+			if resp, err = cli.Get(ctx, "/k"); err == nil && (len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "v") {
+				err = fmt.Errorf("got %v, want /k=v", resp.Kvs)
+			}
+		}
+		cli.Close()
+		s.Close()
+		if err != nil {
+			t.Fatalf("start %d (%s): %v", i, c.ClientURL, err)
+		}
 	}
 }
