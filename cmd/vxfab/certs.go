@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -73,6 +74,59 @@ and gossip.key; ca.key never needs to leave the machine that runs this command.`
 	fs.StringArrayVar(&serverIPs, "server-ip", nil, "IP address clients reach the server at (repeatable)")
 	fs.IntVar(&days, "days", 365, "validity of the certificates in days (the CA gets twice as long)")
 	_ = initCmd.MarkFlagRequired("dir")
-	cmd.AddCommand(initCmd)
+
+	var revokeDir string
+	revokeCmd := &cobra.Command{
+		Use:   "revoke NAME|FILE...",
+		Short: "put client certificates of the CA in --dir on its revocation list",
+		Long: `Adds the certificates to the CA's revocation list, --dir/crl.pem (signed with ca.key). NAME is a
+node (node-NAME.crt in --dir) or admin (admin.crt); a path to a .crt file names any certificate the CA
+signed.
+
+The API server refuses a revoked certificate within a second: in new connections, in calls over
+connections already open, and on running streams at their next message. It reads the list beside
+its --tls-ca (for a server that made its own PKI, <data-dir>/pki/crl.pem), or --tls-crl; copy the
+file there when the CA lives elsewhere. Running certs init again issues the revoked node and admin
+certificates anew.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var certs []*x509.Certificate
+			for _, a := range args {
+				path := a
+				switch {
+				case a == "admin":
+					path = filepath.Join(revokeDir, pki.AdminCert)
+				case pki.ValidNodeName(a):
+					path = filepath.Join(revokeDir, pki.NodeCertFile(a))
+				}
+				c, err := pki.ReadCertFile(path)
+				if err != nil {
+					return fmt.Errorf("%s: %w", a, err)
+				}
+				certs = append(certs, c)
+			}
+			res, err := pki.Revoke(revokeDir, certs, time.Now())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "CERTIFICATE\tSERIAL\tSTATE")
+			for i, r := range res {
+				state := "revoked"
+				if r.Already {
+					state = "already revoked"
+				}
+				fmt.Fprintf(tw, "%s\t%x\t%s\n", args[i], r.Serial, state)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "revocation list: %s\n", filepath.Join(revokeDir, pki.CRLFile))
+			return err
+		},
+	}
+	revokeCmd.Flags().StringVar(&revokeDir, "dir", "", "directory of the CA (ca.crt, ca.key) and its certificates")
+	_ = revokeCmd.MarkFlagRequired("dir")
+	cmd.AddCommand(initCmd, revokeCmd)
 	return cmd
 }

@@ -47,3 +47,40 @@ func TestLocalAdminTokenOnlyForLocalServers(t *testing.T) {
 		}
 	}
 }
+
+// vxfab certs revoke puts node and admin certificates on the CA's list, says which were revoked
+// before, refuses a name with no certificate, and certs init then issues the revoked ones anew.
+func TestCertsRevoke(t *testing.T) {
+	dir := t.TempDir()
+	run := func(args ...string) (string, error) {
+		var out strings.Builder
+		root := newRootCmd()
+		root.SetOut(&out)
+		root.SetErr(io.Discard)
+		root.SetArgs(args)
+		err := root.Execute()
+		return out.String(), err
+	}
+	if _, err := run("certs", "init", "--dir", dir, "--node", "h1", "--node", "h2"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run("certs", "revoke", "--dir", dir, "h1", "admin")
+	if err != nil || strings.Count(out, " revoked\n") != 2 {
+		t.Fatalf("revoke h1 admin: %v\n%s", err, out)
+	}
+	if out, err := run("certs", "revoke", "--dir", dir, "h1"); err != nil || !strings.Contains(out, "already revoked") {
+		t.Fatalf("revoke h1 again: %v\n%s", err, out)
+	}
+	if _, err := run("certs", "revoke", "--dir", dir, "h9"); err == nil || !strings.Contains(errorLine(err), "node-h9.crt") {
+		t.Fatalf("revoke h9 (no certificate): %v", err)
+	}
+	out, err = run("certs", "init", "--dir", dir, "--node", "h1", "--node", "h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"node-h1.crt  created", "admin.crt    created", "node-h2.crt  kept"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("init after revoking h1 and admin lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -54,6 +54,10 @@ type Config struct {
 	// TLSCA verifies client certificates (agents, admin). Empty with TLSCert given: certificates are
 	// not accepted as credentials, only tokens.
 	TLSCA string
+	// TLSCRL is the revocation list of client certificates, read again within a second of a change.
+	// Default: crl.pem beside TLSCA (where `vxfab certs revoke` writes it); a missing file revokes
+	// nothing.
+	TLSCRL string
 	// TLSSANs are extra names or addresses of the server certificate made under <DataDir>/pki.
 	TLSSANs []string
 	// Insecure serves plaintext on TCP (TLS is still accepted when a certificate is configured).
@@ -91,6 +95,7 @@ func AddFlags(fs *pflag.FlagSet) *Config {
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (default: made with its own CA under <data-dir>/pki on first start)")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "server key")
 	fs.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that signs agent and admin client certificates (default <data-dir>/pki/ca.crt when the server made its own PKI)")
+	fs.StringVar(&cfg.TLSCRL, "tls-crl", "", "revocation list of client certificates, as `vxfab certs revoke` writes it (default: crl.pem beside --tls-ca; read again within a second of a change)")
 	fs.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs of the server certificate the server makes for itself")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "also serve plaintext gRPC on TCP (unsafe: tokens cross the network in the clear)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "admin bearer token, written on first start if missing (default <data-dir>/admin.token)")
@@ -133,6 +138,8 @@ type Authenticator struct {
 	tokens    *tokenStore
 	adminHash [sha256.Size]byte
 	creds     *serverCreds
+	// revoked lists the client certificates refused (nil without a client CA).
+	revoked *pki.Revocations
 }
 
 // New loads (or creates) the server's certificates and admin token. cli reaches the etcd that holds
@@ -182,6 +189,21 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 		var err error
 		if tlsCfg, err = pki.ServerTLSConfig(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA); err != nil {
 			return nil, err
+		}
+		if cfg.TLSCA != "" {
+			if cfg.TLSCRL == "" {
+				cfg.TLSCRL = filepath.Join(filepath.Dir(cfg.TLSCA), pki.CRLFile)
+				a.cfg.TLSCRL = cfg.TLSCRL
+			}
+			if a.revoked, err = pki.NewRevocations(cfg.TLSCRL, cfg.TLSCA); err != nil {
+				return nil, fmt.Errorf("client certificate revocation list: %w", err)
+			}
+			tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
+				if len(cs.PeerCertificates) > 0 && a.revoked.Revoked(cs.PeerCertificates[0]) {
+					return fmt.Errorf("client certificate %x is revoked", cs.PeerCertificates[0].SerialNumber)
+				}
+				return nil
+			}
 		}
 		if cfg.TLSCA == "" {
 			log.Warn("no --tls-ca: client certificates are not accepted, agents must use tokens")
@@ -292,6 +314,9 @@ func (a *Authenticator) identify(ctx context.Context) (Identity, error) {
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			if a.certRevoked(info.State) {
+				return Identity{}, errRevoked
+			}
 			switch id := pki.IdentityOfConn(info.State); id.Kind {
 			case pki.KindAdmin:
 				return Identity{Role: RoleAdmin, Via: "certificate"}, nil
@@ -301,6 +326,14 @@ func (a *Authenticator) identify(ctx context.Context) (Identity, error) {
 		}
 	}
 	return Identity{}, nil
+}
+
+var errRevoked = status.Error(codes.Unauthenticated, "client certificate revoked")
+
+// certRevoked reports whether the verified client certificate of a connection is on the
+// revocation list now (connections opened before its revocation stay open).
+func (a *Authenticator) certRevoked(cs tls.ConnectionState) bool {
+	return a.revoked != nil && len(cs.VerifiedChains) > 0 && a.revoked.Revoked(cs.VerifiedChains[0][0])
 }
 
 func (a *Authenticator) identifyToken(ctx context.Context, token string) (Identity, error) {
@@ -349,11 +382,22 @@ func (a *Authenticator) StreamInterceptor(srv any, ss grpc.ServerStream, info *g
 	if err := authorizeCall(id, c, info.FullMethod); err != nil {
 		return err
 	}
-	return handler(srv, &authorizedStream{
+	as := &authorizedStream{
 		ServerStream: ss,
 		ctx:          context.WithValue(ss.Context(), identityKey{}, id),
 		id:           id, class: c, method: info.FullMethod,
-	})
+	}
+	if id.Via == "certificate" {
+		if p, ok := peer.FromContext(ss.Context()); ok {
+			if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+				if a.revoked != nil && len(info.State.VerifiedChains) > 0 {
+					key := pki.SerialKey(info.State.VerifiedChains[0][0])
+					as.revoked = func() bool { return a.revoked.RevokedKey(key) }
+				}
+			}
+		}
+	}
+	return handler(srv, as)
 }
 
 type authorizedStream struct {
@@ -362,6 +406,16 @@ type authorizedStream struct {
 	id     Identity
 	class  class
 	method string
+	// revoked, for a caller known by its certificate, tells whether that certificate is revoked
+	// now: a stream that outlives its certificate ends at its next message.
+	revoked func() bool
+}
+
+func (s *authorizedStream) SendMsg(m any) error {
+	if s.revoked != nil && s.revoked() {
+		return errRevoked
+	}
+	return s.ServerStream.SendMsg(m)
 }
 
 func (s *authorizedStream) Context() context.Context { return s.ctx }
@@ -369,6 +423,9 @@ func (s *authorizedStream) Context() context.Context { return s.ctx }
 func (s *authorizedStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
+	}
+	if s.revoked != nil && s.revoked() {
+		return errRevoked
 	}
 	return authorizeRequest(s.id, s.class, s.method, m)
 }

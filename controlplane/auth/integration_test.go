@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/x509"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -326,4 +327,54 @@ func TestClientConfigRefusesCleartextCredentials(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
+}
+
+// TestRevokedCertificate: within a second of a certificate's revocation (crl.pem beside the CA, as
+// `vxfab certs revoke` writes it) the server refuses it: on calls over a connection already open,
+// on a stream already running (at its next message), and in new handshakes. Other certificates
+// work on.
+func TestRevokedCertificate(t *testing.T) {
+	cli := startEtcd(t)
+	s := startServer(t, cli)
+	ctx := ctxT(t)
+	h1 := vxfabricv1.NewAgentServiceClient(s.dial(t, client{cert: "node-h1"}))
+	h2 := vxfabricv1.NewAgentServiceClient(s.dial(t, client{cert: "node-h2"}))
+	report := func(c vxfabricv1.AgentServiceClient, node string) error {
+		_, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: node, Revision: 1})
+		return err
+	}
+	wantCode(t, "h1 before the revocation", report(h1, "h1"), codes.OK)
+	stream, err := vxfabricv1.NewAgentServiceClient(s.dial(t, client{cert: "admin"})).Sync(ctx, &vxfabricv1.SyncRequest{Node: "flood"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	var certs []*x509.Certificate
+	for _, name := range []string{pki.NodeCertFile("h1"), pki.AdminCert} {
+		c, err := pki.ReadCertFile(filepath.Join(s.pkiDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs = append(certs, c)
+	}
+	revokedAt := time.Now()
+	if _, err := pki.Revoke(s.pkiDir, certs, revokedAt); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err = stream.Recv(); err != nil {
+			break
+		}
+	}
+	wantCode(t, "the admin's running Sync stream", err, codes.Unauthenticated)
+	if took := time.Since(revokedAt); took > 2*time.Second {
+		t.Errorf("the revoked stream ended %s after the revocation, want within a second", took)
+	}
+	wantCode(t, "h1 on its open connection", report(h1, "h1"), codes.Unauthenticated)
+	fresh := vxfabricv1.NewAgentServiceClient(s.dial(t, client{cert: "node-h1"}))
+	wantCode(t, "h1 on a new connection", report(fresh, "h1"), codes.Unavailable)
+	wantCode(t, "h2", report(h2, "h2"), codes.OK)
 }

@@ -240,6 +240,7 @@ func Init(cfg InitConfig) ([]FileResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	ca.revoked = revokedIn(cfg.Dir, ca.cert)
 	note(filepath.Join(cfg.Dir, CACertFile), caCreated)
 
 	serverTmpl := leafTemplate(cfg.Validity)
@@ -285,6 +286,8 @@ func Init(cfg InitConfig) ([]FileResult, error) {
 type authority struct {
 	cert *x509.Certificate
 	key  *ecdsa.PrivateKey
+	// revoked holds the serials of the directory's revocation list: such a certificate is issued anew.
+	revoked map[string]bool
 }
 
 func ensureCA(cfg InitConfig) (authority, bool, error) {
@@ -358,7 +361,7 @@ func ensureLeaf(dir, certName, keyName string, ca authority, tmpl *x509.Certific
 }
 
 func leafStillGood(cert *x509.Certificate, key *ecdsa.PrivateKey, ca authority, tmpl *x509.Certificate) bool {
-	if !publicKeyMatches(cert, key) || time.Until(cert.NotAfter) < renewBefore {
+	if !publicKeyMatches(cert, key) || time.Until(cert.NotAfter) < renewBefore || ca.revoked[cert.SerialNumber.String()] {
 		return false
 	}
 	pool := x509.NewCertPool()

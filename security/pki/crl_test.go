@@ -1,0 +1,107 @@
+package pki
+
+import (
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRevoke(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultInit(dir)
+	cfg.Nodes = []string{"h1", "h2"}
+	if _, err := Init(cfg); err != nil {
+		t.Fatal(err)
+	}
+	cert := func(name string) *x509.Certificate {
+		t.Helper()
+		c, err := ReadCertFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	h1, h2 := cert(NodeCertFile("h1")), cert(NodeCertFile("h2"))
+	crlPath := filepath.Join(dir, CRLFile)
+
+	// Nothing revoked yet: no list, nothing refused.
+	rev, err := NewRevocations(crlPath, filepath.Join(dir, CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev.Revoked(h1) {
+		t.Fatal("h1 revoked before any revocation")
+	}
+
+	res, err := Revoke(dir, []*x509.Certificate{h1}, time.Now())
+	if err != nil || len(res) != 1 || res[0].Already || res[0].Serial.Cmp(h1.SerialNumber) != 0 {
+		t.Fatalf("revoke h1: %+v, %v", res, err)
+	}
+	if res, err := Revoke(dir, []*x509.Certificate{h1}, time.Now()); err != nil || !res[0].Already {
+		t.Fatalf("revoke h1 again: %+v, %v; want already revoked", res, err)
+	}
+	time.Sleep(1100 * time.Millisecond) // the list is looked at again at most once a second
+	if !rev.Revoked(h1) || rev.Revoked(h2) {
+		t.Fatalf("after revoking h1: h1 %v, h2 %v; want true, false", rev.Revoked(h1), rev.Revoked(h2))
+	}
+
+	// A list that is not the CA's leaves the last good one in force, and says why.
+	other := t.TempDir()
+	if _, err := Init(DefaultInit(other)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Revoke(dir, []*x509.Certificate{mustRead(t, filepath.Join(other, AdminCert))}, time.Now()); err == nil ||
+		!strings.Contains(err.Error(), "not signed by the CA") {
+		t.Fatalf("revoking another CA's certificate: %v", err)
+	}
+	if _, err := Revoke(other, []*x509.Certificate{mustRead(t, filepath.Join(other, AdminCert))}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := os.ReadFile(filepath.Join(other, CRLFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFileAtomic(crlPath, foreign, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if !rev.Revoked(h1) || rev.Err() == nil {
+		t.Fatalf("with another CA's list: h1 revoked %v, err %v; want the last good list in force and an error", rev.Revoked(h1), rev.Err())
+	}
+	if _, err := NewRevocations(crlPath, filepath.Join(dir, CACertFile)); err == nil {
+		t.Fatal("a server starting with another CA's list: no error")
+	}
+	if err := os.Remove(crlPath); err != nil {
+		t.Fatal(err)
+	}
+
+	// Init issues a revoked certificate anew and keeps the others.
+	if _, err := Revoke(dir, []*x509.Certificate{h1}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	results, err := Init(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range results {
+		want := filepath.Base(r.Path) == NodeCertFile("h1")
+		if r.Created != want {
+			t.Errorf("init after revoking h1: %s created %v, want %v", filepath.Base(r.Path), r.Created, want)
+		}
+	}
+	if n := cert(NodeCertFile("h1")); n.SerialNumber.Cmp(h1.SerialNumber) == 0 {
+		t.Error("h1's certificate was not issued anew")
+	}
+}
+
+func mustRead(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	c, err := ReadCertFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
