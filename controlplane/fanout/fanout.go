@@ -43,6 +43,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -149,6 +150,11 @@ type Hub struct {
 
 	// slots holds a token per snapshot being built or sent (capacity Config.MaxSnapshots).
 	slots chan struct{}
+
+	// statusRev is the revision of the newest status/ports write of this hub: ReportApplied decides
+	// what to write against a model that has seen it, or two quick reports (unplugged, then plugged)
+	// could find the first one's write not yet in the model and skip the second's.
+	statusRev atomic.Int64
 
 	statMu sync.Mutex // desired revisions change only with mu also held for writing
 	stats  map[string]*nodeStat

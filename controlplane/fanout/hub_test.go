@@ -618,6 +618,25 @@ func TestReportApplied(t *testing.T) {
 	if got := fmt.Sprint(statusKeys()); got != "[pa2=1]" {
 		t.Errorf("status keys %s, want [pa2=1]", got)
 	}
+
+	// Reports back to back, each the opposite of the last: the store ends as the last one says,
+	// also when the hub's watch has not yet seen the write of the one before.
+	for i := range 50 {
+		plugged := []string{"pa2"}
+		if i%2 == 0 {
+			plugged = nil
+		}
+		if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", Revision: rev, PluggedPortIds: plugged}); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprint(plugged)
+		if plugged != nil {
+			want = "[pa2=1]"
+		}
+		if got := fmt.Sprint(statusKeys()); got != want {
+			t.Fatalf("report %d (plugged %v): status keys %s, want %s", i, plugged, got, want)
+		}
+	}
 	if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "Bad"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("bad node name: %v, want InvalidArgument", err)
 	}

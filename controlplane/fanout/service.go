@@ -141,6 +141,13 @@ func (h *Hub) catchUp(ctx context.Context, resume int64) error {
 	return nil
 }
 
+// wroteStatus counts a status/ports write of revision rev and makes the next report wait for it.
+func (h *Hub) wroteStatus(rev int64) {
+	h.met.statusWrites.Inc()
+	for cur := h.statusRev.Load(); rev > cur && !h.statusRev.CompareAndSwap(cur, rev); cur = h.statusRev.Load() {
+	}
+}
+
 // ReportApplied records the revision node applied and mirrors its plugged ports into status/ports keys.
 // Only ports bound to node are considered, and only differences from the stored status are written, so
 // a steady agent causes no etcd writes.
@@ -156,6 +163,9 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	case <-h.ready:
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	if err := h.WaitRevision(ctx, h.statusRev.Load()); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "report of node %q: %v", node, err)
 	}
 	plugged := make(map[string]bool, len(req.GetPluggedPortIds()))
 	for _, id := range req.GetPluggedPortIds() {
@@ -176,20 +186,21 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	for _, id := range puts {
 		// Only while the port exists, so a report racing a delete leaves no orphan status key.
 		portKey := h.cfg.Prefix + "ports/" + id
-		_, err := h.cli.Txn(ctx).
+		resp, err := h.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.Version(portKey), ">", 0)).
 			Then(clientv3.OpPut(h.cfg.Prefix+"status/ports/"+id, "1")).
 			Commit()
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "mark port %q plugged: %v", id, err)
 		}
-		h.met.statusWrites.Inc()
+		h.wroteStatus(resp.Header.GetRevision())
 	}
 	for _, id := range dels {
-		if _, err := h.cli.Delete(ctx, h.cfg.Prefix+"status/ports/"+id); err != nil {
+		resp, err := h.cli.Delete(ctx, h.cfg.Prefix+"status/ports/"+id)
+		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "mark port %q unplugged: %v", id, err)
 		}
-		h.met.statusWrites.Inc()
+		h.wroteStatus(resp.Header.GetRevision())
 	}
 
 	now := time.Now()
