@@ -606,9 +606,9 @@ func NftPlan(d DesiredState) []NftChain {
 		drop := JumpTo(PortDropChain)
 		bpre.Rules = append(bpre.Rules,
 			Rule{Matches: []Match{ports, {Field: FieldIIFNameEtherSaddrSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: drop},
-			Rule{Matches: []Match{ports, arp, {Field: FieldIIFNameARPShaSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: drop},
-			Rule{Matches: []Match{ports4, arp, {Field: FieldIIFNameARPSpaSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: drop},
-			Rule{Matches: []Match{ports4, ip, {Field: FieldIIFNameIPSaddrSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: drop})
+			Rule{Matches: []Match{arp, ports, {Field: FieldIIFNameARPShaSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: drop},
+			Rule{Matches: []Match{arp, ports4, {Field: FieldIIFNameARPSpaSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: drop},
+			Rule{Matches: []Match{ip, ports4, {Field: FieldIIFNameIPSaddrSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: drop})
 	}
 	// The drop chain before the chain that jumps to it: its rules are in place first.
 	return []NftChain{input, forward, nat, PortDropChainPlan(), bpre, bpost}
