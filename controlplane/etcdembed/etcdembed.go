@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -77,15 +78,29 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	// Absolute: a relative path would make a socket URL's first element its host.
+	if cfg.Dir, err = filepath.Abs(cfg.Dir); err != nil {
+		return nil, fmt.Errorf("etcd data directory: %w", err)
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create etcd data directory: %w", err)
 	}
-	if err := os.Chmod(cfg.Dir, 0o700); err != nil {
+	if fi, err := os.Stat(cfg.Dir); err != nil {
 		return nil, fmt.Errorf("etcd data directory: %w", err)
+	} else if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(cfg.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("etcd data directory %s is open to other users (%s) and cannot be closed: %w", cfg.Dir, fi.Mode().Perm(), err)
+		}
 	}
 	srv := &Server{closing: &atomic.Bool{}}
 	if cfg.ClientURL == "" || cfg.PeerURL == "" {
 		dir := cfg.Dir
+		// etcd replaces a socket file before it finds the data locked by another instance: a second
+		// instance must not take the first one's sockets.
+		if c, err := net.DialTimeout("unix", filepath.Join(dir, "client.sock"), time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("an etcd already serves the data directory %s", cfg.Dir)
+		}
 		if len(filepath.Join(dir, "client.sock")) > maxSocketPath {
 			if dir, err = os.MkdirTemp("", "vxfab-etcd-"); err != nil {
 				return nil, fmt.Errorf("directory of the etcd sockets: %w", err)

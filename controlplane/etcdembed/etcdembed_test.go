@@ -116,8 +116,12 @@ func TestPrivateSockets(t *testing.T) {
 		t.Skip("another user's attempt needs root")
 	}
 	// Another user (nobody), in a process of its own, cannot connect: only the data directory's
-	// mode stops it (its parent, and the copy of this test binary it runs, are open to all).
+	// mode stops it (its parent, the socket itself and the copy of this test binary it runs are
+	// opened to all).
 	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sock, 0o777); err != nil {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "etcdembed.test")
@@ -214,5 +218,35 @@ func TestUpgradeFromLoopback(t *testing.T) {
 		if err != nil {
 			t.Fatalf("start %d (%s): %v", i, c.ClientURL, err)
 		}
+	}
+}
+
+// TestRelativeDirAndSecondInstance: a relative data directory works (its sockets get an absolute
+// path), and a second instance on the same directory is refused without taking the first one's
+// sockets.
+func TestRelativeDirAndSecondInstance(t *testing.T) {
+	t.Chdir(t.TempDir())
+	cfg := Default(filepath.Join("data", "etcd"))
+	cfg.Fast = true
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if ep := s.Endpoint(); !strings.HasPrefix(ep, "unix:///") {
+		t.Errorf("endpoint %q, want an absolute socket path", ep)
+	}
+	if _, err := Start(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "already serves") {
+		t.Fatalf("second instance: %v, want refused", err)
+	}
+	cli, err := s.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "/k", "v"); err != nil {
+		t.Fatalf("the first instance after the second was refused: %v", err)
 	}
 }
