@@ -77,18 +77,19 @@ and gossip.key; ca.key never needs to leave the machine that runs this command.`
 
 	var revokeDir string
 	revokeCmd := &cobra.Command{
-		Use:   "revoke NAME|FILE...",
+		Use:   "revoke [NAME|FILE...]",
 		Short: "put client certificates of the CA in --dir on its revocation list",
 		Long: `Adds the certificates to the CA's revocation list, --dir/crl.pem (signed with ca.key). NAME is a
 node (node-NAME.crt in --dir) or admin (admin.crt); a path to a .crt file names any certificate the CA
-signed.
+signed. It revokes the certificate the file holds now: one that certs init renewed before is revoked
+through a copy of its old file. With no name it writes the list anew (an empty one, to start with).
 
 The API server refuses a revoked certificate within a second: in new connections, in calls over
-connections already open, and on running streams at their next message. It reads the list beside
-its --tls-ca (for a server that made its own PKI, <data-dir>/pki/crl.pem), or --tls-crl; copy the
-file there when the CA lives elsewhere. Running certs init again issues the revoked node and admin
-certificates anew.`,
-		Args: cobra.MinimumNArgs(1),
+connections already open, and on running streams at their next message. A server that made its own
+PKI reads <data-dir>/pki/crl.pem; any other reads the list given with --tls-crl (copy the file to
+every server replica). Running certs init again issues the revoked node and admin certificates anew.
+A revoked node still knows the gossip key: rotate it with the keyring.`,
+		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var certs []*x509.Certificate
 			for _, a := range args {

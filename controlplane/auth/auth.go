@@ -54,9 +54,9 @@ type Config struct {
 	// TLSCA verifies client certificates (agents, admin). Empty with TLSCert given: certificates are
 	// not accepted as credentials, only tokens.
 	TLSCA string
-	// TLSCRL is the revocation list of client certificates, read again within a second of a change.
-	// Default: crl.pem beside TLSCA (where `vxfab certs revoke` writes it); a missing file revokes
-	// nothing.
+	// TLSCRL is the revocation list of client certificates (as `vxfab certs revoke` writes it), read
+	// again within a second of a change; it must exist. Default: none, or for a server that made its
+	// own PKI, <data-dir>/pki/crl.pem once there is one.
 	TLSCRL string
 	// TLSSANs are extra names or addresses of the server certificate made under <DataDir>/pki.
 	TLSSANs []string
@@ -95,7 +95,7 @@ func AddFlags(fs *pflag.FlagSet) *Config {
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (default: made with its own CA under <data-dir>/pki on first start)")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "server key")
 	fs.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that signs agent and admin client certificates (default <data-dir>/pki/ca.crt when the server made its own PKI)")
-	fs.StringVar(&cfg.TLSCRL, "tls-crl", "", "revocation list of client certificates, as `vxfab certs revoke` writes it (default: crl.pem beside --tls-ca; read again within a second of a change)")
+	fs.StringVar(&cfg.TLSCRL, "tls-crl", "", "revocation list of --tls-ca's client certificates, as `vxfab certs revoke` writes it, read again within a second of a change (default: <data-dir>/pki/crl.pem when the server made its own PKI)")
 	fs.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs of the server certificate the server makes for itself")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "also serve plaintext gRPC on TCP (unsafe: tokens cross the network in the clear)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "admin bearer token, written on first start if missing (default <data-dir>/admin.token)")
@@ -113,6 +113,9 @@ func (c Config) Validate() error {
 	}
 	if c.TLSCert == "" && !c.Insecure && c.DataDir == "" {
 		return errors.New("TLS needs --tls-cert/--tls-key, or a data directory to make them in")
+	}
+	if c.TLSCRL != "" && c.TLSCA == "" && c.TLSCert != "" {
+		return errors.New("--tls-crl needs --tls-ca: it lists client certificates of that CA")
 	}
 	if c.MaxRecvMsgSize < 4096 {
 		return fmt.Errorf("max request size %d is below 4096 bytes", c.MaxRecvMsgSize)
@@ -160,6 +163,7 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 	log := cfg.Logger
 	a := &Authenticator{cfg: cfg, log: log, tokens: newTokenStore(cli, cfg.TokenCacheTTL)}
 
+	ownCA := false // the client CA is the one the server made for itself
 	if cfg.TLSCert == "" && !cfg.Insecure {
 		dir := filepath.Join(cfg.DataDir, "pki")
 		pkiCfg := pki.DefaultInit(dir)
@@ -179,7 +183,7 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 		}
 		cfg.TLSCert, cfg.TLSKey = filepath.Join(dir, pki.ServerCert), filepath.Join(dir, pki.ServerKey)
 		if cfg.TLSCA == "" {
-			cfg.TLSCA = filepath.Join(dir, pki.CACertFile)
+			cfg.TLSCA, ownCA = filepath.Join(dir, pki.CACertFile), true
 		}
 		log.Info("serving with the server's own CA", "dir", dir)
 		a.cfg = cfg
@@ -190,12 +194,12 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 		if tlsCfg, err = pki.ServerTLSConfig(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA); err != nil {
 			return nil, err
 		}
-		if cfg.TLSCA != "" {
-			if cfg.TLSCRL == "" {
-				cfg.TLSCRL = filepath.Join(filepath.Dir(cfg.TLSCA), pki.CRLFile)
-				a.cfg.TLSCRL = cfg.TLSCRL
-			}
-			if a.revoked, err = pki.NewRevocations(cfg.TLSCRL, cfg.TLSCA); err != nil {
+		crl, explicit := cfg.TLSCRL, cfg.TLSCRL != ""
+		if ownCA && !explicit {
+			crl = filepath.Join(filepath.Dir(cfg.TLSCA), pki.CRLFile)
+		}
+		if crl != "" {
+			if a.revoked, err = pki.NewRevocations(crl, cfg.TLSCA, explicit, log); err != nil {
 				return nil, fmt.Errorf("client certificate revocation list: %w", err)
 			}
 			tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
@@ -391,7 +395,8 @@ func (a *Authenticator) StreamInterceptor(srv any, ss grpc.ServerStream, info *g
 		if p, ok := peer.FromContext(ss.Context()); ok {
 			if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
 				if a.revoked != nil && len(info.State.VerifiedChains) > 0 {
-					key := pki.SerialKey(info.State.VerifiedChains[0][0])
+					leaf := info.State.VerifiedChains[0][0]
+					key := pki.RevocationKey(leaf.RawIssuer, leaf.SerialNumber)
 					as.revoked = func() bool { return a.revoked.RevokedKey(key) }
 				}
 			}

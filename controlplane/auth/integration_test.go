@@ -286,6 +286,22 @@ func TestAdminTokenFileAndOwnPKI(t *testing.T) {
 	if string(first) != string(second) {
 		t.Error("admin token changed on restart")
 	}
+
+	// Its revocation list is <data-dir>/pki/crl.pem, taken from the first one written.
+	admin, err := pki.ReadCertFile(filepath.Join(dataDir, "pki", pki.AdminCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.revoked == nil || a.revoked.Revoked(admin) {
+		t.Fatalf("own PKI: revocation list %v, admin revoked before any revocation", a.revoked)
+	}
+	if _, err := pki.Revoke(filepath.Join(dataDir, "pki"), []*x509.Certificate{admin}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if !a.revoked.Revoked(admin) {
+		t.Error("own PKI: the admin certificate revoked in <data-dir>/pki/crl.pem is not refused")
+	}
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -329,13 +345,20 @@ func TestClientConfigRefusesCleartextCredentials(t *testing.T) {
 	}
 }
 
-// TestRevokedCertificate: within a second of a certificate's revocation (crl.pem beside the CA, as
+// TestRevokedCertificate: within a second of a certificate's revocation (on the --tls-crl list, as
 // `vxfab certs revoke` writes it) the server refuses it: on calls over a connection already open,
 // on a stream already running (at its next message), and in new handshakes. Other certificates
 // work on.
 func TestRevokedCertificate(t *testing.T) {
 	cli := startEtcd(t)
-	s := startServer(t, cli)
+	s := startServer(t, cli, func(c *Config) {
+		// An empty list to start with: a list named explicitly must exist.
+		dir := filepath.Dir(c.TLSCA)
+		if _, err := pki.Revoke(dir, nil, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		c.TLSCRL = filepath.Join(dir, pki.CRLFile)
+	})
 	ctx := ctxT(t)
 	h1 := vxfabricv1.NewAgentServiceClient(s.dial(t, client{cert: "node-h1"}))
 	h2 := vxfabricv1.NewAgentServiceClient(s.dial(t, client{cert: "node-h2"}))

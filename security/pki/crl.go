@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -42,22 +43,20 @@ func Revoke(dir string, certs []*x509.Certificate, now time.Time) ([]RevokeResul
 		return nil, err
 	}
 	next := &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: now, NextUpdate: now.AddDate(10, 0, 0)}
-	revoked := map[string]bool{}
+	revoked := revokedSerials(old)
 	if old != nil {
 		next.Number.Add(old.Number, big.NewInt(1))
 		next.RevokedCertificateEntries = old.RevokedCertificateEntries
-		for _, e := range old.RevokedCertificateEntries {
-			revoked[e.SerialNumber.String()] = true
-		}
 	}
 	var res []RevokeResult
 	for _, c := range certs {
 		if err := c.CheckSignatureFrom(caCert); err != nil {
 			return nil, fmt.Errorf("certificate %q (serial %x) is not signed by the CA in %s: %w", c.Subject.CommonName, c.SerialNumber, dir, err)
 		}
-		r := RevokeResult{Serial: c.SerialNumber, Already: revoked[c.SerialNumber.String()]}
+		key := RevocationKey(c.RawIssuer, c.SerialNumber)
+		r := RevokeResult{Serial: c.SerialNumber, Already: revoked[key]}
 		if !r.Already {
-			revoked[c.SerialNumber.String()] = true
+			revoked[key] = true
 			next.RevokedCertificateEntries = append(next.RevokedCertificateEntries,
 				x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: now})
 		}
@@ -102,43 +101,57 @@ func readCRL(path string, cas []*x509.Certificate) (*x509.RevocationList, error)
 	return nil, fmt.Errorf("%s is not signed by the CA", path)
 }
 
+// RevocationKey names a certificate on a revocation list: its issuer and its serial number.
+func RevocationKey(rawIssuer []byte, serial *big.Int) string {
+	return string(rawIssuer) + "\x00" + serial.String()
+}
+
+// revokedSerials is the RevocationKey of each entry of crl (none for nil).
+func revokedSerials(crl *x509.RevocationList) map[string]bool {
+	out := map[string]bool{}
+	if crl == nil {
+		return out
+	}
+	for _, e := range crl.RevokedCertificateEntries {
+		out[RevocationKey(crl.RawIssuer, e.SerialNumber)] = true
+	}
+	return out
+}
+
 // Revocations tells whether a client certificate is revoked, from a CRL file that it reads again
-// when the file changes (it looks at most once a second). A list that cannot be read or is not
-// signed by the CA leaves the last good one in force; a missing file revokes nothing. Checks are
-// lock-free: every message of every stream may ask.
+// when the file changes (it looks at most once a second). Once a list is in force, a file that is
+// gone, unreadable, not signed by the CA or older (a lower CRL number) leaves it in force and is
+// logged; a file missing from the start revokes nothing. Checks are lock-free: every message of
+// every stream may ask.
 type Revocations struct {
 	path string
 	cas  []*x509.Certificate
+	log  *slog.Logger
 
 	checked atomic.Int64                    // unix ns of the last look at the file
-	serials atomic.Pointer[map[string]bool] // SerialKey of each revoked certificate
+	serials atomic.Pointer[map[string]bool] // RevocationKey of each revoked certificate
 
 	mu     sync.Mutex // held by the one caller that looks at the file
 	stamp  [2]int64   // the file's modification time and size when last read
 	loaded bool       // the file as stamp describes it was read
+	number *big.Int   // CRL number of the list in force; nil before one
 	err    error      // why the file as it is now is not in force
 }
 
 // NewRevocations reads the CRL at path, checked against the CA certificates in caFile. It fails
-// when the file exists but is not a CRL of that CA.
-func NewRevocations(path, caFile string) (*Revocations, error) {
-	data, err := os.ReadFile(caFile)
+// when the file exists but is not a CRL of those CAs, and, with mustExist, when it is missing.
+func NewRevocations(path, caFile string, mustExist bool, log *slog.Logger) (*Revocations, error) {
+	cas, err := loadCACerts(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("read CA %s: %w", caFile, err)
+		return nil, err
 	}
-	r := &Revocations{path: path}
-	for rest := data; ; {
-		var block *pem.Block
-		if block, rest = pem.Decode(rest); block == nil {
-			break
-		}
-		if c, err := x509.ParseCertificate(block.Bytes); err == nil {
-			r.cas = append(r.cas, c)
-		}
+	if _, err := os.Stat(path); mustExist && err != nil {
+		return nil, fmt.Errorf("revocation list: %w", err)
 	}
-	if len(r.cas) == 0 {
-		return nil, fmt.Errorf("CA file %s holds no certificate", caFile)
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	r := &Revocations{path: path, cas: cas, log: log}
 	r.serials.Store(&map[string]bool{})
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -148,13 +161,12 @@ func NewRevocations(path, caFile string) (*Revocations, error) {
 	return r, nil
 }
 
-// SerialKey is how Revocations names a certificate (compute it once for repeated checks).
-func SerialKey(cert *x509.Certificate) string { return string(cert.SerialNumber.Bytes()) }
-
 // Revoked reports whether cert is on the list in force.
-func (r *Revocations) Revoked(cert *x509.Certificate) bool { return r.RevokedKey(SerialKey(cert)) }
+func (r *Revocations) Revoked(cert *x509.Certificate) bool {
+	return r.RevokedKey(RevocationKey(cert.RawIssuer, cert.SerialNumber))
+}
 
-// RevokedKey reports whether the certificate of SerialKey key is on the list in force.
+// RevokedKey reports whether the certificate of RevocationKey key is on the list in force.
 func (r *Revocations) RevokedKey(key string) bool {
 	if now := time.Now(); now.UnixNano()-r.checked.Load() >= int64(time.Second) && r.mu.TryLock() {
 		r.reload(now)
@@ -182,29 +194,32 @@ func (r *Revocations) reload(now time.Time) {
 	}
 	r.stamp, r.loaded = stamp, true
 	crl, err := readCRL(r.path, r.cas)
+	switch {
+	case err == nil && crl == nil && r.number != nil:
+		err = fmt.Errorf("%s is gone", r.path)
+	case err == nil && crl != nil && r.number != nil && crl.Number.Cmp(r.number) < 0:
+		err = fmt.Errorf("%s has CRL number %s, older than the list in force (%s)", r.path, crl.Number, r.number)
+	}
 	if err != nil {
-		r.err = err // the last good list stays in force
+		r.err = err
+		r.log.Warn("revocation list not taken: the last one stays in force", "err", err)
 		return
 	}
-	serials := map[string]bool{}
-	if crl != nil {
-		for _, e := range crl.RevokedCertificateEntries {
-			serials[string(e.SerialNumber.Bytes())] = true
-		}
-	}
-	r.serials.Store(&serials)
 	r.err = nil
+	if crl == nil {
+		return // none yet
+	}
+	serials := revokedSerials(crl)
+	r.serials.Store(&serials)
+	r.number = crl.Number
+	r.log.Info("revocation list in force", "path", r.path, "number", crl.Number, "revoked", len(serials))
 }
 
-// revokedIn is the serials the CRL in dir lists (Init issues those certificates anew).
+// revokedIn is the RevocationKey of each certificate the CRL in dir lists (Init issues those anew).
 func revokedIn(dir string, ca *x509.Certificate) map[string]bool {
 	crl, err := readCRL(filepath.Join(dir, CRLFile), []*x509.Certificate{ca})
-	out := map[string]bool{}
-	if err != nil || crl == nil {
-		return out
+	if err != nil {
+		return map[string]bool{}
 	}
-	for _, e := range crl.RevokedCertificateEntries {
-		out[e.SerialNumber.String()] = true
-	}
-	return out
+	return revokedSerials(crl)
 }

@@ -28,7 +28,7 @@ func TestRevoke(t *testing.T) {
 	crlPath := filepath.Join(dir, CRLFile)
 
 	// Nothing revoked yet: no list, nothing refused.
-	rev, err := NewRevocations(crlPath, filepath.Join(dir, CACertFile))
+	rev, err := NewRevocations(crlPath, filepath.Join(dir, CACertFile), false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,6 +39,13 @@ func TestRevoke(t *testing.T) {
 	res, err := Revoke(dir, []*x509.Certificate{h1}, time.Now())
 	if err != nil || len(res) != 1 || res[0].Already || res[0].Serial.Cmp(h1.SerialNumber) != 0 {
 		t.Fatalf("revoke h1: %+v, %v", res, err)
+	}
+	first, err := os.ReadFile(crlPath)
+	if err == nil {
+		err = os.WriteFile(crlPath+".first", first, 0o644)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 	if res, err := Revoke(dir, []*x509.Certificate{h1}, time.Now()); err != nil || !res[0].Already {
 		t.Fatalf("revoke h1 again: %+v, %v; want already revoked", res, err)
@@ -71,8 +78,28 @@ func TestRevoke(t *testing.T) {
 	if !rev.Revoked(h1) || rev.Err() == nil {
 		t.Fatalf("with another CA's list: h1 revoked %v, err %v; want the last good list in force and an error", rev.Revoked(h1), rev.Err())
 	}
-	if _, err := NewRevocations(crlPath, filepath.Join(dir, CACertFile)); err == nil {
+	if _, err := NewRevocations(crlPath, filepath.Join(dir, CACertFile), false, nil); err == nil {
 		t.Fatal("a server starting with another CA's list: no error")
+	}
+	// Nor do a list that is gone, or one older than the list in force.
+	older, err := os.ReadFile(crlPath + ".first")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, change := range map[string]func() error{
+		"gone":  func() error { return os.Remove(crlPath) },
+		"older": func() error { return WriteFileAtomic(crlPath, older, 0o644) },
+	} {
+		if err := change(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1100 * time.Millisecond)
+		if !rev.Revoked(h1) || rev.Err() == nil {
+			t.Fatalf("list %s: h1 revoked %v, err %v; want the last good list in force and an error", what, rev.Revoked(h1), rev.Err())
+		}
+	}
+	if _, err := NewRevocations(filepath.Join(dir, "missing.pem"), filepath.Join(dir, CACertFile), true, nil); err == nil {
+		t.Fatal("a list named explicitly and missing: no error")
 	}
 	if err := os.Remove(crlPath); err != nil {
 		t.Fatal(err)

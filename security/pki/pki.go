@@ -361,7 +361,7 @@ func ensureLeaf(dir, certName, keyName string, ca authority, tmpl *x509.Certific
 }
 
 func leafStillGood(cert *x509.Certificate, key *ecdsa.PrivateKey, ca authority, tmpl *x509.Certificate) bool {
-	if !publicKeyMatches(cert, key) || time.Until(cert.NotAfter) < renewBefore || ca.revoked[cert.SerialNumber.String()] {
+	if !publicKeyMatches(cert, key) || time.Until(cert.NotAfter) < renewBefore || ca.revoked[RevocationKey(cert.RawIssuer, cert.SerialNumber)] {
 		return false
 	}
 	pool := x509.NewCertPool()

@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -10,15 +11,42 @@ import (
 
 // LoadCAPool reads a PEM file of one or more CA certificates.
 func LoadCAPool(caFile string) (*x509.CertPool, error) {
+	cas, err := loadCACerts(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	for _, c := range cas {
+		pool.AddCert(c)
+	}
+	return pool, nil
+}
+
+// loadCACerts reads the certificates of a PEM file of one or more CA certificates.
+func loadCACerts(caFile string) ([]*x509.Certificate, error) {
 	data, err := os.ReadFile(caFile)
 	if err != nil {
 		return nil, fmt.Errorf("read CA %s: %w", caFile, err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
+	var cas []*x509.Certificate
+	for rest := data; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("CA file %s: %w", caFile, err)
+		}
+		cas = append(cas, c)
+	}
+	if len(cas) == 0 {
 		return nil, fmt.Errorf("CA file %s holds no certificate", caFile)
 	}
-	return pool, nil
+	return cas, nil
 }
 
 // ServerTLSConfig is the TLS configuration of the API server: its certificate, and client
