@@ -380,6 +380,11 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			fullPass = a.fullWanted.Swap(false)
 		case <-full.C:
 			full.Reset(jittered(a.cfg.FullResyncInterval))
+			// The periodic pass reports again even what it reported before: a server that
+			// recorded the report wrongly, or lost it, has it right once more.
+			a.repMu.Lock()
+			a.lastSent = nil
+			a.repMu.Unlock()
 		case <-retry:
 		}
 		retry = nil

@@ -390,3 +390,21 @@ func TestPortDropsExported(t *testing.T) {
 		t.Fatalf("drops exported while they cannot be read: %v", got)
 	}
 }
+
+// TestPeriodicPassReportsAgain: a plugged status lost on the server's side (here deleted behind
+// its back) comes back with the next periodic pass, which reports again what did not change.
+func TestPeriodicPassReportsAgain(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	srv := startServer(t, cli, "")
+	w.mu.Lock()
+	w.vteps["h1"] = "198.18.0.1"
+	w.mu.Unlock()
+	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{srv.addr}, resync: 200 * time.Millisecond})
+	w.network("n1", 100)
+	w.port("p1", "n1", "h1", 1)
+	w.plug(h1, "p1")
+	waitFor(t, "p1 reported plugged", 5*time.Second, func() bool { return slices.Contains(pluggedInStore(t, w.cli), "p1") })
+	w.del("status/ports/p1")
+	waitFor(t, "p1 plugged again after a periodic pass", 5*time.Second, func() bool { return slices.Contains(pluggedInStore(t, w.cli), "p1") })
+}
