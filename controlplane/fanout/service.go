@@ -144,7 +144,11 @@ func (h *Hub) catchUp(ctx context.Context, resume int64) error {
 // wroteStatus counts a status/ports write of revision rev and makes the next report wait for it.
 func (h *Hub) wroteStatus(rev int64) {
 	h.met.statusWrites.Inc()
-	for cur := h.statusRev.Load(); rev > cur && !h.statusRev.CompareAndSwap(cur, rev); cur = h.statusRev.Load() {
+	for {
+		cur := h.statusRev.Load()
+		if rev <= cur || h.statusRev.CompareAndSwap(cur, rev) {
+			return
+		}
 	}
 }
 
