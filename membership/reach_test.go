@@ -3,6 +3,8 @@ package membership
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -186,7 +188,10 @@ func TestHintsReachEveryMemberOfALargerFabric(t *testing.T) {
 	if testing.Short() {
 		t.Skip("16 gossip members")
 	}
-	const size = 16
+	size := 16
+	if v, err := strconv.Atoi(os.Getenv("VXFAB_GOSSIP_MEMBERS")); err == nil && v > 1 {
+		size = v // a larger fabric, measured by hand: VXFAB_GOSSIP_MEMBERS=100 go test -run ...
+	}
 	ms := startCluster(t, "big-", size)
 	victim, observers := ms[size-1], ms[:size-1]
 	var worst time.Duration
