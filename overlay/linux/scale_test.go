@@ -80,10 +80,7 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 func TestPrivilegedPortSecurityUpgrade(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
 	ns, dp := hostNS(t, "psup")
-	mac, _ := net.ParseMAC("0e:00:00:00:00:01")
-	p := overlay.LocalPort{Interface: "tap1", MAC: mac, IP: netip.MustParseAddr("10.9.0.2")}
-	state := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
-		Networks: []overlay.Network{{VNI: 11, Mode: overlay.ModeIsolated, MTU: 1450, Ports: []overlay.LocalPort{p}}}}
+	p, state := onePort()
 
 	// What an earlier version left: our tables, and the port's four rules in bridge prerouting.
 	off := state
@@ -163,10 +160,7 @@ func TestPortSetKeysRoundTrip(t *testing.T) {
 func TestPrivilegedPortDropUpgrade(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
 	ns, dp := hostNS(t, "pdup")
-	mac, _ := net.ParseMAC("0e:00:00:00:00:01")
-	p := overlay.LocalPort{Interface: "tap1", MAC: mac, IP: netip.MustParseAddr("10.9.0.2")}
-	state := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
-		Networks: []overlay.Network{{VNI: 11, Mode: overlay.ModeIsolated, MTU: 1450, Ports: []overlay.LocalPort{p}}}}
+	_, state := onePort()
 	if _, err := dp.Apply(context.Background(), state); err != nil {
 		t.Fatal(err)
 	}
@@ -251,4 +245,12 @@ func checkDeleted(t *testing.T, res overlay.Result, old []overlay.Rule) {
 			t.Errorf("changes lack the deletion of %q:\n%s", r.String(), got)
 		}
 	}
+}
+
+// onePort is a host with one secured port, tap1, in one isolated network.
+func onePort() (overlay.LocalPort, overlay.DesiredState) {
+	mac, _ := net.ParseMAC("0e:00:00:00:00:01")
+	p := overlay.LocalPort{Interface: "tap1", MAC: mac, IP: netip.MustParseAddr("10.9.0.2")}
+	return p, overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
+		Networks: []overlay.Network{{VNI: 11, Mode: overlay.ModeIsolated, MTU: 1450, Ports: []overlay.LocalPort{p}}}}
 }
