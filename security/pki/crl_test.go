@@ -86,11 +86,15 @@ func TestRevoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for what, change := range map[string]func() error{
-		"gone":  func() error { return os.Remove(crlPath) },
-		"older": func() error { return WriteFileAtomic(crlPath, older, 0o644) },
+	for _, step := range []struct {
+		what   string
+		change func() error
+	}{
+		{"gone", func() error { return os.Remove(crlPath) }},
+		{"older", func() error { return WriteFileAtomic(crlPath, older, 0o644) }},
 	} {
-		if err := change(); err != nil {
+		what := step.what
+		if err := step.change(); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(1100 * time.Millisecond)
