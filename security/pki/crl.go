@@ -78,16 +78,12 @@ func ReadCertFile(path string) (*x509.Certificate, error) { return readCert(path
 // readCRL reads a PEM revocation list and checks that one of cas signed it; a missing file is no
 // list (nil, nil).
 func readCRL(path string, cas []*x509.Certificate) (*x509.RevocationList, error) {
-	data, err := os.ReadFile(path)
+	block, err := readPEM(path, "X509 CRL", "X509 CRL")
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read revocation list: %w", err)
-	}
-	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "X509 CRL" {
-		return nil, fmt.Errorf("%s holds no PEM X509 CRL", path)
 	}
 	crl, err := x509.ParseRevocationList(block.Bytes)
 	if err != nil {

@@ -405,14 +405,24 @@ func publicKeyMatches(cert *x509.Certificate, key *ecdsa.PrivateKey) bool {
 	return ok && pub.Equal(&key.PublicKey)
 }
 
-func readCert(path string) (*x509.Certificate, error) {
+// readPEM reads the first PEM block of path, which must be of one of types (what names it in errors).
+// An error reading the file is returned as it is (os.ErrNotExist stays recognisable).
+func readPEM(path, what string, types ...string) (*pem.Block, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	if block == nil || !slices.Contains(types, block.Type) {
+		return nil, fmt.Errorf("%s holds no PEM %s", path, what)
+	}
+	return block, nil
+}
+
+func readCert(path string) (*x509.Certificate, error) {
+	block, err := readPEM(path, "certificate", "CERTIFICATE")
+	if err != nil {
+		return nil, err
 	}
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
@@ -422,33 +432,26 @@ func readCert(path string) (*x509.Certificate, error) {
 }
 
 func readKey(path string) (*ecdsa.PrivateKey, error) {
-	data, err := os.ReadFile(path)
+	block, err := readPEM(path, "key", "EC PRIVATE KEY", "PRIVATE KEY")
 	if err != nil {
 		return nil, err
 	}
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, fmt.Errorf("%s holds no PEM key", path)
-	}
-	switch block.Type {
-	case "EC PRIVATE KEY":
+	if block.Type == "EC PRIVATE KEY" {
 		key, err := x509.ParseECPrivateKey(block.Bytes)
 		if err != nil {
 			return nil, fmt.Errorf("parse %s: %w", path, err)
 		}
 		return key, nil
-	case "PRIVATE KEY":
-		k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parse %s: %w", path, err)
-		}
-		key, ok := k.(*ecdsa.PrivateKey)
-		if !ok {
-			return nil, fmt.Errorf("%s is not an ECDSA key", path)
-		}
-		return key, nil
 	}
-	return nil, fmt.Errorf("%s: unexpected PEM block %q", path, block.Type)
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", path, err)
+	}
+	key, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%s is not an ECDSA key", path)
+	}
+	return key, nil
 }
 
 // writePair writes the key first (0600) and the certificate last, each through a temporary file and
