@@ -80,12 +80,15 @@ type Agent struct {
 
 	current atomic.Pointer[string] // server of the open Sync stream, nil while disconnected
 
-	// repMu guards client, pending and lastSent.
+	// repMu guards client, pending, lastSent and statusToken.
 	repMu    sync.Mutex
 	client   vxfabricv1.AgentServiceClient // of the current stream; nil while disconnected
 	pending  *report
 	lastSent *report
-	repKick  chan struct{}
+	// statusToken is the status_revision of the last successful report (0 after a failed one): any
+	// server replica judges the next report against a view holding that report's status writes.
+	statusToken int64
+	repKick     chan struct{}
 
 	converged     chan struct{} // closed by the first full pass that applied a snapshot
 	convergedOnce sync.Once
@@ -607,15 +610,22 @@ func (a *Agent) reportLoop(ctx context.Context) {
 		}
 		for {
 			a.repMu.Lock()
-			client, p, last := a.client, a.pending, a.lastSent
+			client, p, last, token := a.client, a.pending, a.lastSent, a.statusToken
 			a.repMu.Unlock()
 			if client == nil || p == nil || p.equal(last) {
 				break
 			}
 			rctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
-			_, err := client.ReportApplied(rctx, &vxfabricv1.ReportAppliedRequest{Node: a.cfg.Node, Revision: p.rev, PluggedPortIds: p.plugged})
+			resp, err := client.ReportApplied(rctx, &vxfabricv1.ReportAppliedRequest{
+				Node: a.cfg.Node, Revision: p.rev, PluggedPortIds: p.plugged, StatusRevision: token,
+			})
 			cancel()
 			if err != nil {
+				// The failed call may have written some of its statuses: the next one makes its
+				// server catch up with the whole store first.
+				a.repMu.Lock()
+				a.statusToken = 0
+				a.repMu.Unlock()
 				if ctx.Err() != nil {
 					return
 				}
@@ -631,6 +641,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 			if a.client == client {
 				a.lastSent = p
 			}
+			a.statusToken = resp.GetStatusRevision()
 			a.repMu.Unlock()
 		}
 	}

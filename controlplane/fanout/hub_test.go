@@ -491,23 +491,7 @@ func TestSyncCompactionResnapshots(t *testing.T) {
 	a.next(5 * time.Second)
 
 	// The hub loses its watch; while it is away, a's view changes and history is compacted.
-	// The first watch may not have started yet (a's snapshot comes from the load before it): wait
-	// for it, or kick would be nil (regression: a nil call here panicked while holding hookMu and
-	// hung the package until the test timeout).
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		e.hub.hookMu.Lock()
-		kick := e.hub.kick
-		if kick != nil {
-			kick()
-		}
-		e.hub.hookMu.Unlock()
-		if kick != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the hub never started watching")
-		}
-	}
+	e.kickWatch()
 	<-paused
 	e.put("ports/pb", testPort("pb", "n1", "b", 8))
 	e.del("ports/pa")
@@ -532,6 +516,28 @@ func TestSyncCompactionResnapshots(t *testing.T) {
 	a.waitRev(rev)
 	if _, ok := a.view.remote["pb2"]; !ok {
 		t.Errorf("pb2 missing after reload: %s", a.view)
+	}
+}
+
+// kickWatch breaks the hub's watch, as a lost connection would. The first watch may not have
+// started yet (a snapshot comes from the load before it): it waits for it, or kick would be nil
+// (regression: a nil call here panicked while holding hookMu and hung the package until the test
+// timeout).
+func (e *env) kickWatch() {
+	e.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		e.hub.hookMu.Lock()
+		kick := e.hub.kick
+		if kick != nil {
+			kick()
+		}
+		e.hub.hookMu.Unlock()
+		if kick != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatal("the hub never started watching")
+		}
 	}
 }
 
@@ -644,6 +650,96 @@ func TestReportApplied(t *testing.T) {
 	defer cancel()
 	if err := e.hub.WaitApplied(wctx, "a", rev); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestReportAcrossReplicas: an agent's reports go to one replica, then (failover) to another whose
+// watch has not yet seen the first one's status writes. The second decides only once it has: with
+// the agent's token, and with no token (0) by catching up with the whole store.
+func TestReportAcrossReplicas(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	e.start()
+	b := &env{t: t, cli: e.cli, reg: prometheus.NewRegistry()}
+	b.hub = New(e.cli, Config{Registerer: b.reg})
+	release, ended := make(chan struct{}), make(chan struct{})
+	paused := make(chan struct{}, 1)
+	b.hub.beforeRewatch = func() {
+		paused <- struct{}{}
+		select {
+		case <-release:
+		case <-ended: // a failed test must not leave b's Run waiting here
+		}
+	}
+	b.start()
+	t.Cleanup(func() { close(ended) }) // runs before b.start's cleanup waits for Run
+	ca, cb := e.dial(), b.dial()
+	ctx := context.Background()
+	report := func(c vxfabricv1.AgentServiceClient, token int64, plugged ...string) int64 {
+		t.Helper()
+		resp, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", PluggedPortIds: plugged, StatusRevision: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetStatusRevision()
+	}
+	plugged := func() bool {
+		t.Helper()
+		resp, err := e.cli.Get(ctx, prefix+"status/ports/pa")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(resp.Kvs) == 1
+	}
+
+	token := report(ca, 0, "pa")
+	if !plugged() {
+		t.Fatal("pa not marked plugged")
+	}
+	if err := b.hub.WaitRevision(ctx, token); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		carry    bool // the agent passes the token of its report to replica a
+	}{{name: "token", carry: true}, {name: "no token"}} {
+		// b's model holds pa plugged and stops following the store; a unplugs it.
+		b.kickWatch()
+		<-paused
+		token = report(ca, token)
+		if plugged() {
+			t.Fatalf("%s: pa still plugged after the report to a", tc.name)
+		}
+		if !tc.carry {
+			token = 0
+		}
+		// The report to b (pa plugged again) must wait for b to see a's delete, which b would
+		// otherwise take for a write it has nothing to add to.
+		done := make(chan int64, 1)
+		go func() { done <- report(cb, token, "pa") }()
+		select {
+		case <-done:
+			t.Fatalf("%s: b judged the report before it saw a's write", tc.name)
+		case <-time.After(200 * time.Millisecond):
+		}
+		release <- struct{}{}
+		token = <-done
+		if !plugged() {
+			t.Errorf("%s: pa not plugged after the report to b", tc.name)
+		}
+		if err := e.hub.WaitRevision(ctx, token); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	cur, err := e.cli.Get(ctx, prefix, clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []int64{-1, cur.Header.Revision + 1000} {
+		if _, err := cb.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", StatusRevision: bad}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("status_revision %d: %v, want InvalidArgument", bad, err)
+		}
 	}
 }
 

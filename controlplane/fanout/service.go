@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -154,7 +155,8 @@ func (h *Hub) wroteStatus(rev int64) {
 
 // ReportApplied records the revision node applied and mirrors its plugged ports into status/ports keys.
 // Only ports bound to node are considered, and only differences from the stored status are written, so
-// a steady agent causes no etcd writes.
+// a steady agent causes no etcd writes. The differences are taken against a model that has seen every
+// status write up to the report's status_revision (see catchUpStatus).
 func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRequest) (*vxfabricv1.ReportAppliedResponse, error) {
 	node := req.GetNode()
 	if err := validNode(node); err != nil {
@@ -163,13 +165,17 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	if req.GetRevision() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "revision %d is negative", req.GetRevision())
 	}
+	if req.GetStatusRevision() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "status_revision %d is negative", req.GetStatusRevision())
+	}
 	select {
 	case <-h.ready:
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
-	if err := h.WaitRevision(ctx, h.statusRev.Load()); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "report of node %q: %v", node, err)
+	seen, err := h.catchUpStatus(ctx, req.GetStatusRevision())
+	if err != nil {
+		return nil, err
 	}
 	plugged := make(map[string]bool, len(req.GetPluggedPortIds()))
 	for _, id := range req.GetPluggedPortIds() {
@@ -223,8 +229,47 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	close(h.statCh)
 	h.statCh = make(chan struct{})
 	h.statMu.Unlock()
-	return &vxfabricv1.ReportAppliedResponse{}, nil
+	return &vxfabricv1.ReportAppliedResponse{StatusRevision: max(h.statusRev.Load(), seen)}, nil
 }
+
+// catchUpStatus waits until the model has seen every status write a report must be judged against:
+// this hub's own (statusRev), and those up to the agent's token, which another replica may have
+// made. Without a token (0) that is everything etcd holds now. It returns the revision waited for.
+func (h *Hub) catchUpStatus(ctx context.Context, token int64) (int64, error) {
+	want := max(token, h.statusRev.Load())
+	if token == 0 || token > h.Revision() {
+		// A count-only read of one key: its header carries etcd's current revision.
+		resp, err := h.cli.Get(ctx, h.cfg.Prefix, clientv3.WithCountOnly())
+		if err != nil {
+			return 0, status.Errorf(codes.Unavailable, "read the store's revision: %v", err)
+		}
+		cur := resp.Header.GetRevision()
+		if token > cur {
+			return 0, status.Errorf(codes.InvalidArgument, "status_revision %d is ahead of the store (at %d): report with 0", token, cur)
+		}
+		if token == 0 {
+			want = max(want, cur)
+		}
+	}
+	for h.Revision() < want {
+		// Writes outside the prefix advance etcd's revision without a watch event; a progress
+		// notification tells the watch it has seen everything up to the newest one.
+		if err := h.cli.RequestProgress(clientv3.WithRequireLeader(ctx)); err != nil && ctx.Err() == nil {
+			h.log.Debug("request watch progress", "err", err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, progressRetry)
+		err := h.WaitRevision(wctx, want)
+		cancel()
+		if ctx.Err() != nil || errors.Is(err, errStopped) {
+			return 0, status.Errorf(codes.Unavailable, "catch up with status writes up to revision %d: %v", want, err)
+		}
+	}
+	return want, nil
+}
+
+// progressRetry is how long catchUpStatus waits for a progress notification before asking again
+// (etcd answers a request only once the watch has caught up).
+const progressRetry = 100 * time.Millisecond
 
 // RegisterNode records node name with its VTEP and version as ALIVE (static membership). Repeating the
 // same registration writes nothing.

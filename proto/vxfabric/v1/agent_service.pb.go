@@ -657,6 +657,11 @@ type ReportAppliedRequest struct {
 	Revision int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Ids of the local ports whose interface exists and is plugged into its bridge.
 	PluggedPortIds []string `protobuf:"bytes,3,rep,name=plugged_port_ids,json=pluggedPortIds,proto3" json:"plugged_port_ids,omitempty"`
+	// The status_revision of this agent's previous report, or 0 when there is none or it failed. The
+	// server decides what to write only once it has seen every status write up to it, made by any
+	// replica; with 0 it first reads etcd's current revision. So a report sent to another replica
+	// than the one before (failover) is never judged against a view older than that one's writes.
+	StatusRevision int64 `protobuf:"varint,4,opt,name=status_revision,json=statusRevision,proto3" json:"status_revision,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -712,10 +717,19 @@ func (x *ReportAppliedRequest) GetPluggedPortIds() []string {
 	return nil
 }
 
+func (x *ReportAppliedRequest) GetStatusRevision() int64 {
+	if x != nil {
+		return x.StatusRevision
+	}
+	return 0
+}
+
 type ReportAppliedResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision of etcd that holds this report's status writes: the next report's status_revision.
+	StatusRevision int64 `protobuf:"varint,1,opt,name=status_revision,json=statusRevision,proto3" json:"status_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ReportAppliedResponse) Reset() {
@@ -746,6 +760,13 @@ func (x *ReportAppliedResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ReportAppliedResponse.ProtoReflect.Descriptor instead.
 func (*ReportAppliedResponse) Descriptor() ([]byte, []int) {
 	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReportAppliedResponse) GetStatusRevision() int64 {
+	if x != nil {
+		return x.StatusRevision
+	}
+	return 0
 }
 
 type RegisterNodeRequest struct {
@@ -918,12 +939,14 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
-	"\x04vtep\x18\x06 \x01(\tR\x04vtep\"p\n" +
+	"\x04vtep\x18\x06 \x01(\tR\x04vtep\"\x99\x01\n" +
 	"\x14ReportAppliedRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12(\n" +
-	"\x10plugged_port_ids\x18\x03 \x03(\tR\x0epluggedPortIds\"\x17\n" +
-	"\x15ReportAppliedResponse\"W\n" +
+	"\x10plugged_port_ids\x18\x03 \x03(\tR\x0epluggedPortIds\x12'\n" +
+	"\x0fstatus_revision\x18\x04 \x01(\x03R\x0estatusRevision\"@\n" +
+	"\x15ReportAppliedResponse\x12'\n" +
+	"\x0fstatus_revision\x18\x01 \x01(\x03R\x0estatusRevision\"W\n" +
 	"\x13RegisterNodeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04vtep\x18\x02 \x01(\tR\x04vtep\x12\x18\n" +
