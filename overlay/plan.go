@@ -61,6 +61,40 @@ var ErrInvalid = errors.New("invalid desired state")
 // ErrUplinkMissing marks a bridged network whose uplink interface does not exist on this host.
 var ErrUplinkMissing = errors.New("uplink interface not found")
 
+// ErrUplinkRefused marks a bridged network whose uplink interface must not be enslaved: the
+// loopback, the underlay (it carries VXLAN itself), or another network's uplink.
+var ErrUplinkRefused = errors.New("uplink refused")
+
+// UplinkRefusal tells why n's uplink must stay out of n's bridge, or returns nil. The host's
+// interface is described by loopback and addrs (its IPv4 addresses); holder is the VNI of the
+// network whose bridge holds it now (0: none). Of networks naming the same uplink, the holder keeps
+// it, else the lowest VNI takes it; the control plane refuses such a second network, so this only
+// meets state written before it did. Both datapaths decide with this one rule.
+func UplinkRefusal(d DesiredState, n Network, loopback bool, addrs []netip.Addr, holder uint32) error {
+	switch {
+	case loopback:
+		return fmt.Errorf("%q is a loopback interface: %w", n.Uplink, ErrUplinkRefused)
+	case n.Uplink == d.Underlay.Interface:
+		return fmt.Errorf("%q carries the underlay: %w", n.Uplink, ErrUplinkRefused)
+	case d.Underlay.VTEP.IsValid() && slices.Contains(addrs, d.Underlay.VTEP):
+		return fmt.Errorf("%q holds the VTEP address %s: %w", n.Uplink, d.Underlay.VTEP, ErrUplinkRefused)
+	}
+	owner, shared := n.VNI, false
+	for _, o := range d.Networks {
+		if o.Mode != ModeBridged || o.Uplink != n.Uplink || o.VNI == n.VNI {
+			continue
+		}
+		shared = true
+		if o.VNI == holder || owner != holder && o.VNI < owner {
+			owner = o.VNI
+		}
+	}
+	if shared && owner != n.VNI {
+		return fmt.Errorf("%q is the uplink of network vni %d: %w", n.Uplink, owner, ErrUplinkRefused)
+	}
+	return nil
+}
+
 // BridgePrefix starts every bridge name (see BridgeName); nftables matches it as a wildcard.
 const BridgePrefix = "vxbr"
 

@@ -333,10 +333,16 @@ func (a *applier) delNeigh(n *network, ip uint32) {
 type applier struct {
 	d   *Datapath
 	res overlay.Result
+	// holders maps each enslaved uplink to its network, as the kernel showed it before this Apply.
+	holders map[string]uint32
 }
 
 func (a *applier) change(op overlay.Op, obj string) {
 	a.res.Changes = append(a.res.Changes, overlay.Change{Op: op, Object: obj})
+}
+
+func (a *applier) fail(obj string, err error) {
+	a.res.Errors = append(a.res.Errors, overlay.ObjectError{Object: obj, Err: err})
 }
 
 func (a *applier) apply(desired overlay.DesiredState) {
@@ -348,6 +354,12 @@ func (a *applier) apply(desired overlay.DesiredState) {
 	nft := planNft(desired)
 	a.applyNft(nft, false)
 
+	a.holders = make(map[string]uint32)
+	for vni, n := range a.d.nets {
+		if n.uplink != "" {
+			a.holders[n.uplink] = vni
+		}
+	}
 	want := make(map[uint32]bool, len(desired.Networks))
 	for _, nd := range desired.Networks {
 		want[nd.VNI] = true
@@ -396,11 +408,18 @@ func (a *applier) applyNetwork(desired overlay.DesiredState, nd overlay.Network)
 	if nd.HasGateway() {
 		bridgeMAC = nd.GatewayMAC.String()
 	}
+	uplink := ""
 	if nd.Mode == overlay.ModeBridged && nd.Uplink != "" {
-		if !d.links[nd.Uplink] {
-			a.res.Errors = append(a.res.Errors, overlay.ObjectError{
-				Object: overlay.UplinkObject(nd.VNI, nd.Uplink), Err: overlay.ErrUplinkMissing})
-		} else {
+		// The fake knows no addresses: only the underlay interface's name and "lo" are refused
+		// for what they are.
+		refusal := overlay.UplinkRefusal(desired, nd, nd.Uplink == "lo", nil, a.holders[nd.Uplink])
+		switch {
+		case !d.links[nd.Uplink]:
+			a.fail(overlay.UplinkObject(nd.VNI, nd.Uplink), overlay.ErrUplinkMissing)
+		case refusal != nil:
+			a.fail(overlay.UplinkObject(nd.VNI, nd.Uplink), refusal)
+		default:
+			uplink = nd.Uplink
 			bridgeMAC = "uplink " + nd.Uplink
 		}
 	}
@@ -437,9 +456,13 @@ func (a *applier) applyNetwork(desired overlay.DesiredState, nd overlay.Network)
 		}
 		n.addr = addr
 	}
-	if nd.Mode == overlay.ModeBridged && nd.Uplink != "" && d.links[nd.Uplink] && n.uplink != nd.Uplink {
-		n.uplink = nd.Uplink
-		a.change(overlay.OpAdd, overlay.UplinkObject(nd.VNI, nd.Uplink))
+	if n.uplink != "" && n.uplink != uplink && d.links[n.uplink] {
+		a.change(overlay.OpDelete, overlay.UplinkObject(nd.VNI, n.uplink))
+		n.uplink = ""
+	}
+	if uplink != "" && n.uplink != uplink {
+		n.uplink = uplink
+		a.change(overlay.OpAdd, overlay.UplinkObject(nd.VNI, uplink))
 	}
 	a.applyFDB(n, nd)
 	a.applyFlood(n, nd)

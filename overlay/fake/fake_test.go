@@ -133,6 +133,46 @@ func TestMissingUplinkIsReportedAndRestConverges(t *testing.T) {
 	}
 }
 
+// TestUplinkRefused mirrors the Linux datapath's rule (overlay.UplinkRefusal): no loopback, no
+// underlay, and one network per uplink, the one holding it keeping it.
+func TestUplinkRefused(t *testing.T) {
+	d := New()
+	for _, l := range []string{"lo", "ul0", "lan0"} {
+		d.SetLink(l, true)
+	}
+	bridged := func(vni uint32, uplink string) overlay.Network {
+		return overlay.Network{VNI: vni, Mode: overlay.ModeBridged, MTU: 1450, Uplink: uplink}
+	}
+	state := func(nets ...overlay.Network) overlay.DesiredState {
+		return overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1"), Interface: "ul0"}, Networks: nets}
+	}
+	res, err := d.Apply(context.Background(), state(bridged(10, "ul0"), bridged(11, "lo"), bridged(13, "lan0"), bridged(12, "lan0")))
+	if !errors.Is(err, overlay.ErrUplinkRefused) {
+		t.Fatalf("err = %v, want ErrUplinkRefused", err)
+	}
+	var got []string
+	for _, e := range res.Errors {
+		got = append(got, e.Error())
+	}
+	want := `uplink ul0 master vxbr10: "ul0" carries the underlay: uplink refused
+uplink lo master vxbr11: "lo" is a loopback interface: uplink refused
+uplink lan0 master vxbr13: "lan0" is the uplink of network vni 12: uplink refused`
+	if strings.Join(got, "\n") != want {
+		t.Errorf("errors:\n%s\nwant\n%s", strings.Join(got, "\n"), want)
+	}
+	if dump := d.Dump(); !strings.Contains(dump, overlay.UplinkObject(12, "lan0")) || strings.Contains(dump, overlay.UplinkObject(13, "lan0")) {
+		t.Errorf("lan0 must be 12's only:\n%s", dump)
+	}
+	// 13 was created first now, yet 12 holds lan0 and keeps it.
+	if _, err := d.Apply(context.Background(), state(bridged(13, "lan0"), bridged(12, "lan0"))); !errors.Is(err, overlay.ErrUplinkRefused) {
+		t.Fatalf("err = %v, want ErrUplinkRefused", err)
+	}
+	res, err = d.Apply(context.Background(), state(bridged(13, "lan0")))
+	if err != nil || !strings.Contains(changes(res), "add "+overlay.UplinkObject(13, "lan0")) {
+		t.Errorf("12 gone: 13 must take lan0; changes %q, err %v", changes(res), err)
+	}
+}
+
 func TestPortPluggedWhenItAppears(t *testing.T) {
 	d := New()
 	d.SetLink("eth1", true)

@@ -36,6 +36,9 @@ type run struct {
 
 	links map[string]netlink.Link
 	nft   nftRun
+	// refused holds the bridged networks whose uplink stays out of their bridge (UplinkRefusal),
+	// with the reason; decided before any network is touched.
+	refused map[uint32]error
 }
 
 func (r *run) change(op overlay.Op, obj string) {
@@ -51,6 +54,9 @@ func (r *run) fail(obj string, err error) {
 // entries, then the deletions: ports released, networks removed, stale rules, forwarding off.
 func (r *run) apply() error {
 	if err := r.readLinks(); err != nil {
+		return err
+	}
+	if err := r.checkUplinks(); err != nil {
 		return err
 	}
 	r.nftAdd()
@@ -112,7 +118,12 @@ func (r *run) ensureNetwork(n overlay.Network) {
 		r.ensureGatewayAddr(n, br)
 	}
 	if n.Mode == overlay.ModeBridged && n.Uplink != "" {
-		r.ensureUplink(n, br)
+		if err := r.refused[n.VNI]; err != nil {
+			r.fail(overlay.UplinkObject(n.VNI, n.Uplink), err)
+			r.restoreUplink(n.VNI, br, n.Uplink) // enslaved before the rule existed
+		} else {
+			r.ensureUplink(n, br)
+		}
 	}
 	r.ensureEntries(n, vx)
 	r.ensurePorts(n, br)
@@ -122,7 +133,7 @@ func (r *run) bridgeMAC(n overlay.Network) net.HardwareAddr {
 	switch {
 	case n.HasGateway():
 		return n.GatewayMAC
-	case n.Mode == overlay.ModeBridged:
+	case n.Mode == overlay.ModeBridged && r.refused[n.VNI] == nil:
 		if up := r.links[n.Uplink]; up != nil {
 			return up.Attrs().HardwareAddr
 		}
@@ -309,6 +320,73 @@ func toNetlinkAddr(p netip.Prefix) *netlink.Addr {
 	return &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
 }
 
+// checkUplinks decides which bridged networks' uplinks must stay out (overlay.UplinkRefusal). An
+// uplink already in its network's bridge is judged with the addresses it moved there.
+func (r *run) checkUplinks() error {
+	r.refused = make(map[uint32]error)
+	wanted := make(map[uint32]bool, len(r.desired.Networks))
+	for _, n := range r.desired.Networks {
+		wanted[n.VNI] = true
+	}
+	for _, n := range r.desired.Networks {
+		up := r.links[n.Uplink]
+		if n.Mode != overlay.ModeBridged || n.Uplink == "" || up == nil {
+			continue
+		}
+		holder, holderBr := r.uplinkHolder(up)
+		if holder != 0 && !wanted[holder] {
+			// Held by a network on its way out: it gives the uplink back (addresses and route)
+			// now, so that n takes it over in this same Apply.
+			r.restoreUplink(holder, holderBr, n.Uplink)
+			fresh, err := r.d.h.LinkByName(n.Uplink)
+			if err != nil {
+				return fmt.Errorf("read uplink %q: %w", n.Uplink, err)
+			}
+			r.links[n.Uplink], up = fresh, fresh
+			holder, holderBr = r.uplinkHolder(up)
+		}
+		from := []netlink.Link{up}
+		if holder == n.VNI {
+			from = append(from, holderBr)
+		}
+		var addrs []netip.Addr
+		for _, l := range from {
+			list, err := retryDump(func() ([]netlink.Addr, error) { return r.d.h.AddrList(l, netlink.FAMILY_V4) })
+			if err != nil {
+				return fmt.Errorf("list addresses of %q: %w", l.Attrs().Name, err)
+			}
+			for _, a := range list {
+				if p, ok := addrPrefix(a); ok {
+					addrs = append(addrs, p.Addr())
+				}
+			}
+		}
+		loopback := up.Attrs().Flags&net.FlagLoopback != 0
+		if err := overlay.UplinkRefusal(r.desired, n, loopback, addrs, holder); err != nil {
+			r.refused[n.VNI] = err
+		}
+	}
+	return nil
+}
+
+// uplinkHolder returns the network whose bridge up is enslaved to, and that bridge (0, nil: none of
+// ours).
+func (r *run) uplinkHolder(up netlink.Link) (uint32, netlink.Link) {
+	mi := up.Attrs().MasterIndex
+	if mi == 0 {
+		return 0, nil
+	}
+	for _, l := range r.links {
+		if l.Attrs().Index == mi {
+			if vni, ok := ourVNI(l); ok && l.Type() == "bridge" {
+				return vni, l
+			}
+			return 0, nil
+		}
+	}
+	return 0, nil
+}
+
 // ensureUplink enslaves a bridged network's uplink and moves its IPv4 addresses and default route to
 // the bridge, as netplan does for br0: addresses are copied to the bridge first, the route is
 // replaced, and only then the uplink's copies go, so the host keeps its address throughout.
@@ -373,13 +451,14 @@ func (r *run) ensureUplink(n overlay.Network, br netlink.Link) {
 	}
 }
 
-// restoreUplink undoes ensureUplink before a bridged network's bridge is deleted.
+// restoreUplink undoes ensureUplink: before a bridged network's bridge is deleted, or when its uplink
+// is refused.
 func (r *run) restoreUplink(vni uint32, br netlink.Link, uplink string) {
 	h := r.d.h
 	obj := overlay.UplinkObject(vni, uplink)
 	up := r.links[uplink]
-	if up == nil {
-		return
+	if up == nil || up.Attrs().MasterIndex != br.Attrs().Index {
+		return // gone, or another bridge's now
 	}
 	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(br, netlink.FAMILY_V4) })
 	if err != nil {
@@ -418,6 +497,12 @@ func (r *run) restoreUplink(vni uint32, br netlink.Link, uplink string) {
 		back.LinkIndex = up.Attrs().Index
 		if err := h.RouteReplace(&back); err != nil {
 			r.fail(obj, fmt.Errorf("give default route via %s back to %q: %w", rt.Gw, uplink, err))
+		}
+	}
+	// The bridge may stay (its uplink refused): it must not keep the host's addresses.
+	for _, a := range addrs {
+		if err := h.AddrDel(br, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			r.fail(obj, fmt.Errorf("remove address %s from %q: %w", a.IPNet, br.Attrs().Name, err))
 		}
 	}
 }

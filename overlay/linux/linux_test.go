@@ -657,3 +657,97 @@ func TestPrivilegedPartialFailure(t *testing.T) {
 		t.Errorf("tap-later not plugged after it appeared: %v\n%s", res.Plugged, changeText(res))
 	}
 }
+
+// TestPrivilegedUplinkRefused: a bridged network never takes the loopback, the underlay (the
+// interface holding the VTEP address) or another network's uplink; the rest of its network still
+// converges, and an uplink enslaved before this rule existed is given back with its addresses.
+func TestPrivilegedUplinkRefused(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "upref")
+	// The VTEP lives on ul0 here, not on lo as hostNS puts it.
+	ns.MustRun(t, "ip", "addr", "del", "198.18.0.1/32", "dev", "lo")
+	for _, l := range []struct{ name, addr string }{{"ul0", "198.18.0.1/24"}, {"lan0", "192.168.50.1/24"}} {
+		ns.MustRun(t, "ip", "link", "add", l.name, "type", "veth", "peer", "name", l.name+"p")
+		ns.MustRun(t, "ip", "addr", "add", l.addr, "dev", l.name)
+		ns.MustRun(t, "ip", "link", "set", l.name, "up")
+	}
+	bridged := func(vni uint32, uplink string) overlay.Network {
+		return overlay.Network{VNI: vni, Mode: overlay.ModeBridged, MTU: 1450, Uplink: uplink}
+	}
+	state := func(nets ...overlay.Network) overlay.DesiredState {
+		return overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")}, Networks: nets}
+	}
+	refusals := func(res overlay.Result) string {
+		var out []string
+		for _, e := range res.Errors {
+			if !errors.Is(e.Err, overlay.ErrUplinkRefused) {
+				t.Errorf("%s: %v, want only refused uplinks", e.Object, e.Err)
+			}
+			out = append(out, e.Error())
+		}
+		return strings.Join(out, "\n")
+	}
+	master := func(dev string) string {
+		line := ns.MustRun(t, "ip", "-o", "link", "show", "dev", dev)
+		if _, rest, ok := strings.Cut(line, " master "); ok {
+			return strings.Fields(rest)[0]
+		}
+		return ""
+	}
+	addrs := func(dev string) string {
+		return strings.TrimSpace(ns.MustRun(t, "ip", "-4", "-br", "addr", "show", "dev", dev))
+	}
+
+	desired := state(bridged(10, "ul0"), bridged(11, "lo"), bridged(13, "lan0"), bridged(12, "lan0"))
+	for i := range 2 {
+		res, err := dp.Apply(context.Background(), desired)
+		if !errors.Is(err, overlay.ErrUplinkRefused) {
+			t.Fatalf("apply %d: err = %v, want ErrUplinkRefused", i, err)
+		}
+		want := `uplink ul0 master vxbr10: "ul0" holds the VTEP address 198.18.0.1: uplink refused
+uplink lo master vxbr11: "lo" is a loopback interface: uplink refused
+uplink lan0 master vxbr13: "lan0" is the uplink of network vni 12: uplink refused`
+		if got := refusals(res); got != want {
+			t.Errorf("apply %d: errors\n%s\nwant\n%s", i, got, want)
+		}
+		if got := master("ul0") + "," + master("lo") + "," + master("lan0"); got != ",,vxbr12" {
+			t.Errorf("apply %d: masters of ul0, lo, lan0 = %s, want ,,vxbr12", i, got)
+		}
+		if a := addrs("ul0"); !strings.Contains(a, "198.18.0.1/24") {
+			t.Errorf("apply %d: ul0 lost its address: %s", i, a)
+		}
+		for _, br := range []string{"vxbr10", "vxbr11", "vxbr13"} {
+			if !strings.Contains(ns.MustRun(t, "ip", "-o", "link", "show"), br+":") {
+				t.Errorf("apply %d: %s missing: the rest of its network must converge", i, br)
+			}
+		}
+	}
+
+	// Network 12 goes: 13 takes lan0 over.
+	if _, err := dp.Apply(context.Background(), state(bridged(10, "ul0"), bridged(13, "lan0"))); !errors.Is(err, overlay.ErrUplinkRefused) {
+		t.Fatalf("err = %v, want ErrUplinkRefused for ul0", err)
+	}
+	if m := master("lan0"); m != "vxbr13" {
+		t.Errorf("lan0 master %q, want vxbr13", m)
+	}
+	if a := addrs("vxbr13"); !strings.Contains(a, "192.168.50.1/24") {
+		t.Errorf("vxbr13 lacks the LAN address it took over: %s", a)
+	}
+
+	// State from before the rule: ul0 in network 10's bridge, its address moved there.
+	ns.MustRun(t, "ip", "link", "set", "ul0", "master", "vxbr10")
+	ns.MustRun(t, "ip", "addr", "del", "198.18.0.1/24", "dev", "ul0")
+	ns.MustRun(t, "ip", "addr", "add", "198.18.0.1/24", "dev", "vxbr10")
+	if _, err := dp.Apply(context.Background(), state(bridged(10, "ul0"))); !errors.Is(err, overlay.ErrUplinkRefused) {
+		t.Fatalf("err = %v, want ErrUplinkRefused", err)
+	}
+	if m := master("ul0"); m != "" {
+		t.Errorf("ul0 still in %s", m)
+	}
+	if a := addrs("ul0"); !strings.Contains(a, "198.18.0.1/24") {
+		t.Errorf("ul0 did not get its address back: %s", a)
+	}
+	if a := addrs("vxbr10"); strings.Contains(a, "198.18.0.1") {
+		t.Errorf("vxbr10 kept the host's address: %s", a)
+	}
+}
