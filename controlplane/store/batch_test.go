@@ -110,7 +110,7 @@ func TestConcurrentCreatesAreCommittedTogether(t *testing.T) {
 	if want := map[string]uint64{"vxfabric_store_create_transactions_total": commits, "vxfabric_store_creates_committed_total": carried}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("metrics %v, want %v", got, want)
 	}
-	for _, prefix := range []string{NetworkKey(""), TenantNetworkNamesPrefix("t"), VNIPrefix, RequestKey(KindNetwork, "")} {
+	for _, prefix := range []string{NetworkKey(""), TenantNetworkNamesPrefix("t"), VNIPrefix, TenantRequestsPrefix(KindNetwork, "t")} {
 		resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if err != nil || resp.Count != 640 {
 			t.Errorf("%s*: %d keys (%v), want 640", prefix, resp.Count, err)

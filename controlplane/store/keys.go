@@ -32,8 +32,9 @@ const (
 	// the node VTEPs compares this one key instead of every node record (NodesUnchangedSince).
 	NodesEpochKey    = Prefix + nodesEpoch
 	PortStatusPrefix = Prefix + "status/ports/" // <port-id> -> "1" while plugged
-	RequestsPrefix   = Prefix + "requests/"     // <kind>/<request-id> -> raw resource id
-	LeaderPrefix     = Prefix + "leader/"       // election of the node-status writer
+	// RequestsPrefix holds the request records (TenantRequestKey, RequestKey): raw resource ids.
+	RequestsPrefix = Prefix + "requests/"
+	LeaderPrefix   = Prefix + "leader/" // election of the node-status writer
 	// NodeCIDRPrefix indexes which nat and routed networks take part on which node, for the gateway
 	// overlap check: <node>/<network-id>/<port-id> -> raw network CIDR, one key per port of a nat or
 	// routed network, written and deleted with the port (so the node's last port of a network takes
@@ -91,8 +92,21 @@ func NodeKey(name string) string { return NodesPrefix + name }
 // PortStatusKey exists (value "1") while the port's agent reports it plugged.
 func PortStatusKey(portID string) string { return PortStatusPrefix + portID }
 
-// RequestKey records which resource a create with this request id made.
-func RequestKey(kind, requestID string) string { return RequestsPrefix + kind + "/" + requestID }
+// TenantRequestKey records which tenant a tenant create with this request id made. Tenants are
+// created by the admin only, so these records have the admin's one scope: tenant/<request-id>.
+func TenantRequestKey(requestID string) string { return RequestsPrefix + KindTenant + "/" + requestID }
+
+// RequestKey records which resource of tenant a create with this request id made:
+// <kind>/<tenant>/<request-id>. Each tenant has its own request ids: a record of one tenant neither
+// blocks another tenant's create with the same id nor tells it that the id was used.
+func RequestKey(kind, tenant, requestID string) string {
+	return TenantRequestsPrefix(kind, tenant) + requestID
+}
+
+// TenantRequestsPrefix holds the request records of one kind of one tenant.
+func TenantRequestsPrefix(kind, tenant string) string {
+	return RequestsPrefix + kind + "/" + tenant + "/"
+}
 
 // NodeNetworkCIDRPrefix holds the node-cidr index keys of one network's ports on one node: it is
 // non-empty exactly while the node takes part in that (nat or routed) network through a port.

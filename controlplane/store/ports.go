@@ -66,7 +66,7 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 		puts = append(puts, guard.put(p.Id)...)
 		var lease clientv3.LeaseID
 		if requestID != "" {
-			rk := RequestKey(KindPort, requestID)
+			rk := RequestKey(KindPort, p.Tenant, requestID)
 			put, l, err := s.requestPut(ctx, rk, p.Id)
 			if err != nil {
 				return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, err)
@@ -96,7 +96,7 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 			clientv3.OpGet(key, clientv3.WithKeysOnly()),
 		}
 		if requestID != "" {
-			reads = append(reads, clientv3.OpGet(RequestKey(KindPort, requestID)))
+			reads = append(reads, clientv3.OpGet(RequestKey(KindPort, p.Tenant, requestID)))
 		}
 		if resp, err = s.kv.Txn(ctx).Then(reads...).Commit(); err != nil {
 			return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, err)
@@ -105,7 +105,7 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 			if id, rev := requestRecord(first(rangeKVs(resp, 5))); rev != 0 {
 				prev, err := s.GetPortByID(ctx, id)
 				if errors.Is(err, ErrNotFound) {
-					if err := s.dropStaleRequest(ctx, RequestKey(KindPort, requestID), rev); err != nil {
+					if err := s.dropStaleRequest(ctx, RequestKey(KindPort, p.Tenant, requestID), rev); err != nil {
 						return nil, err
 					}
 					continue

@@ -11,18 +11,19 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Request records (RequestKey) make a create with a request_id idempotent. They must not pile up in
-// etcd forever: with ExpireRequests each record rides on an etcd lease, so etcd itself deletes it about
-// the retention after its create, with no janitor and nothing to do on restart. Records share leases:
-// one per slice of retention/retentionSlices, granted by the first create of its slice, so a
-// lease's keys expire between retention and retention*(1+1/retentionSlices) after their creates.
-// A retry after that is a new create: it answers AlreadyExists when the resource's name is still
-// taken. etcd gives every lease its whole TTL again when its leader restarts or changes, unless the
-// cluster checkpoints leases (feature gates LeaseCheckpoint and LeaseCheckpointPersist, which the
-// embedded etcd turns on): then a restart resumes from the remaining TTL of the last checkpoint,
-// which the leader takes 5 minutes after it starts and every 5 minutes after that (leases do not
-// run while etcd is down). A leader that restarts more often than every 5 minutes with them, or
-// more often than every retention without them, renews the records each time.
+// Request records (TenantRequestKey, RequestKey) make a create with a request_id idempotent. They
+// must not pile up in etcd forever: with ExpireRequests each record rides on an etcd lease, so etcd
+// itself deletes it about the retention after its create, with no janitor and nothing to do on
+// restart. Records share leases: one per slice of retention/retentionSlices, granted by the first
+// create of its slice, so a lease's keys expire between retention and
+// retention*(1+1/retentionSlices) after their creates. A retry after that is a new create: it
+// answers AlreadyExists when the resource's name is still taken. etcd gives every lease its whole
+// TTL again when its leader restarts or changes, unless the cluster checkpoints leases (feature
+// gates LeaseCheckpoint and LeaseCheckpointPersist, which the embedded etcd turns on): then a
+// restart resumes from the remaining TTL of the last checkpoint, which the leader takes 5 minutes
+// after it starts and every 5 minutes after that (leases do not run while etcd is down). A leader
+// that restarts more often than every 5 minutes with them, or more often than every retention
+// without them, renews the records each time.
 
 // retentionSlices is how many leases one retention period spans.
 const retentionSlices = 24

@@ -3,10 +3,13 @@ package store
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
@@ -29,7 +32,7 @@ func TestRequestRecordsExpire(t *testing.T) {
 	if err != nil || got.GetName() != "acme" {
 		t.Fatalf("retry within the retention: %v, %v; want the tenant", got, err)
 	}
-	resp, err := cli.Get(ctx, RequestKey(KindTenant, "req-1"))
+	resp, err := cli.Get(ctx, TenantRequestKey("req-1"))
 	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
 		t.Fatalf("request record: %v, %v; want one key on a lease", resp.Kvs, err)
 	}
@@ -72,7 +75,7 @@ func TestRequestRecordLeaseLost(t *testing.T) {
 	if _, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "a"}, "r-a"); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := cli.Get(ctx, RequestKey(KindTenant, "r-a"))
+	resp, err := cli.Get(ctx, TenantRequestKey("r-a"))
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("request record: %v, %v", resp, err)
 	}
@@ -111,5 +114,70 @@ func TestRequestRecordsShareLeases(t *testing.T) {
 	}
 	if len(leases) > 2 || leases[0] {
 		t.Fatalf("20 records on %d leases %v, want one or two and none without", len(leases), leases)
+	}
+}
+
+// Request ids are the tenant's own: tenant beta's create with the id alpha used makes beta's
+// resource (it is neither refused nor told that alpha used the id), a retry of each returns its own
+// resource, and deleting a tenant deletes its records, only its.
+func TestRequestIDsAreScopedByTenant(t *testing.T) {
+	s, cli := newTestStore(t)
+	ctx := testCtx(t)
+	nets := map[string]*vxfabricv1.Network{}
+	ports := map[string]*vxfabricv1.Port{}
+	for i, tenant := range []string{"alpha", "beta"} {
+		if _, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: tenant}, ""); err != nil {
+			t.Fatal(err)
+		}
+		n := &vxfabricv1.Network{Id: fmt.Sprintf("%010d", i), Tenant: tenant, Name: "net-" + tenant, Vni: uint32(100 + i),
+			Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}
+		created, err := s.CreateNetwork(ctx, n, "same-id", 0)
+		if err != nil {
+			t.Fatalf("tenant %s: create network with request id same-id: %v", tenant, err)
+		}
+		nets[tenant] = created
+		p := &vxfabricv1.Port{Id: fmt.Sprintf("%010d", 10+i), Tenant: tenant, Network: n.Name, NetworkId: n.Id,
+			Name: "port-" + tenant, Node: "h1", Ip: "10.0.0.2", Mac: "0e:00:00:00:00:01"}
+		if ports[tenant], err = s.CreatePort(ctx, p, "same-id"); err != nil {
+			t.Fatalf("tenant %s: create port with request id same-id: %v", tenant, err)
+		}
+	}
+	for _, tenant := range []string{"alpha", "beta"} {
+		n, err := s.NetworkForRequest(ctx, "same-id", tenant, "net-"+tenant)
+		if err != nil || n.GetId() != nets[tenant].Id {
+			t.Errorf("tenant %s: network of request same-id: %v, %v; want %s", tenant, n, err, nets[tenant].Id)
+		}
+		p, err := s.PortForRequest(ctx, "same-id", tenant, "port-"+tenant)
+		if err != nil || p.GetId() != ports[tenant].Id {
+			t.Errorf("tenant %s: port of request same-id: %v, %v; want %s", tenant, p, err, ports[tenant].Id)
+		}
+		retry := proto.Clone(nets[tenant]).(*vxfabricv1.Network)
+		retry.Id, retry.Vni = "ffffffffff", 999
+		again, err := s.CreateNetwork(ctx, retry, "same-id", 0)
+		if err != nil || again.Id != nets[tenant].Id {
+			t.Errorf("tenant %s: retry of request same-id: %v, %v; want network %s", tenant, again, err, nets[tenant].Id)
+		}
+	}
+
+	// Delete alpha: its records go with it, beta's stay.
+	if err := s.DeletePort(ctx, "alpha", "port-alpha", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteNetwork(ctx, "alpha", "net-alpha", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteTenant(ctx, "alpha", 0); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, RequestsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, kv := range resp.Kvs {
+		keys = append(keys, strings.TrimPrefix(string(kv.Key), RequestsPrefix))
+	}
+	if want := []string{"network/beta/same-id", "port/beta/same-id"}; !slices.Equal(keys, want) {
+		t.Errorf("request records after alpha's delete: %q, want %q", keys, want)
 	}
 }

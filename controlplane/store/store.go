@@ -111,7 +111,7 @@ func (s *Store) CreateTenant(ctx context.Context, t *vxfabricv1.Tenant, requestI
 		elses := []clientv3.Op{clientv3.OpGet(key)}
 		var lease clientv3.LeaseID
 		if requestID != "" {
-			rk := RequestKey(KindTenant, requestID)
+			rk := TenantRequestKey(requestID)
 			put, l, err := s.requestPut(ctx, rk, t.Name)
 			if err != nil {
 				return nil, fmt.Errorf("create tenant %q: %w", t.Name, err)
@@ -142,7 +142,7 @@ func (s *Store) CreateTenant(ctx context.Context, t *vxfabricv1.Tenant, requestI
 				if cur != nil {
 					return decodeTenant(cur)
 				}
-				if err := s.dropStaleRequest(ctx, RequestKey(KindTenant, requestID), rev); err != nil {
+				if err := s.dropStaleRequest(ctx, TenantRequestKey(requestID), rev); err != nil {
 					return nil, err
 				}
 				continue
@@ -184,8 +184,8 @@ func (s *Store) ListTenants(ctx context.Context) ([]*vxfabricv1.Tenant, error) {
 	return out, nil
 }
 
-// DeleteTenant removes a tenant that has no networks. expected, when non-zero, must be the tenant's
-// revision.
+// DeleteTenant removes a tenant that has no networks, with the request records of its networks and
+// ports. expected, when non-zero, must be the tenant's revision.
 func (s *Store) DeleteTenant(ctx context.Context, name string, expected int64) error {
 	key := TenantKey(name)
 	netPrefix := TenantNetworkNamesPrefix(name)
@@ -195,7 +195,12 @@ func (s *Store) DeleteTenant(ctx context.Context, name string, expected int64) e
 			cmps = append(cmps, atRevision(key, expected))
 		}
 		resp, err := s.kv.Txn(ctx).If(cmps...).
-			Then(clientv3.OpDelete(key)).
+			Then(
+				clientv3.OpDelete(key),
+				// Records of the tenant's deleted networks and ports: none points at a live resource.
+				clientv3.OpDelete(TenantRequestsPrefix(KindNetwork, name), clientv3.WithPrefix()),
+				clientv3.OpDelete(TenantRequestsPrefix(KindPort, name), clientv3.WithPrefix()),
+			).
 			Else(clientv3.OpGet(key), clientv3.OpGet(netPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())).
 			Commit()
 		if err != nil {
@@ -250,7 +255,7 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 	key, nameKey, vniKey := NetworkKey(n.Id), NetworkNameKey(n.Tenant, n.Name), VNIKey(n.Vni)
 	var rk string
 	if requestID != "" {
-		rk = RequestKey(KindNetwork, requestID)
+		rk = RequestKey(KindNetwork, n.Tenant, requestID)
 	}
 	for range maxCASRetries {
 		cmps := make([]clientv3.Cmp, 0, 6)
@@ -510,15 +515,15 @@ func (s *Store) TakenIPs(ctx context.Context, networkID string) ([]netip.Addr, e
 	return out, nil
 }
 
-// requestTarget returns the live resource id a request record points at, or "" when there is no
-// record.
-func (s *Store) requestTarget(ctx context.Context, kind, requestID string) (string, error) {
+// requestTarget returns the resource id a request record of tenant points at, or "" when there is
+// no record.
+func (s *Store) requestTarget(ctx context.Context, kind, tenant, requestID string) (string, error) {
 	if requestID == "" {
 		return "", nil
 	}
-	resp, err := s.kv.Get(ctx, RequestKey(kind, requestID))
+	resp, err := s.kv.Get(ctx, RequestKey(kind, tenant, requestID))
 	if err != nil {
-		return "", fmt.Errorf("read request %s/%s: %w", kind, requestID, err)
+		return "", fmt.Errorf("read %s request %q of tenant %s: %w", kind, requestID, tenant, err)
 	}
 	if len(resp.Kvs) == 0 {
 		return "", nil
@@ -530,7 +535,7 @@ func (s *Store) requestTarget(ctx context.Context, kind, requestID string) (stri
 // none), so that a retry returns it before anything is allocated. A request id used for another
 // tenant or name gives ErrRequestMismatch.
 func (s *Store) NetworkForRequest(ctx context.Context, requestID, tenant, name string) (*vxfabricv1.Network, error) {
-	id, err := s.requestTarget(ctx, KindNetwork, requestID)
+	id, err := s.requestTarget(ctx, KindNetwork, tenant, requestID)
 	if id == "" || err != nil {
 		return nil, err
 	}
@@ -548,7 +553,7 @@ func (s *Store) NetworkForRequest(ctx context.Context, requestID, tenant, name s
 
 // PortForRequest is NetworkForRequest for ports.
 func (s *Store) PortForRequest(ctx context.Context, requestID, tenant, name string) (*vxfabricv1.Port, error) {
-	id, err := s.requestTarget(ctx, KindPort, requestID)
+	id, err := s.requestTarget(ctx, KindPort, tenant, requestID)
 	if id == "" || err != nil {
 		return nil, err
 	}
