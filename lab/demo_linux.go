@@ -79,7 +79,7 @@ func (l *Lab) BuildDemo(ctx context.Context) (*DemoFabric, error) {
 	}
 	d := &DemoFabric{l: l, VMs: map[string]VM{}}
 	for _, spec := range DemoVMs {
-		if err := l.DeleteVM(ctx, spec.Name); err != nil {
+		if err := l.DeleteVM(ctx, spec.Name); err != nil && !errors.Is(err, ErrNoSuchVM) {
 			return nil, fmt.Errorf("demo: remove old vm: %w", err)
 		}
 		vm, err := l.CreateVM(ctx, spec)

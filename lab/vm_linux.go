@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,12 +36,8 @@ func ParseNIC(s string) (NICSpec, error) {
 		return NICSpec{}, fmt.Errorf("nic %q: want TENANT/NETWORK[=IP]", s)
 	}
 	if ip != "" {
-		addr, err := netip.ParseAddr(ip)
-		if err != nil {
-			return NICSpec{}, fmt.Errorf("nic %q: %w", s, err)
-		}
-		if !addr.Is4() {
-			return NICSpec{}, fmt.Errorf("nic %q: %q is not an IPv4 address", s, ip)
+		if addr, err := netip.ParseAddr(ip); err != nil || !addr.Is4() {
+			return NICSpec{}, fmt.Errorf("nic %q: %s is not an IPv4 address", s, ip)
 		}
 	}
 	return NICSpec{Tenant: tenant, Network: network, IP: ip}, nil
@@ -289,8 +286,12 @@ func waitPlugged(ctx context.Context, c *Client, ports []*vxfabricv1.Port) error
 	return nil
 }
 
-// DeleteVM deletes the VM's ports (every port with its vm name) and its namespace. Deleting a VM
-// that is gone is success.
+// ErrNoSuchVM: no port names the VM and it has no namespace.
+var ErrNoSuchVM = errors.New("no such vm")
+
+// DeleteVM deletes the VM's ports (every port with its vm name) and its namespace. A VM with
+// neither returns an error wrapping ErrNoSuchVM (a mistyped name must not look deleted); what is
+// left of a half-made VM, ports without a namespace or the reverse, is deleted.
 func (l *Lab) DeleteVM(ctx context.Context, name string) error {
 	if err := ValidateVMName(name); err != nil {
 		return err
@@ -305,6 +306,10 @@ func (l *Lab) DeleteVM(ctx context.Context, name string) error {
 	cancel()
 	if err != nil {
 		return fmt.Errorf("vm %q: list ports: %w", name, err)
+	}
+	if !slices.ContainsFunc(resp.GetPorts(), func(p *vxfabricv1.Port) bool { return p.GetVm() == name }) &&
+		!namespaceExists(l.VMNamespace(name)) {
+		return fmt.Errorf("vm %q: %w (no port names it and namespace %s does not exist)", name, ErrNoSuchVM, l.VMNamespace(name))
 	}
 	return l.deleteVM(ctx, c, name, resp.GetPorts())
 }

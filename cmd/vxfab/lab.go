@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/vxfabric/vxfabric/lab"
 )
@@ -374,7 +376,7 @@ func newLabVMCmd(f *labFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return l.DeleteVM(cmd.Context(), args[0])
+			return labError(l.DeleteVM(cmd.Context(), args[0]))
 		},
 	}
 	cmd.AddCommand(create, del)
@@ -394,4 +396,13 @@ func newLabDemoCmd(f *labFlags) *cobra.Command {
 			return l.Demo(cmd.Context(), cmd.OutOrStdout(), os.Args[0])
 		},
 	}
+}
+
+// labError gives the lab's errors about missing things the code the API would give them, so that
+// they print as the API's do ("NotFound: ...").
+func labError(err error) error {
+	if errors.Is(err, lab.ErrNoSuchVM) {
+		return status.Error(codes.NotFound, err.Error())
+	}
+	return err
 }

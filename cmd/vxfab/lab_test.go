@@ -3,12 +3,15 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"github.com/vxfabric/vxfabric/lab"
 )
 
 // Commands other than `lab up` find the one lab that is up without --name; with several up they
@@ -53,5 +56,16 @@ func TestLabNameDefaultsToTheLabThatIsUp(t *testing.T) {
 		if !strings.Contains(got, tc.want) {
 			t.Errorf("labs up %v, args %v: got %q, want %q", tc.up, tc.args, got, tc.want)
 		}
+	}
+}
+
+// `lab vm delete` of a VM that does not exist prints NotFound, as the API's commands do.
+func TestLabErrorNoSuchVM(t *testing.T) {
+	err := labError(fmt.Errorf("vm %q: %w", "nosuch", lab.ErrNoSuchVM))
+	if got, want := errorLine(err), `NotFound: vm "nosuch": no such vm`; got != want {
+		t.Errorf("errorLine = %q, want %q", got, want)
+	}
+	if err := labError(nil); err != nil {
+		t.Errorf("labError(nil) = %v", err)
 	}
 }

@@ -1,0 +1,85 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/vxfabric/vxfabric/controlplane/server"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// apiLab is testLab with a real API server (embedded etcd) on the lab's unix socket, and no
+// namespaces: enough for what the lab does through the API alone.
+func apiLab(t *testing.T) (*Lab, *Client) {
+	t.Helper()
+	l := testLab(t, 1)
+	if err := os.MkdirAll(l.Dir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := server.Default()
+	cfg.Listen = "unix://" + l.SocketPath()
+	cfg.DataDir = t.TempDir()
+	cfg.EmbeddedFast = true
+	cfg.ShutdownTimeout = 2 * time.Second
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve() }()
+	c, err := l.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Conn.Close()
+		srv.Close()
+		if err := <-errc; err != nil {
+			t.Errorf("server: %v", err)
+		}
+	})
+	return l, c
+}
+
+// Deleting a VM that never existed (a typo) fails with ErrNoSuchVM instead of succeeding quietly;
+// a VM left with ports but no namespace is deleted, after which it too is gone.
+func TestPrivilegedDeleteVM(t *testing.T) {
+	privileged(t)
+	l, c := apiLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	if err := l.DeleteVM(ctx, "nosuch"); !errors.Is(err, ErrNoSuchVM) {
+		t.Fatalf("delete a VM that never existed: %v, want ErrNoSuchVM", err)
+	}
+
+	if _, err := c.Tenants.CreateTenant(ctx, &vxfabricv1.CreateTenantRequest{Name: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Networks.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Tenant: "acme", Name: "web",
+		Cidr: "10.60.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Ports.CreatePort(ctx, &vxfabricv1.CreatePortRequest{Tenant: "acme", Network: "web",
+		Name: "half-web-0", Node: "h1", Vm: "half"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.DeleteVM(ctx, "half"); err != nil {
+		t.Fatalf("delete a VM with a port and no namespace: %v", err)
+	}
+	ports, err := c.Ports.ListPorts(ctx, &vxfabricv1.ListPortsRequest{Vm: "half"})
+	if err != nil || len(ports.GetPorts()) != 0 {
+		t.Fatalf("after delete, ports of vm half: %v %v", ports.GetPorts(), err)
+	}
+	if err := l.DeleteVM(ctx, "half"); !errors.Is(err, ErrNoSuchVM) {
+		t.Fatalf("delete the deleted VM again: %v, want ErrNoSuchVM", err)
+	}
+}
