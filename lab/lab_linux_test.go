@@ -342,6 +342,16 @@ func TestParseNIC(t *testing.T) {
 			t.Errorf("ParseNIC(%q) = %+v, %v; want %+v ok=%t", tt.in, got, err, tt.want, tt.ok)
 		}
 	}
+	// The user reads what is wrong with the NIC they gave, not netip's parser internals.
+	for in, want := range map[string]string{
+		"acme/web2=999.1.1.1": `nic "acme/web2=999.1.1.1": 999.1.1.1 is not an IPv4 address`,
+		"acme/web2=::1":       `nic "acme/web2=::1": ::1 is not an IPv4 address`,
+		"acme":                `nic "acme": want TENANT/NETWORK[=IP]`,
+	} {
+		if _, err := ParseNIC(in); err == nil || err.Error() != want {
+			t.Errorf("ParseNIC(%q): error %v, want %q", in, err, want)
+		}
+	}
 }
 
 // bridgeNetfilter reads the three switches in a namespace: "" when br_netfilter is not loaded,

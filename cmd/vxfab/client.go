@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -210,10 +211,15 @@ func readable(path string) bool {
 	return true
 }
 
-// errorLine renders an error as one readable line: a gRPC status as "Code: message".
+// grpcErrorPrefix is how a gRPC status error starts its text; errorLine prints the code once, in front.
+var grpcErrorPrefix = regexp.MustCompile(`rpc error: code = [A-Za-z]+ desc = `)
+
+// errorLine renders an error as one readable line: a gRPC status as "Code: message". An error that
+// wraps a status (`vm "v2": create port: <status>`) keeps its context and shows the status's code
+// once, in front, and its message without grpc's "rpc error: code = ... desc =" text.
 func errorLine(err error) string {
 	if st, ok := status.FromError(err); ok {
-		msg := singleLine(st.Message())
+		msg := singleLine(grpcErrorPrefix.ReplaceAllString(st.Message(), ""))
 		switch {
 		case st.Code() == codes.Unavailable && strings.Contains(msg, "error reading server preface"):
 			msg += " (the server speaks TLS: give --tls-ca, or use the server's unix socket)"
@@ -224,7 +230,7 @@ func errorLine(err error) string {
 		}
 		return st.Code().String() + ": " + msg
 	}
-	return singleLine(err.Error())
+	return singleLine(grpcErrorPrefix.ReplaceAllString(err.Error(), ""))
 }
 
 // singleLine keeps a message on one terminal line: line breaks and other control characters (which

@@ -1,9 +1,14 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // A typo in a script must fail, not print help and succeed; a missing required flag is named
@@ -81,6 +86,27 @@ func TestCertsRevoke(t *testing.T) {
 	for _, want := range []string{"node-h1.crt  created", "admin.crt    created", "node-h2.crt  kept"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("init after revoking h1 and admin lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// An error that wraps a gRPC status (as the lab's do) prints its code once and the status's message
+// without grpc's "rpc error: code = ... desc =" text.
+func TestErrorLineUnwrapsStatus(t *testing.T) {
+	taken := status.Error(codes.AlreadyExists, "address 10.5.0.6 in network web: already exists")
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{taken, "AlreadyExists: address 10.5.0.6 in network web: already exists"},
+		{fmt.Errorf(`vm "v2" nic acme/web2=10.5.0.6: create port: %w`, taken),
+			`AlreadyExists: vm "v2" nic acme/web2=10.5.0.6: create port: address 10.5.0.6 in network web: already exists`},
+		{fmt.Errorf("vm %q: %w", "v2", errors.Join(fmt.Errorf("create: %w", taken), fmt.Errorf("undo: %w", status.Error(codes.Unavailable, "gone")))),
+			`AlreadyExists: vm "v2": create: address 10.5.0.6 in network web: already exists undo: gone`},
+		{errors.New("plain\nerror"), "plain error"},
+	} {
+		if got := errorLine(tc.err); got != tc.want {
+			t.Errorf("errorLine(%q) = %q, want %q", tc.err, got, tc.want)
 		}
 	}
 }
