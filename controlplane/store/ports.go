@@ -259,7 +259,7 @@ func hasNetworkName(kvs []*mvccpb.KeyValue, name string) bool {
 // UpdatePort applies mutate to a port and writes it back, as UpdateNetwork does. mutate may change
 // only the node: id, network, MAC, address and interface name are fixed for the port's life. A move
 // to another node is checked and indexed as CreatePort does (ErrFailedPrecondition on a gateway
-// overlap there).
+// overlap there), and clears the port's plugged status, which the old node's agent reported.
 func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected int64, mutate func(*vxfabricv1.Port) error) (*vxfabricv1.Port, error) {
 	for range maxCASRetries {
 		p, err := s.GetPort(ctx, tenant, name)
@@ -282,13 +282,16 @@ func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected in
 		ops := []clientv3.Op{clientv3.OpPut(key, marshal(p))}
 		guard := &gatewayGuard{}
 		if oldNode := before.(*vxfabricv1.Port).Node; p.Node != oldNode {
-			// A move binds the port to another node: the same gateway check as a create.
+			// A move binds the port to another node: the same gateway check as a create. The port is
+			// plugged on the new node only once that node's agent says so.
 			if guard, err = s.readGatewayGuard(ctx, p.NetworkId, p.Node); err != nil {
 				return nil, err
 			}
 			cmps = append(cmps, guard.cmps()...)
 			ops = append(ops, clientv3.OpDelete(NodeCIDRKey(oldNode, p.NetworkId, p.Id)))
 			ops = append(ops, guard.put(p.Id)...)
+			ops = append(ops, clientv3.OpDelete(PortStatusKey(p.Id)))
+			plugged = false
 		}
 		resp, err := s.kv.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
@@ -301,9 +304,8 @@ func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected in
 		if err := s.gatewayConflict(ctx, guard); err != nil {
 			return nil, err
 		}
-		if expected != 0 {
-			return nil, fmt.Errorf("port %q in tenant %q changed after revision %d: %w", name, tenant, expected, ErrStale)
-		}
+		// The port changed, or (a move) a network was created since the guard's read: read again,
+		// which tells a stale expected revision from a port still as expected.
 	}
 	return nil, fmt.Errorf("update port %q in tenant %q: %w", name, tenant, ErrContention)
 }

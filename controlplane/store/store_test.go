@@ -215,3 +215,87 @@ func BenchmarkCreateNetworkNodeGuard(b *testing.B) {
 		})
 	}
 }
+
+// afterGetKV runs hook once, right after the first Get of key has returned: another replica's write
+// landing between a read and the transaction built on it.
+type afterGetKV struct {
+	clientv3.KV
+	key  string
+	once sync.Once
+	hook func()
+}
+
+func (k *afterGetKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	resp, err := k.KV.Get(ctx, key, opts...)
+	if key == k.key {
+		k.once.Do(k.hook)
+	}
+	return resp, err
+}
+
+// A move with the port's current expected_revision succeeds although a network (of any tenant) was
+// created between the move's read of the networks and its transaction; the moved port is not
+// plugged (the old node's status is gone from etcd) until the new node reports it.
+func TestMovePortRetriesAndClearsPlugged(t *testing.T) {
+	_, cli := newTestStore(t)
+	ctx := testCtx(t)
+	other := New(cli) // another replica
+	kv := &afterGetKV{KV: cli, key: NetworksPrefix, hook: func() {
+		n := &vxfabricv1.Network{Id: "00000000bb", Tenant: "beta", Name: "late", Vni: 101, Cidr: "10.9.0.0/24",
+			Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}
+		if _, err := other.CreateNetwork(ctx, n, "", 0); err != nil {
+			t.Errorf("concurrent network create: %v", err)
+		}
+	}}
+	st := New(kv)
+	for _, tenant := range []string{"acme", "beta"} {
+		if _, err := other.CreateTenant(ctx, &vxfabricv1.Tenant{Name: tenant}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	web := &vxfabricv1.Network{Id: "00000000aa", Tenant: "acme", Name: "web", Vni: 100, Cidr: "10.5.0.0/24",
+		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT, Gateway: "10.5.0.1"}
+	if _, err := other.CreateNetwork(ctx, web, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	p, err := other.CreatePort(ctx, &vxfabricv1.Port{Id: "00000000cc", Tenant: "acme", Network: "web", NetworkId: web.Id,
+		Name: "p1", Node: "h1", Ip: "10.5.0.2", Mac: "0e:00:00:00:00:01"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.SetPortPlugged(ctx, p.Id, true); err != nil {
+		t.Fatal(err)
+	}
+
+	moved, err := st.UpdatePort(ctx, "acme", "p1", p.Revision, func(p *vxfabricv1.Port) error {
+		p.Node = "h2"
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("move with the current expected revision while a network was created: %v", err)
+	}
+	if resp, err := cli.Get(ctx, NetworkKey("00000000bb"), clientv3.WithCountOnly()); err != nil || resp.Count != 1 {
+		t.Fatalf("the concurrent network create did not happen: %d, %v", resp.Count, err)
+	}
+	if moved.Node != "h2" || moved.Plugged {
+		t.Errorf("moved port: node %s plugged %v, want node h2 not plugged", moved.Node, moved.Plugged)
+	}
+	got, err := st.GetPort(ctx, "acme", "p1")
+	if err != nil || got.Node != "h2" || got.Plugged || got.Revision != moved.Revision {
+		t.Errorf("port after the move: %v, %v; want on h2, not plugged, at revision %d", got, err, moved.Revision)
+	}
+	if resp, err := cli.Get(ctx, PortStatusKey(p.Id), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
+		t.Errorf("status key of the moved port: %d keys, %v; want none", resp.Count, err)
+	}
+	if resp, err := cli.Get(ctx, NodeCIDRKey("h2", web.Id, p.Id), clientv3.WithCountOnly()); err != nil || resp.Count != 1 {
+		t.Errorf("node-cidr index key on h2: %d keys, %v; want one", resp.Count, err)
+	}
+
+	// A port that did change is still stale.
+	if _, err := st.UpdatePort(ctx, "acme", "p1", p.Revision, func(p *vxfabricv1.Port) error {
+		p.Node = "h3"
+		return nil
+	}); !errors.Is(err, ErrStale) {
+		t.Errorf("move with an old expected revision: %v, want ErrStale", err)
+	}
+}
