@@ -42,6 +42,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,10 +98,39 @@ type Agent struct {
 type report struct {
 	rev     int64
 	plugged []string
+	errors  []string // what the last Apply could not converge (reportErrors)
 }
 
 func (r *report) equal(o *report) bool {
-	return r != nil && o != nil && r.rev == o.rev && slices.Equal(r.plugged, o.plugged)
+	return r != nil && o != nil && r.rev == o.rev && slices.Equal(r.plugged, o.plugged) && slices.Equal(r.errors, o.errors)
+}
+
+// The bounds of a report's errors, within the server's (32 lines of 512 bytes).
+const (
+	maxReportErrors   = 16
+	maxReportErrorLen = 256
+)
+
+// reportErrors turns a failed Apply's object errors (or, without any, its error) into the lines
+// of a report, sorted, each cut to maxReportErrorLen bytes, the last one counting those left out.
+func reportErrors(errs []overlay.ObjectError, err error) []string {
+	lines := make([]string, 0, max(min(len(errs), maxReportErrors), 1))
+	for _, e := range errs {
+		lines = append(lines, e.Error())
+	}
+	if len(lines) == 0 {
+		lines = append(lines, err.Error())
+	}
+	slices.Sort(lines)
+	if len(lines) > maxReportErrors {
+		lines = append(lines[:maxReportErrors-1], fmt.Sprintf("and %d more", len(lines)-maxReportErrors+1))
+	}
+	for i, l := range lines {
+		if len(l) > maxReportErrorLen {
+			lines[i] = strings.ToValidUTF8(l[:maxReportErrorLen-3], "") + "..."
+		}
+	}
+	return lines
 }
 
 // New checks cfg and reads the revision last applied on this host.
@@ -514,7 +544,7 @@ func (a *Agent) advance(rev int64, plugged []string) {
 		}
 	}
 	a.met.appliedRevision.Set(float64(applied))
-	a.queueReport(applied, plugged)
+	a.queueReport(applied, plugged, nil)
 }
 
 // reconcile runs one Apply of the current desired state (a full pass).
@@ -565,8 +595,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		if ctx.Err() == nil {
 			a.log.Error("apply failed, retrying", "rev", b.revision, "objects", len(res.Errors), "err", err)
 		}
-		if res.Plugged != nil {
-			a.queueReport(a.AppliedRevision(), plugged)
+		if ctx.Err() == nil {
+			if res.Plugged == nil { // Apply failed before it read the ports
+				plugged = a.plugged
+			}
+			a.queueReport(a.AppliedRevision(), plugged, reportErrors(res.Errors, err))
 		}
 		return fmt.Errorf("apply revision %d: %w", b.revision, err)
 	}
@@ -577,9 +610,9 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) queueReport(rev int64, plugged []string) {
+func (a *Agent) queueReport(rev int64, plugged, errors []string) {
 	a.repMu.Lock()
-	a.pending = &report{rev: rev, plugged: plugged}
+	a.pending = &report{rev: rev, plugged: plugged, errors: errors}
 	a.repMu.Unlock()
 	select {
 	case a.repKick <- struct{}{}:
@@ -617,7 +650,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 			}
 			rctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
 			resp, err := client.ReportApplied(rctx, &vxfabricv1.ReportAppliedRequest{
-				Node: a.cfg.Node, Revision: p.rev, PluggedPortIds: p.plugged, StatusRevision: token,
+				Node: a.cfg.Node, Revision: p.rev, PluggedPortIds: p.plugged, StatusRevision: token, Errors: p.errors,
 			})
 			cancel()
 			if err != nil {

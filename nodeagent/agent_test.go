@@ -3,12 +3,16 @@ package nodeagent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vxfabric/vxfabric/overlay"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
 // threeHosts starts etcd, a server and agents h1..h3 (static membership: they register themselves),
@@ -273,6 +277,46 @@ func TestApplyErrorsRetried(t *testing.T) {
 	w.converge(5*time.Second, h1, h2)
 	if n := h1.counter(h1.agent.met.reconcileErrors); n != 3 {
 		t.Fatalf("counted %v reconcile errors, want 3", n)
+	}
+}
+
+// TestApplyErrorsReported: what the kernel cannot take (here a bridged network's uplink that does
+// not exist on the host) reaches the server with the report, and is gone from it once applied.
+func TestApplyErrorsReported(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	srv := startServer(t, cli, "")
+	w.node("h1", "198.18.0.1")
+	w.put("networks/lan", &vxfabricv1.Network{Id: "lan", Tenant: "t", Name: "lan", Cidr: "192.168.50.0/24",
+		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, Vni: 400, Mtu: 1450,
+		Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "eth9"}})
+	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{srv.addr}})
+	want := "uplink eth9 master vxbr400: uplink interface not found"
+	waitFor(t, "the missing uplink reported", 5*time.Second, func() bool {
+		return slices.Equal(srv.hub.NodeErrors("h1"), []string{want})
+	})
+	h1.links.set(h1.dp, "eth9", true)
+	waitFor(t, "the errors cleared", 10*time.Second, func() bool {
+		return srv.hub.NodeErrors("h1") == nil
+	})
+}
+
+func TestReportErrorsBounded(t *testing.T) {
+	var errs []overlay.ObjectError
+	for i := range 40 {
+		errs = append(errs, overlay.ObjectError{Object: fmt.Sprintf("bridge vxbr%02d", i), Err: errors.New(strings.Repeat("x", 300))})
+	}
+	lines := reportErrors(errs, errors.New("joined"))
+	if len(lines) != maxReportErrors || lines[len(lines)-1] != "and 25 more" {
+		t.Fatalf("%d lines ending %q, want %d ending \"and 25 more\"", len(lines), lines[len(lines)-1], maxReportErrors)
+	}
+	for _, l := range lines {
+		if len(l) > maxReportErrorLen {
+			t.Errorf("line of %d bytes", len(l))
+		}
+	}
+	if got := reportErrors(nil, errors.New("list links: EBUSY")); !slices.Equal(got, []string{"list links: EBUSY"}) {
+		t.Errorf("no object errors: %q, want the Apply's error", got)
 	}
 }
 

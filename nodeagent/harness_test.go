@@ -55,6 +55,7 @@ func startEtcd(t *testing.T) *clientv3.Client {
 type server struct {
 	t      *testing.T
 	cli    *clientv3.Client
+	hub    *fanout.Hub
 	addr   string
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -78,7 +79,7 @@ func startServer(t *testing.T, cli *clientv3.Client, addr string) *server {
 	}
 	hub := fanout.New(cli, fanout.Config{Logger: testLogger(), RetryInterval: 100 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{t: t, cli: cli, addr: lis.Addr().String(), cancel: cancel, done: make(chan struct{})}
+	s := &server{t: t, cli: cli, hub: hub, addr: lis.Addr().String(), cancel: cancel, done: make(chan struct{})}
 	gs := grpc.NewServer()
 	vxfabricv1.RegisterAgentServiceServer(gs, hub)
 	var wg sync.WaitGroup

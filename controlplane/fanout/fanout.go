@@ -42,6 +42,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,6 +175,7 @@ type nodeStat struct {
 	applied int64
 	desired int64
 	changes []change // view changes not yet reported applied, oldest first, at most Config.History
+	errors  []string // what the agent's last report said it could not apply
 }
 
 type change struct {
@@ -469,6 +471,17 @@ func (h *Hub) NodeRevisions(node string) (applied, desired int64) {
 		return st.applied, st.desired
 	}
 	return 0, 0
+}
+
+// NodeErrors returns what node's agent said, in its last report to this replica, it could not
+// apply (nil when it applied everything or never reported here). Safe for concurrent use.
+func (h *Hub) NodeErrors(node string) []string {
+	h.statMu.Lock()
+	defer h.statMu.Unlock()
+	if st := h.stats[node]; st != nil {
+		return slices.Clone(st.errors)
+	}
+	return nil
 }
 
 // Ready is closed once the hub has loaded the store for the first time (Sync streams wait for it).

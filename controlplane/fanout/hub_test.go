@@ -646,6 +646,26 @@ func TestReportApplied(t *testing.T) {
 	if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "Bad"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("bad node name: %v, want InvalidArgument", err)
 	}
+
+	// Errors are kept until the next report; oversized ones are refused and change nothing.
+	errs := []string{"uplink eth9 master vxbr400: uplink interface not found"}
+	if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", Revision: rev, Errors: errs}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][]string{make([]string, 33), {strings.Repeat("x", 513)}} {
+		if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", Revision: rev, Errors: bad}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%d errors, the first of %d bytes: %v, want InvalidArgument", len(bad), len(bad[0]), err)
+		}
+	}
+	if got := e.hub.NodeErrors("a"); !slices.Equal(got, errs) {
+		t.Errorf("NodeErrors = %q, want %q", got, errs)
+	}
+	if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", Revision: rev}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.hub.NodeErrors("a"); got != nil {
+		t.Errorf("NodeErrors after a clean report = %q, want none", got)
+	}
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := e.hub.WaitApplied(wctx, "a", rev); err != nil {
@@ -700,8 +720,8 @@ func TestReportAcrossReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		name     string
-		carry    bool // the agent passes the token of its report to replica a
+		name  string
+		carry bool // the agent passes the token of its report to replica a
 	}{{name: "token", carry: true}, {name: "no token"}} {
 		// b's model holds pa plugged and stops following the store; a unplugs it.
 		b.kickWatch()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -168,6 +169,14 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	if req.GetStatusRevision() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "status_revision %d is negative", req.GetStatusRevision())
 	}
+	if n := len(req.GetErrors()); n > maxReportErrors {
+		return nil, status.Errorf(codes.InvalidArgument, "%d errors, at most %d", n, maxReportErrors)
+	}
+	for _, e := range req.GetErrors() {
+		if len(e) > maxReportErrorLen {
+			return nil, status.Errorf(codes.InvalidArgument, "an error of %d bytes, at most %d", len(e), maxReportErrorLen)
+		}
+	}
 	select {
 	case <-h.ready:
 	case <-ctx.Done():
@@ -217,6 +226,7 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	h.statMu.Lock()
 	st := h.stat(node)
 	st.applied = req.GetRevision()
+	st.errors = slices.Clone(req.GetErrors())
 	kept := st.changes[:0]
 	for _, c := range st.changes {
 		if c.rev <= st.applied {
@@ -231,6 +241,12 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	h.statMu.Unlock()
 	return &vxfabricv1.ReportAppliedResponse{StatusRevision: max(h.statusRev.Load(), seen)}, nil
 }
+
+// The bounds of a report's errors (the agent sends fewer and shorter ones).
+const (
+	maxReportErrors   = 32
+	maxReportErrorLen = 512
+)
 
 // catchUpStatus waits until the model has seen every status write a report must be judged against:
 // this hub's own (statusRev), and those up to the agent's token, which another replica may have

@@ -662,8 +662,12 @@ type ReportAppliedRequest struct {
 	// replica; with 0 it first reads etcd's current revision. So a report sent to another replica
 	// than the one before (failover) is never judged against a view older than that one's writes.
 	StatusRevision int64 `protobuf:"varint,4,opt,name=status_revision,json=statusRevision,proto3" json:"status_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What the agent could not apply: one line per kernel object, such as "uplink eth1 master
+	// vxbr7: uplink interface not found" (at most 32 lines of at most 512 bytes). Empty when revision
+	// is applied in full.
+	Errors        []string `protobuf:"bytes,5,rep,name=errors,proto3" json:"errors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReportAppliedRequest) Reset() {
@@ -722,6 +726,13 @@ func (x *ReportAppliedRequest) GetStatusRevision() int64 {
 		return x.StatusRevision
 	}
 	return 0
+}
+
+func (x *ReportAppliedRequest) GetErrors() []string {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
 }
 
 type ReportAppliedResponse struct {
@@ -939,12 +950,13 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
-	"\x04vtep\x18\x06 \x01(\tR\x04vtep\"\x99\x01\n" +
+	"\x04vtep\x18\x06 \x01(\tR\x04vtep\"\xb1\x01\n" +
 	"\x14ReportAppliedRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12(\n" +
 	"\x10plugged_port_ids\x18\x03 \x03(\tR\x0epluggedPortIds\x12'\n" +
-	"\x0fstatus_revision\x18\x04 \x01(\x03R\x0estatusRevision\"@\n" +
+	"\x0fstatus_revision\x18\x04 \x01(\x03R\x0estatusRevision\x12\x16\n" +
+	"\x06errors\x18\x05 \x03(\tR\x06errors\"@\n" +
 	"\x15ReportAppliedResponse\x12'\n" +
 	"\x0fstatus_revision\x18\x01 \x01(\x03R\x0estatusRevision\"W\n" +
 	"\x13RegisterNodeRequest\x12\x12\n" +

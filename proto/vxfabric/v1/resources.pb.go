@@ -559,7 +559,10 @@ type Node struct {
 	// TCP dials of its gossip address got neither a handshake nor a reset. Only then are its entries
 	// withdrawn; a DEAD node that is not unreachable is an agent that stopped on a host that still
 	// forwards to its VMs.
-	Unreachable   bool `protobuf:"varint,9,opt,name=unreachable,proto3" json:"unreachable,omitempty"`
+	Unreachable bool `protobuf:"varint,9,opt,name=unreachable,proto3" json:"unreachable,omitempty"`
+	// What the node's agent could not apply in its last report, one line per kernel object (for
+	// example an uplink interface that does not exist on the host). Empty when it applied everything.
+	ApplyErrors   []string `protobuf:"bytes,10,rep,name=apply_errors,json=applyErrors,proto3" json:"apply_errors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -657,6 +660,13 @@ func (x *Node) GetUnreachable() bool {
 	return false
 }
 
+func (x *Node) GetApplyErrors() []string {
+	if x != nil {
+		return x.ApplyErrors
+	}
+	return nil
+}
+
 var File_vxfabric_v1_resources_proto protoreflect.FileDescriptor
 
 const file_vxfabric_v1_resources_proto_rawDesc = "" +
@@ -702,7 +712,7 @@ const file_vxfabric_v1_resources_proto_rawDesc = "" +
 	"\aplugged\x18\v \x01(\bR\aplugged\x12\x1a\n" +
 	"\brevision\x18\f \x01(\x03R\brevision\x12;\n" +
 	"\vcreate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xca\x02\n" +
+	"createTime\"\xed\x02\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04vtep\x18\x02 \x01(\tR\x04vtep\x12/\n" +
@@ -713,7 +723,9 @@ const file_vxfabric_v1_resources_proto_rawDesc = "" +
 	"\x10desired_revision\x18\x06 \x01(\x03R\x0fdesiredRevision\x12\x18\n" +
 	"\aversion\x18\a \x01(\tR\aversion\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12 \n" +
-	"\vunreachable\x18\t \x01(\bR\vunreachable*\x8f\x01\n" +
+	"\vunreachable\x18\t \x01(\bR\vunreachable\x12!\n" +
+	"\fapply_errors\x18\n" +
+	" \x03(\tR\vapplyErrors*\x8f\x01\n" +
 	"\vNetworkMode\x12\x1c\n" +
 	"\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15NETWORK_MODE_ISOLATED\x10\x01\x12\x14\n" +
