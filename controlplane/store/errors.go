@@ -3,6 +3,8 @@ package store
 import (
 	"errors"
 	"fmt"
+
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
 // Sentinel errors. controlplane/api maps them to gRPC codes in one place; everything returned by this
@@ -33,3 +35,6 @@ var (
 	// ErrRequestMismatch: a request_id was reused for a different resource.
 	ErrRequestMismatch = fmt.Errorf("%w: request_id already used for another resource", ErrFailedPrecondition)
 )
+
+// networkName is how messages name a network: tenant/name, never its internal id.
+func networkName(n *vxfabricv1.Network) string { return n.Tenant + "/" + n.Name }

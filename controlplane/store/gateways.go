@@ -65,7 +65,7 @@ func (s *Store) readGatewayGuard(ctx context.Context, networkID, node string) (*
 	}
 	mine, err := netip.ParsePrefix(g.network.Cidr)
 	if err != nil {
-		return nil, fmt.Errorf("network %s cidr %q: %w", g.network.Id, g.network.Cidr, err)
+		return nil, fmt.Errorf("network %s cidr %q: %w", networkName(g.network), g.network.Cidr, err)
 	}
 	for _, n := range all {
 		if n.Id == networkID || !hasGateway(n.Mode) {
@@ -73,7 +73,7 @@ func (s *Store) readGatewayGuard(ctx context.Context, networkID, node string) (*
 		}
 		other, err := netip.ParsePrefix(n.Cidr)
 		if err != nil {
-			return nil, fmt.Errorf("network %s cidr %q: %w", n.Id, n.Cidr, err)
+			return nil, fmt.Errorf("network %s cidr %q: %w", networkName(n), n.Cidr, err)
 		}
 		if mine.Overlaps(other) {
 			g.others = append(g.others, n)
@@ -105,8 +105,9 @@ func (g *gatewayGuard) put(portID string) []clientv3.Op {
 	return []clientv3.Op{clientv3.OpPut(NodeCIDRKey(g.node, g.network.Id, portID), g.network.Cidr)}
 }
 
-// conflict explains a failed transaction that carried the guard: an ErrFailedPrecondition naming the
-// overlapping network the node takes part in, or nil when none does (networks changed: read again).
+// gatewayConflict explains a failed transaction that carried the guard: an ErrFailedPrecondition
+// naming the overlapping network the node takes part in (when it is of the port's tenant), or nil
+// when none does (networks changed: read again).
 func (s *Store) gatewayConflict(ctx context.Context, g *gatewayGuard) error {
 	if !g.active() {
 		return nil
@@ -117,10 +118,13 @@ func (s *Store) gatewayConflict(ctx context.Context, g *gatewayGuard) error {
 			return fmt.Errorf("read node-cidr index of node %q: %w", g.node, err)
 		}
 		if resp.Count > 0 {
-			return fmt.Errorf("node %s already hosts %s network %s/%s %s, which overlaps %s network %s/%s %s "+
-				"(without VRFs their gateway routes would collide): %w",
-				g.node, modeName(n.Mode), n.Tenant, n.Name, n.Cidr,
-				modeName(g.network.Mode), g.network.Tenant, g.network.Name, g.network.Cidr, ErrFailedPrecondition)
+			// A tenant learns nothing of another tenant's networks but that one is in the way.
+			hosted := "a network of another tenant that overlaps"
+			if n.Tenant == g.network.Tenant {
+				hosted = fmt.Sprintf("%s network %s %s, which overlaps", modeName(n.Mode), networkName(n), n.Cidr)
+			}
+			return fmt.Errorf("node %s already hosts %s %s network %s %s (without VRFs their gateway routes would collide): %w",
+				g.node, hosted, modeName(g.network.Mode), networkName(g.network), g.network.Cidr, ErrFailedPrecondition)
 		}
 	}
 	return nil

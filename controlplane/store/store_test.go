@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -297,5 +298,64 @@ func TestMovePortRetriesAndClearsPlugged(t *testing.T) {
 		return nil
 	}); !errors.Is(err, ErrStale) {
 		t.Errorf("move with an old expected revision: %v, want ErrStale", err)
+	}
+}
+
+// A gateway overlap with a network of the same tenant names that network; one with another tenant's
+// network says only that there is one: no tenant, name or CIDR of another tenant in the message.
+func TestGatewayConflictKeepsOtherTenantsPrivate(t *testing.T) {
+	st, _ := newTestStore(t)
+	ctx := testCtx(t)
+	nat := vxfabricv1.NetworkMode_NETWORK_MODE_NAT
+	nets := map[string]*vxfabricv1.Network{}
+	for i, n := range []*vxfabricv1.Network{
+		{Tenant: "alpha", Name: "secret-net", Cidr: "10.0.0.0/24", Gateway: "10.0.0.1"},
+		{Tenant: "alpha", Name: "other-net", Cidr: "10.0.0.0/16", Gateway: "10.0.9.1"},
+		{Tenant: "beta", Name: "web", Cidr: "10.0.0.0/25", Gateway: "10.0.0.1"},
+	} {
+		if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: n.Tenant}, ""); err != nil && !errors.Is(err, ErrAlreadyExists) {
+			t.Fatal(err)
+		}
+		n.Id, n.Vni, n.Mode = fmt.Sprintf("%010d", i), uint32(100+i), nat
+		if _, err := st.CreateNetwork(ctx, n, "", 0); err != nil {
+			t.Fatal(err)
+		}
+		nets[n.Tenant+"/"+n.Name] = n
+	}
+	ports := 0
+	port := func(network, name, node, ip string) error {
+		n := nets[network]
+		ports++
+		_, err := st.CreatePort(ctx, &vxfabricv1.Port{Id: fmt.Sprintf("%010d", 100+ports), Tenant: n.Tenant, Network: n.Name, NetworkId: n.Id,
+			Name: name, Node: node, Ip: ip, Mac: "0e:00:00:00:00:01"}, "")
+		return err
+	}
+	if err := port("alpha/secret-net", "a1", "h1", "10.0.0.2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		what, network, ip string
+		want              string
+		forbidden         []string
+	}{
+		{"another tenant's network", "beta/web", "10.0.0.2",
+			"node h1 already hosts a network of another tenant that overlaps nat network beta/web 10.0.0.0/25",
+			[]string{"alpha", "secret-net", "10.0.0.0/24"}},
+		{"the tenant's own network", "alpha/other-net", "10.0.9.2",
+			"node h1 already hosts nat network alpha/secret-net 10.0.0.0/24, which overlaps nat network alpha/other-net 10.0.0.0/16", nil},
+	} {
+		err := port(c.network, "p-"+c.network[:4], "h1", c.ip)
+		if !errors.Is(err, ErrFailedPrecondition) {
+			t.Errorf("%s: %v, want ErrFailedPrecondition", c.what, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %q does not say %q", c.what, err, c.want)
+		}
+		for _, f := range c.forbidden {
+			if strings.Contains(err.Error(), f) {
+				t.Errorf("%s: %q names %q", c.what, err, f)
+			}
+		}
 	}
 }
