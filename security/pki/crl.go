@@ -2,6 +2,7 @@ package pki
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -218,4 +219,26 @@ func revokedIn(dir string, ca *x509.Certificate) map[string]bool {
 		return map[string]bool{}
 	}
 	return revokedSerials(crl)
+}
+
+// ErrRevoked marks a peer whose certificate is on the revocation list in force.
+var ErrRevoked = errors.New("certificate revoked")
+
+// CheckPeer returns an error wrapping ErrRevoked when the verified certificate of a TLS peer is on
+// the list in force (nil for a peer without one: verification decides about those).
+func (r *Revocations) CheckPeer(cs tls.ConnectionState) error {
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	if leaf := cs.VerifiedChains[0][0]; r.Revoked(leaf) {
+		return fmt.Errorf("%q (serial %x): %w", leaf.Subject.CommonName, leaf.SerialNumber, ErrRevoked)
+	}
+	return nil
+}
+
+// RefuseRevoked makes every handshake of cfg fail whose peer certificate is on r's list: on a
+// client's configuration, the server's certificate. A connection kept open is not checked again:
+// its user asks CheckPeer.
+func RefuseRevoked(cfg *tls.Config, r *Revocations) {
+	cfg.VerifyConnection = r.CheckPeer
 }

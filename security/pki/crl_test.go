@@ -2,6 +2,7 @@ package pki
 
 import (
 	"crypto/x509"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,4 +136,43 @@ func mustRead(t *testing.T, path string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestRefuseRevokedServer: a client configured with the revocation list refuses a server whose
+// certificate is on it, in the handshake.
+func TestRefuseRevokedServer(t *testing.T) {
+	dir := t.TempDir()
+	initDir(t, dir, "h1")
+	p := func(f string) string { return filepath.Join(dir, f) }
+	server, err := ServerTLSConfig(p(ServerCert), p(ServerKey), p(CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := ClientTLSConfig(p(CACertFile), p(NodeCertFile("h1")), p(NodeKeyFile("h1")), "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := NewRevocations(p(CRLFile), p(CACertFile), false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	RefuseRevoked(client, rev)
+	if _, serr, cerr := handshake(t, server, client); serr != nil || cerr != nil {
+		t.Fatalf("before revocation: server %v, client %v", serr, cerr)
+	}
+	srvCert, err := ReadCertFile(p(ServerCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Revoke(dir, []*x509.Certificate{srvCert}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	rev2, err := NewRevocations(p(CRLFile), p(CACertFile), true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	RefuseRevoked(client, rev2)
+	if _, _, cerr := handshake(t, server, client); !errors.Is(cerr, ErrRevoked) {
+		t.Errorf("revoked server: client error %v, want ErrRevoked", cerr)
+	}
 }
