@@ -40,8 +40,9 @@ type HostStatus struct {
 	Cut      bool   `json:"cut"`
 	AgentPID int    `json:"agent_pid"`
 	Node     string `json:"node"`
-	Applied  int64  `json:"applied_revision"`
-	Desired  int64  `json:"desired_revision"`
+	// Applied and Desired are the node's revisions as node list shows them; 0 is not known.
+	Applied int64 `json:"applied_revision"`
+	Desired int64 `json:"desired_revision"`
 }
 
 // NetworkStatus is one network of the fabric.
@@ -208,7 +209,7 @@ func (st Status) Print(w io.Writer) {
 		if node == "" {
 			node = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\n", h.Name, h.VTEP, link, agent, node, h.Applied, h.Desired)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s/%s\n", h.Name, h.VTEP, link, agent, node, revisionText(h.Applied), revisionText(h.Desired))
 	}
 	if len(st.Networks) > 0 {
 		fmt.Fprintln(tw, "\nTENANT\tNETWORK\tMODE\tCIDR\tVNI\tGATEWAY/UPLINK")
@@ -241,6 +242,14 @@ func (st Status) Print(w io.Writer) {
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()
+}
+
+// revisionText shows a revision, and 0 (not known) as "-".
+func revisionText(r int64) string {
+	if r == 0 {
+		return "-"
+	}
+	return strconv.FormatInt(r, 10)
 }
 
 // nicIndex parses N from a port name <vm>-<network>-<N>; -1 if the name has no such suffix.

@@ -193,7 +193,9 @@ func newLabStatusCmd(f *labFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
 		Short: "hosts, agents, networks, VMs and their addresses, on one screen",
-		Args:  cobra.NoArgs,
+		Long: "Shows the lab's hosts (underlay link, agent process, node status and APPLIED/DESIRED, the node's\n" +
+			"revisions as vxfab node list shows them), its networks and its VMs with their NICs.\n\n" + revisionColumnsHelp,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := f.open()
 			if err != nil {

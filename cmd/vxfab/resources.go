@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -460,6 +461,8 @@ func newNodeCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "node", Short: "show the fabric's hosts"}
 	list := &cobra.Command{
 		Use: "list", Short: "list nodes with their status and convergence", Args: cobra.NoArgs,
+		Long: "Lists the nodes: their gossip STATUS, whether their HOST answers on the underlay, and how far their\n" +
+			"agent has converged.\n\n" + revisionColumnsHelp,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				resp, err := vxfabricv1.NewNodeServiceClient(conn).ListNodes(ctx, &vxfabricv1.ListNodesRequest{})
@@ -471,7 +474,7 @@ func newNodeCmd() *cobra.Command {
 		},
 	}
 	show := &cobra.Command{
-		Use: "show NAME", Short: "show a node", Args: cobra.ExactArgs(1),
+		Use: "show NAME", Short: "show a node", Args: cobra.ExactArgs(1), Long: "Shows a node as node list does.\n\n" + revisionColumnsHelp,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				resp, err := vxfabricv1.NewNodeServiceClient(conn).GetNode(ctx, &vxfabricv1.GetNodeRequest{Name: args[0]})
@@ -486,13 +489,34 @@ func newNodeCmd() *cobra.Command {
 	return cmd
 }
 
+// revisionColumnsHelp explains the convergence columns of node list and lab status.
+const revisionColumnsHelp = `Revisions are the store's (etcd's) revisions:
+  DESIRED  the newest revision that changed this node's view (its ports, and the networks and remote
+           ports they need); "-" while no change has concerned the node
+  APPLIED  the newest revision the node's agent reported having applied; "-" until it reports to this
+           server (for a few seconds after a server restart). It is often above DESIRED: the agent
+           reports every revision it has caught up to, also those that changed nothing it needs
+  IN-SYNC  (node list) yes when APPLIED >= DESIRED; "-" while APPLIED is unknown`
+
+// revisionText shows a revision, and 0 (not known) as "-".
+func revisionText(r int64) string {
+	if r == 0 {
+		return "-"
+	}
+	return strconv.FormatInt(r, 10)
+}
+
 // nodeTable shows each node's applied revision against the newest revision of its desired state, and
 // (when latest is non-zero) the store's current revision.
 func nodeTable(w io.Writer, latest int64, ns ...*vxfabricv1.Node) {
 	row(w, "NAME", "VTEP", "STATUS", "HOST", "VERSION", "APPLIED", "DESIRED", "IN-SYNC", "LAST-CHANGE")
 	for _, n := range ns {
-		row(w, n.Name, n.Vtep, statusName(n.Status), hostState(n), n.Version, n.AppliedRevision, n.DesiredRevision,
-			yesNo(n.AppliedRevision >= n.DesiredRevision && n.AppliedRevision > 0), fmtTime(n.LastChange))
+		inSync := "-"
+		if n.AppliedRevision != 0 {
+			inSync = yesNo(n.AppliedRevision >= n.DesiredRevision)
+		}
+		row(w, n.Name, n.Vtep, statusName(n.Status), hostState(n), n.Version, revisionText(n.AppliedRevision),
+			revisionText(n.DesiredRevision), inSync, fmtTime(n.LastChange))
 	}
 	if latest != 0 {
 		fmt.Fprintf(w, "\nlatest store revision: %d\n", latest)

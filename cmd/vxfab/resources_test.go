@@ -141,3 +141,28 @@ func TestCLIResources(t *testing.T) {
 	ok("port", "delete", "vm1", "--tenant", "acme")
 	ok("network", "delete", "web", "--tenant", "acme")
 }
+
+// A revision not known (0) shows as "-", not as a number that puts APPLIED above or below DESIRED;
+// a node whose applied revision is unknown is neither in sync nor out of it.
+func TestNodeTableUnknownRevisions(t *testing.T) {
+	var out strings.Builder
+	nodeTable(&out, 0,
+		&vxfabricv1.Node{Name: "noports", AppliedRevision: 98},
+		&vxfabricv1.Node{Name: "restarted", DesiredRevision: 87},
+		&vxfabricv1.Node{Name: "behind", AppliedRevision: 80, DesiredRevision: 87},
+		&vxfabricv1.Node{Name: "synced", AppliedRevision: 90, DesiredRevision: 87},
+	)
+	want := map[string][]string{
+		"noports":   {"98", "-", "yes"},
+		"restarted": {"-", "87", "-"},
+		"behind":    {"80", "87", "no"},
+		"synced":    {"90", "87", "yes"},
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n")[1:] {
+		f := strings.Fields(line)
+		// NAME VTEP STATUS HOST VERSION APPLIED DESIRED IN-SYNC LAST-CHANGE
+		if got := f[5:8]; !slices.Equal(got, want[f[0]]) {
+			t.Errorf("node %s: APPLIED DESIRED IN-SYNC = %v, want %v\n%s", f[0], got, want[f[0]], out.String())
+		}
+	}
+}
