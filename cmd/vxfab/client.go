@@ -54,8 +54,28 @@ func addClientFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&cliOpts.tlsKey, "tls-key", "", "client key (env VXFAB_TLS_KEY)")
 	fs.BoolVar(&cliOpts.insecure, "insecure", false, "connect without TLS")
 	fs.StringVar(&cliOpts.profile, "profile", "", "client profile file, as written by vxfab lab up (env VXFAB_PROFILE; default "+defaultProfilePath+" when present)")
-	fs.DurationVar(&cliOpts.timeout, "timeout", 15*time.Second, "deadline of one API call")
+	cliOpts.timeout = 15 * time.Second
+	fs.Var((*positiveDuration)(&cliOpts.timeout), "timeout", "deadline of one API call")
 }
+
+// positiveDuration is a duration flag that refuses zero and negative values when parsed: a call
+// with no time left would only fail later, with DeadlineExceeded.
+type positiveDuration time.Duration
+
+func (d *positiveDuration) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New("want a duration such as 15s or 1m")
+	}
+	if v <= 0 {
+		return errors.New("want a positive duration such as 15s or 1m")
+	}
+	*d = positiveDuration(v)
+	return nil
+}
+
+func (d *positiveDuration) String() string { return time.Duration(*d).String() }
+func (d *positiveDuration) Type() string   { return "duration" }
 
 // resolvedClient is the outcome of flags, environment and profile.
 type resolvedClient struct {

@@ -12,7 +12,8 @@ import (
 )
 
 // A typo in a script must fail, not print help and succeed; a missing required flag is named
-// before anything is sent; an explicit --vni 0 is refused, not taken as "allocate".
+// before anything is sent; an explicit --vni 0 is refused, not taken as "allocate"; a --timeout that
+// leaves no time is refused before any call fails with DeadlineExceeded.
 func TestCLIRefusesBadInvocations(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -23,6 +24,8 @@ func TestCLIRefusesBadInvocations(t *testing.T) {
 		{[]string{"agent"}, `required flag(s) "node", "vtep" not set`},
 		{[]string{"port", "show", "p1"}, `required flag(s) "tenant" not set`},
 		{[]string{"network", "create", "n", "--tenant", "t", "--cidr", "10.0.0.0/24", "--mode", "nat", "--vni", "0"}, "--vni 0"},
+		{[]string{"--timeout", "0s", "tenant", "list"}, `invalid argument "0s" for "--timeout" flag: want a positive duration`},
+		{[]string{"tenant", "list", "--timeout=-1s"}, `invalid argument "-1s" for "--timeout" flag: want a positive duration`},
 	} {
 		root := newRootCmd()
 		root.SetOut(io.Discard)
