@@ -18,6 +18,7 @@ import (
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/store"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -35,6 +36,9 @@ type ConvergenceSource interface {
 type Config struct {
 	Store *store.Store
 	Alloc *alloc.Allocator
+	// VNIs is the pool Alloc draws from: a requested VNI outside it is refused. Nil checks requested
+	// VNIs against 1-16777214 only.
+	VNIs *alloc.VNIPool
 	// UnderlayMTU gives the default network MTU (UnderlayMTU - 50).
 	UnderlayMTU uint32
 	// Convergence fills nodes' applied and desired revisions; nil leaves them 0.
@@ -95,6 +99,19 @@ var ServiceNames = []string{
 	vxfabricv1.NodeService_ServiceDesc.ServiceName,
 }
 
+type adminKey struct{}
+
+// WithAdmin marks ctx as the call of a caller who may see the whole fabric (controlplane/auth sets it
+// for admin callers). Refusals then name what they are about even when it is not the caller's own
+// (nodes, their underlay addresses); without the mark they name only the caller's own resources.
+func WithAdmin(ctx context.Context) context.Context { return context.WithValue(ctx, adminKey{}, true) }
+
+// isAdmin reports whether ctx was marked by WithAdmin.
+func isAdmin(ctx context.Context) bool {
+	admin, _ := ctx.Value(adminKey{}).(bool)
+	return admin
+}
+
 type core struct {
 	cfg   Config
 	store *store.Store
@@ -110,24 +127,57 @@ func (c *core) toStatus(err error) error {
 	for _, m := range sentinelCodes {
 		if errors.Is(err, m.err) {
 			// The code says what the sentinel said: keep the message about the object.
-			return status.Error(m.code, strings.TrimSuffix(msg, ": "+m.err.Error()))
+			return status.Error(m.code, dropSentinel(msg, m.err.Error()))
 		}
 	}
+	var etcdErr rpctypes.EtcdError
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
+	case errors.As(err, &etcdErr):
+		code = etcdCode(etcdErr)
 	default:
 		// etcd's client errors are gRPC statuses (Unavailable while etcd is unreachable, ...).
 		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 			code = st.Code()
 		}
 	}
-	if code == codes.Internal {
+	switch code {
+	case codes.Internal:
 		c.log.Error("request failed", "err", err)
+	case codes.Unavailable:
+		c.log.Warn("etcd unavailable", "err", err)
 	}
 	return status.Error(code, msg)
+}
+
+// etcdCode is the code of an error the etcd server answered with. The etcd client turns those into
+// rpctypes.EtcdError, which carries its code but no gRPC status. Every answer that says the cluster
+// cannot serve now (no leader, an election, a timed-out proposal, a stopped or unhealthy member, a
+// member that is not or cannot yet be leader, a database over its quota) is Unavailable: the caller
+// may retry, with its request_id. Any other (a compacted revision, a request too large, a corrupt
+// cluster) is a fault of ours or of the cluster that a retry does not mend: Internal.
+func etcdCode(err rpctypes.EtcdError) codes.Code {
+	switch err.Code() {
+	case codes.Unavailable, codes.FailedPrecondition, codes.ResourceExhausted:
+		return codes.Unavailable
+	}
+	return codes.Internal
+}
+
+// dropSentinel removes the sentinel's own text from an error message (the gRPC code says it), both
+// at the end ("network x: not found") and before a more specific reason ("vni 5: already exists: vni
+// taken" becomes "vni 5: vni taken").
+func dropSentinel(msg, sentinel string) string {
+	s := ": " + sentinel
+	for i := strings.LastIndex(msg, s); i >= 0; i = strings.LastIndex(msg[:i], s) {
+		if rest := msg[i+len(s):]; rest == "" || strings.HasPrefix(rest, ": ") {
+			return msg[:i] + rest
+		}
+	}
+	return msg
 }
 
 // sentinelCodes maps store's sentinel errors to gRPC codes, first match wins.

@@ -4,19 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"testing"
 
+	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/store"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
 func TestToStatus(t *testing.T) {
-	c := &core{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	logs := &logBuffer{}
+	c := &core{log: slog.New(slog.NewTextHandler(logs, nil))}
+	// What the etcd client returns when the server answers with one of its errors: an
+	// rpctypes.EtcdError, which has no GRPCStatus.
+	etcdSays := func(answer error) error { return clientv3.ContextError(context.Background(), answer) }
 	for _, tc := range []struct {
 		err  error
 		code codes.Code
@@ -29,15 +35,126 @@ func TestToStatus(t *testing.T) {
 		{fmt.Errorf("pool: %w", store.ErrExhausted), codes.ResourceExhausted},
 		{fmt.Errorf("create: %w", store.ErrContention), codes.Aborted},
 		{fmt.Errorf("get: %w", context.DeadlineExceeded), codes.DeadlineExceeded},
-		{fmt.Errorf("get: %w", status.Error(codes.Unavailable, "etcdserver: no leader")), codes.Unavailable},
+		{fmt.Errorf("get: %w", status.Error(codes.Unavailable, "connection refused")), codes.Unavailable},
+		{fmt.Errorf("get: %w", etcdSays(rpctypes.ErrGRPCNoLeader)), codes.Unavailable},
+		{fmt.Errorf("get: %w", etcdSays(rpctypes.ErrGRPCLeaderChanged)), codes.Unavailable},
+		{fmt.Errorf("get: %w", etcdSays(rpctypes.ErrGRPCTimeout)), codes.Unavailable},
+		{fmt.Errorf("get: %w", etcdSays(rpctypes.ErrGRPCTimeoutDueToLeaderFail)), codes.Unavailable},
+		{fmt.Errorf("get: %w", etcdSays(rpctypes.ErrGRPCStopped)), codes.Unavailable},
+		{fmt.Errorf("get: %w", etcdSays(rpctypes.ErrGRPCNotLeader)), codes.Unavailable},
+		{fmt.Errorf("put: %w", etcdSays(rpctypes.ErrGRPCNoSpace)), codes.Unavailable},
+		{fmt.Errorf("get: %w", etcdSays(rpctypes.ErrGRPCCompacted)), codes.Internal},
 		{errors.New("disk on fire"), codes.Internal},
 	} {
+		before := strings.Count(logs.String(), "level=ERROR")
 		if got := status.Code(c.toStatus(tc.err)); got != tc.code {
 			t.Errorf("%v: %v, want %v", tc.err, got, tc.code)
 		}
+		if logged := strings.Count(logs.String(), "level=ERROR") > before; logged != (tc.code == codes.Internal) {
+			t.Errorf("%v: logged as an error: %v, want only Internal ones", tc.err, logged)
+		}
 	}
-	if msg := status.Convert(c.toStatus(fmt.Errorf("cidr %q: bad: %w", "x", store.ErrInvalidArgument))).Message(); msg != `cidr "x": bad` {
-		t.Errorf("message %q", msg)
+	// The message does not repeat what the code says, also when a more specific reason follows.
+	for err, want := range map[error]string{
+		fmt.Errorf("cidr %q: bad: %w", "x", store.ErrInvalidArgument):                         `cidr "x": bad`,
+		fmt.Errorf("vni 5000: %w", store.ErrVNITaken):                                         `vni 5000: vni taken`,
+		fmt.Errorf("network %q is at revision 5, not 4: %w", "web", store.ErrStale):           `network "web" is at revision 5, not 4: revision changed`,
+		fmt.Errorf("get network: %w", fmt.Errorf("network %q: %w", "web", store.ErrNotFound)): `get network: network "web"`,
+		fmt.Errorf("tenant %q: not foundling: %w", "x", store.ErrNotFound):                    `tenant "x": not foundling`,
+	} {
+		if msg := status.Convert(c.toStatus(err)).Message(); msg != want {
+			t.Errorf("%v: message %q, want %q", err, msg, want)
+		}
+	}
+}
+
+// etcd without a leader, as the real client reports it, is Unavailable through the services, and is
+// not logged as a failure of ours (it used to be Internal: the client's rpctypes.EtcdError carries
+// no gRPC status).
+func TestEtcdWithoutLeaderIsUnavailable(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	noLeader := func(ctx context.Context, _ string) error { return clientv3.ContextError(ctx, rpctypes.ErrGRPCNoLeader) }
+	f.kv.onGet.Store(&noLeader)
+	_, err := f.svcs.Tenants.GetTenant(ctx, &vxfabricv1.GetTenantRequest{Name: "acme"})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no leader") {
+		t.Errorf("get tenant without an etcd leader: %v, want Unavailable saying no leader", err)
+	}
+	_, err = f.createNetwork(ctx, "web", "10.0.0.0/24", "")
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("create network without an etcd leader: %v, want Unavailable", err)
+	}
+	if logs := f.logs.String(); strings.Contains(logs, "level=ERROR") {
+		t.Errorf("an unavailable etcd was logged as an error of ours:\n%s", logs)
+	}
+}
+
+// Requests refused for what they ask: InvalidArgument naming the field, nothing written.
+func TestCreateNetworkRefusals(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	routed, bridged := vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED, vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED
+	for i, tc := range []struct {
+		req  *vxfabricv1.CreateNetworkRequest
+		want string
+	}{
+		{&vxfabricv1.CreateNetworkRequest{Cidr: "10.0.0.0/24", Mode: routed, Gateway: "banana"}, `gateway "banana": want an IPv4 address`},
+		{&vxfabricv1.CreateNetworkRequest{Cidr: "10.0.0.0/24", Mode: routed, Vni: 7}, `vni 7: outside this fabric's VNI range 4096-16777214`},
+		{&vxfabricv1.CreateNetworkRequest{Cidr: "10.0.0.0/24", Mode: routed, Vni: 4095}, `vni 4095: outside this fabric's VNI range 4096-16777214`},
+		{&vxfabricv1.CreateNetworkRequest{Cidr: "10.0.0.0/24", Mode: bridged, Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "lo"}}, `interface "lo": the loopback interface cannot be an uplink`},
+	} {
+		tc.req.Tenant, tc.req.Name = "acme", fmt.Sprintf("web-%d", i)
+		_, err := f.svcs.Networks.CreateNetwork(WithAdmin(ctx), tc.req)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), tc.want) {
+			t.Errorf("%v: %v, want InvalidArgument %q", tc.req, err, tc.want)
+		}
+	}
+	if n := f.networkCount(ctx, t); n != 0 {
+		t.Errorf("%d networks in etcd after refusals, want 0", n)
+	}
+	// The pool's bounds are in it.
+	for _, vni := range []uint32{4096, alloc.MaxVNI} {
+		n, err := f.svcs.Networks.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Tenant: "acme", Name: fmt.Sprintf("vni-%d", vni), Cidr: "10.0.0.0/24", Mode: routed, Vni: vni})
+		if err != nil || n.GetNetwork().GetVni() != vni {
+			t.Errorf("create with vni %d: %v, %v", vni, n, err)
+		}
+	}
+	// A pool of several ranges is named in full.
+	pool, err := alloc.NewVNIPool([]alloc.Range{{First: 100, Last: 199}, {First: 5000, Last: 5999}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validVNI(7, pool); err == nil || !strings.Contains(err.Error(), "vni 7: outside this fabric's VNI ranges 100-199, 5000-5999") {
+		t.Errorf("vni 7 in pool 100-199, 5000-5999: %v", err)
+	}
+}
+
+// What the store says is AlreadyExists, FailedPrecondition or NotFound reaches the user with the
+// code, and the message does not say it again ("...: already exists: vni taken").
+func TestStoreRefusalsDoNotRepeatTheirCode(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	routed := vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED
+	web, err := f.svcs.Networks.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Tenant: "acme", Name: "web", Cidr: "10.0.0.0/24", Mode: routed, Vni: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.svcs.Networks.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Tenant: "acme", Name: "db", Cidr: "10.1.0.0/24", Mode: routed, Vni: 5000})
+	wantCodeOnce(t, "vni taken", err, codes.AlreadyExists, "already exists")
+	_, err = f.svcs.Networks.UpdateNetwork(ctx, &vxfabricv1.UpdateNetworkRequest{Tenant: "acme", Name: "web", Mtu: 1400, ExpectedRevision: web.Network.Revision + 100})
+	wantCodeOnce(t, "stale update", err, codes.FailedPrecondition, "failed precondition")
+	_, err = f.svcs.Networks.GetNetwork(ctx, &vxfabricv1.GetNetworkRequest{Tenant: "acme", Name: "nosuch"})
+	wantCodeOnce(t, "get missing network", err, codes.NotFound, "not found")
+}
+
+// wantCodeOnce checks err's code, and that its message does not spell the code out again.
+func wantCodeOnce(t *testing.T, what string, err error, code codes.Code, codeText string) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("%s: %v, want %v", what, err, code)
+	}
+	if msg := status.Convert(err).Message(); strings.Contains(msg, codeText) {
+		t.Errorf("%s: message %q repeats the code", what, msg)
 	}
 }
 
@@ -53,7 +170,7 @@ func TestCheckCreateNetworkDefaults(t *testing.T) {
 		{&vxfabricv1.CreateNetworkRequest{Tenant: "a", Name: "n", Cidr: "10.0.0.0/29", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}, 1450, "", ""},
 		{&vxfabricv1.CreateNetworkRequest{Tenant: "a", Name: "n", Cidr: "10.0.0.0/29", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "enp0s3"}}, 1450, "", "enp0s3"},
 	} {
-		n, err := checkCreateNetwork(tc.req, 1500)
+		n, err := checkCreateNetwork(tc.req, 1500, nil)
 		if err != nil {
 			t.Fatalf("%v: %v", tc.req, err)
 		}
@@ -93,14 +210,23 @@ func TestCIDRSpecialRangesRefused(t *testing.T) {
 
 func TestCheckVTEPs(t *testing.T) {
 	nodes := []*vxfabricv1.Node{{Name: "h0"}, {Name: "h1", Vtep: "198.18.0.1"}, {Name: "h2", Vtep: "198.18.1.7"}}
-	err := checkVTEPs("198.18.1.0/24", vtepsOf(nodes))
+	err := checkVTEPs("198.18.1.0/24", vtepsOf(nodes), true)
 	if !errors.Is(err, store.ErrFailedPrecondition) {
 		t.Fatalf("network over a vtep: %v, want failed precondition", err)
 	}
 	if !strings.Contains(err.Error(), "node h2") || !strings.Contains(err.Error(), "198.18.1.7") {
-		t.Errorf("message %q does not name node h2 and its vtep", err)
+		t.Errorf("admin's message %q does not name node h2 and its vtep", err)
 	}
-	if err := checkVTEPs("198.18.2.0/24", vtepsOf(nodes)); err != nil {
-		t.Errorf("network beside the vteps refused: %v", err)
+	err = checkVTEPs("198.18.1.0/24", vtepsOf(nodes), false)
+	if !errors.Is(err, store.ErrFailedPrecondition) {
+		t.Fatalf("network over a vtep: %v, want failed precondition", err)
+	}
+	if strings.Contains(err.Error(), "h2") || strings.Contains(err.Error(), "198.18.1.7") {
+		t.Errorf("tenant's message %q names node h2 or its vtep", err)
+	}
+	for _, admin := range []bool{false, true} {
+		if err := checkVTEPs("198.18.2.0/24", vtepsOf(nodes), admin); err != nil {
+			t.Errorf("network beside the vteps refused: %v", err)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/store"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
@@ -86,6 +87,9 @@ func addSeedsNetwork(f *testing.F) {
 	}
 }
 
+// fuzzPool is the default VNI pool, 4096-16777214.
+var fuzzPool, _ = alloc.NewVNIPool(alloc.DefaultRanges())
+
 func FuzzCheckCreateNetwork(f *testing.F) {
 	addSeedsNetwork(f)
 	f.Fuzz(func(t *testing.T, tenant, name, cidr string, mode int32, vni, mtu uint32, gateway string, hasUplink bool, upNode, upIface, requestID string) {
@@ -96,7 +100,7 @@ func FuzzCheckCreateNetwork(f *testing.F) {
 		if hasUplink {
 			req.Uplink = &vxfabricv1.Uplink{Node: upNode, Interface: upIface}
 		}
-		n, err := checkCreateNetwork(req, 1500)
+		n, err := checkCreateNetwork(req, 1500, fuzzPool)
 		if err != nil {
 			if !isInvalidArgument(err) {
 				t.Fatalf("refusal is not InvalidArgument: %v", err)
@@ -110,8 +114,8 @@ func FuzzCheckCreateNetwork(f *testing.F) {
 		if err != nil || !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 29 || p.Masked() != p || p.String() != cidr {
 			t.Fatalf("accepted cidr %q (from %q)", n.Cidr, cidr)
 		}
-		if n.Vni > 1<<24-2 {
-			t.Fatalf("accepted vni %d", n.Vni)
+		if n.Vni != 0 && (n.Vni < 4096 || n.Vni > 1<<24-2) {
+			t.Fatalf("accepted vni %d, outside the pool 4096-16777214", n.Vni)
 		}
 		if n.Mtu < 576 || n.Mtu > 9000 {
 			t.Fatalf("accepted mtu %d", n.Mtu)
@@ -143,7 +147,7 @@ func FuzzCheckCreateNetwork(f *testing.F) {
 		again, err := checkCreateNetwork(&vxfabricv1.CreateNetworkRequest{
 			Tenant: n.Tenant, Name: n.Name, Cidr: n.Cidr, Mode: n.Mode, Vni: n.Vni, Mtu: n.Mtu,
 			Gateway: n.Gateway, Uplink: n.Uplink, RequestId: requestID,
-		}, 1500)
+		}, 1500, fuzzPool)
 		if err != nil || !proto.Equal(again, n) {
 			t.Fatalf("normalised network not stable: %v then %v (%v)", n, again, err)
 		}
@@ -223,7 +227,7 @@ func FuzzCheckPortInNetwork(f *testing.F) {
 	f.Add("10.0.0.0/8", "", int32(1), uint32(4096), "10.255.255.254", "02:fb:00:10:00:01")
 	f.Add("10.0.0.0/24", "", int32(1), uint32(4096), "10.0.1.5", "")
 	f.Fuzz(func(t *testing.T, cidr, gateway string, mode int32, vni uint32, ip, mac string) {
-		n, err := checkCreateNetwork(&vxfabricv1.CreateNetworkRequest{Tenant: "t", Name: "n", Cidr: cidr, Mode: vxfabricv1.NetworkMode(mode), Gateway: gateway, Vni: vni}, 1500)
+		n, err := checkCreateNetwork(&vxfabricv1.CreateNetworkRequest{Tenant: "t", Name: "n", Cidr: cidr, Mode: vxfabricv1.NetworkMode(mode), Gateway: gateway, Vni: vni}, 1500, nil)
 		if err != nil || n.Vni == 0 {
 			return
 		}

@@ -1,10 +1,11 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -21,10 +22,21 @@ import (
 )
 
 // hookKV runs beforeTxn when a transaction is started through it: after the API has checked a new
-// network against its node view and before the create's transaction reaches etcd.
+// network against its node view and before the create's transaction reaches etcd. onGet, when set,
+// runs before every Get; an error it returns is the Get's.
 type hookKV struct {
 	clientv3.KV
 	beforeTxn atomic.Pointer[func()]
+	onGet     atomic.Pointer[func(ctx context.Context, key string) error]
+}
+
+func (h *hookKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	if f := h.onGet.Load(); f != nil {
+		if err := (*f)(ctx, key); err != nil {
+			return nil, err
+		}
+	}
+	return h.KV.Get(ctx, key, opts...)
 }
 
 func (h *hookKV) Txn(ctx context.Context) clientv3.Txn {
@@ -38,6 +50,25 @@ type apiFixture struct {
 	cli  *clientv3.Client
 	kv   *hookKV
 	svcs *Services
+	logs *logBuffer // what the services logged
+}
+
+// logBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // newFixture starts etcd and the services (as one server replica) with tenant "acme".
@@ -50,14 +81,15 @@ func newFixture(t *testing.T) *apiFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svcs, err := New(Config{Store: st, Alloc: alloc.New(st, pool), UnderlayMTU: 1500, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	logs := &logBuffer{}
+	svcs, err := New(Config{Store: st, Alloc: alloc.New(st, pool), VNIs: pool, UnderlayMTU: 1500, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := svcs.Tenants.CreateTenant(testCtx(t), &vxfabricv1.CreateTenantRequest{Name: "acme"}); err != nil {
 		t.Fatal(err)
 	}
-	return &apiFixture{cli: cli, kv: kv, svcs: svcs}
+	return &apiFixture{cli: cli, kv: kv, svcs: svcs, logs: logs}
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -235,4 +267,114 @@ func TestCreateNetworkRacesRegisterNode(t *testing.T) {
 		t.Fatalf("%d networks in etcd, %d created", n, outcomes["network first"])
 	}
 	t.Logf("outcomes %v", outcomes)
+}
+
+// A create waiting for the node records that another create is reading leaves at its own deadline,
+// with DeadlineExceeded, and the read goes on for the others: one read serves every create waiting
+// at once. The view used to hold its mutex across the read, made with the first create's context,
+// so every other create waited for that read, past its own deadline.
+func TestCreateNetworkWaitsForNodeReadOnlyUntilItsDeadline(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
+	reading := make(chan struct{}, 16)
+	var reads atomic.Int32
+	hold := func(ctx context.Context, key string) error {
+		if key != store.NodesPrefix {
+			return nil
+		}
+		reads.Add(1)
+		reading <- struct{}{}
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	f.kv.onGet.Store(&hold)
+
+	type result struct {
+		err  error
+		took time.Duration
+	}
+	create := func(ctx context.Context, name, cidr string) chan result {
+		done := make(chan result, 1)
+		go func() {
+			begin := time.Now()
+			_, err := f.createNetwork(ctx, name, cidr, "")
+			done <- result{err, time.Since(begin)}
+		}()
+		return done
+	}
+	first := create(ctx, "first", "10.0.0.0/24")
+	select {
+	case <-reading:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first create did not read the node records")
+	}
+	third := create(ctx, "third", "10.2.0.0/24") // waits for the same read
+
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	select {
+	case r := <-create(short, "second", "10.1.0.0/24"):
+		if status.Code(r.err) != codes.DeadlineExceeded {
+			t.Errorf("create with a 200ms deadline while the node read hangs: %v, want DeadlineExceeded", r.err)
+		}
+		if r.took > 2*time.Second {
+			t.Errorf("create with a 200ms deadline returned after %s", r.took)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("create with a 200ms deadline still waits after 5s for another create's node read")
+	}
+
+	unblock()
+	for name, done := range map[string]chan result{"first": first, "third": third} {
+		select {
+		case r := <-done:
+			if r.err != nil {
+				t.Errorf("create %s: %v", name, r.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("create %s did not finish after the node read did", name)
+		}
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("%d reads of the node records for three creates waiting at once, want 1", n)
+	}
+	if n := f.networkCount(ctx, t); n != 2 {
+		t.Errorf("%d networks in etcd, want 2 (first and third)", n)
+	}
+}
+
+// A tenant is not told which node's underlay address is inside its CIDR (NodeService, which would
+// tell, is admin-only); an admin is.
+func TestVTEPRefusalNamesTheNodeOnlyToAdmins(t *testing.T) {
+	f := newFixture(t)
+	ctx := testCtx(t)
+	if _, err := f.registerNode(ctx, "h1", "198.18.5.1"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.createNetwork(ctx, "over-h1", "198.18.5.0/24", "")
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("tenant's create over h1's VTEP: %v, want FailedPrecondition", err)
+	}
+	msg := status.Convert(err).Message()
+	if strings.Contains(msg, "h1") || strings.Contains(msg, "198.18.5.1") || !strings.Contains(msg, "contains the underlay address of a host of this fabric") {
+		t.Errorf("tenant's refusal %q: want it to say a host's underlay address is inside, without naming node h1 or 198.18.5.1", msg)
+	}
+	_, err = f.createNetwork(WithAdmin(ctx), "over-h1", "198.18.5.0/24", "")
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("admin's create over h1's VTEP: %v, want FailedPrecondition", err)
+	}
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "node h1") || !strings.Contains(msg, "198.18.5.1") {
+		t.Errorf("admin's refusal %q does not name node h1 and its VTEP", msg)
+	}
+	if n := f.networkCount(ctx, t); n != 0 {
+		t.Errorf("%d networks in etcd, want 0", n)
+	}
 }

@@ -72,7 +72,7 @@ type NetworkServer struct {
 }
 
 func (s *NetworkServer) CreateNetwork(ctx context.Context, req *vxfabricv1.CreateNetworkRequest) (*vxfabricv1.CreateNetworkResponse, error) {
-	n, err := checkCreateNetwork(req, s.cfg.UnderlayMTU)
+	n, err := checkCreateNetwork(req, s.cfg.UnderlayMTU, s.cfg.VNIs)
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
@@ -98,7 +98,7 @@ func (s *NetworkServer) createNetwork(ctx context.Context, n *vxfabricv1.Network
 		if err != nil {
 			return nil, err
 		}
-		if err := checkVTEPs(n.Cidr, vteps); err != nil {
+		if err := checkVTEPs(n.Cidr, vteps, isAdmin(ctx)); err != nil {
 			if stale == 0 {
 				stale = rev // refuse only on a view read during this create (any after the first)
 				continue

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/store"
@@ -99,9 +100,21 @@ func validCIDR(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-func validVNI(v uint32) error {
-	if v > alloc.MaxVNI {
+// validVNI checks a requested VNI (0: allocate one) against the fabric's pool (nil: 1-MaxVNI).
+func validVNI(v uint32, pool *alloc.VNIPool) error {
+	switch {
+	case v > alloc.MaxVNI:
 		return invalid("vni %d: must be 1-%d", v, alloc.MaxVNI)
+	case v != 0 && pool != nil && !pool.Contains(v):
+		var ranges []string
+		for _, r := range pool.Ranges() {
+			ranges = append(ranges, r.String())
+		}
+		what := "range"
+		if len(ranges) > 1 {
+			what = "ranges"
+		}
+		return invalid("vni %d: outside this fabric's VNI %s %s", v, what, strings.Join(ranges, ", "))
 	}
 	return nil
 }
@@ -131,8 +144,12 @@ func hasGateway(m vxfabricv1.NetworkMode) bool {
 // validInterface checks a Linux interface name as the kernel's dev_valid_name() does: 1-15 bytes,
 // not "." or "..", no '/', ':', NUL or whitespace (the kernel's isspace() includes 0xa0). We also
 // refuse other control bytes, which no real NIC has and which garble every listing, and quotes,
-// which the nftables rules naming the interface could not carry in their comments.
+// which the nftables rules naming the interface could not carry in their comments. It also refuses
+// "lo": the loopback device cannot be enslaved to a bridge, so an uplink on it could never work.
 func validInterface(s string) error {
+	if s == "lo" {
+		return invalid("interface %q: the loopback interface cannot be an uplink, want the host's NIC", s)
+	}
 	bad := s == "" || len(s) > 15 || s == "." || s == ".."
 	for i := 0; i < len(s) && !bad; i++ {
 		c := s[i]
@@ -159,17 +176,18 @@ func validMAC(s string) (string, error) {
 	return hw.String(), nil
 }
 
-func validIPSyntax(s string) (netip.Addr, error) {
+// validIPSyntax parses the IPv4 address of a request field (named in the refusal).
+func validIPSyntax(field, s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil || !a.Is4() {
-		return netip.Addr{}, invalid("ip %q: want an IPv4 address", s)
+		return netip.Addr{}, invalid("%s %q: want an IPv4 address such as 10.0.0.1", field, s)
 	}
 	return a, nil
 }
 
 // checkCreateNetwork validates a create request and returns the network to write (without id and
-// allocated VNI), defaults applied.
-func checkCreateNetwork(req *vxfabricv1.CreateNetworkRequest, underlayMTU uint32) (*vxfabricv1.Network, error) {
+// allocated VNI), defaults applied. A requested VNI must lie in pool (nil: only 1-MaxVNI is checked).
+func checkCreateNetwork(req *vxfabricv1.CreateNetworkRequest, underlayMTU uint32, pool *alloc.VNIPool) (*vxfabricv1.Network, error) {
 	if err := validName("tenant", req.Tenant); err != nil {
 		return nil, err
 	}
@@ -183,7 +201,7 @@ func checkCreateNetwork(req *vxfabricv1.CreateNetworkRequest, underlayMTU uint32
 	if err := validMode(req.Mode); err != nil {
 		return nil, err
 	}
-	if err := validVNI(req.Vni); err != nil {
+	if err := validVNI(req.Vni, pool); err != nil {
 		return nil, err
 	}
 	if err := validMTU(req.Mtu); err != nil {
@@ -206,7 +224,7 @@ func checkCreateNetwork(req *vxfabricv1.CreateNetworkRequest, underlayMTU uint32
 	case hasGateway(req.Mode) && req.Gateway == "":
 		n.Gateway = sub.FirstHost().String()
 	case hasGateway(req.Mode):
-		gw, err := validIPSyntax(req.Gateway)
+		gw, err := validIPSyntax("gateway", req.Gateway)
 		if err != nil {
 			return nil, err
 		}
@@ -264,7 +282,7 @@ func checkCreatePort(req *vxfabricv1.CreatePortRequest) (*vxfabricv1.Port, error
 		p.Mac = mac
 	}
 	if req.Ip != "" {
-		ip, err := validIPSyntax(req.Ip)
+		ip, err := validIPSyntax("ip", req.Ip)
 		if err != nil {
 			return nil, err
 		}
@@ -304,16 +322,24 @@ func checkPortInNetwork(p *vxfabricv1.Port, n *vxfabricv1.Network) error {
 // a port in the network and cut the host off the fabric. This is a conflict with the stored state,
 // hence FailedPrecondition. Only the nodes known now are checked: a node that registers later with a
 // VTEP inside an existing network's CIDR is not re-checked.
-func checkVTEPs(cidr string, nodes []nodeVTEP) error {
+//
+// Node names and underlay addresses are the admin's (NodeService is admin-only): the refusal names
+// them only when admin is set; a tenant learns that some host's address is in the way.
+func checkVTEPs(cidr string, nodes []nodeVTEP, admin bool) error {
 	prefix, err := netip.ParsePrefix(cidr)
 	if err != nil {
 		return fmt.Errorf("cidr %q: %w", cidr, err)
 	}
 	for _, n := range nodes {
-		if prefix.Contains(n.vtep) {
-			return fmt.Errorf("cidr %s contains the vtep %s of node %s (refused: its gateway or a port address would cut that host off the fabric): %w",
-				prefix, n.vtep, n.node, store.ErrFailedPrecondition)
+		if !prefix.Contains(n.vtep) {
+			continue
 		}
+		if !admin {
+			return fmt.Errorf("cidr %s contains the underlay address of a host of this fabric (its gateway or a port address would cut that host off the fabric): %w",
+				prefix, store.ErrFailedPrecondition)
+		}
+		return fmt.Errorf("cidr %s contains the vtep %s of node %s (its gateway or a port address would cut that host off the fabric): %w",
+			prefix, n.vtep, n.node, store.ErrFailedPrecondition)
 	}
 	return nil
 }
