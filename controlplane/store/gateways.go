@@ -90,7 +90,7 @@ func (g *gatewayGuard) cmps() []clientv3.Cmp {
 	if !g.active() {
 		return nil
 	}
-	out := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(NetworksPrefix), "<", g.rev+1).WithPrefix()}
+	out := []clientv3.Cmp{noNetworkCreatedAfter(g.rev)}
 	for _, n := range g.others {
 		out = append(out, prefixEmpty(NodeNetworkCIDRPrefix(g.node, n.Id)))
 	}

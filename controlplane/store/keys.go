@@ -40,6 +40,10 @@ const (
 	// routed network, written and deleted with the port (so the node's last port of a network takes
 	// the network's entry with it).
 	NodeCIDRPrefix = Prefix + "index/node-cidr/"
+	// UplinkPrefix indexes the uplinks of bridged networks: <node>/<interface> -> raw network id,
+	// written and deleted with the network. An interface is the uplink of one network at most: the
+	// agent moves it into that network's bridge, and a second network would take it from the first.
+	UplinkPrefix = Prefix + "index/uplinks/"
 )
 
 // nodesEpoch is NodesEpochKey relative to the fabric's prefix.
@@ -85,6 +89,9 @@ func NetworkMACPrefix(networkID string) string { return MACPrefix + networkID + 
 
 // MACKey is the allocation key of a MAC (lowercase, colon separated) in a network.
 func MACKey(networkID, mac string) string { return NetworkMACPrefix(networkID) + mac }
+
+// UplinkKey is the uniqueness index of a bridged network's uplink.
+func UplinkKey(node, iface string) string { return UplinkPrefix + node + "/" + iface }
 
 // NodeKey is the key of a node.
 func NodeKey(name string) string { return NodesPrefix + name }

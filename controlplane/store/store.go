@@ -233,13 +233,15 @@ func decodeNetwork(kv *mvccpb.KeyValue) (*vxfabricv1.Network, error) {
 	return n, nil
 }
 
-// CreateNetwork writes, in ONE transaction, the network, its name index, its VNI allocation and the
-// request record. Because the allocation and the resource that references it are written (and later
-// deleted) together, a crash never leaves a VNI allocated without a network: no repair pass is needed.
+// CreateNetwork writes, in ONE transaction, the network, its name index, its VNI allocation, its
+// uplink index key (bridged) and the request record. Because the allocation and the resource that
+// references it are written (and later deleted) together, a crash never leaves a VNI allocated
+// without a network: no repair pass is needed.
 //
-// The transaction fails unless the tenant exists and the name, the VNI and the id are free. Errors:
-// ErrNotFound (tenant), ErrAlreadyExists (name), ErrVNITaken, ErrIDTaken, ErrRequestMismatch. With a
-// request id that already made a network, that network is returned and nothing is written.
+// The transaction fails unless the tenant exists and the name, the VNI, the id and (bridged) the
+// uplink are free (see uplinkGuard). Errors: ErrNotFound (tenant), ErrAlreadyExists (name),
+// ErrVNITaken, ErrIDTaken, ErrRequestMismatch, ErrFailedPrecondition (uplink). With a request id that
+// already made a network, that network is returned and nothing is written.
 //
 // nodesRev, when non-zero, is the revision at which the caller read the node records to check the
 // network against them (ListNodes): the transaction then also requires that no node record was
@@ -258,10 +260,19 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 		rk = RequestKey(KindNetwork, n.Tenant, requestID)
 	}
 	for range maxCASRetries {
-		cmps := make([]clientv3.Cmp, 0, 6)
+		cmps := make([]clientv3.Cmp, 0, 8)
 		cmps = append(cmps, exists(TenantKey(n.Tenant)), notExists(nameKey), notExists(vniKey), notExists(key))
-		puts := make([]clientv3.Op, 0, 4)
+		puts := make([]clientv3.Op, 0, 5)
 		puts = append(puts, clientv3.OpPut(key, value), clientv3.OpPut(nameKey, n.Id), clientv3.OpPut(vniKey, n.Id))
+		var uplink *uplinkGuard
+		if n.Uplink != nil {
+			var err error
+			if uplink, err = s.readUplinkGuard(ctx, n); err != nil {
+				return nil, err
+			}
+			cmps = append(cmps, uplink.cmps()...)
+			puts = append(puts, clientv3.OpPut(uplink.key, n.Id))
+		}
 		var lease clientv3.LeaseID
 		if rk != "" {
 			put, l, err := s.requestPut(ctx, rk, n.Id)
@@ -297,6 +308,10 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 		if rk != "" {
 			reads = append(reads, clientv3.OpGet(rk))
 		}
+		uplinkRead := len(reads)
+		if uplink != nil {
+			reads = append(reads, clientv3.OpGet(uplink.key))
+		}
 		if nodesRev != 0 {
 			reads = append(reads, nodesWrittenAfter(nodesRev))
 		}
@@ -330,6 +345,10 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 			return nil, fmt.Errorf("network id %s: %w", n.Id, ErrIDTaken)
 		case len(rangeKVs(resp, 2)) > 0:
 			return nil, fmt.Errorf("vni %d: %w", n.Vni, ErrVNITaken)
+		case uplink != nil && len(rangeKVs(resp, uplinkRead)) > 0:
+			if err := s.uplinkConflict(ctx, n, rangeKVs(resp, uplinkRead)[0].Value); err != nil {
+				return nil, err
+			}
 		case nodesRev != 0 && len(rangeKVs(resp, len(resp.Responses)-1)) > 0:
 			return nil, fmt.Errorf("network %q in tenant %q: checked against the nodes at revision %d: %w", n.Name, n.Tenant, nodesRev, ErrNodesChanged)
 		}
@@ -408,7 +427,8 @@ func (s *Store) ListNetworks(ctx context.Context, tenant string) ([]*vxfabricv1.
 
 // UpdateNetwork applies mutate to a network and writes it back unless it changed in between. With
 // expected non-zero, the network must be at that revision (ErrStale otherwise); with expected zero the
-// read-modify-write is retried on a concurrent change. mutate must not change id, tenant, name or VNI.
+// read-modify-write is retried on a concurrent change. mutate must not change id, tenant, name, VNI
+// or uplink (their index keys are written only by create and delete).
 func (s *Store) UpdateNetwork(ctx context.Context, tenant, name string, expected int64, mutate func(*vxfabricv1.Network) error) (*vxfabricv1.Network, error) {
 	for range maxCASRetries {
 		n, err := s.GetNetwork(ctx, tenant, name)
@@ -442,8 +462,8 @@ func (s *Store) UpdateNetwork(ctx context.Context, tenant, name string, expected
 	return nil, fmt.Errorf("update network %q in tenant %q: %w", name, tenant, ErrContention)
 }
 
-// DeleteNetwork removes a network without ports, its name index and its VNI allocation in one
-// transaction. A network has ports exactly while it has address allocations (every port holds one).
+// DeleteNetwork removes a network without ports, its name index, its VNI allocation and its uplink
+// index key in one transaction. A network has ports exactly while it has address allocations (every port holds one).
 func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string, expected int64) error {
 	for range maxCASRetries {
 		n, err := s.GetNetwork(ctx, tenant, name)
@@ -457,11 +477,11 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string, expected
 		ipPrefix := NetworkIPPrefix(n.Id)
 		resp, err := s.kv.Txn(ctx).
 			If(atRevision(key, n.Revision), prefixEmpty(ipPrefix), prefixEmpty(NetworkMACPrefix(n.Id))).
-			Then(
+			Then(append([]clientv3.Op{
 				clientv3.OpDelete(key),
 				clientv3.OpDelete(NetworkNameKey(tenant, name)),
 				clientv3.OpDelete(VNIKey(n.Vni)),
-			).
+			}, uplinkRelease(n)...)...).
 			Else(clientv3.OpGet(ipPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())).
 			Commit()
 		if err != nil {

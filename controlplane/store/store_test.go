@@ -217,19 +217,18 @@ func BenchmarkCreateNetworkNodeGuard(b *testing.B) {
 	}
 }
 
-// afterGetKV runs hook once, right after the first Get of key has returned: another replica's write
-// landing between a read and the transaction built on it.
+// afterGetKV runs hook right after each Get of key has returned: another replica's write landing
+// between a read and the transaction built on it.
 type afterGetKV struct {
 	clientv3.KV
 	key  string
-	once sync.Once
 	hook func()
 }
 
 func (k *afterGetKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	resp, err := k.KV.Get(ctx, key, opts...)
 	if key == k.key {
-		k.once.Do(k.hook)
+		k.hook()
 	}
 	return resp, err
 }
@@ -241,13 +240,13 @@ func TestMovePortRetriesAndClearsPlugged(t *testing.T) {
 	_, cli := newTestStore(t)
 	ctx := testCtx(t)
 	other := New(cli) // another replica
-	kv := &afterGetKV{KV: cli, key: NetworksPrefix, hook: func() {
+	kv := &afterGetKV{KV: cli, key: NetworksPrefix, hook: sync.OnceFunc(func() {
 		n := &vxfabricv1.Network{Id: "00000000bb", Tenant: "beta", Name: "late", Vni: 101, Cidr: "10.9.0.0/24",
 			Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}
 		if _, err := other.CreateNetwork(ctx, n, "", 0); err != nil {
 			t.Errorf("concurrent network create: %v", err)
 		}
-	}}
+	})}
 	st := New(kv)
 	for _, tenant := range []string{"acme", "beta"} {
 		if _, err := other.CreateTenant(ctx, &vxfabricv1.Tenant{Name: tenant}, ""); err != nil {
@@ -358,4 +357,142 @@ func TestGatewayConflictKeepsOtherTenantsPrivate(t *testing.T) {
 			}
 		}
 	}
+}
+
+// putLegacyNetwork writes a network as a server without the uplink index did: no UplinkKey.
+func putLegacyNetwork(t *testing.T, cli *clientv3.Client, n *vxfabricv1.Network) {
+	t.Helper()
+	_, err := cli.Txn(testCtx(t)).Then(
+		clientv3.OpPut(NetworkKey(n.Id), marshal(n)),
+		clientv3.OpPut(NetworkNameKey(n.Tenant, n.Name), n.Id),
+		clientv3.OpPut(VNIKey(n.Vni), n.Id),
+	).Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An interface is the uplink of one bridged network at most, across tenants: a second network
+// naming it is refused and writes nothing, also when the first was created before the uplink index
+// existed or while the second's create was running; the message names the holder only to its own
+// tenant; a deleted network frees its uplink, and only its own.
+func TestBridgedUplinkIsUnique(t *testing.T) {
+	_, cli := newTestStore(t)
+	ctx := testCtx(t)
+	noop := func() {}
+	hook := noop
+	kv := &afterGetKV{KV: cli, key: NetworksPrefix, hook: func() { hook() }}
+	st := New(kv)
+	for _, tenant := range []string{"red", "blue"} {
+		if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: tenant}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seq := 0
+	bridged := func(tenant, name, node, iface string) *vxfabricv1.Network {
+		seq++
+		return &vxfabricv1.Network{Id: fmt.Sprintf("%010d", seq), Tenant: tenant, Name: name, Vni: uint32(100 + seq),
+			Cidr: "192.168.1.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED,
+			Uplink: &vxfabricv1.Uplink{Node: node, Interface: iface}}
+	}
+	create := func(n *vxfabricv1.Network) error {
+		_, err := st.CreateNetwork(ctx, n, "", 0)
+		return err
+	}
+	if err := create(bridged("red", "lan", "h1", "lan0")); err != nil {
+		t.Fatal(err)
+	}
+	putLegacyNetwork(t, cli, bridged("red", "old", "h3", "eth1"))
+
+	refused := func(what string, n *vxfabricv1.Network, want string, forbidden ...string) {
+		t.Helper()
+		count, rev := prefixState(t, cli)
+		err := create(n)
+		if !errors.Is(err, ErrFailedPrecondition) {
+			t.Errorf("%s: %v, want ErrFailedPrecondition", what, err)
+			return
+		}
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %q does not say %q", what, err, want)
+		}
+		for _, f := range forbidden {
+			if strings.Contains(err.Error(), f) {
+				t.Errorf("%s: %q names %q", what, err, f)
+			}
+		}
+		if c, r := prefixState(t, cli); c != count || r != rev {
+			t.Errorf("%s: etcd changed: %d keys at revision %d, before %d at %d", what, c, r, count, rev)
+		}
+	}
+	refused("the tenant's own uplink", bridged("red", "lan3", "h1", "lan0"),
+		"uplink h1:lan0 of network red/lan3 is already the uplink of network red/lan")
+	refused("another tenant's uplink", bridged("blue", "lan3", "h1", "lan0"),
+		"uplink h1:lan0 of network blue/lan3 is already the uplink of a network of another tenant", "red")
+	refused("a network created before the index", bridged("blue", "y", "h3", "eth1"),
+		"uplink h3:eth1 of network blue/y is already the uplink of a network of another tenant", "red", "old")
+	racer := bridged("red", "racer", "h6", "eth0")
+	hook = func() { hook = noop; putLegacyNetwork(t, cli, racer) }
+	err := create(bridged("red", "z", "h6", "eth0"))
+	if want := "uplink h6:eth0 of network red/z is already the uplink of network red/racer"; !errors.Is(err, ErrFailedPrecondition) ||
+		!strings.Contains(err.Error(), want) {
+		t.Errorf("create while a network without index took its uplink: %v, want ErrFailedPrecondition saying %q", err, want)
+	}
+	if resp, err := cli.Get(ctx, NetworkNameKey("red", "z"), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
+		t.Errorf("red/z was written: %d, %v", resp.Count, err)
+	}
+	for _, ok := range []*vxfabricv1.Network{bridged("blue", "other-if", "h1", "lan1"), bridged("blue", "other-node", "h2", "lan0")} {
+		if err := create(ok); err != nil {
+			t.Errorf("network %s on uplink %s:%s: %v", ok.Name, ok.Uplink.Node, ok.Uplink.Interface, err)
+		}
+	}
+
+	// Concurrent creates of one uplink: one wins.
+	const n = 8
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		net := bridged([]string{"red", "blue"}[i%2], fmt.Sprintf("c%d", i), "h4", "eth0")
+		wg.Go(func() { errs[i] = create(net) })
+	}
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, ErrFailedPrecondition):
+			t.Errorf("concurrent create c%d: %v", i, err)
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d concurrent creates on uplink h4:eth0 succeeded, want 1", won)
+	}
+
+	// A delete frees the uplink; a legacy network's delete takes no other network's index key.
+	if err := st.DeleteNetwork(ctx, "red", "lan", 0); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := cli.Get(ctx, UplinkKey("h1", "lan0"), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
+		t.Errorf("index key of the deleted network's uplink: %d, %v", resp.Count, err)
+	}
+	if err := create(bridged("blue", "lan3", "h1", "lan0")); err != nil {
+		t.Errorf("create on the freed uplink: %v", err)
+	}
+	putLegacyNetwork(t, cli, bridged("red", "dup", "h1", "lan0")) // an old server's duplicate
+	if err := st.DeleteNetwork(ctx, "red", "dup", 0); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := cli.Get(ctx, UplinkKey("h1", "lan0")); err != nil || len(resp.Kvs) != 1 {
+		t.Errorf("blue/lan3's index key after the delete of a legacy duplicate: %v, %v", resp.Kvs, err)
+	}
+}
+
+// prefixState is the number of vxfabric keys and the store revision.
+func prefixState(t *testing.T, cli *clientv3.Client) (int64, int64) {
+	t.Helper()
+	resp, err := cli.Get(testCtx(t), Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Count, resp.Header.Revision
 }
