@@ -146,19 +146,35 @@ func (s *tokenStore) create(ctx context.Context, tenant string) (tokenRecord, st
 	return tokenRecord{}, "", fmt.Errorf("store token for tenant %q: lost three races", tenant)
 }
 
-// list returns the tokens of one tenant, or of all when tenant is empty, sorted by tenant and id.
+// list returns the live tokens of one tenant (errNoSuchTenant when it does not exist), or of all
+// tenants when tenant is empty, sorted by tenant and id. A token is live while the tenant it was made
+// for exists: a token left over from a deleted tenant is not listed, not even under a tenant created
+// since with the same name (it does not authenticate for that one either, see fetch).
 func (s *tokenStore) list(ctx context.Context, tenant string) ([]tokenRecord, error) {
-	resp, err := s.cli.Get(ctx, tokensPrefix, clientv3.WithPrefix())
+	tenantsOp := clientv3.OpGet(tenantsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if tenant != "" {
+		tenantsOp = clientv3.OpGet(tenantsPrefix+tenant, clientv3.WithKeysOnly())
+	}
+	// One transaction: the tokens and tenants as of one revision.
+	resp, err := s.cli.Txn(ctx).Then(tenantsOp, clientv3.OpGet(tokensPrefix, clientv3.WithPrefix())).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("list tokens: %w", err)
 	}
-	out := make([]tokenRecord, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
+	tenants, tokens := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+	if tenant != "" && len(tenants) == 0 {
+		return nil, fmt.Errorf("tenant %q: %w", tenant, errNoSuchTenant)
+	}
+	created := make(map[string]int64, len(tenants)) // tenant name -> create revision of its key
+	for _, kv := range tenants {
+		created[strings.TrimPrefix(string(kv.Key), tenantsPrefix)] = kv.CreateRevision
+	}
+	out := make([]tokenRecord, 0, len(tokens))
+	for _, kv := range tokens {
 		var rec tokenRecord
 		if err := json.Unmarshal(kv.Value, &rec); err != nil {
 			return nil, fmt.Errorf("decode token %s: %w", kv.Key, err)
 		}
-		if tenant == "" || rec.Tenant == tenant {
+		if rev, ok := created[rec.Tenant]; ok && rev == rec.TenantCreateRevision {
 			out = append(out, rec)
 		}
 	}

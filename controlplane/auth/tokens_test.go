@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -61,8 +62,9 @@ func TestTokenStoreLifecycle(t *testing.T) {
 	if err != nil || len(recs) != 1 || recs[0].ID != rec.ID {
 		t.Fatalf("list a: %+v, %v", recs, err)
 	}
-	if recs, _ := s.list(ctx, "b"); len(recs) != 0 {
-		t.Errorf("list b: %+v", recs)
+	putTenant(t, cli, "b")
+	if recs, err := s.list(ctx, "b"); err != nil || len(recs) != 0 {
+		t.Errorf("list b: %+v, %v", recs, err)
 	}
 
 	if err := s.revoke(ctx, rec.ID); err != nil {
@@ -130,6 +132,50 @@ func TestTokenDiesWithItsTenant(t *testing.T) {
 	clock = clock.Add(time.Second) // the cached lookup expires
 	if _, err := s.authenticate(ctx, token); err == nil {
 		t.Error("token of a deleted tenant authenticates for its namesake")
+	}
+}
+
+// TestListTokensOfMissingOrRecreatedTenant: listing the tokens of a tenant that does not exist is
+// errNoSuchTenant, not an empty list; the tokens of a deleted tenant are not listed, not even under a
+// tenant created since with its name (they do not authenticate for it either).
+func TestListTokensOfMissingOrRecreatedTenant(t *testing.T) {
+	cli := startEtcd(t)
+	ctx := ctxT(t)
+	s := newTokenStore(cli, time.Second)
+	if recs, err := s.list(ctx, "nosuch"); !errors.Is(err, errNoSuchTenant) {
+		t.Errorf("list nosuch: %+v, %v; want no such tenant", recs, err)
+	}
+	putTenant(t, cli, "a")
+	putTenant(t, cli, "b")
+	old, _, err := s.create(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, _, err := s.create(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Tenant a deleted (by a server that left its tokens behind) and created again.
+	if _, err := cli.Delete(ctx, tenantsPrefix+"a"); err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := s.list(ctx, "a"); !errors.Is(err, errNoSuchTenant) {
+		t.Errorf("list a after its deletion: %+v, %v; want no such tenant", recs, err)
+	}
+	putTenant(t, cli, "a")
+	if recs, err := s.list(ctx, "a"); err != nil || len(recs) != 0 {
+		t.Errorf("list the new tenant a: %+v, %v; want none (token %s was the old a's)", recs, err, old.ID)
+	}
+	recs, err := s.list(ctx, "")
+	if err != nil || len(recs) != 1 || recs[0].ID != kept.ID {
+		t.Errorf("list all: %+v, %v; want only b's token %s", recs, err, kept.ID)
+	}
+	fresh, _, err := s.create(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := s.list(ctx, "a"); err != nil || len(recs) != 1 || recs[0].ID != fresh.ID {
+		t.Errorf("list a: %+v, %v; want its new token %s", recs, err, fresh.ID)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -89,8 +90,11 @@ func (s *tokenService) RevokeToken(ctx context.Context, req *vxfabricv1.RevokeTo
 // statusOf maps this package's errors to gRPC codes, in one place.
 func (s *tokenService) statusOf(err error) error {
 	switch {
-	case errors.Is(err, errNoSuchTenant), errors.Is(err, errNoSuchToken):
-		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, errNoSuchTenant):
+		// The code says "not found": the message names what ("tenant \"x\""), as the API's do.
+		return status.Error(codes.NotFound, strings.TrimSuffix(err.Error(), ": "+errNoSuchTenant.Error()))
+	case errors.Is(err, errNoSuchToken):
+		return status.Error(codes.NotFound, strings.TrimSuffix(err.Error(), ": "+errNoSuchToken.Error()))
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	}
