@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/vxfabric/vxfabric/controlplane/api"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"github.com/vxfabric/vxfabric/security/pki"
 )
@@ -372,7 +373,16 @@ func (a *Authenticator) UnaryInterceptor(ctx context.Context, req any, info *grp
 	if err := authorizeRequest(id, c, info.FullMethod, req); err != nil {
 		return nil, err
 	}
-	return handler(context.WithValue(ctx, identityKey{}, id), req)
+	return handler(withIdentity(ctx, id), req)
+}
+
+// withIdentity records id in ctx for the handlers: for FromContext, and for an admin, the mark by
+// which controlplane/api names nodes and other tenants' resources in its refusals.
+func withIdentity(ctx context.Context, id Identity) context.Context {
+	if id.Role == RoleAdmin {
+		ctx = api.WithAdmin(ctx)
+	}
+	return context.WithValue(ctx, identityKey{}, id)
 }
 
 // StreamInterceptor authenticates a streaming call before its handler runs, and authorises every
@@ -388,7 +398,7 @@ func (a *Authenticator) StreamInterceptor(srv any, ss grpc.ServerStream, info *g
 	}
 	as := &authorizedStream{
 		ServerStream: ss,
-		ctx:          context.WithValue(ss.Context(), identityKey{}, id),
+		ctx:          withIdentity(ss.Context(), id),
 		id:           id, class: c, method: info.FullMethod,
 	}
 	if id.Via == "certificate" {

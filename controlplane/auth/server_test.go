@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/vxfabric/vxfabric/controlplane/fanout"
 	"github.com/vxfabric/vxfabric/controlplane/server"
@@ -16,9 +17,10 @@ import (
 	"github.com/vxfabric/vxfabric/security/pki"
 )
 
-// TestRealServerTenantIsolation runs the real API server with the auth plugin and its own PKI
-// (no TLS flags), and checks tenant isolation against the real services and etcd.
-func TestRealServerTenantIsolation(t *testing.T) {
+// startRealServer runs the real API server with the auth plugin and its own PKI (no TLS flags), and a
+// certificate for node h1 made by its CA.
+func startRealServer(t *testing.T) *testServer {
+	t.Helper()
 	dataDir := t.TempDir()
 	cfg := server.Default()
 	cfg.Listen = "127.0.0.1:0"
@@ -51,7 +53,13 @@ func TestRealServerTenantIsolation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &testServer{addr: srv.Addr().String(), pkiDir: pkiDir, admin: strings.TrimSpace(string(adminToken))}
+	return &testServer{addr: srv.Addr().String(), pkiDir: pkiDir, admin: strings.TrimSpace(string(adminToken))}
+}
+
+// TestRealServerTenantIsolation runs the real API server with the auth plugin and its own PKI
+// (no TLS flags), and checks tenant isolation against the real services and etcd.
+func TestRealServerTenantIsolation(t *testing.T) {
+	s := startRealServer(t)
 	ctx := ctxT(t)
 
 	adm := s.dial(t, client{token: s.admin})
@@ -150,4 +158,52 @@ func TestRealServerTenantIsolation(t *testing.T) {
 	wantCode(t, "anonymous lists networks", err, codes.Unauthenticated)
 	_, err = vxfabricv1.NewNetworkServiceClient(s.dial(t, client{plain: true, token: s.admin})).ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{})
 	wantCode(t, "plaintext admin on TCP", err, codes.Unavailable)
+}
+
+// A tenant's refusals do not name what NodeService (admin-only) hides: a tenant creating a network
+// over a host's underlay address is told that much, an admin which node and address it is.
+func TestRealServerVTEPRefusalNamesTheNodeOnlyToAdmins(t *testing.T) {
+	s := startRealServer(t)
+	ctx := ctxT(t)
+	adm := s.dial(t, client{token: s.admin})
+	if _, err := vxfabricv1.NewTenantServiceClient(adm).CreateTenant(ctx, &vxfabricv1.CreateTenantRequest{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vxfabricv1.NewAgentServiceClient(s.dial(t, client{cert: "node-h1"})).RegisterNode(ctx, &vxfabricv1.RegisterNodeRequest{Name: "h1", Vtep: "198.18.5.1"}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := vxfabricv1.NewTokenServiceClient(adm).CreateToken(ctx, &vxfabricv1.CreateTokenRequest{Tenant: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &vxfabricv1.CreateNetworkRequest{Tenant: "a", Name: "web", Cidr: "198.18.5.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED}
+
+	_, err = vxfabricv1.NewNetworkServiceClient(s.dial(t, client{token: tok.GetSecret()})).CreateNetwork(ctx, req)
+	wantCode(t, "tenant creates a network over h1's VTEP", err, codes.FailedPrecondition)
+	if msg := status.Convert(err).Message(); strings.Contains(msg, "h1") || strings.Contains(msg, "198.18.5.1") || !strings.Contains(msg, "underlay address of a host") {
+		t.Errorf("tenant's refusal %q: want it to say a host's underlay address is inside, without naming node h1 or 198.18.5.1", msg)
+	}
+	_, err = vxfabricv1.NewNetworkServiceClient(adm).CreateNetwork(ctx, req)
+	wantCode(t, "admin creates a network over h1's VTEP", err, codes.FailedPrecondition)
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, "node h1") || !strings.Contains(msg, "198.18.5.1") {
+		t.Errorf("admin's refusal %q does not name node h1 and its VTEP", msg)
+	}
+}
+
+// Listing the tokens of a tenant that does not exist is NotFound, as listing its networks is.
+func TestRealServerListTokensOfMissingTenant(t *testing.T) {
+	s := startRealServer(t)
+	ctx := ctxT(t)
+	adm := s.dial(t, client{token: s.admin})
+	_, err := vxfabricv1.NewTokenServiceClient(adm).ListTokens(ctx, &vxfabricv1.ListTokensRequest{Tenant: "nosuch"})
+	wantCode(t, "list tokens of tenant nosuch", err, codes.NotFound)
+	if msg := status.Convert(err).Message(); msg != `tenant "nosuch"` {
+		t.Errorf("message %q, want %q", msg, `tenant "nosuch"`)
+	}
+	_, err = vxfabricv1.NewNetworkServiceClient(adm).ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{Tenant: "nosuch"})
+	wantCode(t, "list networks of tenant nosuch", err, codes.NotFound)
+	all, err := vxfabricv1.NewTokenServiceClient(adm).ListTokens(ctx, &vxfabricv1.ListTokensRequest{})
+	if err != nil || len(all.GetTokens()) != 0 {
+		t.Errorf("list all tokens: %v, %v; want none", all, err)
+	}
 }
