@@ -44,6 +44,10 @@ const (
 	// written and deleted with the network. An interface is the uplink of one network at most: the
 	// agent moves it into that network's bridge, and a second network would take it from the first.
 	UplinkPrefix = Prefix + "index/uplinks/"
+	// TokensPrefix holds the tenants' API tokens: <token-id> -> JSON record, written by
+	// controlplane/auth (tokens.go). The store reads a record's tenant only, to delete the tokens
+	// with their tenant (DeleteTenant).
+	TokensPrefix = Prefix + "tokens/"
 )
 
 // nodesEpoch is NodesEpochKey relative to the fabric's prefix.

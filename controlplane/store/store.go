@@ -184,30 +184,37 @@ func (s *Store) ListTenants(ctx context.Context) ([]*vxfabricv1.Tenant, error) {
 	return out, nil
 }
 
-// DeleteTenant removes a tenant that has no networks, with the request records of its networks and
-// ports. expected, when non-zero, must be the tenant's revision.
+// DeleteTenant removes a tenant that has no networks, with its API tokens and the request records of
+// its networks and ports. expected, when non-zero, must be the tenant's revision. A token created
+// during the delete makes it read the tokens again (see tenantTokens).
 func (s *Store) DeleteTenant(ctx context.Context, name string, expected int64) error {
 	key := TenantKey(name)
 	netPrefix := TenantNetworkNamesPrefix(name)
 	for range maxCASRetries {
+		tokens, err := s.readTenantTokens(ctx, name)
+		if err != nil {
+			return err
+		}
 		cmps := []clientv3.Cmp{exists(key), prefixEmpty(netPrefix)}
+		cmps = append(cmps, tokens.cmps()...)
 		if expected != 0 {
 			cmps = append(cmps, atRevision(key, expected))
 		}
+		ops := []clientv3.Op{
+			clientv3.OpDelete(key),
+			// Records of the tenant's deleted networks and ports: none points at a live resource.
+			clientv3.OpDelete(TenantRequestsPrefix(KindNetwork, name), clientv3.WithPrefix()),
+			clientv3.OpDelete(TenantRequestsPrefix(KindPort, name), clientv3.WithPrefix()),
+		}
 		resp, err := s.kv.Txn(ctx).If(cmps...).
-			Then(
-				clientv3.OpDelete(key),
-				// Records of the tenant's deleted networks and ports: none points at a live resource.
-				clientv3.OpDelete(TenantRequestsPrefix(KindNetwork, name), clientv3.WithPrefix()),
-				clientv3.OpDelete(TenantRequestsPrefix(KindPort, name), clientv3.WithPrefix()),
-			).
+			Then(append(ops, tokens.deletes()...)...).
 			Else(clientv3.OpGet(key), clientv3.OpGet(netPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())).
 			Commit()
 		if err != nil {
 			return fmt.Errorf("delete tenant %q: %w", name, err)
 		}
 		if resp.Succeeded {
-			return nil
+			return s.deleteRest(ctx, tokens)
 		}
 		cur := first(rangeKVs(resp, 0))
 		switch {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -495,4 +496,67 @@ func prefixState(t *testing.T, cli *clientv3.Client) (int64, int64) {
 		t.Fatal(err)
 	}
 	return resp.Count, resp.Header.Revision
+}
+
+// putToken writes an API token record as controlplane/auth does (tokens.go).
+func putToken(t *testing.T, cli *clientv3.Client, id, tenant string, tenantCreateRev int64) {
+	t.Helper()
+	rec := fmt.Sprintf(`{"id":%q,"tenant":%q,"create_time":"2026-01-02T03:04:05Z","sha256":"00","tenant_create_revision":%d}`,
+		id, tenant, tenantCreateRev)
+	if _, err := cli.Put(testCtx(t), TokensPrefix+id, rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A tenant's delete deletes its API tokens, also one created while the delete runs, those left by an
+// earlier tenant of the same name, and more than fit one transaction; other tenants' tokens stay.
+func TestDeleteTenantDeletesItsTokens(t *testing.T) {
+	_, cli := newTestStore(t)
+	ctx := testCtx(t)
+	noop := func() {}
+	hook := noop
+	st := New(&afterGetKV{KV: cli, key: TokensPrefix, hook: func() { hook() }})
+	created := map[string]int64{}
+	for _, tenant := range []string{"acme", "other", "big"} {
+		tn, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: tenant}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := cli.Get(ctx, TenantKey(tenant))
+		if err != nil || resp.Kvs[0].ModRevision != tn.Revision {
+			t.Fatal(err)
+		}
+		created[tenant] = resp.Kvs[0].CreateRevision
+	}
+	putToken(t, cli, "000000000000000a", "acme", created["acme"])
+	putToken(t, cli, "000000000000000b", "acme", created["acme"])
+	putToken(t, cli, "000000000000000c", "acme", 1) // of an earlier tenant acme
+	putToken(t, cli, "000000000000000d", "other", created["other"])
+	for i := range maxTokenDeletes + 30 {
+		putToken(t, cli, fmt.Sprintf("1%015x", i), "big", created["big"])
+	}
+	tokens := func() []string {
+		t.Helper()
+		resp, err := cli.Get(ctx, TokensPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, kv := range resp.Kvs {
+			ids = append(ids, strings.TrimPrefix(string(kv.Key), TokensPrefix))
+		}
+		return ids
+	}
+
+	// A token made between the delete's read of the tokens and its transaction.
+	hook = func() { hook = noop; putToken(t, cli, "000000000000000e", "acme", created["acme"]) }
+	if err := st.DeleteTenant(ctx, "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteTenant(ctx, "big", 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := tokens(), []string{"000000000000000d"}; !slices.Equal(got, want) {
+		t.Errorf("tokens after the deletes of acme and big: %q, want only other's %q", got, want)
+	}
 }
