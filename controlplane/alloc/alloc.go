@@ -59,6 +59,9 @@ func GatewayMAC(vni uint32) string {
 	return net.HardwareAddr{0x02, 0xfb, byte(vni >> 16), byte(vni >> 8), byte(vni), 0x01}.String()
 }
 
+// networkName is how messages name a network: tenant/name, never its internal id.
+func networkName(n *vxfabricv1.Network) string { return n.Tenant + "/" + n.Name }
+
 // InterfaceName is the host interface name of a port: "vxp" + id, 13 characters.
 func InterfaceName(portID string) string { return "vxp" + portID }
 
@@ -77,7 +80,7 @@ func (a *Allocator) nextVNI(ctx context.Context, n int) (uint32, error) {
 	}
 	v, ok := a.vnis.PickFree(taken)
 	if !ok {
-		return 0, fmt.Errorf("vni pool %v: %w", a.vnis.ranges, store.ErrExhausted)
+		return 0, fmt.Errorf("no free vni in the pool %s: %w", a.vnis, store.ErrExhausted)
 	}
 	return v, nil
 }
@@ -104,7 +107,7 @@ func (a *Allocator) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, re
 				}
 			}
 			if err != nil {
-				return nil, fmt.Errorf("allocate vni for network %q: %w", n.Name, err)
+				return nil, fmt.Errorf("network %s: %w", networkName(n), err)
 			}
 			try.Vni = v
 		}
@@ -120,21 +123,21 @@ func (a *Allocator) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, re
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("create network %q: %w", n.Name, store.ErrContention)
+	return nil, fmt.Errorf("create network %s: %w", networkName(n), store.ErrContention)
 }
 
 // nextIP returns the candidate address of attempt n in a network.
-func (a *Allocator) nextIP(ctx context.Context, networkID string, sub *Subnet, n int) (netip.Addr, error) {
+func (a *Allocator) nextIP(ctx context.Context, network *vxfabricv1.Network, sub *Subnet, n int) (netip.Addr, error) {
 	if sub.Size() > smallPool && n < probes {
 		return sub.Random(), nil
 	}
-	taken, err := a.store.TakenIPs(ctx, networkID)
+	taken, err := a.store.TakenIPs(ctx, network.Id)
 	if err != nil {
 		return netip.Addr{}, err
 	}
 	ip, ok := sub.PickFree(taken)
 	if !ok {
-		return netip.Addr{}, fmt.Errorf("addresses of network %s: %w", networkID, store.ErrExhausted)
+		return netip.Addr{}, fmt.Errorf("network %s is full: no free address in %s: %w", networkName(network), network.Cidr, store.ErrExhausted)
 	}
 	return ip, nil
 }
@@ -145,17 +148,17 @@ func (a *Allocator) nextIP(ctx context.Context, networkID string, sub *Subnet, n
 func (a *Allocator) CreatePort(ctx context.Context, network *vxfabricv1.Network, p *vxfabricv1.Port, requestID string) (*vxfabricv1.Port, error) {
 	prefix, err := netip.ParsePrefix(network.Cidr)
 	if err != nil {
-		return nil, fmt.Errorf("network %s cidr %q: %w", network.Id, network.Cidr, err)
+		return nil, fmt.Errorf("network %s cidr %q: %w", networkName(network), network.Cidr, err)
 	}
 	var gw netip.Addr
 	if network.Gateway != "" {
 		if gw, err = netip.ParseAddr(network.Gateway); err != nil {
-			return nil, fmt.Errorf("network %s gateway %q: %w", network.Id, network.Gateway, err)
+			return nil, fmt.Errorf("network %s gateway %q: %w", networkName(network), network.Gateway, err)
 		}
 	}
 	sub, err := NewSubnet(prefix, gw)
 	if err != nil {
-		return nil, fmt.Errorf("network %s: %w", network.Id, err)
+		return nil, fmt.Errorf("network %s: %w", networkName(network), err)
 	}
 	if prev, err := a.store.PortForRequest(ctx, requestID, p.Tenant, p.Name); prev != nil || err != nil {
 		return prev, err
@@ -167,9 +170,9 @@ func (a *Allocator) CreatePort(ctx context.Context, network *vxfabricv1.Network,
 		try.InterfaceName = InterfaceName(try.Id)
 		try.NetworkId, try.Network = network.Id, network.Name
 		if !wantIP {
-			ip, err := a.nextIP(ctx, network.Id, sub, attempt)
+			ip, err := a.nextIP(ctx, network, sub, attempt)
 			if err != nil {
-				return nil, fmt.Errorf("allocate address for port %q: %w", p.Name, err)
+				return nil, err
 			}
 			try.Ip = ip.String()
 		}
@@ -187,5 +190,5 @@ func (a *Allocator) CreatePort(ctx context.Context, network *vxfabricv1.Network,
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("create port %q: %w", p.Name, store.ErrContention)
+	return nil, fmt.Errorf("create port %s/%s: %w", p.Tenant, p.Name, store.ErrContention)
 }

@@ -253,3 +253,47 @@ func checkAllocations(ctx context.Context, rt *rapid.T, cli *clientv3.Client, m 
 		}
 	}
 }
+
+// A full address pool or VNI pool is ResourceExhausted naming the network as tenant/name (never its
+// id) and what ran out.
+func TestExhaustedMessages(t *testing.T) {
+	cli := startEtcd(t)
+	st := store.New(cli)
+	pool, err := NewVNIPool([]Range{{10, 10}, {20, 21}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	al := New(st, pool)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	network := func(name string) (*vxfabricv1.Network, error) {
+		return al.CreateNetwork(ctx, &vxfabricv1.Network{Tenant: "acme", Name: name, Cidr: "10.5.0.0/29",
+			Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}, "", 0)
+	}
+	web, err := network("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"db", "app"} {
+		if _, err := network(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = network("full")
+	if want := "network acme/full: no free vni in the pool 10-10, 20-21: resource exhausted"; !errors.Is(err, store.ErrExhausted) || err.Error() != want {
+		t.Errorf("create in a full vni pool: %v, want %q", err, want)
+	}
+	for i := range 7 { // a /29 without a gateway: .1 to .6 (.0 and .7 reserved)
+		_, err = al.CreatePort(ctx, web, &vxfabricv1.Port{Tenant: "acme", Name: fmt.Sprintf("p%d", i), Node: "h1"}, "")
+	}
+	want := "network acme/web is full: no free address in 10.5.0.0/29: resource exhausted"
+	if !errors.Is(err, store.ErrExhausted) || err.Error() != want {
+		t.Errorf("port create in a full network: %v, want %q", err, want)
+	}
+	if strings.Contains(fmt.Sprint(err), web.Id) {
+		t.Errorf("message %q names the network's id %s", err, web.Id)
+	}
+}

@@ -90,6 +90,15 @@ func (p *VNIPool) Ranges() []Range { return slices.Clone(p.ranges) }
 // Size is the number of VNIs in the pool.
 func (p *VNIPool) Size() uint64 { return p.size }
 
+// String lists the pool's ranges: "4096-8191, 10000-10099".
+func (p *VNIPool) String() string {
+	rs := make([]string, len(p.ranges))
+	for i, r := range p.ranges {
+		rs[i] = r.String()
+	}
+	return strings.Join(rs, ", ")
+}
+
 // nth returns the pool's n-th VNI (0-based, n < Size).
 func (p *VNIPool) nth(n uint64) uint32 {
 	for _, r := range p.ranges {

@@ -46,7 +46,7 @@ type gatewayGuard struct {
 func (s *Store) readGatewayGuard(ctx context.Context, networkID, node string) (*gatewayGuard, error) {
 	resp, err := s.kv.Get(ctx, NetworksPrefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("read networks for the gateway check of node %q: %w", node, err)
+		return nil, fmt.Errorf("read networks for the gateway check of node %s: %w", node, err)
 	}
 	g := &gatewayGuard{node: node, rev: resp.Header.Revision}
 	var all []*vxfabricv1.Network
@@ -115,7 +115,7 @@ func (s *Store) gatewayConflict(ctx context.Context, g *gatewayGuard) error {
 	for _, n := range g.others {
 		resp, err := s.kv.Get(ctx, NodeNetworkCIDRPrefix(g.node, n.Id), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if err != nil {
-			return fmt.Errorf("read node-cidr index of node %q: %w", g.node, err)
+			return fmt.Errorf("read node-cidr index of node %s: %w", g.node, err)
 		}
 		if resp.Count > 0 {
 			// A tenant learns nothing of another tenant's networks but that one is in the way.

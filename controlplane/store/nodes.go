@@ -27,7 +27,7 @@ func (s *Store) PutNode(ctx context.Context, n *vxfabricv1.Node) (*vxfabricv1.No
 	stored.Revision, stored.AppliedRevision, stored.DesiredRevision = 0, 0, 0
 	resp, err := s.kv.Txn(ctx).Then(NodeWriteOps(Prefix, n.Name, marshal(stored), true)...).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("put node %q: %w", n.Name, err)
+		return nil, fmt.Errorf("put node %s: %w", n.Name, err)
 	}
 	stored.Revision = resp.Header.Revision
 	return stored, nil
@@ -37,10 +37,10 @@ func (s *Store) PutNode(ctx context.Context, n *vxfabricv1.Node) (*vxfabricv1.No
 func (s *Store) GetNode(ctx context.Context, name string) (*vxfabricv1.Node, error) {
 	resp, err := s.kv.Get(ctx, NodeKey(name))
 	if err != nil {
-		return nil, fmt.Errorf("get node %q: %w", name, err)
+		return nil, fmt.Errorf("get node %s: %w", name, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return nil, fmt.Errorf("node %q: %w", name, ErrNotFound)
+		return nil, fmt.Errorf("node %s: %w", name, ErrNotFound)
 	}
 	return decodeNode(resp.Kvs[0])
 }

@@ -27,7 +27,7 @@ func decodePort(kv *mvccpb.KeyValue) (*vxfabricv1.Port, error) {
 func portAllocKeys(p *vxfabricv1.Port) (ipKey, macKey string, err error) {
 	ip, err := netip.ParseAddr(p.Ip)
 	if err != nil {
-		return "", "", fmt.Errorf("port %s address %q: %w", p.Id, p.Ip, ErrInvalidArgument)
+		return "", "", fmt.Errorf("port %s/%s address %q: %w", p.Tenant, p.Name, p.Ip, ErrInvalidArgument)
 	}
 	return IPKey(p.NetworkId, ip), MACKey(p.NetworkId, strings.ToLower(p.Mac)), nil
 }
@@ -69,7 +69,7 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 			rk := RequestKey(KindPort, p.Tenant, requestID)
 			put, l, err := s.requestPut(ctx, rk, p.Id)
 			if err != nil {
-				return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, err)
+				return nil, fmt.Errorf("create port %s/%s: %w", p.Tenant, p.Name, err)
 			}
 			lease = l
 			cmps = append(cmps, notExists(rk))
@@ -80,7 +80,7 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, err)
+			return nil, fmt.Errorf("create port %s/%s: %w", p.Tenant, p.Name, err)
 		}
 		if resp.Succeeded {
 			out := proto.Clone(stored).(*vxfabricv1.Port)
@@ -99,7 +99,7 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 			reads = append(reads, clientv3.OpGet(RequestKey(KindPort, p.Tenant, requestID)))
 		}
 		if resp, err = s.kv.Txn(ctx).Then(reads...).Commit(); err != nil {
-			return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, err)
+			return nil, fmt.Errorf("create port %s/%s: %w", p.Tenant, p.Name, err)
 		}
 		if requestID != "" {
 			if id, rev := requestRecord(first(rangeKVs(resp, 5))); rev != 0 {
@@ -114,28 +114,28 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 					return nil, err
 				}
 				if prev.Tenant != p.Tenant || prev.Name != p.Name {
-					return nil, fmt.Errorf("port %q in tenant %q: %w", p.Name, p.Tenant, ErrRequestMismatch)
+					return nil, fmt.Errorf("port %s/%s: %w", p.Tenant, p.Name, ErrRequestMismatch)
 				}
 				return prev, nil
 			}
 		}
 		switch {
 		case len(rangeKVs(resp, 0)) == 0:
-			return nil, fmt.Errorf("network %s: %w", p.NetworkId, ErrNotFound)
+			return nil, fmt.Errorf("network %s/%s: %w", p.Tenant, p.Network, ErrNotFound)
 		case len(rangeKVs(resp, 1)) > 0:
-			return nil, fmt.Errorf("port %q in tenant %q: %w", p.Name, p.Tenant, ErrAlreadyExists)
+			return nil, fmt.Errorf("port %s/%s: %w", p.Tenant, p.Name, ErrAlreadyExists)
 		case len(rangeKVs(resp, 4)) > 0:
 			return nil, fmt.Errorf("port id %s: %w", p.Id, ErrIDTaken)
 		case len(rangeKVs(resp, 2)) > 0:
-			return nil, fmt.Errorf("address %s in network %s: %w", p.Ip, p.NetworkId, ErrIPTaken)
+			return nil, fmt.Errorf("address %s in network %s/%s: %w", p.Ip, p.Tenant, p.Network, ErrIPTaken)
 		case len(rangeKVs(resp, 3)) > 0:
-			return nil, fmt.Errorf("mac %s in network %s: %w", p.Mac, p.NetworkId, ErrMACTaken)
+			return nil, fmt.Errorf("mac %s in network %s/%s: %w", p.Mac, p.Tenant, p.Network, ErrMACTaken)
 		}
 		if err := s.gatewayConflict(ctx, guard); err != nil {
 			return nil, err
 		}
 	}
-	return nil, fmt.Errorf("create port %q in tenant %q: %w", p.Name, p.Tenant, ErrContention)
+	return nil, fmt.Errorf("create port %s/%s: %w", p.Tenant, p.Name, ErrContention)
 }
 
 // GetPortByID reads a port by id, with its plugged state.
@@ -166,18 +166,18 @@ func (s *Store) GetPort(ctx context.Context, tenant, name string) (*vxfabricv1.P
 		clientv3.OpGet(PortNameKey(tenant, name)),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("get port %q in tenant %q: %w", name, tenant, err)
+		return nil, fmt.Errorf("get port %s/%s: %w", tenant, name, err)
 	}
 	if len(rangeKVs(resp, 0)) == 0 {
-		return nil, fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
+		return nil, fmt.Errorf("tenant %s: %w", tenant, ErrNotFound)
 	}
 	idKV := first(rangeKVs(resp, 1))
 	if idKV == nil {
-		return nil, fmt.Errorf("port %q in tenant %q: %w", name, tenant, ErrNotFound)
+		return nil, fmt.Errorf("port %s/%s: %w", tenant, name, ErrNotFound)
 	}
 	p, err := s.GetPortByID(ctx, string(idKV.Value))
 	if errors.Is(err, ErrNotFound) {
-		return nil, fmt.Errorf("port %q in tenant %q: %w", name, tenant, ErrNotFound)
+		return nil, fmt.Errorf("port %s/%s: %w", tenant, name, ErrNotFound)
 	}
 	return p, err
 }
@@ -214,13 +214,13 @@ func (s *Store) ListPorts(ctx context.Context, f PortFilter) ([]*vxfabricv1.Port
 		return nil, fmt.Errorf("list ports: %w", err)
 	}
 	if f.Tenant != "" && len(rangeKVs(resp, 0)) == 0 {
-		return nil, fmt.Errorf("tenant %q: %w", f.Tenant, ErrNotFound)
+		return nil, fmt.Errorf("tenant %s: %w", f.Tenant, ErrNotFound)
 	}
 	if f.Network != "" && !hasNetworkName(rangeKVs(resp, 3), f.Network) {
 		if f.Tenant != "" {
-			return nil, fmt.Errorf("network %q in tenant %q: %w", f.Network, f.Tenant, ErrNotFound)
+			return nil, fmt.Errorf("network %s/%s: %w", f.Tenant, f.Network, ErrNotFound)
 		}
-		return nil, fmt.Errorf("network %q in any tenant: %w", f.Network, ErrNotFound)
+		return nil, fmt.Errorf("network %s in any tenant: %w", f.Network, ErrNotFound)
 	}
 	plugged := make(map[string]bool, len(rangeKVs(resp, 2)))
 	for _, kv := range rangeKVs(resp, 2) {
@@ -267,7 +267,7 @@ func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected in
 			return nil, err
 		}
 		if expected != 0 && p.Revision != expected {
-			return nil, fmt.Errorf("port %q in tenant %q is at revision %d, not %d: %w", name, tenant, p.Revision, expected, ErrStale)
+			return nil, fmt.Errorf("port %s/%s is at revision %d, not %d: %w", tenant, name, p.Revision, expected, ErrStale)
 		}
 		read, plugged, before := p.Revision, p.Plugged, proto.Clone(p)
 		if err := mutate(p); err != nil {
@@ -295,7 +295,7 @@ func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected in
 		}
 		resp, err := s.kv.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return nil, fmt.Errorf("update port %q in tenant %q: %w", name, tenant, err)
+			return nil, fmt.Errorf("update port %s/%s: %w", tenant, name, err)
 		}
 		if resp.Succeeded {
 			p.Revision, p.Plugged = resp.Header.Revision, plugged
@@ -307,7 +307,7 @@ func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected in
 		// The port changed, or (a move) a network was created since the guard's read: read again,
 		// which tells a stale expected revision from a port still as expected.
 	}
-	return nil, fmt.Errorf("update port %q in tenant %q: %w", name, tenant, ErrContention)
+	return nil, fmt.Errorf("update port %s/%s: %w", tenant, name, ErrContention)
 }
 
 // DeletePort removes a port with its name index, allocations, plugged status and node-cidr index key
@@ -319,7 +319,7 @@ func (s *Store) DeletePort(ctx context.Context, tenant, name string, expected in
 			return err
 		}
 		if expected != 0 && p.Revision != expected {
-			return fmt.Errorf("port %q in tenant %q is at revision %d, not %d: %w", name, tenant, p.Revision, expected, ErrStale)
+			return fmt.Errorf("port %s/%s is at revision %d, not %d: %w", tenant, name, p.Revision, expected, ErrStale)
 		}
 		ipKey, macKey, err := portAllocKeys(p)
 		if err != nil {
@@ -335,16 +335,16 @@ func (s *Store) DeletePort(ctx context.Context, tenant, name string, expected in
 			clientv3.OpDelete(NodeCIDRKey(p.Node, p.NetworkId, p.Id)),
 		).Commit()
 		if err != nil {
-			return fmt.Errorf("delete port %q in tenant %q: %w", name, tenant, err)
+			return fmt.Errorf("delete port %s/%s: %w", tenant, name, err)
 		}
 		if resp.Succeeded {
 			return nil
 		}
 		if expected != 0 {
-			return fmt.Errorf("port %q in tenant %q changed after revision %d: %w", name, tenant, expected, ErrStale)
+			return fmt.Errorf("port %s/%s changed after revision %d: %w", tenant, name, expected, ErrStale)
 		}
 	}
-	return fmt.Errorf("delete port %q in tenant %q: %w", name, tenant, ErrContention)
+	return fmt.Errorf("delete port %s/%s: %w", tenant, name, ErrContention)
 }
 
 // SetPortPlugged records (or clears) that a port's agent has plugged it. Recording a port that no

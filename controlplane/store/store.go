@@ -114,7 +114,7 @@ func (s *Store) CreateTenant(ctx context.Context, t *vxfabricv1.Tenant, requestI
 			rk := TenantRequestKey(requestID)
 			put, l, err := s.requestPut(ctx, rk, t.Name)
 			if err != nil {
-				return nil, fmt.Errorf("create tenant %q: %w", t.Name, err)
+				return nil, fmt.Errorf("create tenant %s: %w", t.Name, err)
 			}
 			lease = l
 			cmps = append(cmps, notExists(rk))
@@ -126,7 +126,7 @@ func (s *Store) CreateTenant(ctx context.Context, t *vxfabricv1.Tenant, requestI
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("create tenant %q: %w", t.Name, err)
+			return nil, fmt.Errorf("create tenant %s: %w", t.Name, err)
 		}
 		if resp.Succeeded {
 			out := proto.Clone(t).(*vxfabricv1.Tenant)
@@ -137,7 +137,7 @@ func (s *Store) CreateTenant(ctx context.Context, t *vxfabricv1.Tenant, requestI
 		if requestID != "" {
 			if id, rev := requestRecord(first(rangeKVs(resp, 1))); rev != 0 {
 				if id != t.Name {
-					return nil, fmt.Errorf("tenant %q: %w", t.Name, ErrRequestMismatch)
+					return nil, fmt.Errorf("tenant %s: %w", t.Name, ErrRequestMismatch)
 				}
 				if cur != nil {
 					return decodeTenant(cur)
@@ -149,20 +149,20 @@ func (s *Store) CreateTenant(ctx context.Context, t *vxfabricv1.Tenant, requestI
 			}
 		}
 		if cur != nil {
-			return nil, fmt.Errorf("tenant %q: %w", t.Name, ErrAlreadyExists)
+			return nil, fmt.Errorf("tenant %s: %w", t.Name, ErrAlreadyExists)
 		}
 	}
-	return nil, fmt.Errorf("create tenant %q: %w", t.Name, ErrContention)
+	return nil, fmt.Errorf("create tenant %s: %w", t.Name, ErrContention)
 }
 
 // GetTenant reads a tenant.
 func (s *Store) GetTenant(ctx context.Context, name string) (*vxfabricv1.Tenant, error) {
 	resp, err := s.kv.Get(ctx, TenantKey(name))
 	if err != nil {
-		return nil, fmt.Errorf("get tenant %q: %w", name, err)
+		return nil, fmt.Errorf("get tenant %s: %w", name, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return nil, fmt.Errorf("tenant %q: %w", name, ErrNotFound)
+		return nil, fmt.Errorf("tenant %s: %w", name, ErrNotFound)
 	}
 	return decodeTenant(resp.Kvs[0])
 }
@@ -211,7 +211,7 @@ func (s *Store) DeleteTenant(ctx context.Context, name string, expected int64) e
 			Else(clientv3.OpGet(key), clientv3.OpGet(netPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())).
 			Commit()
 		if err != nil {
-			return fmt.Errorf("delete tenant %q: %w", name, err)
+			return fmt.Errorf("delete tenant %s: %w", name, err)
 		}
 		if resp.Succeeded {
 			return s.deleteRest(ctx, tokens)
@@ -219,14 +219,14 @@ func (s *Store) DeleteTenant(ctx context.Context, name string, expected int64) e
 		cur := first(rangeKVs(resp, 0))
 		switch {
 		case cur == nil:
-			return fmt.Errorf("tenant %q: %w", name, ErrNotFound)
+			return fmt.Errorf("tenant %s: %w", name, ErrNotFound)
 		case resp.Responses[1].GetResponseRange().Count > 0:
-			return fmt.Errorf("tenant %q has %d networks: %w", name, resp.Responses[1].GetResponseRange().Count, ErrFailedPrecondition)
+			return fmt.Errorf("tenant %s has %d networks: %w", name, resp.Responses[1].GetResponseRange().Count, ErrFailedPrecondition)
 		case expected != 0 && cur.ModRevision != expected:
-			return fmt.Errorf("tenant %q is at revision %d, not %d: %w", name, cur.ModRevision, expected, ErrStale)
+			return fmt.Errorf("tenant %s is at revision %d, not %d: %w", name, cur.ModRevision, expected, ErrStale)
 		}
 	}
-	return fmt.Errorf("delete tenant %q: %w", name, ErrContention)
+	return fmt.Errorf("delete tenant %s: %w", name, ErrContention)
 }
 
 // ---- networks ----
@@ -284,7 +284,7 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 		if rk != "" {
 			put, l, err := s.requestPut(ctx, rk, n.Id)
 			if err != nil {
-				return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, err)
+				return nil, fmt.Errorf("create network %s/%s: %w", n.Tenant, n.Name, err)
 			}
 			lease = l
 			cmps = append(cmps, notExists(rk))
@@ -298,7 +298,7 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, err)
+			return nil, fmt.Errorf("create network %s/%s: %w", n.Tenant, n.Name, err)
 		}
 		if resp.Succeeded {
 			out := proto.Clone(stored).(*vxfabricv1.Network)
@@ -323,7 +323,7 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 			reads = append(reads, nodesWrittenAfter(nodesRev))
 		}
 		if resp, err = s.kv.Txn(ctx).Then(reads...).Commit(); err != nil {
-			return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, err)
+			return nil, fmt.Errorf("create network %s/%s: %w", n.Tenant, n.Name, err)
 		}
 		if requestID != "" {
 			if id, rev := requestRecord(first(rangeKVs(resp, 4))); rev != 0 {
@@ -338,16 +338,16 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 					return nil, err
 				}
 				if prev.Tenant != n.Tenant || prev.Name != n.Name {
-					return nil, fmt.Errorf("network %q in tenant %q: %w", n.Name, n.Tenant, ErrRequestMismatch)
+					return nil, fmt.Errorf("network %s/%s: %w", n.Tenant, n.Name, ErrRequestMismatch)
 				}
 				return prev, nil
 			}
 		}
 		switch {
 		case len(rangeKVs(resp, 0)) == 0:
-			return nil, fmt.Errorf("tenant %q: %w", n.Tenant, ErrNotFound)
+			return nil, fmt.Errorf("tenant %s: %w", n.Tenant, ErrNotFound)
 		case len(rangeKVs(resp, 1)) > 0:
-			return nil, fmt.Errorf("network %q in tenant %q: %w", n.Name, n.Tenant, ErrAlreadyExists)
+			return nil, fmt.Errorf("network %s/%s: %w", n.Tenant, n.Name, ErrAlreadyExists)
 		case len(rangeKVs(resp, 3)) > 0:
 			return nil, fmt.Errorf("network id %s: %w", n.Id, ErrIDTaken)
 		case len(rangeKVs(resp, 2)) > 0:
@@ -357,11 +357,11 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 				return nil, err
 			}
 		case nodesRev != 0 && len(rangeKVs(resp, len(resp.Responses)-1)) > 0:
-			return nil, fmt.Errorf("network %q in tenant %q: checked against the nodes at revision %d: %w", n.Name, n.Tenant, nodesRev, ErrNodesChanged)
+			return nil, fmt.Errorf("network %s/%s: checked against the nodes at revision %d: %w", n.Tenant, n.Name, nodesRev, ErrNodesChanged)
 		}
 		// Everything compared has changed back in between: try again.
 	}
-	return nil, fmt.Errorf("create network %q in tenant %q: %w", n.Name, n.Tenant, ErrContention)
+	return nil, fmt.Errorf("create network %s/%s: %w", n.Tenant, n.Name, ErrContention)
 }
 
 // GetNetworkByID reads a network by id.
@@ -384,18 +384,18 @@ func (s *Store) GetNetwork(ctx context.Context, tenant, name string) (*vxfabricv
 		clientv3.OpGet(NetworkNameKey(tenant, name)),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("get network %q in tenant %q: %w", name, tenant, err)
+		return nil, fmt.Errorf("get network %s/%s: %w", tenant, name, err)
 	}
 	if len(rangeKVs(resp, 0)) == 0 {
-		return nil, fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
+		return nil, fmt.Errorf("tenant %s: %w", tenant, ErrNotFound)
 	}
 	idKV := first(rangeKVs(resp, 1))
 	if idKV == nil {
-		return nil, fmt.Errorf("network %q in tenant %q: %w", name, tenant, ErrNotFound)
+		return nil, fmt.Errorf("network %s/%s: %w", tenant, name, ErrNotFound)
 	}
 	n, err := s.GetNetworkByID(ctx, string(idKV.Value))
 	if errors.Is(err, ErrNotFound) {
-		return nil, fmt.Errorf("network %q in tenant %q: %w", name, tenant, ErrNotFound)
+		return nil, fmt.Errorf("network %s/%s: %w", tenant, name, ErrNotFound)
 	}
 	return n, err
 }
@@ -411,7 +411,7 @@ func (s *Store) ListNetworks(ctx context.Context, tenant string) ([]*vxfabricv1.
 		return nil, fmt.Errorf("list networks: %w", err)
 	}
 	if tenant != "" && len(rangeKVs(resp, 0)) == 0 {
-		return nil, fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
+		return nil, fmt.Errorf("tenant %s: %w", tenant, ErrNotFound)
 	}
 	var out []*vxfabricv1.Network
 	for _, kv := range rangeKVs(resp, 1) {
@@ -443,7 +443,7 @@ func (s *Store) UpdateNetwork(ctx context.Context, tenant, name string, expected
 			return nil, err
 		}
 		if expected != 0 && n.Revision != expected {
-			return nil, fmt.Errorf("network %q in tenant %q is at revision %d, not %d: %w", name, tenant, n.Revision, expected, ErrStale)
+			return nil, fmt.Errorf("network %s/%s is at revision %d, not %d: %w", tenant, name, n.Revision, expected, ErrStale)
 		}
 		read, before := n.Revision, proto.Clone(n)
 		if err := mutate(n); err != nil {
@@ -456,17 +456,17 @@ func (s *Store) UpdateNetwork(ctx context.Context, tenant, name string, expected
 		key := NetworkKey(n.Id)
 		resp, err := s.kv.Txn(ctx).If(atRevision(key, read)).Then(clientv3.OpPut(key, marshal(n))).Commit()
 		if err != nil {
-			return nil, fmt.Errorf("update network %q in tenant %q: %w", name, tenant, err)
+			return nil, fmt.Errorf("update network %s/%s: %w", tenant, name, err)
 		}
 		if resp.Succeeded {
 			n.Revision = resp.Header.Revision
 			return n, nil
 		}
 		if expected != 0 {
-			return nil, fmt.Errorf("network %q in tenant %q changed after revision %d: %w", name, tenant, expected, ErrStale)
+			return nil, fmt.Errorf("network %s/%s changed after revision %d: %w", tenant, name, expected, ErrStale)
 		}
 	}
-	return nil, fmt.Errorf("update network %q in tenant %q: %w", name, tenant, ErrContention)
+	return nil, fmt.Errorf("update network %s/%s: %w", tenant, name, ErrContention)
 }
 
 // DeleteNetwork removes a network without ports, its name index, its VNI allocation and its uplink
@@ -478,7 +478,7 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string, expected
 			return err
 		}
 		if expected != 0 && n.Revision != expected {
-			return fmt.Errorf("network %q in tenant %q is at revision %d, not %d: %w", name, tenant, n.Revision, expected, ErrStale)
+			return fmt.Errorf("network %s/%s is at revision %d, not %d: %w", tenant, name, n.Revision, expected, ErrStale)
 		}
 		key := NetworkKey(n.Id)
 		ipPrefix := NetworkIPPrefix(n.Id)
@@ -492,19 +492,19 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string, expected
 			Else(clientv3.OpGet(ipPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())).
 			Commit()
 		if err != nil {
-			return fmt.Errorf("delete network %q in tenant %q: %w", name, tenant, err)
+			return fmt.Errorf("delete network %s/%s: %w", tenant, name, err)
 		}
 		if resp.Succeeded {
 			return nil
 		}
 		if c := resp.Responses[0].GetResponseRange().Count; c > 0 {
-			return fmt.Errorf("network %q in tenant %q has %d ports: %w", name, tenant, c, ErrFailedPrecondition)
+			return fmt.Errorf("network %s/%s has %d ports: %w", tenant, name, c, ErrFailedPrecondition)
 		}
 		if expected != 0 {
-			return fmt.Errorf("network %q in tenant %q changed after revision %d: %w", name, tenant, expected, ErrStale)
+			return fmt.Errorf("network %s/%s changed after revision %d: %w", tenant, name, expected, ErrStale)
 		}
 	}
-	return fmt.Errorf("delete network %q in tenant %q: %w", name, tenant, ErrContention)
+	return fmt.Errorf("delete network %s/%s: %w", tenant, name, ErrContention)
 }
 
 // TakenVNIs lists the allocated VNIs in [first, last], ascending.
@@ -573,7 +573,7 @@ func (s *Store) NetworkForRequest(ctx context.Context, requestID, tenant, name s
 	case err != nil:
 		return nil, err
 	case n.Tenant != tenant || n.Name != name:
-		return nil, fmt.Errorf("network %q in tenant %q: %w", name, tenant, ErrRequestMismatch)
+		return nil, fmt.Errorf("network %s/%s: %w", tenant, name, ErrRequestMismatch)
 	}
 	return n, nil
 }
@@ -591,7 +591,7 @@ func (s *Store) PortForRequest(ctx context.Context, requestID, tenant, name stri
 	case err != nil:
 		return nil, err
 	case p.Tenant != tenant || p.Name != name:
-		return nil, fmt.Errorf("port %q in tenant %q: %w", name, tenant, ErrRequestMismatch)
+		return nil, fmt.Errorf("port %s/%s: %w", tenant, name, ErrRequestMismatch)
 	}
 	return p, nil
 }

@@ -560,3 +560,43 @@ func TestDeleteTenantDeletesItsTokens(t *testing.T) {
 		t.Errorf("tokens after the deletes of acme and big: %q, want only other's %q", got, want)
 	}
 }
+
+// Messages name tenants, networks and ports as tenant/name, never by internal id.
+func TestMessagesNameResourcesByName(t *testing.T) {
+	st, _ := newTestStore(t)
+	ctx := testCtx(t)
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	web := &vxfabricv1.Network{Id: "00000000aa", Tenant: "acme", Name: "web", Vni: 100, Cidr: "10.0.0.0/24",
+		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}
+	if _, err := st.CreateNetwork(ctx, web, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	port := func(id, network, networkID, name, ip string) *vxfabricv1.Port {
+		return &vxfabricv1.Port{Id: id, Tenant: "acme", Network: network, NetworkId: networkID, Name: name, Node: "h1",
+			Ip: ip, Mac: "0e:00:00:00:00:" + id[8:]}
+	}
+	p1, err := st.CreatePort(ctx, port("00000000b1", "web", web.Id, "p1", "10.0.0.2"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, noTenant := st.GetNetwork(ctx, "nosuch", "web")
+	_, noNetwork := st.CreatePort(ctx, port("00000000b2", "ghost", "00000000ff", "p2", "10.0.0.3"), "")
+	_, ipTaken := st.CreatePort(ctx, port("00000000b3", "web", web.Id, "p3", "10.0.0.2"), "")
+	_, stale := st.UpdatePort(ctx, "acme", "p1", p1.Revision-1, func(*vxfabricv1.Port) error { return nil })
+	for _, c := range []struct {
+		err      error
+		sentinel error
+		want     string
+	}{
+		{noTenant, ErrNotFound, "tenant nosuch: not found"},
+		{noNetwork, ErrNotFound, "network acme/ghost: not found"},
+		{ipTaken, ErrIPTaken, "address 10.0.0.2 in network acme/web: already exists: ip address taken"},
+		{stale, ErrStale, fmt.Sprintf("port acme/p1 is at revision %d, not %d: failed precondition: revision changed", p1.Revision, p1.Revision-1)},
+	} {
+		if !errors.Is(c.err, c.sentinel) || c.err.Error() != c.want {
+			t.Errorf("got %v, want %q", c.err, c.want)
+		}
+	}
+}
