@@ -26,10 +26,12 @@ import (
 
 // ConvergenceSource tells NodeService how far each node's agent has come: the newest revision it
 // reports applied, and the newest revision that changed its desired state. The fan-out (the Sync hub)
-// implements it. NodeRevisions is called on every ListNodes/GetNode for each node: it must not block
-// and must be safe for concurrent use. Unknown nodes give (0, 0).
+// implements it, and also keeps what each agent said it could not apply. Both are called on every
+// ListNodes/GetNode for each node: they must not block and must be safe for concurrent use. Unknown
+// nodes give (0, 0) and no errors.
 type ConvergenceSource interface {
 	NodeRevisions(node string) (applied, desired int64)
+	NodeErrors(node string) []string
 }
 
 // Config is what the services need.

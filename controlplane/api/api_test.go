@@ -166,7 +166,7 @@ func TestCheckCreateNetworkDefaults(t *testing.T) {
 		uplinkIfName string
 	}{
 		{&vxfabricv1.CreateNetworkRequest{Tenant: "a", Name: "n", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT}, 1450, "10.0.0.1", ""},
-		{&vxfabricv1.CreateNetworkRequest{Tenant: "a", Name: "n", Cidr: "10.0.0.0/8", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED, Gateway: "10.255.255.254", Mtu: 9000}, 9000, "10.255.255.254", ""},
+		{&vxfabricv1.CreateNetworkRequest{Tenant: "a", Name: "n", Cidr: "10.0.0.0/8", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED, Gateway: "10.255.255.254", Mtu: 1400}, 1400, "10.255.255.254", ""},
 		{&vxfabricv1.CreateNetworkRequest{Tenant: "a", Name: "n", Cidr: "10.0.0.0/29", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}, 1450, "", ""},
 		{&vxfabricv1.CreateNetworkRequest{Tenant: "a", Name: "n", Cidr: "10.0.0.0/29", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "enp0s3"}}, 1450, "", "enp0s3"},
 	} {
@@ -187,6 +187,24 @@ func TestCheckCreateNetworkDefaults(t *testing.T) {
 		if _, err := validMAC(mac); err != nil {
 			t.Errorf("%q refused: %v", mac, err)
 		}
+	}
+}
+
+// TestMTUAtMostTheUnderlayAllows: a network MTU whose frames would not fit the underlay with
+// VXLAN's 50 bytes is refused, and says which flag raises the ceiling.
+func TestMTUAtMostTheUnderlayAllows(t *testing.T) {
+	req := func(mtu uint32) *vxfabricv1.CreateNetworkRequest {
+		return &vxfabricv1.CreateNetworkRequest{Tenant: "a", Name: "n", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED, Mtu: mtu}
+	}
+	if _, err := checkCreateNetwork(req(1450), 1500, nil); err != nil {
+		t.Errorf("1450 on a 1500 underlay: %v", err)
+	}
+	_, err := checkCreateNetwork(req(9000), 1500, nil)
+	if want := "mtu 9000: at most 1450, the underlay's 1500 less VXLAN's 50 bytes (server --underlay-mtu)"; !errors.Is(err, store.ErrInvalidArgument) || !strings.Contains(err.Error(), want) {
+		t.Errorf("9000 on a 1500 underlay: %v, want InvalidArgument %q", err, want)
+	}
+	if n, err := checkCreateNetwork(req(9000), 9050, nil); err != nil || n.Mtu != 9000 {
+		t.Errorf("9000 on a 9050 underlay: %v, %v", n.GetMtu(), err)
 	}
 }
 

@@ -285,8 +285,10 @@ func FuzzNamesAndIDs(f *testing.F) {
 		if err := validExpected(rev); (err == nil) != (rev >= 0) {
 			t.Fatalf("validExpected(%d) = %v", rev, err)
 		}
-		if err := validMTU(mtu); (err == nil) != (mtu == 0 || mtu >= 576 && mtu <= 9000) {
-			t.Fatalf("validMTU(%d) = %v", mtu, err)
+		for _, underlay := range []uint32{1500, 9050, 65535} {
+			if err := validMTU(mtu, underlay); (err == nil) != (mtu == 0 || mtu >= 576 && mtu <= min(9000, underlay-50)) {
+				t.Fatalf("validMTU(%d, underlay %d) = %v", mtu, underlay, err)
+			}
 		}
 	})
 }

@@ -153,7 +153,7 @@ func (s *NetworkServer) UpdateNetwork(ctx context.Context, req *vxfabricv1.Updat
 	if err := validName("network", req.Name); err != nil {
 		return nil, s.toStatus(err)
 	}
-	if err := validMTU(req.Mtu); err != nil {
+	if err := validMTU(req.Mtu, s.cfg.UnderlayMTU); err != nil {
 		return nil, s.toStatus(err)
 	}
 	if err := validExpected(req.ExpectedRevision); err != nil {
@@ -296,6 +296,7 @@ type NodeServer struct {
 func (s *NodeServer) withRevisions(n *vxfabricv1.Node) *vxfabricv1.Node {
 	if s.cfg.Convergence != nil {
 		n.AppliedRevision, n.DesiredRevision = s.cfg.Convergence.NodeRevisions(n.Name)
+		n.ApplyErrors = s.cfg.Convergence.NodeErrors(n.Name)
 	}
 	return n
 }

@@ -119,9 +119,14 @@ func validVNI(v uint32, pool *alloc.VNIPool) error {
 	return nil
 }
 
-func validMTU(v uint32) error {
-	if v != 0 && (v < minMTU || v > maxMTU) {
-		return invalid("mtu %d: must be %d-%d", v, minMTU, maxMTU)
+// validMTU checks a network MTU (0: the default) against what the underlay carries: a frame larger
+// than the underlay's MTU less VXLAN's 50 bytes would not cross between hosts.
+func validMTU(v, underlayMTU uint32) error {
+	if ceiling := min(maxMTU, underlayMTU-50); v != 0 && (v < minMTU || v > ceiling) {
+		if v > ceiling && ceiling < maxMTU {
+			return invalid("mtu %d: at most %d, the underlay's %d less VXLAN's 50 bytes (server --underlay-mtu)", v, ceiling, underlayMTU)
+		}
+		return invalid("mtu %d: must be %d-%d", v, minMTU, ceiling)
 	}
 	return nil
 }
@@ -204,7 +209,7 @@ func checkCreateNetwork(req *vxfabricv1.CreateNetworkRequest, underlayMTU uint32
 	if err := validVNI(req.Vni, pool); err != nil {
 		return nil, err
 	}
-	if err := validMTU(req.Mtu); err != nil {
+	if err := validMTU(req.Mtu, underlayMTU); err != nil {
 		return nil, err
 	}
 	if err := validRequestID(req.RequestId); err != nil {

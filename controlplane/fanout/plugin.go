@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"github.com/vxfabric/vxfabric/controlplane/server"
@@ -18,7 +19,7 @@ func Plugin(cfg Config) server.Plugin {
 			cfg.Logger = host.Logger
 		}
 		if err := cfg.Validate(); err != nil {
-			return server.Extension{}, err
+			return server.Extension{}, fmt.Errorf("sync fan-out: %w", err)
 		}
 		hub := New(host.Etcd, cfg)
 		var wg sync.WaitGroup

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -16,6 +17,13 @@ import (
 type fakeConvergence map[string][2]int64
 
 func (f fakeConvergence) NodeRevisions(node string) (int64, int64) { return f[node][0], f[node][1] }
+
+func (f fakeConvergence) NodeErrors(node string) []string {
+	if f[node][0] < f[node][1] {
+		return []string{"uplink eth1 master vxbr5000: uplink interface not found"}
+	}
+	return nil
+}
 
 // TestAPIEndToEnd drives every service through a real gRPC client, with a plugin supplying an
 // interceptor and the convergence source the way the fan-out and security plugins do.
@@ -168,6 +176,9 @@ func TestAPIEndToEnd(t *testing.T) {
 	nodes := must(c.nodes.ListNodes(ctx, &vxfabricv1.ListNodesRequest{}))
 	if len(nodes.Nodes) != 1 || nodes.Nodes[0].AppliedRevision != 7 || nodes.Nodes[0].DesiredRevision != 9 || nodes.Revision < nodes.Nodes[0].Revision {
 		t.Fatalf("nodes %v", nodes)
+	}
+	if got := nodes.Nodes[0].GetApplyErrors(); len(got) != 1 || !strings.Contains(got[0], "uplink interface not found") {
+		t.Errorf("apply errors of h1: %q, want the agent's one", got)
 	}
 	_, err = c.nodes.GetNode(ctx, &vxfabricv1.GetNodeRequest{Name: "h9"})
 	wantCode(t, "unknown node", err, codes.NotFound)

@@ -105,10 +105,10 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	var registers []func(*grpc.Server)
 	var convergence api.ConvergenceSource
 	host := Host{Etcd: s.cli, Store: s.store, Logger: log}
-	for i, p := range cfg.Plugins {
+	for _, p := range cfg.Plugins {
 		ext, err := p(lifetime, host)
 		if err != nil {
-			return nil, fmt.Errorf("plugin %d: %w", i, err)
+			return nil, err // each plugin names itself ("server gossip: ...")
 		}
 		if ext.Close != nil {
 			s.closers = append(s.closers, ext.Close)
@@ -124,7 +124,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 
 	svcs, err := api.New(api.Config{
-		Store: s.store, Alloc: alloc.New(s.store, pool), UnderlayMTU: cfg.UnderlayMTU,
+		Store: s.store, Alloc: alloc.New(s.store, pool), VNIs: pool, UnderlayMTU: cfg.UnderlayMTU,
 		Convergence: convergence, Logger: log,
 	})
 	if err != nil {
