@@ -763,6 +763,83 @@ func TestReportAcrossReplicas(t *testing.T) {
 	}
 }
 
+// TestLateReportAfterMove: the node a port moved away from reports late, from a hub that has not yet
+// seen the move: it must neither mark the port plugged nor unplug it on its new node.
+func TestLateReportAfterMove(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	release, ended := make(chan struct{}), make(chan struct{})
+	paused := make(chan struct{}, 1)
+	e.hub.beforeRewatch = func() {
+		paused <- struct{}{}
+		select {
+		case <-release:
+		case <-ended:
+		}
+	}
+	e.start()
+	t.Cleanup(func() { close(ended) })
+	c := e.dial()
+	ctx := context.Background()
+	plugged := func() bool {
+		t.Helper()
+		resp, err := e.cli.Get(ctx, prefix+"status/ports/pa")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(resp.Kvs) == 1
+	}
+	report := func(ids ...string) {
+		t.Helper()
+		// A token the hub has seen: nothing to wait for, the hub judges with what it holds.
+		if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", PluggedPortIds: ids, StatusRevision: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	stall := func() {
+		e.kickWatch()
+		<-paused
+	}
+	resume := func() {
+		t.Helper()
+		release <- struct{}{}
+		cur, err := e.cli.Get(ctx, prefix, clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.hub.WaitRevision(ctx, cur.Header.Revision); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// pa moves from a to b while the hub is away; a's late report says plugged.
+	stall()
+	e.put("ports/pa", testPort("pa", "n1", "b", 1))
+	report("pa")
+	if plugged() {
+		t.Error("a's late report marked pa plugged after pa moved to b")
+	}
+	resume()
+
+	// pa back on a and plugged there; it moves to b, which plugs it; a's late report leaves it out.
+	e.put("ports/pa", testPort("pa", "n1", "a", 1))
+	if _, err := e.cli.Put(ctx, prefix+"status/ports/pa", "1"); err != nil {
+		t.Fatal(err)
+	}
+	resume0 := e.put("ports/pb", testPort("pb", "n1", "b", 8)) // any write: the hub catches up past the status
+	if err := e.hub.WaitRevision(ctx, resume0); err != nil {
+		t.Fatal(err)
+	}
+	stall()
+	e.put("ports/pa", testPort("pa", "n1", "b", 1))
+	report()
+	if !plugged() {
+		t.Error("a's late report unplugged pa, plugged on b where it moved")
+	}
+	resume()
+}
+
 // metric returns the value of a counter or gauge as a scrape would show it.
 func metric(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	t.Helper()

@@ -192,6 +192,7 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	}
 	var puts, dels []string
 	h.mu.RLock()
+	judged := h.m.rev // every write below holds only while its port has not changed since
 	for id := range h.m.nodePorts[node] {
 		switch {
 		case plugged[id] && !h.m.plugged[id]:
@@ -203,10 +204,12 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	h.mu.RUnlock()
 
 	for _, id := range puts {
-		// Only while the port exists, so a report racing a delete leaves no orphan status key.
+		// Only while the port exists, so a report racing a delete leaves no orphan status key, and
+		// is still the one judged (bound to node), so a late report of the node a port moved away
+		// from does not mark it plugged on its new node.
 		portKey := h.cfg.Prefix + "ports/" + id
 		resp, err := h.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.Version(portKey), ">", 0)).
+			If(clientv3.Compare(clientv3.Version(portKey), ">", 0), clientv3.Compare(clientv3.ModRevision(portKey), "<", judged+1)).
 			Then(clientv3.OpPut(h.cfg.Prefix+"status/ports/"+id, "1")).
 			Commit()
 		if err != nil {
@@ -215,7 +218,11 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 		h.wroteStatus(resp.Header.GetRevision())
 	}
 	for _, id := range dels {
-		resp, err := h.cli.Delete(ctx, h.cfg.Prefix+"status/ports/"+id)
+		// Likewise: not once the port has moved on, where its new node may have plugged it.
+		resp, err := h.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(h.cfg.Prefix+"ports/"+id), "<", judged+1)).
+			Then(clientv3.OpDelete(h.cfg.Prefix + "status/ports/" + id)).
+			Commit()
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "mark port %q unplugged: %v", id, err)
 		}
