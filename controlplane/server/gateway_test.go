@@ -54,8 +54,17 @@ func TestOverlappingGatewaysOnOneNode(t *testing.T) {
 		count, rev := keyState(t, ctx, s.Etcd())
 		err := call()
 		wantCode(t, what, err, codes.FailedPrecondition)
-		if msg := status.Convert(err).Message(); !strings.Contains(msg, mention) {
+		msg := status.Convert(err).Message()
+		if !strings.Contains(msg, mention) {
 			t.Errorf("%s: message %q does not say %q", what, msg, mention)
+		}
+		// The tenants are red and blue: neither learns the other's networks.
+		other := "red/"
+		if strings.Contains(mention, "red/") {
+			other = "blue/"
+		}
+		if strings.Contains(msg, other) {
+			t.Errorf("%s: message %q names a network of the other tenant", what, msg)
 		}
 		if c2, r2 := keyState(t, ctx, s.Etcd()); c2 != count || r2 != rev {
 			t.Errorf("%s: etcd changed: %d keys at revision %d, before %d at %d", what, c2, r2, count, rev)
@@ -68,18 +77,20 @@ func TestOverlappingGatewaysOnOneNode(t *testing.T) {
 	}
 	must(0, port("red", "ext", "a", "h1"))
 	must(0, port("red", "ext", "a2", "h1")) // the same network again: no conflict with itself
+	// red/ext is another tenant's network: blue learns that something is in the way, not what.
 	refused("create in overlapping routed network", func() error { return port("blue", "pub", "b", "h1") },
-		"node h1 already hosts nat network red/ext 10.1.0.0/24")
+		"node h1 already hosts a network of another tenant that overlaps routed network blue/pub 10.1.0.0/16")
 	must(0, port("blue", "pub", "b", "h2"))
 	refused("move into overlapping network's node", func() error { return move("blue", "b", "h1") },
-		"node h1 already hosts nat network red/ext 10.1.0.0/24")
+		"node h1 already hosts a network of another tenant that overlaps routed network blue/pub")
 
 	del("red", "a")
-	refused("move while the node still has a port of red/ext", func() error { return move("blue", "b", "h1") }, "red/ext")
+	refused("move while the node still has a port of red/ext", func() error { return move("blue", "b", "h1") },
+		"a network of another tenant that overlaps routed network blue/pub")
 	del("red", "a2") // the node's last port of red/ext: h1 no longer takes part in it
 	must(0, move("blue", "b", "h1"))
 	refused("create in nat network on the routed network's node", func() error { return port("red", "ext", "a", "h1") },
-		"node h1 already hosts routed network blue/pub 10.1.0.0/16")
+		"node h1 already hosts a network of another tenant that overlaps nat network red/ext 10.1.0.0/24")
 	must(0, port("red", "ext", "a", "h2")) // h2 was vacated by the move
 
 	// Concurrent creates into two overlapping networks on one node: only one network wins it.
