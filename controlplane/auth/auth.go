@@ -203,12 +203,7 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 			if a.revoked, err = pki.NewRevocations(crl, cfg.TLSCA, explicit, log); err != nil {
 				return nil, fmt.Errorf("client certificate revocation list: %w", err)
 			}
-			tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
-				if len(cs.PeerCertificates) > 0 && a.revoked.Revoked(cs.PeerCertificates[0]) {
-					return fmt.Errorf("client certificate %x is revoked", cs.PeerCertificates[0].SerialNumber)
-				}
-				return nil
-			}
+			pki.RefuseRevoked(tlsCfg, a.revoked)
 		}
 		if cfg.TLSCA == "" {
 			log.Warn("no --tls-ca: client certificates are not accepted, agents must use tokens")

@@ -3,6 +3,8 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -21,10 +23,16 @@ type ClientConfig struct {
 	// ServerName overrides the name checked in the server certificate (default: the dialed host;
 	// "localhost" for unix sockets, which the certificates of `vxfab certs init` carry).
 	ServerName string
+	// CRLFile, optional, is the CA's revocation list (`vxfab certs revoke`): a server whose
+	// certificate is on it fails the handshake. The file must exist; it is read again when it
+	// changes (see pki.Revocations).
+	CRLFile string
 	// Token is a bearer token sent with every call, optional.
 	Token    string
 	Insecure bool
 	Unix     bool
+	// Logger tells when a changed revocation list is taken or refused; nil discards.
+	Logger *slog.Logger
 }
 
 // DialOptions are the grpc.DialOptions of c. Without a CA it refuses to send credentials in the
@@ -38,9 +46,16 @@ func (c ClientConfig) DialOptions() ([]grpc.DialOption, error) {
 		if err != nil {
 			return nil, err
 		}
+		if c.CRLFile != "" {
+			rev, err := pki.NewRevocations(c.CRLFile, c.CAFile, true, c.Logger)
+			if err != nil {
+				return nil, fmt.Errorf("server certificate revocation list: %w", err)
+			}
+			pki.RefuseRevoked(cfg, rev)
+		}
 		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	case c.CertFile != "":
-		return nil, errors.New("a client certificate needs the CA that verifies the server")
+	case c.CertFile != "" || c.CRLFile != "":
+		return nil, errors.New("a client certificate or a revocation list needs the CA that verifies the server")
 	case c.Insecure || c.Unix:
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	default:

@@ -131,6 +131,7 @@ type client struct {
 	certDir  string // pki dir the client certificate comes from ("" : the server's)
 	plain    bool
 	unix     bool
+	crl      bool // check the server's certificate against the CA's revocation list
 	dialOpts []grpc.DialOption
 }
 
@@ -146,6 +147,9 @@ func (s *testServer) dial(t *testing.T, c client) *grpc.ClientConn {
 		cc.CAFile = filepath.Join(caDir, pki.CACertFile)
 		if c.cert != "" {
 			cc.CertFile, cc.KeyFile = filepath.Join(certDir, c.cert+".crt"), filepath.Join(certDir, c.cert+".key")
+		}
+		if c.crl {
+			cc.CRLFile = filepath.Join(caDir, pki.CRLFile)
 		}
 	}
 	opts, err := cc.DialOptions()

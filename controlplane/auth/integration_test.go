@@ -401,3 +401,38 @@ func TestRevokedCertificate(t *testing.T) {
 	wantCode(t, "h1 on a new connection", report(fresh, "h1"), codes.Unavailable)
 	wantCode(t, "h2", report(h2, "h2"), codes.OK)
 }
+
+// TestRevokedServerCertificate: a client given the CA's revocation list refuses a server whose
+// certificate is on it, before sending anything (its token included); without the list it connects.
+func TestRevokedServerCertificate(t *testing.T) {
+	cli := startEtcd(t)
+	s := startServer(t, cli)
+	ctx := ctxT(t)
+	list := func(conn *grpc.ClientConn) error {
+		_, err := vxfabricv1.NewNodeServiceClient(conn).ListNodes(ctx, &vxfabricv1.ListNodesRequest{})
+		return err
+	}
+	if _, err := pki.Revoke(s.pkiDir, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, "server not revoked", list(s.dial(t, client{token: s.admin, crl: true})), codes.OK)
+
+	srv, err := pki.ReadCertFile(filepath.Join(s.pkiDir, pki.ServerCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.Revoke(s.pkiDir, []*x509.Certificate{srv}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	err = list(s.dial(t, client{token: s.admin, crl: true}))
+	wantCode(t, "revoked server", err, codes.Unavailable)
+	if !strings.Contains(err.Error(), "certificate revoked") {
+		t.Errorf("revoked server: %v, want it to say the certificate is revoked", err)
+	}
+	wantCode(t, "revoked server, client without the list", list(s.dial(t, client{token: s.admin})), codes.OK)
+
+	// A list named explicitly must exist.
+	if _, err := (ClientConfig{CAFile: filepath.Join(s.pkiDir, pki.CACertFile), CRLFile: filepath.Join(t.TempDir(), "none.pem")}).DialOptions(); err == nil {
+		t.Error("a missing revocation list was accepted")
+	}
+}
