@@ -111,6 +111,9 @@ func runAgent(ctx context.Context, f agentFlags) error {
 			return err
 		}
 		mc.VTEP = vtep
+		if err := checkGossipBind(mc.BindAddr); err != nil {
+			return err
+		}
 		if member, err = membership.New(mc); err != nil {
 			return err
 		}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"time"
 
@@ -68,4 +70,31 @@ func (g *gossipFlags) config(role membership.Role, node, defaultBind string, log
 		mc.Keys = [][]byte{key}
 	}
 	return mc, nil
+}
+
+// checkGossipBind binds the gossip address as memberlist will (TCP and UDP) and lets it go again, so
+// that an address this host does not have, or a port in use, is reported as such before anything
+// starts, not from deep inside the gossip library.
+func checkGossipBind(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("gossip: listen on %s: %w", addr, syscallCause(err))
+	}
+	l.Close()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return fmt.Errorf("gossip: listen on %s (udp): %w", addr, syscallCause(err))
+	}
+	pc.Close()
+	return nil
+}
+
+// syscallCause is what the kernel said ("cannot assign requested address"), without the net
+// package's "listen tcp 198.18.0.2:7946: bind:" in front, or err itself when there is no such cause.
+func syscallCause(err error) error {
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		return se.Err
+	}
+	return err
 }

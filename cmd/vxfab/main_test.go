@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"testing"
 
@@ -110,6 +111,27 @@ func TestErrorLineUnwrapsStatus(t *testing.T) {
 	} {
 		if got := errorLine(tc.err); got != tc.want {
 			t.Errorf("errorLine(%q) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
+}
+
+// A gossip address the server cannot have says so in the user's terms, before anything starts.
+func TestServerGossipBindErrors(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for bind, want := range map[string]string{
+		"198.51.100.7:7946":  "gossip: listen on 198.51.100.7:7946: cannot assign requested address",
+		busy.Addr().String(): "gossip: listen on " + busy.Addr().String() + ": address already in use",
+	} {
+		root := newRootCmd()
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		root.SetArgs([]string{"server", "--gossip-bind", bind, "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--log-level", "error"})
+		if err := root.Execute(); err == nil || errorLine(err) != want {
+			t.Errorf("server --gossip-bind %s: %v, want %q", bind, err, want)
 		}
 	}
 }

@@ -160,6 +160,9 @@ func serverGossip(f serverFlags, cfg server.Config) (membership.Config, error) {
 	if err != nil {
 		return mc, err
 	}
+	if err := checkGossipBind(mc.BindAddr); err != nil {
+		return mc, err
+	}
 	mc.GRPCAddr = f.advertise
 	if mc.GRPCAddr == "" {
 		for _, l := range append([]string{cfg.Listen}, cfg.AlsoListen...) {
