@@ -123,6 +123,9 @@ func hostState(n *vxfabricv1.Node) string {
 	return "up"
 }
 
+// Mutations (create, update, move) print the resource as the list command's table does, with one
+// row; show prints the detail view; delete prints one line.
+
 // ---- tenant ----
 
 func newTenantCmd() *cobra.Command {
@@ -280,7 +283,7 @@ func newNetworkCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return render(cmd, resp, func(w io.Writer) { networkDetail(w, resp.Network) })
+				return render(cmd, resp, func(w io.Writer) { networkTable(w, resp.Network) })
 			})
 		},
 	}
@@ -403,7 +406,7 @@ func newPortCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return render(cmd, resp, func(w io.Writer) { portDetail(w, resp.Port) })
+				return render(cmd, resp, func(w io.Writer) { portTable(w, resp.Port) })
 			})
 		},
 	}

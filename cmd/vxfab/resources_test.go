@@ -109,7 +109,16 @@ func TestCLIResources(t *testing.T) {
 	if out := ok("port", "list", "--node", "h1"); !strings.Contains(out, "PLUGGED") || !strings.Contains(out, "vxp") {
 		t.Fatalf("port list:\n%s", out)
 	}
-	ok("port", "move", "vm1", "--tenant", "acme", "--node", "h2")
+	// A mutation prints the table its create and list print, not show's detail view.
+	header := func(out string) string { return strings.Join(strings.Fields(strings.SplitN(out, "\n", 2)[0]), " ") }
+	created := ok("port", "create", "vm9", "--tenant", "acme", "--network", "web", "--node", "h1")
+	if moved := ok("port", "move", "vm1", "--tenant", "acme", "--node", "h2"); header(moved) != header(created) || !strings.Contains(moved, "h2") {
+		t.Fatalf("port move prints\n%s\nwant the table port create prints:\n%s", moved, created)
+	}
+	ok("port", "delete", "vm9", "--tenant", "acme")
+	if updated := ok("network", "update", "web", "--tenant", "acme", "--mtu", "1400"); !strings.HasPrefix(header(updated), "TENANT NAME ID CIDR MODE") || !strings.Contains(updated, "1400") {
+		t.Fatalf("network update prints\n%s\nwant the table network create prints", updated)
+	}
 	if out := ok("port", "list", "--node", "h2"); !strings.Contains(out, "vm1") {
 		t.Fatalf("moved port not on h2:\n%s", out)
 	}
