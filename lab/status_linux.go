@@ -218,22 +218,8 @@ func (st Status) Print(w io.Writer) {
 		}
 	}
 	if len(st.VMs) > 0 {
-		fmt.Fprintln(tw, "\nVM\tHOST\tNIC\tTENANT/NETWORK\tIP\tMAC\tPLUGGED")
-		for _, vm := range st.VMs {
-			if len(vm.NICs) == 0 {
-				fmt.Fprintf(tw, "%s\t%s\t-\t(no ports)\t\t\t\n", vm.Name, vm.Host)
-			}
-			for i, n := range vm.NICs {
-				name, host := vm.Name, vm.Host
-				if !vm.Namespace {
-					name += " (no namespace)"
-				}
-				if i > 0 {
-					name, host = "", ""
-				}
-				fmt.Fprintf(tw, "%s\t%s\teth%d\t%s/%s\t%s\t%s\t%t\n", name, host, n.Index, n.Tenant, n.Network, n.IP, n.MAC, n.Plugged)
-			}
-		}
+		fmt.Fprintln(tw)
+		printVMs(tw, st.VMs)
 	}
 	for _, e := range st.Errors {
 		fmt.Fprintf(tw, "\n! %s", e)
@@ -242,6 +228,32 @@ func (st Status) Print(w io.Writer) {
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()
+}
+
+// PrintVMs writes the VMs as lab status shows them: one line per NIC.
+func PrintVMs(w io.Writer, vms []VMStatus) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	printVMs(tw, vms)
+	tw.Flush()
+}
+
+func printVMs(tw *tabwriter.Writer, vms []VMStatus) {
+	fmt.Fprintln(tw, "VM\tHOST\tNIC\tTENANT/NETWORK\tIP\tMAC\tPLUGGED")
+	for _, vm := range vms {
+		if len(vm.NICs) == 0 {
+			fmt.Fprintf(tw, "%s\t%s\t-\t(no ports)\t\t\t\n", vm.Name, vm.Host)
+		}
+		for i, n := range vm.NICs {
+			name, host := vm.Name, vm.Host
+			if !vm.Namespace {
+				name += " (no namespace)"
+			}
+			if i > 0 {
+				name, host = "", ""
+			}
+			fmt.Fprintf(tw, "%s\t%s\teth%d\t%s/%s\t%s\t%s\t%t\n", name, host, n.Index, n.Tenant, n.Network, n.IP, n.MAC, n.Plugged)
+		}
+	}
 }
 
 // revisionText shows a revision, and 0 (not known) as "-".

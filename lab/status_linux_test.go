@@ -30,3 +30,33 @@ func TestStatusPrintUnknownRevisions(t *testing.T) {
 		t.Errorf("hosts missing from the status: %v\n%s", want, out.String())
 	}
 }
+
+// lab vm list prints the VM table of lab status: one line per NIC, the VM's name and host on its
+// first, and a VM without ports or without a namespace marked so.
+func TestPrintVMs(t *testing.T) {
+	var out strings.Builder
+	PrintVMs(&out, []VMStatus{
+		{Name: "web", Host: "h1", Namespace: true, NICs: []NICStatus{
+			{Index: 0, Tenant: "acme", Network: "web", IP: "10.10.0.2", MAC: "0e:00:00:00:00:01", Plugged: true},
+			{Index: 1, Tenant: "acme", Network: "db", IP: "10.11.0.2", MAC: "0e:00:00:00:00:02"},
+		}},
+		{Name: "empty", Namespace: true},
+		{Name: "orphan", Host: "h2", NICs: []NICStatus{{Index: 0, Tenant: "acme", Network: "web", IP: "10.10.0.3", MAC: "0e:00:00:00:00:03"}}},
+	})
+	want := [][]string{
+		{"VM", "HOST", "NIC", "TENANT/NETWORK", "IP", "MAC", "PLUGGED"},
+		{"web", "h1", "eth0", "acme/web", "10.10.0.2", "0e:00:00:00:00:01", "true"},
+		{"eth1", "acme/db", "10.11.0.2", "0e:00:00:00:00:02", "false"},
+		{"empty", "-", "(no", "ports)"},
+		{"orphan", "(no", "namespace)", "h2", "eth0", "acme/web", "10.10.0.3", "0e:00:00:00:00:03", "false"},
+	}
+	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(want), out.String())
+	}
+	for i, line := range lines {
+		if got := strings.Fields(line); strings.Join(got, " ") != strings.Join(want[i], " ") {
+			t.Errorf("line %d: %q, want %q", i, got, want[i])
+		}
+	}
+}

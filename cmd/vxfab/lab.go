@@ -381,7 +381,33 @@ func newLabVMCmd(f *labFlags) *cobra.Command {
 			return labError(l.DeleteVM(cmd.Context(), args[0]))
 		},
 	}
-	cmd.AddCommand(create, del)
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "list the VMs: host, and per NIC its network, address, MAC and whether it is plugged",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			st := l.Status(cmd.Context())
+			if cliOpts.output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(map[string]any{"vms": st.VMs}); err != nil {
+					return err
+				}
+			} else {
+				lab.PrintVMs(cmd.OutOrStdout(), st.VMs)
+			}
+			// Without the API the list holds only the VMs' namespaces: say so, and fail.
+			if len(st.Errors) > 0 {
+				return fmt.Errorf("lab %q: %s", st.Name, strings.Join(st.Errors, "; "))
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(create, list, del)
 	return cmd
 }
 
