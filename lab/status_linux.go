@@ -66,7 +66,7 @@ type VMStatus struct {
 
 // NICStatus is one NIC of a VM.
 type NICStatus struct {
-	// Index is N of the VM's ethN, from the port name <vm>-<network>-<N>.
+	// Index is N of the VM's ethN, from the port name <vm>-<network>-<N>; -1 for a port not named so.
 	Index     int    `json:"index"`
 	Port      string `json:"port"`
 	Tenant    string `json:"tenant"`
@@ -177,7 +177,7 @@ func (l *Lab) apiStatus(ctx context.Context, st *Status, vms map[string]*VMStatu
 			vms[p.GetVm()] = vm
 		}
 		vm.Host = p.GetNode()
-		vm.NICs = append(vm.NICs, NICStatus{Index: nicIndex(p.GetName()), Port: p.GetName(), Tenant: p.GetTenant(), Network: p.GetNetwork(),
+		vm.NICs = append(vm.NICs, NICStatus{Index: nicIndex(p.GetVm(), p.GetNetwork(), p.GetName()), Port: p.GetName(), Tenant: p.GetTenant(), Network: p.GetNetwork(),
 			IP: p.GetIp(), MAC: p.GetMac(), Interface: p.GetInterfaceName(), Plugged: p.GetPlugged()})
 	}
 	for _, vm := range vms {
@@ -251,7 +251,11 @@ func printVMs(tw *tabwriter.Writer, vms []VMStatus) {
 			if i > 0 {
 				name, host = "", ""
 			}
-			fmt.Fprintf(tw, "%s\t%s\teth%d\t%s/%s\t%s\t%s\t%t\n", name, host, n.Index, n.Tenant, n.Network, n.IP, n.MAC, n.Plugged)
+			nic := "-"
+			if n.Index >= 0 {
+				nic = fmt.Sprintf("eth%d", n.Index)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s/%s\t%s\t%s\t%t\n", name, host, nic, n.Tenant, n.Network, n.IP, n.MAC, n.Plugged)
 		}
 	}
 }
@@ -264,14 +268,15 @@ func revisionText(r int64) string {
 	return strconv.FormatInt(r, 10)
 }
 
-// nicIndex parses N from a port name <vm>-<network>-<N>; -1 if the name has no such suffix.
-func nicIndex(port string) int {
+// nicIndex parses N from the name lab vm create gives the VM's N-th port (see portName); -1 for a
+// port named otherwise (one made with port create --vm), which no ethN of a lab VM stands for.
+func nicIndex(vm, network, port string) int {
 	i := strings.LastIndexByte(port, '-')
 	if i < 0 {
 		return -1
 	}
 	n, err := strconv.Atoi(port[i+1:])
-	if err != nil {
+	if err != nil || n < 0 || port != portName(vm, network, n) {
 		return -1
 	}
 	return n

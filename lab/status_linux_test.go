@@ -42,6 +42,7 @@ func TestPrintVMs(t *testing.T) {
 		}},
 		{Name: "empty", Namespace: true},
 		{Name: "orphan", Host: "h2", NICs: []NICStatus{{Index: 0, Tenant: "acme", Network: "web", IP: "10.10.0.3", MAC: "0e:00:00:00:00:03"}}},
+		{Name: "api", Host: "h3", NICs: []NICStatus{{Index: -1, Tenant: "acme", Network: "web", IP: "10.10.0.4", MAC: "0e:00:00:00:00:04"}}},
 	})
 	want := [][]string{
 		{"VM", "HOST", "NIC", "TENANT/NETWORK", "IP", "MAC", "PLUGGED"},
@@ -49,6 +50,8 @@ func TestPrintVMs(t *testing.T) {
 		{"eth1", "acme/db", "10.11.0.2", "0e:00:00:00:00:02", "false"},
 		{"empty", "-", "(no", "ports)"},
 		{"orphan", "(no", "namespace)", "h2", "eth0", "acme/web", "10.10.0.3", "0e:00:00:00:00:03", "false"},
+
+		{"api", "(no", "namespace)", "h3", "-", "acme/web", "10.10.0.4", "0e:00:00:00:00:04", "false"},
 	}
 	lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
 	if len(lines) != len(want) {
@@ -57,6 +60,26 @@ func TestPrintVMs(t *testing.T) {
 	for i, line := range lines {
 		if got := strings.Fields(line); strings.Join(got, " ") != strings.Join(want[i], " ") {
 			t.Errorf("line %d: %q, want %q", i, got, want[i])
+		}
+	}
+}
+
+// Only the names lab vm create gives (<vm>-<network>-<N>) stand for a VM's ethN: a port "web-1"
+// made with port create --vm vm1 is no eth1.
+func TestNICIndex(t *testing.T) {
+	for _, tc := range []struct {
+		vm, network, port string
+		want              int
+	}{
+		{"red-a", "web", "red-a-web-0", 0},
+		{"red-a", "ext", "red-a-ext-1", 1},
+		{"vm1", "web", "web-1", -1},
+		{"vm1", "web", "vm1-web-01", -1},
+		{"vm1", "web", "vm1-web-x", -1},
+		{"vm1", "web", "vm1", -1},
+	} {
+		if got := nicIndex(tc.vm, tc.network, tc.port); got != tc.want {
+			t.Errorf("nicIndex(%q, %q, %q) = %d, want %d", tc.vm, tc.network, tc.port, got, tc.want)
 		}
 	}
 }
