@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -134,4 +136,23 @@ func TestServerGossipBindErrors(t *testing.T) {
 			t.Errorf("server --gossip-bind %s: %v, want %q", bind, err, want)
 		}
 	}
+}
+
+// pflag takes backticked text in a flag's usage as the name of its value (`--tls-crl vxfab certs
+// revoke`), so no usage may hold a backtick: quote with "" instead.
+func TestFlagUsagesHaveNoBackticks(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				if strings.Contains(f.Usage, "`") {
+					t.Errorf("%s --%s: usage has a backtick: %q", c.CommandPath(), f.Name, f.Usage)
+				}
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCmd())
 }

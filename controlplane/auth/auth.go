@@ -96,7 +96,7 @@ func AddFlags(fs *pflag.FlagSet) *Config {
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (default: made with its own CA under <data-dir>/pki on first start)")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "server key")
 	fs.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that signs agent and admin client certificates (default <data-dir>/pki/ca.crt when the server made its own PKI)")
-	fs.StringVar(&cfg.TLSCRL, "tls-crl", "", "revocation list of --tls-ca's client certificates, as `vxfab certs revoke` writes it, read again within a second of a change (default: <data-dir>/pki/crl.pem when the server made its own PKI)")
+	fs.StringVar(&cfg.TLSCRL, "tls-crl", "", "revocation list of --tls-ca's client certificates, as \"vxfab certs revoke\" writes it, read again within a second of a change (default: <data-dir>/pki/crl.pem when the server made its own PKI)")
 	fs.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs of the server certificate the server makes for itself")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "also serve plaintext gRPC on TCP (unsafe: tokens cross the network in the clear)")
 	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "admin bearer token, written on first start if missing (default <data-dir>/admin.token)")
