@@ -55,6 +55,7 @@ func (l *Lab) serverSpec() proc {
 		"--tls-cert", l.pkiPath(pki.ServerCert),
 		"--tls-key", l.pkiPath(pki.ServerKey),
 		"--tls-ca", l.pkiPath(pki.CACertFile),
+		"--tls-crl", l.pkiPath(pki.CRLFile),
 		"--admin-token-file", l.AdminTokenPath(),
 	}}
 }
@@ -73,6 +74,7 @@ func (l *Lab) agentSpec(host string) proc {
 		"--tls-ca", l.pkiPath(pki.CACertFile),
 		"--tls-cert", l.pkiPath(pki.NodeCertFile(host)),
 		"--tls-key", l.pkiPath(pki.NodeKeyFile(host)),
+		"--tls-crl", l.pkiPath(pki.CRLFile),
 		"--state-dir", l.agentDir(host),
 		"--metrics-listen", addr + ":" + strconv.Itoa(MetricsPort),
 	}}

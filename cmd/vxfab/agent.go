@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"runtime/debug"
@@ -15,9 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/vxfabric/vxfabric/controlplane/auth"
 	"github.com/vxfabric/vxfabric/membership"
 	"github.com/vxfabric/vxfabric/nodeagent"
 	"github.com/vxfabric/vxfabric/nodeagent/binpages"
@@ -36,6 +36,7 @@ type agentFlags struct {
 	stateDir      string
 	metricsListen string
 	logLevel      string
+	tlsCRL        string
 }
 
 func newAgentCmd() *cobra.Command {
@@ -69,6 +70,7 @@ move it first everywhere and SIGHUP, then remove the old key everywhere and SIGH
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/vxfabric/agent", "directory keeping the last applied revision")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "address serving Prometheus metrics on /metrics (default: none)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.tlsCRL, "tls-crl", "", "the CA's revocation list, as \"vxfab certs revoke\" writes it: a server whose certificate is on it is refused; read again within a second of a change (env VXFAB_TLS_CRL)")
 	return cmd
 }
 
@@ -100,7 +102,7 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	cfg.Version = version
 	cfg.Logger = log
 	cfg.Registerer = reg
-	if cfg.DialOptions, err = agentDialOptions(); err != nil {
+	if cfg.DialOptions, err = agentDialOptions(f.tlsCRL, log); err != nil {
 		return err
 	}
 
@@ -171,31 +173,23 @@ func runAgent(ctx context.Context, f agentFlags) error {
 }
 
 // agentDialOptions secures the connections to the servers with --tls-ca (and the node's client
-// certificate --tls-cert/--tls-key, or VXFAB_TLS_*), or runs them in plaintext without a CA.
-func agentDialOptions() ([]grpc.DialOption, error) {
-	ca := firstNonEmpty(cliOpts.tlsCA, os.Getenv("VXFAB_TLS_CA"))
-	certFile := firstNonEmpty(cliOpts.tlsCert, os.Getenv("VXFAB_TLS_CERT"))
-	keyFile := firstNonEmpty(cliOpts.tlsKey, os.Getenv("VXFAB_TLS_KEY"))
-	if ca == "" || cliOpts.insecure {
+// certificate --tls-cert/--tls-key, the revocation list --tls-crl, or VXFAB_TLS_*), or runs them in
+// plaintext without a CA.
+func agentDialOptions(crl string, log *slog.Logger) ([]grpc.DialOption, error) {
+	cc := auth.ClientConfig{
+		CAFile:   firstNonEmpty(cliOpts.tlsCA, os.Getenv("VXFAB_TLS_CA")),
+		CertFile: firstNonEmpty(cliOpts.tlsCert, os.Getenv("VXFAB_TLS_CERT")),
+		KeyFile:  firstNonEmpty(cliOpts.tlsKey, os.Getenv("VXFAB_TLS_KEY")),
+		CRLFile:  firstNonEmpty(crl, os.Getenv("VXFAB_TLS_CRL")),
+		Logger:   log,
+	}
+	if cc.CAFile == "" || cliOpts.insecure {
+		if cc.CRLFile != "" {
+			return nil, errors.New("--tls-crl needs --tls-ca: without it the agent does not check the server")
+		}
 		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
 	}
-	pem, err := os.ReadFile(ca)
-	if err != nil {
-		return nil, fmt.Errorf("read CA %s: %w", ca, err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("CA file %s holds no certificate", ca)
-	}
-	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if certFile != "" {
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load node certificate %s: %w", certFile, err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, nil
+	return cc.DialOptions()
 }
 
 func trimAll(ss []string) []string {

@@ -499,7 +499,9 @@ const revisionColumnsHelp = `Revisions are the store's (etcd's) revisions:
   APPLIED  the newest revision the node's agent reported having applied; "-" until it reports to this
            server (for a few seconds after a server restart). It is often above DESIRED: the agent
            reports every revision it has caught up to, also those that changed nothing it needs
-  IN-SYNC  (node list) yes when APPLIED >= DESIRED; "-" while APPLIED is unknown`
+  IN-SYNC  (node list) yes when APPLIED >= DESIRED; "-" while APPLIED is unknown
+Below the table come the kernel objects an agent reported it could not apply (a bridged network's
+uplink interface missing on the host, say): the agent retries them, and its node stays out of sync.`
 
 // revisionText shows a revision, and 0 (not known) as "-".
 func revisionText(r int64) string {
@@ -523,5 +525,15 @@ func nodeTable(w io.Writer, latest int64, ns ...*vxfabricv1.Node) {
 	}
 	if latest != 0 {
 		fmt.Fprintf(w, "\nlatest store revision: %d\n", latest)
+	}
+	header := false
+	for _, n := range ns {
+		for _, e := range n.GetApplyErrors() {
+			if !header {
+				fmt.Fprintf(w, "\nwhat agents could not apply (their last report):\n")
+				header = true
+			}
+			fmt.Fprintf(w, "  %s: %s\n", n.Name, e)
+		}
 	}
 }

@@ -175,3 +175,21 @@ func TestNodeTableUnknownRevisions(t *testing.T) {
 		}
 	}
 }
+
+func TestNodeTableApplyErrors(t *testing.T) {
+	var out strings.Builder
+	nodeTable(&out, 0,
+		&vxfabricv1.Node{Name: "h1", AppliedRevision: 18, DesiredRevision: 35,
+			ApplyErrors: []string{"uplink eth1 master vxbr7: uplink interface not found"}},
+		&vxfabricv1.Node{Name: "h2", AppliedRevision: 35, DesiredRevision: 35},
+	)
+	want := "\nwhat agents could not apply (their last report):\n  h1: uplink eth1 master vxbr7: uplink interface not found\n"
+	if !strings.HasSuffix(out.String(), want) {
+		t.Errorf("table:\n%s\nwant it to end with%s", out.String(), want)
+	}
+	out.Reset()
+	nodeTable(&out, 0, &vxfabricv1.Node{Name: "h2", AppliedRevision: 35, DesiredRevision: 35})
+	if strings.Contains(out.String(), "could not apply") {
+		t.Errorf("errors shown for a node without any:\n%s", out.String())
+	}
+}
