@@ -47,7 +47,8 @@ var cliOpts clientFlags
 
 func addClientFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&cliOpts.server, "server", "", "API server address, host:port or unix:///path (env VXFAB_SERVER; default "+defaultServer+", or the running lab's)")
-	fs.StringVarP(&cliOpts.output, "output", "o", "table", "output format: table or json")
+	cliOpts.output = "table"
+	fs.VarP((*outputFormat)(&cliOpts.output), "output", "o", "output format: table or json")
 	fs.StringVar(&cliOpts.token, "token", "", "API bearer token (env VXFAB_TOKEN)")
 	fs.StringVar(&cliOpts.tlsCA, "tls-ca", "", "CA certificate that signed the server's certificate (env VXFAB_TLS_CA)")
 	fs.StringVar(&cliOpts.tlsCert, "tls-cert", "", "client certificate (env VXFAB_TLS_CERT)")
@@ -57,6 +58,21 @@ func addClientFlags(fs *pflag.FlagSet) {
 	cliOpts.timeout = 15 * time.Second
 	fs.Var((*positiveDuration)(&cliOpts.timeout), "timeout", "deadline of one API call")
 }
+
+// outputFormat is the --output flag: table or json, refused otherwise when parsed, so that every
+// command (the lab's too) refuses it alike.
+type outputFormat string
+
+func (o *outputFormat) Set(s string) error {
+	if s != "table" && s != "json" {
+		return fmt.Errorf("want table or json")
+	}
+	*o = outputFormat(s)
+	return nil
+}
+
+func (o *outputFormat) String() string { return string(*o) }
+func (o *outputFormat) Type() string   { return "format" }
 
 // positiveDuration is a duration flag that refuses zero and negative values when parsed: a call
 // with no time left would only fail later, with DeadlineExceeded.

@@ -29,6 +29,8 @@ func TestCLIRefusesBadInvocations(t *testing.T) {
 		{[]string{"network", "create", "n", "--tenant", "t", "--cidr", "10.0.0.0/24", "--mode", "nat", "--vni", "0"}, "--vni 0"},
 		{[]string{"--timeout", "0s", "tenant", "list"}, `invalid argument "0s" for "--timeout" flag: want a positive duration`},
 		{[]string{"tenant", "list", "--timeout=-1s"}, `invalid argument "-1s" for "--timeout" flag: want a positive duration`},
+		{[]string{"node", "list", "-o", "yaml"}, `invalid argument "yaml" for "-o, --output" flag: want table or json`},
+		{[]string{"lab", "status", "-o", "xml"}, `invalid argument "xml" for "-o, --output" flag: want table or json`},
 	} {
 		root := newRootCmd()
 		root.SetOut(io.Discard)

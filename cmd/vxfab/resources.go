@@ -28,9 +28,6 @@ func init() {
 
 // apiCall dials the server, bounds fn by --timeout and closes the connection afterwards.
 func apiCall(cmd *cobra.Command, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
-	if cliOpts.output != "table" && cliOpts.output != "json" {
-		return fmt.Errorf("--output %q: want table or json", cliOpts.output)
-	}
 	conn, err := dialServer()
 	if err != nil {
 		return err
