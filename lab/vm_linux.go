@@ -336,3 +336,96 @@ func (l *Lab) deleteVM(ctx context.Context, c *Client, name string, ports []*vxf
 	l.log.Info("lab vm deleted", "vm", name, "ports", len(ports))
 	return nil
 }
+
+// MigrateVM moves a running VM to another host, as a live migration does: per port, the host end
+// of its NIC's veth moves into the new host's namespace (the VM keeps its MAC, address and
+// sessions), then the port is rebound to the new host (UpdatePort), whose agent plugs the
+// interface it now finds and whose VTEP every other host's FDB learns. It returns once every port
+// is plugged on the new host. Ports already there are left alone, so a migration cut short is
+// finished by running it again.
+func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
+	if err := ValidateVMName(name); err != nil {
+		return VM{}, err
+	}
+	if err := l.checkHost(to); err != nil {
+		return VM{}, err
+	}
+	c, err := l.Client()
+	if err != nil {
+		return VM{}, err
+	}
+	defer c.Conn.Close()
+	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	resp, err := c.Ports.ListPorts(callCtx, &vxfabricv1.ListPortsRequest{Vm: name})
+	cancel()
+	if err != nil {
+		return VM{}, fmt.Errorf("vm %q: list ports: %w", name, err)
+	}
+	vm := VM{Name: name, Host: to}
+	for _, p := range resp.GetPorts() {
+		if p.GetVm() == name {
+			vm.Ports = append(vm.Ports, p)
+		}
+	}
+	if len(vm.Ports) == 0 || !namespaceExists(l.VMNamespace(name)) {
+		return VM{}, fmt.Errorf("vm %q: %w (a VM to migrate needs its ports and namespace %s)", name, ErrNoSuchVM, l.VMNamespace(name))
+	}
+	for i, p := range vm.Ports {
+		if p.GetNode() == to {
+			continue
+		}
+		if err := l.moveHostEnd(p.GetInterfaceName(), p.GetNode(), to); err != nil {
+			return VM{}, fmt.Errorf("vm %q: %w", name, err)
+		}
+		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		moved, err := c.Ports.UpdatePort(callCtx, &vxfabricv1.UpdatePortRequest{Tenant: p.GetTenant(), Name: p.GetName(), Node: to})
+		cancel()
+		if err != nil {
+			return VM{}, fmt.Errorf("vm %q: move port %s/%s to %s: %w", name, p.GetTenant(), p.GetName(), to, err)
+		}
+		vm.Ports[i] = moved.GetPort()
+	}
+	if err := waitPlugged(ctx, c, vm.Ports); err != nil {
+		return VM{}, fmt.Errorf("vm %q on %s: %w", name, to, err)
+	}
+	l.log.Info("lab vm migrated", "vm", name, "node", to, "ports", len(vm.Ports))
+	return vm, nil
+}
+
+// moveHostEnd moves a VM NIC's host-side interface from host from's namespace to host to's and
+// brings it up there. An interface already in to's namespace (a migration run again) is only
+// brought up.
+func (l *Lab) moveHostEnd(ifname, from, to string) error {
+	th, err := handleAt(l.Namespace(to))
+	if err != nil {
+		return err
+	}
+	defer th.Close()
+	link, err := th.LinkByName(ifname)
+	if err != nil {
+		fh, err := handleAt(l.Namespace(from))
+		if err != nil {
+			return err
+		}
+		defer fh.Close()
+		old, err := fh.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("interface %s on %s: %w", ifname, from, err)
+		}
+		nsh, err := netns.GetFromName(l.Namespace(to))
+		if err != nil {
+			return fmt.Errorf("open namespace %q: %w", l.Namespace(to), err)
+		}
+		defer nsh.Close()
+		if err := fh.LinkSetNsFd(old, int(nsh)); err != nil {
+			return fmt.Errorf("move %s from %s to %s: %w", ifname, from, to, err)
+		}
+		if link, err = th.LinkByName(ifname); err != nil {
+			return fmt.Errorf("interface %s moved to %s: %w", ifname, to, err)
+		}
+	}
+	if err := th.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up on %s: %w", ifname, to, err)
+	}
+	return nil
+}

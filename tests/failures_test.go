@@ -227,6 +227,56 @@ func TestPrivilegedPortMove(t *testing.T) {
 	f.reach("mv-m", w.IP(0), 2*time.Second)
 }
 
+// TestPrivilegedLiveMigration migrates a VM from h1 to h2 (lab vm migrate: its NIC moves, then its
+// port) while h3 pings it every 10 ms: the VM keeps its address, h3's FDB follows it to h2, h1 holds
+// no trace of it, and the pings lost while the fabric catches up add up to well under a second.
+func TestPrivilegedLiveMigration(t *testing.T) {
+	f := newFixture(t, "e2e-migrate")
+	n := f.network("net", "10.59.0.0/24", isolated)
+	vni := n.GetVni()
+	w := f.vm("mg-w", "h3", "net")
+	m := f.vm("mg-m", "h1", "net")
+	f.reach("mg-w", m.IP(0), 5*time.Second)
+	mac := m.Ports[0].GetMac()
+
+	pings := backgroundPing(f, "mg-w", m, 300, 10*time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // pings flow before the migration
+	began := time.Now()
+	moved, err := f.l.MigrateVM(f.ctx, "mg-m", "h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(began)
+	res := <-pings
+	lost := res.Sent - res.Received
+	t.Logf("migrated in %s (port plugged on h2); ping every 10 ms: %d sent, %d lost", took.Round(time.Millisecond), res.Sent, lost)
+	if moved.Ports[0].GetNode() != "h2" || moved.IP(0) != m.IP(0) {
+		t.Errorf("after the migration: node %s, ip %s; want h2, %s", moved.Ports[0].GetNode(), moved.IP(0), m.IP(0))
+	}
+	if res.Sent == 0 || lost > 30 {
+		t.Errorf("pings across the migration: %d sent, %d lost; want at most 30 (300 ms):\n%s", res.Sent, lost, res.Output)
+	}
+	if !hasMAC(f.fdbTo("h3", vni, lab.HostAddr(2)), mac) {
+		t.Errorf("h3 has no FDB entry for %s to h2", mac)
+	}
+	if e := f.fdbTo("h3", vni, lab.HostAddr(1)); hasMAC(e, mac) {
+		t.Errorf("h3 still sends %s to h1: %v", mac, e)
+	}
+	h1, err := f.l.Handle("h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h1.Close()
+	if _, err := h1.LinkByName(m.Ports[0].GetInterfaceName()); err == nil {
+		t.Errorf("the VM's NIC is still on h1")
+	}
+	f.reach("mg-m", w.IP(0), 2*time.Second)
+	// Migrating again to where it is changes nothing and succeeds.
+	if _, err := f.l.MigrateVM(f.ctx, "mg-m", "h2"); err != nil {
+		t.Errorf("migrating to the host it is on: %v", err)
+	}
+}
+
 // TestPrivilegedChangesWhileAgentDown deletes a port and creates another while h2's agent is
 // stopped; after it starts again h2 converges: the new port is programmed, the deleted one is gone.
 func TestPrivilegedChangesWhileAgentDown(t *testing.T) {

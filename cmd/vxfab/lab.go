@@ -407,7 +407,33 @@ func newLabVMCmd(f *labFlags) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(create, list, del)
+	var to string
+	migrate := &cobra.Command{
+		Use:   "migrate VM --host H",
+		Short: "move a running VM to another host, as a live migration does: its NICs keep their MAC, address and sessions",
+		Long: `Moves the host end of each of the VM's NICs into the new host's namespace, then rebinds the
+port to the new host (vxfab port move); the new host's agent plugs it and every other host's FDB
+follows. It returns once every port is plugged on the new host. Running it again finishes a
+migration cut short.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := f.open()
+			if err != nil {
+				return err
+			}
+			began := time.Now()
+			vm, err := l.MigrateVM(cmd.Context(), args[0], to)
+			if err != nil {
+				return labError(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "vm %s now on %s: %d port(s) plugged there after %s\n",
+				vm.Name, vm.Host, len(vm.Ports), time.Since(began).Round(time.Millisecond))
+			return nil
+		},
+	}
+	migrate.Flags().StringVar(&to, "host", "", "host to move the VM to (h1..hN)")
+	_ = migrate.MarkFlagRequired("host")
+	cmd.AddCommand(create, list, migrate, del)
 	return cmd
 }
 
