@@ -81,8 +81,9 @@ and gossip.key; ca.key never needs to leave the machine that runs this command.`
 		Short: "put client certificates of the CA in --dir on its revocation list",
 		Long: `Adds the certificates to the CA's revocation list, --dir/crl.pem (signed with ca.key). NAME is a
 node (node-NAME.crt in --dir) or admin (admin.crt); a path to a .crt file names any certificate the CA
-signed. It revokes the certificate the file holds now: one that certs init renewed before is revoked
-through a copy of its old file. With no name it writes the list anew (an empty one, to start with).
+signed. A NAME revokes the certificate its file holds now and every unexpired one issued to it before
+(certs init keeps a copy of each in --dir/issued/). With no name it writes the list anew (an empty
+one, to start with).
 
 The API server refuses a revoked certificate within a second: in new connections, in calls over
 connections already open, and on running streams at their next message. A server that made its own
@@ -93,18 +94,27 @@ A revoked node still knows the gossip key: rotate it with the keyring.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var certs []*x509.Certificate
 			for _, a := range args {
-				path := a
+				name := ""
 				switch {
 				case a == "admin":
-					path = filepath.Join(revokeDir, pki.AdminCert)
+					name = pki.AdminCert
 				case pki.ValidNodeName(a):
-					path = filepath.Join(revokeDir, pki.NodeCertFile(a))
+					name = pki.NodeCertFile(a)
 				}
-				c, err := pki.ReadCertFile(path)
+				if name == "" {
+					c, err := pki.ReadCertFile(a)
+					if err != nil {
+						return fmt.Errorf("%s: %w", a, err)
+					}
+					certs = append(certs, c)
+					continue
+				}
+				// A name: its certificate and every unexpired one issued to it before.
+				of, err := pki.CertsOf(revokeDir, name, time.Now())
 				if err != nil {
 					return fmt.Errorf("%s: %w", a, err)
 				}
-				certs = append(certs, c)
+				certs = append(certs, of...)
 			}
 			res, err := pki.Revoke(revokeDir, certs, time.Now())
 			if err != nil {

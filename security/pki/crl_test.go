@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -174,5 +175,65 @@ func TestRefuseRevokedServer(t *testing.T) {
 	RefuseRevoked(client, rev2)
 	if _, _, cerr := handshake(t, server, client); !errors.Is(cerr, ErrRevoked) {
 		t.Errorf("revoked server: client error %v, want ErrRevoked", cerr)
+	}
+}
+
+// TestCertsOfFindsRenewedCertificates: a node certificate renewed by certs init (here: its key was
+// lost) leaves the earlier one valid; CertsOf finds both, and not those of a node named alike.
+func TestCertsOfFindsRenewedCertificates(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DefaultInit(dir)
+	cfg.Nodes = []string{"h1", "h1-2"}
+	if _, err := Init(cfg); err != nil {
+		t.Fatal(err)
+	}
+	first, err := ReadCertFile(filepath.Join(dir, NodeCertFile("h1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, NodeKeyFile("h1"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Init(cfg); err != nil {
+		t.Fatal(err)
+	}
+	second, err := ReadCertFile(filepath.Join(dir, NodeCertFile("h1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.SerialNumber.Cmp(second.SerialNumber) == 0 {
+		t.Fatal("certs init did not renew h1's certificate")
+	}
+	certs, err := CertsOf(dir, NodeCertFile("h1"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serials []string
+	for _, c := range certs {
+		serials = append(serials, c.SerialNumber.Text(16))
+	}
+	slices.Sort(serials)
+	want := []string{first.SerialNumber.Text(16), second.SerialNumber.Text(16)}
+	slices.Sort(want)
+	if !slices.Equal(serials, want) {
+		t.Errorf("CertsOf(h1) = %v, want the first and the renewed one %v", serials, want)
+	}
+	// Expired ones are left out; a name never issued is an error.
+	if certs, err := CertsOf(dir, NodeCertFile("h1"), time.Now().AddDate(5, 0, 0)); err == nil {
+		t.Errorf("CertsOf five years on: %d certificates, want none (an error)", len(certs))
+	}
+	if _, err := CertsOf(dir, NodeCertFile("h9"), time.Now()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("CertsOf(h9): %v, want ErrNotExist", err)
+	}
+	// Revoking them all: both are on the list.
+	if _, err := Revoke(dir, certs, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	rev, err := NewRevocations(filepath.Join(dir, CRLFile), filepath.Join(dir, CACertFile), true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rev.Revoked(first) || !rev.Revoked(second) {
+		t.Errorf("revoked: first %v, renewed %v; want both", rev.Revoked(first), rev.Revoked(second))
 	}
 }

@@ -41,6 +41,9 @@ const (
 	AdminCert     = "admin.crt"
 	AdminKey      = "admin.key"
 	GossipKeyFile = "gossip.key"
+	// IssuedDir keeps a copy of every certificate issued (issued/<name>-<serial>.crt), so that a
+	// name revokes those renewed earlier too (CertsOf).
+	IssuedDir = "issued"
 )
 
 // NodeCertFile and NodeKeyFile name the client certificate of one node.
@@ -343,7 +346,8 @@ func ensureLeaf(dir, certName, keyName string, ca authority, tmpl *x509.Certific
 		cert, certErr := readCert(certPath)
 		key, keyErr := readKey(keyPath)
 		if certErr == nil && keyErr == nil && leafStillGood(cert, key, ca, tmpl) {
-			return false, nil
+			// Issued before the archive existed: it goes in now.
+			return false, archiveCert(dir, certName, cert.Raw)
 		}
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -353,6 +357,10 @@ func ensureLeaf(dir, certName, keyName string, ca authority, tmpl *x509.Certific
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
 		return false, fmt.Errorf("sign %s: %w", certPath, err)
+	}
+	// Archived before it is put in place: a certificate in use is always one CertsOf finds.
+	if err := archiveCert(dir, certName, der); err != nil {
+		return false, err
 	}
 	if err := writePair(certPath, keyPath, der, key); err != nil {
 		return false, err
@@ -452,6 +460,68 @@ func readKey(path string) (*ecdsa.PrivateKey, error) {
 		return nil, fmt.Errorf("%s is not an ECDSA key", path)
 	}
 	return key, nil
+}
+
+// archiveCert keeps a copy of the certificate der issued as certName in dir's IssuedDir (kept if
+// already there).
+func archiveCert(dir, certName string, der []byte) error {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return fmt.Errorf("archive %s: %w", certName, err)
+	}
+	path := issuedPath(dir, certName, cert.SerialNumber)
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Join(dir, IssuedDir), 0o755); err != nil {
+		return fmt.Errorf("archive %s: %w", certName, err)
+	}
+	return writeFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+}
+
+func issuedPath(dir, certName string, serial *big.Int) string {
+	return filepath.Join(dir, IssuedDir, strings.TrimSuffix(certName, ".crt")+"-"+serial.Text(16)+".crt")
+}
+
+// CertsOf returns the certificates issued as certName (pki.NodeCertFile("h1"), AdminCert) that
+// have not expired: the one the file holds now and those it held before (IssuedDir), so that
+// revoking them all leaves no older copy in use.
+func CertsOf(dir, certName string, now time.Time) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	seen := map[string]bool{}
+	add := func(c *x509.Certificate) {
+		if k := c.SerialNumber.Text(16); !seen[k] && now.Before(c.NotAfter) {
+			seen[k] = true
+			certs = append(certs, c)
+		}
+	}
+	cur, err := readCert(filepath.Join(dir, certName))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if cur != nil {
+		add(cur)
+	}
+	base := strings.TrimSuffix(certName, ".crt")
+	paths, err := filepath.Glob(filepath.Join(dir, IssuedDir, base+"-*.crt"))
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range paths {
+		// "node-h1-<serial>" must not take "node-h1-2-<serial>" (node h1-2) for its own.
+		if strings.Contains(strings.TrimPrefix(filepath.Base(p), base+"-"), "-") {
+			continue
+		}
+		c, err := readCert(p)
+		if err != nil {
+			return nil, err
+		}
+		add(c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("no certificate issued as %s in %s: %w", certName, dir, os.ErrNotExist)
+	}
+	return certs, nil
 }
 
 // writePair writes the key first (0600) and the certificate last, each through a temporary file and
