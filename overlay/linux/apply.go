@@ -39,6 +39,9 @@ type run struct {
 	// refused holds the bridged networks whose uplink stays out of their bridge (UplinkRefusal),
 	// with the reason; decided before any network is touched.
 	refused map[uint32]error
+	// unguarded tells why the nftables rules are not all in place (nil: they are): then no port is
+	// newly plugged and forwarding is not turned on, so that nothing goes unchecked.
+	unguarded error
 }
 
 func (r *run) change(op overlay.Op, obj string) {
@@ -59,7 +62,9 @@ func (r *run) apply() error {
 	if err := r.checkUplinks(); err != nil {
 		return err
 	}
+	before := len(r.res.Errors)
 	r.nftAdd()
+	r.unguarded = rulesMissing(r.res.Errors[before:])
 	r.forwardingOn()
 	for _, n := range r.desired.Networks {
 		if err := r.ctx.Err(); err != nil {
@@ -528,6 +533,10 @@ func (r *run) ensurePorts(n overlay.Network, br netlink.Link) {
 			}
 		}
 		if a.MasterIndex != br.Attrs().Index {
+			if r.unguarded != nil && !r.desired.DisablePortSecurity {
+				r.fail(obj, fmt.Errorf("not plugged until port security is in place: %w", r.unguarded))
+				continue
+			}
 			if err := h.LinkSetMasterByIndex(l, br.Attrs().Index); err != nil {
 				r.fail(obj, fmt.Errorf("enslave: %w", err))
 				continue
@@ -542,6 +551,18 @@ func (r *run) ensurePorts(n overlay.Network, br netlink.Link) {
 		}
 		r.res.Plugged[p.Interface] = true
 	}
+}
+
+// rulesMissing tells whether errs (those of nftAdd) leave a table, set, chain or rule missing,
+// and returns the first such error. A failed count of port security drops is not one: the drop
+// chain drops without counting.
+func rulesMissing(errs []overlay.ObjectError) error {
+	for _, e := range errs {
+		if e.Object != overlay.PortSetElemObject(overlay.PortDropSet, "*") {
+			return e
+		}
+	}
+	return nil
 }
 
 // ourVNI parses a device name of ours ("vxbr<vni>" bridge or "vxlan<vni>" vxlan).

@@ -173,6 +173,8 @@ func (d *Datapath) Apply(ctx context.Context, desired overlay.DesiredState) (ove
 	}
 	r := &run{d: d, ctx: ctx, desired: desired, res: overlay.Result{Plugged: make(map[string]bool)}}
 	if err := r.apply(); err != nil {
+		// Cut short: which ports are plugged is not known (an empty map would say none).
+		r.res.Plugged = nil
 		return r.res, err
 	}
 	errs := make([]error, len(r.res.Errors))

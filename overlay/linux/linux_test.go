@@ -751,3 +751,46 @@ uplink lan0 master vxbr13: "lan0" is the uplink of network vni 12: uplink refuse
 		t.Errorf("vxbr10 kept the host's address: %s", a)
 	}
 }
+
+// TestPrivilegedNoPlugWithoutPortSecurity: when the port security rules cannot be written (here a
+// set of ours exists with another type), a port is not plugged and forwarding is not turned on, so
+// nothing runs unchecked; once the rules go in, the port is plugged.
+func TestPrivilegedNoPlugWithoutPortSecurity(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "noguard")
+	ns.MustRun(t, "nft", "add table bridge vxfabric")
+	ns.MustRun(t, "nft", "add set bridge vxfabric ports { type ipv4_addr ; }")
+	ns.MustRun(t, "ip", "link", "add", "tap1", "type", "veth", "peer", "name", "tap1p")
+	ns.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+	port := overlay.LocalPort{Interface: "tap1", MAC: mustMAC("0e:00:00:00:00:01"), IP: netip.MustParseAddr("10.0.0.2")}
+	desired := overlay.DesiredState{
+		Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
+		Networks: []overlay.Network{{VNI: 5, Mode: overlay.ModeNAT, MTU: 1450, CIDR: netip.MustParsePrefix("10.0.0.0/24"),
+			Gateway: netip.MustParseAddr("10.0.0.1"), GatewayMAC: mustMAC("02:fb:00:00:00:05"), Ports: []overlay.LocalPort{port}}},
+	}
+	res, err := dp.Apply(context.Background(), desired)
+	if err == nil {
+		t.Fatal("Apply succeeded with a port set of the wrong type")
+	}
+	if res.Plugged["tap1"] || strings.Contains(ns.MustRun(t, "ip", "-o", "link", "show", "tap1"), "master") {
+		t.Error("tap1 plugged although port security is not in place")
+	}
+	if v := strings.TrimSpace(ns.MustRun(t, "sysctl", "-n", "net.ipv4.ip_forward")); v != "0" {
+		t.Errorf("ip_forward = %s, want 0 while the forward rules may be missing", v)
+	}
+	ns.MustRun(t, "nft", "delete set bridge vxfabric ports")
+	res, err = dp.Apply(context.Background(), desired)
+	if err != nil || !res.Plugged["tap1"] {
+		t.Fatalf("with the set out of the way: plugged %v, err %v", res.Plugged, err)
+	}
+	if v := strings.TrimSpace(ns.MustRun(t, "sysctl", "-n", "net.ipv4.ip_forward")); v != "1" {
+		t.Errorf("ip_forward = %s, want 1", v)
+	}
+
+	// An Apply cut short does not say which ports are plugged (not: none).
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if res, err := dp.Apply(ctx, desired); err == nil || res.Plugged != nil {
+		t.Errorf("cancelled Apply: plugged %v, err %v; want nil and an error", res.Plugged, err)
+	}
+}

@@ -66,6 +66,12 @@ func (r *run) forwardingOn() {
 	if v == "1" {
 		return
 	}
+	if r.unguarded != nil {
+		// The forward rules that keep networks apart may be missing: routing without them
+		// would join them.
+		r.fail(overlay.ForwardingObject, fmt.Errorf("not turned on until the forward rules are in place: %w", r.unguarded))
+		return
+	}
 	// Marker first: if we crash between the two writes, the next process still turns it off.
 	if err := r.nftSetForwardingMark(true); err != nil {
 		r.fail(overlay.ForwardingObject, fmt.Errorf("record: %w", err))
