@@ -411,7 +411,7 @@ type Field int
 const (
 	FieldIIFName              Field = iota + 1 // Name; a trailing "*" matches a prefix
 	FieldOIFName                               // Name; a trailing "*" matches a prefix
-	FieldEtherType                             // Num: 0x0800 ip, 0x0806 arp
+	FieldEtherType                             // Num: 0x0800 ip, 0x0806 arp, 0x8100 vlan, 0x88a8 8021ad
 	FieldEtherSaddr                            // MAC
 	FieldARPOp                                 // Num
 	FieldARPSha                                // MAC
@@ -459,6 +459,10 @@ func (m Match) String() string {
 			return "ether type" + op + "ip"
 		case 0x0806:
 			return "ether type" + op + "arp"
+		case 0x8100:
+			return "ether type" + op + "vlan"
+		case 0x88a8:
+			return "ether type" + op + "8021ad"
 		}
 		return fmt.Sprintf("ether type%s0x%04x", op, m.Num)
 	case FieldEtherSaddr:
@@ -640,6 +644,10 @@ func NftPlan(d DesiredState) []NftChain {
 		drop := JumpTo(PortDropChain)
 		bpre.Rules = append(bpre.Rules,
 			Rule{Matches: []Match{ports, {Field: FieldIIFNameEtherSaddrSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: drop},
+			// A VM sends untagged frames: in a tagged one the ARP and IP rules below would read the
+			// tag's ether type and let any sender address through.
+			Rule{Matches: []Match{{Field: FieldEtherType, Num: 0x8100}, ports}, Counter: true, Verdict: drop},
+			Rule{Matches: []Match{{Field: FieldEtherType, Num: 0x88a8}, ports}, Counter: true, Verdict: drop},
 			Rule{Matches: []Match{arp, ports, {Field: FieldIIFNameARPShaSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: drop},
 			Rule{Matches: []Match{arp, ports4, {Field: FieldIIFNameARPSpaSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: drop},
 			Rule{Matches: []Match{ip, ports4, {Field: FieldIIFNameIPSaddrSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: drop})

@@ -383,18 +383,24 @@ func TestPrivilegedOverlay(t *testing.T) {
 			sha      net.HardwareAddr
 			spa      netip.Addr
 			accepted bool
+			tagged   bool // in an 802.1Q frame: the ARP rules read ether type 0x8100 and pass it
 		}{
-			{"own addresses", r1.mac, r1.ip, true},
+			{"own addresses", r1.mac, r1.ip, true, false},
 			// The Ethernet source is r1's own MAC and ARP is not IP: only the ARP rules can drop these.
-			{"another sender IP", r1.mac, foreignIP, false},
-			{"another sender MAC", foreignMAC, r1.ip, false},
+			{"another sender IP", r1.mac, foreignIP, false, false},
+			{"another sender MAC", foreignMAC, r1.ip, false, false},
+			{"another sender IP, VLAN-tagged", r1.mac, foreignIP, false, true},
 		} {
 			c, err := l.hosts[r1.host].StartInboundCapture("vxbr300", nstest.ARPFrom(tc.sha, tc.spa))
 			if err != nil {
 				t.Fatal(err)
 			}
+			frame := nstest.ARPFrame(2, r1.mac, tc.sha, tc.spa, gw)
+			if tc.tagged {
+				frame = slices.Concat(frame[:12], []byte{0x81, 0x00, 0x00, 0x05}, frame[12:]) // VLAN 5
+			}
 			for range 3 {
-				if err := r1.ns.SendFrame("eth0", nstest.ARPFrame(2, r1.mac, tc.sha, tc.spa, gw)); err != nil {
+				if err := r1.ns.SendFrame("eth0", frame); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -405,8 +411,8 @@ func TestPrivilegedOverlay(t *testing.T) {
 					tc.name, tc.spa, tc.sha, n, strings.Join(c.Samples(), "; "))
 			}
 		}
-		if got := portDrops(t, l.hosts[r1.host])["r1"] - before; got != 6 {
-			t.Errorf("port r1 sent 6 forged ARP replies, port_drops counted %d more", got)
+		if got := portDrops(t, l.hosts[r1.host])["r1"] - before; got != 9 {
+			t.Errorf("port r1 sent 9 forged ARP replies, port_drops counted %d more", got)
 		}
 	})
 
