@@ -119,8 +119,8 @@ func (r *run) ensureNetwork(n overlay.Network) {
 		r.fail(overlay.VxlanObject(n.VNI), err)
 		return
 	}
-	if n.HasGateway() {
-		r.ensureGatewayAddr(n, br)
+	if n.Mode != overlay.ModeBridged {
+		r.ensureBridgeAddrs(n, br)
 	}
 	if n.Mode == overlay.ModeBridged && n.Uplink != "" {
 		if err := r.refused[n.VNI]; err != nil {
@@ -177,12 +177,15 @@ func (r *run) ensureBridge(n overlay.Network) (netlink.Link, error) {
 				return nil, fmt.Errorf("bridge %q: set alias: %w", name, err)
 			}
 		}
-		if err := h.LinkSetIP6AddrGenMode(l, addrGenModeNone); err != nil {
-			return nil, fmt.Errorf("bridge %q: ipv6 address generation off: %w", name, err)
-		}
 		r.links[name] = l
 	} else {
 		a := l.Attrs()
+		if old, ok := strings.CutPrefix(a.Alias, uplinkAliasPrefix); ok && a.Alias != alias {
+			// The bridge served a bridged network with another uplink (its VNI was freed and
+			// reused while this host missed the delete): the uplink gets its addresses and route
+			// back before the bridge serves the new network.
+			r.restoreUplink(n.VNI, l, old)
+		}
 		updated := false
 		if a.MTU != n.MTU {
 			if err := h.LinkSetMTU(l, n.MTU); err != nil {
@@ -196,7 +199,7 @@ func (r *run) ensureBridge(n overlay.Network) (netlink.Link, error) {
 			}
 			updated = true
 		}
-		if alias != "" && a.Alias != alias {
+		if a.Alias != alias {
 			if err := h.LinkSetAlias(l, alias); err != nil {
 				return nil, fmt.Errorf("bridge %q: set alias: %w", name, err)
 			}
@@ -205,10 +208,8 @@ func (r *run) ensureBridge(n overlay.Network) (netlink.Link, error) {
 			r.change(overlay.OpUpdate, overlay.BridgeObject(n.VNI))
 		}
 	}
-	if l.Attrs().Flags&net.FlagUp == 0 {
-		if err := h.LinkSetUp(l); err != nil {
-			return nil, fmt.Errorf("bridge %q: set up: %w", name, err)
-		}
+	if err := r.bringUp(l); err != nil {
+		return nil, fmt.Errorf("bridge %q: %w", name, err)
 	}
 	return l, nil
 }
@@ -253,9 +254,6 @@ func (r *run) ensureVxlan(n overlay.Network, br netlink.Link) (netlink.Link, err
 			return nil, fmt.Errorf("read back vxlan %q: %w", name, err)
 		}
 		r.change(overlay.OpAdd, overlay.VxlanObject(n.VNI))
-		if err := h.LinkSetIP6AddrGenMode(l, addrGenModeNone); err != nil {
-			return nil, fmt.Errorf("vxlan %q: ipv6 address generation off: %w", name, err)
-		}
 		r.links[name] = l
 	} else if l.Attrs().MTU != n.MTU {
 		if err := h.LinkSetMTU(l, n.MTU); err != nil {
@@ -268,22 +266,40 @@ func (r *run) ensureVxlan(n overlay.Network, br netlink.Link) (netlink.Link, err
 			return nil, fmt.Errorf("vxlan %q: enslave to %q: %w", name, br.Attrs().Name, err)
 		}
 	}
-	if l.Attrs().Flags&net.FlagUp == 0 {
-		if err := h.LinkSetUp(l); err != nil {
-			return nil, fmt.Errorf("vxlan %q: set up: %w", name, err)
-		}
+	if err := r.bringUp(l); err != nil {
+		return nil, fmt.Errorf("vxlan %q: %w", name, err)
 	}
 	return l, nil
 }
 
-// ensureGatewayAddr puts the distributed gateway address on the bridge and removes any other
-// IPv4 address from it (the bridge is ours, so is every address on it).
-func (r *run) ensureGatewayAddr(n overlay.Network, br netlink.Link) {
+// bringUp sets a device of ours up, with IPv6 address generation off first, so that it never gets a
+// link-local address: also one adopted down (a crash between its creation and this step).
+func (r *run) bringUp(l netlink.Link) error {
+	if l.Attrs().Flags&net.FlagUp != 0 {
+		return nil
+	}
+	if err := r.d.h.LinkSetIP6AddrGenMode(l, addrGenModeNone); err != nil {
+		return fmt.Errorf("ipv6 address generation off: %w", err)
+	}
+	if err := r.d.h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set up: %w", err)
+	}
+	return nil
+}
+
+// ensureBridgeAddrs puts the distributed gateway address on a nat or routed network's bridge and
+// removes any other IPv4 address from it; an isolated network's bridge keeps none (a bridge whose
+// VNI served another network before may still hold its gateway). The bridge is ours, so is every
+// address on it. A bridged network's bridge holds its uplink's addresses: not for this function.
+func (r *run) ensureBridgeAddrs(n overlay.Network, br netlink.Link) {
 	h := r.d.h
-	want := netip.PrefixFrom(n.Gateway, n.CIDR.Bits())
+	var want netip.Prefix // none: an isolated network's bridge has no address
+	if n.HasGateway() {
+		want = netip.PrefixFrom(n.Gateway, n.CIDR.Bits())
+	}
 	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(br, netlink.FAMILY_V4) })
 	if err != nil {
-		r.fail(overlay.AddrObject(n.VNI, want), fmt.Errorf("list addresses of %q: %w", br.Attrs().Name, err))
+		r.fail(overlay.BridgeObject(n.VNI), fmt.Errorf("list addresses of %q: %w", br.Attrs().Name, err))
 		return
 	}
 	var stale []netlink.Addr
@@ -295,7 +311,7 @@ func (r *run) ensureGatewayAddr(n overlay.Network, br netlink.Link) {
 			stale = append(stale, a)
 		}
 	}
-	if !found {
+	if want.IsValid() && !found {
 		if err := h.AddrReplace(br, toNetlinkAddr(want)); err != nil {
 			r.fail(overlay.AddrObject(n.VNI, want), fmt.Errorf("add gateway address: %w", err))
 			return

@@ -800,3 +800,72 @@ func TestPrivilegedNoPlugWithoutPortSecurity(t *testing.T) {
 		t.Errorf("cancelled Apply: plugged %v, err %v; want nil and an error", res.Plugged, err)
 	}
 }
+
+// TestPrivilegedVNIReusedForAnotherMode: a host that missed a network's delete finds its bridge
+// when the VNI comes back for a network of another mode. A bridged network's uplink goes back to
+// the host with its address; a nat network's gateway address does not stay on an isolated one.
+func TestPrivilegedVNIReusedForAnotherMode(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "reuse")
+	ns.MustRun(t, "ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p")
+	ns.MustRun(t, "ip", "addr", "add", "192.168.50.1/24", "dev", "lan0")
+	ns.MustRun(t, "ip", "link", "set", "lan0", "up")
+	apply := func(n overlay.Network) {
+		t.Helper()
+		d := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")}, Networks: []overlay.Network{n}}
+		if _, err := dp.Apply(context.Background(), d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addrs := func(dev string) string {
+		f := strings.Fields(ns.MustRun(t, "ip", "-4", "-br", "addr", "show", "dev", dev))
+		if len(f) < 2 {
+			return "" // ip prints nothing for a device without an IPv4 address
+		}
+		return strings.Join(f[2:], " ")
+	}
+	nat := overlay.Network{VNI: 20, Mode: overlay.ModeNAT, MTU: 1450, CIDR: netip.MustParsePrefix("10.0.0.0/24"),
+		Gateway: netip.MustParseAddr("10.0.0.1"), GatewayMAC: mustMAC("02:fb:00:00:00:14")}
+
+	apply(overlay.Network{VNI: 20, Mode: overlay.ModeBridged, MTU: 1450, Uplink: "lan0"})
+	if a := addrs("vxbr20"); a != "192.168.50.1/24" {
+		t.Fatalf("bridged: vxbr20 holds %q, want the uplink's address", a)
+	}
+	apply(nat) // VNI 20 again, now a nat network: the delete of the bridged one was missed
+	if line := ns.MustRun(t, "ip", "-o", "link", "show", "lan0"); strings.Contains(line, "master") {
+		t.Errorf("lan0 still enslaved: %s", line)
+	}
+	if a := addrs("lan0"); a != "192.168.50.1/24" {
+		t.Errorf("lan0 holds %q, want its address back", a)
+	}
+	if a := addrs("vxbr20"); a != "10.0.0.1/24" {
+		t.Errorf("nat: vxbr20 holds %q, want the gateway only", a)
+	}
+	if alias := strings.TrimSpace(ns.MustRun(t, "cat", "/sys/class/net/vxbr20/ifalias")); alias != "" {
+		t.Errorf("vxbr20 alias %q, want none", alias)
+	}
+	apply(overlay.Network{VNI: 20, Mode: overlay.ModeIsolated, MTU: 1450})
+	if a := addrs("vxbr20"); a != "" {
+		t.Errorf("isolated: vxbr20 holds %q, want no address (the VMs would reach the host)", a)
+	}
+}
+
+// TestPrivilegedAdoptedDownDeviceGetsNoLinkLocal: a bridge left down by a crash right after its
+// creation, before IPv6 address generation was turned off, is adopted and brought up without a
+// link-local address (a tenant must never see one of the host's).
+func TestPrivilegedAdoptedDownDeviceGetsNoLinkLocal(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "lladopt")
+	ns.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0")
+	ns.MustRun(t, "ip", "link", "add", "vxbr30", "type", "bridge")
+	d := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
+		Networks: []overlay.Network{{VNI: 30, Mode: overlay.ModeIsolated, MTU: 1450}}}
+	if _, err := dp.Apply(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []string{"vxbr30", "vxlan30"} {
+		if out := ns.MustRun(t, "ip", "-6", "addr", "show", "dev", dev); strings.Contains(out, "fe80") {
+			t.Errorf("%s has a link-local address:\n%s", dev, out)
+		}
+	}
+}
