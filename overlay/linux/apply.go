@@ -42,6 +42,9 @@ type run struct {
 	// unguarded tells why the nftables rules are not all in place (nil: they are): then no port is
 	// newly plugged and forwarding is not turned on, so that nothing goes unchecked.
 	unguarded error
+	// keepForwardingMark: forwardingOff failed, so the inet table (with ForwardingMarkChain) stays
+	// even with nothing else in it, for a later Apply to try again.
+	keepForwardingMark bool
 }
 
 func (r *run) change(op overlay.Op, obj string) {

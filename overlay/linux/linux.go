@@ -71,6 +71,10 @@ type Datapath struct {
 	// nil once closed.
 	readMu  sync.Mutex
 	nftRead *nftables.Conn
+
+	// failSysctlWrite, set by tests before an Apply, makes sysctl writes fail (when it returns an
+	// error) as a read-only /proc/sys would.
+	failSysctlWrite func(path, value string) error
 }
 
 var _ overlay.Datapath = (*Datapath)(nil)

@@ -869,3 +869,42 @@ func TestPrivilegedAdoptedDownDeviceGetsNoLinkLocal(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivilegedForwardingMarkKeptWhenOffFails: when the last routing network goes and turning
+// ip_forward off fails, the record that we turned it on stays (in our inet table), so that a later
+// Apply turns it off; it is not lost with the table.
+func TestPrivilegedForwardingMarkKeptWhenOffFails(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "fwdmark")
+	ns.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+	nat := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
+		Networks: []overlay.Network{{VNI: 40, Mode: overlay.ModeNAT, MTU: 1450, CIDR: netip.MustParsePrefix("10.0.0.0/24"),
+			Gateway: netip.MustParseAddr("10.0.0.1"), GatewayMAC: mustMAC("02:fb:00:00:00:28")}}}
+	empty := overlay.DesiredState{Underlay: nat.Underlay}
+	if _, err := dp.Apply(context.Background(), nat); err != nil {
+		t.Fatal(err)
+	}
+	forwarding := func() string {
+		return strings.TrimSpace(ns.MustRun(t, "sysctl", "-n", "net.ipv4.ip_forward"))
+	}
+	if v := forwarding(); v != "1" {
+		t.Fatalf("ip_forward = %s with a nat network", v)
+	}
+	dp.failSysctlWrite = func(string, string) error { return errors.New("read-only file system") }
+	if _, err := dp.Apply(context.Background(), empty); err == nil {
+		t.Fatal("Apply succeeded although ip_forward could not be turned off")
+	}
+	if out := ns.MustRun(t, "nft", "list", "chain", "inet", "vxfabric", overlay.ForwardingMarkChain); !strings.Contains(out, overlay.ForwardingMarkChain) {
+		t.Fatalf("the forwarding record is gone:\n%s", out)
+	}
+	dp.failSysctlWrite = nil
+	if _, err := dp.Apply(context.Background(), empty); err != nil {
+		t.Fatal(err)
+	}
+	if v := forwarding(); v != "0" {
+		t.Errorf("ip_forward = %s once the write works again, want 0", v)
+	}
+	if out, err := ns.Run("nft", "list", "tables"); err != nil || strings.Contains(out, "vxfabric") {
+		t.Errorf("our tables remain: %q, %v", out, err)
+	}
+}

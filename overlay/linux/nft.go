@@ -562,6 +562,9 @@ func (r *run) nftDelete() {
 	c := r.d.nft
 	if len(r.nft.plan) == 0 {
 		for _, f := range families {
+			if f.name == "inet" && r.keepForwardingMark {
+				continue // its marker chain is the only record that forwarding is ours to turn off
+			}
 			if t := r.nft.tables[f.name]; t != nil {
 				c.DelTable(t)
 				if err := c.Flush(); err != nil {

@@ -49,6 +49,11 @@ func (d *Datapath) readSysctl(path string) (string, error) {
 }
 
 func (d *Datapath) writeSysctl(path, value string) error {
+	if d.failSysctlWrite != nil {
+		if err := d.failSysctlWrite(path, value); err != nil {
+			return err
+		}
+	}
 	return d.inNetns(func() error { return os.WriteFile(path, []byte(value), 0o644) })
 }
 
@@ -93,11 +98,13 @@ func (r *run) forwardingOff() {
 	v, err := r.d.readSysctl(ipForwardPath)
 	if err != nil {
 		r.fail(overlay.ForwardingObject, fmt.Errorf("read: %w", err))
+		r.keepForwardingMark = true
 		return
 	}
 	if v != "0" {
 		if err := r.d.writeSysctl(ipForwardPath, "0"); err != nil {
 			r.fail(overlay.ForwardingObject, fmt.Errorf("write: %w", err))
+			r.keepForwardingMark = true
 			return
 		}
 		r.change(overlay.OpUpdate, overlay.ForwardingObject+"=0")
