@@ -256,10 +256,14 @@ var grpcErrorPrefix = regexp.MustCompile(`rpc error: code = [A-Za-z]+ desc = `)
 func errorLine(err error) string {
 	if st, ok := status.FromError(err); ok {
 		msg := singleLine(grpcErrorPrefix.ReplaceAllString(st.Message(), ""))
+		// A unix socket speaks plaintext: there, a reset or a broken pipe is a server going away.
+		tcp := !strings.Contains(msg, "unix ")
 		switch {
-		case st.Code() == codes.Unavailable && strings.Contains(msg, "error reading server preface"):
-			msg += " (the server speaks TLS: give --tls-ca, or use the server's unix socket)"
-		case st.Code() == codes.Unavailable && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority")):
+		case st.Code() == codes.Unavailable && tcp && strings.Contains(msg, "error reading server preface"):
+			msg += " (unless the server just went away: it speaks TLS, give --tls-ca, or use its unix socket)"
+		case st.Code() == codes.Unavailable && tcp && strings.Contains(msg, "broken pipe"):
+			msg += " (unless the server just went away: it refused the TLS handshake, is the client certificate signed by its CA?)"
+		case st.Code() == codes.Unavailable && (strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority")):
 			msg += " (the server refused the TLS handshake: is the client certificate signed by the server's CA?)"
 		case st.Code() == codes.Unavailable && strings.Contains(msg, "certificate signed by unknown authority"):
 			msg += " (the server's certificate is not signed by --tls-ca)"

@@ -104,7 +104,14 @@ func TestFuzzHarnessReachesServer(t *testing.T) {
 		t.Fatalf("network create: %v", err)
 	}
 	want := &vxfabricv1.CreateNetworkRequest{Tenant: "t", Name: "web", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT, Vni: 4096, Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "eth1"}}
-	if got := c.take(); !proto.Equal(got, want) {
+	got, _ := c.take().(*vxfabricv1.CreateNetworkRequest)
+	if !strings.HasPrefix(got.GetRequestId(), "cli-") {
+		t.Errorf("sent request_id %q, want one the CLI made up", got.GetRequestId())
+	}
+	if got != nil {
+		got.RequestId = ""
+	}
+	if !proto.Equal(got, want) {
 		t.Errorf("sent %v, want %v", got, want)
 	}
 	if err := runCLI(t, server, "port", "create", "--tenant=t", "--network=n", "--node=h1", "--mac=0E-00-00-00-00-01", "--ip=10.0.0.5", "--", "p1"); err != nil {

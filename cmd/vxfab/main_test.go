@@ -112,6 +112,13 @@ func TestErrorLineUnwrapsStatus(t *testing.T) {
 		{fmt.Errorf("vm %q: %w", "v2", errors.Join(fmt.Errorf("create: %w", taken), fmt.Errorf("undo: %w", status.Error(codes.Unavailable, "gone")))),
 			`AlreadyExists: vm "v2": create: address 10.5.0.6 in network web: already exists undo: gone`},
 		{errors.New("plain\nerror"), "plain error"},
+		// A server going away under a unix socket client is no TLS matter.
+		{status.Error(codes.Unavailable, "write unix @->/run/vxfabric/lab/fi/server.sock: write: broken pipe"),
+			"Unavailable: write unix @->/run/vxfabric/lab/fi/server.sock: write: broken pipe"},
+		{status.Error(codes.Unavailable, "connection error: desc = \"error reading server preface: read unix @->/s.sock: connection reset by peer\""),
+			`Unavailable: connection error: desc = "error reading server preface: read unix @->/s.sock: connection reset by peer"`},
+		{status.Error(codes.Unavailable, "connection error: desc = \"error reading server preface: EOF\""),
+			`Unavailable: connection error: desc = "error reading server preface: EOF" (unless the server just went away: it speaks TLS, give --tls-ca, or use its unix socket)`},
 	} {
 		if got := errorLine(tc.err); got != tc.want {
 			t.Errorf("errorLine(%q) = %q, want %q", tc.err, got, tc.want)

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +16,8 @@ import (
 	"github.com/spf13/cobra"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -37,6 +41,35 @@ func apiCall(cmd *cobra.Command, fn func(ctx context.Context, conn *grpc.ClientC
 	defer cancel()
 	return fn(ctx, conn)
 }
+
+// createCall runs a create with an idempotency key (--request-id, or one made up here) and repeats
+// it while the server is unavailable, a few times within --timeout. A create whose answer was lost
+// (the server crashed after committing it) is then answered by the retry with what it made,
+// instead of failing although it succeeded.
+func createCall(ctx context.Context, requestID string, call func(ctx context.Context, requestID string) error) error {
+	if requestID == "" {
+		b := make([]byte, 12)
+		_, _ = rand.Read(b)
+		requestID = "cli-" + hex.EncodeToString(b)
+	}
+	wait := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := call(ctx, requestID)
+		if status.Code(err) != codes.Unavailable || attempt == createAttempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// createAttempts bounds createCall: with a server that is down, the command still fails in about
+// 1.4 s, not after its whole --timeout.
+const createAttempts = 4
 
 // mustRequire marks flags the command cannot do without, so a missing one is reported by name
 // before anything is sent.
@@ -132,8 +165,12 @@ func newTenantCmd() *cobra.Command {
 		Use: "create NAME", Short: "create a tenant", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := vxfabricv1.NewTenantServiceClient(conn).CreateTenant(ctx,
-					&vxfabricv1.CreateTenantRequest{Name: args[0], RequestId: requestID})
+				var resp *vxfabricv1.CreateTenantResponse
+				err := createCall(ctx, requestID, func(ctx context.Context, rid string) (err error) {
+					resp, err = vxfabricv1.NewTenantServiceClient(conn).CreateTenant(ctx,
+						&vxfabricv1.CreateTenantRequest{Name: args[0], RequestId: rid})
+					return err
+				})
 				if err != nil {
 					return err
 				}
@@ -141,7 +178,7 @@ func newTenantCmd() *cobra.Command {
 			})
 		},
 	}
-	create.Flags().StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same tenant")
+	create.Flags().StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same tenant (default: a new one, reused by the command's own retries)")
 	list := &cobra.Command{
 		Use: "list", Short: "list tenants", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -225,7 +262,12 @@ func newNetworkCmd() *cobra.Command {
 				req.Uplink = &vxfabricv1.Uplink{Node: node, Interface: iface}
 			}
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := vxfabricv1.NewNetworkServiceClient(conn).CreateNetwork(ctx, req)
+				var resp *vxfabricv1.CreateNetworkResponse
+				err := createCall(ctx, requestID, func(ctx context.Context, rid string) (err error) {
+					req.RequestId = rid
+					resp, err = vxfabricv1.NewNetworkServiceClient(conn).CreateNetwork(ctx, req)
+					return err
+				})
 				if err != nil {
 					return err
 				}
@@ -241,7 +283,7 @@ func newNetworkCmd() *cobra.Command {
 	cf.Uint32Var(&mtu, "mtu", 0, "MTU (default: the underlay MTU minus 50)")
 	cf.StringVar(&gateway, "gateway", "", "gateway address, nat and routed only (default: first host address)")
 	cf.StringVar(&uplink, "uplink", "", "NODE:IFACE, bridged only")
-	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same network")
+	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same network (default: a new one, reused by the command's own retries)")
 	mustRequire(create, "tenant", "cidr", "mode")
 
 	list := &cobra.Command{
@@ -344,8 +386,12 @@ func newPortCmd() *cobra.Command {
 		Use: "create NAME", Short: "create a port", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := vxfabricv1.NewPortServiceClient(conn).CreatePort(ctx, &vxfabricv1.CreatePortRequest{
-					Tenant: tenant, Network: network, Name: args[0], Node: node, Mac: mac, Ip: ip, Vm: vm, RequestId: requestID})
+				var resp *vxfabricv1.CreatePortResponse
+				err := createCall(ctx, requestID, func(ctx context.Context, rid string) (err error) {
+					resp, err = vxfabricv1.NewPortServiceClient(conn).CreatePort(ctx, &vxfabricv1.CreatePortRequest{
+						Tenant: tenant, Network: network, Name: args[0], Node: node, Mac: mac, Ip: ip, Vm: vm, RequestId: rid})
+					return err
+				})
 				if err != nil {
 					return err
 				}
@@ -360,7 +406,7 @@ func newPortCmd() *cobra.Command {
 	cf.StringVar(&mac, "mac", "", "MAC address (default: generated)")
 	cf.StringVar(&ip, "ip", "", "IPv4 address (default: allocated)")
 	cf.StringVar(&vm, "vm", "", "VM name (ports sharing it are one multi-homed VM)")
-	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same port")
+	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same port (default: a new one, reused by the command's own retries)")
 	mustRequire(create, "tenant", "network", "node")
 	list := &cobra.Command{
 		Use: "list", Short: "list ports", Args: cobra.NoArgs,

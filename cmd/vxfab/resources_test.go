@@ -15,6 +15,8 @@ import (
 
 	"github.com/vxfabric/vxfabric/controlplane/server"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestCLIHelperProcess is the vxfab binary when the CLI tests run this test binary as a child.
@@ -191,5 +193,38 @@ func TestNodeTableApplyErrors(t *testing.T) {
 	nodeTable(&out, 0, &vxfabricv1.Node{Name: "h2", AppliedRevision: 35, DesiredRevision: 35})
 	if strings.Contains(out.String(), "could not apply") {
 		t.Errorf("errors shown for a node without any:\n%s", out.String())
+	}
+}
+
+// TestCreateCallRetriesWithTheSameKey: a create whose answer is lost (Unavailable) is sent again with
+// the same idempotency key, so the server answers with what the first one made; other errors and
+// a server that stays away end it.
+func TestCreateCallRetriesWithTheSameKey(t *testing.T) {
+	var keys []string
+	err := createCall(context.Background(), "", func(_ context.Context, rid string) error {
+		keys = append(keys, rid)
+		if len(keys) == 1 {
+			return status.Error(codes.Unavailable, "error reading from server: EOF")
+		}
+		return nil
+	})
+	if err != nil || len(keys) != 2 || keys[0] != keys[1] || !strings.HasPrefix(keys[0], "cli-") {
+		t.Errorf("err %v, keys %q; want success on the second call, with one made-up key", err, keys)
+	}
+	keys = nil
+	err = createCall(context.Background(), "mine", func(_ context.Context, rid string) error {
+		keys = append(keys, rid)
+		return status.Error(codes.AlreadyExists, "network acme/web")
+	})
+	if status.Code(err) != codes.AlreadyExists || !slices.Equal(keys, []string{"mine"}) {
+		t.Errorf("err %v, keys %q; want AlreadyExists after one call with the given key", err, keys)
+	}
+	keys = nil
+	err = createCall(context.Background(), "", func(_ context.Context, rid string) error {
+		keys = append(keys, rid)
+		return status.Error(codes.Unavailable, "connection refused")
+	})
+	if status.Code(err) != codes.Unavailable || len(keys) != createAttempts {
+		t.Errorf("err %v after %d calls; want Unavailable after %d", err, len(keys), createAttempts)
 	}
 }
