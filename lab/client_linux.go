@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,7 +55,9 @@ func (l *Lab) writeProfiles() error {
 	return nil
 }
 
-// removeProfile removes the shared profile if it points at this lab (another lab's is kept).
+// removeProfile removes the shared profile if it points at this lab (another lab's is kept). When
+// exactly one other lab is up, its profile takes the shared one's place, so that the CLI goes on
+// finding the one running lab.
 func (l *Lab) removeProfile() error {
 	if l.cfg.ProfilePath == "" {
 		return nil
@@ -65,6 +68,19 @@ func (l *Lab) removeProfile() error {
 	}
 	if err == nil && p.Server != l.Profile().Server {
 		return nil
+	}
+	var others []string
+	if names, err := Names(l.cfg.StateRoot); err == nil {
+		others = slices.DeleteFunc(names, func(n string) bool { return n == l.cfg.Name })
+	}
+	if len(others) == 1 {
+		data, err := os.ReadFile(filepath.Join(l.cfg.StateRoot, others[0], "client.json"))
+		if err == nil {
+			if err := writeFileAtomic(l.cfg.ProfilePath, data, 0o600); err != nil {
+				return fmt.Errorf("client profile of lab %q: %w", others[0], err)
+			}
+			return nil
+		}
 	}
 	if err := os.Remove(l.cfg.ProfilePath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove client profile: %w", err)

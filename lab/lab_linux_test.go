@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vxfabric/vxfabric/controlplane/client"
 	"go.uber.org/goleak"
 )
 
@@ -373,4 +374,53 @@ func bridgeNetfilter(ns string) (string, error) {
 		return nil
 	})
 	return strings.Join(vals, ","), err
+}
+
+// TestProfileFollowsTheLabLeftUp: taking down the lab the shared client profile points at hands
+// the profile to the one lab still up; with none or several left, it goes.
+func TestProfileFollowsTheLabLeftUp(t *testing.T) {
+	root := t.TempDir()
+	shared := filepath.Join(root, "client.json")
+	open := func(name string) *Lab {
+		t.Helper()
+		cfg := Default()
+		cfg.Name, cfg.StateRoot, cfg.ProfilePath, cfg.Bin = name, root, shared, "/bin/true" // nothing is run
+		l, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(l.Dir(), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.writeProfiles(); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	server := func() string {
+		p, err := client.ReadProfile(shared)
+		if errors.Is(err, os.ErrNotExist) {
+			return ""
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Server
+	}
+	a, b := open("a"), open("b") // b was brought up last: the shared profile is b's
+	if err := b.removeProfile(); err != nil {
+		t.Fatal(err)
+	}
+	if got := server(); got != a.Profile().Server {
+		t.Errorf("after b went: shared profile %q, want a's %q", got, a.Profile().Server)
+	}
+	if err := os.RemoveAll(b.Dir()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.removeProfile(); err != nil {
+		t.Fatal(err)
+	}
+	if got := server(); got != "" {
+		t.Errorf("after the last lab went: shared profile %q, want none", got)
+	}
 }
