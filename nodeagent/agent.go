@@ -685,7 +685,10 @@ func (a *Agent) linkLoop(ctx context.Context) {
 		a.mu.Lock()
 		_, hit := a.watched[name]
 		a.mu.Unlock()
-		if hit {
+		// A desired port's interface, or a device of ours: someone else may have changed it (set it
+		// down, taken an entry away), and a full pass repairs that now rather than at the next
+		// periodic one. Our own writes cause one more pass, which finds nothing to do.
+		if hit || overlay.IsDeviceName(name) {
 			a.trigger()
 		}
 	}

@@ -4,14 +4,20 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"github.com/vxfabric/vxfabric/overlay"
 	"golang.org/x/sys/unix"
 )
 
-// NetlinkLinks watches RTM_NEWLINK/RTM_DELLINK in one network namespace.
+// NetlinkLinks watches RTM_NEWLINK/RTM_DELLINK in one network namespace, and RTM_DELNEIGH on our
+// vxlan devices: an interface that appears, goes, is renamed, goes down or changes master is
+// reported, and so is a vxlan device that lost an FDB or neighbour entry (as changed(its name)), so
+// that drift of our own objects is repaired at once, not at the next periodic pass.
 type NetlinkLinks struct {
 	// Namespace to watch; nil: the namespace of the calling process.
 	Namespace *netns.NsHandle
@@ -66,15 +72,28 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 		close(done)
 		return err
 	}
+	neighs := make(chan netlink.NeighUpdate, 1024)
+	neighDone := make(chan struct{})
+	nopts := netlink.NeighSubscribeOptions{Namespace: w.Namespace, ErrorCallback: opts.ErrorCallback, ReceiveBufferSize: 4 << 20}
+	if err := netlink.NeighSubscribeWithOptions(neighs, neighDone, nopts); err != nil {
+		close(neighDone)
+		neighs = nil // links alone: drift of entries waits for the periodic pass
+		w.logger().Warn("neighbour watch unavailable: FDB drift is repaired by the periodic pass only", "err", err)
+	}
 	defer func() {
 		close(done)
 		for range updates { // the subscription closes it once its socket is closed
+		}
+		if neighs != nil {
+			close(neighDone)
+			for range neighs {
+			}
 		}
 	}()
 	if !first {
 		resync()
 	}
-	names := map[int]string{} // ifindex -> name
+	links := map[int]linkState{} // ifindex -> what the last event said
 	var lastErr error
 	for {
 		select {
@@ -87,6 +106,17 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 			if errors.Is(err, netlink.ErrDumpInterrupted) {
 				resync()
 			}
+		case u, ok := <-neighs:
+			if !ok {
+				if lastErr != nil {
+					return lastErr
+				}
+				return errLinkStream
+			}
+			// Only a deletion is drift: we write entries, nobody else should remove them.
+			if st, known := links[u.LinkIndex]; u.Type == unix.RTM_DELNEIGH && known && strings.HasPrefix(st.name, overlay.VxlanPrefix) {
+				changed(st.name)
+			}
 		case u, ok := <-updates:
 			if !ok {
 				if lastErr != nil {
@@ -95,26 +125,40 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 				return errLinkStream
 			}
 			idx := u.Attrs().Index
-			name := u.Attrs().Name
-			old, known := names[idx]
+			now := linkState{name: u.Attrs().Name, up: u.Attrs().Flags&net.FlagUp != 0, master: u.Attrs().MasterIndex}
+			old, known := links[idx]
 			switch u.Header.Type {
 			case unix.RTM_NEWLINK:
-				if known && old == name {
+				if known && old == now {
 					continue
 				}
-				names[idx] = name
-				if known {
-					changed(old)
+				links[idx] = now
+				if known && old.name != now.name {
+					changed(old.name)
 				}
-				changed(name)
+				changed(now.name)
 			case unix.RTM_DELLINK:
-				delete(names, idx)
+				delete(links, idx)
 				if known {
-					changed(old)
+					changed(old.name)
 				} else {
-					changed(name)
+					changed(now.name)
 				}
 			}
 		}
 	}
+}
+
+// linkState is what NetlinkLinks remembers of a link: a change of any of it is reported.
+type linkState struct {
+	name   string
+	up     bool
+	master int
+}
+
+func (w NetlinkLinks) logger() *slog.Logger {
+	if w.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return w.Logger
 }

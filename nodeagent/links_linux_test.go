@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // newNamespace creates a named namespace without leaving the calling thread in it.
@@ -88,17 +90,51 @@ func TestPrivilegedNetlinkLinksSeesInterfaces(t *testing.T) {
 	}
 	expect("tapw1") // renamed away
 	expect("tapw2")
-	// An attribute change alone (here: up, and the peer's carrier) is not an appearance.
-	if err := h.LinkSetUp(link); err != nil {
+	// An attribute change that does not matter (here: the MTU) is not reported...
+	if err := h.LinkSetMTU(link, 1400); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case n := <-changed:
-		t.Fatalf("link event for %s after an attribute change", n)
+		t.Fatalf("link event for %s after an MTU change", n)
 	case <-time.After(100 * time.Millisecond):
 	}
+	// ...going up or down, or another master, is.
+	if err := h.LinkSetUp(link); err != nil {
+		t.Fatal(err)
+	}
+	expect("tapw2")
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "vxbr7"}}
+	if err := h.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	expect("vxbr7")
+	if err := h.LinkSetMaster(link, br); err != nil {
+		t.Fatal(err)
+	}
+	expect("tapw2")
 	if err := h.LinkDel(link); err != nil {
 		t.Fatal(err)
 	}
 	expect("tapw2")
+
+	// An FDB entry taken from a vxlan device of ours is reported as that device.
+	vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "vxlan7"}, VxlanId: 7, Port: 4789}
+	if err := h.LinkAdd(vx); err != nil {
+		t.Fatal(err)
+	}
+	expect("vxlan7")
+	vxl, err := h.LinkByName("vxlan7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := &netlink.Neigh{LinkIndex: vxl.Attrs().Index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+		Flags: netlink.NTF_SELF, IP: net.ParseIP("198.18.0.2"), HardwareAddr: net.HardwareAddr{0x0e, 0, 0, 0, 0, 2}}
+	if err := h.NeighAppend(entry); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.NeighDel(entry); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("FDB entry deleted -> event in %s", expect("vxlan7"))
 }

@@ -3,13 +3,16 @@
 package tests
 
 import (
+	"net"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vxfabric/vxfabric/lab"
 	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+	"golang.org/x/sys/unix"
 )
 
 const isolated = vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED
@@ -275,6 +278,57 @@ func TestPrivilegedLiveMigration(t *testing.T) {
 	if _, err := f.l.MigrateVM(f.ctx, "mg-m", "h2"); err != nil {
 		t.Errorf("migrating to the host it is on: %v", err)
 	}
+}
+
+// TestPrivilegedDriftRepairedAtOnce: someone removes an FDB entry of a running agent's vxlan device,
+// and sets the device down: the agent repairs both within a second or two (the kernel tells it),
+// not at its next periodic pass (up to 37.5 s).
+func TestPrivilegedDriftRepairedAtOnce(t *testing.T) {
+	f := newFixture(t, "e2e-drift")
+	n := f.network("net", "10.61.0.0/24", isolated)
+	vxlan := overlay.VxlanName(n.GetVni())
+	f.vm("dr-a", "h1", "net")
+	b := f.vm("dr-b", "h2", "net")
+	f.reach("dr-a", b.IP(0), 5*time.Second)
+	mac := b.Ports[0].GetMac()
+
+	h, err := f.l.Handle("h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(vxlan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hw, _ := net.ParseMAC(mac)
+	entry := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+		Flags: netlink.NTF_SELF, IP: net.IP(lab.HostAddr(2).AsSlice()), HardwareAddr: hw}
+	began := time.Now()
+	if err := h.NeighDel(entry); err != nil {
+		t.Fatalf("delete h1's FDB entry for %s: %v", mac, err)
+	}
+	if err := h.LinkSetDown(link); err != nil {
+		t.Fatal(err)
+	}
+	for !hasMAC(f.fdbTo("h1", n.GetVni(), lab.HostAddr(2)), mac) || !isUp(t, h, vxlan) {
+		if time.Since(began) > 5*time.Second {
+			t.Fatalf("after 5 s: FDB entry for %s back %v, %s up %v", mac,
+				hasMAC(f.fdbTo("h1", n.GetVni(), lab.HostAddr(2)), mac), vxlan, isUp(t, h, vxlan))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("h1's FDB entry and %s up again %s after they were taken", vxlan, time.Since(began).Round(time.Millisecond))
+	f.reach("dr-a", b.IP(0), 2*time.Second)
+}
+
+func isUp(t *testing.T, h *netlink.Handle, name string) bool {
+	t.Helper()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().Flags&net.FlagUp != 0
 }
 
 // TestPrivilegedChangesWhileAgentDown deletes a port and creates another while h2's agent is
