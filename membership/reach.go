@@ -18,8 +18,8 @@ import (
 // keeps forwarding to its VMs while its agent is paused, crashed or restarting, and withdrawing its
 // entries then would cut those VMs off. The host's kernel answers for itself: a paused or crashed
 // process's kernel still completes a TCP handshake on the gossip port (the listening socket's backlog
-// answers without the process) or answers it with a reset; a host that is cut off or powered off
-// answers nothing.
+// answers without the process, until it is full) or answers it with a reset, and resets a dial of a
+// port nobody listens on (see DialHost); a host that is cut off or powered off answers nothing.
 //
 // So as soon as a member is suspected, and for as long as it is SUSPECT or DEAD, this member dials
 // its gossip address; when ReachAttempts dials in a row get no answer within ReachTimeout the member
@@ -42,8 +42,32 @@ const msgSuspectHint byte = 1
 type ReachDialer func(ctx context.Context, addr string) (answered bool)
 
 // DialHost is the default Config.ReachDialer: a TCP dial of addr; a completed handshake or a refusal
-// (a reset) both prove the host is there.
+// (a reset) both prove the host is there. A paused process's kernel completes handshakes on its
+// listening socket only until the socket's accept queue is full (every member dials a suspect
+// several times a second, and nobody accepts): so the host's tcpmux port (ReachFallbackPort, which
+// nothing listens on, so the kernel resets the dial) is dialed at the same time, and either answer
+// counts. A firewall that silently drops that port leaves the gossip port's answer, as before.
 func DialHost(ctx context.Context, addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return dialAnswered(ctx, addr)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // the first answer ends the other dial
+	answers := make(chan bool, 2)
+	go func() { answers <- dialAnswered(ctx, addr) }()
+	go func() { answers <- dialAnswered(ctx, net.JoinHostPort(host, ReachFallbackPort)) }()
+	if <-answers {
+		return true
+	}
+	return <-answers
+}
+
+// ReachFallbackPort is the port DialHost dials beside the gossip port: tcpmux, which no host of a
+// fabric serves.
+const ReachFallbackPort = "1"
+
+func dialAnswered(ctx context.Context, addr string) bool {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err == nil {

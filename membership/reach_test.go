@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -224,5 +225,45 @@ func TestHintRelayedOnce(t *testing.T) {
 	a.hinted(newSuspectHint(a.Name()).Message()) // about itself: memberlist refutes, no relay
 	if n := a.hints.NumQueued(); n != 0 {
 		t.Fatalf("%d hints queued about the member itself, want 0", n)
+	}
+}
+
+// TestDialHostAnswersForAFullAcceptQueue: the gossip socket of a paused process stops completing
+// handshakes once its accept queue is full; the host's kernel still resets a dial of a port nobody
+// listens on, so the host is still found there.
+func TestDialHostAnswersForAFullAcceptQueue(t *testing.T) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil { // a queue of one; nobody ever accepts
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	full := false
+	for range 8 {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		answered := dialAnswered(ctx, addr)
+		cancel()
+		if !answered {
+			full = true
+			break
+		}
+	}
+	if !full {
+		t.Fatal("the accept queue never filled")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if !DialHost(ctx, addr) {
+		t.Error("DialHost: no answer from a host whose gossip socket's queue is full")
 	}
 }
