@@ -517,8 +517,18 @@ func (d *delegates) NotifyLeave(n *memberlist.Node) {
 }
 
 // NotifyAlive sees every alive message, refutations included: it ends a suspicion (never a death:
-// memberlist itself decides whether a dead member came back, through NotifyJoin).
+// memberlist itself decides whether a dead member came back, through NotifyJoin). memberlist calls
+// it before it compares incarnations, so the message may be stale (a push-pull from a member that
+// has not heard of the suspicion yet): a suspect whose host did not answer this member's dials stays
+// as it is, Down, and its running check decides, by the host answering or not.
 func (d *delegates) NotifyAlive(n *memberlist.Node) error {
+	d.m.mu.Lock()
+	p := d.m.peers[n.Name]
+	down := p != nil && p.State == StateSuspect && p.Unreachable
+	d.m.mu.Unlock()
+	if down {
+		return nil
+	}
 	d.m.setState(n.Name, nil, StateAlive, StateSuspect)
 	return nil
 }

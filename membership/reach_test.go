@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // noAnswerFrom makes m's reachability dials of addr get no answer, as from a host that is cut off
@@ -265,5 +267,25 @@ func TestDialHostAnswersForAFullAcceptQueue(t *testing.T) {
 	defer cancel()
 	if !DialHost(ctx, addr) {
 		t.Error("DialHost: no answer from a host whose gossip socket's queue is full")
+	}
+}
+
+// TestStaleAliveDoesNotRestoreADownSuspect: memberlist hands every alive message to NotifyAlive before
+// it compares incarnations, so a stale one (a push-pull from a member that has not heard of the
+// suspicion) must not bring back a suspect whose host does not answer.
+func TestStaleAliveDoesNotRestoreADownSuspect(t *testing.T) {
+	a := startMember(t, "sa-a", memberOpts{})
+	b := startMember(t, "sa-b", memberOpts{seeds: []string{a.LocalAddr().String()}})
+	waitState(t, a, b.Name(), StateAlive, 10*time.Second)
+	cutOff(t, b, []*Member{a}, 10*time.Second) // b's host is gone: a finds it a suspect that does not answer
+
+	node := &memberlist.Node{Name: b.Name()}
+	if err := (&delegates{m: a}).NotifyAlive(node); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range a.Members() {
+		if p.Name == b.Name() && !p.Down() {
+			t.Fatalf("a stale alive message restored a suspect that does not answer: %+v", p)
+		}
 	}
 }
