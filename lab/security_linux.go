@@ -1,12 +1,9 @@
 package lab
 
 import (
-	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/vxfabric/vxfabric/security/pki"
 )
@@ -29,12 +26,7 @@ func (l *Lab) ensurePKI() error {
 	if _, err := pki.Init(cfg); err != nil {
 		return fmt.Errorf("lab %q: pki: %w", l.cfg.Name, err)
 	}
-	// An empty revocation list to start with: the server and the agents are given it, so that
+	// Init also wrote an empty revocation list: the server and the agents are given it, so that
 	// `vxfab certs revoke --dir` on the lab's PKI takes effect within a second.
-	if _, err := os.Stat(l.pkiPath(pki.CRLFile)); errors.Is(err, os.ErrNotExist) {
-		if _, err := pki.Revoke(l.SecurityDir(), nil, time.Now()); err != nil {
-			return fmt.Errorf("lab %q: revocation list: %w", l.cfg.Name, err)
-		}
-	}
 	return nil
 }

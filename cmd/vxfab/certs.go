@@ -93,6 +93,7 @@ A revoked node still knows the gossip key: rotate it with the keyring.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var certs []*x509.Certificate
+			var named []string // the argument that named each of certs
 			for _, a := range args {
 				name := ""
 				switch {
@@ -106,7 +107,7 @@ A revoked node still knows the gossip key: rotate it with the keyring.`,
 					if err != nil {
 						return fmt.Errorf("%s: %w", a, err)
 					}
-					certs = append(certs, c)
+					certs, named = append(certs, c), append(named, a)
 					continue
 				}
 				// A name: its certificate and every unexpired one issued to it before.
@@ -114,23 +115,27 @@ A revoked node still knows the gossip key: rotate it with the keyring.`,
 				if err != nil {
 					return fmt.Errorf("%s: %w", a, err)
 				}
-				certs = append(certs, of...)
+				for _, c := range of {
+					certs, named = append(certs, c), append(named, a)
+				}
 			}
 			res, err := pki.Revoke(revokeDir, certs, time.Now())
 			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "CERTIFICATE\tSERIAL\tSTATE")
-			for i, r := range res {
-				state := "revoked"
-				if r.Already {
-					state = "already revoked"
+			if len(res) > 0 {
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "CERTIFICATE\tSERIAL\tEXPIRES\tSTATE")
+				for i, r := range res {
+					state := "revoked"
+					if r.Already {
+						state = "already revoked"
+					}
+					fmt.Fprintf(tw, "%s\t%x\t%s\t%s\n", named[i], r.Serial, certs[i].NotAfter.UTC().Format(time.DateOnly), state)
 				}
-				fmt.Fprintf(tw, "%s\t%x\t%s\n", args[i], r.Serial, state)
-			}
-			if err := tw.Flush(); err != nil {
-				return err
+				if err := tw.Flush(); err != nil {
+					return err
+				}
 			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "revocation list: %s\n", filepath.Join(revokeDir, pki.CRLFile))
 			return err

@@ -259,12 +259,12 @@ func errorLine(err error) string {
 		// A unix socket speaks plaintext: there, a reset or a broken pipe is a server going away.
 		tcp := !strings.Contains(msg, "unix ")
 		switch {
+		case st.Code() == codes.Unavailable && (strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority")):
+			msg += " (the server refused the client certificate: not signed by its CA, or revoked?)"
 		case st.Code() == codes.Unavailable && tcp && strings.Contains(msg, "error reading server preface"):
 			msg += " (unless the server just went away: it speaks TLS, give --tls-ca, or use its unix socket)"
 		case st.Code() == codes.Unavailable && tcp && strings.Contains(msg, "broken pipe"):
 			msg += " (unless the server just went away: it refused the TLS handshake, is the client certificate signed by its CA?)"
-		case st.Code() == codes.Unavailable && (strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority")):
-			msg += " (the server refused the TLS handshake: is the client certificate signed by the server's CA?)"
 		case st.Code() == codes.Unavailable && strings.Contains(msg, "certificate signed by unknown authority"):
 			msg += " (the server's certificate is not signed by --tls-ca)"
 		}

@@ -96,6 +96,12 @@ func TestCertsRevoke(t *testing.T) {
 			t.Errorf("init after revoking h1 and admin lacks %q:\n%s", want, out)
 		}
 	}
+	// h1 now has two certificates (the revoked one and the one just issued): a row each
+	// (regression: a name with several certificates indexed past the arguments and panicked).
+	out, err = run("certs", "revoke", "--dir", dir, "h1")
+	if err != nil || strings.Count(out, "\nh1 ") != 2 || !strings.Contains(out, "already revoked") || strings.Count(out, " revoked\n") != 2 {
+		t.Fatalf("revoke h1 after its renewal: %v\n%s", err, out)
+	}
 }
 
 // An error that wraps a gRPC status (as the lab's do) prints its code once and the status's message
@@ -117,6 +123,8 @@ func TestErrorLineUnwrapsStatus(t *testing.T) {
 			"Unavailable: write unix @->/run/vxfabric/lab/fi/server.sock: write: broken pipe"},
 		{status.Error(codes.Unavailable, "connection error: desc = \"error reading server preface: read unix @->/s.sock: connection reset by peer\""),
 			`Unavailable: connection error: desc = "error reading server preface: read unix @->/s.sock: connection reset by peer"`},
+		{status.Error(codes.Unavailable, "connection error: desc = \"error reading server preface: remote error: tls: bad certificate\""),
+			`Unavailable: connection error: desc = "error reading server preface: remote error: tls: bad certificate" (the server refused the client certificate: not signed by its CA, or revoked?)`},
 		{status.Error(codes.Unavailable, "connection error: desc = \"error reading server preface: EOF\""),
 			`Unavailable: connection error: desc = "error reading server preface: EOF" (unless the server just went away: it speaks TLS, give --tls-ca, or use its unix socket)`},
 	} {

@@ -282,6 +282,21 @@ func Init(cfg InitConfig) ([]FileResult, error) {
 		return nil, err
 	}
 	note(filepath.Join(cfg.Dir, GossipKeyFile), created)
+
+	// An empty revocation list to start with, so that --tls-crl can name it at once; a new CA
+	// starts a new one (the old one's signer is gone).
+	crlPath := filepath.Join(cfg.Dir, CRLFile)
+	_, statErr := os.Stat(crlPath)
+	created = caCreated || errors.Is(statErr, os.ErrNotExist)
+	if created {
+		if err := os.Remove(crlPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("replace the revocation list of the old CA: %w", err)
+		}
+		if _, err := Revoke(cfg.Dir, nil, time.Now()); err != nil {
+			return nil, err
+		}
+	}
+	note(crlPath, created)
 	return results, nil
 }
 

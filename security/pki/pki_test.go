@@ -151,7 +151,8 @@ func TestInitReissuesLeavesOfANewCA(t *testing.T) {
 	os.Remove(filepath.Join(dir, CACertFile))
 	os.Remove(filepath.Join(dir, CAKeyFile))
 	got := created(initDir(t, dir, "h1"))
-	want := map[string]bool{CACertFile: true, ServerCert: true, AdminCert: true, NodeCertFile("h1"): true}
+	// The old CA's revocation list goes too: a new CA starts an empty one.
+	want := map[string]bool{CACertFile: true, ServerCert: true, AdminCert: true, NodeCertFile("h1"): true, CRLFile: true}
 	if len(got) != len(want) {
 		t.Fatalf("created %v, want %v", got, want)
 	}
