@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto/x509"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -235,5 +236,42 @@ func TestCertsOfFindsRenewedCertificates(t *testing.T) {
 	}
 	if !rev.Revoked(first) || !rev.Revoked(second) {
 		t.Errorf("revoked: first %v, renewed %v; want both", rev.Revoked(first), rev.Revoked(second))
+	}
+}
+
+// TestClientPresentsItsRenewedCertificate: a client certificate issued anew in place (certs init)
+// is presented from the next handshake on, without a new TLS configuration (an agent restart).
+func TestClientPresentsItsRenewedCertificate(t *testing.T) {
+	dir := t.TempDir()
+	initDir(t, dir, "h1")
+	p := func(f string) string { return filepath.Join(dir, f) }
+	server, err := ServerTLSConfig(p(ServerCert), p(ServerKey), p(CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := ClientTLSConfig(p(CACertFile), p(NodeCertFile("h1")), p(NodeKeyFile("h1")), "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	presented := func() *big.Int {
+		t.Helper()
+		st, serr, cerr := handshake(t, server, client)
+		if serr != nil || cerr != nil || len(st.VerifiedChains) == 0 {
+			t.Fatalf("handshake: server %v, client %v", serr, cerr)
+		}
+		return st.VerifiedChains[0][0].SerialNumber
+	}
+	first := presented()
+	time.Sleep(10 * time.Millisecond) // a later modification time
+	if err := os.Remove(p(NodeKeyFile("h1"))); err != nil {
+		t.Fatal(err)
+	}
+	initDir(t, dir, "h1") // issues h1 anew: its key was lost
+	renewed, err := ReadCertFile(p(NodeCertFile("h1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := presented(); got.Cmp(renewed.SerialNumber) != 0 || got.Cmp(first) == 0 {
+		t.Errorf("presented serial %x after the renewal, want the new %x (first %x)", got, renewed.SerialNumber, first)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
+	"time"
 )
 
 // LoadCAPool reads a PEM file of one or more CA certificates.
@@ -92,13 +94,48 @@ func ClientTLSConfig(caFile, certFile, keyFile, serverName string) (*tls.Config,
 	}
 	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, ServerName: serverName}
 	if certFile != "" || keyFile != "" {
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load client certificate %s: %w", certFile, err)
+		r := &certReloader{certFile: certFile, keyFile: keyFile}
+		if _, err := r.get(); err != nil {
+			return nil, err
 		}
-		cfg.Certificates = []tls.Certificate{cert}
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return r.get() }
 	}
 	return cfg, nil
+}
+
+// certReloader presents the certificate its files hold now: a certificate reissued in place (certs
+// init after a revocation or before expiry) is used from the next handshake on, without a restart.
+type certReloader struct {
+	certFile, keyFile string
+
+	mu    sync.Mutex
+	stamp [2]time.Time // modification times of the two files when cert was read
+	cert  *tls.Certificate
+}
+
+// get returns the certificate, read again when a file changed. A pair that cannot be read (a
+// rewrite in progress: the key is written before the certificate) keeps the one read before.
+func (r *certReloader) get() (*tls.Certificate, error) {
+	var stamp [2]time.Time
+	for i, f := range []string{r.certFile, r.keyFile} {
+		if fi, err := os.Stat(f); err == nil {
+			stamp[i] = fi.ModTime()
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cert != nil && stamp == r.stamp {
+		return r.cert, nil
+	}
+	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	if err != nil {
+		if r.cert != nil {
+			return r.cert, nil
+		}
+		return nil, fmt.Errorf("load client certificate %s: %w", r.certFile, err)
+	}
+	r.cert, r.stamp = &cert, stamp
+	return r.cert, nil
 }
 
 // IdentityOfConn is the identity of a TLS peer's client certificate, or KindNone when it presented
