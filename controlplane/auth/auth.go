@@ -29,6 +29,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -407,8 +408,41 @@ func (a *Authenticator) StreamInterceptor(srv any, ss grpc.ServerStream, info *g
 			}
 		}
 	}
-	return handler(srv, as)
+	if as.revoked == nil {
+		return handler(srv, as)
+	}
+	// An idle stream sends and receives nothing for a long time: it is looked at every
+	// revocationSweep too, and ended (its context cancelled) once its certificate is revoked.
+	ctx, cancel := context.WithCancel(as.ctx)
+	defer cancel()
+	as.ctx = ctx
+	var swept atomic.Bool
+	go func() {
+		t := time.NewTicker(revocationSweep)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if as.revoked() {
+					swept.Store(true)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	err = handler(srv, as)
+	if swept.Load() {
+		return errRevoked
+	}
+	return err
 }
+
+// revocationSweep is how often a stream of a certificate-authenticated caller is checked against the
+// revocation list, messages or not.
+const revocationSweep = time.Second
 
 type authorizedStream struct {
 	grpc.ServerStream

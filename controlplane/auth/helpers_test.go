@@ -251,7 +251,12 @@ func (fakeAgent) Sync(r *vxfabricv1.SyncRequest, s grpc.ServerStreamingServer[vx
 	if err := s.Send(&vxfabricv1.SyncResponse{Revision: 1, Snapshot: true, Networks: []*vxfabricv1.NetworkState{{Name: r.GetNode()}}}); err != nil {
 		return err
 	}
-	if r.GetNode() != "flood" {
+	switch r.GetNode() {
+	case "flood":
+	case "h2": // idle, as an agent's stream is while nothing changes for it
+		<-s.Context().Done()
+		return s.Context().Err()
+	default:
 		return nil
 	}
 	big := &vxfabricv1.SyncResponse{Networks: []*vxfabricv1.NetworkState{{Name: strings.Repeat("x", 16<<10)}}}

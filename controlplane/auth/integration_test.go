@@ -400,6 +400,28 @@ func TestRevokedCertificate(t *testing.T) {
 	fresh := vxfabricv1.NewAgentServiceClient(s.dial(t, client{cert: "node-h1"}))
 	wantCode(t, "h1 on a new connection", report(fresh, "h1"), codes.Unavailable)
 	wantCode(t, "h2", report(h2, "h2"), codes.OK)
+
+	// An idle stream (nothing changes for h2, so nothing is sent) ends too, within a second or so.
+	idle, err := h2.Sync(ctx, &vxfabricv1.SyncRequest{Node: "h2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := idle.Recv(); err != nil { // the snapshot
+		t.Fatal(err)
+	}
+	h2cert, err := pki.ReadCertFile(filepath.Join(s.pkiDir, pki.NodeCertFile("h2")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	revokedAt = time.Now()
+	if _, err := pki.Revoke(s.pkiDir, []*x509.Certificate{h2cert}, revokedAt); err != nil {
+		t.Fatal(err)
+	}
+	_, err = idle.Recv()
+	wantCode(t, "h2's idle Sync stream", err, codes.Unauthenticated)
+	if took := time.Since(revokedAt); took > 3*time.Second {
+		t.Errorf("the idle revoked stream ended %s after the revocation, want within about two seconds", took)
+	}
 }
 
 // TestRevokedServerCertificate: a client given the CA's revocation list refuses a server whose
