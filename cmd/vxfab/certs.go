@@ -34,10 +34,12 @@ one more --node to add a host):
   server.crt, server.key        for vxfab server: localhost, 127.0.0.1 and every --server-name/--server-ip
   node-NAME.crt, node-NAME.key  for vxfab agent --node NAME: identity vxfab://node/NAME (CN node:NAME)
   admin.crt, admin.key          for the CLI: identity vxfab://admin (CN admin)
-  gossip.key                    for --gossip-key: 32 random bytes, base64
+  gossip.key                    for --gossip-keyring (or --gossip-key): 32 random bytes, base64
+  crl.pem                       for --tls-crl: the CA's revocation list, empty to start with
+  issued/                       a copy of every certificate issued (certs revoke NAME revokes them all)
 
-Keys are written with mode 0600. Copy to each host only its own node certificate and key, ca.crt
-and gossip.key; ca.key never needs to leave the machine that runs this command.`,
+Keys are written with mode 0600. Copy to each host only its own node certificate and key, ca.crt,
+crl.pem and gossip.key; ca.key never needs to leave the machine that runs this command.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := pki.DefaultInit(dir)

@@ -207,7 +207,7 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 			pki.RefuseRevoked(tlsCfg, a.revoked)
 		}
 		if cfg.TLSCA == "" {
-			log.Warn("no --tls-ca: client certificates are not accepted, agents must use tokens")
+			log.Warn("no --tls-ca: client certificates are not accepted, so no agent can connect (agents authenticate with their node certificate); only token callers can")
 		}
 	}
 	if cfg.Insecure {
