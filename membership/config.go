@@ -47,6 +47,11 @@ type Config struct {
 	// Join lists seed members (HOST:PORT). New tries them once; while the member is alone it tries
 	// again every RejoinInterval.
 	Join []string
+	// Seeds, optional, gives more seeds to try while the member is alone (a server asks its store
+	// for the hosts it knew, so that a restarted server finds the fabric again without --join).
+	// Called from the member's own goroutine, every RejoinInterval while alone; it may block for a
+	// moment (bound it), and must not call back into the member.
+	Seeds func() []string
 
 	// Keys is the keyring: AES keys of 16, 24 or 32 bytes; the first one encrypts, all of them decrypt.
 	// Empty (and no KeyringFile): gossip is neither encrypted nor authenticated.

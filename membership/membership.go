@@ -376,11 +376,17 @@ func (m *Member) maintain() {
 			return
 		case <-t.C:
 		}
-		if len(m.cfg.Join) > 0 && m.ml.NumMembers() <= 1 {
-			if n, err := m.Join(m.cfg.Join); err != nil {
-				m.log.Debug("gossip re-join failed", "err", err)
-			} else {
-				m.log.Info("gossip re-joined seeds", "answered", n)
+		if m.ml.NumMembers() <= 1 {
+			seeds := slices.Clone(m.cfg.Join)
+			if m.cfg.Seeds != nil {
+				seeds = append(seeds, m.cfg.Seeds()...)
+			}
+			if len(seeds) > 0 {
+				if n, err := m.Join(seeds); err != nil {
+					m.log.Debug("gossip re-join failed", "err", err)
+				} else {
+					m.log.Info("gossip re-joined seeds", "answered", n)
+				}
 			}
 		}
 		m.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +35,7 @@ type memberOpts struct {
 	keys        [][]byte
 	keyringFile string
 	seeds       []string
+	seedsFn     func() []string
 	bind        string
 }
 
@@ -60,6 +62,7 @@ func startMember(t *testing.T, name string, o memberOpts) *Member {
 	cfg.Version = "test"
 	cfg.BindAddr = o.bind
 	cfg.Join = o.seeds
+	cfg.Seeds = o.seedsFn
 	cfg.Keys = o.keys
 	cfg.KeyringFile = o.keyringFile
 	cfg.RejoinInterval = 200 * time.Millisecond
@@ -413,5 +416,21 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if _, err := ParseKey("not base64!"); err == nil {
 		t.Fatal("ParseKey accepted garbage")
+	}
+}
+
+// TestAloneMemberJoinsSeedsItIsGiven: a member with no --join (a restarted server) joins the members
+// its Seeds function names (the hosts its store knows) once it finds itself alone.
+func TestAloneMemberJoinsSeedsItIsGiven(t *testing.T) {
+	b := startMember(t, "sd-b", memberOpts{})
+	var asked atomic.Int32
+	a := startMember(t, "sd-a", memberOpts{role: RoleServer, seedsFn: func() []string {
+		asked.Add(1)
+		return []string{b.LocalAddr().String()}
+	}})
+	waitState(t, a, b.Name(), StateAlive, 5*time.Second)
+	waitState(t, b, a.Name(), StateAlive, 5*time.Second)
+	if asked.Load() == 0 {
+		t.Error("joined without asking Seeds")
 	}
 }

@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"github.com/vxfabric/vxfabric/controlplane/server"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -172,4 +174,25 @@ func TestFlagUsagesHaveNoBackticks(t *testing.T) {
 		}
 	}
 	walk(newRootCmd())
+}
+
+// A server announcing a loopback API address to a gossip fabric beyond this machine says so.
+func TestServerWarnsOfALoopbackAnnouncement(t *testing.T) {
+	var logs strings.Builder
+	for _, tc := range []struct {
+		listen string
+		warn   bool
+	}{{"127.0.0.1:7400", true}, {"0.0.0.0:7400", false}} {
+		logs.Reset()
+		cfg := server.Default()
+		cfg.Listen = tc.listen
+		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		f := serverFlags{gossip: gossipFlags{bind: "0.0.0.0:0", join: []string{"198.51.100.1:7946"}}}
+		if _, err := serverGossip(f, cfg); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(logs.String(), "loopback address"); got != tc.warn {
+			t.Errorf("--listen %s: warned %v, want %v:\n%s", tc.listen, got, tc.warn, logs.String())
+		}
+	}
 }

@@ -181,7 +181,21 @@ func serverGossip(f serverFlags, cfg server.Config) (membership.Config, error) {
 	if mc.GRPCAddr == "" {
 		return mc, fmt.Errorf("--advertise: no TCP --listen address to announce to agents")
 	}
+	if loopbackOnly(mc.GRPCAddr) && !loopbackOnly(firstNonEmpty(mc.AdvertiseAddr, mc.BindAddr)) {
+		cfg.Logger.Warn("the API address announced to agents through gossip is a loopback address: agents on other hosts cannot reach it; give --listen <underlay address>:7400 (or --advertise)",
+			"advertise", mc.GRPCAddr, "gossip", firstNonEmpty(mc.AdvertiseAddr, mc.BindAddr))
+	}
 	return mc, nil
+}
+
+// loopbackOnly tells whether HOST:PORT names a loopback address (a wildcard is not).
+func loopbackOnly(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // dnsLabel turns a host name into a valid member name: lower case [a-z0-9-], at most 48 characters.

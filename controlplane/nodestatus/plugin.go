@@ -3,6 +3,8 @@ package nodestatus
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"net/netip"
 	"time"
 
 	"github.com/vxfabric/vxfabric/controlplane/server"
@@ -18,6 +20,9 @@ func Plugin(mcfg membership.Config) server.Plugin {
 		mcfg.Role = membership.RoleServer
 		if mcfg.Logger == nil {
 			mcfg.Logger = host.Logger
+		}
+		if mcfg.Seeds == nil {
+			mcfg.Seeds = knownHosts(ctx, host)
 		}
 		m, err := membership.New(mcfg)
 		if err != nil {
@@ -43,3 +48,31 @@ func Plugin(mcfg membership.Config) server.Plugin {
 		}}, nil
 	}
 }
+
+// knownHosts gives, as gossip seeds, the default gossip address (VTEP:7946) of every node the store
+// knows: a server restarted alone (the agents still see each other, so none of them looks for it)
+// joins the fabric through them, --join or not.
+func knownHosts(ctx context.Context, host server.Host) func() []string {
+	return func() []string {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		nodes, _, err := host.Store.ListNodes(ctx)
+		if err != nil {
+			host.Logger.Debug("gossip seeds from the store", "err", err)
+			return nil
+		}
+		var seeds []string
+		for _, n := range nodes {
+			if a, err := netip.ParseAddr(n.GetVtep()); err == nil {
+				seeds = append(seeds, netip.AddrPortFrom(a, membership.DefaultPort).String())
+			}
+		}
+		// One answering member is enough: a few, chosen at random, so that a large fabric with
+		// hosts down does not hold the join up.
+		rand.Shuffle(len(seeds), func(i, j int) { seeds[i], seeds[j] = seeds[j], seeds[i] })
+		return seeds[:min(len(seeds), maxStoreSeeds)]
+	}
+}
+
+// maxStoreSeeds bounds the seeds knownHosts gives at once.
+const maxStoreSeeds = 8
