@@ -673,6 +673,28 @@ func TestReportApplied(t *testing.T) {
 	}
 }
 
+// TestResumeAtARevisionOutsideThePrefix: an agent resumes at a revision written outside the hub's
+// prefix (a shared etcd): no watch event brings the hub there, a progress notification does, at
+// once (not after CatchUpTimeout, with Unavailable).
+func TestResumeAtARevisionOutsideThePrefix(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	e.start()
+	c := e.dial()
+	a := e.sync(c, "a", 0)
+	a.next(5 * time.Second)
+	resp, err := e.cli.Put(context.Background(), "/another-app/key", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	b := e.sync(c, "a", resp.Header.Revision)
+	msg := b.next(2 * time.Second)
+	if took := time.Since(began); took > time.Second || msg.GetRevision() < resp.Header.Revision {
+		t.Errorf("resumed after %s at revision %d, want within a second at >= %d", took, msg.GetRevision(), resp.Header.Revision)
+	}
+}
+
 // TestReportAcrossReplicas: an agent's reports go to one replica, then (failover) to another whose
 // watch has not yet seen the first one's status writes. The second decides only once it has: with
 // the agent's token, and with no token (0) by catching up with the whole store.

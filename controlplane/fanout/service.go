@@ -137,8 +137,29 @@ func (h *Hub) catchUp(ctx context.Context, resume int64) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, h.cfg.CatchUpTimeout)
 	defer cancel()
-	if err := h.WaitRevision(wctx, resume); err != nil {
+	if err := h.waitProgress(wctx, resume); err != nil {
 		return status.Errorf(codes.Unavailable, "fan-out hub behind the store: %v", err)
+	}
+	return nil
+}
+
+// waitProgress waits until the model reflects rev, asking etcd for progress notifications on the way:
+// writes outside the prefix (a shared etcd) advance its revision without a watch event, and without
+// a notification the model would reach such a revision only at the next write under the prefix.
+func (h *Hub) waitProgress(ctx context.Context, rev int64) error {
+	for h.Revision() < rev {
+		if err := h.cli.RequestProgress(clientv3.WithRequireLeader(ctx)); err != nil && ctx.Err() == nil {
+			h.log.Debug("request watch progress", "err", err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, progressRetry)
+		err := h.WaitRevision(wctx, rev)
+		cancel()
+		if ctx.Err() != nil || errors.Is(err, errStopped) {
+			if err == nil {
+				err = ctx.Err()
+			}
+			return err
+		}
 	}
 	return nil
 }
@@ -274,23 +295,13 @@ func (h *Hub) catchUpStatus(ctx context.Context, token int64) (int64, error) {
 			want = max(want, cur)
 		}
 	}
-	for h.Revision() < want {
-		// Writes outside the prefix advance etcd's revision without a watch event; a progress
-		// notification tells the watch it has seen everything up to the newest one.
-		if err := h.cli.RequestProgress(clientv3.WithRequireLeader(ctx)); err != nil && ctx.Err() == nil {
-			h.log.Debug("request watch progress", "err", err)
-		}
-		wctx, cancel := context.WithTimeout(ctx, progressRetry)
-		err := h.WaitRevision(wctx, want)
-		cancel()
-		if ctx.Err() != nil || errors.Is(err, errStopped) {
-			return 0, status.Errorf(codes.Unavailable, "catch up with status writes up to revision %d: %v", want, err)
-		}
+	if err := h.waitProgress(ctx, want); err != nil {
+		return 0, status.Errorf(codes.Unavailable, "catch up with status writes up to revision %d: %v", want, err)
 	}
 	return want, nil
 }
 
-// progressRetry is how long catchUpStatus waits for a progress notification before asking again
+// progressRetry is how long waitProgress waits for a progress notification before asking again
 // (etcd answers a request only once the watch has caught up).
 const progressRetry = 100 * time.Millisecond
 
