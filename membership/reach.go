@@ -42,32 +42,8 @@ const msgSuspectHint byte = 1
 type ReachDialer func(ctx context.Context, addr string) (answered bool)
 
 // DialHost is the default Config.ReachDialer: a TCP dial of addr; a completed handshake or a refusal
-// (a reset) both prove the host is there. A paused process's kernel completes handshakes on its
-// listening socket only until the socket's accept queue is full (every member dials a suspect
-// several times a second, and nobody accepts): so the host's tcpmux port (ReachFallbackPort, which
-// nothing listens on, so the kernel resets the dial) is dialed at the same time, and either answer
-// counts. A firewall that silently drops that port leaves the gossip port's answer, as before.
+// (a reset) both prove the host is there.
 func DialHost(ctx context.Context, addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return dialAnswered(ctx, addr)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // the first answer ends the other dial
-	answers := make(chan bool, 2)
-	go func() { answers <- dialAnswered(ctx, addr) }()
-	go func() { answers <- dialAnswered(ctx, net.JoinHostPort(host, ReachFallbackPort)) }()
-	if <-answers {
-		return true
-	}
-	return <-answers
-}
-
-// ReachFallbackPort is the port DialHost dials beside the gossip port: tcpmux, which no host of a
-// fabric serves.
-const ReachFallbackPort = "1"
-
-func dialAnswered(ctx context.Context, addr string) bool {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err == nil {
@@ -75,6 +51,24 @@ func dialAnswered(ctx context.Context, addr string) bool {
 		return true
 	}
 	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// ReachFallbackPort is the port a check dials on a host whose gossip port answered earlier in the
+// same check and answers no more: tcpmux, which no host of a fabric serves, so the host's kernel
+// resets the dial. A paused process's kernel completes handshakes on its gossip socket only until
+// the socket's accept queue is full (every member dials a suspect several times a second, and nobody
+// accepts). The fallback is not trusted alone: a firewall between the hosts that rejects other ports
+// would answer it for a host that is gone, so a host whose gossip port never answered stays
+// unanswered.
+const ReachFallbackPort = "1"
+
+// fallbackAddr is addr's host at ReachFallbackPort ("" when addr has no host part).
+func fallbackAddr(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	return net.JoinHostPort(host, ReachFallbackPort)
 }
 
 // suspectHint is a broadcast of msgSuspectHint; a newer hint about the same member replaces an older
@@ -145,16 +139,18 @@ func (m *Member) checkReach(name string) bool {
 
 	go func() {
 		defer m.wg.Done()
+		answeredOnce := false // the gossip port answered during this check: the fallback counts
 		for {
 			since, ok := m.stateSince(name)
 			if !ok {
 				m.endCheck(name)
 				return
 			}
-			answered, ok := m.dialRound(dial, addr)
+			answered, ok := m.dialRound(dial, addr, answeredOnce)
 			if !ok {
 				return // shutting down
 			}
+			answeredOnce = answeredOnce || answered
 			next, again := m.setReach(name, since, answered)
 			if !again {
 				return
@@ -170,11 +166,16 @@ func (m *Member) checkReach(name string) bool {
 }
 
 // dialRound dials addr up to ReachAttempts times and reports whether the host answered; ok is false
-// when the member shuts down meanwhile.
-func (m *Member) dialRound(dial ReachDialer, addr string) (answered, ok bool) {
+// when the member shuts down meanwhile. With fallback (its gossip port answered earlier in this
+// check), each dial also tries the host's ReachFallbackPort, and either answer counts.
+func (m *Member) dialRound(dial ReachDialer, addr string, fallback bool) (answered, ok bool) {
+	fb := ""
+	if fallback {
+		fb = fallbackAddr(addr)
+	}
 	for range m.cfg.ReachAttempts {
 		ctx, cancel := context.WithTimeout(m.life, m.cfg.ReachTimeout) // Shutdown cancels it
-		answered = dial(ctx, addr)
+		answered = dialEither(ctx, dial, addr, fb)
 		if !answered {
 			// A dial that fails fast (no route, host unreachable) still waits out the timeout, so that
 			// ReachAttempts unanswered dials span the same time whatever the failure.
@@ -189,6 +190,19 @@ func (m *Member) dialRound(dial ReachDialer, addr string) (answered, ok bool) {
 		}
 	}
 	return false, true
+}
+
+// dialEither dials a, and b too unless it is "", at the same time; either answer counts.
+func dialEither(ctx context.Context, dial ReachDialer, a, b string) bool {
+	if b == "" {
+		return dial(ctx, a)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // the first answer ends the other dial
+	answers := make(chan bool, 2)
+	go func() { answers <- dial(ctx, a) }()
+	go func() { answers <- dial(ctx, b) }()
+	return <-answers || <-answers
 }
 
 // endCheck marks the named member's check finished.
