@@ -681,21 +681,48 @@ func (a *Agent) reportLoop(ctx context.Context) {
 }
 
 func (a *Agent) linkLoop(ctx context.Context) {
+	drift := make(chan struct{}, 1)
+	go a.driftLoop(ctx, drift)
 	changed := func(name string) {
 		a.mu.Lock()
 		_, hit := a.watched[name]
 		a.mu.Unlock()
-		// A desired port's interface, or a device of ours: someone else may have changed it (set it
-		// down, taken an entry away), and a full pass repairs that now rather than at the next
-		// periodic one. Our own writes cause one more pass, which finds nothing to do.
-		if hit || overlay.IsDeviceName(name) {
+		switch {
+		case hit: // a desired port's interface: plug it now
 			a.trigger()
+		case overlay.IsDeviceName(name):
+			// A device of ours changed (someone set it down, took an entry away, or we did):
+			// a full pass repairs it now rather than at the next periodic one.
+			select {
+			case drift <- struct{}{}:
+			default:
+			}
 		}
 	}
 	if err := a.links.Run(ctx, changed, a.trigger); err != nil && ctx.Err() == nil {
 		a.log.Error("link watch failed: new interfaces are plugged by the periodic pass only", "err", err)
 	}
 }
+
+// driftLoop turns changes of our own devices into full passes, at most one per driftPassInterval:
+// our own writes cause such changes too (a remote port's entry deleted, a network's devices made),
+// and a burst of them must cost one pass, not one each.
+func (a *Agent) driftLoop(ctx context.Context, drift <-chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-drift:
+		}
+		a.trigger()
+		if !sleepCtx(ctx, driftPassInterval) {
+			return
+		}
+	}
+}
+
+// driftPassInterval bounds the full passes that changes of our own devices cause.
+const driftPassInterval = time.Second
 
 func (a *Agent) livenessLoop(ctx context.Context) {
 	if a.cfg.Membership == nil {

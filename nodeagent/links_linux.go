@@ -113,8 +113,11 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 				}
 				return errLinkStream
 			}
-			// Only a deletion is drift: we write entries, nobody else should remove them.
-			if st, known := links[u.LinkIndex]; u.Type == unix.RTM_DELNEIGH && known && strings.HasPrefix(st.name, overlay.VxlanPrefix) {
+			// Only the deletion of an entry like ours (permanent, on the device itself, not one
+			// the bridge learned and ages out) is drift: nobody else should remove them.
+			st, known := links[u.LinkIndex]
+			if u.Type == unix.RTM_DELNEIGH && known && strings.HasPrefix(st.name, overlay.VxlanPrefix) &&
+				u.State&netlink.NUD_PERMANENT != 0 && u.MasterIndex == 0 && u.Flags&netlink.NTF_MASTER == 0 {
 				changed(st.name)
 			}
 		case u, ok := <-updates:

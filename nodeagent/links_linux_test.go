@@ -137,4 +137,29 @@ func TestPrivilegedNetlinkLinksSeesInterfaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("FDB entry deleted -> event in %s", expect("vxlan7"))
+
+	// An entry the bridge learned on the vxlan port ages out all the time: not drift.
+	if err := h.LinkSetMaster(vxl, br); err != nil {
+		t.Fatal(err)
+	}
+	expect("vxlan7")
+	for _, l := range []netlink.Link{br, vxl} {
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect("vxlan7")
+	learned := &netlink.Neigh{LinkIndex: vxl.Attrs().Index, MasterIndex: br.Attrs().Index, Family: unix.AF_BRIDGE,
+		State: netlink.NUD_REACHABLE, Flags: netlink.NTF_MASTER, HardwareAddr: net.HardwareAddr{0x0e, 0, 0, 0, 0, 3}}
+	if err := h.NeighAppend(learned); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.NeighDel(learned); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-changed:
+		t.Fatalf("event for %s after a learned entry went", n)
+	case <-time.After(200 * time.Millisecond):
+	}
 }
