@@ -348,9 +348,9 @@ func toNetlinkAddr(p netip.Prefix) *netlink.Addr {
 // uplink already in its network's bridge is judged with the addresses it moved there.
 func (r *run) checkUplinks() error {
 	r.refused = make(map[uint32]error)
-	wanted := make(map[uint32]bool, len(r.desired.Networks))
+	wanted := make(map[uint32]overlay.Network, len(r.desired.Networks))
 	for _, n := range r.desired.Networks {
-		wanted[n.VNI] = true
+		wanted[n.VNI] = n
 	}
 	for _, n := range r.desired.Networks {
 		up := r.links[n.Uplink]
@@ -358,9 +358,10 @@ func (r *run) checkUplinks() error {
 			continue
 		}
 		holder, holderBr := r.uplinkHolder(up)
-		if holder != 0 && !wanted[holder] {
-			// Held by a network on its way out: it gives the uplink back (addresses and route)
-			// now, so that n takes it over in this same Apply.
+		if h, ok := wanted[holder]; holder != 0 && holder != n.VNI && (!ok || h.Mode != overlay.ModeBridged || h.Uplink != n.Uplink) {
+			// Held by a network on its way out, or whose VNI now serves another network: it
+			// gives the uplink back (addresses and route) now, so that n takes it over in this
+			// same Apply with them.
 			r.restoreUplink(holder, holderBr, n.Uplink)
 			fresh, err := r.d.h.LinkByName(n.Uplink)
 			if err != nil {
@@ -454,6 +455,9 @@ func (r *run) ensureUplink(n overlay.Network, br netlink.Link) {
 			return
 		}
 		r.change(overlay.OpAdd, obj)
+		if fresh, err := h.LinkByName(n.Uplink); err == nil {
+			r.links[n.Uplink] = fresh // its master as it is now, for the networks after this one
+		}
 	}
 	for _, rt := range routes {
 		if rt.Dst != nil && rt.Dst.String() != "0.0.0.0/0" || rt.Gw == nil {

@@ -848,6 +848,30 @@ func TestPrivilegedVNIReusedForAnotherMode(t *testing.T) {
 	if a := addrs("vxbr20"); a != "" {
 		t.Errorf("isolated: vxbr20 holds %q, want no address (the VMs would reach the host)", a)
 	}
+
+	// VNI 20 bridges lan0 again; then lan0 goes to network 10 while VNI 20 serves an isolated
+	// network: 10 takes lan0 with its address, and 20 does not take it back.
+	apply(overlay.Network{VNI: 20, Mode: overlay.ModeBridged, MTU: 1450, Uplink: "lan0"})
+	d := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")}, Networks: []overlay.Network{
+		{VNI: 10, Mode: overlay.ModeBridged, MTU: 1450, Uplink: "lan0"}, {VNI: 20, Mode: overlay.ModeIsolated, MTU: 1450}}}
+	for i := range 2 {
+		res, err := dp.Apply(context.Background(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 && len(res.Changes) != 0 {
+			t.Errorf("second Apply changed %s", changeText(res))
+		}
+		if line := ns.MustRun(t, "ip", "-o", "link", "show", "lan0"); !strings.Contains(line, "master vxbr10") {
+			t.Errorf("apply %d: lan0 not in vxbr10: %s", i, line)
+		}
+		if a := addrs("vxbr10"); a != "192.168.50.1/24" {
+			t.Errorf("apply %d: vxbr10 holds %q, want the LAN address", i, a)
+		}
+		if a := addrs("vxbr20"); a != "" {
+			t.Errorf("apply %d: vxbr20 holds %q, want none", i, a)
+		}
+	}
 }
 
 // TestPrivilegedAdoptedDownDeviceGetsNoLinkLocal: a bridge left down by a crash right after its
