@@ -486,6 +486,23 @@ func TestBridgedUplinkIsUnique(t *testing.T) {
 	if resp, err := cli.Get(ctx, UplinkKey("h1", "lan0")); err != nil || len(resp.Kvs) != 1 {
 		t.Errorf("blue/lan3's index key after the delete of a legacy duplicate: %v, %v", resp.Kvs, err)
 	}
+
+	// A replica of the version before the index deletes a network with its three keys only: the
+	// index key stays behind, naming a network that is gone. The next create on that uplink
+	// releases it (regression: every later create failed with contention).
+	gone := bridged("red", "gone", "h5", "eth0")
+	if err := create(gone); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Delete(ctx, NetworkKey(gone.Id)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Delete(ctx, NetworkNameKey("red", "gone")); err != nil {
+		t.Fatal(err)
+	}
+	if err := create(bridged("blue", "after", "h5", "eth0")); err != nil {
+		t.Errorf("create on an uplink whose index key outlived its network: %v", err)
+	}
 }
 
 // prefixState is the number of vxfabric keys and the store revision.

@@ -56,6 +56,13 @@ func (s *Store) uplinkConflict(ctx context.Context, n *vxfabricv1.Network, owner
 	}
 	owner, err := s.GetNetworkByID(ctx, string(ownerID))
 	if errors.Is(err, ErrNotFound) {
+		// Its network is gone but the key stayed: a replica of the version before the index deleted
+		// it. The key goes (only if it still names that network), and the create reads again.
+		key := UplinkKey(n.Uplink.Node, n.Uplink.Interface)
+		if _, err := s.kv.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", string(ownerID))).
+			Then(clientv3.OpDelete(key)).Commit(); err != nil {
+			return fmt.Errorf("release uplink %s:%s of a network that is gone: %w", n.Uplink.Node, n.Uplink.Interface, err)
+		}
 		return nil
 	}
 	if err != nil {
