@@ -219,9 +219,10 @@ func TestCertsOfFindsRenewedCertificates(t *testing.T) {
 	if !slices.Equal(serials, want) {
 		t.Errorf("CertsOf(h1) = %v, want the first and the renewed one %v", serials, want)
 	}
-	// Expired ones are left out; a name never issued is an error.
-	if certs, err := CertsOf(dir, NodeCertFile("h1"), time.Now().AddDate(5, 0, 0)); err == nil {
-		t.Errorf("CertsOf five years on: %d certificates, want none (an error)", len(certs))
+	// Expired earlier ones are left out, the current one is not; a name never issued is an error.
+	if certs, err := CertsOf(dir, NodeCertFile("h1"), time.Now().AddDate(5, 0, 0)); err != nil || len(certs) != 1 ||
+		certs[0].SerialNumber.Cmp(second.SerialNumber) != 0 {
+		t.Errorf("CertsOf five years on: %d certificates, %v; want the current one only", len(certs), err)
 	}
 	if _, err := CertsOf(dir, NodeCertFile("h9"), time.Now()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("CertsOf(h9): %v, want ErrNotExist", err)
@@ -273,5 +274,25 @@ func TestClientPresentsItsRenewedCertificate(t *testing.T) {
 	}
 	if got := presented(); got.Cmp(renewed.SerialNumber) != 0 || got.Cmp(first) == 0 {
 		t.Errorf("presented serial %x after the renewal, want the new %x (first %x)", got, renewed.SerialNumber, first)
+	}
+}
+
+// TestCertsOfAfterANewCA: certificates of a CA since replaced are not the new CA's to revoke (Revoke
+// would refuse the whole list).
+func TestCertsOfAfterANewCA(t *testing.T) {
+	dir := t.TempDir()
+	initDir(t, dir, "h1")
+	for _, f := range []string{CACertFile, CAKeyFile} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	initDir(t, dir, "h1") // a new CA: every leaf issued anew
+	certs, err := CertsOf(dir, NodeCertFile("h1"), time.Now())
+	if err != nil || len(certs) != 1 {
+		t.Fatalf("CertsOf after a new CA: %d certificates, %v; want the new one only", len(certs), err)
+	}
+	if _, err := Revoke(dir, certs, time.Now()); err != nil {
+		t.Errorf("revoke h1 after a new CA: %v", err)
 	}
 }

@@ -498,14 +498,19 @@ func issuedPath(dir, certName string, serial *big.Int) string {
 	return filepath.Join(dir, IssuedDir, strings.TrimSuffix(certName, ".crt")+"-"+serial.Text(16)+".crt")
 }
 
-// CertsOf returns the certificates issued as certName (pki.NodeCertFile("h1"), AdminCert) that
-// have not expired: the one the file holds now and those it held before (IssuedDir), so that
-// revoking them all leaves no older copy in use.
+// CertsOf returns the certificates issued as certName (pki.NodeCertFile("h1"), AdminCert) by the
+// CA in dir: the one the file holds now, and those it held before (IssuedDir) that have not expired
+// (and were signed by this CA, not by one it replaced), so that revoking them all leaves no older
+// copy in use.
 func CertsOf(dir, certName string, now time.Time) ([]*x509.Certificate, error) {
+	ca, err := readCert(filepath.Join(dir, CACertFile))
+	if err != nil {
+		return nil, err
+	}
 	var certs []*x509.Certificate
 	seen := map[string]bool{}
 	add := func(c *x509.Certificate) {
-		if k := c.SerialNumber.Text(16); !seen[k] && now.Before(c.NotAfter) {
+		if k := c.SerialNumber.Text(16); !seen[k] && c.CheckSignatureFrom(ca) == nil {
 			seen[k] = true
 			certs = append(certs, c)
 		}
@@ -515,7 +520,7 @@ func CertsOf(dir, certName string, now time.Time) ([]*x509.Certificate, error) {
 		return nil, err
 	}
 	if cur != nil {
-		add(cur)
+		add(cur) // even expired: the one asked for by name
 	}
 	base := strings.TrimSuffix(certName, ".crt")
 	paths, err := filepath.Glob(filepath.Join(dir, IssuedDir, base+"-*.crt"))
@@ -531,7 +536,9 @@ func CertsOf(dir, certName string, now time.Time) ([]*x509.Certificate, error) {
 		if err != nil {
 			return nil, err
 		}
-		add(c)
+		if now.Before(c.NotAfter) {
+			add(c)
+		}
 	}
 	if len(certs) == 0 {
 		return nil, fmt.Errorf("no certificate issued as %s in %s: %w", certName, dir, os.ErrNotExist)
