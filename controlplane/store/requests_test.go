@@ -181,3 +181,34 @@ func TestRequestIDsAreScopedByTenant(t *testing.T) {
 		t.Errorf("request records after alpha's delete: %q, want %q", keys, want)
 	}
 }
+
+// TestLegacyRequestRecordFound: a create committed by the version before request ids were scoped by
+// tenant (record requests/<kind>/<id>) and retried after the upgrade returns what it made, not
+// AlreadyExists; another tenant with the same id is not concerned.
+func TestLegacyRequestRecordFound(t *testing.T) {
+	s, cli := newTestStore(t)
+	ctx := testCtx(t)
+	for _, tenant := range []string{"alpha", "beta"} {
+		if _, err := s.CreateTenant(ctx, &vxfabricv1.Tenant{Name: tenant}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := &vxfabricv1.Network{Id: "0000000001", Tenant: "alpha", Name: "web", Vni: 100,
+		Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}
+	if _, err := s.CreateNetwork(ctx, n, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, RequestsPrefix+KindNetwork+"/old-id", n.Id); err != nil { // as the old version wrote it
+		t.Fatal(err)
+	}
+	got, err := s.NetworkForRequest(ctx, "old-id", "alpha", "web")
+	if err != nil || got.GetId() != n.Id {
+		t.Errorf("alpha's retry of old-id: %v, %v; want network %s", got, err, n.Id)
+	}
+	if got, err := s.NetworkForRequest(ctx, "old-id", "beta", "web"); err != nil || got != nil {
+		t.Errorf("beta with old-id: %v, %v; want no record", got, err)
+	}
+	if _, err := s.NetworkForRequest(ctx, "old-id", "alpha", "other"); !errors.Is(err, ErrRequestMismatch) {
+		t.Errorf("alpha reusing old-id for another network: %v, want ErrRequestMismatch", err)
+	}
+}

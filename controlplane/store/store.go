@@ -547,26 +547,34 @@ func (s *Store) TakenIPs(ctx context.Context, networkID string) ([]netip.Addr, e
 }
 
 // requestTarget returns the resource id a request record of tenant points at, or "" when there is
-// no record.
-func (s *Store) requestTarget(ctx context.Context, kind, tenant, requestID string) (string, error) {
+// no record. A record of the version before request ids were scoped by tenant (<kind>/<id>) is
+// read too, so that a retry across the upgrade still finds what its first attempt made; legacy
+// tells the caller to take it only for a resource of the same tenant.
+func (s *Store) requestTarget(ctx context.Context, kind, tenant, requestID string) (id string, legacy bool, err error) {
 	if requestID == "" {
-		return "", nil
+		return "", false, nil
 	}
-	resp, err := s.kv.Get(ctx, RequestKey(kind, tenant, requestID))
+	resp, err := s.kv.Txn(ctx).Then(
+		clientv3.OpGet(RequestKey(kind, tenant, requestID)),
+		clientv3.OpGet(RequestsPrefix+kind+"/"+requestID),
+	).Commit()
 	if err != nil {
-		return "", fmt.Errorf("read %s request %q of tenant %s: %w", kind, requestID, tenant, err)
+		return "", false, fmt.Errorf("read %s request %q of tenant %s: %w", kind, requestID, tenant, err)
 	}
-	if len(resp.Kvs) == 0 {
-		return "", nil
+	if kvs := rangeKVs(resp, 0); len(kvs) > 0 {
+		return string(kvs[0].Value), false, nil
 	}
-	return string(resp.Kvs[0].Value), nil
+	if kvs := rangeKVs(resp, 1); len(kvs) > 0 {
+		return string(kvs[0].Value), true, nil
+	}
+	return "", false, nil
 }
 
 // NetworkForRequest returns the live network an earlier create with this request id made (nil when
 // none), so that a retry returns it before anything is allocated. A request id used for another
 // tenant or name gives ErrRequestMismatch.
 func (s *Store) NetworkForRequest(ctx context.Context, requestID, tenant, name string) (*vxfabricv1.Network, error) {
-	id, err := s.requestTarget(ctx, KindNetwork, tenant, requestID)
+	id, legacy, err := s.requestTarget(ctx, KindNetwork, tenant, requestID)
 	if id == "" || err != nil {
 		return nil, err
 	}
@@ -576,6 +584,8 @@ func (s *Store) NetworkForRequest(ctx context.Context, requestID, tenant, name s
 		return nil, nil // deleted since: the create goes ahead and replaces the stale record
 	case err != nil:
 		return nil, err
+	case legacy && n.Tenant != tenant:
+		return nil, nil // another tenant's, from before ids were scoped: not this one's business
 	case n.Tenant != tenant || n.Name != name:
 		return nil, fmt.Errorf("network %s/%s: %w", tenant, name, ErrRequestMismatch)
 	}
@@ -584,7 +594,7 @@ func (s *Store) NetworkForRequest(ctx context.Context, requestID, tenant, name s
 
 // PortForRequest is NetworkForRequest for ports.
 func (s *Store) PortForRequest(ctx context.Context, requestID, tenant, name string) (*vxfabricv1.Port, error) {
-	id, err := s.requestTarget(ctx, KindPort, tenant, requestID)
+	id, legacy, err := s.requestTarget(ctx, KindPort, tenant, requestID)
 	if id == "" || err != nil {
 		return nil, err
 	}
@@ -594,6 +604,8 @@ func (s *Store) PortForRequest(ctx context.Context, requestID, tenant, name stri
 		return nil, nil
 	case err != nil:
 		return nil, err
+	case legacy && p.Tenant != tenant:
+		return nil, nil
 	case p.Tenant != tenant || p.Name != name:
 		return nil, fmt.Errorf("port %s/%s: %w", tenant, name, ErrRequestMismatch)
 	}
