@@ -371,11 +371,13 @@ func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
 		return VM{}, fmt.Errorf("vm %q: %w (a VM to migrate needs its ports and namespace %s)", name, ErrNoSuchVM, l.VMNamespace(name))
 	}
 	for i, p := range vm.Ports {
+		// The NIC moves first, wherever it is (a migration cut short may have left it on a third
+		// host); the port follows unless it is bound there already.
+		if err := l.moveHostEnd(p.GetInterfaceName(), to); err != nil {
+			return VM{}, fmt.Errorf("vm %q: %w", name, err)
+		}
 		if p.GetNode() == to {
 			continue
-		}
-		if err := l.moveHostEnd(p.GetInterfaceName(), p.GetNode(), to); err != nil {
-			return VM{}, fmt.Errorf("vm %q: %w", name, err)
 		}
 		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		moved, err := c.Ports.UpdatePort(callCtx, &vxfabricv1.UpdatePortRequest{Tenant: p.GetTenant(), Name: p.GetName(), Node: to})
@@ -392,10 +394,10 @@ func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
 	return vm, nil
 }
 
-// moveHostEnd moves a VM NIC's host-side interface from host from's namespace to host to's and
-// brings it up there. An interface already in to's namespace (a migration run again) is only
-// brought up.
-func (l *Lab) moveHostEnd(ifname, from, to string) error {
+// moveHostEnd moves a VM NIC's host-side interface from whichever host's namespace holds it to
+// host to's and brings it up there. An interface already in to's namespace (a migration run again)
+// is only brought up.
+func (l *Lab) moveHostEnd(ifname, to string) error {
 	th, err := handleAt(l.Namespace(to))
 	if err != nil {
 		return err
@@ -403,15 +405,27 @@ func (l *Lab) moveHostEnd(ifname, from, to string) error {
 	defer th.Close()
 	link, err := th.LinkByName(ifname)
 	if err != nil {
-		fh, err := handleAt(l.Namespace(from))
-		if err != nil {
-			return err
+		var fh *netlink.Handle
+		var old netlink.Link
+		from := ""
+		for _, h := range l.Hosts() {
+			if h == to {
+				continue
+			}
+			hh, err := handleAt(l.Namespace(h))
+			if err != nil {
+				return err
+			}
+			if old, err = hh.LinkByName(ifname); err == nil {
+				fh, from = hh, h
+				break
+			}
+			hh.Close()
+		}
+		if fh == nil {
+			return fmt.Errorf("interface %s is on no host of the lab", ifname)
 		}
 		defer fh.Close()
-		old, err := fh.LinkByName(ifname)
-		if err != nil {
-			return fmt.Errorf("interface %s on %s: %w", ifname, from, err)
-		}
 		nsh, err := netns.GetFromName(l.Namespace(to))
 		if err != nil {
 			return fmt.Errorf("open namespace %q: %w", l.Namespace(to), err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"github.com/vxfabric/vxfabric/lab"
 	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
@@ -278,6 +279,29 @@ func TestPrivilegedLiveMigration(t *testing.T) {
 	if _, err := f.l.MigrateVM(f.ctx, "mg-m", "h2"); err != nil {
 		t.Errorf("migrating to the host it is on: %v", err)
 	}
+	// A migration cut short after the NIC moved (here to h3) but before the port followed is
+	// undone by migrating back to where the port is bound.
+	h2, err := f.l.Handle("h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h2.Close()
+	nic, err := h2.LinkByName(m.Ports[0].GetInterfaceName())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h3ns, err := netns.GetFromName(f.l.Namespace("h3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h3ns.Close()
+	if err := h2.LinkSetNsFd(nic, int(h3ns)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.l.MigrateVM(f.ctx, "mg-m", "h2"); err != nil {
+		t.Fatalf("migrating back after a migration cut short: %v", err)
+	}
+	f.reach("mg-w", m.IP(0), 2*time.Second)
 }
 
 // TestPrivilegedDriftRepairedAtOnce: someone removes an FDB entry of a running agent's vxlan device,

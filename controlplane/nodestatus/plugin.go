@@ -68,11 +68,12 @@ func knownHosts(ctx context.Context, host server.Host) func() []string {
 			}
 		}
 		// One answering member is enough: a few, chosen at random, so that a large fabric with
-		// hosts down does not hold the join up.
+		// hosts down does not hold the join (and a shutdown waiting for it) up: memberlist tries
+		// them one after the other, each for up to its TCP timeout.
 		rand.Shuffle(len(seeds), func(i, j int) { seeds[i], seeds[j] = seeds[j], seeds[i] })
 		return seeds[:min(len(seeds), maxStoreSeeds)]
 	}
 }
 
 // maxStoreSeeds bounds the seeds knownHosts gives at once.
-const maxStoreSeeds = 8
+const maxStoreSeeds = 3
