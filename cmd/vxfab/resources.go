@@ -395,6 +395,7 @@ func newPortCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				noteUnknownNode(ctx, cmd, conn, node)
 				return render(cmd, resp, func(w io.Writer) { portTable(w, resp.Port) })
 			})
 		},
@@ -449,6 +450,7 @@ func newPortCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				noteUnknownNode(ctx, cmd, conn, node)
 				return render(cmd, resp, func(w io.Writer) { portTable(w, resp.Port) })
 			})
 		},
@@ -498,6 +500,16 @@ func portDetail(w io.Writer, p *vxfabricv1.Port) {
 		{"Plugged:", yesNo(p.Plugged)}, {"Revision:", p.Revision}, {"Created:", fmtTime(p.CreateTime)},
 	} {
 		row(w, kv[0], kv[1])
+	}
+}
+
+// noteUnknownNode says on stderr when node is not (yet) a node of the fabric: a port may be bound to a
+// host before its agent first joins (it is plugged then), but a mistyped name looks the same. Only
+// callers that may read nodes (admins) learn it; for the others it stays silent.
+func noteUnknownNode(ctx context.Context, cmd *cobra.Command, conn *grpc.ClientConn, node string) {
+	_, err := vxfabricv1.NewNodeServiceClient(conn).GetNode(ctx, &vxfabricv1.GetNodeRequest{Name: node})
+	if status.Code(err) == codes.NotFound {
+		fmt.Fprintf(cmd.ErrOrStderr(), "note: node %s is not known to the fabric yet: the port is plugged once its agent joins\n", node)
 	}
 }
 

@@ -118,6 +118,30 @@ func TestCLIResources(t *testing.T) {
 		t.Fatalf("port move prints\n%s\nwant the table port create prints:\n%s", moved, created)
 	}
 	ok("port", "delete", "vm9", "--tenant", "acme")
+
+	// A port bound to a node the fabric does not know (yet) is accepted, with a note on stderr.
+	stderrOf := func(args ...string) string {
+		t.Helper()
+		root := newRootCmd()
+		var out, errOut bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&errOut)
+		root.SetArgs(append([]string{"--server", addr}, args...))
+		if err := root.ExecuteContext(ctx); err != nil {
+			t.Fatalf("vxfab %v: %s", args, errorLine(err))
+		}
+		return errOut.String()
+	}
+	if got := stderrOf("port", "create", "vm8", "--tenant", "acme", "--network", "web", "--node", "h9"); !strings.Contains(got, "node h9 is not known to the fabric yet") {
+		t.Errorf("port create on an unknown node: stderr %q, want the note", got)
+	}
+	if _, err := srv.Store().PutNode(ctx, &vxfabricv1.Node{Name: "h7", Vtep: "198.18.0.17", Status: vxfabricv1.NodeStatus_NODE_STATUS_ALIVE}); err != nil {
+		t.Fatal(err)
+	}
+	if got := stderrOf("port", "move", "vm8", "--tenant", "acme", "--node", "h7"); got != "" {
+		t.Errorf("port move to a known node: stderr %q, want nothing", got)
+	}
+	ok("port", "delete", "vm8", "--tenant", "acme")
 	if updated := ok("network", "update", "web", "--tenant", "acme", "--mtu", "1400"); !strings.HasPrefix(header(updated), "TENANT NAME ID CIDR MODE") || !strings.Contains(updated, "1400") {
 		t.Fatalf("network update prints\n%s\nwant the table network create prints", updated)
 	}
