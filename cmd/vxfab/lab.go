@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -203,9 +204,7 @@ func newLabStatusCmd(f *labFlags) *cobra.Command {
 			}
 			st := l.Status(cmd.Context())
 			if cliOpts.output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return writeJSON(cmd.OutOrStdout(), st)
 			}
 			st.Print(cmd.OutOrStdout())
 			return nil
@@ -392,9 +391,7 @@ func newLabVMCmd(f *labFlags) *cobra.Command {
 			}
 			st := l.Status(cmd.Context())
 			if cliOpts.output == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(map[string]any{"vms": st.VMs}); err != nil {
+				if err := writeJSON(cmd.OutOrStdout(), map[string]any{"vms": st.VMs}); err != nil {
 					return err
 				}
 			} else {
@@ -454,6 +451,13 @@ func newLabDemoCmd(f *labFlags) *cobra.Command {
 
 // labError gives the lab's errors about missing things the code the API would give them, so that
 // they print as the API's do ("NotFound: ...").
+// writeJSON writes v as indented JSON (the lab's -o json: its status is not a proto message).
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
 func labError(err error) error {
 	if errors.Is(err, lab.ErrNoSuchVM) {
 		return status.Error(codes.NotFound, err.Error())

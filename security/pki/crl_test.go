@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"math/big"
@@ -144,16 +145,8 @@ func mustRead(t *testing.T, path string) *x509.Certificate {
 // certificate is on it, in the handshake.
 func TestRefuseRevokedServer(t *testing.T) {
 	dir := t.TempDir()
-	initDir(t, dir, "h1")
 	p := func(f string) string { return filepath.Join(dir, f) }
-	server, err := ServerTLSConfig(p(ServerCert), p(ServerKey), p(CACertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := ClientTLSConfig(p(CACertFile), p(NodeCertFile("h1")), p(NodeKeyFile("h1")), "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
+	server, client := serverAndNode(t, dir)
 	rev, err := NewRevocations(p(CRLFile), p(CACertFile), false, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -244,16 +237,8 @@ func TestCertsOfFindsRenewedCertificates(t *testing.T) {
 // is presented from the next handshake on, without a new TLS configuration (an agent restart).
 func TestClientPresentsItsRenewedCertificate(t *testing.T) {
 	dir := t.TempDir()
-	initDir(t, dir, "h1")
 	p := func(f string) string { return filepath.Join(dir, f) }
-	server, err := ServerTLSConfig(p(ServerCert), p(ServerKey), p(CACertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := ClientTLSConfig(p(CACertFile), p(NodeCertFile("h1")), p(NodeKeyFile("h1")), "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
+	server, client := serverAndNode(t, dir)
 	presented := func() *big.Int {
 		t.Helper()
 		st, serr, cerr := handshake(t, server, client)
@@ -295,4 +280,21 @@ func TestCertsOfAfterANewCA(t *testing.T) {
 	if _, err := Revoke(dir, certs, time.Now()); err != nil {
 		t.Errorf("revoke h1 after a new CA: %v", err)
 	}
+}
+
+// serverAndNode makes a PKI in dir with node h1 and returns the TLS configurations of its server
+// and of h1.
+func serverAndNode(t *testing.T, dir string) (server, client *tls.Config) {
+	t.Helper()
+	initDir(t, dir, "h1")
+	p := func(f string) string { return filepath.Join(dir, f) }
+	server, err := ServerTLSConfig(p(ServerCert), p(ServerKey), p(CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err = ClientTLSConfig(p(CACertFile), p(NodeCertFile("h1")), p(NodeKeyFile("h1")), "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return server, client
 }
