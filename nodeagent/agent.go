@@ -90,6 +90,9 @@ type Agent struct {
 	// server replica judges the next report against a view holding that report's status writes.
 	statusToken int64
 	repKick     chan struct{}
+	// reportSeq numbers the reports (ReportAppliedRequest.sequence), from the clock at start so
+	// that a restarted agent's come after its last.
+	reportSeq atomic.Int64
 
 	converged     chan struct{} // closed by the first full pass that applied a snapshot
 	convergedOnce sync.Once
@@ -160,6 +163,7 @@ func New(cfg Config) (*Agent, error) {
 
 		converged: make(chan struct{}),
 	}
+	a.reportSeq.Store(time.Now().UnixNano())
 	a.met.appliedRevision.Set(float64(applied))
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(newPortDropCollector(a))
@@ -651,6 +655,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 			rctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
 			resp, err := client.ReportApplied(rctx, &vxfabricv1.ReportAppliedRequest{
 				Node: a.cfg.Node, Revision: p.rev, PluggedPortIds: p.plugged, StatusRevision: token, Errors: p.errors,
+				Sequence: a.reportSeq.Add(1),
 			})
 			cancel()
 			if err != nil {

@@ -176,6 +176,7 @@ type nodeStat struct {
 	desired int64
 	changes []change // view changes not yet reported applied, oldest first, at most Config.History
 	errors  []string // what the agent's last report said it could not apply
+	seq     int64    // the highest report sequence seen: an older report is late
 }
 
 type change struct {

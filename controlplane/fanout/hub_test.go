@@ -673,6 +673,51 @@ func TestReportApplied(t *testing.T) {
 	}
 }
 
+// TestLateReportOfANodeIsIgnored: a node's report held up at one replica and committed after a newer
+// one (a higher sequence) writes no status: the newer one's stands.
+func TestLateReportOfANodeIsIgnored(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	e.start()
+	c := e.dial()
+	ctx := context.Background()
+	report := func(seq int64, plugged ...string) {
+		t.Helper()
+		// Token 0: the hub catches up with the store first, so each report is judged on all writes.
+		if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", PluggedPortIds: plugged, Sequence: seq}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plugged := func() bool {
+		t.Helper()
+		resp, err := e.cli.Get(ctx, prefix+"status/ports/pa")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(resp.Kvs) == 1
+	}
+	report(10, "pa")
+	if !plugged() {
+		t.Fatal("pa not plugged by report 10")
+	}
+	report(20) // unplugged
+	if plugged() {
+		t.Fatal("pa still plugged after report 20")
+	}
+	report(15, "pa") // late: held up before report 20
+	if plugged() {
+		t.Error("the late report 15 plugged pa again over report 20")
+	}
+	report(21, "pa")
+	if !plugged() {
+		t.Error("report 21 did not plug pa")
+	}
+	report(0) // an agent of an older version: unordered, as before
+	if plugged() {
+		t.Error("an unordered report did not unplug pa")
+	}
+}
+
 // TestResumeAtARevisionOutsideThePrefix: an agent resumes at a revision written outside the hub's
 // prefix (a shared etcd): no watch event brings the hub there, a progress notification does, at
 // once (not after CatchUpTimeout, with Unavailable).

@@ -224,14 +224,29 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	}
 	h.mu.RUnlock()
 
+	// Reports of one node are ordered by their sequence: each write below holds only while no
+	// report with a higher one wrote this node's statuses (a report held up at another replica
+	// and committed late must not undo a newer one), and records its own.
+	var fence []clientv3.Cmp
+	var fenceOps []clientv3.Op
+	if seq := req.GetSequence(); seq > 0 && len(puts)+len(dels) > 0 {
+		key, val := h.cfg.Prefix+"status/reports/"+node, fmt.Sprintf("%020d", seq)
+		// The compare below needs the key to exist (a value compare fails on a missing key).
+		if _, err := h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(key), "=", 0)).
+			Then(clientv3.OpPut(key, fmt.Sprintf("%020d", 0))).Commit(); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "order the reports of node %q: %v", node, err)
+		}
+		fence = []clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "<", val+"\x00")} // <= val
+		fenceOps = []clientv3.Op{clientv3.OpPut(key, val)}
+	}
 	for _, id := range puts {
 		// Only while the port exists, so a report racing a delete leaves no orphan status key, and
 		// is still the one judged (bound to node), so a late report of the node a port moved away
 		// from does not mark it plugged on its new node.
 		portKey := h.cfg.Prefix + "ports/" + id
 		resp, err := h.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.Version(portKey), ">", 0), clientv3.Compare(clientv3.ModRevision(portKey), "<", judged+1)).
-			Then(clientv3.OpPut(h.cfg.Prefix+"status/ports/"+id, "1")).
+			If(append([]clientv3.Cmp{clientv3.Compare(clientv3.Version(portKey), ">", 0), clientv3.Compare(clientv3.ModRevision(portKey), "<", judged+1)}, fence...)...).
+			Then(append([]clientv3.Op{clientv3.OpPut(h.cfg.Prefix+"status/ports/"+id, "1")}, fenceOps...)...).
 			Commit()
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "mark port %q plugged: %v", id, err)
@@ -241,8 +256,8 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	for _, id := range dels {
 		// Likewise: not once the port has moved on, where its new node may have plugged it.
 		resp, err := h.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(h.cfg.Prefix+"ports/"+id), "<", judged+1)).
-			Then(clientv3.OpDelete(h.cfg.Prefix + "status/ports/" + id)).
+			If(append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(h.cfg.Prefix+"ports/"+id), "<", judged+1)}, fence...)...).
+			Then(append([]clientv3.Op{clientv3.OpDelete(h.cfg.Prefix + "status/ports/" + id)}, fenceOps...)...).
 			Commit()
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "mark port %q unplugged: %v", id, err)
@@ -253,6 +268,11 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	now := time.Now()
 	h.statMu.Lock()
 	st := h.stat(node)
+	if seq := req.GetSequence(); seq > 0 && seq < st.seq {
+		h.statMu.Unlock()
+		return &vxfabricv1.ReportAppliedResponse{StatusRevision: max(h.statusRev.Load(), seen)}, nil // a late one
+	}
+	st.seq = max(st.seq, req.GetSequence())
 	st.applied = req.GetRevision()
 	st.errors = slices.Clone(req.GetErrors())
 	kept := st.changes[:0]

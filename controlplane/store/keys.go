@@ -32,6 +32,9 @@ const (
 	// the node VTEPs compares this one key instead of every node record (NodesUnchangedSince).
 	NodesEpochKey    = Prefix + nodesEpoch
 	PortStatusPrefix = Prefix + "status/ports/" // <port-id> -> "1" while plugged
+	// NodeReportsPrefix orders each node's reports (controlplane/fanout): <node> -> the sequence of
+	// the newest report that wrote the node's port statuses, 20 decimal digits.
+	NodeReportsPrefix = Prefix + "status/reports/"
 	// RequestsPrefix holds the request records (TenantRequestKey, RequestKey): raw resource ids.
 	RequestsPrefix = Prefix + "requests/"
 	LeaderPrefix   = Prefix + "leader/" // election of the node-status writer

@@ -665,7 +665,12 @@ type ReportAppliedRequest struct {
 	// What the agent could not apply: one line per kernel object, such as "uplink eth1 master
 	// vxbr7: uplink interface not found" (at most 32 lines of at most 512 bytes). Empty when revision
 	// is applied in full.
-	Errors        []string `protobuf:"bytes,5,rep,name=errors,proto3" json:"errors,omitempty"`
+	Errors []string `protobuf:"bytes,5,rep,name=errors,proto3" json:"errors,omitempty"`
+	// Increases with every report of this agent; a restarted agent starts above its last (it starts
+	// from the clock). A server writes a report's plugged statuses only if no report with a higher
+	// sequence wrote this node's before, so a report delayed at one replica cannot undo a newer one
+	// made at another. 0: unordered (an agent of an older version).
+	Sequence      int64 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -733,6 +738,13 @@ func (x *ReportAppliedRequest) GetErrors() []string {
 		return x.Errors
 	}
 	return nil
+}
+
+func (x *ReportAppliedRequest) GetSequence() int64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
 }
 
 type ReportAppliedResponse struct {
@@ -950,13 +962,14 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
-	"\x04vtep\x18\x06 \x01(\tR\x04vtep\"\xb1\x01\n" +
+	"\x04vtep\x18\x06 \x01(\tR\x04vtep\"\xcd\x01\n" +
 	"\x14ReportAppliedRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12(\n" +
 	"\x10plugged_port_ids\x18\x03 \x03(\tR\x0epluggedPortIds\x12'\n" +
 	"\x0fstatus_revision\x18\x04 \x01(\x03R\x0estatusRevision\x12\x16\n" +
-	"\x06errors\x18\x05 \x03(\tR\x06errors\"@\n" +
+	"\x06errors\x18\x05 \x03(\tR\x06errors\x12\x1a\n" +
+	"\bsequence\x18\x06 \x01(\x03R\bsequence\"@\n" +
 	"\x15ReportAppliedResponse\x12'\n" +
 	"\x0fstatus_revision\x18\x01 \x01(\x03R\x0estatusRevision\"W\n" +
 	"\x13RegisterNodeRequest\x12\x12\n" +
