@@ -42,6 +42,9 @@ type env struct {
 	hub  *Hub
 	reg  *prometheus.Registry
 	addr string
+	// stopping is closed when the env's cleanup begins, before it waits for the hub's Run: a hook
+	// holding Run (holdRewatch) lets go then, so that a failed test cannot hang.
+	stopping chan struct{}
 }
 
 func startEtcd(t testing.TB) *clientv3.Client {
@@ -51,10 +54,39 @@ func startEtcd(t testing.TB) *clientv3.Client {
 
 func newEnv(t testing.TB, cfg Config) *env {
 	t.Helper()
-	e := &env{t: t, cli: startEtcd(t), reg: prometheus.NewRegistry()}
+	return newReplica(t, startEtcd(t), cfg)
+}
+
+// newReplica is an env with a hub of its own on cli (a second server replica on the same etcd).
+func newReplica(t testing.TB, cli *clientv3.Client, cfg Config) *env {
+	e := &env{t: t, cli: cli, reg: prometheus.NewRegistry(), stopping: make(chan struct{})}
 	cfg.Registerer = e.reg
 	e.hub = New(e.cli, cfg)
 	return e
+}
+
+// holdRewatch makes the hub, whenever its watch breaks, signal paused and wait for release before it
+// watches again (its model stays behind the store meanwhile). Call it before start.
+func (e *env) holdRewatch() (paused <-chan struct{}, release chan<- struct{}) {
+	p, r := make(chan struct{}, 1), make(chan struct{})
+	e.hub.beforeRewatch = func() {
+		p <- struct{}{}
+		select {
+		case <-r:
+		case <-e.stopping:
+		}
+	}
+	return p, r
+}
+
+// plugged reports whether the store holds port id's plugged status.
+func (e *env) plugged(id string) bool {
+	e.t.Helper()
+	resp, err := e.cli.Get(context.Background(), prefix+"status/ports/"+id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return len(resp.Kvs) == 1
 }
 
 // start runs the hub and serves it on a loopback listener; everything stops in t.Cleanup.
@@ -73,6 +105,7 @@ func (e *env) start(opts ...grpc.ServerOption) {
 	go func() { defer close(served); _ = gs.Serve(lis) }()
 	e.addr = lis.Addr().String()
 	t.Cleanup(func() {
+		close(e.stopping)
 		cancel()
 		if err := <-runErr; err != nil {
 			t.Errorf("hub Run: %v", err)
@@ -479,12 +512,7 @@ func TestSyncResume(t *testing.T) {
 func TestSyncCompactionResnapshots(t *testing.T) {
 	e := newEnv(t, Default())
 	e.seed()
-	release := make(chan struct{})
-	paused := make(chan struct{}, 1)
-	e.hub.beforeRewatch = func() {
-		paused <- struct{}{}
-		<-release
-	}
+	paused, release := e.holdRewatch()
 	e.start()
 	c := e.dial()
 	a := e.sync(c, "a", 0)
@@ -688,32 +716,24 @@ func TestLateReportOfANodeIsIgnored(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	plugged := func() bool {
-		t.Helper()
-		resp, err := e.cli.Get(ctx, prefix+"status/ports/pa")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(resp.Kvs) == 1
-	}
 	report(10, "pa")
-	if !plugged() {
+	if !e.plugged("pa") {
 		t.Fatal("pa not plugged by report 10")
 	}
 	report(20) // unplugged
-	if plugged() {
+	if e.plugged("pa") {
 		t.Fatal("pa still plugged after report 20")
 	}
 	report(15, "pa") // late: held up before report 20
-	if plugged() {
+	if e.plugged("pa") {
 		t.Error("the late report 15 plugged pa again over report 20")
 	}
 	report(21, "pa")
-	if !plugged() {
+	if !e.plugged("pa") {
 		t.Error("report 21 did not plug pa")
 	}
 	report(0) // an agent of an older version: unordered, as before
-	if plugged() {
+	if e.plugged("pa") {
 		t.Error("an unordered report did not unplug pa")
 	}
 }
@@ -747,19 +767,9 @@ func TestReportAcrossReplicas(t *testing.T) {
 	e := newEnv(t, Default())
 	e.seed()
 	e.start()
-	b := &env{t: t, cli: e.cli, reg: prometheus.NewRegistry()}
-	b.hub = New(e.cli, Config{Registerer: b.reg})
-	release, ended := make(chan struct{}), make(chan struct{})
-	paused := make(chan struct{}, 1)
-	b.hub.beforeRewatch = func() {
-		paused <- struct{}{}
-		select {
-		case <-release:
-		case <-ended: // a failed test must not leave b's Run waiting here
-		}
-	}
+	b := newReplica(t, e.cli, Config{})
+	paused, release := b.holdRewatch()
 	b.start()
-	t.Cleanup(func() { close(ended) }) // runs before b.start's cleanup waits for Run
 	ca, cb := e.dial(), b.dial()
 	ctx := context.Background()
 	report := func(c vxfabricv1.AgentServiceClient, token int64, plugged ...string) int64 {
@@ -770,17 +780,8 @@ func TestReportAcrossReplicas(t *testing.T) {
 		}
 		return resp.GetStatusRevision()
 	}
-	plugged := func() bool {
-		t.Helper()
-		resp, err := e.cli.Get(ctx, prefix+"status/ports/pa")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(resp.Kvs) == 1
-	}
-
 	token := report(ca, 0, "pa")
-	if !plugged() {
+	if !e.plugged("pa") {
 		t.Fatal("pa not marked plugged")
 	}
 	if err := b.hub.WaitRevision(ctx, token); err != nil {
@@ -794,7 +795,7 @@ func TestReportAcrossReplicas(t *testing.T) {
 		b.kickWatch()
 		<-paused
 		token = report(ca, token)
-		if plugged() {
+		if e.plugged("pa") {
 			t.Fatalf("%s: pa still plugged after the report to a", tc.name)
 		}
 		if !tc.carry {
@@ -811,7 +812,7 @@ func TestReportAcrossReplicas(t *testing.T) {
 		}
 		release <- struct{}{}
 		token = <-done
-		if !plugged() {
+		if !e.plugged("pa") {
 			t.Errorf("%s: pa not plugged after the report to b", tc.name)
 		}
 		if err := e.hub.WaitRevision(ctx, token); err != nil {
@@ -835,27 +836,10 @@ func TestReportAcrossReplicas(t *testing.T) {
 func TestLateReportAfterMove(t *testing.T) {
 	e := newEnv(t, Default())
 	e.seed()
-	release, ended := make(chan struct{}), make(chan struct{})
-	paused := make(chan struct{}, 1)
-	e.hub.beforeRewatch = func() {
-		paused <- struct{}{}
-		select {
-		case <-release:
-		case <-ended:
-		}
-	}
+	paused, release := e.holdRewatch()
 	e.start()
-	t.Cleanup(func() { close(ended) })
 	c := e.dial()
 	ctx := context.Background()
-	plugged := func() bool {
-		t.Helper()
-		resp, err := e.cli.Get(ctx, prefix+"status/ports/pa")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(resp.Kvs) == 1
-	}
 	report := func(ids ...string) {
 		t.Helper()
 		// A token the hub has seen: nothing to wait for, the hub judges with what it holds.
@@ -884,7 +868,7 @@ func TestLateReportAfterMove(t *testing.T) {
 	stall()
 	e.put("ports/pa", testPort("pa", "n1", "b", 1))
 	report("pa")
-	if plugged() {
+	if e.plugged("pa") {
 		t.Error("a's late report marked pa plugged after pa moved to b")
 	}
 	resume()
@@ -901,7 +885,7 @@ func TestLateReportAfterMove(t *testing.T) {
 	stall()
 	e.put("ports/pa", testPort("pa", "n1", "b", 1))
 	report()
-	if !plugged() {
+	if !e.plugged("pa") {
 		t.Error("a's late report unplugged pa, plugged on b where it moved")
 	}
 	resume()
