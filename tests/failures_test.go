@@ -3,8 +3,11 @@
 package tests
 
 import (
+	"context"
 	"net"
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +17,8 @@ import (
 	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 const isolated = vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED
@@ -438,4 +443,60 @@ func TestPrivilegedDeadAgentLiveHost(t *testing.T) {
 		t.Fatalf("h2 not ALIVE after its agent started again (status %s)", status())
 	}
 	f.reach("dead-b", a.IP(0), 2*time.Second)
+}
+
+// TestPrivilegedNodeDelete decommissions h3: refused while its agent runs (the CLI prints one line
+// and exits non-zero) and while a port is bound to it; once its agent has left, the node is
+// forgotten and stays forgotten; when the agent starts again, the host is recorded anew and its
+// ports work.
+func TestPrivilegedNodeDelete(t *testing.T) {
+	f := newFixture(t, "e2e-decom")
+	f.network("net", "10.57.0.0/24", isolated)
+	f.vm("decom-a", "h1", "net")
+	f.vm("decom-c", "h3", "net")
+	del := func() error {
+		_, err := f.c.Nodes.DeleteNode(f.ctx, &vxfabricv1.DeleteNodeRequest{Name: "h3"})
+		return err
+	}
+
+	ctx, cancel := context.WithTimeout(f.ctx, time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Getenv("VXFAB_BIN"), "node", "delete", "h3")
+	cmd.Env = append(os.Environ(), "VXFAB_PROFILE="+f.l.ProfilePath())
+	out, err := cmd.CombinedOutput()
+	line := strings.TrimSpace(string(out))
+	if err == nil || strings.Count(line, "\n") != 0 || !strings.Contains(line, "FailedPrecondition") || !strings.Contains(line, "h3 is ALIVE") {
+		t.Errorf("vxfab node delete h3 while its agent runs: %v, %q; want a non-zero exit and one FailedPrecondition line", err, line)
+	}
+
+	restoreOnCleanup(t, "agent", "start", "h3")
+	mustVxfab(t, "lab", "agent", "stop", "h3")
+	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
+		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_LEFT, nil
+	}); err != nil {
+		t.Fatalf("h3 not LEFT after its agent stopped: %s", f.node("h3").GetStatus())
+	}
+	if err := del(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "e2e-decom/") {
+		t.Errorf("delete of h3 holding a port: %v, want FailedPrecondition naming the port", err)
+	}
+	f.deleteVM("decom-c")
+	if err := del(); err != nil {
+		t.Fatalf("delete of h3, left and holding nothing: %v", err)
+	}
+	time.Sleep(1500 * time.Millisecond) // gossip still remembers h3: it must not come back by itself
+	if _, err := f.c.Nodes.GetNode(f.ctx, &vxfabricv1.GetNodeRequest{Name: "h3"}); status.Code(err) != codes.NotFound {
+		t.Errorf("h3 after its delete: %v, want NotFound", err)
+	}
+	if err := del(); status.Code(err) != codes.NotFound {
+		t.Errorf("second delete of h3: %v, want NotFound", err)
+	}
+
+	mustVxfab(t, "lab", "agent", "start", "h3")
+	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
+		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
+	}); err != nil {
+		t.Fatalf("h3 not recorded again after its agent started: %s", f.node("h3").GetStatus())
+	}
+	c := f.vm("decom-d", "h3", "net")
+	f.reach("decom-a", c.IP(0), 5*time.Second)
 }

@@ -516,7 +516,7 @@ func noteUnknownNode(ctx context.Context, cmd *cobra.Command, conn *grpc.ClientC
 // ---- node ----
 
 func newNodeCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "node", Short: "show the fabric's hosts"}
+	cmd := &cobra.Command{Use: "node", Short: "show the fabric's hosts, forget decommissioned ones"}
 	list := &cobra.Command{
 		Use: "list", Short: "list nodes with their status and convergence", Args: cobra.NoArgs,
 		Long: "Lists the nodes: their gossip STATUS, whether their HOST answers on the underlay, and how far their\n" +
@@ -543,7 +543,25 @@ func newNodeCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(list, show)
+	var rev int64
+	del := &cobra.Command{
+		Use: "delete NAME", Short: "forget a host that has left the fabric", Args: cobra.ExactArgs(1),
+		Long: "Forgets a decommissioned host: its record and its convergence figures. Refused while the node is\n" +
+			"ALIVE or SUSPECT (stop its agent first: it leaves gossip and shows LEFT), while ports are bound to it,\n" +
+			"or while it is the uplink host of a bridged network.",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := vxfabricv1.NewNodeServiceClient(conn).DeleteNode(ctx,
+					&vxfabricv1.DeleteNodeRequest{Name: args[0], ExpectedRevision: rev})
+				if err != nil {
+					return err
+				}
+				return render(cmd, resp, func(w io.Writer) { fmt.Fprintf(w, "node %s deleted\n", args[0]) })
+			})
+		},
+	}
+	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the node is still at this revision")
+	cmd.AddCommand(list, show, del)
 	return cmd
 }
 

@@ -322,3 +322,17 @@ func (s *NodeServer) GetNode(ctx context.Context, req *vxfabricv1.GetNodeRequest
 	}
 	return &vxfabricv1.GetNodeResponse{Node: s.withRevisions(n)}, nil
 }
+
+func (s *NodeServer) DeleteNode(ctx context.Context, req *vxfabricv1.DeleteNodeRequest) (*vxfabricv1.DeleteNodeResponse, error) {
+	if err := validName("node", req.Name); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := validExpected(req.ExpectedRevision); err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := s.store.DeleteNode(ctx, req.Name, req.ExpectedRevision); err != nil {
+		return nil, s.toStatus(err)
+	}
+	s.log.Info("node deleted", "node", req.Name)
+	return &vxfabricv1.DeleteNodeResponse{}, nil
+}

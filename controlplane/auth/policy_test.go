@@ -109,6 +109,7 @@ var policyCases = []policyCase{
 	// Nodes and tokens: admin only.
 	{method: vxfabricv1.NodeService_ListNodes_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny},
 	{method: vxfabricv1.NodeService_GetNode_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny},
+	{method: vxfabricv1.NodeService_DeleteNode_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny},
 	{method: vxfabricv1.TokenService_CreateToken_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny, tenantOther: deny, tenantField: "tenant"},
 	{method: vxfabricv1.TokenService_ListTokens_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny, tenantOther: deny, tenantField: "tenant"},
 	{method: vxfabricv1.TokenService_RevokeToken_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny},

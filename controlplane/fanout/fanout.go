@@ -157,7 +157,7 @@ type Hub struct {
 	// could find the first one's write not yet in the model and skip the second's.
 	statusRev atomic.Int64
 
-	statMu sync.Mutex // desired revisions change only with mu also held for writing
+	statMu sync.Mutex // desired revisions change only with mu also held for writing; taken after mu and subsMu
 	stats  map[string]*nodeStat
 	statCh chan struct{} // closed and replaced on every applied report
 
@@ -426,17 +426,9 @@ func (h *Hub) applyEvents(evs []event, seen time.Time) {
 	}
 	deltas, touched := b.finish()
 	rev := h.m.rev
-	overflows := 0
-	for node, d := range deltas {
-		for s := range h.subs[node] {
-			if s.push(d, rev, h.cfg.MaxPending) {
-				overflows++
-			}
-		}
-	}
-	h.subsMu.Unlock()
-	// Desired revisions move under h.mu too: subscribe compares a resume revision with them and with
-	// the model in one critical section.
+	// Desired revisions move under h.mu too (subscribe compares a resume revision with them and with
+	// the model in one critical section), and before any delta goes out, so an agent that has
+	// received one never finds its node's desired revision behind it.
 	h.statMu.Lock()
 	for node := range touched {
 		st := h.stat(node)
@@ -446,7 +438,22 @@ func (h *Hub) applyEvents(evs []event, seen time.Time) {
 		}
 		st.changes = append(st.changes, change{rev: rev, seen: seen})
 	}
+	for _, ev := range evs {
+		// A deleted node (NodeService.DeleteNode) takes its figures along, unless it streams here.
+		if kind, node, _ := keyKind(ev.key); kind == "nodes/" && ev.deleted && len(h.subs[node]) == 0 {
+			delete(h.stats, node)
+		}
+	}
 	h.statMu.Unlock()
+	overflows := 0
+	for node, d := range deltas {
+		for s := range h.subs[node] {
+			if s.push(d, rev, h.cfg.MaxPending) {
+				overflows++
+			}
+		}
+	}
+	h.subsMu.Unlock()
 	h.advanceLocked()
 	h.mu.Unlock()
 	h.met.revision.Set(float64(rev))

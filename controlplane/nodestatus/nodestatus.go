@@ -231,6 +231,11 @@ func (w *Writer) write(ctx context.Context, lead leadership, p membership.Peer) 
 		if err != nil {
 			return fmt.Errorf("read node %q: %w", name, err)
 		}
+		if len(resp.Kvs) == 0 && (p.State == membership.StateDead || p.State == membership.StateLeft) {
+			// Gossip remembers gone members for a while: one never recorded, or deleted since
+			// (NodeService.DeleteNode), is not recorded again until it comes back.
+			return nil
+		}
 		cur := &vxfabricv1.Node{}
 		var modRev int64
 		if len(resp.Kvs) == 1 {

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+	"sort"
+	"strings"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -86,4 +88,108 @@ func NodesUnchangedSince(rev int64) clientv3.Cmp {
 // NodesUnchangedSince from the transaction's other compares.
 func nodesWrittenAfter(rev int64) clientv3.Op {
 	return clientv3.OpGet(NodesEpochKey, clientv3.WithKeysOnly(), clientv3.WithMinModRev(rev+1))
+}
+
+// DeleteNode forgets a host that has left the fabric: its record and the sequence that orders its
+// reports (NodeReportsPrefix). It is refused (ErrFailedPrecondition) while the record says ALIVE or
+// SUSPECT, since the host's agent would record it again, while ports are bound to it, and while it is
+// the uplink host of a bridged network. The checks and the delete are one transaction: it fails, and
+// the delete reads again, when the node, a port or a network was written after the read.
+func (s *Store) DeleteNode(ctx context.Context, name string, expected int64) error {
+	key := NodeKey(name)
+	for range maxCASRetries {
+		resp, err := s.kv.Txn(ctx).Then(
+			clientv3.OpGet(key),
+			clientv3.OpGet(PortsPrefix, clientv3.WithPrefix()),
+			clientv3.OpGet(NetworksPrefix, clientv3.WithPrefix()),
+		).Commit()
+		if err != nil {
+			return fmt.Errorf("read node %s: %w", name, err)
+		}
+		kvs := rangeKVs(resp, 0)
+		if len(kvs) == 0 {
+			return fmt.Errorf("node %s: %w", name, ErrNotFound)
+		}
+		n, err := decodeNode(kvs[0])
+		if err != nil {
+			return err
+		}
+		if expected != 0 && n.Revision != expected {
+			return fmt.Errorf("node %s is at revision %d, not %d: %w", name, n.Revision, expected, ErrStale)
+		}
+		if err := nodeInUse(n, rangeKVs(resp, 1), rangeKVs(resp, 2)); err != nil {
+			return err
+		}
+		rev := resp.Header.Revision
+		tx, err := s.kv.Txn(ctx).If(
+			atRevision(key, n.Revision),
+			clientv3.Compare(clientv3.ModRevision(PortsPrefix), "<", rev+1).WithPrefix(),
+			clientv3.Compare(clientv3.ModRevision(NetworksPrefix), "<", rev+1).WithPrefix(),
+		).Then(
+			clientv3.OpDelete(key),
+			clientv3.OpDelete(NodeReportsPrefix+name),
+			// Cached node views (controlplane/api) read the nodes again.
+			clientv3.OpPut(NodesEpochKey, ""),
+		).Commit()
+		if err != nil {
+			return fmt.Errorf("delete node %s: %w", name, err)
+		}
+		if tx.Succeeded {
+			return nil
+		}
+		if expected != 0 {
+			// Read again to tell a changed node (stale) from a port or network written meanwhile.
+			cur, err := s.GetNode(ctx, name)
+			if err != nil {
+				return err
+			}
+			if cur.Revision != expected {
+				return fmt.Errorf("node %s changed after revision %d: %w", name, expected, ErrStale)
+			}
+		}
+	}
+	return fmt.Errorf("delete node %s: %w", name, ErrContention)
+}
+
+// nodeInUse is why node n cannot be forgotten, given every port and network: nil when nothing holds it.
+func nodeInUse(n *vxfabricv1.Node, ports, networks []*mvccpb.KeyValue) error {
+	switch n.Status {
+	case vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT:
+		return fmt.Errorf("node %s is %s: stop its agent first (it leaves gossip), or wait until the node is DEAD: %w",
+			n.Name, strings.TrimPrefix(n.Status.String(), "NODE_STATUS_"), ErrFailedPrecondition)
+	}
+	var bound []string
+	for _, kv := range ports {
+		p, err := decodePort(kv)
+		if err != nil {
+			return err
+		}
+		if p.Node == n.Name {
+			bound = append(bound, p.Tenant+"/"+p.Name)
+		}
+	}
+	if len(bound) > 0 {
+		sort.Strings(bound)
+		return fmt.Errorf("node %s has %d ports (%s): delete them or move them to another node first: %w",
+			n.Name, len(bound), sampleList(bound, 3), ErrFailedPrecondition)
+	}
+	for _, kv := range networks {
+		net, err := decodeNetwork(kv)
+		if err != nil {
+			return err
+		}
+		if net.Uplink.GetNode() == n.Name {
+			return fmt.Errorf("node %s is the uplink host of bridged network %s: delete the network first: %w",
+				n.Name, networkName(net), ErrFailedPrecondition)
+		}
+	}
+	return nil
+}
+
+// sampleList joins the first n items and says how many more there are.
+func sampleList(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
 }

@@ -198,6 +198,95 @@ func (x *GetNodeResponse) GetNode() *Node {
 	return nil
 }
 
+type DeleteNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// When set, the delete fails with FailedPrecondition unless the node is still at this revision.
+	ExpectedRevision int64 `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *DeleteNodeRequest) Reset() {
+	*x = DeleteNodeRequest{}
+	mi := &file_vxfabric_v1_node_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteNodeRequest) ProtoMessage() {}
+
+func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_vxfabric_v1_node_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteNodeRequest.ProtoReflect.Descriptor instead.
+func (*DeleteNodeRequest) Descriptor() ([]byte, []int) {
+	return file_vxfabric_v1_node_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DeleteNodeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteNodeRequest) GetExpectedRevision() int64 {
+	if x != nil {
+		return x.ExpectedRevision
+	}
+	return 0
+}
+
+type DeleteNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteNodeResponse) Reset() {
+	*x = DeleteNodeResponse{}
+	mi := &file_vxfabric_v1_node_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteNodeResponse) ProtoMessage() {}
+
+func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_vxfabric_v1_node_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteNodeResponse.ProtoReflect.Descriptor instead.
+func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
+	return file_vxfabric_v1_node_service_proto_rawDescGZIP(), []int{5}
+}
+
 var File_vxfabric_v1_node_service_proto protoreflect.FileDescriptor
 
 const file_vxfabric_v1_node_service_proto_rawDesc = "" +
@@ -210,10 +299,16 @@ const file_vxfabric_v1_node_service_proto_rawDesc = "" +
 	"\x0eGetNodeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"8\n" +
 	"\x0fGetNodeResponse\x12%\n" +
-	"\x04node\x18\x01 \x01(\v2\x11.vxfabric.v1.NodeR\x04node2\x9f\x01\n" +
+	"\x04node\x18\x01 \x01(\v2\x11.vxfabric.v1.NodeR\x04node\"T\n" +
+	"\x11DeleteNodeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
+	"\x11expected_revision\x18\x02 \x01(\x03R\x10expectedRevision\"\x14\n" +
+	"\x12DeleteNodeResponse2\xee\x01\n" +
 	"\vNodeService\x12J\n" +
 	"\tListNodes\x12\x1d.vxfabric.v1.ListNodesRequest\x1a\x1e.vxfabric.v1.ListNodesResponse\x12D\n" +
-	"\aGetNode\x12\x1b.vxfabric.v1.GetNodeRequest\x1a\x1c.vxfabric.v1.GetNodeResponseB;Z9github.com/vxfabric/vxfabric/proto/vxfabric/v1;vxfabricv1b\x06proto3"
+	"\aGetNode\x12\x1b.vxfabric.v1.GetNodeRequest\x1a\x1c.vxfabric.v1.GetNodeResponse\x12M\n" +
+	"\n" +
+	"DeleteNode\x12\x1e.vxfabric.v1.DeleteNodeRequest\x1a\x1f.vxfabric.v1.DeleteNodeResponseB;Z9github.com/vxfabric/vxfabric/proto/vxfabric/v1;vxfabricv1b\x06proto3"
 
 var (
 	file_vxfabric_v1_node_service_proto_rawDescOnce sync.Once
@@ -227,23 +322,27 @@ func file_vxfabric_v1_node_service_proto_rawDescGZIP() []byte {
 	return file_vxfabric_v1_node_service_proto_rawDescData
 }
 
-var file_vxfabric_v1_node_service_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_vxfabric_v1_node_service_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_vxfabric_v1_node_service_proto_goTypes = []any{
-	(*ListNodesRequest)(nil),  // 0: vxfabric.v1.ListNodesRequest
-	(*ListNodesResponse)(nil), // 1: vxfabric.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),    // 2: vxfabric.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),   // 3: vxfabric.v1.GetNodeResponse
-	(*Node)(nil),              // 4: vxfabric.v1.Node
+	(*ListNodesRequest)(nil),   // 0: vxfabric.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),  // 1: vxfabric.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),     // 2: vxfabric.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),    // 3: vxfabric.v1.GetNodeResponse
+	(*DeleteNodeRequest)(nil),  // 4: vxfabric.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil), // 5: vxfabric.v1.DeleteNodeResponse
+	(*Node)(nil),               // 6: vxfabric.v1.Node
 }
 var file_vxfabric_v1_node_service_proto_depIdxs = []int32{
-	4, // 0: vxfabric.v1.ListNodesResponse.nodes:type_name -> vxfabric.v1.Node
-	4, // 1: vxfabric.v1.GetNodeResponse.node:type_name -> vxfabric.v1.Node
+	6, // 0: vxfabric.v1.ListNodesResponse.nodes:type_name -> vxfabric.v1.Node
+	6, // 1: vxfabric.v1.GetNodeResponse.node:type_name -> vxfabric.v1.Node
 	0, // 2: vxfabric.v1.NodeService.ListNodes:input_type -> vxfabric.v1.ListNodesRequest
 	2, // 3: vxfabric.v1.NodeService.GetNode:input_type -> vxfabric.v1.GetNodeRequest
-	1, // 4: vxfabric.v1.NodeService.ListNodes:output_type -> vxfabric.v1.ListNodesResponse
-	3, // 5: vxfabric.v1.NodeService.GetNode:output_type -> vxfabric.v1.GetNodeResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
+	4, // 4: vxfabric.v1.NodeService.DeleteNode:input_type -> vxfabric.v1.DeleteNodeRequest
+	1, // 5: vxfabric.v1.NodeService.ListNodes:output_type -> vxfabric.v1.ListNodesResponse
+	3, // 6: vxfabric.v1.NodeService.GetNode:output_type -> vxfabric.v1.GetNodeResponse
+	5, // 7: vxfabric.v1.NodeService.DeleteNode:output_type -> vxfabric.v1.DeleteNodeResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -261,7 +360,7 @@ func file_vxfabric_v1_node_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vxfabric_v1_node_service_proto_rawDesc), len(file_vxfabric_v1_node_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
