@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/memberlist"
@@ -102,6 +104,89 @@ func installKeys(kr *memberlist.Keyring, keys [][]byte) error {
 				return fmt.Errorf("remove gossip key: %w", err)
 			}
 		}
+	}
+	return nil
+}
+
+// Encrypted reports whether gossip is encrypted (the member has a keyring).
+func (m *Member) Encrypted() bool { return m.keyring != nil }
+
+// Keys returns the keyring's keys, the primary one first (nil without encryption).
+func (m *Member) Keys() [][]byte {
+	if m.keyring == nil {
+		return nil
+	}
+	primary := m.keyring.GetPrimaryKey()
+	keys := [][]byte{primary}
+	for _, k := range m.keyring.GetKeys() {
+		if !bytes.Equal(k, primary) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// InstallKeys makes the keyring hold exactly keys, keys[0] primary, as the control plane's rotation
+// (GossipService) hands them out; from then on SIGHUP no longer reloads the keyring file. With a
+// KeyringFile, the file is rewritten to hold them (when they differ), so that a restart starts with
+// the current keys. An unencrypted member refuses: encryption cannot be switched on in a running
+// cluster.
+func (m *Member) InstallKeys(keys [][]byte) error {
+	if m.keyring == nil {
+		return errors.New("gossip is not encrypted: start every member with a gossip key first")
+	}
+	for _, k := range keys {
+		if err := validKey(k); err != nil {
+			return fmt.Errorf("gossip key: %w", err)
+		}
+	}
+	m.keyMu.Lock()
+	defer m.keyMu.Unlock()
+	if err := installKeys(m.keyring, keys); err != nil {
+		return err
+	}
+	if !m.managed {
+		m.log.Info("gossip keyring now managed by the control plane", "keys", len(keys))
+	}
+	m.managed = true
+	if m.cfg.KeyringFile == "" {
+		return nil
+	}
+	if cur, err := ReadKeyringFile(m.cfg.KeyringFile); err == nil && slices.EqualFunc(cur, dedupKeys(keys), bytes.Equal) {
+		return nil
+	}
+	return writeKeyringFile(m.cfg.KeyringFile, dedupKeys(keys))
+}
+
+// writeKeyringFile replaces path with keys, one base64 line each, through a rename, so a reader never
+// sees half a file.
+func writeKeyringFile(path string, keys [][]byte) error {
+	var b strings.Builder
+	b.WriteString("# gossip keyring written by vxfabric (GossipService); the first key encrypts\n")
+	for _, k := range keys {
+		b.WriteString(base64.StdEncoding.EncodeToString(k))
+		b.WriteByte('\n')
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("record gossip keyring: %w", err)
+	}
+	defer os.Remove(f.Name()) // nothing left to remove once renamed
+	err = f.Chmod(0o600)
+	if err == nil {
+		_, err = f.WriteString(b.String())
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("record gossip keyring in %s: %w", path, err)
 	}
 	return nil
 }

@@ -123,6 +123,9 @@ type Member struct {
 	ml      *memberlist.Memberlist
 	keyring *memberlist.Keyring
 
+	keyMu   sync.Mutex // serialises keyring changes (ReloadKeyring, InstallKeys) and the file's rewrite
+	managed bool       // InstallKeys ran: the control plane owns the keyring, SIGHUP no longer reloads it
+
 	mu       sync.Mutex // guards peers, subs, leaving, checking, closed
 	peers    map[string]*Peer
 	subs     map[*subscriber]struct{}
@@ -304,6 +307,11 @@ func (m *Member) Subscribe() (<-chan Event, func()) {
 func (m *Member) ReloadKeyring() error {
 	if m.keyring == nil {
 		return errors.New("gossip is not encrypted: no keyring to reload")
+	}
+	m.keyMu.Lock()
+	defer m.keyMu.Unlock()
+	if m.managed {
+		return errors.New("the keyring is managed by the control plane since its first rotation (vxfab gossip rotate); the file only records it")
 	}
 	keys, err := m.cfg.keyringKeys()
 	if err != nil {

@@ -96,6 +96,11 @@ type Agent struct {
 
 	converged     chan struct{} // closed by the first full pass that applied a snapshot
 	convergedOnce sync.Once
+
+	// keyring is the revision of the newest gossip keyring installed (reported as
+	// gossip_keyring_revision); keyringErr why the newest one received could not be ("" if it was).
+	keyring    atomic.Int64
+	keyringErr atomic.Pointer[string]
 }
 
 type report struct {
@@ -394,6 +399,9 @@ func (a *Agent) accept(resp *vxfabricv1.SyncResponse) error {
 	a.model.merge(resp)
 	rev := a.model.revision
 	a.mu.Unlock()
+	if k := resp.GetGossipKeys(); k != nil && k.GetRevision() > a.keyring.Load() {
+		a.installKeyring(k)
+	}
 	a.met.desiredRevision.Set(float64(rev))
 	if a.log.Enabled(context.Background(), slog.LevelDebug) {
 		a.log.Debug("desired state received", "rev", resp.GetRevision(), "snapshot", resp.GetSnapshot(),
@@ -401,6 +409,23 @@ func (a *Agent) accept(resp *vxfabricv1.SyncResponse) error {
 	}
 	a.kickChange()
 	return nil
+}
+
+// installKeyring puts the fabric's gossip keyring (GossipService's rotation) into this host's gossip
+// member before the revision that carries it is applied, so that the report of that revision
+// confirms it. Without gossip there is nothing to install: the keyring is confirmed as it is.
+func (a *Agent) installKeyring(k *vxfabricv1.GossipKeys) {
+	if a.cfg.Membership != nil {
+		if err := a.cfg.Membership.InstallKeys(k.GetKeys()); err != nil {
+			msg := fmt.Sprintf("gossip keyring of revision %d: %v", k.GetRevision(), err)
+			a.keyringErr.Store(&msg)
+			a.log.Error("gossip keyring not installed", "rev", k.GetRevision(), "err", err)
+			return
+		}
+		a.log.Info("gossip keyring installed", "rev", k.GetRevision(), "keys", len(k.GetKeys()))
+	}
+	a.keyringErr.Store(nil)
+	a.keyring.Store(k.GetRevision())
 }
 
 func (a *Agent) reconcileLoop(ctx context.Context) {
@@ -653,9 +678,13 @@ func (a *Agent) reportLoop(ctx context.Context) {
 				break
 			}
 			rctx, cancel := context.WithTimeout(ctx, a.cfg.RPCTimeout)
+			errs := p.errors
+			if e := a.keyringErr.Load(); e != nil {
+				errs = append(slices.Clip(errs), *e)
+			}
 			resp, err := client.ReportApplied(rctx, &vxfabricv1.ReportAppliedRequest{
-				Node: a.cfg.Node, Revision: p.rev, PluggedPortIds: p.plugged, StatusRevision: token, Errors: p.errors,
-				Sequence: a.reportSeq.Add(1),
+				Node: a.cfg.Node, Revision: p.rev, PluggedPortIds: p.plugged, StatusRevision: token, Errors: errs,
+				Sequence: a.reportSeq.Add(1), GossipKeyringRevision: a.keyring.Load(),
 			})
 			cancel()
 			if err != nil {

@@ -34,6 +34,9 @@ func (p *snapshotParts) add(msg *vxfabricv1.SyncResponse) (*vxfabricv1.SyncRespo
 	w.LocalPorts = append(w.LocalPorts, msg.GetLocalPorts()...)
 	w.RemotePorts = append(w.RemotePorts, msg.GetRemotePorts()...)
 	w.Peers = append(w.Peers, msg.GetPeers()...)
+	if k := msg.GetGossipKeys(); k != nil {
+		w.GossipKeys = k
+	}
 	if msg.GetSnapshotContinues() {
 		return nil, nil
 	}

@@ -3,10 +3,15 @@
 package tests
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -349,4 +354,120 @@ func vmCannotSendGossip(t *testing.T, l *lab.Lab, vm lab.VM) {
 	if _, ok := own.Receive(control, 2*time.Second); !ok {
 		t.Errorf("control: a datagram from outside did not reach the listener %s on %s", own.Addr(), vm.Host)
 	}
+}
+
+// TestPrivilegedGossipKeyRotation rotates the gossip key while h3's agent is away, as a revoked host's
+// would be (it cannot open a Sync stream, so it never gets the new key): the rotation completes
+// without waiting for h3 and without interrupting traffic between VMs on h1 and h2; a member holding
+// only the old key then cannot get back into gossip; h3's own agent, restarted from the lab's keyring
+// file (which the agents rewrote), can.
+func TestPrivilegedGossipKeyRotation(t *testing.T) {
+	f := newFixture(t, "e2e-gkey")
+	f.network("net", "10.58.0.0/24", isolated)
+	f.vm("gkey-a", "h1", "net")
+	b := f.vm("gkey-b", "h2", "net")
+	f.reach("gkey-a", b.IP(0), 5*time.Second)
+	keyFile := f.l.PKIFile(pki.GossipKeyFile)
+	oldKeys, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restoreOnCleanup(t, "agent", "start", "h3")
+	mustVxfab(t, "lab", "agent", "stop", "h3")
+	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
+		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_LEFT, nil
+	}); err != nil {
+		t.Fatalf("h3 not LEFT after its agent stopped: %s", f.node("h3").GetStatus())
+	}
+
+	gossip := vxfabricv1.NewGossipServiceClient(f.c.Conn)
+	const count = 400 // 4 s at 10 ms
+	pings := backgroundPing(f, "gkey-a", b, count, 10*time.Millisecond)
+	began := time.Now()
+	rot, err := gossip.RotateGossipKey(f.ctx, &vxfabricv1.RotateGossipKeyRequest{StepTimeoutMs: 20000})
+	if err != nil {
+		t.Fatalf("rotate: %v", err)
+	}
+	if _, err := gossip.RotateGossipKey(f.ctx, &vxfabricv1.RotateGossipKeyRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("a second rotation while one runs: %v, want FailedPrecondition", err)
+	}
+	var st *vxfabricv1.GossipKeyringStatus
+	if _, err := lab.WaitFor(f.ctx, 15*time.Second, func() (bool, error) {
+		resp, err := gossip.GetGossipKeyring(f.ctx, &vxfabricv1.GetGossipKeyringRequest{})
+		st = resp.GetKeyring()
+		return st.GetStep() == vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE, err
+	}); err != nil {
+		t.Fatalf("rotation not done: %v (%v)", err, st)
+	}
+	took := time.Since(began)
+	res := <-pings
+	t.Logf("rotation done in %s, waiting for no away node; ping %d sent, %d received", took.Round(time.Millisecond), res.Sent, res.Received)
+	if took > 10*time.Second {
+		t.Errorf("the rotation took %s: it waited for h3, which is LEFT", took)
+	}
+	if res.Sent-res.Received > 1 {
+		t.Errorf("ping during the rotation: %d sent, %d received", res.Sent, res.Received)
+	}
+	if len(st.GetKeyIds()) != 1 || !slices.Contains(rot.GetKeyring().GetKeyIds(), st.GetKeyIds()[0]) || st.GetKeyIds()[0] == rot.GetKeyring().GetKeyIds()[0] {
+		t.Errorf("keys: started as %v, done as %v; want only the key the rotation added", rot.GetKeyring().GetKeyIds(), st.GetKeyIds())
+	}
+	// h1 and h2 confirm the last step too (the rotation does not wait for that one); h3 never does.
+	if _, err := lab.WaitFor(f.ctx, 5*time.Second, func() (bool, error) {
+		resp, err := gossip.GetGossipKeyring(f.ctx, &vxfabricv1.GetGossipKeyringRequest{})
+		for _, n := range resp.GetKeyring().GetNodes() {
+			if current := n.GetKeyringRevision() >= st.GetRevision(); current != (n.GetNode() != "h3") {
+				return false, err
+			}
+		}
+		return true, err
+	}); err != nil {
+		t.Errorf("nodes' keyrings after the rotation: %v (%v)", err, st.GetNodes())
+	}
+	newKeys, err := os.ReadFile(keyFile)
+	if err != nil || string(newKeys) == string(oldKeys) {
+		t.Fatalf("the agents did not rewrite the lab's keyring file %s: %v", keyFile, err)
+	}
+
+	// A member with the old key only, on h3's address, with h3's certificate and no server address:
+	// it finds no server, because gossip refuses it.
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "old.key")
+	if err := os.WriteFile(stale, oldKeys, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h3 := lab.HostAddr(3).String()
+	rogue := exec.Command("ip", "netns", "exec", f.l.Namespace("h3"), os.Getenv("VXFAB_BIN"), "agent", "--node", "h3", "--vtep", h3,
+		"--underlay-iface", lab.UnderlayIface, "--join", lab.ControlAddr.String()+":7946", "--gossip-bind", h3+":7946",
+		"--gossip-keyring", stale, "--tls-ca", f.l.PKIFile(pki.CACertFile), "--tls-cert", f.l.PKIFile(pki.NodeCertFile("h3")),
+		"--tls-key", f.l.PKIFile(pki.NodeKeyFile("h3")), "--state-dir", dir)
+	var rogueOut bytes.Buffer
+	rogue.Stdout, rogue.Stderr = &rogueOut, &rogueOut
+	if err := rogue.Start(); err != nil {
+		t.Fatal(err)
+	}
+	rogueDone := make(chan error, 1)
+	go func() { rogueDone <- rogue.Wait() }()
+	time.Sleep(3 * time.Second)
+	if s := f.node("h3").GetStatus(); s == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE {
+		t.Errorf("a member with the old gossip key only got h3 back to %s:\n%s", s, rogueOut.String())
+	}
+	_ = rogue.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-rogueDone:
+	case <-time.After(10 * time.Second):
+		_ = rogue.Process.Kill()
+		<-rogueDone
+	}
+	if cur, _ := os.ReadFile(stale); string(cur) != string(oldKeys) {
+		t.Error("the member that never got the new keyring rewrote its keyring file")
+	}
+
+	mustVxfab(t, "lab", "agent", "start", "h3")
+	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
+		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
+	}); err != nil {
+		t.Fatalf("h3's agent, restarted with the rewritten keyring file, is %s", f.node("h3").GetStatus())
+	}
+	c := f.vm("gkey-c", "h3", "net")
+	f.reach("gkey-a", c.IP(0), 5*time.Second)
 }

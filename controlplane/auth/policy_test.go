@@ -110,6 +110,8 @@ var policyCases = []policyCase{
 	{method: vxfabricv1.NodeService_ListNodes_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny},
 	{method: vxfabricv1.NodeService_GetNode_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny},
 	{method: vxfabricv1.NodeService_DeleteNode_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny},
+	{method: vxfabricv1.GossipService_RotateGossipKey_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny},
+	{method: vxfabricv1.GossipService_GetGossipKeyring_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny},
 	{method: vxfabricv1.TokenService_CreateToken_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny, tenantOther: deny, tenantField: "tenant"},
 	{method: vxfabricv1.TokenService_ListTokens_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny, tenantOther: deny, tenantField: "tenant"},
 	{method: vxfabricv1.TokenService_RevokeToken_FullMethodName, anon: unauth, admin: ok, node: deny, tenA: deny},

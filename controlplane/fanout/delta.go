@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/vxfabric/vxfabric/controlplane/store"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
@@ -16,6 +17,7 @@ type delta struct {
 	local    map[string]*vxfabricv1.LocalPort
 	remote   map[string]*vxfabricv1.RemotePort
 	peers    map[string]*vxfabricv1.Peer
+	keys     *vxfabricv1.GossipKeys // the new gossip keyring; nil: unchanged
 }
 
 // newDelta returns an empty delta; its maps are allocated on first write (most deltas touch one kind).
@@ -49,7 +51,13 @@ func (d *delta) setPeer(name string, v *vxfabricv1.Peer) {
 	d.peers[name] = v
 }
 
-func (d *delta) size() int { return len(d.networks) + len(d.local) + len(d.remote) + len(d.peers) }
+func (d *delta) size() int {
+	n := len(d.networks) + len(d.local) + len(d.remote) + len(d.peers)
+	if d.keys != nil {
+		n++
+	}
+	return n
+}
 
 // merge applies o on top of d. The values are shared, never modified: they are read-only once built.
 func (d *delta) merge(o *delta) {
@@ -65,11 +73,14 @@ func (d *delta) merge(o *delta) {
 	for k, v := range o.peers {
 		d.setPeer(k, v)
 	}
+	if o.keys != nil {
+		d.keys = o.keys
+	}
 }
 
 // message renders d as a SyncResponse, ids sorted so that the output is deterministic.
 func (d *delta) message(rev int64) *vxfabricv1.SyncResponse {
-	resp := &vxfabricv1.SyncResponse{Revision: rev}
+	resp := &vxfabricv1.SyncResponse{Revision: rev, GossipKeys: d.keys}
 	for _, id := range sortedKeys(d.networks) {
 		if v := d.networks[id]; v != nil {
 			resp.Networks = append(resp.Networks, v)
@@ -133,6 +144,8 @@ type batch struct {
 	peerCheck map[string]map[string]bool // node -> peers whose presence and record must be resent
 	// loading: a full load fills the model only; nobody is subscribed to a model being built.
 	loading bool
+	// keysChanged: the gossip keyring changed, which every node's view holds (Hub.applyEvents).
+	keysChanged bool
 }
 
 // newBatch starts a batch; hint is the number of subscribed nodes, to size the maps once.
@@ -265,6 +278,12 @@ func (b *batch) apply(ev event) {
 		return
 	}
 	switch kind {
+	case store.GossipKeyring:
+		b.m.keys = nil
+		if k, ok := decode(b.log, ev, &vxfabricv1.GossipKeyring{}); ok {
+			b.m.keys = &vxfabricv1.GossipKeys{Keys: k.GetKeys(), Revision: ev.rev}
+		}
+		b.keysChanged = true
 	case "networks/":
 		n, ok := decode(b.log, ev, &vxfabricv1.Network{})
 		if ok && n.GetId() == "" {

@@ -177,6 +177,7 @@ type nodeStat struct {
 	changes []change // view changes not yet reported applied, oldest first, at most Config.History
 	errors  []string // what the agent's last report said it could not apply
 	seq     int64    // the highest report sequence seen: an older report is late
+	keyring int64    // the newest gossip keyring revision recorded as confirmed (confirmKeyring)
 }
 
 type change struct {
@@ -426,6 +427,23 @@ func (h *Hub) applyEvents(evs []event, seen time.Time) {
 	}
 	deltas, touched := b.finish()
 	rev := h.m.rev
+	if b.keysChanged {
+		// The keyring is in every view: every connected node gets it, every known node must apply it.
+		for node := range h.subs {
+			d := deltas[node]
+			if d == nil {
+				d = newDelta()
+				deltas[node] = d
+			}
+			d.keys = h.m.keys
+			touched[node] = true
+		}
+		h.statMu.Lock()
+		for node := range h.stats {
+			touched[node] = true
+		}
+		h.statMu.Unlock()
+	}
 	// Desired revisions move under h.mu too (subscribe compares a resume revision with them and with
 	// the model in one critical section), and before any delta goes out, so an agent that has
 	// received one never finds its node's desired revision behind it.

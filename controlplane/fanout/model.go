@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/vxfabric/vxfabric/controlplane/store"
 	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
@@ -33,6 +34,7 @@ type model struct {
 	nodePorts map[string]map[string]*vxfabricv1.Port // node -> port id -> port
 	netNodes  map[string]map[string]int              // network id -> node -> ports of the network bound there
 	uplinks   map[string]map[string]struct{}         // node -> ids of networks whose uplink is on it
+	keys      *vxfabricv1.GossipKeys                 // the gossip keyring (nil: never rotated), in every view
 
 	// The messages views are made of, built when their object (or, for remote ports and flood entries,
 	// their node's VTEP) changes and then shared by every snapshot and delta, so that a view costs a
@@ -64,6 +66,9 @@ func newModel() *model {
 // keyKind splits a relative key into the kind of object it holds and its id; ok is false for keys that
 // do not shape node views (names, alloc, tokens, ...).
 func keyKind(key string) (kind, id string, ok bool) {
+	if key == store.GossipKeyring {
+		return key, "", true
+	}
 	for _, k := range []string{"networks/", "ports/", "nodes/", "status/ports/"} {
 		if rest, found := strings.CutPrefix(key, k); found && rest != "" && !strings.Contains(rest, "/") {
 			return k, rest, true
@@ -339,7 +344,7 @@ func remotePort(p *vxfabricv1.Port, vtep string) *vxfabricv1.RemotePort {
 // snapshot is node's whole view at the model's revision. Its ports and peers are the model's shared
 // messages: the snapshot owns only its slices and network states.
 func (m *model) snapshot(node string) *vxfabricv1.SyncResponse {
-	resp := &vxfabricv1.SyncResponse{Revision: m.rev, Snapshot: true}
+	resp := &vxfabricv1.SyncResponse{Revision: m.rev, Snapshot: true, GossipKeys: m.keys}
 	nets := m.netsOf(node)
 	remotes := 0
 	for _, id := range nets {

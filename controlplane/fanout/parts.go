@@ -5,14 +5,15 @@ import vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 // snapshotParts splits snapshot msg into messages of at most n items (networks, local ports, remote
 // ports and peers) each, all at msg's revision and marked snapshot, every one but the last marked
 // snapshot_continues. A snapshot of at most n items is returned as it is. The parts share msg's items
-// (the model's immutable messages), so splitting copies pointers only.
+// (the model's immutable messages), so splitting copies pointers only. The gossip keyring rides on the
+// first part.
 func snapshotParts(msg *vxfabricv1.SyncResponse, n int) []*vxfabricv1.SyncResponse {
 	total := len(msg.GetNetworks()) + len(msg.GetLocalPorts()) + len(msg.GetRemotePorts()) + len(msg.GetPeers())
 	if total <= n {
 		return []*vxfabricv1.SyncResponse{msg}
 	}
 	parts := make([]*vxfabricv1.SyncResponse, 0, (total+n-1)/n)
-	cur := &vxfabricv1.SyncResponse{Revision: msg.GetRevision(), Snapshot: true}
+	cur := &vxfabricv1.SyncResponse{Revision: msg.GetRevision(), Snapshot: true, GossipKeys: msg.GetGossipKeys()}
 	room := n
 	// next makes room for one item in the current part, starting a new part when it is full.
 	next := func() {

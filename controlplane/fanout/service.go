@@ -265,6 +265,10 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 		h.wroteStatus(resp.Header.GetRevision())
 	}
 
+	if err := h.confirmKeyring(ctx, node, req.GetGossipKeyringRevision()); err != nil {
+		return nil, err
+	}
+
 	now := time.Now()
 	h.statMu.Lock()
 	st := h.stat(node)
@@ -288,6 +292,36 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	h.statCh = make(chan struct{})
 	h.statMu.Unlock()
 	return &vxfabricv1.ReportAppliedResponse{StatusRevision: max(h.statusRev.Load(), seen)}, nil
+}
+
+// confirmKeyring records, once per newer keyring, that node's agent installed the gossip keyring of
+// revision rev (status/keyring/<node>), for GossipService's rotation to move on. Replicas that are
+// told out of order keep the highest.
+func (h *Hub) confirmKeyring(ctx context.Context, node string, rev int64) error {
+	if rev <= 0 {
+		return nil
+	}
+	h.statMu.Lock()
+	known := h.stat(node).keyring
+	h.statMu.Unlock()
+	if rev <= known {
+		return nil
+	}
+	key, val := h.cfg.Prefix+store.NodeKeyrings+node, fmt.Sprintf("%020d", rev)
+	resp, err := h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "<", val)).
+		Then(clientv3.OpPut(key, val)).Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
+	if err == nil && !resp.Succeeded && len(resp.Responses[0].GetResponseRange().GetKvs()) == 0 {
+		// A value compare fails on a missing key: the node's first confirmation.
+		_, err = h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(key), "=", 0)).Then(clientv3.OpPut(key, val)).Commit()
+	}
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "record the gossip keyring of node %q: %v", node, err)
+	}
+	h.statMu.Lock()
+	st := h.stat(node)
+	st.keyring = max(st.keyring, rev)
+	h.statMu.Unlock()
+	return nil
 }
 
 // The bounds of a report's errors (the agent sends fewer and shorter ones).

@@ -5,14 +5,20 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+
+	"github.com/vxfabric/vxfabric/controlplane/gossipkeys"
 	"github.com/vxfabric/vxfabric/controlplane/server"
 	"github.com/vxfabric/vxfabric/membership"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
 // Plugin joins the gossip cluster as a server (so that agents find it and it hears about them) and
-// runs the node status writer for as long as `vxfab server` runs. mcfg is the server's gossip
+// runs the node status writer and the gossip keyring's rotator (GossipService, controlplane/gossipkeys)
+// for as long as `vxfab server` runs. mcfg is the server's gossip
 // configuration; its Role is forced to server and GRPCAddr must be the address agents dial. At
 // shutdown the server leaves the cluster (agents see it LEFT and fail over) after resigning.
 func Plugin(mcfg membership.Config) server.Plugin {
@@ -29,23 +35,28 @@ func Plugin(mcfg membership.Config) server.Plugin {
 			return server.Extension{}, fmt.Errorf("server gossip: %w", err)
 		}
 		wctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
+		var wg sync.WaitGroup
 		cfg := Default()
 		cfg.Logger = host.Logger
-		go func() {
-			defer close(done)
+		wg.Go(func() {
 			if err := New(host.Etcd, m, cfg).Run(wctx); err != nil {
 				host.Logger.Error("node status writer stopped", "err", err)
 			}
-		}()
-		return server.Extension{Close: func() {
-			cancel()
-			<-done
-			if err := m.Leave(2 * time.Second); err != nil {
-				host.Logger.Warn("gossip leave incomplete", "err", err)
-			}
-			_ = m.Shutdown()
-		}}, nil
+		})
+		keys := gossipkeys.New(host.Etcd, m, gossipkeys.Config{Logger: host.Logger})
+		wg.Go(func() { keys.Run(wctx) })
+		return server.Extension{
+			Register: func(g *grpc.Server) { vxfabricv1.RegisterGossipServiceServer(g, keys) },
+			Services: []string{vxfabricv1.GossipService_ServiceDesc.ServiceName},
+			Close: func() {
+				cancel()
+				wg.Wait()
+				if err := m.Leave(2 * time.Second); err != nil {
+					host.Logger.Warn("gossip leave incomplete", "err", err)
+				}
+				_ = m.Shutdown()
+			},
+		}, nil
 	}
 }
 

@@ -51,6 +51,18 @@ const (
 	// controlplane/auth (tokens.go). The store reads a record's tenant only, to delete the tokens
 	// with their tenant (DeleteTenant).
 	TokensPrefix = Prefix + "tokens/"
+	// GossipKeyringKey holds the fabric's gossip keyring (vxfabricv1.GossipKeyring), written by
+	// controlplane/gossipkeys from the first rotation on; absent before it.
+	GossipKeyringKey = Prefix + GossipKeyring
+	// NodeKeyringPrefix records which keyring each node's agent confirmed: <node> -> the keyring's
+	// revision, 20 decimal digits (written by controlplane/fanout from ReportApplied).
+	NodeKeyringPrefix = Prefix + NodeKeyrings
+)
+
+// GossipKeyring and NodeKeyrings are GossipKeyringKey and NodeKeyringPrefix relative to the prefix.
+const (
+	GossipKeyring = "gossip/keyring"
+	NodeKeyrings  = "status/keyring/"
 )
 
 // nodesEpoch is NodesEpochKey relative to the fabric's prefix.

@@ -90,11 +90,12 @@ func nodesWrittenAfter(rev int64) clientv3.Op {
 	return clientv3.OpGet(NodesEpochKey, clientv3.WithKeysOnly(), clientv3.WithMinModRev(rev+1))
 }
 
-// DeleteNode forgets a host that has left the fabric: its record and the sequence that orders its
-// reports (NodeReportsPrefix). It is refused (ErrFailedPrecondition) while the record says ALIVE or
-// SUSPECT, since the host's agent would record it again, while ports are bound to it, and while it is
-// the uplink host of a bridged network. The checks and the delete are one transaction: it fails, and
-// the delete reads again, when the node, a port or a network was written after the read.
+// DeleteNode forgets a host that has left the fabric: its record, the sequence that orders its
+// reports (NodeReportsPrefix) and the keyring it confirmed (NodeKeyringPrefix). It is refused
+// (ErrFailedPrecondition) while the record says ALIVE or SUSPECT, since the host's agent would record
+// it again, while ports are bound to it, and while it is the uplink host of a bridged network. The
+// checks and the delete are one transaction: it fails, and the delete reads again, when the node, a
+// port or a network was written after the read.
 func (s *Store) DeleteNode(ctx context.Context, name string, expected int64) error {
 	key := NodeKey(name)
 	for range maxCASRetries {
@@ -128,6 +129,7 @@ func (s *Store) DeleteNode(ctx context.Context, name string, expected int64) err
 		).Then(
 			clientv3.OpDelete(key),
 			clientv3.OpDelete(NodeReportsPrefix+name),
+			clientv3.OpDelete(NodeKeyringPrefix+name),
 			// Cached node views (controlplane/api) read the nodes again.
 			clientv3.OpPut(NodesEpochKey, ""),
 		).Commit()

@@ -111,8 +111,10 @@ func TestDeleteNode(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if _, err := cli.Put(ctx, NodeReportsPrefix+"h1", "00000000000000000007"); err != nil {
-		t.Fatal(err)
+	for _, key := range []string{NodeReportsPrefix + "h1", NodeKeyringPrefix + "h1"} {
+		if _, err := cli.Put(ctx, key, "00000000000000000007"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	epoch, err := cli.Get(ctx, NodesEpochKey)
 	if err != nil {
@@ -122,7 +124,7 @@ func TestDeleteNode(t *testing.T) {
 	if err := st.DeleteNode(ctx, "h1", 0); err != nil {
 		t.Fatalf("delete of a dead node holding nothing: %v", err)
 	}
-	for _, key := range []string{NodeKey("h1"), NodeReportsPrefix + "h1"} {
+	for _, key := range []string{NodeKey("h1"), NodeReportsPrefix + "h1", NodeKeyringPrefix + "h1"} {
 		if resp, err := cli.Get(ctx, key, clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
 			t.Errorf("%s after the delete: %d keys, %v", key, resp.Count, err)
 		}

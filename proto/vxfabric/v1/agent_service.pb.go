@@ -106,8 +106,11 @@ type SyncResponse struct {
 	// More parts of this snapshot follow; the receiver applies the snapshot only when the part
 	// without it arrives; all parts carry the same revision.
 	SnapshotContinues bool `protobuf:"varint,11,opt,name=snapshot_continues,json=snapshotContinues,proto3" json:"snapshot_continues,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The fabric's gossip keyring (GossipService): in every snapshot, and in a delta when it changes.
+	// Unset while no rotation has ever run.
+	GossipKeys    *GossipKeys `protobuf:"bytes,12,opt,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -217,6 +220,67 @@ func (x *SyncResponse) GetSnapshotContinues() bool {
 	return false
 }
 
+func (x *SyncResponse) GetGossipKeys() *GossipKeys {
+	if x != nil {
+		return x.GossipKeys
+	}
+	return nil
+}
+
+// GossipKeys is the gossip keyring an agent must hold: the first key encrypts, every key decrypts.
+type GossipKeys struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Keys  [][]byte               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// The etcd revision of the keyring, to confirm in ReportAppliedRequest.gossip_keyring_revision.
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeys) Reset() {
+	*x = GossipKeys{}
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeys) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeys) ProtoMessage() {}
+
+func (x *GossipKeys) ProtoReflect() protoreflect.Message {
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeys.ProtoReflect.Descriptor instead.
+func (*GossipKeys) Descriptor() ([]byte, []int) {
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GossipKeys) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *GossipKeys) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // NetworkState is one network as a node must program it.
 type NetworkState struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -241,7 +305,7 @@ type NetworkState struct {
 
 func (x *NetworkState) Reset() {
 	*x = NetworkState{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[2]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +317,7 @@ func (x *NetworkState) String() string {
 func (*NetworkState) ProtoMessage() {}
 
 func (x *NetworkState) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[2]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +330,7 @@ func (x *NetworkState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkState.ProtoReflect.Descriptor instead.
 func (*NetworkState) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{2}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *NetworkState) GetId() string {
@@ -370,7 +434,7 @@ type FloodEntry struct {
 
 func (x *FloodEntry) Reset() {
 	*x = FloodEntry{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[3]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -382,7 +446,7 @@ func (x *FloodEntry) String() string {
 func (*FloodEntry) ProtoMessage() {}
 
 func (x *FloodEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[3]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -395,7 +459,7 @@ func (x *FloodEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FloodEntry.ProtoReflect.Descriptor instead.
 func (*FloodEntry) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{3}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FloodEntry) GetNode() string {
@@ -427,7 +491,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[4]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +503,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[4]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +516,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{4}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Peer) GetName() string {
@@ -497,7 +561,7 @@ type LocalPort struct {
 
 func (x *LocalPort) Reset() {
 	*x = LocalPort{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[5]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +573,7 @@ func (x *LocalPort) String() string {
 func (*LocalPort) ProtoMessage() {}
 
 func (x *LocalPort) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[5]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +586,7 @@ func (x *LocalPort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalPort.ProtoReflect.Descriptor instead.
 func (*LocalPort) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{5}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LocalPort) GetId() string {
@@ -581,7 +645,7 @@ type RemotePort struct {
 
 func (x *RemotePort) Reset() {
 	*x = RemotePort{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[6]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -593,7 +657,7 @@ func (x *RemotePort) String() string {
 func (*RemotePort) ProtoMessage() {}
 
 func (x *RemotePort) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[6]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -606,7 +670,7 @@ func (x *RemotePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemotePort.ProtoReflect.Descriptor instead.
 func (*RemotePort) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{6}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RemotePort) GetId() string {
@@ -670,14 +734,16 @@ type ReportAppliedRequest struct {
 	// from the clock). A server writes a report's plugged statuses only if no report with a higher
 	// sequence wrote this node's before, so a report delayed at one replica cannot undo a newer one
 	// made at another. 0: unordered (an agent of an older version).
-	Sequence      int64 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Sequence int64 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The revision of the newest GossipKeys the agent has installed in its gossip member (0: none).
+	GossipKeyringRevision int64 `protobuf:"varint,7,opt,name=gossip_keyring_revision,json=gossipKeyringRevision,proto3" json:"gossip_keyring_revision,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *ReportAppliedRequest) Reset() {
 	*x = ReportAppliedRequest{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[7]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +755,7 @@ func (x *ReportAppliedRequest) String() string {
 func (*ReportAppliedRequest) ProtoMessage() {}
 
 func (x *ReportAppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[7]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +768,7 @@ func (x *ReportAppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportAppliedRequest.ProtoReflect.Descriptor instead.
 func (*ReportAppliedRequest) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{7}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReportAppliedRequest) GetNode() string {
@@ -747,6 +813,13 @@ func (x *ReportAppliedRequest) GetSequence() int64 {
 	return 0
 }
 
+func (x *ReportAppliedRequest) GetGossipKeyringRevision() int64 {
+	if x != nil {
+		return x.GossipKeyringRevision
+	}
+	return 0
+}
+
 type ReportAppliedResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The revision of etcd that holds this report's status writes: the next report's status_revision.
@@ -757,7 +830,7 @@ type ReportAppliedResponse struct {
 
 func (x *ReportAppliedResponse) Reset() {
 	*x = ReportAppliedResponse{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[8]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +842,7 @@ func (x *ReportAppliedResponse) String() string {
 func (*ReportAppliedResponse) ProtoMessage() {}
 
 func (x *ReportAppliedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[8]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +855,7 @@ func (x *ReportAppliedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportAppliedResponse.ProtoReflect.Descriptor instead.
 func (*ReportAppliedResponse) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{8}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReportAppliedResponse) GetStatusRevision() int64 {
@@ -803,7 +876,7 @@ type RegisterNodeRequest struct {
 
 func (x *RegisterNodeRequest) Reset() {
 	*x = RegisterNodeRequest{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[9]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +888,7 @@ func (x *RegisterNodeRequest) String() string {
 func (*RegisterNodeRequest) ProtoMessage() {}
 
 func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[9]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +901,7 @@ func (x *RegisterNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterNodeRequest) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{9}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterNodeRequest) GetName() string {
@@ -861,7 +934,7 @@ type RegisterNodeResponse struct {
 
 func (x *RegisterNodeResponse) Reset() {
 	*x = RegisterNodeResponse{}
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[10]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +946,7 @@ func (x *RegisterNodeResponse) String() string {
 func (*RegisterNodeResponse) ProtoMessage() {}
 
 func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[10]
+	mi := &file_vxfabric_v1_agent_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +959,7 @@ func (x *RegisterNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNodeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterNodeResponse) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{10}
+	return file_vxfabric_v1_agent_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterNodeResponse) GetNode() *Node {
@@ -904,7 +977,7 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\vSyncRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12'\n" +
 	"\x0fresume_revision\x18\x02 \x01(\x03R\x0eresumeRevision\x12%\n" +
-	"\x0esnapshot_parts\x18\x03 \x01(\bR\rsnapshotParts\"\x8b\x04\n" +
+	"\x0esnapshot_parts\x18\x03 \x01(\bR\rsnapshotParts\"\xc5\x04\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x1a\n" +
 	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x125\n" +
@@ -918,7 +991,13 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\x05peers\x18\t \x03(\v2\x11.vxfabric.v1.PeerR\x05peers\x12#\n" +
 	"\rremoved_peers\x18\n" +
 	" \x03(\tR\fremovedPeers\x12-\n" +
-	"\x12snapshot_continues\x18\v \x01(\bR\x11snapshotContinues\"\x85\x03\n" +
+	"\x12snapshot_continues\x18\v \x01(\bR\x11snapshotContinues\x128\n" +
+	"\vgossip_keys\x18\f \x01(\v2\x17.vxfabric.v1.GossipKeysR\n" +
+	"gossipKeys\"<\n" +
+	"\n" +
+	"GossipKeys\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\x85\x03\n" +
 	"\fNetworkState\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
@@ -962,14 +1041,15 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
-	"\x04vtep\x18\x06 \x01(\tR\x04vtep\"\xcd\x01\n" +
+	"\x04vtep\x18\x06 \x01(\tR\x04vtep\"\x85\x02\n" +
 	"\x14ReportAppliedRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12(\n" +
 	"\x10plugged_port_ids\x18\x03 \x03(\tR\x0epluggedPortIds\x12'\n" +
 	"\x0fstatus_revision\x18\x04 \x01(\x03R\x0estatusRevision\x12\x16\n" +
 	"\x06errors\x18\x05 \x03(\tR\x06errors\x12\x1a\n" +
-	"\bsequence\x18\x06 \x01(\x03R\bsequence\"@\n" +
+	"\bsequence\x18\x06 \x01(\x03R\bsequence\x126\n" +
+	"\x17gossip_keyring_revision\x18\a \x01(\x03R\x15gossipKeyringRevision\"@\n" +
 	"\x15ReportAppliedResponse\x12'\n" +
 	"\x0fstatus_revision\x18\x01 \x01(\x03R\x0estatusRevision\"W\n" +
 	"\x13RegisterNodeRequest\x12\x12\n" +
@@ -995,43 +1075,45 @@ func file_vxfabric_v1_agent_service_proto_rawDescGZIP() []byte {
 	return file_vxfabric_v1_agent_service_proto_rawDescData
 }
 
-var file_vxfabric_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_vxfabric_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_vxfabric_v1_agent_service_proto_goTypes = []any{
 	(*SyncRequest)(nil),           // 0: vxfabric.v1.SyncRequest
 	(*SyncResponse)(nil),          // 1: vxfabric.v1.SyncResponse
-	(*NetworkState)(nil),          // 2: vxfabric.v1.NetworkState
-	(*FloodEntry)(nil),            // 3: vxfabric.v1.FloodEntry
-	(*Peer)(nil),                  // 4: vxfabric.v1.Peer
-	(*LocalPort)(nil),             // 5: vxfabric.v1.LocalPort
-	(*RemotePort)(nil),            // 6: vxfabric.v1.RemotePort
-	(*ReportAppliedRequest)(nil),  // 7: vxfabric.v1.ReportAppliedRequest
-	(*ReportAppliedResponse)(nil), // 8: vxfabric.v1.ReportAppliedResponse
-	(*RegisterNodeRequest)(nil),   // 9: vxfabric.v1.RegisterNodeRequest
-	(*RegisterNodeResponse)(nil),  // 10: vxfabric.v1.RegisterNodeResponse
-	(NetworkMode)(0),              // 11: vxfabric.v1.NetworkMode
-	(NodeStatus)(0),               // 12: vxfabric.v1.NodeStatus
-	(*Node)(nil),                  // 13: vxfabric.v1.Node
+	(*GossipKeys)(nil),            // 2: vxfabric.v1.GossipKeys
+	(*NetworkState)(nil),          // 3: vxfabric.v1.NetworkState
+	(*FloodEntry)(nil),            // 4: vxfabric.v1.FloodEntry
+	(*Peer)(nil),                  // 5: vxfabric.v1.Peer
+	(*LocalPort)(nil),             // 6: vxfabric.v1.LocalPort
+	(*RemotePort)(nil),            // 7: vxfabric.v1.RemotePort
+	(*ReportAppliedRequest)(nil),  // 8: vxfabric.v1.ReportAppliedRequest
+	(*ReportAppliedResponse)(nil), // 9: vxfabric.v1.ReportAppliedResponse
+	(*RegisterNodeRequest)(nil),   // 10: vxfabric.v1.RegisterNodeRequest
+	(*RegisterNodeResponse)(nil),  // 11: vxfabric.v1.RegisterNodeResponse
+	(NetworkMode)(0),              // 12: vxfabric.v1.NetworkMode
+	(NodeStatus)(0),               // 13: vxfabric.v1.NodeStatus
+	(*Node)(nil),                  // 14: vxfabric.v1.Node
 }
 var file_vxfabric_v1_agent_service_proto_depIdxs = []int32{
-	2,  // 0: vxfabric.v1.SyncResponse.networks:type_name -> vxfabric.v1.NetworkState
-	5,  // 1: vxfabric.v1.SyncResponse.local_ports:type_name -> vxfabric.v1.LocalPort
-	6,  // 2: vxfabric.v1.SyncResponse.remote_ports:type_name -> vxfabric.v1.RemotePort
-	4,  // 3: vxfabric.v1.SyncResponse.peers:type_name -> vxfabric.v1.Peer
-	11, // 4: vxfabric.v1.NetworkState.mode:type_name -> vxfabric.v1.NetworkMode
-	3,  // 5: vxfabric.v1.NetworkState.flood:type_name -> vxfabric.v1.FloodEntry
-	12, // 6: vxfabric.v1.Peer.status:type_name -> vxfabric.v1.NodeStatus
-	13, // 7: vxfabric.v1.RegisterNodeResponse.node:type_name -> vxfabric.v1.Node
-	0,  // 8: vxfabric.v1.AgentService.Sync:input_type -> vxfabric.v1.SyncRequest
-	7,  // 9: vxfabric.v1.AgentService.ReportApplied:input_type -> vxfabric.v1.ReportAppliedRequest
-	9,  // 10: vxfabric.v1.AgentService.RegisterNode:input_type -> vxfabric.v1.RegisterNodeRequest
-	1,  // 11: vxfabric.v1.AgentService.Sync:output_type -> vxfabric.v1.SyncResponse
-	8,  // 12: vxfabric.v1.AgentService.ReportApplied:output_type -> vxfabric.v1.ReportAppliedResponse
-	10, // 13: vxfabric.v1.AgentService.RegisterNode:output_type -> vxfabric.v1.RegisterNodeResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	3,  // 0: vxfabric.v1.SyncResponse.networks:type_name -> vxfabric.v1.NetworkState
+	6,  // 1: vxfabric.v1.SyncResponse.local_ports:type_name -> vxfabric.v1.LocalPort
+	7,  // 2: vxfabric.v1.SyncResponse.remote_ports:type_name -> vxfabric.v1.RemotePort
+	5,  // 3: vxfabric.v1.SyncResponse.peers:type_name -> vxfabric.v1.Peer
+	2,  // 4: vxfabric.v1.SyncResponse.gossip_keys:type_name -> vxfabric.v1.GossipKeys
+	12, // 5: vxfabric.v1.NetworkState.mode:type_name -> vxfabric.v1.NetworkMode
+	4,  // 6: vxfabric.v1.NetworkState.flood:type_name -> vxfabric.v1.FloodEntry
+	13, // 7: vxfabric.v1.Peer.status:type_name -> vxfabric.v1.NodeStatus
+	14, // 8: vxfabric.v1.RegisterNodeResponse.node:type_name -> vxfabric.v1.Node
+	0,  // 9: vxfabric.v1.AgentService.Sync:input_type -> vxfabric.v1.SyncRequest
+	8,  // 10: vxfabric.v1.AgentService.ReportApplied:input_type -> vxfabric.v1.ReportAppliedRequest
+	10, // 11: vxfabric.v1.AgentService.RegisterNode:input_type -> vxfabric.v1.RegisterNodeRequest
+	1,  // 12: vxfabric.v1.AgentService.Sync:output_type -> vxfabric.v1.SyncResponse
+	9,  // 13: vxfabric.v1.AgentService.ReportApplied:output_type -> vxfabric.v1.ReportAppliedResponse
+	11, // 14: vxfabric.v1.AgentService.RegisterNode:output_type -> vxfabric.v1.RegisterNodeResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_vxfabric_v1_agent_service_proto_init() }
@@ -1046,7 +1128,7 @@ func file_vxfabric_v1_agent_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vxfabric_v1_agent_service_proto_rawDesc), len(file_vxfabric_v1_agent_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,323 @@
+// Package gossipkeys rotates the key that encrypts gossip, through etcd rather than files on hosts.
+//
+// The keyring lives in one etcd key (store.GossipKeyringKey) from the first rotation on. A rotation
+// moves it through three steps: INSTALL (the new key is added, the old one still encrypts), USE (the
+// new key encrypts, the old one is still accepted) and DONE (the new key alone). Agents receive the
+// keyring in their Sync streams (controlplane/fanout) and confirm it in ReportApplied
+// (store.NodeKeyringPrefix); every server's Rotator installs it in its own gossip member and moves a
+// step on once every ALIVE node has confirmed it, or once the step's timeout has passed. Every server
+// may try to move a step on: a compare on the keyring's revision lets one of them do it.
+//
+// A node whose agent can no longer open a Sync stream (a revoked certificate) never receives the new
+// key, so a rotation after a revocation shuts it out of gossip.
+package gossipkeys
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/vxfabric/vxfabric/controlplane/store"
+	"github.com/vxfabric/vxfabric/membership"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+// Defaults and bounds of a rotation.
+const (
+	DefaultStepTimeout = 30 * time.Second
+	MaxStepTimeout     = 10 * time.Minute
+	keySize            = 32 // AES-256
+)
+
+// Config configures a Rotator. Zero fields take the defaults.
+type Config struct {
+	// Prefix is the fabric's etcd prefix. Default store.Prefix.
+	Prefix string
+	// Poll is how often the keyring is read: a change reaches this server's member, and a running
+	// step is checked, within it. Default 250 ms.
+	Poll time.Duration
+	// MinStep is the least time a step lasts, so that every server has installed it before the next
+	// one starts (servers do not confirm). Default 1 s.
+	MinStep time.Duration
+	Logger  *slog.Logger
+}
+
+// Rotator installs the fabric's keyring in one server's gossip member, moves rotations on, and
+// serves vxfabric.v1.GossipService.
+type Rotator struct {
+	vxfabricv1.UnimplementedGossipServiceServer
+	cli *clientv3.Client
+	m   *membership.Member
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+}
+
+// New returns a rotator for member m (the server's own) on cli.
+func New(cli *clientv3.Client, m *membership.Member, cfg Config) *Rotator {
+	if cfg.Prefix == "" {
+		cfg.Prefix = store.Prefix
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = 250 * time.Millisecond
+	}
+	if cfg.MinStep <= 0 {
+		cfg.MinStep = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Rotator{cli: cli, m: m, cfg: cfg, log: cfg.Logger, now: time.Now}
+}
+
+func (r *Rotator) key() string { return r.cfg.Prefix + store.GossipKeyring }
+
+// read returns the stored keyring and its revision (nil, 0 before the first rotation).
+func (r *Rotator) read(ctx context.Context) (*vxfabricv1.GossipKeyring, int64, error) {
+	resp, err := r.cli.Get(ctx, r.key())
+	if err != nil {
+		return nil, 0, fmt.Errorf("read the gossip keyring: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, nil
+	}
+	kr := &vxfabricv1.GossipKeyring{}
+	if err := proto.Unmarshal(resp.Kvs[0].Value, kr); err != nil {
+		return nil, 0, fmt.Errorf("decode the gossip keyring: %w", err)
+	}
+	return kr, resp.Kvs[0].ModRevision, nil
+}
+
+// Run keeps this server's member on the stored keyring and moves running rotations on until ctx
+// ends. Errors (etcd unreachable) are logged and retried at the next poll.
+func (r *Rotator) Run(ctx context.Context) {
+	t := time.NewTicker(r.cfg.Poll)
+	defer t.Stop()
+	var installed int64
+	for {
+		if err := r.tick(ctx, &installed); err != nil && ctx.Err() == nil {
+			r.log.Warn("gossip keyring", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (r *Rotator) tick(ctx context.Context, installed *int64) error {
+	kr, rev, err := r.read(ctx)
+	if err != nil || kr == nil {
+		return err
+	}
+	if rev != *installed {
+		if err := r.m.InstallKeys(kr.GetKeys()); err != nil {
+			return fmt.Errorf("install keyring of revision %d: %w", rev, err)
+		}
+		*installed = rev
+		r.log.Info("gossip keyring installed", "revision", rev, "step", stepName(kr.GetStep()), "keys", strings.Join(KeyIDs(kr.GetKeys()), ","))
+	}
+	if kr.GetStep() == vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE {
+		return nil
+	}
+	return r.advance(ctx, kr, rev)
+}
+
+// advance moves a running rotation to its next step once every ALIVE node has confirmed revision
+// rev (or the step timed out, naming the nodes that had not).
+func (r *Rotator) advance(ctx context.Context, kr *vxfabricv1.GossipKeyring, rev int64) error {
+	age := r.now().Sub(kr.GetStepTime().AsTime())
+	if age < r.cfg.MinStep {
+		return nil
+	}
+	nodes, err := r.progress(ctx)
+	if err != nil {
+		return err
+	}
+	var lagging []string
+	for _, n := range nodes {
+		if n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE && n.GetKeyringRevision() < rev {
+			lagging = append(lagging, n.GetNode())
+		}
+	}
+	timeout := time.Duration(kr.GetStepTimeoutMs()) * time.Millisecond
+	if len(lagging) > 0 && age < timeout {
+		return nil
+	}
+	next := proto.CloneOf(kr)
+	next.StepTime = timestamppb.New(r.now())
+	if len(lagging) > 0 {
+		next.LaggingNodes = slices.Compact(slices.Sorted(slices.Values(append(next.LaggingNodes, lagging...))))
+	}
+	keys := kr.GetKeys()
+	switch kr.GetStep() {
+	case vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_INSTALL:
+		// The new key, added last, now encrypts.
+		newKey := keys[len(keys)-1]
+		next.Step, next.Keys = vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_USE, append([][]byte{newKey}, keys[:len(keys)-1]...)
+	case vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_USE:
+		next.Step, next.Keys = vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE, keys[:1]
+	default:
+		return fmt.Errorf("keyring of revision %d in unknown step %v", rev, kr.GetStep())
+	}
+	val, err := proto.Marshal(next)
+	if err != nil {
+		return err
+	}
+	resp, err := r.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(r.key()), "=", rev)).
+		Then(clientv3.OpPut(r.key(), string(val))).Commit()
+	if err != nil {
+		return fmt.Errorf("move the gossip keyring to step %s: %w", stepName(next.Step), err)
+	}
+	if resp.Succeeded {
+		r.log.Info("gossip key rotation moved on", "step", stepName(next.Step), "after", age.Round(time.Millisecond),
+			"lagging", strings.Join(lagging, ","))
+	}
+	return nil
+}
+
+// progress lists every recorded node with its status and the keyring revision it confirmed.
+func (r *Rotator) progress(ctx context.Context) ([]*vxfabricv1.GossipNodeKeyring, error) {
+	resp, err := r.cli.Txn(ctx).Then(
+		clientv3.OpGet(r.cfg.Prefix+"nodes/", clientv3.WithPrefix()),
+		clientv3.OpGet(r.cfg.Prefix+store.NodeKeyrings, clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read the nodes' keyrings: %w", err)
+	}
+	confirmed := map[string]int64{}
+	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
+		v, err := strconv.ParseInt(string(kv.Value), 10, 64)
+		if err == nil {
+			confirmed[strings.TrimPrefix(string(kv.Key), r.cfg.Prefix+store.NodeKeyrings)] = v
+		}
+	}
+	var out []*vxfabricv1.GossipNodeKeyring
+	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
+		n := &vxfabricv1.Node{}
+		if err := proto.Unmarshal(kv.Value, n); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		name := strings.TrimPrefix(string(kv.Key), r.cfg.Prefix+"nodes/")
+		out = append(out, &vxfabricv1.GossipNodeKeyring{Node: name, Status: n.GetStatus(), KeyringRevision: confirmed[name]})
+	}
+	return out, nil
+}
+
+// RotateGossipKey starts a rotation (see the proto).
+func (r *Rotator) RotateGossipKey(ctx context.Context, req *vxfabricv1.RotateGossipKeyRequest) (*vxfabricv1.RotateGossipKeyResponse, error) {
+	timeout := time.Duration(req.GetStepTimeoutMs()) * time.Millisecond
+	switch {
+	case timeout == 0:
+		timeout = DefaultStepTimeout
+	case timeout < 0 || timeout > MaxStepTimeout:
+		return nil, status.Errorf(codes.InvalidArgument, "step_timeout_ms %d: want 0 (30 s) up to %d", req.GetStepTimeoutMs(), MaxStepTimeout.Milliseconds())
+	}
+	if !r.m.Encrypted() {
+		return nil, status.Error(codes.FailedPrecondition, "gossip is not encrypted: start every server and agent with a gossip key (vxfab certs init writes one) before rotating it")
+	}
+	kr, rev, err := r.read(ctx)
+	if err != nil {
+		return nil, unavailable(ctx, err)
+	}
+	current := r.m.Keys()
+	if kr != nil {
+		if kr.GetStep() != vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE {
+			return nil, status.Errorf(codes.FailedPrecondition, "a rotation is running: step %s since %s", stepName(kr.GetStep()),
+				kr.GetStepTime().AsTime().Format(time.RFC3339))
+		}
+		current = kr.GetKeys()
+	}
+	newKey := make([]byte, keySize)
+	if _, err := rand.Read(newKey); err != nil {
+		return nil, status.Errorf(codes.Internal, "make a gossip key: %v", err)
+	}
+	next := &vxfabricv1.GossipKeyring{
+		Keys:          append(slices.Clone(current), newKey),
+		Step:          vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_INSTALL,
+		StepTime:      timestamppb.New(r.now()),
+		StepTimeoutMs: timeout.Milliseconds(),
+	}
+	val, err := proto.Marshal(next)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode the gossip keyring: %v", err)
+	}
+	resp, err := r.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(r.key()), "=", rev)).
+		Then(clientv3.OpPut(r.key(), string(val))).Commit()
+	if err != nil {
+		return nil, unavailable(ctx, err)
+	}
+	if !resp.Succeeded {
+		return nil, status.Error(codes.Aborted, "the gossip keyring changed meanwhile (another rotation started): look at it again")
+	}
+	r.log.Info("gossip key rotation started", "new_key", KeyIDs([][]byte{newKey})[0], "step_timeout", timeout)
+	st, err := r.describe(ctx)
+	if err != nil {
+		return nil, unavailable(ctx, err)
+	}
+	return &vxfabricv1.RotateGossipKeyResponse{Keyring: st}, nil
+}
+
+// GetGossipKeyring describes the keyring (see the proto).
+func (r *Rotator) GetGossipKeyring(ctx context.Context, _ *vxfabricv1.GetGossipKeyringRequest) (*vxfabricv1.GetGossipKeyringResponse, error) {
+	st, err := r.describe(ctx)
+	if err != nil {
+		return nil, unavailable(ctx, err)
+	}
+	return &vxfabricv1.GetGossipKeyringResponse{Keyring: st}, nil
+}
+
+func (r *Rotator) describe(ctx context.Context) (*vxfabricv1.GossipKeyringStatus, error) {
+	kr, rev, err := r.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := r.progress(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if kr == nil {
+		// Before the first rotation: the keys this server was started with.
+		return &vxfabricv1.GossipKeyringStatus{KeyIds: KeyIDs(r.m.Keys()), Nodes: nodes}, nil
+	}
+	return &vxfabricv1.GossipKeyringStatus{
+		Managed: true, Step: kr.GetStep(), KeyIds: KeyIDs(kr.GetKeys()), Revision: rev,
+		StepTime: kr.GetStepTime(), LaggingNodes: kr.GetLaggingNodes(), Nodes: nodes,
+	}, nil
+}
+
+// KeyIDs names keys without revealing them: the first 8 bytes of their SHA-256, in hex.
+func KeyIDs(keys [][]byte) []string {
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		sum := sha256.Sum256(k)
+		out = append(out, hex.EncodeToString(sum[:8]))
+	}
+	return out
+}
+
+func stepName(s vxfabricv1.GossipRotationStep) string {
+	return strings.TrimPrefix(s.String(), "GOSSIP_ROTATION_STEP_")
+}
+
+// unavailable is the status of a failed etcd read or write.
+func unavailable(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	return status.Errorf(codes.Unavailable, "%v", err)
+}
