@@ -235,8 +235,13 @@ func TestSnapshotPartsAdd(t *testing.T) {
 	part := func(rev int64, cont bool, r int) *vxfabricv1.SyncResponse {
 		return &vxfabricv1.SyncResponse{Revision: rev, Snapshot: true, SnapshotContinues: cont, RemotePorts: []*vxfabricv1.RemotePort{partsRemote(r)}}
 	}
+	keys := &vxfabricv1.GossipKeys{Keys: [][]byte{make([]byte, 32)}, Revision: 4}
 	for i, r := range []int{1, 2} {
-		if got, err := p.add(part(6, true, r)); err != nil || got != nil {
+		pt := part(6, true, r)
+		if i == 0 {
+			pt.GossipKeys = keys // the server sends the keyring with the first part
+		}
+		if got, err := p.add(pt); err != nil || got != nil {
 			t.Fatalf("part %d: got %v, %v; want nothing to merge yet", i, got, err)
 		}
 	}
@@ -251,6 +256,9 @@ func TestSnapshotPartsAdd(t *testing.T) {
 	if !whole.GetSnapshot() || whole.GetSnapshotContinues() || whole.GetRevision() != 6 || !slices.Equal(ids, []string{"r1", "r2", "r3"}) {
 		t.Errorf("whole snapshot: snapshot %v continues %v rev %d remote ports %v; want a snapshot at 6 of r1 r2 r3",
 			whole.GetSnapshot(), whole.GetSnapshotContinues(), whole.GetRevision(), ids)
+	}
+	if whole.GetGossipKeys() != keys {
+		t.Errorf("whole snapshot: gossip keys %v, want those of the first part", whole.GetGossipKeys())
 	}
 	if _, err := p.add(part(7, true, 1)); err != nil {
 		t.Fatal(err)

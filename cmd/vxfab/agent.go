@@ -52,9 +52,11 @@ and exits; the kernel state stays as it is, and a restarted agent adopts it.
 Without --join and --gossip-bind the agent runs without gossip (static membership): it needs
 --server, registers itself, and withholds nothing when other hosts die.
 
---gossip-keyring names a file of base64 keys, one per line, the first one used to encrypt; it is
-read again on SIGHUP. To rotate: add the new key as a second line on every host and SIGHUP them,
-move it first everywhere and SIGHUP, then remove the old key everywhere and SIGHUP.`,
+--gossip-keyring names a file of base64 keys, one per line, the first one used to encrypt. Rotate
+the key with vxfab gossip rotate: the agent receives the new keyring through Sync and rewrites this
+file with it, so a restart starts with the current keys. Before the first such rotation the file is
+read again on SIGHUP (add a key as a second line everywhere, SIGHUP; move it first, SIGHUP; remove
+the old one, SIGHUP).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runAgent(cmd.Context(), f)

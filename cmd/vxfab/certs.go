@@ -91,7 +91,7 @@ The API server refuses a revoked certificate within a second: in new connections
 connections already open, and on running streams at their next message. A server that made its own
 PKI reads <data-dir>/pki/crl.pem; any other reads the list given with --tls-crl (copy the file to
 every server replica). Running certs init again issues the revoked node and admin certificates anew.
-A revoked node still knows the gossip key: rotate it with the keyring.`,
+A revoked node still knows the gossip key: vxfab gossip rotate replaces it everywhere else.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var certs []*x509.Certificate

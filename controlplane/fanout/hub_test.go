@@ -1,6 +1,7 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vxfabric/vxfabric/controlplane/etcdembed/etcdtest"
+	"github.com/vxfabric/vxfabric/controlplane/store"
 
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -1411,5 +1413,52 @@ func sortDurations(d []time.Duration) {
 		for j := i; j > 0 && d[j] < d[j-1]; j-- {
 			d[j], d[j-1] = d[j-1], d[j]
 		}
+	}
+}
+
+// The gossip keyring is in every node's view, also one without networks: a stream gets it in its
+// snapshot and in a delta when it changes, and the change raises every node's desired revision. A
+// report confirming a keyring records it once, and an older confirmation does not lower it.
+func TestGossipKeyringInEveryView(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	rev1 := e.put("gossip/keyring", &vxfabricv1.GossipKeyring{Keys: [][]byte{k1}, Step: vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE})
+	e.start()
+	c := e.dial()
+	ctx := context.Background()
+	wantKeys := func(what string, msg *vxfabricv1.SyncResponse, rev int64, keys ...[]byte) {
+		t.Helper()
+		if got := msg.GetGossipKeys(); got.GetRevision() != rev || !slices.EqualFunc(got.GetKeys(), keys, bytes.Equal) {
+			t.Errorf("%s: gossip keys %v, want revision %d with %d keys", what, got, rev, len(keys))
+		}
+	}
+	a := e.sync(c, "a", 0)
+	wantKeys("a's snapshot", a.next(5*time.Second), rev1, k1)
+	z := e.sync(c, "z", 0) // no network, no record
+	wantKeys("z's snapshot", z.next(5*time.Second), rev1, k1)
+
+	rev2 := e.put("gossip/keyring", &vxfabricv1.GossipKeyring{Keys: [][]byte{k2, k1}, Step: vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_USE})
+	wantKeys("a's delta", a.next(5*time.Second), rev2, k2, k1)
+	wantKeys("z's delta", z.next(5*time.Second), rev2, k2, k1)
+	if _, desired := e.hub.NodeRevisions("a"); desired != rev2 {
+		t.Errorf("a's desired revision %d after the keyring changed at %d", desired, rev2)
+	}
+
+	confirmed := func() string {
+		t.Helper()
+		resp, err := e.cli.Get(ctx, prefix+store.NodeKeyrings+"a")
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("a's confirmed keyring: %v, %v", resp, err)
+		}
+		return string(resp.Kvs[0].Value)
+	}
+	for _, kr := range []int64{rev1, rev2, rev1} {
+		if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", Revision: rev2, GossipKeyringRevision: kr}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := confirmed(), fmt.Sprintf("%020d", rev2); got != want {
+		t.Errorf("a's confirmed keyring %s, want %s", got, want)
 	}
 }

@@ -1,0 +1,166 @@
+package gossipkeys
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/vxfabric/vxfabric/controlplane/etcdembed/etcdtest"
+	"github.com/vxfabric/vxfabric/controlplane/store"
+	"github.com/vxfabric/vxfabric/membership"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+)
+
+func member(t *testing.T, keys ...[]byte) *membership.Member {
+	t.Helper()
+	cfg := membership.Default(membership.RoleServer, "srv")
+	cfg.BindAddr = "127.0.0.1:0"
+	cfg.GRPCAddr = "127.0.0.1:7400"
+	cfg.Keys = keys
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	m, err := membership.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Shutdown() })
+	return m
+}
+
+func putNode(t *testing.T, cli *clientv3.Client, name string, st vxfabricv1.NodeStatus, confirmed int64) {
+	t.Helper()
+	b, _ := proto.Marshal(&vxfabricv1.Node{Name: name, Vtep: "198.18.0.9", Status: st})
+	ops := []clientv3.Op{clientv3.OpPut(store.NodeKey(name), string(b))}
+	if confirmed > 0 {
+		ops = append(ops, clientv3.OpPut(store.NodeKeyringPrefix+name, keyringValue(confirmed)))
+	}
+	if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func keyringValue(rev int64) string { return fmt.Sprintf("%020d", rev) }
+
+// A rotation moves INSTALL -> USE -> DONE: each step once every ALIVE node confirmed the one before
+// (DEAD, LEFT and unrecorded confirmations aside), or once its timeout passed, naming the nodes left
+// behind. Each tick installs the stored keyring in the server's own member. A rotation is refused
+// while one runs, with a step timeout out of bounds, and on unencrypted gossip.
+func TestRotation(t *testing.T) {
+	ctx := context.Background()
+	cli := etcdtest.Client(t)
+	old := bytes.Repeat([]byte{7}, 32)
+	m := member(t, old)
+	r := New(cli, m, Config{Logger: slog.New(slog.DiscardHandler)})
+	now := time.Date(2026, 12, 5, 9, 0, 0, 0, time.UTC)
+	r.now = func() time.Time { return now }
+	var installed int64
+	tick := func() {
+		t.Helper()
+		if err := r.tick(ctx, &installed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored := func() (*vxfabricv1.GossipKeyring, int64) {
+		t.Helper()
+		kr, rev, err := r.read(ctx)
+		if err != nil || kr == nil {
+			t.Fatalf("stored keyring: %v, %v", kr, err)
+		}
+		return kr, rev
+	}
+
+	for _, ms := range []int64{-1, MaxStepTimeout.Milliseconds() + 1} {
+		if _, err := r.RotateGossipKey(ctx, &vxfabricv1.RotateGossipKeyRequest{StepTimeoutMs: ms}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("step timeout %d ms: %v, want InvalidArgument", ms, err)
+		}
+	}
+	st, err := r.GetGossipKeyring(ctx, &vxfabricv1.GetGossipKeyringRequest{})
+	if err != nil || st.GetKeyring().GetManaged() || !slices.Equal(st.GetKeyring().GetKeyIds(), KeyIDs([][]byte{old})) {
+		t.Fatalf("keyring before any rotation: %v, %v", st, err)
+	}
+
+	putNode(t, cli, "h1", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 0)
+	putNode(t, cli, "h2", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 0)
+	putNode(t, cli, "h3", vxfabricv1.NodeStatus_NODE_STATUS_DEAD, 0)
+	resp, err := r.RotateGossipKey(ctx, &vxfabricv1.RotateGossipKeyRequest{StepTimeoutMs: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.RotateGossipKey(ctx, &vxfabricv1.RotateGossipKeyRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("rotation while one runs: %v, want FailedPrecondition", err)
+	}
+	kr, rev := stored()
+	if kr.GetStep() != vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_INSTALL || len(kr.GetKeys()) != 2 || !bytes.Equal(kr.GetKeys()[0], old) ||
+		resp.GetKeyring().GetRevision() != rev {
+		t.Fatalf("rotation started as %v (answered %v)", kr, resp)
+	}
+	newKey := kr.GetKeys()[1]
+	tick()
+	if got := m.Keys(); !slices.EqualFunc(got, [][]byte{old, newKey}, bytes.Equal) {
+		t.Errorf("server member after INSTALL: %x", got)
+	}
+
+	// h1 confirms, h2 does not: no move before the timeout, even past the least step time.
+	putNode(t, cli, "h1", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, rev)
+	now = now.Add(5 * time.Second)
+	tick()
+	if kr2, rev2 := stored(); rev2 != rev {
+		t.Fatalf("moved on to %v while h2 had not confirmed", kr2)
+	}
+	// h2 confirms: the next tick moves on (h3 is dead and does not count).
+	putNode(t, cli, "h2", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, rev)
+	tick()
+	kr, rev = stored()
+	if kr.GetStep() != vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_USE || !slices.EqualFunc(kr.GetKeys(), [][]byte{newKey, old}, bytes.Equal) || len(kr.GetLaggingNodes()) != 0 {
+		t.Fatalf("after INSTALL was confirmed: %v", kr)
+	}
+	tick()
+	if got := m.Keys(); !slices.EqualFunc(got, [][]byte{newKey, old}, bytes.Equal) {
+		t.Errorf("server member after USE: %x", got)
+	}
+
+	// Only h1 confirms USE: it moves on at the timeout, naming h2.
+	putNode(t, cli, "h1", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, rev)
+	now = now.Add(9 * time.Second)
+	tick()
+	if _, rev2 := stored(); rev2 != rev {
+		t.Fatal("moved on before the step timed out")
+	}
+	now = now.Add(2 * time.Second)
+	tick()
+	kr, _ = stored()
+	if kr.GetStep() != vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE || !slices.EqualFunc(kr.GetKeys(), [][]byte{newKey}, bytes.Equal) ||
+		!slices.Equal(kr.GetLaggingNodes(), []string{"h2"}) {
+		t.Fatalf("after USE timed out: %v", kr)
+	}
+	tick()
+	if got := m.Keys(); !slices.EqualFunc(got, [][]byte{newKey}, bytes.Equal) {
+		t.Errorf("server member after DONE: %x", got)
+	}
+	st, err = r.GetGossipKeyring(ctx, &vxfabricv1.GetGossipKeyringRequest{})
+	if err != nil || !st.GetKeyring().GetManaged() || len(st.GetKeyring().GetNodes()) != 3 || !slices.Equal(st.GetKeyring().GetKeyIds(), KeyIDs([][]byte{newKey})) {
+		t.Errorf("keyring when done: %v, %v", st, err)
+	}
+
+	// The next rotation starts from the stored keyring.
+	if _, err := r.RotateGossipKey(ctx, &vxfabricv1.RotateGossipKeyRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if kr, _ = stored(); !bytes.Equal(kr.GetKeys()[0], newKey) || len(kr.GetKeys()) != 2 || len(kr.GetLaggingNodes()) != 0 ||
+		kr.GetStepTimeoutMs() != DefaultStepTimeout.Milliseconds() {
+		t.Errorf("second rotation started as %v", kr)
+	}
+
+	plain := New(cli, member(t), Config{})
+	if _, err := plain.RotateGossipKey(ctx, &vxfabricv1.RotateGossipKeyRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("rotation of unencrypted gossip: %v, want FailedPrecondition", err)
+	}
+}

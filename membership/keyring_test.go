@@ -1,0 +1,71 @@
+package membership
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// InstallKeys sets the keyring exactly, primary first, records it in the keyring file (rewritten only
+// when it differs), and from then on a SIGHUP reload of the file is refused: the control plane owns
+// the keyring. An unencrypted member and a key of a wrong size are refused.
+func TestInstallKeys(t *testing.T) {
+	k1, k2, k3 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 16), bytes.Repeat([]byte{3}, 32)
+	file := filepath.Join(t.TempDir(), "gossip.key")
+	writeKeyring(t, file, k1)
+	m := startMember(t, "inst", memberOpts{keyringFile: file})
+	if got := m.Keys(); !slices.EqualFunc(got, [][]byte{k1}, bytes.Equal) {
+		t.Fatalf("keys at start: %x", got)
+	}
+	if err := m.ReloadKeyring(); err != nil {
+		t.Fatalf("reload before the control plane manages the keyring: %v", err)
+	}
+
+	if err := m.InstallKeys([][]byte{k2, k1, k3}); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Keys(); !slices.EqualFunc(got, [][]byte{k2, k1, k3}, bytes.Equal) {
+		t.Errorf("keys after install: %x, want k2 (primary), k1, k3", got)
+	}
+	if got, err := ReadKeyringFile(file); err != nil || !slices.EqualFunc(got, [][]byte{k2, k1, k3}, bytes.Equal) {
+		t.Errorf("keyring file after install: %x, %v", got, err)
+	}
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("keyring file mode: %v, %v; want 0600", fi.Mode(), err)
+	}
+	before, _ := os.Stat(file)
+	if err := m.InstallKeys([][]byte{k2, k1, k3}); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.Stat(file); !after.ModTime().Equal(before.ModTime()) {
+		t.Error("the same keyring installed again rewrote the file")
+	}
+	if err := m.InstallKeys([][]byte{k3}); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Keys(); !slices.EqualFunc(got, [][]byte{k3}, bytes.Equal) {
+		t.Errorf("keys after the old ones were dropped: %x", got)
+	}
+
+	writeKeyring(t, file, k1) // someone edits the file by hand
+	if err := m.ReloadKeyring(); err == nil || !strings.Contains(err.Error(), "managed by the control plane") {
+		t.Errorf("reload of a managed keyring: %v, want it refused", err)
+	}
+	if got := m.Keys(); !slices.EqualFunc(got, [][]byte{k3}, bytes.Equal) {
+		t.Errorf("keys after a refused reload: %x", got)
+	}
+	if err := m.InstallKeys([][]byte{{1, 2, 3}}); err == nil {
+		t.Error("a 3-byte key was installed")
+	}
+	if err := m.InstallKeys(nil); err == nil {
+		t.Error("an empty keyring was installed")
+	}
+
+	plain := startMember(t, "plain", memberOpts{})
+	if err := plain.InstallKeys([][]byte{k1}); err == nil || plain.Encrypted() {
+		t.Errorf("install on an unencrypted member: %v", err)
+	}
+}
