@@ -102,14 +102,21 @@ func (r *Rotator) read(ctx context.Context) (*vxfabricv1.GossipKeyring, int64, e
 }
 
 // Run keeps this server's member on the stored keyring and moves running rotations on until ctx
-// ends. Errors (etcd unreachable) are logged and retried at the next poll.
+// ends. Errors (etcd unreachable) are retried at the next poll, and logged when they change.
 func (r *Rotator) Run(ctx context.Context) {
 	t := time.NewTicker(r.cfg.Poll)
 	defer t.Stop()
 	var installed int64
+	var failing string // the last error logged: a lasting one is logged once, not at every poll
 	for {
-		if err := r.tick(ctx, &installed); err != nil && ctx.Err() == nil {
+		err := r.tick(ctx, &installed)
+		switch {
+		case err != nil && ctx.Err() == nil && err.Error() != failing:
+			failing = err.Error()
 			r.log.Warn("gossip keyring", "err", err)
+		case err == nil && failing != "":
+			failing = ""
+			r.log.Info("gossip keyring recovered")
 		}
 		select {
 		case <-ctx.Done():
