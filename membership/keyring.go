@@ -126,11 +126,15 @@ func (m *Member) Keys() [][]byte {
 	return keys
 }
 
+// ErrKeyringNotRecorded: InstallKeys installed the keys but could not rewrite the keyring file.
+var ErrKeyringNotRecorded = errors.New("gossip keyring installed but not recorded in its file")
+
 // InstallKeys makes the keyring hold exactly keys, keys[0] primary, as the control plane's rotation
 // (GossipService) hands them out; from then on SIGHUP no longer reloads the keyring file. With a
 // KeyringFile, the file is rewritten to hold them (when they differ), so that a restart starts with
-// the current keys. An unencrypted member refuses: encryption cannot be switched on in a running
-// cluster.
+// the current keys; when that fails, the keys are in use all the same and the error wraps
+// ErrKeyringNotRecorded. An unencrypted member refuses: encryption cannot be switched on in a
+// running cluster.
 func (m *Member) InstallKeys(keys [][]byte) error {
 	if m.keyring == nil {
 		return errors.New("gossip is not encrypted: start every member with a gossip key first")
@@ -155,7 +159,10 @@ func (m *Member) InstallKeys(keys [][]byte) error {
 	if cur, err := ReadKeyringFile(m.cfg.KeyringFile); err == nil && slices.EqualFunc(cur, dedupKeys(keys), bytes.Equal) {
 		return nil
 	}
-	return writeKeyringFile(m.cfg.KeyringFile, dedupKeys(keys))
+	if err := writeKeyringFile(m.cfg.KeyringFile, dedupKeys(keys)); err != nil {
+		return fmt.Errorf("%w: %w", ErrKeyringNotRecorded, err)
+	}
+	return nil
 }
 
 // writeKeyringFile replaces path with keys, one base64 line each, through a rename, so a reader never

@@ -415,16 +415,20 @@ func (a *Agent) accept(resp *vxfabricv1.SyncResponse) error {
 // member before the revision that carries it is applied, so that the report of that revision
 // confirms it. Without gossip there is nothing to install: the keyring is confirmed as it is.
 func (a *Agent) installKeyring(k *vxfabricv1.GossipKeys) {
+	a.keyringErr.Store(nil)
 	if a.cfg.Membership != nil {
-		if err := a.cfg.Membership.InstallKeys(k.GetKeys()); err != nil {
+		err := a.cfg.Membership.InstallKeys(k.GetKeys())
+		if err != nil {
 			msg := fmt.Sprintf("gossip keyring of revision %d: %v", k.GetRevision(), err)
 			a.keyringErr.Store(&msg)
+		}
+		if err != nil && !errors.Is(err, membership.ErrKeyringNotRecorded) {
 			a.log.Error("gossip keyring not installed", "rev", k.GetRevision(), "err", err)
 			return
 		}
-		a.log.Info("gossip keyring installed", "rev", k.GetRevision(), "keys", len(k.GetKeys()))
+		// Installed; a keyring file that could not be rewritten is reported, not fatal.
+		a.log.Info("gossip keyring installed", "rev", k.GetRevision(), "keys", len(k.GetKeys()), "err", err)
 	}
-	a.keyringErr.Store(nil)
 	a.keyring.Store(k.GetRevision())
 }
 

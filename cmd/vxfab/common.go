@@ -37,7 +37,7 @@ func (g *gossipFlags) addTo(fs *pflag.FlagSet, bindDefault string) {
 	fs.StringVar(&g.bind, "gossip-bind", "", "gossip address IP:PORT (default "+bindDefault+")")
 	fs.StringVar(&g.advertise, "gossip-advertise", "", "gossip address other members use, IP:PORT (default: --gossip-bind)")
 	fs.StringVar(&g.key, "gossip-key", "", "gossip encryption key, base64 of 16, 24 or 32 bytes (env VXFAB_GOSSIP_KEY)")
-	fs.StringVar(&g.keyring, "gossip-keyring", "", "file of base64 gossip keys, first one primary, reloaded on SIGHUP")
+	fs.StringVar(&g.keyring, "gossip-keyring", "", "file of base64 gossip keys, first one primary; rewritten by vxfab gossip rotate, reloaded on SIGHUP until then")
 	def := membership.Default(membership.RoleAgent, "")
 	fs.DurationVar(&g.probe, "gossip-probe-interval", def.ProbeInterval, "how often each member probes another (probe timeout: half of it)")
 	fs.IntVar(&g.suspicion, "gossip-suspicion-mult", def.SuspicionMult,

@@ -543,16 +543,20 @@ func newNodeCmd() *cobra.Command {
 			})
 		},
 	}
-	var rev int64
+	var (
+		rev   int64
+		force bool
+	)
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "forget a host that has left the fabric", Args: cobra.ExactArgs(1),
 		Long: "Forgets a decommissioned host: its record and its convergence figures. Refused while the node is\n" +
 			"ALIVE or SUSPECT (stop its agent first: it leaves gossip and shows LEFT), while ports are bound to it,\n" +
-			"or while it is the uplink host of a bridged network.",
+			"or while it is the uplink host of a bridged network. --force forgets an ALIVE node whose agent runs\n" +
+			"without gossip (registered with --server only): nothing ever marks such a node dead.",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				resp, err := vxfabricv1.NewNodeServiceClient(conn).DeleteNode(ctx,
-					&vxfabricv1.DeleteNodeRequest{Name: args[0], ExpectedRevision: rev})
+					&vxfabricv1.DeleteNodeRequest{Name: args[0], ExpectedRevision: rev, Force: force})
 				if err != nil {
 					return err
 				}
@@ -561,6 +565,7 @@ func newNodeCmd() *cobra.Command {
 		},
 	}
 	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the node is still at this revision")
+	del.Flags().BoolVar(&force, "force", false, "forget the node even while it is ALIVE or SUSPECT (not while it holds ports)")
 	cmd.AddCommand(list, show, del)
 	return cmd
 }

@@ -330,9 +330,9 @@ func (s *NodeServer) DeleteNode(ctx context.Context, req *vxfabricv1.DeleteNodeR
 	if err := validExpected(req.ExpectedRevision); err != nil {
 		return nil, s.toStatus(err)
 	}
-	if err := s.store.DeleteNode(ctx, req.Name, req.ExpectedRevision); err != nil {
+	if err := s.store.DeleteNode(ctx, req.Name, req.ExpectedRevision, req.Force); err != nil {
 		return nil, s.toStatus(err)
 	}
-	s.log.Info("node deleted", "node", req.Name)
+	s.log.Info("node deleted", "node", req.Name, "forced", req.Force)
 	return &vxfabricv1.DeleteNodeResponse{}, nil
 }

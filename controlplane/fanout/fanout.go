@@ -457,9 +457,14 @@ func (h *Hub) applyEvents(evs []event, seen time.Time) {
 		st.changes = append(st.changes, change{rev: rev, seen: seen})
 	}
 	for _, ev := range evs {
-		// A deleted node (NodeService.DeleteNode) takes its figures along, unless it streams here.
-		if kind, node, _ := keyKind(ev.key); kind == "nodes/" && ev.deleted && len(h.subs[node]) == 0 {
-			delete(h.stats, node)
+		// A deleted node (NodeService.DeleteNode) takes its figures along, unless it streams here;
+		// its confirmed keyring went with it in etcd in any case.
+		if kind, node, _ := keyKind(ev.key); kind == "nodes/" && ev.deleted {
+			if len(h.subs[node]) == 0 {
+				delete(h.stats, node)
+			} else if st := h.stats[node]; st != nil {
+				st.keyring = 0
+			}
 		}
 	}
 	h.statMu.Unlock()
@@ -575,7 +580,9 @@ func (h *Hub) subscribe(node string, resume int64) (*subscriber, *vxfabricv1.Syn
 	h.statMu.Unlock()
 	var first *vxfabricv1.SyncResponse
 	if resume > 0 && resume >= h.baseRev && resume >= desired && resume <= h.m.rev {
-		first = &vxfabricv1.SyncResponse{Revision: h.m.rev}
+		// The keyring rides along: this replica cannot tell whether the agent saw its last change
+		// (it may have streamed from another one), and an agent ignores a keyring it already has.
+		first = &vxfabricv1.SyncResponse{Revision: h.m.rev, GossipKeys: h.m.keys}
 	} else {
 		first = h.snapshot(node)
 	}

@@ -1462,3 +1462,29 @@ func TestGossipKeyringInEveryView(t *testing.T) {
 		t.Errorf("a's confirmed keyring %s, want %s", got, want)
 	}
 }
+
+// A node resuming at another replica, which never heard of it (so the keyring change did not raise
+// its desired revision there), still gets the keyring with the message that resumes it.
+func TestResumeAtOtherReplicaCarriesKeyring(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	e.put("nodes/z", testNode("z", "198.18.0.9")) // a host with no ports yet
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	e.put("gossip/keyring", &vxfabricv1.GossipKeyring{Keys: [][]byte{k1}, Step: vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE})
+	e.start()
+	b := newReplica(t, e.cli, Config{})
+	b.start()
+
+	z := e.sync(e.dial(), "z", 0)
+	from := z.next(5 * time.Second).GetRevision()
+	z.stop()
+	rev2 := e.put("gossip/keyring", &vxfabricv1.GossipKeyring{Keys: [][]byte{k1, k2}, Step: vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_INSTALL})
+	if err := b.hub.WaitRevision(context.Background(), rev2); err != nil {
+		t.Fatal(err)
+	}
+	msg := b.sync(b.dial(), "z", from).next(5 * time.Second)
+	if msg.GetRevision() >= rev2 && msg.GetGossipKeys().GetRevision() != rev2 {
+		t.Errorf("z resumed at the other replica to revision %d, past the keyring change at %d, with keys %v (snapshot %v)",
+			msg.GetRevision(), rev2, msg.GetGossipKeys(), msg.GetSnapshot())
+	}
+}

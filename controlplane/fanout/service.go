@@ -190,6 +190,9 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	if req.GetStatusRevision() < 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "status_revision %d is negative", req.GetStatusRevision())
 	}
+	if req.GetGossipKeyringRevision() < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "gossip_keyring_revision %d is negative", req.GetGossipKeyringRevision())
+	}
 	if n := len(req.GetErrors()); n > maxReportErrors {
 		return nil, status.Errorf(codes.InvalidArgument, "%d errors, at most %d", n, maxReportErrors)
 	}

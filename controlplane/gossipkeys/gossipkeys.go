@@ -4,9 +4,10 @@
 // moves it through three steps: INSTALL (the new key is added, the old one still encrypts), USE (the
 // new key encrypts, the old one is still accepted) and DONE (the new key alone). Agents receive the
 // keyring in their Sync streams (controlplane/fanout) and confirm it in ReportApplied
-// (store.NodeKeyringPrefix); every server's Rotator installs it in its own gossip member and moves a
-// step on once every ALIVE node has confirmed it, or once the step's timeout has passed. Every server
-// may try to move a step on: a compare on the keyring's revision lets one of them do it.
+// (store.NodeKeyringPrefix); every server's Rotator installs it in its own gossip member, confirms it
+// on a lease (store.ServerKeyringPrefix) and moves a step on once every ALIVE node and every running
+// server has confirmed it, or once the step's timeout has passed. Every server may try to move a
+// step on: a compare on the keyring's revision lets one of them do it.
 //
 // A node whose agent can no longer open a Sync stream (a revoked certificate) never receives the new
 // key, so a rotation after a revocation shuts it out of gossip.
@@ -17,6 +18,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -25,6 +27,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -64,7 +67,17 @@ type Rotator struct {
 	cfg Config
 	log *slog.Logger
 	now func() time.Time
+
+	// Used by Run's goroutine only.
+	sess      *concurrency.Session // the lease of this server's confirmation key
+	confirmed int64                // the keyring revision this server's confirmation key holds
+	seenRev   int64                // the running step's revision, and when this server first saw it:
+	seenAt    time.Time            // a step's age is measured on this server's own clock
 }
+
+// ServerConfirmationTTL bounds how long a server that stopped holds a rotation up: its confirmation
+// key lives on a lease of this many seconds.
+const ServerConfirmationTTL = 10
 
 // New returns a rotator for member m (the server's own) on cli.
 func New(cli *clientv3.Client, m *membership.Member, cfg Config) *Rotator {
@@ -106,6 +119,7 @@ func (r *Rotator) read(ctx context.Context) (*vxfabricv1.GossipKeyring, int64, e
 func (r *Rotator) Run(ctx context.Context) {
 	t := time.NewTicker(r.cfg.Poll)
 	defer t.Stop()
+	defer r.close()
 	var installed int64
 	var failing string // the last error logged: a lasting one is logged once, not at every poll
 	for {
@@ -132,11 +146,18 @@ func (r *Rotator) tick(ctx context.Context, installed *int64) error {
 		return err
 	}
 	if rev != *installed {
-		if err := r.m.InstallKeys(kr.GetKeys()); err != nil {
+		err := r.m.InstallKeys(kr.GetKeys())
+		if errors.Is(err, membership.ErrKeyringNotRecorded) {
+			// In use all the same: the rotation goes on; a restart reads the keyring from etcd.
+			r.log.Warn("gossip keyring file not rewritten", "revision", rev, "err", err)
+		} else if err != nil {
 			return fmt.Errorf("install keyring of revision %d: %w", rev, err)
 		}
 		*installed = rev
 		r.log.Info("gossip keyring installed", "revision", rev, "step", stepName(kr.GetStep()), "keys", strings.Join(KeyIDs(kr.GetKeys()), ","))
+	}
+	if err := r.confirm(ctx, rev); err != nil {
+		return err
 	}
 	if kr.GetStep() == vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE {
 		return nil
@@ -144,14 +165,54 @@ func (r *Rotator) tick(ctx context.Context, installed *int64) error {
 	return r.advance(ctx, kr, rev)
 }
 
-// advance moves a running rotation to its next step once every ALIVE node has confirmed revision
-// rev (or the step timed out, naming the nodes that had not).
+// confirm records, on a lease, that this server's member holds the keyring of revision rev, so that
+// no step starts before every running server has installed the one before.
+func (r *Rotator) confirm(ctx context.Context, rev int64) error {
+	if r.sess != nil {
+		select {
+		case <-r.sess.Done():
+			r.sess, r.confirmed = nil, 0 // its lease expired (etcd was unreachable): the key went with it
+		default:
+		}
+	}
+	if r.sess != nil && rev == r.confirmed {
+		return nil
+	}
+	if r.sess == nil {
+		sess, err := concurrency.NewSession(r.cli, concurrency.WithTTL(ServerConfirmationTTL), concurrency.WithContext(ctx))
+		if err != nil {
+			return fmt.Errorf("lease for the keyring confirmation: %w", err)
+		}
+		r.sess = sess
+	}
+	key := r.cfg.Prefix + store.ServerKeyrings + r.m.Name()
+	if _, err := r.cli.Put(ctx, key, fmt.Sprintf("%020d", rev), clientv3.WithLease(r.sess.Lease())); err != nil {
+		return fmt.Errorf("confirm keyring of revision %d: %w", rev, err)
+	}
+	r.confirmed = rev
+	return nil
+}
+
+// close gives the confirmation key's lease back (the key goes at once).
+func (r *Rotator) close() {
+	if r.sess != nil {
+		_ = r.sess.Close()
+		r.sess = nil
+	}
+}
+
+// advance moves a running rotation to its next step once every ALIVE node and every running server
+// has confirmed revision rev (or the step timed out, naming the nodes that had not). A step's age is
+// measured from when this server first saw it, on its own clock: servers' clocks need not agree.
 func (r *Rotator) advance(ctx context.Context, kr *vxfabricv1.GossipKeyring, rev int64) error {
-	age := r.now().Sub(kr.GetStepTime().AsTime())
+	if rev != r.seenRev {
+		r.seenRev, r.seenAt = rev, r.now()
+	}
+	age := r.now().Sub(r.seenAt)
 	if age < r.cfg.MinStep {
 		return nil
 	}
-	nodes, err := r.progress(ctx)
+	nodes, servers, err := r.progress(ctx)
 	if err != nil {
 		return err
 	}
@@ -159,6 +220,11 @@ func (r *Rotator) advance(ctx context.Context, kr *vxfabricv1.GossipKeyring, rev
 	for _, n := range nodes {
 		if n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE && n.GetKeyringRevision() < rev {
 			lagging = append(lagging, n.GetNode())
+		}
+	}
+	for name, confirmed := range servers {
+		if confirmed < rev {
+			lagging = append(lagging, "server "+name)
 		}
 	}
 	timeout := time.Duration(kr.GetStepTimeoutMs()) * time.Millisecond
@@ -197,32 +263,37 @@ func (r *Rotator) advance(ctx context.Context, kr *vxfabricv1.GossipKeyring, rev
 	return nil
 }
 
-// progress lists every recorded node with its status and the keyring revision it confirmed.
-func (r *Rotator) progress(ctx context.Context) ([]*vxfabricv1.GossipNodeKeyring, error) {
+// progress lists every recorded node with its status and the keyring revision it confirmed, and
+// the revision each running server confirmed.
+func (r *Rotator) progress(ctx context.Context) ([]*vxfabricv1.GossipNodeKeyring, map[string]int64, error) {
 	resp, err := r.cli.Txn(ctx).Then(
 		clientv3.OpGet(r.cfg.Prefix+"nodes/", clientv3.WithPrefix()),
 		clientv3.OpGet(r.cfg.Prefix+store.NodeKeyrings, clientv3.WithPrefix()),
+		clientv3.OpGet(r.cfg.Prefix+store.ServerKeyrings, clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("read the nodes' keyrings: %w", err)
+		return nil, nil, fmt.Errorf("read the keyrings confirmed: %w", err)
 	}
-	confirmed := map[string]int64{}
-	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
-		v, err := strconv.ParseInt(string(kv.Value), 10, 64)
-		if err == nil {
-			confirmed[strings.TrimPrefix(string(kv.Key), r.cfg.Prefix+store.NodeKeyrings)] = v
+	confirmations := func(i int, prefix string) map[string]int64 {
+		out := map[string]int64{}
+		for _, kv := range resp.Responses[i].GetResponseRange().GetKvs() {
+			if v, err := strconv.ParseInt(string(kv.Value), 10, 64); err == nil {
+				out[strings.TrimPrefix(string(kv.Key), r.cfg.Prefix+prefix)] = v
+			}
 		}
+		return out
 	}
+	confirmed := confirmations(1, store.NodeKeyrings)
 	var out []*vxfabricv1.GossipNodeKeyring
 	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
 		n := &vxfabricv1.Node{}
 		if err := proto.Unmarshal(kv.Value, n); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+			return nil, nil, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
 		name := strings.TrimPrefix(string(kv.Key), r.cfg.Prefix+"nodes/")
 		out = append(out, &vxfabricv1.GossipNodeKeyring{Node: name, Status: n.GetStatus(), KeyringRevision: confirmed[name]})
 	}
-	return out, nil
+	return out, confirmations(2, store.ServerKeyrings), nil
 }
 
 // RotateGossipKey starts a rotation (see the proto).
@@ -293,7 +364,7 @@ func (r *Rotator) describe(ctx context.Context) (*vxfabricv1.GossipKeyringStatus
 	if err != nil {
 		return nil, err
 	}
-	nodes, err := r.progress(ctx)
+	nodes, _, err := r.progress(ctx)
 	if err != nil {
 		return nil, err
 	}

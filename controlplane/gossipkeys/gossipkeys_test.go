@@ -59,6 +59,7 @@ func TestRotation(t *testing.T) {
 	old := bytes.Repeat([]byte{7}, 32)
 	m := member(t, old)
 	r := New(cli, m, Config{Logger: slog.New(slog.DiscardHandler)})
+	t.Cleanup(r.close)
 	now := time.Date(2026, 12, 5, 9, 0, 0, 0, time.UTC)
 	r.now = func() time.Time { return now }
 	var installed int64
@@ -127,8 +128,17 @@ func TestRotation(t *testing.T) {
 		t.Errorf("server member after USE: %x", got)
 	}
 
-	// Only h1 confirms USE: it moves on at the timeout, naming h2.
+	// This server confirmed USE on its lease.
+	if resp, err := cli.Get(ctx, store.ServerKeyringPrefix+m.Name()); err != nil || len(resp.Kvs) != 1 ||
+		string(resp.Kvs[0].Value) != keyringValue(rev) || resp.Kvs[0].Lease == 0 {
+		t.Errorf("this server's confirmation: %v, %v; want revision %d on a lease", resp.Kvs, err, rev)
+	}
+	// Only h1 confirms USE, and another server is still at INSTALL: it moves on at the timeout
+	// (measured from when this server saw the step), naming both.
 	putNode(t, cli, "h1", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, rev)
+	if _, err := cli.Put(ctx, store.ServerKeyringPrefix+"other", keyringValue(rev-1)); err != nil {
+		t.Fatal(err)
+	}
 	now = now.Add(9 * time.Second)
 	tick()
 	if _, rev2 := stored(); rev2 != rev {
@@ -138,7 +148,7 @@ func TestRotation(t *testing.T) {
 	tick()
 	kr, _ = stored()
 	if kr.GetStep() != vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE || !slices.EqualFunc(kr.GetKeys(), [][]byte{newKey}, bytes.Equal) ||
-		!slices.Equal(kr.GetLaggingNodes(), []string{"h2"}) {
+		!slices.Equal(kr.GetLaggingNodes(), []string{"h2", "server other"}) {
 		t.Fatalf("after USE timed out: %v", kr)
 	}
 	tick()

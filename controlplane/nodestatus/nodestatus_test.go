@@ -215,7 +215,7 @@ func TestOneLeaderWritesGossipState(t *testing.T) {
 	}
 	// The dead a2 is deleted (NodeService.DeleteNode): gossip still remembers it, yet neither the
 	// leader nor, below, its successor's reconcile on election records it again.
-	if err := store.New(cli).DeleteNode(context.Background(), "a2", 0); err != nil {
+	if err := store.New(cli).DeleteNode(context.Background(), "a2", 0, false); err != nil {
 		t.Fatal(err)
 	}
 	// a4's host is cut off: recorded unreachable while suspect, long before memberlist's death.

@@ -57,12 +57,17 @@ const (
 	// NodeKeyringPrefix records which keyring each node's agent confirmed: <node> -> the keyring's
 	// revision, 20 decimal digits (written by controlplane/fanout from ReportApplied).
 	NodeKeyringPrefix = Prefix + NodeKeyrings
+	// ServerKeyringPrefix records which keyring each running server installed: <gossip name> -> the
+	// keyring's revision, 20 decimal digits, on the server's lease (controlplane/gossipkeys).
+	ServerKeyringPrefix = Prefix + ServerKeyrings
 )
 
-// GossipKeyring and NodeKeyrings are GossipKeyringKey and NodeKeyringPrefix relative to the prefix.
+// GossipKeyring, NodeKeyrings and ServerKeyrings are GossipKeyringKey, NodeKeyringPrefix and
+// ServerKeyringPrefix relative to the prefix.
 const (
-	GossipKeyring = "gossip/keyring"
-	NodeKeyrings  = "status/keyring/"
+	GossipKeyring  = "gossip/keyring"
+	NodeKeyrings   = "status/keyring/"
+	ServerKeyrings = "status/keyring-servers/"
 )
 
 // nodesEpoch is NodesEpochKey relative to the fabric's prefix.

@@ -3,8 +3,10 @@ package store
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
+	"time"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -92,13 +94,13 @@ func nodesWrittenAfter(rev int64) clientv3.Op {
 
 // DeleteNode forgets a host that has left the fabric: its record, the sequence that orders its
 // reports (NodeReportsPrefix) and the keyring it confirmed (NodeKeyringPrefix). It is refused
-// (ErrFailedPrecondition) while the record says ALIVE or SUSPECT, since the host's agent would record
-// it again, while ports are bound to it, and while it is the uplink host of a bridged network. The
+// (ErrFailedPrecondition) while the record says ALIVE or SUSPECT, unless forced, since the host's agent
+// would record it again, while ports are bound to it, and while it is the uplink host of a bridged network. The
 // checks and the delete are one transaction: it fails, and the delete reads again, when the node, a
 // port or a network was written after the read.
-func (s *Store) DeleteNode(ctx context.Context, name string, expected int64) error {
+func (s *Store) DeleteNode(ctx context.Context, name string, expected int64, force bool) error {
 	key := NodeKey(name)
-	for range maxCASRetries {
+	for attempt := range maxCASRetries {
 		resp, err := s.kv.Txn(ctx).Then(
 			clientv3.OpGet(key),
 			clientv3.OpGet(PortsPrefix, clientv3.WithPrefix()),
@@ -118,7 +120,7 @@ func (s *Store) DeleteNode(ctx context.Context, name string, expected int64) err
 		if expected != 0 && n.Revision != expected {
 			return fmt.Errorf("node %s is at revision %d, not %d: %w", name, n.Revision, expected, ErrStale)
 		}
-		if err := nodeInUse(n, rangeKVs(resp, 1), rangeKVs(resp, 2)); err != nil {
+		if err := nodeInUse(n, force, rangeKVs(resp, 1), rangeKVs(resp, 2)); err != nil {
 			return err
 		}
 		rev := resp.Header.Revision
@@ -139,6 +141,9 @@ func (s *Store) DeleteNode(ctx context.Context, name string, expected int64) err
 		if tx.Succeeded {
 			return nil
 		}
+		if err := contentionPause(ctx, attempt); err != nil {
+			return err
+		}
 		if expected != 0 {
 			// Read again to tell a changed node (stale) from a port or network written meanwhile.
 			cur, err := s.GetNode(ctx, name)
@@ -154,11 +159,15 @@ func (s *Store) DeleteNode(ctx context.Context, name string, expected int64) err
 }
 
 // nodeInUse is why node n cannot be forgotten, given every port and network: nil when nothing holds it.
-func nodeInUse(n *vxfabricv1.Node, ports, networks []*mvccpb.KeyValue) error {
+// force skips the liveness check.
+func nodeInUse(n *vxfabricv1.Node, force bool, ports, networks []*mvccpb.KeyValue) error {
 	switch n.Status {
 	case vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT:
-		return fmt.Errorf("node %s is %s: stop its agent first (it leaves gossip), or wait until the node is DEAD: %w",
-			n.Name, strings.TrimPrefix(n.Status.String(), "NODE_STATUS_"), ErrFailedPrecondition)
+		if !force {
+			return fmt.Errorf("node %s is %s: stop its agent first (it leaves gossip), or wait until the node is DEAD "+
+				"(force the delete of a node whose agent runs without gossip): %w",
+				n.Name, strings.TrimPrefix(n.Status.String(), "NODE_STATUS_"), ErrFailedPrecondition)
+		}
 	}
 	var bound []string
 	for _, kv := range ports {
@@ -194,4 +203,18 @@ func sampleList(items []string, n int) string {
 		return strings.Join(items, ", ")
 	}
 	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
+}
+
+// contentionPause waits a little before the next attempt of a transaction that lost to concurrent
+// writes (5 ms, doubling, at most 200 ms, with jitter), so that a steady stream of them, such as
+// port creates while a node is deleted, does not exhaust the attempts at once.
+func contentionPause(ctx context.Context, attempt int) error {
+	d := min(5*time.Millisecond<<attempt, 200*time.Millisecond)
+	d = d/2 + rand.N(d/2+1)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
 }

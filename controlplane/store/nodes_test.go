@@ -66,7 +66,7 @@ func TestDeleteNode(t *testing.T) {
 	refused := func(what, name string, expected int64, want error, says string) {
 		t.Helper()
 		count, rev := prefixState(t, cli)
-		err := st.DeleteNode(ctx, name, expected)
+		err := st.DeleteNode(ctx, name, expected, false)
 		if !errors.Is(err, want) || !strings.Contains(err.Error(), says) {
 			t.Errorf("%s: %v, want %v saying %q", what, err, want, says)
 		}
@@ -91,7 +91,7 @@ func TestDeleteNode(t *testing.T) {
 
 	// A port bound to h1 after the delete's read: the delete reads again and refuses.
 	kv.hooks = []func(){nil, func() { port("00000000c2", "vm2-eth0", "h1") }}
-	if err := st.DeleteNode(ctx, "h1", 0); !errors.Is(err, ErrFailedPrecondition) || !strings.Contains(err.Error(), "acme/vm2-eth0") {
+	if err := st.DeleteNode(ctx, "h1", 0, false); !errors.Is(err, ErrFailedPrecondition) || !strings.Contains(err.Error(), "acme/vm2-eth0") {
 		t.Errorf("node given a port during the delete: %v, want it refused for acme/vm2-eth0", err)
 	}
 	if _, err := st.GetNode(ctx, "h1"); err != nil {
@@ -121,7 +121,7 @@ func TestDeleteNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	node("h2", vxfabricv1.NodeStatus_NODE_STATUS_LEFT)
-	if err := st.DeleteNode(ctx, "h1", 0); err != nil {
+	if err := st.DeleteNode(ctx, "h1", 0, false); err != nil {
 		t.Fatalf("delete of a dead node holding nothing: %v", err)
 	}
 	for _, key := range []string{NodeKey("h1"), NodeReportsPrefix + "h1", NodeKeyringPrefix + "h1"} {
@@ -135,8 +135,21 @@ func TestDeleteNode(t *testing.T) {
 	if _, err := st.GetNode(ctx, "h2"); err != nil {
 		t.Errorf("the other node: %v", err)
 	}
-	if err := st.DeleteNode(ctx, "h2", 0); err != nil {
+	if err := st.DeleteNode(ctx, "h2", 0, false); err != nil {
 		t.Errorf("delete of a node that left: %v", err)
 	}
 	refused("deleted twice", "h1", 0, ErrNotFound, "node h1")
+
+	// A node registered without gossip stays ALIVE: force forgets it, but never while it holds a port.
+	node("h4", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE)
+	p4 := port("00000000c4", "vm4-eth0", "h4")
+	if err := st.DeleteNode(ctx, "h4", 0, true); !errors.Is(err, ErrFailedPrecondition) || !strings.Contains(err.Error(), "acme/vm4-eth0") {
+		t.Errorf("forced delete of a node holding a port: %v, want it refused for the port", err)
+	}
+	if err := New(cli).DeletePort(ctx, "acme", p4.Name, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteNode(ctx, "h4", 0, true); err != nil {
+		t.Errorf("forced delete of an ALIVE node holding nothing: %v", err)
+	}
 }

@@ -334,7 +334,7 @@ type GossipKeyringStatus struct {
 	Step  GossipRotationStep     `protobuf:"varint,1,opt,name=step,proto3,enum=vxfabric.v1.GossipRotationStep" json:"step,omitempty"`
 	// SHA-256 of each key, first 8 bytes in hex; the first one encrypts.
 	KeyIds []string `protobuf:"bytes,2,rep,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"`
-	// The etcd revision of the keyring; a node has applied it when its applied revision is at least this.
+	// The etcd revision of the keyring; a node holds it when its keyring_revision is at least this.
 	Revision     int64                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
 	StepTime     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=step_time,json=stepTime,proto3" json:"step_time,omitempty"`
 	LaggingNodes []string               `protobuf:"bytes,5,rep,name=lagging_nodes,json=laggingNodes,proto3" json:"lagging_nodes,omitempty"`

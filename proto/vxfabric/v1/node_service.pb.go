@@ -203,8 +203,12 @@ type DeleteNodeRequest struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// When set, the delete fails with FailedPrecondition unless the node is still at this revision.
 	ExpectedRevision int64 `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Forget the node even while its record says ALIVE or SUSPECT: for a node recorded by RegisterNode
+	// (an agent without gossip), which nothing ever marks dead. An agent still running records its
+	// node again when it next registers. Ports and uplinks still refuse the delete.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteNodeRequest) Reset() {
@@ -249,6 +253,13 @@ func (x *DeleteNodeRequest) GetExpectedRevision() int64 {
 		return x.ExpectedRevision
 	}
 	return 0
+}
+
+func (x *DeleteNodeRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type DeleteNodeResponse struct {
@@ -299,10 +310,11 @@ const file_vxfabric_v1_node_service_proto_rawDesc = "" +
 	"\x0eGetNodeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"8\n" +
 	"\x0fGetNodeResponse\x12%\n" +
-	"\x04node\x18\x01 \x01(\v2\x11.vxfabric.v1.NodeR\x04node\"T\n" +
+	"\x04node\x18\x01 \x01(\v2\x11.vxfabric.v1.NodeR\x04node\"j\n" +
 	"\x11DeleteNodeRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12+\n" +
-	"\x11expected_revision\x18\x02 \x01(\x03R\x10expectedRevision\"\x14\n" +
+	"\x11expected_revision\x18\x02 \x01(\x03R\x10expectedRevision\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\x14\n" +
 	"\x12DeleteNodeResponse2\xee\x01\n" +
 	"\vNodeService\x12J\n" +
 	"\tListNodes\x12\x1d.vxfabric.v1.ListNodesRequest\x1a\x1e.vxfabric.v1.ListNodesResponse\x12D\n" +
