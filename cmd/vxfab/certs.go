@@ -139,7 +139,9 @@ A revoked node still knows the gossip key: vxfab gossip rotate replaces it every
 					return err
 				}
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "revocation list: %s\n", filepath.Join(revokeDir, pki.CRLFile))
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "revocation list: %s\n"+
+				"a revoked node still holds the gossip key: run vxfab gossip rotate to replace it everywhere else\n",
+				filepath.Join(revokeDir, pki.CRLFile))
 			return err
 		},
 	}
