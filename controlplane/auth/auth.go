@@ -299,9 +299,9 @@ func FromContext(ctx context.Context) (Identity, bool) {
 	return id, ok
 }
 
-// identify establishes who calls: a bearer token if one is presented (it wins over a certificate),
-// else a verified client certificate, else nobody.
-func (a *Authenticator) identify(ctx context.Context) (Identity, error) {
+// identify establishes who calls method: a bearer token if one is presented (it wins over a
+// certificate), else a verified client certificate, else nobody.
+func (a *Authenticator) identify(ctx context.Context, method string) (Identity, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if vals := md.Get("authorization"); len(vals) > 0 {
 		if len(vals) > 1 {
@@ -311,7 +311,7 @@ func (a *Authenticator) identify(ctx context.Context) (Identity, error) {
 		if !ok || token == "" {
 			return Identity{}, status.Error(codes.Unauthenticated, `authorization header: want "Bearer <token>"`)
 		}
-		return a.identifyToken(ctx, token)
+		return a.identifyToken(ctx, token, writes(method))
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
@@ -337,12 +337,15 @@ func (a *Authenticator) certRevoked(cs tls.ConnectionState) bool {
 	return a.revoked != nil && len(cs.VerifiedChains) > 0 && a.revoked.Revoked(cs.VerifiedChains[0][0])
 }
 
-func (a *Authenticator) identifyToken(ctx context.Context, token string) (Identity, error) {
+// identifyToken maps a bearer token to its caller. A tenant token is looked up in etcd afresh for a
+// call that writes (fresh), so that a token revoked, or gone with its tenant, writes nothing even
+// within the lookup cache's lifetime.
+func (a *Authenticator) identifyToken(ctx context.Context, token string, fresh bool) (Identity, error) {
 	sum := sha256.Sum256([]byte(token))
 	if subtle.ConstantTimeCompare(sum[:], a.adminHash[:]) == 1 {
 		return Identity{Role: RoleAdmin, Via: "token"}, nil
 	}
-	rec, err := a.tokens.authenticate(ctx, token)
+	rec, err := a.tokens.authenticate(ctx, token, fresh)
 	switch {
 	case err == nil:
 		return Identity{Role: RoleTenant, Tenant: rec.Tenant, TokenID: rec.ID, Via: "token"}, nil
@@ -359,7 +362,7 @@ func (a *Authenticator) identifyToken(ctx context.Context, token string) (Identi
 // UnaryInterceptor authenticates and authorises a unary call before its handler runs.
 func (a *Authenticator) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	c := classOf(info.FullMethod)
-	id, err := a.identify(ctx)
+	id, err := a.identify(ctx, info.FullMethod)
 	if err != nil {
 		return nil, err
 	}
@@ -385,7 +388,7 @@ func withIdentity(ctx context.Context, id Identity) context.Context {
 // message the handler receives (Sync sends one: the node it wants).
 func (a *Authenticator) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	c := classOf(info.FullMethod)
-	id, err := a.identify(ss.Context())
+	id, err := a.identify(ss.Context(), info.FullMethod)
 	if err != nil {
 		return err
 	}

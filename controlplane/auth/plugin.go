@@ -13,7 +13,7 @@ import (
 // caller before it is authenticated. cfg.DataDir should be the server's data directory; a nil
 // cfg.Logger takes the server's.
 func Plugin(cfg Config) server.Plugin {
-	return func(_ context.Context, host server.Host) (server.Extension, error) {
+	return func(ctx context.Context, host server.Host) (server.Extension, error) {
 		if cfg.Logger == nil {
 			cfg.Logger = host.Logger
 		}
@@ -21,10 +21,20 @@ func Plugin(cfg Config) server.Plugin {
 		if err != nil {
 			return server.Extension{}, fmt.Errorf("auth: %w", err)
 		}
+		wctx, cancel := context.WithCancel(ctx)
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			a.tokens.watchDeletes(wctx)
+		}()
 		return server.Extension{
 			ServerOptions: a.ServerOptions(),
 			Register:      a.Register,
 			Services:      []string{vxfabricv1.TokenService_ServiceDesc.ServiceName},
+			Close: func() {
+				cancel()
+				<-watched
+			},
 		}, nil
 	}
 }

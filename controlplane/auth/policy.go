@@ -220,3 +220,9 @@ func setTenant(req any, tenant string) error {
 	r.Set(fd, protoreflect.ValueOfString(tenant))
 	return nil
 }
+
+// writes reports whether a method may change state: every one but those named Get* or List*.
+func writes(fullMethod string) bool {
+	name := fullMethod[strings.LastIndex(fullMethod, "/")+1:]
+	return !strings.HasPrefix(name, "Get") && !strings.HasPrefix(name, "List")
+}

@@ -200,15 +200,66 @@ func (s *tokenStore) revoke(ctx context.Context, id string) error {
 	return nil
 }
 
+// watchDeletes drops cached lookups as soon as etcd deletes their token or their token's tenant, on
+// whichever replica, until ctx ends. After a broken watch it drops every lookup (deletes may have
+// been missed) and watches again.
+func (s *tokenStore) watchDeletes(ctx context.Context) {
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		tokens := s.cli.Watch(wctx, tokensPrefix, clientv3.WithPrefix(), clientv3.WithFilterPut())
+		tenants := s.cli.Watch(wctx, tenantsPrefix, clientv3.WithPrefix(), clientv3.WithFilterPut())
+		for tokens != nil && tenants != nil {
+			select {
+			case resp, ok := <-tokens:
+				if !ok || resp.Err() != nil {
+					tokens = nil
+					continue
+				}
+				for _, ev := range resp.Events {
+					s.forget(strings.TrimPrefix(string(ev.Kv.Key), tokensPrefix))
+				}
+			case resp, ok := <-tenants:
+				if !ok || resp.Err() != nil {
+					tenants = nil
+					continue
+				}
+				for _, ev := range resp.Events {
+					s.forgetTenant(strings.TrimPrefix(string(ev.Kv.Key), tenantsPrefix))
+				}
+			}
+		}
+		cancel()
+		s.mu.Lock()
+		clear(s.cache)
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// forgetTenant drops the cached lookups of tenant's tokens.
+func (s *tokenStore) forgetTenant(tenant string) {
+	s.mu.Lock()
+	for id, e := range s.cache {
+		if e.rec != nil && e.rec.Tenant == tenant {
+			delete(s.cache, id)
+		}
+	}
+	s.mu.Unlock()
+}
+
 func (s *tokenStore) forget(id string) {
 	s.mu.Lock()
 	delete(s.cache, id)
 	s.mu.Unlock()
 }
 
-// authenticate maps a bearer token to its record. A lookup older than the TTL is read again from
-// etcd, so a revocation on any replica takes effect here within the TTL (on this replica at once).
-func (s *tokenStore) authenticate(ctx context.Context, token string) (tokenRecord, error) {
+// authenticate maps a bearer token to its record. A lookup older than the TTL, or any when fresh, is
+// read again from etcd; deletes of tokens and tenants seen by watchDeletes drop lookups at once. So
+// a revocation on any replica takes effect here within milliseconds, and within the TTL at worst.
+func (s *tokenStore) authenticate(ctx context.Context, token string, fresh bool) (tokenRecord, error) {
 	id, ok := splitTenantToken(token)
 	if !ok {
 		return tokenRecord{}, errNoSuchToken
@@ -217,7 +268,7 @@ func (s *tokenStore) authenticate(ctx context.Context, token string) (tokenRecor
 	s.mu.Lock()
 	e, hit := s.cache[id]
 	s.mu.Unlock()
-	if !hit || now.Sub(e.fetched) >= s.ttl {
+	if fresh || !hit || now.Sub(e.fetched) >= s.ttl {
 		rec, err := s.fetch(ctx, id)
 		if err != nil {
 			return tokenRecord{}, err

@@ -27,7 +27,7 @@ func TestTokenStoreLifecycle(t *testing.T) {
 	if !strings.HasPrefix(token, "vxft_"+rec.ID+"_") {
 		t.Errorf("token %q does not carry its id %s", token, rec.ID)
 	}
-	got, err := s.authenticate(ctx, token)
+	got, err := s.authenticate(ctx, token, false)
 	if err != nil || got.Tenant != "a" || got.ID != rec.ID {
 		t.Fatalf("authenticate: %+v, %v", got, err)
 	}
@@ -53,7 +53,7 @@ func TestTokenStoreLifecycle(t *testing.T) {
 		forged = token[:len(token)-4] + "BBBB"
 	}
 	for _, bad := range []string{forged, "vxft_" + rec.ID, "vxft_" + rec.ID + "_", "vxft_" + strings.ToUpper(rec.ID) + "_x", "", "vxfa_x", token + " "} {
-		if _, err := s.authenticate(ctx, bad); err == nil {
+		if _, err := s.authenticate(ctx, bad, false); err == nil {
 			t.Errorf("authenticated %q", bad)
 		}
 	}
@@ -70,7 +70,7 @@ func TestTokenStoreLifecycle(t *testing.T) {
 	if err := s.revoke(ctx, rec.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.authenticate(ctx, token); err == nil {
+	if _, err := s.authenticate(ctx, token, false); err == nil {
 		t.Error("revoked token still authenticates on the replica that revoked it")
 	}
 	if err := s.revoke(ctx, rec.ID); err == nil {
@@ -90,7 +90,7 @@ func TestRevocationReachesOtherReplicaWithinASecond(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := two.authenticate(ctx, token); err != nil {
+	if _, err := two.authenticate(ctx, token, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := one.revoke(ctx, rec.ID); err != nil {
@@ -98,7 +98,7 @@ func TestRevocationReachesOtherReplicaWithinASecond(t *testing.T) {
 	}
 	revoked := time.Now()
 	for {
-		if _, err := two.authenticate(ctx, token); err != nil {
+		if _, err := two.authenticate(ctx, token, false); err != nil {
 			break
 		}
 		if time.Since(revoked) > time.Second {
@@ -122,7 +122,7 @@ func TestTokenDiesWithItsTenant(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.authenticate(ctx, token); err != nil {
+	if _, err := s.authenticate(ctx, token, false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cli.Delete(ctx, tenantsPrefix+"a"); err != nil {
@@ -130,8 +130,68 @@ func TestTokenDiesWithItsTenant(t *testing.T) {
 	}
 	putTenant(t, cli, "a")
 	clock = clock.Add(time.Second) // the cached lookup expires
-	if _, err := s.authenticate(ctx, token); err == nil {
+	if _, err := s.authenticate(ctx, token, false); err == nil {
 		t.Error("token of a deleted tenant authenticates for its namesake")
+	}
+}
+
+// TestTokenGoneAtOnce: within the cache's lifetime, a call that writes looks its token up afresh, so
+// the token of a tenant deleted and created anew writes nothing; and the deletes of a tenant or a
+// token, made on another replica, drop this replica's cached lookups at once (watchDeletes).
+func TestTokenGoneAtOnce(t *testing.T) {
+	cli := startEtcd(t)
+	ctx := ctxT(t)
+	putTenant(t, cli, "a")
+	putTenant(t, cli, "b")
+	s := newTokenStore(cli, time.Second)
+	clock := time.Now()
+	s.now = func() time.Time { return clock } // no cached lookup expires in this test
+	wctx, cancel := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		s.watchDeletes(wctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-watched
+	})
+	other := newTokenStore(cli, time.Second) // another replica
+	_, tokA, err := other.create(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	recB, tokB, err := other.create(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{tokA, tokB} {
+		if _, err := s.authenticate(ctx, tok, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if _, err := cli.Delete(ctx, tenantsPrefix+"a"); err != nil {
+		t.Fatal(err)
+	}
+	putTenant(t, cli, "a")
+	if _, err := s.authenticate(ctx, tokA, true); err == nil {
+		t.Error("a write with the token of a deleted tenant was let through for its namesake")
+	}
+	if err := other.revoke(ctx, recB.ID); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for _, tok := range []string{tokA, tokB} {
+		for {
+			if _, err := s.authenticate(ctx, tok, false); err != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("a cached lookup outlived the delete of its tenant or token (the cache never expires here)")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 }
 
@@ -185,7 +245,7 @@ func TestTokenCacheBounded(t *testing.T) {
 	s.maxEntries = 64
 	ctx := context.Background()
 	for i := range s.maxEntries + 10 {
-		s.authenticate(ctx, fmt.Sprintf("vxft_%016x_AAAA", i))
+		s.authenticate(ctx, fmt.Sprintf("vxft_%016x_AAAA", i), false)
 	}
 	s.mu.Lock()
 	n := len(s.cache)
