@@ -102,7 +102,7 @@ func (a *Allocator) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, re
 		if !requested {
 			v, err := a.nextVNI(ctx, attempt)
 			if errors.Is(err, store.ErrExhausted) {
-				if prev, perr := a.store.NetworkForRequest(ctx, requestID, n.Tenant, n.Name); prev != nil || perr != nil {
+				if prev, perr := a.store.NetworkForRequest(ctx, requestID, n); prev != nil || perr != nil {
 					return prev, perr
 				}
 			}
@@ -160,7 +160,7 @@ func (a *Allocator) CreatePort(ctx context.Context, network *vxfabricv1.Network,
 	if err != nil {
 		return nil, fmt.Errorf("network %s: %w", networkName(network), err)
 	}
-	if prev, err := a.store.PortForRequest(ctx, requestID, p.Tenant, p.Name); prev != nil || err != nil {
+	if prev, err := a.store.PortForRequest(ctx, requestID, p); prev != nil || err != nil {
 		return prev, err
 	}
 	wantIP, wantMAC := p.Ip != "", p.Mac != ""

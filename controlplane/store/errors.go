@@ -32,8 +32,8 @@ var (
 	// ErrNodesChanged: a create checked against the node records at some revision failed because a
 	// node record was written since; the caller reads the nodes again, checks again and retries.
 	ErrNodesChanged = fmt.Errorf("%w: node records changed", ErrContention)
-	// ErrRequestMismatch: a request_id was reused for a different resource.
-	ErrRequestMismatch = fmt.Errorf("%w: request_id already used for another resource", ErrFailedPrecondition)
+	// ErrRequestMismatch: a request_id was reused for a different resource or another request body.
+	ErrRequestMismatch = fmt.Errorf("%w: request_id already used for another request", ErrFailedPrecondition)
 )
 
 // networkName is how messages name a network: tenant/name, never its internal id.

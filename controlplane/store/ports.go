@@ -113,7 +113,7 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 				if err != nil {
 					return nil, err
 				}
-				if prev.Tenant != p.Tenant || prev.Name != p.Name {
+				if !samePort(prev, p) {
 					return nil, fmt.Errorf("port %s/%s: %w", p.Tenant, p.Name, ErrRequestMismatch)
 				}
 				return prev, nil

@@ -143,11 +143,11 @@ func TestRequestIDsAreScopedByTenant(t *testing.T) {
 		}
 	}
 	for _, tenant := range []string{"alpha", "beta"} {
-		n, err := s.NetworkForRequest(ctx, "same-id", tenant, "net-"+tenant)
+		n, err := s.NetworkForRequest(ctx, "same-id", nets[tenant])
 		if err != nil || n.GetId() != nets[tenant].Id {
 			t.Errorf("tenant %s: network of request same-id: %v, %v; want %s", tenant, n, err, nets[tenant].Id)
 		}
-		p, err := s.PortForRequest(ctx, "same-id", tenant, "port-"+tenant)
+		p, err := s.PortForRequest(ctx, "same-id", ports[tenant])
 		if err != nil || p.GetId() != ports[tenant].Id {
 			t.Errorf("tenant %s: port of request same-id: %v, %v; want %s", tenant, p, err, ports[tenant].Id)
 		}
@@ -156,6 +156,20 @@ func TestRequestIDsAreScopedByTenant(t *testing.T) {
 		again, err := s.CreateNetwork(ctx, retry, "same-id", 0)
 		if err != nil || again.Id != nets[tenant].Id {
 			t.Errorf("tenant %s: retry of request same-id: %v, %v; want network %s", tenant, again, err, nets[tenant].Id)
+		}
+		// The same request id with another body is not a retry.
+		other := proto.Clone(retry).(*vxfabricv1.Network)
+		other.Cidr = "10.99.0.0/16"
+		if _, err := s.CreateNetwork(ctx, other, "same-id", 0); !errors.Is(err, ErrRequestMismatch) {
+			t.Errorf("tenant %s: request same-id with another CIDR: %v, want ErrRequestMismatch", tenant, err)
+		}
+		if _, err := s.NetworkForRequest(ctx, "same-id", other); !errors.Is(err, ErrRequestMismatch) {
+			t.Errorf("tenant %s: network of request same-id with another CIDR: %v, want ErrRequestMismatch", tenant, err)
+		}
+		moved := proto.Clone(ports[tenant]).(*vxfabricv1.Port)
+		moved.Id, moved.Node = "fffffffffe", "h2"
+		if _, err := s.CreatePort(ctx, moved, "same-id"); !errors.Is(err, ErrRequestMismatch) {
+			t.Errorf("tenant %s: request same-id for a port on another node: %v, want ErrRequestMismatch", tenant, err)
 		}
 	}
 
@@ -201,14 +215,19 @@ func TestLegacyRequestRecordFound(t *testing.T) {
 	if _, err := cli.Put(ctx, RequestsPrefix+KindNetwork+"/old-id", n.Id); err != nil { // as the old version wrote it
 		t.Fatal(err)
 	}
-	got, err := s.NetworkForRequest(ctx, "old-id", "alpha", "web")
+	named := func(tenant, name string) *vxfabricv1.Network {
+		c := proto.Clone(n).(*vxfabricv1.Network)
+		c.Tenant, c.Name = tenant, name
+		return c
+	}
+	got, err := s.NetworkForRequest(ctx, "old-id", named("alpha", "web"))
 	if err != nil || got.GetId() != n.Id {
 		t.Errorf("alpha's retry of old-id: %v, %v; want network %s", got, err, n.Id)
 	}
-	if got, err := s.NetworkForRequest(ctx, "old-id", "beta", "web"); err != nil || got != nil {
+	if got, err := s.NetworkForRequest(ctx, "old-id", named("beta", "web")); err != nil || got != nil {
 		t.Errorf("beta with old-id: %v, %v; want no record", got, err)
 	}
-	if _, err := s.NetworkForRequest(ctx, "old-id", "alpha", "other"); !errors.Is(err, ErrRequestMismatch) {
+	if _, err := s.NetworkForRequest(ctx, "old-id", named("alpha", "other")); !errors.Is(err, ErrRequestMismatch) {
 		t.Errorf("alpha reusing old-id for another network: %v, want ErrRequestMismatch", err)
 	}
 }

@@ -341,7 +341,7 @@ func (s *Store) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, reques
 				if err != nil {
 					return nil, err
 				}
-				if prev.Tenant != n.Tenant || prev.Name != n.Name {
+				if !sameNetwork(prev, n) {
 					return nil, fmt.Errorf("network %s/%s: %w", n.Tenant, n.Name, ErrRequestMismatch)
 				}
 				return prev, nil
@@ -573,27 +573,43 @@ func (s *Store) requestTarget(ctx context.Context, kind, tenant, requestID strin
 // NetworkForRequest returns the live network an earlier create with this request id made (nil when
 // none), so that a retry returns it before anything is allocated. A request id used for another
 // tenant or name gives ErrRequestMismatch.
-func (s *Store) NetworkForRequest(ctx context.Context, requestID, tenant, name string) (*vxfabricv1.Network, error) {
+func (s *Store) NetworkForRequest(ctx context.Context, requestID string, n *vxfabricv1.Network) (*vxfabricv1.Network, error) {
+	tenant := n.Tenant
 	id, legacy, err := s.requestTarget(ctx, KindNetwork, tenant, requestID)
 	if id == "" || err != nil {
 		return nil, err
 	}
-	n, err := s.GetNetworkByID(ctx, id)
+	prev, err := s.GetNetworkByID(ctx, id)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return nil, nil // deleted since: the create goes ahead and replaces the stale record
 	case err != nil:
 		return nil, err
-	case legacy && n.Tenant != tenant:
+	case legacy && prev.Tenant != tenant:
 		return nil, nil // another tenant's, from before ids were scoped: not this one's business
-	case n.Tenant != tenant || n.Name != name:
-		return nil, fmt.Errorf("network %s/%s: %w", tenant, name, ErrRequestMismatch)
+	case !sameNetwork(prev, n):
+		return nil, fmt.Errorf("network %s: %w", networkName(n), ErrRequestMismatch)
 	}
-	return n, nil
+	return prev, nil
+}
+
+// sameNetwork reports whether the stored network prev is what creating n makes, so that a create of
+// n with prev's request id is its retry: the same tenant, name, CIDR, mode, MTU, gateway and uplink
+// (its VNI and id may have been left to the allocator, which picks anew at each attempt).
+func sameNetwork(prev, n *vxfabricv1.Network) bool {
+	return prev.Tenant == n.Tenant && prev.Name == n.Name && prev.Cidr == n.Cidr && prev.Mode == n.Mode &&
+		prev.Mtu == n.Mtu && prev.Gateway == n.Gateway && proto.Equal(prev.Uplink, n.Uplink)
+}
+
+// samePort is sameNetwork for ports: the same tenant, name, network, node and vm (its address and
+// MAC, when not requested, are left to the allocator).
+func samePort(prev, p *vxfabricv1.Port) bool {
+	return prev.Tenant == p.Tenant && prev.Name == p.Name && prev.Network == p.Network && prev.Node == p.Node && prev.Vm == p.Vm
 }
 
 // PortForRequest is NetworkForRequest for ports.
-func (s *Store) PortForRequest(ctx context.Context, requestID, tenant, name string) (*vxfabricv1.Port, error) {
+func (s *Store) PortForRequest(ctx context.Context, requestID string, port *vxfabricv1.Port) (*vxfabricv1.Port, error) {
+	tenant := port.Tenant
 	id, legacy, err := s.requestTarget(ctx, KindPort, tenant, requestID)
 	if id == "" || err != nil {
 		return nil, err
@@ -606,8 +622,8 @@ func (s *Store) PortForRequest(ctx context.Context, requestID, tenant, name stri
 		return nil, err
 	case legacy && p.Tenant != tenant:
 		return nil, nil
-	case p.Tenant != tenant || p.Name != name:
-		return nil, fmt.Errorf("port %s/%s: %w", tenant, name, ErrRequestMismatch)
+	case !samePort(p, port):
+		return nil, fmt.Errorf("port %s/%s: %w", tenant, port.Name, ErrRequestMismatch)
 	}
 	return p, nil
 }

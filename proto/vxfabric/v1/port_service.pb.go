@@ -30,8 +30,11 @@ type CreatePortRequest struct {
 	// Empty: generated (locally administered, unicast, unique in the network).
 	Mac string `protobuf:"bytes,5,opt,name=mac,proto3" json:"mac,omitempty"`
 	// Empty: allocated from the network's CIDR.
-	Ip            string `protobuf:"bytes,6,opt,name=ip,proto3" json:"ip,omitempty"`
-	Vm            string `protobuf:"bytes,7,opt,name=vm,proto3" json:"vm,omitempty"`
+	Ip string `protobuf:"bytes,6,opt,name=ip,proto3" json:"ip,omitempty"`
+	Vm string `protobuf:"bytes,7,opt,name=vm,proto3" json:"vm,omitempty"`
+	// Idempotency key, per tenant: repeating the create with the same request_id returns the port it
+	// made and allocates nothing. Reused for another name, network, node or vm, it is
+	// FailedPrecondition. Forgotten once that port is deleted.
 	RequestId     string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
