@@ -128,6 +128,10 @@ func (c *core) toStatus(err error) error {
 	code, msg := codes.Internal, err.Error()
 	for _, m := range sentinelCodes {
 		if errors.Is(err, m.err) {
+			if m.code == codes.Aborted {
+				// "too much contention, retry" says more than the code: the caller may retry.
+				return status.Error(m.code, msg)
+			}
 			// The code says what the sentinel said: keep the message about the object.
 			return status.Error(m.code, dropSentinel(msg, m.err.Error()))
 		}

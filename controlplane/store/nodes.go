@@ -3,10 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"sort"
 	"strings"
-	"time"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -203,18 +201,4 @@ func sampleList(items []string, n int) string {
 		return strings.Join(items, ", ")
 	}
 	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
-}
-
-// contentionPause waits a little before the next attempt of a transaction that lost to concurrent
-// writes (5 ms, doubling, at most 200 ms, with jitter), so that a steady stream of them, such as
-// port creates while a node is deleted, does not exhaust the attempts at once.
-func contentionPause(ctx context.Context, attempt int) error {
-	d := min(5*time.Millisecond<<attempt, 200*time.Millisecond)
-	d = d/2 + rand.N(d/2+1)
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
 }

@@ -261,7 +261,7 @@ func hasNetworkName(kvs []*mvccpb.KeyValue, name string) bool {
 // to another node is checked and indexed as CreatePort does (ErrFailedPrecondition on a gateway
 // overlap there), and clears the port's plugged status, which the old node's agent reported.
 func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected int64, mutate func(*vxfabricv1.Port) error) (*vxfabricv1.Port, error) {
-	for range maxCASRetries {
+	for attempt := range maxCASRetries {
 		p, err := s.GetPort(ctx, tenant, name)
 		if err != nil {
 			return nil, err
@@ -306,6 +306,9 @@ func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected in
 		}
 		// The port changed, or (a move) a network was created since the guard's read: read again,
 		// which tells a stale expected revision from a port still as expected.
+		if err := contentionPause(ctx, attempt); err != nil {
+			return nil, err
+		}
 	}
 	return nil, fmt.Errorf("update port %s/%s: %w", tenant, name, ErrContention)
 }

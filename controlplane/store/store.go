@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -441,7 +443,7 @@ func (s *Store) ListNetworks(ctx context.Context, tenant string) ([]*vxfabricv1.
 // read-modify-write is retried on a concurrent change. mutate must not change id, tenant, name, VNI
 // or uplink (their index keys are written only by create and delete).
 func (s *Store) UpdateNetwork(ctx context.Context, tenant, name string, expected int64, mutate func(*vxfabricv1.Network) error) (*vxfabricv1.Network, error) {
-	for range maxCASRetries {
+	for attempt := range maxCASRetries {
 		n, err := s.GetNetwork(ctx, tenant, name)
 		if err != nil {
 			return nil, err
@@ -468,6 +470,9 @@ func (s *Store) UpdateNetwork(ctx context.Context, tenant, name string, expected
 		}
 		if expected != 0 {
 			return nil, fmt.Errorf("network %s/%s changed after revision %d: %w", tenant, name, expected, ErrStale)
+		}
+		if err := contentionPause(ctx, attempt); err != nil {
+			return nil, err
 		}
 	}
 	return nil, fmt.Errorf("update network %s/%s: %w", tenant, name, ErrContention)
@@ -626,4 +631,18 @@ func (s *Store) PortForRequest(ctx context.Context, requestID string, port *vxfa
 		return nil, fmt.Errorf("port %s/%s: %w", tenant, port.Name, ErrRequestMismatch)
 	}
 	return p, nil
+}
+
+// contentionPause waits a little before the next attempt of a transaction that lost to concurrent
+// writes (5 ms, doubling, at most 200 ms, with jitter), so that a steady stream of them, such as
+// port creates while a node is deleted, does not exhaust the attempts at once.
+func contentionPause(ctx context.Context, attempt int) error {
+	d := min(5*time.Millisecond<<attempt, 200*time.Millisecond)
+	d = d/2 + rand.N(d/2+1)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
 }
