@@ -192,6 +192,11 @@ func authorizeRequest(id Identity, c class, fullMethod string, req any) error {
 		if cr, ok := req.(*vxfabricv1.CreateNetworkRequest); ok && (cr.GetUplink() != nil || cr.GetMode() == vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED) {
 			return denied("bridged networks (host uplinks) need an admin")
 		}
+		// The VNI space is shared by every tenant: a tenant choosing one would learn, from the
+		// refusal, which VNIs other tenants' networks hold.
+		if cr, ok := req.(*vxfabricv1.CreateNetworkRequest); ok && cr.GetVni() != 0 {
+			return denied("choosing a VNI needs an admin: leave it to the allocator")
+		}
 		return nil
 	case classOwnTenant:
 		r, ok := req.(nameNamed)

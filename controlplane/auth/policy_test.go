@@ -191,11 +191,14 @@ func TestTenantFieldFilledIn(t *testing.T) {
 	}
 }
 
-func TestTenantCannotBridge(t *testing.T) {
+// A tenant may neither bridge a host's NIC nor choose a VNI (the refusal of a taken one would tell
+// which VNIs other tenants hold); an admin may.
+func TestTenantCannotBridgeOrChooseVNI(t *testing.T) {
 	for _, req := range []*vxfabricv1.CreateNetworkRequest{
 		{Tenant: "a", Name: "n", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "eth0"}},
 		{Tenant: "a", Name: "n", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT, Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "eth0"}},
 		{Tenant: "a", Name: "n", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED},
+		{Tenant: "a", Name: "n", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED, Vni: 5000},
 	} {
 		if got := decide(tenA, vxfabricv1.NetworkService_CreateNetwork_FullMethodName, req); got != deny {
 			t.Errorf("tenant create %v: %v, want PermissionDenied", req, got)
