@@ -248,3 +248,17 @@ func TestCheckVTEPs(t *testing.T) {
 		}
 	}
 }
+
+// A refusal repeats at most maxQuoted bytes of the input it refuses: a 1 MiB name does not come
+// back as a 1 MiB message (which a client capping its headers would see as an Internal error).
+func TestRefusalsDoNotEchoHugeInput(t *testing.T) {
+	huge := strings.Repeat("é", 512*1024)
+	for _, err := range []error{validName("network", huge), validRequestID(huge)} {
+		if err == nil || len(err.Error()) > 300 || !strings.Contains(err.Error(), "(1048576 bytes)") {
+			t.Errorf("refusal of a 1 MiB input: %d bytes: %.200q", len(err.Error()), err)
+		}
+	}
+	if _, err := checkCreateNetwork(&vxfabricv1.CreateNetworkRequest{Tenant: "t", Name: "n", Cidr: huge}, 1500, nil); err == nil || len(err.Error()) > 300 {
+		t.Errorf("refusal of a 1 MiB CIDR: %.200v", err)
+	}
+}

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/store"
@@ -53,7 +55,7 @@ func invalid(format string, args ...any) error {
 // validName checks a tenant, network, port, node or vm name.
 func validName(field, s string) error {
 	if !vxfabricv1.ValidName(s) {
-		return invalid("%s %q: want %s", field, s, vxfabricv1.NameRule)
+		return invalid("%s %s: want %s", field, quoted(s), vxfabricv1.NameRule)
 	}
 	return nil
 }
@@ -67,7 +69,7 @@ func validOptionalName(field, s string) error {
 
 func validRequestID(s string) error {
 	if s != "" && !validRequestIDChars(s) {
-		return invalid("request_id %q: want 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'", s)
+		return invalid("request_id %s: want 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'", quoted(s))
 	}
 	return nil
 }
@@ -84,17 +86,17 @@ func validExpected(rev int64) error {
 func validCIDR(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil || !p.Addr().Is4() {
-		return netip.Prefix{}, invalid("cidr %q: want an IPv4 network such as 10.0.0.0/24", s)
+		return netip.Prefix{}, invalid("cidr %s: want an IPv4 network such as 10.0.0.0/24", quoted(s))
 	}
 	if p.Bits() < 8 || p.Bits() > 29 {
-		return netip.Prefix{}, invalid("cidr %q: prefix length must be /8 to /29", s)
+		return netip.Prefix{}, invalid("cidr %s: prefix length must be /8 to /29", quoted(s))
 	}
 	if p.Masked() != p {
-		return netip.Prefix{}, invalid("cidr %q: host bits set (the network address is %s)", s, p.Masked())
+		return netip.Prefix{}, invalid("cidr %s: host bits set (the network address is %s)", quoted(s), p.Masked())
 	}
 	for _, sp := range specialPrefixes {
 		if p.Overlaps(sp.prefix) {
-			return netip.Prefix{}, invalid("cidr %q: overlaps the %s", s, sp.what)
+			return netip.Prefix{}, invalid("cidr %s: overlaps the %s", quoted(s), sp.what)
 		}
 	}
 	return p, nil
@@ -153,7 +155,7 @@ func hasGateway(m vxfabricv1.NetworkMode) bool {
 // "lo": the loopback device cannot be enslaved to a bridge, so an uplink on it could never work.
 func validInterface(s string) error {
 	if s == "lo" {
-		return invalid("interface %q: the loopback interface cannot be an uplink, want the host's NIC", s)
+		return invalid("interface %s: the loopback interface cannot be an uplink, want the host's NIC", quoted(s))
 	}
 	bad := s == "" || len(s) > 15 || s == "." || s == ".."
 	for i := 0; i < len(s) && !bad; i++ {
@@ -161,7 +163,7 @@ func validInterface(s string) error {
 		bad = c == '/' || c == ':' || c <= ' ' || c == 0x7f || c == 0xa0 || c == '"' || c == '\''
 	}
 	if bad {
-		return invalid("interface %q: want a Linux interface name of 1-15 characters, without '/', ':', quotes or spaces", s)
+		return invalid("interface %s: want a Linux interface name of 1-15 characters, without '/', ':', quotes or spaces", quoted(s))
 	}
 	return nil
 }
@@ -170,13 +172,13 @@ func validInterface(s string) error {
 func validMAC(s string) (string, error) {
 	hw, err := net.ParseMAC(s)
 	if err != nil || len(hw) != 6 {
-		return "", invalid("mac %q: want six hex octets such as 0e:00:00:00:00:01", s)
+		return "", invalid("mac %s: want six hex octets such as 0e:00:00:00:00:01", quoted(s))
 	}
 	if hw[0]&1 != 0 {
-		return "", invalid("mac %q: multicast, want a unicast address", s)
+		return "", invalid("mac %s: multicast, want a unicast address", quoted(s))
 	}
 	if string(hw) == string(make([]byte, 6)) {
-		return "", invalid("mac %q: all-zero", s)
+		return "", invalid("mac %s: all-zero", quoted(s))
 	}
 	return hw.String(), nil
 }
@@ -185,7 +187,7 @@ func validMAC(s string) (string, error) {
 func validIPSyntax(field, s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil || !a.Is4() {
-		return netip.Addr{}, invalid("%s %q: want an IPv4 address such as 10.0.0.1", field, s)
+		return netip.Addr{}, invalid("%s %s: want an IPv4 address such as 10.0.0.1", field, quoted(s))
 	}
 	return a, nil
 }
@@ -223,7 +225,7 @@ func checkCreateNetwork(req *vxfabricv1.CreateNetworkRequest, underlayMTU uint32
 	}
 	sub, err := alloc.NewSubnet(prefix, netip.Addr{})
 	if err != nil {
-		return nil, invalid("cidr %q: %v", req.Cidr, err)
+		return nil, invalid("cidr %s: %v", quoted(req.Cidr), err)
 	}
 	switch {
 	case hasGateway(req.Mode) && req.Gateway == "":
@@ -347,4 +349,20 @@ func checkVTEPs(cidr string, nodes []nodeVTEP, admin bool) error {
 			prefix, n.vtep, n.node, store.ErrFailedPrecondition)
 	}
 	return nil
+}
+
+// maxQuoted is how much of a refused input a message repeats.
+const maxQuoted = 64
+
+// quoted is s as a refusal repeats it: quoted, and cut to maxQuoted bytes (saying how long it was),
+// so that a huge input does not come back as a huge message.
+func quoted(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := s[:maxQuoted]
+	for !utf8.ValidString(cut) {
+		cut = cut[:len(cut)-1]
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(cut), len(s))
 }

@@ -940,6 +940,10 @@ func TestRegisterNode(t *testing.T) {
 		{Name: "h1", Vtep: "::ffff:198.18.0.1"},
 		{Name: "h1", Vtep: "198.18.0.256"},
 		{Name: "h1", Vtep: "0.0.0.0"},
+		{Name: "h1", Vtep: "127.0.0.1"},
+		{Name: "h1", Vtep: "255.255.255.255"},
+		{Name: "h1", Vtep: "169.254.0.1"},
+		{Name: "h1", Vtep: "224.0.0.1"},
 	} {
 		if _, err := c.RegisterNode(ctx, req); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("RegisterNode(%v): %v, want InvalidArgument", req, err)

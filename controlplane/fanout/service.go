@@ -370,8 +370,9 @@ func (h *Hub) RegisterNode(ctx context.Context, req *vxfabricv1.RegisterNodeRequ
 		return nil, err
 	}
 	addr, err := netip.ParseAddr(req.GetVtep())
-	if err != nil || !addr.Is4() || addr.IsUnspecified() || addr.IsMulticast() {
-		return nil, status.Errorf(codes.InvalidArgument, "vtep %q: want a unicast IPv4 address", req.GetVtep())
+	if err != nil || !addr.Is4() || addr.IsUnspecified() || addr.IsMulticast() || addr.IsLoopback() ||
+		addr.IsLinkLocalUnicast() || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return nil, status.Errorf(codes.InvalidArgument, "vtep %.64q: want a unicast IPv4 address other hosts can reach (not loopback, link-local or broadcast)", req.GetVtep())
 	}
 	if len(req.GetVersion()) > 128 {
 		return nil, status.Errorf(codes.InvalidArgument, "version is %d bytes long, at most 128", len(req.GetVersion()))

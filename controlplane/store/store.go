@@ -139,7 +139,19 @@ func (s *Store) CreateTenant(ctx context.Context, t *vxfabricv1.Tenant, requestI
 		if requestID != "" {
 			if id, rev := requestRecord(first(rangeKVs(resp, 1))); rev != 0 {
 				if id != t.Name {
-					return nil, fmt.Errorf("tenant %s: %w", t.Name, ErrRequestMismatch)
+					// The record made another tenant: a mismatch while that tenant exists, a stale
+					// record (it goes, and the create goes ahead) once it was deleted.
+					other, err := s.kv.Get(ctx, TenantKey(id), clientv3.WithCountOnly())
+					if err != nil {
+						return nil, fmt.Errorf("create tenant %s: %w", t.Name, err)
+					}
+					if other.Count > 0 {
+						return nil, fmt.Errorf("tenant %s: %w", t.Name, ErrRequestMismatch)
+					}
+					if err := s.dropStaleRequest(ctx, TenantRequestKey(requestID), rev); err != nil {
+						return nil, err
+					}
+					continue
 				}
 				if cur != nil {
 					return decodeTenant(cur)

@@ -102,6 +102,13 @@ func TestRevisionsAndStaleRequests(t *testing.T) {
 	if err != nil || fresh.Revision <= tn.Revision {
 		t.Fatalf("create after delete with the same request id: %v, %v", fresh, err)
 	}
+	// The record of a deleted tenant does not hold its request id against another name.
+	if err := st.DeleteTenant(ctx, "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+	if renamed, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme2"}, "req-1"); err != nil || renamed.Name != "acme2" {
+		t.Fatalf("request id of a deleted tenant reused for another name: %v, %v", renamed, err)
+	}
 	if err := st.SetPortPlugged(ctx, "0000000000", true); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("plugged status of a missing port: %v", err)
 	}

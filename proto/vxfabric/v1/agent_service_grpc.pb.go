@@ -31,8 +31,9 @@ const (
 // AgentService is what node agents call: it streams each node exactly the desired state it needs.
 type AgentServiceClient interface {
 	// Sends one snapshot of the node's desired state, then deltas, each stamped with the etcd revision it
-	// reflects. With resume_revision set and still available, the stream starts with the deltas after it
-	// instead of a snapshot.
+	// reflects. With resume_revision set, when nothing in the node's view changed after it (and this
+	// server still holds that revision), the stream starts with a message at the current revision that
+	// carries nothing but the gossip keyring, instead of a snapshot; otherwise it starts with a snapshot.
 	Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SyncResponse], error)
 	// Reports the newest revision the agent has applied to its kernel, and which local ports are plugged.
 	ReportApplied(ctx context.Context, in *ReportAppliedRequest, opts ...grpc.CallOption) (*ReportAppliedResponse, error)
@@ -94,8 +95,9 @@ func (c *agentServiceClient) RegisterNode(ctx context.Context, in *RegisterNodeR
 // AgentService is what node agents call: it streams each node exactly the desired state it needs.
 type AgentServiceServer interface {
 	// Sends one snapshot of the node's desired state, then deltas, each stamped with the etcd revision it
-	// reflects. With resume_revision set and still available, the stream starts with the deltas after it
-	// instead of a snapshot.
+	// reflects. With resume_revision set, when nothing in the node's view changed after it (and this
+	// server still holds that revision), the stream starts with a message at the current revision that
+	// carries nothing but the gossip keyring, instead of a snapshot; otherwise it starts with a snapshot.
 	Sync(*SyncRequest, grpc.ServerStreamingServer[SyncResponse]) error
 	// Reports the newest revision the agent has applied to its kernel, and which local ports are plugged.
 	ReportApplied(context.Context, *ReportAppliedRequest) (*ReportAppliedResponse, error)

@@ -27,7 +27,7 @@ type CreateNetworkRequest struct {
 	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Cidr   string                 `protobuf:"bytes,3,opt,name=cidr,proto3" json:"cidr,omitempty"`
 	Mode   NetworkMode            `protobuf:"varint,4,opt,name=mode,proto3,enum=vxfabric.v1.NetworkMode" json:"mode,omitempty"`
-	// 0: allocate one.
+	// 0: allocate one. Only an admin may choose one (a tenant is PermissionDenied).
 	Vni uint32 `protobuf:"varint,5,opt,name=vni,proto3" json:"vni,omitempty"`
 	// 0: the underlay MTU minus 50 (1450).
 	Mtu uint32 `protobuf:"varint,6,opt,name=mtu,proto3" json:"mtu,omitempty"`

@@ -266,7 +266,9 @@ func (x *GetPortResponse) GetPort() *Port {
 	return nil
 }
 
-// Every filter left empty matches everything.
+// Every filter left empty matches everything. A tenant or network that does not exist is NotFound; a
+// node or vm is matched as given (a port may name a node that has not joined yet, and a vm is only a
+// label), so one that matches no port gives an empty list.
 type ListPortsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
