@@ -75,7 +75,7 @@ func (l *Lab) agentSpec(host string) proc {
 		"--tls-cert", l.pkiPath(pki.NodeCertFile(host)),
 		"--tls-key", l.pkiPath(pki.NodeKeyFile(host)),
 		"--tls-crl", l.pkiPath(pki.CRLFile),
-		"--state-dir", l.agentDir(host),
+		"--state-dir", l.AgentStateDir(host),
 		"--metrics-listen", addr + ":" + strconv.Itoa(MetricsPort),
 	}}
 }
@@ -327,7 +327,7 @@ func (l *Lab) StartAgent(ctx context.Context, host string) error {
 	if err := l.checkHost(host); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(l.agentDir(host), 0o700); err != nil {
+	if err := os.MkdirAll(l.AgentStateDir(host), 0o700); err != nil {
 		return fmt.Errorf("agent %s: state dir: %w", host, err)
 	}
 	_, err := l.start(ctx, l.agentSpec(host))

@@ -6,11 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/vxfabric/vxfabric/security/pki"
 )
 
 // ParseKey decodes one base64 gossip key (standard or URL alphabet, padding optional) and checks
@@ -146,8 +147,13 @@ func (m *Member) InstallKeys(keys [][]byte) error {
 	}
 	m.keyMu.Lock()
 	defer m.keyMu.Unlock()
+	primary := m.keyring.GetPrimaryKey()
 	if err := installKeys(m.keyring, keys); err != nil {
 		return err
+	}
+	if !bytes.Equal(primary, m.keyring.GetPrimaryKey()) {
+		// Members that could not read this one under its old key may have declared it dead.
+		m.requestExchange()
 	}
 	if !m.managed {
 		m.log.Info("gossip keyring now managed by the control plane", "keys", len(keys))
@@ -174,26 +180,8 @@ func writeKeyringFile(path string, keys [][]byte) error {
 		b.WriteString(base64.StdEncoding.EncodeToString(k))
 		b.WriteByte('\n')
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
+	if err := pki.WriteFileAtomic(path, []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("record gossip keyring: %w", err)
-	}
-	defer os.Remove(f.Name()) // nothing left to remove once renamed
-	err = f.Chmod(0o600)
-	if err == nil {
-		_, err = f.WriteString(b.String())
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		return fmt.Errorf("record gossip keyring in %s: %w", path, err)
 	}
 	return nil
 }

@@ -51,6 +51,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -138,6 +139,7 @@ type Member struct {
 	dial  ReachDialer
 
 	stop     chan struct{}
+	resync   chan struct{} // (1) asks maintain for a state exchange with a few members now
 	life     context.Context // cancelled by Shutdown: ends dials in flight
 	endLife  context.CancelFunc
 	wg       sync.WaitGroup
@@ -159,6 +161,7 @@ func New(cfg Config) (*Member, error) {
 		checking: map[string]bool{},
 		relayed:  map[string]time.Time{},
 		stop:     make(chan struct{}),
+		resync:   make(chan struct{}, 1),
 		dial:     cfg.ReachDialer,
 	}
 	if m.dial == nil {
@@ -382,6 +385,9 @@ func (m *Member) maintain() {
 		select {
 		case <-m.stop:
 			return
+		case <-m.resync:
+			m.exchange()
+			continue
 		case <-t.C:
 		}
 		if m.ml.NumMembers() <= 1 {
@@ -405,6 +411,42 @@ func (m *Member) maintain() {
 			}
 		}
 		m.mu.Unlock()
+	}
+}
+
+// exchange trades full state with a few live members (the seeds when it knows none), at once rather
+// than at the next push-pull: after its keys changed, a member that was refused while its keys were
+// stale (declared dead meanwhile) is heard again, and refutes its death, within a round trip.
+func (m *Member) exchange() {
+	var addrs []string
+	for _, n := range m.ml.Members() {
+		if n.Name != m.cfg.Name && n.State == memberlist.StateAlive {
+			addrs = append(addrs, n.Address())
+		}
+	}
+	rand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+	addrs = addrs[:min(len(addrs), 3)]
+	if len(addrs) == 0 {
+		addrs = slices.Clone(m.cfg.Join)
+		if m.cfg.Seeds != nil {
+			addrs = append(addrs, m.cfg.Seeds()...)
+		}
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	if n, err := m.Join(addrs); err != nil {
+		m.log.Debug("gossip state exchange failed", "err", err)
+	} else {
+		m.log.Debug("gossip state exchanged", "answered", n)
+	}
+}
+
+// requestExchange asks the maintain loop for an exchange (once, however often it is asked meanwhile).
+func (m *Member) requestExchange() {
+	select {
+	case m.resync <- struct{}{}:
+	default:
 	}
 }
 

@@ -101,6 +101,10 @@ type Agent struct {
 	// gossip_keyring_revision); keyringErr why the newest one received could not be ("" if it was).
 	keyring    atomic.Int64
 	keyringErr atomic.Pointer[string]
+
+	// remembered are the servers gossip last listed (also in the state directory): tried when
+	// gossip lists none. Used by the sync loop only.
+	remembered []string
 }
 
 type report struct {
@@ -151,6 +155,10 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	remembered, err := loadServers(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	links := cfg.Links
 	if links == nil {
 		links = NetlinkLinks{Logger: cfg.Logger}
@@ -166,7 +174,8 @@ func New(cfg Config) (*Agent, error) {
 		kick:    make(chan struct{}, 1),
 		repKick: make(chan struct{}, 1),
 
-		converged: make(chan struct{}),
+		converged:  make(chan struct{}),
+		remembered: remembered,
 	}
 	a.reportSeq.Store(time.Now().UnixNano())
 	a.met.appliedRevision.Set(float64(applied))
@@ -253,19 +262,40 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// servers is the list to fail over between: configured, or discovered through gossip.
-func (a *Agent) servers() []string {
+// servers is the list to fail over between: configured, or discovered through gossip, or, while
+// gossip lists none, the ones it listed last (remembered says which).
+func (a *Agent) servers() (servers []string, remembered bool) {
 	if len(a.cfg.Servers) > 0 {
-		return a.cfg.Servers
+		return a.cfg.Servers, false
 	}
-	return a.cfg.Membership.Servers()
+	if live := a.cfg.Membership.Servers(); len(live) > 0 {
+		return live, false
+	}
+	return a.remembered, len(a.remembered) > 0
+}
+
+// remember keeps the servers gossip lists now, in memory and in the state directory, for a start
+// whose gossip finds none (see serversFile).
+func (a *Agent) remember() {
+	if len(a.cfg.Servers) > 0 || a.cfg.Membership == nil {
+		return
+	}
+	live := a.cfg.Membership.Servers()
+	if len(live) == 0 || slices.Equal(live, a.remembered) {
+		return
+	}
+	if err := saveServers(a.cfg.StateDir, live); err != nil {
+		a.log.Warn("servers not remembered", "err", err)
+		return
+	}
+	a.remembered = live
 }
 
 func (a *Agent) syncLoop(ctx context.Context) {
 	bo := backoff{min: a.cfg.BackoffMin, max: a.cfg.BackoffMax}
 	next := -1
 	for ctx.Err() == nil {
-		servers := a.servers()
+		servers, remembered := a.servers()
 		if len(servers) == 0 {
 			d := bo.next()
 			a.log.Warn("no server known yet, waiting for gossip", "retry_in", d)
@@ -278,7 +308,10 @@ func (a *Agent) syncLoop(ctx context.Context) {
 			next = rand.N(len(servers))
 		}
 		addr := servers[next%len(servers)]
-		progressed, err := a.syncOnce(ctx, addr)
+		if remembered {
+			a.log.Info("gossip lists no server: trying one it listed before", "server", addr)
+		}
+		progressed, err := a.syncOnce(ctx, addr, remembered)
 		if ctx.Err() != nil {
 			return
 		}
@@ -300,8 +333,9 @@ func (a *Agent) syncLoop(ctx context.Context) {
 	}
 }
 
-// syncOnce runs one Sync stream; progressed tells whether it delivered anything.
-func (a *Agent) syncOnce(ctx context.Context, addr string) (progressed bool, err error) {
+// syncOnce runs one Sync stream; progressed tells whether it delivered anything. remembered: addr is
+// not listed by gossip now, but was before.
+func (a *Agent) syncOnce(ctx context.Context, addr string, remembered bool) (progressed bool, err error) {
 	conn, err := grpc.NewClient(addr, a.cfg.DialOptions...)
 	if err != nil {
 		return false, fmt.Errorf("dial server %s: %w", addr, err)
@@ -323,7 +357,7 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) (progressed bool, err
 	defer a.current.Store(nil)
 	if a.cfg.Membership != nil && len(a.cfg.Servers) == 0 {
 		// A server whose host died may never close the stream: gossip tells first.
-		go a.watchServer(sctx, cancel, addr)
+		go a.watchServer(sctx, cancel, addr, remembered)
 	}
 	resume := a.resumeRevision()
 	stream, err := client.Sync(sctx, &vxfabricv1.SyncRequest{Node: a.cfg.Node, ResumeRevision: resume, SnapshotParts: true})
@@ -353,12 +387,15 @@ func (a *Agent) syncOnce(ctx context.Context, addr string) (progressed bool, err
 			a.log.Info("sync stream open", "server", addr, "resume", resume, "rev", resp.GetRevision(), "snapshot", resp.GetSnapshot())
 			a.current.Store(&addr)
 			a.setReportClient(client)
+			a.remember()
 		}
 	}
 }
 
-// watchServer ends the stream (cancel) once gossip no longer lists addr among the live servers.
-func (a *Agent) watchServer(ctx context.Context, cancel context.CancelFunc, addr string) {
+// watchServer ends the stream (cancel) once gossip no longer lists addr among the live servers. A
+// stream to a remembered server (gossip listed none) ends only once gossip lists others: until then
+// gossip knows nothing better.
+func (a *Agent) watchServer(ctx context.Context, cancel context.CancelFunc, addr string, remembered bool) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -366,7 +403,11 @@ func (a *Agent) watchServer(ctx context.Context, cancel context.CancelFunc, addr
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if !slices.Contains(a.cfg.Membership.Servers(), addr) {
+			live := a.cfg.Membership.Servers()
+			if remembered && len(live) == 0 {
+				continue
+			}
+			if !slices.Contains(live, addr) {
 				a.log.Warn("server gone from gossip, failing over", "server", addr)
 				cancel()
 				return

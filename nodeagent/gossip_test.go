@@ -294,3 +294,36 @@ func TestGossipServerFailover(t *testing.T) {
 	w.port("p2", "n1", "h1", 2)
 	w.converge(5*time.Second, h1)
 }
+
+// An agent remembers the servers gossip listed (in its state directory). Restarted with a gossip
+// member that finds no server (stale gossip keys, say), it streams from a remembered one, which
+// brings it the desired state, and the gossip keyring with it.
+func TestRememberedServersWhenGossipListsNone(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	srv := startServer(t, cli, "")
+	sm := startMember(t, membership.RoleServer, "srv", "", srv.addr, "127.0.0.1:0", nil)
+	w.mu.Lock()
+	w.vteps["h1"] = "198.18.0.1"
+	w.mu.Unlock()
+	w.node("h1", "198.18.0.1")
+	m1 := startMember(t, membership.RoleAgent, "h1", "198.18.0.1", "", "127.0.0.1:0", []string{sm.LocalAddr().String()})
+	waitFor(t, "server known through gossip", 5*time.Second, func() bool { return len(m1.Servers()) == 1 })
+	state := t.TempDir()
+	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{member: m1, state: state})
+	w.network("n1", 100)
+	waitApplied(t, h1, w.port("p1", "n1", "h1", 1), 5*time.Second)
+	if got, err := loadServers(state); err != nil || !slices.Equal(got, []string{srv.addr}) {
+		t.Fatalf("remembered servers: %v, %v; want [%s]", got, err, srv.addr)
+	}
+	h1.stop()
+	_ = m1.Shutdown()
+
+	alone := startMember(t, membership.RoleAgent, "h1b", "198.18.0.1", "", "127.0.0.1:0", nil) // finds nobody
+	again := startHost(t, "h1", "198.18.0.1", hostOpts{member: alone, state: state})
+	rev := w.port("p2", "n1", "h1", 2)
+	waitApplied(t, again, rev, 5*time.Second)
+	if got := again.agent.Server(); got != srv.addr {
+		t.Errorf("agent streams from %q, want the remembered %s", got, srv.addr)
+	}
+}

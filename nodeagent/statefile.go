@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/vxfabric/vxfabric/security/pki"
 )
 
 // appliedRevisionFile is the file in Config.StateDir holding the newest revision applied to the kernel.
@@ -33,34 +35,49 @@ func loadAppliedRevision(dir string) (int64, error) {
 	return rev, nil
 }
 
-// saveAppliedRevision writes rev to dir atomically (temporary file, fsync, rename, fsync of dir), so
-// a crash leaves either the old or the new revision.
+// saveAppliedRevision writes rev to dir atomically, so a crash leaves either the old or the new
+// revision.
 func saveAppliedRevision(dir string, rev int64) error {
+	return writeStateFile(dir, appliedRevisionFile, strconv.FormatInt(rev, 10)+"\n")
+}
+
+// serversFile is the file in Config.StateDir holding the API servers gossip last listed, one per
+// line: the agent's way to the control plane when gossip lists none (a restart with stale gossip
+// keys, say), since the Sync stream is what brings the current keys.
+const serversFile = "servers"
+
+// loadServers returns the servers saved in dir (none when there is no file).
+func loadServers(dir string) ([]string, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	path := filepath.Join(dir, serversFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read remembered servers %s: %w", path, err)
+	}
+	return strings.Fields(string(b)), nil
+}
+
+// saveServers replaces the servers saved in dir.
+func saveServers(dir string, servers []string) error {
+	return writeStateFile(dir, serversFile, strings.Join(servers, "\n")+"\n")
+}
+
+// writeStateFile replaces dir/name with data through a temporary file, fsync and rename (and an fsync
+// of dir), so a crash leaves either the old or the new content. No dir: nothing is kept.
+func writeStateFile(dir, name, data string) error {
 	if dir == "" {
 		return nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create state directory %s: %w", dir, err)
 	}
-	path := filepath.Join(dir, appliedRevisionFile)
-	tmp, err := os.CreateTemp(dir, appliedRevisionFile+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write applied revision %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(strconv.FormatInt(rev, 10) + "\n"); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write applied revision %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync applied revision %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write applied revision %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replace applied revision %s: %w", path, err)
+	if err := pki.WriteFileAtomic(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+		return fmt.Errorf("state file: %w", err)
 	}
 	if d, err := os.Open(dir); err == nil {
 		_ = d.Sync()

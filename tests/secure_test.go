@@ -359,8 +359,9 @@ func vmCannotSendGossip(t *testing.T, l *lab.Lab, vm lab.VM) {
 // TestPrivilegedGossipKeyRotation rotates the gossip key while h3's agent is away, as a revoked host's
 // would be (it cannot open a Sync stream, so it never gets the new key): the rotation completes
 // without waiting for h3 and without interrupting traffic between VMs on h1 and h2; a member holding
-// only the old key then cannot get back into gossip; h3's own agent, restarted from the lab's keyring
-// file (which the agents rewrote), can.
+// only the old key, with no other way to a server, then cannot get back into gossip; h3's own agent
+// with the old key but the servers it remembers can (it fetches the keyring through Sync), and so
+// can one restarted from the lab's keyring file (which the agents rewrote).
 func TestPrivilegedGossipKeyRotation(t *testing.T) {
 	f := newFixture(t, "e2e-gkey")
 	f.network("net", "10.58.0.0/24", isolated)
@@ -460,6 +461,39 @@ func TestPrivilegedGossipKeyRotation(t *testing.T) {
 	}
 	if cur, _ := os.ReadFile(stale); string(cur) != string(oldKeys) {
 		t.Error("the member that never got the new keyring rewrote its keyring file")
+	}
+
+	// h3's own agent, from its own state directory (the servers it remembers) but with the stale
+	// keyring file, as after a crash in the middle of a rotation: it streams from a remembered
+	// server, gets the keyring there, and is back in gossip.
+	back := exec.Command("ip", "netns", "exec", f.l.Namespace("h3"), os.Getenv("VXFAB_BIN"), "agent", "--node", "h3", "--vtep", h3,
+		"--underlay-iface", lab.UnderlayIface, "--join", lab.ControlAddr.String()+":7946", "--gossip-bind", h3+":7946",
+		"--gossip-keyring", stale, "--tls-ca", f.l.PKIFile(pki.CACertFile), "--tls-cert", f.l.PKIFile(pki.NodeCertFile("h3")),
+		"--tls-key", f.l.PKIFile(pki.NodeKeyFile("h3")), "--state-dir", f.l.AgentStateDir("h3"))
+	var backOut bytes.Buffer
+	back.Stdout, back.Stderr = &backOut, &backOut
+	if err := back.Start(); err != nil {
+		t.Fatal(err)
+	}
+	backDone := make(chan error, 1)
+	go func() { backDone <- back.Wait() }()
+	started := time.Now()
+	_, err = lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
+		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
+	})
+	_ = back.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-backDone:
+	case <-time.After(10 * time.Second):
+		_ = back.Process.Kill()
+		<-backDone
+	}
+	if err != nil {
+		t.Fatalf("h3's agent with stale keys and its remembered servers is %s:\n%s", f.node("h3").GetStatus(), backOut.String())
+	}
+	t.Logf("h3's agent with stale keys was back in gossip %s after it started", time.Since(started).Round(time.Millisecond))
+	if cur, _ := os.ReadFile(stale); string(cur) != string(newKeys) {
+		t.Error("h3's agent did not record the current keyring in its file")
 	}
 
 	mustVxfab(t, "lab", "agent", "start", "h3")

@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
@@ -85,7 +87,7 @@ func waitRotation(cmd *cobra.Command, client vxfabricv1.GossipServiceClient, st 
 			return st, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("the rotation is still at step %s after %s (vxfab gossip status shows it)", rotationStep(step), within)
+			return nil, fmt.Errorf("the rotation is still at step %s after %s; it goes on without this command (vxfab gossip status shows it)", rotationStep(step), within)
 		}
 		select {
 		case <-cmd.Context().Done():
@@ -95,7 +97,11 @@ func waitRotation(cmd *cobra.Command, client vxfabricv1.GossipServiceClient, st 
 		ctx, cancel := callContext(cmd.Context())
 		resp, err := client.GetGossipKeyring(ctx, &vxfabricv1.GetGossipKeyringRequest{})
 		cancel()
-		if err != nil {
+		switch {
+		case status.Code(err) == codes.Unavailable:
+			// The rotation goes on without this server (every replica moves it on): ask again.
+			continue
+		case err != nil:
 			return nil, err
 		}
 		st = resp.GetKeyring()

@@ -201,8 +201,8 @@ func (r *Rotator) close() {
 	}
 }
 
-// advance moves a running rotation to its next step once every ALIVE node and every running server
-// has confirmed revision rev (or the step timed out, naming the nodes that had not). A step's age is
+// advance moves a running rotation to its next step once every ALIVE or SUSPECT node and every
+// running server has confirmed revision rev (or the step timed out, naming the nodes that had not). A step's age is
 // measured from when this server first saw it, on its own clock: servers' clocks need not agree.
 func (r *Rotator) advance(ctx context.Context, kr *vxfabricv1.GossipKeyring, rev int64) error {
 	if rev != r.seenRev {
@@ -218,7 +218,9 @@ func (r *Rotator) advance(ctx context.Context, kr *vxfabricv1.GossipKeyring, rev
 	}
 	var lagging []string
 	for _, n := range nodes {
-		if n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE && n.GetKeyringRevision() < rev {
+		// A SUSPECT node may be back in a moment (a paused or restarting agent): waited for too.
+		up := n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE || n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT
+		if up && n.GetKeyringRevision() < rev {
 			lagging = append(lagging, n.GetNode())
 		}
 	}

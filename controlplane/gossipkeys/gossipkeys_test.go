@@ -116,8 +116,15 @@ func TestRotation(t *testing.T) {
 	if kr2, rev2 := stored(); rev2 != rev {
 		t.Fatalf("moved on to %v while h2 had not confirmed", kr2)
 	}
-	// h2 confirms: the next tick moves on (h3 is dead and does not count).
+	// h2 confirms, but h5, SUSPECT (a paused agent, say), has not: still no move.
 	putNode(t, cli, "h2", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, rev)
+	putNode(t, cli, "h5", vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT, 0)
+	tick()
+	if kr2, rev2 := stored(); rev2 != rev {
+		t.Fatalf("moved on to %v while the suspect h5 had not confirmed", kr2)
+	}
+	// h5 is declared dead: the next tick moves on (h3 and h5 are dead and do not count).
+	putNode(t, cli, "h5", vxfabricv1.NodeStatus_NODE_STATUS_DEAD, 0)
 	tick()
 	kr, rev = stored()
 	if kr.GetStep() != vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_USE || !slices.EqualFunc(kr.GetKeys(), [][]byte{newKey, old}, bytes.Equal) || len(kr.GetLaggingNodes()) != 0 {
@@ -156,7 +163,7 @@ func TestRotation(t *testing.T) {
 		t.Errorf("server member after DONE: %x", got)
 	}
 	st, err = r.GetGossipKeyring(ctx, &vxfabricv1.GetGossipKeyringRequest{})
-	if err != nil || !st.GetKeyring().GetManaged() || len(st.GetKeyring().GetNodes()) != 3 || !slices.Equal(st.GetKeyring().GetKeyIds(), KeyIDs([][]byte{newKey})) {
+	if err != nil || !st.GetKeyring().GetManaged() || len(st.GetKeyring().GetNodes()) != 4 || !slices.Equal(st.GetKeyring().GetKeyIds(), KeyIDs([][]byte{newKey})) {
 		t.Errorf("keyring when done: %v, %v", st, err)
 	}
 
