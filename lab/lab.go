@@ -273,6 +273,7 @@ func (l *Lab) metaPath() string { return filepath.Join(l.Dir(), "lab.json") }
 func (l *Lab) etcdDir() string  { return filepath.Join(l.Dir(), "etcd") }
 func (l *Lab) logDir() string   { return filepath.Join(l.Dir(), "log") }
 func (l *Lab) runDir() string   { return filepath.Join(l.Dir(), "run") }
+
 // AgentStateDir is the --state-dir of host h's agent (its applied revision, its remembered servers).
 func (l *Lab) AgentStateDir(h string) string {
 	return filepath.Join(l.Dir(), "agent-"+h)

@@ -139,7 +139,7 @@ type Member struct {
 	dial  ReachDialer
 
 	stop     chan struct{}
-	resync   chan struct{} // (1) asks maintain for a state exchange with a few members now
+	resync   chan struct{}   // (1) asks maintain for a state exchange with a few members now
 	life     context.Context // cancelled by Shutdown: ends dials in flight
 	endLife  context.CancelFunc
 	wg       sync.WaitGroup
