@@ -575,7 +575,8 @@ const revisionColumnsHelp = `Revisions are the store's (etcd's) revisions:
   DESIRED  the newest revision that changed this node's view (its ports, and the networks and remote
            ports they need); "-" while no change has concerned the node
   APPLIED  the newest revision the node's agent reported having applied; "-" until it reports to this
-           server (for a few seconds after a server restart). It is often above DESIRED: the agent
+           server (for a few seconds after a server restart; an agent reports to the replica it
+           streams from, so another replica shows "-"). It is often above DESIRED: the agent
            reports every revision it has caught up to, also those that changed nothing it needs
   IN-SYNC  (node list) yes when APPLIED >= DESIRED; "-" while APPLIED is unknown
 Below the table come the kernel objects an agent reported it could not apply (a bridged network's
