@@ -166,10 +166,25 @@ func TestRequestIDsAreScopedByTenant(t *testing.T) {
 		if _, err := s.NetworkForRequest(ctx, "same-id", other); !errors.Is(err, ErrRequestMismatch) {
 			t.Errorf("tenant %s: network of request same-id with another CIDR: %v, want ErrRequestMismatch", tenant, err)
 		}
-		moved := proto.Clone(ports[tenant]).(*vxfabricv1.Port)
-		moved.Id, moved.Node = "fffffffffe", "h2"
-		if _, err := s.CreatePort(ctx, moved, "same-id"); !errors.Is(err, ErrRequestMismatch) {
-			t.Errorf("tenant %s: request same-id for a port on another node: %v, want ErrRequestMismatch", tenant, err)
+		elsewhere := proto.Clone(ports[tenant]).(*vxfabricv1.Port)
+		elsewhere.Id, elsewhere.Vm = "fffffffffe", "other-vm"
+		if _, err := s.CreatePort(ctx, elsewhere, "same-id"); !errors.Is(err, ErrRequestMismatch) {
+			t.Errorf("tenant %s: request same-id for a port of another vm: %v, want ErrRequestMismatch", tenant, err)
+		}
+		// A retry after the resource was updated (MTU changed, port moved) is still a retry.
+		if _, err := s.UpdateNetwork(ctx, tenant, nets[tenant].Name, 0, func(n *vxfabricv1.Network) error { n.Mtu = 1400; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.UpdatePort(ctx, tenant, ports[tenant].Name, 0, func(p *vxfabricv1.Port) error { p.Node = "h2"; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if again, err := s.CreateNetwork(ctx, retry, "same-id", 0); err != nil || again.Id != nets[tenant].Id {
+			t.Errorf("tenant %s: retry of request same-id after an MTU update: %v, %v", tenant, again, err)
+		}
+		retryPort := proto.Clone(ports[tenant]).(*vxfabricv1.Port)
+		retryPort.Id = "fffffffffd"
+		if again, err := s.CreatePort(ctx, retryPort, "same-id"); err != nil || again.Id != ports[tenant].Id {
+			t.Errorf("tenant %s: retry of request same-id after a move: %v, %v", tenant, again, err)
 		}
 	}
 

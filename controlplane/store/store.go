@@ -610,18 +610,19 @@ func (s *Store) NetworkForRequest(ctx context.Context, requestID string, n *vxfa
 	return prev, nil
 }
 
-// sameNetwork reports whether the stored network prev is what creating n makes, so that a create of
-// n with prev's request id is its retry: the same tenant, name, CIDR, mode, MTU, gateway and uplink
-// (its VNI and id may have been left to the allocator, which picks anew at each attempt).
+// sameNetwork reports whether a create of n with the request id that made prev can be its retry:
+// the same tenant, name, CIDR, mode, gateway and uplink, which no update changes. The MTU is left
+// out (UpdateNetwork changes it, and its default depends on the replica's --underlay-mtu), and so
+// are the VNI and id the allocator may have picked.
 func sameNetwork(prev, n *vxfabricv1.Network) bool {
 	return prev.Tenant == n.Tenant && prev.Name == n.Name && prev.Cidr == n.Cidr && prev.Mode == n.Mode &&
-		prev.Mtu == n.Mtu && prev.Gateway == n.Gateway && proto.Equal(prev.Uplink, n.Uplink)
+		prev.Gateway == n.Gateway && proto.Equal(prev.Uplink, n.Uplink)
 }
 
-// samePort is sameNetwork for ports: the same tenant, name, network, node and vm (its address and
-// MAC, when not requested, are left to the allocator).
+// samePort is sameNetwork for ports: the same tenant, name, network and vm. The node is left out (a
+// move changes it), and so are the address and MAC the allocator may have picked.
 func samePort(prev, p *vxfabricv1.Port) bool {
-	return prev.Tenant == p.Tenant && prev.Name == p.Name && prev.Network == p.Network && prev.Node == p.Node && prev.Vm == p.Vm
+	return prev.Tenant == p.Tenant && prev.Name == p.Name && prev.Network == p.Network && prev.Vm == p.Vm
 }
 
 // PortForRequest is NetworkForRequest for ports.
