@@ -147,12 +147,14 @@ func (m *Member) InstallKeys(keys [][]byte) error {
 	}
 	m.keyMu.Lock()
 	defer m.keyMu.Unlock()
-	primary := m.keyring.GetPrimaryKey()
+	primary, held := m.keyring.GetPrimaryKey(), m.keyring.GetKeys()
 	if err := installKeys(m.keyring, keys); err != nil {
 		return err
 	}
-	if !bytes.Equal(primary, m.keyring.GetPrimaryKey()) {
-		// Members that could not read this one under its old key may have declared it dead.
+	if skippedStep(primary, held, keys) {
+		// This member missed a step of a rotation (paused, restarted, cut off): the others may
+		// have been unable to read it, and declared it dead. A member that followed every step
+		// does not exchange, so a rotation costs no burst of exchanges.
 		m.requestExchange()
 	}
 	if !m.managed {
@@ -184,4 +186,16 @@ func writeKeyringFile(path string, keys [][]byte) error {
 		return fmt.Errorf("record gossip keyring: %w", err)
 	}
 	return nil
+}
+
+// skippedStep reports whether moving from a keyring holding held, encrypting with primary, to keys
+// skips a step of a rotation: the new encrypting key was not held yet, or the old encrypting key is
+// dropped at once. The steps of a rotation (add a key; encrypt with it; drop the old one) do neither.
+func skippedStep(primary []byte, held, keys [][]byte) bool {
+	if len(keys) == 0 {
+		return false
+	}
+	knew := slices.ContainsFunc(held, func(k []byte) bool { return bytes.Equal(k, keys[0]) })
+	kept := slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, primary) })
+	return !knew || !kept
 }

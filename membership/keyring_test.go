@@ -69,3 +69,27 @@ func TestInstallKeys(t *testing.T) {
 		t.Errorf("install on an unencrypted member: %v", err)
 	}
 }
+
+// The steps of a rotation skip nothing; jumping over one (a member paused through a step) does.
+func TestSkippedStep(t *testing.T) {
+	old, next := []byte("old-key-old-key-"), []byte("new-key-new-key-")
+	for _, tc := range []struct {
+		what    string
+		primary []byte
+		held    [][]byte
+		keys    [][]byte
+		want    bool
+	}{
+		{"install", old, [][]byte{old}, [][]byte{old, next}, false},
+		{"use", old, [][]byte{old, next}, [][]byte{next, old}, false},
+		{"done", next, [][]byte{next, old}, [][]byte{next}, false},
+		{"the same keyring again", next, [][]byte{next}, [][]byte{next}, false},
+		{"install to done", old, [][]byte{old, next}, [][]byte{next}, true},
+		{"before install to use", old, [][]byte{old}, [][]byte{next, old}, true},
+		{"before install to done", old, [][]byte{old}, [][]byte{next}, true},
+	} {
+		if got := skippedStep(tc.primary, tc.held, tc.keys); got != tc.want {
+			t.Errorf("%s: skipped %v, want %v", tc.what, got, tc.want)
+		}
+	}
+}

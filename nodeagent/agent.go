@@ -48,6 +48,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/vxfabric/vxfabric/membership"
 	"github.com/vxfabric/vxfabric/overlay"
@@ -336,7 +337,10 @@ func (a *Agent) syncLoop(ctx context.Context) {
 // syncOnce runs one Sync stream; progressed tells whether it delivered anything. remembered: addr is
 // not listed by gossip now, but was before.
 func (a *Agent) syncOnce(ctx context.Context, addr string, remembered bool) (progressed bool, err error) {
-	conn, err := grpc.NewClient(addr, a.cfg.DialOptions...)
+	// Keepalive pings find a server whose host vanished without a word, where nothing else would
+	// (a stream to a remembered server while gossip is down); the server allows one per 10 s.
+	opts := append(slices.Clip(a.cfg.DialOptions), grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}))
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return false, fmt.Errorf("dial server %s: %w", addr, err)
 	}

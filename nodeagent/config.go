@@ -95,6 +95,9 @@ func (c Config) Validate() error {
 	if !c.VTEP.IsValid() || c.VTEP.IsUnspecified() {
 		return fmt.Errorf("node %q: a VTEP address is required", c.Node)
 	}
+	if !vxfabricv1.ValidVTEP(c.VTEP) {
+		return fmt.Errorf("node %q: VTEP %s: want a unicast IPv4 address other hosts can reach (not loopback, link-local or broadcast)", c.Node, c.VTEP)
+	}
 	if c.Datapath == nil {
 		return errors.New("agent needs a datapath")
 	}

@@ -39,11 +39,12 @@ func newGossipCmd() *cobra.Command {
 		Use:   "rotate",
 		Short: "replace the gossip key on every server and agent, with no file to edit",
 		Long: "Replaces the key that encrypts gossip. Every server and agent first adds a new random key, then\n" +
-			"encrypts with it, then drops the old one; each step starts once every ALIVE node has confirmed the\n" +
-			"one before, or after --step-timeout. Agents receive the keys through their Sync stream, which a\n" +
-			"revoked certificate no longer opens: after `vxfab certs revoke`, a rotation shuts the revoked host\n" +
-			"out of gossip. Agents started with --gossip-keyring keep the file current, so a restart finds the\n" +
-			"new key there.",
+			"encrypts with it, then drops the old one; each step starts once every ALIVE or SUSPECT node and\n" +
+			"every server has confirmed the one before, or after --step-timeout. Agents receive the keys\n" +
+			"through their Sync stream, which a revoked certificate no longer opens: after `vxfab certs\n" +
+			"revoke`, a rotation shuts the revoked host out of gossip. Agents started with --gossip-keyring\n" +
+			"keep the file current, and every agent remembers the servers (--state-dir), so a restart finds\n" +
+			"its way back.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			conn, err := dialServer()
@@ -67,7 +68,7 @@ func newGossipCmd() *cobra.Command {
 			return render(cmd, &vxfabricv1.GetGossipKeyringResponse{Keyring: st}, func(w io.Writer) { keyringTable(w, st) })
 		},
 	}
-	rotate.Flags().DurationVar(&stepTimeout, "step-timeout", 30*time.Second, "how long each step waits for ALIVE nodes to confirm it")
+	rotate.Flags().DurationVar(&stepTimeout, "step-timeout", 30*time.Second, "how long each step waits for ALIVE and SUSPECT nodes and servers to confirm it")
 	rotate.Flags().BoolVar(&wait, "wait", true, "wait until the rotation is done, printing its steps (on stderr)")
 	cmd.AddCommand(show, rotate)
 	return cmd

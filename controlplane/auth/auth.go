@@ -311,7 +311,7 @@ func (a *Authenticator) identify(ctx context.Context, method string) (Identity, 
 		if !ok || token == "" {
 			return Identity{}, status.Error(codes.Unauthenticated, `authorization header: want "Bearer <token>"`)
 		}
-		return a.identifyToken(ctx, token, writes(method))
+		return a.identifyToken(ctx, token, tenantWrite(method))
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {

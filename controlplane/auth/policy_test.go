@@ -226,3 +226,28 @@ func TestOpenAndUnknownMethods(t *testing.T) {
 		}
 	}
 }
+
+// TestTenantWrites pins which methods a tenant token changes state with (each looks the token up
+// afresh): a tenant method added later fails here until someone decides.
+func TestTenantWrites(t *testing.T) {
+	want := map[string]bool{
+		vxfabricv1.NetworkService_CreateNetwork_FullMethodName: true,
+		vxfabricv1.NetworkService_UpdateNetwork_FullMethodName: true,
+		vxfabricv1.NetworkService_DeleteNetwork_FullMethodName: true,
+		vxfabricv1.PortService_CreatePort_FullMethodName:       true,
+		vxfabricv1.PortService_UpdatePort_FullMethodName:       true,
+		vxfabricv1.PortService_DeletePort_FullMethodName:       true,
+	}
+	protoregistry.GlobalFiles.RangeFilesByPackage("vxfabric.v1", func(fd protoreflect.FileDescriptor) bool {
+		for i := range fd.Services().Len() {
+			sd := fd.Services().Get(i)
+			for j := range sd.Methods().Len() {
+				full := "/" + string(sd.FullName()) + "/" + string(sd.Methods().Get(j).Name())
+				if got := tenantWrite(full); got != want[full] {
+					t.Errorf("tenantWrite(%s) = %v, want %v", full, got, want[full])
+				}
+			}
+		}
+		return true
+	})
+}

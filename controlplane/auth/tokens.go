@@ -85,8 +85,11 @@ type tokenStore struct {
 	// maxEntries bounds the cache against a flood of made-up token ids (maxCacheEntries).
 	maxEntries int
 
-	mu    sync.Mutex // guards cache
+	mu    sync.Mutex // guards cache and gen
 	cache map[string]cacheEntry
+	// gen counts the drops of cached lookups: a lookup read from etcd before a drop is not cached
+	// after it (it may hold what the drop removed).
+	gen uint64
 }
 
 type cacheEntry struct {
@@ -204,14 +207,31 @@ func (s *tokenStore) revoke(ctx context.Context, id string) error {
 // whichever replica, until ctx ends. After a broken watch it drops every lookup (deletes may have
 // been missed) and watches again.
 func (s *tokenStore) watchDeletes(ctx context.Context) {
+	var from int64 // 0: from now; then the revision after the last one seen
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		tokens := s.cli.Watch(wctx, tokensPrefix, clientv3.WithPrefix(), clientv3.WithFilterPut())
-		tenants := s.cli.Watch(wctx, tenantsPrefix, clientv3.WithPrefix(), clientv3.WithFilterPut())
+		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithFilterPut(), clientv3.WithProgressNotify()}
+		if from > 0 {
+			opts = append(opts, clientv3.WithRev(from))
+		}
+		// One watch over both prefixes' parent would carry every delete of the fabric: two small ones.
+		tokens := s.cli.Watch(wctx, tokensPrefix, opts...)
+		tenants := s.cli.Watch(wctx, tenantsPrefix, opts...)
+		// ended tells whether a watch response ends the watch; it records how far deletes were seen.
+		ended := func(resp clientv3.WatchResponse, ok bool) bool {
+			if resp.CompactRevision != 0 {
+				from = 0 // what was missed is gone: start from now
+			}
+			if !ok || resp.Err() != nil || resp.Canceled {
+				return true
+			}
+			from = max(from, resp.Header.Revision+1)
+			return false
+		}
 		for tokens != nil && tenants != nil {
 			select {
 			case resp, ok := <-tokens:
-				if !ok || resp.Err() != nil {
+				if ended(resp, ok) {
 					tokens = nil
 					continue
 				}
@@ -219,7 +239,7 @@ func (s *tokenStore) watchDeletes(ctx context.Context) {
 					s.forget(strings.TrimPrefix(string(ev.Kv.Key), tokensPrefix))
 				}
 			case resp, ok := <-tenants:
-				if !ok || resp.Err() != nil {
+				if ended(resp, ok) {
 					tenants = nil
 					continue
 				}
@@ -229,8 +249,11 @@ func (s *tokenStore) watchDeletes(ctx context.Context) {
 			}
 		}
 		cancel()
+		// Deletes may have been missed meanwhile: every lookup goes, and the next watch resumes
+		// after the last revision seen (from now when that was compacted).
 		s.mu.Lock()
 		clear(s.cache)
+		s.gen++
 		s.mu.Unlock()
 		select {
 		case <-ctx.Done():
@@ -242,6 +265,7 @@ func (s *tokenStore) watchDeletes(ctx context.Context) {
 // forgetTenant drops the cached lookups of tenant's tokens.
 func (s *tokenStore) forgetTenant(tenant string) {
 	s.mu.Lock()
+	s.gen++
 	for id, e := range s.cache {
 		if e.rec != nil && e.rec.Tenant == tenant {
 			delete(s.cache, id)
@@ -252,6 +276,7 @@ func (s *tokenStore) forgetTenant(tenant string) {
 
 func (s *tokenStore) forget(id string) {
 	s.mu.Lock()
+	s.gen++
 	delete(s.cache, id)
 	s.mu.Unlock()
 }
@@ -267,18 +292,23 @@ func (s *tokenStore) authenticate(ctx context.Context, token string, fresh bool)
 	now := s.now()
 	s.mu.Lock()
 	e, hit := s.cache[id]
+	gen := s.gen
 	s.mu.Unlock()
-	if fresh || !hit || now.Sub(e.fetched) >= s.ttl {
+	valid := hit && now.Sub(e.fetched) < s.ttl
+	// A token that did not exist stays so (ids are random and never reused): trusted even fresh.
+	if !valid || fresh && e.rec != nil {
 		rec, err := s.fetch(ctx, id)
 		if err != nil {
 			return tokenRecord{}, err
 		}
 		e = cacheEntry{rec: rec, fetched: now}
 		s.mu.Lock()
-		if len(s.cache) >= s.maxEntries {
-			clear(s.cache)
+		if s.gen == gen {
+			if len(s.cache) >= s.maxEntries {
+				clear(s.cache)
+			}
+			s.cache[id] = e
 		}
-		s.cache[id] = e
 		s.mu.Unlock()
 	}
 	if e.rec == nil || subtle.ConstantTimeCompare([]byte(e.rec.SHA256), []byte(hashToken(token))) != 1 {

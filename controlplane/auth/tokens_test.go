@@ -135,60 +135,79 @@ func TestTokenDiesWithItsTenant(t *testing.T) {
 	}
 }
 
-// TestTokenGoneAtOnce: within the cache's lifetime, a call that writes looks its token up afresh, so
-// the token of a tenant deleted and created anew writes nothing; and the deletes of a tenant or a
-// token, made on another replica, drop this replica's cached lookups at once (watchDeletes).
+// TestTokenGoneAtOnce: a lookup cached for its lifetime would let the token of a tenant deleted and
+// created anew act for the namesake; a call that writes looks it up afresh and is refused. And with
+// watchDeletes running, the delete of a tenant or of a token made on another replica drops this
+// replica's cached lookups at once, for reads too.
 func TestTokenGoneAtOnce(t *testing.T) {
 	cli := startEtcd(t)
 	ctx := ctxT(t)
-	putTenant(t, cli, "a")
-	putTenant(t, cli, "b")
-	s := newTokenStore(cli, time.Second)
-	clock := time.Now()
-	s.now = func() time.Time { return clock } // no cached lookup expires in this test
+	for _, tenant := range []string{"a", "b", "c"} {
+		putTenant(t, cli, tenant)
+	}
+	other := newTokenStore(cli, time.Second) // another replica
+	tokens := map[string]string{}
+	var recC tokenRecord
+	for _, tenant := range []string{"a", "b", "c"} {
+		rec, tok, err := other.create(ctx, tenant)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[tenant] = tok
+		if tenant == "c" {
+			recC = rec
+		}
+	}
+	frozen := func(s *tokenStore) *tokenStore {
+		clock := time.Now()
+		s.now = func() time.Time { return clock } // no cached lookup expires
+		for _, tok := range tokens {
+			if _, err := s.authenticate(ctx, tok, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return s
+	}
+	unwatched := frozen(newTokenStore(cli, time.Second))
+	watched := frozen(newTokenStore(cli, time.Second))
 	wctx, cancel := context.WithCancel(ctx)
-	watched := make(chan struct{})
+	done := make(chan struct{})
 	go func() {
-		defer close(watched)
-		s.watchDeletes(wctx)
+		defer close(done)
+		watched.watchDeletes(wctx)
 	}()
 	t.Cleanup(func() {
 		cancel()
-		<-watched
+		<-done
 	})
-	other := newTokenStore(cli, time.Second) // another replica
-	_, tokA, err := other.create(ctx, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	recB, tokB, err := other.create(ctx, "b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tok := range []string{tokA, tokB} {
-		if _, err := s.authenticate(ctx, tok, false); err != nil {
+	time.Sleep(100 * time.Millisecond) // the watches start from now
+
+	recreate := func(tenant string) {
+		if _, err := cli.Delete(ctx, tenantsPrefix+tenant); err != nil {
 			t.Fatal(err)
 		}
+		putTenant(t, cli, tenant)
 	}
-
-	if _, err := cli.Delete(ctx, tenantsPrefix+"a"); err != nil {
-		t.Fatal(err)
+	recreate("a")
+	if _, err := unwatched.authenticate(ctx, tokens["a"], false); err != nil {
+		t.Fatalf("the cached lookup is gone without a watch (the test proves nothing): %v", err)
 	}
-	putTenant(t, cli, "a")
-	if _, err := s.authenticate(ctx, tokA, true); err == nil {
+	if _, err := unwatched.authenticate(ctx, tokens["a"], true); err == nil {
 		t.Error("a write with the token of a deleted tenant was let through for its namesake")
 	}
-	if err := other.revoke(ctx, recB.ID); err != nil {
+
+	recreate("b")
+	if err := other.revoke(ctx, recC.ID); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(2 * time.Second)
-	for _, tok := range []string{tokA, tokB} {
+	for _, tenant := range []string{"b", "c"} {
 		for {
-			if _, err := s.authenticate(ctx, tok, false); err != nil {
+			if _, err := watched.authenticate(ctx, tokens[tenant], false); err != nil {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatal("a cached lookup outlived the delete of its tenant or token (the cache never expires here)")
+				t.Fatalf("a cached lookup of tenant %s's token outlived the delete of its tenant or token", tenant)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}

@@ -370,8 +370,7 @@ func (h *Hub) RegisterNode(ctx context.Context, req *vxfabricv1.RegisterNodeRequ
 		return nil, err
 	}
 	addr, err := netip.ParseAddr(req.GetVtep())
-	if err != nil || !addr.Is4() || addr.IsUnspecified() || addr.IsMulticast() || addr.IsLoopback() ||
-		addr.IsLinkLocalUnicast() || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+	if err != nil || !vxfabricv1.ValidVTEP(addr) {
 		return nil, status.Errorf(codes.InvalidArgument, "vtep %.64q: want a unicast IPv4 address other hosts can reach (not loopback, link-local or broadcast)", req.GetVtep())
 	}
 	if len(req.GetVersion()) > 128 {

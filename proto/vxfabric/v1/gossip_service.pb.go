@@ -161,7 +161,7 @@ func (x *GossipKeyring) GetLaggingNodes() []string {
 
 type RotateGossipKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// How long each step waits for ALIVE nodes to confirm. 0: 30 s. At most 10 min.
+	// How long each step waits for ALIVE and SUSPECT nodes and servers to confirm. 0: 30 s. At most 10 min.
 	StepTimeoutMs int64 `protobuf:"varint,1,opt,name=step_timeout_ms,json=stepTimeoutMs,proto3" json:"step_timeout_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

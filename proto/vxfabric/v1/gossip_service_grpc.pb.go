@@ -32,9 +32,9 @@ const (
 // certificate no longer opens: rotating after a revocation shuts the revoked host out of gossip.
 type GossipServiceClient interface {
 	// Starts a rotation: every server and agent first adds a new random key, then encrypts with it,
-	// then drops the old ones. Each step starts once every ALIVE node and every running server has
-	// confirmed the one before, or once step_timeout has passed (a node that cannot confirm, such as a
-	// revoked one, is left behind).
+	// then drops the old ones. Each step starts once every ALIVE or SUSPECT node and every running
+	// server has confirmed the one before, or once step_timeout has passed (a node that cannot
+	// confirm, such as a revoked one, is left behind).
 	// FailedPrecondition when gossip is not encrypted or a rotation is still running.
 	RotateGossipKey(ctx context.Context, in *RotateGossipKeyRequest, opts ...grpc.CallOption) (*RotateGossipKeyResponse, error)
 	// The keyring's state: its step, its keys by fingerprint (never the keys), and each node's progress.
@@ -78,9 +78,9 @@ func (c *gossipServiceClient) GetGossipKeyring(ctx context.Context, in *GetGossi
 // certificate no longer opens: rotating after a revocation shuts the revoked host out of gossip.
 type GossipServiceServer interface {
 	// Starts a rotation: every server and agent first adds a new random key, then encrypts with it,
-	// then drops the old ones. Each step starts once every ALIVE node and every running server has
-	// confirmed the one before, or once step_timeout has passed (a node that cannot confirm, such as a
-	// revoked one, is left behind).
+	// then drops the old ones. Each step starts once every ALIVE or SUSPECT node and every running
+	// server has confirmed the one before, or once step_timeout has passed (a node that cannot
+	// confirm, such as a revoked one, is left behind).
 	// FailedPrecondition when gossip is not encrypted or a rotation is still running.
 	RotateGossipKey(context.Context, *RotateGossipKeyRequest) (*RotateGossipKeyResponse, error)
 	// The keyring's state: its step, its keys by fingerprint (never the keys), and each node's progress.

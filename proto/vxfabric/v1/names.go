@@ -1,5 +1,7 @@
 package vxfabricv1
 
+import "net/netip"
+
 // NameRule says which names the API takes for tenants, networks, ports, nodes and VMs, in words for
 // error messages.
 const NameRule = "1-63 characters of a-z, 0-9 and '-', starting with a letter"
@@ -17,4 +19,11 @@ func ValidName(s string) bool {
 		}
 	}
 	return true
+}
+
+// ValidVTEP reports whether a is usable as a node's VTEP: a unicast IPv4 address other hosts can
+// reach, so not unspecified, loopback, link-local, multicast or the broadcast address.
+func ValidVTEP(a netip.Addr) bool {
+	return a.Is4() && !a.IsUnspecified() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() &&
+		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
