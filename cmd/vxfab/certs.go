@@ -140,7 +140,8 @@ A revoked node still knows the gossip key: vxfab gossip rotate replaces it every
 				}
 			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "revocation list: %s\n"+
-				"a revoked node still holds the gossip key: run vxfab gossip rotate to replace it everywhere else\n",
+				"a revoked node still holds the gossip key: run vxfab gossip rotate --step-timeout 5s to replace it\n"+
+				"everywhere else (the revoked node cannot confirm a step: each one waits for it until the timeout)\n",
 				filepath.Join(revokeDir, pki.CRLFile))
 			return err
 		},
