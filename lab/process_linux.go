@@ -70,7 +70,7 @@ func (l *Lab) agentSpec(host string) proc {
 		"--underlay-iface", UnderlayIface,
 		"--join", gossipAddr(ControlAddr),
 		"--gossip-bind", gossipAddr(HostAddr(i)),
-		"--gossip-keyring", l.pkiPath(pki.GossipKeyFile),
+		"--gossip-keyring", l.AgentKeyringPath(host),
 		"--tls-ca", l.pkiPath(pki.CACertFile),
 		"--tls-cert", l.pkiPath(pki.NodeCertFile(host)),
 		"--tls-key", l.pkiPath(pki.NodeKeyFile(host)),
@@ -330,8 +330,33 @@ func (l *Lab) StartAgent(ctx context.Context, host string) error {
 	if err := os.MkdirAll(l.AgentStateDir(host), 0o700); err != nil {
 		return fmt.Errorf("agent %s: state dir: %w", host, err)
 	}
+	if err := l.ensureAgentKeyring(host); err != nil {
+		return err
+	}
 	_, err := l.start(ctx, l.agentSpec(host))
 	return err
+}
+
+// AgentKeyringPath is host's own copy of the gossip keyring, as a separate machine would hold it:
+// made from the lab's at the agent's first start, then kept current by the agent alone (so a host
+// that misses a rotation, or is revoked, holds the keys it had).
+func (l *Lab) AgentKeyringPath(host string) string {
+	return filepath.Join(l.AgentStateDir(host), pki.GossipKeyFile)
+}
+
+func (l *Lab) ensureAgentKeyring(host string) error {
+	path := l.AgentKeyringPath(host)
+	if _, err := os.Stat(path); err == nil || !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	keys, err := os.ReadFile(l.pkiPath(pki.GossipKeyFile))
+	if err != nil {
+		return fmt.Errorf("agent %s: gossip keyring: %w", host, err)
+	}
+	if err := pki.WriteFileAtomic(path, keys, 0o600); err != nil {
+		return fmt.Errorf("agent %s: gossip keyring: %w", host, err)
+	}
+	return nil
 }
 
 // StopAgent stops a host's agent gracefully (SIGTERM): it leaves the gossip cluster.

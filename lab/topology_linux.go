@@ -284,6 +284,26 @@ func (l *Lab) RouteReplace(target string, dst netip.Prefix, via netip.Addr) erro
 	return nil
 }
 
+// RouteVia returns the gateway of the static route to dst in one of the lab's namespaces (ok false
+// when there is none).
+func (l *Lab) RouteVia(target string, dst netip.Prefix) (via netip.Addr, ok bool, err error) {
+	h, err := l.Handle(target)
+	if err != nil {
+		return netip.Addr{}, false, err
+	}
+	defer h.Close()
+	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: prefixToIPNet(dst)}, netlink.RT_FILTER_DST)
+	if err != nil {
+		return netip.Addr{}, false, fmt.Errorf("%s: list routes to %s: %w", target, dst, err)
+	}
+	for _, r := range routes {
+		if gw, okGw := netip.AddrFromSlice(r.Gw); okGw {
+			return gw.Unmap(), true, nil
+		}
+	}
+	return netip.Addr{}, false, nil
+}
+
 // RouteDelete removes a static route set by RouteReplace; a route that is gone is success.
 func (l *Lab) RouteDelete(target string, dst netip.Prefix) error {
 	h, err := l.Handle(target)

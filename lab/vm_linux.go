@@ -362,9 +362,11 @@ func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
 		return VM{}, fmt.Errorf("vm %q: list ports: %w", name, err)
 	}
 	vm := VM{Name: name, Host: to}
+	from := map[string]string{} // port id -> the node it was bound to
 	for _, p := range resp.GetPorts() {
 		if p.GetVm() == name {
 			vm.Ports = append(vm.Ports, p)
+			from[p.GetId()] = p.GetNode()
 		}
 	}
 	if len(vm.Ports) == 0 || !namespaceExists(l.VMNamespace(name)) {
@@ -390,8 +392,54 @@ func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
 	if err := waitPlugged(ctx, c, vm.Ports); err != nil {
 		return VM{}, fmt.Errorf("vm %q on %s: %w", name, to, err)
 	}
+	for _, p := range vm.Ports {
+		if err := l.followRoute(ctx, c, p, from[p.GetId()]); err != nil {
+			return VM{}, fmt.Errorf("vm %q on %s: %w", name, to, err)
+		}
+	}
 	l.log.Info("lab vm migrated", "vm", name, "node", to, "ports", len(vm.Ports))
 	return vm, nil
+}
+
+// followRoute moves the outside's static route to a routed network from the host port p left to
+// the one it is on now, when that route went through the old host and no other port of the network
+// stays there (the outside reaches a routed network through one host: see the lab's known limits).
+func (l *Lab) followRoute(ctx context.Context, c *Client, p *vxfabricv1.Port, old string) error {
+	if old == "" || old == p.GetNode() {
+		return nil
+	}
+	oldI, okOld := HostIndex(old)
+	newI, okNew := HostIndex(p.GetNode())
+	if !okOld || !okNew {
+		return nil
+	}
+	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := c.Networks.GetNetwork(callCtx, &vxfabricv1.GetNetworkRequest{Tenant: p.GetTenant(), Name: p.GetNetwork()})
+	if err != nil {
+		return fmt.Errorf("network %s/%s: %w", p.GetTenant(), p.GetNetwork(), err)
+	}
+	if n.GetNetwork().GetMode() != vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED {
+		return nil
+	}
+	cidr, err := netip.ParsePrefix(n.GetNetwork().GetCidr())
+	if err != nil {
+		return err
+	}
+	via, ok, err := l.RouteVia(RoleOutside, cidr)
+	if err != nil || !ok || via != HostAddr(oldI) {
+		return err
+	}
+	others, err := c.Ports.ListPorts(callCtx, &vxfabricv1.ListPortsRequest{Tenant: p.GetTenant(), Network: p.GetNetwork(), Node: old})
+	if err != nil || len(others.GetPorts()) > 0 {
+		return err
+	}
+	if err := l.RouteReplace(RoleOutside, cidr, HostAddr(newI)); err != nil {
+		return err
+	}
+	l.log.Info("lab: the outside's route to a routed network follows its VM", "network", p.GetTenant()+"/"+p.GetNetwork(),
+		"cidr", cidr, "via", p.GetNode())
+	return nil
 }
 
 // moveHostEnd moves a VM NIC's host-side interface from whichever host's namespace holds it to

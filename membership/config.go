@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strconv"
 	"time"
+
+	"github.com/vxfabric/vxfabric/security/pki"
 )
 
 // Role says what a member runs.
@@ -183,7 +185,7 @@ func (c Config) Validate() error {
 		}
 	}
 	for i, k := range c.Keys {
-		if err := validKey(k); err != nil {
+		if err := pki.ValidGossipKey(k); err != nil {
 			return fmt.Errorf("gossip key %d: %w", i+1, err)
 		}
 	}
@@ -209,12 +211,4 @@ func parseAddrPort(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("%q: want IP:PORT: %w", s, err)
 	}
 	return ap, nil
-}
-
-func validKey(k []byte) error {
-	switch len(k) {
-	case 16, 24, 32:
-		return nil
-	}
-	return fmt.Errorf("AES key of %d bytes: want 16, 24 or 32", len(k))
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 
@@ -13,51 +12,6 @@ import (
 
 	"github.com/vxfabric/vxfabric/security/pki"
 )
-
-// ParseKey decodes one base64 gossip key (standard or URL alphabet, padding optional) and checks
-// its length (16, 24 or 32 bytes: AES-128, -192 or -256 in GCM mode).
-func ParseKey(s string) ([]byte, error) {
-	s = strings.TrimSpace(s)
-	var k []byte
-	var err error
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		if k, err = enc.DecodeString(s); err == nil {
-			break
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("gossip key is not base64: %w", err)
-	}
-	if err := validKey(k); err != nil {
-		return nil, fmt.Errorf("gossip key: %w", err)
-	}
-	return k, nil
-}
-
-// ReadKeyringFile reads base64 keys, one per line (blank lines and lines starting with # are
-// skipped). The first key is the primary one.
-func ReadKeyringFile(path string) ([][]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read gossip keyring %s: %w", path, err)
-	}
-	var keys [][]byte
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, err := ParseKey(line)
-		if err != nil {
-			return nil, fmt.Errorf("gossip keyring %s line %d: %w", path, i+1, err)
-		}
-		keys = append(keys, k)
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("gossip keyring %s holds no key", path)
-	}
-	return keys, nil
-}
 
 // dedupKeys keeps the first occurrence of each key, in order.
 func dedupKeys(keys [][]byte) [][]byte {
@@ -141,7 +95,7 @@ func (m *Member) InstallKeys(keys [][]byte) error {
 		return errors.New("gossip is not encrypted: start every member with a gossip key first")
 	}
 	for _, k := range keys {
-		if err := validKey(k); err != nil {
+		if err := pki.ValidGossipKey(k); err != nil {
 			return fmt.Errorf("gossip key: %w", err)
 		}
 	}
@@ -164,7 +118,7 @@ func (m *Member) InstallKeys(keys [][]byte) error {
 	if m.cfg.KeyringFile == "" {
 		return nil
 	}
-	if cur, err := ReadKeyringFile(m.cfg.KeyringFile); err == nil && slices.EqualFunc(cur, dedupKeys(keys), bytes.Equal) {
+	if cur, err := pki.ReadGossipKeyring(m.cfg.KeyringFile); err == nil && slices.EqualFunc(cur, dedupKeys(keys), bytes.Equal) {
 		return nil
 	}
 	if err := writeKeyringFile(m.cfg.KeyringFile, dedupKeys(keys)); err != nil {

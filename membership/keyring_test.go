@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vxfabric/vxfabric/security/pki"
 )
 
 // InstallKeys sets the keyring exactly, primary first, records it in the keyring file (rewritten only
@@ -30,7 +32,7 @@ func TestInstallKeys(t *testing.T) {
 	if got := m.Keys(); !slices.EqualFunc(got, [][]byte{k2, k1, k3}, bytes.Equal) {
 		t.Errorf("keys after install: %x, want k2 (primary), k1, k3", got)
 	}
-	if got, err := ReadKeyringFile(file); err != nil || !slices.EqualFunc(got, [][]byte{k2, k1, k3}, bytes.Equal) {
+	if got, err := pki.ReadGossipKeyring(file); err != nil || !slices.EqualFunc(got, [][]byte{k2, k1, k3}, bytes.Equal) {
 		t.Errorf("keyring file after install: %x, %v", got, err)
 	}
 	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {

@@ -62,6 +62,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/vxfabric/vxfabric/security/pki"
 )
 
 // State is a member's liveness as this member sees it.
@@ -237,7 +239,7 @@ func New(cfg Config) (*Member, error) {
 func (c Config) keyringKeys() ([][]byte, error) {
 	var keys [][]byte
 	if c.KeyringFile != "" {
-		fk, err := ReadKeyringFile(c.KeyringFile)
+		fk, err := pki.ReadGossipKeyring(c.KeyringFile)
 		if err != nil {
 			return nil, err
 		}

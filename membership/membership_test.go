@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/vxfabric/vxfabric/security/pki"
 )
 
 // memberlist's Shutdown does not wait for a probe in flight: it ends by itself within a (scaled)
@@ -411,11 +413,11 @@ func TestConfigValidate(t *testing.T) {
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("default agent config: %v", err)
 	}
-	if _, err := ParseKey(base64.StdEncoding.EncodeToString(key(0, 24))); err != nil {
+	if _, err := pki.ParseGossipKey(base64.StdEncoding.EncodeToString(key(0, 24))); err != nil {
 		t.Fatalf("24-byte key: %v", err)
 	}
-	if _, err := ParseKey("not base64!"); err == nil {
-		t.Fatal("ParseKey accepted garbage")
+	if _, err := pki.ParseGossipKey("not base64!"); err == nil {
+		t.Fatal("ParseGossipKey accepted garbage")
 	}
 }
 

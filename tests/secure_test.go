@@ -361,7 +361,7 @@ func vmCannotSendGossip(t *testing.T, l *lab.Lab, vm lab.VM) {
 // without waiting for h3 and without interrupting traffic between VMs on h1 and h2; a member holding
 // only the old key, with no other way to a server, then cannot get back into gossip; h3's own agent
 // with the old key but the servers it remembers can (it fetches the keyring through Sync), and so
-// can one restarted from the lab's keyring file (which the agents rewrote).
+// can the one the lab starts (h3's own keyring file, stale since its agent was away).
 func TestPrivilegedGossipKeyRotation(t *testing.T) {
 	f := newFixture(t, "e2e-gkey")
 	f.network("net", "10.58.0.0/24", isolated)
@@ -426,7 +426,15 @@ func TestPrivilegedGossipKeyRotation(t *testing.T) {
 	}
 	newKeys, err := os.ReadFile(keyFile)
 	if err != nil || string(newKeys) == string(oldKeys) {
-		t.Fatalf("the agents did not rewrite the lab's keyring file %s: %v", keyFile, err)
+		t.Fatalf("the server did not rewrite the lab's keyring file %s: %v", keyFile, err)
+	}
+	for _, h := range []string{"h1", "h2"} {
+		if own, err := os.ReadFile(f.l.AgentKeyringPath(h)); err != nil || string(own) != string(newKeys) {
+			t.Errorf("%s's agent did not rewrite its keyring file: %v", h, err)
+		}
+	}
+	if own, _ := os.ReadFile(f.l.AgentKeyringPath("h3")); string(own) != string(oldKeys) {
+		t.Error("h3's keyring file changed while its agent was away")
 	}
 
 	// A member with the old key only, on h3's address, with h3's certificate and no server address:
@@ -500,7 +508,7 @@ func TestPrivilegedGossipKeyRotation(t *testing.T) {
 	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
 		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
 	}); err != nil {
-		t.Fatalf("h3's agent, restarted with the rewritten keyring file, is %s", f.node("h3").GetStatus())
+		t.Fatalf("h3's agent, started by the lab (its own stale keyring file, its remembered servers), is %s", f.node("h3").GetStatus())
 	}
 	c := f.vm("gkey-c", "h3", "net")
 	f.reach("gkey-a", c.IP(0), 5*time.Second)

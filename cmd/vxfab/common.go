@@ -10,6 +10,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/vxfabric/vxfabric/membership"
+
+	"github.com/vxfabric/vxfabric/security/pki"
 )
 
 // newLogger is the structured logger of the daemons (server, agent), on stderr.
@@ -63,7 +65,7 @@ func (g *gossipFlags) config(role membership.Role, node, defaultBind string, log
 	}
 	mc.Logger = log
 	if s := firstNonEmpty(g.key, os.Getenv("VXFAB_GOSSIP_KEY")); s != "" {
-		key, err := membership.ParseKey(s)
+		key, err := pki.ParseGossipKey(s)
 		if err != nil {
 			return mc, fmt.Errorf("--gossip-key: %w", err)
 		}

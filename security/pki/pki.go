@@ -231,6 +231,11 @@ func Init(cfg InitConfig) ([]FileResult, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create pki directory %s: %w", cfg.Dir, err)
 	}
+	// The gossip keyring first: a file that cannot be read fails the init before anything is issued.
+	gossipCreated, err := ensureGossipKey(filepath.Join(cfg.Dir, GossipKeyFile))
+	if err != nil {
+		return nil, err
+	}
 	var results []FileResult
 	note := func(path string, created bool) {
 		results = append(results, FileResult{Path: path, Created: created})
@@ -277,11 +282,7 @@ func Init(cfg InitConfig) ([]FileResult, error) {
 		note(filepath.Join(cfg.Dir, NodeCertFile(node)), created)
 	}
 
-	created, err = ensureGossipKey(filepath.Join(cfg.Dir, GossipKeyFile))
-	if err != nil {
-		return nil, err
-	}
-	note(filepath.Join(cfg.Dir, GossipKeyFile), created)
+	note(filepath.Join(cfg.Dir, GossipKeyFile), gossipCreated)
 
 	// An empty revocation list to start with, so that --tls-crl can name it at once; a new CA
 	// starts a new one (the old one's signer is gone).
@@ -612,26 +613,69 @@ func ensureGossipKey(path string) (bool, error) {
 	return true, nil
 }
 
-// ReadGossipKey reads a gossip key file: base64 of 16, 24 or 32 bytes (memberlist's AES key sizes).
+// ReadGossipKey returns the primary (first) key of the gossip keyring file at path; see
+// ReadGossipKeyring. A missing file is an error wrapping os.ErrNotExist.
 func ReadGossipKey(path string) ([]byte, error) {
-	data, err := os.ReadFile(path)
+	keys, err := ReadGossipKeyring(path)
 	if err != nil {
 		return nil, err
 	}
-	return ParseGossipKey(string(data))
+	return keys[0], nil
 }
 
-// ParseGossipKey decodes a base64 gossip key (as --gossip-key takes it).
-func ParseGossipKey(s string) ([]byte, error) {
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+// ReadGossipKeyring reads a gossip keyring file: base64 keys, one per line, blank lines and lines
+// starting with # skipped, the first key primary. certs init writes one key; servers and agents
+// rewrite the file with the keyring a rotation hands out (vxfab gossip rotate).
+func ReadGossipKeyring(path string) ([][]byte, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("gossip key: not base64: %w", err)
+		return nil, fmt.Errorf("read gossip keyring %s: %w", path, err)
 	}
-	switch len(key) {
+	var keys [][]byte
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, err := ParseGossipKey(line)
+		if err != nil {
+			return nil, fmt.Errorf("gossip keyring %s line %d: %w", path, i+1, err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("gossip keyring %s holds no key", path)
+	}
+	return keys, nil
+}
+
+// ParseGossipKey decodes one base64 gossip key (standard or URL alphabet, padding optional), as
+// --gossip-key takes it, and checks its length (16, 24 or 32 bytes: AES-128, -192 or -256 in GCM).
+func ParseGossipKey(s string) ([]byte, error) {
+	s = strings.TrimSpace(s)
+	var key []byte
+	var err error
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if key, err = enc.DecodeString(s); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gossip key is not base64: %w", err)
+	}
+	if err := ValidGossipKey(key); err != nil {
+		return nil, fmt.Errorf("gossip key: %w", err)
+	}
+	return key, nil
+}
+
+// ValidGossipKey checks a gossip key's length: 16, 24 or 32 bytes (AES-128, -192 or -256).
+func ValidGossipKey(k []byte) error {
+	switch len(k) {
 	case 16, 24, 32:
-		return key, nil
+		return nil
 	}
-	return nil, fmt.Errorf("gossip key: %d bytes, want 16, 24 or 32", len(key))
+	return fmt.Errorf("AES key of %d bytes: want 16, 24 or 32", len(k))
 }
 
 func uniq(s []string) []string {

@@ -5,10 +5,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
+	"errors"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -302,5 +305,41 @@ func TestTLSConfigs(t *testing.T) {
 	badName, _ := ClientTLSConfig(p(dir, CACertFile), "", "", "elsewhere.example")
 	if _, _, cerr = handshake(t, server, badName); cerr == nil {
 		t.Error("client accepted a server certificate for another name")
+	}
+}
+
+// After a rotation, servers and agents rewrite gossip.key as a keyring (a comment, then keys, the
+// first primary): init keeps it and goes on. A gossip.key that reads as no keyring fails the init
+// before anything is issued.
+func TestInitKeepsARotatedKeyring(t *testing.T) {
+	dir := t.TempDir()
+	initDir(t, dir, "h1")
+	keyring := "# gossip keyring written by vxfabric (GossipService); the first key encrypts\n" +
+		base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32)) + "\n" +
+		base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{2}, 32)) + "\n"
+	path := filepath.Join(dir, GossipKeyFile)
+	if err := os.WriteFile(path, []byte(keyring), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := created(initDir(t, dir, "h1", "h2")); len(got) != 1 || got[0] != NodeCertFile("h2") {
+		t.Errorf("init over a rotated keyring created %v, want only %s", got, NodeCertFile("h2"))
+	}
+	if now, _ := os.ReadFile(path); string(now) != keyring {
+		t.Error("init rewrote the rotated keyring")
+	}
+	if k, err := ReadGossipKey(path); err != nil || !bytes.Equal(k, bytes.Repeat([]byte{1}, 32)) {
+		t.Errorf("primary key of the keyring: %x, %v", k, err)
+	}
+
+	if err := os.WriteFile(path, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultInit(dir)
+	cfg.Nodes = []string{"h1", "h3"}
+	if _, err := Init(cfg); err == nil || !strings.Contains(err.Error(), path) {
+		t.Errorf("init over a corrupt gossip.key: %v, want an error naming the file", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, NodeCertFile("h3"))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the failed init issued %s anyway (%v)", NodeCertFile("h3"), err)
 	}
 }
