@@ -329,7 +329,11 @@ func Open(cfg Config) (*Lab, error) {
 func (l *Lab) readMeta() (meta, error) {
 	data, err := os.ReadFile(l.metaPath())
 	if errors.Is(err, os.ErrNotExist) {
-		return meta{}, fmt.Errorf("lab %q: %w (run `vxfab lab up`)", l.cfg.Name, ErrNoLab)
+		up := "vxfab lab up"
+		if l.cfg.Name != Default().Name {
+			up += " --name " + l.cfg.Name
+		}
+		return meta{}, fmt.Errorf("lab %q: %w (run `%s`)", l.cfg.Name, ErrNoLab, up)
 	}
 	if err != nil {
 		return meta{}, fmt.Errorf("lab %q: read %s: %w", l.cfg.Name, l.metaPath(), err)

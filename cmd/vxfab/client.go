@@ -267,6 +267,8 @@ func errorLine(err error) string {
 			msg += " (unless the server just went away: it refused the TLS handshake, is the client certificate signed by its CA?)"
 		case st.Code() == codes.Unavailable && strings.Contains(msg, "certificate signed by unknown authority"):
 			msg += " (the server's certificate is not signed by --tls-ca)"
+		case st.Code() == codes.Unavailable && (strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such file or directory")):
+			msg += " (is a server running there? start a lab with `vxfab lab up`, or point --server at yours)"
 		}
 		return st.Code().String() + ": " + msg
 	}

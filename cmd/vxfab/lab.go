@@ -150,7 +150,7 @@ func newLabUpCmd(f *labFlags) *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "lab %q up in %.1fs: %d hosts, server healthy, every agent ALIVE\n",
 				l.Name(), time.Since(began).Seconds(), len(l.Hosts()))
 			if cfg.ProfilePath != "" {
-				fmt.Fprintf(cmd.OutOrStdout(), "the CLI now talks to it: try `vxfab node list`, `vxfab lab status`\n")
+				fmt.Fprintf(cmd.OutOrStdout(), "the CLI now talks to it: try `%[1]s node list`, `%[1]s lab status`\n", os.Args[0])
 			}
 			return nil
 		},

@@ -163,7 +163,7 @@ func nodeInUse(n *vxfabricv1.Node, force bool, ports, networks []*mvccpb.KeyValu
 	case vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT:
 		if !force {
 			return fmt.Errorf("node %s is %s: stop its agent first (it leaves gossip), or wait until the node is DEAD "+
-				"(force the delete of a node whose agent runs without gossip): %w",
+				"(or force it, vxfab node delete --force, for a node whose agent runs without gossip): %w",
 				n.Name, strings.TrimPrefix(n.Status.String(), "NODE_STATUS_"), ErrFailedPrecondition)
 		}
 	}
