@@ -185,7 +185,9 @@ func (l *Lab) start(ctx context.Context, p proc) (int, error) {
 		default:
 		}
 		got, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-		return err == nil && (got == exe || got == l.cfg.Bin), nil
+		// The kernel points exe at the new binary before it lays out the new command line (an
+		// empty cmdline for a moment, under load): wait for both, so that running() finds it.
+		return err == nil && (got == exe || got == l.cfg.Bin) && l.ownsProcess(pid), nil
 	})
 	if err != nil {
 		return 0, err
