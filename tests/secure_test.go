@@ -513,3 +513,64 @@ func TestPrivilegedGossipKeyRotation(t *testing.T) {
 	c := f.vm("gkey-c", "h3", "net")
 	f.reach("gkey-a", c.IP(0), 5*time.Second)
 }
+
+// TestPrivilegedRevokeThenRotate is the documented flow for a host that must go: revoke its
+// certificate, then rotate the gossip key. h3's agent is refused by the API and, once the rotation
+// is done, by gossip: DEAD, named as left behind, while VMs on h1 and h2 keep talking. Then `lab up`
+// issues h3 a certificate anew (as `certs init` does), and h3's agent, never restarted, comes back by
+// itself: it presents the new certificate to a server it remembers, which hands it the keyring.
+func TestPrivilegedRevokeThenRotate(t *testing.T) {
+	f := newFixture(t, "e2e-revoke")
+	f.network("net", "10.59.0.0/24", isolated)
+	f.vm("rev-a", "h1", "net")
+	b := f.vm("rev-b", "h2", "net")
+	f.reach("rev-a", b.IP(0), 5*time.Second)
+	// Whatever happens below, the lab ends with h3's certificate issued anew and its agent up.
+	restoreOnCleanup(t, "up", "--hosts=3", "--default-profile=false")
+	restoreOnCleanup(t, "agent", "start", "h3")
+
+	mustVxfab(t, "certs", "revoke", "--dir", filepath.Dir(f.l.PKIFile(pki.CACertFile)), "h3")
+	gossip := vxfabricv1.NewGossipServiceClient(f.c.Conn)
+	began := time.Now()
+	if _, err := gossip.RotateGossipKey(f.ctx, &vxfabricv1.RotateGossipKeyRequest{StepTimeoutMs: 3000}); err != nil {
+		t.Fatalf("rotate: %v", err)
+	}
+	var st *vxfabricv1.GossipKeyringStatus
+	if _, err := lab.WaitFor(f.ctx, 20*time.Second, func() (bool, error) {
+		resp, err := gossip.GetGossipKeyring(f.ctx, &vxfabricv1.GetGossipKeyringRequest{})
+		st = resp.GetKeyring()
+		return st.GetStep() == vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE, err
+	}); err != nil {
+		t.Fatalf("rotation not done: %v (%v)", err, st)
+	}
+	t.Logf("rotation with the revoked h3 done in %s, left behind: %v", time.Since(began).Round(time.Millisecond), st.GetLaggingNodes())
+	if !slices.Contains(st.GetLaggingNodes(), "h3") {
+		t.Errorf("h3 not named as left behind: %v", st.GetLaggingNodes())
+	}
+	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
+		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_DEAD, nil
+	}); err != nil {
+		t.Fatalf("revoked h3 is %s after the rotation, want DEAD (outside gossip)", f.node("h3").GetStatus())
+	}
+	time.Sleep(2 * time.Second) // h3's agent keeps trying; it must stay out
+	if s := f.node("h3").GetStatus(); s != vxfabricv1.NodeStatus_NODE_STATUS_DEAD {
+		t.Errorf("revoked h3 came back to %s", s)
+	}
+	f.reach("rev-a", b.IP(0), 5*time.Second)
+
+	pid := f.l.AgentPID("h3")
+	back := time.Now()
+	mustVxfab(t, "lab", "up", "--hosts=3", "--default-profile=false") // issues h3 a certificate anew
+	if _, err := lab.WaitFor(f.ctx, 20*time.Second, func() (bool, error) {
+		n := f.node("h3")
+		return n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
+	}); err != nil {
+		t.Fatalf("h3 with a new certificate is %s, want ALIVE", f.node("h3").GetStatus())
+	}
+	t.Logf("h3 back in gossip %s after lab up began", time.Since(back).Round(time.Millisecond))
+	if got := f.l.AgentPID("h3"); pid == 0 || got != pid {
+		t.Errorf("h3's agent was restarted (pid %d, then %d): it should have come back by itself", pid, got)
+	}
+	c := f.vm("rev-c", "h3", "net")
+	f.reach("rev-a", c.IP(0), 5*time.Second)
+}
