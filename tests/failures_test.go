@@ -5,6 +5,7 @@ package tests
 import (
 	"context"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -499,4 +500,35 @@ func TestPrivilegedNodeDelete(t *testing.T) {
 	}
 	c := f.vm("decom-d", "h3", "net")
 	f.reach("decom-a", c.IP(0), 5*time.Second)
+}
+
+// TestPrivilegedMigrationMovesTheOutsideRoute: a VM alone in a routed network on h3, which the
+// outside reaches through its static route to h3, migrates to h2: the route follows, and the
+// outside reaches the VM there; migrated back, the route comes back.
+func TestPrivilegedMigrationMovesTheOutsideRoute(t *testing.T) {
+	f := newFixture(t, "e2e-rtmig")
+	f.network("rt", "10.62.0.0/24", vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED)
+	vm := f.vm("rtm-a", "h3", "rt")
+	cidr := netip.MustParsePrefix("10.62.0.0/24")
+	if err := f.l.RouteReplace(lab.RoleOutside, cidr, lab.HostAddr(3)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.l.RouteDelete(lab.RoleOutside, cidr); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	f.reach(lab.RoleOutside, vm.IP(0), 5*time.Second)
+	for _, step := range []struct {
+		host string
+		i    int
+	}{{"h2", 2}, {"h3", 3}} {
+		if _, err := f.l.MigrateVM(f.ctx, vm.Name, step.host); err != nil {
+			t.Fatal(err)
+		}
+		if via, ok, err := f.l.RouteVia(lab.RoleOutside, cidr); err != nil || !ok || via != lab.HostAddr(step.i) {
+			t.Fatalf("after the migration to %s the outside's route goes via %s (%t, %v), want %s", step.host, via, ok, err, lab.HostAddr(step.i))
+		}
+		f.reach(lab.RoleOutside, vm.IP(0), 5*time.Second)
+	}
 }

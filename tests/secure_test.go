@@ -526,8 +526,9 @@ func TestPrivilegedRevokeThenRotate(t *testing.T) {
 	b := f.vm("rev-b", "h2", "net")
 	f.reach("rev-a", b.IP(0), 5*time.Second)
 	// Whatever happens below, the lab ends with h3's certificate issued anew and its agent up.
-	restoreOnCleanup(t, "up", "--hosts=3", "--default-profile=false")
+	// (Cleanups run last first: lab up, which issues the certificate, then the agent start.)
 	restoreOnCleanup(t, "agent", "start", "h3")
+	restoreOnCleanup(t, "up", "--hosts=3", "--default-profile=false")
 
 	mustVxfab(t, "certs", "revoke", "--dir", filepath.Dir(f.l.PKIFile(pki.CACertFile)), "h3")
 	gossip := vxfabricv1.NewGossipServiceClient(f.c.Conn)

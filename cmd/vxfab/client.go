@@ -267,7 +267,9 @@ func errorLine(err error) string {
 			msg += " (unless the server just went away: it refused the TLS handshake, is the client certificate signed by its CA?)"
 		case st.Code() == codes.Unavailable && strings.Contains(msg, "certificate signed by unknown authority"):
 			msg += " (the server's certificate is not signed by --tls-ca)"
-		case st.Code() == codes.Unavailable && (strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such file or directory")):
+		case st.Code() == codes.Unavailable && strings.Contains(msg, "Error while dialing") &&
+			(strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such file or directory")):
+			// This client's own dial (a server's etcd errors come back Unavailable too, without it).
 			msg += " (is a server running there? start a lab with `vxfab lab up`, or point --server at yours)"
 		}
 		return st.Code().String() + ": " + msg
