@@ -472,11 +472,7 @@ func TestPrivilegedNodeDelete(t *testing.T) {
 
 	restoreOnCleanup(t, "agent", "start", "h3")
 	mustVxfab(t, "lab", "agent", "stop", "h3")
-	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
-		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_LEFT, nil
-	}); err != nil {
-		t.Fatalf("h3 not LEFT after its agent stopped: %s", f.node("h3").GetStatus())
-	}
+	f.waitNode("h3", vxfabricv1.NodeStatus_NODE_STATUS_LEFT, 10*time.Second, "agent stopped")
 	if err := del(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "e2e-decom/") {
 		t.Errorf("delete of h3 holding a port: %v, want FailedPrecondition naming the port", err)
 	}
@@ -493,11 +489,7 @@ func TestPrivilegedNodeDelete(t *testing.T) {
 	}
 
 	mustVxfab(t, "lab", "agent", "start", "h3")
-	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
-		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
-	}); err != nil {
-		t.Fatalf("h3 not recorded again after its agent started: %s", f.node("h3").GetStatus())
-	}
+	f.waitNode("h3", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 10*time.Second, "recorded again once its agent started")
 	c := f.vm("decom-d", "h3", "net")
 	f.reach("decom-a", c.IP(0), 5*time.Second)
 }

@@ -264,6 +264,17 @@ func (f *fixture) reach(from string, dst netip.Addr, timeout time.Duration) {
 	}
 }
 
+// waitNode waits until the server records node name with status want; it fails the test (saying what
+// about) when that does not happen within the time given.
+func (f *fixture) waitNode(name string, want vxfabricv1.NodeStatus, within time.Duration, about string) {
+	f.t.Helper()
+	if _, err := lab.WaitFor(f.ctx, within, func() (bool, error) {
+		return f.node(name).GetStatus() == want, nil
+	}); err != nil {
+		f.t.Fatalf("%s: %s is %s after %s, want %s", about, name, f.node(name).GetStatus(), within, want)
+	}
+}
+
 // node is the server's record of a node (what `vxfab node list` prints); nil when it has none.
 func (f *fixture) node(name string) *vxfabricv1.Node {
 	f.t.Helper()

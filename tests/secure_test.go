@@ -375,11 +375,7 @@ func TestPrivilegedGossipKeyRotation(t *testing.T) {
 	}
 	restoreOnCleanup(t, "agent", "start", "h3")
 	mustVxfab(t, "lab", "agent", "stop", "h3")
-	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
-		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_LEFT, nil
-	}); err != nil {
-		t.Fatalf("h3 not LEFT after its agent stopped: %s", f.node("h3").GetStatus())
-	}
+	f.waitNode("h3", vxfabricv1.NodeStatus_NODE_STATUS_LEFT, 10*time.Second, "agent stopped")
 
 	gossip := vxfabricv1.NewGossipServiceClient(f.c.Conn)
 	const count = 400 // 4 s at 10 ms
@@ -444,29 +440,12 @@ func TestPrivilegedGossipKeyRotation(t *testing.T) {
 	if err := os.WriteFile(stale, oldKeys, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h3 := lab.HostAddr(3).String()
-	rogue := exec.Command("ip", "netns", "exec", f.l.Namespace("h3"), os.Getenv("VXFAB_BIN"), "agent", "--node", "h3", "--vtep", h3,
-		"--underlay-iface", lab.UnderlayIface, "--join", lab.ControlAddr.String()+":7946", "--gossip-bind", h3+":7946",
-		"--gossip-keyring", stale, "--tls-ca", f.l.PKIFile(pki.CACertFile), "--tls-cert", f.l.PKIFile(pki.NodeCertFile("h3")),
-		"--tls-key", f.l.PKIFile(pki.NodeKeyFile("h3")), "--state-dir", dir)
-	var rogueOut bytes.Buffer
-	rogue.Stdout, rogue.Stderr = &rogueOut, &rogueOut
-	if err := rogue.Start(); err != nil {
-		t.Fatal(err)
-	}
-	rogueDone := make(chan error, 1)
-	go func() { rogueDone <- rogue.Wait() }()
+	rogue := runAgentOutsideLab(t, f, "h3", stale, dir)
 	time.Sleep(3 * time.Second)
 	if s := f.node("h3").GetStatus(); s == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE {
-		t.Errorf("a member with the old gossip key only got h3 back to %s:\n%s", s, rogueOut.String())
+		t.Errorf("a member with the old gossip key only got h3 back to %s:\n%s", s, rogue())
 	}
-	_ = rogue.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-rogueDone:
-	case <-time.After(10 * time.Second):
-		_ = rogue.Process.Kill()
-		<-rogueDone
-	}
+	rogue()
 	if cur, _ := os.ReadFile(stale); string(cur) != string(oldKeys) {
 		t.Error("the member that never got the new keyring rewrote its keyring file")
 	}
@@ -474,30 +453,13 @@ func TestPrivilegedGossipKeyRotation(t *testing.T) {
 	// h3's own agent, from its own state directory (the servers it remembers) but with the stale
 	// keyring file, as after a crash in the middle of a rotation: it streams from a remembered
 	// server, gets the keyring there, and is back in gossip.
-	back := exec.Command("ip", "netns", "exec", f.l.Namespace("h3"), os.Getenv("VXFAB_BIN"), "agent", "--node", "h3", "--vtep", h3,
-		"--underlay-iface", lab.UnderlayIface, "--join", lab.ControlAddr.String()+":7946", "--gossip-bind", h3+":7946",
-		"--gossip-keyring", stale, "--tls-ca", f.l.PKIFile(pki.CACertFile), "--tls-cert", f.l.PKIFile(pki.NodeCertFile("h3")),
-		"--tls-key", f.l.PKIFile(pki.NodeKeyFile("h3")), "--state-dir", f.l.AgentStateDir("h3"))
-	var backOut bytes.Buffer
-	back.Stdout, back.Stderr = &backOut, &backOut
-	if err := back.Start(); err != nil {
-		t.Fatal(err)
-	}
-	backDone := make(chan error, 1)
-	go func() { backDone <- back.Wait() }()
+	back := runAgentOutsideLab(t, f, "h3", stale, f.l.AgentStateDir("h3"))
 	started := time.Now()
 	_, err = lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
 		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
 	})
-	_ = back.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-backDone:
-	case <-time.After(10 * time.Second):
-		_ = back.Process.Kill()
-		<-backDone
-	}
-	if err != nil {
-		t.Fatalf("h3's agent with stale keys and its remembered servers is %s:\n%s", f.node("h3").GetStatus(), backOut.String())
+	if out := back(); err != nil {
+		t.Fatalf("h3's agent with stale keys and its remembered servers is %s:\n%s", f.node("h3").GetStatus(), out)
 	}
 	t.Logf("h3's agent with stale keys was back in gossip %s after it started", time.Since(started).Round(time.Millisecond))
 	if cur, _ := os.ReadFile(stale); string(cur) != string(newKeys) {
@@ -505,11 +467,7 @@ func TestPrivilegedGossipKeyRotation(t *testing.T) {
 	}
 
 	mustVxfab(t, "lab", "agent", "start", "h3")
-	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
-		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
-	}); err != nil {
-		t.Fatalf("h3's agent, started by the lab (its own stale keyring file, its remembered servers), is %s", f.node("h3").GetStatus())
-	}
+	f.waitNode("h3", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 10*time.Second, "started by the lab (its own stale keyring file, its remembered servers)")
 	c := f.vm("gkey-c", "h3", "net")
 	f.reach("gkey-a", c.IP(0), 5*time.Second)
 }
@@ -548,11 +506,7 @@ func TestPrivilegedRevokeThenRotate(t *testing.T) {
 	if !slices.Contains(st.GetLaggingNodes(), "h3") {
 		t.Errorf("h3 not named as left behind: %v", st.GetLaggingNodes())
 	}
-	if _, err := lab.WaitFor(f.ctx, 10*time.Second, func() (bool, error) {
-		return f.node("h3").GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_DEAD, nil
-	}); err != nil {
-		t.Fatalf("revoked h3 is %s after the rotation, want DEAD (outside gossip)", f.node("h3").GetStatus())
-	}
+	f.waitNode("h3", vxfabricv1.NodeStatus_NODE_STATUS_DEAD, 10*time.Second, "revoked, after the rotation (outside gossip)")
 	time.Sleep(2 * time.Second) // h3's agent keeps trying; it must stay out
 	if s := f.node("h3").GetStatus(); s != vxfabricv1.NodeStatus_NODE_STATUS_DEAD {
 		t.Errorf("revoked h3 came back to %s", s)
@@ -562,16 +516,43 @@ func TestPrivilegedRevokeThenRotate(t *testing.T) {
 	pid := f.l.AgentPID("h3")
 	back := time.Now()
 	mustVxfab(t, "lab", "up", "--hosts=3", "--default-profile=false") // issues h3 a certificate anew
-	if _, err := lab.WaitFor(f.ctx, 20*time.Second, func() (bool, error) {
-		n := f.node("h3")
-		return n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
-	}); err != nil {
-		t.Fatalf("h3 with a new certificate is %s, want ALIVE", f.node("h3").GetStatus())
-	}
+	f.waitNode("h3", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 20*time.Second, "with a certificate issued anew")
 	t.Logf("h3 back in gossip %s after lab up began", time.Since(back).Round(time.Millisecond))
 	if got := f.l.AgentPID("h3"); pid == 0 || got != pid {
 		t.Errorf("h3's agent was restarted (pid %d, then %d): it should have come back by itself", pid, got)
 	}
 	c := f.vm("rev-c", "h3", "net")
 	f.reach("rev-a", c.IP(0), 5*time.Second)
+}
+
+// runAgentOutsideLab runs `vxfab agent` for host in its namespace as the lab would, but with the
+// keyring file and state directory given and outside the lab's control; the returned stop ends it
+// (SIGTERM, then SIGKILL after 10 s; once, also at the test's end) and returns its output.
+func runAgentOutsideLab(t *testing.T, f *fixture, host, keyring, stateDir string) (stop func() string) {
+	t.Helper()
+	i, _ := lab.HostIndex(host)
+	addr := lab.HostAddr(i).String()
+	cmd := exec.Command("ip", "netns", "exec", f.l.Namespace(host), os.Getenv("VXFAB_BIN"), "agent", "--node", host, "--vtep", addr,
+		"--underlay-iface", lab.UnderlayIface, "--join", lab.ControlAddr.String()+":7946", "--gossip-bind", addr+":7946",
+		"--gossip-keyring", keyring, "--tls-ca", f.l.PKIFile(pki.CACertFile), "--tls-cert", f.l.PKIFile(pki.NodeCertFile(host)),
+		"--tls-key", f.l.PKIFile(pki.NodeKeyFile(host)), "--state-dir", stateDir)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	stop = sync.OnceValue(func() string {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		return out.String()
+	})
+	t.Cleanup(func() { stop() })
+	return stop
 }
