@@ -393,11 +393,7 @@ func (m *Member) maintain() {
 		case <-t.C:
 		}
 		if m.ml.NumMembers() <= 1 {
-			seeds := slices.Clone(m.cfg.Join)
-			if m.cfg.Seeds != nil {
-				seeds = append(seeds, m.cfg.Seeds()...)
-			}
-			if len(seeds) > 0 {
+			if seeds := m.seeds(); len(seeds) > 0 {
 				if n, err := m.Join(seeds); err != nil {
 					m.log.Debug("gossip re-join failed", "err", err)
 				} else {
@@ -429,10 +425,7 @@ func (m *Member) exchange() {
 	rand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
 	addrs = addrs[:min(len(addrs), 3)]
 	if len(addrs) == 0 {
-		addrs = slices.Clone(m.cfg.Join)
-		if m.cfg.Seeds != nil {
-			addrs = append(addrs, m.cfg.Seeds()...)
-		}
+		addrs = m.seeds()
 	}
 	if len(addrs) == 0 {
 		return
@@ -442,6 +435,15 @@ func (m *Member) exchange() {
 	} else {
 		m.log.Debug("gossip state exchanged", "answered", n)
 	}
+}
+
+// seeds are the members to join when this one knows none: Config.Join, then Config.Seeds.
+func (m *Member) seeds() []string {
+	seeds := slices.Clone(m.cfg.Join)
+	if m.cfg.Seeds != nil {
+		seeds = append(seeds, m.cfg.Seeds()...)
+	}
+	return seeds
 }
 
 // requestExchange asks the maintain loop for an exchange (once, however often it is asked meanwhile).

@@ -233,10 +233,10 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	var fence []clientv3.Cmp
 	var fenceOps []clientv3.Op
 	if seq := req.GetSequence(); seq > 0 && len(puts)+len(dels) > 0 {
-		key, val := h.cfg.Prefix+"status/reports/"+node, fmt.Sprintf("%020d", seq)
+		key, val := h.cfg.Prefix+store.NodeReports+node, store.OrderedValue(seq)
 		// The compare below needs the key to exist (a value compare fails on a missing key).
 		if _, err := h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(key), "=", 0)).
-			Then(clientv3.OpPut(key, fmt.Sprintf("%020d", 0))).Commit(); err != nil {
+			Then(clientv3.OpPut(key, store.OrderedValue(0))).Commit(); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "order the reports of node %q: %v", node, err)
 		}
 		fence = []clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "<", val+"\x00")} // <= val
@@ -310,7 +310,7 @@ func (h *Hub) confirmKeyring(ctx context.Context, node string, rev int64) error 
 	if rev <= known {
 		return nil
 	}
-	key, val := h.cfg.Prefix+store.NodeKeyrings+node, fmt.Sprintf("%020d", rev)
+	key, val := h.cfg.Prefix+store.NodeKeyrings+node, store.OrderedValue(rev)
 	resp, err := h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "<", val)).
 		Then(clientv3.OpPut(key, val)).Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
 	if err == nil && !resp.Succeeded && len(resp.Responses[0].GetResponseRange().GetKvs()) == 0 {

@@ -186,7 +186,7 @@ func (r *Rotator) confirm(ctx context.Context, rev int64) error {
 		r.sess = sess
 	}
 	key := r.cfg.Prefix + store.ServerKeyrings + r.m.Name()
-	if _, err := r.cli.Put(ctx, key, fmt.Sprintf("%020d", rev), clientv3.WithLease(r.sess.Lease())); err != nil {
+	if _, err := r.cli.Put(ctx, key, store.OrderedValue(rev), clientv3.WithLease(r.sess.Lease())); err != nil {
 		return fmt.Errorf("confirm keyring of revision %d: %w", rev, err)
 	}
 	r.confirmed = rev

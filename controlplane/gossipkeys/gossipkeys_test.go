@@ -3,7 +3,6 @@ package gossipkeys
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"slices"
 	"testing"
@@ -40,14 +39,12 @@ func putNode(t *testing.T, cli *clientv3.Client, name string, st vxfabricv1.Node
 	b, _ := proto.Marshal(&vxfabricv1.Node{Name: name, Vtep: "198.18.0.9", Status: st})
 	ops := []clientv3.Op{clientv3.OpPut(store.NodeKey(name), string(b))}
 	if confirmed > 0 {
-		ops = append(ops, clientv3.OpPut(store.NodeKeyringPrefix+name, keyringValue(confirmed)))
+		ops = append(ops, clientv3.OpPut(store.NodeKeyringPrefix+name, store.OrderedValue(confirmed)))
 	}
 	if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
 		t.Fatal(err)
 	}
 }
-
-func keyringValue(rev int64) string { return fmt.Sprintf("%020d", rev) }
 
 // A rotation moves INSTALL -> USE -> DONE: each step once every ALIVE node confirmed the one before
 // (DEAD, LEFT and unrecorded confirmations aside), or once its timeout passed, naming the nodes left
@@ -137,13 +134,13 @@ func TestRotation(t *testing.T) {
 
 	// This server confirmed USE on its lease.
 	if resp, err := cli.Get(ctx, store.ServerKeyringPrefix+m.Name()); err != nil || len(resp.Kvs) != 1 ||
-		string(resp.Kvs[0].Value) != keyringValue(rev) || resp.Kvs[0].Lease == 0 {
+		string(resp.Kvs[0].Value) != store.OrderedValue(rev) || resp.Kvs[0].Lease == 0 {
 		t.Errorf("this server's confirmation: %v, %v; want revision %d on a lease", resp.Kvs, err, rev)
 	}
 	// Only h1 confirms USE, and another server is still at INSTALL: it moves on at the timeout
 	// (measured from when this server saw the step), naming both.
 	putNode(t, cli, "h1", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, rev)
-	if _, err := cli.Put(ctx, store.ServerKeyringPrefix+"other", keyringValue(rev-1)); err != nil {
+	if _, err := cli.Put(ctx, store.ServerKeyringPrefix+"other", store.OrderedValue(rev-1)); err != nil {
 		t.Fatal(err)
 	}
 	now = now.Add(9 * time.Second)

@@ -34,7 +34,7 @@ const (
 	PortStatusPrefix = Prefix + "status/ports/" // <port-id> -> "1" while plugged
 	// NodeReportsPrefix orders each node's reports (controlplane/fanout): <node> -> the sequence of
 	// the newest report that wrote the node's port statuses, 20 decimal digits.
-	NodeReportsPrefix = Prefix + "status/reports/"
+	NodeReportsPrefix = Prefix + NodeReports
 	// RequestsPrefix holds the request records (TenantRequestKey, RequestKey): raw resource ids.
 	RequestsPrefix = Prefix + "requests/"
 	LeaderPrefix   = Prefix + "leader/" // election of the node-status writer
@@ -62,13 +62,19 @@ const (
 	ServerKeyringPrefix = Prefix + ServerKeyrings
 )
 
-// GossipKeyring, NodeKeyrings and ServerKeyrings are GossipKeyringKey, NodeKeyringPrefix and
-// ServerKeyringPrefix relative to the prefix.
+// GossipKeyring, NodeKeyrings, ServerKeyrings and NodeReports are GossipKeyringKey,
+// NodeKeyringPrefix, ServerKeyringPrefix and NodeReportsPrefix relative to the prefix.
 const (
 	GossipKeyring  = "gossip/keyring"
 	NodeKeyrings   = "status/keyring/"
 	ServerKeyrings = "status/keyring-servers/"
+	NodeReports    = "status/reports/"
 )
+
+// OrderedValue encodes n (>= 0) as the value of a key that etcd compares as a string (the report
+// sequences and confirmed keyrings under NodeReportsPrefix, NodeKeyringPrefix and
+// ServerKeyringPrefix): 20 decimal digits, so that the order of strings is the order of numbers.
+func OrderedValue(n int64) string { return fmt.Sprintf("%020d", n) }
 
 // nodesEpoch is NodesEpochKey relative to the fabric's prefix.
 const nodesEpoch = "nodes-epoch"
