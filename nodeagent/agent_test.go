@@ -386,6 +386,7 @@ func TestConvergedOnceKernelHoldsFirstState(t *testing.T) {
 func TestPortDropsExported(t *testing.T) {
 	w, _, hs := threeHosts(t)
 	w.plug(hs[0], "p1")
+	w.plug(hs[0], "p4") // port security checks what an interface that exists sends
 	w.converge(5*time.Second, hs...)
 	h1 := hs[0]
 	drops := func() map[string]float64 {

@@ -108,7 +108,7 @@ func IsDeviceName(name string) bool {
 	return strings.HasPrefix(name, BridgePrefix) || strings.HasPrefix(name, VxlanPrefix)
 }
 
-// TableName is the name of our nftables tables (one of family inet, one of family bridge).
+// TableName is the name of our nftables tables (one each of families inet, bridge and netdev).
 const TableName = "vxfabric"
 
 // ForwardingMarkChain is an empty, hookless chain in our inet table whose existence records that we
@@ -131,86 +131,46 @@ var NftSetNames = []string{VTEPSet4, VTEPSet6, InfraSet4, InfraSet6}
 // NftSetIs6 tells whether a set of ours holds IPv6 addresses.
 func NftSetIs6(name string) bool { return name == VTEPSet6 || name == InfraSet6 }
 
-// The port security sets, in our bridge table: every frame a local port sends is checked with a
-// lookup in each, whatever the number of ports on the host, instead of a walk through rules per port.
-//   - PortSet: the local ports' interfaces; PortSet4: those whose port has an IPv4 address;
-//   - PortMACSet: interface . MAC, the one source MAC each port may send;
-//   - PortIP4Set: interface . IPv4 address, the one source address each port may send.
-const (
-	PortSet    = "ports"
-	PortSet4   = "ports4"
-	PortMACSet = "port_macs"
-	PortIP4Set = "port_ips4"
-)
-
-// PortDropSet, in our bridge table too, counts what port security drops, per port: a frame that
+// Port security lives in our netdev table, on the ingress hook of each local port's interface: a
+// frame is checked where the port's interface receives it from the VM, before any bridge sees it,
+// against constants (the port's one MAC and IPv4 address), so the cost per frame does not grow with
+// the number of ports, and frames from the fabric (the vxlan device) and the uplink pass no check at
+// all. The chain hooks the interface by name: on kernels that keep a netdev hook while its device is
+// away (6.16 on), it attaches again when the interface comes back; earlier ones delete the chain with
+// its device, and the next Apply writes it again, before it plugs the port.
+//
+// PortDropSet, in the netdev table too, counts what port security drops, per port: a frame that
 // fails a check jumps to PortDropChain, whose first rule adds the frame's input interface to the
-// set and counts the frame on that element (`nft list set bridge vxfabric port_drops`), and whose
+// set and counts the frame on that element (`nft list set netdev vxfabric port_drops`), and whose
 // second drops it. The kernel fills the set; an Apply only removes the interfaces of ports gone.
 // The count is a rule of its own because adding an element can fail (the set full, no memory),
 // which ends that rule: the drop must not depend on it.
 const (
 	PortDropSet   = "port_drops"
 	PortDropChain = "port_drop"
+	// PortChainPrefix starts the name of each port's ingress chain (PortChain).
+	PortChainPrefix = "portsec_"
 )
 
-// NftPortSetNames are the port security sets, in the order they are created.
-var NftPortSetNames = []string{PortSet, PortSet4, PortMACSet, PortIP4Set}
+// PortChain names the ingress chain that checks what the local port on interface iface sends.
+func PortChain(iface string) string { return PortChainPrefix + iface }
 
-// PortSetElem is an element of a port security set: an interface, with a MAC (PortMACSet) or an
-// IPv4 address (PortIP4Set).
-type PortSetElem struct {
-	Interface string
-	MAC       net.HardwareAddr
-	IP        netip.Addr
+// PortChains returns the port ingress chains of plan whose interface exists (by exists), and every
+// other chain: a port's chain is written once its interface is there, as the port is plugged.
+func PortChains(plan []NftChain, exists func(iface string) bool) []NftChain {
+	return slices.DeleteFunc(slices.Clone(plan), func(c NftChain) bool { return c.Device != "" && !exists(c.Device) })
 }
 
-// String is the element as nft prints it: "tap1", "tap1 . 0e:00:00:00:00:01", "tap1 . 10.0.0.2".
-func (e PortSetElem) String() string {
-	switch {
-	case e.MAC != nil:
-		return e.Interface + " . " + e.MAC.String()
-	case e.IP.IsValid():
-		return e.Interface + " . " + e.IP.String()
-	}
-	return e.Interface
-}
-
-// NftPortSets returns the elements of each port security set (NftPortSetNames), sorted by their
-// text, without duplicates; none when port security is off.
-func NftPortSets(d DesiredState) map[string][]PortSetElem {
-	sets := make(map[string][]PortSetElem, len(NftPortSetNames))
-	if d.DisablePortSecurity {
-		return sets
-	}
-	for _, n := range d.Networks {
-		for _, p := range n.Ports {
-			sets[PortSet] = append(sets[PortSet], PortSetElem{Interface: p.Interface})
-			sets[PortMACSet] = append(sets[PortMACSet], PortSetElem{Interface: p.Interface, MAC: p.MAC})
-			if p.IP.Is4() {
-				sets[PortSet4] = append(sets[PortSet4], PortSetElem{Interface: p.Interface})
-				sets[PortIP4Set] = append(sets[PortIP4Set], PortSetElem{Interface: p.Interface, IP: p.IP})
-			}
+// PortIfaces returns the interfaces whose port ingress chain plan holds, sorted.
+func PortIfaces(plan []NftChain) []string {
+	var ifaces []string
+	for _, c := range plan {
+		if c.Device != "" {
+			ifaces = append(ifaces, c.Device)
 		}
 	}
-	for name, elems := range sets {
-		type keyed struct {
-			text string
-			elem PortSetElem
-		}
-		ks := make([]keyed, len(elems))
-		for i, e := range elems {
-			ks[i] = keyed{e.String(), e}
-		}
-		slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.text, b.text) })
-		ks = slices.CompactFunc(ks, func(a, b keyed) bool { return a.text == b.text })
-		elems = elems[:len(ks)]
-		for i, k := range ks {
-			elems[i] = k.elem
-		}
-		sets[name] = elems
-	}
-	return sets
+	slices.Sort(ifaces)
+	return ifaces
 }
 
 // Validate checks a desired state; the error wraps ErrInvalid and names the first bad object.
@@ -355,17 +315,23 @@ func RuleObject(family, chain, rule string) string {
 func SetElemObject(set string, a netip.Addr) string {
 	return "nft element inet " + TableName + " " + set + " " + a.String()
 }
-func PortSetElemObject(set, elem string) string { // elem: PortSetElem.String()
-	return "nft element bridge " + TableName + " " + set + " " + elem
+
+// PortDropElemObject names the element of PortDropSet that counts the drops of port iface.
+func PortDropElemObject(iface string) string {
+	return "nft element netdev " + TableName + " " + PortDropSet + " " + iface
 }
+
+// SetObject names a set of ours as a whole.
+func SetObject(family, set string) string { return "nft set " + family + " " + TableName + " " + set }
 
 // NftChain is one chain of ours with its rules in order: a base chain on a hook, or a regular
 // chain (no Type, Hook or Priority) that rules of the same table jump to.
 type NftChain struct {
-	Family   string // "inet" or "bridge"
+	Family   string // "inet", "bridge" or "netdev"
 	Name     string
 	Type     string // "filter" or "nat"; "" for a regular chain
-	Hook     string // "prerouting", "input", "forward", "postrouting"; "" for a regular chain
+	Hook     string // "prerouting", "input", "forward", "postrouting", "ingress"; "" for a regular chain
+	Device   string // the interface of an ingress chain (netdev)
 	Priority int
 	Rules    []Rule
 }
@@ -409,28 +375,23 @@ func (v Verdict) JumpTarget() string {
 type Field int
 
 const (
-	FieldIIFName              Field = iota + 1 // Name; a trailing "*" matches a prefix
-	FieldOIFName                               // Name; a trailing "*" matches a prefix
-	FieldEtherType                             // Num: 0x0800 ip, 0x0806 arp, 0x8100 vlan, 0x88a8 8021ad
-	FieldEtherSaddr                            // MAC
-	FieldARPOp                                 // Num
-	FieldARPSha                                // MAC
-	FieldARPSpa                                // Prefix (a single address)
-	FieldARPTpa                                // Prefix (a single address)
-	FieldIPSaddr                               // Prefix
-	FieldIPDaddr                               // Prefix
-	FieldUDPDport                              // Num
-	FieldICMPType                              // Num
-	FieldCtState                               // Num: established|related when 0
-	FieldIPSaddrSet                            // Name: an ipv4 set
-	FieldIP6SaddrSet                           // Name: an ipv6 set
-	FieldIPDaddrSet                            // Name: an ipv4 set
-	FieldIP6DaddrSet                           // Name: an ipv6 set
-	FieldIIFNameSet                            // Name: a set of interface names
-	FieldIIFNameEtherSaddrSet                  // Name: a set of interface . MAC
-	FieldIIFNameARPShaSet                      // Name: a set of interface . MAC
-	FieldIIFNameARPSpaSet                      // Name: a set of interface . IPv4 address
-	FieldIIFNameIPSaddrSet                     // Name: a set of interface . IPv4 address
+	FieldIIFName     Field = iota + 1 // Name; a trailing "*" matches a prefix
+	FieldOIFName                      // Name; a trailing "*" matches a prefix
+	FieldEtherType                    // Num: 0x0800 ip, 0x0806 arp, 0x8100 vlan, 0x88a8 8021ad
+	FieldEtherSaddr                   // MAC
+	FieldARPOp                        // Num
+	FieldARPSha                       // MAC
+	FieldARPSpa                       // Prefix (a single address)
+	FieldARPTpa                       // Prefix (a single address)
+	FieldIPSaddr                      // Prefix
+	FieldIPDaddr                      // Prefix
+	FieldUDPDport                     // Num
+	FieldICMPType                     // Num
+	FieldCtState                      // Num: established|related when 0
+	FieldIPSaddrSet                   // Name: an ipv4 set
+	FieldIP6SaddrSet                  // Name: an ipv6 set
+	FieldIPDaddrSet                   // Name: an ipv4 set
+	FieldIP6DaddrSet                  // Name: an ipv6 set
 )
 
 // Match is one condition of a rule.
@@ -499,16 +460,6 @@ func (m Match) String() string {
 		return "ip daddr" + op + "@" + m.Name
 	case FieldIP6DaddrSet:
 		return "ip6 daddr" + op + "@" + m.Name
-	case FieldIIFNameSet:
-		return "iifname" + op + "@" + m.Name
-	case FieldIIFNameEtherSaddrSet:
-		return "iifname . ether saddr" + op + "@" + m.Name
-	case FieldIIFNameARPShaSet:
-		return "iifname . arp saddr ether" + op + "@" + m.Name
-	case FieldIIFNameARPSpaSet:
-		return "iifname . arp saddr ip" + op + "@" + m.Name
-	case FieldIIFNameIPSaddrSet:
-		return "iifname . ip saddr" + op + "@" + m.Name
 	}
 	return fmt.Sprintf("field(%d)", int(m.Field))
 }
@@ -546,7 +497,7 @@ func (r Rule) String() string {
 // PortDropChainPlan is the regular chain port security jumps to: count the frame on its port, then
 // drop it.
 func PortDropChainPlan() NftChain {
-	return NftChain{Family: "bridge", Name: PortDropChain,
+	return NftChain{Family: "netdev", Name: PortDropChain,
 		Rules: []Rule{{Tally: PortDropSet}, {Verdict: Drop}}}
 }
 
@@ -574,11 +525,14 @@ func host(a netip.Addr) netip.Prefix {
 //     bridge (two tenants with the same CIDR stay apart even with forwarding on); nat networks accept
 //     no new connections from outside; isolated networks forward nothing at all.
 //   - inet postrouting (nat): masquerade a nat network's CIDR leaving anywhere but its own bridge.
-//   - bridge prerouting: port security, a port sends only its own source MAC and IPv4/ARP address:
-//     four rules whatever the number of ports, each a lookup in the port sets (NftPortSets); a frame
-//     that fails one goes to PortDropChain, which counts it on its port and drops it.
+//   - netdev ingress of each local port (PortChain): port security, a port sends only its own source
+//     MAC and IPv4/ARP address, untagged; a frame that fails a check goes to PortDropChain, which
+//     counts it on its port and drops it.
 //   - bridge postrouting: the distributed gateway stays local: frames from the gateway MAC and ARP
 //     requests for the gateway IP never leave through a vxlan device.
+//
+// A base chain without rules is left out: a hook costs every packet that passes it something, even
+// with nothing to check.
 func NftPlan(d DesiredState) []NftChain {
 	if len(d.Networks) == 0 {
 		return nil
@@ -586,7 +540,6 @@ func NftPlan(d DesiredState) []NftChain {
 	input := NftChain{Family: "inet", Name: "input", Type: "filter", Hook: "input", Priority: 0}
 	forward := NftChain{Family: "inet", Name: "forward", Type: "filter", Hook: "forward", Priority: 0}
 	nat := NftChain{Family: "inet", Name: "postrouting", Type: "nat", Hook: "postrouting", Priority: 100}
-	bpre := NftChain{Family: "bridge", Name: "prerouting", Type: "filter", Hook: "prerouting", Priority: 0}
 	bpost := NftChain{Family: "bridge", Name: "postrouting", Type: "filter", Hook: "postrouting", Priority: 0}
 
 	udp := Match{Field: FieldUDPDport, Num: VXLANPort}
@@ -638,22 +591,46 @@ func NftPlan(d DesiredState) []NftChain {
 					{Field: FieldARPTpa, Prefix: host(n.Gateway)}}, Verdict: Drop})
 		}
 	}
-	if !d.DisablePortSecurity && slices.ContainsFunc(d.Networks, func(n Network) bool { return len(n.Ports) > 0 }) {
-		ports, ports4 := Match{Field: FieldIIFNameSet, Name: PortSet}, Match{Field: FieldIIFNameSet, Name: PortSet4}
-		arp, ip := Match{Field: FieldEtherType, Num: 0x0806}, Match{Field: FieldEtherType, Num: 0x0800}
-		drop := JumpTo(PortDropChain)
-		bpre.Rules = append(bpre.Rules,
-			Rule{Matches: []Match{ports, {Field: FieldIIFNameEtherSaddrSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: drop},
-			// A VM sends untagged frames: in a tagged one the ARP and IP rules below would read the
-			// tag's ether type and let any sender address through.
-			Rule{Matches: []Match{{Field: FieldEtherType, Num: 0x8100}, ports}, Counter: true, Verdict: drop},
-			Rule{Matches: []Match{{Field: FieldEtherType, Num: 0x88a8}, ports}, Counter: true, Verdict: drop},
-			Rule{Matches: []Match{arp, ports, {Field: FieldIIFNameARPShaSet, Neg: true, Name: PortMACSet}}, Counter: true, Verdict: drop},
-			Rule{Matches: []Match{arp, ports4, {Field: FieldIIFNameARPSpaSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: drop},
-			Rule{Matches: []Match{ip, ports4, {Field: FieldIIFNameIPSaddrSet, Neg: true, Name: PortIP4Set}}, Counter: true, Verdict: drop})
+	// The drop chain before the chains that jump to it: its rules are in place first.
+	plan := []NftChain{input, forward, nat}
+	if ports := portChains(d); len(ports) > 0 {
+		plan = append(append(plan, PortDropChainPlan()), ports...)
 	}
-	// The drop chain before the chain that jumps to it: its rules are in place first.
-	return []NftChain{input, forward, nat, PortDropChainPlan(), bpre, bpost}
+	plan = append(plan, bpost)
+	return slices.DeleteFunc(plan, func(c NftChain) bool { return c.Hook != "" && len(c.Rules) == 0 })
+}
+
+// portChains returns the ingress chain of each local port, sorted by interface; none when port
+// security is off.
+func portChains(d DesiredState) []NftChain {
+	if d.DisablePortSecurity {
+		return nil
+	}
+	arp, ip := Match{Field: FieldEtherType, Num: 0x0806}, Match{Field: FieldEtherType, Num: 0x0800}
+	drop := JumpTo(PortDropChain)
+	var chains []NftChain
+	for _, n := range d.Networks {
+		for _, p := range n.Ports {
+			rules := []Rule{
+				{Matches: []Match{{Field: FieldEtherSaddr, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: drop},
+				// A VM sends untagged frames: in a tagged one the ARP and IP rules below would read
+				// the tag's ether type and let any sender address through.
+				{Matches: []Match{{Field: FieldEtherType, Num: 0x8100}}, Counter: true, Verdict: drop},
+				{Matches: []Match{{Field: FieldEtherType, Num: 0x88a8}}, Counter: true, Verdict: drop},
+				{Matches: []Match{arp, {Field: FieldARPSha, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: drop},
+			}
+			if p.IP.Is4() {
+				self := host(p.IP)
+				rules = append(rules,
+					Rule{Matches: []Match{arp, {Field: FieldARPSpa, Neg: true, Prefix: self}}, Counter: true, Verdict: drop},
+					Rule{Matches: []Match{ip, {Field: FieldIPSaddr, Neg: true, Prefix: self}}, Counter: true, Verdict: drop})
+			}
+			chains = append(chains, NftChain{Family: "netdev", Name: PortChain(p.Interface), Type: "filter",
+				Hook: "ingress", Device: p.Interface, Priority: 0, Rules: rules})
+		}
+	}
+	slices.SortFunc(chains, func(a, b NftChain) int { return strings.Compare(a.Device, b.Device) })
+	return chains
 }
 
 // NftSets returns the elements of each of our named sets (NftSetNames), sorted, without duplicates.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -83,32 +84,76 @@ func TestNftSetsSorted(t *testing.T) {
 	}
 }
 
-// The port sets hold each port once in ports and port_macs, and only IPv4 ports in ports4 and
-// port_ips4 (an IPv6 port is held to its MAC alone); none with port security off.
-func TestNftPortSets(t *testing.T) {
+// Each port has its own ingress chain, named by its interface, checking its one MAC, untagged
+// frames, and for an IPv4 port its one address (an IPv6 port is held to its MAC alone); they come
+// after the drop chain they jump to, sorted by interface, and none with port security off. A port's
+// chain is planned once its interface exists.
+func TestNftPlanPortChains(t *testing.T) {
 	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
 	d := DesiredState{Networks: []Network{
-		{VNI: 1, Ports: []LocalPort{{Interface: "tap2", MAC: mac("0e:00:00:00:00:02"), IP: netip.MustParseAddr("10.0.0.2")}}},
-		{VNI: 2, Ports: []LocalPort{
+		{VNI: 1, Mode: ModeIsolated, Ports: []LocalPort{{Interface: "tap2", MAC: mac("0e:00:00:00:00:02"), IP: netip.MustParseAddr("10.0.0.2")}}},
+		{VNI: 2, Mode: ModeIsolated, Ports: []LocalPort{
 			{Interface: "tap1", MAC: mac("0e:00:00:00:00:01"), IP: netip.MustParseAddr("10.0.1.1")},
 			{Interface: "tap6", MAC: mac("0e:00:00:00:00:06"), IP: netip.MustParseAddr("fd00::6")},
 		}},
 	}}
-	got := map[string]string{}
-	for name, elems := range NftPortSets(d) {
-		got[name] = fmt.Sprint(elems)
+	var got []string
+	for _, c := range NftPlan(d) {
+		if c.Family != "netdev" {
+			continue
+		}
+		got = append(got, fmt.Sprintf("%s hook=%q device=%q", c.Name, c.Hook, c.Device))
+		for _, r := range c.Rules {
+			got = append(got, "  "+r.String())
+		}
 	}
-	want := map[string]string{
-		PortSet:    "[tap1 tap2 tap6]",
-		PortSet4:   "[tap1 tap2]",
-		PortMACSet: "[tap1 . 0e:00:00:00:00:01 tap2 . 0e:00:00:00:00:02 tap6 . 0e:00:00:00:00:06]",
-		PortIP4Set: "[tap1 . 10.0.1.1 tap2 . 10.0.0.2]",
+	want := []string{
+		`port_drop hook="" device=""`,
+		"  update @port_drops { iifname }",
+		"  drop",
+		`portsec_tap1 hook="ingress" device="tap1"`,
+		"  ether saddr != 0e:00:00:00:00:01 counter jump port_drop",
+		"  ether type vlan counter jump port_drop",
+		"  ether type 8021ad counter jump port_drop",
+		"  ether type arp arp saddr ether != 0e:00:00:00:00:01 counter jump port_drop",
+		"  ether type arp arp saddr ip != 10.0.1.1 counter jump port_drop",
+		"  ether type ip ip saddr != 10.0.1.1 counter jump port_drop",
+		`portsec_tap2 hook="ingress" device="tap2"`,
+		"  ether saddr != 0e:00:00:00:00:02 counter jump port_drop",
+		"  ether type vlan counter jump port_drop",
+		"  ether type 8021ad counter jump port_drop",
+		"  ether type arp arp saddr ether != 0e:00:00:00:00:02 counter jump port_drop",
+		"  ether type arp arp saddr ip != 10.0.0.2 counter jump port_drop",
+		"  ether type ip ip saddr != 10.0.0.2 counter jump port_drop",
+		`portsec_tap6 hook="ingress" device="tap6"`,
+		"  ether saddr != 0e:00:00:00:00:06 counter jump port_drop",
+		"  ether type vlan counter jump port_drop",
+		"  ether type 8021ad counter jump port_drop",
+		"  ether type arp arp saddr ether != 0e:00:00:00:00:06 counter jump port_drop",
 	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("port sets\n%v\nwant\n%v", got, want)
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("netdev chains\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if ifaces := PortIfaces(PortChains(NftPlan(d), func(iface string) bool { return iface != "tap2" })); !slices.Equal(ifaces, []string{"tap1", "tap6"}) {
+		t.Errorf("port chains with tap2 missing: %v, want tap1 and tap6", ifaces)
 	}
 	d.DisablePortSecurity = true
-	if sets := NftPortSets(d); len(sets) != 0 {
-		t.Errorf("port sets with port security off: %v", sets)
+	for _, c := range NftPlan(d) {
+		if c.Family == "netdev" {
+			t.Errorf("chain %s with port security off", c.Name)
+		}
+	}
+}
+
+// A base chain without rules is not planned: an isolated network has no gateway, so no bridge
+// postrouting chain, and no nat network no nat chain.
+func TestNftPlanLeavesOutEmptyBaseChains(t *testing.T) {
+	d := DesiredState{Networks: []Network{{VNI: 1, Mode: ModeIsolated}}}
+	var names []string
+	for _, c := range NftPlan(d) {
+		names = append(names, c.Family+" "+c.Name)
+	}
+	if want := []string{"inet input", "inet forward"}; !slices.Equal(names, want) {
+		t.Errorf("chains %v, want %v", names, want)
 	}
 }

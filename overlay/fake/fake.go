@@ -35,14 +35,15 @@ type Datapath struct {
 	nets  map[uint32]*network
 	// forwarding is net.ipv4.ip_forward; forwardingOurs records that we turned it on.
 	forwarding, forwardingOurs bool
-	// chains holds rule texts per "family chain", in order; sets holds the address sets' elements,
-	// portSets the port security sets' elements (as text), both sorted.
-	chains   map[string][]string
-	sets     map[string][]netip.Addr
-	portSets map[string][]string
-	// drops counts per port interface the frames port security dropped (see Drop), as the
-	// kernel's port_drops set does.
-	drops map[string]uint64
+	// tables holds the families of our tables; chains holds rule texts per "family chain", in
+	// order; sets holds the address sets' elements, sorted.
+	tables map[string]bool
+	chains map[string][]string
+	sets   map[string][]netip.Addr
+	// dropSet records that the port_drops set exists; drops counts in it per port interface the
+	// frames port security dropped (see Drop), as the kernel's set does.
+	dropSet bool
+	drops   map[string]uint64
 	// vteps interns VTEP addresses so an FDB record stays 16 bytes.
 	vteps    []netip.Addr
 	vtepIdx  map[netip.Addr]uint32 // IPv6
@@ -85,9 +86,9 @@ func New() *Datapath {
 	return &Datapath{
 		links:    make(map[string]bool),
 		nets:     make(map[uint32]*network),
+		tables:   make(map[string]bool),
 		chains:   make(map[string][]string),
 		sets:     make(map[string][]netip.Addr),
-		portSets: make(map[string][]string),
 		drops:    make(map[string]uint64),
 		vtepIdx:  make(map[netip.Addr]uint32),
 		vtepIdx4: make(map[uint32]uint32),
@@ -150,9 +151,8 @@ func (d *Datapath) Reopen() *Datapath {
 	for k, v := range d.sets {
 		n.sets[k] = slices.Clone(v)
 	}
-	for k, v := range d.portSets {
-		n.portSets[k] = slices.Clone(v)
-	}
+	maps.Copy(n.tables, d.tables)
+	n.dropSet = d.dropSet
 	maps.Copy(n.drops, d.drops)
 	n.vteps = slices.Clone(d.vteps)
 	maps.Copy(n.vtepIdx, d.vtepIdx)
@@ -351,7 +351,7 @@ func (a *applier) apply(desired overlay.DesiredState) {
 		d.forwarding, d.forwardingOurs = true, true
 		a.change(overlay.OpUpdate, overlay.ForwardingObject+"=1")
 	}
-	nft := planNft(desired)
+	nft := planNft(desired, d.links)
 	a.applyNft(nft, false)
 
 	a.holders = make(map[string]uint32)
@@ -584,27 +584,20 @@ func (a *applier) applyNeigh(n *network, nd overlay.Network) {
 
 // nftWant is the nftables state a desired state asks for, computed once per Apply.
 type nftWant struct {
-	plan     []overlay.NftChain
-	sets     map[string][]netip.Addr
-	portSets map[string][]string // element texts, sorted
-	chains   map[string][]string // rule texts per "family chain"
+	plan   []overlay.NftChain
+	sets   map[string][]netip.Addr
+	chains map[string][]string // rule texts per "family chain"
+	ports  []string            // the interfaces of the port chains, sorted
 }
 
-func planNft(desired overlay.DesiredState) nftWant {
-	w := nftWant{plan: overlay.NftPlan(desired), sets: map[string][]netip.Addr{}, portSets: map[string][]string{},
-		chains: map[string][]string{}}
+// planNft plans as the Linux datapath does: a port's chain once its interface exists (links).
+func planNft(desired overlay.DesiredState, links map[string]bool) nftWant {
+	plan := overlay.PortChains(overlay.NftPlan(desired), func(iface string) bool { return links[iface] })
+	w := nftWant{plan: plan, sets: map[string][]netip.Addr{}, chains: map[string][]string{}, ports: overlay.PortIfaces(plan)}
 	if len(w.plan) > 0 {
 		w.sets = overlay.NftSets(desired)
 		for _, name := range overlay.NftSetNames {
 			w.sets[name] = w.sets[name] // every set exists while the plan does, empty or not
-		}
-		port := overlay.NftPortSets(desired)
-		for _, name := range overlay.NftPortSetNames {
-			texts := []string{}
-			for _, e := range port[name] {
-				texts = append(texts, e.String())
-			}
-			w.portSets[name] = texts
 		}
 	}
 	for _, c := range w.plan {
@@ -617,14 +610,19 @@ func planNft(desired overlay.DesiredState) nftWant {
 	return w
 }
 
+// families are those of our tables, in the order the Linux datapath makes them.
+var families = []string{"inet", "bridge", "netdev"}
+
 // applyNft adds what is missing (deletes=false) or removes what is stale (deletes=true), so that
 // like the Linux datapath every rule is in place before any old one goes.
 func (a *applier) applyNft(w nftWant, deletes bool) {
 	d := a.d
 	plan, wantSets, wantChains := w.plan, w.sets, w.chains
+	_, wantDrops := wantChains["netdev "+overlay.PortDropChain]
 	if !deletes {
-		for _, fam := range []string{"inet", "bridge"} {
-			if len(plan) > 0 && !d.hasTable(fam) {
+		for _, fam := range families {
+			if len(plan) > 0 && !d.tables[fam] {
+				d.tables[fam] = true
 				a.change(overlay.OpAdd, overlay.TableObject(fam))
 			}
 		}
@@ -646,28 +644,29 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 					func(v netip.Addr) { a.change(overlay.OpAdd, overlay.SetElemObject(name, v)) })
 			}
 		}
-		for _, name := range overlay.NftPortSetNames {
-			if want, ok := w.portSets[name]; ok {
-				d.portSets[name] = addMissing(d.portSets[name], want, strings.Compare,
-					func(v string) { a.change(overlay.OpAdd, overlay.PortSetElemObject(name, v)) })
-			}
-		}
+		d.dropSet = d.dropSet || wantDrops
 		return
 	}
 	if len(plan) == 0 {
-		for _, fam := range []string{"inet", "bridge"} {
-			if d.hasTable(fam) {
+		for _, fam := range families {
+			if d.tables[fam] {
 				a.change(overlay.OpDelete, overlay.TableObject(fam))
 			}
 		}
+		clear(d.tables)
 		clear(d.chains)
 		clear(d.sets)
-		clear(d.portSets)
 		clear(d.drops)
+		d.dropSet = false
 		return
 	}
+	var stale []string
 	for _, key := range sortedKeys(d.chains) {
-		want := wantChains[key]
+		want, ok := wantChains[key]
+		if !ok {
+			stale = append(stale, key)
+			continue
+		}
 		fam, chain, _ := strings.Cut(key, " ")
 		have := d.chains[key]
 		matched := matchRules(have, want)
@@ -682,15 +681,24 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 		d.sets[name] = dropStale(d.sets[name], wantSets[name], netip.Addr.Compare,
 			func(v netip.Addr) { a.change(overlay.OpDelete, overlay.SetElemObject(name, v)) })
 	}
-	for _, name := range sortedKeys(d.portSets) {
-		d.portSets[name] = dropStale(d.portSets[name], w.portSets[name], strings.Compare,
-			func(v string) { a.change(overlay.OpDelete, overlay.PortSetElemObject(name, v)) })
-	}
-	for _, iface := range sortedKeys(d.drops) {
-		if _, ok := slices.BinarySearch(w.portSets[overlay.PortSet], iface); !ok {
-			delete(d.drops, iface)
-			a.change(overlay.OpDelete, overlay.PortSetElemObject(overlay.PortDropSet, iface))
+	if wantDrops {
+		for _, iface := range sortedKeys(d.drops) {
+			if _, ok := slices.BinarySearch(w.ports, iface); !ok {
+				delete(d.drops, iface)
+				a.change(overlay.OpDelete, overlay.PortDropElemObject(iface))
+			}
 		}
+	}
+	// A chain goes with its rules.
+	for _, key := range stale {
+		fam, chain, _ := strings.Cut(key, " ")
+		a.change(overlay.OpDelete, overlay.ChainObject(fam, chain))
+		delete(d.chains, key)
+	}
+	if d.dropSet && !wantDrops {
+		a.change(overlay.OpDelete, overlay.SetObject("netdev", overlay.PortDropSet))
+		clear(d.drops)
+		d.dropSet = false
 	}
 }
 
@@ -699,7 +707,7 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 func (d *Datapath) Drop(iface string, n uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := slices.BinarySearch(d.portSets[overlay.PortSet], iface); ok {
+	if _, ok := d.chains["netdev "+overlay.PortChain(iface)]; ok {
 		d.drops[iface] += n
 	}
 }
@@ -752,15 +760,6 @@ func dropStale[T any](have, want []T, cmp func(T, T) int, dropped func(T)) []T {
 		}
 	}
 	return kept
-}
-
-func (d *Datapath) hasTable(family string) bool {
-	for k := range d.chains {
-		if strings.HasPrefix(k, family+" ") {
-			return true
-		}
-	}
-	return false
 }
 
 // mergeRules inserts the wanted rules that are missing into have, each at its place relative to the
@@ -895,10 +894,8 @@ func (d *Datapath) Dump() string {
 			add("%s", overlay.SetElemObject(name, v))
 		}
 	}
-	for name, elems := range d.portSets {
-		for _, v := range elems {
-			add("%s", overlay.PortSetElemObject(name, v))
-		}
+	for iface := range d.drops {
+		add("%s", overlay.PortDropElemObject(iface))
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n") + "\n"

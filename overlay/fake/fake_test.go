@@ -184,7 +184,11 @@ func TestPortPluggedWhenItAppears(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := changes(res); got != "add port tap-missing master vxbr200\n" {
+	// Its port security first, then the port.
+	got := changes(res)
+	if !strings.HasPrefix(got, "add "+overlay.ChainObject("netdev", overlay.PortChain("tap-missing"))+"\n") ||
+		!strings.HasSuffix(got, "\nadd port tap-missing master vxbr200\n") ||
+		!strings.Contains(got, "add "+overlay.RuleObject("netdev", overlay.PortChain("tap-missing"), "ether type ip ip saddr != 10.2.0.9 counter jump port_drop")+"\n") {
 		t.Fatalf("changes = %q", got)
 	}
 	if !res.Plugged["tap-missing"] {

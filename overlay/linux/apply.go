@@ -581,7 +581,7 @@ func (r *run) ensurePorts(n overlay.Network, br netlink.Link) {
 // chain drops without counting.
 func rulesMissing(errs []overlay.ObjectError) error {
 	for _, e := range errs {
-		if e.Object != overlay.PortSetElemObject(overlay.PortDropSet, "*") {
+		if e.Object != overlay.PortDropElemObject("*") {
 			return e
 		}
 	}

@@ -282,7 +282,7 @@ func (l *lab) ping(from, to string, count int) int {
 // bridge table.
 func portDrops(t *testing.T, ns *nstest.NS) map[string]uint64 {
 	t.Helper()
-	out := ns.MustRun(t, "nft", "-j", "list", "set", "bridge", overlay.TableName, overlay.PortDropSet)
+	out := ns.MustRun(t, "nft", "-j", "list", "set", "netdev", overlay.TableName, overlay.PortDropSet)
 	var doc struct {
 		Nftables []struct {
 			Set *struct {

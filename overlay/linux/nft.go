@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -31,7 +30,7 @@ import (
 var families = []struct {
 	name string
 	fam  nftables.TableFamily
-}{{"inet", nftables.TableFamilyINet}, {"bridge", nftables.TableFamilyBridge}}
+}{{"inet", nftables.TableFamilyINet}, {"bridge", nftables.TableFamilyBridge}, {"netdev", nftables.TableFamilyNetdev}}
 
 // setElem is a set element to add or delete, with the object name its change reports.
 type setElem struct {
@@ -52,11 +51,15 @@ type nftRun struct {
 	forwardingMark bool
 	staleRules     []staleRule
 	staleElems     map[*nftables.Set][]setElem
+	staleChains    []*nftables.Chain // base chains first: they may jump to the regular ones
+	staleSets      []*nftables.Set
 }
 
 func familyOf(name string) nftables.TableFamily {
-	if name == "bridge" {
-		return nftables.TableFamilyBridge
+	for _, f := range families {
+		if f.name == name {
+			return f.fam
+		}
 	}
 	return nftables.TableFamilyINet
 }
@@ -66,11 +69,12 @@ var hooks = map[string]*nftables.ChainHook{
 	"input":       nftables.ChainHookInput,
 	"forward":     nftables.ChainHookForward,
 	"postrouting": nftables.ChainHookPostrouting,
+	"ingress":     nftables.ChainHookIngress,
 }
 
 func (r *run) nftAdd() {
 	c := r.d.nft
-	r.nft.plan = overlay.NftPlan(r.desired)
+	r.nft.plan = overlay.PortChains(overlay.NftPlan(r.desired), func(iface string) bool { return r.links[iface] != nil })
 	r.nft.tables = make(map[string]*nftables.Table)
 	r.nft.staleElems = make(map[*nftables.Set][]setElem)
 	haveChains := make(map[string]*nftables.Chain) // "family name"
@@ -103,6 +107,7 @@ func (r *run) nftAdd() {
 	if len(r.nft.plan) == 0 {
 		return
 	}
+	r.nft.staleChains = staleChains(r.nft.plan, haveChains)
 
 	// Tables and chains that are missing, then sets.
 	queued := false
@@ -115,6 +120,21 @@ func (r *run) nftAdd() {
 	}
 	accept := nftables.ChainPolicyAccept
 	chains := make(map[string]*nftables.Chain)
+	var newChains []overlay.NftChain
+	flushChains := func() bool {
+		if !queued && len(newChains) == 0 {
+			return true
+		}
+		if err := c.Flush(); err != nil {
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("create tables and chains: %w", err))
+			return false
+		}
+		for _, pc := range newChains {
+			r.change(overlay.OpAdd, overlay.ChainObject(pc.Family, pc.Name))
+		}
+		newChains, queued = newChains[:0], false
+		return true
+	}
 	for _, pc := range r.nft.plan {
 		key := pc.Family + " " + pc.Name
 		if ch := haveChains[key]; ch != nil {
@@ -133,18 +153,19 @@ func (r *run) nftAdd() {
 		if pc.Hook != "" {
 			nc.Type, nc.Hooknum, nc.Policy = nftables.ChainType(pc.Type), hooks[pc.Hook], &accept
 			nc.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(pc.Priority))
+			nc.Device = pc.Device
 		}
 		chains[key] = c.AddChain(nc)
-		r.change(overlay.OpAdd, overlay.ChainObject(pc.Family, pc.Name))
-		queued = true
-	}
-	if queued {
-		if err := c.Flush(); err != nil {
-			r.fail(overlay.TableObject("inet"), fmt.Errorf("create tables and chains: %w", err))
+		newChains = append(newChains, pc)
+		// A chain per port: in batches, as the kernel acknowledges each one.
+		if len(newChains) == ruleChunk && !flushChains() {
 			return
 		}
-		queued = false
 	}
+	if !flushChains() {
+		return
+	}
+	queued = false
 	inet := r.nft.tables["inet"]
 	sets := make(map[string]*nftables.Set)
 	existing, err := c.GetSets(inet)
@@ -153,6 +174,11 @@ func (r *run) nftAdd() {
 		return
 	}
 	for _, s := range existing {
+		if !slices.Contains(overlay.NftSetNames, s.Name) {
+			s.Table = inet
+			r.nft.staleSets = append(r.nft.staleSets, s)
+			continue
+		}
 		sets[s.Name] = s
 	}
 	for _, name := range overlay.NftSetNames {
@@ -213,10 +239,7 @@ func (r *run) nftAdd() {
 		}
 	}
 
-	portSets, portSetsErr := r.nftPortSets()
-	if portSetsErr != nil {
-		r.fail(overlay.TableObject("bridge"), portSetsErr)
-	}
+	portSets := r.nftPortSets()
 
 	// Rules, one transaction per chain so that one bad chain does not hold back the others.
 	dropChainOK := false
@@ -225,129 +248,101 @@ func (r *run) nftAdd() {
 		switch {
 		case pc.Family == "inet":
 			r.syncChainAdd(pc, ch, sets)
-		case pc.Family == "bridge" && pc.Name == overlay.PortDropChain:
+		case pc.Family == "netdev" && pc.Name == overlay.PortDropChain:
 			if portSets[overlay.PortDropSet] == nil {
 				// No set to count in: the chain drops without counting rather than not at all.
 				pc.Rules = slices.DeleteFunc(slices.Clone(pc.Rules), func(rule overlay.Rule) bool { return rule.Tally != "" })
 			}
 			dropChainOK = r.syncChainAdd(pc, ch, portSets)
-		case pc.Family == "bridge" && pc.Name == "prerouting" && (portSetsErr != nil || !dropChainOK):
-			// Its rules look ports up in the sets and jump to the drop chain: without both in
-			// place, the chain keeps the rules it has (port security stays as it was) until an
-			// Apply gets them right.
+		case pc.Family == "netdev" && !dropChainOK:
+			// Its rules jump to the drop chain: without it in place, a port's chain keeps the rules
+			// it has until an Apply gets them right.
 		default:
 			r.syncChainAdd(pc, ch, portSets)
 		}
 	}
 }
 
-// nftPortSets creates the port security sets in our bridge table when missing, adds their missing
-// elements and leaves the stale ones to the deletion pass. It returns the sets by name, for the
-// bridge rules; an error means the rules that look ports up cannot be trusted to work.
-func (r *run) nftPortSets() (map[string]*nftables.Set, error) {
+// staleChains returns the chains of ours (have, by "family name") that plan lacks, base chains
+// first; the chain recording who turned forwarding on is not stale.
+func staleChains(plan []overlay.NftChain, have map[string]*nftables.Chain) []*nftables.Chain {
+	want := make(map[string]bool, len(plan))
+	for _, pc := range plan {
+		want[pc.Family+" "+pc.Name] = true
+	}
+	var stale []*nftables.Chain
+	for key, ch := range have {
+		if !want[key] && key != "inet "+overlay.ForwardingMarkChain {
+			stale = append(stale, ch)
+		}
+	}
+	slices.SortFunc(stale, func(a, b *nftables.Chain) int {
+		return cmp.Or(cmp.Compare(btoi(a.Hooknum == nil), btoi(b.Hooknum == nil)),
+			strings.Compare(tableFamilyName(a.Table), tableFamilyName(b.Table)), strings.Compare(a.Name, b.Name))
+	})
+	return stale
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// nftPortSets reads the sets of our bridge and netdev tables: the bridge table holds none (those of
+// earlier versions are stale), the netdev table the port drop counts while ports are secured. It
+// returns the usable ones by name.
+func (r *run) nftPortSets() map[string]*nftables.Set {
 	c := r.d.nft
-	br := r.nft.tables["bridge"]
-	sets := make(map[string]*nftables.Set, len(overlay.NftPortSetNames))
-	existing, err := c.GetSets(br)
-	if err != nil && !isNotFound(err) {
-		return nil, fmt.Errorf("list sets: %w", err)
-	}
+	want := slices.ContainsFunc(r.nft.plan, func(pc overlay.NftChain) bool { return pc.Name == overlay.PortDropChain })
 	var drops *nftables.Set
-	for _, s := range existing {
-		if s.Name == overlay.PortDropSet {
-			drops = s
+	for _, fam := range []string{"bridge", "netdev"} {
+		t := r.nft.tables[fam]
+		existing, err := c.GetSets(t)
+		if err != nil && !isNotFound(err) {
+			r.fail(overlay.TableObject(fam), fmt.Errorf("list sets: %w", err))
 			continue
 		}
-		if !slices.Contains(overlay.NftPortSetNames, s.Name) {
-			continue
-		}
-		// The key type as read back names its parts ("ifname . ether_addr"); its length and
-		// concatenation flag are not always decoded.
-		if typ, _ := portSetType(s.Name); s.KeyType.Name != typ.Name {
-			return nil, fmt.Errorf("set %s exists with key type %q, want %q (delete it and Apply again)", s.Name, s.KeyType.Name, typ.Name)
-		}
-		s.Table = br
-		sets[s.Name] = s
-	}
-	queued := false
-	for _, name := range overlay.NftPortSetNames {
-		if sets[name] != nil {
-			continue
-		}
-		typ, concat := portSetType(name)
-		s := &nftables.Set{Table: br, Name: name, KeyType: typ, Concatenation: concat}
-		if !concat {
-			// nft stores interface names in host byte order; without this it prints them reversed
-			// ("", for a name shorter than IFNAMSIZ), and what it prints would not load back.
-			s.KeyByteOrder = binaryutil.NativeEndian
-		}
-		if err := c.AddSet(s, nil); err != nil {
-			return nil, fmt.Errorf("add set %s: %w", name, err)
-		}
-		sets[name] = s
-		queued = true
-	}
-	if queued {
-		if err := c.Flush(); err != nil {
-			return nil, fmt.Errorf("create port security sets: %w", err)
-		}
-	}
-	want := overlay.NftPortSets(r.desired)
-	var errs []error
-	for _, name := range overlay.NftPortSetNames {
-		s := sets[name]
-		elems, err := c.GetSetElements(s)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("list set %s: %w", name, err))
-			continue
-		}
-		have := make(map[string]nftables.SetElement, len(elems))
-		for _, e := range elems {
-			have[portSetElemText(name, e.Key)] = e
-		}
-		wanted := make(map[string]bool, len(want[name]))
-		var add []setElem
-		for _, e := range want[name] {
-			text := e.String()
-			wanted[text] = true
-			if _, ok := have[text]; !ok {
-				add = append(add, setElem{nftables.SetElement{Key: portSetKey(e)}, overlay.PortSetElemObject(name, text)})
+		for _, s := range existing {
+			s.Table = t
+			if fam == "netdev" && s.Name == overlay.PortDropSet && want {
+				drops = s
+				continue
 			}
-		}
-		for text, e := range have {
-			if !wanted[text] {
-				r.nft.staleElems[s] = append(r.nft.staleElems[s], setElem{e, overlay.PortSetElemObject(name, text)})
-			}
-		}
-		if err := r.setElements(s, add, overlay.OpAdd); err != nil {
-			errs = append(errs, fmt.Errorf("add elements of %s: %w", name, err))
+			r.nft.staleSets = append(r.nft.staleSets, s)
 		}
 	}
-	// Port security does not depend on this one: without it, its drop chain drops without counting.
-	drops, dropsErr := r.nftPortDropSet(drops, want[overlay.PortSet])
-	if dropsErr != nil {
-		r.fail(overlay.PortSetElemObject(overlay.PortDropSet, "*"), dropsErr)
+	if !want {
+		return nil
 	}
-	if drops != nil {
-		sets[drops.Name] = drops
+	// Port security does not depend on the counts: without them, its drop chain drops without
+	// counting.
+	drops, err := r.nftPortDropSet(drops, overlay.PortIfaces(r.nft.plan))
+	if err != nil {
+		r.fail(overlay.PortDropElemObject("*"), err)
 	}
-	return sets, errors.Join(errs...)
+	if drops == nil {
+		return nil
+	}
+	return map[string]*nftables.Set{drops.Name: drops}
 }
 
 // nftPortDropSet creates the port_drops set when missing (have nil) and queues for the deletion
-// pass the elements of interfaces that are no longer ports; the kernel keeps the others.
-func (r *run) nftPortDropSet(have *nftables.Set, ports []overlay.PortSetElem) (*nftables.Set, error) {
+// pass the elements of interfaces that are no longer secured ports (ifaces); the kernel keeps the
+// others.
+func (r *run) nftPortDropSet(have *nftables.Set, ifaces []string) (*nftables.Set, error) {
 	c := r.d.nft
 	if have != nil {
 		if have.KeyType.Name != nftables.TypeIFName.Name || !have.Dynamic {
 			return nil, fmt.Errorf("set %s exists with key type %q, dynamic %v; want %q, dynamic (delete it and Apply again)",
 				have.Name, have.KeyType.Name, have.Dynamic, nftables.TypeIFName.Name)
 		}
-		have.Table = r.nft.tables["bridge"]
 	} else {
 		// Filled by the rules (an update adds a missing element), each element with a counter. The
-		// size is nft's default for a dynamic set, far above a host's ports.
-		have = &nftables.Set{Table: r.nft.tables["bridge"], Name: overlay.PortDropSet, KeyType: nftables.TypeIFName,
+		// size is nft's default for a dynamic set, far above a host's ports. nft stores interface
+		// names in host byte order; without it, it would print them reversed.
+		have = &nftables.Set{Table: r.nft.tables["netdev"], Name: overlay.PortDropSet, KeyType: nftables.TypeIFName,
 			KeyByteOrder: binaryutil.NativeEndian, Dynamic: true, Counter: true, Size: 65535}
 		if err := c.AddSet(have, nil); err != nil {
 			return nil, fmt.Errorf("add set %s: %w", have.Name, err)
@@ -360,60 +355,18 @@ func (r *run) nftPortDropSet(have *nftables.Set, ports []overlay.PortSetElem) (*
 	if err != nil {
 		return have, fmt.Errorf("list set %s: %w", have.Name, err)
 	}
-	keep := make(map[string]bool, len(ports))
-	for _, p := range ports {
-		keep[p.Interface] = true
-	}
 	for _, e := range elems {
-		if text := portSetElemText(have.Name, e.Key); !keep[text] {
+		if iface := ifnameText(e.Key); !slices.Contains(ifaces, iface) {
 			e.Counter = nil
-			r.nft.staleElems[have] = append(r.nft.staleElems[have], setElem{e, overlay.PortSetElemObject(have.Name, text)})
+			r.nft.staleElems[have] = append(r.nft.staleElems[have], setElem{e, overlay.PortDropElemObject(iface)})
 		}
 	}
 	return have, nil
 }
 
-// portSetType is the key type of a port security set: an interface name, concatenated with a MAC
-// or an IPv4 address.
-func portSetType(name string) (typ nftables.SetDatatype, concat bool) {
-	switch name {
-	case overlay.PortMACSet:
-		return nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr), true
-	case overlay.PortIP4Set:
-		return nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr), true
-	}
-	return nftables.TypeIFName, false
-}
-
-// portSetKey is an element's key as the kernel compares it: the interface name padded to IFNAMSIZ,
-// then the MAC or the IPv4 address, each field of a concatenation padded to 4 bytes.
-func portSetKey(e overlay.PortSetElem) []byte {
-	k := make([]byte, unix.IFNAMSIZ, unix.IFNAMSIZ+8)
-	copy(k, e.Interface)
-	switch {
-	case e.MAC != nil:
-		k = append(append(k, e.MAC...), 0, 0)
-	case e.IP.Is4():
-		a := e.IP.As4()
-		k = append(k, a[:]...)
-	}
-	return k
-}
-
-// portSetElemText reads a key of a port security set back into its element's text.
-func portSetElemText(name string, key []byte) string {
-	if len(key) < unix.IFNAMSIZ {
-		return fmt.Sprintf("key %x", key)
-	}
-	e := overlay.PortSetElem{Interface: strings.TrimRight(string(key[:unix.IFNAMSIZ]), "\x00")}
-	rest := key[unix.IFNAMSIZ:]
-	switch {
-	case name == overlay.PortMACSet && len(rest) >= 6:
-		e.MAC = net.HardwareAddr(slices.Clone(rest[:6]))
-	case name == overlay.PortIP4Set && len(rest) >= 4:
-		e.IP = netip.AddrFrom4([4]byte(rest[:4]))
-	}
-	return e.String()
+// ifnameText reads an interface name key (padded to IFNAMSIZ with zeros) back.
+func ifnameText(key []byte) string {
+	return strings.TrimRight(string(key), "\x00")
 }
 
 // ruleChunk bounds the rules added or deleted in one netlink batch: the kernel acknowledges each
@@ -606,11 +559,36 @@ func (r *run) nftDelete() {
 			r.fail(overlay.TableObject(tableFamilyName(s.Table)), fmt.Errorf("delete stale elements of %s: %w", s.Name, err))
 		}
 	}
+	// Chains the plan no longer has (a port's, once the port is gone), each with its rules, and
+	// then the sets none of ours uses any more: those of earlier versions.
+	for _, ch := range r.nft.staleChains {
+		c.DelChain(ch)
+		object := overlay.ChainObject(tableFamilyName(ch.Table), ch.Name)
+		if err := c.Flush(); err != nil {
+			r.fail(object, fmt.Errorf("delete: %w", err))
+			continue
+		}
+		r.change(overlay.OpDelete, object)
+	}
+	slices.SortFunc(r.nft.staleSets, func(a, b *nftables.Set) int {
+		return cmp.Or(strings.Compare(tableFamilyName(a.Table), tableFamilyName(b.Table)), strings.Compare(a.Name, b.Name))
+	})
+	for _, s := range r.nft.staleSets {
+		c.DelSet(s)
+		object := overlay.SetObject(tableFamilyName(s.Table), s.Name)
+		if err := c.Flush(); err != nil {
+			r.fail(object, fmt.Errorf("delete: %w", err))
+			continue
+		}
+		r.change(overlay.OpDelete, object)
+	}
 }
 
 func tableFamilyName(t *nftables.Table) string {
-	if t.Family == nftables.TableFamilyBridge {
-		return "bridge"
+	for _, f := range families {
+		if f.fam == t.Family {
+			return f.name
+		}
 	}
 	return "inet"
 }
@@ -711,25 +689,6 @@ func ruleExprs(fam nftables.TableFamily, rule overlay.Rule, sets map[string]*nft
 			} else {
 				cmp(expr.CmpOpNeq, binaryutil.NativeEndian.PutUint32(0))
 			}
-		case overlay.FieldIIFNameSet:
-			e = append(e, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1})
-			lookup(m)
-		case overlay.FieldIIFNameEtherSaddrSet, overlay.FieldIIFNameARPShaSet, overlay.FieldIIFNameARPSpaSet,
-			overlay.FieldIIFNameIPSaddrSet:
-			// A concatenation: the name fills register 1 (16 bytes), the address follows it in
-			// register 2, and the lookup reads both from register 1 on.
-			e = append(e, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1})
-			base, off, n := expr.PayloadBaseLLHeader, uint32(6), uint32(6)
-			switch m.Field {
-			case overlay.FieldIIFNameARPShaSet:
-				base, off = expr.PayloadBaseNetworkHeader, 8
-			case overlay.FieldIIFNameARPSpaSet:
-				base, off, n = expr.PayloadBaseNetworkHeader, 14, 4
-			case overlay.FieldIIFNameIPSaddrSet:
-				base, off, n = expr.PayloadBaseNetworkHeader, 12, 4
-			}
-			e = append(e, &expr.Payload{DestRegister: 2, Base: base, Offset: off, Len: n})
-			lookup(m)
 		case overlay.FieldIPSaddrSet, overlay.FieldIP6SaddrSet, overlay.FieldIPDaddrSet, overlay.FieldIP6DaddrSet:
 			switch m.Field {
 			case overlay.FieldIPSaddrSet:
@@ -796,8 +755,8 @@ func (d *Datapath) PortDrops(ctx context.Context) (map[string]uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	br := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyBridge}
-	set, err := d.nftRead.GetSetByName(br, overlay.PortDropSet)
+	nd := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyNetdev}
+	set, err := d.nftRead.GetSetByName(nd, overlay.PortDropSet)
 	if isNotFound(err) {
 		return map[string]uint64{}, nil // no secured port yet, or our tables removed
 	}
@@ -814,7 +773,7 @@ func (d *Datapath) PortDrops(ctx context.Context) (map[string]uint64, error) {
 		if e.Counter != nil {
 			n = e.Counter.Packets
 		}
-		drops[portSetElemText(overlay.PortDropSet, e.Key)] = n
+		drops[ifnameText(e.Key)] = n
 	}
 	return drops, nil
 }

@@ -7,11 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/google/nftables"
-	"github.com/google/nftables/userdata"
 
 	"github.com/vxfabric/vxfabric/overlay"
 	"github.com/vxfabric/vxfabric/overlay/internal/nstest"
@@ -33,9 +32,19 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 		many.Networks = append(many.Networks, overlay.Network{VNI: uint32(1000 + v), Mode: overlay.ModeIsolated, MTU: 1450,
 			Ports: []overlay.LocalPort{port(v)}})
 	}
-	for i := 80; i < 600; i++ { // 600 ports: 2,400 elements in the port sets
+	for i := 80; i < 600; i++ { // 600 ports: 600 ingress chains of 6 rules
 		many.Networks[0].Ports = append(many.Networks[0].Ports, port(i))
 	}
+	// A port's chain is written once its interface exists, as the port is plugged.
+	var taps strings.Builder
+	for i := range 600 {
+		fmt.Fprintf(&taps, "tuntap add mode tap name tap%d\n", i)
+	}
+	batch := filepath.Join(t.TempDir(), "taps")
+	if err := os.WriteFile(batch, []byte(taps.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ns.MustRun(t, "ip", "-batch", batch)
 	few := overlay.DesiredState{Underlay: many.Underlay, Networks: []overlay.Network{many.Networks[1]}}
 	if got, err := dp.PortDrops(context.Background()); err != nil || len(got) != 0 {
 		t.Fatalf("PortDrops before any Apply = %v, %v; want none", got, err)
@@ -59,7 +68,7 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 		if i == 0 {
 			// Drop counts, as the rules would leave them: an Apply keeps those of the ports it
 			// keeps, and removes only those of the ports it removes.
-			ns.MustRun(t, "nft", "add", "element", "bridge", overlay.TableName, overlay.PortDropSet, `{ "tap1", "tap5", "tap599" }`)
+			ns.MustRun(t, "nft", "add", "element", "netdev", overlay.TableName, overlay.PortDropSet, `{ "tap1", "tap5", "tap599" }`)
 		}
 	}
 	if got := portDrops(t, ns); len(got) != 1 || got["tap1"] != 0 {
@@ -68,182 +77,108 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 	if got, err := dp.PortDrops(context.Background()); err != nil || len(got) != 1 || got["tap1"] != 0 {
 		t.Errorf("PortDrops after shrinking to port tap1 = %v, %v; want tap1 only", got, err)
 	}
-	rules := ns.MustRun(t, "nft", "list", "table", "bridge", overlay.TableName)
-	if !strings.Contains(rules, `elements = { "tap1" . 0e:00:00:00:00:01 }`) || strings.Contains(rules, "tap599") {
-		t.Errorf("port sets after shrinking to one port:\n%s", rules)
+	rules := ns.MustRun(t, "nft", "list", "table", "netdev", overlay.TableName)
+	if !strings.Contains(rules, `chain portsec_tap1 {`) || strings.Contains(rules, "tap599") || strings.Count(rules, "hook ingress") != 1 {
+		t.Errorf("port chains after shrinking to one port:\n%s", rules)
 	}
 }
 
-// Upgrading from the per-port rules of earlier versions: the old rules stay until the set-based
-// ones are in place, also when the sets cannot be made (port security never goes off on the way),
-// and go once they are.
+// What the previous version wrote for one port, tap1 (0e:00:00:00:00:01, 10.9.0.2): port security in
+// bridge prerouting, each check a lookup in the port sets.
+const setBasedPortSecurity = `table bridge vxfabric {
+	set ports { type ifname; elements = { "tap1" } }
+	set ports4 { type ifname; elements = { "tap1" } }
+	set port_macs { type ifname . ether_addr; elements = { "tap1" . 0e:00:00:00:00:01 } }
+	set port_ips4 { type ifname . ipv4_addr; elements = { "tap1" . 10.9.0.2 } }
+	set port_drops { type ifname; size 65535; flags dynamic; counter; }
+	chain port_drop {
+		update @port_drops { iifname }
+		drop
+	}
+	chain prerouting {
+		type filter hook prerouting priority 0; policy accept;
+		iifname @ports iifname . ether saddr != @port_macs counter jump port_drop
+		ether type 8021q iifname @ports counter jump port_drop
+		ether type 8021ad iifname @ports counter jump port_drop
+		ether type arp iifname @ports iifname . arp saddr ether != @port_macs counter jump port_drop
+		ether type arp iifname @ports4 iifname . arp saddr ip != @port_ips4 counter jump port_drop
+		ether type ip iifname @ports4 iifname . ip saddr != @port_ips4 counter jump port_drop
+	}
+	chain postrouting {
+		type filter hook postrouting priority 0; policy accept;
+	}
+}
+`
+
+// Upgrading from the set-based port security of the previous version: the port's ingress chain is
+// written before anything of the old goes (port security never goes off on the way), then the old
+// chains and sets go, and nothing changes after.
 func TestPrivilegedPortSecurityUpgrade(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
 	ns, dp := hostNS(t, "psup")
-	p, state := onePort()
-
-	// What an earlier version left: our tables, and the port's four rules in bridge prerouting.
+	_, state := onePort()
+	ns.MustRun(t, "ip", "tuntap", "add", "mode", "tap", "name", "tap1")
 	off := state
 	off.DisablePortSecurity = true
 	if _, err := dp.Apply(context.Background(), off); err != nil {
 		t.Fatal(err)
 	}
-	in := overlay.Match{Field: overlay.FieldIIFName, Name: p.Interface}
-	arp, ip4 := overlay.Match{Field: overlay.FieldEtherType, Num: 0x0806}, overlay.Match{Field: overlay.FieldEtherType, Num: 0x0800}
-	host := netip.PrefixFrom(p.IP, 32)
-	old := []overlay.Rule{
-		{Matches: []overlay.Match{in, {Field: overlay.FieldEtherSaddr, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: overlay.Drop},
-		{Matches: []overlay.Match{in, arp, {Field: overlay.FieldARPSha, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: overlay.Drop},
-		{Matches: []overlay.Match{in, arp, {Field: overlay.FieldARPSpa, Neg: true, Prefix: host}}, Counter: true, Verdict: overlay.Drop},
-		{Matches: []overlay.Match{in, ip4, {Field: overlay.FieldIPSaddr, Neg: true, Prefix: host}}, Counter: true, Verdict: overlay.Drop},
+	old := filepath.Join(t.TempDir(), "old.nft")
+	if err := os.WriteFile(old, []byte(setBasedPortSecurity), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	writePrerouting(t, dp, old)
-	oldKept := func() bool {
-		rules := rulesOf(t, dp)
-		for _, r := range old {
-			if !strings.Contains(rules, "bridge prerouting "+r.String()+"\n") {
-				return false
-			}
-		}
-		return true
-	}
+	ns.MustRun(t, "nft", "-f", old)
 
-	// A set of ours in the way, with another key type: the Apply fails, naming it, and the old
-	// rules stay.
-	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortMACSet)
-	ns.MustRun(t, "nft", "add", "set", "bridge", overlay.TableName, overlay.PortMACSet, "{ type ifname; }")
-	if _, err := dp.Apply(context.Background(), state); err == nil || !strings.Contains(err.Error(), overlay.PortMACSet) {
-		t.Errorf("Apply with %s of another type: err %v, want one naming the set", overlay.PortMACSet, err)
-	}
-	if !oldKept() {
-		t.Errorf("the old per-port rules went while the sets could not be made:\n%s", rulesOf(t, dp))
-	}
-
-	// Once the way is clear, the set rules come and the old ones go; then nothing changes.
-	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortMACSet)
 	res, err := dp.Apply(context.Background(), state)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkDeleted(t, res, old)
-	if oldKept() || !strings.Contains(rulesOf(t, dp), "bridge prerouting iifname @ports iifname . ether saddr != @port_macs counter jump port_drop\n") {
-		t.Errorf("rules after the upgrade:\n%s", rulesOf(t, dp))
+	got := changeText(res)
+	added := strings.Index(got, "add "+overlay.RuleObject("netdev", overlay.PortChain("tap1"), "ether type ip ip saddr != 10.9.0.2 counter jump port_drop")+"\n")
+	removed := strings.Index(got, "delete "+overlay.ChainObject("bridge", "prerouting")+"\n")
+	if added < 0 || removed < 0 || added > removed {
+		t.Errorf("changes: want the port's ingress chain complete before the old prerouting chain goes:\n%s", got)
+	}
+	for _, set := range []string{"ports", "ports4", "port_macs", "port_ips4", overlay.PortDropSet} {
+		if !strings.Contains(got, "delete "+overlay.SetObject("bridge", set)+"\n") {
+			t.Errorf("changes lack the deletion of the old set %s:\n%s", set, got)
+		}
+	}
+	if left := ns.MustRun(t, "nft", "list", "table", "bridge", overlay.TableName); strings.Contains(left, "chain") || strings.Contains(left, "set") {
+		t.Errorf("the old bridge table still holds:\n%s", left)
 	}
 	if res, err := dp.Apply(context.Background(), state); err != nil || len(res.Changes) != 0 {
 		t.Errorf("second Apply: err %v, changes:\n%s", err, changeText(res))
 	}
 }
 
-// Keys of the port sets read back as the elements they were made from.
-func TestPortSetKeysRoundTrip(t *testing.T) {
-	mac, _ := net.ParseMAC("0e:00:00:00:12:34")
-	for _, tc := range []struct {
-		set  string
-		elem overlay.PortSetElem
-	}{
-		{overlay.PortSet, overlay.PortSetElem{Interface: "vxp0123456789ab"}}, // 15 characters
-		{overlay.PortMACSet, overlay.PortSetElem{Interface: "tap1", MAC: mac}},
-		{overlay.PortIP4Set, overlay.PortSetElem{Interface: "tap1", IP: netip.MustParseAddr("10.0.0.2")}},
-	} {
-		key := portSetKey(tc.elem)
-		if got := portSetElemText(tc.set, key); got != tc.elem.String() {
-			t.Errorf("%s: %q read back as %q (key %x)", tc.set, tc.elem, got, key)
-		}
-		if want := map[string]int{overlay.PortSet: 16, overlay.PortMACSet: 24, overlay.PortIP4Set: 20}[tc.set]; len(key) != want {
-			t.Errorf("%s: key of %d bytes, want %d", tc.set, len(key), want)
-		}
-	}
-}
-
-// Upgrading from the set-based rules that dropped in place (no per-port counts): the rules that
-// jump to the counting drop chain come in, the old ones go, and nothing changes after.
-func TestPrivilegedPortDropUpgrade(t *testing.T) {
+// A count set that cannot serve (another key type) is reported, and port security goes on without
+// counting until it is cleared; then the count comes back.
+func TestPrivilegedPortDropSetInTheWay(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
 	ns, dp := hostNS(t, "pdup")
 	_, state := onePort()
+	ns.MustRun(t, "ip", "tuntap", "add", "mode", "tap", "name", "tap1")
 	if _, err := dp.Apply(context.Background(), state); err != nil {
 		t.Fatal(err)
 	}
-	// What the earlier version left: its four rules dropping in place, no drop chain, no count set.
-	var old []overlay.Rule
-	for _, r := range overlay.NftPlan(state) {
-		if r.Family == "bridge" && r.Name == "prerouting" {
-			for _, rule := range r.Rules {
-				rule.Verdict = overlay.Drop
-				old = append(old, rule)
-			}
-		}
-	}
-	ns.MustRun(t, "nft", "flush", "chain", "bridge", overlay.TableName, "prerouting")
-	ns.MustRun(t, "nft", "delete", "chain", "bridge", overlay.TableName, overlay.PortDropChain)
-	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortDropSet)
-	writePrerouting(t, dp, old)
-	if rules := rulesOf(t, dp); !strings.Contains(rules, "bridge prerouting "+old[0].String()+"\n") {
-		t.Fatalf("the old rules are not in place:\n%s", rules)
-	}
-
-	res, err := dp.Apply(context.Background(), state)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkDeleted(t, res, old)
-	rules := rulesOf(t, dp)
-	for _, want := range []string{
-		"bridge prerouting iifname @ports iifname . ether saddr != @port_macs counter jump port_drop\n",
-		"bridge port_drop update @port_drops { iifname }\n",
-		"bridge port_drop drop\n",
-	} {
-		if !strings.Contains(rules, want) {
-			t.Errorf("rules after the upgrade lack %q:\n%s", want, rules)
-		}
-	}
-	if res, err := dp.Apply(context.Background(), state); err != nil || len(res.Changes) != 0 {
-		t.Errorf("second Apply: err %v, changes:\n%s", err, changeText(res))
-	}
-
-	// A count set that cannot serve (another key type) is reported, and port security goes on
-	// without counting until it is cleared.
-	ns.MustRun(t, "nft", "flush", "chain", "bridge", overlay.TableName, overlay.PortDropChain)
-	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortDropSet)
-	ns.MustRun(t, "nft", "add", "set", "bridge", overlay.TableName, overlay.PortDropSet, "{ type ipv4_addr; }")
+	ns.MustRun(t, "nft", "flush", "chain", "netdev", overlay.TableName, overlay.PortDropChain)
+	ns.MustRun(t, "nft", "delete", "set", "netdev", overlay.TableName, overlay.PortDropSet)
+	ns.MustRun(t, "nft", "add", "set", "netdev", overlay.TableName, overlay.PortDropSet, "{ type ipv4_addr; }")
 	if _, err := dp.Apply(context.Background(), state); err == nil || !strings.Contains(err.Error(), overlay.PortDropSet) {
 		t.Errorf("Apply with %s of another type: err %v, want one naming the set", overlay.PortDropSet, err)
 	}
-	rules = rulesOf(t, dp)
-	if !strings.Contains(rules, "bridge port_drop drop\n") || strings.Contains(rules, "update @port_drops") ||
+	rules := rulesOf(t, dp)
+	if !strings.Contains(rules, "netdev port_drop drop\n") || strings.Contains(rules, "update @port_drops") ||
 		!strings.Contains(rules, "counter jump port_drop\n") {
 		t.Errorf("rules with an unusable count set: want the jumps and a drop chain that drops without counting:\n%s", rules)
 	}
-	ns.MustRun(t, "nft", "delete", "set", "bridge", overlay.TableName, overlay.PortDropSet)
+	ns.MustRun(t, "nft", "delete", "set", "netdev", overlay.TableName, overlay.PortDropSet)
 	if _, err := dp.Apply(context.Background(), state); err != nil {
 		t.Fatal(err)
 	}
-	if rules := rulesOf(t, dp); !strings.Contains(rules, "bridge port_drop update @port_drops { iifname }\n") {
+	if rules := rulesOf(t, dp); !strings.Contains(rules, "netdev port_drop update @port_drops { iifname }\n") {
 		t.Errorf("the count is not back once the set could be made:\n%s", rules)
-	}
-}
-
-// writePrerouting adds rules to our bridge prerouting chain as an earlier version wrote them.
-func writePrerouting(t *testing.T, dp *Datapath, rules []overlay.Rule) {
-	t.Helper()
-	tb := &nftables.Table{Name: overlay.TableName, Family: nftables.TableFamilyBridge}
-	for _, r := range rules {
-		dp.nft.AddRule(&nftables.Rule{Table: tb, Chain: &nftables.Chain{Name: "prerouting", Table: tb},
-			Exprs: ruleExprs(nftables.TableFamilyBridge, r, nil), UserData: userdata.AppendString(nil, userdata.TypeComment, r.String())})
-	}
-	if err := dp.nft.Flush(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// checkDeleted fails unless res reports the deletion of every rule of old from bridge prerouting.
-func checkDeleted(t *testing.T, res overlay.Result, old []overlay.Rule) {
-	t.Helper()
-	got := changeText(res)
-	for _, r := range old {
-		if !strings.Contains(got, "delete "+overlay.RuleObject("bridge", "prerouting", r.String())+"\n") {
-			t.Errorf("changes lack the deletion of %q:\n%s", r.String(), got)
-		}
 	}
 }
 
