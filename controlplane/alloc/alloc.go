@@ -90,7 +90,30 @@ func (a *Allocator) nextVNI(ctx context.Context, n int) (uint32, error) {
 // guard; store.ErrNodesChanged is returned, not retried). A requested VNI (n.Vni != 0) is honoured or
 // refused with store.ErrVNITaken (an ErrAlreadyExists); an allocated one is retried until a
 // transaction wins or the pool is exhausted (store.ErrExhausted).
+//
+// A request id that made a network with another VNI than the one n asks for was used for another
+// request: store.ErrRequestMismatch, as for the fields store compares.
 func (a *Allocator) CreateNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string, nodesRev int64) (*vxfabricv1.Network, error) {
+	out, err := a.createNetwork(ctx, n, requestID, nodesRev)
+	return keptVNI(n, out, err)
+}
+
+// NetworkForRequest is store.NetworkForRequest, the requested VNI compared too.
+func (a *Allocator) NetworkForRequest(ctx context.Context, requestID string, n *vxfabricv1.Network) (*vxfabricv1.Network, error) {
+	out, err := a.store.NetworkForRequest(ctx, requestID, n)
+	return keptVNI(n, out, err)
+}
+
+// keptVNI refuses a network (out) that a request id made with another VNI than the one n requests:
+// store cannot compare the VNI, which the allocator may have picked.
+func keptVNI(n, out *vxfabricv1.Network, err error) (*vxfabricv1.Network, error) {
+	if err == nil && out != nil && n.Vni != 0 && out.Vni != n.Vni {
+		return nil, fmt.Errorf("network %s: %w", networkName(n), store.ErrRequestMismatch)
+	}
+	return out, err
+}
+
+func (a *Allocator) createNetwork(ctx context.Context, n *vxfabricv1.Network, requestID string, nodesRev int64) (*vxfabricv1.Network, error) {
 	// A retry of a create that succeeded is answered by the transaction (its compare on the request
 	// record fails, and store returns the recorded network), without a read before it. Only a full
 	// pool is checked against the request record first: it must not turn a retry into
@@ -145,7 +168,17 @@ func (a *Allocator) nextIP(ctx context.Context, network *vxfabricv1.Network, sub
 // CreatePort creates p on network net in one transaction with its address and MAC allocations; see
 // store.CreatePort. The caller has validated p.Ip and p.Mac when set (requested values are honoured
 // or refused with ErrIPTaken / ErrMACTaken); empty ones are allocated and retried on conflict.
+// A request id that made a port with another address or MAC than p asks for was used for another
+// request: store.ErrRequestMismatch.
 func (a *Allocator) CreatePort(ctx context.Context, network *vxfabricv1.Network, p *vxfabricv1.Port, requestID string) (*vxfabricv1.Port, error) {
+	out, err := a.createPort(ctx, network, p, requestID)
+	if err == nil && out != nil && (p.Ip != "" && out.Ip != p.Ip || p.Mac != "" && out.Mac != p.Mac) {
+		return nil, fmt.Errorf("port %s/%s: %w", p.Tenant, p.Name, store.ErrRequestMismatch)
+	}
+	return out, err
+}
+
+func (a *Allocator) createPort(ctx context.Context, network *vxfabricv1.Network, p *vxfabricv1.Port, requestID string) (*vxfabricv1.Port, error) {
 	prefix, err := netip.ParsePrefix(network.Cidr)
 	if err != nil {
 		return nil, fmt.Errorf("network %s cidr %q: %w", networkName(network), network.Cidr, err)

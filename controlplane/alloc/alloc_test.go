@@ -83,7 +83,7 @@ func TestAllocatorNeverDuplicatesProperty(t *testing.T) {
 					}
 					switch {
 					case prev == nil: // the network of that request was deleted: the record is stale
-					case prev.Name == name && prev.Mode == mode: // the same request again (a VNI asked for is not compared)
+					case prev.Name == name && prev.Mode == mode && (vni == 0 || vni == prev.Vni): // the same request again
 						if err != nil || got.Id != prev.Id || got.Vni != prev.Vni {
 							rt.Fatalf("retry of request %s: got %v, %v; want network %s", reqID, got, err, prev.Id)
 						}
@@ -295,5 +295,61 @@ func TestExhaustedMessages(t *testing.T) {
 	}
 	if strings.Contains(fmt.Sprint(err), web.Id) {
 		t.Errorf("message %q names the network's id %s", err, web.Id)
+	}
+}
+
+// A request id reused with another VNI, address or MAC asked for is another request
+// (ErrRequestMismatch), although store cannot compare what the allocator may pick; the same values
+// again, or none asked for, are its retry.
+func TestRequestIDWithOtherRequestedValues(t *testing.T) {
+	cli := startEtcd(t)
+	st := store.New(cli)
+	pool, err := NewVNIPool([]Range{{10, 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	al := New(st, pool)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	network := func(vni uint32) (*vxfabricv1.Network, error) {
+		return al.CreateNetwork(ctx, &vxfabricv1.Network{Tenant: "acme", Name: "web", Cidr: "10.5.0.0/24",
+			Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED, Vni: vni}, "net-1", 0)
+	}
+	web, err := network(12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vni := range []uint32{12, 0} {
+		if got, err := network(vni); err != nil || got.Id != web.Id {
+			t.Errorf("retry asking for vni %d: %v, %v; want network %s", vni, got, err, web.Id)
+		}
+	}
+	if got, err := network(13); !errors.Is(err, store.ErrRequestMismatch) {
+		t.Errorf("request id reused asking for vni 13: %v, %v; want ErrRequestMismatch", got, err)
+	}
+	if got, err := al.NetworkForRequest(ctx, "net-1", &vxfabricv1.Network{Tenant: "acme", Name: "web", Cidr: "10.5.0.0/24",
+		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED, Vni: 13}); !errors.Is(err, store.ErrRequestMismatch) {
+		t.Errorf("network of the request asking for vni 13: %v, %v; want ErrRequestMismatch", got, err)
+	}
+
+	port := func(ip, mac string) (*vxfabricv1.Port, error) {
+		return al.CreatePort(ctx, web, &vxfabricv1.Port{Tenant: "acme", Network: "web", Name: "p1", Node: "h1", Ip: ip, Mac: mac}, "port-1")
+	}
+	p1, err := port("10.5.0.7", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, retry := range [][2]string{{"10.5.0.7", ""}, {"", ""}, {"", p1.Mac}, {"10.5.0.7", p1.Mac}} {
+		if got, err := port(retry[0], retry[1]); err != nil || got.Id != p1.Id {
+			t.Errorf("retry asking for ip %q mac %q: %v, %v; want port %s", retry[0], retry[1], got, err, p1.Id)
+		}
+	}
+	for _, other := range [][2]string{{"10.5.0.8", ""}, {"", "0e:00:00:00:00:99"}} {
+		if got, err := port(other[0], other[1]); !errors.Is(err, store.ErrRequestMismatch) {
+			t.Errorf("request id reused asking for ip %q mac %q: %v, %v; want ErrRequestMismatch", other[0], other[1], got, err)
+		}
 	}
 }

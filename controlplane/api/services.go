@@ -105,7 +105,7 @@ func (s *NetworkServer) createNetwork(ctx context.Context, n *vxfabricv1.Network
 			}
 			// A retry of a create that succeeded returns its network even if a node with a VTEP in
 			// the CIDR has registered since: only new networks are checked.
-			if prev, err := s.store.NetworkForRequest(ctx, requestID, n); prev != nil || err != nil {
+			if prev, err := s.cfg.Alloc.NetworkForRequest(ctx, requestID, n); prev != nil || err != nil {
 				return prev, err
 			}
 			return nil, err

@@ -36,8 +36,9 @@ type CreateNetworkRequest struct {
 	// Required for BRIDGED, refused otherwise.
 	Uplink *Uplink `protobuf:"bytes,8,opt,name=uplink,proto3" json:"uplink,omitempty"`
 	// Idempotency key, per tenant: repeating the create with the same request_id returns the network it
-	// made and allocates nothing. Reused for another name, CIDR, mode, gateway or uplink, it is
-	// FailedPrecondition. Forgotten once that network is deleted.
+	// made and allocates nothing. Reused for another name, CIDR, mode, gateway or uplink, or asking for
+	// another VNI than the network has, it is FailedPrecondition. Forgotten once that network is
+	// deleted.
 	RequestId     string `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

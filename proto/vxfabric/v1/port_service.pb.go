@@ -33,8 +33,8 @@ type CreatePortRequest struct {
 	Ip string `protobuf:"bytes,6,opt,name=ip,proto3" json:"ip,omitempty"`
 	Vm string `protobuf:"bytes,7,opt,name=vm,proto3" json:"vm,omitempty"`
 	// Idempotency key, per tenant: repeating the create with the same request_id returns the port it
-	// made and allocates nothing. Reused for another name, network or vm, it is
-	// FailedPrecondition. Forgotten once that port is deleted.
+	// made and allocates nothing. Reused for another name, network or vm, or asking for another ip or
+	// mac than the port has, it is FailedPrecondition. Forgotten once that port is deleted.
 	RequestId     string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
