@@ -246,7 +246,8 @@ func throughput(ctx context.Context, f *labFabric, cfg LabConfig, out *Outcome) 
 	}
 	// Medians, and the ratio taken within each round (both paths measured back to back), so that
 	// one round disturbed by other work on the machine moves the figure little.
-	note := fmt.Sprintf("median of %d rounds of one %d s iperf3 TCP run per path, the order alternating", cfg.Rounds, cfg.Seconds)
+	note := fmt.Sprintf("median of %d rounds of one %d s iperf3 TCP run per path, the order alternating; the rounds' ratios ranged %.2f-%.2f",
+		cfg.Rounds, cfg.Seconds, slices.Min(ratios), slices.Max(ratios))
 	if pin {
 		note += "; iperf3 client on CPU 0, server on CPU 1 for both paths"
 	}

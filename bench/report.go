@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -151,6 +152,17 @@ func FormatValue(v float64, unit string) string {
 	return s
 }
 
+// valueText is the value as FormatValue renders it, with more digits when that would show it equal
+// to its target although it is not ("0.90 >= 0.90 NOT MET" for 0.898).
+func (m Metric) valueText() string {
+	s := FormatValue(m.Value, m.Unit)
+	shown, _ := strconv.ParseFloat(strings.Fields(s)[0], 64)
+	if m.Compare != Info && m.Value != m.Target && shown == m.Target {
+		s = strings.TrimSuffix(fmt.Sprintf("%.4g %s", m.Value, m.Unit), " ")
+	}
+	return s
+}
+
 func (m Metric) targetText() string {
 	if m.Compare == Info {
 		return "-"
@@ -181,7 +193,7 @@ func (r Report) PrintTable(w io.Writer) {
 			fmt.Fprintf(tw, "%s\t(skipped)\t%s\t\t-\n", o.Benchmark, oneLine(o.Skipped))
 		}
 		for _, m := range o.Metrics {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Benchmark, m.Name, FormatValue(m.Value, m.Unit), m.targetText(), m.metText())
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Benchmark, m.Name, m.valueText(), m.targetText(), m.metText())
 		}
 	}
 	tw.Flush()
@@ -207,7 +219,7 @@ func (r Report) Markdown() string {
 			fmt.Fprintf(&b, "| %s | (skipped) | %s | | - |\n", o.Benchmark, oneLine(o.Skipped))
 		}
 		for _, m := range o.Metrics {
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", o.Benchmark, m.Name, FormatValue(m.Value, m.Unit), m.targetText(), m.metText())
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", o.Benchmark, m.Name, m.valueText(), m.targetText(), m.metText())
 		}
 	}
 	b.WriteString("\n")

@@ -67,6 +67,21 @@ func TestNewMetric(t *testing.T) {
 	if m := InfoMetric("m", 1, "ms"); m.Met != nil || m.metText() != "-" || m.targetText() != "-" {
 		t.Errorf("info metric has a target: %+v", m)
 	}
+	// A value that would print as its target although it misses it shows more digits.
+	for _, tt := range []struct {
+		m    Metric
+		want string
+	}{
+		{NewMetric("ratio", 0.8978, "", AtLeast, 0.9), "0.8978"},
+		{NewMetric("ratio", 0.9012, "", AtLeast, 0.9), "0.9012"},
+		{NewMetric("ratio", 0.93, "", AtLeast, 0.9), "0.93"},
+		{NewMetric("p99", 25.04, "ms", AtMost, 25), "25.04 ms"},
+		{NewMetric("p99", 3.2, "ms", AtMost, 25), "3.20 ms"},
+	} {
+		if got := tt.m.valueText(); got != tt.want {
+			t.Errorf("%s %v against %v: %q, want %q", tt.m.Name, tt.m.Value, tt.m.Target, got, tt.want)
+		}
+	}
 }
 
 func TestTableAndMarkdown(t *testing.T) {
