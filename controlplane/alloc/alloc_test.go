@@ -257,18 +257,7 @@ func checkAllocations(ctx context.Context, rt *rapid.T, cli *clientv3.Client, m 
 // A full address pool or VNI pool is ResourceExhausted naming the network as tenant/name (never its
 // id) and what ran out.
 func TestExhaustedMessages(t *testing.T) {
-	cli := startEtcd(t)
-	st := store.New(cli)
-	pool, err := NewVNIPool([]Range{{10, 10}, {20, 21}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	al := New(st, pool)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, ""); err != nil {
-		t.Fatal(err)
-	}
+	al, ctx := acme(t, []Range{{10, 10}, {20, 21}})
 	network := func(name string) (*vxfabricv1.Network, error) {
 		return al.CreateNetwork(ctx, &vxfabricv1.Network{Tenant: "acme", Name: name, Cidr: "10.5.0.0/29",
 			Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}, "", 0)
@@ -302,18 +291,7 @@ func TestExhaustedMessages(t *testing.T) {
 // (ErrRequestMismatch), although store cannot compare what the allocator may pick; the same values
 // again, or none asked for, are its retry.
 func TestRequestIDWithOtherRequestedValues(t *testing.T) {
-	cli := startEtcd(t)
-	st := store.New(cli)
-	pool, err := NewVNIPool([]Range{{10, 20}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	al := New(st, pool)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, ""); err != nil {
-		t.Fatal(err)
-	}
+	al, ctx := acme(t, []Range{{10, 20}})
 	network := func(vni uint32) (*vxfabricv1.Network, error) {
 		return al.CreateNetwork(ctx, &vxfabricv1.Network{Tenant: "acme", Name: "web", Cidr: "10.5.0.0/24",
 			Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED, Vni: vni}, "net-1", 0)
@@ -352,4 +330,21 @@ func TestRequestIDWithOtherRequestedValues(t *testing.T) {
 			t.Errorf("request id reused asking for ip %q mac %q: %v, %v; want ErrRequestMismatch", other[0], other[1], got, err)
 		}
 	}
+}
+
+// acme returns an allocator over a fresh etcd with a VNI pool of ranges and tenant acme, and a
+// context for the test.
+func acme(t *testing.T, ranges []Range) (*Allocator, context.Context) {
+	t.Helper()
+	st := store.New(startEtcd(t))
+	pool, err := NewVNIPool(ranges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	return New(st, pool), ctx
 }

@@ -519,12 +519,7 @@ func (r *run) nftDelete() {
 				continue // its marker chain is the only record that forwarding is ours to turn off
 			}
 			if t := r.nft.tables[f.name]; t != nil {
-				c.DelTable(t)
-				if err := c.Flush(); err != nil {
-					r.fail(overlay.TableObject(f.name), fmt.Errorf("delete: %w", err))
-					continue
-				}
-				r.change(overlay.OpDelete, overlay.TableObject(f.name))
+				r.nftDeleteOne(overlay.TableObject(f.name), func() { c.DelTable(t) })
 			}
 		}
 		return
@@ -562,26 +557,24 @@ func (r *run) nftDelete() {
 	// Chains the plan no longer has (a port's, once the port is gone), each with its rules, and
 	// then the sets none of ours uses any more: those of earlier versions.
 	for _, ch := range r.nft.staleChains {
-		c.DelChain(ch)
-		object := overlay.ChainObject(tableFamilyName(ch.Table), ch.Name)
-		if err := c.Flush(); err != nil {
-			r.fail(object, fmt.Errorf("delete: %w", err))
-			continue
-		}
-		r.change(overlay.OpDelete, object)
+		r.nftDeleteOne(overlay.ChainObject(tableFamilyName(ch.Table), ch.Name), func() { c.DelChain(ch) })
 	}
 	slices.SortFunc(r.nft.staleSets, func(a, b *nftables.Set) int {
 		return cmp.Or(strings.Compare(tableFamilyName(a.Table), tableFamilyName(b.Table)), strings.Compare(a.Name, b.Name))
 	})
 	for _, s := range r.nft.staleSets {
-		c.DelSet(s)
-		object := overlay.SetObject(tableFamilyName(s.Table), s.Name)
-		if err := c.Flush(); err != nil {
-			r.fail(object, fmt.Errorf("delete: %w", err))
-			continue
-		}
-		r.change(overlay.OpDelete, object)
+		r.nftDeleteOne(overlay.SetObject(tableFamilyName(s.Table), s.Name), func() { c.DelSet(s) })
 	}
+}
+
+// nftDeleteOne queues one deletion (del), sends it, and reports object deleted or failed.
+func (r *run) nftDeleteOne(object string, del func()) {
+	del()
+	if err := r.d.nft.Flush(); err != nil {
+		r.fail(object, fmt.Errorf("delete: %w", err))
+		return
+	}
+	r.change(overlay.OpDelete, object)
 }
 
 func tableFamilyName(t *nftables.Table) string {
