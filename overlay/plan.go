@@ -30,9 +30,10 @@
 // that IP on the way out of the vxlan device, so each host answers for the gateway and routes its
 // own VMs' traffic. A route from outside must therefore point at the host of the VM.
 //
-// Filtering. Our objects live in two tables named vxfabric (family inet and bridge) with base chains
-// at priority 0 (filter) and 100 (nat), policy accept: we only drop what we must and never decide for
-// traffic that is not ours. See NftPlan for the rules. The Linux datapath compares the comment of
+// Filtering. Our objects live in three tables named vxfabric (families inet, bridge and netdev) with
+// base chains at priority 0 (filter) and 100 (nat), policy accept: we only drop what we must and
+// never decide for traffic that is not ours. Port security is one netdev ingress chain per local
+// port (PortChain). See NftPlan for the rules. The Linux datapath compares the comment of
 // every rule with the plan: matching rules stay (a restarted process re-creates nothing), missing
 // ones are inserted at their place by handle, stale ones deleted afterwards; tables are never flushed.
 // br_netfilter (loaded on Docker hosts and on many others; every new namespace then starts with it on)

@@ -100,7 +100,8 @@ var ErrClosed = errors.New("fake datapath closed")
 
 // SetLink makes an interface (a VM NIC or an uplink) appear or disappear, as a hypervisor would.
 // A disappearing interface leaves its bridge at once, as in the kernel; an appearing one is plugged
-// by the next Apply.
+// by the next Apply. Its port security chain stays until an Apply deletes it, as from Linux 6.16 on
+// (earlier kernels delete it with the interface, and their Apply reports no deletion).
 func (d *Datapath) SetLink(name string, present bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -588,12 +589,19 @@ type nftWant struct {
 	sets   map[string][]netip.Addr
 	chains map[string][]string // rule texts per "family chain"
 	ports  []string            // the interfaces of the port chains, sorted
+	vniOf  map[string]uint32   // the network of each port, by interface
 }
 
 // planNft plans as the Linux datapath does: a port's chain once its interface exists (links).
 func planNft(desired overlay.DesiredState, links map[string]bool) nftWant {
 	plan := overlay.PortChains(overlay.NftPlan(desired), func(iface string) bool { return links[iface] })
-	w := nftWant{plan: plan, sets: map[string][]netip.Addr{}, chains: map[string][]string{}, ports: overlay.PortIfaces(plan)}
+	w := nftWant{plan: plan, sets: map[string][]netip.Addr{}, chains: map[string][]string{}, ports: overlay.PortIfaces(plan),
+		vniOf: map[string]uint32{}}
+	for _, n := range desired.Networks {
+		for _, p := range n.Ports {
+			w.vniOf[p.Interface] = n.VNI
+		}
+	}
 	if len(w.plan) > 0 {
 		w.sets = overlay.NftSets(desired)
 		for _, name := range overlay.NftSetNames {
@@ -624,6 +632,16 @@ func (a *applier) applyNft(w nftWant, deletes bool) {
 			if len(plan) > 0 && !d.tables[fam] {
 				d.tables[fam] = true
 				a.change(overlay.OpAdd, overlay.TableObject(fam))
+			}
+		}
+		// As the Linux datapath: the chain of a port about to be plugged is made anew.
+		for _, c := range plan {
+			key := c.Family + " " + c.Name
+			if _, ok := d.chains[key]; ok && c.Device != "" {
+				if n := d.nets[w.vniOf[c.Device]]; n == nil || !n.ports[c.Device] {
+					delete(d.chains, key)
+					a.change(overlay.OpDelete, overlay.ChainObject(c.Family, c.Name))
+				}
 			}
 		}
 		for _, c := range plan {

@@ -760,13 +760,13 @@ uplink lan0 master vxbr13: "lan0" is the uplink of network vni 12: uplink refuse
 }
 
 // TestPrivilegedNoPlugWithoutPortSecurity: when the port security rules cannot be written (here the
-// port's chain exists without a hook), a port is not plugged and forwarding is not turned on, so
+// drop chain exists as a base chain), a port is not plugged and forwarding is not turned on, so
 // nothing runs unchecked; once the rules go in, the port is plugged.
 func TestPrivilegedNoPlugWithoutPortSecurity(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
 	ns, dp := hostNS(t, "noguard")
 	ns.MustRun(t, "nft", "add table netdev vxfabric")
-	ns.MustRun(t, "nft", "add chain netdev vxfabric "+overlay.PortChain("tap1"))
+	ns.MustRun(t, "nft", "add chain netdev vxfabric "+overlay.PortDropChain+" { type filter hook ingress device lo priority 0 ; }")
 	ns.MustRun(t, "ip", "link", "add", "tap1", "type", "veth", "peer", "name", "tap1p")
 	ns.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=0")
 	port := overlay.LocalPort{Interface: "tap1", MAC: mustMAC("0e:00:00:00:00:01"), IP: netip.MustParseAddr("10.0.0.2")}
@@ -777,7 +777,7 @@ func TestPrivilegedNoPlugWithoutPortSecurity(t *testing.T) {
 	}
 	res, err := dp.Apply(context.Background(), desired)
 	if err == nil {
-		t.Fatal("Apply succeeded with the port's chain in the way")
+		t.Fatal("Apply succeeded with the drop chain in the way")
 	}
 	if res.Plugged["tap1"] || strings.Contains(ns.MustRun(t, "ip", "-o", "link", "show", "tap1"), "master") {
 		t.Error("tap1 plugged although port security is not in place")
@@ -785,7 +785,8 @@ func TestPrivilegedNoPlugWithoutPortSecurity(t *testing.T) {
 	if v := strings.TrimSpace(ns.MustRun(t, "sysctl", "-n", "net.ipv4.ip_forward")); v != "0" {
 		t.Errorf("ip_forward = %s, want 0 while the forward rules may be missing", v)
 	}
-	ns.MustRun(t, "nft", "delete chain netdev vxfabric "+overlay.PortChain("tap1"))
+	ns.MustRun(t, "nft", "flush chain netdev vxfabric "+overlay.PortDropChain)
+	ns.MustRun(t, "nft", "delete chain netdev vxfabric "+overlay.PortDropChain)
 	res, err = dp.Apply(context.Background(), desired)
 	if err != nil || !res.Plugged["tap1"] {
 		t.Fatalf("with the set out of the way: plugged %v, err %v", res.Plugged, err)

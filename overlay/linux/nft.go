@@ -108,8 +108,9 @@ func (r *run) nftAdd() {
 		return
 	}
 	r.nft.staleChains = staleChains(r.nft.plan, haveChains)
+	r.unpluggedPortChains(haveChains)
 
-	// Tables and chains that are missing, then sets.
+	// Tables that are missing, then chains, then sets.
 	queued := false
 	for _, f := range families {
 		if r.nft.tables[f.name] == nil {
@@ -118,54 +119,14 @@ func (r *run) nftAdd() {
 			queued = true
 		}
 	}
-	accept := nftables.ChainPolicyAccept
-	chains := make(map[string]*nftables.Chain)
-	var newChains []overlay.NftChain
-	flushChains := func() bool {
-		if !queued && len(newChains) == 0 {
-			return true
-		}
+	if queued {
 		if err := c.Flush(); err != nil {
-			r.fail(overlay.TableObject("inet"), fmt.Errorf("create tables and chains: %w", err))
-			return false
-		}
-		for _, pc := range newChains {
-			r.change(overlay.OpAdd, overlay.ChainObject(pc.Family, pc.Name))
-		}
-		newChains, queued = newChains[:0], false
-		return true
-	}
-	for _, pc := range r.nft.plan {
-		key := pc.Family + " " + pc.Name
-		if ch := haveChains[key]; ch != nil {
-			switch {
-			case pc.Hook == "" && ch.Hooknum != nil:
-				r.fail(overlay.ChainObject(pc.Family, pc.Name), errors.New("exists as a base chain, want a regular one"))
-			case pc.Hook != "" && (ch.Hooknum == nil || *ch.Hooknum != *hooks[pc.Hook] || ch.Type != nftables.ChainType(pc.Type) ||
-				ch.Priority == nil || int(*ch.Priority) != pc.Priority):
-				r.fail(overlay.ChainObject(pc.Family, pc.Name), errors.New("exists with another hook, type or priority"))
-			}
-			ch.Table = r.nft.tables[pc.Family]
-			chains[key] = ch
-			continue
-		}
-		nc := &nftables.Chain{Name: pc.Name, Table: r.nft.tables[pc.Family]}
-		if pc.Hook != "" {
-			nc.Type, nc.Hooknum, nc.Policy = nftables.ChainType(pc.Type), hooks[pc.Hook], &accept
-			nc.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(pc.Priority))
-			nc.Device = pc.Device
-		}
-		chains[key] = c.AddChain(nc)
-		newChains = append(newChains, pc)
-		// A chain per port: in batches, as the kernel acknowledges each one.
-		if len(newChains) == ruleChunk && !flushChains() {
+			r.fail(overlay.TableObject("inet"), fmt.Errorf("create tables: %w", err))
 			return
 		}
+		queued = false
 	}
-	if !flushChains() {
-		return
-	}
-	queued = false
+	chains := r.nftChains(haveChains)
 	inet := r.nft.tables["inet"]
 	sets := make(map[string]*nftables.Set)
 	existing, err := c.GetSets(inet)
@@ -246,6 +207,8 @@ func (r *run) nftAdd() {
 	for _, pc := range r.nft.plan {
 		ch := chains[pc.Family+" "+pc.Name]
 		switch {
+		case ch == nil:
+			// Not made (reported): the rules that would go in it wait for an Apply that makes it.
 		case pc.Family == "inet":
 			r.syncChainAdd(pc, ch, sets)
 		case pc.Family == "netdev" && pc.Name == overlay.PortDropChain:
@@ -259,6 +222,99 @@ func (r *run) nftAdd() {
 			// it has until an Apply gets them right.
 		default:
 			r.syncChainAdd(pc, ch, portSets)
+		}
+	}
+}
+
+// nftChains returns our chains of the plan by "family name", adopting those that exist (have) and
+// making the missing ones in batches of ruleChunk (the kernel acknowledges each). A batch the kernel
+// refuses is made again chain by chain, so that one chain it refuses (before Linux 6.16, that of a
+// port whose interface went away since the links were read) holds back no other; a chain that
+// cannot be made is reported and left out.
+func (r *run) nftChains(have map[string]*nftables.Chain) map[string]*nftables.Chain {
+	c := r.d.nft
+	accept := nftables.ChainPolicyAccept
+	chains := make(map[string]*nftables.Chain)
+	var batch []overlay.NftChain
+	build := func(pc overlay.NftChain) *nftables.Chain {
+		nc := &nftables.Chain{Name: pc.Name, Table: r.nft.tables[pc.Family]}
+		if pc.Hook != "" {
+			nc.Type, nc.Hooknum, nc.Policy = nftables.ChainType(pc.Type), hooks[pc.Hook], &accept
+			nc.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(pc.Priority))
+			nc.Device = pc.Device
+		}
+		return nc
+	}
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		err := c.Flush()
+		for _, pc := range batch {
+			if err != nil && len(batch) > 1 {
+				chains[pc.Family+" "+pc.Name] = c.AddChain(build(pc))
+				if err := c.Flush(); err != nil {
+					r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("create: %w", err))
+					delete(chains, pc.Family+" "+pc.Name)
+					continue
+				}
+			} else if err != nil {
+				r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("create: %w", err))
+				delete(chains, pc.Family+" "+pc.Name)
+				continue
+			}
+			r.change(overlay.OpAdd, overlay.ChainObject(pc.Family, pc.Name))
+		}
+		batch = batch[:0]
+	}
+	for _, pc := range r.nft.plan {
+		key := pc.Family + " " + pc.Name
+		if ch := have[key]; ch != nil {
+			switch {
+			case pc.Hook == "" && ch.Hooknum != nil:
+				r.fail(overlay.ChainObject(pc.Family, pc.Name), errors.New("exists as a base chain, want a regular one"))
+			case pc.Hook != "" && (ch.Hooknum == nil || *ch.Hooknum != *hooks[pc.Hook] || ch.Type != nftables.ChainType(pc.Type) ||
+				ch.Priority == nil || int(*ch.Priority) != pc.Priority):
+				r.fail(overlay.ChainObject(pc.Family, pc.Name), errors.New("exists with another hook, type or priority"))
+			}
+			ch.Table = r.nft.tables[pc.Family]
+			chains[key] = ch
+			continue
+		}
+		chains[key] = c.AddChain(build(pc))
+		if batch = append(batch, pc); len(batch) == ruleChunk {
+			flush()
+		}
+	}
+	flush()
+	return chains
+}
+
+// unpluggedPortChains deletes the ingress chain of each port that this Apply is to plug (its
+// interface is not on the port's bridge yet), so that it is made anew on the interface there is now:
+// before Linux 6.16 a netdev hook follows its device, not the name, and a chain adopted by name
+// could be checking a renamed interface while a new one of the port's name went unchecked. It
+// removes the chains it deletes from have.
+func (r *run) unpluggedPortChains(have map[string]*nftables.Chain) {
+	bridgeOf := make(map[string]string)
+	for _, n := range r.desired.Networks {
+		for _, p := range n.Ports {
+			bridgeOf[p.Interface] = overlay.BridgeName(n.VNI)
+		}
+	}
+	for _, pc := range r.nft.plan {
+		key := pc.Family + " " + pc.Name
+		ch := have[key]
+		if pc.Device == "" || ch == nil {
+			continue
+		}
+		l, br := r.links[pc.Device], r.links[bridgeOf[pc.Device]]
+		if l != nil && br != nil && l.Attrs().MasterIndex == br.Attrs().Index {
+			continue
+		}
+		ch.Table = r.nft.tables[pc.Family]
+		if r.nftDeleteOne(overlay.ChainObject(pc.Family, pc.Name), func() { r.d.nft.DelChain(ch) }) {
+			delete(have, key)
 		}
 	}
 }
@@ -542,6 +598,17 @@ func (r *run) nftDelete() {
 			r.change(overlay.OpDelete, object)
 		}
 	}
+	// Chains the plan no longer has (a port's, once the port is gone) go, each with its rules, only
+	// once all the plan has is in place: an old chain may be what still checks a port (the bridge
+	// prerouting chain of earlier versions) while its new one could not be made. Then stale
+	// elements (a drop count of a port gone, which its chain could no longer add back), then the
+	// sets none of ours uses any more: those of earlier versions.
+	guarded := r.unguarded == nil
+	for _, ch := range r.nft.staleChains {
+		if guarded {
+			r.nftDeleteOne(overlay.ChainObject(tableFamilyName(ch.Table), ch.Name), func() { c.DelChain(ch) })
+		}
+	}
 	// In a stable order: sets by family and name, elements by name.
 	stale := slices.Collect(maps.Keys(r.nft.staleElems))
 	slices.SortFunc(stale, func(a, b *nftables.Set) int {
@@ -554,27 +621,27 @@ func (r *run) nftDelete() {
 			r.fail(overlay.TableObject(tableFamilyName(s.Table)), fmt.Errorf("delete stale elements of %s: %w", s.Name, err))
 		}
 	}
-	// Chains the plan no longer has (a port's, once the port is gone), each with its rules, and
-	// then the sets none of ours uses any more: those of earlier versions.
-	for _, ch := range r.nft.staleChains {
-		r.nftDeleteOne(overlay.ChainObject(tableFamilyName(ch.Table), ch.Name), func() { c.DelChain(ch) })
-	}
 	slices.SortFunc(r.nft.staleSets, func(a, b *nftables.Set) int {
 		return cmp.Or(strings.Compare(tableFamilyName(a.Table), tableFamilyName(b.Table)), strings.Compare(a.Name, b.Name))
 	})
 	for _, s := range r.nft.staleSets {
-		r.nftDeleteOne(overlay.SetObject(tableFamilyName(s.Table), s.Name), func() { c.DelSet(s) })
+		if guarded {
+			r.nftDeleteOne(overlay.SetObject(tableFamilyName(s.Table), s.Name), func() { c.DelSet(s) })
+		}
 	}
 }
 
-// nftDeleteOne queues one deletion (del), sends it, and reports object deleted or failed.
-func (r *run) nftDeleteOne(object string, del func()) {
+// nftDeleteOne queues one deletion (del), sends it, and reports object deleted or failed; an object
+// already gone (before Linux 6.16 the kernel deletes a port's chain with its interface) counts as
+// deleted.
+func (r *run) nftDeleteOne(object string, del func()) bool {
 	del()
-	if err := r.d.nft.Flush(); err != nil {
+	if err := r.d.nft.Flush(); err != nil && !isNotFound(err) {
 		r.fail(object, fmt.Errorf("delete: %w", err))
-		return
+		return false
 	}
 	r.change(overlay.OpDelete, object)
+	return true
 }
 
 func tableFamilyName(t *nftables.Table) string {

@@ -152,6 +152,71 @@ func TestPrivilegedPortSecurityUpgrade(t *testing.T) {
 	}
 }
 
+// An upgrade whose new port security cannot be made keeps the old: here the port's ingress chain
+// exists without a hook, so the Apply fails, and the set-based rules of the previous version stay
+// in bridge prerouting until a later Apply has the new ones in place.
+func TestPrivilegedPortSecurityUpgradeKeepsTheOldWhenTheNewFails(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "psold")
+	_, state := onePort()
+	ns.MustRun(t, "ip", "tuntap", "add", "mode", "tap", "name", "tap1")
+	off := state
+	off.DisablePortSecurity = true
+	if _, err := dp.Apply(context.Background(), off); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(t.TempDir(), "old.nft")
+	if err := os.WriteFile(old, []byte(setBasedPortSecurity), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ns.MustRun(t, "nft", "-f", old)
+	ns.MustRun(t, "nft", "add", "chain", "netdev", overlay.TableName, overlay.PortChain("tap1"))
+	if _, err := dp.Apply(context.Background(), state); err == nil {
+		t.Fatal("Apply succeeded with the port's chain in the way")
+	}
+	if rules := ns.MustRun(t, "nft", "list", "table", "bridge", overlay.TableName); !strings.Contains(rules, "chain prerouting") ||
+		!strings.Contains(rules, "@port_macs") {
+		t.Errorf("the old port security went while the new could not be made:\n%s", rules)
+	}
+	ns.MustRun(t, "nft", "flush", "chain", "netdev", overlay.TableName, overlay.PortChain("tap1"))
+	ns.MustRun(t, "nft", "delete", "chain", "netdev", overlay.TableName, overlay.PortChain("tap1"))
+	if _, err := dp.Apply(context.Background(), state); err != nil {
+		t.Fatal(err)
+	}
+	if rules := ns.MustRun(t, "nft", "list", "table", "bridge", overlay.TableName); strings.Contains(rules, "chain") {
+		t.Errorf("the old port security stayed once the new was in place:\n%s", rules)
+	}
+}
+
+// The ingress chain of a port about to be plugged is made anew, on the interface of that name now:
+// before Linux 6.16 a hook follows its device through a rename, and a chain adopted by name would
+// check the renamed interface while the new one went unchecked. A plugged port's chain is kept.
+func TestPrivilegedPortChainMadeAnewForANewInterface(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "psnew")
+	_, state := onePort()
+	ns.MustRun(t, "ip", "tuntap", "add", "mode", "tap", "name", "tap1")
+	if _, err := dp.Apply(context.Background(), state); err != nil {
+		t.Fatal(err)
+	}
+	ns.MustRun(t, "ip", "link", "set", "tap1", "nomaster")
+	ns.MustRun(t, "ip", "link", "set", "tap1", "name", "tapold")
+	ns.MustRun(t, "ip", "tuntap", "add", "mode", "tap", "name", "tap1")
+	res, err := dp.Apply(context.Background(), state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := changeText(res)
+	chain := overlay.ChainObject("netdev", overlay.PortChain("tap1"))
+	del, add, plug := strings.Index(got, "delete "+chain+"\n"), strings.Index(got, "add "+chain+"\n"), strings.Index(got, "add port tap1 ")
+	if del < 0 || add < del || plug < add {
+		t.Errorf("changes: want the chain deleted, made again, then the port plugged:\n%s", got)
+	}
+	if res, err := dp.Apply(context.Background(), state); err != nil || len(res.Changes) != 0 {
+		t.Errorf("second Apply: err %v, changes:\n%s", err, changeText(res))
+	}
+}
+
 // A count set that cannot serve (another key type) is reported, and port security goes on without
 // counting until it is cleared; then the count comes back.
 func TestPrivilegedPortDropSetInTheWay(t *testing.T) {
