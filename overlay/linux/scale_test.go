@@ -115,19 +115,7 @@ const setBasedPortSecurity = `table bridge vxfabric {
 // chains and sets go, and nothing changes after.
 func TestPrivilegedPortSecurityUpgrade(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
-	ns, dp := hostNS(t, "psup")
-	_, state := onePort()
-	ns.MustRun(t, "ip", "tuntap", "add", "mode", "tap", "name", "tap1")
-	off := state
-	off.DisablePortSecurity = true
-	if _, err := dp.Apply(context.Background(), off); err != nil {
-		t.Fatal(err)
-	}
-	old := filepath.Join(t.TempDir(), "old.nft")
-	if err := os.WriteFile(old, []byte(setBasedPortSecurity), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ns.MustRun(t, "nft", "-f", old)
+	ns, dp, state := previousVersionHost(t, "psup")
 
 	res, err := dp.Apply(context.Background(), state)
 	if err != nil {
@@ -157,19 +145,7 @@ func TestPrivilegedPortSecurityUpgrade(t *testing.T) {
 // in bridge prerouting until a later Apply has the new ones in place.
 func TestPrivilegedPortSecurityUpgradeKeepsTheOldWhenTheNewFails(t *testing.T) {
 	nstest.SkipUnlessPrivileged(t)
-	ns, dp := hostNS(t, "psold")
-	_, state := onePort()
-	ns.MustRun(t, "ip", "tuntap", "add", "mode", "tap", "name", "tap1")
-	off := state
-	off.DisablePortSecurity = true
-	if _, err := dp.Apply(context.Background(), off); err != nil {
-		t.Fatal(err)
-	}
-	old := filepath.Join(t.TempDir(), "old.nft")
-	if err := os.WriteFile(old, []byte(setBasedPortSecurity), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ns.MustRun(t, "nft", "-f", old)
+	ns, dp, state := previousVersionHost(t, "psold")
 	ns.MustRun(t, "nft", "add", "chain", "netdev", overlay.TableName, overlay.PortChain("tap1"))
 	if _, err := dp.Apply(context.Background(), state); err == nil {
 		t.Fatal("Apply succeeded with the port's chain in the way")
@@ -215,6 +191,26 @@ func TestPrivilegedPortChainMadeAnewForANewInterface(t *testing.T) {
 	if res, err := dp.Apply(context.Background(), state); err != nil || len(res.Changes) != 0 {
 		t.Errorf("second Apply: err %v, changes:\n%s", err, changeText(res))
 	}
+}
+
+// previousVersionHost is a host with port tap1 plugged and the previous version's port security in
+// place (setBasedPortSecurity); state is what the current version wants there.
+func previousVersionHost(t *testing.T, label string) (*nstest.NS, *Datapath, overlay.DesiredState) {
+	t.Helper()
+	ns, dp := hostNS(t, label)
+	_, state := onePort()
+	ns.MustRun(t, "ip", "tuntap", "add", "mode", "tap", "name", "tap1")
+	off := state
+	off.DisablePortSecurity = true
+	if _, err := dp.Apply(context.Background(), off); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(t.TempDir(), "old.nft")
+	if err := os.WriteFile(old, []byte(setBasedPortSecurity), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ns.MustRun(t, "nft", "-f", old)
+	return ns, dp, state
 }
 
 // A count set that cannot serve (another key type) is reported, and port security goes on without
