@@ -51,7 +51,23 @@ func TestPrivilegedFakeMatchesKernel(t *testing.T) {
 	moved.Networks[0].Flood = []netip.Addr{ip("198.18.0.2"), ip("198.18.0.4")}
 	moved.DisablePortSecurity = true
 
-	for i, s := range []overlay.DesiredState{base, base, moved, moved, {Underlay: base.Underlay}} {
+	// A VM's NIC goes (its port leaves the bridge, its chain is deleted) and comes back.
+	vanish := func() {
+		ns.MustRun(t, "ip", "link", "del", "tap1")
+		fk.SetLink("tap1", false)
+	}
+	reappear := func() {
+		nstest.MustVeth(t, nstest.End{NS: ns, Name: "tap1"}, nstest.End{NS: vm, Name: "eth0"})
+		fk.SetLink("tap1", true)
+	}
+	for i, step := range []struct {
+		state  overlay.DesiredState
+		before func()
+	}{{base, nil}, {base, nil}, {base, vanish}, {base, reappear}, {base, nil}, {moved, nil}, {moved, nil}, {overlay.DesiredState{Underlay: base.Underlay}, nil}} {
+		if step.before != nil {
+			step.before()
+		}
+		s := step.state
 		kr, kerr := dp.Apply(context.Background(), s)
 		fr, ferr := fk.Apply(context.Background(), s)
 		if kerr != nil || ferr != nil {
