@@ -142,6 +142,19 @@ var currentT *testing.T
 
 func useT(t *testing.T) { currentT = t }
 
+// retried calls create again while it fails with Unavailable or Aborted (etcd slow to commit under
+// the load of a test, or too much contention), as a client of the API should: with the same
+// request id a retry is safe, which is what the callers check.
+func retried[T any](create func() (T, error)) (T, error) {
+	for attempt := 1; ; attempt++ {
+		v, err := create()
+		if c := status.Code(err); c != codes.Unavailable && c != codes.Aborted || attempt == 5 {
+			return v, err
+		}
+		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
+	}
+}
+
 // must returns v, failing the current test on err: must(client.Call(ctx, req)).
 func must[T any](v T, err error) T {
 	if err != nil {

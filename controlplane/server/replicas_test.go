@@ -48,9 +48,11 @@ func TestTwoReplicasConcurrentCreates(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				resp, err := clis[r].networks.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{
-					Tenant: "acme", Name: fmt.Sprintf("net-%d", i), Cidr: "10.0.0.0/24",
-					Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED, RequestId: fmt.Sprintf("n-%d", i)})
+				resp, err := retried(func() (*vxfabricv1.CreateNetworkResponse, error) {
+					return clis[r].networks.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{
+						Tenant: "acme", Name: fmt.Sprintf("net-%d", i), Cidr: "10.0.0.0/24",
+						Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED, RequestId: fmt.Sprintf("n-%d", i)})
+				})
 				netResults[i][r] = result{net: resp.GetNetwork(), err: err}
 			}()
 		}
@@ -82,9 +84,11 @@ func TestTwoReplicasConcurrentCreates(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				resp, err := clis[r].ports.CreatePort(ctx, &vxfabricv1.CreatePortRequest{
-					Tenant: "acme", Network: "big", Name: fmt.Sprintf("p-%d", i), Node: fmt.Sprintf("h%d", i%7),
-					RequestId: fmt.Sprintf("p-%d", i)})
+				resp, err := retried(func() (*vxfabricv1.CreatePortResponse, error) {
+					return clis[r].ports.CreatePort(ctx, &vxfabricv1.CreatePortRequest{
+						Tenant: "acme", Network: "big", Name: fmt.Sprintf("p-%d", i), Node: fmt.Sprintf("h%d", i%7),
+						RequestId: fmt.Sprintf("p-%d", i)})
+				})
 				portResults[i][r] = result{port: resp.GetPort(), err: err}
 			}()
 		}
