@@ -249,21 +249,21 @@ func (r *run) nftChains(have map[string]*nftables.Chain) map[string]*nftables.Ch
 		if len(batch) == 0 {
 			return
 		}
-		err := c.Flush()
+		batchErr := c.Flush()
 		for _, pc := range batch {
+			key, object := pc.Family+" "+pc.Name, overlay.ChainObject(pc.Family, pc.Name)
+			err := batchErr
 			if err != nil && len(batch) > 1 {
-				chains[pc.Family+" "+pc.Name] = c.AddChain(build(pc))
-				if err := c.Flush(); err != nil {
-					r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("create: %w", err))
-					delete(chains, pc.Family+" "+pc.Name)
-					continue
-				}
-			} else if err != nil {
-				r.fail(overlay.ChainObject(pc.Family, pc.Name), fmt.Errorf("create: %w", err))
-				delete(chains, pc.Family+" "+pc.Name)
+				// The kernel refused the batch whole: alone, this chain may pass.
+				chains[key] = c.AddChain(build(pc))
+				err = c.Flush()
+			}
+			if err != nil {
+				r.fail(object, fmt.Errorf("create: %w", err))
+				delete(chains, key)
 				continue
 			}
-			r.change(overlay.OpAdd, overlay.ChainObject(pc.Family, pc.Name))
+			r.change(overlay.OpAdd, object)
 		}
 		batch = batch[:0]
 	}
