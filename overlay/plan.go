@@ -174,6 +174,17 @@ func PortIfaces(plan []NftChain) []string {
 	return ifaces
 }
 
+// PortVNIs returns the network (VNI) of each local port, by interface.
+func (d DesiredState) PortVNIs() map[string]uint32 {
+	vnis := make(map[string]uint32)
+	for _, n := range d.Networks {
+		for _, p := range n.Ports {
+			vnis[p.Interface] = n.VNI
+		}
+	}
+	return vnis
+}
+
 // Validate checks a desired state; the error wraps ErrInvalid and names the first bad object.
 func (d DesiredState) Validate() error {
 	if len(d.Networks) > 0 && !d.Underlay.VTEP.IsValid() {

@@ -367,16 +367,10 @@ func (a *applier) apply(desired overlay.DesiredState) {
 		a.applyNetwork(desired, nd)
 	}
 	// Ports no longer desired anywhere leave our bridges.
-	wantPorts := make(map[string]bool)
-	for _, nd := range desired.Networks {
-		for _, p := range nd.Ports {
-			wantPorts[p.Interface] = true
-		}
-	}
 	for _, vni := range sortedVNIs(d.nets) {
 		n := d.nets[vni]
 		for _, p := range sortedKeys(n.ports) {
-			if !wantPorts[p] || !want[vni] {
+			if _, wanted := nft.vniOf[p]; !wanted || !want[vni] {
 				delete(n.ports, p)
 				a.change(overlay.OpDelete, overlay.PortObject(vni, p))
 			}
@@ -596,12 +590,7 @@ type nftWant struct {
 func planNft(desired overlay.DesiredState, links map[string]bool) nftWant {
 	plan := overlay.PortChains(overlay.NftPlan(desired), func(iface string) bool { return links[iface] })
 	w := nftWant{plan: plan, sets: map[string][]netip.Addr{}, chains: map[string][]string{}, ports: overlay.PortIfaces(plan),
-		vniOf: map[string]uint32{}}
-	for _, n := range desired.Networks {
-		for _, p := range n.Ports {
-			w.vniOf[p.Interface] = n.VNI
-		}
-	}
+		vniOf: desired.PortVNIs()}
 	if len(w.plan) > 0 {
 		w.sets = overlay.NftSets(desired)
 		for _, name := range overlay.NftSetNames {

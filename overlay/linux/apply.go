@@ -610,12 +610,7 @@ func ourVNI(l netlink.Link) (uint32, bool) {
 // releasePorts takes interfaces that are no longer desired off our bridges. The vxlan device and a
 // bridged network's recorded uplink are not ports; the uplink is handled by removeNetworks.
 func (r *run) releasePorts() {
-	want := make(map[string]uint32)
-	for _, n := range r.desired.Networks {
-		for _, p := range n.Ports {
-			want[p.Interface] = n.VNI
-		}
-	}
+	want := r.desired.PortVNIs()
 	bridges := make(map[int]netlink.Link)
 	for _, l := range r.links {
 		if _, ok := ourVNI(l); ok && l.Type() == "bridge" {

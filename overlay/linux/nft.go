@@ -296,19 +296,14 @@ func (r *run) nftChains(have map[string]*nftables.Chain) map[string]*nftables.Ch
 // could be checking a renamed interface while a new one of the port's name went unchecked. It
 // removes the chains it deletes from have.
 func (r *run) unpluggedPortChains(have map[string]*nftables.Chain) {
-	bridgeOf := make(map[string]string)
-	for _, n := range r.desired.Networks {
-		for _, p := range n.Ports {
-			bridgeOf[p.Interface] = overlay.BridgeName(n.VNI)
-		}
-	}
+	vniOf := r.desired.PortVNIs()
 	for _, pc := range r.nft.plan {
 		key := pc.Family + " " + pc.Name
 		ch := have[key]
 		if pc.Device == "" || ch == nil {
 			continue
 		}
-		l, br := r.links[pc.Device], r.links[bridgeOf[pc.Device]]
+		l, br := r.links[pc.Device], r.links[overlay.BridgeName(vniOf[pc.Device])]
 		if l != nil && br != nil && l.Attrs().MasterIndex == br.Attrs().Index {
 			continue
 		}
