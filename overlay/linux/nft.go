@@ -226,6 +226,9 @@ func (r *run) nftAdd() {
 	}
 }
 
+// testHookChainBatch, when a test sets it, runs just before a batch of new chains goes to the kernel.
+var testHookChainBatch func()
+
 // nftChains returns our chains of the plan by "family name", adopting those that exist (have) and
 // making the missing ones in batches of ruleChunk (the kernel acknowledges each). A batch the kernel
 // refuses is made again chain by chain, so that one chain it refuses (before Linux 6.16, that of a
@@ -248,6 +251,9 @@ func (r *run) nftChains(have map[string]*nftables.Chain) map[string]*nftables.Ch
 	flush := func() {
 		if len(batch) == 0 {
 			return
+		}
+		if testHookChainBatch != nil {
+			testHookChainBatch()
 		}
 		batchErr := c.Flush()
 		for _, pc := range batch {

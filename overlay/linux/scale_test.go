@@ -193,6 +193,47 @@ func TestPrivilegedPortChainMadeAnewForANewInterface(t *testing.T) {
 	}
 }
 
+// A batch of new chains that the kernel refuses whole is made again chain by chain: the chain it
+// refuses is reported, and the others are made and filled. Here a chain of a planned port's name
+// appears, with another priority, between the Apply's read of the kernel and its write, as another
+// program could make it; before Linux 6.16, a port's interface gone in that window has the same
+// effect.
+func TestPrivilegedRefusedChainBatchMadeChainByChain(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "psbatch")
+	_, state := onePort()
+	var ports []overlay.LocalPort
+	for i := 1; i <= 3; i++ {
+		mac, _ := net.ParseMAC(fmt.Sprintf("0e:00:00:00:00:%02x", i))
+		ports = append(ports, overlay.LocalPort{Interface: fmt.Sprintf("tap%d", i), MAC: mac, IP: netip.AddrFrom4([4]byte{10, 9, 0, byte(1 + i)})})
+		ns.MustRun(t, "ip", "tuntap", "add", "mode", "tap", "name", ports[i-1].Interface)
+	}
+	state.Networks[0].Ports = ports
+	inTheWay := overlay.PortChain("tap2")
+	t.Cleanup(func() { testHookChainBatch = nil })
+	testHookChainBatch = func() {
+		testHookChainBatch = nil
+		ns.MustRun(t, "nft", "add", "chain", "netdev", overlay.TableName, inTheWay, "{ type filter hook ingress device tap2 priority 10; }")
+	}
+	res, err := dp.Apply(context.Background(), state)
+	if err == nil || !strings.Contains(err.Error(), overlay.ChainObject("netdev", inTheWay)) {
+		t.Errorf("Apply with %s in the way: err %v, want one naming that chain", inTheWay, err)
+	}
+	got := changeText(res)
+	for _, p := range []overlay.LocalPort{ports[0], ports[2]} {
+		rule := overlay.RuleObject("netdev", overlay.PortChain(p.Interface), fmt.Sprintf("ether type ip ip saddr != %s counter jump port_drop", p.IP))
+		if !strings.Contains(got, "add "+rule+"\n") {
+			t.Errorf("changes lack %s's check, made apart from the refused batch:\n%s", p.Interface, got)
+		}
+	}
+	if strings.Contains(got, "add "+overlay.ChainObject("netdev", inTheWay)+"\n") {
+		t.Errorf("changes claim the refused chain %s was made:\n%s", inTheWay, got)
+	}
+	if rules := ns.MustRun(t, "nft", "list", "chain", "netdev", overlay.TableName, inTheWay); strings.Contains(rules, "port_drop") {
+		t.Errorf("rules written into the chain that is not ours to fill:\n%s", rules)
+	}
+}
+
 // previousVersionHost is a host with port tap1 plugged and the previous version's port security in
 // place (setBasedPortSecurity); state is what the current version wants there.
 func previousVersionHost(t *testing.T, label string) (*nstest.NS, *Datapath, overlay.DesiredState) {
