@@ -13,10 +13,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vxfabric/vxfabric/lab"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
@@ -165,16 +167,16 @@ func buildFabric(ctx context.Context, l *lab.Lab, hosts int) (*labFabric, error)
 }
 
 // iperf3 runs one TCP test from client to server (targets of lab.Exec) towards dst and returns the
-// receiver's rate in bit/s. With pin, the client runs on CPU 0 and the server on CPU 1.
-func iperf3(ctx context.Context, l *lab.Lab, server, client string, dst netip.Addr, seconds int, pin bool) (float64, error) {
+// receiver's rate in bit/s. With cpus, the client runs on CPU cpus[0] and the server on cpus[1].
+func iperf3(ctx context.Context, l *lab.Lab, server, client string, dst netip.Addr, seconds int, cpus []int) (float64, error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	srvDone := make(chan error, 1)
 	srv := []string{"iperf3", "-s", "-1", "-B", dst.String()}
 	cli := []string{"iperf3", "-c", dst.String(), "-t", fmt.Sprint(seconds), "-J"}
-	if pin {
-		srv = append(srv, "-A", "1")
-		cli = append(cli, "-A", "0")
+	if cpus != nil {
+		srv = append(srv, "-A", fmt.Sprint(cpus[1]))
+		cli = append(cli, "-A", fmt.Sprint(cpus[0]))
 	}
 	go func() {
 		srvDone <- l.Exec(sctx, server, srv, lab.Stdio{})
@@ -221,90 +223,104 @@ func throughput(ctx context.Context, f *labFabric, cfg LabConfig, out *Outcome) 
 		out.Skipped = "iperf3 is not installed: apt-get install -y iperf3 (make bench installs it as root)"
 		return nil
 	}
-	// Each of the two hosts gets a CPU of its own, as if it were a machine: its iperf3 runs there
-	// (left to the scheduler, sender and receiver sometimes shared a core, which swung the ratio
-	// between 0.71 and 0.95) and, with steering on, so does the receive work of its uplink. Without
-	// steering the kernel carries what h1 sends through h2's whole receive path on h1's CPU, in the
-	// sender's softirq and with the data still in that CPU's cache, which no two machines do. Both
-	// placements are measured, in every round, for both paths.
-	pin := runtime.NumCPU() >= 2
-	type sample struct{ under, over, ratio []float64 }
-	var steered, shared sample
-	defer func() {
-		if pin {
-			_ = steerReceive(context.WithoutCancel(ctx), f.l, false)
+	// Each of the two hosts gets a CPU of its own, for both paths: its iperf3 runs there (left to
+	// the scheduler, sender and receiver sometimes shared a core, which swung the ratio between 0.71
+	// and 0.95). Two placements of the kernel's receive work are measured in every round: the
+	// kernel's own, in which a veth delivers in the sender's context, so that h1's CPU carries each
+	// packet through the switch and the whole of h2's receive path; and one in which receive packet
+	// steering hands what arrives on each host's uplink to that host's CPU, as a packet reaching
+	// another machine is processed there. Neither is two machines: the first puts both hosts'
+	// kernel work of a packet on one core, the second hands each packet across cores at a cost that
+	// both cores pay. bench/README.md has what each changes.
+	cpus := usableCPUs()
+	if len(cpus) < 2 {
+		cpus = nil
+	} else {
+		cpus = cpus[:2]
+	}
+	placements := []placement{{name: "receive where the kernel runs it"}}
+	var prev []string // the uplinks' steering as the lab made them: none, unless the machine sets a default
+	if cpus != nil {
+		var err error
+		prev, err = readSteering(ctx, f.l)
+		if err != nil {
+			out.Notes = append(out.Notes, fmt.Sprintf("receive steering not measured: %v", err))
+		} else {
+			placements = append(placements, placement{name: "receive on the receiving host's CPU", steer: true})
+			defer func() {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				defer cancel()
+				if err := writeSteering(rctx, f.l, prev); err != nil {
+					out.Notes = append(out.Notes, fmt.Sprintf("receive steering not restored: %v", err))
+				}
+			}()
 		}
-	}()
+	}
 	for r := range cfg.Rounds {
-		for _, steer := range placements(pin, r) {
-			if pin {
-				if err := steerReceive(ctx, f.l, steer); err != nil {
+		// Alternate the placements' order between rounds, so that drift on a shared machine
+		// favours neither.
+		for k := range placements {
+			p := &placements[(k+r)%len(placements)]
+			if len(placements) > 1 {
+				masks := prev
+				if p.steer {
+					masks = []string{cpuMask(cpus[0]), cpuMask(cpus[1])}
+				}
+				if err := writeSteering(ctx, f.l, masks); err != nil {
 					return err
 				}
 			}
-			u, o, err := throughputRound(ctx, f, cfg.Seconds, pin, r)
+			u, o, err := throughputRound(ctx, f, cfg.Seconds, cpus, r)
 			if err != nil {
 				return err
 			}
-			s, what := &steered, "receive on the receiving host's CPU"
-			if !steer {
-				s, what = &shared, "receive on the sender's CPU"
-			}
-			s.under, s.over, s.ratio = append(s.under, u), append(s.over, o), append(s.ratio, o/u)
-			cfg.Progress("throughput round %d, %s: underlay %.2f Gbit/s, overlay %.2f Gbit/s", r+1, what, u/1e9, o/1e9)
+			p.under, p.over, p.ratio = append(p.under, u), append(p.over, o), append(p.ratio, o/u)
+			cfg.Progress("throughput round %d, %s: underlay %.2f Gbit/s, overlay %.2f Gbit/s", r+1, p.name, u/1e9, o/1e9)
 		}
 	}
-	head := steered
-	if !pin {
-		head = shared
-	}
-	// Medians, and the ratio taken within each round (both paths measured back to back), so that
-	// one round disturbed by other work on the machine moves the figure little.
-	note := fmt.Sprintf("median of %d rounds of one %d s iperf3 TCP run per path, the order alternating; the rounds' ratios ranged %.2f-%.2f",
-		cfg.Rounds, cfg.Seconds, slices.Min(head.ratio), slices.Max(head.ratio))
-	if pin {
-		note += "; each host on a CPU of its own for both paths: h1's iperf3 and the receive work of its uplink (RPS) on CPU 0, h2's on CPU 1"
-	}
-	out.Metrics = []Metric{
-		InfoMetric("underlay TCP h1 -> h2", median(head.under)/1e9, "Gbit/s"),
-		InfoMetric("overlay TCP v1 (h1) -> v2 (h2)", median(head.over)/1e9, "Gbit/s"),
-		NewMetric("overlay / underlay", median(head.ratio), "", AtLeast, 0.9),
-	}
-	for i := range out.Metrics {
-		out.Metrics[i].Note = note
-	}
-	if pin {
-		m := InfoMetric("overlay / underlay, receive work left on the sender's CPU", median(shared.ratio), "")
-		m.Note = fmt.Sprintf("the same rounds without steering: underlay %.1f, overlay %.1f Gbit/s; the rounds' ratios ranged %.2f-%.2f",
-			median(shared.under)/1e9, median(shared.over)/1e9, slices.Min(shared.ratio), slices.Max(shared.ratio))
-		out.Metrics = append(out.Metrics, m)
+	for _, p := range placements {
+		// Medians, and the ratio taken within each round (both paths measured back to back), so
+		// that one round disturbed by other work on the machine moves the figure little.
+		note := fmt.Sprintf("median of %d rounds of one %d s iperf3 TCP run per path, the order alternating; the rounds' ratios ranged %.2f-%.2f",
+			cfg.Rounds, cfg.Seconds, slices.Min(p.ratio), slices.Max(p.ratio))
+		switch {
+		case cpus == nil:
+			note += "; one CPU: both hosts share it"
+		case p.steer:
+			note += fmt.Sprintf("; h1's iperf3 and the receive work of its uplink (RPS) on CPU %d, h2's on CPU %d", cpus[0], cpus[1])
+		default:
+			note += fmt.Sprintf("; h1's iperf3 on CPU %d, h2's on CPU %d, receive work where the kernel runs it (no RPS)", cpus[0], cpus[1])
+		}
+		ms := []Metric{
+			InfoMetric("underlay TCP h1 -> h2, "+p.name, median(p.under)/1e9, "Gbit/s"),
+			InfoMetric("overlay TCP v1 (h1) -> v2 (h2), "+p.name, median(p.over)/1e9, "Gbit/s"),
+			NewMetric("overlay / underlay, "+p.name, median(p.ratio), "", AtLeast, 0.9),
+		}
+		for i := range ms {
+			ms[i].Note = note
+		}
+		out.Metrics = append(out.Metrics, ms...)
 	}
 	out.Notes = append(out.Notes, fmt.Sprintf("lab %q: hosts are namespaces on a veth underlay (MTU 1500), VMs are namespaces on the overlay (network MTU 1450); br_netfilter off in the hosts' namespaces (lab default: plain hosts, not Docker hosts)", LabName))
 	return nil
 }
 
-// placements is the order in which round r measures with receive steering on and off: alternating
-// between rounds, so that drift on a shared machine favours neither. Without pinning, only the
-// kernel's own placement is measured.
-func placements(pin bool, r int) []bool {
-	if !pin {
-		return []bool{false}
-	}
-	if r%2 == 0 {
-		return []bool{true, false}
-	}
-	return []bool{false, true}
+// placement is where the kernel's receive work runs during some rounds, and what they measured.
+type placement struct {
+	name               string
+	steer              bool // each host's uplink steered to its CPU
+	under, over, ratio []float64
 }
 
 // throughputRound measures the underlay (h1 -> h2) and the overlay (v1 -> v2) once each, in an
 // order that alternates with r, and returns their rates in bit/s.
-func throughputRound(ctx context.Context, f *labFabric, seconds int, pin bool, r int) (under, over float64, err error) {
+func throughputRound(ctx context.Context, f *labFabric, seconds int, cpus []int, r int) (under, over float64, err error) {
 	for k := range 2 {
 		if (k+r)%2 == 0 {
-			under, err = iperf3(ctx, f.l, "h2", "h1", lab.HostAddr(2), seconds, pin)
+			under, err = iperf3(ctx, f.l, "h2", "h1", lab.HostAddr(2), seconds, cpus)
 			err = wrapIf(err, "underlay")
 		} else {
-			over, err = iperf3(ctx, f.l, f.vms[1].Name, f.vms[0].Name, f.vms[1].IP(0), seconds, pin)
+			over, err = iperf3(ctx, f.l, f.vms[1].Name, f.vms[0].Name, f.vms[1].IP(0), seconds, cpus)
 			err = wrapIf(err, "overlay")
 		}
 		if err != nil {
@@ -314,16 +330,60 @@ func throughputRound(ctx context.Context, f *labFabric, seconds int, pin bool, r
 	return under, over, nil
 }
 
-// steerReceive sets receive packet steering on the uplinks of h1 and h2: on, h1's to CPU 0 and h2's
-// to CPU 1 (the CPUs their iperf3 is pinned to); off, the kernel's default of none.
-func steerReceive(ctx context.Context, l *lab.Lab, on bool) error {
-	for i, h := range []string{lab.HostName(1), lab.HostName(2)} {
-		mask := 0
-		if on {
-			mask = 1 << i
+// usableCPUs are the CPUs this process may run on, in order.
+func usableCPUs() []int {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil
+	}
+	var cpus []int
+	for i := 0; len(cpus) < set.Count(); i++ {
+		if set.IsSet(i) {
+			cpus = append(cpus, i)
 		}
-		script := fmt.Sprintf("for q in /sys/class/net/%s/queues/rx-*/rps_cpus; do echo %x > $q || exit 1; done", lab.UnderlayIface, mask)
-		if _, err := l.Output(ctx, h, "sh", "-c", script); err != nil {
+	}
+	return cpus
+}
+
+// cpuMask is the rps_cpus mask of one CPU: hexadecimal, in comma-separated groups of 32 bits.
+func cpuMask(cpu int) string {
+	words := make([]string, cpu/32+1)
+	for i := range words {
+		words[i] = "00000000"
+	}
+	words[0] = fmt.Sprintf("%08x", uint32(1)<<(cpu%32))
+	return strings.Join(words, ",")
+}
+
+// steeringScript is the shell that reads (no mask) or writes the receive steering of every receive
+// queue of a host's uplink.
+func steeringScript(mask string) string {
+	files := "/sys/class/net/" + lab.UnderlayIface + "/queues/rx-*/rps_cpus"
+	if mask == "" {
+		return "cat " + files
+	}
+	return "for q in " + files + "; do echo " + mask + " > $q || exit 1; done"
+}
+
+// readSteering returns the receive steering mask of h1's and h2's uplinks (their first queue's);
+// it fails where the kernel has no RPS.
+func readSteering(ctx context.Context, l *lab.Lab) ([]string, error) {
+	var masks []string
+	for _, h := range []string{lab.HostName(1), lab.HostName(2)} {
+		out, err := l.Output(ctx, h, "sh", "-c", steeringScript(""))
+		fields := strings.Fields(out)
+		if err != nil || len(fields) == 0 {
+			return nil, fmt.Errorf("read the receive steering of %s's uplink: %v", h, err)
+		}
+		masks = append(masks, fields[0])
+	}
+	return masks, nil
+}
+
+// writeSteering sets the receive steering of h1's and h2's uplinks to masks[0] and masks[1].
+func writeSteering(ctx context.Context, l *lab.Lab, masks []string) error {
+	for i, h := range []string{lab.HostName(1), lab.HostName(2)} {
+		if _, err := l.Output(ctx, h, "sh", "-c", steeringScript(masks[i])); err != nil {
 			return fmt.Errorf("receive steering on %s's uplink: %w", h, err)
 		}
 	}
