@@ -15,6 +15,7 @@ import (
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/auth"
 	"github.com/vxfabric/vxfabric/controlplane/fanout"
+	"github.com/vxfabric/vxfabric/controlplane/gossipkeys"
 	"github.com/vxfabric/vxfabric/controlplane/nodestatus"
 	"github.com/vxfabric/vxfabric/controlplane/server"
 	"github.com/vxfabric/vxfabric/membership"
@@ -29,6 +30,7 @@ type serverFlags struct {
 	name             string
 	advertise        string
 	gossip           gossipFlags
+	revokeRotation   time.Duration
 	auth             *auth.Config
 	dataDir          string
 	etcdEndpoints    []string
@@ -77,6 +79,7 @@ func newServerCmd() *cobra.Command {
 	fs.StringVar(&f.name, "name", "", "this server's gossip member name (default server-HOSTNAME)")
 	fs.StringVar(&f.advertise, "advertise", "", "API address HOST:PORT agents dial, announced through gossip (default: the first TCP --listen, with the gossip address's IP when that listen address is unspecified)")
 	f.auth = auth.AddFlags(fs)
+	fs.DurationVar(&f.revokeRotation, "gossip-revoke-rotation", gossipkeys.DefaultStepTimeout, "when a newer client certificate revocation list comes in force, start a gossip key rotation with this step timeout, so that revoked hosts are shut out of gossip too (0: leave it to vxfab gossip rotate)")
 	f.gossip.addTo(fs, "0.0.0.0:"+strconv.Itoa(membership.DefaultPort)+" when --join is given; without both, no gossip")
 	return cmd
 }
@@ -125,7 +128,10 @@ func serverConfig(f serverFlags, reg prometheus.Registerer) (server.Config, erro
 		if err != nil {
 			return cfg, err
 		}
-		cfg.Plugins = append(cfg.Plugins, nodestatus.Plugin(mc))
+		if f.revokeRotation < 0 || f.revokeRotation > gossipkeys.MaxStepTimeout {
+			return cfg, fmt.Errorf("--gossip-revoke-rotation %s: want 0 (off) up to %s", f.revokeRotation, gossipkeys.MaxStepTimeout)
+		}
+		cfg.Plugins = append(cfg.Plugins, nodestatus.Plugin(mc, f.revokeRotation))
 	}
 	hub := fanout.Default()
 	hub.Registerer = reg

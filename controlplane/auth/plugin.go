@@ -27,7 +27,7 @@ func Plugin(cfg Config) server.Plugin {
 			defer close(watched)
 			a.tokens.watchDeletes(wctx)
 		}()
-		return server.Extension{
+		ext := server.Extension{
 			ServerOptions: a.ServerOptions(),
 			Register:      a.Register,
 			Services:      []string{vxfabricv1.TokenService_ServiceDesc.ServiceName},
@@ -35,6 +35,10 @@ func Plugin(cfg Config) server.Plugin {
 				cancel()
 				<-watched
 			},
-		}, nil
+		}
+		if a.revoked != nil {
+			ext.Revocations = a.revoked
+		}
+		return ext, nil
 	}
 }

@@ -10,7 +10,8 @@
 // step on: a compare on the keyring's revision lets one of them do it.
 //
 // A node whose agent can no longer open a Sync stream (a revoked certificate) never receives the new
-// key, so a rotation after a revocation shuts it out of gossip.
+// key, so a rotation after a revocation shuts it out of gossip. A server given the revocation list it
+// enforces starts that rotation itself when a newer list comes in force (RotateOnRevocation).
 package gossipkeys
 
 import (
@@ -21,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"slices"
 	"strconv"
 	"strings"
@@ -55,7 +57,22 @@ type Config struct {
 	// MinStep is the least time a step lasts, so that every server has installed it before the next
 	// one starts (servers do not confirm). Default 1 s.
 	MinStep time.Duration
-	Logger  *slog.Logger
+	// Revocations, when set, is the client certificate revocation list this server enforces: when
+	// a list comes in force with a higher CRL number than the one the fabric last rotated for, the
+	// server starts a rotation with RevokeStepTimeout (see rotateOnRevocation).
+	Revocations RevocationList
+	// RevokeStepTimeout is the step timeout of the rotations a revocation starts. Default
+	// DefaultStepTimeout.
+	RevokeStepTimeout time.Duration
+	Logger            *slog.Logger
+}
+
+// RevocationList is a revocation list in force (pki.Revocations).
+type RevocationList interface {
+	// InForce returns the list's issuer (an identifier of the CA that signed it), its CRL number
+	// (nil before there is a list; numbering starts again with a new CA) and how many certificates
+	// it revokes.
+	InForce() (issuer string, number *big.Int, revoked int)
 }
 
 // Rotator installs the fabric's keyring in one server's gossip member, moves rotations on, and
@@ -69,10 +86,12 @@ type Rotator struct {
 	now func() time.Time
 
 	// Used by Run's goroutine only.
-	sess      *concurrency.Session // the lease of this server's confirmation key
-	confirmed int64                // the keyring revision this server's confirmation key holds
-	seenRev   int64                // the running step's revision, and when this server first saw it:
-	seenAt    time.Time            // a step's age is measured on this server's own clock
+	sess       *concurrency.Session // the lease of this server's confirmation key
+	confirmed  int64                // the keyring revision this server's confirmation key holds
+	seenRev    int64                // the running step's revision, and when this server first saw it:
+	seenAt     time.Time            // a step's age is measured on this server's own clock
+	rotatedFor listID               // the revocation list known to need no rotation from this server
+	waiting    string               // why a rotation for a newer list waits, as last logged
 }
 
 // ServerConfirmationTTL bounds how long a server that stopped holds a rotation up: its confirmation
@@ -89,6 +108,9 @@ func New(cli *clientv3.Client, m *membership.Member, cfg Config) *Rotator {
 	}
 	if cfg.MinStep <= 0 {
 		cfg.MinStep = time.Second
+	}
+	if cfg.RevokeStepTimeout <= 0 {
+		cfg.RevokeStepTimeout = DefaultStepTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -123,7 +145,7 @@ func (r *Rotator) Run(ctx context.Context) {
 	var installed int64
 	var failing string // the last error logged: a lasting one is logged once, not at every poll
 	for {
-		err := r.tick(ctx, &installed)
+		err := errors.Join(r.tick(ctx, &installed), r.rotateOnRevocation(ctx))
 		switch {
 		case err != nil && ctx.Err() == nil && err.Error() != failing:
 			failing = err.Error()
@@ -307,24 +329,38 @@ func (r *Rotator) RotateGossipKey(ctx context.Context, req *vxfabricv1.RotateGos
 	case timeout < 0 || timeout > MaxStepTimeout:
 		return nil, status.Errorf(codes.InvalidArgument, "step_timeout_ms %d: want 0 (30 s) up to %d", req.GetStepTimeoutMs(), MaxStepTimeout.Milliseconds())
 	}
+	if err := r.start(ctx, timeout, nil, nil); err != nil {
+		return nil, err
+	}
+	st, err := r.describe(ctx)
+	if err != nil {
+		return nil, unavailable(ctx, err)
+	}
+	return &vxfabricv1.RotateGossipKeyResponse{Keyring: st}, nil
+}
+
+// start begins a rotation with a new random key, in one transaction with ops, if also cmps hold.
+// It fails with FailedPrecondition while a rotation runs or on unencrypted gossip, and with Aborted
+// when the keyring or cmps changed meanwhile.
+func (r *Rotator) start(ctx context.Context, timeout time.Duration, cmps []clientv3.Cmp, ops []clientv3.Op) error {
 	if !r.m.Encrypted() {
-		return nil, status.Error(codes.FailedPrecondition, "gossip is not encrypted: start every server and agent with a gossip key (vxfab certs init writes one) before rotating it")
+		return status.Error(codes.FailedPrecondition, "gossip is not encrypted: start every server and agent with a gossip key (vxfab certs init writes one) before rotating it")
 	}
 	kr, rev, err := r.read(ctx)
 	if err != nil {
-		return nil, unavailable(ctx, err)
+		return unavailable(ctx, err)
 	}
 	current := r.m.Keys()
 	if kr != nil {
 		if kr.GetStep() != vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE {
-			return nil, status.Errorf(codes.FailedPrecondition, "a rotation is running: step %s since %s", stepName(kr.GetStep()),
+			return status.Errorf(codes.FailedPrecondition, "a rotation is running: step %s since %s", stepName(kr.GetStep()),
 				kr.GetStepTime().AsTime().Format(time.RFC3339))
 		}
 		current = kr.GetKeys()
 	}
 	newKey := make([]byte, keySize)
 	if _, err := rand.Read(newKey); err != nil {
-		return nil, status.Errorf(codes.Internal, "make a gossip key: %v", err)
+		return status.Errorf(codes.Internal, "make a gossip key: %v", err)
 	}
 	next := &vxfabricv1.GossipKeyring{
 		Keys:          append(slices.Clone(current), newKey),
@@ -334,23 +370,98 @@ func (r *Rotator) RotateGossipKey(ctx context.Context, req *vxfabricv1.RotateGos
 	}
 	val, err := proto.Marshal(next)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "encode the gossip keyring: %v", err)
+		return status.Errorf(codes.Internal, "encode the gossip keyring: %v", err)
 	}
-	resp, err := r.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(r.key()), "=", rev)).
-		Then(clientv3.OpPut(r.key(), string(val))).Commit()
+	resp, err := r.cli.Txn(ctx).If(append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(r.key()), "=", rev)}, cmps...)...).
+		Then(append([]clientv3.Op{clientv3.OpPut(r.key(), string(val))}, ops...)...).Commit()
 	if err != nil {
-		return nil, unavailable(ctx, err)
+		return unavailable(ctx, err)
 	}
 	if !resp.Succeeded {
-		return nil, status.Error(codes.Aborted, "the gossip keyring changed meanwhile (another rotation started): look at it again")
+		return status.Error(codes.Aborted, "the gossip keyring changed meanwhile (another rotation started): look at it again")
 	}
 	r.log.Info("gossip key rotation started", "new_key", KeyIDs([][]byte{newKey})[0], "step_timeout", timeout)
-	st, err := r.describe(ctx)
-	if err != nil {
-		return nil, unavailable(ctx, err)
-	}
-	return &vxfabricv1.RotateGossipKeyResponse{Keyring: st}, nil
+	return nil
 }
+
+// rotateOnRevocation starts a rotation when the revocation list in force (Config.Revocations) is
+// newer than the one the fabric last rotated for (store.GossipRevocationKey): a revoked host's agent
+// holds the gossip key until it is replaced. Newer is a higher CRL number from the same CA; a list of
+// another CA (numbering starts again), or one before any rotation for a list, needs a rotation only
+// if it revokes something. While a rotation runs, the new one waits for it (the revoked host may
+// have received the running one's key); when several servers see the new list, a compare on the
+// record lets one of them start it.
+func (r *Rotator) rotateOnRevocation(ctx context.Context) error {
+	if r.cfg.Revocations == nil || !r.m.Encrypted() {
+		return nil
+	}
+	issuer, number, revoked := r.cfg.Revocations.InForce()
+	list := listID{issuer: issuer, number: number}
+	if number == nil || !list.newer(r.rotatedFor) {
+		return nil
+	}
+	resp, err := r.cli.Get(ctx, r.revocationKey())
+	if err != nil {
+		return fmt.Errorf("read the revocation list last rotated for: %w", err)
+	}
+	var recorded listID
+	var recordRev int64
+	if len(resp.Kvs) == 1 {
+		recordRev = resp.Kvs[0].ModRevision
+		if recorded, err = parseListID(string(resp.Kvs[0].Value)); err != nil {
+			return fmt.Errorf("the revocation list last rotated for: %w", err)
+		}
+	}
+	if !list.newer(recorded) || (recorded.issuer != issuer && revoked == 0) {
+		r.rotatedFor = list
+		return nil
+	}
+	err = r.start(ctx, r.cfg.RevokeStepTimeout, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(r.revocationKey()), "=", recordRev)},
+		[]clientv3.Op{clientv3.OpPut(r.revocationKey(), list.String())})
+	switch status.Code(err) {
+	case codes.OK:
+		r.log.Info("gossip key rotation started for a new revocation list, to shut revoked hosts out of gossip",
+			"crl_number", number, "ca", issuer, "revoked", revoked)
+		r.rotatedFor, r.waiting = list, ""
+		return nil
+	case codes.FailedPrecondition:
+		if why := status.Convert(err).Message(); why != r.waiting {
+			r.waiting = why
+			r.log.Info("gossip key rotation for a new revocation list waits", "crl_number", number, "why", why)
+		}
+		return nil
+	case codes.Aborted:
+		return nil // another server started it, or the keyring moved: look again at the next poll
+	}
+	return err
+}
+
+// listID names a revocation list: the CA that signed it and its CRL number (nil: none).
+type listID struct {
+	issuer string
+	number *big.Int
+}
+
+// newer tells whether l comes after than: a higher number from the same CA, or any list of another
+// CA (whose numbering starts again) or after none.
+func (l listID) newer(than listID) bool {
+	return than.number == nil || l.issuer != than.issuer || l.number.Cmp(than.number) > 0
+}
+
+// String is the record's form: "NUMBER ISSUER".
+func (l listID) String() string { return l.number.String() + " " + l.issuer }
+
+func parseListID(v string) (listID, error) {
+	f := strings.Fields(v)
+	if len(f) == 2 {
+		if n, ok := new(big.Int).SetString(f[0], 10); ok {
+			return listID{issuer: f[1], number: n}, nil
+		}
+	}
+	return listID{}, fmt.Errorf("%q: want a CRL number and its CA's key identifier", v)
+}
+
+func (r *Rotator) revocationKey() string { return r.cfg.Prefix + store.GossipRevocation }
 
 // GetGossipKeyring describes the keyring (see the proto).
 func (r *Rotator) GetGossipKeyring(ctx context.Context, _ *vxfabricv1.GetGossipKeyringRequest) (*vxfabricv1.GetGossipKeyringResponse, error) {

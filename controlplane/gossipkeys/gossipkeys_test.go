@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"math/big"
 	"slices"
 	"testing"
 	"time"
@@ -176,5 +177,120 @@ func TestRotation(t *testing.T) {
 	plain := New(cli, member(t), Config{})
 	if _, err := plain.RotateGossipKey(ctx, &vxfabricv1.RotateGossipKeyRequest{}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("rotation of unencrypted gossip: %v, want FailedPrecondition", err)
+	}
+}
+
+// crl is a revocation list in force, as a test sets it.
+type crl struct {
+	ca      string
+	number  int64 // 0: no list
+	revoked int
+}
+
+func (c *crl) InForce() (string, *big.Int, int) {
+	if c.number == 0 {
+		return "", nil, 0
+	}
+	return c.ca, big.NewInt(c.number), c.revoked
+}
+
+// A newer revocation list in force starts a rotation, once for the fabric however many servers see
+// it; a list that revokes nothing before any rotation for one does not, nor does the same list again.
+// A newer list while a rotation runs waits for it to end, then starts its own.
+func TestRotationOnRevocation(t *testing.T) {
+	ctx := context.Background()
+	cli := etcdtest.Client(t)
+	old := bytes.Repeat([]byte{7}, 32)
+	list := &crl{ca: "ca1", number: 1}
+	newRotator := func() *Rotator {
+		r := New(cli, member(t, old), Config{Revocations: list, RevokeStepTimeout: 5 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+		t.Cleanup(r.close)
+		return r
+	}
+	a, b := newRotator(), newRotator()
+	check := func(r *Rotator, what string, wantKeys int, wantRecord string) (rev int64) {
+		t.Helper()
+		if err := r.rotateOnRevocation(ctx); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		kr, rev, err := a.read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(kr.GetKeys()) != wantKeys {
+			t.Errorf("%s: keyring %v, want %d keys", what, kr, wantKeys)
+		}
+		resp, err := cli.Get(ctx, store.GossipRevocationKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		if len(resp.Kvs) == 1 {
+			got = string(resp.Kvs[0].Value)
+		}
+		if got != wantRecord {
+			t.Errorf("%s: the list rotated for is %q, want %q", what, got, wantRecord)
+		}
+		return rev
+	}
+	finish := func() {
+		t.Helper()
+		kr, _, err := a.read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kr.Step = vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_DONE
+		kr.Keys = kr.Keys[len(kr.Keys)-1:]
+		v, _ := proto.Marshal(kr)
+		if _, err := cli.Put(ctx, store.GossipKeyringKey, string(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	check(a, "an empty list", 0, "")
+	list.number, list.revoked = 2, 1
+	first := check(a, "a list that revokes one", 2, "2 ca1")
+	if kr, _, _ := a.read(ctx); kr.GetStep() != vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_INSTALL || kr.GetStepTimeoutMs() != 5000 {
+		t.Errorf("rotation started as %v, want INSTALL with a 5 s step timeout", kr)
+	}
+	if rev := check(a, "the same list again", 2, "2 ca1"); rev != first {
+		t.Error("the same list started another rotation")
+	}
+	finish()
+	check(b, "the same list at another server, the rotation done", 1, "2 ca1")
+	// An admin's rotation runs when a newer list comes: the list's rotation waits for it.
+	if _, err := a.RotateGossipKey(ctx, &vxfabricv1.RotateGossipKeyRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	list.number, list.revoked = 3, 2
+	check(b, "a newer list while a rotation runs", 2, "2 ca1")
+	finish()
+	ended := check(b, "the newer list once the rotation is done", 2, "3 ca1")
+	if rev := check(a, "the newer list at the other server", 2, "3 ca1"); rev != ended {
+		t.Error("the other server started a second rotation for the newer list")
+	}
+
+	// A new CA starts its list's numbers again: its empty list starts no rotation, its first
+	// revocation does, though its number is lower than the old CA's.
+	finish()
+	list.ca, list.number, list.revoked = "ca2", 1, 0
+	check(a, "a new CA's empty list", 1, "3 ca1")
+	list.number, list.revoked = 2, 1
+	check(b, "a new CA's first revocation", 2, "2 ca2")
+
+	// A fabric whose list revoked certificates before any rotation for one (an upgrade) rotates.
+	cli2 := etcdtest.Client(t)
+	up := New(cli2, member(t, old), Config{Revocations: &crl{ca: "ca1", number: 7, revoked: 3}, Logger: slog.New(slog.DiscardHandler)})
+	t.Cleanup(up.close)
+	if err := up.rotateOnRevocation(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if kr, _, err := up.read(ctx); err != nil || len(kr.GetKeys()) != 2 || kr.GetStepTimeoutMs() != DefaultStepTimeout.Milliseconds() {
+		t.Errorf("a list revoking 3 before any rotation: keyring %v, %v; want a rotation with the default step timeout", kr, err)
+	}
+	// Unencrypted gossip has no key to rotate.
+	plain := New(cli2, member(t), Config{Revocations: &crl{ca: "ca1", number: 9, revoked: 4}, Logger: slog.New(slog.DiscardHandler)})
+	if err := plain.rotateOnRevocation(ctx); err != nil {
+		t.Errorf("unencrypted gossip: %v", err)
 	}
 }

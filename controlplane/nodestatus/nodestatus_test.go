@@ -264,7 +264,7 @@ func TestPluginJoinsAsServerAndWrites(t *testing.T) {
 	mcfg.BindAddr = "127.0.0.1:0"
 	mcfg.GRPCAddr = "127.0.0.1:7499"
 	mcfg.Join = []string{seed.LocalAddr().String()}
-	ext, err := Plugin(mcfg)(context.Background(), server.Host{Etcd: cli, Logger: slog.New(slog.DiscardHandler)})
+	ext, err := Plugin(mcfg, 0)(context.Background(), server.Host{Etcd: cli, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

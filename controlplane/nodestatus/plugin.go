@@ -18,10 +18,11 @@ import (
 
 // Plugin joins the gossip cluster as a server (so that agents find it and it hears about them) and
 // runs the node status writer and the gossip keyring's rotator (GossipService, controlplane/gossipkeys)
-// for as long as `vxfab server` runs. mcfg is the server's gossip
-// configuration; its Role is forced to server and GRPCAddr must be the address agents dial. At
-// shutdown the server leaves the cluster (agents see it LEFT and fail over) after resigning.
-func Plugin(mcfg membership.Config) server.Plugin {
+// for as long as `vxfab server` runs. mcfg is the server's gossip configuration; its Role is forced
+// to server and GRPCAddr must be the address agents dial. With revokeRotation > 0, a newer client
+// certificate revocation list in force (Host.Revocations) starts a rotation with that step timeout.
+// At shutdown the server leaves the cluster (agents see it LEFT and fail over) after resigning.
+func Plugin(mcfg membership.Config, revokeRotation time.Duration) server.Plugin {
 	return func(ctx context.Context, host server.Host) (server.Extension, error) {
 		mcfg.Role = membership.RoleServer
 		if mcfg.Logger == nil {
@@ -43,7 +44,11 @@ func Plugin(mcfg membership.Config) server.Plugin {
 				host.Logger.Error("node status writer stopped", "err", err)
 			}
 		})
-		keys := gossipkeys.New(host.Etcd, m, gossipkeys.Config{Logger: host.Logger})
+		kcfg := gossipkeys.Config{Logger: host.Logger}
+		if revokeRotation > 0 && host.Revocations != nil {
+			kcfg.Revocations, kcfg.RevokeStepTimeout = host.Revocations, revokeRotation
+		}
+		keys := gossipkeys.New(host.Etcd, m, kcfg)
 		wg.Go(func() { keys.Run(wctx) })
 		return server.Extension{
 			Register: func(g *grpc.Server) { vxfabricv1.RegisterGossipServiceServer(g, keys) },

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -38,6 +39,17 @@ type Host struct {
 	Etcd   *clientv3.Client
 	Store  *store.Store
 	Logger *slog.Logger
+	// Revocations is the client certificate revocation list the server enforces, as an earlier
+	// plugin gave it (Extension.Revocations); nil without one.
+	Revocations RevocationList
+}
+
+// RevocationList is a client certificate revocation list in force (pki.Revocations).
+type RevocationList interface {
+	// InForce returns the list's issuer (an identifier of the CA that signed it), its CRL number
+	// (nil before there is a list; numbering starts again with a new CA) and how many certificates
+	// it revokes.
+	InForce() (issuer string, number *big.Int, revoked int)
 }
 
 // Extension is what a Plugin adds to the server.
@@ -52,6 +64,9 @@ type Extension struct {
 	// Convergence, when set, gives NodeService the nodes' applied and desired revisions (the first
 	// plugin that sets it wins).
 	Convergence api.ConvergenceSource
+	// Revocations, when set, is the revocation list the plugin enforces, handed to the plugins after
+	// it as Host.Revocations (the first plugin that sets it wins).
+	Revocations RevocationList
 	// Close releases what the plugin holds; called once at shutdown after the gRPC server stopped,
 	// before the etcd client is closed.
 	Close func()

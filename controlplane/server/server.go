@@ -121,6 +121,9 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if convergence == nil {
 			convergence = ext.Convergence
 		}
+		if host.Revocations == nil {
+			host.Revocations = ext.Revocations
+		}
 	}
 
 	svcs, err := api.New(api.Config{

@@ -54,6 +54,10 @@ const (
 	// GossipKeyringKey holds the fabric's gossip keyring (vxfabricv1.GossipKeyring), written by
 	// controlplane/gossipkeys from the first rotation on; absent before it.
 	GossipKeyringKey = Prefix + GossipKeyring
+	// GossipRevocationKey names the client certificate revocation list for which the last rotation
+	// was started, "NUMBER ISSUER" (its CRL number, decimal, and its CA's key identifier, hex),
+	// written by controlplane/gossipkeys with that rotation; absent before the first such rotation.
+	GossipRevocationKey = Prefix + GossipRevocation
 	// NodeKeyringPrefix records which keyring each node's agent confirmed: <node> -> the keyring's
 	// revision, 20 decimal digits (written by controlplane/fanout from ReportApplied).
 	NodeKeyringPrefix = Prefix + NodeKeyrings
@@ -62,13 +66,15 @@ const (
 	ServerKeyringPrefix = Prefix + ServerKeyrings
 )
 
-// GossipKeyring, NodeKeyrings, ServerKeyrings and NodeReports are GossipKeyringKey,
-// NodeKeyringPrefix, ServerKeyringPrefix and NodeReportsPrefix relative to the prefix.
+// GossipKeyring, GossipRevocation, NodeKeyrings, ServerKeyrings and NodeReports are GossipKeyringKey,
+// GossipRevocationKey, NodeKeyringPrefix, ServerKeyringPrefix and NodeReportsPrefix relative to the
+// prefix.
 const (
-	GossipKeyring  = "gossip/keyring"
-	NodeKeyrings   = "status/keyring/"
-	ServerKeyrings = "status/keyring-servers/"
-	NodeReports    = "status/reports/"
+	GossipKeyring    = "gossip/keyring"
+	GossipRevocation = "gossip/revocation-list"
+	NodeKeyrings     = "status/keyring/"
+	ServerKeyrings   = "status/keyring-servers/"
+	NodeReports      = "status/reports/"
 )
 
 // OrderedValue encodes n (>= 0) as the value of a key that etcd compares as a string (the report

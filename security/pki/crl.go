@@ -2,8 +2,10 @@ package pki
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -98,6 +100,15 @@ func readCRL(path string, cas []*x509.Certificate) (*x509.RevocationList, error)
 	return nil, fmt.Errorf("%s is not signed by the CA", path)
 }
 
+// issuerID names the CA that signed crl: its key identifier, or a digest of its name without one.
+func issuerID(crl *x509.RevocationList) string {
+	if len(crl.AuthorityKeyId) > 0 {
+		return hex.EncodeToString(crl.AuthorityKeyId)
+	}
+	sum := sha256.Sum256(crl.RawIssuer)
+	return hex.EncodeToString(sum[:8])
+}
+
 // RevocationKey names a certificate on a revocation list: its issuer and its serial number.
 func RevocationKey(rawIssuer []byte, serial *big.Int) string {
 	return string(rawIssuer) + "\x00" + serial.String()
@@ -132,6 +143,7 @@ type Revocations struct {
 	stamp  [2]int64   // the file's modification time and size when last read
 	loaded bool       // the file as stamp describes it was read
 	number *big.Int   // CRL number of the list in force; nil before one
+	issuer string     // the key identifier of the CA that signed it, hex
 	err    error      // why the file as it is now is not in force
 }
 
@@ -165,11 +177,27 @@ func (r *Revocations) Revoked(cert *x509.Certificate) bool {
 
 // RevokedKey reports whether the certificate of RevocationKey key is on the list in force.
 func (r *Revocations) RevokedKey(key string) bool {
+	r.look()
+	return (*r.serials.Load())[key]
+}
+
+// InForce describes the list in force: its issuer (the signing CA's key identifier, hex), its CRL
+// number (nil before there is a list; numbering starts again with a new CA) and how many
+// certificates it revokes.
+func (r *Revocations) InForce() (issuer string, number *big.Int, revoked int) {
+	r.look()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.issuer, r.number, len(*r.serials.Load())
+}
+
+// look reads the file again if it may have changed: at most once a second, and not while another
+// caller is at it.
+func (r *Revocations) look() {
 	if now := time.Now(); now.UnixNano()-r.checked.Load() >= int64(time.Second) && r.mu.TryLock() {
 		r.reload(now)
 		r.mu.Unlock()
 	}
-	return (*r.serials.Load())[key]
 }
 
 // Err is why the CRL file as it is now is not in force (nil when it is).
@@ -208,7 +236,7 @@ func (r *Revocations) reload(now time.Time) {
 	}
 	serials := revokedSerials(crl)
 	r.serials.Store(&serials)
-	r.number = crl.Number
+	r.number, r.issuer = crl.Number, issuerID(crl)
 	r.log.Info("revocation list in force", "path", r.path, "number", crl.Number, "revoked", len(serials))
 }
 

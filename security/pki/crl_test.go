@@ -39,6 +39,10 @@ func TestRevoke(t *testing.T) {
 	if rev.Revoked(h1) {
 		t.Fatal("h1 revoked before any revocation")
 	}
+	_, n0, k0 := rev.InForce()
+	if k0 != 0 {
+		t.Fatalf("list in force before any revocation: number %v, %d revoked", n0, k0)
+	}
 
 	res, err := Revoke(dir, []*x509.Certificate{h1}, time.Now())
 	if err != nil || len(res) != 1 || res[0].Already || res[0].Serial.Cmp(h1.SerialNumber) != 0 {
@@ -57,6 +61,10 @@ func TestRevoke(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond) // the list is looked at again at most once a second
 	if !rev.Revoked(h1) || rev.Revoked(h2) {
 		t.Fatalf("after revoking h1: h1 %v, h2 %v; want true, false", rev.Revoked(h1), rev.Revoked(h2))
+	}
+	ca1, n1, k1 := rev.InForce()
+	if n1 == nil || (n0 != nil && n1.Cmp(n0) <= 0) || k1 != 1 || ca1 == "" {
+		t.Fatalf("list in force after revoking h1: number %v (before %v), %d revoked; want a higher number, 1", n1, n0, k1)
 	}
 
 	// A list that is not the CA's leaves the last good one in force, and says why.
@@ -81,6 +89,9 @@ func TestRevoke(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	if !rev.Revoked(h1) || rev.Err() == nil {
 		t.Fatalf("with another CA's list: h1 revoked %v, err %v; want the last good list in force and an error", rev.Revoked(h1), rev.Err())
+	}
+	if ca, n, k := rev.InForce(); ca != ca1 || n.Cmp(n1) != 0 || k != 1 {
+		t.Fatalf("with another CA's list: %s's list number %v, %d revoked in force; want the last good list, %s's %v, 1", ca, n, k, ca1, n1)
 	}
 	if _, err := NewRevocations(crlPath, filepath.Join(dir, CACertFile), false, nil); err == nil {
 		t.Fatal("a server starting with another CA's list: no error")
