@@ -87,11 +87,12 @@ signed. A NAME revokes the certificate its file holds now and every unexpired on
 (certs init keeps a copy of each in --dir/issued/). With no name it writes the list anew (an empty
 one, to start with).
 
-The API server refuses a revoked certificate within a second: in new connections, in calls over
+The API server refuses a revoked certificate within about a second: in new connections, in calls over
 connections already open, and on running streams at their next message. A server that made its own
 PKI reads <data-dir>/pki/crl.pem; any other reads the list given with --tls-crl (copy the file to
 every server replica). Running certs init again issues the revoked node and admin certificates anew.
-A revoked node still knows the gossip key: vxfab gossip rotate replaces it everywhere else.`,
+A revoked node still knows the gossip key: once every running server enforces the new list, one of
+them replaces the key everywhere else (a rotation; server --gossip-revoke-rotation).`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var certs []*x509.Certificate
@@ -140,8 +141,8 @@ A revoked node still knows the gossip key: vxfab gossip rotate replaces it every
 				}
 			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "revocation list: %s\n"+
-				"a revoked node still holds the gossip key: run vxfab gossip rotate --step-timeout 5s to replace it\n"+
-				"everywhere else (the revoked node cannot confirm a step: each one waits for it until the timeout)\n",
+				"a revoked node still holds the gossip key: once every running server enforces this list (copy it to\n"+
+				"each replica's --tls-crl), one of them rotates the key (vxfab gossip status shows it)\n",
 				filepath.Join(revokeDir, pki.CRLFile))
 			return err
 		},

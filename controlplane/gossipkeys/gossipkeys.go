@@ -57,12 +57,13 @@ type Config struct {
 	// MinStep is the least time a step lasts, so that every server has installed it before the next
 	// one starts (servers do not confirm). Default 1 s.
 	MinStep time.Duration
-	// Revocations, when set, is the client certificate revocation list this server enforces: when
-	// a list comes in force with a higher CRL number than the one the fabric last rotated for, the
-	// server starts a rotation with RevokeStepTimeout (see rotateOnRevocation).
+	// Revocations, when set, is the client certificate revocation list this server enforces. The
+	// server records it on its lease (store.ServerRevocationsPrefix), and with RevokeStepTimeout
+	// set, starts a rotation when every running server enforces a list that revokes more than the
+	// one the fabric last rotated for (see rotateOnRevocation).
 	Revocations RevocationList
-	// RevokeStepTimeout is the step timeout of the rotations a revocation starts. Default
-	// DefaultStepTimeout.
+	// RevokeStepTimeout is the step timeout of the rotations a revocation starts; 0: a revocation
+	// starts none.
 	RevokeStepTimeout time.Duration
 	Logger            *slog.Logger
 }
@@ -90,6 +91,7 @@ type Rotator struct {
 	confirmed  int64                // the keyring revision this server's confirmation key holds
 	seenRev    int64                // the running step's revision, and when this server first saw it:
 	seenAt     time.Time            // a step's age is measured on this server's own clock
+	enforced   listID               // the revocation list this server's lease key records
 	rotatedFor listID               // the revocation list known to need no rotation from this server
 	waiting    string               // why a rotation for a newer list waits, as last logged
 }
@@ -108,9 +110,6 @@ func New(cli *clientv3.Client, m *membership.Member, cfg Config) *Rotator {
 	}
 	if cfg.MinStep <= 0 {
 		cfg.MinStep = time.Second
-	}
-	if cfg.RevokeStepTimeout <= 0 {
-		cfg.RevokeStepTimeout = DefaultStepTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -144,6 +143,9 @@ func (r *Rotator) Run(ctx context.Context) {
 	defer r.close()
 	var installed int64
 	var failing string // the last error logged: a lasting one is logged once, not at every poll
+	if r.cfg.Revocations != nil && r.cfg.RevokeStepTimeout > 0 && !r.m.Encrypted() {
+		r.log.Info("a revocation starts no gossip key rotation: gossip is not encrypted")
+	}
 	for {
 		err := errors.Join(r.tick(ctx, &installed), r.rotateOnRevocation(ctx))
 		switch {
@@ -190,29 +192,36 @@ func (r *Rotator) tick(ctx context.Context, installed *int64) error {
 // confirm records, on a lease, that this server's member holds the keyring of revision rev, so that
 // no step starts before every running server has installed the one before.
 func (r *Rotator) confirm(ctx context.Context, rev int64) error {
-	if r.sess != nil {
-		select {
-		case <-r.sess.Done():
-			r.sess, r.confirmed = nil, 0 // its lease expired (etcd was unreachable): the key went with it
-		default:
-		}
-	}
-	if r.sess != nil && rev == r.confirmed {
-		return nil
-	}
-	if r.sess == nil {
-		sess, err := concurrency.NewSession(r.cli, concurrency.WithTTL(ServerConfirmationTTL), concurrency.WithContext(ctx))
-		if err != nil {
-			return fmt.Errorf("lease for the keyring confirmation: %w", err)
-		}
-		r.sess = sess
+	lease, err := r.lease(ctx)
+	if err != nil || rev == r.confirmed {
+		return err
 	}
 	key := r.cfg.Prefix + store.ServerKeyrings + r.m.Name()
-	if _, err := r.cli.Put(ctx, key, store.OrderedValue(rev), clientv3.WithLease(r.sess.Lease())); err != nil {
+	if _, err := r.cli.Put(ctx, key, store.OrderedValue(rev), clientv3.WithLease(lease)); err != nil {
 		return fmt.Errorf("confirm keyring of revision %d: %w", rev, err)
 	}
 	r.confirmed = rev
 	return nil
+}
+
+// lease returns the lease of this server's keys, made anew when the last one expired (etcd was
+// unreachable for longer than its TTL): the keys went with it, and are written again.
+func (r *Rotator) lease(ctx context.Context) (clientv3.LeaseID, error) {
+	if r.sess != nil {
+		select {
+		case <-r.sess.Done():
+			r.sess, r.confirmed, r.enforced = nil, 0, listID{}
+		default:
+		}
+	}
+	if r.sess == nil {
+		sess, err := concurrency.NewSession(r.cli, concurrency.WithTTL(ServerConfirmationTTL), concurrency.WithContext(ctx))
+		if err != nil {
+			return 0, fmt.Errorf("lease for this server's keyring records: %w", err)
+		}
+		r.sess = sess
+	}
+	return r.sess.Lease(), nil
 }
 
 // close gives the confirmation key's lease back (the key goes at once).
@@ -384,20 +393,28 @@ func (r *Rotator) start(ctx context.Context, timeout time.Duration, cmps []clien
 	return nil
 }
 
-// rotateOnRevocation starts a rotation when the revocation list in force (Config.Revocations) is
-// newer than the one the fabric last rotated for (store.GossipRevocationKey): a revoked host's agent
-// holds the gossip key until it is replaced. Newer is a higher CRL number from the same CA; a list of
-// another CA (numbering starts again), or one before any rotation for a list, needs a rotation only
-// if it revokes something. While a rotation runs, the new one waits for it (the revoked host may
-// have received the running one's key); when several servers see the new list, a compare on the
-// record lets one of them start it.
+// rotateOnRevocation records the revocation list this server enforces (on its lease, under
+// store.ServerRevocationsPrefix) and starts a rotation when the list revokes more than the one the
+// fabric last rotated for (store.GossipRevocationKey): a revoked host's agent holds the gossip key
+// until it is replaced. It waits until every running server enforces that list, since a server
+// still on an older one would serve the revoked host's Sync stream and hand it the new key; and
+// while a rotation runs, since the revoked host may have received the running one's key. A list of
+// another CA (whose numbering starts again), or one before any rotation for a list, needs a
+// rotation if it revokes anything. Of the servers that see the list, a compare on the record lets
+// one start it.
 func (r *Rotator) rotateOnRevocation(ctx context.Context) error {
-	if r.cfg.Revocations == nil || !r.m.Encrypted() {
+	if r.cfg.Revocations == nil {
 		return nil
 	}
 	issuer, number, revoked := r.cfg.Revocations.InForce()
-	list := listID{issuer: issuer, number: number}
-	if number == nil || !list.newer(r.rotatedFor) {
+	if number == nil {
+		return nil
+	}
+	list := listID{issuer: issuer, number: number, revoked: revoked}
+	if err := r.report(ctx, list); err != nil {
+		return err
+	}
+	if r.cfg.RevokeStepTimeout <= 0 || !r.m.Encrypted() || !list.newer(r.rotatedFor) {
 		return nil
 	}
 	resp, err := r.cli.Get(ctx, r.revocationKey())
@@ -412,8 +429,16 @@ func (r *Rotator) rotateOnRevocation(ctx context.Context) error {
 			return fmt.Errorf("the revocation list last rotated for: %w", err)
 		}
 	}
-	if !list.newer(recorded) || (recorded.issuer != issuer && revoked == 0) {
+	if !list.newer(recorded) || revoked == 0 {
 		r.rotatedFor = list
+		return nil
+	}
+	behind, err := r.serversBehind(ctx, list)
+	if err != nil {
+		return err
+	}
+	if len(behind) > 0 {
+		r.wait(number, "servers still enforce an older revocation list (copy the new one to them): "+strings.Join(behind, ", "))
 		return nil
 	}
 	err = r.start(ctx, r.cfg.RevokeStepTimeout, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(r.revocationKey()), "=", recordRev)},
@@ -425,10 +450,7 @@ func (r *Rotator) rotateOnRevocation(ctx context.Context) error {
 		r.rotatedFor, r.waiting = list, ""
 		return nil
 	case codes.FailedPrecondition:
-		if why := status.Convert(err).Message(); why != r.waiting {
-			r.waiting = why
-			r.log.Info("gossip key rotation for a new revocation list waits", "crl_number", number, "why", why)
-		}
+		r.wait(number, status.Convert(err).Message())
 		return nil
 	case codes.Aborted:
 		return nil // another server started it, or the keyring moved: look again at the next poll
@@ -436,29 +458,77 @@ func (r *Rotator) rotateOnRevocation(ctx context.Context) error {
 	return err
 }
 
-// listID names a revocation list: the CA that signed it and its CRL number (nil: none).
+// wait logs, once for each reason, why the rotation for the list of CRL number n waits.
+func (r *Rotator) wait(n *big.Int, why string) {
+	if why != r.waiting {
+		r.waiting = why
+		r.log.Info("gossip key rotation for a new revocation list waits", "crl_number", n, "why", why)
+	}
+}
+
+// report records list as the one this server enforces, on its lease.
+func (r *Rotator) report(ctx context.Context, list listID) error {
+	lease, err := r.lease(ctx)
+	if err != nil || list.same(r.enforced) {
+		return err
+	}
+	key := r.cfg.Prefix + store.ServerRevocations + r.m.Name()
+	if _, err := r.cli.Put(ctx, key, list.String(), clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("record the revocation list in force: %w", err)
+	}
+	r.enforced = list
+	return nil
+}
+
+// serversBehind names the running servers whose recorded list is not list or a later one of its CA.
+func (r *Rotator) serversBehind(ctx context.Context, list listID) ([]string, error) {
+	prefix := r.cfg.Prefix + store.ServerRevocations
+	resp, err := r.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read the servers' revocation lists: %w", err)
+	}
+	var behind []string
+	for _, kv := range resp.Kvs {
+		l, err := parseListID(string(kv.Value))
+		if err != nil || l.issuer != list.issuer || l.number.Cmp(list.number) < 0 {
+			behind = append(behind, strings.TrimPrefix(string(kv.Key), prefix))
+		}
+	}
+	return behind, nil
+}
+
+// listID names a revocation list: the CA that signed it, its CRL number (nil: none) and how many
+// certificates it revokes.
 type listID struct {
-	issuer string
-	number *big.Int
+	issuer  string
+	number  *big.Int
+	revoked int
 }
 
-// newer tells whether l comes after than: a higher number from the same CA, or any list of another
-// CA (whose numbering starts again) or after none.
+// newer tells whether l revokes more than than: a higher number from the same CA with more
+// certificates on it (a list written anew without one more, by a revoke of the revoked, does not),
+// or any list of another CA (whose numbering starts again) or after none.
 func (l listID) newer(than listID) bool {
-	return than.number == nil || l.issuer != than.issuer || l.number.Cmp(than.number) > 0
+	return than.number == nil || l.issuer != than.issuer || (l.number.Cmp(than.number) > 0 && l.revoked > than.revoked)
 }
 
-// String is the record's form: "NUMBER ISSUER".
-func (l listID) String() string { return l.number.String() + " " + l.issuer }
+func (l listID) same(o listID) bool {
+	return l.number != nil && o.number != nil && l.issuer == o.issuer && l.number.Cmp(o.number) == 0
+}
+
+// String is the records' form: "NUMBER ISSUER REVOKED".
+func (l listID) String() string { return fmt.Sprintf("%s %s %d", l.number, l.issuer, l.revoked) }
 
 func parseListID(v string) (listID, error) {
 	f := strings.Fields(v)
-	if len(f) == 2 {
-		if n, ok := new(big.Int).SetString(f[0], 10); ok {
-			return listID{issuer: f[1], number: n}, nil
+	if len(f) == 3 {
+		n, ok := new(big.Int).SetString(f[0], 10)
+		k, err := strconv.Atoi(f[2])
+		if ok && err == nil {
+			return listID{issuer: f[1], number: n, revoked: k}, nil
 		}
 	}
-	return listID{}, fmt.Errorf("%q: want a CRL number and its CA's key identifier", v)
+	return listID{}, fmt.Errorf("%q: want a CRL number, its CA's key identifier and its count of revoked certificates", v)
 }
 
 func (r *Rotator) revocationKey() string { return r.cfg.Prefix + store.GossipRevocation }

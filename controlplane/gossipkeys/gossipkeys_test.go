@@ -22,7 +22,12 @@ import (
 
 func member(t *testing.T, keys ...[]byte) *membership.Member {
 	t.Helper()
-	cfg := membership.Default(membership.RoleServer, "srv")
+	return namedMember(t, "srv", keys...)
+}
+
+func namedMember(t *testing.T, name string, keys ...[]byte) *membership.Member {
+	t.Helper()
+	cfg := membership.Default(membership.RoleServer, name)
 	cfg.BindAddr = "127.0.0.1:0"
 	cfg.GRPCAddr = "127.0.0.1:7400"
 	cfg.Keys = keys
@@ -194,42 +199,55 @@ func (c *crl) InForce() (string, *big.Int, int) {
 	return c.ca, big.NewInt(c.number), c.revoked
 }
 
-// A newer revocation list in force starts a rotation, once for the fabric however many servers see
-// it; a list that revokes nothing before any rotation for one does not, nor does the same list again.
-// A newer list while a rotation runs waits for it to end, then starts its own.
+// A list that revokes more starts a rotation, once for the fabric, when every running server
+// enforces it; a list that revokes nothing before any rotation for one does not, nor does the same
+// list again, nor one written anew without a new revocation. A list that comes while a rotation
+// runs waits for it to end, then starts its own. A new CA's first revocation rotates though its
+// list's number is lower.
 func TestRotationOnRevocation(t *testing.T) {
 	ctx := context.Background()
 	cli := etcdtest.Client(t)
 	old := bytes.Repeat([]byte{7}, 32)
-	list := &crl{ca: "ca1", number: 1}
-	newRotator := func() *Rotator {
-		r := New(cli, member(t, old), Config{Revocations: list, RevokeStepTimeout: 5 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+	newRotator := func(cli *clientv3.Client, list *crl, name string, stepTimeout time.Duration, keys ...[]byte) *Rotator {
+		r := New(cli, namedMember(t, name, keys...), Config{Revocations: list, RevokeStepTimeout: stepTimeout, Logger: slog.New(slog.DiscardHandler)})
 		t.Cleanup(r.close)
 		return r
 	}
-	a, b := newRotator(), newRotator()
+	listA, listB := &crl{ca: "ca1", number: 1}, &crl{ca: "ca1", number: 1}
+	a, b := newRotator(cli, listA, "a", 5*time.Second, old), newRotator(cli, listB, "b", 5*time.Second, old)
+	both := func(ca string, number int64, revoked int) {
+		*listA = crl{ca: ca, number: number, revoked: revoked}
+		*listB = *listA
+	}
+	value := func(cli *clientv3.Client, key string) string {
+		t.Helper()
+		resp, err := cli.Get(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) == 0 {
+			return ""
+		}
+		return string(resp.Kvs[0].Value)
+	}
 	check := func(r *Rotator, what string, wantKeys int, wantRecord string) (rev int64) {
 		t.Helper()
 		if err := r.rotateOnRevocation(ctx); err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
-		kr, rev, err := a.read(ctx)
+		kr, rev, err := r.read(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(kr.GetKeys()) != wantKeys {
 			t.Errorf("%s: keyring %v, want %d keys", what, kr, wantKeys)
 		}
-		resp, err := cli.Get(ctx, store.GossipRevocationKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := ""
-		if len(resp.Kvs) == 1 {
-			got = string(resp.Kvs[0].Value)
-		}
-		if got != wantRecord {
+		if got := value(r.cli, store.GossipRevocationKey); got != wantRecord {
 			t.Errorf("%s: the list rotated for is %q, want %q", what, got, wantRecord)
+		}
+		issuer, number, revoked := r.cfg.Revocations.InForce()
+		if got, want := value(r.cli, store.ServerRevocationsPrefix+r.m.Name()), (listID{issuer, number, revoked}).String(); got != want {
+			t.Errorf("%s: this server's list recorded as %q, want %q", what, got, want)
 		}
 		return rev
 	}
@@ -248,49 +266,51 @@ func TestRotationOnRevocation(t *testing.T) {
 	}
 
 	check(a, "an empty list", 0, "")
-	list.number, list.revoked = 2, 1
-	first := check(a, "a list that revokes one", 2, "2 ca1")
+	check(b, "an empty list at the other server", 0, "")
+	*listA = crl{ca: "ca1", number: 2, revoked: 1}
+	check(a, "a list that revokes one, the other server still on the empty list", 0, "")
+	*listB = *listA
+	first := check(b, "a list that revokes one at both servers", 2, "2 ca1 1")
 	if kr, _, _ := a.read(ctx); kr.GetStep() != vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_INSTALL || kr.GetStepTimeoutMs() != 5000 {
 		t.Errorf("rotation started as %v, want INSTALL with a 5 s step timeout", kr)
 	}
-	if rev := check(a, "the same list again", 2, "2 ca1"); rev != first {
-		t.Error("the same list started another rotation")
+	if rev := check(a, "the same list at the other server", 2, "2 ca1 1"); rev != first {
+		t.Error("another server started a second rotation for the same list")
 	}
 	finish()
-	check(b, "the same list at another server, the rotation done", 1, "2 ca1")
-	// An admin's rotation runs when a newer list comes: the list's rotation waits for it.
+	both("ca1", 3, 1)
+	check(a, "a list written anew without a new revocation", 1, "2 ca1 1")
+	check(b, "a list written anew without a new revocation, at the other server", 1, "2 ca1 1")
+
+	// An admin's rotation runs when a list that revokes more comes: the list's rotation waits.
 	if _, err := a.RotateGossipKey(ctx, &vxfabricv1.RotateGossipKeyRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	list.number, list.revoked = 3, 2
-	check(b, "a newer list while a rotation runs", 2, "2 ca1")
+	both("ca1", 4, 2)
+	check(a, "a newer list while a rotation runs", 2, "2 ca1 1")
+	check(b, "a newer list while a rotation runs, at the other server", 2, "2 ca1 1")
 	finish()
-	ended := check(b, "the newer list once the rotation is done", 2, "3 ca1")
-	if rev := check(a, "the newer list at the other server", 2, "3 ca1"); rev != ended {
+	ended := check(b, "the newer list once the rotation is done", 2, "4 ca1 2")
+	if rev := check(a, "the newer list at the other server", 2, "4 ca1 2"); rev != ended {
 		t.Error("the other server started a second rotation for the newer list")
 	}
 
 	// A new CA starts its list's numbers again: its empty list starts no rotation, its first
 	// revocation does, though its number is lower than the old CA's.
 	finish()
-	list.ca, list.number, list.revoked = "ca2", 1, 0
-	check(a, "a new CA's empty list", 1, "3 ca1")
-	list.number, list.revoked = 2, 1
-	check(b, "a new CA's first revocation", 2, "2 ca2")
+	both("ca2", 1, 0)
+	check(a, "a new CA's empty list", 1, "4 ca1 2")
+	check(b, "a new CA's empty list, at the other server", 1, "4 ca1 2")
+	both("ca2", 2, 1)
+	check(a, "a new CA's first revocation, the other server not yet known to enforce it", 1, "4 ca1 2")
+	check(b, "a new CA's first revocation", 2, "2 ca2 1")
 
 	// A fabric whose list revoked certificates before any rotation for one (an upgrade) rotates.
 	cli2 := etcdtest.Client(t)
-	up := New(cli2, member(t, old), Config{Revocations: &crl{ca: "ca1", number: 7, revoked: 3}, Logger: slog.New(slog.DiscardHandler)})
-	t.Cleanup(up.close)
-	if err := up.rotateOnRevocation(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if kr, _, err := up.read(ctx); err != nil || len(kr.GetKeys()) != 2 || kr.GetStepTimeoutMs() != DefaultStepTimeout.Milliseconds() {
-		t.Errorf("a list revoking 3 before any rotation: keyring %v, %v; want a rotation with the default step timeout", kr, err)
-	}
-	// Unencrypted gossip has no key to rotate.
-	plain := New(cli2, member(t), Config{Revocations: &crl{ca: "ca1", number: 9, revoked: 4}, Logger: slog.New(slog.DiscardHandler)})
-	if err := plain.rotateOnRevocation(ctx); err != nil {
-		t.Errorf("unencrypted gossip: %v", err)
-	}
+	up := newRotator(cli2, &crl{ca: "ca1", number: 7, revoked: 3}, "up", DefaultStepTimeout, old)
+	check(up, "a list revoking 3 before any rotation", 2, "7 ca1 3")
+	// Without a step timeout, or on unencrypted gossip, a server records its list and rotates nothing.
+	cli3 := etcdtest.Client(t)
+	check(newRotator(cli3, &crl{ca: "ca1", number: 9, revoked: 4}, "off", 0, old), "rotation on revocation off", 0, "")
+	check(newRotator(cli3, &crl{ca: "ca1", number: 9, revoked: 4}, "plain", DefaultStepTimeout), "unencrypted gossip", 0, "")
 }

@@ -19,8 +19,9 @@ import (
 // Plugin joins the gossip cluster as a server (so that agents find it and it hears about them) and
 // runs the node status writer and the gossip keyring's rotator (GossipService, controlplane/gossipkeys)
 // for as long as `vxfab server` runs. mcfg is the server's gossip configuration; its Role is forced
-// to server and GRPCAddr must be the address agents dial. With revokeRotation > 0, a newer client
-// certificate revocation list in force (Host.Revocations) starts a rotation with that step timeout.
+// to server and GRPCAddr must be the address agents dial. With revokeRotation > 0, a client
+// certificate revocation list (Host.Revocations) that revokes more starts a rotation with that step
+// timeout once every running server enforces it.
 // At shutdown the server leaves the cluster (agents see it LEFT and fail over) after resigning.
 func Plugin(mcfg membership.Config, revokeRotation time.Duration) server.Plugin {
 	return func(ctx context.Context, host server.Host) (server.Extension, error) {
@@ -44,9 +45,9 @@ func Plugin(mcfg membership.Config, revokeRotation time.Duration) server.Plugin 
 				host.Logger.Error("node status writer stopped", "err", err)
 			}
 		})
-		kcfg := gossipkeys.Config{Logger: host.Logger}
-		if revokeRotation > 0 && host.Revocations != nil {
-			kcfg.Revocations, kcfg.RevokeStepTimeout = host.Revocations, revokeRotation
+		kcfg := gossipkeys.Config{Logger: host.Logger, RevokeStepTimeout: revokeRotation}
+		if host.Revocations != nil {
+			kcfg.Revocations = host.Revocations
 		}
 		keys := gossipkeys.New(host.Etcd, m, kcfg)
 		wg.Go(func() { keys.Run(wctx) })

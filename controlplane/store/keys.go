@@ -55,9 +55,13 @@ const (
 	// controlplane/gossipkeys from the first rotation on; absent before it.
 	GossipKeyringKey = Prefix + GossipKeyring
 	// GossipRevocationKey names the client certificate revocation list for which the last rotation
-	// was started, "NUMBER ISSUER" (its CRL number, decimal, and its CA's key identifier, hex),
-	// written by controlplane/gossipkeys with that rotation; absent before the first such rotation.
+	// was started, "NUMBER ISSUER REVOKED" (its CRL number, decimal; its CA's key identifier, hex;
+	// how many certificates it revokes), written by controlplane/gossipkeys as it starts that
+	// rotation; absent before the first such rotation.
 	GossipRevocationKey = Prefix + GossipRevocation
+	// ServerRevocationsPrefix records the revocation list each running server enforces: <gossip
+	// name> -> "NUMBER ISSUER REVOKED", on the server's lease (controlplane/gossipkeys).
+	ServerRevocationsPrefix = Prefix + ServerRevocations
 	// NodeKeyringPrefix records which keyring each node's agent confirmed: <node> -> the keyring's
 	// revision, 20 decimal digits (written by controlplane/fanout from ReportApplied).
 	NodeKeyringPrefix = Prefix + NodeKeyrings
@@ -66,15 +70,16 @@ const (
 	ServerKeyringPrefix = Prefix + ServerKeyrings
 )
 
-// GossipKeyring, GossipRevocation, NodeKeyrings, ServerKeyrings and NodeReports are GossipKeyringKey,
-// GossipRevocationKey, NodeKeyringPrefix, ServerKeyringPrefix and NodeReportsPrefix relative to the
-// prefix.
+// GossipKeyring, GossipRevocation, NodeKeyrings, ServerKeyrings, ServerRevocations and NodeReports
+// are GossipKeyringKey, GossipRevocationKey, NodeKeyringPrefix, ServerKeyringPrefix,
+// ServerRevocationsPrefix and NodeReportsPrefix relative to the prefix.
 const (
-	GossipKeyring    = "gossip/keyring"
-	GossipRevocation = "gossip/revocation-list"
-	NodeKeyrings     = "status/keyring/"
-	ServerKeyrings   = "status/keyring-servers/"
-	NodeReports      = "status/reports/"
+	GossipKeyring     = "gossip/keyring"
+	GossipRevocation  = "gossip/revocation-list"
+	ServerRevocations = "status/revocation-lists/"
+	NodeKeyrings      = "status/keyring/"
+	ServerKeyrings    = "status/keyring-servers/"
+	NodeReports       = "status/reports/"
 )
 
 // OrderedValue encodes n (>= 0) as the value of a key that etcd compares as a string (the report
