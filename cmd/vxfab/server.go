@@ -123,13 +123,13 @@ func serverConfig(f serverFlags, reg prometheus.Registerer) (server.Config, erro
 		ac.DataDir = cfg.DataDir
 	}
 	cfg.Plugins = append([]server.Plugin{auth.Plugin(ac)}, cfg.Plugins...)
+	if f.revokeRotation < 0 || f.revokeRotation > gossipkeys.MaxStepTimeout {
+		return cfg, fmt.Errorf("--gossip-revoke-rotation %s: want 0 (off) up to %s", f.revokeRotation, gossipkeys.MaxStepTimeout)
+	}
 	if f.gossip.enabled() {
 		mc, err := serverGossip(f, cfg)
 		if err != nil {
 			return cfg, err
-		}
-		if f.revokeRotation < 0 || f.revokeRotation > gossipkeys.MaxStepTimeout {
-			return cfg, fmt.Errorf("--gossip-revoke-rotation %s: want 0 (off) up to %s", f.revokeRotation, gossipkeys.MaxStepTimeout)
 		}
 		cfg.Plugins = append(cfg.Plugins, nodestatus.Plugin(mc, f.revokeRotation))
 	}
