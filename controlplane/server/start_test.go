@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -64,4 +65,34 @@ func TestFailedStartWritesNothing(t *testing.T) {
 		t.Fatalf("%s not released after a plugin failure: %v", cfg.Listen, err)
 	}
 	l.Close()
+}
+
+// revocationList is a list in force, as a plugin hands it over.
+type revocationList string
+
+func (l revocationList) InForce() (string, *big.Int, int) { return string(l), big.NewInt(1), 0 }
+
+// The revocation list a plugin enforces reaches the plugins after it (the first one given wins),
+// not those before it.
+func TestRevocationsReachLaterPlugins(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	seen := map[string]RevocationList{}
+	spy := func(name string, gives RevocationList) Plugin {
+		return func(_ context.Context, h Host) (Extension, error) {
+			seen[name] = h.Revocations
+			return Extension{Revocations: gives}, nil
+		}
+	}
+	cfg := testConfig(t)
+	cfg.Listen = freePort(t)
+	cfg.Plugins = []Plugin{spy("before", nil), spy("auth", revocationList("ca1")), spy("between", revocationList("ca2")), spy("after", nil)}
+	s, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if seen["before"] != nil || seen["auth"] != nil || seen["between"] != revocationList("ca1") || seen["after"] != revocationList("ca1") {
+		t.Errorf("lists the plugins were given: %v; want none, none, ca1, ca1", seen)
+	}
 }
