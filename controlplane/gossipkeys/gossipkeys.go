@@ -433,7 +433,7 @@ func (r *Rotator) rotateOnRevocation(ctx context.Context) error {
 		r.rotatedFor = list
 		return nil
 	}
-	behind, err := r.serversBehind(ctx, list)
+	behind, seen, err := r.serversBehind(ctx, list)
 	if err != nil {
 		return err
 	}
@@ -441,8 +441,12 @@ func (r *Rotator) rotateOnRevocation(ctx context.Context) error {
 		r.wait(number, "servers still enforce an older revocation list (copy the new one to them): "+strings.Join(behind, ", "))
 		return nil
 	}
-	err = r.start(ctx, r.cfg.RevokeStepTimeout, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(r.revocationKey()), "=", recordRev)},
-		[]clientv3.Op{clientv3.OpPut(r.revocationKey(), list.String())})
+	// The rotation starts only if the record and the servers' lists are as read: a server that
+	// came up meanwhile, on an older list, is waited for too.
+	err = r.start(ctx, r.cfg.RevokeStepTimeout, []clientv3.Cmp{
+		clientv3.Compare(clientv3.ModRevision(r.revocationKey()), "=", recordRev),
+		clientv3.Compare(clientv3.ModRevision(r.cfg.Prefix+store.ServerRevocations).WithPrefix(), "<", seen+1),
+	}, []clientv3.Op{clientv3.OpPut(r.revocationKey(), list.String())})
 	switch status.Code(err) {
 	case codes.OK:
 		r.log.Info("gossip key rotation started for a new revocation list, to shut revoked hosts out of gossip",
@@ -480,21 +484,21 @@ func (r *Rotator) report(ctx context.Context, list listID) error {
 	return nil
 }
 
-// serversBehind names the running servers whose recorded list is not list or a later one of its CA.
-func (r *Rotator) serversBehind(ctx context.Context, list listID) ([]string, error) {
+// serversBehind names the running servers whose recorded list is not list or a later one of its
+// CA, as of etcd revision seen.
+func (r *Rotator) serversBehind(ctx context.Context, list listID) (behind []string, seen int64, err error) {
 	prefix := r.cfg.Prefix + store.ServerRevocations
 	resp, err := r.cli.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("read the servers' revocation lists: %w", err)
+		return nil, 0, fmt.Errorf("read the servers' revocation lists: %w", err)
 	}
-	var behind []string
 	for _, kv := range resp.Kvs {
 		l, err := parseListID(string(kv.Value))
 		if err != nil || l.issuer != list.issuer || l.number.Cmp(list.number) < 0 {
 			behind = append(behind, strings.TrimPrefix(string(kv.Key), prefix))
 		}
 	}
-	return behind, nil
+	return behind, resp.Header.Revision, nil
 }
 
 // listID names a revocation list: the CA that signed it, its CRL number (nil: none) and how many
