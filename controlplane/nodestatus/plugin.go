@@ -45,11 +45,7 @@ func Plugin(mcfg membership.Config, revokeRotation time.Duration) server.Plugin 
 				host.Logger.Error("node status writer stopped", "err", err)
 			}
 		})
-		kcfg := gossipkeys.Config{Logger: host.Logger, RevokeStepTimeout: revokeRotation}
-		if host.Revocations != nil {
-			kcfg.Revocations = host.Revocations
-		}
-		keys := gossipkeys.New(host.Etcd, m, kcfg)
+		keys := gossipkeys.New(host.Etcd, m, gossipkeys.Config{Logger: host.Logger, Revocations: host.Revocations, RevokeStepTimeout: revokeRotation})
 		wg.Go(func() { keys.Run(wctx) })
 		return server.Extension{
 			Register: func(g *grpc.Server) { vxfabricv1.RegisterGossipServiceServer(g, keys) },
