@@ -507,6 +507,10 @@ func TestPrivilegedRevokeShutsTheHostOut(t *testing.T) {
 	if slices.Equal(st.GetKeyIds(), before.GetKeyring().GetKeyIds()) {
 		t.Errorf("the keyring's keys did not change: %v", st.GetKeyIds())
 	}
+	if l := st.GetRevocationRotatedFor(); l.GetRevoked() < 1 || len(st.GetServerRevocationLists()) != 1 ||
+		st.GetServerRevocationLists()[0].GetList().GetCrlNumber() != l.GetCrlNumber() {
+		t.Errorf("status: rotated for %v, the server's list %v; want the list revoking h3 in both", l, st.GetServerRevocationLists())
+	}
 	t.Logf("rotation started by the revocation of h3, done in %s, left behind: %v", time.Since(began).Round(time.Millisecond), st.GetLaggingNodes())
 	if !slices.Contains(st.GetLaggingNodes(), "h3") {
 		t.Errorf("h3 not named as left behind: %v", st.GetLaggingNodes())

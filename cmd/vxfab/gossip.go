@@ -109,6 +109,15 @@ func waitRotation(cmd *cobra.Command, client vxfabricv1.GossipServiceClient, st 
 	}
 }
 
+// revocationListText is a revocation list in a line: "CRL 2 of CA 41d68c96 (1 revoked)".
+func revocationListText(l *vxfabricv1.RevocationList) string {
+	ca := l.GetCa()
+	if len(ca) > 8 {
+		ca = ca[:8]
+	}
+	return fmt.Sprintf("CRL %s of CA %s (%d revoked)", l.GetCrlNumber(), ca, l.GetRevoked())
+}
+
 func rotationStep(s vxfabricv1.GossipRotationStep) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "GOSSIP_ROTATION_STEP_"))
 }
@@ -132,6 +141,12 @@ func keyringTable(w io.Writer, st *vxfabricv1.GossipKeyringStatus) {
 	}
 	if len(st.GetLaggingNodes()) > 0 {
 		row(w, "Left behind:", strings.Join(st.GetLaggingNodes(), ", ")+" (had not confirmed a step in time)")
+	}
+	if l := st.GetRevocationRotatedFor(); l != nil {
+		row(w, "Revocations:", "last rotated for "+revocationListText(l))
+	}
+	for _, s := range st.GetServerRevocationLists() {
+		row(w, "Server list:", s.GetServer()+" enforces "+revocationListText(s.GetList()))
 	}
 	fmt.Fprintln(w)
 	row(w, "NODE", "STATUS", "KEYRING", "CURRENT")

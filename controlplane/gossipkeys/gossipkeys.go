@@ -520,6 +520,10 @@ func (l listID) same(o listID) bool {
 	return l.number != nil && o.number != nil && l.issuer == o.issuer && l.number.Cmp(o.number) == 0
 }
 
+func (l listID) proto() *vxfabricv1.RevocationList {
+	return &vxfabricv1.RevocationList{Ca: l.issuer, CrlNumber: l.number.String(), Revoked: int32(l.revoked)}
+}
+
 // String is the records' form: "NUMBER ISSUER REVOKED".
 func (l listID) String() string { return fmt.Sprintf("%s %s %d", l.number, l.issuer, l.revoked) }
 
@@ -555,14 +559,42 @@ func (r *Rotator) describe(ctx context.Context) (*vxfabricv1.GossipKeyringStatus
 	if err != nil {
 		return nil, err
 	}
-	if kr == nil {
-		// Before the first rotation: the keys this server was started with.
-		return &vxfabricv1.GossipKeyringStatus{KeyIds: KeyIDs(r.m.Keys()), Nodes: nodes}, nil
+	rotatedFor, servers, err := r.revocationLists(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return &vxfabricv1.GossipKeyringStatus{
-		Managed: true, Step: kr.GetStep(), KeyIds: KeyIDs(kr.GetKeys()), Revision: rev,
-		StepTime: kr.GetStepTime(), LaggingNodes: kr.GetLaggingNodes(), Nodes: nodes,
-	}, nil
+	st := &vxfabricv1.GossipKeyringStatus{KeyIds: KeyIDs(r.m.Keys()), Nodes: nodes,
+		RevocationRotatedFor: rotatedFor, ServerRevocationLists: servers}
+	if kr == nil {
+		return st, nil // before the first rotation: the keys this server was started with
+	}
+	st.Managed, st.Step, st.KeyIds, st.Revision = true, kr.GetStep(), KeyIDs(kr.GetKeys()), rev
+	st.StepTime, st.LaggingNodes = kr.GetStepTime(), kr.GetLaggingNodes()
+	return st, nil
+}
+
+// revocationLists reads the list the last rotation started by a revocation was for (nil before
+// one) and the list each running server records that it enforces. Records that do not parse are
+// left out.
+func (r *Rotator) revocationLists(ctx context.Context) (*vxfabricv1.RevocationList, []*vxfabricv1.ServerRevocationList, error) {
+	prefix := r.cfg.Prefix + store.ServerRevocations
+	resp, err := r.cli.Txn(ctx).Then(clientv3.OpGet(r.revocationKey()), clientv3.OpGet(prefix, clientv3.WithPrefix())).Commit()
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the revocation lists: %w", err)
+	}
+	var rotatedFor *vxfabricv1.RevocationList
+	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
+		if l, err := parseListID(string(kv.Value)); err == nil {
+			rotatedFor = l.proto()
+		}
+	}
+	var servers []*vxfabricv1.ServerRevocationList
+	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
+		if l, err := parseListID(string(kv.Value)); err == nil {
+			servers = append(servers, &vxfabricv1.ServerRevocationList{Server: strings.TrimPrefix(string(kv.Key), prefix), List: l.proto()})
+		}
+	}
+	return rotatedFor, servers, nil
 }
 
 // KeyIDs names keys without revealing them: the first 8 bytes of their SHA-256, in hex.

@@ -274,6 +274,17 @@ func TestRotationOnRevocation(t *testing.T) {
 	if kr, _, _ := a.read(ctx); kr.GetStep() != vxfabricv1.GossipRotationStep_GOSSIP_ROTATION_STEP_INSTALL || kr.GetStepTimeoutMs() != 5000 {
 		t.Errorf("rotation started as %v, want INSTALL with a 5 s step timeout", kr)
 	}
+	// GetGossipKeyring shows the list rotated for and each server's.
+	st, err := a.GetGossipKeyring(ctx, &vxfabricv1.GetGossipKeyringRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &vxfabricv1.RevocationList{Ca: "ca1", CrlNumber: "2", Revoked: 1}
+	servers := st.GetKeyring().GetServerRevocationLists()
+	if !proto.Equal(st.GetKeyring().GetRevocationRotatedFor(), want) || len(servers) != 2 || servers[0].GetServer() != "a" ||
+		servers[1].GetServer() != "b" || !proto.Equal(servers[0].GetList(), want) || !proto.Equal(servers[1].GetList(), want) {
+		t.Errorf("keyring status: rotated for %v, servers %v; want %v everywhere", st.GetKeyring().GetRevocationRotatedFor(), servers, want)
+	}
 	if rev := check(a, "the same list at the other server", 2, "2 ca1 1"); rev != first {
 		t.Error("another server started a second rotation for the same list")
 	}

@@ -341,9 +341,15 @@ type GossipKeyringStatus struct {
 	// Every recorded node and the keyring revision its agent last confirmed.
 	Nodes []*GossipNodeKeyring `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	// False while no rotation has ever run: the members use the keys they were started with.
-	Managed       bool `protobuf:"varint,7,opt,name=managed,proto3" json:"managed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Managed bool `protobuf:"varint,7,opt,name=managed,proto3" json:"managed,omitempty"`
+	// The client certificate revocation list for which servers last started a rotation by
+	// themselves (unset before one): a list in force that revokes more starts the next.
+	RevocationRotatedFor *RevocationList `protobuf:"bytes,8,opt,name=revocation_rotated_for,json=revocationRotatedFor,proto3" json:"revocation_rotated_for,omitempty"`
+	// The revocation list each running server enforces. A revocation's rotation starts once every
+	// one of them enforces the new list.
+	ServerRevocationLists []*ServerRevocationList `protobuf:"bytes,9,rep,name=server_revocation_lists,json=serverRevocationLists,proto3" json:"server_revocation_lists,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *GossipKeyringStatus) Reset() {
@@ -425,6 +431,137 @@ func (x *GossipKeyringStatus) GetManaged() bool {
 	return false
 }
 
+func (x *GossipKeyringStatus) GetRevocationRotatedFor() *RevocationList {
+	if x != nil {
+		return x.RevocationRotatedFor
+	}
+	return nil
+}
+
+func (x *GossipKeyringStatus) GetServerRevocationLists() []*ServerRevocationList {
+	if x != nil {
+		return x.ServerRevocationLists
+	}
+	return nil
+}
+
+// A client certificate revocation list, as `vxfab certs revoke` writes it.
+type RevocationList struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key identifier of the CA that signed it, hex.
+	Ca string `protobuf:"bytes,1,opt,name=ca,proto3" json:"ca,omitempty"`
+	// Its CRL number, decimal (up to 20 bytes: it may not fit 64 bits).
+	CrlNumber string `protobuf:"bytes,2,opt,name=crl_number,json=crlNumber,proto3" json:"crl_number,omitempty"`
+	// How many certificates it revokes.
+	Revoked       int32 `protobuf:"varint,3,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevocationList) Reset() {
+	*x = RevocationList{}
+	mi := &file_vxfabric_v1_gossip_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevocationList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevocationList) ProtoMessage() {}
+
+func (x *RevocationList) ProtoReflect() protoreflect.Message {
+	mi := &file_vxfabric_v1_gossip_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevocationList.ProtoReflect.Descriptor instead.
+func (*RevocationList) Descriptor() ([]byte, []int) {
+	return file_vxfabric_v1_gossip_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RevocationList) GetCa() string {
+	if x != nil {
+		return x.Ca
+	}
+	return ""
+}
+
+func (x *RevocationList) GetCrlNumber() string {
+	if x != nil {
+		return x.CrlNumber
+	}
+	return ""
+}
+
+func (x *RevocationList) GetRevoked() int32 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
+type ServerRevocationList struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server's gossip member name.
+	Server        string          `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	List          *RevocationList `protobuf:"bytes,2,opt,name=list,proto3" json:"list,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerRevocationList) Reset() {
+	*x = ServerRevocationList{}
+	mi := &file_vxfabric_v1_gossip_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerRevocationList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerRevocationList) ProtoMessage() {}
+
+func (x *ServerRevocationList) ProtoReflect() protoreflect.Message {
+	mi := &file_vxfabric_v1_gossip_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerRevocationList.ProtoReflect.Descriptor instead.
+func (*ServerRevocationList) Descriptor() ([]byte, []int) {
+	return file_vxfabric_v1_gossip_service_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ServerRevocationList) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *ServerRevocationList) GetList() *RevocationList {
+	if x != nil {
+		return x.List
+	}
+	return nil
+}
+
 type GossipNodeKeyring struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Node   string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -437,7 +574,7 @@ type GossipNodeKeyring struct {
 
 func (x *GossipNodeKeyring) Reset() {
 	*x = GossipNodeKeyring{}
-	mi := &file_vxfabric_v1_gossip_service_proto_msgTypes[6]
+	mi := &file_vxfabric_v1_gossip_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +586,7 @@ func (x *GossipNodeKeyring) String() string {
 func (*GossipNodeKeyring) ProtoMessage() {}
 
 func (x *GossipNodeKeyring) ProtoReflect() protoreflect.Message {
-	mi := &file_vxfabric_v1_gossip_service_proto_msgTypes[6]
+	mi := &file_vxfabric_v1_gossip_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +599,7 @@ func (x *GossipNodeKeyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipNodeKeyring.ProtoReflect.Descriptor instead.
 func (*GossipNodeKeyring) Descriptor() ([]byte, []int) {
-	return file_vxfabric_v1_gossip_service_proto_rawDescGZIP(), []int{6}
+	return file_vxfabric_v1_gossip_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GossipNodeKeyring) GetNode() string {
@@ -503,7 +640,7 @@ const file_vxfabric_v1_gossip_service_proto_rawDesc = "" +
 	"\akeyring\x18\x01 \x01(\v2 .vxfabric.v1.GossipKeyringStatusR\akeyring\"\x19\n" +
 	"\x17GetGossipKeyringRequest\"V\n" +
 	"\x18GetGossipKeyringResponse\x12:\n" +
-	"\akeyring\x18\x01 \x01(\v2 .vxfabric.v1.GossipKeyringStatusR\akeyring\"\xad\x02\n" +
+	"\akeyring\x18\x01 \x01(\v2 .vxfabric.v1.GossipKeyringStatusR\akeyring\"\xdb\x03\n" +
 	"\x13GossipKeyringStatus\x123\n" +
 	"\x04step\x18\x01 \x01(\x0e2\x1f.vxfabric.v1.GossipRotationStepR\x04step\x12\x17\n" +
 	"\akey_ids\x18\x02 \x03(\tR\x06keyIds\x12\x1a\n" +
@@ -511,7 +648,17 @@ const file_vxfabric_v1_gossip_service_proto_rawDesc = "" +
 	"\tstep_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bstepTime\x12#\n" +
 	"\rlagging_nodes\x18\x05 \x03(\tR\flaggingNodes\x124\n" +
 	"\x05nodes\x18\x06 \x03(\v2\x1e.vxfabric.v1.GossipNodeKeyringR\x05nodes\x12\x18\n" +
-	"\amanaged\x18\a \x01(\bR\amanaged\"\x83\x01\n" +
+	"\amanaged\x18\a \x01(\bR\amanaged\x12Q\n" +
+	"\x16revocation_rotated_for\x18\b \x01(\v2\x1b.vxfabric.v1.RevocationListR\x14revocationRotatedFor\x12Y\n" +
+	"\x17server_revocation_lists\x18\t \x03(\v2!.vxfabric.v1.ServerRevocationListR\x15serverRevocationLists\"Y\n" +
+	"\x0eRevocationList\x12\x0e\n" +
+	"\x02ca\x18\x01 \x01(\tR\x02ca\x12\x1d\n" +
+	"\n" +
+	"crl_number\x18\x02 \x01(\tR\tcrlNumber\x12\x18\n" +
+	"\arevoked\x18\x03 \x01(\x05R\arevoked\"_\n" +
+	"\x14ServerRevocationList\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12/\n" +
+	"\x04list\x18\x02 \x01(\v2\x1b.vxfabric.v1.RevocationListR\x04list\"\x83\x01\n" +
 	"\x11GossipNodeKeyring\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12/\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x17.vxfabric.v1.NodeStatusR\x06status\x12)\n" +
@@ -538,7 +685,7 @@ func file_vxfabric_v1_gossip_service_proto_rawDescGZIP() []byte {
 }
 
 var file_vxfabric_v1_gossip_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_vxfabric_v1_gossip_service_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_vxfabric_v1_gossip_service_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_vxfabric_v1_gossip_service_proto_goTypes = []any{
 	(GossipRotationStep)(0),          // 0: vxfabric.v1.GossipRotationStep
 	(*GossipKeyring)(nil),            // 1: vxfabric.v1.GossipKeyring
@@ -547,28 +694,33 @@ var file_vxfabric_v1_gossip_service_proto_goTypes = []any{
 	(*GetGossipKeyringRequest)(nil),  // 4: vxfabric.v1.GetGossipKeyringRequest
 	(*GetGossipKeyringResponse)(nil), // 5: vxfabric.v1.GetGossipKeyringResponse
 	(*GossipKeyringStatus)(nil),      // 6: vxfabric.v1.GossipKeyringStatus
-	(*GossipNodeKeyring)(nil),        // 7: vxfabric.v1.GossipNodeKeyring
-	(*timestamppb.Timestamp)(nil),    // 8: google.protobuf.Timestamp
-	(NodeStatus)(0),                  // 9: vxfabric.v1.NodeStatus
+	(*RevocationList)(nil),           // 7: vxfabric.v1.RevocationList
+	(*ServerRevocationList)(nil),     // 8: vxfabric.v1.ServerRevocationList
+	(*GossipNodeKeyring)(nil),        // 9: vxfabric.v1.GossipNodeKeyring
+	(*timestamppb.Timestamp)(nil),    // 10: google.protobuf.Timestamp
+	(NodeStatus)(0),                  // 11: vxfabric.v1.NodeStatus
 }
 var file_vxfabric_v1_gossip_service_proto_depIdxs = []int32{
 	0,  // 0: vxfabric.v1.GossipKeyring.step:type_name -> vxfabric.v1.GossipRotationStep
-	8,  // 1: vxfabric.v1.GossipKeyring.step_time:type_name -> google.protobuf.Timestamp
+	10, // 1: vxfabric.v1.GossipKeyring.step_time:type_name -> google.protobuf.Timestamp
 	6,  // 2: vxfabric.v1.RotateGossipKeyResponse.keyring:type_name -> vxfabric.v1.GossipKeyringStatus
 	6,  // 3: vxfabric.v1.GetGossipKeyringResponse.keyring:type_name -> vxfabric.v1.GossipKeyringStatus
 	0,  // 4: vxfabric.v1.GossipKeyringStatus.step:type_name -> vxfabric.v1.GossipRotationStep
-	8,  // 5: vxfabric.v1.GossipKeyringStatus.step_time:type_name -> google.protobuf.Timestamp
-	7,  // 6: vxfabric.v1.GossipKeyringStatus.nodes:type_name -> vxfabric.v1.GossipNodeKeyring
-	9,  // 7: vxfabric.v1.GossipNodeKeyring.status:type_name -> vxfabric.v1.NodeStatus
-	2,  // 8: vxfabric.v1.GossipService.RotateGossipKey:input_type -> vxfabric.v1.RotateGossipKeyRequest
-	4,  // 9: vxfabric.v1.GossipService.GetGossipKeyring:input_type -> vxfabric.v1.GetGossipKeyringRequest
-	3,  // 10: vxfabric.v1.GossipService.RotateGossipKey:output_type -> vxfabric.v1.RotateGossipKeyResponse
-	5,  // 11: vxfabric.v1.GossipService.GetGossipKeyring:output_type -> vxfabric.v1.GetGossipKeyringResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	10, // 5: vxfabric.v1.GossipKeyringStatus.step_time:type_name -> google.protobuf.Timestamp
+	9,  // 6: vxfabric.v1.GossipKeyringStatus.nodes:type_name -> vxfabric.v1.GossipNodeKeyring
+	7,  // 7: vxfabric.v1.GossipKeyringStatus.revocation_rotated_for:type_name -> vxfabric.v1.RevocationList
+	8,  // 8: vxfabric.v1.GossipKeyringStatus.server_revocation_lists:type_name -> vxfabric.v1.ServerRevocationList
+	7,  // 9: vxfabric.v1.ServerRevocationList.list:type_name -> vxfabric.v1.RevocationList
+	11, // 10: vxfabric.v1.GossipNodeKeyring.status:type_name -> vxfabric.v1.NodeStatus
+	2,  // 11: vxfabric.v1.GossipService.RotateGossipKey:input_type -> vxfabric.v1.RotateGossipKeyRequest
+	4,  // 12: vxfabric.v1.GossipService.GetGossipKeyring:input_type -> vxfabric.v1.GetGossipKeyringRequest
+	3,  // 13: vxfabric.v1.GossipService.RotateGossipKey:output_type -> vxfabric.v1.RotateGossipKeyResponse
+	5,  // 14: vxfabric.v1.GossipService.GetGossipKeyring:output_type -> vxfabric.v1.GetGossipKeyringResponse
+	13, // [13:15] is the sub-list for method output_type
+	11, // [11:13] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_vxfabric_v1_gossip_service_proto_init() }
@@ -583,7 +735,7 @@ func file_vxfabric_v1_gossip_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vxfabric_v1_gossip_service_proto_rawDesc), len(file_vxfabric_v1_gossip_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
