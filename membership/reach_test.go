@@ -13,12 +13,16 @@ import (
 )
 
 // noAnswerFrom makes m's reachability dials of addr get no answer, as from a host that is cut off
-// (on loopback a stopped member's port answers with a reset, which proves its host is up).
+// (on loopback a stopped member's port answers with a reset, which proves its host is up). The
+// host's ReachFallbackPort goes silent with it: on loopback it would reset the dial too, and a
+// check during which the gossip port answered (a suspicion under load, before the cut) would go on
+// finding the cut host up.
 func noAnswerFrom(m *Member, addr string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	fallback := fallbackAddr(addr)
 	m.dial = func(ctx context.Context, a string) bool {
-		if a == addr {
+		if a == addr || a == fallback {
 			<-ctx.Done()
 			return false
 		}
