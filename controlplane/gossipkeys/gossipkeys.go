@@ -417,35 +417,26 @@ func (r *Rotator) rotateOnRevocation(ctx context.Context) error {
 	if r.cfg.RevokeStepTimeout <= 0 || !r.m.Encrypted() || !list.newer(r.rotatedFor) {
 		return nil
 	}
-	resp, err := r.cli.Get(ctx, r.revocationKey())
-	if err != nil {
-		return fmt.Errorf("read the revocation list last rotated for: %w", err)
-	}
-	var recorded listID
-	var recordRev int64
-	if len(resp.Kvs) == 1 {
-		recordRev = resp.Kvs[0].ModRevision
-		if recorded, err = parseListID(string(resp.Kvs[0].Value)); err != nil {
-			return fmt.Errorf("the revocation list last rotated for: %w", err)
-		}
-	}
-	if !list.newer(recorded) || revoked == 0 {
-		r.rotatedFor = list
-		return nil
-	}
-	behind, seen, err := r.serversBehind(ctx, list)
+	recs, err := r.readRevocations(ctx)
 	if err != nil {
 		return err
 	}
-	if len(behind) > 0 {
+	if recs.rotatedForErr != nil {
+		return recs.rotatedForErr
+	}
+	if !list.newer(recs.rotatedFor) || revoked == 0 {
+		r.rotatedFor = list
+		return nil
+	}
+	if behind := recs.behind(list); len(behind) > 0 {
 		r.wait(number, "servers still enforce an older revocation list (copy the new one to them): "+strings.Join(behind, ", "))
 		return nil
 	}
 	// The rotation starts only if the record and the servers' lists are as read: a server that
 	// came up meanwhile, on an older list, is waited for too.
 	err = r.start(ctx, r.cfg.RevokeStepTimeout, []clientv3.Cmp{
-		clientv3.Compare(clientv3.ModRevision(r.revocationKey()), "=", recordRev),
-		clientv3.Compare(clientv3.ModRevision(r.cfg.Prefix+store.ServerRevocations).WithPrefix(), "<", seen+1),
+		clientv3.Compare(clientv3.ModRevision(r.revocationKey()), "=", recs.rotatedForRev),
+		clientv3.Compare(clientv3.ModRevision(r.serverRevocations()).WithPrefix(), "<", recs.revision+1),
 	}, []clientv3.Op{clientv3.OpPut(r.revocationKey(), list.String())})
 	switch status.Code(err) {
 	case codes.OK:
@@ -476,7 +467,7 @@ func (r *Rotator) report(ctx context.Context, list listID) error {
 	if err != nil || list.same(r.enforced) {
 		return err
 	}
-	key := r.cfg.Prefix + store.ServerRevocations + r.m.Name()
+	key := r.serverRevocations() + r.m.Name()
 	if _, err := r.cli.Put(ctx, key, list.String(), clientv3.WithLease(lease)); err != nil {
 		return fmt.Errorf("record the revocation list in force: %w", err)
 	}
@@ -484,21 +475,53 @@ func (r *Rotator) report(ctx context.Context, list listID) error {
 	return nil
 }
 
-// serversBehind names the running servers whose recorded list is not list or a later one of its
-// CA, as of etcd revision seen.
-func (r *Rotator) serversBehind(ctx context.Context, list listID) (behind []string, seen int64, err error) {
-	prefix := r.cfg.Prefix + store.ServerRevocations
-	resp, err := r.cli.Get(ctx, prefix, clientv3.WithPrefix())
+// revocationRecords are the list the last rotation started by a revocation was for and the list
+// each running server records that it enforces, as etcd held them at revision.
+type revocationRecords struct {
+	rotatedFor    listID // zero before such a rotation
+	rotatedForRev int64  // its record's mod revision; 0 before one
+	rotatedForErr error  // the record does not parse
+	servers       []serverList
+	revision      int64
+}
+
+// serverList is a running server's record of its list; ok is false when the record does not parse.
+type serverList struct {
+	name string
+	list listID
+	ok   bool
+}
+
+// readRevocations reads the revocation records in one transaction.
+func (r *Rotator) readRevocations(ctx context.Context) (revocationRecords, error) {
+	prefix := r.serverRevocations()
+	resp, err := r.cli.Txn(ctx).Then(clientv3.OpGet(r.revocationKey()), clientv3.OpGet(prefix, clientv3.WithPrefix())).Commit()
 	if err != nil {
-		return nil, 0, fmt.Errorf("read the servers' revocation lists: %w", err)
+		return revocationRecords{}, fmt.Errorf("read the revocation lists: %w", err)
 	}
-	for _, kv := range resp.Kvs {
-		l, err := parseListID(string(kv.Value))
-		if err != nil || l.issuer != list.issuer || l.number.Cmp(list.number) < 0 {
-			behind = append(behind, strings.TrimPrefix(string(kv.Key), prefix))
+	recs := revocationRecords{revision: resp.Header.Revision}
+	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
+		recs.rotatedForRev = kv.ModRevision
+		if recs.rotatedFor, err = parseListID(string(kv.Value)); err != nil {
+			recs.rotatedForErr = fmt.Errorf("the revocation list last rotated for: %w", err)
 		}
 	}
-	return behind, resp.Header.Revision, nil
+	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
+		l, err := parseListID(string(kv.Value))
+		recs.servers = append(recs.servers, serverList{name: strings.TrimPrefix(string(kv.Key), prefix), list: l, ok: err == nil})
+	}
+	return recs, nil
+}
+
+// behind names the servers whose recorded list is not list or a later one of its CA.
+func (rr revocationRecords) behind(list listID) []string {
+	var names []string
+	for _, s := range rr.servers {
+		if !s.ok || s.list.issuer != list.issuer || s.list.number.Cmp(list.number) < 0 {
+			names = append(names, s.name)
+		}
+	}
+	return names
 }
 
 // listID names a revocation list: the CA that signed it, its CRL number (nil: none) and how many
@@ -541,6 +564,8 @@ func parseListID(v string) (listID, error) {
 
 func (r *Rotator) revocationKey() string { return r.cfg.Prefix + store.GossipRevocation }
 
+func (r *Rotator) serverRevocations() string { return r.cfg.Prefix + store.ServerRevocations }
+
 // GetGossipKeyring describes the keyring (see the proto).
 func (r *Rotator) GetGossipKeyring(ctx context.Context, _ *vxfabricv1.GetGossipKeyringRequest) (*vxfabricv1.GetGossipKeyringResponse, error) {
 	st, err := r.describe(ctx)
@@ -559,42 +584,25 @@ func (r *Rotator) describe(ctx context.Context) (*vxfabricv1.GossipKeyringStatus
 	if err != nil {
 		return nil, err
 	}
-	rotatedFor, servers, err := r.revocationLists(ctx)
+	recs, err := r.readRevocations(ctx)
 	if err != nil {
 		return nil, err
 	}
-	st := &vxfabricv1.GossipKeyringStatus{KeyIds: KeyIDs(r.m.Keys()), Nodes: nodes,
-		RevocationRotatedFor: rotatedFor, ServerRevocationLists: servers}
+	st := &vxfabricv1.GossipKeyringStatus{KeyIds: KeyIDs(r.m.Keys()), Nodes: nodes}
+	if recs.rotatedForRev != 0 && recs.rotatedForErr == nil {
+		st.RevocationRotatedFor = recs.rotatedFor.proto()
+	}
+	for _, s := range recs.servers {
+		if s.ok { // records that do not parse are left out
+			st.ServerRevocationLists = append(st.ServerRevocationLists, &vxfabricv1.ServerRevocationList{Server: s.name, List: s.list.proto()})
+		}
+	}
 	if kr == nil {
 		return st, nil // before the first rotation: the keys this server was started with
 	}
 	st.Managed, st.Step, st.KeyIds, st.Revision = true, kr.GetStep(), KeyIDs(kr.GetKeys()), rev
 	st.StepTime, st.LaggingNodes = kr.GetStepTime(), kr.GetLaggingNodes()
 	return st, nil
-}
-
-// revocationLists reads the list the last rotation started by a revocation was for (nil before
-// one) and the list each running server records that it enforces. Records that do not parse are
-// left out.
-func (r *Rotator) revocationLists(ctx context.Context) (*vxfabricv1.RevocationList, []*vxfabricv1.ServerRevocationList, error) {
-	prefix := r.cfg.Prefix + store.ServerRevocations
-	resp, err := r.cli.Txn(ctx).Then(clientv3.OpGet(r.revocationKey()), clientv3.OpGet(prefix, clientv3.WithPrefix())).Commit()
-	if err != nil {
-		return nil, nil, fmt.Errorf("read the revocation lists: %w", err)
-	}
-	var rotatedFor *vxfabricv1.RevocationList
-	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
-		if l, err := parseListID(string(kv.Value)); err == nil {
-			rotatedFor = l.proto()
-		}
-	}
-	var servers []*vxfabricv1.ServerRevocationList
-	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
-		if l, err := parseListID(string(kv.Value)); err == nil {
-			servers = append(servers, &vxfabricv1.ServerRevocationList{Server: strings.TrimPrefix(string(kv.Key), prefix), List: l.proto()})
-		}
-	}
-	return rotatedFor, servers, nil
 }
 
 // KeyIDs names keys without revealing them: the first 8 bytes of their SHA-256, in hex.
