@@ -36,7 +36,11 @@ func agentConn(t *testing.T, l *lab.Lab, host string) *grpc.ClientConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tlsCfg, err := pki.ClientTLSConfig(l.PKIFile(pki.CACertFile), l.PKIFile(pki.NodeCertFile(host)), l.PKIFile(pki.NodeKeyFile(host)), "")
+	trust, err := pki.NewTrust(l.PKIFile(pki.CACertFile), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, err := pki.ClientTLSConfig(trust, l.PKIFile(pki.NodeCertFile(host)), l.PKIFile(pki.NodeKeyFile(host)), "")
 	if err != nil {
 		t.Fatal(err)
 	}

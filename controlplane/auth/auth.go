@@ -94,9 +94,9 @@ func Default(dataDir string) Config {
 // sets DataDir (and Logger) after parsing.
 func AddFlags(fs *pflag.FlagSet) *Config {
 	cfg := Default("")
-	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (default: made with its own CA under <data-dir>/pki on first start)")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate, read again when it changes (default: made with its own CA under <data-dir>/pki on first start, renewed before it expires)")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "server key")
-	fs.StringVar(&cfg.TLSCA, "tls-ca", "", "CA that signs agent and admin client certificates (default <data-dir>/pki/ca.crt when the server made its own PKI)")
+	fs.StringVar(&cfg.TLSCA, "tls-ca", "", "CAs that sign agent and admin client certificates, read again within a second of a change (default <data-dir>/pki/ca.crt when the server made its own PKI)")
 	fs.StringVar(&cfg.TLSCRL, "tls-crl", "", "revocation list of --tls-ca's client certificates, as \"vxfab certs revoke\" writes it, read again within a second of a change (default: <data-dir>/pki/crl.pem when the server made its own PKI)")
 	fs.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra DNS names or IPs of the server certificate the server makes for itself")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "also serve plaintext gRPC on TCP (unsafe: tokens cross the network in the clear)")
@@ -145,6 +145,9 @@ type Authenticator struct {
 	creds     *serverCreds
 	// revoked lists the client certificates refused (nil without a client CA).
 	revoked *pki.Revocations
+	// ownPKI is the PKI the server made for itself (nil with --tls-cert): renewPKI keeps its
+	// certificates from expiring.
+	ownPKI *pki.InitConfig
 }
 
 // New loads (or creates) the server's certificates and admin token. cli reaches the etcd that holds
@@ -183,6 +186,7 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 		if _, err := pki.Init(pkiCfg); err != nil {
 			return nil, fmt.Errorf("make the server's own PKI: %w", err)
 		}
+		a.ownPKI = &pkiCfg
 		cfg.TLSCert, cfg.TLSKey = filepath.Join(dir, pki.ServerCert), filepath.Join(dir, pki.ServerKey)
 		if cfg.TLSCA == "" {
 			cfg.TLSCA, ownCA = filepath.Join(dir, pki.CACertFile), true
@@ -192,8 +196,14 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 	}
 	var tlsCfg *tls.Config
 	if cfg.TLSCert != "" {
+		var trust *pki.Trust // the client CAs, read again when their file changes
 		var err error
-		if tlsCfg, err = pki.ServerTLSConfig(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA); err != nil {
+		if cfg.TLSCA != "" {
+			if trust, err = pki.NewTrust(cfg.TLSCA, log); err != nil {
+				return nil, err
+			}
+		}
+		if tlsCfg, err = pki.ServerTLSConfig(cfg.TLSCert, cfg.TLSKey, trust); err != nil {
 			return nil, err
 		}
 		crl, explicit := cfg.TLSCRL, cfg.TLSCRL != ""
@@ -201,7 +211,7 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 			crl = filepath.Join(filepath.Dir(cfg.TLSCA), pki.CRLFile)
 		}
 		if crl != "" {
-			if a.revoked, err = pki.NewRevocations(crl, cfg.TLSCA, explicit, log); err != nil {
+			if a.revoked, err = pki.NewRevocations(crl, trust, explicit, log); err != nil {
 				return nil, fmt.Errorf("client certificate revocation list: %w", err)
 			}
 			pki.RefuseRevoked(tlsCfg, a.revoked)
@@ -221,6 +231,47 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 	}
 	a.adminHash = sha256.Sum256([]byte(token))
 	return a, nil
+}
+
+// pkiRenewInterval is how often a server that made its own PKI checks it for certificates to renew
+// (certs init renews those with less than 30 days left).
+const pkiRenewInterval = 12 * time.Hour
+
+// renewPKI renews what is about to expire in the server's own PKI, as certs init does at each start,
+// every interval until ctx ends. The server presents a renewed certificate from the next handshake
+// on, so a server that runs for longer than its certificate is valid keeps serving.
+func (a *Authenticator) renewPKI(ctx context.Context, interval time.Duration) {
+	if a.ownPKI == nil {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.renewPKIOnce()
+		}
+	}
+}
+
+// renewPKIOnce is one check of renewPKI.
+func (a *Authenticator) renewPKIOnce() {
+	results, err := pki.Init(*a.ownPKI)
+	if err != nil {
+		a.log.Error("the server's own PKI cannot be renewed", "dir", a.ownPKI.Dir, "err", err)
+		return
+	}
+	for _, r := range results {
+		switch {
+		case !r.Created:
+		case filepath.Base(r.Path) == pki.ServerCert:
+			a.log.Info("server certificate renewed: new connections get it", "file", r.Path)
+		default:
+			a.log.Warn("renewed in the server's own PKI: hosts that use a copy of it need the new one", "file", r.Path)
+		}
+	}
 }
 
 // AdminTokenFile is where the admin token is (the default resolved).

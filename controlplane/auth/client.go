@@ -2,9 +2,11 @@ package auth
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -42,18 +44,22 @@ func (c ClientConfig) DialOptions() ([]grpc.DialOption, error) {
 	secure := c.CAFile != ""
 	switch {
 	case secure:
-		cfg, err := pki.ClientTLSConfig(c.CAFile, c.CertFile, c.KeyFile, c.ServerName)
+		trust, err := pki.NewTrust(c.CAFile, c.Logger)
+		if err != nil {
+			return nil, err
+		}
+		cfg, err := pki.ClientTLSConfig(trust, c.CertFile, c.KeyFile, c.ServerName)
 		if err != nil {
 			return nil, err
 		}
 		if c.CRLFile != "" {
-			rev, err := pki.NewRevocations(c.CRLFile, c.CAFile, true, c.Logger)
+			rev, err := pki.NewRevocations(c.CRLFile, trust, true, c.Logger)
 			if err != nil {
 				return nil, fmt.Errorf("server certificate revocation list: %w", err)
 			}
 			pki.RefuseRevoked(cfg, rev)
 		}
-		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		opts = append(opts, grpc.WithTransportCredentials(&clientCreds{cfg: cfg, trust: trust}))
 	case c.CertFile != "" || c.CRLFile != "":
 		return nil, errors.New("a client certificate or a revocation list needs the CA that verifies the server")
 	case c.Insecure || c.Unix:
@@ -78,3 +84,32 @@ func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]
 }
 
 func (b bearerToken) RequireTransportSecurity() bool { return b.secure }
+
+// clientCreds are TLS transport credentials whose CAs follow their file: each handshake verifies
+// the server against the CAs the file holds then (pki.WithCurrentRoots), so an agent trusts a CA
+// added to its CA file without a restart.
+type clientCreds struct {
+	cfg   *tls.Config
+	trust *pki.Trust
+}
+
+func (c *clientCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return credentials.NewTLS(pki.WithCurrentRoots(c.cfg, c.trust)).ClientHandshake(ctx, authority, conn)
+}
+
+func (c *clientCreds) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errors.New("client credentials cannot serve")
+}
+
+func (c *clientCreds) Info() credentials.ProtocolInfo { return credentials.NewTLS(c.cfg).Info() }
+
+func (c *clientCreds) Clone() credentials.TransportCredentials {
+	return &clientCreds{cfg: c.cfg.Clone(), trust: c.trust}
+}
+
+// OverrideServerName is deprecated in grpc; it sets the name checked in the server certificate.
+func (c *clientCreds) OverrideServerName(name string) error {
+	c.cfg = c.cfg.Clone()
+	c.cfg.ServerName = name
+	return nil
+}

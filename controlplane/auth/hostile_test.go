@@ -115,7 +115,11 @@ func TestMalformedInputRefusedCleanly(t *testing.T) {
 	}
 	raw.Close()
 
-	cfg, err := pki.ClientTLSConfig(filepath.Join(s.pkiDir, pki.CACertFile), "", "", "localhost")
+	trust, err := pki.NewTrust(filepath.Join(s.pkiDir, pki.CACertFile), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pki.ClientTLSConfig(trust, "", "", "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}

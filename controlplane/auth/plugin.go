@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/vxfabric/vxfabric/controlplane/server"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
@@ -22,18 +23,16 @@ func Plugin(cfg Config) server.Plugin {
 			return server.Extension{}, fmt.Errorf("auth: %w", err)
 		}
 		wctx, cancel := context.WithCancel(ctx)
-		watched := make(chan struct{})
-		go func() {
-			defer close(watched)
-			a.tokens.watchDeletes(wctx)
-		}()
+		var running sync.WaitGroup
+		running.Go(func() { a.tokens.watchDeletes(wctx) })
+		running.Go(func() { a.renewPKI(wctx, pkiRenewInterval) })
 		ext := server.Extension{
 			ServerOptions: a.ServerOptions(),
 			Register:      a.Register,
 			Services:      []string{vxfabricv1.TokenService_ServiceDesc.ServiceName},
 			Close: func() {
 				cancel()
-				<-watched
+				running.Wait()
 			},
 		}
 		if a.revoked != nil {

@@ -127,40 +127,37 @@ func revokedSerials(crl *x509.RevocationList) map[string]bool {
 }
 
 // Revocations tells whether a client certificate is revoked, from a CRL file that it reads again
-// when the file changes (it looks at most once a second). Once a list is in force, a file that is
-// gone, unreadable, not signed by the CA or older (a lower CRL number) leaves it in force and is
-// logged; a file missing from the start revokes nothing. Checks are lock-free: every message of
-// every stream may ask.
+// when the file, or the CAs it is checked against, change (it looks at most once a second). Once a
+// list is in force, a file that is gone, unreadable, not signed by one of the CAs or older than it
+// (a lower CRL number from the same CA) leaves it in force and is logged; a file missing from the
+// start revokes nothing. Checks are lock-free: every message of every stream may ask.
 type Revocations struct {
-	path string
-	cas  []*x509.Certificate
-	log  *slog.Logger
+	path  string
+	trust *Trust
+	log   *slog.Logger
 
 	checked atomic.Int64                    // unix ns of the last look at the file
 	serials atomic.Pointer[map[string]bool] // RevocationKey of each revoked certificate
 
 	mu     sync.Mutex // held by the one caller that looks at the file
-	stamp  [2]int64   // the file's modification time and size when last read
+	stamp  fileStamp  // the file when last read
+	cas    *trustSet  // the CAs it was checked against then
 	loaded bool       // the file as stamp describes it was read
 	number *big.Int   // CRL number of the list in force; nil before one
 	issuer string     // the key identifier of the CA that signed it, hex
 	err    error      // why the file as it is now is not in force
 }
 
-// NewRevocations reads the CRL at path, checked against the CA certificates in caFile. It fails
-// when the file exists but is not a CRL of those CAs, and, with mustExist, when it is missing.
-func NewRevocations(path, caFile string, mustExist bool, log *slog.Logger) (*Revocations, error) {
-	cas, err := loadCACerts(caFile)
-	if err != nil {
-		return nil, err
-	}
+// NewRevocations reads the CRL at path, checked against trust's CAs. It fails when the file exists
+// but is not a CRL of those CAs, and, with mustExist, when it is missing.
+func NewRevocations(path string, trust *Trust, mustExist bool, log *slog.Logger) (*Revocations, error) {
 	if _, err := os.Stat(path); mustExist && err != nil {
 		return nil, fmt.Errorf("revocation list: %w", err)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Revocations{path: path, cas: cas, log: log}
+	r := &Revocations{path: path, trust: trust, log: log}
 	r.serials.Store(&map[string]bool{})
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -194,7 +191,7 @@ func (r *Revocations) InForce() (issuer string, number *big.Int, revoked int) {
 // look reads the file again if it may have changed: at most once a second, and not while another
 // caller is at it.
 func (r *Revocations) look() {
-	if now := time.Now(); now.UnixNano()-r.checked.Load() >= int64(time.Second) && r.mu.TryLock() {
+	if now := time.Now(); now.UnixNano()-r.checked.Load() >= int64(lookInterval) && r.mu.TryLock() {
 		r.reload(now)
 		r.mu.Unlock()
 	}
@@ -207,22 +204,21 @@ func (r *Revocations) Err() error {
 	return r.err
 }
 
-// reload reads the file again if it changed since the last look. r.mu is held.
+// reload reads the file again if it, or the CAs, changed since the last look. r.mu is held. A list
+// signed by another CA than the one in force replaces it whatever its number (a new CA numbers its
+// lists anew).
 func (r *Revocations) reload(now time.Time) {
 	r.checked.Store(now.UnixNano())
-	var stamp [2]int64 // zero: no file
-	if fi, err := os.Stat(r.path); err == nil {
-		stamp = [2]int64{fi.ModTime().UnixNano(), fi.Size()}
-	}
-	if r.loaded && stamp == r.stamp {
+	stamp, cas := stampOf(r.path), r.trust.current()
+	if r.loaded && stamp == r.stamp && cas == r.cas {
 		return
 	}
-	r.stamp, r.loaded = stamp, true
-	crl, err := readCRL(r.path, r.cas)
+	r.stamp, r.cas, r.loaded = stamp, cas, true
+	crl, err := readCRL(r.path, cas.cas)
 	switch {
 	case err == nil && crl == nil && r.number != nil:
 		err = fmt.Errorf("%s is gone", r.path)
-	case err == nil && crl != nil && r.number != nil && crl.Number.Cmp(r.number) < 0:
+	case err == nil && crl != nil && r.number != nil && issuerID(crl) == r.issuer && crl.Number.Cmp(r.number) < 0:
 		err = fmt.Errorf("%s has CRL number %s, older than the list in force (%s)", r.path, crl.Number, r.number)
 	}
 	if err != nil {

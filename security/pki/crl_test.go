@@ -32,7 +32,7 @@ func TestRevoke(t *testing.T) {
 	crlPath := filepath.Join(dir, CRLFile)
 
 	// Nothing revoked yet: no list, nothing refused.
-	rev, err := NewRevocations(crlPath, filepath.Join(dir, CACertFile), false, nil)
+	rev, err := NewRevocations(crlPath, trustIn(t, filepath.Join(dir, CACertFile)), false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestRevoke(t *testing.T) {
 	if ca, n, k := rev.InForce(); ca != ca1 || n.Cmp(n1) != 0 || k != 1 {
 		t.Fatalf("with another CA's list: %s's list number %v, %d revoked in force; want the last good list, %s's %v, 1", ca, n, k, ca1, n1)
 	}
-	if _, err := NewRevocations(crlPath, filepath.Join(dir, CACertFile), false, nil); err == nil {
+	if _, err := NewRevocations(crlPath, trustIn(t, filepath.Join(dir, CACertFile)), false, nil); err == nil {
 		t.Fatal("a server starting with another CA's list: no error")
 	}
 	// Nor do a list that is gone, or one older than the list in force.
@@ -117,7 +117,7 @@ func TestRevoke(t *testing.T) {
 			t.Fatalf("list %s: h1 revoked %v, err %v; want the last good list in force and an error", what, rev.Revoked(h1), rev.Err())
 		}
 	}
-	if _, err := NewRevocations(filepath.Join(dir, "missing.pem"), filepath.Join(dir, CACertFile), true, nil); err == nil {
+	if _, err := NewRevocations(filepath.Join(dir, "missing.pem"), trustIn(t, filepath.Join(dir, CACertFile)), true, nil); err == nil {
 		t.Fatal("a list named explicitly and missing: no error")
 	}
 	if err := os.Remove(crlPath); err != nil {
@@ -158,7 +158,7 @@ func TestRefuseRevokedServer(t *testing.T) {
 	dir := t.TempDir()
 	p := func(f string) string { return filepath.Join(dir, f) }
 	server, client := serverAndNode(t, dir)
-	rev, err := NewRevocations(p(CRLFile), p(CACertFile), false, nil)
+	rev, err := NewRevocations(p(CRLFile), trustIn(t, p(CACertFile)), false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestRefuseRevokedServer(t *testing.T) {
 	if _, err := Revoke(dir, []*x509.Certificate{srvCert}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	rev2, err := NewRevocations(p(CRLFile), p(CACertFile), true, nil)
+	rev2, err := NewRevocations(p(CRLFile), trustIn(t, p(CACertFile)), true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestCertsOfFindsRenewedCertificates(t *testing.T) {
 	if _, err := Revoke(dir, certs, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	rev, err := NewRevocations(filepath.Join(dir, CRLFile), filepath.Join(dir, CACertFile), true, nil)
+	rev, err := NewRevocations(filepath.Join(dir, CRLFile), trustIn(t, filepath.Join(dir, CACertFile)), true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,13 +299,23 @@ func serverAndNode(t *testing.T, dir string) (server, client *tls.Config) {
 	t.Helper()
 	initDir(t, dir, "h1")
 	p := func(f string) string { return filepath.Join(dir, f) }
-	server, err := ServerTLSConfig(p(ServerCert), p(ServerKey), p(CACertFile))
+	server, err := ServerTLSConfig(p(ServerCert), p(ServerKey), trustIn(t, p(CACertFile)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err = ClientTLSConfig(p(CACertFile), p(NodeCertFile("h1")), p(NodeKeyFile("h1")), "localhost")
+	client, err = ClientTLSConfig(trustIn(t, p(CACertFile)), p(NodeCertFile("h1")), p(NodeKeyFile("h1")), "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return server, client
+}
+
+// trustIn is the Trust of the CA file at path.
+func trustIn(t *testing.T, path string) *Trust {
+	t.Helper()
+	trust, err := NewTrust(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return trust
 }

@@ -43,7 +43,7 @@ func TestInitCreatesVerifiableChainAndIdentities(t *testing.T) {
 	dir := t.TempDir()
 	initDir(t, dir, "h1", "h2")
 
-	pool, err := LoadCAPool(filepath.Join(dir, CACertFile))
+	trust, err := NewTrust(filepath.Join(dir, CACertFile), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestInitCreatesVerifiableChainAndIdentities(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{tc.usage}}); err != nil {
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: trust.Pool(), KeyUsages: []x509.ExtKeyUsage{tc.usage}}); err != nil {
 			t.Errorf("%s does not verify against the CA: %v", tc.file, err)
 		}
 		if got := IdentityOf(cert); got != tc.want {
@@ -76,10 +76,10 @@ func TestInitCreatesVerifiableChainAndIdentities(t *testing.T) {
 	}
 	// A node certificate must not be usable as a server certificate, nor the server's as a client's.
 	node, _ := readCert(filepath.Join(dir, NodeCertFile("h1")))
-	if _, err := node.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+	if _, err := node.Verify(x509.VerifyOptions{Roots: trust.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
 		t.Error("node certificate verifies for server auth")
 	}
-	if _, err := server.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+	if _, err := server.Verify(x509.VerifyOptions{Roots: trust.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
 		t.Error("server certificate verifies for client auth")
 	}
 
@@ -261,11 +261,11 @@ func TestTLSConfigs(t *testing.T) {
 	initDir(t, other, "h1")
 	p := func(d, f string) string { return filepath.Join(d, f) }
 
-	server, err := ServerTLSConfig(p(dir, ServerCert), p(dir, ServerKey), p(dir, CACertFile))
+	server, err := ServerTLSConfig(p(dir, ServerCert), p(dir, ServerKey), trustIn(t, p(dir, CACertFile)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	node, err := ClientTLSConfig(p(dir, CACertFile), p(dir, NodeCertFile("h1")), p(dir, NodeKeyFile("h1")), "localhost")
+	node, err := ClientTLSConfig(trustIn(t, p(dir, CACertFile)), p(dir, NodeCertFile("h1")), p(dir, NodeKeyFile("h1")), "localhost")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +277,7 @@ func TestTLSConfigs(t *testing.T) {
 		t.Errorf("server sees %+v, want node h1", got)
 	}
 
-	anon, _ := ClientTLSConfig(p(dir, CACertFile), "", "", "localhost")
+	anon, _ := ClientTLSConfig(trustIn(t, p(dir, CACertFile)), "", "", "localhost")
 	st, serr, cerr = handshake(t, server, anon)
 	if serr != nil || cerr != nil {
 		t.Fatalf("anonymous handshake: server %v, client %v", serr, cerr)
@@ -287,22 +287,22 @@ func TestTLSConfigs(t *testing.T) {
 	}
 
 	// A client certificate from another CA: the server refuses the handshake.
-	foreign, _ := ClientTLSConfig(p(dir, CACertFile), p(other, NodeCertFile("h1")), p(other, NodeKeyFile("h1")), "localhost")
+	foreign, _ := ClientTLSConfig(trustIn(t, p(dir, CACertFile)), p(other, NodeCertFile("h1")), p(other, NodeKeyFile("h1")), "localhost")
 	if _, serr, _ = handshake(t, server, foreign); serr == nil {
 		t.Error("server accepted a client certificate of another CA")
 	}
 	// A client trusting another CA refuses our server.
-	wrongCA, _ := ClientTLSConfig(p(other, CACertFile), "", "", "localhost")
+	wrongCA, _ := ClientTLSConfig(trustIn(t, p(other, CACertFile)), "", "", "localhost")
 	if _, _, cerr = handshake(t, server, wrongCA); cerr == nil {
 		t.Error("client accepted a server certificate of another CA")
 	}
 	// The server's own certificate is not a client certificate.
-	asClient, _ := ClientTLSConfig(p(dir, CACertFile), p(dir, ServerCert), p(dir, ServerKey), "localhost")
+	asClient, _ := ClientTLSConfig(trustIn(t, p(dir, CACertFile)), p(dir, ServerCert), p(dir, ServerKey), "localhost")
 	if _, serr, _ = handshake(t, server, asClient); serr == nil {
 		t.Error("server accepted its own certificate as a client certificate")
 	}
 	// A name the server certificate does not carry.
-	badName, _ := ClientTLSConfig(p(dir, CACertFile), "", "", "elsewhere.example")
+	badName, _ := ClientTLSConfig(trustIn(t, p(dir, CACertFile)), "", "", "elsewhere.example")
 	if _, _, cerr = handshake(t, server, badName); cerr == nil {
 		t.Error("client accepted a server certificate for another name")
 	}

@@ -7,22 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
-	"time"
 )
-
-// LoadCAPool reads a PEM file of one or more CA certificates.
-func LoadCAPool(caFile string) (*x509.CertPool, error) {
-	cas, err := loadCACerts(caFile)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	for _, c := range cas {
-		pool.AddCert(c)
-	}
-	return pool, nil
-}
 
 // loadCACerts reads the certificates of a PEM file of one or more CA certificates.
 func loadCACerts(caFile string) ([]*x509.Certificate, error) {
@@ -52,47 +37,51 @@ func loadCACerts(caFile string) ([]*x509.Certificate, error) {
 }
 
 // ServerTLSConfig is the TLS configuration of the API server: its certificate, and client
-// certificates requested and, when presented, verified against caFile (clientAuth
+// certificates requested and, when presented, verified against trust's CAs (clientAuth
 // VerifyClientCertIfGiven). A caller without a certificate still completes the handshake and must
-// then present a bearer token; a caller with a certificate the CA did not sign fails the handshake.
-func ServerTLSConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
+// then present a bearer token; a caller with a certificate the CAs did not sign fails the handshake.
+// Nothing needs a restart: each handshake presents the certificate the files hold then (one renewed
+// by certs init) and verifies against the CAs trust holds then.
+func ServerTLSConfig(certFile, keyFile string, trust *Trust) (*tls.Config, error) {
 	if certFile == "" || keyFile == "" {
 		return nil, errors.New("server TLS needs a certificate and a key")
 	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load server certificate %s: %w", certFile, err)
+	own := &certReloader{certFile: certFile, keyFile: keyFile}
+	if _, err := own.get(); err != nil {
+		return nil, err
 	}
 	cfg := &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		MinVersion:   tls.VersionTLS12,
-		ClientAuth:   tls.NoClientCert,
-		NextProtos:   []string{"h2"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return own.get() },
+		MinVersion:     tls.VersionTLS12,
+		ClientAuth:     tls.NoClientCert,
+		NextProtos:     []string{"h2"},
 	}
-	if caFile != "" {
-		pool, err := LoadCAPool(caFile)
-		if err != nil {
-			return nil, err
-		}
-		cfg.ClientCAs = pool
+	if trust != nil {
+		cfg.ClientCAs = trust.Pool()
 		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+		// The configuration as it is at the handshake (RefuseRevoked may set more after this).
+		cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			if pool := trust.Pool(); pool != cfg.ClientCAs {
+				c := cfg.Clone()
+				c.ClientCAs = pool
+				return c, nil
+			}
+			return nil, nil
+		}
 	}
 	return cfg, nil
 }
 
 // ClientTLSConfig is the TLS configuration of a client (agent, CLI, or the server's etcd client):
-// the server is verified against caFile; certFile/keyFile, when given, are presented as the client
-// certificate. serverName overrides the name checked in the server certificate (empty: the host
-// part of the address dialed).
-func ClientTLSConfig(caFile, certFile, keyFile, serverName string) (*tls.Config, error) {
-	if caFile == "" {
+// the server is verified against trust's CAs as they are now (WithCurrentRoots follows the file);
+// certFile/keyFile, when given, are presented as the client certificate, read again when they
+// change. serverName overrides the name checked in the server certificate (empty: the host part of
+// the address dialed).
+func ClientTLSConfig(trust *Trust, certFile, keyFile, serverName string) (*tls.Config, error) {
+	if trust == nil {
 		return nil, errors.New("client TLS needs the CA that signed the server certificate")
 	}
-	pool, err := LoadCAPool(caFile)
-	if err != nil {
-		return nil, err
-	}
-	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, ServerName: serverName}
+	cfg := &tls.Config{RootCAs: trust.Pool(), MinVersion: tls.VersionTLS12, ServerName: serverName}
 	if certFile != "" || keyFile != "" {
 		r := &certReloader{certFile: certFile, keyFile: keyFile}
 		if _, err := r.get(); err != nil {
@@ -101,41 +90,6 @@ func ClientTLSConfig(caFile, certFile, keyFile, serverName string) (*tls.Config,
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return r.get() }
 	}
 	return cfg, nil
-}
-
-// certReloader presents the certificate its files hold now: a certificate reissued in place (certs
-// init after a revocation or before expiry) is used from the next handshake on, without a restart.
-type certReloader struct {
-	certFile, keyFile string
-
-	mu    sync.Mutex
-	stamp [2]time.Time // modification times of the two files when cert was read
-	cert  *tls.Certificate
-}
-
-// get returns the certificate, read again when a file changed. A pair that cannot be read (a
-// rewrite in progress: the key is written before the certificate) keeps the one read before.
-func (r *certReloader) get() (*tls.Certificate, error) {
-	var stamp [2]time.Time
-	for i, f := range []string{r.certFile, r.keyFile} {
-		if fi, err := os.Stat(f); err == nil {
-			stamp[i] = fi.ModTime()
-		}
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cert != nil && stamp == r.stamp {
-		return r.cert, nil
-	}
-	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
-	if err != nil {
-		if r.cert != nil {
-			return r.cert, nil
-		}
-		return nil, fmt.Errorf("load client certificate %s: %w", r.certFile, err)
-	}
-	r.cert, r.stamp = &cert, stamp
-	return r.cert, nil
 }
 
 // IdentityOfConn is the identity of a TLS peer's client certificate, or KindNone when it presented

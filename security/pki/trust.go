@@ -1,0 +1,139 @@
+package pki
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// lookInterval is how often a file that is read again when it changes (a CA file, a revocation
+// list) is looked at, at most.
+const lookInterval = time.Second
+
+// fileStamp tells that a file changed: its modification time and size (zero: no file).
+type fileStamp struct{ mod, size int64 }
+
+func stampOf(path string) fileStamp {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{}
+	}
+	return fileStamp{fi.ModTime().UnixNano(), fi.Size()}
+}
+
+// Trust is the CA certificates of a PEM file, read again when the file changes (looked at at most
+// once a second), so that a CA added to the file (the first step of moving to a new CA) is trusted
+// without a restart. A file that is gone or holds no certificate leaves the CAs read before in
+// force, logged. Lookups are lock-free: every handshake asks.
+type Trust struct {
+	path string
+	log  *slog.Logger
+
+	checked atomic.Int64 // unix ns of the last look at the file
+	set     atomic.Pointer[trustSet]
+
+	mu    sync.Mutex // held by the one caller that looks at the file
+	stamp fileStamp  // the file when set was read
+}
+
+// trustSet is one reading of a Trust's file. A new reading is a new set: a pointer tells them apart.
+type trustSet struct {
+	cas  []*x509.Certificate
+	pool *x509.CertPool
+}
+
+// NewTrust reads the CA certificates in caFile; it fails when the file holds none.
+func NewTrust(caFile string, log *slog.Logger) (*Trust, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	t := &Trust{path: caFile, log: log, stamp: stampOf(caFile)}
+	set, err := readTrust(caFile)
+	if err != nil {
+		return nil, err
+	}
+	t.set.Store(set)
+	t.checked.Store(time.Now().UnixNano())
+	return t, nil
+}
+
+func readTrust(caFile string) (*trustSet, error) {
+	cas, err := loadCACerts(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	for _, c := range cas {
+		pool.AddCert(c)
+	}
+	return &trustSet{cas: cas, pool: pool}, nil
+}
+
+// Path is the CA file.
+func (t *Trust) Path() string { return t.path }
+
+// Pool is the CAs the file holds (as last read).
+func (t *Trust) Pool() *x509.CertPool { return t.current().pool }
+
+// current is the set in force, read again first if the file may have changed.
+func (t *Trust) current() *trustSet {
+	if now := time.Now(); now.UnixNano()-t.checked.Load() >= int64(lookInterval) && t.mu.TryLock() {
+		t.checked.Store(now.UnixNano())
+		if stamp := stampOf(t.path); stamp != t.stamp {
+			t.stamp = stamp
+			if set, err := readTrust(t.path); err != nil {
+				t.log.Warn("CA file not taken: the CAs read before stay trusted", "err", err)
+			} else {
+				t.set.Store(set)
+				t.log.Info("CA file read again", "path", t.path, "cas", len(set.cas))
+			}
+		}
+		t.mu.Unlock()
+	}
+	return t.set.Load()
+}
+
+// WithCurrentRoots is cfg (a client's configuration) verifying servers against the CAs trust holds
+// now: cfg itself while they are the ones it has, else a copy with them.
+func WithCurrentRoots(cfg *tls.Config, trust *Trust) *tls.Config {
+	if pool := trust.Pool(); pool != cfg.RootCAs {
+		cfg = cfg.Clone()
+		cfg.RootCAs = pool
+	}
+	return cfg
+}
+
+// certReloader presents the certificate its files hold now: a certificate reissued in place (certs
+// init after a revocation or before expiry) is used from the next handshake on, without a restart.
+type certReloader struct {
+	certFile, keyFile string
+
+	mu    sync.Mutex
+	stamp [2]fileStamp // the two files when cert was read
+	cert  *tls.Certificate
+}
+
+// get returns the certificate, read again when a file changed. A pair that cannot be read (a
+// rewrite in progress: the key is written before the certificate) keeps the one read before.
+func (r *certReloader) get() (*tls.Certificate, error) {
+	stamp := [2]fileStamp{stampOf(r.certFile), stampOf(r.keyFile)}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cert != nil && stamp == r.stamp {
+		return r.cert, nil
+	}
+	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
+	if err != nil {
+		if r.cert != nil {
+			return r.cert, nil
+		}
+		return nil, fmt.Errorf("load certificate %s: %w", r.certFile, err)
+	}
+	r.cert, r.stamp = &cert, stamp
+	return r.cert, nil
+}
