@@ -50,7 +50,7 @@ func addClientFlags(fs *pflag.FlagSet) {
 	cliOpts.output = "table"
 	fs.VarP((*outputFormat)(&cliOpts.output), "output", "o", "output format: table or json")
 	fs.StringVar(&cliOpts.token, "token", "", "API bearer token (env VXFAB_TOKEN)")
-	fs.StringVar(&cliOpts.tlsCA, "tls-ca", "", "CA certificates that sign the server's certificate, read again within a second of a change (env VXFAB_TLS_CA)")
+	fs.StringVar(&cliOpts.tlsCA, "tls-ca", "", "CA certificates that sign the server's certificate; an agent reads the file again within a second of a change (env VXFAB_TLS_CA)")
 	fs.StringVar(&cliOpts.tlsCert, "tls-cert", "", "client certificate (env VXFAB_TLS_CERT)")
 	fs.StringVar(&cliOpts.tlsKey, "tls-key", "", "client key (env VXFAB_TLS_KEY)")
 	fs.BoolVar(&cliOpts.insecure, "insecure", false, "connect without TLS")

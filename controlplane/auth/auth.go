@@ -21,6 +21,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -143,7 +145,9 @@ type Authenticator struct {
 	tokens    *tokenStore
 	adminHash [sha256.Size]byte
 	creds     *serverCreds
-	// revoked lists the client certificates refused (nil without a client CA).
+	// trust is the CAs of client certificates (nil without a client CA); revoked lists the client
+	// certificates refused (nil without a list).
+	trust   *pki.Trust
 	revoked *pki.Revocations
 	// ownPKI is the PKI the server made for itself (nil with --tls-cert): renewPKI keeps its
 	// certificates from expiring.
@@ -196,14 +200,13 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 	}
 	var tlsCfg *tls.Config
 	if cfg.TLSCert != "" {
-		var trust *pki.Trust // the client CAs, read again when their file changes
 		var err error
 		if cfg.TLSCA != "" {
-			if trust, err = pki.NewTrust(cfg.TLSCA, log); err != nil {
+			if a.trust, err = pki.NewTrust(cfg.TLSCA, log); err != nil {
 				return nil, err
 			}
 		}
-		if tlsCfg, err = pki.ServerTLSConfig(cfg.TLSCert, cfg.TLSKey, trust); err != nil {
+		if tlsCfg, err = pki.ServerTLSConfig(cfg.TLSCert, cfg.TLSKey, a.trust, log); err != nil {
 			return nil, err
 		}
 		crl, explicit := cfg.TLSCRL, cfg.TLSCRL != ""
@@ -211,7 +214,7 @@ func New(cfg Config, cli *clientv3.Client) (*Authenticator, error) {
 			crl = filepath.Join(filepath.Dir(cfg.TLSCA), pki.CRLFile)
 		}
 		if crl != "" {
-			if a.revoked, err = pki.NewRevocations(crl, trust, explicit, log); err != nil {
+			if a.revoked, err = pki.NewRevocations(crl, a.trust, explicit, log); err != nil {
 				return nil, fmt.Errorf("client certificate revocation list: %w", err)
 			}
 			pki.RefuseRevoked(tlsCfg, a.revoked)
@@ -256,8 +259,17 @@ func (a *Authenticator) renewPKI(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// renewPKIOnce is one check of renewPKI.
+// renewPKIOnce is one check of renewPKI. It leaves alone a server certificate that the directory's
+// CA did not sign (an admin moving the server to another CA put it there).
 func (a *Authenticator) renewPKIOnce() {
+	due, err := pki.RenewalDue(a.ownPKI.Dir, pki.ServerCert, time.Now())
+	if err != nil {
+		a.log.Warn("the server's certificate is not renewed here: renew it by hand", "err", err)
+		return
+	}
+	if !due {
+		return
+	}
 	results, err := pki.Init(*a.ownPKI)
 	if err != nil {
 		a.log.Error("the server's own PKI cannot be renewed", "dir", a.ownPKI.Dir, "err", err)
@@ -366,8 +378,10 @@ func (a *Authenticator) identify(ctx context.Context, method string) (Identity, 
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
-			if a.certRevoked(info.State) {
-				return Identity{}, errRevoked
+			if refused := a.certRefused(info.State); refused != nil {
+				if err := refused(); err != nil {
+					return Identity{}, err
+				}
 			}
 			switch id := pki.IdentityOfConn(info.State); id.Kind {
 			case pki.KindAdmin:
@@ -380,12 +394,35 @@ func (a *Authenticator) identify(ctx context.Context, method string) (Identity, 
 	return Identity{}, nil
 }
 
-var errRevoked = status.Error(codes.Unauthenticated, "client certificate revoked")
+var (
+	errRevoked   = status.Error(codes.Unauthenticated, "client certificate revoked")
+	errUntrusted = status.Error(codes.Unauthenticated, "client certificate of a CA no longer trusted")
+)
 
-// certRevoked reports whether the verified client certificate of a connection is on the
-// revocation list now (connections opened before its revocation stay open).
-func (a *Authenticator) certRevoked(cs tls.ConnectionState) bool {
-	return a.revoked != nil && len(cs.VerifiedChains) > 0 && a.revoked.Revoked(cs.VerifiedChains[0][0])
+// certRefused is the check of a connection's verified client certificate against the CAs and the
+// revocation list as they are when it is called: errRevoked once the certificate is on the list,
+// errUntrusted once no CA it was verified against is in the CA file any more. The handshake checked
+// both; a connection outlives changes to either, and each call and stream message asks again. It
+// is nil for a connection without a verified certificate.
+func (a *Authenticator) certRefused(cs tls.ConnectionState) func() error {
+	if len(cs.VerifiedChains) == 0 || a.trust == nil {
+		return nil
+	}
+	leaf := cs.VerifiedChains[0][0]
+	key := pki.RevocationKey(leaf.RawIssuer, leaf.SerialNumber)
+	roots := make([]*x509.Certificate, len(cs.VerifiedChains))
+	for i, chain := range cs.VerifiedChains {
+		roots[i] = chain[len(chain)-1]
+	}
+	return func() error {
+		if a.revoked != nil && a.revoked.RevokedKey(key) {
+			return errRevoked
+		}
+		if !slices.ContainsFunc(roots, a.trust.Trusts) {
+			return errUntrusted
+		}
+		return nil
+	}
 }
 
 // identifyToken maps a bearer token to its caller. A tenant token is looked up in etcd afresh for a
@@ -454,23 +491,19 @@ func (a *Authenticator) StreamInterceptor(srv any, ss grpc.ServerStream, info *g
 	if id.Via == "certificate" {
 		if p, ok := peer.FromContext(ss.Context()); ok {
 			if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
-				if a.revoked != nil && len(info.State.VerifiedChains) > 0 {
-					leaf := info.State.VerifiedChains[0][0]
-					key := pki.RevocationKey(leaf.RawIssuer, leaf.SerialNumber)
-					as.revoked = func() bool { return a.revoked.RevokedKey(key) }
-				}
+				as.refused = a.certRefused(info.State)
 			}
 		}
 	}
-	if as.revoked == nil {
+	if as.refused == nil {
 		return handler(srv, as)
 	}
 	// An idle stream sends and receives nothing for a long time: it is looked at every
-	// revocationSweep too, and ended (its context cancelled) once its certificate is revoked.
+	// revocationSweep too, and ended (its context cancelled) once its certificate is refused.
 	ctx, cancel := context.WithCancel(as.ctx)
 	defer cancel()
 	as.ctx = ctx
-	var swept atomic.Bool
+	var swept atomic.Pointer[error]
 	go func() {
 		t := time.NewTicker(revocationSweep)
 		defer t.Stop()
@@ -479,8 +512,8 @@ func (a *Authenticator) StreamInterceptor(srv any, ss grpc.ServerStream, info *g
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if as.revoked() {
-					swept.Store(true)
+				if err := as.refused(); err != nil {
+					swept.Store(&err)
 					cancel()
 					return
 				}
@@ -488,14 +521,14 @@ func (a *Authenticator) StreamInterceptor(srv any, ss grpc.ServerStream, info *g
 		}
 	}()
 	err = handler(srv, as)
-	if swept.Load() {
-		return errRevoked
+	if why := swept.Load(); why != nil {
+		return *why
 	}
 	return err
 }
 
 // revocationSweep is how often a stream of a certificate-authenticated caller is checked against the
-// revocation list, messages or not.
+// revocation list and the CAs, messages or not.
 const revocationSweep = time.Second
 
 type authorizedStream struct {
@@ -504,14 +537,16 @@ type authorizedStream struct {
 	id     Identity
 	class  class
 	method string
-	// revoked, for a caller known by its certificate, tells whether that certificate is revoked
-	// now: a stream that outlives its certificate ends at its next message.
-	revoked func() bool
+	// refused, for a caller known by its certificate, tells whether that certificate is refused
+	// now (certRefused): a stream that outlives its certificate ends at its next message.
+	refused func() error
 }
 
 func (s *authorizedStream) SendMsg(m any) error {
-	if s.revoked != nil && s.revoked() {
-		return errRevoked
+	if s.refused != nil {
+		if err := s.refused(); err != nil {
+			return err
+		}
 	}
 	return s.ServerStream.SendMsg(m)
 }
@@ -522,8 +557,10 @@ func (s *authorizedStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	if s.revoked != nil && s.revoked() {
-		return errRevoked
+	if s.refused != nil {
+		if err := s.refused(); err != nil {
+			return err
+		}
 	}
 	return authorizeRequest(s.id, s.class, s.method, m)
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,8 +20,8 @@ import (
 )
 
 // TestNewCAWithoutRestarts moves a server and its clients from CA A to CA B by editing files only,
-// as an admin replacing a CA does: trust both, reissue the leaves, switch the revocation list, drop
-// the old CA. Neither the server nor a client's connection is made anew for any step.
+// in the order security/README.md gives: trust both, reissue the leaves, drop the old CA, switch the
+// revocation list. Neither the server nor a client's connection is made anew for any step.
 func TestNewCAWithoutRestarts(t *testing.T) {
 	cli := startEtcd(t)
 	a, b := makePKI(t), makePKI(t)
@@ -30,12 +31,15 @@ func TestNewCAWithoutRestarts(t *testing.T) {
 	// The server's files, copies the test rewrites: certificate, key, CA file and revocation list.
 	srvDir := t.TempDir()
 	ps := func(f string) string { return filepath.Join(srvDir, f) }
-	// A's list is at number 3 (Init's empty list, then two revocations), above the 2 of B's first.
+	// A's list revokes A's h2 and is at number 3 (Init's empty list, then two revocations), above
+	// the 2 of B's first.
 	for _, c := range []string{pki.NodeCertFile("h2"), pki.AdminCert} {
 		if _, err := pki.Revoke(a, []*x509.Certificate{readCert(t, pa(c))}, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
+	staleA := filepath.Join(t.TempDir(), pki.CRLFile)
+	copyFiles(t, staleA, pa(pki.CRLFile))
 	copyFiles(t, ps(pki.ServerCert), pa(pki.ServerCert))
 	copyFiles(t, ps(pki.ServerKey), pa(pki.ServerKey))
 	copyFiles(t, ps(pki.CACertFile), pa(pki.CACertFile))
@@ -56,15 +60,26 @@ func TestNewCAWithoutRestarts(t *testing.T) {
 			&vxfabricv1.ReportAppliedRequest{Node: node, Revision: 1}, grpc.WaitForReady(waitReady))
 		return err
 	}
+	// refused checks a call refused in the handshake, for the reason given.
+	refused := func(what string, err error, why string) {
+		t.Helper()
+		if wantCode(t, what, err, codes.Unavailable); err != nil && !strings.Contains(err.Error(), why) {
+			t.Errorf("%s: %v, want it to say %q", what, err, why)
+		}
+	}
 	// An agent's connection: reconnects quickly, so that a handshake refused once is tried again.
 	quick := grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1, MaxDelay: 100 * time.Millisecond}, MinConnectTimeout: time.Second})
+	agent := func(certDir, node string) *grpc.ClientConn {
+		return s.dial(t, client{caDir: trustDir, certDir: certDir, cert: "node-" + node, dialOpts: []grpc.DialOption{quick}})
+	}
 	looked := func() { time.Sleep(1100 * time.Millisecond) } // files are looked at again at most once a second
 
-	// 1. B's node certificate is not trusted yet; A's is.
-	hB := s.dial(t, client{caDir: trustDir, certDir: b, cert: "node-h1", dialOpts: []grpc.DialOption{quick}})
-	wantCode(t, "B's h1 while the server trusts A only", report(hB, "h1", false), codes.Unavailable)
-	hA := s.dial(t, client{caDir: trustDir, certDir: a, cert: "node-h1", dialOpts: []grpc.DialOption{quick}})
+	// 1. B's node certificate is not trusted yet; A's is, A's revoked h2 is not.
+	hB := agent(b, "h1")
+	refused("B's h1 while the server trusts A only", report(hB, "h1", false), "unknown certificate authority")
+	hA := agent(a, "h1")
 	wantCode(t, "A's h1", report(hA, "h1", true), codes.OK)
+	refused("A's revoked h2", report(agent(a, "h2"), "h2", false), "bad certificate")
 
 	// 2. The server trusts A and B: B's certificate is taken, on the connection that was refused.
 	copyFiles(t, ps(pki.CACertFile), pa(pki.CACertFile), pb(pki.CACertFile))
@@ -75,27 +90,42 @@ func TestNewCAWithoutRestarts(t *testing.T) {
 	// file holds B too, the same connection gets through.
 	copyFiles(t, ps(pki.ServerKey), pb(pki.ServerKey))
 	copyFiles(t, ps(pki.ServerCert), pb(pki.ServerCert))
-	fresh := s.dial(t, client{caDir: trustDir, certDir: b, cert: "node-h1", dialOpts: []grpc.DialOption{quick}})
-	wantCode(t, "a client trusting A only, server on B's certificate", report(fresh, "h1", false), codes.Unavailable)
+	fresh := agent(b, "h1")
+	refused("a client trusting A only, server on B's certificate", report(fresh, "h1", false), "certificate signed by unknown authority")
 	copyFiles(t, filepath.Join(trustDir, pki.CACertFile), pa(pki.CACertFile), pb(pki.CACertFile))
 	looked()
 	wantCode(t, "the same client once it trusts B", report(fresh, "h1", true), codes.OK)
 
-	// 4. B's revocation list replaces A's although its number is lower: B's h1 is refused.
+	// 4. B's list, revoking B's h1, comes while A is still trusted: A's list stays in force, as only
+	// it keeps A's revoked h2 out.
 	if _, err := pki.Revoke(b, []*x509.Certificate{readCert(t, pb(pki.NodeCertFile("h1")))}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	copyFiles(t, ps(pki.CRLFile), pb(pki.CRLFile))
 	looked()
+	refused("A's revoked h2 while A is trusted", report(agent(a, "h2"), "h2", false), "bad certificate")
+	if err := s.auth.revoked.Err(); err == nil || !strings.Contains(err.Error(), "another CA") {
+		t.Errorf("B's list while A is trusted: %v, want it refused as another CA's", err)
+	}
+
+	// 5. The server drops A: A's h1 is refused on its open connection, and gets no new one; B's list
+	// is in force, although its number is lower, and refuses B's h1 on its open connection.
+	copyFiles(t, ps(pki.CACertFile), pb(pki.CACertFile))
+	looked()
+	wantCode(t, "A's h1 on its open connection once A is dropped", report(hA, "h1", false), codes.Unauthenticated)
+	refused("A's h1 on a new connection", report(s.dial(t, client{caDir: trustDir, certDir: a, cert: "node-h1"}), "h1", false), "unknown certificate authority")
 	wantCode(t, "B's revoked h1", report(hB, "h1", false), codes.Unauthenticated)
 	if _, n, k := s.auth.revoked.InForce(); n == nil || n.Int64() != 2 || k != 1 {
 		t.Errorf("list in force: number %v, %d revoked; want B's, number 2, 1 revoked", n, k)
 	}
 
-	// 5. The server no longer trusts A: A's h1 gets no new connection.
-	copyFiles(t, ps(pki.CACertFile), pb(pki.CACertFile))
+	// 6. A stale copy of A's list is not taken over B's.
+	copyFiles(t, ps(pki.CRLFile), staleA)
 	looked()
-	wantCode(t, "A's h1 once A is dropped", report(s.dial(t, client{caDir: trustDir, certDir: a, cert: "node-h1"}), "h1", false), codes.Unavailable)
+	wantCode(t, "B's revoked h1 with A's list back in the file", report(hB, "h1", false), codes.Unauthenticated)
+	if _, n, _ := s.auth.revoked.InForce(); n == nil || n.Int64() != 2 {
+		t.Errorf("list in force with A's list back in the file: number %v, want B's 2", n)
+	}
 }
 
 // TestOwnPKIRenewedWhileServing: a server that made its own PKI renews its certificate before it
@@ -148,6 +178,18 @@ func TestOwnPKIRenewedWhileServing(t *testing.T) {
 	a.renewPKIOnce()
 	if left := time.Until(presented().NotAfter); left < 300*24*time.Hour {
 		t.Errorf("after the renewal the server presents a certificate valid for %s more, want about a year", left)
+	}
+
+	// An admin moving the server to another CA by hand (both CAs trusted, the other's certificate in
+	// place): the renewal leaves that certificate alone.
+	other := makePKI(t)
+	copyFiles(t, filepath.Join(dir, pki.CACertFile), filepath.Join(dir, pki.CACertFile), filepath.Join(other, pki.CACertFile))
+	copyFiles(t, filepath.Join(dir, pki.ServerKey), filepath.Join(other, pki.ServerKey))
+	copyFiles(t, filepath.Join(dir, pki.ServerCert), filepath.Join(other, pki.ServerCert))
+	want := readCert(t, filepath.Join(other, pki.ServerCert))
+	a.renewPKIOnce()
+	if got := presented(); !got.Equal(want) {
+		t.Errorf("after a renewal check the server presents %q of %q, want the other CA's certificate put there by hand", got.Subject, got.Issuer)
 	}
 }
 

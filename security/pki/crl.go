@@ -41,7 +41,7 @@ func Revoke(dir string, certs []*x509.Certificate, now time.Time) ([]RevokeResul
 		return nil, err
 	}
 	path := filepath.Join(dir, CRLFile)
-	old, err := readCRL(path, []*x509.Certificate{caCert})
+	old, _, err := readCRL(path, []*x509.Certificate{caCert})
 	if err != nil {
 		return nil, err
 	}
@@ -78,34 +78,35 @@ func Revoke(dir string, certs []*x509.Certificate, now time.Time) ([]RevokeResul
 // ReadCertFile reads a PEM certificate.
 func ReadCertFile(path string) (*x509.Certificate, error) { return readCert(path) }
 
-// readCRL reads a PEM revocation list and checks that one of cas signed it; a missing file is no
-// list (nil, nil).
-func readCRL(path string, cas []*x509.Certificate) (*x509.RevocationList, error) {
+// readCRL reads a PEM revocation list and checks that one of cas signed it, which it returns; a
+// missing file is no list (nil, nil, nil).
+func readCRL(path string, cas []*x509.Certificate) (*x509.RevocationList, *x509.Certificate, error) {
 	block, err := readPEM(path, "X509 CRL", "X509 CRL")
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read revocation list: %w", err)
+		return nil, nil, fmt.Errorf("read revocation list: %w", err)
 	}
 	crl, err := x509.ParseRevocationList(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("parse %s: %w", path, err)
+		return nil, nil, fmt.Errorf("parse %s: %w", path, err)
 	}
 	for _, ca := range cas {
 		if crl.CheckSignatureFrom(ca) == nil {
-			return crl, nil
+			return crl, ca, nil
 		}
 	}
-	return nil, fmt.Errorf("%s is not signed by the CA", path)
+	return nil, nil, fmt.Errorf("%s is not signed by the CA", path)
 }
 
-// issuerID names the CA that signed crl: its key identifier, or a digest of its name without one.
-func issuerID(crl *x509.RevocationList) string {
-	if len(crl.AuthorityKeyId) > 0 {
-		return hex.EncodeToString(crl.AuthorityKeyId)
+// issuerID names a CA: its key identifier (which the lists it signs carry), or a digest of its
+// public key without one.
+func issuerID(ca *x509.Certificate) string {
+	if len(ca.SubjectKeyId) > 0 {
+		return hex.EncodeToString(ca.SubjectKeyId)
 	}
-	sum := sha256.Sum256(crl.RawIssuer)
+	sum := sha256.Sum256(ca.RawSubjectPublicKeyInfo)
 	return hex.EncodeToString(sum[:8])
 }
 
@@ -139,18 +140,22 @@ type Revocations struct {
 	checked atomic.Int64                    // unix ns of the last look at the file
 	serials atomic.Pointer[map[string]bool] // RevocationKey of each revoked certificate
 
-	mu     sync.Mutex // held by the one caller that looks at the file
-	stamp  fileStamp  // the file when last read
-	cas    *trustSet  // the CAs it was checked against then
-	loaded bool       // the file as stamp describes it was read
-	number *big.Int   // CRL number of the list in force; nil before one
-	issuer string     // the key identifier of the CA that signed it, hex
-	err    error      // why the file as it is now is not in force
+	mu     sync.Mutex        // held by the one caller that looks at the file
+	stamp  fileStamp         // the file when last read
+	cas    *trustSet         // the CAs it was checked against then
+	loaded bool              // the file as stamp describes it was read
+	number *big.Int          // CRL number of the list in force; nil before one
+	signer *x509.Certificate // the CA that signed it
+	issuer string            // issuerID(signer)
+	err    error             // why the file as it is now is not in force
 }
 
 // NewRevocations reads the CRL at path, checked against trust's CAs. It fails when the file exists
 // but is not a CRL of those CAs, and, with mustExist, when it is missing.
 func NewRevocations(path string, trust *Trust, mustExist bool, log *slog.Logger) (*Revocations, error) {
+	if trust == nil {
+		return nil, errors.New("a revocation list needs the CAs that sign it")
+	}
 	if _, err := os.Stat(path); mustExist && err != nil {
 		return nil, fmt.Errorf("revocation list: %w", err)
 	}
@@ -204,22 +209,31 @@ func (r *Revocations) Err() error {
 	return r.err
 }
 
-// reload reads the file again if it, or the CAs, changed since the last look. r.mu is held. A list
-// signed by another CA than the one in force replaces it whatever its number (a new CA numbers its
-// lists anew).
+// reload reads the file again if it, or the CAs, changed since the last look. r.mu is held.
+//
+// A list of another CA than the one in force replaces it whatever its number (a new CA numbers its
+// lists anew), but only once the CA of the list in force is no longer trusted: while it is, its
+// certificates still verify, and only its list keeps the revoked ones out. That also keeps a
+// stale list of a CA from coming back over a newer one while two CAs are trusted.
 func (r *Revocations) reload(now time.Time) {
 	r.checked.Store(now.UnixNano())
 	stamp, cas := stampOf(r.path), r.trust.current()
 	if r.loaded && stamp == r.stamp && cas == r.cas {
 		return
 	}
+	fileChanged := !r.loaded || stamp != r.stamp
 	r.stamp, r.cas, r.loaded = stamp, cas, true
-	crl, err := readCRL(r.path, cas.cas)
+	crl, signer, err := readCRL(r.path, cas.cas)
 	switch {
+	case err != nil && !fileChanged && r.number != nil:
+		err = fmt.Errorf("the CA file %s no longer holds the CA that signed %s (number %s), which stays in force until a list of a CA in the file replaces it", r.trust.path, r.path, r.number)
 	case err == nil && crl == nil && r.number != nil:
 		err = fmt.Errorf("%s is gone", r.path)
-	case err == nil && crl != nil && r.number != nil && issuerID(crl) == r.issuer && crl.Number.Cmp(r.number) < 0:
+	case err == nil && crl != nil && r.number != nil && issuerID(signer) == r.issuer && crl.Number.Cmp(r.number) < 0:
 		err = fmt.Errorf("%s has CRL number %s, older than the list in force (%s)", r.path, crl.Number, r.number)
+	case err == nil && crl != nil && r.number != nil && issuerID(signer) != r.issuer && cas.raw[string(r.signer.Raw)]:
+		err = fmt.Errorf("%s is signed by another CA than the list in force, whose CA is still in %s: "+
+			"a list of another CA is taken once that CA is dropped from the CA file", r.path, r.trust.path)
 	}
 	if err != nil {
 		r.err = err
@@ -230,15 +244,18 @@ func (r *Revocations) reload(now time.Time) {
 	if crl == nil {
 		return // none yet
 	}
+	if !fileChanged && r.number != nil && crl.Number.Cmp(r.number) == 0 && issuerID(signer) == r.issuer {
+		return // the same list, read again because the CAs changed
+	}
 	serials := revokedSerials(crl)
 	r.serials.Store(&serials)
-	r.number, r.issuer = crl.Number, issuerID(crl)
+	r.number, r.signer, r.issuer = crl.Number, signer, issuerID(signer)
 	r.log.Info("revocation list in force", "path", r.path, "number", crl.Number, "revoked", len(serials))
 }
 
 // revokedIn is the RevocationKey of each certificate the CRL in dir lists (Init issues those anew).
 func revokedIn(dir string, ca *x509.Certificate) map[string]bool {
-	crl, err := readCRL(filepath.Join(dir, CRLFile), []*x509.Certificate{ca})
+	crl, _, err := readCRL(filepath.Join(dir, CRLFile), []*x509.Certificate{ca})
 	if err != nil {
 		return map[string]bool{}
 	}

@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"math/big"
 	"os"
@@ -299,7 +300,7 @@ func serverAndNode(t *testing.T, dir string) (server, client *tls.Config) {
 	t.Helper()
 	initDir(t, dir, "h1")
 	p := func(f string) string { return filepath.Join(dir, f) }
-	server, err := ServerTLSConfig(p(ServerCert), p(ServerKey), trustIn(t, p(CACertFile)))
+	server, err := ServerTLSConfig(p(ServerCert), p(ServerKey), trustIn(t, p(CACertFile)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,4 +319,57 @@ func trustIn(t *testing.T, path string) *Trust {
 		t.Fatal(err)
 	}
 	return trust
+}
+
+// TestTrustFollowsItsFile: a CA added to the file is trusted within a second; a file emptied or
+// gone leaves the CAs read before.
+func TestTrustFollowsItsFile(t *testing.T) {
+	a, b := t.TempDir(), t.TempDir()
+	initDir(t, a, "h1")
+	initDir(t, b, "h1")
+	caA, caB := mustRead(t, filepath.Join(a, CACertFile)), mustRead(t, filepath.Join(b, CACertFile))
+	path := filepath.Join(t.TempDir(), CACertFile)
+	write := func(certs ...*x509.Certificate) {
+		t.Helper()
+		var data []byte
+		for _, c := range certs {
+			data = append(data, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+		}
+		if err := WriteFileAtomic(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(caA)
+	trust := trustIn(t, path)
+	if !trust.Trusts(caA) || trust.Trusts(caB) {
+		t.Fatalf("A only in the file: trusts A %v, B %v", trust.Trusts(caA), trust.Trusts(caB))
+	}
+	write(caA, caB)
+	if trust.Trusts(caB) {
+		t.Error("B trusted before the file was looked at again (at most once a second)")
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if !trust.Trusts(caA) || !trust.Trusts(caB) {
+		t.Fatalf("A and B in the file: trusts A %v, B %v", trust.Trusts(caA), trust.Trusts(caB))
+	}
+	for _, step := range []struct {
+		what   string
+		change func() error
+	}{
+		{"emptied", func() error { return WriteFileAtomic(path, nil, 0o644) }},
+		{"gone", func() error { return os.Remove(path) }},
+	} {
+		if err := step.change(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1100 * time.Millisecond)
+		if !trust.Trusts(caA) || !trust.Trusts(caB) {
+			t.Errorf("file %s: trusts A %v, B %v; want the CAs read before", step.what, trust.Trusts(caA), trust.Trusts(caB))
+		}
+	}
+	write(caB)
+	time.Sleep(1100 * time.Millisecond)
+	if trust.Trusts(caA) || !trust.Trusts(caB) {
+		t.Errorf("B only in the file: trusts A %v, B %v", trust.Trusts(caA), trust.Trusts(caB))
+	}
 }

@@ -216,6 +216,24 @@ type FileResult struct {
 // renewBefore: a certificate expiring sooner than this is reissued by Init.
 const renewBefore = 30 * 24 * time.Hour
 
+// RenewalDue reports whether the certificate file certName in dir expires within the window in which
+// Init issues it anew. It fails for a certificate that the CA of dir (the first of its CA file) did
+// not sign, as one put there by hand when moving to another CA: that one is not Init's to replace.
+func RenewalDue(dir, certName string, now time.Time) (bool, error) {
+	cert, err := readCert(filepath.Join(dir, certName))
+	if err != nil {
+		return false, err
+	}
+	ca, err := readCert(filepath.Join(dir, CACertFile))
+	if err != nil {
+		return false, err
+	}
+	if err := cert.CheckSignatureFrom(ca); err != nil {
+		return false, fmt.Errorf("%s is not signed by the CA in %s: %w", certName, dir, err)
+	}
+	return cert.NotAfter.Sub(now) < renewBefore, nil
+}
+
 // Init creates whatever is missing or no longer valid in cfg.Dir and keeps the rest. It is safe to
 // run again, e.g. with one more --node.
 func Init(cfg InitConfig) ([]FileResult, error) {

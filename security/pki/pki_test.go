@@ -261,7 +261,7 @@ func TestTLSConfigs(t *testing.T) {
 	initDir(t, other, "h1")
 	p := func(d, f string) string { return filepath.Join(d, f) }
 
-	server, err := ServerTLSConfig(p(dir, ServerCert), p(dir, ServerKey), trustIn(t, p(dir, CACertFile)))
+	server, err := ServerTLSConfig(p(dir, ServerCert), p(dir, ServerKey), trustIn(t, p(dir, CACertFile)), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

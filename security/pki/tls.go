@@ -6,7 +6,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"sync/atomic"
 )
 
 // loadCACerts reads the certificates of a PEM file of one or more CA certificates.
@@ -42,11 +44,14 @@ func loadCACerts(caFile string) ([]*x509.Certificate, error) {
 // then present a bearer token; a caller with a certificate the CAs did not sign fails the handshake.
 // Nothing needs a restart: each handshake presents the certificate the files hold then (one renewed
 // by certs init) and verifies against the CAs trust holds then.
-func ServerTLSConfig(certFile, keyFile string, trust *Trust) (*tls.Config, error) {
+func ServerTLSConfig(certFile, keyFile string, trust *Trust, log *slog.Logger) (*tls.Config, error) {
 	if certFile == "" || keyFile == "" {
 		return nil, errors.New("server TLS needs a certificate and a key")
 	}
-	own := &certReloader{certFile: certFile, keyFile: keyFile}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	own := &certReloader{certFile: certFile, keyFile: keyFile, log: log}
 	if _, err := own.get(); err != nil {
 		return nil, err
 	}
@@ -59,20 +64,27 @@ func ServerTLSConfig(certFile, keyFile string, trust *Trust) (*tls.Config, error
 	if trust != nil {
 		cfg.ClientCAs = trust.Pool()
 		cfg.ClientAuth = tls.VerifyClientCertIfGiven
-		// The configuration as it is at the handshake (RefuseRevoked may set more after this).
+		// Once the CA file changed, a copy with its CAs, made at the first handshake after the
+		// change (RefuseRevoked sets more of cfg after this returns).
+		var copied atomic.Pointer[tls.Config]
 		cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			if pool := trust.Pool(); pool != cfg.ClientCAs {
-				c := cfg.Clone()
-				c.ClientCAs = pool
+			pool := trust.Pool()
+			if pool == cfg.ClientCAs {
+				return nil, nil
+			}
+			if c := copied.Load(); c != nil && c.ClientCAs == pool {
 				return c, nil
 			}
-			return nil, nil
+			c := cfg.Clone()
+			c.ClientCAs = pool
+			copied.Store(c)
+			return c, nil
 		}
 	}
 	return cfg, nil
 }
 
-// ClientTLSConfig is the TLS configuration of a client (agent, CLI, or the server's etcd client):
+// ClientTLSConfig is the TLS configuration of a client (an agent, the CLI):
 // the server is verified against trust's CAs as they are now (WithCurrentRoots follows the file);
 // certFile/keyFile, when given, are presented as the client certificate, read again when they
 // change. serverName overrides the name checked in the server certificate (empty: the host part of
@@ -83,7 +95,7 @@ func ClientTLSConfig(trust *Trust, certFile, keyFile, serverName string) (*tls.C
 	}
 	cfg := &tls.Config{RootCAs: trust.Pool(), MinVersion: tls.VersionTLS12, ServerName: serverName}
 	if certFile != "" || keyFile != "" {
-		r := &certReloader{certFile: certFile, keyFile: keyFile}
+		r := &certReloader{certFile: certFile, keyFile: keyFile, log: trust.log}
 		if _, err := r.get(); err != nil {
 			return nil, err
 		}

@@ -45,6 +45,7 @@ type Trust struct {
 type trustSet struct {
 	cas  []*x509.Certificate
 	pool *x509.CertPool
+	raw  map[string]bool // the DER of each CA
 }
 
 // NewTrust reads the CA certificates in caFile; it fails when the file holds none.
@@ -67,11 +68,12 @@ func readTrust(caFile string) (*trustSet, error) {
 	if err != nil {
 		return nil, err
 	}
-	pool := x509.NewCertPool()
+	set := &trustSet{cas: cas, pool: x509.NewCertPool(), raw: make(map[string]bool, len(cas))}
 	for _, c := range cas {
-		pool.AddCert(c)
+		set.pool.AddCert(c)
+		set.raw[string(c.Raw)] = true
 	}
-	return &trustSet{cas: cas, pool: pool}, nil
+	return set, nil
 }
 
 // Path is the CA file.
@@ -79,6 +81,10 @@ func (t *Trust) Path() string { return t.path }
 
 // Pool is the CAs the file holds (as last read).
 func (t *Trust) Pool() *x509.CertPool { return t.current().pool }
+
+// Trusts reports whether ca is one of the CAs the file holds: a chain verified against a CA since
+// dropped from the file is no longer trusted.
+func (t *Trust) Trusts(ca *x509.Certificate) bool { return t.current().raw[string(ca.Raw)] }
 
 // current is the set in force, read again first if the file may have changed.
 func (t *Trust) current() *trustSet {
@@ -112,27 +118,33 @@ func WithCurrentRoots(cfg *tls.Config, trust *Trust) *tls.Config {
 // init after a revocation or before expiry) is used from the next handshake on, without a restart.
 type certReloader struct {
 	certFile, keyFile string
+	log               *slog.Logger
 
-	mu    sync.Mutex
-	stamp [2]fileStamp // the two files when cert was read
-	cert  *tls.Certificate
+	mu     sync.Mutex
+	stamp  [2]fileStamp // the two files when cert was read
+	cert   *tls.Certificate
+	failed [2]fileStamp // the two files when they last could not be read as a pair
 }
 
 // get returns the certificate, read again when a file changed. A pair that cannot be read (a
-// rewrite in progress: the key is written before the certificate) keeps the one read before.
+// rewrite in progress: the key is written before the certificate; a key that does not match)
+// keeps the one read before, with a warning once for each state of the files.
 func (r *certReloader) get() (*tls.Certificate, error) {
 	stamp := [2]fileStamp{stampOf(r.certFile), stampOf(r.keyFile)}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.cert != nil && stamp == r.stamp {
+	if r.cert != nil && (stamp == r.stamp || stamp == r.failed) {
 		return r.cert, nil
 	}
 	cert, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
 	if err != nil {
+		err = fmt.Errorf("load certificate %s: %w", r.certFile, err)
 		if r.cert != nil {
+			r.failed = stamp
+			r.log.Warn("certificate files not taken: the certificate read before stays in use", "err", err)
 			return r.cert, nil
 		}
-		return nil, fmt.Errorf("load certificate %s: %w", r.certFile, err)
+		return nil, err
 	}
 	r.cert, r.stamp = &cert, stamp
 	return r.cert, nil
