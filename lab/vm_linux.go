@@ -168,6 +168,11 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (vm VM, err error) {
 			return vm, fmt.Errorf("vm %q: %w", spec.Name, err)
 		}
 	}
+	for i, p := range vm.Ports {
+		if err := l.outsideRoute(ctx, c, vm.Networks[i], p); err != nil {
+			return vm, fmt.Errorf("vm %q: the outside's route to %s/%s: %w", spec.Name, p.GetTenant(), p.GetNetwork(), err)
+		}
+	}
 	l.log.Info("lab vm created", "vm", spec.Name, "node", spec.Host, "ports", len(vm.Ports))
 	return vm, nil
 }
@@ -370,22 +375,21 @@ func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
 	if len(vm.Ports) == 0 || !namespaceExists(l.VMNamespace(name)) {
 		return VM{}, fmt.Errorf("vm %q: %w (a VM to migrate needs its ports and namespace %s)", name, ErrNoSuchVM, l.VMNamespace(name))
 	}
+	before := slices.Clone(vm.Ports)
 	for i, p := range vm.Ports {
 		// The NIC moves first, wherever it is (a migration cut short may have left it on a third
 		// host); the port follows unless it is bound there already.
 		if err := l.moveHostEnd(p.GetInterfaceName(), to); err != nil {
-			return VM{}, fmt.Errorf("vm %q: %w", name, err)
+			return VM{}, l.migrateBack(ctx, c, name, before[:i+1], fmt.Errorf("vm %q: %w", name, err))
 		}
 		if p.GetNode() == to {
 			continue
 		}
-		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		moved, err := c.Ports.UpdatePort(callCtx, &vxfabricv1.UpdatePortRequest{Tenant: p.GetTenant(), Name: p.GetName(), Node: to})
-		cancel()
+		moved, err := rebindPort(ctx, c, p, to)
 		if err != nil {
-			return VM{}, fmt.Errorf("vm %q: move port %s/%s to %s: %w", name, p.GetTenant(), p.GetName(), to, err)
+			return VM{}, l.migrateBack(ctx, c, name, before[:i+1], fmt.Errorf("vm %q: move port %s/%s to %s: %w", name, p.GetTenant(), p.GetName(), to, err))
 		}
-		vm.Ports[i] = moved.GetPort()
+		vm.Ports[i] = moved
 	}
 	if err := waitPlugged(ctx, c, vm.Ports); err != nil {
 		return VM{}, fmt.Errorf("vm %q on %s: %w", name, to, err)
@@ -400,32 +404,88 @@ func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
 	return vm, nil
 }
 
-// followRoute points the outside's static route to p's network at p's host when p's network is
-// routed and the route goes through a lab host where no port of the network is left (the outside
-// reaches a routed network through one host: see the lab README). It looks at the state as it is,
-// so a migration run again after one cut short also moves the route.
-func (l *Lab) followRoute(ctx context.Context, c *Client, p *vxfabricv1.Port) error {
-	here, ok := HostIndex(p.GetNode())
-	if !ok {
-		return nil
+// migrateBack puts the NICs and ports of a migration that failed (cause) back where they were:
+// each port on the host it was bound to before (ports, as listed before the migration), its NIC's
+// host end in that host's namespace. Nothing is left half-moved: a refusal for one NIC (a network
+// that cannot be on the new host) leaves the VM as it was. It returns cause, saying so.
+func (l *Lab) migrateBack(ctx context.Context, c *Client, name string, ports []*vxfabricv1.Port, cause error) error {
+	var errs []error
+	for _, p := range slices.Backward(ports) {
+		if _, err := rebindPort(ctx, c, p, p.GetNode()); err != nil {
+			errs = append(errs, fmt.Errorf("port %s/%s back to %s: %w", p.GetTenant(), p.GetName(), p.GetNode(), err))
+			continue
+		}
+		if err := l.moveHostEnd(p.GetInterfaceName(), p.GetNode()); err != nil {
+			errs = append(errs, err)
+		}
 	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w; putting the VM back failed too (run vxfab lab vm migrate %s again): %w", cause, name, errors.Join(errs...))
+	}
+	if err := waitPlugged(ctx, c, ports); err != nil {
+		return fmt.Errorf("%w; the VM is back where it was, but: %w", cause, err)
+	}
+	l.log.Info("lab vm migration undone", "vm", name, "err", cause)
+	return fmt.Errorf("%w (the VM stays where it was)", cause)
+}
+
+// rebindPort binds port p to node (UpdatePort), unless it is bound there already.
+func rebindPort(ctx context.Context, c *Client, p *vxfabricv1.Port, node string) (*vxfabricv1.Port, error) {
 	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	n, err := c.Networks.GetNetwork(callCtx, &vxfabricv1.GetNetworkRequest{Tenant: p.GetTenant(), Name: p.GetNetwork()})
+	cur, err := c.Ports.GetPort(callCtx, &vxfabricv1.GetPortRequest{Tenant: p.GetTenant(), Name: p.GetName()})
+	if err != nil {
+		return nil, err
+	}
+	if cur.GetPort().GetNode() == node {
+		return cur.GetPort(), nil
+	}
+	moved, err := c.Ports.UpdatePort(callCtx, &vxfabricv1.UpdatePortRequest{Tenant: p.GetTenant(), Name: p.GetName(), Node: node})
+	if err != nil {
+		return nil, err
+	}
+	return moved.GetPort(), nil
+}
+
+// followRoute is outsideRoute for p's network, after p moved.
+func (l *Lab) followRoute(ctx context.Context, c *Client, p *vxfabricv1.Port) error {
+	n, err := getNetwork(ctx, c, p.GetTenant(), p.GetNetwork())
 	if err != nil {
 		return fmt.Errorf("network %s/%s: %w", p.GetTenant(), p.GetNetwork(), err)
 	}
-	if n.GetNetwork().GetMode() != vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED {
+	return l.outsideRoute(ctx, c, n, p)
+}
+
+// outsideRoute gives the outside a static route to routed network n through p's host when it has
+// none (a VM's first NIC on the network), and points the route at p's host when it goes through a
+// lab host where no port of the network is left (p's VM migrated). The outside reaches a routed
+// network through one host: see the lab README. It looks at the state as it is, so a migration
+// run again after one cut short also moves the route.
+func (l *Lab) outsideRoute(ctx context.Context, c *Client, n *vxfabricv1.Network, p *vxfabricv1.Port) error {
+	here, ok := HostIndex(p.GetNode())
+	if !ok || n.GetMode() != vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED {
 		return nil
 	}
-	cidr, err := netip.ParsePrefix(n.GetNetwork().GetCidr())
+	cidr, err := netip.ParsePrefix(n.GetCidr())
 	if err != nil {
 		return err
 	}
 	via, ok, err := l.RouteVia(RoleOutside, cidr)
-	if err != nil || !ok || via == HostAddr(here) {
+	switch {
+	case err != nil:
 		return err
+	case !ok:
+		if err := l.RouteReplace(RoleOutside, cidr, HostAddr(here)); err != nil {
+			return err
+		}
+		l.log.Info("lab: the outside reaches a routed network through its first VM's host", "network", p.GetTenant()+"/"+p.GetNetwork(),
+			"cidr", cidr, "host", p.GetNode())
+		return nil
+	case via == HostAddr(here):
+		return nil
 	}
+	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	old := ""
 	for _, h := range l.Hosts() {
 		if i, _ := HostIndex(h); HostAddr(i) == via {

@@ -494,22 +494,18 @@ func TestPrivilegedNodeDelete(t *testing.T) {
 	f.reach("decom-a", c.IP(0), 5*time.Second)
 }
 
-// TestPrivilegedMigrationMovesTheOutsideRoute: a VM alone in a routed network on h3, which the
-// outside reaches through its static route to h3, migrates to h2: the route follows, and the
-// outside reaches the VM there; migrated back, the route comes back.
+// TestPrivilegedMigrationMovesTheOutsideRoute: a VM alone in a routed network on h3 is reached from
+// the outside through the static route its creation set, to h3; it migrates to h2: the route
+// follows, and the outside reaches the VM there; migrated back, the route comes back. Then a
+// migration the fabric refuses for one NIC of a VM leaves the VM as it was.
 func TestPrivilegedMigrationMovesTheOutsideRoute(t *testing.T) {
 	f := newFixture(t, "e2e-rtmig")
 	f.network("rt", "10.62.0.0/24", vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED)
 	vm := f.vm("rtm-a", "h3", "rt")
 	cidr := netip.MustParsePrefix("10.62.0.0/24")
-	if err := f.l.RouteReplace(lab.RoleOutside, cidr, lab.HostAddr(3)); err != nil {
-		t.Fatal(err)
+	if via, ok, err := f.l.RouteVia(lab.RoleOutside, cidr); err != nil || !ok || via != lab.HostAddr(3) {
+		t.Fatalf("after the VM's creation on h3 the outside's route goes via %s (%t, %v), want %s", via, ok, err, lab.HostAddr(3))
 	}
-	t.Cleanup(func() {
-		if err := f.l.RouteDelete(lab.RoleOutside, cidr); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
 	f.reach(lab.RoleOutside, vm.IP(0), 5*time.Second)
 	for _, step := range []struct {
 		host string
@@ -523,4 +519,33 @@ func TestPrivilegedMigrationMovesTheOutsideRoute(t *testing.T) {
 		}
 		f.reach(lab.RoleOutside, vm.IP(0), 5*time.Second)
 	}
+
+	// rtm-b on h3 has a NIC on an isolated network, then one on rt; h1 hosts a routed network that
+	// overlaps rt, so the fabric refuses rt's port on h1 after the first NIC has moved.
+	f.network("iso", "10.63.0.0/24", isolated)
+	f.network("wide", "10.62.0.0/16", vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED)
+	f.vm("rtm-c", "h1", "wide")
+	b := f.vm("rtm-b", "h3", "iso", "rt")
+	_, err := f.l.MigrateVM(f.ctx, b.Name, "h1")
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "stays where it was") {
+		t.Fatalf("migrating rtm-b to h1: %v; want FailedPrecondition, the VM staying where it was", err)
+	}
+	h3, err := f.l.Handle("h3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h3.Close()
+	for _, p := range b.Ports {
+		got, err := f.c.Ports.GetPort(f.ctx, &vxfabricv1.GetPortRequest{Tenant: p.GetTenant(), Name: p.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.GetPort().GetNode() != "h3" || !got.GetPort().GetPlugged() {
+			t.Errorf("after the refused migration port %s is on %s, plugged %t; want h3, plugged", p.GetName(), got.GetPort().GetNode(), got.GetPort().GetPlugged())
+		}
+		if _, err := h3.LinkByName(p.GetInterfaceName()); err != nil {
+			t.Errorf("after the refused migration the NIC of port %s is not on h3: %v", p.GetName(), err)
+		}
+	}
+	f.reach(vm.Name, b.IP(1), 5*time.Second)
 }

@@ -410,8 +410,9 @@ func newLabVMCmd(f *labFlags) *cobra.Command {
 		Short: "move a running VM to another host, as a live migration does: its NICs keep their MAC, address and sessions",
 		Long: `Moves the host end of each of the VM's NICs into the new host's namespace, then rebinds the
 port to the new host (vxfab port move); the new host's agent plugs it and every other host's FDB
-follows. It returns once every port is plugged on the new host. Running it again finishes a
-migration cut short.`,
+follows. It returns once every port is plugged on the new host. When the fabric refuses one of
+the ports there (a network that cannot be on that host), the NICs and ports already moved go back
+and the VM stays where it was. Running it again finishes a migration cut short (a killed process).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := f.open()
