@@ -401,6 +401,21 @@ func (l *Lab) PauseAgent(host string) error {
 	return nil
 }
 
+// AgentPaused reports whether host's agent is running but stopped (PauseAgent).
+func (l *Lab) AgentPaused(host string) bool {
+	pid := l.AgentPID(host)
+	if pid == 0 {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ')'.
+	_, rest, ok := bytes.Cut(stat[bytes.LastIndexByte(stat, ')')+1:], []byte(" "))
+	return ok && len(rest) > 0 && (rest[0] == 'T' || rest[0] == 't')
+}
+
 // ResumeAgent continues a paused agent (SIGCONT). An agent that is running or not running at all
 // is left as it is.
 func (l *Lab) ResumeAgent(host string) error {

@@ -73,10 +73,17 @@ func TestPrivilegedAgentKill(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // let the ping run before the first kill
 	began := time.Now()
 	for _, h := range []string{"h1", "h2"} {
-		mustVxfab(t, "lab", "agent", "kill", h)
-		mustVxfab(t, "lab", "agent", "start", h)
+		if out := mustVxfab(t, "lab", "agent", "kill", h); out != "agent "+h+": killed\n" {
+			t.Errorf("lab agent kill %s said %q", h, out)
+		}
+		if out := mustVxfab(t, "lab", "agent", "start", h); out != "agent "+h+": started, ALIVE\n" {
+			t.Errorf("lab agent start %s said %q", h, out)
+		}
 	}
 	restarted := time.Since(began)
+	if out := mustVxfab(t, "lab", "agent", "resume", "h1"); out != "agent h1: was not paused: nothing done\n" {
+		t.Errorf("lab agent resume h1 (running) said %q", out)
+	}
 	res := <-pings
 	if restarted > time.Duration(count)*10*time.Millisecond-time.Second {
 		t.Fatalf("kills and restarts took %s, longer than the ping: raise count", restarted)

@@ -204,10 +204,13 @@ func TestPrivilegedAgentPause(t *testing.T) {
 	count := int((paused + after) / interval)
 	pings := backgroundPing(f, "pa-1", p2, count, interval)
 	began := time.Now()
-	mustVxfab(t, "lab", "agent", "pause", "h2") // the CLI, as a lab user would
-	time.Sleep(paused - time.Since(began))      // the stall itself, not a wait for convergence
-	mustVxfab(t, "lab", "agent", "resume", "h2")
+	pauseOut := mustVxfab(t, "lab", "agent", "pause", "h2") // the CLI, as a lab user would
+	time.Sleep(paused - time.Since(began))                  // the stall itself, not a wait for convergence
+	resumeOut := mustVxfab(t, "lab", "agent", "resume", "h2")
 	resumed := time.Now()
+	if pauseOut != "agent h2: paused\n" || resumeOut != "agent h2: resumed\n" {
+		t.Errorf("lab agent pause, resume h2 said %q, %q", pauseOut, resumeOut)
+	}
 	time.Sleep(after) // the window in which a late verdict of death would show
 	seen, polls, pollErrs := nodes.stop()
 	events := stopWatch(t, kernel)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -51,6 +52,9 @@ crl.pem and gossip.key; ca.key never needs to leave the machine that runs this c
 					return fmt.Errorf("--server-ip %q is not an IP address", s)
 				}
 				cfg.ServerIPs = append(cfg.ServerIPs, ip)
+			}
+			if days < 1 {
+				return fmt.Errorf("--days %d: want at least 1", days)
 			}
 			cfg.Validity = time.Duration(days) * 24 * time.Hour
 			res, err := pki.Init(cfg)
@@ -140,10 +144,14 @@ them replaces the key everywhere else (a rotation; server --gossip-revoke-rotati
 					return err
 				}
 			}
+			list := filepath.Join(revokeDir, pki.CRLFile)
+			if !slices.ContainsFunc(res, func(r pki.RevokeResult) bool { return !r.Already }) {
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "revocation list written anew, nothing newly revoked: %s\n", list)
+				return err
+			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "revocation list: %s\n"+
 				"a revoked node still holds the gossip key: once every running server enforces this list (copy it to\n"+
-				"each replica's --tls-crl), one of them rotates the key (vxfab gossip status shows it)\n",
-				filepath.Join(revokeDir, pki.CRLFile))
+				"each replica's --tls-crl), one of them rotates the key (vxfab gossip status shows it)\n", list)
 			return err
 		},
 	}

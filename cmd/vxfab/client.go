@@ -270,7 +270,7 @@ func errorLine(err error) string {
 		case st.Code() == codes.Unavailable && strings.Contains(msg, "Error while dialing") &&
 			(strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such file or directory")):
 			// This client's own dial (a server's etcd errors come back Unavailable too, without it).
-			msg += " (is a server running there? start a lab with `vxfab lab up`, or point --server at yours)"
+			msg += " (is a server running there? start a lab with `vxfab lab up`, a lab's stopped server with `vxfab lab server start`, or point --server at yours)"
 		}
 		return st.Code().String() + ": " + msg
 	}

@@ -109,6 +109,23 @@ func waitRotation(cmd *cobra.Command, client vxfabricv1.GossipServiceClient, st 
 	}
 }
 
+// laggingNow splits the members the rotation went on without into those still behind and the nodes
+// that have confirmed the current keyring since (a host back after a revocation was lifted).
+func laggingNow(st *vxfabricv1.GossipKeyringStatus) (behind, caughtUp []string) {
+	current := map[string]bool{}
+	for _, n := range st.GetNodes() {
+		current[n.GetNode()] = n.GetKeyringRevision() >= st.GetRevision()
+	}
+	for _, name := range st.GetLaggingNodes() {
+		if current[name] {
+			caughtUp = append(caughtUp, name)
+		} else {
+			behind = append(behind, name)
+		}
+	}
+	return behind, caughtUp
+}
+
 // revocationListText is a revocation list in a line: "CRL 2 of CA 41d68c96 (1 revoked)".
 func revocationListText(l *vxfabricv1.RevocationList) string {
 	ca := l.GetCa()
@@ -139,8 +156,16 @@ func keyringTable(w io.Writer, st *vxfabricv1.GossipKeyringStatus) {
 		row(w, "Revision:", st.GetRevision())
 		row(w, "Since:", fmtTime(st.GetStepTime()))
 	}
-	if len(st.GetLaggingNodes()) > 0 {
-		row(w, "Left behind:", strings.Join(st.GetLaggingNodes(), ", ")+" (had not confirmed a step in time)")
+	if behind, caughtUp := laggingNow(st); len(behind)+len(caughtUp) > 0 {
+		text := "none now"
+		if len(behind) > 0 {
+			text = strings.Join(behind, ", ")
+		}
+		text += " (had not confirmed a step in time"
+		if len(caughtUp) > 0 {
+			text += "; " + strings.Join(caughtUp, ", ") + " current since"
+		}
+		row(w, "Left behind:", text+")")
 	}
 	if l := st.GetRevocationRotatedFor(); l != nil {
 		row(w, "Revocations:", "last rotated for "+revocationListText(l))

@@ -243,7 +243,9 @@ func newLabExecCmd(f *labFlags) *cobra.Command {
 
 func newLabAgentCmd(f *labFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "agent", Short: "fault injection on a host's agent: stop, start, kill, pause, resume"}
-	act := func(use, short string, do func(*lab.Lab, *cobra.Command, string) error) *cobra.Command {
+	// act runs do on host H's agent and says what happened, in one line; an agent that was not
+	// running is said to be so (a fault injected into nothing is likely a mistake).
+	act := func(use, short, done string, do func(*lab.Lab, *cobra.Command, string) error) *cobra.Command {
 		return &cobra.Command{
 			Use: use + " H", Short: short, Args: cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
@@ -251,24 +253,39 @@ func newLabAgentCmd(f *labFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return do(l, cmd, args[0])
+				h := args[0]
+				pid, paused := l.AgentPID(h), l.AgentPaused(h)
+				if err := do(l, cmd, h); err != nil {
+					return err
+				}
+				switch {
+				case use == "start" && pid != 0:
+					done = "already running, ALIVE"
+				case use != "start" && pid == 0:
+					done = "was not running: nothing done"
+				case use == "pause" && paused:
+					done = "was paused already"
+				case use == "resume" && !paused:
+					done = "was not paused: nothing done"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "agent %s: %s\n", h, done)
+				return nil
 			},
 		}
 	}
 	cmd.AddCommand(
-		act("stop", "stop the agent gracefully (SIGTERM)", func(l *lab.Lab, cmd *cobra.Command, h string) error {
+		act("stop", "stop the agent gracefully (SIGTERM)", "stopped", func(l *lab.Lab, cmd *cobra.Command, h string) error {
 			return l.StopAgent(cmd.Context(), h)
 		}),
-		act("kill", "kill the agent with SIGKILL, as a crash would", func(l *lab.Lab, cmd *cobra.Command, h string) error {
+		act("kill", "kill the agent with SIGKILL, as a crash would", "killed", func(l *lab.Lab, cmd *cobra.Command, h string) error {
 			return l.KillAgent(cmd.Context(), h)
 		}),
-		act("pause", "freeze the agent (SIGSTOP), as a stalled machine or a long pause would; its kernel keeps forwarding", func(l *lab.Lab, cmd *cobra.Command, h string) error {
-			return l.PauseAgent(h)
-		}),
-		act("resume", "continue a paused agent (SIGCONT)", func(l *lab.Lab, cmd *cobra.Command, h string) error {
+		act("pause", "freeze the agent (SIGSTOP), as a stalled machine or a long pause would; its kernel keeps forwarding", "paused",
+			func(l *lab.Lab, cmd *cobra.Command, h string) error { return l.PauseAgent(h) }),
+		act("resume", "continue a paused agent (SIGCONT)", "resumed", func(l *lab.Lab, cmd *cobra.Command, h string) error {
 			return l.ResumeAgent(h)
 		}),
-		act("start", "start the agent and wait until it is ALIVE", func(l *lab.Lab, cmd *cobra.Command, h string) error {
+		act("start", "start the agent and wait until it is ALIVE", "started, ALIVE", func(l *lab.Lab, cmd *cobra.Command, h string) error {
 			if err := l.StartAgent(cmd.Context(), h); err != nil {
 				return err
 			}
@@ -287,7 +304,11 @@ func newLabServerCmd(f *labFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return l.StopServer(cmd.Context())
+				was := l.ServerPID()
+				if err := l.StopServer(cmd.Context()); err != nil {
+					return err
+				}
+				return said(cmd, was != 0, "server: stopped (the hosts keep forwarding; vxfab lab server start brings it back)", "server: was not running")
 			}},
 		&cobra.Command{Use: "start", Short: "start the server and wait until it is healthy", Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
@@ -295,10 +316,24 @@ func newLabServerCmd(f *labFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return l.StartServer(cmd.Context())
+				was := l.ServerPID()
+				if err := l.StartServer(cmd.Context()); err != nil {
+					return err
+				}
+				return said(cmd, was == 0, "server: started, healthy", "server: already running, healthy")
 			}},
 	)
 	return cmd
+}
+
+// said prints yes when done, else no: the one line a lab command that changes something prints.
+func said(cmd *cobra.Command, done bool, yes, no string) error {
+	msg := yes
+	if !done {
+		msg = no
+	}
+	_, err := fmt.Fprintln(cmd.OutOrStdout(), msg)
+	return err
 }
 
 func newLabHostCmd(f *labFlags) *cobra.Command {
@@ -310,7 +345,10 @@ func newLabHostCmd(f *labFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return l.CutHost(args[0])
+				if err := l.CutHost(args[0]); err != nil {
+					return err
+				}
+				return said(cmd, true, "host "+args[0]+": cut off the underlay (vxfab lab host restore "+args[0]+" puts it back)", "")
 			}},
 		&cobra.Command{Use: "restore H", Short: "put a cut host back on the underlay and wait until its agent is ALIVE", Args: cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
@@ -322,9 +360,12 @@ func newLabHostCmd(f *labFlags) *cobra.Command {
 					return err
 				}
 				if l.AgentPID(args[0]) == 0 || l.ServerPID() == 0 {
-					return nil
+					return said(cmd, true, "host "+args[0]+": back on the underlay (its agent or the server is not running)", "")
 				}
-				return l.WaitAgents(cmd.Context(), args[0])
+				if err := l.WaitAgents(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				return said(cmd, true, "host "+args[0]+": back on the underlay, its agent ALIVE", "")
 			}},
 	)
 	return cmd
@@ -377,7 +418,10 @@ func newLabVMCmd(f *labFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return labError(l.DeleteVM(cmd.Context(), args[0]))
+			if err := l.DeleteVM(cmd.Context(), args[0]); err != nil {
+				return labError(err)
+			}
+			return said(cmd, true, "vm "+args[0]+" deleted, with its ports", "")
 		},
 	}
 	list := &cobra.Command{

@@ -80,11 +80,15 @@ func TestCertsRevoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err := run("certs", "revoke", "--dir", dir, "h1", "admin")
-	if err != nil || strings.Count(out, " revoked\n") != 2 {
+	if err != nil || strings.Count(out, " revoked\n") != 2 || !strings.Contains(out, "gossip key") {
 		t.Fatalf("revoke h1 admin: %v\n%s", err, out)
 	}
-	if out, err := run("certs", "revoke", "--dir", dir, "h1"); err != nil || !strings.Contains(out, "already revoked") {
+	if out, err := run("certs", "revoke", "--dir", dir, "h1"); err != nil || !strings.Contains(out, "already revoked") ||
+		!strings.Contains(out, "nothing newly revoked") || strings.Contains(out, "gossip key") {
 		t.Fatalf("revoke h1 again: %v\n%s", err, out)
+	}
+	if _, err := run("certs", "init", "--dir", t.TempDir(), "--days", "0"); err == nil || !strings.Contains(errorLine(err), "--days 0") {
+		t.Fatalf("init --days 0: %v", err)
 	}
 	if _, err := run("certs", "revoke", "--dir", dir, "h9"); err == nil || !strings.Contains(errorLine(err), "node-h9.crt") {
 		t.Fatalf("revoke h9 (no certificate): %v", err)

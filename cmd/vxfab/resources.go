@@ -271,6 +271,9 @@ func newNetworkCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				if u := resp.GetNetwork().GetUplink(); u != nil {
+					noteUnknownNode(ctx, cmd, conn, u.GetNode(), "its uplink "+u.GetInterface()+" joins the network once the node's agent joins")
+				}
 				return render(cmd, resp, func(w io.Writer) { networkTable(w, resp.Network) })
 			})
 		},
@@ -315,6 +318,9 @@ func newNetworkCmd() *cobra.Command {
 	mustRequire(show, "tenant")
 	update := &cobra.Command{
 		Use: "update NAME", Short: "change a network's MTU", Args: cobra.ExactArgs(1),
+		Long: `Changes a network's MTU on every host: its bridge, vxlan device and ports' host ends. A VM
+keeps the MTU its NIC has until it learns the new one (from DHCP, or set by hand: in the lab,
+vxfab lab exec VM -- ip link set ethN mtu MTU).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				resp, err := vxfabricv1.NewNetworkServiceClient(conn).UpdateNetwork(ctx,
@@ -329,6 +335,7 @@ func newNetworkCmd() *cobra.Command {
 	update.Flags().StringVar(&tenant, "tenant", "", "tenant owning the network")
 	mustRequire(update, "tenant")
 	update.Flags().Uint32Var(&mtu, "mtu", 0, "new MTU")
+	mustRequire(update, "mtu")
 	update.Flags().Int64Var(&rev, "revision", 0, "update only if the network is still at this revision")
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "delete a network without ports", Args: cobra.ExactArgs(1),
@@ -395,7 +402,7 @@ func newPortCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				noteUnknownNode(ctx, cmd, conn, node)
+				noteUnknownNode(ctx, cmd, conn, node, "the port is plugged once its agent joins")
 				return render(cmd, resp, func(w io.Writer) { portTable(w, resp.Port) })
 			})
 		},
@@ -450,7 +457,7 @@ func newPortCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				noteUnknownNode(ctx, cmd, conn, node)
+				noteUnknownNode(ctx, cmd, conn, node, "the port is plugged once its agent joins")
 				return render(cmd, resp, func(w io.Writer) { portTable(w, resp.Port) })
 			})
 		},
@@ -506,10 +513,10 @@ func portDetail(w io.Writer, p *vxfabricv1.Port) {
 // noteUnknownNode says on stderr when node is not (yet) a node of the fabric: a port may be bound to a
 // host before its agent first joins (it is plugged then), but a mistyped name looks the same. Only
 // callers that may read nodes (admins) learn it; for the others it stays silent.
-func noteUnknownNode(ctx context.Context, cmd *cobra.Command, conn *grpc.ClientConn, node string) {
+func noteUnknownNode(ctx context.Context, cmd *cobra.Command, conn *grpc.ClientConn, node, then string) {
 	_, err := vxfabricv1.NewNodeServiceClient(conn).GetNode(ctx, &vxfabricv1.GetNodeRequest{Name: node})
 	if status.Code(err) == codes.NotFound {
-		fmt.Fprintf(cmd.ErrOrStderr(), "note: node %s is not known to the fabric yet: the port is plugged once its agent joins\n", node)
+		fmt.Fprintf(cmd.ErrOrStderr(), "note: node %s is not known to the fabric yet: %s\n", node, then)
 	}
 }
 

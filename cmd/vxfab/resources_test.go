@@ -142,6 +142,10 @@ func TestCLIResources(t *testing.T) {
 		t.Errorf("port move to a known node: stderr %q, want nothing", got)
 	}
 	ok("port", "delete", "vm8", "--tenant", "acme")
+	if got := stderrOf("network", "create", "lanx", "--tenant", "acme", "--cidr", "192.168.70.0/24", "--mode", "bridged", "--uplink", "h9:eth1"); !strings.Contains(got, "node h9 is not known to the fabric yet: its uplink eth1") {
+		t.Errorf("bridged network with its uplink on an unknown node: stderr %q, want the note", got)
+	}
+	ok("network", "delete", "lanx", "--tenant", "acme")
 	if updated := ok("network", "update", "web", "--tenant", "acme", "--mtu", "1400"); !strings.HasPrefix(header(updated), "TENANT NAME ID CIDR MODE") || !strings.Contains(updated, "1400") {
 		t.Fatalf("network update prints\n%s\nwant the table network create prints", updated)
 	}

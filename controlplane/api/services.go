@@ -153,6 +153,9 @@ func (s *NetworkServer) UpdateNetwork(ctx context.Context, req *vxfabricv1.Updat
 	if err := validName("network", req.Name); err != nil {
 		return nil, s.toStatus(err)
 	}
+	if req.Mtu == 0 {
+		return nil, s.toStatus(invalid("nothing to change: give the network's new mtu"))
+	}
 	if err := validMTU(req.Mtu, s.cfg.UnderlayMTU); err != nil {
 		return nil, s.toStatus(err)
 	}
@@ -160,9 +163,7 @@ func (s *NetworkServer) UpdateNetwork(ctx context.Context, req *vxfabricv1.Updat
 		return nil, s.toStatus(err)
 	}
 	n, err := s.store.UpdateNetwork(ctx, req.Tenant, req.Name, req.ExpectedRevision, func(n *vxfabricv1.Network) error {
-		if req.Mtu != 0 {
-			n.Mtu = req.Mtu
-		}
+		n.Mtu = req.Mtu
 		return nil
 	})
 	if err != nil {
@@ -251,16 +252,17 @@ func (s *PortServer) UpdatePort(ctx context.Context, req *vxfabricv1.UpdatePortR
 	if err := validName("port", req.Name); err != nil {
 		return nil, s.toStatus(err)
 	}
-	if err := validOptionalName("node", req.Node); err != nil {
+	if req.Node == "" {
+		return nil, s.toStatus(invalid("nothing to change: give the node to move the port to"))
+	}
+	if err := validName("node", req.Node); err != nil {
 		return nil, s.toStatus(err)
 	}
 	if err := validExpected(req.ExpectedRevision); err != nil {
 		return nil, s.toStatus(err)
 	}
 	p, err := s.store.UpdatePort(ctx, req.Tenant, req.Name, req.ExpectedRevision, func(p *vxfabricv1.Port) error {
-		if req.Node != "" {
-			p.Node = req.Node
-		}
+		p.Node = req.Node
 		return nil
 	})
 	if err != nil {

@@ -132,6 +132,14 @@ func TestInvalidInputsWriteNothing(t *testing.T) {
 			_, err := c.tenants.DeleteTenant(ctx, &vxfabricv1.DeleteTenantRequest{Name: "acme"})
 			return err
 		}, codes.FailedPrecondition},
+		{"network update changing nothing", func(ctx context.Context) error {
+			_, err := c.networks.UpdateNetwork(ctx, &vxfabricv1.UpdateNetworkRequest{Tenant: "acme", Name: "web"})
+			return err
+		}, inv},
+		{"port move without a node", func(ctx context.Context) error {
+			_, err := c.ports.UpdatePort(ctx, &vxfabricv1.UpdatePortRequest{Tenant: "acme", Name: "p"})
+			return err
+		}, inv},
 		{"move port to bad node", func(ctx context.Context) error {
 			_, err := c.ports.UpdatePort(ctx, &vxfabricv1.UpdatePortRequest{Tenant: "acme", Name: "p", Node: "Bad"})
 			return err

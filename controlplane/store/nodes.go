@@ -179,8 +179,8 @@ func nodeInUse(n *vxfabricv1.Node, force bool, ports, networks []*mvccpb.KeyValu
 	}
 	if len(bound) > 0 {
 		sort.Strings(bound)
-		return fmt.Errorf("node %s has %d ports (%s): delete them or move them to another node first: %w",
-			n.Name, len(bound), sampleList(bound, 3), ErrFailedPrecondition)
+		return fmt.Errorf("node %s has %s (%s): delete them or move them to another node first: %w",
+			n.Name, counted(len(bound), "port"), sampleList(bound, 3), ErrFailedPrecondition)
 	}
 	for _, kv := range networks {
 		net, err := decodeNetwork(kv)

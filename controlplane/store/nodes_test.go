@@ -83,7 +83,7 @@ func TestDeleteNode(t *testing.T) {
 
 	h1 := node("h1", vxfabricv1.NodeStatus_NODE_STATUS_DEAD)
 	p1 := port("00000000c1", "vm1-eth0", "h1")
-	refused("node with a port", "h1", 0, ErrFailedPrecondition, "node h1 has 1 ports (acme/vm1-eth0)")
+	refused("node with a port", "h1", 0, ErrFailedPrecondition, "node h1 has 1 port (acme/vm1-eth0)")
 	refused("stale expected revision", "h1", h1.Revision-1, ErrStale, "not")
 	if err := New(cli).DeletePort(ctx, "acme", p1.Name, 0); err != nil {
 		t.Fatal(err)

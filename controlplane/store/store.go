@@ -239,7 +239,7 @@ func (s *Store) DeleteTenant(ctx context.Context, name string, expected int64) e
 		case cur == nil:
 			return fmt.Errorf("tenant %s: %w", name, ErrNotFound)
 		case resp.Responses[1].GetResponseRange().Count > 0:
-			return fmt.Errorf("tenant %s has %d networks: %w", name, resp.Responses[1].GetResponseRange().Count, ErrFailedPrecondition)
+			return fmt.Errorf("tenant %s has %s: %w", name, counted(resp.Responses[1].GetResponseRange().Count, "network"), ErrFailedPrecondition)
 		case expected != 0 && cur.ModRevision != expected:
 			return fmt.Errorf("tenant %s is at revision %d, not %d: %w", name, cur.ModRevision, expected, ErrStale)
 		}
@@ -519,7 +519,7 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string, expected
 			return nil
 		}
 		if c := resp.Responses[0].GetResponseRange().Count; c > 0 {
-			return fmt.Errorf("network %s/%s has %d ports: %w", tenant, name, c, ErrFailedPrecondition)
+			return fmt.Errorf("network %s/%s has %s: %w", tenant, name, counted(c, "port"), ErrFailedPrecondition)
 		}
 		if expected != 0 {
 			return fmt.Errorf("network %s/%s changed after revision %d: %w", tenant, name, expected, ErrStale)
@@ -658,4 +658,12 @@ func contentionPause(ctx context.Context, attempt int) error {
 	case <-time.After(d):
 		return nil
 	}
+}
+
+// counted is "1 port", "2 ports": n things, for a message.
+func counted[N int | int64](n N, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }

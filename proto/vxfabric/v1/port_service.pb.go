@@ -385,7 +385,7 @@ type UpdatePortRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// Empty: unchanged.
+	// The node to bind the port to. Required: it is the one thing an update changes.
 	Node             string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
 	ExpectedRevision int64  `protobuf:"varint,4,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
 	unknownFields    protoimpl.UnknownFields
