@@ -27,7 +27,7 @@ func TestCLIRefusesBadInvocations(t *testing.T) {
 		{[]string{"tenant", "bogus"}, `unknown command "bogus" for "vxfab tenant"`},
 		{[]string{"lab", "agent", "frob", "h1"}, `unknown command "frob" for "vxfab lab agent"`},
 		{[]string{"agent"}, `required flag(s) "node", "vtep" not set`},
-		{[]string{"port", "show", "p1"}, `required flag(s) "tenant" not set`},
+		{[]string{"port", "move", "p1", "--tenant", "t"}, `required flag(s) "node" not set`},
 		{[]string{"network", "create", "n", "--tenant", "t", "--cidr", "10.0.0.0/24", "--mode", "nat", "--vni", "0"}, "--vni 0"},
 		{[]string{"--timeout", "0s", "tenant", "list"}, `invalid argument "0s" for "--timeout" flag: want a positive duration`},
 		{[]string{"tenant", "list", "--timeout=-1s"}, `invalid argument "-1s" for "--timeout" flag: want a positive duration`},

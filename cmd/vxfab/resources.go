@@ -73,6 +73,9 @@ const createAttempts = 4
 
 // mustRequire marks flags the command cannot do without, so a missing one is reported by name
 // before anything is sent.
+// tenantOwning starts the help of a --tenant flag that names the tenant of a resource.
+const tenantOwning = "tenant (required; with a tenant token, its own by default) owning the "
+
 func mustRequire(cmd *cobra.Command, flags ...string) {
 	for _, f := range flags {
 		if err := cmd.MarkFlagRequired(f); err != nil {
@@ -279,7 +282,7 @@ func newNetworkCmd() *cobra.Command {
 		},
 	}
 	cf := create.Flags()
-	cf.StringVar(&tenant, "tenant", "", "tenant owning the network")
+	cf.StringVar(&tenant, "tenant", "", tenantOwning+"network")
 	cf.StringVar(&cidr, "cidr", "", "IPv4 network, /8 to /29, e.g. 10.0.0.0/24")
 	cf.StringVar(&mode, "mode", "", "isolated, nat, routed or bridged")
 	cf.Uint32Var(&vni, "vni", 0, "VNI to use (default: allocated)")
@@ -287,7 +290,7 @@ func newNetworkCmd() *cobra.Command {
 	cf.StringVar(&gateway, "gateway", "", "gateway address, nat and routed only (default: first host address)")
 	cf.StringVar(&uplink, "uplink", "", "NODE:IFACE, bridged only")
 	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same network (default: a new one, reused by the command's own retries)")
-	mustRequire(create, "tenant", "cidr", "mode")
+	mustRequire(create, "cidr", "mode")
 
 	list := &cobra.Command{
 		Use: "list", Short: "list networks", Args: cobra.NoArgs,
@@ -314,8 +317,7 @@ func newNetworkCmd() *cobra.Command {
 			})
 		},
 	}
-	show.Flags().StringVar(&tenant, "tenant", "", "tenant owning the network")
-	mustRequire(show, "tenant")
+	show.Flags().StringVar(&tenant, "tenant", "", tenantOwning+"network")
 	update := &cobra.Command{
 		Use: "update NAME", Short: "change a network's MTU", Args: cobra.ExactArgs(1),
 		Long: `Changes a network's MTU on every host: its bridge, vxlan device and ports' host ends. A VM
@@ -332,8 +334,7 @@ vxfab lab exec VM -- ip link set ethN mtu MTU).`,
 			})
 		},
 	}
-	update.Flags().StringVar(&tenant, "tenant", "", "tenant owning the network")
-	mustRequire(update, "tenant")
+	update.Flags().StringVar(&tenant, "tenant", "", tenantOwning+"network")
 	update.Flags().Uint32Var(&mtu, "mtu", 0, "new MTU")
 	mustRequire(update, "mtu")
 	update.Flags().Int64Var(&rev, "revision", 0, "update only if the network is still at this revision")
@@ -350,8 +351,7 @@ vxfab lab exec VM -- ip link set ethN mtu MTU).`,
 			})
 		},
 	}
-	del.Flags().StringVar(&tenant, "tenant", "", "tenant owning the network")
-	mustRequire(del, "tenant")
+	del.Flags().StringVar(&tenant, "tenant", "", tenantOwning+"network")
 	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the network is still at this revision")
 	cmd.AddCommand(create, list, show, update, del)
 	return cmd
@@ -408,14 +408,14 @@ func newPortCmd() *cobra.Command {
 		},
 	}
 	cf := create.Flags()
-	cf.StringVar(&tenant, "tenant", "", "tenant owning the network")
+	cf.StringVar(&tenant, "tenant", "", tenantOwning+"network")
 	cf.StringVar(&network, "network", "", "network the port is on")
 	cf.StringVar(&node, "node", "", "host the port is bound to")
 	cf.StringVar(&mac, "mac", "", "MAC address (default: generated)")
 	cf.StringVar(&ip, "ip", "", "IPv4 address (default: allocated)")
 	cf.StringVar(&vm, "vm", "", "VM name (ports sharing it are one multi-homed VM)")
 	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same port (default: a new one, reused by the command's own retries)")
-	mustRequire(create, "tenant", "network", "node")
+	mustRequire(create, "network", "node")
 	list := &cobra.Command{
 		Use: "list", Short: "list ports", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -446,8 +446,7 @@ func newPortCmd() *cobra.Command {
 			})
 		},
 	}
-	show.Flags().StringVar(&tenant, "tenant", "", "tenant owning the port")
-	mustRequire(show, "tenant")
+	show.Flags().StringVar(&tenant, "tenant", "", tenantOwning+"port")
 	move := &cobra.Command{
 		Use: "move NAME", Short: "bind a port to another host (MAC, IP and interface name stay)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -462,9 +461,9 @@ func newPortCmd() *cobra.Command {
 			})
 		},
 	}
-	move.Flags().StringVar(&tenant, "tenant", "", "tenant owning the port")
+	move.Flags().StringVar(&tenant, "tenant", "", tenantOwning+"port")
 	move.Flags().StringVar(&node, "node", "", "the new host")
-	mustRequire(move, "tenant", "node")
+	mustRequire(move, "node")
 	move.Flags().Int64Var(&rev, "revision", 0, "move only if the port is still at this revision")
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "delete a port", Args: cobra.ExactArgs(1),
@@ -479,8 +478,7 @@ func newPortCmd() *cobra.Command {
 			})
 		},
 	}
-	del.Flags().StringVar(&tenant, "tenant", "", "tenant owning the port")
-	mustRequire(del, "tenant")
+	del.Flags().StringVar(&tenant, "tenant", "", tenantOwning+"port")
 	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the port is still at this revision")
 	cmd.AddCommand(create, list, show, move, del)
 	return cmd

@@ -177,6 +177,10 @@ func TestCLIResources(t *testing.T) {
 	if !strings.HasPrefix(errOut, "vxfab: InvalidArgument: ") {
 		t.Errorf("invalid cidr: stderr %q", errOut)
 	}
+	// An admin names the tenant (a tenant token's own is the default; controlplane/auth tests it).
+	if _, errOut, code := vxfab(t, addr, "port", "show", "vm1"); code == 0 || errOut != "vxfab: InvalidArgument: tenant is required\n" {
+		t.Errorf("port show without --tenant: exit %d, stderr %q", code, errOut)
+	}
 	ok("port", "delete", "vm1", "--tenant", "acme")
 	ok("network", "delete", "web", "--tenant", "acme")
 }

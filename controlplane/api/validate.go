@@ -54,6 +54,9 @@ func invalid(format string, args ...any) error {
 
 // validName checks a tenant, network, port, node or vm name.
 func validName(field, s string) error {
+	if s == "" {
+		return invalid("%s is required", field)
+	}
 	if !vxfabricv1.ValidName(s) {
 		return invalid("%s %s: want %s", field, quoted(s), vxfabricv1.NameRule)
 	}
