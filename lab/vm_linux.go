@@ -182,7 +182,7 @@ func getNetwork(ctx context.Context, c *Client, tenant, name string) (*vxfabricv
 	defer cancel()
 	resp, err := c.Networks.GetNetwork(ctx, &vxfabricv1.GetNetworkRequest{Tenant: tenant, Name: name})
 	if err != nil {
-		return nil, fmt.Errorf("get network: %w", err)
+		return nil, err
 	}
 	return resp.GetNetwork(), nil
 }

@@ -197,11 +197,12 @@ func TestRealServerListTokensOfMissingTenant(t *testing.T) {
 	adm := s.dial(t, client{token: s.admin})
 	_, err := vxfabricv1.NewTokenServiceClient(adm).ListTokens(ctx, &vxfabricv1.ListTokensRequest{Tenant: "nosuch"})
 	wantCode(t, "list tokens of tenant nosuch", err, codes.NotFound)
-	if msg := status.Convert(err).Message(); msg != `tenant "nosuch"` {
-		t.Errorf("message %q, want %q", msg, `tenant "nosuch"`)
-	}
+	msg := status.Convert(err).Message()
 	_, err = vxfabricv1.NewNetworkServiceClient(adm).ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{Tenant: "nosuch"})
 	wantCode(t, "list networks of tenant nosuch", err, codes.NotFound)
+	if msg != "tenant nosuch" || status.Convert(err).Message() != msg {
+		t.Errorf("tokens of a missing tenant: %q; networks of it: %q; want both \"tenant nosuch\"", msg, status.Convert(err).Message())
+	}
 	all, err := vxfabricv1.NewTokenServiceClient(adm).ListTokens(ctx, &vxfabricv1.ListTokensRequest{})
 	if err != nil || len(all.GetTokens()) != 0 {
 		t.Errorf("list all tokens: %v, %v; want none", all, err)

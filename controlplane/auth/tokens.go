@@ -123,7 +123,7 @@ func (s *tokenStore) create(ctx context.Context, tenant string) (tokenRecord, st
 			return tokenRecord{}, "", fmt.Errorf("read tenant %q: %w", tenant, err)
 		}
 		if len(tr.Kvs) == 0 {
-			return tokenRecord{}, "", fmt.Errorf("tenant %q: %w", tenant, errNoSuchTenant)
+			return tokenRecord{}, "", fmt.Errorf("tenant %s: %w", tenant, errNoSuchTenant)
 		}
 		rec := tokenRecord{
 			ID: id, Tenant: tenant, Create: s.now().UTC(), SHA256: hashToken(token),
@@ -165,7 +165,7 @@ func (s *tokenStore) list(ctx context.Context, tenant string) ([]tokenRecord, er
 	}
 	tenants, tokens := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
 	if tenant != "" && len(tenants) == 0 {
-		return nil, fmt.Errorf("tenant %q: %w", tenant, errNoSuchTenant)
+		return nil, fmt.Errorf("tenant %s: %w", tenant, errNoSuchTenant)
 	}
 	created := make(map[string]int64, len(tenants)) // tenant name -> create revision of its key
 	for _, kv := range tenants {
