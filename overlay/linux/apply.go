@@ -112,6 +112,12 @@ func retryDump[T any](dump func() (T, error)) (T, error) {
 }
 
 func (r *run) ensureNetwork(n overlay.Network) {
+	// Whether the bridge, if there is one, already serves this uplink: then the addresses on it are
+	// the uplink's, moved there.
+	servedUplink := false
+	if old := r.links[overlay.BridgeName(n.VNI)]; old != nil && n.Uplink != "" {
+		servedUplink = old.Attrs().Alias == uplinkAliasPrefix+n.Uplink
+	}
 	br, err := r.ensureBridge(n)
 	if err != nil {
 		r.fail(overlay.BridgeObject(n.VNI), err)
@@ -122,7 +128,9 @@ func (r *run) ensureNetwork(n overlay.Network) {
 		r.fail(overlay.VxlanObject(n.VNI), err)
 		return
 	}
-	if n.Mode != overlay.ModeBridged {
+	if n.Mode != overlay.ModeBridged || !servedUplink {
+		// A bridged network's bridge that does not hold its uplink yet holds no address of its
+		// own: one there is the gateway of a nat or routed network that had its VNI before.
 		r.ensureBridgeAddrs(n, br)
 	}
 	if n.Mode == overlay.ModeBridged && n.Uplink != "" {
@@ -160,8 +168,8 @@ func (r *run) ensureBridge(n overlay.Network) (netlink.Link, error) {
 		alias = uplinkAliasPrefix + n.Uplink
 	}
 	l := r.links[name]
-	if l != nil && l.Type() != "bridge" {
-		return nil, fmt.Errorf("%q exists as a %s device, not a bridge", name, l.Type())
+	if err := notOurs(l, n.VNI); err != nil {
+		return nil, err
 	}
 	if l == nil {
 		la := netlink.NewLinkAttrs()
@@ -217,6 +225,19 @@ func (r *run) ensureBridge(n overlay.Network) (netlink.Link, error) {
 	return l, nil
 }
 
+// notOurs refuses a device (nil: none) that has the name of network vni's bridge or vxlan device
+// but is not ours (ourVNI): another program's, which this package leaves alone.
+func notOurs(l netlink.Link, vni uint32) error {
+	if l == nil {
+		return nil
+	}
+	if v, ok := ourVNI(l); !ok || v != vni {
+		return fmt.Errorf("%q exists as a %s device of another program (not in vxfabric's link group %#x): rename or remove it",
+			l.Attrs().Name, l.Type(), linkGroupBase|vni)
+	}
+	return nil
+}
+
 func vxlanCompatible(l netlink.Link, n overlay.Network, local netip.Addr) bool {
 	v, ok := l.(*netlink.Vxlan)
 	if !ok {
@@ -234,8 +255,8 @@ func (r *run) ensureVxlan(n overlay.Network, br netlink.Link) (netlink.Link, err
 	name := overlay.VxlanName(n.VNI)
 	local := r.desired.Underlay.VTEP
 	l := r.links[name]
-	if l != nil && l.Type() != "vxlan" {
-		return nil, fmt.Errorf("%q exists as a %s device, not a vxlan", name, l.Type())
+	if err := notOurs(l, n.VNI); err != nil {
+		return nil, err
 	}
 	if l != nil && !vxlanCompatible(l, n, local) {
 		if err := h.LinkDel(l); err != nil {
@@ -292,8 +313,8 @@ func (r *run) bringUp(l netlink.Link) error {
 
 // ensureBridgeAddrs puts the distributed gateway address on a nat or routed network's bridge and
 // removes any other IPv4 address from it; an isolated network's bridge keeps none (a bridge whose
-// VNI served another network before may still hold its gateway). The bridge is ours, so is every
-// address on it. A bridged network's bridge holds its uplink's addresses: not for this function.
+// VNI served another network before may still hold its gateway), nor does a bridged network's
+// before its uplink's addresses move there. The bridge is ours, so is every address on it.
 func (r *run) ensureBridgeAddrs(n overlay.Network, br netlink.Link) {
 	h := r.d.h
 	var want netip.Prefix // none: an isolated network's bridge has no address
@@ -588,8 +609,17 @@ func rulesMissing(errs []overlay.ObjectError) error {
 	return nil
 }
 
-// ourVNI parses a device name of ours ("vxbr<vni>" bridge or "vxlan<vni>" vxlan).
+// ourVNI is the VNI of a device of ours: a "vxbr<vni>" bridge or "vxlan<vni>" vxlan device in the
+// network's link group, which every device this package makes carries. Another program's device
+// of such a name (an operator's `ip link add vxlan100 type vxlan id 100`) is not ours: it is never
+// adopted, changed or deleted.
 func ourVNI(l netlink.Link) (uint32, bool) {
+	vni, ok := namedVNI(l)
+	return vni, ok && l.Attrs().Group == linkGroupBase|vni
+}
+
+// namedVNI parses the name of a device of ours ("vxbr<vni>" bridge or "vxlan<vni>" vxlan).
+func namedVNI(l netlink.Link) (uint32, bool) {
 	name := l.Attrs().Name
 	var rest string
 	switch {

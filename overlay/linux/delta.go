@@ -38,8 +38,8 @@ func (d *Datapath) ApplyDelta(ctx context.Context, delta overlay.Delta) (overlay
 			return overlay.Result{}, fmt.Errorf("vxlan %q: %w", name, overlay.ErrNotProgrammed)
 		case err != nil:
 			return overlay.Result{}, fmt.Errorf("find vxlan %q: %w", name, err)
-		case l.Type() != "vxlan":
-			return overlay.Result{}, fmt.Errorf("%q is a %s device: %w", name, l.Type(), overlay.ErrNotProgrammed)
+		case notOurs(l, n.VNI) != nil:
+			return overlay.Result{}, fmt.Errorf("%w: %w", notOurs(l, n.VNI), overlay.ErrNotProgrammed)
 		}
 		idx[i] = l.Attrs().Index
 	}

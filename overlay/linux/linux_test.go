@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -850,6 +851,16 @@ func TestPrivilegedVNIReusedForAnotherMode(t *testing.T) {
 	if a := addrs("vxbr20"); a != "" {
 		t.Errorf("isolated: vxbr20 holds %q, want no address (the VMs would reach the host)", a)
 	}
+	// From nat straight to bridged: the gateway goes, the uplink's address comes.
+	apply(nat)
+	apply(overlay.Network{VNI: 20, Mode: overlay.ModeBridged, MTU: 1450, Uplink: "lan0"})
+	if a := addrs("vxbr20"); a != "192.168.50.1/24" {
+		t.Errorf("nat, then bridged: vxbr20 holds %q, want the uplink's address only", a)
+	}
+	apply(overlay.Network{VNI: 20, Mode: overlay.ModeIsolated, MTU: 1450})
+	if a := addrs("lan0"); a != "192.168.50.1/24" {
+		t.Fatalf("lan0 holds %q once VNI 20 is isolated again, want its address back", a)
+	}
 
 	// VNI 20 bridges lan0 again; then lan0 goes to network 10 while VNI 20 serves an isolated
 	// network: 10 takes lan0 with its address, and 20 does not take it back.
@@ -876,6 +887,40 @@ func TestPrivilegedVNIReusedForAnotherMode(t *testing.T) {
 	}
 }
 
+// TestPrivilegedOtherProgramsDevicesLeftAlone: devices named as ours but made by someone else (an
+// operator's `ip link add vxlan100 type vxlan id 100`, a bridge vxbr5) are neither deleted as stale
+// nor adopted for a network of their VNI: that network fails, naming the device, and they stay.
+func TestPrivilegedOtherProgramsDevicesLeftAlone(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "foreign")
+	ns.MustRun(t, "ip", "link", "add", "vxlan100", "type", "vxlan", "id", "100", "dstport", "4789", "local", "198.18.0.1")
+	ns.MustRun(t, "ip", "link", "add", "vxbr5", "type", "bridge")
+	index := func(dev string) string {
+		t.Helper()
+		return strings.TrimSpace(ns.MustRun(t, "cat", "/sys/class/net/"+dev+"/ifindex"))
+	}
+	before := index("vxlan100") + " " + index("vxbr5")
+	vtep := overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")}
+	if _, err := dp.Apply(context.Background(), overlay.DesiredState{Underlay: vtep,
+		Networks: []overlay.Network{{VNI: 7, Mode: overlay.ModeIsolated, MTU: 1450}}}); err != nil {
+		t.Fatal(err)
+	}
+	if after := index("vxlan100") + " " + index("vxbr5"); after != before {
+		t.Fatalf("another program's devices were deleted or made anew: ifindex %s, then %s", before, after)
+	}
+	_, err := dp.Apply(context.Background(), overlay.DesiredState{Underlay: vtep,
+		Networks: []overlay.Network{{VNI: 7, Mode: overlay.ModeIsolated, MTU: 1450}, {VNI: 100, Mode: overlay.ModeIsolated, MTU: 1450}}})
+	if err == nil || !strings.Contains(err.Error(), "another program") {
+		t.Errorf("a network whose VNI names another program's device: %v, want it refused, saying so", err)
+	}
+	if after := index("vxlan100") + " " + index("vxbr5"); after != before {
+		t.Errorf("another program's devices were deleted or made anew: ifindex %s, then %s", before, after)
+	}
+	if line := ns.MustRun(t, "ip", "-o", "link", "show", "vxlan100"); strings.Contains(line, "master") {
+		t.Errorf("another program's vxlan100 was enslaved: %s", line)
+	}
+}
+
 // TestPrivilegedAdoptedDownDeviceGetsNoLinkLocal: a bridge left down by a crash right after its
 // creation, before IPv6 address generation was turned off, is adopted and brought up without a
 // link-local address (a tenant must never see one of the host's).
@@ -884,6 +929,7 @@ func TestPrivilegedAdoptedDownDeviceGetsNoLinkLocal(t *testing.T) {
 	ns, dp := hostNS(t, "lladopt")
 	ns.MustRun(t, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0")
 	ns.MustRun(t, "ip", "link", "add", "vxbr30", "type", "bridge")
+	ns.MustRun(t, "ip", "link", "set", "vxbr30", "group", strconv.Itoa(linkGroupBase|30)) // as ours are made
 	d := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
 		Networks: []overlay.Network{{VNI: 30, Mode: overlay.ModeIsolated, MTU: 1450}}}
 	if _, err := dp.Apply(context.Background(), d); err != nil {
