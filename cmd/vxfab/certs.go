@@ -16,6 +16,9 @@ import (
 
 func init() { register(newCertsCmd) }
 
+// maxDays bounds --days: a century for the leaves, two for the CA.
+const maxDays = 36500
+
 func newCertsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "certs", Short: "make the certificates that secure a fabric"}
 	var (
@@ -53,8 +56,8 @@ crl.pem and gossip.key; ca.key never needs to leave the machine that runs this c
 				}
 				cfg.ServerIPs = append(cfg.ServerIPs, ip)
 			}
-			if days < 1 {
-				return fmt.Errorf("--days %d: want at least 1", days)
+			if days < 1 || days > maxDays {
+				return fmt.Errorf("--days %d: want 1 to %d", days, maxDays)
 			}
 			cfg.Validity = time.Duration(days) * 24 * time.Hour
 			res, err := pki.Init(cfg)

@@ -71,11 +71,11 @@ func createCall(ctx context.Context, requestID string, call func(ctx context.Con
 // 1.4 s, not after its whole --timeout.
 const createAttempts = 4
 
-// mustRequire marks flags the command cannot do without, so a missing one is reported by name
-// before anything is sent.
 // tenantOwning starts the help of a --tenant flag that names the tenant of a resource.
 const tenantOwning = "tenant (required; with a tenant token, its own by default) owning the "
 
+// mustRequire marks flags the command cannot do without, so a missing one is reported by name
+// before anything is sent.
 func mustRequire(cmd *cobra.Command, flags ...string) {
 	for _, f := range flags {
 		if err := cmd.MarkFlagRequired(f); err != nil {

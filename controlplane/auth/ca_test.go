@@ -20,8 +20,10 @@ import (
 )
 
 // TestNewCAWithoutRestarts moves a server and its clients from CA A to CA B by editing files only,
-// in the order security/README.md gives: trust both, reissue the leaves, drop the old CA, switch the
-// revocation list. Neither the server nor a client's connection is made anew for any step.
+// as security/README.md says: trust both, reissue the leaves, drop the old CA and switch the
+// revocation list. It copies B's list a step early, to show why the README's last step changes the
+// CA file and the list together: B's list is not taken while A is trusted. Neither the server nor a
+// client's connection is made anew for any step.
 func TestNewCAWithoutRestarts(t *testing.T) {
 	cli := startEtcd(t)
 	a, b := makePKI(t), makePKI(t)

@@ -50,6 +50,9 @@ func validTokenID(s string) bool {
 }
 
 func (s *tokenService) CreateToken(ctx context.Context, req *vxfabricv1.CreateTokenRequest) (*vxfabricv1.CreateTokenResponse, error) {
+	if req.GetTenant() == "" {
+		return nil, status.Error(codes.InvalidArgument, "tenant is required")
+	}
 	if !validName(req.GetTenant()) {
 		return nil, status.Errorf(codes.InvalidArgument, "tenant %q: want 1-63 of [a-z0-9-] starting with a letter", req.GetTenant())
 	}

@@ -112,11 +112,13 @@ func retryDump[T any](dump func() (T, error)) (T, error) {
 }
 
 func (r *run) ensureNetwork(n overlay.Network) {
-	// Whether the bridge, if there is one, already serves this uplink: then the addresses on it are
-	// the uplink's, moved there.
+	// Whether the bridge, if there is one, already holds this uplink: then the addresses on it are
+	// the uplink's, moved there. The kernel says so, not the bridge's alias, which is set before the
+	// addresses are seen to (an Apply cut short in between must not make a stale gateway look like
+	// the uplink's). ensureUplink enslaves an uplink only once its addresses are on the bridge.
 	servedUplink := false
-	if old := r.links[overlay.BridgeName(n.VNI)]; old != nil && n.Uplink != "" {
-		servedUplink = old.Attrs().Alias == uplinkAliasPrefix+n.Uplink
+	if old, up := r.links[overlay.BridgeName(n.VNI)], r.links[n.Uplink]; old != nil && up != nil {
+		servedUplink = up.Attrs().MasterIndex == old.Attrs().Index
 	}
 	br, err := r.ensureBridge(n)
 	if err != nil {

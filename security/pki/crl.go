@@ -92,21 +92,29 @@ func readCRL(path string, cas []*x509.Certificate) (*x509.RevocationList, *x509.
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse %s: %w", path, err)
 	}
+	if crl.Number == nil {
+		// Without a number a newer list cannot be told from an older one.
+		return nil, nil, fmt.Errorf("%s has no CRL number", path)
+	}
 	for _, ca := range cas {
 		if crl.CheckSignatureFrom(ca) == nil {
 			return crl, ca, nil
 		}
 	}
-	return nil, nil, fmt.Errorf("%s is not signed by the CA", path)
+	return nil, nil, fmt.Errorf("%s: %w", path, errNotSigned)
 }
 
-// issuerID names a CA: its key identifier (which the lists it signs carry), or a digest of its
-// public key without one.
-func issuerID(ca *x509.Certificate) string {
-	if len(ca.SubjectKeyId) > 0 {
-		return hex.EncodeToString(ca.SubjectKeyId)
+// errNotSigned: a revocation list that no trusted CA signed.
+var errNotSigned = errors.New("not signed by the CA")
+
+// issuerID names the CA that signed crl (signer): the key identifier the list carries (which is
+// the CA's, for lists vxfab makes), or a digest of the signer's public key for a list without one.
+// Servers record it (gossipkeys), so it must not change between releases.
+func issuerID(crl *x509.RevocationList, signer *x509.Certificate) string {
+	if len(crl.AuthorityKeyId) > 0 {
+		return hex.EncodeToString(crl.AuthorityKeyId)
 	}
-	sum := sha256.Sum256(ca.RawSubjectPublicKeyInfo)
+	sum := sha256.Sum256(signer.RawSubjectPublicKeyInfo)
 	return hex.EncodeToString(sum[:8])
 }
 
@@ -146,7 +154,7 @@ type Revocations struct {
 	loaded bool              // the file as stamp describes it was read
 	number *big.Int          // CRL number of the list in force; nil before one
 	signer *x509.Certificate // the CA that signed it
-	issuer string            // issuerID(signer)
+	issuer string            // issuerID of the list
 	err    error             // why the file as it is now is not in force
 }
 
@@ -224,14 +232,18 @@ func (r *Revocations) reload(now time.Time) {
 	fileChanged := !r.loaded || stamp != r.stamp
 	r.stamp, r.cas, r.loaded = stamp, cas, true
 	crl, signer, err := readCRL(r.path, cas.cas)
+	issuer := ""
+	if err == nil && crl != nil {
+		issuer = issuerID(crl, signer)
+	}
 	switch {
-	case err != nil && !fileChanged && r.number != nil:
+	case errors.Is(err, errNotSigned) && !fileChanged && r.number != nil:
 		err = fmt.Errorf("the CA file %s no longer holds the CA that signed %s (number %s), which stays in force until a list of a CA in the file replaces it", r.trust.path, r.path, r.number)
 	case err == nil && crl == nil && r.number != nil:
 		err = fmt.Errorf("%s is gone", r.path)
-	case err == nil && crl != nil && r.number != nil && issuerID(signer) == r.issuer && crl.Number.Cmp(r.number) < 0:
+	case err == nil && crl != nil && r.number != nil && issuer == r.issuer && crl.Number.Cmp(r.number) < 0:
 		err = fmt.Errorf("%s has CRL number %s, older than the list in force (%s)", r.path, crl.Number, r.number)
-	case err == nil && crl != nil && r.number != nil && issuerID(signer) != r.issuer && cas.raw[string(r.signer.Raw)]:
+	case err == nil && crl != nil && r.number != nil && issuer != r.issuer && cas.keys[caKey(r.signer)]:
 		err = fmt.Errorf("%s is signed by another CA than the list in force, whose CA is still in %s: "+
 			"a list of another CA is taken once that CA is dropped from the CA file", r.path, r.trust.path)
 	}
@@ -244,12 +256,12 @@ func (r *Revocations) reload(now time.Time) {
 	if crl == nil {
 		return // none yet
 	}
-	if !fileChanged && r.number != nil && crl.Number.Cmp(r.number) == 0 && issuerID(signer) == r.issuer {
+	if !fileChanged && r.number != nil && crl.Number.Cmp(r.number) == 0 && issuer == r.issuer {
 		return // the same list, read again because the CAs changed
 	}
 	serials := revokedSerials(crl)
 	r.serials.Store(&serials)
-	r.number, r.signer, r.issuer = crl.Number, signer, issuerID(signer)
+	r.number, r.signer, r.issuer = crl.Number, signer, issuer
 	r.log.Info("revocation list in force", "path", r.path, "number", crl.Number, "revoked", len(serials))
 }
 

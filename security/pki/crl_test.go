@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -352,11 +353,14 @@ func TestTrustFollowsItsFile(t *testing.T) {
 	if !trust.Trusts(caA) || !trust.Trusts(caB) {
 		t.Fatalf("A and B in the file: trusts A %v, B %v", trust.Trusts(caA), trust.Trusts(caB))
 	}
+	both := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caA.Raw})
+	both = append(both, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caB.Raw})...)
 	for _, step := range []struct {
 		what   string
 		change func() error
 	}{
 		{"emptied", func() error { return WriteFileAtomic(path, nil, 0o644) }},
+		{"cut short in its second block", func() error { return os.WriteFile(path, both[:len(both)-100], 0o644) }},
 		{"gone", func() error { return os.Remove(path) }},
 	} {
 		if err := step.change(); err != nil {
@@ -371,5 +375,36 @@ func TestTrustFollowsItsFile(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	if trust.Trusts(caA) || !trust.Trusts(caB) {
 		t.Errorf("B only in the file: trusts A %v, B %v", trust.Trusts(caA), trust.Trusts(caB))
+	}
+}
+
+// TestTrustKnowsARenewedCA: a CA certificate issued anew with the same name and key (a new
+// validity) is the same CA: chains verified against the old certificate stay trusted.
+func TestTrustKnowsARenewedCA(t *testing.T) {
+	dir := t.TempDir()
+	initDir(t, dir, "h1")
+	old := mustRead(t, filepath.Join(dir, CACertFile))
+	key, err := readKey(filepath.Join(dir, CAKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := *old
+	tmpl.SerialNumber = big.NewInt(42)
+	tmpl.NotAfter = old.NotAfter.AddDate(1, 0, 0)
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), CACertFile)
+	if err := WriteFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !trustIn(t, path).Trusts(old) {
+		t.Error("the CA renewed with its key does not trust what its old certificate verified")
+	}
+	other := t.TempDir()
+	initDir(t, other, "h1")
+	if trustIn(t, path).Trusts(mustRead(t, filepath.Join(other, CACertFile))) {
+		t.Error("another CA of the same name is trusted")
 	}
 }

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -21,6 +22,10 @@ func loadCACerts(caFile string) ([]*x509.Certificate, error) {
 	for rest := data; ; {
 		var block *pem.Block
 		if block, rest = pem.Decode(rest); block == nil {
+			if bytes.Contains(rest, []byte("-----BEGIN")) {
+				// A block cut short: the file is being written, not a file of fewer CAs.
+				return nil, fmt.Errorf("CA file %s ends in an incomplete PEM block", caFile)
+			}
 			break
 		}
 		if block.Type != "CERTIFICATE" {

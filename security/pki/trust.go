@@ -45,7 +45,13 @@ type Trust struct {
 type trustSet struct {
 	cas  []*x509.Certificate
 	pool *x509.CertPool
-	raw  map[string]bool // the DER of each CA
+	keys map[string]bool // caKey of each CA
+}
+
+// caKey identifies a CA by its name and public key: a CA certificate renewed with the same key (a
+// new validity) is the same CA.
+func caKey(ca *x509.Certificate) string {
+	return string(ca.RawSubject) + "\x00" + string(ca.RawSubjectPublicKeyInfo)
 }
 
 // NewTrust reads the CA certificates in caFile; it fails when the file holds none.
@@ -68,10 +74,10 @@ func readTrust(caFile string) (*trustSet, error) {
 	if err != nil {
 		return nil, err
 	}
-	set := &trustSet{cas: cas, pool: x509.NewCertPool(), raw: make(map[string]bool, len(cas))}
+	set := &trustSet{cas: cas, pool: x509.NewCertPool(), keys: make(map[string]bool, len(cas))}
 	for _, c := range cas {
 		set.pool.AddCert(c)
-		set.raw[string(c.Raw)] = true
+		set.keys[caKey(c)] = true
 	}
 	return set, nil
 }
@@ -82,9 +88,9 @@ func (t *Trust) Path() string { return t.path }
 // Pool is the CAs the file holds (as last read).
 func (t *Trust) Pool() *x509.CertPool { return t.current().pool }
 
-// Trusts reports whether ca is one of the CAs the file holds: a chain verified against a CA since
-// dropped from the file is no longer trusted.
-func (t *Trust) Trusts(ca *x509.Certificate) bool { return t.current().raw[string(ca.Raw)] }
+// Trusts reports whether ca is one of the CAs the file holds (the same name and key: see caKey): a
+// chain verified against a CA since dropped from the file is no longer trusted.
+func (t *Trust) Trusts(ca *x509.Certificate) bool { return t.current().keys[caKey(ca)] }
 
 // current is the set in force, read again first if the file may have changed.
 func (t *Trust) current() *trustSet {
