@@ -159,7 +159,10 @@ type Hub struct {
 
 	statMu sync.Mutex // desired revisions change only with mu also held for writing; taken after mu and subsMu
 	stats  map[string]*nodeStat
-	statCh chan struct{} // closed and replaced on every applied report
+	// forgotten is the highest desired revision of the nodes whose figures went with their record
+	// (a deleted node): a node without figures may be one of them, and resumes only from there.
+	forgotten int64
+	statCh    chan struct{} // closed and replaced on every applied report
 
 	// Test hooks: kick cancels the current watch (as a broken connection would); beforeRewatch runs
 	// before a watch is re-established after that.
@@ -461,6 +464,9 @@ func (h *Hub) applyEvents(evs []event, seen time.Time) {
 		// its confirmed keyring went with it in etcd in any case.
 		if kind, node, _ := keyKind(ev.key); kind == "nodes/" && ev.deleted {
 			if len(h.subs[node]) == 0 {
+				if st := h.stats[node]; st != nil {
+					h.forgotten = max(h.forgotten, st.desired)
+				}
 				delete(h.stats, node)
 			} else if st := h.stats[node]; st != nil {
 				st.keyring = 0
@@ -573,7 +579,7 @@ func (h *Hub) subscribe(node string, resume int64) (*subscriber, *vxfabricv1.Syn
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	h.statMu.Lock()
-	var desired int64
+	desired := h.forgotten // a node whose figures went with its record (deleted while its agent was away)
 	if st := h.stats[node]; st != nil {
 		desired = st.desired
 	}
@@ -596,13 +602,23 @@ func (h *Hub) subscribe(node string, resume int64) (*subscriber, *vxfabricv1.Syn
 	return s, first
 }
 
+// unsubscribe ends a stream. When it was the node's last one here, what the node reported applied
+// is forgotten: its agent reports to the replica it streams from, so a figure kept here would go
+// stale once it streams from another one (node list would show it behind, with old errors). It is
+// "not known" (0) until the agent reports here again, which it does at once on a new stream.
 func (h *Hub) unsubscribe(s *subscriber) {
 	h.subsMu.Lock()
+	defer h.subsMu.Unlock()
 	delete(h.subs[s.node], s)
-	if len(h.subs[s.node]) == 0 {
-		delete(h.subs, s.node)
+	if len(h.subs[s.node]) > 0 {
+		return
 	}
-	h.subsMu.Unlock()
+	delete(h.subs, s.node)
+	h.statMu.Lock()
+	if st := h.stats[s.node]; st != nil {
+		st.applied, st.errors = 0, nil
+	}
+	h.statMu.Unlock()
 }
 
 // next returns the message a stream must send now, or nil when its mailbox is empty. A snapshot is built

@@ -509,6 +509,21 @@ func TestSyncResume(t *testing.T) {
 	if msg := a.next(5 * time.Second); !msg.GetSnapshot() || msg.GetRevision() != changed {
 		t.Errorf("resume from the future: snapshot=%v rev=%d, want a snapshot at %d", msg.GetSnapshot(), msg.GetRevision(), changed)
 	}
+	a.stop()
+
+	// While a's agent is away (cut off), its port moves to b and its node record is deleted (node
+	// delete): this replica forgets a's figures. The agent comes back resuming at what it had: a
+	// snapshot, not an empty delta that would leave it holding the moved port.
+	e.put("ports/pa", testPort("pa", "n1", "b", 1))
+	gone := e.del("nodes/a")
+	if err := e.hub.WaitRevision(context.Background(), gone); err != nil {
+		t.Fatal(err)
+	}
+	a = e.sync(c, "a", changed)
+	if msg := a.next(5 * time.Second); !msg.GetSnapshot() || len(msg.GetLocalPorts()) != 0 {
+		t.Errorf("resume of a deleted node after its port moved: snapshot=%v, local ports %v; want a snapshot without them",
+			msg.GetSnapshot(), msg.GetLocalPorts())
+	}
 }
 
 func TestSyncCompactionResnapshots(t *testing.T) {
@@ -700,6 +715,20 @@ func TestReportApplied(t *testing.T) {
 	defer cancel()
 	if err := e.hub.WaitApplied(wctx, "a", rev); err != nil {
 		t.Error(err)
+	}
+
+	// The stream ends (the agent streams from another replica now): what it reported here is no
+	// longer known, rather than shown stale; errors go with it.
+	if _, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", Revision: rev, Errors: errs}); err != nil {
+		t.Fatal(err)
+	}
+	a.stop()
+	deadline := time.Now().Add(2 * time.Second)
+	for applied, _ := e.hub.NodeRevisions("a"); applied != 0 && time.Now().Before(deadline); applied, _ = e.hub.NodeRevisions("a") {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if applied, _ := e.hub.NodeRevisions("a"); applied != 0 || e.hub.NodeErrors("a") != nil {
+		t.Errorf("after a's stream ended: applied %d, errors %q; want not known (0), none", applied, e.hub.NodeErrors("a"))
 	}
 }
 

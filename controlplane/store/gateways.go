@@ -2,8 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -28,73 +30,70 @@ func modeName(m vxfabricv1.NetworkMode) string {
 // VRFs, so both gateways' routes would land in one routing table and replies could reach the wrong
 // tenant. Isolated and bridged networks are not concerned (no host route), nor is a bridged uplink.
 //
-// The guard is part of the transaction that binds a port to a node (create or move): it compares that
-// the node-cidr index of every overlapping nat/routed network is empty on that node, and that no
-// network was created since the networks were read (a network created after the read could get a
-// port on the node concurrently, unseen). Two concurrent binds into two overlapping networks are so
-// settled by etcd: the second transaction fails its compare. Ports created before the index existed
-// have no index key and are not seen.
+// The node-cidr index names, per node, the nat and routed networks it takes part in and their
+// CIDRs (a key per port, written and deleted with the port's binding to the node). Binding a port
+// to a node (create or move) reads the node's part of the index, refuses when an overlapping
+// network is there, and its transaction compares that no key was added to that part since the
+// read. Two concurrent binds on one node into overlapping networks are so settled by etcd: the
+// second one fails its compare, reads again and is refused. The work and the transaction do not
+// grow with the fabric: one compare, and a read of what the node hosts. Ports created before the
+// index existed have no index key and are not seen.
 type gatewayGuard struct {
 	node    string
-	network *vxfabricv1.Network   // the port's network; nil when it has no gateway (guard inactive)
-	others  []*vxfabricv1.Network // nat/routed networks whose CIDR overlaps network's
-	rev     int64                 // the store revision the networks were read at
+	network *vxfabricv1.Network // the port's network; nil when it has no gateway (guard inactive)
+	rev     int64               // the store revision the node's index was read at
 }
 
-// readGatewayGuard reads the networks and builds the guard of binding a port of networkID to node.
-// An unknown network gives an inactive guard: the caller's own compare on the network refuses it.
+// readGatewayGuard reads the port's network and the node's part of the node-cidr index, and builds
+// the guard of binding a port of networkID to node. It refuses (ErrFailedPrecondition) when the node
+// takes part in a nat or routed network that overlaps. An unknown network gives an inactive guard:
+// the caller's own compare on the network refuses it.
 func (s *Store) readGatewayGuard(ctx context.Context, networkID, node string) (*gatewayGuard, error) {
-	resp, err := s.kv.Get(ctx, NetworksPrefix, clientv3.WithPrefix())
+	resp, err := s.kv.Txn(ctx).Then(
+		clientv3.OpGet(NetworkKey(networkID)),
+		clientv3.OpGet(nodeCIDRPrefixOf(node), clientv3.WithPrefix()),
+	).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("read networks for the gateway check of node %s: %w", node, err)
+		return nil, fmt.Errorf("read the gateway check of node %s: %w", node, err)
 	}
-	g := &gatewayGuard{node: node, rev: resp.Header.Revision}
-	var all []*vxfabricv1.Network
-	for _, kv := range resp.Kvs {
-		n, err := decodeNetwork(kv)
-		if err != nil {
-			return nil, err
-		}
-		if n.Id == networkID {
-			g.network = n
-		}
-		all = append(all, n)
-	}
-	if g.network == nil || !hasGateway(g.network.Mode) {
+	kv := first(rangeKVs(resp, 0))
+	if kv == nil {
 		return &gatewayGuard{}, nil
 	}
-	mine, err := netip.ParsePrefix(g.network.Cidr)
+	network, err := decodeNetwork(kv)
 	if err != nil {
-		return nil, fmt.Errorf("network %s cidr %q: %w", networkName(g.network), g.network.Cidr, err)
+		return nil, err
 	}
-	for _, n := range all {
-		if n.Id == networkID || !hasGateway(n.Mode) {
+	if !hasGateway(network.Mode) {
+		return &gatewayGuard{}, nil
+	}
+	mine, err := netip.ParsePrefix(network.Cidr)
+	if err != nil {
+		return nil, fmt.Errorf("network %s cidr %q: %w", networkName(network), network.Cidr, err)
+	}
+	g := &gatewayGuard{node: node, network: network, rev: resp.Header.Revision}
+	for _, kv := range rangeKVs(resp, 1) {
+		otherID, _, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), nodeCIDRPrefixOf(node)), "/")
+		other, err := netip.ParsePrefix(string(kv.Value))
+		if otherID == networkID || err != nil || !mine.Overlaps(other) {
 			continue
 		}
-		other, err := netip.ParsePrefix(n.Cidr)
-		if err != nil {
-			return nil, fmt.Errorf("network %s cidr %q: %w", networkName(n), n.Cidr, err)
-		}
-		if mine.Overlaps(other) {
-			g.others = append(g.others, n)
-		}
+		return nil, s.gatewayConflict(ctx, g, otherID, other)
 	}
 	return g, nil
 }
 
+// nodeCIDRPrefixOf holds the node-cidr index keys of one node.
+func nodeCIDRPrefixOf(node string) string { return NodeCIDRPrefix + node + "/" }
+
 func (g *gatewayGuard) active() bool { return g.network != nil }
 
-// cmps holds while the node takes part in none of the overlapping networks and no network was
-// created since the read.
+// cmps holds while no network was added to the node's part of the index since the read.
 func (g *gatewayGuard) cmps() []clientv3.Cmp {
 	if !g.active() {
 		return nil
 	}
-	out := []clientv3.Cmp{noNetworkCreatedAfter(g.rev)}
-	for _, n := range g.others {
-		out = append(out, prefixEmpty(NodeNetworkCIDRPrefix(g.node, n.Id)))
-	}
-	return out
+	return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(nodeCIDRPrefixOf(g.node)), "<", g.rev+1).WithPrefix()}
 }
 
 // put writes the port's node-cidr index key.
@@ -105,27 +104,16 @@ func (g *gatewayGuard) put(portID string) []clientv3.Op {
 	return []clientv3.Op{clientv3.OpPut(NodeCIDRKey(g.node, g.network.Id, portID), g.network.Cidr)}
 }
 
-// gatewayConflict explains a failed transaction that carried the guard: an ErrFailedPrecondition
-// naming the overlapping network the node takes part in (when it is of the port's tenant), or nil
-// when none does (networks changed: read again).
-func (s *Store) gatewayConflict(ctx context.Context, g *gatewayGuard) error {
-	if !g.active() {
-		return nil
+// gatewayConflict is the ErrFailedPrecondition of binding g's port to its node, which takes part in
+// network otherID (CIDR other): it names that network when it is of the port's tenant.
+func (s *Store) gatewayConflict(ctx context.Context, g *gatewayGuard, otherID string, other netip.Prefix) error {
+	// A tenant learns nothing of another tenant's networks but that one is in the way.
+	hosted := "a network of another tenant that overlaps"
+	if n, err := s.GetNetworkByID(ctx, otherID); err == nil && n.Tenant == g.network.Tenant {
+		hosted = fmt.Sprintf("%s network %s %s, which overlaps", modeName(n.Mode), networkName(n), other)
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
 	}
-	for _, n := range g.others {
-		resp, err := s.kv.Get(ctx, NodeNetworkCIDRPrefix(g.node, n.Id), clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil {
-			return fmt.Errorf("read node-cidr index of node %s: %w", g.node, err)
-		}
-		if resp.Count > 0 {
-			// A tenant learns nothing of another tenant's networks but that one is in the way.
-			hosted := "a network of another tenant that overlaps"
-			if n.Tenant == g.network.Tenant {
-				hosted = fmt.Sprintf("%s network %s %s, which overlaps", modeName(n.Mode), networkName(n), n.Cidr)
-			}
-			return fmt.Errorf("node %s already hosts %s %s network %s %s (without VRFs their gateway routes would collide): %w",
-				g.node, hosted, modeName(g.network.Mode), networkName(g.network), g.network.Cidr, ErrFailedPrecondition)
-		}
-	}
-	return nil
+	return fmt.Errorf("node %s already hosts %s %s network %s %s (without VRFs their gateway routes would collide): %w",
+		g.node, hosted, modeName(g.network.Mode), networkName(g.network), g.network.Cidr, ErrFailedPrecondition)
 }

@@ -50,7 +50,7 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 		return nil, err
 	}
 	key, nameKey, netKey := PortKey(p.Id), PortNameKey(p.Tenant, p.Name), NetworkKey(p.NetworkId)
-	for range maxCASRetries {
+	for attempt := range maxCASRetries {
 		guard, err := s.readGatewayGuard(ctx, p.NetworkId, p.Node)
 		if err != nil {
 			return nil, err
@@ -131,7 +131,8 @@ func (s *Store) CreatePort(ctx context.Context, p *vxfabricv1.Port, requestID st
 		case len(rangeKVs(resp, 3)) > 0:
 			return nil, fmt.Errorf("mac %s in network %s/%s: %w", p.Mac, p.Tenant, p.Network, ErrMACTaken)
 		}
-		if err := s.gatewayConflict(ctx, guard); err != nil {
+		// Another bind on the node since the guard's read: read again (which refuses an overlap).
+		if err := contentionPause(ctx, attempt); err != nil {
 			return nil, err
 		}
 	}
@@ -301,11 +302,9 @@ func (s *Store) UpdatePort(ctx context.Context, tenant, name string, expected in
 			p.Revision, p.Plugged = resp.Header.Revision, plugged
 			return p, nil
 		}
-		if err := s.gatewayConflict(ctx, guard); err != nil {
-			return nil, err
-		}
-		// The port changed, or (a move) a network was created since the guard's read: read again,
-		// which tells a stale expected revision from a port still as expected.
+		// The port changed, or (a move) another bind on the new node since the guard's read: read
+		// again, which tells a stale expected revision from a port still as expected, and refuses an
+		// overlap.
 		if err := contentionPause(ctx, attempt); err != nil {
 			return nil, err
 		}
@@ -343,9 +342,8 @@ func (s *Store) DeletePort(ctx context.Context, tenant, name string, expected in
 		if resp.Succeeded {
 			return nil
 		}
-		if expected != 0 {
-			return fmt.Errorf("port %s/%s changed after revision %d: %w", tenant, name, expected, ErrStale)
-		}
+		// Changed or gone since the read: read again, which tells a stale expected revision
+		// (ErrStale) from a port deleted meanwhile (ErrNotFound).
 	}
 	return fmt.Errorf("delete port %s/%s: %w", tenant, name, ErrContention)
 }

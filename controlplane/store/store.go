@@ -480,9 +480,8 @@ func (s *Store) UpdateNetwork(ctx context.Context, tenant, name string, expected
 			n.Revision = resp.Header.Revision
 			return n, nil
 		}
-		if expected != 0 {
-			return nil, fmt.Errorf("network %s/%s changed after revision %d: %w", tenant, name, expected, ErrStale)
-		}
+		// Changed or gone since the read: the next read tells a stale expected revision from a
+		// network deleted meanwhile.
 		if err := contentionPause(ctx, attempt); err != nil {
 			return nil, err
 		}
@@ -521,9 +520,8 @@ func (s *Store) DeleteNetwork(ctx context.Context, tenant, name string, expected
 		if c := resp.Responses[0].GetResponseRange().Count; c > 0 {
 			return fmt.Errorf("network %s/%s has %s: %w", tenant, name, counted(c, "port"), ErrFailedPrecondition)
 		}
-		if expected != 0 {
-			return fmt.Errorf("network %s/%s changed after revision %d: %w", tenant, name, expected, ErrStale)
-		}
+		// Changed or gone since the read: read again, which tells a stale expected revision
+		// (ErrStale) from a network deleted meanwhile (ErrNotFound).
 	}
 	return fmt.Errorf("delete network %s/%s: %w", tenant, name, ErrContention)
 }

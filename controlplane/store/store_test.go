@@ -225,6 +225,46 @@ func BenchmarkCreateNetworkNodeGuard(b *testing.B) {
 	}
 }
 
+// afterReadKV runs hook right after each transaction that reads key has returned: another
+// replica's write landing between a read and the transaction built on it.
+type afterReadKV struct {
+	clientv3.KV
+	key  string
+	hook func()
+}
+
+func (k *afterReadKV) Txn(ctx context.Context) clientv3.Txn {
+	return &hookedTxn{Txn: k.KV.Txn(ctx), kv: k}
+}
+
+type hookedTxn struct {
+	clientv3.Txn
+	kv    *afterReadKV
+	reads bool
+}
+
+func (t *hookedTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
+func (t *hookedTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+	t.Txn = t.Txn.Else(ops...)
+	return t
+}
+
+func (t *hookedTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	for _, op := range ops {
+		t.reads = t.reads || op.IsGet() && string(op.KeyBytes()) == t.kv.key
+	}
+	t.Txn = t.Txn.Then(ops...)
+	return t
+}
+
+func (t *hookedTxn) Commit() (*clientv3.TxnResponse, error) {
+	resp, err := t.Txn.Commit()
+	if t.reads {
+		t.kv.hook()
+	}
+	return resp, err
+}
+
 // afterGetKV runs hook right after each Get of key has returned: another replica's write landing
 // between a read and the transaction built on it.
 type afterGetKV struct {
@@ -241,18 +281,19 @@ func (k *afterGetKV) Get(ctx context.Context, key string, opts ...clientv3.OpOpt
 	return resp, err
 }
 
-// A move with the port's current expected_revision succeeds although a network (of any tenant) was
-// created between the move's read of the networks and its transaction; the moved port is not
-// plugged (the old node's status is gone from etcd) until the new node reports it.
+// A move with the port's current expected_revision succeeds although another port (of any tenant)
+// was bound to the new node between the move's gateway read and its transaction; the moved port is
+// not plugged (the old node's status is gone from etcd) until the new node reports it.
 func TestMovePortRetriesAndClearsPlugged(t *testing.T) {
 	_, cli := newTestStore(t)
 	ctx := testCtx(t)
 	other := New(cli) // another replica
-	kv := &afterGetKV{KV: cli, key: NetworksPrefix, hook: sync.OnceFunc(func() {
-		n := &vxfabricv1.Network{Id: "00000000bb", Tenant: "beta", Name: "late", Vni: 101, Cidr: "10.9.0.0/24",
-			Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}
-		if _, err := other.CreateNetwork(ctx, n, "", 0); err != nil {
-			t.Errorf("concurrent network create: %v", err)
+	late := &vxfabricv1.Network{Id: "00000000bb", Tenant: "beta", Name: "late", Vni: 101, Cidr: "10.9.0.0/24",
+		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT, Gateway: "10.9.0.1"}
+	kv := &afterReadKV{KV: cli, key: nodeCIDRPrefixOf("h2"), hook: sync.OnceFunc(func() {
+		if _, err := other.CreatePort(ctx, &vxfabricv1.Port{Id: "00000000dd", Tenant: "beta", Network: "late", NetworkId: late.Id,
+			Name: "q1", Node: "h2", Ip: "10.9.0.2", Mac: "0e:00:00:00:00:02"}, ""); err != nil {
+			t.Errorf("concurrent port create: %v", err)
 		}
 	})}
 	st := New(kv)
@@ -260,6 +301,9 @@ func TestMovePortRetriesAndClearsPlugged(t *testing.T) {
 		if _, err := other.CreateTenant(ctx, &vxfabricv1.Tenant{Name: tenant}, ""); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if _, err := other.CreateNetwork(ctx, late, "", 0); err != nil {
+		t.Fatal(err)
 	}
 	web := &vxfabricv1.Network{Id: "00000000aa", Tenant: "acme", Name: "web", Vni: 100, Cidr: "10.5.0.0/24",
 		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT, Gateway: "10.5.0.1"}
@@ -282,8 +326,8 @@ func TestMovePortRetriesAndClearsPlugged(t *testing.T) {
 	if err != nil {
 		t.Fatalf("move with the current expected revision while a network was created: %v", err)
 	}
-	if resp, err := cli.Get(ctx, NetworkKey("00000000bb"), clientv3.WithCountOnly()); err != nil || resp.Count != 1 {
-		t.Fatalf("the concurrent network create did not happen: %d, %v", resp.Count, err)
+	if resp, err := cli.Get(ctx, NodeCIDRKey("h2", late.Id, "00000000dd"), clientv3.WithCountOnly()); err != nil || resp.Count != 1 {
+		t.Fatalf("the concurrent port create on h2 did not happen: %d, %v", resp.Count, err)
 	}
 	if moved.Node != "h2" || moved.Plugged {
 		t.Errorf("moved port: node %s plugged %v, want node h2 not plugged", moved.Node, moved.Plugged)
@@ -622,5 +666,85 @@ func TestMessagesNameResourcesByName(t *testing.T) {
 		if !errors.Is(c.err, c.sentinel) || c.err.Error() != c.want {
 			t.Errorf("got %v, want %q", c.err, c.want)
 		}
+	}
+}
+
+// TestGatewayGuardDoesNotGrowWithTheFabric: with more overlapping nat networks than etcd allows
+// operations in one transaction (--max-txn-ops 128), a port still binds to a node that hosts none of
+// them, and is refused with ErrFailedPrecondition on a node that hosts one. The guard reads what the
+// node hosts and compares one key range, whatever the number of networks.
+func TestGatewayGuardDoesNotGrowWithTheFabric(t *testing.T) {
+	st, _ := newTestStore(t)
+	ctx := testCtx(t)
+	const count = 150
+	nets := make([]*vxfabricv1.Network, count)
+	for i := range nets {
+		tenant := fmt.Sprintf("t%d", i)
+		if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: tenant}, ""); err != nil {
+			t.Fatal(err)
+		}
+		nets[i] = &vxfabricv1.Network{Id: fmt.Sprintf("%010d", i), Tenant: tenant, Name: "web", Cidr: "10.0.0.0/24",
+			Gateway: "10.0.0.1", Vni: uint32(100 + i), Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT}
+		if _, err := st.CreateNetwork(ctx, nets[i], "", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := func(i int, node string) error {
+		_, err := st.CreatePort(ctx, &vxfabricv1.Port{Id: fmt.Sprintf("p%09d", i), Tenant: nets[i].Tenant, Network: "web",
+			NetworkId: nets[i].Id, Name: "vm", Node: node, Ip: "10.0.0.2", Mac: "0e:00:00:00:00:01"}, "")
+		return err
+	}
+	for i := range count {
+		if err := port(i, fmt.Sprintf("h%d", i)); err != nil {
+			t.Fatalf("port of %s/web on h%d, a node of its own: %v", nets[i].Tenant, i, err)
+		}
+	}
+	if _, err := st.CreatePort(ctx, &vxfabricv1.Port{Id: "q000000001", Tenant: nets[0].Tenant, Network: "web",
+		NetworkId: nets[0].Id, Name: "vm2", Node: "h1", Ip: "10.0.0.3", Mac: "0e:00:00:00:00:02"}, ""); !errors.Is(err, ErrFailedPrecondition) {
+		t.Errorf("port of %s/web on h1, which hosts %s/web: %v, want ErrFailedPrecondition", nets[0].Tenant, nets[1].Tenant, err)
+	}
+	if _, err := st.UpdatePort(ctx, nets[2].Tenant, "vm", 0, func(p *vxfabricv1.Port) error {
+		p.Node = "h3"
+		return nil
+	}); !errors.Is(err, ErrFailedPrecondition) {
+		t.Errorf("move of %s/vm to h3, which hosts %s/web: %v, want ErrFailedPrecondition", nets[2].Tenant, nets[3].Tenant, err)
+	}
+}
+
+// TestDeleteRacingADeleteIsNotFound: a delete with the expected revision that loses to another
+// replica's delete of the same port or network answers ErrNotFound (it is gone), not ErrStale.
+func TestDeleteRacingADeleteIsNotFound(t *testing.T) {
+	_, cli := newTestStore(t)
+	ctx := testCtx(t)
+	other := New(cli) // another replica
+	if _, err := other.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	n := &vxfabricv1.Network{Id: "00000000aa", Tenant: "acme", Name: "web", Vni: 100, Cidr: "10.5.0.0/24",
+		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED}
+	n, err := other.CreateNetwork(ctx, n, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := other.CreatePort(ctx, &vxfabricv1.Port{Id: "00000000cc", Tenant: "acme", Network: "web", NetworkId: n.Id,
+		Name: "p1", Node: "h1", Ip: "10.5.0.2", Mac: "0e:00:00:00:00:01"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := New(&afterReadKV{KV: cli, key: PortKey(p.Id), hook: sync.OnceFunc(func() {
+		if err := other.DeletePort(ctx, "acme", "p1", 0); err != nil {
+			t.Errorf("the other replica's delete: %v", err)
+		}
+	})})
+	if err := st.DeletePort(ctx, "acme", "p1", p.Revision); !errors.Is(err, ErrNotFound) {
+		t.Errorf("delete of a port deleted meanwhile: %v, want ErrNotFound", err)
+	}
+	st = New(&afterGetKV{KV: cli, key: NetworkKey(n.Id), hook: sync.OnceFunc(func() {
+		if err := other.DeleteNetwork(ctx, "acme", "web", 0); err != nil {
+			t.Errorf("the other replica's delete: %v", err)
+		}
+	})})
+	if err := st.DeleteNetwork(ctx, "acme", "web", n.Revision); !errors.Is(err, ErrNotFound) {
+		t.Errorf("delete of a network deleted meanwhile: %v, want ErrNotFound", err)
 	}
 }

@@ -548,7 +548,8 @@ type Node struct {
 	Vtep       string                 `protobuf:"bytes,2,opt,name=vtep,proto3" json:"vtep,omitempty"`
 	Status     NodeStatus             `protobuf:"varint,3,opt,name=status,proto3,enum=vxfabric.v1.NodeStatus" json:"status,omitempty"`
 	LastChange *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_change,json=lastChange,proto3" json:"last_change,omitempty"`
-	// The newest revision the node's agent reports having applied (0 when never reported).
+	// The newest revision the node's agent reports having applied, as the server answering knows it:
+	// an agent reports to the server it streams from, so 0 (not known) on the others.
 	AppliedRevision int64 `protobuf:"varint,5,opt,name=applied_revision,json=appliedRevision,proto3" json:"applied_revision,omitempty"`
 	// The newest revision that changed this node's desired state.
 	DesiredRevision int64 `protobuf:"varint,6,opt,name=desired_revision,json=desiredRevision,proto3" json:"desired_revision,omitempty"`
