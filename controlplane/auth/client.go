@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -52,14 +54,14 @@ func (c ClientConfig) DialOptions() ([]grpc.DialOption, error) {
 		if err != nil {
 			return nil, err
 		}
+		creds := &clientCreds{cfg: cfg, trust: trust, log: c.Logger}
 		if c.CRLFile != "" {
-			rev, err := pki.NewRevocations(c.CRLFile, trust, true, c.Logger)
-			if err != nil {
+			if creds.rev, err = pki.NewRevocations(c.CRLFile, trust, true, c.Logger); err != nil {
 				return nil, fmt.Errorf("server certificate revocation list: %w", err)
 			}
-			pki.RefuseRevoked(cfg, rev)
+			pki.RefuseRevoked(cfg, creds.rev)
 		}
-		opts = append(opts, grpc.WithTransportCredentials(&clientCreds{cfg: cfg, trust: trust}))
+		opts = append(opts, grpc.WithTransportCredentials(creds))
 	case c.CertFile != "" || c.CRLFile != "":
 		return nil, errors.New("a client certificate or a revocation list needs the CA that verifies the server")
 	case c.Insecure || c.Unix:
@@ -87,14 +89,77 @@ func (b bearerToken) RequireTransportSecurity() bool { return b.secure }
 
 // clientCreds are TLS transport credentials whose CAs follow their file: each handshake verifies
 // the server against the CAs the file holds then (pki.WithCurrentRoots), so an agent trusts a CA
-// added to its CA file without a restart.
+// added to its CA file without a restart. A connection stays under watch: once its server's
+// certificate is revoked (rev) or its CA leaves the CA file, the connection is closed, so that a
+// long Sync stream does not outlive the server's credentials (the next handshake refuses them).
 type clientCreds struct {
 	cfg   *tls.Config
 	trust *pki.Trust
+	rev   *pki.Revocations // nil without a revocation list
+	log   *slog.Logger
 }
 
-func (c *clientCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return credentials.NewTLS(pki.WithCurrentRoots(c.cfg, c.trust)).ClientHandshake(ctx, authority, conn)
+// serverCheckInterval is how often an open connection's server certificate is checked again.
+const serverCheckInterval = time.Second
+
+func (c *clientCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := credentials.NewTLS(pki.WithCurrentRoots(c.cfg, c.trust)).ClientHandshake(ctx, authority, raw)
+	if err != nil {
+		return conn, info, err
+	}
+	tlsInfo, ok := info.(credentials.TLSInfo)
+	if !ok || len(tlsInfo.State.VerifiedChains) == 0 {
+		return conn, info, nil
+	}
+	w := &watchedConn{Conn: conn, done: make(chan struct{})}
+	go w.watch(func() error { return c.refused(tlsInfo.State) }, c.log)
+	return w, info, nil
+}
+
+// refused tells why the server of an open connection would not be accepted now (nil: it would).
+func (c *clientCreds) refused(cs tls.ConnectionState) error {
+	if c.rev != nil {
+		if err := c.rev.CheckPeer(cs); err != nil {
+			return err
+		}
+	}
+	for _, chain := range cs.VerifiedChains {
+		if c.trust.Trusts(chain[len(chain)-1]) {
+			return nil
+		}
+	}
+	return errors.New("the server's certificate is of a CA no longer in the CA file")
+}
+
+// watchedConn is a client connection closed once its server's certificate is refused.
+type watchedConn struct {
+	net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func (w *watchedConn) Close() error {
+	w.once.Do(func() { close(w.done) })
+	return w.Conn.Close()
+}
+
+func (w *watchedConn) watch(refused func() error, log *slog.Logger) {
+	t := time.NewTicker(serverCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.done:
+			return
+		case <-t.C:
+			if err := refused(); err != nil {
+				if log != nil {
+					log.Warn("connection closed: the server's certificate is no longer accepted", "server", w.RemoteAddr(), "err", err)
+				}
+				w.Close()
+				return
+			}
+		}
+	}
 }
 
 func (c *clientCreds) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, error) {

@@ -437,14 +437,24 @@ func TestRevokedServerCertificate(t *testing.T) {
 	if _, err := pki.Revoke(s.pkiDir, nil, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	wantCode(t, "server not revoked", list(s.dial(t, client{token: s.admin, crl: true})), codes.OK)
+	open := s.dial(t, client{token: s.admin, crl: true})
+	wantCode(t, "server not revoked", list(open), codes.OK)
 
 	srv, err := pki.ReadCertFile(filepath.Join(s.pkiDir, pki.ServerCert))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pki.Revoke(s.pkiDir, []*x509.Certificate{srv}, time.Now()); err != nil {
+	revokedAt := time.Now()
+	if _, err := pki.Revoke(s.pkiDir, []*x509.Certificate{srv}, revokedAt); err != nil {
 		t.Fatal(err)
+	}
+	// A connection made before the revocation is closed within about two seconds (the list is
+	// looked at once a second, the connection checked once a second); the calls after it fail.
+	for list(open) == nil && time.Since(revokedAt) < 5*time.Second {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if took := time.Since(revokedAt); took > 3*time.Second {
+		t.Errorf("the connection open before the revocation still served calls %s after it", took.Round(time.Millisecond))
 	}
 	err = list(s.dial(t, client{token: s.admin, crl: true}))
 	wantCode(t, "revoked server", err, codes.Unavailable)
