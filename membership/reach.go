@@ -133,7 +133,7 @@ func (m *Member) checkReach(name string) bool {
 		return false
 	}
 	m.checking[name] = true
-	addr, dial := p.Addr.String(), m.dial
+	addr := p.Addr.String()
 	m.wg.Add(1) // under m.mu, before Shutdown sets closed and waits
 	m.mu.Unlock()
 
@@ -146,6 +146,9 @@ func (m *Member) checkReach(name string) bool {
 				m.endCheck(name)
 				return
 			}
+			m.mu.Lock()
+			dial := m.dial // read each round: a test cuts a host by replacing it, also mid-check
+			m.mu.Unlock()
 			answered, ok := m.dialRound(dial, addr, answeredOnce)
 			if !ok {
 				return // shutting down
