@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 
@@ -275,38 +276,38 @@ type batchFaultKV struct {
 }
 
 func (k batchFaultKV) Txn(ctx context.Context) clientv3.Txn {
-	return &faultTxn{Txn: k.KV.Txn(ctx), kv: k}
+	return &seenTxn{Txn: k.KV.Txn(ctx), commit: func(txn clientv3.Txn, then []clientv3.Op) (*clientv3.TxnResponse, error) {
+		batch := slices.ContainsFunc(then, clientv3.Op.IsTxn)
+		if batch && k.refuse != nil {
+			return nil, k.refuse
+		}
+		resp, err := txn.Commit()
+		if batch && err == nil && k.lose != nil {
+			return nil, k.lose
+		}
+		return resp, err
+	}}
 }
 
-type faultTxn struct {
+// seenTxn passes a transaction on to etcd, and its commit to commit, which sees its Then operations:
+// test KVs that act on some transactions.
+type seenTxn struct {
 	clientv3.Txn
-	kv    batchFaultKV
-	batch bool
+	then   []clientv3.Op
+	commit func(txn clientv3.Txn, then []clientv3.Op) (*clientv3.TxnResponse, error)
 }
 
-func (t *faultTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
-func (t *faultTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+func (t *seenTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
+func (t *seenTxn) Else(ops ...clientv3.Op) clientv3.Txn {
 	t.Txn = t.Txn.Else(ops...)
 	return t
 }
-func (t *faultTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	for _, op := range ops {
-		t.batch = t.batch || op.IsTxn()
-	}
+func (t *seenTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	t.then = append(t.then, ops...)
 	t.Txn = t.Txn.Then(ops...)
 	return t
 }
-
-func (t *faultTxn) Commit() (*clientv3.TxnResponse, error) {
-	if t.batch && t.kv.refuse != nil {
-		return nil, t.kv.refuse
-	}
-	resp, err := t.Txn.Commit()
-	if t.batch && err == nil && t.kv.lose != nil {
-		return nil, t.kv.lose
-	}
-	return resp, err
-}
+func (t *seenTxn) Commit() (*clientv3.TxnResponse, error) { return t.commit(t.Txn, t.then) }
 
 // A batch whose answer is lost after etcd committed it gives every create of it that error, as one
 // transaction would: none is run again, which would report "already exists" for its own network.

@@ -234,35 +234,13 @@ type afterReadKV struct {
 }
 
 func (k *afterReadKV) Txn(ctx context.Context) clientv3.Txn {
-	return &hookedTxn{Txn: k.KV.Txn(ctx), kv: k}
-}
-
-type hookedTxn struct {
-	clientv3.Txn
-	kv    *afterReadKV
-	reads bool
-}
-
-func (t *hookedTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
-func (t *hookedTxn) Else(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Else(ops...)
-	return t
-}
-
-func (t *hookedTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	for _, op := range ops {
-		t.reads = t.reads || op.IsGet() && string(op.KeyBytes()) == t.kv.key
-	}
-	t.Txn = t.Txn.Then(ops...)
-	return t
-}
-
-func (t *hookedTxn) Commit() (*clientv3.TxnResponse, error) {
-	resp, err := t.Txn.Commit()
-	if t.reads {
-		t.kv.hook()
-	}
-	return resp, err
+	return &seenTxn{Txn: k.KV.Txn(ctx), commit: func(txn clientv3.Txn, then []clientv3.Op) (*clientv3.TxnResponse, error) {
+		resp, err := txn.Commit()
+		if slices.ContainsFunc(then, func(op clientv3.Op) bool { return op.IsGet() && string(op.KeyBytes()) == k.key }) {
+			k.hook()
+		}
+		return resp, err
+	}}
 }
 
 // afterGetKV runs hook right after each Get of key has returned: another replica's write landing
