@@ -62,8 +62,11 @@ func GatewayMAC(vni uint32) string {
 // networkName is how messages name a network: tenant/name, never its internal id.
 func networkName(n *vxfabricv1.Network) string { return n.Tenant + "/" + n.Name }
 
-// InterfaceName is the host interface name of a port: "vxp" + id, 13 characters.
-func InterfaceName(portID string) string { return "vxp" + portID }
+// InterfacePrefix starts the host interface name of every port (InterfaceName).
+const InterfacePrefix = "vxp"
+
+// InterfaceName is the host interface name of a port: InterfacePrefix + id, 13 characters.
+func InterfaceName(portID string) string { return InterfacePrefix + portID }
 
 // nextVNI returns the candidate VNI of attempt n.
 func (a *Allocator) nextVNI(ctx context.Context, n int) (uint32, error) {

@@ -197,4 +197,9 @@ var sentinelCodes = []struct {
 	{store.ErrFailedPrecondition, codes.FailedPrecondition}, // ErrStale and ErrRequestMismatch included
 	{store.ErrExhausted, codes.ResourceExhausted},
 	{store.ErrContention, codes.Aborted},
+	{errAdminOnly, codes.PermissionDenied},
 }
+
+// errAdminOnly: a change that only an admin may make, decided on the stored resource (what the auth
+// policy decides on the request alone, it refuses before the call gets here).
+var errAdminOnly = errors.New("needs an admin")

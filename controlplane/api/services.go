@@ -163,6 +163,12 @@ func (s *NetworkServer) UpdateNetwork(ctx context.Context, req *vxfabricv1.Updat
 		return nil, s.toStatus(err)
 	}
 	n, err := s.store.UpdateNetwork(ctx, req.Tenant, req.Name, req.ExpectedRevision, func(n *vxfabricv1.Network) error {
+		// A bridged network's bridge carries its uplink host's own LAN address: its MTU is that
+		// host's, which is a decision about the host, as making the network was.
+		if n.Mode == vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED && n.Mtu != req.Mtu && !isAdmin(ctx) {
+			return fmt.Errorf("network %s/%s: changing the MTU of a bridged network (the MTU of host %s's LAN address) %w",
+				n.Tenant, n.Name, n.GetUplink().GetNode(), errAdminOnly)
+		}
 		n.Mtu = req.Mtu
 		return nil
 	})

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	"github.com/vxfabric/vxfabric/controlplane/store"
+	"github.com/vxfabric/vxfabric/overlay"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
@@ -167,6 +168,10 @@ func validInterface(s string) error {
 	}
 	if bad {
 		return invalid("interface %s: want a Linux interface name of 1-15 characters, without '/', ':', quotes or spaces", quoted(s))
+	}
+	if overlay.IsDeviceName(s) || strings.HasPrefix(s, alloc.InterfacePrefix) {
+		return invalid("interface %s: names starting %q, %q or %q are vxfabric's own bridges, vxlan devices and ports, want the host's NIC",
+			quoted(s), overlay.BridgePrefix, overlay.VxlanPrefix, alloc.InterfacePrefix)
 	}
 	return nil
 }

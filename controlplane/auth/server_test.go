@@ -160,6 +160,44 @@ func TestRealServerTenantIsolation(t *testing.T) {
 	wantCode(t, "plaintext admin on TCP", err, codes.Unavailable)
 }
 
+// A bridged network's bridge carries its uplink host's LAN address, so its MTU is that host's: a
+// tenant may not change it, an admin may.
+func TestRealServerBridgedMTUNeedsAnAdmin(t *testing.T) {
+	s := startRealServer(t)
+	ctx := ctxT(t)
+	adm := s.dial(t, client{token: s.admin})
+	if _, err := vxfabricv1.NewTenantServiceClient(adm).CreateTenant(ctx, &vxfabricv1.CreateTenantRequest{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	admNets := vxfabricv1.NewNetworkServiceClient(adm)
+	for _, r := range []*vxfabricv1.CreateNetworkRequest{
+		{Tenant: "a", Name: "lan", Cidr: "192.168.77.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "eth1"}},
+		{Tenant: "a", Name: "web", Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT},
+	} {
+		if _, err := admNets.CreateNetwork(ctx, r); err != nil {
+			t.Fatalf("create %s: %v", r.Name, err)
+		}
+	}
+	tok, err := vxfabricv1.NewTokenServiceClient(adm).CreateToken(ctx, &vxfabricv1.CreateTokenRequest{Tenant: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nets := vxfabricv1.NewNetworkServiceClient(s.dial(t, client{token: tok.GetSecret()}))
+
+	_, err = nets.UpdateNetwork(ctx, &vxfabricv1.UpdateNetworkRequest{Name: "lan", Mtu: 1000})
+	wantCode(t, "tenant a changes its bridged network's MTU", err, codes.PermissionDenied)
+	if got, err := admNets.GetNetwork(ctx, &vxfabricv1.GetNetworkRequest{Tenant: "a", Name: "lan"}); err != nil || got.GetNetwork().GetMtu() == 1000 {
+		t.Errorf("a/lan after the tenant's refused change: %v, %v", got, err)
+	}
+	_, err = nets.UpdateNetwork(ctx, &vxfabricv1.UpdateNetworkRequest{Name: "web", Mtu: 1000})
+	wantCode(t, "tenant a changes its nat network's MTU", err, codes.OK)
+	got, err := admNets.UpdateNetwork(ctx, &vxfabricv1.UpdateNetworkRequest{Tenant: "a", Name: "lan", Mtu: 1000})
+	wantCode(t, "admin changes a/lan's MTU", err, codes.OK)
+	if got.GetNetwork().GetMtu() != 1000 {
+		t.Errorf("a/lan after the admin's change: %v", got)
+	}
+}
+
 // A tenant's refusals do not name what NodeService (admin-only) hides: a tenant creating a network
 // over a host's underlay address is told that much, an admin which node and address it is.
 func TestRealServerVTEPRefusalNamesTheNodeOnlyToAdmins(t *testing.T) {

@@ -97,6 +97,15 @@ func TestInvalidInputsWriteNothing(t *testing.T) {
 		{"uplink bad interface", net(func(r *vxfabricv1.CreateNetworkRequest) {
 			r.Mode, r.Uplink = bridged, &vxfabricv1.Uplink{Node: "h1", Interface: "a-very-long-interface"}
 		}), inv},
+		{"uplink is our bridge", net(func(r *vxfabricv1.CreateNetworkRequest) {
+			r.Mode, r.Uplink = bridged, &vxfabricv1.Uplink{Node: "h1", Interface: "vxbr4096"}
+		}), inv},
+		{"uplink is our vxlan device", net(func(r *vxfabricv1.CreateNetworkRequest) {
+			r.Mode, r.Uplink = bridged, &vxfabricv1.Uplink{Node: "h1", Interface: "vxlan4096"}
+		}), inv},
+		{"uplink is a port's interface", net(func(r *vxfabricv1.CreateNetworkRequest) {
+			r.Mode, r.Uplink = bridged, &vxfabricv1.Uplink{Node: "h1", Interface: "vxp0123456789"}
+		}), inv},
 		{"network of unknown tenant", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Tenant = "nobody" }), codes.NotFound},
 		{"network name taken", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Name = "web" }), codes.AlreadyExists},
 		{"vni taken", net(func(r *vxfabricv1.CreateNetworkRequest) { r.Vni = web.Vni }), codes.AlreadyExists},
