@@ -34,9 +34,10 @@ func modeName(m vxfabricv1.NetworkMode) string {
 // CIDRs (a key per port, written and deleted with the port's binding to the node). Binding a port
 // to a node (create or move) reads the node's part of the index, refuses when an overlapping
 // network is there, and its transaction compares that no key was added to that part since the
-// read. Two concurrent binds on one node into overlapping networks are so settled by etcd: the
-// second one fails its compare, reads again and is refused. The work and the transaction do not
-// grow with the fabric: one compare, and a read of what the node hosts. Ports created before the
+// read (other than keys of the port's own network). Two concurrent binds on one node into
+// overlapping networks are so settled by etcd: the second one fails its compare, reads again and is
+// refused. The work and the transaction do not grow with the fabric: two range compares, and a read
+// of what the node hosts. Ports created before the
 // index existed have no index key and are not seen.
 type gatewayGuard struct {
 	node    string
@@ -88,12 +89,20 @@ func nodeCIDRPrefixOf(node string) string { return NodeCIDRPrefix + node + "/" }
 
 func (g *gatewayGuard) active() bool { return g.network != nil }
 
-// cmps holds while no network was added to the node's part of the index since the read.
+// cmps holds while no other network was added to the node's part of the index since the read. The
+// port's own network is left out (two ranges, on either side of its keys): ports of one network
+// binding to one node at once neither fail each other's compare nor wait for separate batches.
 func (g *gatewayGuard) cmps() []clientv3.Cmp {
 	if !g.active() {
 		return nil
 	}
-	return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(nodeCIDRPrefixOf(g.node)), "<", g.rev+1).WithPrefix()}
+	node := nodeCIDRPrefixOf(g.node)
+	own := node + g.network.Id + "/"
+	after := node + g.network.Id + string(rune('/'+1)) // the first key after every key of own
+	return []clientv3.Cmp{
+		clientv3.Compare(clientv3.CreateRevision(node), "<", g.rev+1).WithRange(own),
+		clientv3.Compare(clientv3.CreateRevision(after), "<", g.rev+1).WithRange(clientv3.GetPrefixRangeEnd(node)),
+	}
 }
 
 // put writes the port's node-cidr index key.

@@ -689,6 +689,53 @@ func TestGatewayGuardDoesNotGrowWithTheFabric(t *testing.T) {
 	}
 }
 
+// TestPortsOfOneNetworkBindToOneNodeAtOnce: the gateway guard leaves a port's own network out of
+// its compare, so a burst of ports of one nat network onto one node (a lab starting its VMs) all
+// succeed; before, each port's index key failed the others' compares and most ended Aborted.
+func TestPortsOfOneNetworkBindToOneNodeAtOnce(t *testing.T) {
+	st, _ := newTestStore(t)
+	ctx := testCtx(t)
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	n := &vxfabricv1.Network{Id: "00000000aa", Tenant: "acme", Name: "web", Cidr: "10.0.0.0/16", Gateway: "10.0.0.1",
+		Vni: 100, Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT}
+	if _, err := st.CreateNetwork(ctx, n, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	const count = 400
+	errs := make(chan error, count)
+	for i := range count {
+		go func() {
+			_, err := st.CreatePort(ctx, &vxfabricv1.Port{Id: fmt.Sprintf("p%09d", i), Tenant: "acme", Network: "web",
+				NetworkId: n.Id, Name: fmt.Sprintf("vm%d", i), Node: "h1", Ip: fmt.Sprintf("10.0.%d.%d", 1+i/250, 2+i%250),
+				Mac: fmt.Sprintf("0e:00:00:00:%02x:%02x", i>>8, i&0xff)}, "")
+			errs <- err
+		}()
+	}
+	failed := 0
+	for range count {
+		if err := <-errs; err != nil {
+			if failed++; failed == 1 {
+				t.Errorf("a port create of the burst: %v", err)
+			}
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d concurrent port creates into one network on one node failed", failed, count)
+	}
+	// The guard still refuses another network that overlaps.
+	other := &vxfabricv1.Network{Id: "00000000bb", Tenant: "acme", Name: "db", Cidr: "10.0.5.0/24", Gateway: "10.0.5.1",
+		Vni: 101, Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED}
+	if _, err := st.CreateNetwork(ctx, other, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreatePort(ctx, &vxfabricv1.Port{Id: "q000000001", Tenant: "acme", Network: "db", NetworkId: other.Id,
+		Name: "db1", Node: "h1", Ip: "10.0.5.2", Mac: "0e:00:00:01:00:01"}, ""); !errors.Is(err, ErrFailedPrecondition) {
+		t.Errorf("port of acme/db on h1, which hosts acme/web: %v, want ErrFailedPrecondition", err)
+	}
+}
+
 // TestDeleteRacingADeleteIsNotFound: a delete with the expected revision that loses to another
 // replica's delete of the same port or network answers ErrNotFound (it is gone), not ErrStale.
 func TestDeleteRacingADeleteIsNotFound(t *testing.T) {
