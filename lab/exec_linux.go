@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -29,6 +30,9 @@ type Stdio struct {
 	Stdout, Stderr io.Writer
 }
 
+// execGrace is how long a cancelled command has to end after its SIGINT.
+const execGrace = 3 * time.Second
+
 // Exec runs argv inside the namespace of target (a host, a VM, or a role: outside, lan, ctl, ul).
 // A command that runs and fails returns an *ExitError with its status.
 func (l *Lab) Exec(ctx context.Context, target string, argv []string, stdio Stdio) error {
@@ -43,8 +47,17 @@ func (l *Lab) Exec(ctx context.Context, target string, argv []string, stdio Stdi
 		return fmt.Errorf("exec in %s: namespace %s does not exist (is the lab up?)", target, ns)
 	}
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
+	// Cancelled (^C at the terminal, a caller's deadline), the command gets SIGINT, as at a terminal,
+	// so that it ends its own way (ping prints its summary, tcpdump flushes its file), and SIGKILL
+	// only if it is still running execGrace later.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGINT) }
+	cmd.WaitDelay = execGrace
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
 	err = cmd.Run()
+	if ctx.Err() != nil && cmd.ProcessState != nil {
+		// Stopped by the cancellation, whatever status it then chose: 130, as a shell reports ^C.
+		return &ExitError{Code: 130, Err: fmt.Errorf("%s in %s: stopped (%w)", argv[0], target, ctx.Err())}
+	}
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
 		return &ExitError{Code: exitErr.ExitCode(), Err: fmt.Errorf("%s in %s: %w", argv[0], target, err)}

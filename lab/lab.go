@@ -297,6 +297,9 @@ type meta struct {
 	Hosts   int       `json:"hosts"`
 	Bin     string    `json:"bin"`
 	Created time.Time `json:"created"`
+	// NamespacePrefix is Config.NamespacePrefix of the lab (absent in labs of earlier versions,
+	// which had DefaultNamespacePrefix).
+	NamespacePrefix string `json:"namespace_prefix,omitempty"`
 }
 
 // ErrNoLab means the lab has not been brought up (or was taken down).
@@ -320,6 +323,7 @@ func Open(cfg Config) (*Lab, error) {
 		return nil, err
 	}
 	l.cfg.Hosts = m.Hosts
+	l.adoptRecordedPrefix()
 	if cfg.Bin == "-" {
 		l.cfg.Bin = m.Bin
 	}
@@ -348,8 +352,21 @@ func (l *Lab) readMeta() (meta, error) {
 	return m, nil
 }
 
+// adoptRecordedPrefix takes the namespace prefix the lab's record names, if any: commands on a lab
+// act on its namespaces whatever --namespace-prefix they were given.
+func (l *Lab) adoptRecordedPrefix() {
+	data, err := os.ReadFile(l.metaPath())
+	if err != nil {
+		return
+	}
+	var m meta
+	if json.Unmarshal(data, &m) == nil && nsPrefixRE().MatchString(m.NamespacePrefix) {
+		l.cfg.NamespacePrefix = m.NamespacePrefix
+	}
+}
+
 func (l *Lab) writeMeta(created time.Time) error {
-	m := meta{Name: l.cfg.Name, Hosts: l.cfg.Hosts, Bin: l.cfg.Bin, Created: created}
+	m := meta{Name: l.cfg.Name, Hosts: l.cfg.Hosts, Bin: l.cfg.Bin, Created: created, NamespacePrefix: l.cfg.NamespacePrefix}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err

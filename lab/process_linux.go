@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -245,6 +246,12 @@ func (l *Lab) labProcesses() ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
+	return processesIn(nss, l.ownsProcess)
+}
+
+// processesIn lists the processes whose network namespace is one of the named ones, or for which
+// also (when not nil) holds. The calling process and its ancestors are left out.
+func processesIn(nss []string, also func(pid int) bool) ([]int, error) {
 	ids := map[nsID]bool{}
 	for _, ns := range nss {
 		if id, ok := statNS(filepath.Join(netnsDir, ns)); ok {
@@ -266,11 +273,31 @@ func (l *Lab) labProcesses() ([]int, error) {
 			continue
 		}
 		id, ok := statNS("/proc/" + e.Name() + "/ns/net")
-		if (ok && ids[id]) || l.ownsProcess(pid) {
+		if (ok && ids[id]) || (also != nil && also(pid)) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids, nil
+}
+
+// killProcessesIn kills (SIGKILL) every process in the named namespace and waits until they are
+// gone: a process left there would keep the namespace, and the port's link, alive after the name is
+// removed, where nothing would find it again.
+func killProcessesIn(ctx context.Context, ns string) error {
+	pids, err := processesIn([]string{ns}, nil)
+	if err != nil || len(pids) == 0 {
+		return err
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	err = poll(ctx, 5*time.Second, func() (bool, error) {
+		return !slices.ContainsFunc(pids, processAlive), nil
+	})
+	if err != nil {
+		return fmt.Errorf("processes %v in namespace %s still alive after SIGKILL: %w", pids, ns, err)
+	}
+	return nil
 }
 
 func parentPid(pid int) int {

@@ -75,7 +75,14 @@ func (l *Lab) Up(ctx context.Context) error {
 // for processes in the lab's namespaces or naming its state directory, so that it also works after
 // a crash), its namespaces with every link and nftables rule inside them, its state directory and
 // the client profile if it points at this lab. Taking down a lab that is not there is success.
+//
+// An interrupt (^C, ctx cancelled) does not stop it halfway, which would leave namespaces behind a
+// lab that no command lists any more: it runs to its end, within downTimeout. The state directory,
+// which names the lab, goes last, and only once the lab's namespaces are gone.
 func (l *Lab) Down(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), downTimeout)
+	defer cancel()
+	l.adoptRecordedPrefix()
 	var errs []error
 	if err := l.killAll(ctx); err != nil {
 		errs = append(errs, err)
@@ -88,6 +95,9 @@ func (l *Lab) Down(ctx context.Context) error {
 		if err := deleteNamespace(ctx, ns); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("lab %q down: %w", l.Name(), errors.Join(errs...))
 	}
 	if err := l.removeProfile(); err != nil {
 		errs = append(errs, err)
@@ -104,6 +114,9 @@ func (l *Lab) Down(ctx context.Context) error {
 	l.log.Info("lab down", "namespaces", len(nss))
 	return nil
 }
+
+// downTimeout bounds a Down, which no cancellation stops.
+const downTimeout = 2 * time.Minute
 
 // killAll kills every process of the lab with SIGKILL (the lab's state goes with it, so there is
 // nothing to stop gracefully) and waits until they are gone.

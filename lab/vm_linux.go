@@ -333,7 +333,9 @@ func (l *Lab) deleteVM(ctx context.Context, c *Client, name string, ports []*vxf
 			errs = append(errs, fmt.Errorf("delete port %s/%s: %w", p.GetTenant(), p.GetName(), err))
 		}
 	}
-	if err := deleteNamespace(ctx, l.VMNamespace(name)); err != nil {
+	if err := killProcessesIn(ctx, l.VMNamespace(name)); err != nil {
+		errs = append(errs, err)
+	} else if err := deleteNamespace(ctx, l.VMNamespace(name)); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {

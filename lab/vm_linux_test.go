@@ -1,11 +1,13 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -81,5 +83,71 @@ func TestPrivilegedDeleteVM(t *testing.T) {
 	}
 	if err := l.DeleteVM(ctx, "half"); !errors.Is(err, ErrNoSuchVM) {
 		t.Fatalf("delete the deleted VM again: %v, want ErrNoSuchVM", err)
+	}
+
+	// A VM with a command still running in it (`lab exec busy -- iperf3 -s` in another terminal):
+	// the command goes with the VM. Left running, it would keep the namespace, and the port's link,
+	// alive after its name is gone, where nothing finds it again.
+	busy := l.VMNamespace("busy")
+	if err := ensureNamespace(ctx, busy); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = deleteNamespace(context.Background(), busy) })
+	sleeper := exec.Command("ip", "netns", "exec", busy, "sleep", "300")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- sleeper.Wait() }()
+	t.Cleanup(func() { _ = sleeper.Process.Kill() })
+	if err := l.DeleteVM(ctx, "busy"); err != nil {
+		t.Fatalf("delete a VM with a command running in it: %v", err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the command running in the deleted VM is still alive")
+	}
+	if namespaceExists(busy) {
+		t.Errorf("namespace %s left after the VM's delete", busy)
+	}
+}
+
+// A cancelled `lab exec` (^C) lets the command end its own way: it gets SIGINT, as at a terminal,
+// not SIGKILL, so ping prints its summary and tcpdump flushes its file; the status is 130.
+func TestPrivilegedExecInterruptedEndsTheCommandItsOwnWay(t *testing.T) {
+	privileged(t)
+	l := testLab(t, 1)
+	ns := l.Namespace(RoleOutside)
+	if err := ensureNamespace(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = deleteNamespace(context.Background(), ns) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- l.Exec(ctx, RoleOutside, []string{"sh", "-c", "trap 'echo summary; exit 0' INT; echo started; while :; do sleep 0.1; done"},
+			Stdio{Stdout: &out})
+	}()
+	time.Sleep(300 * time.Millisecond) // the shell sets its trap
+	began := time.Now()
+	cancel()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(2 * execGrace):
+		t.Fatal("the interrupted command did not end")
+	}
+	var exit *ExitError
+	if !errors.As(err, &exit) || exit.Code != 130 || !errors.Is(err, context.Canceled) {
+		t.Errorf("interrupted exec: %v, want status 130 wrapping context.Canceled", err)
+	}
+	if took := time.Since(began); took >= execGrace {
+		t.Errorf("the command ended %s after the interrupt: it was killed, not interrupted", took)
+	}
+	if got := out.String(); got != "started\nsummary\n" {
+		t.Errorf("the command wrote %q, want its trap's summary after its start", got)
 	}
 }

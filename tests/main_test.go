@@ -12,9 +12,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,10 +28,14 @@ import (
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
-// The suite's lab: its own name and namespace prefix, so that it never meets a user's lab.
+// The suite's lab: its own name, namespace prefix and state root, so that it never meets a user's
+// lab (a user's `vxfab lab down` or `lab status` lists the labs of the default root only). Runs of
+// the suite on one machine take turns through lockPath.
 const (
-	labName  = "e2e"
-	nsPrefix = "vxt-"
+	labName   = "e2e"
+	nsPrefix  = "vxt-"
+	stateRoot = "/run/vxfabric/tests"
+	lockPath  = "/run/vxfabric/tests.lock"
 )
 
 var suite struct {
@@ -61,7 +67,7 @@ func TestMain(m *testing.M) {
 // vxfab runs the binary under test; "lab" commands are pointed at the suite's lab.
 func vxfab(ctx context.Context, args ...string) (string, error) {
 	if len(args) > 0 && args[0] == "lab" {
-		args = append([]string{"lab", "--name=" + labName, "--namespace-prefix=" + nsPrefix}, args[1:]...)
+		args = append([]string{"lab", "--name=" + labName, "--namespace-prefix=" + nsPrefix, "--state-root=" + stateRoot}, args[1:]...)
 	}
 	cmd := exec.CommandContext(ctx, os.Getenv("VXFAB_BIN"), args...)
 	var out bytes.Buffer
@@ -104,6 +110,9 @@ func requireLab(t *testing.T) *lab.Lab {
 		t.Skipf("VXFAB_BIN=%s is not an executable: run `make build`", bin)
 	}
 	suite.once.Do(func() {
+		if suite.err = takeTurn(t); suite.err != nil {
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if out, err := vxfab(ctx, "lab", "down"); err != nil {
@@ -120,6 +129,7 @@ func requireLab(t *testing.T) *lab.Lab {
 		cfg := lab.Default()
 		cfg.Name = labName
 		cfg.NamespacePrefix = nsPrefix
+		cfg.StateRoot = stateRoot
 		suite.l, suite.err = lab.Open(cfg)
 	})
 	if suite.err != nil {
@@ -377,4 +387,24 @@ func restoreOnCleanup(t *testing.T, args ...string) {
 			t.Errorf("cleanup: %v\n%s", err, out)
 		}
 	})
+}
+
+// takeTurn waits until no other run of the suite on this machine holds the lab, and keeps it until
+// this process exits (the kernel drops the lock with the process, also after a crash).
+func takeTurn(t *testing.T) error {
+	if err := os.MkdirAll(filepath.Dir(lockPath), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+		return nil // f stays open: the lock lasts as long as the process
+	}
+	t.Logf("another run of the suite holds the lab (%s): waiting for it", lockPath)
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s: %w", lockPath, err)
+	}
+	return nil
 }
