@@ -45,6 +45,11 @@ type run struct {
 	// keepForwardingMark: forwardingOff failed, so the inet table (with ForwardingMarkChain) stays
 	// even with nothing else in it, for a later Apply to try again.
 	keepForwardingMark bool
+	// routes are the host's IPv4 routes of the main table, read at the first gateway checked
+	// (underlayClash); routesErr is why they could not be read.
+	routes     []netlink.Route
+	routesRead bool
+	routesErr  error
 }
 
 func (r *run) change(op overlay.Op, obj string) {
@@ -322,6 +327,13 @@ func (r *run) ensureBridgeAddrs(n overlay.Network, br netlink.Link) {
 	var want netip.Prefix // none: an isolated network's bridge has no address
 	if n.HasGateway() {
 		want = netip.PrefixFrom(n.Gateway, n.CIDR.Bits())
+		if err := r.underlayClash(want.Masked(), br); err != nil {
+			// The gateway's connected route would take the host's own traffic to those addresses
+			// into the bridge: the host would lose its servers or its peers. One already there (put
+			// by an earlier version) goes with the stale ones below.
+			r.fail(overlay.AddrObject(n.VNI, want), err)
+			want = netip.Prefix{}
+		}
 	}
 	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(br, netlink.FAMILY_V4) })
 	if err != nil {
@@ -352,6 +364,76 @@ func (r *run) ensureBridgeAddrs(n overlay.Network, br netlink.Link) {
 		}
 		r.change(overlay.OpDelete, overlay.AddrObject(n.VNI, p))
 	}
+}
+
+// underlayClash refuses a gateway prefix that would capture traffic the host sends outside the
+// fabric: one that overlaps a route of the host's main table on another link than the network's
+// own bridge (br), or holds a gateway of the host's default routes, its VTEP or an address of
+// DesiredState.Infrastructure (its servers). The server refuses such networks when it can see the
+// clash (a VTEP in the CIDR); this is the host's own check, with its own routes.
+func (r *run) underlayClash(p netip.Prefix, br netlink.Link) error {
+	if !r.routesRead {
+		r.routesRead = true
+		r.routes, r.routesErr = retryDump(func() ([]netlink.Route, error) {
+			return r.d.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		})
+	}
+	if r.routesErr != nil {
+		return fmt.Errorf("read the host's routes to check gateway %s against them: %w", p, r.routesErr)
+	}
+	holds := func(a netip.Addr, what string) error {
+		if a.IsValid() && p.Contains(a.Unmap()) {
+			return fmt.Errorf("cidr %s holds %s %s: its gateway would cut the host off it", p, what, a.Unmap())
+		}
+		return nil
+	}
+	if err := holds(r.desired.Underlay.VTEP, "the host's vtep"); err != nil {
+		return err
+	}
+	for _, a := range r.desired.Infrastructure {
+		if err := holds(a, "the fabric's underlay address"); err != nil {
+			return err
+		}
+	}
+	for _, rt := range r.routes {
+		if rt.LinkIndex == br.Attrs().Index && rt.LinkIndex != 0 {
+			continue
+		}
+		gws := []net.IP{rt.Gw}
+		for _, nh := range rt.MultiPath {
+			gws = append(gws, nh.Gw)
+		}
+		for _, gw := range gws {
+			if a, ok := netip.AddrFromSlice(gw); ok {
+				if err := holds(a, "the host's next hop"); err != nil {
+					return err
+				}
+			}
+		}
+		if rt.Dst == nil {
+			continue // a default route: its gateway is checked above
+		}
+		dst, ok := netip.AddrFromSlice(rt.Dst.IP)
+		ones, _ := rt.Dst.Mask.Size()
+		if !ok || ones == 0 {
+			continue
+		}
+		if d := netip.PrefixFrom(dst.Unmap(), ones); d.Overlaps(p) {
+			return fmt.Errorf("cidr %s overlaps the host's route to %s%s: its gateway would take that traffic into the network",
+				p, d, r.routeDevice(rt))
+		}
+	}
+	return nil
+}
+
+// routeDevice names a route's link for messages (" dev NAME"), or nothing.
+func (r *run) routeDevice(rt netlink.Route) string {
+	for name, l := range r.links {
+		if l.Attrs().Index == rt.LinkIndex {
+			return " dev " + name
+		}
+	}
+	return ""
 }
 
 func addrPrefix(a netlink.Addr) (netip.Prefix, bool) {

@@ -980,3 +980,63 @@ func TestPrivilegedForwardingMarkKeptWhenOffFails(t *testing.T) {
 		t.Errorf("our tables remain: %q, %v", out, err)
 	}
 }
+
+// TestPrivilegedGatewayNeverTakesTheHostsRoutes: a nat or routed network's gateway address is not
+// put on its bridge when its connected route would take traffic the host sends outside the fabric
+// (its underlay subnet, its servers): that would cut the host off. The network's other objects
+// still converge; one such address already there (an earlier version put it) is removed.
+func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "gwclash")
+	nstest.MustVeth(t, nstest.End{NS: ns, Name: "ul0"}, nstest.End{NS: nstest.New(t, "sw"), Name: "h1"})
+	ns.MustRun(t, "ip", "addr", "add", "198.18.4.11/24", "dev", "ul0")
+	ns.MustRun(t, "ip", "link", "set", "ul0", "up")
+	ns.MustRun(t, "ip", "route", "add", "default", "via", "198.18.4.254")
+	gw := func(vni uint32, mode overlay.Mode, cidr, gateway string) overlay.Network {
+		return overlay.Network{VNI: vni, Mode: mode, MTU: 1450, CIDR: netip.MustParsePrefix(cidr),
+			Gateway: netip.MustParseAddr(gateway), GatewayMAC: mustMAC(fmt.Sprintf("02:fb:00:00:00:%02x", vni))}
+	}
+	desired := overlay.DesiredState{
+		Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
+		Networks: []overlay.Network{
+			gw(30, overlay.ModeNAT, "198.18.4.0/29", "198.18.4.1"),   // the host's underlay subnet
+			gw(31, overlay.ModeRouted, "10.99.0.0/24", "10.99.0.1"), // holds a server, reached by the default route
+			gw(32, overlay.ModeNAT, "10.0.0.0/24", "10.0.0.1"),
+		},
+		Infrastructure: []netip.Addr{netip.MustParseAddr("10.99.0.5")},
+	}
+	underlayKept := func(when string) {
+		t.Helper()
+		for _, dst := range []string{"198.18.4.2", "10.99.0.5"} {
+			if out := ns.MustRun(t, "ip", "-4", "route", "get", dst); !strings.Contains(out, "dev ul0") {
+				t.Errorf("%s: the host's route to %s: %s, want it through ul0", when, dst, strings.TrimSpace(out))
+			}
+		}
+	}
+	res, _ := dp.Apply(context.Background(), desired)
+	var objs []string
+	for _, e := range res.Errors {
+		objs = append(objs, e.Object)
+	}
+	want := []string{overlay.AddrObject(30, netip.MustParsePrefix("198.18.4.1/29")), overlay.AddrObject(31, netip.MustParsePrefix("10.99.0.1/24"))}
+	if !slices.Equal(objs, want) {
+		t.Errorf("errors for %v, want %v", objs, want)
+	}
+	underlayKept("first apply")
+	if out := ns.MustRun(t, "ip", "-o", "-4", "addr", "show", "dev", "vxbr32"); !strings.Contains(out, "10.0.0.1/24") {
+		t.Errorf("vxbr32, which clashes with nothing: %q, want its gateway", out)
+	}
+	if out := ns.MustRun(t, "ip", "-o", "link", "show", "vxlan30"); !strings.Contains(out, "master vxbr30") {
+		t.Errorf("network 30's vxlan device: %q, want it in its bridge", out)
+	}
+
+	// An address an earlier version put there goes.
+	ns.MustRun(t, "ip", "addr", "add", "198.18.4.1/29", "dev", "vxbr30")
+	if _, err := dp.Apply(context.Background(), desired); err == nil {
+		t.Error("second apply: no error, want the clash reported again")
+	}
+	if out := ns.MustRun(t, "ip", "-o", "-4", "addr", "show", "dev", "vxbr30"); strings.TrimSpace(out) != "" {
+		t.Errorf("vxbr30 after the second apply: %q, want the clashing address removed", out)
+	}
+	underlayKept("second apply")
+}
