@@ -999,7 +999,7 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 	desired := overlay.DesiredState{
 		Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
 		Networks: []overlay.Network{
-			gw(30, overlay.ModeNAT, "198.18.4.0/29", "198.18.4.1"),   // the host's underlay subnet
+			gw(30, overlay.ModeNAT, "198.18.4.0/29", "198.18.4.1"),  // the host's underlay subnet
 			gw(31, overlay.ModeRouted, "10.99.0.0/24", "10.99.0.1"), // holds a server, reached by the default route
 			gw(32, overlay.ModeNAT, "10.0.0.0/24", "10.0.0.1"),
 		},
