@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -82,7 +83,8 @@ type tokenStore struct {
 	cli *clientv3.Client
 	ttl time.Duration
 	now func() time.Time
-	// maxEntries bounds the cache against a flood of made-up token ids (maxCacheEntries).
+	// maxEntries bounds the cache against a flood of made-up token ids (maxCacheEntries); such a
+	// flood evicts its own misses, not the lookups of real tokens.
 	maxEntries int
 
 	mu    sync.Mutex // guards cache and gen
@@ -305,7 +307,12 @@ func (s *tokenStore) authenticate(ctx context.Context, token string, fresh bool)
 		s.mu.Lock()
 		if s.gen == gen {
 			if len(s.cache) >= s.maxEntries {
-				clear(s.cache)
+				// A flood of made-up ids fills the cache with misses: they go, and the lookups of
+				// real tokens stay (all go only when real tokens alone fill it).
+				maps.DeleteFunc(s.cache, func(_ string, e cacheEntry) bool { return e.rec == nil })
+				if len(s.cache) >= s.maxEntries {
+					clear(s.cache)
+				}
 			}
 			s.cache[id] = e
 		}

@@ -273,3 +273,35 @@ func TestTokenCacheBounded(t *testing.T) {
 		t.Errorf("cache holds %d entries, bound %d", n, s.maxEntries)
 	}
 }
+
+// A flood of made-up token ids does not evict the lookups of real tokens: their callers keep being
+// answered from the cache, without a read of etcd each.
+func TestTokenCacheFloodKeepsRealTokens(t *testing.T) {
+	cli := startEtcd(t)
+	s := newTokenStore(cli, time.Hour)
+	s.maxEntries = 64
+	ctx := context.Background()
+	if _, err := cli.Put(ctx, tenantsPrefix+"a", "x"); err != nil {
+		t.Fatal(err)
+	}
+	rec, secret, err := s.create(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.authenticate(ctx, secret, false); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 * s.maxEntries {
+		_, _ = s.authenticate(ctx, fmt.Sprintf("vxft_%016x_AAAA", i), false)
+	}
+	s.mu.Lock()
+	e, ok := s.cache[rec.ID]
+	n := len(s.cache)
+	s.mu.Unlock()
+	if !ok || e.rec == nil {
+		t.Errorf("the real token's lookup was evicted by made-up ids")
+	}
+	if n > s.maxEntries {
+		t.Errorf("cache holds %d entries, bound %d", n, s.maxEntries)
+	}
+}
