@@ -82,11 +82,14 @@ type Agent struct {
 
 	current atomic.Pointer[string] // server of the open Sync stream, nil while disconnected
 
-	// repMu guards client, pending, lastSent and statusToken.
+	// repMu guards client, pending, lastSent, statusToken and underlay.
 	repMu    sync.Mutex
 	client   vxfabricv1.AgentServiceClient // of the current stream; nil while disconnected
 	pending  *report
 	lastSent *report
+	// underlay is the host's underlay routes as the last full Apply read them (nil: not yet), sent
+	// with every report (ReportAppliedRequest.underlay_routes).
+	underlay []string
 	// statusToken is the status_revision of the last successful report (0 after a failed one): any
 	// server replica judges the next report against a view holding that report's status writes.
 	statusToken int64
@@ -109,13 +112,33 @@ type Agent struct {
 }
 
 type report struct {
-	rev     int64
-	plugged []string
-	errors  []string // what the last Apply could not converge (reportErrors)
+	rev      int64
+	plugged  []string
+	errors   []string // what the last Apply could not converge (reportErrors)
+	underlay []string // Agent.underlay when queued
 }
 
 func (r *report) equal(o *report) bool {
-	return r != nil && o != nil && r.rev == o.rev && slices.Equal(r.plugged, o.plugged) && slices.Equal(r.errors, o.errors)
+	return r != nil && o != nil && r.rev == o.rev && slices.Equal(r.plugged, o.plugged) && slices.Equal(r.errors, o.errors) &&
+		slices.Equal(r.underlay, o.underlay)
+}
+
+// maxUnderlayRoutes is the server's bound on a report's underlay routes; a host with more reports
+// the first ones (the most specific of a host's routes are rarely what a tenant's CIDR meets).
+const maxUnderlayRoutes = 64
+
+// setUnderlay records the underlay routes a full Apply read (nil: it read none, keep the last).
+func (a *Agent) setUnderlay(routes []netip.Prefix) {
+	if routes == nil {
+		return
+	}
+	lines := make([]string, 0, min(len(routes), maxUnderlayRoutes))
+	for _, p := range routes[:min(len(routes), maxUnderlayRoutes)] {
+		lines = append(lines, p.String())
+	}
+	a.repMu.Lock()
+	a.underlay = lines
+	a.repMu.Unlock()
 }
 
 // The bounds of a report's errors, within the server's (32 lines of 512 bytes).
@@ -649,6 +672,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	start := time.Now()
 	res, err := a.cfg.Datapath.Apply(ctx, b.state)
 	a.met.reconcileDuration.Observe(time.Since(start).Seconds())
+	a.setUnderlay(res.UnderlayRoutes)
 	for _, c := range res.Changes {
 		a.log.Debug("kernel object written", "op", string(c.Op), "object", c.Object, "rev", b.revision)
 	}
@@ -690,7 +714,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 
 func (a *Agent) queueReport(rev int64, plugged, errors []string) {
 	a.repMu.Lock()
-	a.pending = &report{rev: rev, plugged: plugged, errors: errors}
+	a.pending = &report{rev: rev, plugged: plugged, errors: errors, underlay: a.underlay}
 	a.repMu.Unlock()
 	select {
 	case a.repKick <- struct{}{}:
@@ -733,7 +757,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 			}
 			resp, err := client.ReportApplied(rctx, &vxfabricv1.ReportAppliedRequest{
 				Node: a.cfg.Node, Revision: p.rev, PluggedPortIds: p.plugged, StatusRevision: token, Errors: errs,
-				Sequence: a.reportSeq.Add(1), GossipKeyringRevision: a.keyring.Load(),
+				Sequence: a.reportSeq.Add(1), GossipKeyringRevision: a.keyring.Load(), UnderlayRoutes: p.underlay,
 			})
 			cancel()
 			if err != nil {

@@ -165,6 +165,12 @@ type Result struct {
 	Plugged map[string]bool
 	// Errors lists the objects that could not be converged; Apply's error joins them.
 	Errors []ObjectError
+	// UnderlayRoutes is where the host sends traffic outside the fabric, as Apply read it from the
+	// kernel: the destinations of its routes other than the default route and those of its nat
+	// and routed networks' bridges, and its next hops (/32), sorted, without duplicates. Nil when
+	// not read (ApplyDelta, a fake, an Apply cut short); the caller reports it to the control
+	// plane, which refuses nat and routed networks over it.
+	UnderlayRoutes []netip.Prefix
 }
 
 // Datapath converges a host's kernel to a desired state.

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -225,6 +226,68 @@ func TestRealServerVTEPRefusalNamesTheNodeOnlyToAdmins(t *testing.T) {
 	wantCode(t, "admin creates a network over h1's VTEP", err, codes.FailedPrecondition)
 	if msg := status.Convert(err).Message(); !strings.Contains(msg, "node h1") || !strings.Contains(msg, "198.18.5.1") {
 		t.Errorf("admin's refusal %q does not name node h1 and its VTEP", msg)
+	}
+}
+
+// A nat or routed network over where a host routes outside the fabric (its agent's report: its
+// underlay subnet, its router, its servers) is refused before anything is written, also when the
+// server's view of the nodes was read before the report; an isolated one, which puts nothing on
+// the hosts, is not.
+func TestRealServerRefusesGatewaysOverAHostsUnderlay(t *testing.T) {
+	s := startRealServer(t)
+	ctx := ctxT(t)
+	adm := s.dial(t, client{token: s.admin})
+	if _, err := vxfabricv1.NewTenantServiceClient(adm).CreateTenant(ctx, &vxfabricv1.CreateTenantRequest{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	h1 := vxfabricv1.NewAgentServiceClient(s.dial(t, client{cert: "node-h1"}))
+	if _, err := h1.RegisterNode(ctx, &vxfabricv1.RegisterNodeRequest{Name: "h1", Vtep: "198.18.5.11"}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := vxfabricv1.NewTokenServiceClient(adm).CreateToken(ctx, &vxfabricv1.CreateTokenRequest{Tenant: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nets := vxfabricv1.NewNetworkServiceClient(s.dial(t, client{token: tok.GetSecret()}))
+	create := func(name, cidr string, mode vxfabricv1.NetworkMode) error {
+		_, err := nets.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Name: name, Cidr: cidr, Mode: mode})
+		return err
+	}
+	nat, routed, iso := vxfabricv1.NetworkMode_NETWORK_MODE_NAT, vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED, vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED
+	// Before h1 reports its routes, a network over its subnet (not over its VTEP) is not known to
+	// be in the way; the server reads its view of the nodes for it.
+	wantCode(t, "nat network before h1's report", create("early", "198.18.5.0/29", nat), codes.OK)
+
+	if _, err := h1.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "h1",
+		UnderlayRoutes: []string{"198.18.5.0/24", "198.18.5.254/32", "10.99.0.5/32"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, cidr string
+		mode       vxfabricv1.NetworkMode
+		want       codes.Code
+	}{
+		{"subnet", "198.18.5.248/29", nat, codes.FailedPrecondition},
+		{"server", "10.99.0.0/24", routed, codes.FailedPrecondition},
+		{"isolated", "10.99.0.0/24", iso, codes.OK},
+		{"beside", "10.98.0.0/24", routed, codes.OK},
+	} {
+		err := create(tc.name, tc.cidr, tc.mode)
+		wantCode(t, fmt.Sprintf("%s network %s over h1's underlay", tc.mode, tc.cidr), err, tc.want)
+		if msg := status.Convert(err).Message(); tc.want != codes.OK && (strings.Contains(msg, "h1") || !strings.Contains(msg, "underlay of a host")) {
+			t.Errorf("tenant's refusal %q: want it to say a host's underlay is in the way, without naming h1", msg)
+		}
+	}
+	list, err := nets.ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, n := range list.GetNetworks() {
+		names = append(names, n.GetName())
+	}
+	if got := strings.Join(names, " "); got != "beside early isolated" {
+		t.Errorf("networks after the refusals: %s, want beside early isolated", got)
 	}
 }
 

@@ -181,6 +181,9 @@ type nodeStat struct {
 	errors  []string // what the agent's last report said it could not apply
 	seq     int64    // the highest report sequence seen: an older report is late
 	keyring int64    // the newest gossip keyring revision recorded as confirmed (confirmKeyring)
+	// underlay is the node's underlay routes as this hub knows them stored (recordUnderlay);
+	// "" when not known.
+	underlay string
 }
 
 type change struct {
@@ -469,7 +472,7 @@ func (h *Hub) applyEvents(evs []event, seen time.Time) {
 				}
 				delete(h.stats, node)
 			} else if st := h.stats[node]; st != nil {
-				st.keyring = 0
+				st.keyring, st.underlay = 0, ""
 			}
 		}
 	}

@@ -1521,3 +1521,68 @@ func TestResumeAtOtherReplicaCarriesKeyring(t *testing.T) {
 			msg.GetRevision(), rev2, msg.GetGossipKeys(), msg.GetSnapshot())
 	}
 }
+
+// An agent's underlay routes are stored when they change, with a rewrite of the nodes epoch (a
+// network create checked against the old routes must check again); the same routes again write
+// nothing; a report without routes leaves them; bad ones are refused.
+func TestReportAppliedRecordsUnderlayRoutes(t *testing.T) {
+	e := newEnv(t, Default())
+	e.seed()
+	e.start()
+	c := e.dial()
+	ctx := context.Background()
+	a := e.sync(c, "a", 0)
+	a.next(5 * time.Second)
+	epoch := func() int64 {
+		resp, err := e.cli.Get(ctx, prefix+store.NodesEpoch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) == 0 {
+			return 0
+		}
+		return resp.Kvs[0].ModRevision
+	}
+	stored := func() string {
+		resp, err := e.cli.Get(ctx, prefix+store.NodeUnderlays+"a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) == 0 {
+			return "<none>"
+		}
+		return string(resp.Kvs[0].Value)
+	}
+	report := func(routes ...string) error {
+		_, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", UnderlayRoutes: routes})
+		return err
+	}
+	if err := report(); err != nil || stored() != "<none>" {
+		t.Fatalf("report without routes: %v, stored %q", err, stored())
+	}
+	before := epoch()
+	if err := report("198.18.0.0/24", "10.99.0.5/32", "198.18.0.254/32", "198.18.0.7/24"); err != nil {
+		t.Fatal(err)
+	}
+	if got := stored(); got != "10.99.0.5/32\n198.18.0.0/24\n198.18.0.254/32" {
+		t.Errorf("stored %q, want the routes masked, sorted, once each", got)
+	}
+	changed := epoch()
+	if changed <= before {
+		t.Errorf("nodes epoch at %d after the routes were stored, was %d: want it rewritten", changed, before)
+	}
+	if err := report("198.18.0.254/32", "198.18.0.0/24", "10.99.0.5/32"); err != nil {
+		t.Fatal(err)
+	}
+	if err := report(); err != nil {
+		t.Fatal(err)
+	}
+	if got := epoch(); got != changed || stored() != "10.99.0.5/32\n198.18.0.0/24\n198.18.0.254/32" {
+		t.Errorf("the same routes again, then none: epoch %d (was %d), stored %q: want nothing written", got, changed, stored())
+	}
+	for _, bad := range [][]string{{"fe80::/64"}, {"not a prefix"}, make([]string, 65)} {
+		if err := report(bad...); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("report with routes %.40q: %v, want InvalidArgument", bad, err)
+		}
+	}
+}

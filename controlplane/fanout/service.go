@@ -201,6 +201,10 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 			return nil, status.Errorf(codes.InvalidArgument, "an error of %d bytes, at most %d", len(e), maxReportErrorLen)
 		}
 	}
+	underlay, err := underlayRoutes(req.GetUnderlayRoutes())
+	if err != nil {
+		return nil, err
+	}
 	select {
 	case <-h.ready:
 	case <-ctx.Done():
@@ -271,6 +275,9 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	if err := h.confirmKeyring(ctx, node, req.GetGossipKeyringRevision()); err != nil {
 		return nil, err
 	}
+	if err := h.recordUnderlay(ctx, node, underlay); err != nil {
+		return nil, err
+	}
 
 	now := time.Now()
 	h.statMu.Lock()
@@ -323,6 +330,58 @@ func (h *Hub) confirmKeyring(ctx context.Context, node string, rev int64) error 
 	h.statMu.Lock()
 	st := h.stat(node)
 	st.keyring = max(st.keyring, rev)
+	h.statMu.Unlock()
+	return nil
+}
+
+// maxUnderlayRoutes bounds a report's underlay routes.
+const maxUnderlayRoutes = 64
+
+// underlayRoutes checks a report's underlay routes (IPv4 prefixes, at most maxUnderlayRoutes) and
+// returns them sorted, masked and without duplicates; nil for none (not known).
+func underlayRoutes(lines []string) ([]netip.Prefix, error) {
+	if len(lines) > maxUnderlayRoutes {
+		return nil, status.Errorf(codes.InvalidArgument, "%d underlay routes, at most %d", len(lines), maxUnderlayRoutes)
+	}
+	var out []netip.Prefix
+	for _, l := range lines {
+		p, err := netip.ParsePrefix(l)
+		if err != nil || !p.Addr().Is4() {
+			return nil, status.Errorf(codes.InvalidArgument, "underlay route %.64q: want an IPv4 prefix", l)
+		}
+		out = append(out, p.Masked())
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out), nil
+}
+
+// recordUnderlay stores node's underlay routes (NodeUnderlayPrefix) when they differ from what is
+// stored, with a rewrite of the nodes epoch, so that a network create checked against the old
+// routes fails and checks again (store.NodesUnchangedSince). Routes not known (nil) change nothing.
+func (h *Hub) recordUnderlay(ctx context.Context, node string, routes []netip.Prefix) error {
+	if routes == nil {
+		return nil
+	}
+	val := store.UnderlayValue(routes)
+	h.statMu.Lock()
+	known := h.stat(node).underlay
+	h.statMu.Unlock()
+	if val == known {
+		return nil
+	}
+	key := h.cfg.Prefix + store.NodeUnderlays + node
+	// A value compare fails on a missing key too: then it is written.
+	if _, err := h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", val)).
+		Else(clientv3.OpPut(key, val), clientv3.OpPut(h.cfg.Prefix+store.NodesEpoch, "")).Commit(); err != nil {
+		return status.Errorf(codes.Unavailable, "record the underlay routes of node %q: %v", node, err)
+	}
+	h.statMu.Lock()
+	h.stat(node).underlay = val
 	h.statMu.Unlock()
 	return nil
 }

@@ -30,7 +30,7 @@ const (
 	// NodesEpochKey is rewritten, in the same transaction, by every write that adds a node record or
 	// changes a node's VTEP (RegisterNode, the node status writer, PutNode): a create checked against
 	// the node VTEPs compares this one key instead of every node record (NodesUnchangedSince).
-	NodesEpochKey    = Prefix + nodesEpoch
+	NodesEpochKey    = Prefix + NodesEpoch
 	PortStatusPrefix = Prefix + "status/ports/" // <port-id> -> "1" while plugged
 	// NodeReportsPrefix orders each node's reports (controlplane/fanout): <node> -> the sequence of
 	// the newest report that wrote the node's port statuses, 20 decimal digits.
@@ -65,6 +65,11 @@ const (
 	// NodeKeyringPrefix records which keyring each node's agent confirmed: <node> -> the keyring's
 	// revision, 20 decimal digits (written by controlplane/fanout from ReportApplied).
 	NodeKeyringPrefix = Prefix + NodeKeyrings
+	// NodeUnderlayPrefix records where each node's host sends traffic outside the fabric, as its
+	// agent last reported it (ReportAppliedRequest.underlay_routes): <node> -> the prefixes, one per
+	// line, written by controlplane/fanout with a rewrite of NodesEpochKey when they change, read by
+	// the network create check (ReadNodeUnderlays).
+	NodeUnderlayPrefix = Prefix + NodeUnderlays
 	// ServerKeyringPrefix records which keyring each running server installed: <gossip name> -> the
 	// keyring's revision, 20 decimal digits, on the server's lease (controlplane/gossipkeys).
 	ServerKeyringPrefix = Prefix + ServerKeyrings
@@ -80,6 +85,7 @@ const (
 	NodeKeyrings      = "status/keyring/"
 	ServerKeyrings    = "status/keyring-servers/"
 	NodeReports       = "status/reports/"
+	NodeUnderlays     = "status/underlay/"
 )
 
 // OrderedValue encodes n (>= 0) as the value of a key that etcd compares as a string (the report
@@ -87,8 +93,8 @@ const (
 // ServerKeyringPrefix): 20 decimal digits, so that the order of strings is the order of numbers.
 func OrderedValue(n int64) string { return fmt.Sprintf("%020d", n) }
 
-// nodesEpoch is NodesEpochKey relative to the fabric's prefix.
-const nodesEpoch = "nodes-epoch"
+// NodesEpoch is NodesEpochKey relative to the fabric's prefix.
+const NodesEpoch = "nodes-epoch"
 
 // Request kinds of RequestKey.
 const (

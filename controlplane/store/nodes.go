@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 
@@ -64,6 +65,45 @@ func (s *Store) ListNodes(ctx context.Context) ([]*vxfabricv1.Node, int64, error
 	return out, resp.Header.Revision, nil
 }
 
+// ReadNodeUnderlays reads every node record (ListNodes) and, at the same revision, every node's
+// reported underlay routes (NodeUnderlayPrefix). A node without a report has no entry; lines that
+// do not parse as a prefix are left out.
+func (s *Store) ReadNodeUnderlays(ctx context.Context) ([]*vxfabricv1.Node, map[string][]netip.Prefix, int64, error) {
+	nodes, rev, err := s.ListNodes(ctx)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	resp, err := s.kv.Get(ctx, NodeUnderlayPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("read the nodes' underlay routes: %w", err)
+	}
+	underlays := make(map[string][]netip.Prefix, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		underlays[strings.TrimPrefix(string(kv.Key), NodeUnderlayPrefix)] = ParseUnderlay(string(kv.Value))
+	}
+	return nodes, underlays, rev, nil
+}
+
+// UnderlayValue is the value of a NodeUnderlayPrefix key: the prefixes, one per line.
+func UnderlayValue(routes []netip.Prefix) string {
+	lines := make([]string, len(routes))
+	for i, p := range routes {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ParseUnderlay reads a NodeUnderlayPrefix value; lines that are not prefixes are left out.
+func ParseUnderlay(v string) []netip.Prefix {
+	var out []netip.Prefix
+	for line := range strings.SplitSeq(v, "\n") {
+		if p, err := netip.ParsePrefix(line); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // NodeWriteOps are the operations of a write of node name's record (value) under prefix, for every
 // writer of node records (RegisterNode, the status writer, PutNode): the put, and the rewrite of the
 // nodes epoch when newVTEP (the node is new or its VTEP changed), so that network creates checked
@@ -71,7 +111,7 @@ func (s *Store) ListNodes(ctx context.Context) ([]*vxfabricv1.Node, int64, error
 func NodeWriteOps(prefix, name, value string, newVTEP bool) []clientv3.Op {
 	ops := []clientv3.Op{clientv3.OpPut(prefix+"nodes/"+name, value)}
 	if newVTEP {
-		ops = append(ops, clientv3.OpPut(prefix+nodesEpoch, ""))
+		ops = append(ops, clientv3.OpPut(prefix+NodesEpoch, ""))
 	}
 	return ops
 }
@@ -130,6 +170,7 @@ func (s *Store) DeleteNode(ctx context.Context, name string, expected int64, for
 			clientv3.OpDelete(key),
 			clientv3.OpDelete(NodeReportsPrefix+name),
 			clientv3.OpDelete(NodeKeyringPrefix+name),
+			clientv3.OpDelete(NodeUnderlayPrefix+name),
 			// Cached node views (controlplane/api) read the nodes again.
 			clientv3.OpPut(NodesEpochKey, ""),
 		).Commit()

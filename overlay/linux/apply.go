@@ -87,6 +87,10 @@ func (r *run) apply() error {
 	r.removeNetworks()
 	r.forwardingOff()
 	r.nftDelete()
+	if err := r.readLinks(); err != nil {
+		return err
+	}
+	r.res.UnderlayRoutes = r.underlayRoutes()
 	return nil
 }
 
@@ -372,12 +376,7 @@ func (r *run) ensureBridgeAddrs(n overlay.Network, br netlink.Link) {
 // DesiredState.Infrastructure (its servers). The server refuses such networks when it can see the
 // clash (a VTEP in the CIDR); this is the host's own check, with its own routes.
 func (r *run) underlayClash(p netip.Prefix, br netlink.Link) error {
-	if !r.routesRead {
-		r.routesRead = true
-		r.routes, r.routesErr = retryDump(func() ([]netlink.Route, error) {
-			return r.d.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		})
-	}
+	r.readRoutes()
 	if r.routesErr != nil {
 		return fmt.Errorf("read the host's routes to check gateway %s against them: %w", p, r.routesErr)
 	}
@@ -424,6 +423,61 @@ func (r *run) underlayClash(p netip.Prefix, br netlink.Link) error {
 		}
 	}
 	return nil
+}
+
+// readRoutes reads the host's IPv4 routes of the main table, once per Apply.
+func (r *run) readRoutes() {
+	if r.routesRead {
+		return
+	}
+	r.routesRead = true
+	r.routes, r.routesErr = retryDump(func() ([]netlink.Route, error) {
+		return r.d.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+}
+
+// underlayRoutes is Result.UnderlayRoutes: the routes read (after the networks were converged),
+// less the default route and those through our own devices, but for a bridged network's bridge,
+// whose routes are its uplink's (the host's LAN); plus every next hop.
+func (r *run) underlayRoutes() []netip.Prefix {
+	r.routesRead = false // the networks' gateways may have changed them
+	r.readRoutes()
+	if r.routesErr != nil {
+		return nil
+	}
+	ours := make(map[int]bool)
+	for name, l := range r.links {
+		if overlay.IsDeviceName(name) && !strings.HasPrefix(l.Attrs().Alias, uplinkAliasPrefix) {
+			ours[l.Attrs().Index] = true
+		}
+	}
+	out := []netip.Prefix{}
+	addHop := func(ip net.IP) {
+		if a, ok := netip.AddrFromSlice(ip); ok && a.Unmap().Is4() && !a.IsUnspecified() {
+			out = append(out, netip.PrefixFrom(a.Unmap(), 32))
+		}
+	}
+	for _, rt := range r.routes {
+		addHop(rt.Gw)
+		for _, nh := range rt.MultiPath {
+			addHop(nh.Gw)
+		}
+		if rt.Dst == nil || ours[rt.LinkIndex] {
+			continue
+		}
+		dst, ok := netip.AddrFromSlice(rt.Dst.IP)
+		ones, _ := rt.Dst.Mask.Size()
+		if ok && ones > 0 {
+			out = append(out, netip.PrefixFrom(dst.Unmap(), ones).Masked())
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out)
 }
 
 // routeDevice names a route's link for messages (" dev NAME"), or nothing.

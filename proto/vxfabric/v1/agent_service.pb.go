@@ -737,8 +737,14 @@ type ReportAppliedRequest struct {
 	Sequence int64 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// The revision of the newest GossipKeys the agent has installed in its gossip member (0: none).
 	GossipKeyringRevision int64 `protobuf:"varint,7,opt,name=gossip_keyring_revision,json=gossipKeyringRevision,proto3" json:"gossip_keyring_revision,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// Where the host sends traffic outside the fabric, as IPv4 prefixes (at most 64): the
+	// destinations of its own routes other than the default route, and its next hops (/32). A nat
+	// or routed network over one of them would take that traffic into its bridge on this host, so
+	// the server refuses to create one (FailedPrecondition). Empty: not known (an agent of an
+	// earlier version), and what was last reported stands.
+	UnderlayRoutes []string `protobuf:"bytes,8,rep,name=underlay_routes,json=underlayRoutes,proto3" json:"underlay_routes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ReportAppliedRequest) Reset() {
@@ -818,6 +824,13 @@ func (x *ReportAppliedRequest) GetGossipKeyringRevision() int64 {
 		return x.GossipKeyringRevision
 	}
 	return 0
+}
+
+func (x *ReportAppliedRequest) GetUnderlayRoutes() []string {
+	if x != nil {
+		return x.UnderlayRoutes
+	}
+	return nil
 }
 
 type ReportAppliedResponse struct {
@@ -1041,7 +1054,7 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\x03mac\x18\x03 \x01(\tR\x03mac\x12\x0e\n" +
 	"\x02ip\x18\x04 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04node\x18\x05 \x01(\tR\x04node\x12\x12\n" +
-	"\x04vtep\x18\x06 \x01(\tR\x04vtep\"\x85\x02\n" +
+	"\x04vtep\x18\x06 \x01(\tR\x04vtep\"\xae\x02\n" +
 	"\x14ReportAppliedRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12(\n" +
@@ -1049,7 +1062,8 @@ const file_vxfabric_v1_agent_service_proto_rawDesc = "" +
 	"\x0fstatus_revision\x18\x04 \x01(\x03R\x0estatusRevision\x12\x16\n" +
 	"\x06errors\x18\x05 \x03(\tR\x06errors\x12\x1a\n" +
 	"\bsequence\x18\x06 \x01(\x03R\bsequence\x126\n" +
-	"\x17gossip_keyring_revision\x18\a \x01(\x03R\x15gossipKeyringRevision\"@\n" +
+	"\x17gossip_keyring_revision\x18\a \x01(\x03R\x15gossipKeyringRevision\x12'\n" +
+	"\x0funderlay_routes\x18\b \x03(\tR\x0eunderlayRoutes\"@\n" +
 	"\x15ReportAppliedResponse\x12'\n" +
 	"\x0fstatus_revision\x18\x01 \x01(\x03R\x0estatusRevision\"W\n" +
 	"\x13RegisterNodeRequest\x12\x12\n" +
