@@ -163,7 +163,11 @@ func (a *Allocator) nextIP(ctx context.Context, network *vxfabricv1.Network, sub
 	}
 	ip, ok := sub.PickFree(taken)
 	if !ok {
-		return netip.Addr{}, fmt.Errorf("network %s is full: no free address in %s: %w", networkName(network), network.Cidr, store.ErrExhausted)
+		space := network.Cidr
+		if network.AllocationPool != "" {
+			space = "its allocation pool " + network.AllocationPool
+		}
+		return netip.Addr{}, fmt.Errorf("network %s is full: no free address in %s: %w", networkName(network), space, store.ErrExhausted)
 	}
 	return ip, nil
 }
@@ -181,7 +185,9 @@ func (a *Allocator) CreatePort(ctx context.Context, network *vxfabricv1.Network,
 	return out, err
 }
 
-func (a *Allocator) createPort(ctx context.Context, network *vxfabricv1.Network, p *vxfabricv1.Port, requestID string) (*vxfabricv1.Port, error) {
+// SubnetOf is the address space of a stored network: its CIDR less the network, broadcast and
+// gateway addresses, narrowed to its allocation pool.
+func SubnetOf(network *vxfabricv1.Network) (*Subnet, error) {
 	prefix, err := netip.ParsePrefix(network.Cidr)
 	if err != nil {
 		return nil, fmt.Errorf("network %s cidr %q: %w", networkName(network), network.Cidr, err)
@@ -193,8 +199,19 @@ func (a *Allocator) createPort(ctx context.Context, network *vxfabricv1.Network,
 		}
 	}
 	sub, err := NewSubnet(prefix, gw)
+	if err == nil {
+		sub, err = sub.WithPool(network.AllocationPool)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("network %s: %w", networkName(network), err)
+	}
+	return sub, nil
+}
+
+func (a *Allocator) createPort(ctx context.Context, network *vxfabricv1.Network, p *vxfabricv1.Port, requestID string) (*vxfabricv1.Port, error) {
+	sub, err := SubnetOf(network)
+	if err != nil {
+		return nil, err
 	}
 	if prev, err := a.store.PortForRequest(ctx, requestID, p); prev != nil || err != nil {
 		return prev, err

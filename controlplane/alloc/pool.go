@@ -161,12 +161,14 @@ func (p *VNIPool) PickFree(taken []uint32) (uint32, bool) {
 }
 
 // Subnet is the assignable address space of one IPv4 network: every host address but the network
-// address, the broadcast address and the gateway.
+// address, the broadcast address and the gateway. The allocator picks in its pool (WithPool), all
+// of it by default.
 type Subnet struct {
 	prefix  netip.Prefix
-	first   uint32 // network address + 1
-	last    uint32 // broadcast - 1
-	gateway uint32 // 0 when none
+	first   uint32    // the pool's first address (network address + 1 without a pool)
+	last    uint32    // the pool's last address (broadcast - 1 without a pool)
+	hosts   [2]uint32 // network address + 1, broadcast - 1
+	gateway uint32    // 0 when none
 }
 
 // NewSubnet returns the assignable space of prefix (IPv4, /8 to /29), without gateway (may be invalid).
@@ -176,6 +178,7 @@ func NewSubnet(prefix netip.Prefix, gateway netip.Addr) (*Subnet, error) {
 	}
 	base := u32(prefix.Addr())
 	s := &Subnet{prefix: prefix, first: base + 1, last: base + (1<<(32-prefix.Bits()) - 1) - 1}
+	s.hosts = [2]uint32{s.first, s.last}
 	if gateway.IsValid() {
 		if !s.Assignable(gateway) {
 			return nil, fmt.Errorf("gateway %s is not a host address of %s", gateway, prefix)
@@ -195,28 +198,75 @@ func addr(v uint32) netip.Addr {
 }
 
 // FirstHost is the first host address (the default gateway).
-func (s *Subnet) FirstHost() netip.Addr { return addr(s.first) }
+func (s *Subnet) FirstHost() netip.Addr { return addr(s.hosts[0]) }
 
 // Assignable reports whether a can be given to a port: inside the prefix, neither the network nor the
-// broadcast address nor the gateway.
+// broadcast address nor the gateway (inside the pool or not).
 func (s *Subnet) Assignable(a netip.Addr) bool {
 	if !a.Is4() || !s.prefix.Contains(a) {
 		return false
 	}
 	v := u32(a)
-	return v >= s.first && v <= s.last && v != s.gateway
+	return v >= s.hosts[0] && v <= s.hosts[1] && v != s.gateway
 }
 
-// Size is the number of assignable addresses.
+// InPool reports whether a is assignable and inside the pool.
+func (s *Subnet) InPool(a netip.Addr) bool {
+	if !s.Assignable(a) {
+		return false
+	}
+	v := u32(a)
+	return v >= s.first && v <= s.last
+}
+
+// ParsePool reads an allocation pool, "FIRST-LAST": two host addresses of s, FIRST not after LAST,
+// and not the gateway alone. It returns the pool in canonical form.
+func (s *Subnet) ParsePool(pool string) (first, last netip.Addr, err error) {
+	a, b, ok := strings.Cut(pool, "-")
+	if ok {
+		first, err = netip.ParseAddr(strings.TrimSpace(a))
+	}
+	if ok && err == nil {
+		last, err = netip.ParseAddr(strings.TrimSpace(b))
+	}
+	switch {
+	case !ok || err != nil:
+		return first, last, fmt.Errorf("allocation pool %q: want FIRST-LAST, two IPv4 addresses", pool)
+	case !s.Assignable(first) && first != addr(s.gateway) || !s.Assignable(last) && last != addr(s.gateway):
+		return first, last, fmt.Errorf("allocation pool %s-%s: want two host addresses of %s", first, last, s.prefix)
+	case u32(first) > u32(last):
+		return first, last, fmt.Errorf("allocation pool %s-%s: the first address is after the last", first, last)
+	case first == last && u32(first) == s.gateway:
+		return first, last, fmt.Errorf("allocation pool %s-%s: holds only the gateway", first, last)
+	}
+	return first, last, nil
+}
+
+// WithPool narrows the addresses the allocator picks (Random, PickFree, Size) to pool (ParsePool's
+// form; "" leaves every host address).
+func (s *Subnet) WithPool(pool string) (*Subnet, error) {
+	if pool == "" {
+		return s, nil
+	}
+	first, last, err := s.ParsePool(pool)
+	if err != nil {
+		return nil, err
+	}
+	narrowed := *s
+	narrowed.first, narrowed.last = u32(first), u32(last)
+	return &narrowed, nil
+}
+
+// Size is the number of assignable addresses of the pool.
 func (s *Subnet) Size() uint64 {
 	n := uint64(s.last-s.first) + 1
-	if s.gateway != 0 {
+	if s.gateway >= s.first && s.gateway <= s.last {
 		n--
 	}
 	return n
 }
 
-// Random returns a uniformly random assignable address.
+// Random returns a uniformly random assignable address of the pool.
 func (s *Subnet) Random() netip.Addr {
 	for {
 		v := s.first + uint32(rand.Uint64N(uint64(s.last-s.first)+1))
@@ -226,15 +276,16 @@ func (s *Subnet) Random() netip.Addr {
 	}
 }
 
-// PickFree returns a uniformly random assignable address not in taken, or false when none is left.
+// PickFree returns a uniformly random assignable address of the pool not in taken, or false when
+// none is left.
 func (s *Subnet) PickFree(taken []netip.Addr) (netip.Addr, bool) {
 	blocked := make([]uint32, 0, len(taken)+1)
 	for _, a := range taken {
-		if s.Assignable(a) {
+		if s.InPool(a) {
 			blocked = append(blocked, u32(a))
 		}
 	}
-	if s.gateway != 0 {
+	if s.gateway >= s.first && s.gateway <= s.last {
 		blocked = append(blocked, s.gateway)
 	}
 	slices.Sort(blocked)

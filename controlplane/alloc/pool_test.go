@@ -159,3 +159,38 @@ func TestMACs(t *testing.T) {
 		t.Errorf("id %q, interface %q", id, InterfaceName(id))
 	}
 }
+
+// An allocation pool narrows what the allocator picks, not what is a host address of the network.
+func TestSubnetPool(t *testing.T) {
+	sub, err := NewSubnet(netip.MustParsePrefix("10.0.0.0/24"), netip.MustParseAddr("10.0.0.11"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := sub.WithPool("10.0.0.10 - 10.0.0.13")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pool.Size() != 3 {
+		t.Errorf("size of pool 10.0.0.10-10.0.0.13 less the gateway: %d, want 3", pool.Size())
+	}
+	for range 200 {
+		if a := pool.Random(); !pool.InPool(a) || a == netip.MustParseAddr("10.0.0.11") {
+			t.Fatalf("Random picked %s outside the pool or the gateway", a)
+		}
+	}
+	got, ok := pool.PickFree([]netip.Addr{netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("10.0.0.13"), netip.MustParseAddr("10.0.0.200")})
+	if !ok || got != netip.MustParseAddr("10.0.0.12") {
+		t.Errorf("PickFree with .10 and .13 taken: %s %t, want 10.0.0.12", got, ok)
+	}
+	if _, ok := pool.PickFree([]netip.Addr{netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("10.0.0.12"), netip.MustParseAddr("10.0.0.13")}); ok {
+		t.Error("PickFree found an address in a full pool")
+	}
+	if !pool.Assignable(netip.MustParseAddr("10.0.0.200")) || pool.InPool(netip.MustParseAddr("10.0.0.200")) {
+		t.Error("10.0.0.200: want a host address of the network, outside the pool")
+	}
+	for _, bad := range []string{"10.0.0.10", "10.0.0.13-10.0.0.10", "10.0.0.0-10.0.0.5", "10.0.0.5-10.0.0.255", "10.0.0.11-10.0.0.11", "10.0.1.1-10.0.1.2", "a-b"} {
+		if _, err := sub.WithPool(bad); err == nil {
+			t.Errorf("pool %q accepted", bad)
+		}
+	}
+}

@@ -219,15 +219,20 @@ func FuzzCheckCreatePort(f *testing.F) {
 }
 
 // FuzzCheckPortInNetwork: an address accepted for a port is a host address of the network and not
-// its gateway; a MAC accepted is not the gateway's.
+// its gateway, and inside the network's allocation pool unless an admin asks; a MAC accepted is not
+// the gateway's.
 func FuzzCheckPortInNetwork(f *testing.F) {
-	f.Add("10.0.0.0/24", "", int32(2), uint32(4096), "10.0.0.1", "")
-	f.Add("10.0.0.0/24", "10.0.0.7", int32(3), uint32(4096), "10.0.0.7", "")
-	f.Add("10.0.0.0/29", "", int32(2), uint32(4096), "10.0.0.7", "")
-	f.Add("10.0.0.0/8", "", int32(1), uint32(4096), "10.255.255.254", "02:fb:00:10:00:01")
-	f.Add("10.0.0.0/24", "", int32(1), uint32(4096), "10.0.1.5", "")
-	f.Fuzz(func(t *testing.T, cidr, gateway string, mode int32, vni uint32, ip, mac string) {
-		n, err := checkCreateNetwork(&vxfabricv1.CreateNetworkRequest{Tenant: "t", Name: "n", Cidr: cidr, Mode: vxfabricv1.NetworkMode(mode), Gateway: gateway, Vni: vni}, 1500, nil)
+	f.Add("10.0.0.0/24", "", "", int32(2), uint32(4096), "10.0.0.1", "", false)
+	f.Add("10.0.0.0/24", "10.0.0.7", "", int32(3), uint32(4096), "10.0.0.7", "", false)
+	f.Add("10.0.0.0/29", "", "", int32(2), uint32(4096), "10.0.0.7", "", false)
+	f.Add("10.0.0.0/8", "", "", int32(1), uint32(4096), "10.255.255.254", "02:fb:00:10:00:01", false)
+	f.Add("10.0.0.0/24", "", "", int32(1), uint32(4096), "10.0.1.5", "", false)
+	f.Add("192.168.77.0/24", "", "192.168.77.100-192.168.77.199", int32(1), uint32(4096), "192.168.77.1", "", false)
+	f.Add("192.168.77.0/24", "", "192.168.77.100-192.168.77.199", int32(1), uint32(4096), "192.168.77.1", "", true)
+	f.Add("10.0.0.0/24", "", "10.0.0.1-10.0.0.9", int32(2), uint32(4096), "10.0.0.9", "", false)
+	f.Fuzz(func(t *testing.T, cidr, gateway, pool string, mode int32, vni uint32, ip, mac string, admin bool) {
+		n, err := checkCreateNetwork(&vxfabricv1.CreateNetworkRequest{Tenant: "t", Name: "n", Cidr: cidr, Mode: vxfabricv1.NetworkMode(mode),
+			Gateway: gateway, Vni: vni, AllocationPool: pool}, 1500, nil)
 		if err != nil || n.Vni == 0 {
 			return
 		}
@@ -235,7 +240,7 @@ func FuzzCheckPortInNetwork(f *testing.F) {
 		if err != nil {
 			return
 		}
-		err = checkPortInNetwork(p, n)
+		err = checkPortInNetwork(p, n, admin)
 		if err != nil {
 			if !isInvalidArgument(err) {
 				t.Fatalf("refusal is not InvalidArgument: %v", err)
@@ -247,6 +252,10 @@ func FuzzCheckPortInNetwork(f *testing.F) {
 			a := netip.MustParseAddr(p.Ip)
 			if !prefix.Contains(a) || a == prefix.Addr() || a == broadcast(prefix) || p.Ip == n.Gateway {
 				t.Fatalf("accepted ip %s in %s with gateway %q", p.Ip, n.Cidr, n.Gateway)
+			}
+			if first, last, ok := strings.Cut(n.AllocationPool, "-"); ok && !admin &&
+				(a.Less(netip.MustParseAddr(first)) || netip.MustParseAddr(last).Less(a)) {
+				t.Fatalf("accepted ip %s outside the pool %s for a tenant", p.Ip, n.AllocationPool)
 			}
 		}
 		if p.Mac != "" {

@@ -211,7 +211,7 @@ func (s *PortServer) CreatePort(ctx context.Context, req *vxfabricv1.CreatePortR
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
-	if err := checkPortInNetwork(p, n); err != nil {
+	if err := checkPortInNetwork(p, n, isAdmin(ctx)); err != nil {
 		return nil, s.toStatus(err)
 	}
 	p.CreateTime = timestamppb.Now()

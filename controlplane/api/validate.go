@@ -250,6 +250,18 @@ func checkCreateNetwork(req *vxfabricv1.CreateNetworkRequest, underlayMTU uint32
 	case req.Gateway != "":
 		return nil, invalid("gateway: only nat and routed networks have one")
 	}
+	if req.AllocationPool != "" {
+		gw, _ := netip.ParseAddr(n.Gateway) // validated above, or none
+		withGW, err := alloc.NewSubnet(prefix, gw)
+		if err != nil {
+			return nil, invalid("cidr %s: %v", quoted(req.Cidr), err)
+		}
+		first, last, err := withGW.ParsePool(req.AllocationPool)
+		if err != nil {
+			return nil, invalid("%s", err)
+		}
+		n.AllocationPool = first.String() + "-" + last.String()
+	}
 	bridged := req.Mode == vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED
 	switch {
 	case bridged && req.Uplink == nil:
@@ -308,22 +320,21 @@ func checkCreatePort(req *vxfabricv1.CreatePortRequest) (*vxfabricv1.Port, error
 
 // checkPortInNetwork refuses a requested address that is not assignable in the network (outside the
 // CIDR, or its network, broadcast or gateway address) and a requested MAC equal to the gateway's.
-func checkPortInNetwork(p *vxfabricv1.Port, n *vxfabricv1.Network) error {
+func checkPortInNetwork(p *vxfabricv1.Port, n *vxfabricv1.Network, admin bool) error {
 	if p.Ip != "" {
-		prefix, err := netip.ParsePrefix(n.Cidr)
+		sub, err := alloc.SubnetOf(n)
 		if err != nil {
-			return fmt.Errorf("network %s cidr %q: %w", n.Id, n.Cidr, err)
+			return err
 		}
-		var gw netip.Addr
-		if n.Gateway != "" {
-			gw, _ = netip.ParseAddr(n.Gateway)
-		}
-		sub, err := alloc.NewSubnet(prefix, gw)
-		if err != nil {
-			return fmt.Errorf("network %s: %w", n.Id, err)
-		}
-		if !sub.Assignable(netip.MustParseAddr(p.Ip)) {
+		ip := netip.MustParseAddr(p.Ip)
+		if !sub.Assignable(ip) {
 			return invalid("ip %s: not assignable in %s (network, broadcast and gateway addresses are reserved)", p.Ip, n.Cidr)
+		}
+		// The rest of the CIDR is not the fabric's to give (on a bridged network: the LAN's router
+		// and hosts); an admin may still place a port there by hand.
+		if !admin && !sub.InPool(ip) {
+			return invalid("ip %s: outside the allocation pool %s of network %s (only an admin may give a port an address outside it)",
+				p.Ip, n.AllocationPool, n.Name)
 		}
 	}
 	if p.Mac != "" && p.Mac == alloc.GatewayMAC(n.Vni) {

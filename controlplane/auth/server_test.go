@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/vxfabric/vxfabric/controlplane/fanout"
 	"github.com/vxfabric/vxfabric/controlplane/server"
@@ -197,6 +199,53 @@ func TestRealServerBridgedMTUNeedsAnAdmin(t *testing.T) {
 	if got.GetNetwork().GetMtu() != 1000 {
 		t.Errorf("a/lan after the admin's change: %v", got)
 	}
+}
+
+// A bridged network's allocation pool keeps the fabric off the LAN's own addresses: ports get
+// addresses in it, a tenant may not ask for one outside it (the LAN's router, say), an admin may.
+func TestRealServerAllocationPool(t *testing.T) {
+	s := startRealServer(t)
+	ctx := ctxT(t)
+	adm := s.dial(t, client{token: s.admin})
+	if _, err := vxfabricv1.NewTenantServiceClient(adm).CreateTenant(ctx, &vxfabricv1.CreateTenantRequest{Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	lan := &vxfabricv1.CreateNetworkRequest{Tenant: "a", Name: "lan", Cidr: "192.168.77.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED,
+		Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "eth1"}, AllocationPool: "192.168.77.100-192.168.77.103"}
+	admNets := vxfabricv1.NewNetworkServiceClient(adm)
+	for _, bad := range []string{"192.168.77.103-192.168.77.100", "192.168.78.1-192.168.78.9", "192.168.77.0-192.168.77.9", "192.168.77.100"} {
+		r := proto.Clone(lan).(*vxfabricv1.CreateNetworkRequest)
+		r.AllocationPool = bad
+		_, err := admNets.CreateNetwork(ctx, r)
+		wantCode(t, "network with pool "+bad, err, codes.InvalidArgument)
+	}
+	made, err := admNets.CreateNetwork(ctx, lan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := made.GetNetwork().GetAllocationPool(); got != "192.168.77.100-192.168.77.103" {
+		t.Errorf("stored pool %q", got)
+	}
+	tok, err := vxfabricv1.NewTokenServiceClient(adm).CreateToken(ctx, &vxfabricv1.CreateTokenRequest{Tenant: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := vxfabricv1.NewPortServiceClient(s.dial(t, client{token: tok.GetSecret()}))
+	for i := range 4 {
+		p, err := ports.CreatePort(ctx, &vxfabricv1.CreatePortRequest{Network: "lan", Name: fmt.Sprintf("p%d", i), Node: "h2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := netip.MustParseAddr(p.GetPort().GetIp()); a.Less(netip.MustParseAddr("192.168.77.100")) || netip.MustParseAddr("192.168.77.103").Less(a) {
+			t.Errorf("port p%d got %s, outside the pool", i, a)
+		}
+	}
+	_, err = ports.CreatePort(ctx, &vxfabricv1.CreatePortRequest{Network: "lan", Name: "p4", Node: "h2"})
+	wantCode(t, "a port in a full pool", err, codes.ResourceExhausted)
+	_, err = ports.CreatePort(ctx, &vxfabricv1.CreatePortRequest{Network: "lan", Name: "router", Node: "h2", Ip: "192.168.77.1"})
+	wantCode(t, "tenant's port asking for the LAN router's address", err, codes.InvalidArgument)
+	_, err = vxfabricv1.NewPortServiceClient(adm).CreatePort(ctx, &vxfabricv1.CreatePortRequest{Tenant: "a", Network: "lan", Name: "fixed", Node: "h2", Ip: "192.168.77.50"})
+	wantCode(t, "admin's port at an address outside the pool", err, codes.OK)
 }
 
 // A tenant's refusals do not name what NodeService (admin-only) hides: a tenant creating a network

@@ -609,12 +609,12 @@ func (s *Store) NetworkForRequest(ctx context.Context, requestID string, n *vxfa
 }
 
 // sameNetwork reports whether a create of n with the request id that made prev can be its retry:
-// the same tenant, name, CIDR, mode, gateway and uplink, which no update changes. The MTU is left
+// the same tenant, name, CIDR, mode, gateway, uplink and allocation pool, which no update changes. The MTU is left
 // out (UpdateNetwork changes it, and its default depends on the replica's --underlay-mtu), and so
 // are the VNI and id the allocator may have picked.
 func sameNetwork(prev, n *vxfabricv1.Network) bool {
 	return prev.Tenant == n.Tenant && prev.Name == n.Name && prev.Cidr == n.Cidr && prev.Mode == n.Mode &&
-		prev.Gateway == n.Gateway && proto.Equal(prev.Uplink, n.Uplink)
+		prev.Gateway == n.Gateway && proto.Equal(prev.Uplink, n.Uplink) && prev.AllocationPool == n.AllocationPool
 }
 
 // samePort is sameNetwork for ports: the same tenant, name, network and vm. The node is left out (a

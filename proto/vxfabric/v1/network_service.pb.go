@@ -36,12 +36,16 @@ type CreateNetworkRequest struct {
 	// Required for BRIDGED, refused otherwise.
 	Uplink *Uplink `protobuf:"bytes,8,opt,name=uplink,proto3" json:"uplink,omitempty"`
 	// Idempotency key, per tenant: repeating the create with the same request_id returns the network it
-	// made and allocates nothing. Reused for another name, CIDR, mode, gateway or uplink, or asking for
-	// another VNI than the network has, it is FailedPrecondition. Forgotten once that network is
-	// deleted.
-	RequestId     string `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// made and allocates nothing. Reused for another name, CIDR, mode, gateway, uplink or allocation
+	// pool, or asking for another VNI than the network has, it is FailedPrecondition. Forgotten once
+	// that network is deleted.
+	RequestId string `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// "FIRST-LAST", two host addresses of the CIDR, FIRST not after LAST: the addresses ports are
+	// given (Network.allocation_pool). Empty: every host address but the gateway. Set it on a bridged
+	// network so that ports do not get the addresses of the LAN's router and hosts.
+	AllocationPool string `protobuf:"bytes,10,opt,name=allocation_pool,json=allocationPool,proto3" json:"allocation_pool,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateNetworkRequest) Reset() {
@@ -133,6 +137,13 @@ func (x *CreateNetworkRequest) GetUplink() *Uplink {
 func (x *CreateNetworkRequest) GetRequestId() string {
 	if x != nil {
 		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CreateNetworkRequest) GetAllocationPool() string {
+	if x != nil {
+		return x.AllocationPool
 	}
 	return ""
 }
@@ -579,7 +590,7 @@ var File_vxfabric_v1_network_service_proto protoreflect.FileDescriptor
 
 const file_vxfabric_v1_network_service_proto_rawDesc = "" +
 	"\n" +
-	"!vxfabric/v1/network_service.proto\x12\vvxfabric.v1\x1a\x1bvxfabric/v1/resources.proto\"\x8e\x02\n" +
+	"!vxfabric/v1/network_service.proto\x12\vvxfabric.v1\x1a\x1bvxfabric/v1/resources.proto\"\xb7\x02\n" +
 	"\x14CreateNetworkRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -590,7 +601,9 @@ const file_vxfabric_v1_network_service_proto_rawDesc = "" +
 	"\agateway\x18\a \x01(\tR\agateway\x12+\n" +
 	"\x06uplink\x18\b \x01(\v2\x13.vxfabric.v1.UplinkR\x06uplink\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\t \x01(\tR\trequestId\"G\n" +
+	"request_id\x18\t \x01(\tR\trequestId\x12'\n" +
+	"\x0fallocation_pool\x18\n" +
+	" \x01(\tR\x0eallocationPool\"G\n" +
 	"\x15CreateNetworkResponse\x12.\n" +
 	"\anetwork\x18\x01 \x01(\v2\x14.vxfabric.v1.NetworkR\anetwork\"?\n" +
 	"\x11GetNetworkRequest\x12\x16\n" +

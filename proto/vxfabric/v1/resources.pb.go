@@ -271,11 +271,16 @@ type Network struct {
 	// The gateway's MAC, the same on every host (derived from the VNI).
 	GatewayMac string `protobuf:"bytes,9,opt,name=gateway_mac,json=gatewayMac,proto3" json:"gateway_mac,omitempty"`
 	// BRIDGED only.
-	Uplink        *Uplink                `protobuf:"bytes,10,opt,name=uplink,proto3" json:"uplink,omitempty"`
-	Revision      int64                  `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Uplink     *Uplink                `protobuf:"bytes,10,opt,name=uplink,proto3" json:"uplink,omitempty"`
+	Revision   int64                  `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// "FIRST-LAST": the addresses the allocator gives ports, two host addresses of the CIDR. Empty:
+	// every host address but the gateway. A tenant's port may ask only for an address inside it; an
+	// admin's may ask for any host address (on a bridged network the rest of the CIDR is the LAN's:
+	// its router, its hosts).
+	AllocationPool string `protobuf:"bytes,13,opt,name=allocation_pool,json=allocationPool,proto3" json:"allocation_pool,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Network) Reset() {
@@ -390,6 +395,13 @@ func (x *Network) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *Network) GetAllocationPool() string {
+	if x != nil {
+		return x.AllocationPool
+	}
+	return ""
 }
 
 // Port is one VM NIC: a MAC and an IPv4 address on one network, bound to one node.
@@ -680,7 +692,7 @@ const file_vxfabric_v1_resources_proto_rawDesc = "" +
 	"createTime\":\n" +
 	"\x06Uplink\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
-	"\tinterface\x18\x02 \x01(\tR\tinterface\"\xec\x02\n" +
+	"\tinterface\x18\x02 \x01(\tR\tinterface\"\x95\x03\n" +
 	"\aNetwork\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
@@ -696,7 +708,8 @@ const file_vxfabric_v1_resources_proto_rawDesc = "" +
 	" \x01(\v2\x13.vxfabric.v1.UplinkR\x06uplink\x12\x1a\n" +
 	"\brevision\x18\v \x01(\x03R\brevision\x12;\n" +
 	"\vcreate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xdb\x02\n" +
+	"createTime\x12'\n" +
+	"\x0fallocation_pool\x18\r \x01(\tR\x0eallocationPool\"\xdb\x02\n" +
 	"\x04Port\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x18\n" +
