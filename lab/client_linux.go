@@ -35,6 +35,25 @@ func (l *Lab) Profile() Profile {
 	return p
 }
 
+// DefaultProfileIsThis tells whether the CLI's default profile (Config.ProfilePath) points at this
+// lab, so that vxfab with no flags talks to it.
+func (l *Lab) DefaultProfileIsThis() bool {
+	if l.cfg.ProfilePath == "" {
+		return false
+	}
+	p, err := client.ReadProfile(l.cfg.ProfilePath)
+	return err == nil && p.Server == l.Profile().Server
+}
+
+// ProfileEnv is what goes in front of a vxfab command for it to talk to this lab: nothing when the
+// default profile points at the lab, else VXFAB_PROFILE=<the lab's own profile>.
+func (l *Lab) ProfileEnv() string {
+	if l.DefaultProfileIsThis() {
+		return ""
+	}
+	return "VXFAB_PROFILE=" + l.ProfilePath()
+}
+
 func (l *Lab) writeProfiles() error {
 	data, err := l.Profile().Marshal()
 	if err != nil {

@@ -304,6 +304,29 @@ func PrintResults(w io.Writer, results []Result) {
 	tw.Flush()
 }
 
+// demoHints are the commands the demo suggests after its table, each with what it shows; cli is how
+// the user runs vxfab. Each works as printed: the lab commands name a lab other than the default
+// one, the API commands reach a lab the default profile does not point at through its own.
+func (l *Lab) demoHints(cli string, redB netip.Addr) [][2]string {
+	lab := cli + " lab"
+	if l.cfg.Name != Default().Name {
+		lab += " --name " + l.cfg.Name
+	}
+	api := cli
+	if env := l.ProfileEnv(); env != "" {
+		api = env + " " + cli
+	}
+	return [][2]string{
+		{lab + " status", "hosts, agents, networks, VMs"},
+		{api + " network list", "the fabric through its API (also: port list, node list)"},
+		{lab + " exec red-a -- ping " + redB.String(), "a VM is a namespace: run anything in it"},
+		{lab + " exec h1 -- bridge fdb show", "what the agent wrote (also: ip -d link, nft list ruleset)"},
+		{lab + " agent kill h2; " + lab + " agent start h2", "fault injection (also: host cut|restore, server stop|start)"},
+		{"logs", l.logDir()},
+		{lab + " down", "tear it all down"},
+	}
+}
+
 // Demo builds the demo's fabric, runs every check with real traffic, prints the table and how to
 // look around (cli is how the user runs vxfab, e.g. "bin/vxfab"). It fails if a check fails; the lab
 // stays up either way.
@@ -323,10 +346,6 @@ func (l *Lab) Demo(ctx context.Context, w io.Writer, cli string) error {
 			failed++
 		}
 	}
-	lab := cli + " lab"
-	if l.cfg.Name != Default().Name {
-		lab += " --name " + l.cfg.Name
-	}
 	fmt.Fprintf(w, `
 %d of %d checks passed in %.1fs.
 
@@ -337,16 +356,7 @@ gateway routes would collide in the host's one routing table): keep such pairs o
 Look around (the lab stays up):
 `, len(results)-failed, len(results), time.Since(began).Seconds())
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
-	hints := [][2]string{
-		{lab + " status", "hosts, agents, networks, VMs"},
-		{cli + " network list; " + cli + " port list; " + cli + " node list", "the fabric through its API"},
-		{lab + " exec red-a -- ping " + d.VMs["red-b"].IP(0).String(), "a VM is a namespace: run anything in it"},
-		{lab + " exec h1 -- bridge fdb show", "what the agent wrote (also: ip -d link, nft list ruleset)"},
-		{lab + " agent kill h2; " + lab + " agent start h2", "fault injection (also: host cut|restore, server stop|start)"},
-		{"logs", l.logDir()},
-		{lab + " down", "tear it all down"},
-	}
-	for _, h := range hints {
+	for _, h := range l.demoHints(cli, d.VMs["red-b"].IP(0)) {
 		fmt.Fprintf(tw, "  %s\t%s\n", h[0], h[1])
 	}
 	tw.Flush()

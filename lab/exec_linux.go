@@ -34,7 +34,8 @@ type Stdio struct {
 const execGrace = 3 * time.Second
 
 // Exec runs argv inside the namespace of target (a host, a VM, or a role: outside, lan, ctl, ul).
-// A command that runs and fails returns an *ExitError with its status.
+// A command that runs and fails returns an *ExitError with its status (128+N when signal N ended
+// it); one stopped because ctx ended returns an *ExitError with status 130 that wraps ctx.Err().
 func (l *Lab) Exec(ctx context.Context, target string, argv []string, stdio Stdio) error {
 	if len(argv) == 0 {
 		return errors.New("exec: no command given")
@@ -60,7 +61,11 @@ func (l *Lab) Exec(ctx context.Context, target string, argv []string, stdio Stdi
 	}
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
-		return &ExitError{Code: exitErr.ExitCode(), Err: fmt.Errorf("%s in %s: %w", argv[0], target, err)}
+		code := exitErr.ExitCode()
+		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal()) // as a shell reports it; ExitCode says -1
+		}
+		return &ExitError{Code: code, Err: fmt.Errorf("%s in %s: %w", argv[0], target, err)}
 	}
 	if err != nil {
 		return fmt.Errorf("%s in %s: %w", argv[0], target, err)

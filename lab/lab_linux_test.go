@@ -424,3 +424,61 @@ func TestProfileFollowsTheLabLeftUp(t *testing.T) {
 		t.Errorf("after the last lab went: shared profile %q, want none", got)
 	}
 }
+
+// The CLI reaches a lab with no flags only when the default profile points at it; for any other
+// lab, `lab up` and the demo's hints put VXFAB_PROFILE=<the lab's own profile> in front.
+func TestProfileEnv(t *testing.T) {
+	root := t.TempDir()
+	shared := filepath.Join(root, "client.json")
+	handle := func(name, profile string) *Lab {
+		t.Helper()
+		cfg := Default()
+		cfg.Name, cfg.StateRoot, cfg.ProfilePath, cfg.Bin = name, root, profile, "/bin/true" // nothing is run
+		l, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	up := func(name, profile string) *Lab {
+		t.Helper()
+		l := handle(name, profile)
+		if err := os.MkdirAll(l.Dir(), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.writeProfiles(); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	a := up("lab", shared)    // lab up: the default profile is this lab's
+	b := up("rv", "")         // lab up --name rv --default-profile=false
+	c := handle("rv", shared) // rv as a later command opens it: the default profile is a's
+	d := handle("lab", "")    // a lab under another state root: no default profile at all
+	for _, tc := range []struct {
+		l    *Lab
+		want string
+	}{
+		{a, ""},
+		{b, "VXFAB_PROFILE=" + filepath.Join(root, "rv", "client.json")},
+		{c, "VXFAB_PROFILE=" + filepath.Join(root, "rv", "client.json")},
+		{d, "VXFAB_PROFILE=" + filepath.Join(root, "lab", "client.json")},
+	} {
+		if got := tc.l.ProfileEnv(); got != tc.want {
+			t.Errorf("lab %s: ProfileEnv() = %q, want %q", tc.l.Name(), got, tc.want)
+		}
+	}
+	hints := func(l *Lab) string {
+		var s []string
+		for _, h := range l.demoHints("vxfab", netip.MustParseAddr("10.0.0.12")) {
+			s = append(s, h[0])
+		}
+		return strings.Join(s, "\n")
+	}
+	if got := hints(a); !strings.Contains(got, "\nvxfab network list\n") || strings.Contains(got, "VXFAB_PROFILE") || strings.Contains(got, "--name") {
+		t.Errorf("demo hints of the default lab:\n%s", got)
+	}
+	if got := hints(c); !strings.Contains(got, "\nVXFAB_PROFILE="+c.ProfilePath()+" vxfab network list\n") || !strings.Contains(got, "vxfab lab --name rv status") {
+		t.Errorf("demo hints of lab rv, not the default profile's:\n%s", got)
+	}
+}

@@ -62,6 +62,9 @@ type VMStatus struct {
 	Host      string      `json:"host"`
 	Namespace bool        `json:"namespace"`
 	NICs      []NICStatus `json:"nics"`
+	// PortsUnknown: the server did not answer, so the VM's ports (its NICs and its host) are not
+	// known; NICs is empty then, which does not mean the VM has none.
+	PortsUnknown bool `json:"ports_unknown,omitempty"`
 }
 
 // NICStatus is one NIC of a VM.
@@ -108,14 +111,18 @@ func (l *Lab) Status(ctx context.Context) Status {
 		name := strings.TrimPrefix(ns, l.Namespace("vm-"))
 		vms[name] = &VMStatus{Name: name, Namespace: true}
 	}
+	portsKnown := false
 	if st.Server.PID != 0 {
 		if err := l.apiStatus(ctx, &st, vms); err != nil {
 			st.Errors = append(st.Errors, err.Error())
+		} else {
+			portsKnown = true
 		}
 	} else {
 		st.Errors = append(st.Errors, "server is not running: networks and ports unknown")
 	}
 	for _, vm := range vms {
+		vm.PortsUnknown = !portsKnown
 		st.VMs = append(st.VMs, *vm)
 	}
 	sort.Slice(st.VMs, func(i, j int) bool { return st.VMs[i].Name < st.VMs[j].Name })
@@ -240,7 +247,10 @@ func PrintVMs(w io.Writer, vms []VMStatus) {
 func printVMs(tw *tabwriter.Writer, vms []VMStatus) {
 	fmt.Fprintln(tw, "VM\tHOST\tNIC\tTENANT/NETWORK\tIP\tMAC\tPLUGGED")
 	for _, vm := range vms {
-		if len(vm.NICs) == 0 {
+		switch {
+		case len(vm.NICs) == 0 && vm.PortsUnknown:
+			fmt.Fprintf(tw, "%s\t?\t?\t(server unreachable: ports unknown)\t\t\t\n", vm.Name)
+		case len(vm.NICs) == 0:
 			fmt.Fprintf(tw, "%s\t%s\t-\t(no ports)\t\t\t\n", vm.Name, vm.Host)
 		}
 		for i, n := range vm.NICs {

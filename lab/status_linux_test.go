@@ -1,6 +1,8 @@
 package lab
 
 import (
+	"context"
+	"os"
 	"strings"
 	"testing"
 )
@@ -32,7 +34,8 @@ func TestStatusPrintUnknownRevisions(t *testing.T) {
 }
 
 // lab vm list prints the VM table of lab status: one line per NIC, the VM's name and host on its
-// first, and a VM without ports or without a namespace marked so.
+// first, and a VM without ports or without a namespace marked so; while the server does not answer,
+// a VM's ports are unknown, which is not the same as none.
 func TestPrintVMs(t *testing.T) {
 	var out strings.Builder
 	PrintVMs(&out, []VMStatus{
@@ -41,6 +44,7 @@ func TestPrintVMs(t *testing.T) {
 			{Index: 1, Tenant: "acme", Network: "db", IP: "10.11.0.2", MAC: "0e:00:00:00:00:02"},
 		}},
 		{Name: "empty", Namespace: true},
+		{Name: "unknown", Namespace: true, PortsUnknown: true},
 		{Name: "orphan", Host: "h2", NICs: []NICStatus{{Index: 0, Tenant: "acme", Network: "web", IP: "10.10.0.3", MAC: "0e:00:00:00:00:03"}}},
 		{Name: "api", Host: "h3", NICs: []NICStatus{{Index: -1, Tenant: "acme", Network: "web", IP: "10.10.0.4", MAC: "0e:00:00:00:00:04"}}},
 	})
@@ -49,6 +53,7 @@ func TestPrintVMs(t *testing.T) {
 		{"web", "h1", "eth0", "acme/web", "10.10.0.2", "0e:00:00:00:00:01", "true"},
 		{"eth1", "acme/db", "10.11.0.2", "0e:00:00:00:00:02", "false"},
 		{"empty", "-", "(no", "ports)"},
+		{"unknown", "?", "?", "(server", "unreachable:", "ports", "unknown)"},
 		{"orphan", "(no", "namespace)", "h2", "eth0", "acme/web", "10.10.0.3", "0e:00:00:00:00:03", "false"},
 
 		{"api", "(no", "namespace)", "h3", "-", "acme/web", "10.10.0.4", "0e:00:00:00:00:04", "false"},
@@ -81,5 +86,29 @@ func TestNICIndex(t *testing.T) {
 		if got := nicIndex(tc.vm, tc.network, tc.port); got != tc.want {
 			t.Errorf("nicIndex(%q, %q, %q) = %d, want %d", tc.vm, tc.network, tc.port, got, tc.want)
 		}
+	}
+}
+
+// With the server stopped, lab status and lab vm list know the VMs from their namespaces only: their
+// ports are unknown, not absent.
+func TestPrivilegedStatusServerStopped(t *testing.T) {
+	privileged(t)
+	l := testLab(t, 1)
+	if err := os.MkdirAll(l.runDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ns := l.VMNamespace("vt")
+	if err := ensureNamespace(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = deleteNamespace(context.Background(), ns) })
+	st := l.Status(context.Background())
+	if len(st.VMs) != 1 || st.VMs[0].Name != "vt" || !st.VMs[0].PortsUnknown || len(st.Errors) == 0 {
+		t.Fatalf("status with the server stopped: VMs %+v, errors %q; want vt with its ports unknown, and why", st.VMs, st.Errors)
+	}
+	var out strings.Builder
+	st.Print(&out)
+	if !strings.Contains(out.String(), "(server unreachable: ports unknown)") || strings.Contains(out.String(), "(no ports)") {
+		t.Errorf("status with the server stopped:\n%s\nwant vt's ports shown as unknown", out.String())
 	}
 }

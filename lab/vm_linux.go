@@ -299,25 +299,41 @@ var ErrNoSuchVM = errors.New("no such vm")
 // neither returns an error wrapping ErrNoSuchVM (a mistyped name must not look deleted); what is
 // left of a half-made VM, ports without a namespace or the reverse, is deleted.
 func (l *Lab) DeleteVM(ctx context.Context, name string) error {
+	_, err := l.RemoveVM(ctx, name)
+	return err
+}
+
+// RemovedVM is what RemoveVM found and deleted.
+type RemovedVM struct {
+	// Ports is the number of ports that named the VM, now deleted.
+	Ports int
+	// Namespace tells whether the VM had its namespace (a half-made VM may have had none).
+	Namespace bool
+}
+
+// RemoveVM is DeleteVM, saying what it deleted.
+func (l *Lab) RemoveVM(ctx context.Context, name string) (RemovedVM, error) {
 	if err := ValidateVMName(name); err != nil {
-		return err
+		return RemovedVM{}, err
 	}
 	c, err := l.Client()
 	if err != nil {
-		return err
+		return RemovedVM{}, err
 	}
 	defer c.Conn.Close()
 	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	resp, err := c.Ports.ListPorts(callCtx, &vxfabricv1.ListPortsRequest{Vm: name})
 	cancel()
 	if err != nil {
-		return fmt.Errorf("vm %q: list ports: %w", name, err)
+		return RemovedVM{}, fmt.Errorf("vm %q: list ports: %w", name, err)
 	}
-	if !slices.ContainsFunc(resp.GetPorts(), func(p *vxfabricv1.Port) bool { return p.GetVm() == name }) &&
-		!namespaceExists(l.VMNamespace(name)) {
-		return fmt.Errorf("vm %q: %w (no port names it and namespace %s does not exist)", name, ErrNoSuchVM, l.VMNamespace(name))
+	// A filter the server ignored must not count, or delete, someone else's port.
+	ports := slices.DeleteFunc(resp.GetPorts(), func(p *vxfabricv1.Port) bool { return p.GetVm() != name })
+	removed := RemovedVM{Ports: len(ports), Namespace: namespaceExists(l.VMNamespace(name))}
+	if removed.Ports == 0 && !removed.Namespace {
+		return removed, fmt.Errorf("vm %q: %w (no port names it and namespace %s does not exist)", name, ErrNoSuchVM, l.VMNamespace(name))
 	}
-	return l.deleteVM(ctx, c, name, resp.GetPorts())
+	return removed, l.deleteVM(ctx, c, name, ports)
 }
 
 func (l *Lab) deleteVM(ctx context.Context, c *Client, name string, ports []*vxfabricv1.Port) error {

@@ -74,8 +74,9 @@ func TestPrivilegedDeleteVM(t *testing.T) {
 		Name: "half-web-0", Node: "h1", Vm: "half"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.DeleteVM(ctx, "half"); err != nil {
-		t.Fatalf("delete a VM with a port and no namespace: %v", err)
+	// What was deleted is said, for `lab vm delete` to print it.
+	if removed, err := l.RemoveVM(ctx, "half"); err != nil || removed != (RemovedVM{Ports: 1}) {
+		t.Fatalf("delete a VM with a port and no namespace: %+v, %v; want its 1 port and no namespace", removed, err)
 	}
 	ports, err := c.Ports.ListPorts(ctx, &vxfabricv1.ListPortsRequest{Vm: "half"})
 	if err != nil || len(ports.GetPorts()) != 0 {
@@ -100,8 +101,8 @@ func TestPrivilegedDeleteVM(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- sleeper.Wait() }()
 	t.Cleanup(func() { _ = sleeper.Process.Kill() })
-	if err := l.DeleteVM(ctx, "busy"); err != nil {
-		t.Fatalf("delete a VM with a command running in it: %v", err)
+	if removed, err := l.RemoveVM(ctx, "busy"); err != nil || removed != (RemovedVM{Namespace: true}) {
+		t.Fatalf("delete a VM with a command running in it: %+v, %v; want its namespace and no port", removed, err)
 	}
 	select {
 	case <-exited:
@@ -149,5 +150,27 @@ func TestPrivilegedExecInterruptedEndsTheCommandItsOwnWay(t *testing.T) {
 	}
 	if got := out.String(); got != "started\nsummary\n" {
 		t.Errorf("the command wrote %q, want its trap's summary after its start", got)
+	}
+}
+
+// A command that runs and fails passes its status through, and one a signal ends reports 128+N as a
+// shell does (exec's own ExitCode says -1, which would leave vxfab with exit status 255).
+func TestPrivilegedExecStatus(t *testing.T) {
+	privileged(t)
+	l := testLab(t, 1)
+	ns := l.Namespace(RoleOutside)
+	if err := ensureNamespace(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = deleteNamespace(context.Background(), ns) })
+	for script, want := range map[string]int{"exit 7": 7, "kill -9 $$": 128 + 9, "kill -TERM $$": 128 + 15} {
+		err := l.Exec(context.Background(), RoleOutside, []string{"sh", "-c", script}, Stdio{})
+		var exit *ExitError
+		if !errors.As(err, &exit) || exit.Code != want {
+			t.Errorf("exec sh -c %q: %v, want an ExitError with status %d", script, err, want)
+		}
+	}
+	if err := l.Exec(context.Background(), "nosuch", []string{"true"}, Stdio{}); err == nil || errors.As(err, new(*ExitError)) {
+		t.Errorf("exec in a target that does not exist: %v, want an error of the lab's own", err)
 	}
 }

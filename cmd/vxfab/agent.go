@@ -90,7 +90,7 @@ func runAgent(ctx context.Context, f agentFlags) error {
 	}
 	vtep, err := netip.ParseAddr(f.vtep)
 	if err != nil {
-		return fmt.Errorf("--vtep %q: %w", f.vtep, err)
+		return fmt.Errorf("--vtep %s: want this host's underlay IP address, such as 198.18.0.11", flagValue(f.vtep))
 	}
 	version := buildVersion()
 	reg := prometheus.NewRegistry()
@@ -184,6 +184,12 @@ func agentDialOptions(crl string, log *slog.Logger) ([]grpc.DialOption, error) {
 		KeyFile:  firstNonEmpty(cliOpts.tlsKey, os.Getenv("VXFAB_TLS_KEY")),
 		CRLFile:  firstNonEmpty(crl, os.Getenv("VXFAB_TLS_CRL")),
 		Logger:   log,
+	}
+	if err := certKeyPair(
+		firstSource(source{cliOpts.tlsCert, "--tls-cert"}, source{os.Getenv("VXFAB_TLS_CERT"), "VXFAB_TLS_CERT"}),
+		firstSource(source{cliOpts.tlsKey, "--tls-key"}, source{os.Getenv("VXFAB_TLS_KEY"), "VXFAB_TLS_KEY"}),
+	); err != nil {
+		return nil, err
 	}
 	if cc.CAFile == "" || cliOpts.insecure {
 		if cc.CRLFile != "" {

@@ -56,9 +56,6 @@ crl.pem and gossip.key; ca.key never needs to leave the machine that runs this c
 				}
 				cfg.ServerIPs = append(cfg.ServerIPs, ip)
 			}
-			if days < 1 || days > maxDays {
-				return fmt.Errorf("--days %d: want 1 to %d", days, maxDays)
-			}
 			cfg.Validity = time.Duration(days) * 24 * time.Hour
 			res, err := pki.Init(cfg)
 			if err != nil {
@@ -81,7 +78,8 @@ crl.pem and gossip.key; ca.key never needs to leave the machine that runs this c
 	fs.StringArrayVar(&nodes, "node", nil, "node name to make a client certificate for (repeatable)")
 	fs.StringArrayVar(&serverNames, "server-name", nil, "DNS name clients reach the server by (repeatable)")
 	fs.StringArrayVar(&serverIPs, "server-ip", nil, "IP address clients reach the server at (repeatable)")
-	fs.IntVar(&days, "days", 365, "validity of the certificates in days (the CA gets twice as long)")
+	days = 365
+	newNumber(fs, &days, "days", 1, maxDays, fmt.Sprintf("a number of days, 1-%d", maxDays), "validity of the certificates in days (the CA gets twice as long)")
 	_ = initCmd.MarkFlagRequired("dir")
 
 	var revokeDir string
@@ -94,10 +92,12 @@ signed. A NAME revokes the certificate its file holds now and every unexpired on
 (certs init keeps a copy of each in --dir/issued/). With no name it writes the list anew (an empty
 one, to start with).
 
-The API server refuses a revoked certificate within about a second: in new connections, in calls over
-connections already open, and on running streams at their next message. A server that made its own
-PKI reads <data-dir>/pki/crl.pem; any other reads the list given with --tls-crl (copy the file to
-every server replica). Running certs init again issues the revoked node and admin certificates anew.
+The API server refuses a revoked certificate within about a second: in new connections (the TLS
+handshake fails: the client sees Unavailable, "tls: bad certificate", and retrying with the same
+certificate is no use), in calls over connections already open and on running streams at their
+next message (Unauthenticated, "client certificate revoked"). A server that made its own PKI reads
+<data-dir>/pki/crl.pem; any other reads the list given with --tls-crl (copy the file to every
+server replica). Running certs init again issues the revoked node and admin certificates anew.
 A revoked node still knows the gossip key: once every running server enforces the new list, one of
 them replaces the key everywhere else (a rotation; server --gossip-revoke-rotation).`,
 		Args: cobra.ArbitraryArgs,

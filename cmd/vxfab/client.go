@@ -74,25 +74,6 @@ func (o *outputFormat) Set(s string) error {
 func (o *outputFormat) String() string { return string(*o) }
 func (o *outputFormat) Type() string   { return "format" }
 
-// positiveDuration is a duration flag that refuses zero and negative values when parsed: a call
-// with no time left would only fail later, with DeadlineExceeded.
-type positiveDuration time.Duration
-
-func (d *positiveDuration) Set(s string) error {
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return errors.New("want a duration such as 15s or 1m")
-	}
-	if v <= 0 {
-		return errors.New("want a positive duration such as 15s or 1m")
-	}
-	*d = positiveDuration(v)
-	return nil
-}
-
-func (d *positiveDuration) String() string { return time.Duration(*d).String() }
-func (d *positiveDuration) Type() string   { return "duration" }
-
 // resolvedClient is the outcome of flags, environment and profile.
 type resolvedClient struct {
 	server   string
@@ -137,6 +118,14 @@ func resolveClient() (resolvedClient, error) {
 		tlsKey:   firstNonEmpty(cliOpts.tlsKey, os.Getenv("VXFAB_TLS_KEY"), prof.TLSKey),
 		insecure: cliOpts.insecure || prof.Insecure,
 	}
+	// A certificate and its key come as a pair: half of one is refused before either is read.
+	profName := "the profile " + profPath + "'s "
+	if err := certKeyPair(
+		firstSource(source{cliOpts.tlsCert, "--tls-cert"}, source{os.Getenv("VXFAB_TLS_CERT"), "VXFAB_TLS_CERT"}, source{prof.TLSCert, profName + "tls_cert"}),
+		firstSource(source{cliOpts.tlsKey, "--tls-key"}, source{os.Getenv("VXFAB_TLS_KEY"), "VXFAB_TLS_KEY"}, source{prof.TLSKey, profName + "tls_key"}),
+	); err != nil {
+		return resolvedClient{}, err
+	}
 	if r.token == "" && prof.TokenFile != "" {
 		data, err := os.ReadFile(prof.TokenFile)
 		if err != nil {
@@ -164,6 +153,31 @@ func resolveClient() (resolvedClient, error) {
 		r.insecure = true
 	}
 	return r, nil
+}
+
+// source is a setting and the name it was given by (a flag, a variable, a profile's field).
+type source struct{ value, name string }
+
+// firstSource is the first of sources that has a value, or none.
+func firstSource(sources ...source) source {
+	for _, s := range sources {
+		if s.value != "" {
+			return s
+		}
+	}
+	return source{}
+}
+
+// certKeyPair refuses a client certificate without its key, or a key without its certificate, so
+// that neither is read (loading the pair would fail with "open : no such file or directory").
+func certKeyPair(cert, key source) error {
+	switch {
+	case cert.value != "" && key.value == "":
+		return fmt.Errorf("--tls-cert and --tls-key go together: a certificate is given (%s) without its key", cert.name)
+	case key.value != "" && cert.value == "":
+		return fmt.Errorf("--tls-cert and --tls-key go together: a key is given (%s) without its certificate", key.name)
+	}
+	return nil
 }
 
 // tokenCreds attaches the bearer token to every call.

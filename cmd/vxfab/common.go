@@ -41,8 +41,11 @@ func (g *gossipFlags) addTo(fs *pflag.FlagSet, bindDefault string) {
 	fs.StringVar(&g.key, "gossip-key", "", "gossip encryption key, base64 of 16, 24 or 32 bytes (env VXFAB_GOSSIP_KEY)")
 	fs.StringVar(&g.keyring, "gossip-keyring", "", "file of base64 gossip keys, first one primary; rewritten by vxfab gossip rotate, reloaded on SIGHUP until then")
 	def := membership.Default(membership.RoleAgent, "")
-	fs.DurationVar(&g.probe, "gossip-probe-interval", def.ProbeInterval, "how often each member probes another (probe timeout: half of it)")
-	fs.IntVar(&g.suspicion, "gossip-suspicion-mult", def.SuspicionMult,
+	// Zero or less given explicitly is refused when parsed (config would take it for "default").
+	g.probe = def.ProbeInterval
+	fs.Var((*positiveDuration)(&g.probe), "gossip-probe-interval", "how often each member probes another (probe timeout: half of it)")
+	g.suspicion = def.SuspicionMult
+	newNumber(fs, &g.suspicion, "gossip-suspicion-mult", 1, maxInt, "a whole number of probe intervals, 1 or more",
 		"a suspect member is declared dead after this many probe intervals (times log10 of the cluster size above 10): lower detects dead hosts sooner but may declare a paused one dead")
 }
 
@@ -57,6 +60,7 @@ func (g *gossipFlags) config(role membership.Role, node, defaultBind string, log
 	mc.AdvertiseAddr = g.advertise
 	mc.Join = trimAll(g.join)
 	mc.KeyringFile = g.keyring
+	// Zero is a gossipFlags made without addTo (the flags refuse it): the defaults stay.
 	if g.probe > 0 {
 		mc.ProbeInterval, mc.ProbeTimeout = g.probe, g.probe/2
 	}

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -149,15 +150,28 @@ func newLabUpCmd(f *labFlags) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "lab %q up in %.1fs: %d hosts, server healthy, every agent ALIVE\n",
 				l.Name(), time.Since(began).Seconds(), len(l.Hosts()))
-			if cfg.ProfilePath != "" {
-				fmt.Fprintf(cmd.OutOrStdout(), "the CLI now talks to it: try `%[1]s node list`, `%[1]s lab status`\n", os.Args[0])
-			}
+			fmt.Fprintln(cmd.OutOrStdout(), labUpNext(l, os.Args[0]))
 			return nil
 		},
 	}
-	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
+	hosts = lab.Default().Hosts
+	newNumber(cmd.Flags(), &hosts, "hosts", 1, lab.MaxHosts, fmt.Sprintf("a number of hosts, 1-%d", lab.MaxHosts), "number of hosts")
 	cmd.Flags().BoolVar(&defaultProfile, "default-profile", true, "make the CLI talk to this lab by default ("+defaultProfilePath+")")
 	return cmd
+}
+
+// labUpNext is the line after `lab up`'s: how the CLI (run as cli) talks to the lab. When the
+// default profile is another lab's, or none (--default-profile=false), that is through the lab's
+// own profile, <state dir>/client.json.
+func labUpNext(l *lab.Lab, cli string) string {
+	status := cli + " lab status"
+	if l.Name() != lab.Default().Name {
+		status += " --name " + l.Name()
+	}
+	if env := l.ProfileEnv(); env != "" {
+		return fmt.Sprintf("the CLI reaches it through its own profile: `export %s`, then try `%s node list`, `%s`", env, cli, status)
+	}
+	return fmt.Sprintf("the CLI now talks to it: try `%s node list`, `%s`", cli, status)
 }
 
 func newLabDownCmd(f *labFlags) *cobra.Command {
@@ -230,15 +244,30 @@ func newLabExecCmd(f *labFlags) *cobra.Command {
 				return err
 			}
 			err = l.Exec(cmd.Context(), args[0], argv, lab.Stdio{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
-			var exit *lab.ExitError
-			if errors.As(err, &exit) {
-				return exitCodeError{code: exit.Code, err: err}
-			}
-			return err
+			return execResult(err, args[0], argv[0])
 		},
 	}
 	cmd.Flags().SetInterspersed(false)
 	return cmd
+}
+
+// execResult is what `lab exec` makes of lab.Exec's error. A command that ran and failed passes
+// its exit status through silently, as under ssh: it has said what went wrong on its own stderr.
+// A run cut short (^C, SIGTERM) exits 130 with one line; vxfab's own failures (no such target or
+// namespace, ip not found) print their line and exit 1.
+func execResult(err error, target, command string) error {
+	var exit *lab.ExitError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &exit) && errors.Is(err, context.Canceled):
+		return exitCodeError{code: exit.Code, err: fmt.Errorf("%s in %s: interrupted", command, target)}
+	case errors.As(err, &exit) && errors.Is(err, context.DeadlineExceeded):
+		return exitCodeError{code: exit.Code, err: err}
+	case errors.As(err, &exit):
+		return exitCodeError{code: exit.Code, err: err, quiet: true}
+	}
+	return err
 }
 
 func newLabAgentCmd(f *labFlags) *cobra.Command {
@@ -418,10 +447,11 @@ func newLabVMCmd(f *labFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := l.DeleteVM(cmd.Context(), args[0]); err != nil {
+			removed, err := l.RemoveVM(cmd.Context(), args[0])
+			if err != nil {
 				return labError(err)
 			}
-			return said(cmd, true, "vm "+args[0]+" deleted, with its ports", "")
+			return said(cmd, true, vmDeleted(args[0], removed), "")
 		},
 	}
 	list := &cobra.Command{
@@ -477,6 +507,21 @@ and the VM stays where it was. Running it again finishes a migration cut short (
 	_ = migrate.MarkFlagRequired("host")
 	cmd.AddCommand(create, list, migrate, del)
 	return cmd
+}
+
+// vmDeleted is the line `lab vm delete` prints: what there was of the VM, now gone.
+func vmDeleted(name string, r lab.RemovedVM) string {
+	ports := "its port"
+	if r.Ports != 1 {
+		ports = fmt.Sprintf("its %d ports", r.Ports)
+	}
+	switch {
+	case r.Ports == 0:
+		return "vm " + name + " deleted (it had no ports)"
+	case !r.Namespace:
+		return "vm " + name + " deleted: " + ports + " (it had no namespace)"
+	}
+	return "vm " + name + " deleted, with " + ports
 }
 
 func newLabDemoCmd(f *labFlags) *cobra.Command {

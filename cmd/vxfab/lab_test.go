@@ -3,6 +3,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/vxfabric/vxfabric/controlplane/client"
 	"github.com/vxfabric/vxfabric/lab"
 )
 
@@ -67,5 +70,78 @@ func TestLabErrorNoSuchVM(t *testing.T) {
 	}
 	if err := labError(nil); err != nil {
 		t.Errorf("labError(nil) = %v", err)
+	}
+}
+
+// `lab exec` passes a failed command's status through without a line of its own (the command spoke
+// on its own stderr, as under ssh); an interrupted run says so in one line and exits 130; vxfab's
+// own failures print their line and exit 1.
+func TestLabExecResult(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		code   int
+		stderr string
+	}{
+		{nil, 0, ""},
+		{&lab.ExitError{Code: 1, Err: errors.New("false in h1: exit status 1")}, 1, ""},
+		{&lab.ExitError{Code: 137, Err: errors.New("sleep in h1: signal: killed")}, 137, ""},
+		{&lab.ExitError{Code: 130, Err: fmt.Errorf("ping in h1: stopped (%w)", context.Canceled)}, 130, "vxfab: ping in h1: interrupted\n"},
+		{errors.New(`exec in h9: namespace vxl-lab-h9 does not exist (is the lab up?)`), 1,
+			"vxfab: exec in h9: namespace vxl-lab-h9 does not exist (is the lab up?)\n"},
+	} {
+		var stderr strings.Builder
+		if code := report(execResult(tc.err, "h1", "ping"), &stderr); code != tc.code || stderr.String() != tc.stderr {
+			t.Errorf("lab exec ending in %v: exit %d, stderr %q; want %d, %q", tc.err, code, stderr.String(), tc.code, tc.stderr)
+		}
+	}
+}
+
+// `lab vm delete` says what it deleted: a VM without ports is not said to have gone with them.
+func TestVMDeleted(t *testing.T) {
+	for r, want := range map[lab.RemovedVM]string{
+		{Ports: 2, Namespace: true}: "vm vt deleted, with its 2 ports",
+		{Ports: 1, Namespace: true}: "vm vt deleted, with its port",
+		{Namespace: true}:           "vm vt deleted (it had no ports)",
+		{Ports: 3}:                  "vm vt deleted: its 3 ports (it had no namespace)",
+	} {
+		if got := vmDeleted("vt", r); got != want {
+			t.Errorf("vmDeleted(%+v) = %q, want %q", r, got, want)
+		}
+	}
+}
+
+// `lab up` of a lab the default profile does not point at (--default-profile=false) says how to
+// reach it; the default lab's says the CLI talks to it.
+func TestLabUpSaysHowToReachTheLab(t *testing.T) {
+	root := t.TempDir()
+	shared := filepath.Join(root, "client.json")
+	open := func(name string) *lab.Lab {
+		t.Helper()
+		cfg := lab.Default()
+		cfg.Name, cfg.StateRoot, cfg.ProfilePath, cfg.Bin = name, root, shared, "/bin/true"
+		l, err := lab.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	def, rv := open("lab"), open("rv")
+	data, err := def.Profile().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(shared, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := client.ReadProfile(shared); err != nil || p.Server != def.Profile().Server {
+		t.Fatalf("shared profile: %+v %v", p, err)
+	}
+	if got, want := labUpNext(def, "vxfab"), "the CLI now talks to it: try `vxfab node list`, `vxfab lab status`"; got != want {
+		t.Errorf("lab up (default profile):\n%s\nwant\n%s", got, want)
+	}
+	want := "the CLI reaches it through its own profile: `export VXFAB_PROFILE=" + filepath.Join(root, "rv", "client.json") +
+		"`, then try `vxfab node list`, `vxfab lab status --name rv`"
+	if got := labUpNext(rv, "vxfab"); got != want {
+		t.Errorf("lab up --name rv --default-profile=false:\n%s\nwant\n%s", got, want)
 	}
 }

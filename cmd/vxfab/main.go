@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -25,12 +27,48 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetFlagErrorFunc(flagError)
 	addClientFlags(root.PersistentFlags())
 	for _, newCmd := range subcommands {
 		root.AddCommand(newCmd())
 	}
+	// Cobra adds its completion and help commands only when it runs: add them now, so that they
+	// refuse an unknown word as every other command does.
+	root.InitDefaultCompletionCmd()
+	root.SetHelpCommand(newHelpCmd())
 	refuseUnknownSubcommands(root)
 	return root
+}
+
+// newHelpCmd is `vxfab help [COMMAND...]`: cobra's own help command prints the root's help and
+// succeeds for a command that does not exist.
+func newHelpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [command]",
+		Short: "Help about any command",
+		ValidArgsFunction: func(c *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			target, _, err := c.Root().Find(args)
+			if err != nil {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			var words []cobra.Completion
+			for _, sub := range target.Commands() {
+				if sub.IsAvailableCommand() && strings.HasPrefix(sub.Name(), toComplete) {
+					words = append(words, cobra.CompletionWithDesc(sub.Name(), sub.Short))
+				}
+			}
+			return words, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			root := cmd.Root()
+			target, rest, err := root.Find(args)
+			if err != nil || len(rest) > 0 {
+				return fmt.Errorf("help: unknown command %q (see %s --help)", strings.Join(args, " "), root.CommandPath())
+			}
+			target.InitDefaultHelpFlag()
+			return target.Help()
+		},
+	}
 }
 
 // refuseUnknownSubcommands makes a command group given an unknown word fail (exit 1) instead of
@@ -55,20 +93,34 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "vxfab: "+errorLine(err))
-		var exit exitCodeError
-		if errors.As(err, &exit) {
-			os.Exit(exit.code)
-		}
-		os.Exit(1)
-	}
+	os.Exit(report(err, os.Stderr))
 }
 
-// exitCodeError carries a specific exit status (for example a command run by `lab exec`).
+// report prints a failed command's one error line on stderr and returns the exit status: 1, or the
+// one an exitCodeError carries. A quiet exitCodeError prints nothing.
+func report(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	code := 1
+	var exit exitCodeError
+	if errors.As(err, &exit) {
+		if exit.quiet {
+			return exit.code
+		}
+		code = exit.code
+	}
+	fmt.Fprintln(stderr, "vxfab: "+errorLine(err))
+	return code
+}
+
+// exitCodeError carries a specific exit status (for example a command run by `lab exec`). quiet:
+// the failure has been told already (the command run by `lab exec` said it on its own stderr), so
+// vxfab adds no line of its own.
 type exitCodeError struct {
-	code int
-	err  error
+	code  int
+	err   error
+	quiet bool
 }
 
 func (e exitCodeError) Error() string { return e.err.Error() }

@@ -28,11 +28,36 @@ func TestCLIRefusesBadInvocations(t *testing.T) {
 		{[]string{"lab", "agent", "frob", "h1"}, `unknown command "frob" for "vxfab lab agent"`},
 		{[]string{"agent"}, `required flag(s) "node", "vtep" not set`},
 		{[]string{"port", "move", "p1", "--tenant", "t"}, `required flag(s) "node" not set`},
-		{[]string{"network", "create", "n", "--tenant", "t", "--cidr", "10.0.0.0/24", "--mode", "nat", "--vni", "0"}, "--vni 0"},
-		{[]string{"--timeout", "0s", "tenant", "list"}, `invalid argument "0s" for "--timeout" flag: want a positive duration`},
-		{[]string{"tenant", "list", "--timeout=-1s"}, `invalid argument "-1s" for "--timeout" flag: want a positive duration`},
-		{[]string{"node", "list", "-o", "yaml"}, `invalid argument "yaml" for "-o, --output" flag: want table or json`},
-		{[]string{"lab", "status", "-o", "xml"}, `invalid argument "xml" for "-o, --output" flag: want table or json`},
+		{[]string{"network", "create", "n", "--tenant", "t", "--cidr", "10.0.0.0/24", "--mode", "nat", "--vni", "0"}, "--vni 0: want a VNI, 1-16777214"},
+		{[]string{"--timeout", "0s", "tenant", "list"}, `--timeout 0s: want a positive duration`},
+		{[]string{"tenant", "list", "--timeout=-1s"}, `--timeout -1s: want a positive duration`},
+		{[]string{"node", "list", "-o", "yaml"}, `--output "yaml": want table or json`},
+		{[]string{"lab", "status", "-o", "xml"}, `--output "xml": want table or json`},
+		// Help and completion refuse an unknown word as every other command group does.
+		{[]string{"completion", "bogus"}, `unknown command "bogus" for "vxfab completion"`},
+		{[]string{"help", "bogus"}, `help: unknown command "bogus"`},
+		// Half a client certificate is refused before anything is read.
+		{[]string{"--tls-cert", "/nonexistent/c.crt", "tenant", "list"}, "--tls-cert and --tls-key go together: a certificate is given (--tls-cert) without its key"},
+		{[]string{"--tls-key", "/nonexistent/c.key", "tenant", "list"}, "--tls-cert and --tls-key go together: a key is given (--tls-key) without its certificate"},
+		{[]string{"agent", "--node", "h1", "--vtep", "198.18.0.11", "--tls-ca", "/nonexistent/ca.crt", "--tls-cert", "/nonexistent/c.crt"}, "--tls-cert and --tls-key go together"},
+		// Gossip timers given explicitly as zero or less are refused, not taken for "the default".
+		{[]string{"server", "--gossip-probe-interval", "-5s"}, "--gossip-probe-interval -5s: want a positive duration"},
+		{[]string{"server", "--gossip-suspicion-mult", "0"}, "--gossip-suspicion-mult 0: want a whole number of probe intervals, 1 or more"},
+		{[]string{"agent", "--node", "h1", "--vtep", "198.18.0.11", "--gossip-probe-interval", "0s"}, "--gossip-probe-interval 0s: want a positive duration"},
+		{[]string{"agent", "--node", "h1", "--vtep", "198.18.0.11", "--gossip-suspicion-mult=-1"}, "--gossip-suspicion-mult -1: want a whole number"},
+		// Numbers say what they want, not what strconv said.
+		{[]string{"network", "create", "n", "--tenant", "t", "--cidr", "10.0.0.0/24", "--mode", "nat", "--mtu", "-5"},
+			"--mtu -5: want an MTU in bytes: 576-9000, and at most the server's underlay MTU less 50"},
+		{[]string{"network", "create", "n", "--tenant", "t", "--cidr", "10.0.0.0/24", "--mode", "nat", "--mtu", "0"}, "--mtu 0: want an MTU in bytes"},
+		{[]string{"network", "update", "n", "--tenant", "t", "--mtu", "abc"}, `--mtu "abc": want an MTU in bytes`},
+		{[]string{"network", "create", "n", "--tenant", "t", "--cidr", "10.0.0.0/24", "--mode", "nat", "--vni", "16777215"}, "--vni 16777215: want a VNI, 1-16777214"},
+		{[]string{"port", "delete", "p", "--tenant", "t", "--revision", "-1"}, "--revision -1: want a revision"},
+		{[]string{"server", "--vni-range", "abc"}, `--vni-range "abc": want FIRST-LAST`},
+		{[]string{"server", "--vni-range", "5-1"}, `--vni-range 5-1: want FIRST-LAST, VNIs of 1-16777214 with FIRST <= LAST`},
+		{[]string{"server", "--underlay-mtu", "x"}, `--underlay-mtu "x": want the MTU of the hosts' underlay in bytes`},
+		{[]string{"server", "--max-request-bytes", "1e6"}, `--max-request-bytes 1e6: want a whole number`},
+		{[]string{"certs", "init", "--dir", "/nonexistent", "--days", "x"}, `--days "x": want a number of days, 1-36500`},
+		{[]string{"agent", "--node", "h1", "--vtep", "198.18.0"}, "--vtep 198.18.0: want this host's underlay IP address"},
 	} {
 		root := newRootCmd()
 		root.SetOut(io.Discard)
@@ -41,6 +66,9 @@ func TestCLIRefusesBadInvocations(t *testing.T) {
 		err := root.Execute()
 		if err == nil || !strings.Contains(errorLine(err), tc.want) {
 			t.Errorf("vxfab %s: error %v, want one containing %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+		if err != nil && strings.Contains(errorLine(err), "strconv") {
+			t.Errorf("vxfab %s: %s: the parser's text, not what the flag wants", strings.Join(tc.args, " "), errorLine(err))
 		}
 	}
 	// A group without a word still shows its help and succeeds.
@@ -197,6 +225,57 @@ func TestServerWarnsOfALoopbackAnnouncement(t *testing.T) {
 		}
 		if got := strings.Contains(logs.String(), "loopback address"); got != tc.warn {
 			t.Errorf("--listen %s: warned %v, want %v:\n%s", tc.listen, got, tc.warn, logs.String())
+		}
+	}
+}
+
+// No flag of any command answers a bad value with the parser's text (strconv's, time's): each says
+// `--NAME VALUE: want ...`, whether the flag is the CLI's own or defined elsewhere (auth's
+// --max-request-bytes).
+func TestEveryFlagSaysWhatItWants(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.LocalNonPersistentFlags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				switch f.Value.Type() {
+				case "string", "stringSlice", "stringArray":
+					return // every string is a value
+				}
+				for _, bad := range []string{"-5x", "abc", "99999999999999999999999"} {
+					err := fs.Set(f.Name, bad)
+					if err == nil {
+						continue
+					}
+					line := errorLine(flagError(c, err))
+					if !strings.HasPrefix(line, "--"+f.Name+" ") || !strings.Contains(line, ": want ") || strings.Contains(line, "strconv") || strings.Contains(line, "time:") {
+						t.Errorf("%s --%s %s: %q, want `--%s VALUE: want ...`", c.CommandPath(), f.Name, bad, line, f.Name)
+					}
+				}
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCmd())
+}
+
+// A failed command prints one line, "vxfab: ...", and exits 1 or with the status it carries; a
+// command run by `lab exec` that failed on its own says so itself, and vxfab adds nothing.
+func TestReport(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		code   int
+		stderr string
+	}{
+		{nil, 0, ""},
+		{errors.New("lab \"x\": lab is not up"), 1, "vxfab: lab \"x\": lab is not up\n"},
+		{exitCodeError{code: 1, err: errors.New("false in h1: exit status 1"), quiet: true}, 1, ""},
+		{exitCodeError{code: 130, err: errors.New("ping in h1: interrupted")}, 130, "vxfab: ping in h1: interrupted\n"},
+	} {
+		var stderr strings.Builder
+		if code := report(tc.err, &stderr); code != tc.code || stderr.String() != tc.stderr {
+			t.Errorf("report(%v): exit %d, stderr %q; want %d, %q", tc.err, code, stderr.String(), tc.code, tc.stderr)
 		}
 	}
 }

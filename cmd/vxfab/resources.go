@@ -8,12 +8,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/vxfabric/vxfabric/controlplane/alloc"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -70,6 +73,15 @@ func createCall(ctx context.Context, requestID string, call func(ctx context.Con
 // createAttempts bounds createCall: with a server that is down, the command still fails in about
 // 1.4 s, not after its whole --timeout.
 const createAttempts = 4
+
+// mtuWant is what a network's --mtu wants. The server checks the range: its upper bound follows
+// the server's --underlay-mtu, which the CLI does not know.
+const mtuWant = "an MTU in bytes: 576-9000, and at most the server's underlay MTU less 50 (1450 on a 1500-byte underlay)"
+
+// revisionFlag defines --revision, the expected revision of an update or delete (0: any).
+func revisionFlag(fs *pflag.FlagSet, rev *int64, usage string) {
+	newNumber(fs, rev, "revision", 0, math.MaxInt64, "a revision as list and show print it (0: any)", usage)
+}
 
 // tenantOwning starts the help of a --tenant flag that names the tenant of a resource.
 const tenantOwning = "tenant (required; with a tenant token, its own by default) owning the "
@@ -220,7 +232,7 @@ func newTenantCmd() *cobra.Command {
 			})
 		},
 	}
-	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the tenant is still at this revision")
+	revisionFlag(del.Flags(), &rev, "delete only if the tenant is still at this revision")
 	cmd.AddCommand(create, list, show, del)
 	return cmd
 }
@@ -247,13 +259,6 @@ func newNetworkCmd() *cobra.Command {
 			m, err := parseMode(mode)
 			if err != nil {
 				return err
-			}
-			// 0 on the wire means "allocate one": an explicit --vni 0 is a mistake, not a request.
-			if cmd.Flags().Changed("vni") && vni == 0 {
-				return fmt.Errorf("--vni 0: a VNI is 1-16777214 (leave --vni out to have one allocated)")
-			}
-			if cmd.Flags().Changed("mtu") && mtu == 0 {
-				return fmt.Errorf("--mtu 0: an MTU is 576-9000 (leave --mtu out for the default)")
 			}
 			req := &vxfabricv1.CreateNetworkRequest{Tenant: tenant, Name: args[0], Cidr: cidr, Mode: m, Vni: vni,
 				Mtu: mtu, Gateway: gateway, RequestId: requestID}
@@ -285,8 +290,10 @@ func newNetworkCmd() *cobra.Command {
 	cf.StringVar(&tenant, "tenant", "", tenantOwning+"network")
 	cf.StringVar(&cidr, "cidr", "", "IPv4 network, /8 to /29, e.g. 10.0.0.0/24")
 	cf.StringVar(&mode, "mode", "", "isolated, nat, routed or bridged")
-	cf.Uint32Var(&vni, "vni", 0, "VNI to use (default: allocated)")
-	cf.Uint32Var(&mtu, "mtu", 0, "MTU (default: the underlay MTU minus 50)")
+	// 0 on the wire means "allocate one" and "the default": an explicit 0 is a mistake, refused.
+	newNumber(cf, &vni, "vni", 1, alloc.MaxVNI, fmt.Sprintf("a VNI, 1-%d (leave --vni out to have one allocated)", alloc.MaxVNI),
+		"VNI to use (default: allocated)")
+	newNumber(cf, &mtu, "mtu", 1, math.MaxUint32, mtuWant+"; leave --mtu out for the default", "MTU (default: the underlay MTU minus 50)")
 	cf.StringVar(&gateway, "gateway", "", "gateway address, nat and routed only (default: first host address)")
 	cf.StringVar(&uplink, "uplink", "", "NODE:IFACE, bridged only")
 	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same network (default: a new one, reused by the command's own retries)")
@@ -335,9 +342,9 @@ vxfab lab exec VM -- ip link set ethN mtu MTU).`,
 		},
 	}
 	update.Flags().StringVar(&tenant, "tenant", "", tenantOwning+"network")
-	update.Flags().Uint32Var(&mtu, "mtu", 0, "new MTU")
+	newNumber(update.Flags(), &mtu, "mtu", 1, math.MaxUint32, mtuWant, "new MTU")
 	mustRequire(update, "mtu")
-	update.Flags().Int64Var(&rev, "revision", 0, "update only if the network is still at this revision")
+	revisionFlag(update.Flags(), &rev, "update only if the network is still at this revision")
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "delete a network without ports", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -352,7 +359,7 @@ vxfab lab exec VM -- ip link set ethN mtu MTU).`,
 		},
 	}
 	del.Flags().StringVar(&tenant, "tenant", "", tenantOwning+"network")
-	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the network is still at this revision")
+	revisionFlag(del.Flags(), &rev, "delete only if the network is still at this revision")
 	cmd.AddCommand(create, list, show, update, del)
 	return cmd
 }
@@ -464,7 +471,7 @@ func newPortCmd() *cobra.Command {
 	move.Flags().StringVar(&tenant, "tenant", "", tenantOwning+"port")
 	move.Flags().StringVar(&node, "node", "", "the new host")
 	mustRequire(move, "node")
-	move.Flags().Int64Var(&rev, "revision", 0, "move only if the port is still at this revision")
+	revisionFlag(move.Flags(), &rev, "move only if the port is still at this revision")
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "delete a port", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -479,7 +486,7 @@ func newPortCmd() *cobra.Command {
 		},
 	}
 	del.Flags().StringVar(&tenant, "tenant", "", tenantOwning+"port")
-	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the port is still at this revision")
+	revisionFlag(del.Flags(), &rev, "delete only if the port is still at this revision")
 	cmd.AddCommand(create, list, show, move, del)
 	return cmd
 }
@@ -569,7 +576,7 @@ func newNodeCmd() *cobra.Command {
 			})
 		},
 	}
-	del.Flags().Int64Var(&rev, "revision", 0, "delete only if the node is still at this revision")
+	revisionFlag(del.Flags(), &rev, "delete only if the node is still at this revision")
 	del.Flags().BoolVar(&force, "force", false, "forget the node even while it is ALIVE or SUSPECT (not while it holds ports)")
 	cmd.AddCommand(list, show, del)
 	return cmd

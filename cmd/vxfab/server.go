@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -73,7 +74,9 @@ func newServerCmd() *cobra.Command {
 	fs.StringVar(&f.etcdKey, "etcd-key", "", "etcd client key")
 	fs.StringVar(&f.etcdCA, "etcd-ca", "", "CA of the etcd cluster")
 	fs.StringArrayVar(&f.vniRanges, "vni-range", nil, "VNI pool range FIRST-LAST, repeatable (default 4096-16777214)")
-	fs.Uint32Var(&f.underlayMTU, "underlay-mtu", def.UnderlayMTU, "MTU of the hosts' underlay; networks default to 50 less")
+	f.underlayMTU = def.UnderlayMTU
+	newNumber(fs, &f.underlayMTU, "underlay-mtu", 1, math.MaxUint32, "the MTU of the hosts' underlay in bytes, such as 1500 or 9000",
+		"MTU of the hosts' underlay; networks default to 50 less")
 	fs.DurationVar(&f.requestRetention, "request-retention", def.RequestRetention, "how long a create's request_id is remembered (0: forever)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.name, "name", "", "this server's gossip member name (default server-HOSTNAME)")
@@ -109,7 +112,8 @@ func serverConfig(f serverFlags, reg prometheus.Registerer) (server.Config, erro
 		for _, s := range f.vniRanges {
 			r, err := alloc.ParseRange(s)
 			if err != nil {
-				return cfg, fmt.Errorf("--vni-range: %w", err)
+				// alloc's own text names strconv ("vni range "abc": strconv.ParseUint: ...").
+				return cfg, fmt.Errorf("--vni-range %s: want FIRST-LAST, VNIs of 1-%d with FIRST <= LAST (or one VNI)", flagValue(s), alloc.MaxVNI)
 			}
 			cfg.VNIRanges = append(cfg.VNIRanges, r)
 		}
