@@ -39,7 +39,7 @@ var demoNetworks = []struct {
 // aim at the sender's own address.
 var DemoVMs = []VMSpec{
 	{Name: "red-a", Host: "h1", NICs: []NICSpec{{Tenant: "red", Network: "web", IP: "10.0.0.11"}, {Tenant: "red", Network: "ext"}}},
-	{Name: "red-b", Host: "h2", NICs: []NICSpec{{Tenant: "red", Network: "web", IP: "10.0.0.12"}, {Tenant: "red", Network: "lan", IP: "192.168.77.21"}}},
+	{Name: "red-b", Host: "h2", NICs: []NICSpec{{Tenant: "red", Network: "web", IP: "10.0.0.12"}, {Tenant: "red", Network: "lan", IP: "192.168.77.121"}}},
 	{Name: "blue-a", Host: "h3", NICs: []NICSpec{{Tenant: "blue", Network: "web", IP: "10.0.0.10"}, {Tenant: "blue", Network: "pub"}}},
 }
 
@@ -105,7 +105,9 @@ func (l *Lab) BuildDemo(ctx context.Context) (*DemoFabric, error) {
 func ensureDemoNetwork(ctx context.Context, c *Client, tenant, name, cidr string, mode vxfabricv1.NetworkMode, uplinkHost string) error {
 	req := &vxfabricv1.CreateNetworkRequest{Tenant: tenant, Name: name, Cidr: cidr, Mode: mode, RequestId: requestID()}
 	if uplinkHost != "" {
+		// The LAN's own addresses (its router, 192.168.77.1) stay out of the ports' reach.
 		req.Uplink = &vxfabricv1.Uplink{Node: uplinkHost, Interface: LANIface}
+		req.AllocationPool = LANPool
 	}
 	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	_, err := c.Networks.CreateNetwork(callCtx, req)

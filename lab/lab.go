@@ -52,6 +52,9 @@ var (
 	OutsideAddr    = netip.MustParseAddr("198.18.0.254")
 	LANPrefix      = netip.MustParsePrefix("192.168.77.0/24")
 	LANAddr        = netip.MustParseAddr("192.168.77.1")
+	// LANPool is the allocation pool of the lab's bridged networks: the part of the LAN that is the
+	// fabric's to give (the LAN's own hosts, LANAddr, are below it).
+	LANPool = "192.168.77.100-192.168.77.199"
 )
 
 const (

@@ -249,9 +249,9 @@ func tenantTable(w io.Writer, ts ...*vxfabricv1.Tenant) {
 func newNetworkCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "network", Short: "manage networks"}
 	var (
-		tenant, cidr, mode, gateway, uplink, requestID string
-		vni, mtu                                       uint32
-		rev                                            int64
+		tenant, cidr, mode, gateway, uplink, pool, requestID string
+		vni, mtu                                             uint32
+		rev                                                  int64
 	)
 	create := &cobra.Command{
 		Use: "create NAME", Short: "create a network", Args: cobra.ExactArgs(1),
@@ -261,7 +261,7 @@ func newNetworkCmd() *cobra.Command {
 				return err
 			}
 			req := &vxfabricv1.CreateNetworkRequest{Tenant: tenant, Name: args[0], Cidr: cidr, Mode: m, Vni: vni,
-				Mtu: mtu, Gateway: gateway, RequestId: requestID}
+				Mtu: mtu, Gateway: gateway, AllocationPool: pool, RequestId: requestID}
 			if uplink != "" {
 				node, iface, ok := strings.Cut(uplink, ":")
 				if !ok {
@@ -296,6 +296,7 @@ func newNetworkCmd() *cobra.Command {
 	newNumber(cf, &mtu, "mtu", 1, math.MaxUint32, mtuWant+"; leave --mtu out for the default", "MTU (default: the underlay MTU minus 50)")
 	cf.StringVar(&gateway, "gateway", "", "gateway address, nat and routed only (default: first host address)")
 	cf.StringVar(&uplink, "uplink", "", "NODE:IFACE, bridged only")
+	cf.StringVar(&pool, "pool", "", "FIRST-LAST: the addresses ports are given (default: every host address); on a bridged network, keep the LAN's router and hosts out of it")
 	cf.StringVar(&requestID, "request-id", "", "idempotency key: repeating it returns the same network (default: a new one, reused by the command's own retries)")
 	mustRequire(create, "cidr", "mode")
 
@@ -378,11 +379,20 @@ func networkTable(w io.Writer, ns ...*vxfabricv1.Network) {
 	}
 }
 
+// poolText shows a network's allocation pool; empty is the whole CIDR.
+func poolText(pool string) string {
+	if pool == "" {
+		return "every host address"
+	}
+	return pool
+}
+
 func networkDetail(w io.Writer, n *vxfabricv1.Network) {
 	for _, kv := range [][2]any{
 		{"Name:", n.Name}, {"Tenant:", n.Tenant}, {"ID:", n.Id}, {"CIDR:", n.Cidr}, {"Mode:", modeName(n.Mode)},
 		{"VNI:", n.Vni}, {"MTU:", n.Mtu}, {"Gateway:", n.Gateway}, {"Gateway MAC:", n.GatewayMac},
-		{"Uplink:", uplinkText(n.Uplink)}, {"Revision:", n.Revision}, {"Created:", fmtTime(n.CreateTime)},
+		{"Uplink:", uplinkText(n.Uplink)}, {"Allocation pool:", poolText(n.AllocationPool)}, {"Revision:", n.Revision},
+		{"Created:", fmtTime(n.CreateTime)},
 	} {
 		row(w, kv[0], kv[1])
 	}
