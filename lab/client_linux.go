@@ -129,7 +129,7 @@ func (tokenFileCreds) RequireTransportSecurity() bool { return false }
 // open), with the admin token. The caller closes the connection.
 func (l *Lab) Dial() (*grpc.ClientConn, error) {
 	p := l.Profile()
-	conn, err := grpc.NewClient(p.Server,
+	conn, err := grpc.NewClient(p.Server, client.CallOptions(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithPerRPCCredentials(tokenFileCreds{path: l.AdminTokenPath()}))
 	if err != nil {

@@ -198,7 +198,7 @@ func dialServer() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	var opts []grpc.DialOption
+	opts := []grpc.DialOption{client.CallOptions()}
 	secure := r.tlsCA != "" && !r.insecure
 	if secure {
 		pem, err := os.ReadFile(r.tlsCA)

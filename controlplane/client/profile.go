@@ -1,13 +1,25 @@
 // Package client holds what every API client of vxfabric shares: the client profile, a file that
 // says how to reach a server (address, CA, client certificate, token). `vxfab lab up` writes one;
-// the CLI reads it. It never dials by itself and holds no state.
+// the CLI reads it. It also holds the call options every client dials with. It never dials by itself
+// and holds no state.
 package client
 
 import (
 	"encoding/json"
 	"fmt"
 	"os"
+
+	"google.golang.org/grpc"
 )
+
+// MaxResponseBytes bounds the answers a client accepts. gRPC's default, 4 MiB, is a list of about
+// 30,000 ports: an admin's `port list` of a large fabric would fail with ResourceExhausted.
+const MaxResponseBytes = 256 << 20
+
+// CallOptions are the call options every API client of vxfabric dials with.
+func CallOptions() grpc.DialOption {
+	return grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxResponseBytes))
+}
 
 // DefaultProfilePath is where `vxfab lab up` records how the CLI reaches the lab's server, so that
 // commands need no flags afterwards.
