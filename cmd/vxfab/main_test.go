@@ -107,8 +107,13 @@ func TestCertsRevoke(t *testing.T) {
 	if _, err := run("certs", "init", "--dir", dir, "--node", "h1", "--node", "h2"); err != nil {
 		t.Fatal(err)
 	}
-	out, err := run("certs", "revoke", "--dir", dir, "h1", "admin")
-	if err != nil || strings.Count(out, " revoked\n") != 2 || !strings.Contains(out, "gossip key") {
+	// An admin certificate holds no gossip key: no advice about one.
+	out, err := run("certs", "revoke", "--dir", dir, "admin")
+	if err != nil || strings.Count(out, " revoked\n") != 1 || strings.Contains(out, "gossip key") || !strings.Contains(out, "--tls-crl") {
+		t.Fatalf("revoke admin: %v\n%s", err, out)
+	}
+	out, err = run("certs", "revoke", "--dir", dir, "h1", "admin")
+	if err != nil || strings.Count(out, " revoked\n") != 2 || strings.Count(out, "already revoked\n") != 1 || !strings.Contains(out, "gossip key") {
 		t.Fatalf("revoke h1 admin: %v\n%s", err, out)
 	}
 	if out, err := run("certs", "revoke", "--dir", dir, "h1"); err != nil || !strings.Contains(out, "already revoked") ||
