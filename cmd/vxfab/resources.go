@@ -244,6 +244,9 @@ func tenantTable(w io.Writer, ts ...*vxfabricv1.Tenant) {
 	}
 }
 
+// listPage is the page size the list commands read with (every page is read).
+const listPage = 1000
+
 // ---- network ----
 
 func newNetworkCmd() *cobra.Command {
@@ -304,11 +307,19 @@ func newNetworkCmd() *cobra.Command {
 		Use: "list", Short: "list networks", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := vxfabricv1.NewNetworkServiceClient(conn).ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{Tenant: tenant})
-				if err != nil {
-					return err
+				all := &vxfabricv1.ListNetworksResponse{}
+				req := &vxfabricv1.ListNetworksRequest{Tenant: tenant, PageSize: listPage}
+				for {
+					resp, err := vxfabricv1.NewNetworkServiceClient(conn).ListNetworks(ctx, req)
+					if err != nil {
+						return err
+					}
+					all.Networks = append(all.Networks, resp.Networks...)
+					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
+						break
+					}
 				}
-				return render(cmd, resp, func(w io.Writer) { networkTable(w, resp.Networks...) })
+				return render(cmd, all, func(w io.Writer) { networkTable(w, all.Networks...) })
 			})
 		},
 	}
@@ -437,12 +448,19 @@ func newPortCmd() *cobra.Command {
 		Use: "list", Short: "list ports", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := vxfabricv1.NewPortServiceClient(conn).ListPorts(ctx,
-					&vxfabricv1.ListPortsRequest{Tenant: tenant, Network: network, Node: node, Vm: vm})
-				if err != nil {
-					return err
+				all := &vxfabricv1.ListPortsResponse{}
+				req := &vxfabricv1.ListPortsRequest{Tenant: tenant, Network: network, Node: node, Vm: vm, PageSize: listPage}
+				for {
+					resp, err := vxfabricv1.NewPortServiceClient(conn).ListPorts(ctx, req)
+					if err != nil {
+						return err
+					}
+					all.Ports = append(all.Ports, resp.Ports...)
+					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
+						break
+					}
 				}
-				return render(cmd, resp, func(w io.Writer) { portTable(w, resp.Ports...) })
+				return render(cmd, all, func(w io.Writer) { portTable(w, all.Ports...) })
 			})
 		},
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/vxfabric/vxfabric/controlplane/store"
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
@@ -143,7 +144,13 @@ func (s *NetworkServer) ListNetworks(ctx context.Context, req *vxfabricv1.ListNe
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
-	return &vxfabricv1.ListNetworksResponse{Networks: ns}, nil
+	ns, next, err := page(ns, req.PageSize, req.PageToken, "networks\x00"+req.Tenant, func(n *vxfabricv1.Network) string {
+		return nameKey(n.Tenant, n.Name)
+	})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &vxfabricv1.ListNetworksResponse{Networks: ns, NextPageToken: next}, nil
 }
 
 func (s *NetworkServer) UpdateNetwork(ctx context.Context, req *vxfabricv1.UpdateNetworkRequest) (*vxfabricv1.UpdateNetworkResponse, error) {
@@ -248,7 +255,14 @@ func (s *PortServer) ListPorts(ctx context.Context, req *vxfabricv1.ListPortsReq
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
-	return &vxfabricv1.ListPortsResponse{Ports: ps}, nil
+	filter := strings.Join([]string{"ports", req.Tenant, req.Network, req.Node, req.Vm}, "\x00")
+	ps, next, err := page(ps, req.PageSize, req.PageToken, filter, func(p *vxfabricv1.Port) string {
+		return nameKey(p.Tenant, p.Name)
+	})
+	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	return &vxfabricv1.ListPortsResponse{Ports: ps, NextPageToken: next}, nil
 }
 
 func (s *PortServer) UpdatePort(ctx context.Context, req *vxfabricv1.UpdatePortRequest) (*vxfabricv1.UpdatePortResponse, error) {

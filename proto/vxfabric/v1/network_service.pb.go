@@ -291,7 +291,11 @@ func (x *GetNetworkResponse) GetNetwork() *Network {
 type ListNetworksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty: every tenant's.
-	Tenant        string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// At most this many networks per answer (more than 1000 count as 1000); 0: all of them in one.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, with the same filter; empty: the first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -333,9 +337,26 @@ func (x *ListNetworksRequest) GetTenant() string {
 	return ""
 }
 
+func (x *ListNetworksRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListNetworksRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListNetworksResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Networks      []*Network             `protobuf:"bytes,1,rep,name=networks,proto3" json:"networks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by tenant, then name.
+	Networks []*Network `protobuf:"bytes,1,rep,name=networks,proto3" json:"networks,omitempty"`
+	// Empty on the last page; otherwise the page_token of the next one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -375,6 +396,13 @@ func (x *ListNetworksResponse) GetNetworks() []*Network {
 		return x.Networks
 	}
 	return nil
+}
+
+func (x *ListNetworksResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type UpdateNetworkRequest struct {
@@ -610,11 +638,15 @@ const file_vxfabric_v1_network_service_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"D\n" +
 	"\x12GetNetworkResponse\x12.\n" +
-	"\anetwork\x18\x01 \x01(\v2\x14.vxfabric.v1.NetworkR\anetwork\"-\n" +
+	"\anetwork\x18\x01 \x01(\v2\x14.vxfabric.v1.NetworkR\anetwork\"i\n" +
 	"\x13ListNetworksRequest\x12\x16\n" +
-	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"H\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"p\n" +
 	"\x14ListNetworksResponse\x120\n" +
-	"\bnetworks\x18\x01 \x03(\v2\x14.vxfabric.v1.NetworkR\bnetworks\"\x81\x01\n" +
+	"\bnetworks\x18\x01 \x03(\v2\x14.vxfabric.v1.NetworkR\bnetworks\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x81\x01\n" +
 	"\x14UpdateNetworkRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +

@@ -270,11 +270,15 @@ func (x *GetPortResponse) GetPort() *Port {
 // node or vm is matched as given (a port may name a node that has not joined yet, and a vm is only a
 // label), so one that matches no port gives an empty list.
 type ListPortsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
-	Network       string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
-	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
-	Vm            string                 `protobuf:"bytes,4,opt,name=vm,proto3" json:"vm,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Tenant  string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Network string                 `protobuf:"bytes,2,opt,name=network,proto3" json:"network,omitempty"`
+	Node    string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	Vm      string                 `protobuf:"bytes,4,opt,name=vm,proto3" json:"vm,omitempty"`
+	// At most this many ports per answer (more than 1000 count as 1000); 0: all of them in one.
+	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, with the same filters; empty: the first page.
+	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -337,9 +341,26 @@ func (x *ListPortsRequest) GetVm() string {
 	return ""
 }
 
+func (x *ListPortsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPortsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListPortsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ports         []*Port                `protobuf:"bytes,1,rep,name=ports,proto3" json:"ports,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by tenant, then name.
+	Ports []*Port `protobuf:"bytes,1,rep,name=ports,proto3" json:"ports,omitempty"`
+	// Empty on the last page; otherwise the page_token of the next one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -379,6 +400,13 @@ func (x *ListPortsResponse) GetPorts() []*Port {
 		return x.Ports
 	}
 	return nil
+}
+
+func (x *ListPortsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type UpdatePortRequest struct {
@@ -611,14 +639,18 @@ const file_vxfabric_v1_port_service_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"8\n" +
 	"\x0fGetPortResponse\x12%\n" +
-	"\x04port\x18\x01 \x01(\v2\x11.vxfabric.v1.PortR\x04port\"h\n" +
+	"\x04port\x18\x01 \x01(\v2\x11.vxfabric.v1.PortR\x04port\"\xa4\x01\n" +
 	"\x10ListPortsRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12\x12\n" +
 	"\x04node\x18\x03 \x01(\tR\x04node\x12\x0e\n" +
-	"\x02vm\x18\x04 \x01(\tR\x02vm\"<\n" +
+	"\x02vm\x18\x04 \x01(\tR\x02vm\x12\x1b\n" +
+	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x06 \x01(\tR\tpageToken\"d\n" +
 	"\x11ListPortsResponse\x12'\n" +
-	"\x05ports\x18\x01 \x03(\v2\x11.vxfabric.v1.PortR\x05ports\"\x80\x01\n" +
+	"\x05ports\x18\x01 \x03(\v2\x11.vxfabric.v1.PortR\x05ports\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x80\x01\n" +
 	"\x11UpdatePortRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
