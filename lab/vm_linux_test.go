@@ -114,9 +114,9 @@ func TestPrivilegedDeleteVM(t *testing.T) {
 	}
 }
 
-// A cancelled `lab exec` (^C) lets the command end its own way: it gets SIGINT, as at a terminal,
-// not SIGKILL, so ping prints its summary and tcpdump flushes its file; the status is 130.
-func TestPrivilegedExecInterruptedEndsTheCommandItsOwnWay(t *testing.T) {
+// outsideLab is a lab of one host whose outside namespace exists (and nothing else), for exec tests.
+func outsideLab(t *testing.T) *Lab {
+	t.Helper()
 	privileged(t)
 	l := testLab(t, 1)
 	ns := l.Namespace(RoleOutside)
@@ -124,6 +124,13 @@ func TestPrivilegedExecInterruptedEndsTheCommandItsOwnWay(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = deleteNamespace(context.Background(), ns) })
+	return l
+}
+
+// A cancelled `lab exec` (^C) lets the command end its own way: it gets SIGINT, as at a terminal,
+// not SIGKILL, so ping prints its summary and tcpdump flushes its file; the status is 130.
+func TestPrivilegedExecInterruptedEndsTheCommandItsOwnWay(t *testing.T) {
+	l := outsideLab(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var out bytes.Buffer
@@ -156,13 +163,7 @@ func TestPrivilegedExecInterruptedEndsTheCommandItsOwnWay(t *testing.T) {
 // A command that runs and fails passes its status through, and one a signal ends reports 128+N as a
 // shell does (exec's own ExitCode says -1, which would leave vxfab with exit status 255).
 func TestPrivilegedExecStatus(t *testing.T) {
-	privileged(t)
-	l := testLab(t, 1)
-	ns := l.Namespace(RoleOutside)
-	if err := ensureNamespace(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = deleteNamespace(context.Background(), ns) })
+	l := outsideLab(t)
 	for script, want := range map[string]int{"exit 7": 7, "kill -9 $$": 128 + 9, "kill -TERM $$": 128 + 15} {
 		err := l.Exec(context.Background(), RoleOutside, []string{"sh", "-c", script}, Stdio{})
 		var exit *ExitError

@@ -247,6 +247,24 @@ func tenantTable(w io.Writer, ts ...*vxfabricv1.Tenant) {
 // listPage is the page size the list commands read with (every page is read).
 const listPage = 1000
 
+// allPages reads a paged list to its end: fetch gets the page of a token ("" first) and returns its
+// items and the next token ("" after the last page).
+func allPages[T any](fetch func(token string) ([]T, string, error)) ([]T, error) {
+	var all []T
+	token := ""
+	for {
+		items, next, err := fetch(token)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, items...)
+		if next == "" {
+			return all, nil
+		}
+		token = next
+	}
+}
+
 // ---- network ----
 
 func newNetworkCmd() *cobra.Command {
@@ -307,19 +325,16 @@ func newNetworkCmd() *cobra.Command {
 		Use: "list", Short: "list networks", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				all := &vxfabricv1.ListNetworksResponse{}
-				req := &vxfabricv1.ListNetworksRequest{Tenant: tenant, PageSize: listPage}
-				for {
-					resp, err := vxfabricv1.NewNetworkServiceClient(conn).ListNetworks(ctx, req)
-					if err != nil {
-						return err
-					}
-					all.Networks = append(all.Networks, resp.Networks...)
-					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
-						break
-					}
+				nets, err := allPages(func(token string) ([]*vxfabricv1.Network, string, error) {
+					resp, err := vxfabricv1.NewNetworkServiceClient(conn).ListNetworks(ctx,
+						&vxfabricv1.ListNetworksRequest{Tenant: tenant, PageSize: listPage, PageToken: token})
+					return resp.GetNetworks(), resp.GetNextPageToken(), err
+				})
+				if err != nil {
+					return err
 				}
-				return render(cmd, all, func(w io.Writer) { networkTable(w, all.Networks...) })
+				all := &vxfabricv1.ListNetworksResponse{Networks: nets}
+				return render(cmd, all, func(w io.Writer) { networkTable(w, nets...) })
 			})
 		},
 	}
@@ -448,19 +463,16 @@ func newPortCmd() *cobra.Command {
 		Use: "list", Short: "list ports", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				all := &vxfabricv1.ListPortsResponse{}
-				req := &vxfabricv1.ListPortsRequest{Tenant: tenant, Network: network, Node: node, Vm: vm, PageSize: listPage}
-				for {
-					resp, err := vxfabricv1.NewPortServiceClient(conn).ListPorts(ctx, req)
-					if err != nil {
-						return err
-					}
-					all.Ports = append(all.Ports, resp.Ports...)
-					if req.PageToken = resp.NextPageToken; req.PageToken == "" {
-						break
-					}
+				ports, err := allPages(func(token string) ([]*vxfabricv1.Port, string, error) {
+					resp, err := vxfabricv1.NewPortServiceClient(conn).ListPorts(ctx, &vxfabricv1.ListPortsRequest{
+						Tenant: tenant, Network: network, Node: node, Vm: vm, PageSize: listPage, PageToken: token})
+					return resp.GetPorts(), resp.GetNextPageToken(), err
+				})
+				if err != nil {
+					return err
 				}
-				return render(cmd, all, func(w io.Writer) { portTable(w, all.Ports...) })
+				all := &vxfabricv1.ListPortsResponse{Ports: ports}
+				return render(cmd, all, func(w io.Writer) { portTable(w, ports...) })
 			})
 		},
 	}
