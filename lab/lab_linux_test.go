@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -309,10 +309,17 @@ func TestPrivilegedProbes(t *testing.T) {
 	if seen != HostAddr(1) {
 		t.Fatalf("outside saw %s, want %s", seen, HostAddr(1))
 	}
-	// The listener is in outside, not in this process's namespace.
-	if c, err := net.DialTimeout("tcp4", ln.Addr().String(), 200*time.Millisecond); err == nil {
-		c.Close()
-		t.Fatal("listener reachable from the test's own namespace")
+	// The listener is in outside, not in this process's namespace (read from the kernel's tables:
+	// a dial from here would leave the machine through its default route).
+	if in, err := l.TCPListeners(RoleOutside); err != nil || !slices.Contains(in, ln.Addr()) {
+		t.Fatalf("listeners in outside: %v, %v; want %s", in, err, ln.Addr())
+	}
+	table, err := os.ReadFile("/proc/thread-self/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if here, err := parseTCPListeners(string(table)); err != nil || slices.Contains(here, ln.Addr()) {
+		t.Fatalf("listeners in the test's own namespace: %v, %v; want no %s", here, err, ln.Addr())
 	}
 	if _, err := l.DialTCP("h1", netip.AddrPortFrom(OutsideAddr, 1), time.Second); err == nil ||
 		!strings.Contains(err.Error(), "refused") {
