@@ -489,3 +489,47 @@ func TestProfileEnv(t *testing.T) {
 		t.Errorf("demo hints of lab rv, not the default profile's:\n%s", got)
 	}
 }
+
+// Up and Down of one lab take turns: a second holder of the lab's lock waits for the first, and
+// gives up when its context ends; Down of a lab that is gone removes the lock file and the state root.
+func TestLabLockTakesTurns(t *testing.T) {
+	l := testLab(t, 1)
+	unlock, err := l.lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := l.lock(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a second lock while the first is held: %v, want it to wait until its deadline", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		unlock2, err := l.lock(context.Background())
+		if err == nil {
+			unlock2(false)
+		}
+		got <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case err := <-got:
+		t.Fatalf("the second lock returned (%v) while the first was held", err)
+	default:
+	}
+	unlock(false)
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second lock did not get it once the first was released")
+	}
+	if err := l.Down(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(l.cfg.StateRoot); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state root after the last lab's down: %v, want it gone with the lock file", err)
+	}
+}

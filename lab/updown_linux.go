@@ -18,6 +18,11 @@ import (
 // (but for hosts cut with CutHost, which stay cut).
 // A lab can grow (more hosts), not shrink: that takes Down first.
 func (l *Lab) Up(ctx context.Context) error {
+	unlock, err := l.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock(false)
 	began := time.Now()
 	created := began.UTC()
 	if m, err := l.readMeta(); err == nil {
@@ -79,7 +84,12 @@ func (l *Lab) Up(ctx context.Context) error {
 // An interrupt (^C, ctx cancelled) does not stop it halfway, which would leave namespaces behind a
 // lab that no command lists any more: it runs to its end, within downTimeout. The state directory,
 // which names the lab, goes last, and only once the lab's namespaces are gone.
-func (l *Lab) Down(ctx context.Context) error {
+func (l *Lab) Down(ctx context.Context) (err error) {
+	unlock, err := l.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { unlock(err == nil) }()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), downTimeout)
 	defer cancel()
 	l.adoptRecordedPrefix()
@@ -105,14 +115,58 @@ func (l *Lab) Down(ctx context.Context) error {
 	if err := os.RemoveAll(l.Dir()); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", l.Dir(), err))
 	}
-	// The state root is ours too; it goes when the last lab and the shared profile are gone.
-	_ = os.Remove(l.cfg.StateRoot)
-	_ = os.Remove(filepath.Dir(l.cfg.StateRoot))
+	// The state root goes with the lock file (unlock), once the last lab and the shared profile
+	// are gone.
 	if len(errs) > 0 {
 		return fmt.Errorf("lab %q down: %w", l.cfg.Name, errors.Join(errs...))
 	}
 	l.log.Info("lab down", "namespaces", len(nss))
 	return nil
+}
+
+// lock makes Up and Down of one lab take turns (two `lab up` at once would start two servers, and
+// the pid file would name the one that lost): an exclusive flock of <state root>/.<name>.lock,
+// waited for until ctx ends. unlock(remove) releases it, removing the file first when the lab is
+// gone (so that the state root can go too).
+func (l *Lab) lock(ctx context.Context) (unlock func(remove bool), err error) {
+	if err := os.MkdirAll(l.cfg.StateRoot, 0o755); err != nil {
+		return nil, fmt.Errorf("lab %q: %w", l.cfg.Name, err)
+	}
+	path := filepath.Join(l.cfg.StateRoot, "."+l.cfg.Name+".lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lab %q: %w", l.cfg.Name, err)
+	}
+	told := false
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lab %q: lock %s: %w", l.cfg.Name, path, err)
+		}
+		if !told {
+			l.log.Warn("another command is bringing the lab up or down: waiting for it", "lab", l.cfg.Name)
+			told = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("lab %q: waiting for another command on it: %w", l.cfg.Name, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return func(remove bool) {
+		if remove {
+			_ = os.Remove(path)
+			// The state root is ours too: it goes when the last lab and the shared profile are gone.
+			_ = os.Remove(l.cfg.StateRoot)
+			_ = os.Remove(filepath.Dir(l.cfg.StateRoot))
+		}
+		f.Close()
+	}, nil
 }
 
 // downTimeout bounds a Down, which no cancellation stops.
