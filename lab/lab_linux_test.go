@@ -533,3 +533,28 @@ func TestLabLockTakesTurns(t *testing.T) {
 		t.Errorf("state root after the last lab's down: %v, want it gone with the lock file", err)
 	}
 }
+
+// A namespace name left without its namespace (a plain file, as `ip netns add` cut short leaves
+// it) is made anew instead of failing every later `lab up`.
+func TestPrivilegedStaleNamespaceNameMadeAnew(t *testing.T) {
+	privileged(t)
+	l := testLab(t, 1)
+	ns := l.Namespace(RoleOutside)
+	path := filepath.Join(netnsDir, ns)
+	if err := os.MkdirAll(netnsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = deleteNamespace(context.Background(), ns); _ = os.Remove(path) })
+	if err := ensureNamespace(context.Background(), ns); err != nil {
+		t.Fatalf("ensure a namespace whose name is a stale file: %v", err)
+	}
+	if !isNamespaceMount(path) {
+		t.Fatalf("%s is not a namespace after ensureNamespace", path)
+	}
+	if out, err := l.Output(context.Background(), RoleOutside, "ip", "-o", "link", "show", "lo"); err != nil || !strings.Contains(out, "UP") {
+		t.Errorf("loopback of the namespace made anew: %q, %v", out, err)
+	}
+}

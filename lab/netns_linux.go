@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // netnsDir is where iproute2 (and therefore `ip netns exec`) keeps named namespaces.
@@ -58,6 +59,13 @@ func runIP(ctx context.Context, args ...string) error {
 // ensureNamespace creates a named namespace (as `ip netns add` does, so that `ip netns exec` and
 // every other tool see it) unless it exists, and brings its loopback up.
 func ensureNamespace(ctx context.Context, name string) error {
+	if path := filepath.Join(netnsDir, name); namespaceExists(name) && !isNamespaceMount(path) {
+		// A name without its namespace: `ip netns add` cut short between creating the file and
+		// mounting the namespace on it, or a /run kept without its mounts. It is made anew.
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("namespace %q: remove the stale %s: %w", name, path, err)
+		}
+	}
 	if !namespaceExists(name) {
 		if err := runIP(ctx, "netns", "add", name); err != nil {
 			return fmt.Errorf("create namespace %q: %w", name, err)
@@ -76,6 +84,12 @@ func ensureNamespace(ctx context.Context, name string) error {
 		return fmt.Errorf("namespace %q: set loopback up: %w", name, err)
 	}
 	return nil
+}
+
+// isNamespaceMount reports whether path has a network namespace mounted on it.
+func isNamespaceMount(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
 }
 
 // deleteNamespace removes a named namespace; one that is already gone is success. Links inside it

@@ -154,7 +154,15 @@ func childEnv() []string {
 // is the vxfab binary (ip netns exec has exec'ed it), or fails if it exits before.
 func (l *Lab) start(ctx context.Context, p proc) (int, error) {
 	if pid := l.running(p.name); pid != 0 {
-		return pid, nil
+		if inNamespaceOf(pid, p.ns) {
+			return pid, nil
+		}
+		// Its namespace was deleted (and made anew since): it runs cut off from the lab, where
+		// nothing reaches it. It goes, and a new one starts in the namespace of that name.
+		l.log.Warn("lab process runs outside its namespace: restarting it", "proc", p.name, "pid", pid, "namespace", p.ns)
+		if err := l.signal(ctx, p.name, syscall.SIGKILL, 5*time.Second); err != nil {
+			return 0, err
+		}
 	}
 	logFile, err := os.OpenFile(l.LogPath(p.name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -247,6 +255,13 @@ func (l *Lab) labProcesses() ([]int, error) {
 		return nil, err
 	}
 	return processesIn(nss, l.ownsProcess)
+}
+
+// inNamespaceOf reports whether process pid runs in the named namespace.
+func inNamespaceOf(pid int, ns string) bool {
+	have, ok := statNS("/proc/" + strconv.Itoa(pid) + "/ns/net")
+	want, known := statNS(filepath.Join(netnsDir, ns))
+	return ok && known && have == want
 }
 
 // processesIn lists the processes whose network namespace is one of the named ones, or for which
