@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/memberlist"
+
 	"github.com/vxfabric/vxfabric/security/pki"
 )
 
@@ -81,6 +83,11 @@ type Config struct {
 	PushPullInterval time.Duration
 	// RejoinInterval is how often a member that knows no other member re-joins its seeds. Default 2 s.
 	RejoinInterval time.Duration
+	// ReconnectInterval is how often a member joins one DEAD member whose host answers its dials, so
+	// that the halves of a partition that outlasted memberlist's GossipToTheDeadTime (30 s) merge
+	// again once it heals (see reconnect.go). It also tries at once when a DEAD member's host answers
+	// again. Default 10 s.
+	ReconnectInterval time.Duration
 	// ForgetAfter drops a DEAD or LEFT member from Members() after this long. Default 24 h.
 	ForgetAfter time.Duration
 	// ReachTimeout is how long a dial of a suspect's gossip address waits for its host's kernel to
@@ -95,6 +102,15 @@ type Config struct {
 	ReachDialer ReachDialer
 
 	Logger *slog.Logger
+
+	// Test hooks.
+	//
+	// gossipToTheDead, when set, replaces memberlist's GossipToTheDeadTime (30 s), so that a test's
+	// partition outlasts it in seconds.
+	gossipToTheDead time.Duration
+	// wrapTransport, when set, wraps the member's transport (a test drops traffic in it to cut the
+	// fabric in two).
+	wrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 }
 
 // Default returns the documented defaults for a member of the given role.
@@ -110,6 +126,7 @@ func Default(role Role, node string) Config {
 		GossipInterval:          100 * time.Millisecond,
 		PushPullInterval:        15 * time.Second,
 		RejoinInterval:          2 * time.Second,
+		ReconnectInterval:       10 * time.Second,
 		ForgetAfter:             24 * time.Hour,
 		ReachTimeout:            200 * time.Millisecond,
 		ReachAttempts:           2,
@@ -145,6 +162,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RejoinInterval == 0 {
 		c.RejoinInterval = d.RejoinInterval
+	}
+	if c.ReconnectInterval == 0 {
+		c.ReconnectInterval = d.ReconnectInterval
 	}
 	if c.ForgetAfter == 0 {
 		c.ForgetAfter = d.ForgetAfter
@@ -191,6 +211,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProbeTimeout >= c.ProbeInterval {
 		return fmt.Errorf("gossip probe timeout %s must be shorter than the probe interval %s", c.ProbeTimeout, c.ProbeInterval)
+	}
+	if c.RejoinInterval < 0 || c.ReconnectInterval < 0 {
+		return errors.New("gossip rejoin and reconnect intervals must not be negative")
 	}
 	if c.ReachTimeout < 0 || c.ReachAttempts < 0 {
 		return errors.New("gossip reachability timeout and attempts must not be negative")

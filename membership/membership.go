@@ -11,11 +11,18 @@
 //   - SUSPECT: this member's own probe of a peer failed (memberlist logs "Suspect X has failed"), or
 //     another member's failed probe was hinted to it and its own dials of the peer's host got no
 //     answer; until an alive message (a refutation) or a successful probe of that peer arrives.
-//   - Unreachable (a flag of SUSPECT and DEAD, see reach.go): the member's host's kernel does not
-//     answer TCP dials on its gossip address. SUSPECT or DEAD, and Unreachable, is Down: a host that
-//     is cut off is Down in about a second, while a paused or crashed process on a live host is
-//     never Down, even once memberlist declares it DEAD.
+//   - Unreachable (a flag of SUSPECT, DEAD and LEFT, see reach.go): the member's host's kernel does
+//     not answer TCP dials on its gossip address. SUSPECT, DEAD or LEFT, and Unreachable, is Down: a
+//     host that is cut off is Down in about a second, a host whose agent left gracefully is Down
+//     within seconds once it stops answering too, while a paused or crashed process on a live host
+//     is never Down, even once memberlist declares it DEAD.
 //   - LEFT rather than DEAD: a member that leaves gracefully first gossips metadata with Leaving set.
+//
+// # Partitions
+//
+// memberlist forgets the dead GossipToTheDeadTime (30 s) after their death and never contacts them
+// again, so the halves of a longer partition would stay apart once it heals. A member therefore joins
+// one DEAD member whose host answers every ReconnectInterval, as Serf does (see reconnect.go).
 //
 // # Timing (Config defaults)
 //
@@ -98,16 +105,19 @@ type Peer struct {
 	State State
 	// Since is when this member saw State begin.
 	Since time.Time
-	// Unreachable: while SUSPECT or DEAD, this member's dials of its gossip address got no answer
-	// from its host's kernel (see reach.go). Cleared when the member is alive again or answers a dial.
+	// Unreachable: while SUSPECT, DEAD or LEFT, this member's dials of its gossip address got no
+	// answer from its host's kernel (see reach.go). Cleared when the member is alive again or its
+	// host answers a dial.
 	Unreachable bool
 }
 
-// Down reports whether the peer's host is gone as far as forwarding goes: gossip suspects it or
-// declared it DEAD, and its host's kernel does not answer on the underlay. A paused, crashed or
-// restarting process on a host that is up is never Down: that host's kernel still forwards.
+// Down reports whether the peer's host is gone as far as forwarding goes: gossip suspects it,
+// declared it DEAD or saw it leave, and its host's kernel does not answer on the underlay. A paused,
+// crashed, restarting or stopped process on a host that is up is never Down: that host's kernel still
+// forwards. A member that LEFT (its agent stopped gracefully) is Down once its host stops answering
+// too: the host died later, or was powered off after its agent stopped.
 func (p Peer) Down() bool {
-	return (p.State == StateSuspect || p.State == StateDead) && p.Unreachable
+	return (p.State == StateSuspect || p.State == StateDead || p.State == StateLeft) && p.Unreachable
 }
 
 // Event is one change of a peer's state or metadata. Previous is 0 for a peer seen for the first time;
@@ -129,20 +139,22 @@ type Member struct {
 	keyMu   sync.Mutex // serialises keyring changes (ReloadKeyring, InstallKeys) and the file's rewrite
 	managed bool       // InstallKeys ran: the control plane owns the keyring, SIGHUP no longer reloads it
 
-	mu       sync.Mutex // guards peers, subs, leaving, checking, closed
-	peers    map[string]*Peer
-	subs     map[*subscriber]struct{}
-	leaving  bool
-	checking map[string]bool      // members whose reachability check runs
-	relayed  map[string]time.Time // when this member last relayed a hint about each member
-	closed   bool                 // Shutdown began: start no goroutine
+	mu           sync.Mutex // guards peers, subs, leaving, checking, relayed, reconnecting, closed
+	peers        map[string]*Peer
+	subs         map[*subscriber]struct{}
+	leaving      bool
+	checking     map[string]bool      // members whose reachability check runs
+	relayed      map[string]time.Time // when this member last relayed a hint about each member
+	reconnecting bool                 // a reconnect (Join of a DEAD member) is in flight
+	closed       bool                 // Shutdown began: start no goroutine
 
 	hints *memberlist.TransmitLimitedQueue // suspect hints to gossip
 	dial  ReachDialer
 
 	stop     chan struct{}
 	resync   chan struct{}   // (1) asks maintain for a state exchange with a few members now
-	life     context.Context // cancelled by Shutdown: ends dials in flight
+	redial   chan struct{}   // (1) asks maintain for a reconnect now (a DEAD member's host answers again)
+	life     context.Context // cancelled by Shutdown: ends dials and streams in flight (see transport)
 	endLife  context.CancelFunc
 	wg       sync.WaitGroup
 	shutOnce sync.Once
@@ -164,6 +176,7 @@ func New(cfg Config) (*Member, error) {
 		relayed:  map[string]time.Time{},
 		stop:     make(chan struct{}),
 		resync:   make(chan struct{}, 1),
+		redial:   make(chan struct{}, 1),
 		dial:     cfg.ReachDialer,
 	}
 	if m.dial == nil {
@@ -183,6 +196,9 @@ func New(cfg Config) (*Member, error) {
 		adv, _ := parseAddrPort(cfg.AdvertiseAddr)
 		mc.AdvertiseAddr = adv.Addr().String()
 		mc.AdvertisePort = int(adv.Port())
+	}
+	if cfg.gossipToTheDead > 0 {
+		mc.GossipToTheDeadTime = cfg.gossipToTheDead
 	}
 	mc.ProbeInterval = cfg.ProbeInterval
 	mc.ProbeTimeout = cfg.ProbeTimeout
@@ -216,8 +232,25 @@ func New(cfg Config) (*Member, error) {
 		m.log.Warn("gossip is not encrypted: anyone on the underlay can join and read membership; give a gossip key")
 	}
 
+	tr, err := newTransport(m.life, bind, mc.Logger)
+	if err != nil {
+		m.endLife()
+		return nil, err
+	}
+	if bind.Port() == 0 {
+		mc.BindPort = tr.GetAutoBindPort()
+		if cfg.AdvertiseAddr == "" {
+			mc.AdvertisePort = mc.BindPort
+		}
+	}
+	mc.Transport = tr
+	if cfg.wrapTransport != nil {
+		mc.Transport = cfg.wrapTransport(tr)
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		m.endLife()
+		_ = tr.Shutdown()
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	m.ml = ml
@@ -280,11 +313,14 @@ func (m *Member) Members() []Peer {
 	return out
 }
 
-// Servers returns the gRPC addresses of the servers that are alive (or only suspect), sorted.
+// Servers returns the gRPC addresses of the servers that are alive, or suspect on a host that has not
+// stopped answering (a paused process may come back), sorted. A suspect server that is Down is left
+// out: an agent streaming from it fails over (nodeagent's watchServer) about a second after its host
+// is cut off, not when memberlist declares it dead 4 s later.
 func (m *Member) Servers() []string {
 	var out []string
 	for _, p := range m.Members() {
-		if p.Meta.Role == RoleServer && p.Meta.GRPCAddr != "" && (p.State == StateAlive || p.State == StateSuspect) {
+		if p.Meta.Role == RoleServer && p.Meta.GRPCAddr != "" && (p.State == StateAlive || p.State == StateSuspect) && !p.Down() {
 			out = append(out, p.Meta.GRPCAddr)
 		}
 	}
@@ -351,7 +387,8 @@ func (m *Member) Leave(timeout time.Duration) error {
 }
 
 // Shutdown stops gossiping at once (without Leave the others declare this member dead) and closes
-// every subscription. Safe to call more than once.
+// every subscription. It ends what is in flight (reachability dials, a Join waiting for a peer that
+// does not answer) rather than waiting for it. Safe to call more than once.
 func (m *Member) Shutdown() error {
 	var err error
 	m.shutOnce.Do(func() {
@@ -378,17 +415,28 @@ func (m *Member) Shutdown() error {
 	return err
 }
 
-// maintain re-joins the seeds while alone and forgets long-dead members.
+// maintain re-joins the seeds while alone, reconnects to the dead (see reconnect.go), runs the state
+// exchanges asked for and forgets long-dead members. It runs in its own goroutine until Shutdown; a
+// Join it makes may block up to memberlist's TCPTimeout (Shutdown ends it, see transport), except a
+// reconnect's, which runs in a goroutine of its own.
 func (m *Member) maintain() {
 	defer m.wg.Done()
 	t := time.NewTicker(m.cfg.RejoinInterval)
 	defer t.Stop()
+	rt := time.NewTicker(m.cfg.ReconnectInterval)
+	defer rt.Stop()
 	for {
 		select {
 		case <-m.stop:
 			return
 		case <-m.resync:
 			m.exchange()
+			continue
+		case <-m.redial:
+			m.reconnect()
+			continue
+		case <-rt.C:
+			m.reconnect()
 			continue
 		case <-t.C:
 		}
@@ -415,13 +463,17 @@ func (m *Member) maintain() {
 // exchange trades full state with a few live members (the seeds when it knows none), at once rather
 // than at the next push-pull: after its keys changed, a member that was refused while its keys were
 // stale (declared dead meanwhile) is heard again, and refutes its death, within a round trip.
+// Only members ALIVE in this member's own view are asked (memberlist's Members lists suspects too,
+// and never sets Node.State): a Join of a suspect may block for memberlist's TCPTimeout (10 s).
 func (m *Member) exchange() {
 	var addrs []string
-	for _, n := range m.ml.Members() {
-		if n.Name != m.cfg.Name && n.State == memberlist.StateAlive {
-			addrs = append(addrs, n.Address())
+	m.mu.Lock()
+	for _, p := range m.peers {
+		if p.Name != m.cfg.Name && p.State == StateAlive && p.Addr.IsValid() {
+			addrs = append(addrs, p.Addr.String())
 		}
 	}
+	m.mu.Unlock()
 	rand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
 	addrs = addrs[:min(len(addrs), 3)]
 	if len(addrs) == 0 {
@@ -471,7 +523,13 @@ func (m *Member) reloadOnSIGHUP() {
 	}
 }
 
-// setState records a peer's new state (and metadata when n is given) and publishes the change.
+// keepState, given to setState, keeps the peer's current state (StateAlive for a peer seen for the
+// first time): a metadata update says nothing about liveness.
+const keepState State = 0
+
+// setState records a peer's new state (and metadata when n is given) and publishes the change; st
+// keepState changes the metadata only. The state is read and written under one hold of m.mu, so a
+// concurrent change (setReach, a refutation) is never reverted by a stale read.
 // Called from memberlist's delegates, possibly with memberlist's locks held: it must not call back
 // into memberlist.
 func (m *Member) setState(name string, n *memberlist.Node, st State, onlyFrom ...State) {
@@ -487,6 +545,12 @@ func (m *Member) setState(name string, n *memberlist.Node, st State, onlyFrom ..
 	}
 	if len(onlyFrom) > 0 && !slices.Contains(onlyFrom, p.State) {
 		return
+	}
+	if st == keepState {
+		st = p.State
+		if st == 0 {
+			st = StateAlive
+		}
 	}
 	prev, wasDown := p.State, p.Down()
 	changed := prev != st
@@ -507,9 +571,9 @@ func (m *Member) setState(name string, n *memberlist.Node, st State, onlyFrom ..
 	}
 	if prev != st {
 		p.Since = time.Now()
-		if st != StateDead {
-			// A member alive again or gone for good starts without the old dials; a suspect
-			// declared dead keeps them (its check goes on).
+		if st == StateAlive {
+			// A member alive again starts without the old dials; a suspect declared dead or seen to
+			// leave keeps them (its check goes on, see checkReach).
 			p.Unreachable = false
 		}
 	}
@@ -555,32 +619,26 @@ func (d *delegates) GetBroadcasts(overhead, limit int) [][]byte {
 func (d *delegates) LocalState(join bool) []byte            { return nil }
 func (d *delegates) MergeRemoteState(buf []byte, join bool) {}
 
-func (d *delegates) NotifyJoin(n *memberlist.Node) { d.m.setState(n.Name, n, StateAlive) }
-func (d *delegates) NotifyUpdate(n *memberlist.Node) {
-	d.m.mu.Lock()
-	st := StateAlive
-	if p, ok := d.m.peers[n.Name]; ok && p.State != 0 {
-		st = p.State
-	}
-	d.m.mu.Unlock()
-	d.m.setState(n.Name, n, st)
-}
+func (d *delegates) NotifyJoin(n *memberlist.Node)   { d.m.setState(n.Name, n, StateAlive) }
+func (d *delegates) NotifyUpdate(n *memberlist.Node) { d.m.setState(n.Name, n, keepState) }
 func (d *delegates) NotifyLeave(n *memberlist.Node) {
 	st := StateDead
 	if meta, err := decodeMeta(n.Meta); err == nil && meta.Leaving {
 		st = StateLeft
 	}
 	d.m.setState(n.Name, n, st)
-	if st == StateDead {
-		d.m.checkReach(n.Name) // Down only once its host does not answer either
-	}
+	// Down only once its host does not answer either; a LEFT host is watched too, slowly: it may die
+	// later, and its entries must go then.
+	d.m.checkReach(n.Name)
 }
 
 // NotifyAlive sees every alive message, refutations included: it ends a suspicion (never a death:
 // memberlist itself decides whether a dead member came back, through NotifyJoin). memberlist calls
 // it before it compares incarnations, so the message may be stale (a push-pull from a member that
 // has not heard of the suspicion yet): a suspect whose host did not answer this member's dials stays
-// as it is, Down, and its running check decides, by the host answering or not.
+// as it is, Down, and its running check decides, by the host answering or not. A suspect whose
+// check has not decided yet becomes alive, and its check runs one more round (see setReach): a
+// host that is gone is still found Down, without waiting for another failed probe.
 func (d *delegates) NotifyAlive(n *memberlist.Node) error {
 	d.m.mu.Lock()
 	p := d.m.peers[n.Name]

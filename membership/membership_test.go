@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -39,6 +40,7 @@ type memberOpts struct {
 	seeds       []string
 	seedsFn     func() []string
 	bind        string
+	mod         func(*Config) // last word on the configuration
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -71,6 +73,9 @@ func startMember(t *testing.T, name string, o memberOpts) *Member {
 	// A join gossiped over UDP can be lost on a loaded machine; a full sync soon repairs that.
 	cfg.PushPullInterval = 2 * time.Second
 	cfg.Logger = testLogger(t)
+	if o.mod != nil {
+		o.mod(&cfg)
+	}
 	m, err := New(cfg)
 	if err != nil {
 		t.Fatalf("start member %s: %v", name, err)
@@ -434,5 +439,47 @@ func TestAloneMemberJoinsSeedsItIsGiven(t *testing.T) {
 	waitState(t, b, a.Name(), StateAlive, 5*time.Second)
 	if asked.Load() == 0 {
 		t.Error("joined without asking Seeds")
+	}
+}
+
+// TestMetadataUpdateKeepsAConcurrentStateChange: NotifyUpdate (a metadata change) keeps whatever state
+// the member is in when it is applied; a state change made meanwhile (a host found unreachable) is not
+// reverted by a state read before it.
+func TestMetadataUpdateKeepsAConcurrentStateChange(t *testing.T) {
+	a := startMember(t, "mu-a", memberOpts{})
+	d, n := ghost(t, a, "mu-ghost", RoleAgent, netip.MustParseAddrPort("127.0.0.1:9"))
+	stop := make(chan struct{})
+	var updates sync.WaitGroup
+	for range 2 {
+		updates.Add(1)
+		go func() {
+			defer updates.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					d.NotifyUpdate(n)
+				}
+			}
+		}()
+	}
+	// The race window, if there were one, is a few instructions wide: try for a while.
+	reverted, rounds := 0, 0
+	for deadline := time.Now().Add(2 * time.Second); reverted == 0 && time.Now().Before(deadline); rounds++ {
+		a.setState(n.Name, nil, StateAlive, StateSuspect)
+		since, _ := a.stateSince(n.Name)
+		runtime.Gosched() // let an update read the state alive ...
+		recheck := true
+		a.setReach(n.Name, since, false, &recheck) // a round of dials got no answer: suspect and down
+		runtime.Gosched()                          // ... and apply it after the change
+		if p := peerOf(a, n.Name); !p.Down() {
+			reverted++
+		}
+	}
+	close(stop)
+	updates.Wait()
+	if reverted > 0 {
+		t.Fatalf("a concurrent metadata update reverted %d of %d state changes", reverted, rounds)
 	}
 }

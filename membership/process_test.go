@@ -157,3 +157,27 @@ func TestPausedProcessNotDeclaredDead(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestExchangeSkipsSuspects: a state exchange asks only the members this member holds alive. A
+// suspect (here a paused process, whose kernel completes the handshake and which never answers) would
+// hold the exchange, and maintain with it, for memberlist's TCPTimeout (10 s). memberlist's own member
+// list does not tell: it lists suspects and never sets Node.State.
+func TestExchangeSkipsSuspects(t *testing.T) {
+	a := startMember(t, "ex-a", memberOpts{})
+	c := startChild(t, "ex-paused", a.LocalAddr().String())
+	waitState(t, a, "ex-paused", StateAlive, 10*time.Second)
+	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.cmd.Process.Signal(syscall.SIGCONT) }()
+	waitState(t, a, "ex-paused", StateSuspect, 5*time.Second)
+	start := time.Now()
+	a.exchange()
+	took := time.Since(start)
+	if took > 2*time.Second {
+		t.Fatalf("a state exchange took %s with a suspect member paused, want it not asked", took)
+	}
+	if st := stateOf(a, "ex-paused"); st != StateSuspect {
+		t.Fatalf("the paused member is %s after the exchange, want still suspect (too slow a machine?)", st)
+	}
+}

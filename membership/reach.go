@@ -23,11 +23,22 @@ import (
 //
 // So as soon as a member is suspected, and for as long as it is SUSPECT or DEAD, this member dials
 // its gossip address; when ReachAttempts dials in a row get no answer within ReachTimeout the member
-// is marked Unreachable, and a peer is Down (its entries are withheld) when it is SUSPECT or DEAD and
-// Unreachable. A host cut off is Down about half a second after the suspicion reaches this member;
-// a host whose kernel answers is never Down, whatever memberlist concludes about its process; and
-// after a partition heals, the stale suspicions the healed member's memberlist still holds (their
+// is marked Unreachable, and a peer is Down (its entries are withheld) when it is SUSPECT, DEAD or
+// LEFT and Unreachable. A host cut off is Down about half a second after the suspicion reaches this
+// member; a host whose kernel answers is never Down, whatever memberlist concludes about its process;
+// and after a partition heals, the stale suspicions the healed member's memberlist still holds (their
 // gossip was lost in the partition, so nobody refuted them) cannot make it withdraw peers that answer.
+//
+// A member that LEFT (its agent stopped gracefully, for an upgrade or for good) is dialled too, every
+// deadSlow: its host keeps forwarding to its VMs until it dies or is powered off, and then its
+// entries must go although no suspicion will ever come. A DEAD member whose host answers again after
+// it was Unreachable may be the other side of a healed partition: the check asks for a reconnect at
+// once (see reconnect.go).
+//
+// A check ends when the member is alive and its host answers (or the member is forgotten). An alive
+// message in the middle of an unanswered round (a refutation, or a stale one, see NotifyAlive) gets
+// one more round rather than the end of the check: a stale message must not hide a host that is gone
+// until another probe fails, which in a large fabric may be seconds away.
 //
 // memberlist gossips suspicions but tells its delegates nothing about them, and a member probes each
 // other member only once per round (n probe intervals). So the member whose probe failed gossips a
@@ -121,14 +132,15 @@ func (m *Member) hinted(msg []byte) {
 // relayAfter is how long a member waits before it relays another hint about the same member.
 const relayAfter = 5 * time.Second
 
-// checkReach starts dialling the named member's gossip address, unless a check of it is running or
-// it has left; it reports whether it started one. A check runs while the member is SUSPECT or DEAD
-// (every ReachTimeout while suspect, every deadRecheck ReachTimeouts while dead, every deadSlow once
-// dead for deadSlowAfter); a hint about an alive member that answers ends after one round.
+// checkReach starts dialling the named member's gossip address, unless a check of it is running; it
+// reports whether it started one. A check runs while the member is SUSPECT, DEAD or LEFT (every
+// ReachTimeout while suspect, every deadRecheck ReachTimeouts while dead, every deadSlow once dead for
+// deadSlowAfter and while left); a hint about an alive member that answers ends after one round.
+// Called from memberlist's delegates and log (suspicions, hints, deaths, leaves): it never blocks.
 func (m *Member) checkReach(name string) bool {
 	m.mu.Lock()
 	p, ok := m.peers[name]
-	if !ok || m.closed || m.checking[name] || p.State == StateLeft {
+	if !ok || m.closed || m.checking[name] {
 		m.mu.Unlock()
 		return false
 	}
@@ -140,6 +152,7 @@ func (m *Member) checkReach(name string) bool {
 	go func() {
 		defer m.wg.Done()
 		answeredOnce := false // the gossip port answered during this check: the fallback counts
+		recheck := true       // one more round may follow an unanswered one the member came back during
 		for {
 			since, ok := m.stateSince(name)
 			if !ok {
@@ -154,7 +167,7 @@ func (m *Member) checkReach(name string) bool {
 				return // shutting down
 			}
 			answeredOnce = answeredOnce || answered
-			next, again := m.setReach(name, since, answered)
+			next, again := m.setReach(name, since, answered, &recheck)
 			if !again {
 				return
 			}
@@ -217,7 +230,9 @@ func (m *Member) endCheck(name string) {
 
 // deadRecheck is how often a DEAD member's host is dialled again, in ReachTimeouts: a host whose
 // agent died but whose kernel answers is not Down until it stops answering. After deadSlowAfter the
-// member is dialled every deadSlow only: most such hosts are gone for good.
+// member is dialled every deadSlow only: most such hosts are gone for good. A LEFT member's host is
+// dialled every deadSlow from the start: its agent stopped on purpose, the host rarely dies soon
+// after.
 const (
 	deadRecheck   = 4
 	deadSlowAfter = time.Minute
@@ -237,9 +252,11 @@ func (m *Member) stateSince(name string) (time.Time, bool) {
 
 // setReach records a round of dials that began while the member was in the state that began at
 // since. An unanswered round makes it Unreachable, and SUSPECT if it was alive (another member's
-// hint). It returns whether to check again, and when; when not, the check ends here, under the same
-// lock, so that a new suspicion right after starts a new check.
-func (m *Member) setReach(name string, since time.Time, answered bool) (next time.Duration, again bool) {
+// hint). recheck is the check's own: whether it may still run one more round for a member that came
+// back during an unanswered round (setReach clears it when it does). It returns whether to check
+// again, and when; when not, the check ends here, under the same lock, so that a new suspicion right
+// after starts a new check.
+func (m *Member) setReach(name string, since time.Time, answered bool, recheck *bool) (next time.Duration, again bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	defer func() {
@@ -251,23 +268,38 @@ func (m *Member) setReach(name string, since time.Time, answered bool) (next tim
 		return 0, false
 	}
 	p, ok := m.peers[name]
-	if !ok || p.State == StateLeft {
+	if !ok {
 		return 0, false
 	}
-	if p.State == StateAlive && (answered || !p.Since.Equal(since)) {
-		// An alive member that answers needs no check; and a round that began before the member
-		// came back (it refuted, or answered a probe) says nothing about it now.
-		return 0, false
+	if p.State == StateAlive && !p.Since.Equal(since) {
+		// The member came back during this round (it refuted, answered a probe, or a stale alive
+		// message arrived: NotifyAlive cannot tell), so the round says nothing about it now. An
+		// answered round ends the check; an unanswered one gets one more round, at once, from the
+		// member's new state: Unreachable and SUSPECT again if its host is gone.
+		if answered || !*recheck {
+			return 0, false
+		}
+		*recheck = false
+		return 0, true
+	}
+	if p.State == StateAlive && answered {
+		return 0, false // an alive member that answers needs no check
 	}
 	next = m.cfg.ReachTimeout
-	if p.State == StateDead {
+	switch p.State {
+	case StateDead:
 		next *= deadRecheck
 		if time.Since(p.Since) > deadSlowAfter {
 			next = deadSlow
 		}
+	case StateLeft:
+		next = deadSlow
 	}
 	if p.Unreachable == !answered {
 		return next, true
+	}
+	if p.State == StateDead && answered {
+		m.requestReconnect() // a partition may have healed: its other side is there again
 	}
 	prev, wasDown := p.State, p.Down()
 	p.Unreachable = !answered

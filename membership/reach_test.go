@@ -3,8 +3,11 @@ package membership
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -294,5 +297,171 @@ func TestStaleAliveDoesNotRestoreADownSuspect(t *testing.T) {
 		if p.Name == b.Name() && !p.Down() {
 			t.Fatalf("a stale alive message restored a suspect that does not answer: %+v", p)
 		}
+	}
+}
+
+// TestLeftMemberDownOnceItsHostStopsAnswering: a member that left gracefully is still watched (every
+// deadSlow): while its host answers it is not Down, once its host stops answering it is Down (its
+// entries must go although no suspicion will ever come), and back alive it is up again.
+func TestLeftMemberDownOnceItsHostStopsAnswering(t *testing.T) {
+	a := startMember(t, "lf-a", memberOpts{})
+	b := startMember(t, "lf-b", memberOpts{seeds: []string{a.LocalAddr().String()}})
+	waitState(t, a, b.Name(), StateAlive, 10*time.Second)
+	addr := b.LocalAddr().String()
+	var cut atomic.Bool
+	dialled := make(chan struct{}, 1)
+	a.mu.Lock()
+	a.dial = func(ctx context.Context, x string) bool {
+		if x != addr && x != fallbackAddr(addr) {
+			return DialHost(ctx, x)
+		}
+		select {
+		case dialled <- struct{}{}:
+		default:
+		}
+		if cut.Load() {
+			<-ctx.Done()
+			return false
+		}
+		return DialHost(ctx, x)
+	}
+	a.mu.Unlock()
+
+	if err := b.Leave(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Shutdown()
+	waitState(t, a, b.Name(), StateLeft, 5*time.Second)
+	select {
+	case <-dialled: // nothing dials b while it is alive: this is the LEFT member's check
+	case <-time.After(2 * time.Second):
+		t.Fatal("a member that left is not checked")
+	}
+	// On loopback its closed port resets the dial: its host answers.
+	time.Sleep(2 * a.cfg.ReachTimeout)
+	if p := peerOf(a, b.Name()); p.Down() || p.Unreachable {
+		t.Fatalf("a member that left from a live host is down: %+v", p)
+	}
+
+	cut.Store(true) // its host dies later
+	cutAt := time.Now()
+	p := waitDown(t, a, b.Name(), deadSlow+3*time.Second)
+	if p.State != StateLeft {
+		t.Fatalf("down as %s, want left", p.State)
+	}
+	t.Logf("a member that left was down %s after its host stopped answering (checked every %s)", time.Since(cutAt), deadSlow)
+
+	cut.Store(false)
+	back := startMember(t, b.Name(), memberOpts{seeds: []string{a.LocalAddr().String()}, bind: addr})
+	waitState(t, a, back.Name(), StateAlive, 10*time.Second)
+	if p := peerOf(a, b.Name()); p.Down() || p.Unreachable {
+		t.Fatalf("member back but still down: %+v", p)
+	}
+}
+
+func peerOf(m *Member, name string) Peer {
+	for _, p := range m.Members() {
+		if p.Name == name {
+			return p
+		}
+	}
+	return Peer{}
+}
+
+// ghost makes m know a member memberlist never heard of (so memberlist never probes it nor tells
+// anything about it), at addr, as NotifyJoin would; its delegates drive it from there.
+func ghost(t *testing.T, m *Member, name string, role Role, addr netip.AddrPort) (*delegates, *memberlist.Node) {
+	t.Helper()
+	meta := Meta{Role: role, Node: name}
+	if role == RoleServer {
+		meta.GRPCAddr = "127.0.0.1:7499"
+	}
+	b, err := encodeMeta(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &memberlist.Node{Name: name, Addr: addr.Addr().AsSlice(), Port: addr.Port(), Meta: b}
+	d := &delegates{m: m}
+	d.NotifyJoin(n)
+	return d, n
+}
+
+// TestStaleAliveMidRoundStillFindsTheHostDown: a suspect's check is in its first round (no answer
+// yet, not yet Unreachable) when a stale alive message arrives (memberlist calls NotifyAlive before
+// it compares incarnations). The suspicion ends, but the check runs one more round and finds the
+// host gone: Down, as a suspect, without waiting for another failed probe (which, in a large
+// fabric, comes only a probe round later).
+func TestStaleAliveMidRoundStillFindsTheHostDown(t *testing.T) {
+	a := startMember(t, "mr-a", memberOpts{})
+	addr := netip.MustParseAddrPort("127.0.0.1:9") // never dialled: a's dials of it get no answer
+	d, n := ghost(t, a, "mr-ghost", RoleAgent, addr)
+	dialling := make(chan struct{})
+	var once sync.Once
+	a.mu.Lock()
+	a.dial = func(ctx context.Context, x string) bool {
+		if x == addr.String() || x == fallbackAddr(addr.String()) {
+			once.Do(func() { close(dialling) })
+			<-ctx.Done()
+			return false
+		}
+		return DialHost(ctx, x)
+	}
+	a.mu.Unlock()
+	events, cancel := a.Subscribe()
+	defer cancel()
+
+	// a's own probe failed, as memberlist logs it.
+	if _, err := (&logWriter{m: a}).Write([]byte("[INFO] memberlist: Suspect mr-ghost has failed, no acks received")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-dialling:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the suspect's check did not start")
+	}
+	if p := peerOf(a, n.Name); p.State != StateSuspect || p.Unreachable {
+		t.Fatalf("mid-round: %+v, want a suspect not yet unreachable", p)
+	}
+	if err := d.NotifyAlive(&memberlist.Node{Name: n.Name}); err != nil {
+		t.Fatal(err)
+	}
+	if st := stateOf(a, n.Name); st != StateAlive {
+		t.Fatalf("after an alive message mid-round: %s, want alive", st)
+	}
+	stale := time.Now()
+	limit := time.After(3 * time.Second) // the rest of the round and one more: 0.4-0.8 s
+	for {
+		select {
+		case ev := <-events:
+			if ev.Peer.Name != n.Name || !ev.Peer.Down() {
+				continue
+			}
+			if ev.Peer.State != StateSuspect {
+				t.Fatalf("down as %s, want suspect", ev.Peer.State)
+			}
+			t.Logf("down %s after a stale alive message mid-round", time.Since(stale))
+			return
+		case <-limit:
+			t.Fatalf("a stale alive message mid-round ended the check: %+v", peerOf(a, n.Name))
+		}
+	}
+}
+
+// TestDownServerNotListed: a server whose host is cut off leaves Servers() as soon as it is Down (an
+// agent fails over about a second after the cut), not when memberlist declares it dead.
+func TestDownServerNotListed(t *testing.T) {
+	srv := startMember(t, "ds-srv", memberOpts{role: RoleServer})
+	a := startMember(t, "ds-a", memberOpts{seeds: []string{srv.LocalAddr().String()}})
+	waitState(t, a, srv.Name(), StateAlive, 10*time.Second)
+	if got := a.Servers(); len(got) != 1 {
+		t.Fatalf("Servers() = %v, want the server", got)
+	}
+	cutOff(t, srv, []*Member{a}, 10*time.Second)
+	got := a.Servers()
+	if p := peerOf(a, srv.Name()); p.State != StateSuspect || !p.Down() {
+		t.Fatalf("server %+v, want a suspect that is down (too slow a machine?)", p)
+	}
+	if len(got) != 0 {
+		t.Fatalf("Servers() = %v while the only server is down", got)
 	}
 }

@@ -24,9 +24,9 @@
 // VMs, even once gossip declares the agent DEAD); when gossip does not know the node (it
 // died before this agent started, and memberlist ignores dead members it never saw alive), when the
 // control plane's status for it, sent as a peer of the view, is DEAD. Gossip, when it knows the node,
-// overrides a status that may be stale. LEFT withholds nothing: a graceful stop of an agent (upgrade,
-// restart) leaves its kernel forwarding to its VMs, and withdrawing it would cut them off; only failure
-// detection withdraws.
+// overrides a status that may be stale. LEFT withholds nothing while the host answers: a graceful
+// stop of an agent (upgrade, restart) leaves its kernel forwarding to its VMs, and withdrawing it
+// would cut them off; only failure detection withdraws, also that of a host whose agent had left.
 //
 // What it must never do: apply anything before the first snapshot (a restarted agent adopts the
 // kernel as it is), clear or change the kernel because the control plane is unreachable, or go back
@@ -545,10 +545,10 @@ func jittered(d time.Duration) time.Duration {
 }
 
 // gossipDead returns, for each agent node this agent's gossip knows, whether it is dead: every member
-// carrying its name is Down (SUSPECT or DEAD, with a host that does not answer on the underlay; a
-// node alive again under another member name is not). LEFT, and SUSPECT or DEAD on a host that
-// answers (a paused, crashed or restarting agent: its kernel still forwards), are not dead. Nil
-// without gossip: the control plane's status alone decides.
+// carrying its name is Down (SUSPECT, DEAD or LEFT, with a host that does not answer on the
+// underlay; a node alive again under another member name is not). SUSPECT, DEAD or LEFT on a host
+// that answers (a paused, crashed, stopped or restarting agent: its kernel still forwards) are not
+// dead. Nil without gossip: the control plane's status alone decides.
 func (a *Agent) gossipDead() map[string]bool {
 	if a.cfg.Membership == nil {
 		return nil
@@ -855,7 +855,7 @@ func (a *Agent) livenessLoop(ctx context.Context) {
 				continue
 			}
 			if ev.Peer.Meta.Role != membership.RoleAgent || !first && ev.Peer.Down() == ev.PreviousDown {
-				continue // LEFT, a reachable SUSPECT and metadata changes withhold nothing and return nothing
+				continue // a reachable SUSPECT, DEAD or LEFT and metadata changes withhold nothing and return nothing
 			}
 			a.log.Info("node liveness changed", "peer", ev.Peer.Meta.Node, "state", ev.Peer.State.String(), "down", ev.Peer.Down(), "vtep", ev.Peer.Meta.VTEP.String())
 			a.trigger()

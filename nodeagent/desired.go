@@ -252,16 +252,20 @@ type built struct {
 // dead is the liveness rule that decides whose entries are withheld: a node gossip knows is dead when
 // gossip says so (gossip maps node -> dead, for every agent node it knows); a node it does not know (it
 // died before this agent started: memberlist ignores dead members it never saw alive) is dead when the
-// control plane's status says so by the same rule: SUSPECT or DEAD, and unreachable. LEFT (a graceful
-// stop: an upgrade or restart, its kernel still forwards) and a host that answers withhold nothing.
+// control plane's status says so by the same rule: SUSPECT, DEAD or LEFT, and unreachable. A host
+// that answers withholds nothing, whatever its agent's state: a graceful stop (LEFT: an upgrade or
+// restart) or a crashed agent leaves its kernel forwarding to its VMs.
 func (m *desiredModel) dead(gossip map[string]bool) func(node string) bool {
 	return func(node string) bool {
 		if dead, known := gossip[node]; known {
 			return dead
 		}
 		p := m.peers[node]
-		st := p.GetStatus()
-		return p.GetUnreachable() && (st == vxfabricv1.NodeStatus_NODE_STATUS_DEAD || st == vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT)
+		switch p.GetStatus() {
+		case vxfabricv1.NodeStatus_NODE_STATUS_DEAD, vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT, vxfabricv1.NodeStatus_NODE_STATUS_LEFT:
+			return p.GetUnreachable()
+		}
+		return false
 	}
 }
 

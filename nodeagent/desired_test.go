@@ -132,18 +132,19 @@ func TestModelMergeAndBuild(t *testing.T) {
 }
 
 // TestLivenessRule checks which peers' entries are withheld: gossip decides for the nodes it knows, the
-// control plane's status (merged from snapshots and deltas) for the others, and only a SUSPECT or DEAD
-// node whose host is unreachable withholds.
+// control plane's status (merged from snapshots and deltas) for the others, and only a SUSPECT, DEAD
+// or LEFT node whose host is unreachable withholds.
 func TestLivenessRule(t *testing.T) {
 	peer := func(name string, st vxfabricv1.NodeStatus) *vxfabricv1.Peer {
 		// The status writer finds a dead or suspect host unreachable unless the name says "-up".
-		cut := (st == vxfabricv1.NodeStatus_NODE_STATUS_DEAD || st == vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT) && !strings.HasSuffix(name, "-up")
+		cut := st != vxfabricv1.NodeStatus_NODE_STATUS_ALIVE && !strings.HasSuffix(name, "-up")
 		return &vxfabricv1.Peer{Name: name, Vtep: "198.18.0.9", Status: st, Unreachable: cut}
 	}
 	m := newDesiredModel()
 	m.merge(&vxfabricv1.SyncResponse{Revision: 5, Snapshot: true, Peers: []*vxfabricv1.Peer{
 		peer("srv-dead", vxfabricv1.NodeStatus_NODE_STATUS_DEAD),
 		peer("srv-left", vxfabricv1.NodeStatus_NODE_STATUS_LEFT),
+		peer("srv-left-up", vxfabricv1.NodeStatus_NODE_STATUS_LEFT),
 		peer("srv-suspect", vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT),
 		peer("srv-suspect-up", vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT),
 		peer("srv-dead-up", vxfabricv1.NodeStatus_NODE_STATUS_DEAD),
@@ -159,7 +160,8 @@ func TestLivenessRule(t *testing.T) {
 	dead := m.dead(gossip)
 	for node, want := range map[string]bool{
 		"srv-dead":       true,  // unknown to gossip (died before this agent started): the server decides
-		"srv-left":       false, // a graceful stop keeps forwarding
+		"srv-left":       true,  // its agent stopped, then its host went: nothing forwards
+		"srv-left-up":    false, // a graceful stop keeps forwarding
 		"srv-suspect":    true,  // suspect and its host does not answer
 		"srv-suspect-up": false, // a paused agent: its host answers
 		"srv-dead-up":    false, // a crashed agent on a host that still forwards

@@ -6,7 +6,9 @@
 //
 // It never writes any key but nodes/<name>, never deletes one, and keeps the fields it does not own
 // (a node recorded by RegisterNode keeps them). SUSPECT is the elected server's own view (see
-// package membership); DEAD and LEFT are the cluster's.
+// package membership); DEAD and LEFT are the cluster's. Unreachable is the elected server's own
+// dials of a SUSPECT, DEAD or LEFT node's host: agents that do not know the node from gossip
+// withhold its entries on it.
 package nodestatus
 
 import (

@@ -482,7 +482,7 @@ type Peer struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Vtep  string                 `protobuf:"bytes,2,opt,name=vtep,proto3" json:"vtep,omitempty"`
 	// From gossip through the elected server. An agent whose own gossip does not know the peer
-	// withholds its entries when it is SUSPECT or DEAD and unreachable (see Node.unreachable).
+	// withholds its entries when it is SUSPECT, DEAD or LEFT and unreachable (see Node.unreachable).
 	Status        NodeStatus `protobuf:"varint,3,opt,name=status,proto3,enum=vxfabric.v1.NodeStatus" json:"status,omitempty"`
 	Unreachable   bool       `protobuf:"varint,4,opt,name=unreachable,proto3" json:"unreachable,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -568,10 +568,10 @@ type Node struct {
 	// The agent's version, from gossip.
 	Version  string `protobuf:"bytes,7,opt,name=version,proto3" json:"version,omitempty"`
 	Revision int64  `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
-	// The host does not answer on the underlay: while the node is SUSPECT or DEAD, the status writer's
-	// TCP dials of its gossip address got neither a handshake nor a reset. Only then are its entries
-	// withdrawn; a DEAD node that is not unreachable is an agent that stopped on a host that still
-	// forwards to its VMs.
+	// The host does not answer on the underlay: while the node is SUSPECT, DEAD or LEFT, the status
+	// writer's TCP dials of its gossip address got neither a handshake nor a reset. Only then are its
+	// entries withdrawn; a DEAD or LEFT node that is not unreachable is an agent that crashed or
+	// stopped on a host that still forwards to its VMs.
 	Unreachable bool `protobuf:"varint,9,opt,name=unreachable,proto3" json:"unreachable,omitempty"`
 	// What the node's agent could not apply in its last report, one line per kernel object (for
 	// example an uplink interface that does not exist on the host). Empty when it applied everything.
