@@ -129,19 +129,28 @@ func (l *Lab) Down(ctx context.Context) (err error) {
 // waited for until ctx ends. unlock(remove) releases it, removing the file first when the lab is
 // gone (so that the state root can go too).
 func (l *Lab) lock(ctx context.Context) (unlock func(remove bool), err error) {
-	if err := os.MkdirAll(l.cfg.StateRoot, 0o755); err != nil {
-		return nil, fmt.Errorf("lab %q: %w", l.cfg.Name, err)
-	}
 	path := filepath.Join(l.cfg.StateRoot, "."+l.cfg.Name+".lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lab %q: %w", l.cfg.Name, err)
-	}
 	told := false
+	var f *os.File
 	for {
+		if f == nil {
+			if err := os.MkdirAll(l.cfg.StateRoot, 0o755); err != nil {
+				return nil, fmt.Errorf("lab %q: %w", l.cfg.Name, err)
+			}
+			if f, err = os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600); err != nil {
+				return nil, fmt.Errorf("lab %q: %w", l.cfg.Name, err)
+			}
+		}
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
-			break
+			if sameFile(f, path) {
+				break
+			}
+			// The holder before removed the file (its lab went down): this lock is on a file no
+			// one else opens any more. Lock the one the path names now.
+			f.Close()
+			f = nil
+			continue
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
@@ -167,6 +176,16 @@ func (l *Lab) lock(ctx context.Context) (unlock func(remove bool), err error) {
 		}
 		f.Close()
 	}, nil
+}
+
+// sameFile reports whether path still names the file f has open.
+func sameFile(f *os.File, path string) bool {
+	held, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	named, err := os.Stat(path)
+	return err == nil && os.SameFile(held, named)
 }
 
 // downTimeout bounds a Down, which no cancellation stops.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,13 +134,17 @@ func TestPrivilegedExecInterruptedEndsTheCommandItsOwnWay(t *testing.T) {
 	l := outsideLab(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out bytes.Buffer
+	var out syncBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- l.Exec(ctx, RoleOutside, []string{"sh", "-c", "trap 'echo summary; exit 0' INT; echo started; while :; do sleep 0.1; done"},
 			Stdio{Stdout: &out})
 	}()
-	time.Sleep(300 * time.Millisecond) // the shell sets its trap
+	for deadline := time.Now().Add(10 * time.Second); out.String() == ""; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the shell did not start")
+		}
+	}
 	began := time.Now()
 	cancel()
 	var err error
@@ -174,4 +179,22 @@ func TestPrivilegedExecStatus(t *testing.T) {
 	if err := l.Exec(context.Background(), "nosuch", []string{"true"}, Stdio{}); err == nil || errors.As(err, new(*ExitError)) {
 		t.Errorf("exec in a target that does not exist: %v, want an error of the lab's own", err)
 	}
+}
+
+// syncBuffer is a bytes.Buffer that a command writes while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -123,17 +123,14 @@ func (r *report) equal(o *report) bool {
 		slices.Equal(r.underlay, o.underlay)
 }
 
-// maxUnderlayRoutes is the server's bound on a report's underlay routes; a host with more reports
-// the first ones (the most specific of a host's routes are rarely what a tenant's CIDR meets).
-const maxUnderlayRoutes = 64
-
-// setUnderlay records the underlay routes a full Apply read (nil: it read none, keep the last).
+// setUnderlay records the underlay routes a full Apply read (nil: it read none, keep the last). The
+// datapath bounds them to what the server takes (overlay.Result.UnderlayRoutes).
 func (a *Agent) setUnderlay(routes []netip.Prefix) {
 	if routes == nil {
 		return
 	}
-	lines := make([]string, 0, min(len(routes), maxUnderlayRoutes))
-	for _, p := range routes[:min(len(routes), maxUnderlayRoutes)] {
+	lines := make([]string, 0, len(routes))
+	for _, p := range routes {
 		lines = append(lines, p.String())
 	}
 	a.repMu.Lock()

@@ -165,11 +165,12 @@ type Result struct {
 	Plugged map[string]bool
 	// Errors lists the objects that could not be converged; Apply's error joins them.
 	Errors []ObjectError
-	// UnderlayRoutes is where the host sends traffic outside the fabric, as Apply read it from the
-	// kernel: the destinations of its routes other than the default route and those of its nat
-	// and routed networks' bridges, and its next hops (/32), sorted, without duplicates. Nil when
-	// not read (ApplyDelta, a fake, an Apply cut short); the caller reports it to the control
-	// plane, which refuses nat and routed networks over it.
+	// UnderlayRoutes is what the host reaches outside the fabric, as Apply read it from the kernel:
+	// the next hops of its routes (/32) and the subnets it is attached to (not the fabric's own
+	// bridges, but a bridged network's LAN), at most 64, sorted. A nat or routed gateway over one
+	// of them would take that traffic into its bridge: the datapath leaves such a gateway off, and
+	// the caller reports them to the control plane, which refuses to bind such a network's ports
+	// to this host. Nil when not read (ApplyDelta, a fake, an Apply cut short).
 	UnderlayRoutes []netip.Prefix
 }
 

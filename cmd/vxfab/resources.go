@@ -247,8 +247,9 @@ func tenantTable(w io.Writer, ts ...*vxfabricv1.Tenant) {
 // listPage is the page size the list commands read with (every page is read).
 const listPage = 1000
 
-// allPages reads a paged list to its end: fetch gets the page of a token ("" first) and returns its
-// items and the next token ("" after the last page).
+// allPages reads a paged list to its end: fetch gets the page of a token ("" first), of at most
+// listPage items, and returns its items and the next token ("" after the last page). A page larger
+// than asked for is a server of a version before paging, which answered with the whole list.
 func allPages[T any](fetch func(token string) ([]T, string, error)) ([]T, error) {
 	var all []T
 	token := ""
@@ -256,6 +257,9 @@ func allPages[T any](fetch func(token string) ([]T, string, error)) ([]T, error)
 		items, next, err := fetch(token)
 		if err != nil {
 			return nil, err
+		}
+		if len(items) > listPage {
+			return items, nil
 		}
 		all = append(all, items...)
 		if next == "" {

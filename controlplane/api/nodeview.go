@@ -49,24 +49,18 @@ type nodeRead struct {
 // for it only as long as its own context allows), so it needs its own bound.
 const nodeReadTimeout = 10 * time.Second
 
-// nodeVTEP is a node with a valid VTEP or reported underlay routes (nodes without either have
-// nothing to collide with).
+// nodeVTEP is a node with a valid VTEP (nodes without one have nothing to collide with).
 type nodeVTEP struct {
-	node     string
-	vtep     netip.Addr     // invalid: none
-	underlay []netip.Prefix // where the host routes outside the fabric (store.NodeUnderlayPrefix)
+	node string
+	vtep netip.Addr
 }
 
-// vtepsOf keeps the nodes that have a valid VTEP or underlay routes.
-func vtepsOf(nodes []*vxfabricv1.Node, underlays map[string][]netip.Prefix) []nodeVTEP {
+// vtepsOf keeps the nodes that have a valid VTEP.
+func vtepsOf(nodes []*vxfabricv1.Node) []nodeVTEP {
 	out := make([]nodeVTEP, 0, len(nodes))
 	for _, n := range nodes {
-		v := nodeVTEP{node: n.Name, underlay: underlays[n.Name]}
 		if a, err := netip.ParseAddr(n.Vtep); err == nil {
-			v.vtep = a
-		}
-		if v.vtep.IsValid() || len(v.underlay) > 0 {
-			out = append(out, v)
+			out = append(out, nodeVTEP{node: n.Name, vtep: a})
 		}
 	}
 	return out
@@ -116,14 +110,14 @@ func (v *nodeView) get(ctx context.Context, stale int64) (int64, []nodeVTEP, err
 func (v *nodeView) fill(r *nodeRead) {
 	ctx, cancel := context.WithTimeout(context.Background(), nodeReadTimeout)
 	defer cancel()
-	nodes, underlays, rev, err := v.store.ReadNodeUnderlays(ctx)
+	nodes, rev, err := v.store.ListNodes(ctx)
 	if err != nil && ctx.Err() != nil {
 		// Our own bound, not any caller's deadline: etcd is not answering.
 		err = status.Errorf(codes.Unavailable, "read node records: etcd did not answer within %s", nodeReadTimeout)
 	}
 	r.rev, r.err = rev, err
 	if err == nil {
-		r.vteps = vtepsOf(nodes, underlays)
+		r.vteps = vtepsOf(nodes)
 	}
 	v.mu.Lock()
 	v.read = nil

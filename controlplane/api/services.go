@@ -99,7 +99,7 @@ func (s *NetworkServer) createNetwork(ctx context.Context, n *vxfabricv1.Network
 		if err != nil {
 			return nil, err
 		}
-		if err := checkUnderlay(n.Cidr, n.Mode, vteps, isAdmin(ctx)); err != nil {
+		if err := checkVTEPs(n.Cidr, vteps, isAdmin(ctx)); err != nil {
 			if stale == 0 {
 				stale = rev // refuse only on a view read during this create (any after the first)
 				continue

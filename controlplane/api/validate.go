@@ -343,49 +343,31 @@ func checkPortInNetwork(p *vxfabricv1.Port, n *vxfabricv1.Network, admin bool) e
 	return nil
 }
 
-// checkUnderlay refuses a network whose CIDR would cut a host off the underlay:
-//   - any network whose CIDR contains the VTEP of a known node: a routed gateway (or a port
-//     address) equal to a host's underlay address would make that address local on every host with
-//     a port in the network;
-//   - a nat or routed network whose CIDR overlaps where a node's host sends traffic outside the
-//     fabric, as its agent reported it (its routes and next hops): the gateway's connected route on
-//     a host with a port would take that traffic into the network's bridge (the host would lose
-//     its servers, its peers or its router).
-//
-// This is a conflict with the stored state, hence FailedPrecondition. Only the nodes known now are
-// checked: a node that registers later, or whose routes change, is not checked against the
-// networks that exist (its agent leaves such a gateway off its bridges and reports it).
+// checkVTEPs refuses a network whose CIDR contains the VTEP of a known node: a routed gateway (or a
+// port address) equal to a host's underlay address would make that address local on every host with
+// a port in the network and cut the host off the fabric. This is a conflict with the stored state,
+// hence FailedPrecondition. Only the nodes known now are checked: a node that registers later with a
+// VTEP inside an existing network's CIDR is not re-checked. (What else a host reaches outside the
+// fabric, its subnets and router, is checked when a nat or routed network's port is bound to it:
+// store's gateway guard.)
 //
 // Node names and underlay addresses are the admin's (NodeService is admin-only): the refusal names
 // them only when admin is set; a tenant learns that some host's address is in the way.
-func checkUnderlay(cidr string, mode vxfabricv1.NetworkMode, nodes []nodeVTEP, admin bool) error {
+func checkVTEPs(cidr string, nodes []nodeVTEP, admin bool) error {
 	prefix, err := netip.ParsePrefix(cidr)
 	if err != nil {
 		return fmt.Errorf("cidr %q: %w", cidr, err)
 	}
 	for _, n := range nodes {
-		if n.vtep.IsValid() && prefix.Contains(n.vtep) {
-			if !admin {
-				return fmt.Errorf("cidr %s contains the underlay address of a host of this fabric (its gateway or a port address would cut that host off the fabric): %w",
-					prefix, store.ErrFailedPrecondition)
-			}
-			return fmt.Errorf("cidr %s contains the vtep %s of node %s (its gateway or a port address would cut that host off the fabric): %w",
-				prefix, n.vtep, n.node, store.ErrFailedPrecondition)
-		}
-		if !hasGateway(mode) {
+		if !prefix.Contains(n.vtep) {
 			continue
 		}
-		for _, r := range n.underlay {
-			if !prefix.Overlaps(r) {
-				continue
-			}
-			if !admin {
-				return fmt.Errorf("cidr %s overlaps the underlay of a host of this fabric (its gateway would take that host's traffic to its servers, peers or router): %w",
-					prefix, store.ErrFailedPrecondition)
-			}
-			return fmt.Errorf("cidr %s overlaps %s, where node %s routes outside the fabric (its gateway would take that traffic into the network): %w",
-				prefix, r, n.node, store.ErrFailedPrecondition)
+		if !admin {
+			return fmt.Errorf("cidr %s contains the underlay address of a host of this fabric (its gateway or a port address would cut that host off the fabric): %w",
+				prefix, store.ErrFailedPrecondition)
 		}
+		return fmt.Errorf("cidr %s contains the vtep %s of node %s (its gateway or a port address would cut that host off the fabric): %w",
+			prefix, n.vtep, n.node, store.ErrFailedPrecondition)
 	}
 	return nil
 }

@@ -278,10 +278,10 @@ func TestRealServerVTEPRefusalNamesTheNodeOnlyToAdmins(t *testing.T) {
 	}
 }
 
-// A nat or routed network over where a host routes outside the fabric (its agent's report: its
-// underlay subnet, its router, its servers) is refused before anything is written, also when the
-// server's view of the nodes was read before the report; an isolated one, which puts nothing on
-// the hosts, is not.
+// A nat or routed network's port is not bound to a host whose underlay the network overlaps (its
+// agent's report: its subnet, its router, its servers): the gateway there would cut the host off.
+// The refusal writes nothing; the same network's ports go to other hosts, and an isolated network,
+// which puts nothing on the hosts, goes anywhere.
 func TestRealServerRefusesGatewaysOverAHostsUnderlay(t *testing.T) {
 	s := startRealServer(t)
 	ctx := ctxT(t)
@@ -293,50 +293,53 @@ func TestRealServerRefusesGatewaysOverAHostsUnderlay(t *testing.T) {
 	if _, err := h1.RegisterNode(ctx, &vxfabricv1.RegisterNodeRequest{Name: "h1", Vtep: "198.18.5.11"}); err != nil {
 		t.Fatal(err)
 	}
-	tok, err := vxfabricv1.NewTokenServiceClient(adm).CreateToken(ctx, &vxfabricv1.CreateTokenRequest{Tenant: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nets := vxfabricv1.NewNetworkServiceClient(s.dial(t, client{token: tok.GetSecret()}))
-	create := func(name, cidr string, mode vxfabricv1.NetworkMode) error {
-		_, err := nets.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Name: name, Cidr: cidr, Mode: mode})
-		return err
-	}
-	nat, routed, iso := vxfabricv1.NetworkMode_NETWORK_MODE_NAT, vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED, vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED
-	// Before h1 reports its routes, a network over its subnet (not over its VTEP) is not known to
-	// be in the way; the server reads its view of the nodes for it.
-	wantCode(t, "nat network before h1's report", create("early", "198.18.5.0/29", nat), codes.OK)
-
 	if _, err := h1.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "h1",
 		UnderlayRoutes: []string{"198.18.5.0/24", "198.18.5.254/32", "10.99.0.5/32"}}); err != nil {
 		t.Fatal(err)
 	}
+	tok, err := vxfabricv1.NewTokenServiceClient(adm).CreateToken(ctx, &vxfabricv1.CreateTokenRequest{Tenant: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := s.dial(t, client{token: tok.GetSecret()})
+	nets, ports := vxfabricv1.NewNetworkServiceClient(conn), vxfabricv1.NewPortServiceClient(conn)
+	nat, routed, iso := vxfabricv1.NetworkMode_NETWORK_MODE_NAT, vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED, vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED
 	for _, tc := range []struct {
 		name, cidr string
 		mode       vxfabricv1.NetworkMode
-		want       codes.Code
+		onH1       codes.Code
 	}{
-		{"subnet", "198.18.5.248/29", nat, codes.FailedPrecondition},
-		{"server", "10.99.0.0/24", routed, codes.FailedPrecondition},
-		{"isolated", "10.99.0.0/24", iso, codes.OK},
+		{"subnet", "198.18.5.248/29", nat, codes.FailedPrecondition}, // h1's subnet and router
+		{"server", "10.99.0.0/24", routed, codes.FailedPrecondition}, // a server h1 reaches
+		{"iso", "198.18.5.248/29", iso, codes.OK},
 		{"beside", "10.98.0.0/24", routed, codes.OK},
 	} {
-		err := create(tc.name, tc.cidr, tc.mode)
-		wantCode(t, fmt.Sprintf("%s network %s over h1's underlay", tc.mode, tc.cidr), err, tc.want)
-		if msg := status.Convert(err).Message(); tc.want != codes.OK && (strings.Contains(msg, "h1") || !strings.Contains(msg, "underlay of a host")) {
-			t.Errorf("tenant's refusal %q: want it to say a host's underlay is in the way, without naming h1", msg)
+		if _, err := nets.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{Name: tc.name, Cidr: tc.cidr, Mode: tc.mode}); err != nil {
+			t.Fatalf("create %s network %s: %v", tc.mode, tc.cidr, err)
 		}
+		_, err := ports.CreatePort(ctx, &vxfabricv1.CreatePortRequest{Network: tc.name, Name: tc.name + "-1", Node: "h1"})
+		wantCode(t, fmt.Sprintf("port of %s network %s on h1", tc.mode, tc.cidr), err, tc.onH1)
+		if msg := status.Convert(err).Message(); tc.onH1 != codes.OK && (strings.Contains(msg, "198.18.5") && !strings.Contains(msg, tc.cidr) ||
+			strings.Contains(msg, "10.99.0.5") || !strings.Contains(msg, "underlay of node h1")) {
+			t.Errorf("refusal %q: want it to say h1's underlay is in the way, without naming h1's routes", msg)
+		}
+		// Another host, which reported nothing in the way, takes it; a move to h1 is refused.
+		if _, err := ports.CreatePort(ctx, &vxfabricv1.CreatePortRequest{Network: tc.name, Name: tc.name + "-2", Node: "h2"}); err != nil {
+			t.Fatalf("port of %s network %s on h2: %v", tc.mode, tc.cidr, err)
+		}
+		_, err = ports.UpdatePort(ctx, &vxfabricv1.UpdatePortRequest{Name: tc.name + "-2", Node: "h1"})
+		wantCode(t, fmt.Sprintf("move of a port of %s network %s to h1", tc.mode, tc.cidr), err, tc.onH1)
 	}
-	list, err := nets.ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{})
+	list, err := ports.ListPorts(ctx, &vxfabricv1.ListPortsRequest{Node: "h1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var names []string
-	for _, n := range list.GetNetworks() {
-		names = append(names, n.GetName())
+	for _, p := range list.GetPorts() {
+		names = append(names, p.GetName())
 	}
-	if got := strings.Join(names, " "); got != "beside early isolated" {
-		t.Errorf("networks after the refusals: %s, want beside early isolated", got)
+	if got := strings.Join(names, " "); got != "beside-1 beside-2 iso-1 iso-2" {
+		t.Errorf("ports on h1 after the refusals: %s, want beside-1 beside-2 iso-1 iso-2", got)
 	}
 }
 

@@ -619,7 +619,8 @@ func (h *Hub) unsubscribe(s *subscriber) {
 	delete(h.subs, s.node)
 	h.statMu.Lock()
 	if st := h.stats[s.node]; st != nil {
-		st.applied, st.errors = 0, nil
+		// The underlay routes another replica writes meanwhile are not seen here: compared anew.
+		st.applied, st.errors, st.underlay = 0, nil, ""
 	}
 	h.statMu.Unlock()
 }

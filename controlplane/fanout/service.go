@@ -201,10 +201,7 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 			return nil, status.Errorf(codes.InvalidArgument, "an error of %d bytes, at most %d", len(e), maxReportErrorLen)
 		}
 	}
-	underlay, err := underlayRoutes(req.GetUnderlayRoutes())
-	if err != nil {
-		return nil, err
-	}
+	underlay := underlayRoutes(req.GetUnderlayRoutes())
 	select {
 	case <-h.ready:
 	case <-ctx.Done():
@@ -275,7 +272,7 @@ func (h *Hub) ReportApplied(ctx context.Context, req *vxfabricv1.ReportAppliedRe
 	if err := h.confirmKeyring(ctx, node, req.GetGossipKeyringRevision()); err != nil {
 		return nil, err
 	}
-	if err := h.recordUnderlay(ctx, node, underlay); err != nil {
+	if err := h.recordUnderlay(ctx, node, req.GetSequence(), underlay); err != nil {
 		return nil, err
 	}
 
@@ -334,22 +331,20 @@ func (h *Hub) confirmKeyring(ctx context.Context, node string, rev int64) error 
 	return nil
 }
 
-// maxUnderlayRoutes bounds a report's underlay routes.
+// maxUnderlayRoutes bounds the underlay routes taken from a report (the agent sends at most as many,
+// most important first).
 const maxUnderlayRoutes = 64
 
-// underlayRoutes checks a report's underlay routes (IPv4 prefixes, at most maxUnderlayRoutes) and
-// returns them sorted, masked and without duplicates; nil for none (not known).
-func underlayRoutes(lines []string) ([]netip.Prefix, error) {
-	if len(lines) > maxUnderlayRoutes {
-		return nil, status.Errorf(codes.InvalidArgument, "%d underlay routes, at most %d", len(lines), maxUnderlayRoutes)
-	}
+// underlayRoutes reads a report's underlay routes: IPv4 prefixes of /8 or longer (a shorter one is
+// no subnet a host is attached to), masked, sorted, without duplicates, the first maxUnderlayRoutes;
+// others are left out, not refused (the field only narrows where ports may go, and a report's port
+// statuses must not be lost over it). Nil for none (not known).
+func underlayRoutes(lines []string) []netip.Prefix {
 	var out []netip.Prefix
-	for _, l := range lines {
-		p, err := netip.ParsePrefix(l)
-		if err != nil || !p.Addr().Is4() {
-			return nil, status.Errorf(codes.InvalidArgument, "underlay route %.64q: want an IPv4 prefix", l)
+	for _, l := range lines[:min(len(lines), maxUnderlayRoutes)] {
+		if p, err := netip.ParsePrefix(l); err == nil && p.Addr().Is4() && p.Bits() >= 8 {
+			out = append(out, p.Masked())
 		}
-		out = append(out, p.Masked())
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
@@ -357,27 +352,30 @@ func underlayRoutes(lines []string) ([]netip.Prefix, error) {
 		}
 		return a.Bits() - b.Bits()
 	})
-	return slices.Compact(out), nil
+	return slices.Compact(out)
 }
 
-// recordUnderlay stores node's underlay routes (NodeUnderlayPrefix) when they differ from what is
-// stored, with a rewrite of the nodes epoch, so that a network create checked against the old
-// routes fails and checks again (store.NodesUnchangedSince). Routes not known (nil) change nothing.
-func (h *Hub) recordUnderlay(ctx context.Context, node string, routes []netip.Prefix) error {
+// recordUnderlay stores node's underlay routes (NodeUnderlayPrefix) when they differ from what this
+// hub knows stored: the gateway guard of every port bound to the node reads them. What a hub knows
+// is forgotten when the node's agent streams here again (another replica may have written since),
+// so the first report of a stream is always compared with etcd. Routes not known (nil) and a late
+// report (a lower sequence than one seen) change nothing.
+func (h *Hub) recordUnderlay(ctx context.Context, node string, seq int64, routes []netip.Prefix) error {
 	if routes == nil {
 		return nil
 	}
 	val := store.UnderlayValue(routes)
 	h.statMu.Lock()
-	known := h.stat(node).underlay
+	st := h.stat(node)
+	known, late := st.underlay, seq > 0 && seq < st.seq
 	h.statMu.Unlock()
-	if val == known {
+	if val == known || late {
 		return nil
 	}
 	key := h.cfg.Prefix + store.NodeUnderlays + node
 	// A value compare fails on a missing key too: then it is written.
 	if _, err := h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", val)).
-		Else(clientv3.OpPut(key, val), clientv3.OpPut(h.cfg.Prefix+store.NodesEpoch, "")).Commit(); err != nil {
+		Else(clientv3.OpPut(key, val)).Commit(); err != nil {
 		return status.Errorf(codes.Unavailable, "record the underlay routes of node %q: %v", node, err)
 	}
 	h.statMu.Lock()

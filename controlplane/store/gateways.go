@@ -45,14 +45,16 @@ type gatewayGuard struct {
 	rev     int64               // the store revision the node's index was read at
 }
 
-// readGatewayGuard reads the port's network and the node's part of the node-cidr index, and builds
-// the guard of binding a port of networkID to node. It refuses (ErrFailedPrecondition) when the node
-// takes part in a nat or routed network that overlaps. An unknown network gives an inactive guard:
+// readGatewayGuard reads the port's network, the node's part of the node-cidr index and the node's
+// reported underlay, and builds the guard of binding a port of networkID to node. It refuses
+// (ErrFailedPrecondition) when the node takes part in a nat or routed network that overlaps, or
+// when the network overlaps what the node's host reaches outside the fabric. An unknown network gives an inactive guard:
 // the caller's own compare on the network refuses it.
 func (s *Store) readGatewayGuard(ctx context.Context, networkID, node string) (*gatewayGuard, error) {
 	resp, err := s.kv.Txn(ctx).Then(
 		clientv3.OpGet(NetworkKey(networkID)),
 		clientv3.OpGet(nodeCIDRPrefixOf(node), clientv3.WithPrefix()),
+		clientv3.OpGet(NodeUnderlayPrefix+node),
 	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("read the gateway check of node %s: %w", node, err)
@@ -81,6 +83,17 @@ func (s *Store) readGatewayGuard(ctx context.Context, networkID, node string) (*
 		}
 		return nil, s.gatewayConflict(ctx, g, otherID, other)
 	}
+	// What the node's host reaches outside the fabric, as its agent reported it: the gateway there
+	// would take that traffic into the network's bridge. The route itself is not named (a tenant
+	// learns no more of the underlay than that the node's is in the way).
+	if kv := first(rangeKVs(resp, 2)); kv != nil {
+		for _, r := range ParseUnderlay(string(kv.Value)) {
+			if mine.Overlaps(r) {
+				return nil, fmt.Errorf("%s network %s %s overlaps the underlay of node %s (its gateway there would take the host's traffic to its router, LAN or servers): %w",
+					modeName(network.Mode), networkName(network), network.Cidr, node, ErrFailedPrecondition)
+			}
+		}
+	}
 	return g, nil
 }
 
@@ -102,6 +115,8 @@ func (g *gatewayGuard) cmps() []clientv3.Cmp {
 	return []clientv3.Cmp{
 		clientv3.Compare(clientv3.CreateRevision(node), "<", g.rev+1).WithRange(own),
 		clientv3.Compare(clientv3.CreateRevision(after), "<", g.rev+1).WithRange(clientv3.GetPrefixRangeEnd(node)),
+		// The node's reported underlay is as read (a missing key has mod revision 0).
+		clientv3.Compare(clientv3.ModRevision(NodeUnderlayPrefix+g.node), "<", g.rev+1),
 	}
 }
 

@@ -65,10 +65,10 @@ const (
 	// NodeKeyringPrefix records which keyring each node's agent confirmed: <node> -> the keyring's
 	// revision, 20 decimal digits (written by controlplane/fanout from ReportApplied).
 	NodeKeyringPrefix = Prefix + NodeKeyrings
-	// NodeUnderlayPrefix records where each node's host sends traffic outside the fabric, as its
-	// agent last reported it (ReportAppliedRequest.underlay_routes): <node> -> the prefixes, one per
-	// line, written by controlplane/fanout with a rewrite of NodesEpochKey when they change, read by
-	// the network create check (ReadNodeUnderlays).
+	// NodeUnderlayPrefix records what each node's host reaches outside the fabric, as its agent
+	// last reported it (ReportAppliedRequest.underlay_routes): <node> -> the prefixes, one per line,
+	// written by controlplane/fanout when they change, read by the gateway guard of a port bound to
+	// the node.
 	NodeUnderlayPrefix = Prefix + NodeUnderlays
 	// ServerKeyringPrefix records which keyring each running server installed: <gossip name> -> the
 	// keyring's revision, 20 decimal digits, on the server's lease (controlplane/gossipkeys).

@@ -65,25 +65,6 @@ func (s *Store) ListNodes(ctx context.Context) ([]*vxfabricv1.Node, int64, error
 	return out, resp.Header.Revision, nil
 }
 
-// ReadNodeUnderlays reads every node record (ListNodes) and, at the same revision, every node's
-// reported underlay routes (NodeUnderlayPrefix). A node without a report has no entry; lines that
-// do not parse as a prefix are left out.
-func (s *Store) ReadNodeUnderlays(ctx context.Context) ([]*vxfabricv1.Node, map[string][]netip.Prefix, int64, error) {
-	nodes, rev, err := s.ListNodes(ctx)
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	resp, err := s.kv.Get(ctx, NodeUnderlayPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
-	if err != nil {
-		return nil, nil, 0, fmt.Errorf("read the nodes' underlay routes: %w", err)
-	}
-	underlays := make(map[string][]netip.Prefix, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		underlays[strings.TrimPrefix(string(kv.Key), NodeUnderlayPrefix)] = ParseUnderlay(string(kv.Value))
-	}
-	return nodes, underlays, rev, nil
-}
-
 // UnderlayValue is the value of a NodeUnderlayPrefix key: the prefixes, one per line.
 func UnderlayValue(routes []netip.Prefix) string {
 	lines := make([]string, len(routes))

@@ -45,9 +45,9 @@ type run struct {
 	// keepForwardingMark: forwardingOff failed, so the inet table (with ForwardingMarkChain) stays
 	// even with nothing else in it, for a later Apply to try again.
 	keepForwardingMark bool
-	// routes are the host's IPv4 routes of the main table, read at the first gateway checked
-	// (underlayClash); routesErr is why they could not be read.
-	routes     []netlink.Route
+	// underlay is hostUnderlay's answer, read once per Apply (routesRead); routesErr is why the
+	// host's routes could not be read.
+	underlay   []netip.Prefix
 	routesRead bool
 	routesErr  error
 }
@@ -90,7 +90,10 @@ func (r *run) apply() error {
 	if err := r.readLinks(); err != nil {
 		return err
 	}
-	r.res.UnderlayRoutes = r.underlayRoutes()
+	r.routesRead = false // the networks converged above may have changed the routes
+	if under, err := r.hostUnderlay(); err == nil {
+		r.res.UnderlayRoutes = under
+	}
 	return nil
 }
 
@@ -329,19 +332,28 @@ func (r *run) bringUp(l netlink.Link) error {
 func (r *run) ensureBridgeAddrs(n overlay.Network, br netlink.Link) {
 	h := r.d.h
 	var want netip.Prefix // none: an isolated network's bridge has no address
+	keep := false         // the host's routes could not be read: the addresses on the bridge stay as they are
 	if n.HasGateway() {
 		want = netip.PrefixFrom(n.Gateway, n.CIDR.Bits())
-		if err := r.underlayClash(want.Masked(), br); err != nil {
-			// The gateway's connected route would take the host's own traffic to those addresses
-			// into the bridge: the host would lose its servers or its peers. One already there (put
-			// by an earlier version) goes with the stale ones below.
+		clash, err := r.underlayClash(want.Masked())
+		switch {
+		case err != nil:
 			r.fail(overlay.AddrObject(n.VNI, want), err)
+			keep = true
+		case clash != nil:
+			// The gateway's connected route would take the host's own traffic (to its servers,
+			// its router, its LAN) into the bridge. One already there (put by an earlier version)
+			// goes with the stale ones below: it cuts the host off.
+			r.fail(overlay.AddrObject(n.VNI, want), clash)
 			want = netip.Prefix{}
 		}
 	}
 	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(br, netlink.FAMILY_V4) })
 	if err != nil {
 		r.fail(overlay.BridgeObject(n.VNI), fmt.Errorf("list addresses of %q: %w", br.Attrs().Name, err))
+		return
+	}
+	if keep {
 		return
 	}
 	var stale []netlink.Addr
@@ -370,15 +382,16 @@ func (r *run) ensureBridgeAddrs(n overlay.Network, br netlink.Link) {
 	}
 }
 
-// underlayClash refuses a gateway prefix that would capture traffic the host sends outside the
-// fabric: one that overlaps a route of the host's main table on another link than the network's
-// own bridge (br), or holds a gateway of the host's default routes, its VTEP or an address of
-// DesiredState.Infrastructure (its servers). The server refuses such networks when it can see the
-// clash (a VTEP in the CIDR); this is the host's own check, with its own routes.
-func (r *run) underlayClash(p netip.Prefix, br netlink.Link) error {
-	r.readRoutes()
-	if r.routesErr != nil {
-		return fmt.Errorf("read the host's routes to check gateway %s against them: %w", p, r.routesErr)
+// underlayClash tells whether a gateway prefix would capture traffic the host sends outside the
+// fabric (clash, nil: it would not): whether it holds the host's VTEP, an address of
+// DesiredState.Infrastructure (its servers and peers), a next hop of the host's routes, or overlaps
+// a subnet the host is attached to (hostUnderlay). Routes through a router (a summary route, a
+// static route) do not count: a more specific gateway takes only what the host sends there, which
+// is the tenant network's own range. err is set when the host's routes could not be read.
+func (r *run) underlayClash(p netip.Prefix) (clash, err error) {
+	under, err := r.hostUnderlay()
+	if err != nil {
+		return nil, fmt.Errorf("read the host's routes to check gateway %s against them: %w", p, err)
 	}
 	holds := func(a netip.Addr, what string) error {
 		if a.IsValid() && p.Contains(a.Unmap()) {
@@ -387,88 +400,89 @@ func (r *run) underlayClash(p netip.Prefix, br netlink.Link) error {
 		return nil
 	}
 	if err := holds(r.desired.Underlay.VTEP, "the host's vtep"); err != nil {
-		return err
+		return err, nil
 	}
 	for _, a := range r.desired.Infrastructure {
 		if err := holds(a, "the fabric's underlay address"); err != nil {
-			return err
+			return err, nil
 		}
 	}
-	for _, rt := range r.routes {
-		if rt.LinkIndex == br.Attrs().Index && rt.LinkIndex != 0 {
-			continue
+	for _, u := range under {
+		if u.Overlaps(p) {
+			return fmt.Errorf("cidr %s overlaps %s, which the host reaches outside the fabric: its gateway would take that traffic into the network", p, u), nil
 		}
-		gws := []net.IP{rt.Gw}
+	}
+	return nil, nil
+}
+
+// maxUnderlay bounds Result.UnderlayRoutes (the control plane's bound on a report).
+const maxUnderlay = 64
+
+// hostUnderlay is what the host reaches outside the fabric, read once per Apply (routesErr when the
+// routes could not be read): the next hops of its routes (/32), then the subnets it is attached to
+// (unicast routes without a next hop, on links that are up and not the fabric's, but for a bridged
+// network's bridge, which holds its uplink's LAN), those of the underlay interface first, then the
+// wider ones, at most maxUnderlay, sorted.
+func (r *run) hostUnderlay() ([]netip.Prefix, error) {
+	if r.routesRead {
+		return r.underlay, r.routesErr
+	}
+	r.routesRead = true
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return r.d.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		r.routesErr = err
+		return nil, err
+	}
+	type ranked struct {
+		p    netip.Prefix
+		rank int // 0 next hop, 1 a subnet of the underlay interface, 2 any other subnet
+	}
+	byIndex := make(map[int]netlink.Link, len(r.links))
+	for _, l := range r.links {
+		byIndex[l.Attrs().Index] = l
+	}
+	var found []ranked
+	for _, rt := range routes {
+		l := byIndex[rt.LinkIndex]
+		if l != nil && overlay.IsDeviceName(l.Attrs().Name) && !strings.HasPrefix(l.Attrs().Alias, uplinkAliasPrefix) {
+			continue // a gateway of the fabric's own networks, or a route through one
+		}
+		hops := []net.IP{rt.Gw}
 		for _, nh := range rt.MultiPath {
-			gws = append(gws, nh.Gw)
+			hops = append(hops, nh.Gw)
 		}
-		for _, gw := range gws {
-			if a, ok := netip.AddrFromSlice(gw); ok {
-				if err := holds(a, "the host's next hop"); err != nil {
-					return err
-				}
+		for _, gw := range hops {
+			if a, ok := netip.AddrFromSlice(gw); ok && a.Unmap().Is4() && !a.IsUnspecified() {
+				found = append(found, ranked{netip.PrefixFrom(a.Unmap(), 32), 0})
 			}
 		}
-		if rt.Dst == nil {
-			continue // a default route: its gateway is checked above
+		if rt.Dst == nil || rt.Gw != nil || len(rt.MultiPath) > 0 || rt.Type != unix.RTN_UNICAST ||
+			rt.Flags&unix.RTNH_F_LINKDOWN != 0 || l == nil || l.Attrs().Flags&net.FlagUp == 0 {
+			continue
 		}
 		dst, ok := netip.AddrFromSlice(rt.Dst.IP)
 		ones, _ := rt.Dst.Mask.Size()
 		if !ok || ones == 0 {
 			continue
 		}
-		if d := netip.PrefixFrom(dst.Unmap(), ones); d.Overlaps(p) {
-			return fmt.Errorf("cidr %s overlaps the host's route to %s%s: its gateway would take that traffic into the network",
-				p, d, r.routeDevice(rt))
+		rank := 2
+		if l.Attrs().Name == r.desired.Underlay.Interface {
+			rank = 1
 		}
+		found = append(found, ranked{netip.PrefixFrom(dst.Unmap(), ones).Masked(), rank})
 	}
-	return nil
-}
-
-// readRoutes reads the host's IPv4 routes of the main table, once per Apply.
-func (r *run) readRoutes() {
-	if r.routesRead {
-		return
-	}
-	r.routesRead = true
-	r.routes, r.routesErr = retryDump(func() ([]netlink.Route, error) {
-		return r.d.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	slices.SortStableFunc(found, func(a, b ranked) int {
+		if a.rank != b.rank {
+			return a.rank - b.rank
+		}
+		return a.p.Bits() - b.p.Bits()
 	})
-}
-
-// underlayRoutes is Result.UnderlayRoutes: the routes read (after the networks were converged),
-// less the default route and those through our own devices, but for a bridged network's bridge,
-// whose routes are its uplink's (the host's LAN); plus every next hop.
-func (r *run) underlayRoutes() []netip.Prefix {
-	r.routesRead = false // the networks' gateways may have changed them
-	r.readRoutes()
-	if r.routesErr != nil {
-		return nil
-	}
-	ours := make(map[int]bool)
-	for name, l := range r.links {
-		if overlay.IsDeviceName(name) && !strings.HasPrefix(l.Attrs().Alias, uplinkAliasPrefix) {
-			ours[l.Attrs().Index] = true
-		}
-	}
-	out := []netip.Prefix{}
-	addHop := func(ip net.IP) {
-		if a, ok := netip.AddrFromSlice(ip); ok && a.Unmap().Is4() && !a.IsUnspecified() {
-			out = append(out, netip.PrefixFrom(a.Unmap(), 32))
-		}
-	}
-	for _, rt := range r.routes {
-		addHop(rt.Gw)
-		for _, nh := range rt.MultiPath {
-			addHop(nh.Gw)
-		}
-		if rt.Dst == nil || ours[rt.LinkIndex] {
-			continue
-		}
-		dst, ok := netip.AddrFromSlice(rt.Dst.IP)
-		ones, _ := rt.Dst.Mask.Size()
-		if ok && ones > 0 {
-			out = append(out, netip.PrefixFrom(dst.Unmap(), ones).Masked())
+	var out []netip.Prefix
+	for _, f := range found {
+		if !slices.Contains(out, f.p) && len(out) < maxUnderlay {
+			out = append(out, f.p)
 		}
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int {
@@ -477,17 +491,8 @@ func (r *run) underlayRoutes() []netip.Prefix {
 		}
 		return a.Bits() - b.Bits()
 	})
-	return slices.Compact(out)
-}
-
-// routeDevice names a route's link for messages (" dev NAME"), or nothing.
-func (r *run) routeDevice(rt netlink.Route) string {
-	for name, l := range r.links {
-		if l.Attrs().Index == rt.LinkIndex {
-			return " dev " + name
-		}
-	}
-	return ""
+	r.underlay = out
+	return out, nil
 }
 
 func addrPrefix(a netlink.Addr) (netip.Prefix, bool) {

@@ -992,6 +992,9 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 	ns.MustRun(t, "ip", "addr", "add", "198.18.4.11/24", "dev", "ul0")
 	ns.MustRun(t, "ip", "link", "set", "ul0", "up")
 	ns.MustRun(t, "ip", "route", "add", "default", "via", "198.18.4.254")
+	// A summary route through the router: a more specific tenant gateway takes only the tenant's
+	// own range from it, which is no clash.
+	ns.MustRun(t, "ip", "route", "add", "10.0.0.0/8", "via", "198.18.4.254")
 	gw := func(vni uint32, mode overlay.Mode, cidr, gateway string) overlay.Network {
 		return overlay.Network{VNI: vni, Mode: mode, MTU: 1450, CIDR: netip.MustParsePrefix(cidr),
 			Gateway: netip.MustParseAddr(gateway), GatewayMAC: mustMAC(fmt.Sprintf("02:fb:00:00:00:%02x", vni))}
@@ -1002,6 +1005,7 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 			gw(30, overlay.ModeNAT, "198.18.4.0/29", "198.18.4.1"),  // the host's underlay subnet
 			gw(31, overlay.ModeRouted, "10.99.0.0/24", "10.99.0.1"), // holds a server, reached by the default route
 			gw(32, overlay.ModeNAT, "10.0.0.0/24", "10.0.0.1"),
+			gw(33, overlay.ModeNAT, "10.0.0.0/24", "10.0.0.1"), // another of the fabric's: not the host's underlay
 		},
 		Infrastructure: []netip.Addr{netip.MustParseAddr("10.99.0.5")},
 	}
@@ -1023,8 +1027,14 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 		t.Errorf("errors for %v, want %v", objs, want)
 	}
 	underlayKept("first apply")
-	if out := ns.MustRun(t, "ip", "-o", "-4", "addr", "show", "dev", "vxbr32"); !strings.Contains(out, "10.0.0.1/24") {
-		t.Errorf("vxbr32, which clashes with nothing: %q, want its gateway", out)
+	for _, br := range []string{"vxbr32", "vxbr33"} {
+		if out := ns.MustRun(t, "ip", "-o", "-4", "addr", "show", "dev", br); !strings.Contains(out, "10.0.0.1/24") {
+			t.Errorf("%s, which clashes with nothing of the host's: %q, want its gateway", br, out)
+		}
+	}
+	// What the host reports: its next hop and its subnet, none of the fabric's own routes.
+	if got := fmt.Sprint(res.UnderlayRoutes); got != "[198.18.4.0/24 198.18.4.254/32]" {
+		t.Errorf("underlay routes %s, want [198.18.4.0/24 198.18.4.254/32]", got)
 	}
 	if out := ns.MustRun(t, "ip", "-o", "link", "show", "vxlan30"); !strings.Contains(out, "master vxbr30") {
 		t.Errorf("network 30's vxlan device: %q, want it in its bridge", out)

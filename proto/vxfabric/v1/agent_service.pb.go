@@ -737,10 +737,10 @@ type ReportAppliedRequest struct {
 	Sequence int64 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// The revision of the newest GossipKeys the agent has installed in its gossip member (0: none).
 	GossipKeyringRevision int64 `protobuf:"varint,7,opt,name=gossip_keyring_revision,json=gossipKeyringRevision,proto3" json:"gossip_keyring_revision,omitempty"`
-	// Where the host sends traffic outside the fabric, as IPv4 prefixes (at most 64): the
-	// destinations of its own routes other than the default route, and its next hops (/32). A nat
-	// or routed network over one of them would take that traffic into its bridge on this host, so
-	// the server refuses to create one (FailedPrecondition). Empty: not known (an agent of an
+	// What the host reaches outside the fabric, as IPv4 prefixes (at most 64 are taken): the
+	// subnets it is attached to and the next hops of its routes (/32). A nat or routed network over
+	// one of them would take that traffic into its bridge on this host, so the server refuses to
+	// bind a port of one to this node (FailedPrecondition). Empty: not known (an agent of an
 	// earlier version), and what was last reported stands.
 	UnderlayRoutes []string `protobuf:"bytes,8,rep,name=underlay_routes,json=underlayRoutes,proto3" json:"underlay_routes,omitempty"`
 	unknownFields  protoimpl.UnknownFields
