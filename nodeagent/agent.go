@@ -77,8 +77,10 @@ type Agent struct {
 	// change may be applied incrementally.
 	fullWanted atomic.Bool
 	// plugged is the last full pass's plugged port ids, reported again by incremental passes (which
-	// plug nothing). Only the reconcile goroutine uses it.
-	plugged []string
+	// plug nothing); standing is its refusals (overlay.Standing), reported with every revision
+	// until a full pass meets none. Only the reconcile goroutine uses them.
+	plugged  []string
+	standing []string
 
 	current atomic.Pointer[string] // server of the open Sync stream, nil while disconnected
 
@@ -123,14 +125,24 @@ func (r *report) equal(o *report) bool {
 		slices.Equal(r.underlay, o.underlay)
 }
 
-// setUnderlay records the underlay routes a full Apply read (nil: it read none, keep the last). The
-// datapath bounds them to what the server takes (overlay.Result.UnderlayRoutes).
-func (a *Agent) setUnderlay(routes []netip.Prefix) {
+// maxUnderlayRoutes is the server's bound on a report's underlay routes.
+const maxUnderlayRoutes = 64
+
+// setUnderlay records what the host reaches outside the fabric for the reports: its servers (/32,
+// as important as its uplinks' subnets: a server reached through a router is in no route of the
+// host's own) and the underlay routes a full Apply read (nil: it read none, keep the last), at most
+// maxUnderlayRoutes of them (overlay.SelectUnderlay).
+func (a *Agent) setUnderlay(routes []overlay.UnderlayRoute) {
 	if routes == nil {
 		return
 	}
-	lines := make([]string, 0, len(routes))
-	for _, p := range routes {
+	var all []overlay.UnderlayRoute
+	for _, s := range a.serverAddrs() {
+		all = append(all, overlay.UnderlayRoute{Prefix: netip.PrefixFrom(s, 32), Uplink: true})
+	}
+	picked := overlay.SelectUnderlay(append(all, routes...), maxUnderlayRoutes)
+	lines := make([]string, 0, len(picked))
+	for _, p := range picked {
 		lines = append(lines, p.String())
 	}
 	a.repMu.Lock()
@@ -564,6 +576,28 @@ func (a *Agent) gossipDead() map[string]bool {
 // infrastructure lists the fabric's own addresses that VMs may never connect to: every gossip
 // member's address and VTEP, the servers' API addresses (from gossip and from Config.Servers), and
 // this host's VTEP. Peers' VTEPs from the desired state are added by the caller under a.mu.
+// serverAddrs are the IPv4 addresses of the API servers this agent knows: the configured ones and,
+// with gossip, the server members'.
+func (a *Agent) serverAddrs() []netip.Addr {
+	var out []netip.Addr
+	add := func(hostport string) {
+		if ap, err := netip.ParseAddrPort(hostport); err == nil && ap.Addr().Unmap().Is4() {
+			out = append(out, ap.Addr().Unmap())
+		}
+	}
+	for _, s := range a.cfg.Servers {
+		add(s)
+	}
+	if a.cfg.Membership != nil {
+		for _, p := range a.cfg.Membership.Members() {
+			if p.Meta.Role == membership.RoleServer {
+				add(p.Meta.GRPCAddr)
+			}
+		}
+	}
+	return out
+}
+
 func (a *Agent) infrastructure() []netip.Addr {
 	out := []netip.Addr{a.cfg.VTEP}
 	addHost := func(hostport string) {
@@ -642,7 +676,7 @@ func (a *Agent) advance(rev int64, plugged []string) {
 		}
 	}
 	a.met.appliedRevision.Set(float64(applied))
-	a.queueReport(applied, plugged, nil)
+	a.queueReport(applied, plugged, a.standing)
 }
 
 // reconcile runs one Apply of the current desired state (a full pass).
@@ -686,7 +720,20 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	a.met.localPorts.Set(float64(len(b.portByIface)))
 	a.met.pluggedPorts.Set(float64(len(plugged)))
 	a.met.withheldPorts.Set(float64(b.withheld))
-	if err != nil {
+	standing := err != nil && overlay.AllStanding(res.Errors)
+	if standing {
+		// Everything converged but what the host refuses until it or the desired state changes (a
+		// gateway over its underlay, an uplink that must stay out): the revision is applied as far
+		// as it can be, the refusals are reported with it, and the normal cadence goes on (retrying
+		// at once would only meet them again).
+		if !slices.Equal(a.standing, reportErrors(res.Errors, nil)) {
+			a.log.Warn("apply refused objects", "rev", b.revision, "objects", len(res.Errors), "err", err)
+		}
+		a.standing = reportErrors(res.Errors, nil)
+	} else if err == nil {
+		a.standing = nil
+	}
+	if err != nil && !standing {
 		a.mu.Lock()
 		a.model.prog = nil // the kernel may hold part of it: the next pass is full again
 		a.mu.Unlock()

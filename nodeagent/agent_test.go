@@ -301,6 +301,44 @@ func TestApplyErrorsReported(t *testing.T) {
 	})
 }
 
+// TestStandingRefusalsApplied: an object the host refuses for good (here the loopback named as a
+// bridged network's uplink) does not keep the revision unapplied: the agent applies the rest,
+// advances, reports the refusal with it (also after an incremental pass) and keeps its normal
+// cadence instead of retrying every few seconds.
+func TestStandingRefusalsApplied(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	srv := startServer(t, cli, "")
+	w.mu.Lock()
+	w.vteps["h1"], w.vteps["h2"] = "198.18.0.1", "198.18.0.2"
+	w.mu.Unlock()
+	w.node("h1", "198.18.0.1")
+	w.put("networks/lan", &vxfabricv1.Network{Id: "lan", Tenant: "t", Name: "lan", Cidr: "192.168.50.0/24",
+		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, Vni: 400, Mtu: 1450,
+		Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "lo"}})
+	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{srv.addr}})
+	h1.links.set(h1.dp, "lo", true)
+	want := "uplink lo master vxbr400: \"lo\" is a loopback interface: uplink refused"
+	waitFor(t, "the refusal reported", 5*time.Second, func() bool {
+		return slices.Equal(srv.hub.NodeErrors("h1"), []string{want})
+	})
+	// The revision is applied as far as it can be: a port of another network converges, and the
+	// refusal is still reported with the newer revision.
+	w.network("n1", 100)
+	w.port("p2", "n1", "h2", 2)
+	rev := w.port("p1", "n1", "h1", 1)
+	waitFor(t, "the next revision applied", 5*time.Second, func() bool {
+		applied, _ := srv.hub.NodeRevisions("h1")
+		return applied >= rev
+	})
+	if got := srv.hub.NodeErrors("h1"); !slices.Equal(got, []string{want}) {
+		t.Errorf("errors reported with revision %d: %v, want the standing refusal", rev, got)
+	}
+	if n := h1.counter(h1.agent.met.reconcileErrors); n != 0 {
+		t.Errorf("%v reconcile errors counted for a standing refusal, want 0 (no retries)", n)
+	}
+}
+
 func TestReportErrorsBounded(t *testing.T) {
 	var errs []overlay.ObjectError
 	for i := range 40 {

@@ -166,12 +166,12 @@ type Result struct {
 	// Errors lists the objects that could not be converged; Apply's error joins them.
 	Errors []ObjectError
 	// UnderlayRoutes is what the host reaches outside the fabric, as Apply read it from the kernel:
-	// the next hops of its routes (/32) and the subnets it is attached to (not the fabric's own
-	// bridges, but a bridged network's LAN), at most 64, sorted. A nat or routed gateway over one
-	// of them would take that traffic into its bridge: the datapath leaves such a gateway off, and
-	// the caller reports them to the control plane, which refuses to bind such a network's ports
-	// to this host. Nil when not read (ApplyDelta, a fake, an Apply cut short).
-	UnderlayRoutes []netip.Prefix
+	// the subnets it is attached to (not the fabric's own bridges, but a bridged network's LAN) and
+	// the next hops of its routes. A nat or routed gateway over one of them would take that traffic
+	// into its bridge: the datapath leaves such a gateway off (ErrGatewayRefused), and the caller
+	// reports them (SelectUnderlay) to the control plane, which refuses to bind such a network's
+	// ports to this host. Nil when not read (ApplyDelta, a fake, an Apply cut short).
+	UnderlayRoutes []UnderlayRoute
 }
 
 // Datapath converges a host's kernel to a desired state.

@@ -66,6 +66,27 @@ var ErrUplinkMissing = errors.New("uplink interface not found")
 // loopback, the underlay (it carries VXLAN itself), or another network's uplink.
 var ErrUplinkRefused = errors.New("uplink refused")
 
+// ErrGatewayRefused marks a nat or routed network whose gateway stays off its bridge: its route
+// would take traffic the host sends outside the fabric (see overlay/linux's underlayClash).
+var ErrGatewayRefused = errors.New("gateway refused")
+
+// Standing reports whether an object error is a refusal that stands until the desired state or the
+// host changes (ErrUplinkRefused, ErrGatewayRefused), not a failure that trying again may mend.
+func Standing(err error) bool {
+	return errors.Is(err, ErrUplinkRefused) || errors.Is(err, ErrGatewayRefused)
+}
+
+// AllStanding reports whether errs holds object errors and every one is Standing: an Apply that
+// failed only so converged everything it may.
+func AllStanding(errs []ObjectError) bool {
+	for _, e := range errs {
+		if !Standing(e.Err) {
+			return false
+		}
+	}
+	return len(errs) > 0
+}
+
 // UplinkRefusal tells why n's uplink must stay out of n's bridge, or returns nil. The host's
 // interface is described by loopback and addrs (its IPv4 addresses); holder is the VNI of the
 // network whose bridge holds it now (0: none). Of networks naming the same uplink, the holder keeps

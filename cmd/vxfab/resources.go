@@ -634,9 +634,12 @@ const revisionColumnsHelp = `Revisions are the store's (etcd's) revisions:
            server (for a few seconds after a server restart; an agent reports to the replica it
            streams from, so another replica shows "-"). It is often above DESIRED: the agent
            reports every revision it has caught up to, also those that changed nothing it needs
-  IN-SYNC  (node list) yes when APPLIED >= DESIRED; "-" while APPLIED is unknown
-Below the table come the kernel objects an agent reported it could not apply (a bridged network's
-uplink interface missing on the host, say): the agent retries them, and its node stays out of sync.`
+  IN-SYNC  (node list) yes when APPLIED >= DESIRED and the agent reported nothing it could not
+           apply; "-" while APPLIED is unknown
+Below the table come the kernel objects an agent reported it could not apply: one it retries (a
+bridged network's uplink interface missing on the host, say), or one the host refuses until it or
+the network changes (a gateway over the host's underlay, an uplink that must stay out), past which
+the agent applies the rest. Either way the node is not in sync.`
 
 // revisionText shows a revision, and 0 (not known) as "-".
 func revisionText(r int64) string {
@@ -653,7 +656,7 @@ func nodeTable(w io.Writer, latest int64, ns ...*vxfabricv1.Node) {
 	for _, n := range ns {
 		inSync := "-"
 		if n.AppliedRevision != 0 {
-			inSync = yesNo(n.AppliedRevision >= n.DesiredRevision)
+			inSync = yesNo(n.AppliedRevision >= n.DesiredRevision && len(n.ApplyErrors) == 0)
 		}
 		row(w, n.Name, n.Vtep, statusName(n.Status), hostState(n), n.Version, revisionText(n.AppliedRevision),
 			revisionText(n.DesiredRevision), inSync, fmtTime(n.LastChange))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"runtime"
 	"slices"
 	"sort"
@@ -1541,10 +1542,12 @@ func TestReportAppliedRecordsUnderlayRoutes(t *testing.T) {
 		if len(resp.Kvs) == 0 {
 			return "<none>", 0
 		}
-		return string(resp.Kvs[0].Value), resp.Kvs[0].ModRevision
+		return fmt.Sprint(store.ParseUnderlay(string(resp.Kvs[0].Value))), resp.Kvs[0].ModRevision
 	}
+	seq := int64(100)
 	report := func(routes ...string) error {
-		_, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", UnderlayRoutes: routes})
+		seq++
+		_, err := c.ReportApplied(ctx, &vxfabricv1.ReportAppliedRequest{Node: "a", Sequence: seq, UnderlayRoutes: routes})
 		return err
 	}
 	if err := report(); err != nil {
@@ -1556,7 +1559,7 @@ func TestReportAppliedRecordsUnderlayRoutes(t *testing.T) {
 	if err := report("198.18.0.0/24", "10.99.0.5/32", "198.18.0.254/32", "198.18.0.7/24", "0.0.0.0/1", "fe80::/64", "nonsense"); err != nil {
 		t.Fatal(err)
 	}
-	want := "10.99.0.5/32\n198.18.0.0/24\n198.18.0.254/32"
+	want := "[10.99.0.5/32 198.18.0.0/24 198.18.0.254/32]"
 	v, rev := stored()
 	if v != want {
 		t.Errorf("stored %q, want %q: masked, sorted, once each, without what no host is attached to", v, want)
@@ -1572,5 +1575,18 @@ func TestReportAppliedRecordsUnderlayRoutes(t *testing.T) {
 	}
 	if err := report(make([]string, 100)...); err != nil {
 		t.Errorf("a report with 100 unreadable routes: %v, want it taken without them", err)
+	}
+
+	// A report held up at another replica and committed late does not undo a newer one: another
+	// hub on the same etcd takes a report of a lower sequence after this one wrote.
+	if err := report("198.18.0.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	other := New(e.cli, Config{Prefix: prefix})
+	if err := other.recordUnderlay(ctx, "a", seq-5, []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := stored(); v != "[198.18.0.0/24]" {
+		t.Errorf("after a late report at another replica: %s, want the newer [198.18.0.0/24]", v)
 	}
 }

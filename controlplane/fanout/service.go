@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -359,7 +360,9 @@ func underlayRoutes(lines []string) []netip.Prefix {
 // hub knows stored: the gateway guard of every port bound to the node reads them. What a hub knows
 // is forgotten when the node's agent streams here again (another replica may have written since),
 // so the first report of a stream is always compared with etcd. Routes not known (nil) and a late
-// report (a lower sequence than one seen) change nothing.
+// report change nothing: the stored value starts with the sequence of the report that wrote it
+// (store.OrderedValue), and a report writes only over a lower one, so a report held up at one
+// replica cannot undo a newer one made at another.
 func (h *Hub) recordUnderlay(ctx context.Context, node string, seq int64, routes []netip.Prefix) error {
 	if routes == nil {
 		return nil
@@ -373,14 +376,32 @@ func (h *Hub) recordUnderlay(ctx context.Context, node string, seq int64, routes
 		return nil
 	}
 	key := h.cfg.Prefix + store.NodeUnderlays + node
-	// A value compare fails on a missing key too: then it is written.
-	if _, err := h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "=", val)).
-		Else(clientv3.OpPut(key, val)).Commit(); err != nil {
+	stored := store.OrderedValue(seq) + "\n" + val
+	resp, err := h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "<", store.OrderedValue(seq))).
+		Then(clientv3.OpPut(key, stored)).Else(clientv3.OpGet(key)).Commit()
+	holds := err == nil && resp.Succeeded // etcd holds val now
+	if err == nil && !resp.Succeeded {
+		switch kvs := resp.Responses[0].GetResponseRange().GetKvs(); {
+		case len(kvs) == 0: // a value compare fails on a missing key: the node's first report
+			_, err = h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(key), "=", 0)).Then(clientv3.OpPut(key, stored)).Commit()
+			holds = err == nil
+		case seq == 0:
+			// An unordered report (no sequence): the newest one seen wins.
+			_, err = h.cli.Put(ctx, key, stored)
+			holds = err == nil
+		default: // a report of this or a higher sequence wrote first
+			_, rest, _ := strings.Cut(string(kvs[0].Value), "\n")
+			holds = rest == val
+		}
+	}
+	if err != nil {
 		return status.Errorf(codes.Unavailable, "record the underlay routes of node %q: %v", node, err)
 	}
-	h.statMu.Lock()
-	h.stat(node).underlay = val
-	h.statMu.Unlock()
+	if holds {
+		h.statMu.Lock()
+		h.stat(node).underlay = val
+		h.statMu.Unlock()
+	}
 	return nil
 }
 

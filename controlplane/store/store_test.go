@@ -736,6 +736,44 @@ func TestPortsOfOneNetworkBindToOneNodeAtOnce(t *testing.T) {
 	}
 }
 
+// TestGatewayGuardReadsTheNodesUnderlay: a nat network's port is not bound to a node whose reported
+// underlay the network overlaps, also when the report lands between the guard's read and its
+// transaction (the transaction compares the report's key, fails, and the read again refuses).
+func TestGatewayGuardReadsTheNodesUnderlay(t *testing.T) {
+	_, cli := newTestStore(t)
+	ctx := testCtx(t)
+	report := func(node, routes string) {
+		t.Helper()
+		if _, err := cli.Put(ctx, NodeUnderlayPrefix+node, OrderedValue(1)+"\n"+routes); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := New(&afterReadKV{KV: cli, key: NodeUnderlayPrefix + "h2", hook: sync.OnceFunc(func() { report("h2", "10.7.0.0/16") })})
+	if _, err := st.CreateTenant(ctx, &vxfabricv1.Tenant{Name: "acme"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	n := &vxfabricv1.Network{Id: "00000000aa", Tenant: "acme", Name: "web", Cidr: "10.7.1.0/24", Gateway: "10.7.1.1",
+		Vni: 100, Mode: vxfabricv1.NetworkMode_NETWORK_MODE_NAT}
+	if _, err := st.CreateNetwork(ctx, n, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	port := func(i int, node string) error {
+		_, err := st.CreatePort(ctx, &vxfabricv1.Port{Id: fmt.Sprintf("p%09d", i), Tenant: "acme", Network: "web", NetworkId: n.Id,
+			Name: fmt.Sprintf("vm%d", i), Node: node, Ip: fmt.Sprintf("10.7.1.%d", 10+i), Mac: fmt.Sprintf("0e:00:00:00:00:%02x", i+1)}, "")
+		return err
+	}
+	report("h1", "192.168.1.0/24\n10.7.0.0/16")
+	if err := port(1, "h1"); !errors.Is(err, ErrFailedPrecondition) || !strings.Contains(err.Error(), "underlay of node h1") {
+		t.Errorf("port on h1, whose subnet holds the network: %v, want ErrFailedPrecondition naming h1's underlay", err)
+	}
+	if err := port(2, "h2"); !errors.Is(err, ErrFailedPrecondition) {
+		t.Errorf("port on h2, whose report landed between the guard's read and its transaction: %v, want ErrFailedPrecondition", err)
+	}
+	if err := port(3, "h3"); err != nil {
+		t.Errorf("port on h3, which reported nothing: %v", err)
+	}
+}
+
 // TestDeleteRacingADeleteIsNotFound: a delete with the expected revision that loses to another
 // replica's delete of the same port or network answers ErrNotFound (it is gone), not ErrStale.
 func TestDeleteRacingADeleteIsNotFound(t *testing.T) {

@@ -47,7 +47,7 @@ type run struct {
 	keepForwardingMark bool
 	// underlay is hostUnderlay's answer, read once per Apply (routesRead); routesErr is why the
 	// host's routes could not be read.
-	underlay   []netip.Prefix
+	underlay   []overlay.UnderlayRoute
 	routesRead bool
 	routesErr  error
 }
@@ -92,7 +92,7 @@ func (r *run) apply() error {
 	}
 	r.routesRead = false // the networks converged above may have changed the routes
 	if under, err := r.hostUnderlay(); err == nil {
-		r.res.UnderlayRoutes = under
+		r.res.UnderlayRoutes = slices.Clip(append([]overlay.UnderlayRoute{}, under...))
 	}
 	return nil
 }
@@ -383,11 +383,12 @@ func (r *run) ensureBridgeAddrs(n overlay.Network, br netlink.Link) {
 }
 
 // underlayClash tells whether a gateway prefix would capture traffic the host sends outside the
-// fabric (clash, nil: it would not): whether it holds the host's VTEP, an address of
-// DesiredState.Infrastructure (its servers and peers), a next hop of the host's routes, or overlaps
-// a subnet the host is attached to (hostUnderlay). Routes through a router (a summary route, a
-// static route) do not count: a more specific gateway takes only what the host sends there, which
-// is the tenant network's own range. err is set when the host's routes could not be read.
+// fabric (clash, nil: it would not): whether it holds the host's VTEP or an address of
+// DesiredState.Infrastructure (its servers and peers), or overlaps one of the host's underlay
+// routes (hostUnderlay: the subnets it is attached to, its next hops). Routes through a router (a
+// summary route, a tunnel's) do not count: a more specific gateway takes only what the host sends
+// there, which is the tenant network's own range. err is set when the host's routes could not be
+// read.
 func (r *run) underlayClash(p netip.Prefix) (clash, err error) {
 	under, err := r.hostUnderlay()
 	if err != nil {
@@ -395,7 +396,7 @@ func (r *run) underlayClash(p netip.Prefix) (clash, err error) {
 	}
 	holds := func(a netip.Addr, what string) error {
 		if a.IsValid() && p.Contains(a.Unmap()) {
-			return fmt.Errorf("cidr %s holds %s %s: its gateway would cut the host off it", p, what, a.Unmap())
+			return fmt.Errorf("cidr %s holds %s %s: its gateway would cut the host off it: %w", p, what, a.Unmap(), overlay.ErrGatewayRefused)
 		}
 		return nil
 	}
@@ -408,22 +409,20 @@ func (r *run) underlayClash(p netip.Prefix) (clash, err error) {
 		}
 	}
 	for _, u := range under {
-		if u.Overlaps(p) {
-			return fmt.Errorf("cidr %s overlaps %s, which the host reaches outside the fabric: its gateway would take that traffic into the network", p, u), nil
+		if u.Clash(p) {
+			return fmt.Errorf("cidr %s overlaps %s, which the host reaches outside the fabric: its gateway would take that traffic into the network: %w",
+				p, u.Prefix, overlay.ErrGatewayRefused), nil
 		}
 	}
 	return nil, nil
 }
 
-// maxUnderlay bounds Result.UnderlayRoutes (the control plane's bound on a report).
-const maxUnderlay = 64
-
 // hostUnderlay is what the host reaches outside the fabric, read once per Apply (routesErr when the
-// routes could not be read): the next hops of its routes (/32), then the subnets it is attached to
-// (unicast routes without a next hop, on links that are up and not the fabric's, but for a bridged
-// network's bridge, which holds its uplink's LAN), those of the underlay interface first, then the
-// wider ones, at most maxUnderlay, sorted.
-func (r *run) hostUnderlay() ([]netip.Prefix, error) {
+// routes could not be read): the subnets it is attached to (the routes the kernel made for its
+// addresses, on links that are not the fabric's, but for a bridged network's bridge, which holds
+// its uplink's LAN), and the next hops of its routes. Down links count: their routes come back
+// with the carrier.
+func (r *run) hostUnderlay() ([]overlay.UnderlayRoute, error) {
 	if r.routesRead {
 		return r.underlay, r.routesErr
 	}
@@ -435,18 +434,19 @@ func (r *run) hostUnderlay() ([]netip.Prefix, error) {
 		r.routesErr = err
 		return nil, err
 	}
-	type ranked struct {
-		p    netip.Prefix
-		rank int // 0 next hop, 1 a subnet of the underlay interface, 2 any other subnet
-	}
 	byIndex := make(map[int]netlink.Link, len(r.links))
 	for _, l := range r.links {
 		byIndex[l.Attrs().Index] = l
 	}
-	var found []ranked
+	var out []overlay.UnderlayRoute
 	for _, rt := range routes {
 		l := byIndex[rt.LinkIndex]
-		if l != nil && overlay.IsDeviceName(l.Attrs().Name) && !strings.HasPrefix(l.Attrs().Alias, uplinkAliasPrefix) {
+		ours, uplink := false, false
+		if l != nil {
+			_, ours = ourVNI(l)
+			uplink = ours && strings.HasPrefix(l.Attrs().Alias, uplinkAliasPrefix)
+		}
+		if ours && !uplink {
 			continue // a gateway of the fabric's own networks, or a route through one
 		}
 		hops := []net.IP{rt.Gw}
@@ -455,42 +455,20 @@ func (r *run) hostUnderlay() ([]netip.Prefix, error) {
 		}
 		for _, gw := range hops {
 			if a, ok := netip.AddrFromSlice(gw); ok && a.Unmap().Is4() && !a.IsUnspecified() {
-				found = append(found, ranked{netip.PrefixFrom(a.Unmap(), 32), 0})
+				out = append(out, overlay.UnderlayRoute{Prefix: netip.PrefixFrom(a.Unmap(), 32), NextHop: true})
 			}
 		}
-		if rt.Dst == nil || rt.Gw != nil || len(rt.MultiPath) > 0 || rt.Type != unix.RTN_UNICAST ||
-			rt.Flags&unix.RTNH_F_LINKDOWN != 0 || l == nil || l.Attrs().Flags&net.FlagUp == 0 {
-			continue
+		if rt.Dst == nil || rt.Protocol != unix.RTPROT_KERNEL || rt.Type != unix.RTN_UNICAST || l == nil {
+			continue // only the subnets of the host's own addresses: not routes through a router or a tunnel
 		}
 		dst, ok := netip.AddrFromSlice(rt.Dst.IP)
 		ones, _ := rt.Dst.Mask.Size()
 		if !ok || ones == 0 {
 			continue
 		}
-		rank := 2
-		if l.Attrs().Name == r.desired.Underlay.Interface {
-			rank = 1
-		}
-		found = append(found, ranked{netip.PrefixFrom(dst.Unmap(), ones).Masked(), rank})
+		out = append(out, overlay.UnderlayRoute{Prefix: netip.PrefixFrom(dst.Unmap(), ones).Masked(),
+			Uplink: uplink || l.Attrs().Name == r.desired.Underlay.Interface})
 	}
-	slices.SortStableFunc(found, func(a, b ranked) int {
-		if a.rank != b.rank {
-			return a.rank - b.rank
-		}
-		return a.p.Bits() - b.p.Bits()
-	})
-	var out []netip.Prefix
-	for _, f := range found {
-		if !slices.Contains(out, f.p) && len(out) < maxUnderlay {
-			out = append(out, f.p)
-		}
-	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
 	r.underlay = out
 	return out, nil
 }

@@ -995,6 +995,9 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 	// A summary route through the router: a more specific tenant gateway takes only the tenant's
 	// own range from it, which is no clash.
 	ns.MustRun(t, "ip", "route", "add", "10.0.0.0/8", "via", "198.18.4.254")
+	// A route through a tunnel, without a next hop (as wg-quick adds for its allowed addresses): not
+	// a subnet the host is attached to.
+	ns.MustRun(t, "ip", "route", "add", "10.50.0.0/16", "dev", "ul0")
 	gw := func(vni uint32, mode overlay.Mode, cidr, gateway string) overlay.Network {
 		return overlay.Network{VNI: vni, Mode: mode, MTU: 1450, CIDR: netip.MustParsePrefix(cidr),
 			Gateway: netip.MustParseAddr(gateway), GatewayMAC: mustMAC(fmt.Sprintf("02:fb:00:00:00:%02x", vni))}
@@ -1006,6 +1009,7 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 			gw(31, overlay.ModeRouted, "10.99.0.0/24", "10.99.0.1"), // holds a server, reached by the default route
 			gw(32, overlay.ModeNAT, "10.0.0.0/24", "10.0.0.1"),
 			gw(33, overlay.ModeNAT, "10.0.0.0/24", "10.0.0.1"), // another of the fabric's: not the host's underlay
+			gw(34, overlay.ModeRouted, "10.50.1.0/24", "10.50.1.1"),
 		},
 		Infrastructure: []netip.Addr{netip.MustParseAddr("10.99.0.5")},
 	}
@@ -1027,14 +1031,15 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 		t.Errorf("errors for %v, want %v", objs, want)
 	}
 	underlayKept("first apply")
-	for _, br := range []string{"vxbr32", "vxbr33"} {
-		if out := ns.MustRun(t, "ip", "-o", "-4", "addr", "show", "dev", br); !strings.Contains(out, "10.0.0.1/24") {
+	for br, gateway := range map[string]string{"vxbr32": "10.0.0.1/24", "vxbr33": "10.0.0.1/24", "vxbr34": "10.50.1.1/24"} {
+		if out := ns.MustRun(t, "ip", "-o", "-4", "addr", "show", "dev", br); !strings.Contains(out, gateway) {
 			t.Errorf("%s, which clashes with nothing of the host's: %q, want its gateway", br, out)
 		}
 	}
-	// What the host reports: its next hop and its subnet, none of the fabric's own routes.
-	if got := fmt.Sprint(res.UnderlayRoutes); got != "[198.18.4.0/24 198.18.4.254/32]" {
-		t.Errorf("underlay routes %s, want [198.18.4.0/24 198.18.4.254/32]", got)
+	// What the host reaches: its subnet and its router, none of the fabric's own routes, nor the
+	// tunnel's (the router is on the subnet: reporting the subnet covers it).
+	if got := fmt.Sprint(overlay.SelectUnderlay(res.UnderlayRoutes, 64)); got != "[198.18.4.0/24]" {
+		t.Errorf("underlay routes %s (read: %v), want [198.18.4.0/24]", got, res.UnderlayRoutes)
 	}
 	if out := ns.MustRun(t, "ip", "-o", "link", "show", "vxlan30"); !strings.Contains(out, "master vxbr30") {
 		t.Errorf("network 30's vxlan device: %q, want it in its bridge", out)
