@@ -47,6 +47,11 @@ func (l *Lab) Exec(ctx context.Context, target string, argv []string, stdio Stdi
 	if !namespaceExists(ns) {
 		return fmt.Errorf("exec in %s: namespace %s does not exist (is the lab up?)", target, ns)
 	}
+	// The namespaces share this process's file system: a command not found here is not found there
+	// (ip would say so in its own words and exit 1; a shell says this and exits 127).
+	if _, err := exec.LookPath(argv[0]); err != nil {
+		return &ExitError{Code: 127, Err: fmt.Errorf("%s in %s: command not found", argv[0], target)}
+	}
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
 	// Cancelled (^C at the terminal, a caller's deadline), the command gets SIGINT, as at a terminal,
 	// so that it ends its own way (ping prints its summary, tcpdump flushes its file), and SIGKILL

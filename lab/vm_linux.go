@@ -347,6 +347,10 @@ func (l *Lab) deleteVM(ctx context.Context, c *Client, name string, ports []*vxf
 		cancel()
 		if err != nil && status.Code(err) != codes.NotFound {
 			errs = append(errs, fmt.Errorf("delete port %s/%s: %w", p.GetTenant(), p.GetName(), err))
+			continue
+		}
+		if err := l.routeAfterDelete(ctx, c, p); err != nil {
+			errs = append(errs, fmt.Errorf("the outside's route to %s/%s: %w", p.GetTenant(), p.GetNetwork(), err))
 		}
 	}
 	if err := killProcessesIn(ctx, l.VMNamespace(name)); err != nil {
@@ -552,6 +556,53 @@ func (l *Lab) outsideRoute(ctx context.Context, c *Client, n *vxfabricv1.Network
 	l.log.Info("lab: the outside's route to a routed network follows its VM", "network", p.GetTenant()+"/"+p.GetNetwork(),
 		"cidr", cidr, "from", old, "to", p.GetNode())
 	return nil
+}
+
+// routeAfterDelete keeps the outside's static route to a routed network pointing at a host that has
+// a port of it, once port p is deleted: when the route went through p's host and no port of the
+// network is left there, it goes through another port's host, or, with no port left, it goes.
+func (l *Lab) routeAfterDelete(ctx context.Context, c *Client, p *vxfabricv1.Port) error {
+	from, ok := HostIndex(p.GetNode())
+	if !ok {
+		return nil
+	}
+	n, err := getNetwork(ctx, c, p.GetTenant(), p.GetNetwork())
+	if status.Code(err) == codes.NotFound {
+		return nil
+	}
+	if err != nil || n.GetMode() != vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED {
+		return err
+	}
+	cidr, err := netip.ParsePrefix(n.GetCidr())
+	if err != nil {
+		return err
+	}
+	if via, ok, err := l.RouteVia(RoleOutside, cidr); err != nil || !ok || via != HostAddr(from) {
+		return err // no route, or one through another host (or not the lab's)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	left, err := c.Ports.ListPorts(callCtx, &vxfabricv1.ListPortsRequest{Tenant: p.GetTenant(), Network: p.GetNetwork()})
+	if err != nil {
+		return err
+	}
+	var to string
+	for _, o := range left.GetPorts() {
+		if o.GetNode() == p.GetNode() {
+			return nil // the route's host still has a port of the network
+		}
+		if _, ok := HostIndex(o.GetNode()); ok && to == "" {
+			to = o.GetNode()
+		}
+	}
+	if to == "" {
+		l.log.Info("lab: the outside's route to a routed network goes with its last port", "network", p.GetTenant()+"/"+p.GetNetwork(), "cidr", cidr)
+		return l.RouteDelete(RoleOutside, cidr)
+	}
+	i, _ := HostIndex(to)
+	l.log.Info("lab: the outside's route to a routed network moves to a host with a port of it", "network", p.GetTenant()+"/"+p.GetNetwork(),
+		"cidr", cidr, "from", p.GetNode(), "to", to)
+	return l.RouteReplace(RoleOutside, cidr, HostAddr(i))
 }
 
 // moveHostEnd moves a VM NIC's host-side interface from whichever host's namespace holds it to

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -178,6 +179,12 @@ func TestPrivilegedExecStatus(t *testing.T) {
 	}
 	if err := l.Exec(context.Background(), "nosuch", []string{"true"}, Stdio{}); err == nil || errors.As(err, new(*ExitError)) {
 		t.Errorf("exec in a target that does not exist: %v, want an error of the lab's own", err)
+	}
+	// A command that does not exist: 127, as a shell says it.
+	var exit *ExitError
+	if err := l.Exec(context.Background(), RoleOutside, []string{"no-such-command-here"}, Stdio{}); !errors.As(err, &exit) || exit.Code != 127 ||
+		!strings.Contains(err.Error(), "command not found") {
+		t.Errorf("exec of a command that does not exist: %v, want status 127, command not found", err)
 	}
 }
 

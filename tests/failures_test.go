@@ -504,7 +504,8 @@ func TestPrivilegedNodeDelete(t *testing.T) {
 // TestPrivilegedMigrationMovesTheOutsideRoute: a VM alone in a routed network on h3 is reached from
 // the outside through the static route its creation set, to h3; it migrates to h2: the route
 // follows, and the outside reaches the VM there; migrated back, the route comes back. Then a
-// migration the fabric refuses for one NIC of a VM leaves the VM as it was.
+// migration the fabric refuses for one NIC of a VM leaves the VM as it was, and deleting VMs moves
+// the route to a host that still has a port of the network, or removes it with the last one.
 func TestPrivilegedMigrationMovesTheOutsideRoute(t *testing.T) {
 	f := newFixture(t, "e2e-rtmig")
 	f.network("rt", "10.62.0.0/24", vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED)
@@ -555,4 +556,23 @@ func TestPrivilegedMigrationMovesTheOutsideRoute(t *testing.T) {
 		}
 	}
 	f.reach(vm.Name, b.IP(1), 5*time.Second)
+
+	// Deleting the VM the route goes through moves the route to a host with a port of rt left (rtm-b,
+	// on h3 too: the route stays), then, with rtm-b gone, to rtm-d's h2; the network's last VM takes
+	// the route with it.
+	d := f.vm("rtm-d", "h2", "rt")
+	for _, step := range []struct {
+		vm  string
+		via netip.Addr
+	}{{vm.Name, lab.HostAddr(3)}, {b.Name, lab.HostAddr(2)}} {
+		f.deleteVM(step.vm)
+		if via, ok, err := f.l.RouteVia(lab.RoleOutside, cidr); err != nil || !ok || via != step.via {
+			t.Fatalf("after deleting %s the outside's route goes via %s (%t, %v), want %s", step.vm, via, ok, err, step.via)
+		}
+	}
+	f.reach(lab.RoleOutside, d.IP(0), 5*time.Second)
+	f.deleteVM(d.Name)
+	if via, ok, err := f.l.RouteVia(lab.RoleOutside, cidr); err != nil || ok {
+		t.Errorf("after deleting rt's last VM the outside still routes it via %s (%v)", via, err)
+	}
 }

@@ -50,7 +50,7 @@ func addClientFlags(fs *pflag.FlagSet) {
 	cliOpts.output = "table"
 	fs.VarP((*outputFormat)(&cliOpts.output), "output", "o", "output format: table or json")
 	fs.StringVar(&cliOpts.token, "token", "", "API bearer token (env VXFAB_TOKEN)")
-	fs.StringVar(&cliOpts.tlsCA, "tls-ca", "", "CA certificates that sign the server's certificate; an agent reads the file again within a second of a change (env VXFAB_TLS_CA)")
+	fs.StringVar(&cliOpts.tlsCA, "tls-ca", "", "CA certificates that sign the server's certificate (env VXFAB_TLS_CA)")
 	fs.StringVar(&cliOpts.tlsCert, "tls-cert", "", "client certificate (env VXFAB_TLS_CERT)")
 	fs.StringVar(&cliOpts.tlsKey, "tls-key", "", "client key (env VXFAB_TLS_KEY)")
 	fs.BoolVar(&cliOpts.insecure, "insecure", false, "connect without TLS")
@@ -285,6 +285,8 @@ func errorLine(err error) string {
 			(strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such file or directory")):
 			// This client's own dial (a server's etcd errors come back Unavailable too, without it).
 			msg += " (is a server running there? start a lab with `vxfab lab up`, a lab's stopped server with `vxfab lab server start`, or point --server at yours)"
+		case st.Code() == codes.Unimplemented && strings.Contains(msg, "vxfabric.v1.GossipService"):
+			msg += " (this server runs without gossip: it serves GossipService when started with --gossip-bind or --join)"
 		}
 		return st.Code().String() + ": " + msg
 	}

@@ -164,6 +164,8 @@ func TestErrorLineUnwrapsStatus(t *testing.T) {
 			`Unavailable: connection error: desc = "error reading server preface: read unix @->/s.sock: connection reset by peer"`},
 		{status.Error(codes.Unavailable, "connection error: desc = \"error reading server preface: remote error: tls: bad certificate\""),
 			`Unavailable: connection error: desc = "error reading server preface: remote error: tls: bad certificate" (the server refused the client certificate: not signed by its CA, or revoked?)`},
+		{status.Error(codes.Unimplemented, "unknown service vxfabric.v1.GossipService"),
+			"Unimplemented: unknown service vxfabric.v1.GossipService (this server runs without gossip: it serves GossipService when started with --gossip-bind or --join)"},
 		{status.Error(codes.Unavailable, "connection error: desc = \"error reading server preface: EOF\""),
 			`Unavailable: connection error: desc = "error reading server preface: EOF" (unless the server just went away: it speaks TLS, give --tls-ca, or use its unix socket)`},
 	} {
