@@ -27,8 +27,11 @@ const isolated = vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED
 // backgroundPing runs `ping -i interval -c count` from one namespace to dst and delivers the result.
 func backgroundPing(f *fixture, from string, dst lab.VM, count int, interval time.Duration) <-chan lab.PingResult {
 	ch := make(chan lab.PingResult, 1)
+	// A test that ends early (t.Fatal) stops the ping with it, before its fixture deletes the VMs.
+	ctx, cancel := context.WithCancel(f.ctx)
+	f.t.Cleanup(cancel)
 	go func() {
-		res, err := f.l.Ping(f.ctx, from, dst.IP(0), lab.PingOptions{Count: count, Interval: interval, Wait: time.Second})
+		res, err := f.l.Ping(ctx, from, dst.IP(0), lab.PingOptions{Count: count, Interval: interval, Wait: time.Second})
 		if err != nil {
 			res.Output = err.Error()
 		}

@@ -72,7 +72,8 @@ func vxfab(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, os.Getenv("VXFAB_BIN"), args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.Env = append(os.Environ(), "VXFAB_PROFILE=") // never the user's lab profile
+	// The suite's own lab, never the user's (an empty VXFAB_PROFILE would mean the default one).
+	cmd.Env = append(os.Environ(), "VXFAB_PROFILE="+filepath.Join(stateRoot, labName, "client.json"))
 	err := cmd.Run()
 	if err != nil {
 		return out.String(), fmt.Errorf("vxfab %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
