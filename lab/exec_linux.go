@@ -15,6 +15,10 @@ import (
 	"time"
 )
 
+// ErrCommandNotFound: a command given to Exec is not on this process's PATH (the lab's namespaces
+// share its file system), wrapped in an ExitError of status 127, as a shell reports it.
+var ErrCommandNotFound = errors.New("command not found")
+
 // ExitError carries the exit status of a command run inside the lab.
 type ExitError struct {
 	Code int
@@ -49,8 +53,8 @@ func (l *Lab) Exec(ctx context.Context, target string, argv []string, stdio Stdi
 	}
 	// The namespaces share this process's file system: a command not found here is not found there
 	// (ip would say so in its own words and exit 1; a shell says this and exits 127).
-	if _, err := exec.LookPath(argv[0]); err != nil {
-		return &ExitError{Code: 127, Err: fmt.Errorf("%s in %s: command not found", argv[0], target)}
+	if _, err := exec.LookPath(argv[0]); err != nil && !errors.Is(err, exec.ErrDot) {
+		return &ExitError{Code: 127, Err: fmt.Errorf("%s in %s: %w", argv[0], target, ErrCommandNotFound)}
 	}
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
 	// Cancelled (^C at the terminal, a caller's deadline), the command gets SIGINT, as at a terminal,

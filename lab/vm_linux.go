@@ -588,10 +588,13 @@ func (l *Lab) routeAfterDelete(ctx context.Context, c *Client, p *vxfabricv1.Por
 	}
 	var to string
 	for _, o := range left.GetPorts() {
+		if o.GetTenant() != p.GetTenant() || o.GetNetwork() != p.GetNetwork() {
+			continue // a filter the server ignored
+		}
 		if o.GetNode() == p.GetNode() {
 			return nil // the route's host still has a port of the network
 		}
-		if _, ok := HostIndex(o.GetNode()); ok && to == "" {
+		if slices.Contains(l.Hosts(), o.GetNode()) && to == "" {
 			to = o.GetNode()
 		}
 	}

@@ -128,17 +128,17 @@ func (r *report) equal(o *report) bool {
 // maxUnderlayRoutes is the server's bound on a report's underlay routes.
 const maxUnderlayRoutes = 64
 
-// setUnderlay records what the host reaches outside the fabric for the reports: its servers (/32,
-// as important as its uplinks' subnets: a server reached through a router is in no route of the
-// host's own) and the underlay routes a full Apply read (nil: it read none, keep the last), at most
-// maxUnderlayRoutes of them (overlay.SelectUnderlay).
+// setUnderlay records what the host reaches outside the fabric for the reports: its servers (/32:
+// a server reached through a router is in no route of the host's own) and the underlay routes a
+// full Apply read (nil: it read none, keep the last), at most maxUnderlayRoutes of them
+// (overlay.SelectUnderlay).
 func (a *Agent) setUnderlay(routes []overlay.UnderlayRoute) {
 	if routes == nil {
 		return
 	}
 	var all []overlay.UnderlayRoute
 	for _, s := range a.serverAddrs() {
-		all = append(all, overlay.UnderlayRoute{Prefix: netip.PrefixFrom(s, 32), Uplink: true})
+		all = append(all, overlay.UnderlayRoute{Prefix: netip.PrefixFrom(s, 32), Server: true})
 	}
 	picked := overlay.SelectUnderlay(append(all, routes...), maxUnderlayRoutes)
 	lines := make([]string, 0, len(picked))
@@ -720,7 +720,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	a.met.localPorts.Set(float64(len(b.portByIface)))
 	a.met.pluggedPorts.Set(float64(len(plugged)))
 	a.met.withheldPorts.Set(float64(b.withheld))
-	standing := err != nil && overlay.AllStanding(res.Errors)
+	standing := overlay.OnlyStanding(err)
 	if standing {
 		// Everything converged but what the host refuses until it or the desired state changes (a
 		// gateway over its underlay, an uplink that must stay out): the revision is applied as far

@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -324,6 +325,7 @@ func TestStandingRefusalsApplied(t *testing.T) {
 	})
 	// The revision is applied as far as it can be: a port of another network converges, and the
 	// refusal is still reported with the newer revision.
+	w.node("h2", "198.18.0.2")
 	w.network("n1", 100)
 	w.port("p2", "n1", "h2", 2)
 	rev := w.port("p1", "n1", "h1", 1)
@@ -334,10 +336,72 @@ func TestStandingRefusalsApplied(t *testing.T) {
 	if got := srv.hub.NodeErrors("h1"); !slices.Equal(got, []string{want}) {
 		t.Errorf("errors reported with revision %d: %v, want the standing refusal", rev, got)
 	}
+	// A remote port is an incremental pass: the refusal is reported with its revision too.
+	rev = w.port("p3", "n1", "h2", 3)
+	waitFor(t, "the remote port's revision applied", 5*time.Second, func() bool {
+		applied, _ := srv.hub.NodeRevisions("h1")
+		return applied >= rev
+	})
+	if got := srv.hub.NodeErrors("h1"); !slices.Equal(got, []string{want}) {
+		t.Errorf("errors reported with revision %d (an incremental pass): %v, want the standing refusal", rev, got)
+	}
 	if n := h1.counter(h1.agent.met.reconcileErrors); n != 0 {
 		t.Errorf("%v reconcile errors counted for a standing refusal, want 0 (no retries)", n)
 	}
 }
+
+// cutShort is a datapath whose Applies meet a standing refusal and are then cut short by an error
+// of their own (a dump interrupted, say), as overlay/linux reports it: no plugged ports.
+type cutShort struct {
+	overlay.Datapath
+	cut atomic.Bool
+}
+
+func (c *cutShort) Apply(ctx context.Context, d overlay.DesiredState) (overlay.Result, error) {
+	res, err := c.Datapath.Apply(ctx, d)
+	if !c.cut.Load() {
+		return res, err
+	}
+	res.Plugged = nil
+	return res, fmt.Errorf("list links: %w", errors.New("dump interrupted"))
+}
+
+// TestCutShortApplyWithRefusalsFails: an Apply cut short by its own error is a failure even when
+// the only object errors it met are standing refusals: the revision is not applied, nothing is
+// reported unplugged, and it is retried.
+func TestCutShortApplyWithRefusalsFails(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	srv := startServer(t, cli, "")
+	w.mu.Lock()
+	w.vteps["h1"], w.vteps["h2"] = "198.18.0.1", "198.18.0.2"
+	w.mu.Unlock()
+	w.node("h1", "198.18.0.1")
+	w.put("networks/lan", &vxfabricv1.Network{Id: "lan", Tenant: "t", Name: "lan", Cidr: "192.168.50.0/24",
+		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, Vni: 400, Mtu: 1450,
+		Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "lo"}})
+	var cut *cutShort
+	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{srv.addr}, wrap: func(d overlay.Datapath) overlay.Datapath {
+		cut = &cutShort{Datapath: d}
+		return cut
+	}})
+	h1.links.set(h1.dp, "lo", true)
+	w.network("n1", 100)
+	applied := w.port("p1", "n1", "h1", 1)
+	waitFor(t, "p1's revision applied", 5*time.Second, func() bool {
+		a, _ := srv.hub.NodeRevisions("h1")
+		return a >= applied
+	})
+	cut.cut.Store(true)
+	rev := w.port("p2", "n1", "h1", 2) // a local port: a full pass
+	waitFor(t, "the cut-short pass counted as an error", 5*time.Second, func() bool {
+		return h1.counter(h1.agent.met.reconcileErrors) >= 1
+	})
+	if a, _ := srv.hub.NodeRevisions("h1"); a >= rev {
+		t.Errorf("revision %d reported applied after an Apply cut short", rev)
+	}
+}
+
 
 func TestReportErrorsBounded(t *testing.T) {
 	var errs []overlay.ObjectError

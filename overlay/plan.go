@@ -76,15 +76,24 @@ func Standing(err error) bool {
 	return errors.Is(err, ErrUplinkRefused) || errors.Is(err, ErrGatewayRefused)
 }
 
-// AllStanding reports whether errs holds object errors and every one is Standing: an Apply that
-// failed only so converged everything it may.
-func AllStanding(errs []ObjectError) bool {
-	for _, e := range errs {
-		if !Standing(e.Err) {
+// OnlyStanding reports whether an Apply's error consists of Standing refusals alone (the join of
+// its object errors): such an Apply converged everything it may. An Apply cut short returns its own
+// error, which is not one.
+func OnlyStanding(err error) bool {
+	if err == nil {
+		return false
+	}
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return Standing(err)
+	}
+	parts := joined.Unwrap()
+	for _, e := range parts {
+		if !OnlyStanding(e) {
 			return false
 		}
 	}
-	return len(errs) > 0
+	return len(parts) > 0
 }
 
 // UplinkRefusal tells why n's uplink must stay out of n's bridge, or returns nil. The host's

@@ -11,6 +11,8 @@ type UnderlayRoute struct {
 	Prefix netip.Prefix
 	// NextHop: a router's address (/32), not a subnet.
 	NextHop bool
+	// Server: the address of one of the fabric's API servers (/32), not a subnet.
+	Server bool
 	// Uplink: a subnet of the host's underlay interface or of a bridged network's uplink.
 	Uplink bool
 }
@@ -20,17 +22,20 @@ type UnderlayRoute struct {
 func (r UnderlayRoute) Clash(gateway netip.Prefix) bool { return r.Prefix.Overlaps(gateway) }
 
 // SelectUnderlay picks at most limit of a host's underlay routes for the control plane, most
-// important first (the subnets of its uplinks, then its other subnets, the widest first, then the
-// next hops that no subnet picked holds), and returns them sorted by address, without duplicates.
+// important first (the subnets of its uplinks, the fabric's servers, its other subnets, the widest
+// first, then its next hops; a server or next hop that a subnet picked holds is left out: the
+// subnet covers it), and returns them sorted by address, without duplicates.
 func SelectUnderlay(routes []UnderlayRoute, limit int) []netip.Prefix {
 	rank := func(r UnderlayRoute) int {
 		switch {
+		case r.Server:
+			return 1
 		case r.NextHop:
-			return 2
+			return 3
 		case r.Uplink:
 			return 0
 		}
-		return 1
+		return 2
 	}
 	ranked := slices.Clone(routes)
 	slices.SortStableFunc(ranked, func(a, b UnderlayRoute) int {
@@ -45,7 +50,7 @@ func SelectUnderlay(routes []UnderlayRoute, limit int) []netip.Prefix {
 			break
 		}
 		held := slices.ContainsFunc(out, func(p netip.Prefix) bool {
-			return p == r.Prefix || r.NextHop && p.Bits() < 32 && p.Contains(r.Prefix.Addr())
+			return p == r.Prefix || (r.NextHop || r.Server) && p.Bits() < 32 && p.Contains(r.Prefix.Addr())
 		})
 		if !held {
 			out = append(out, r.Prefix)

@@ -264,7 +264,7 @@ func execResult(err error, target, command string) error {
 		return exitCodeError{code: exit.Code, err: fmt.Errorf("%s in %s: interrupted", command, target)}
 	case errors.As(err, &exit) && errors.Is(err, context.DeadlineExceeded):
 		return exitCodeError{code: exit.Code, err: err}
-	case errors.As(err, &exit) && exit.Code == 127:
+	case errors.As(err, &exit) && errors.Is(err, lab.ErrCommandNotFound):
 		return exitCodeError{code: exit.Code, err: err} // the command did not run: nothing said it
 	case errors.As(err, &exit):
 		return exitCodeError{code: exit.Code, err: err, quiet: true}

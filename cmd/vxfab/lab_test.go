@@ -86,7 +86,8 @@ func TestLabExecResult(t *testing.T) {
 		{&lab.ExitError{Code: 1, Err: errors.New("false in h1: exit status 1")}, 1, ""},
 		{&lab.ExitError{Code: 137, Err: errors.New("sleep in h1: signal: killed")}, 137, ""},
 		{&lab.ExitError{Code: 130, Err: fmt.Errorf("ping in h1: stopped (%w)", context.Canceled)}, 130, "vxfab: ping in h1: interrupted\n"},
-		{&lab.ExitError{Code: 127, Err: errors.New("nosuchcmd in h1: command not found")}, 127, "vxfab: nosuchcmd in h1: command not found\n"},
+		{&lab.ExitError{Code: 127, Err: fmt.Errorf("nosuchcmd in h1: %w", lab.ErrCommandNotFound)}, 127, "vxfab: nosuchcmd in h1: command not found\n"},
+		{&lab.ExitError{Code: 127, Err: errors.New("sh in h1: exit status 127")}, 127, ""}, // the command's own 127: it said why
 		{errors.New(`exec in h9: namespace vxl-lab-h9 does not exist (is the lab up?)`), 1,
 			"vxfab: exec in h9: namespace vxl-lab-h9 does not exist (is the lab up?)\n"},
 	} {

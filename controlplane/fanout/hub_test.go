@@ -1589,4 +1589,24 @@ func TestReportAppliedRecordsUnderlayRoutes(t *testing.T) {
 	if v, _ := stored(); v != "[198.18.0.0/24]" {
 		t.Errorf("after a late report at another replica: %s, want the newer [198.18.0.0/24]", v)
 	}
+
+	// A value an earlier version wrote (no sequence) is replaced by the next report.
+	if _, err := e.cli.Put(ctx, prefix+store.NodeUnderlays+"a", "10.1.0.0/16\n198.18.0.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.recordUnderlay(ctx, "a", seq+1, []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := stored(); v != "[198.18.0.0/24]" {
+		t.Errorf("after a report over a value of an earlier version: %s, want [198.18.0.0/24]", v)
+	}
+	// The same routes as stored, seen by a hub that knew nothing of them, write nothing.
+	_, before := stored()
+	fresh := New(e.cli, Config{Prefix: prefix})
+	if err := fresh.recordUnderlay(ctx, "a", seq+2, []netip.Prefix{netip.MustParsePrefix("198.18.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, after := stored(); after != before {
+		t.Errorf("the same routes rewritten (revision %d, was %d)", after, before)
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -359,51 +358,63 @@ func underlayRoutes(lines []string) []netip.Prefix {
 // recordUnderlay stores node's underlay routes (NodeUnderlayPrefix) when they differ from what this
 // hub knows stored: the gateway guard of every port bound to the node reads them. What a hub knows
 // is forgotten when the node's agent streams here again (another replica may have written since),
-// so the first report of a stream is always compared with etcd. Routes not known (nil) and a late
-// report change nothing: the stored value starts with the sequence of the report that wrote it
-// (store.OrderedValue), and a report writes only over a lower one, so a report held up at one
-// replica cannot undo a newer one made at another.
+// so the first report of a stream is compared with etcd. Routes not known (nil) and a late report
+// change nothing: the stored value starts with the sequence of the report that wrote it
+// (store.UnderlayValue), and a report writes only over a lower one (or over a value of an earlier
+// version, without one), so a report held up at one replica cannot undo a newer one made at
+// another.
 func (h *Hub) recordUnderlay(ctx context.Context, node string, seq int64, routes []netip.Prefix) error {
 	if routes == nil {
 		return nil
 	}
-	val := store.UnderlayValue(routes)
+	_, want := store.SplitUnderlay(store.UnderlayValue(0, routes)) // the prefix lines
 	h.statMu.Lock()
 	st := h.stat(node)
 	known, late := st.underlay, seq > 0 && seq < st.seq
 	h.statMu.Unlock()
-	if val == known || late {
+	if want == known || late {
 		return nil
 	}
 	key := h.cfg.Prefix + store.NodeUnderlays + node
-	stored := store.OrderedValue(seq) + "\n" + val
-	resp, err := h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(key), "<", store.OrderedValue(seq))).
-		Then(clientv3.OpPut(key, stored)).Else(clientv3.OpGet(key)).Commit()
-	holds := err == nil && resp.Succeeded // etcd holds val now
-	if err == nil && !resp.Succeeded {
-		switch kvs := resp.Responses[0].GetResponseRange().GetKvs(); {
-		case len(kvs) == 0: // a value compare fails on a missing key: the node's first report
-			_, err = h.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(key), "=", 0)).Then(clientv3.OpPut(key, stored)).Commit()
-			holds = err == nil
-		case seq == 0:
-			// An unordered report (no sequence): the newest one seen wins.
-			_, err = h.cli.Put(ctx, key, stored)
-			holds = err == nil
-		default: // a report of this or a higher sequence wrote first
-			_, rest, _ := strings.Cut(string(kvs[0].Value), "\n")
-			holds = rest == val
-		}
-	}
-	if err != nil {
-		return status.Errorf(codes.Unavailable, "record the underlay routes of node %q: %v", node, err)
-	}
-	if holds {
+	remember := func() {
 		h.statMu.Lock()
-		h.stat(node).underlay = val
+		h.stat(node).underlay = want
 		h.statMu.Unlock()
+	}
+	for range maxUnderlayWrites {
+		resp, err := h.cli.Get(ctx, key)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "read the underlay routes of node %q: %v", node, err)
+		}
+		held := clientv3.Compare(clientv3.Version(key), "=", 0)
+		if len(resp.Kvs) > 0 {
+			kv := resp.Kvs[0]
+			have, routes := store.SplitUnderlay(string(kv.Value))
+			switch {
+			case routes == want:
+				remember()
+				return nil
+			case seq > 0 && have >= seq:
+				return nil // a report as new or newer wrote first
+			}
+			held = clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)
+		}
+		tx, err := h.cli.Txn(ctx).If(held).Then(clientv3.OpPut(key, store.UnderlayValue(seq, routes))).Commit()
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "record the underlay routes of node %q: %v", node, err)
+		}
+		if tx.Succeeded {
+			remember()
+			return nil
+		}
+		// Written by another replica since the read: judged again against what it wrote.
 	}
 	return nil
 }
+
+// maxUnderlayWrites bounds the tries of one report's underlay write that other replicas' writes
+// overtake; the next report tries again.
+const maxUnderlayWrites = 4
 
 // The bounds of a report's errors (the agent sends fewer and shorter ones).
 const (

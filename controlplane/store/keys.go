@@ -66,9 +66,9 @@ const (
 	// revision, 20 decimal digits (written by controlplane/fanout from ReportApplied).
 	NodeKeyringPrefix = Prefix + NodeKeyrings
 	// NodeUnderlayPrefix records what each node's host reaches outside the fabric, as its agent
-	// last reported it (ReportAppliedRequest.underlay_routes): <node> -> the prefixes, one per line,
-	// written by controlplane/fanout when they change, read by the gateway guard of a port bound to
-	// the node.
+	// last reported it (ReportAppliedRequest.underlay_routes): <node> -> the sequence of the report
+	// that wrote it, then the prefixes, one per line (UnderlayValue), written by controlplane/fanout
+	// when they change, read by the gateway guard of a port bound to the node.
 	NodeUnderlayPrefix = Prefix + NodeUnderlays
 	// ServerKeyringPrefix records which keyring each running server installed: <gossip name> -> the
 	// keyring's revision, 20 decimal digits, on the server's lease (controlplane/gossipkeys).
@@ -90,7 +90,8 @@ const (
 
 // OrderedValue encodes n (>= 0) as the value of a key that etcd compares as a string (the report
 // sequences and confirmed keyrings under NodeReportsPrefix, NodeKeyringPrefix and
-// ServerKeyringPrefix): 20 decimal digits, so that the order of strings is the order of numbers.
+// ServerKeyringPrefix, and the first line of NodeUnderlayPrefix values): 20 decimal digits, so that
+// the order of strings is the order of numbers.
 func OrderedValue(n int64) string { return fmt.Sprintf("%020d", n) }
 
 // NodesEpoch is NodesEpochKey relative to the fabric's prefix.

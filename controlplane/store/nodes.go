@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
@@ -65,16 +66,29 @@ func (s *Store) ListNodes(ctx context.Context) ([]*vxfabricv1.Node, int64, error
 	return out, resp.Header.Revision, nil
 }
 
-// UnderlayValue is the value of a NodeUnderlayPrefix key: the prefixes, one per line.
-func UnderlayValue(routes []netip.Prefix) string {
-	lines := make([]string, len(routes))
-	for i, p := range routes {
-		lines[i] = p.String()
+// UnderlayValue is the value of a NodeUnderlayPrefix key: the sequence of the report that wrote it
+// (OrderedValue), then the prefixes, one per line.
+func UnderlayValue(seq int64, routes []netip.Prefix) string {
+	lines := make([]string, 0, len(routes)+1)
+	lines = append(lines, OrderedValue(seq))
+	for _, p := range routes {
+		lines = append(lines, p.String())
 	}
 	return strings.Join(lines, "\n")
 }
 
-// ParseUnderlay reads a NodeUnderlayPrefix value; lines that are not prefixes are left out.
+// SplitUnderlay reads a NodeUnderlayPrefix value into its report's sequence and its prefix lines;
+// a value of an earlier version, without a sequence, has sequence -1.
+func SplitUnderlay(v string) (seq int64, routes string) {
+	first, rest, _ := strings.Cut(v, "\n")
+	if n, err := strconv.ParseInt(first, 10, 64); err == nil && len(first) == len(OrderedValue(0)) {
+		return n, rest
+	}
+	return -1, v
+}
+
+// ParseUnderlay reads the prefixes of a NodeUnderlayPrefix value; lines that are not prefixes (the
+// sequence) are left out.
 func ParseUnderlay(v string) []netip.Prefix {
 	var out []netip.Prefix
 	for line := range strings.SplitSeq(v, "\n") {

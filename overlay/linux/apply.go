@@ -418,56 +418,72 @@ func (r *run) underlayClash(p netip.Prefix) (clash, err error) {
 }
 
 // hostUnderlay is what the host reaches outside the fabric, read once per Apply (routesErr when the
-// routes could not be read): the subnets it is attached to (the routes the kernel made for its
-// addresses, on links that are not the fabric's, but for a bridged network's bridge, which holds
-// its uplink's LAN), and the next hops of its routes. Down links count: their routes come back
-// with the carrier.
+// kernel could not be read): the subnets of its own addresses (masked to their prefix, whoever made
+// their routes) on links that are not the fabric's, but for a bridged network's bridge, which holds
+// its uplink's LAN, and the next hops of its routes. Down links count: their routes come back with
+// the carrier. Routes without a next hop that no address of the host's explains (a tunnel's, as
+// wg-quick adds) do not: they lead through a device, not to a subnet the host is on.
 func (r *run) hostUnderlay() ([]overlay.UnderlayRoute, error) {
 	if r.routesRead {
 		return r.underlay, r.routesErr
 	}
 	r.routesRead = true
-	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return r.d.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	})
+	h := r.d.h
+	// Read anew: this pass may have made bridges (and moved an uplink's addresses onto one).
+	links, err := retryDump(h.LinkList)
+	var routes []netlink.Route
+	var addrs []netlink.Addr
+	if err == nil {
+		routes, err = retryDump(func() ([]netlink.Route, error) {
+			return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		})
+	}
+	if err == nil {
+		addrs, err = retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_V4) })
+	}
 	if err != nil {
 		r.routesErr = err
 		return nil, err
 	}
-	byIndex := make(map[int]netlink.Link, len(r.links))
-	for _, l := range r.links {
-		byIndex[l.Attrs().Index] = l
+	// A bridged network's bridge is the host's LAN: known from the desired state, not only from its
+	// alias, which a bridge made in this pass may not carry yet.
+	uplinkBridges := map[string]bool{}
+	for _, n := range r.desired.Networks {
+		if n.Mode == overlay.ModeBridged && n.Uplink != "" {
+			uplinkBridges[overlay.BridgeName(n.VNI)] = true
+		}
+	}
+	type role struct{ counts, uplink bool }
+	roles := make(map[int]role, len(links))
+	for _, l := range links {
+		a := l.Attrs()
+		_, ours := ourVNI(l)
+		switch {
+		case ours:
+			up := uplinkBridges[a.Name] || strings.HasPrefix(a.Alias, uplinkAliasPrefix)
+			roles[a.Index] = role{counts: up, uplink: up}
+		case a.Flags&net.FlagLoopback == 0:
+			roles[a.Index] = role{counts: true, uplink: a.Name == r.desired.Underlay.Interface}
+		}
 	}
 	var out []overlay.UnderlayRoute
+	for _, a := range addrs {
+		p, ok := addrPrefix(a)
+		if rl := roles[a.LinkIndex]; ok && rl.counts && p.Addr().Is4() {
+			out = append(out, overlay.UnderlayRoute{Prefix: p.Masked(), Uplink: rl.uplink})
+		}
+	}
 	for _, rt := range routes {
-		l := byIndex[rt.LinkIndex]
-		ours, uplink := false, false
-		if l != nil {
-			_, ours = ourVNI(l)
-			uplink = ours && strings.HasPrefix(l.Attrs().Alias, uplinkAliasPrefix)
-		}
-		if ours && !uplink {
-			continue // a gateway of the fabric's own networks, or a route through one
-		}
-		hops := []net.IP{rt.Gw}
+		hops := []netlink.NexthopInfo{{LinkIndex: rt.LinkIndex, Gw: rt.Gw}}
 		for _, nh := range rt.MultiPath {
-			hops = append(hops, nh.Gw)
+			hops = append(hops, *nh)
 		}
-		for _, gw := range hops {
-			if a, ok := netip.AddrFromSlice(gw); ok && a.Unmap().Is4() && !a.IsUnspecified() {
+		for _, nh := range hops {
+			a, ok := netip.AddrFromSlice(nh.Gw)
+			if ok && a.Unmap().Is4() && !a.IsUnspecified() && (nh.LinkIndex == 0 || roles[nh.LinkIndex].counts) {
 				out = append(out, overlay.UnderlayRoute{Prefix: netip.PrefixFrom(a.Unmap(), 32), NextHop: true})
 			}
 		}
-		if rt.Dst == nil || rt.Protocol != unix.RTPROT_KERNEL || rt.Type != unix.RTN_UNICAST || l == nil {
-			continue // only the subnets of the host's own addresses: not routes through a router or a tunnel
-		}
-		dst, ok := netip.AddrFromSlice(rt.Dst.IP)
-		ones, _ := rt.Dst.Mask.Size()
-		if !ok || ones == 0 {
-			continue
-		}
-		out = append(out, overlay.UnderlayRoute{Prefix: netip.PrefixFrom(dst.Unmap(), ones).Masked(),
-			Uplink: uplink || l.Attrs().Name == r.desired.Underlay.Interface})
 	}
 	r.underlay = out
 	return out, nil

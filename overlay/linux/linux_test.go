@@ -998,6 +998,14 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 	// A route through a tunnel, without a next hop (as wg-quick adds for its allowed addresses): not
 	// a subnet the host is attached to.
 	ns.MustRun(t, "ip", "route", "add", "10.50.0.0/16", "dev", "ul0")
+	// A router outside every subnet (an onlink route), and a subnet whose route a DHCP client
+	// would add itself (an address without its prefix route).
+	ns.MustRun(t, "ip", "route", "add", "203.0.113.0/24", "via", "10.250.0.1", "dev", "ul0", "onlink")
+	ns.MustRun(t, "ip", "addr", "add", "192.168.60.5/24", "dev", "ul0", "noprefixroute")
+	// A LAN whose uplink a bridged network takes in the same Apply as a nat network over it.
+	nstest.MustVeth(t, nstest.End{NS: ns, Name: "lan0"}, nstest.End{NS: nstest.New(t, "lan"), Name: "h1"})
+	ns.MustRun(t, "ip", "addr", "add", "192.168.61.5/24", "dev", "lan0")
+	ns.MustRun(t, "ip", "link", "set", "lan0", "up")
 	gw := func(vni uint32, mode overlay.Mode, cidr, gateway string) overlay.Network {
 		return overlay.Network{VNI: vni, Mode: mode, MTU: 1450, CIDR: netip.MustParsePrefix(cidr),
 			Gateway: netip.MustParseAddr(gateway), GatewayMAC: mustMAC(fmt.Sprintf("02:fb:00:00:00:%02x", vni))}
@@ -1010,6 +1018,10 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 			gw(32, overlay.ModeNAT, "10.0.0.0/24", "10.0.0.1"),
 			gw(33, overlay.ModeNAT, "10.0.0.0/24", "10.0.0.1"), // another of the fabric's: not the host's underlay
 			gw(34, overlay.ModeRouted, "10.50.1.0/24", "10.50.1.1"),
+			gw(35, overlay.ModeNAT, "10.250.0.0/24", "10.250.0.2"),     // holds the onlink router
+			gw(36, overlay.ModeNAT, "192.168.60.0/24", "192.168.60.1"), // the subnet without its route
+			{VNI: 37, Mode: overlay.ModeBridged, MTU: 1450, Uplink: "lan0"},
+			gw(38, overlay.ModeNAT, "192.168.61.0/24", "192.168.61.1"), // the LAN the bridged network takes
 		},
 		Infrastructure: []netip.Addr{netip.MustParseAddr("10.99.0.5")},
 	}
@@ -1021,12 +1033,14 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 			}
 		}
 	}
-	res, _ := dp.Apply(context.Background(), desired)
+	res, err := dp.Apply(context.Background(), desired)
 	var objs []string
 	for _, e := range res.Errors {
 		objs = append(objs, e.Object)
 	}
-	want := []string{overlay.AddrObject(30, netip.MustParsePrefix("198.18.4.1/29")), overlay.AddrObject(31, netip.MustParsePrefix("10.99.0.1/24"))}
+	want := []string{overlay.AddrObject(30, netip.MustParsePrefix("198.18.4.1/29")), overlay.AddrObject(31, netip.MustParsePrefix("10.99.0.1/24")),
+		overlay.AddrObject(35, netip.MustParsePrefix("10.250.0.2/24")), overlay.AddrObject(36, netip.MustParsePrefix("192.168.60.1/24")),
+		overlay.AddrObject(38, netip.MustParsePrefix("192.168.61.1/24"))}
 	if !slices.Equal(objs, want) {
 		t.Errorf("errors for %v, want %v", objs, want)
 	}
@@ -1038,8 +1052,11 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 	}
 	// What the host reaches: its subnet and its router, none of the fabric's own routes, nor the
 	// tunnel's (the router is on the subnet: reporting the subnet covers it).
-	if got := fmt.Sprint(overlay.SelectUnderlay(res.UnderlayRoutes, 64)); got != "[198.18.4.0/24]" {
-		t.Errorf("underlay routes %s (read: %v), want [198.18.4.0/24]", got, res.UnderlayRoutes)
+	if got, want := fmt.Sprint(overlay.SelectUnderlay(res.UnderlayRoutes, 64)), "[10.250.0.1/32 192.168.60.0/24 192.168.61.0/24 198.18.4.0/24]"; got != want {
+		t.Errorf("underlay routes %s (read: %v), want %s", got, res.UnderlayRoutes, want)
+	}
+	if !overlay.OnlyStanding(err) {
+		t.Errorf("the first apply's error %v: want only standing refusals", err)
 	}
 	if out := ns.MustRun(t, "ip", "-o", "link", "show", "vxlan30"); !strings.Contains(out, "master vxbr30") {
 		t.Errorf("network 30's vxlan device: %q, want it in its bridge", out)
