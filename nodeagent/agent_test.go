@@ -402,7 +402,6 @@ func TestCutShortApplyWithRefusalsFails(t *testing.T) {
 	}
 }
 
-
 func TestReportErrorsBounded(t *testing.T) {
 	var errs []overlay.ObjectError
 	for i := range 40 {
