@@ -302,11 +302,10 @@ func TestApplyErrorsReported(t *testing.T) {
 	})
 }
 
-// TestStandingRefusalsApplied: an object the host refuses for good (here the loopback named as a
-// bridged network's uplink) does not keep the revision unapplied: the agent applies the rest,
-// advances, reports the refusal with it (also after an incremental pass) and keeps its normal
-// cadence instead of retrying every few seconds.
-func TestStandingRefusalsApplied(t *testing.T) {
+// refusingWorld is a fabric whose node h1 is the uplink host of a bridged network named to take
+// h1's loopback, which every datapath refuses for good (overlay.ErrUplinkRefused).
+func refusingWorld(t *testing.T) (*world, *server) {
+	t.Helper()
 	cli := startEtcd(t)
 	w := newWorld(t, cli)
 	srv := startServer(t, cli, "")
@@ -317,6 +316,15 @@ func TestStandingRefusalsApplied(t *testing.T) {
 	w.put("networks/lan", &vxfabricv1.Network{Id: "lan", Tenant: "t", Name: "lan", Cidr: "192.168.50.0/24",
 		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, Vni: 400, Mtu: 1450,
 		Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "lo"}})
+	return w, srv
+}
+
+// TestStandingRefusalsApplied: an object the host refuses for good (here the loopback named as a
+// bridged network's uplink) does not keep the revision unapplied: the agent applies the rest,
+// advances, reports the refusal with it (also after an incremental pass) and keeps its normal
+// cadence instead of retrying every few seconds.
+func TestStandingRefusalsApplied(t *testing.T) {
+	w, srv := refusingWorld(t)
 	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{srv.addr}})
 	h1.links.set(h1.dp, "lo", true)
 	want := "uplink lo master vxbr400: \"lo\" is a loopback interface: uplink refused"
@@ -370,16 +378,7 @@ func (c *cutShort) Apply(ctx context.Context, d overlay.DesiredState) (overlay.R
 // the only object errors it met are standing refusals: the revision is not applied, nothing is
 // reported unplugged, and it is retried.
 func TestCutShortApplyWithRefusalsFails(t *testing.T) {
-	cli := startEtcd(t)
-	w := newWorld(t, cli)
-	srv := startServer(t, cli, "")
-	w.mu.Lock()
-	w.vteps["h1"], w.vteps["h2"] = "198.18.0.1", "198.18.0.2"
-	w.mu.Unlock()
-	w.node("h1", "198.18.0.1")
-	w.put("networks/lan", &vxfabricv1.Network{Id: "lan", Tenant: "t", Name: "lan", Cidr: "192.168.50.0/24",
-		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, Vni: 400, Mtu: 1450,
-		Uplink: &vxfabricv1.Uplink{Node: "h1", Interface: "lo"}})
+	w, srv := refusingWorld(t)
 	var cut *cutShort
 	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{srv.addr}, wrap: func(d overlay.Datapath) overlay.Datapath {
 		cut = &cutShort{Datapath: d}
