@@ -309,9 +309,6 @@ func refusingWorld(t *testing.T) (*world, *server) {
 	cli := startEtcd(t)
 	w := newWorld(t, cli)
 	srv := startServer(t, cli, "")
-	w.mu.Lock()
-	w.vteps["h1"], w.vteps["h2"] = "198.18.0.1", "198.18.0.2"
-	w.mu.Unlock()
 	w.node("h1", "198.18.0.1")
 	w.put("networks/lan", &vxfabricv1.Network{Id: "lan", Tenant: "t", Name: "lan", Cidr: "192.168.50.0/24",
 		Mode: vxfabricv1.NetworkMode_NETWORK_MODE_BRIDGED, Vni: 400, Mtu: 1450,

@@ -367,7 +367,7 @@ func (h *Hub) recordUnderlay(ctx context.Context, node string, seq int64, routes
 	if routes == nil {
 		return nil
 	}
-	_, want := store.SplitUnderlay(store.UnderlayValue(0, routes)) // the prefix lines
+	want := store.UnderlayLines(routes)
 	h.statMu.Lock()
 	st := h.stat(node)
 	known, late := st.underlay, seq > 0 && seq < st.seq

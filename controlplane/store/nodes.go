@@ -67,12 +67,16 @@ func (s *Store) ListNodes(ctx context.Context) ([]*vxfabricv1.Node, int64, error
 }
 
 // UnderlayValue is the value of a NodeUnderlayPrefix key: the sequence of the report that wrote it
-// (OrderedValue), then the prefixes, one per line.
+// (OrderedValue), then UnderlayLines.
 func UnderlayValue(seq int64, routes []netip.Prefix) string {
-	lines := make([]string, 0, len(routes)+1)
-	lines = append(lines, OrderedValue(seq))
-	for _, p := range routes {
-		lines = append(lines, p.String())
+	return OrderedValue(seq) + "\n" + UnderlayLines(routes)
+}
+
+// UnderlayLines is the prefix lines of a NodeUnderlayPrefix value: one prefix per line.
+func UnderlayLines(routes []netip.Prefix) string {
+	lines := make([]string, len(routes))
+	for i, p := range routes {
+		lines[i] = p.String()
 	}
 	return strings.Join(lines, "\n")
 }
