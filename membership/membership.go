@@ -14,7 +14,7 @@
 //   - Unreachable (a flag of SUSPECT, DEAD and LEFT, see reach.go): the member's host's kernel does
 //     not answer TCP dials on its gossip address. SUSPECT, DEAD or LEFT, and Unreachable, is Down: a
 //     host that is cut off is Down in about a second, a host whose agent left gracefully is Down
-//     within seconds once it stops answering too, while a paused or crashed process on a live host
+//     within 2 s once it stops answering too, while a paused or crashed process on a live host
 //     is never Down, even once memberlist declares it DEAD.
 //   - LEFT rather than DEAD: a member that leaves gracefully first gossips metadata with Leaving set.
 //
@@ -627,8 +627,8 @@ func (d *delegates) NotifyLeave(n *memberlist.Node) {
 		st = StateLeft
 	}
 	d.m.setState(n.Name, n, st)
-	// Down only once its host does not answer either; a LEFT host is watched too, slowly: it may die
-	// later, and its entries must go then.
+	// Down only once its host does not answer either; a LEFT host is watched too, as a DEAD one: it
+	// may die later, and its entries must go then.
 	d.m.checkReach(n.Name)
 }
 

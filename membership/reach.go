@@ -29,8 +29,8 @@ import (
 // and after a partition heals, the stale suspicions the healed member's memberlist still holds (their
 // gossip was lost in the partition, so nobody refuted them) cannot make it withdraw peers that answer.
 //
-// A member that LEFT (its agent stopped gracefully, for an upgrade or for good) is dialled too, every
-// deadSlow: its host keeps forwarding to its VMs until it dies or is powered off, and then its
+// A member that LEFT (its agent stopped gracefully, for an upgrade or for good) is dialled too, as a
+// DEAD one is: its host keeps forwarding to its VMs until it dies or is powered off, and then its
 // entries must go although no suspicion will ever come. A DEAD member whose host answers again after
 // it was Unreachable may be the other side of a healed partition: the check asks for a reconnect at
 // once (see reconnect.go).
@@ -134,8 +134,8 @@ const relayAfter = 5 * time.Second
 
 // checkReach starts dialling the named member's gossip address, unless a check of it is running; it
 // reports whether it started one. A check runs while the member is SUSPECT, DEAD or LEFT (every
-// ReachTimeout while suspect, every deadRecheck ReachTimeouts while dead, every deadSlow once dead for
-// deadSlowAfter and while left); a hint about an alive member that answers ends after one round.
+// ReachTimeout while suspect, every deadRecheck ReachTimeouts while dead or left, every deadSlow once
+// so for deadSlowAfter); a hint about an alive member that answers ends after one round.
 // Called from memberlist's delegates and log (suspicions, hints, deaths, leaves): it never blocks.
 func (m *Member) checkReach(name string) bool {
 	m.mu.Lock()
@@ -228,11 +228,11 @@ func (m *Member) endCheck(name string) {
 	delete(m.checking, name)
 }
 
-// deadRecheck is how often a DEAD member's host is dialled again, in ReachTimeouts: a host whose
-// agent died but whose kernel answers is not Down until it stops answering. After deadSlowAfter the
-// member is dialled every deadSlow only: most such hosts are gone for good. A LEFT member's host is
-// dialled every deadSlow from the start: its agent stopped on purpose, the host rarely dies soon
-// after.
+// deadRecheck is how often a DEAD or LEFT member's host is dialled again, in ReachTimeouts: a host
+// whose agent died or stopped but whose kernel answers is not Down until it stops answering, and
+// then within the failover target (2 s: one recheck interval, then ReachAttempts dials). After
+// deadSlowAfter in that state the member is dialled every deadSlow only: most such hosts are gone
+// for good or stay up for good, and each check costs every other member a dial.
 const (
 	deadRecheck   = 4
 	deadSlowAfter = time.Minute
@@ -287,13 +287,11 @@ func (m *Member) setReach(name string, since time.Time, answered bool, recheck *
 	}
 	next = m.cfg.ReachTimeout
 	switch p.State {
-	case StateDead:
+	case StateDead, StateLeft:
 		next *= deadRecheck
 		if time.Since(p.Since) > deadSlowAfter {
 			next = deadSlow
 		}
-	case StateLeft:
-		next = deadSlow
 	}
 	if p.Unreachable == !answered {
 		return next, true
