@@ -168,11 +168,9 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (vm VM, err error) {
 			return vm, fmt.Errorf("vm %q: %w", spec.Name, err)
 		}
 	}
-	for i, p := range vm.Ports {
-		if err := l.outsideRoute(ctx, c, vm.Networks[i], p); err != nil {
-			// The VM is made; only the outside's way to it is missing (see lab README).
-			l.log.Warn("lab: no route from the outside to the VM's routed network", "vm", spec.Name, "port", p.GetName(), "err", err)
-		}
+	if err := l.SyncOutsideRoutes(ctx, c, spec.Host); err != nil {
+		// The VM is made; only the outside's way to it may be missing (see lab README).
+		l.log.Warn("lab: the outside's routes to routed networks", "vm", spec.Name, "err", err)
 	}
 	l.log.Info("lab vm created", "vm", spec.Name, "node", spec.Host, "ports", len(vm.Ports))
 	return vm, nil
@@ -349,8 +347,10 @@ func (l *Lab) deleteVM(ctx context.Context, c *Client, name string, ports []*vxf
 			errs = append(errs, fmt.Errorf("delete port %s/%s: %w", p.GetTenant(), p.GetName(), err))
 			continue
 		}
-		if err := l.routeAfterDelete(ctx, c, p); err != nil {
-			errs = append(errs, fmt.Errorf("the outside's route to %s/%s: %w", p.GetTenant(), p.GetNetwork(), err))
+	}
+	if len(ports) > 0 {
+		if err := l.SyncOutsideRoutes(ctx, c, ""); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := killProcessesIn(ctx, l.VMNamespace(name)); err != nil {
@@ -417,11 +417,9 @@ func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
 	if err := waitPlugged(ctx, c, vm.Ports); err != nil {
 		return VM{}, fmt.Errorf("vm %q on %s: %w", name, to, err)
 	}
-	for _, p := range vm.Ports {
-		if err := l.followRoute(ctx, c, p); err != nil {
-			// The VM has moved; only the outside's way to it is left behind (a rerun retries it).
-			l.log.Warn("lab: the outside's route did not follow the VM", "vm", name, "port", p.GetName(), "err", err)
-		}
+	if err := l.SyncOutsideRoutes(ctx, c, to); err != nil {
+		// The VM has moved; only the outside's way to it may be left behind (a rerun retries it).
+		l.log.Warn("lab: the outside's routes to routed networks", "vm", name, "err", err)
 	}
 	l.log.Info("lab vm migrated", "vm", name, "node", to, "ports", len(vm.Ports))
 	return vm, nil
@@ -496,116 +494,6 @@ func rebindPort(ctx context.Context, c *Client, p *vxfabricv1.Port, node string)
 		return nil, err
 	}
 	return moved.GetPort(), nil
-}
-
-// followRoute is outsideRoute for p's network, after p moved.
-func (l *Lab) followRoute(ctx context.Context, c *Client, p *vxfabricv1.Port) error {
-	n, err := getNetwork(ctx, c, p.GetTenant(), p.GetNetwork())
-	if err != nil {
-		return fmt.Errorf("network %s/%s: %w", p.GetTenant(), p.GetNetwork(), err)
-	}
-	return l.outsideRoute(ctx, c, n, p)
-}
-
-// outsideRoute gives the outside a static route to routed network n through p's host when it has
-// none (a VM's first NIC on the network), and points the route at p's host when it goes through a
-// lab host where no port of the network is left (p's VM migrated). The outside reaches a routed
-// network through one host: see the lab README. It looks at the state as it is, so a migration
-// run again after one cut short also moves the route.
-func (l *Lab) outsideRoute(ctx context.Context, c *Client, n *vxfabricv1.Network, p *vxfabricv1.Port) error {
-	here, ok := HostIndex(p.GetNode())
-	if !ok || n.GetMode() != vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED {
-		return nil
-	}
-	cidr, err := netip.ParsePrefix(n.GetCidr())
-	if err != nil {
-		return err
-	}
-	via, ok, err := l.RouteVia(RoleOutside, cidr)
-	switch {
-	case err != nil:
-		return err
-	case !ok:
-		if err := l.RouteReplace(RoleOutside, cidr, HostAddr(here)); err != nil {
-			return err
-		}
-		l.log.Info("lab: the outside reaches a routed network through its first VM's host", "network", p.GetTenant()+"/"+p.GetNetwork(),
-			"cidr", cidr, "host", p.GetNode())
-		return nil
-	case via == HostAddr(here):
-		return nil
-	}
-	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	old := ""
-	for _, h := range l.Hosts() {
-		if i, _ := HostIndex(h); HostAddr(i) == via {
-			old = h
-		}
-	}
-	if old == "" {
-		return nil // not through a lab host: someone else's route
-	}
-	others, err := c.Ports.ListPorts(callCtx, &vxfabricv1.ListPortsRequest{Tenant: p.GetTenant(), Network: p.GetNetwork(), Node: old})
-	if err != nil || len(others.GetPorts()) > 0 {
-		return err
-	}
-	if err := l.RouteReplace(RoleOutside, cidr, HostAddr(here)); err != nil {
-		return err
-	}
-	l.log.Info("lab: the outside's route to a routed network follows its VM", "network", p.GetTenant()+"/"+p.GetNetwork(),
-		"cidr", cidr, "from", old, "to", p.GetNode())
-	return nil
-}
-
-// routeAfterDelete keeps the outside's static route to a routed network pointing at a host that has
-// a port of it, once port p is deleted: when the route went through p's host and no port of the
-// network is left there, it goes through another port's host, or, with no port left, it goes.
-func (l *Lab) routeAfterDelete(ctx context.Context, c *Client, p *vxfabricv1.Port) error {
-	from, ok := HostIndex(p.GetNode())
-	if !ok {
-		return nil
-	}
-	n, err := getNetwork(ctx, c, p.GetTenant(), p.GetNetwork())
-	if status.Code(err) == codes.NotFound {
-		return nil
-	}
-	if err != nil || n.GetMode() != vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED {
-		return err
-	}
-	cidr, err := netip.ParsePrefix(n.GetCidr())
-	if err != nil {
-		return err
-	}
-	if via, ok, err := l.RouteVia(RoleOutside, cidr); err != nil || !ok || via != HostAddr(from) {
-		return err // no route, or one through another host (or not the lab's)
-	}
-	callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	left, err := c.Ports.ListPorts(callCtx, &vxfabricv1.ListPortsRequest{Tenant: p.GetTenant(), Network: p.GetNetwork()})
-	if err != nil {
-		return err
-	}
-	var to string
-	for _, o := range left.GetPorts() {
-		if o.GetTenant() != p.GetTenant() || o.GetNetwork() != p.GetNetwork() {
-			continue // a filter the server ignored
-		}
-		if o.GetNode() == p.GetNode() {
-			return nil // the route's host still has a port of the network
-		}
-		if slices.Contains(l.Hosts(), o.GetNode()) && to == "" {
-			to = o.GetNode()
-		}
-	}
-	if to == "" {
-		l.log.Info("lab: the outside's route to a routed network goes with its last port", "network", p.GetTenant()+"/"+p.GetNetwork(), "cidr", cidr)
-		return l.RouteDelete(RoleOutside, cidr)
-	}
-	i, _ := HostIndex(to)
-	l.log.Info("lab: the outside's route to a routed network moves to a host with a port of it", "network", p.GetTenant()+"/"+p.GetNetwork(),
-		"cidr", cidr, "from", p.GetNode(), "to", to)
-	return l.RouteReplace(RoleOutside, cidr, HostAddr(i))
 }
 
 // moveHostEnd moves a VM NIC's host-side interface from whichever host's namespace holds it to

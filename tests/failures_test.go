@@ -574,8 +574,23 @@ func TestPrivilegedMigrationMovesTheOutsideRoute(t *testing.T) {
 		}
 	}
 	f.reach(lab.RoleOutside, d.IP(0), 5*time.Second)
+
+	// A port made through the API, not by the lab, counts as well: with rtm-d gone the route moves
+	// to its h3; deleted through the API, it takes the route with it at the next lab status.
+	if _, err := f.c.Ports.CreatePort(f.ctx, &vxfabricv1.CreatePortRequest{Tenant: f.tenant, Network: "rt", Name: "api-port", Node: "h3"}); err != nil {
+		t.Fatal(err)
+	}
 	f.deleteVM(d.Name)
+	if via, ok, err := f.l.RouteVia(lab.RoleOutside, cidr); err != nil || !ok || via != lab.HostAddr(3) {
+		t.Fatalf("after deleting rt's last VM, with a port made through the API on h3, the outside's route goes via %s (%t, %v), want %s", via, ok, err, lab.HostAddr(3))
+	}
+	if _, err := f.c.Ports.DeletePort(f.ctx, &vxfabricv1.DeletePortRequest{Tenant: f.tenant, Name: "api-port"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.l.Status(f.ctx); len(st.Errors) > 0 {
+		t.Fatalf("lab status: %v", st.Errors)
+	}
 	if via, ok, err := f.l.RouteVia(lab.RoleOutside, cidr); err != nil || ok {
-		t.Errorf("after deleting rt's last VM the outside still routes it via %s (%v)", via, err)
+		t.Errorf("after rt's last port was deleted through the API and a lab status, the outside still routes it via %s (%v)", via, err)
 	}
 }
