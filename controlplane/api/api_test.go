@@ -249,7 +249,7 @@ func TestCheckVTEPs(t *testing.T) {
 	}
 }
 
-// A refusal repeats at most maxQuoted bytes of the input it refuses: a 1 MiB name does not come
+// A refusal repeats at most store's 64 bytes of the input it refuses: a 1 MiB name does not come
 // back as a 1 MiB message (which a client capping its headers would see as an Internal error).
 func TestRefusalsDoNotEchoHugeInput(t *testing.T) {
 	huge := strings.Repeat("é", 512*1024)

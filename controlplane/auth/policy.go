@@ -10,6 +10,8 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
+
+	"github.com/vxfabric/vxfabric/controlplane/store"
 )
 
 // Role is the kind of caller an Identity is.
@@ -170,7 +172,7 @@ func authorizeRequest(id Identity, c class, fullMethod string, req any) error {
 			return status.Errorf(codes.Internal, "%s: request %T names no node", fullMethod, req)
 		}
 		if node != id.Node {
-			return denied("the certificate of node %q may not act for node %q", id.Node, node)
+			return denied("the certificate of node %q may not act for node %s", id.Node, store.Quote(node))
 		}
 		return nil
 	case classTenant:
@@ -185,7 +187,7 @@ func authorizeRequest(id Identity, c class, fullMethod string, req any) error {
 				return status.Errorf(codes.Internal, "%s: %v", fullMethod, err)
 			}
 		default:
-			return denied("a token of tenant %q may not act on tenant %q", id.Tenant, t)
+			return denied("a token of tenant %q may not act on tenant %s", id.Tenant, store.Quote(t))
 		}
 		// A BRIDGED network enslaves a host's physical NIC into the segment: that is a decision
 		// about the hosts, not about one tenant's networks.
@@ -204,7 +206,7 @@ func authorizeRequest(id Identity, c class, fullMethod string, req any) error {
 			return status.Errorf(codes.Internal, "%s: request %T names no tenant", fullMethod, req)
 		}
 		if r.GetName() != id.Tenant {
-			return denied("a token of tenant %q may not read tenant %q", id.Tenant, r.GetName())
+			return denied("a token of tenant %q may not read tenant %s", id.Tenant, store.Quote(r.GetName()))
 		}
 		return nil
 	}
