@@ -369,4 +369,3 @@ func checkVTEPs(cidr string, nodes []nodeVTEP, admin bool) error {
 	}
 	return nil
 }
-
