@@ -313,6 +313,12 @@ func FDBObject(vni uint32, mac net.HardwareAddr, vtep netip.Addr) string {
 	return "fdb " + VxlanName(vni) + " " + mac.String() + " dst " + vtep.String()
 }
 
+// LearnedObject names the entry a network's bridge learned for mac on its vxlan port: for a local
+// port's MAC, a stale one (the VM was behind the tunnel before it came to this host).
+func LearnedObject(vni uint32, mac net.HardwareAddr) string {
+	return "learned " + mac.String() + " dev " + VxlanName(vni) + " master " + BridgeName(vni)
+}
+
 // FloodObject names an all-zero-MAC flood entry.
 func FloodObject(vni uint32, vtep netip.Addr) string {
 	return "flood " + VxlanName(vni) + " dst " + vtep.String()

@@ -320,6 +320,35 @@ func TestPrivilegedLiveMigration(t *testing.T) {
 	f.reach("mg-w", m.IP(0), 2*time.Second)
 }
 
+// TestPrivilegedMigrationOntoAHostThatKnewTheVMRemote: mm-b on h2 talked to mm-q on h3, so h2's
+// bridge learned mm-q's MAC behind the tunnel; mm-q, quiet since (no IPv6 chatter), migrates to h2.
+// Its neighbours reach it at once, from another host and from h2 itself: the frames for it do not
+// go into the tunnel until the bridge's entry ages out (300 s) or mm-q speaks first.
+func TestPrivilegedMigrationOntoAHostThatKnewTheVMRemote(t *testing.T) {
+	f := newFixture(t, "e2e-mig-learned")
+	f.network("net", "10.57.0.0/24", isolated)
+	q := f.vm("mm-q", "h3", "net")
+	a := f.vm("mm-a", "h1", "net")
+	b := f.vm("mm-b", "h2", "net")
+	if out, err := f.l.Output(f.ctx, q.Name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.eth0.disable_ipv6=1"); err != nil {
+		t.Fatalf("quieten %s: %v\n%s", q.Name, err, out)
+	}
+	f.reach(b.Name, q.IP(0), 5*time.Second)
+	f.reach(a.Name, q.IP(0), 5*time.Second)
+	if _, err := f.l.MigrateVM(f.ctx, q.Name, "h2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, from := range []string{b.Name, a.Name} {
+		res, err := f.l.Ping(f.ctx, from, q.IP(0), lab.PingOptions{Count: 3, Interval: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Received == 0 {
+			t.Errorf("%s -> %s right after it came to h2: %d of %d replies\n%s", from, q.Name, res.Received, res.Sent, res.Output)
+		}
+	}
+}
+
 // TestPrivilegedDriftRepairedAtOnce: someone removes an FDB entry of a running agent's vxlan device,
 // and sets the device down: the agent repairs both within a second or two (the kernel tells it),
 // not at its next periodic pass (up to 37.5 s).

@@ -51,6 +51,11 @@ func fdbEntry(vx int, mac net.HardwareAddr, vtep netip.Addr) *netlink.Neigh {
 		Flags: unix.NTF_SELF, HardwareAddr: mac, IP: vtep.AsSlice()}
 }
 
+// learnedEntry is the bridge's entry for mac on the vxlan port (what it learned there).
+func learnedEntry(vx int, mac net.HardwareAddr) *netlink.Neigh {
+	return &netlink.Neigh{LinkIndex: vx, Family: unix.AF_BRIDGE, Flags: unix.NTF_MASTER, HardwareAddr: mac}
+}
+
 // floodEntry adds vtep to the head-end replication list (the all-zero MAC).
 func floodEntry(vx int, vtep netip.Addr) *netlink.Neigh { return fdbEntry(vx, zeroMAC, vtep) }
 
@@ -74,6 +79,13 @@ func deleteEntry(h *netlink.Handle, res *entryResult, obj string, n *netlink.Nei
 // syncFDB reads the vxlan device's FDB with one per-device dump, indexes it by MAC, writes the
 // missing or wrong unicast entries (NeighSet replaces in place: no delete and re-add), appends the
 // missing flood entries, and only then deletes what is stale.
+//
+// The dump also holds the bridge's own entries for the vxlan port: the MACs it learned
+// from frames that came through the tunnel. Those are the bridge's, except one for a local port's
+// MAC: the VM was behind the tunnel before it came to this host (a migration), and until it sends a
+// frame itself, or the entry ages out (300 s), the bridge would keep sending its frames into the
+// tunnel, where nobody has it any more. Such an entry is deleted; the bridge then floods the VM's
+// frames to its ports, the VM's among them, until it learns the VM's port.
 func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxIndex int) entryResult {
 	var res entryResult
 	dev := overlay.VxlanName(n.VNI)
@@ -81,14 +93,30 @@ func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxInde
 		vtep netip.Addr
 		perm bool
 	}
+	local := make(map[macKey]bool, len(n.Ports))
+	for _, p := range n.Ports {
+		local[keyOf(p.MAC)] = true
+	}
 	var have map[macKey]fdbState
 	var haveFlood map[netip.Addr]bool
+	var stale []macKey // learned on the vxlan port, of a local port
 	err := dumpNeigh(dump, unix.AF_BRIDGE, vxIndex, func() {
 		have = make(map[macKey]fdbState, len(n.Remotes))
 		haveFlood = make(map[netip.Addr]bool)
+		stale = stale[:0]
 	}, func(e *neighMsg) {
-		// Bridge entries learned on the vxlan port (NTF_MASTER, no destination) are not ours.
-		if e.flags&unix.NTF_MASTER != 0 || e.dst == nil || len(e.lladdr) != 6 {
+		if len(e.lladdr) != 6 {
+			return
+		}
+		if e.flags&unix.NTF_SELF == 0 {
+			// The bridge's entry for the port (the kernel names its bridge in NDA_MASTER and sets
+			// no NTF_SELF); NUD_PERMANENT: the port's own address, not a learned one.
+			if k := macKey(e.lladdr); local[k] && e.state&unix.NUD_PERMANENT == 0 {
+				stale = append(stale, k)
+			}
+			return
+		}
+		if e.dst == nil {
 			return
 		}
 		ip, ok := netip.AddrFromSlice(e.dst)
@@ -147,6 +175,10 @@ func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxInde
 			continue
 		}
 		res.change(overlay.OpAdd, overlay.FloodObject(n.VNI, v))
+	}
+	for _, k := range stale {
+		mac := net.HardwareAddr(k[:])
+		deleteEntry(h, &res, overlay.LearnedObject(n.VNI, mac), learnedEntry(vxIndex, mac))
 	}
 	for _, k := range sortedKeys(have, func(a, b macKey) int { return bytes.Compare(a[:], b[:]) }) {
 		if want[k] {

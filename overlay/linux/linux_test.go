@@ -1072,3 +1072,49 @@ func TestPrivilegedGatewayNeverTakesTheHostsRoutes(t *testing.T) {
 	}
 	underlayKept("second apply")
 }
+
+// TestPrivilegedMigratedVMReachedAtOnce: h1's bridge learned a2's MAC behind the tunnel (a1 pinged
+// it on h2); a2, quiet since, migrates to h1 (its NIC's host end moves, the desired states follow).
+// The Apply that plugs it on h1 deletes what the bridge learned, so a1's next ping reaches a2 at once
+// instead of going into the tunnel until the bridge's entry ages out (300 s) or a2 sends a frame.
+func TestPrivilegedMigratedVMReachedAtOnce(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	l := newLab(t)
+	a2 := l.vms["a2"]
+	if got := l.ping("a1", a2.ip.String(), 1); got != 1 {
+		t.Fatalf("a1 -> a2 before the migration: %d of 1", got)
+	}
+	learned := func() bool {
+		t.Helper()
+		out := l.hosts[0].MustRun(t, "bridge", "fdb", "show", "br", "vxbr101")
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, a2.mac.String()+" dev vxlan101 ") && strings.Contains(line, "master vxbr101") {
+				return true
+			}
+		}
+		return false
+	}
+	if !learned() {
+		t.Fatal("h1's bridge did not learn a2 on vxlan101: the test sets up nothing")
+	}
+
+	l.hosts[1].MustRun(t, "ip", "link", "set", a2.name, "netns", l.hosts[0].Name)
+	a2.host = 0
+	res := l.apply(0)
+	l.apply(1)
+	if !res.Plugged[a2.name] {
+		t.Fatalf("a2 not plugged on h1: %v", res.Plugged)
+	}
+	if !strings.Contains(changeText(res), "delete "+overlay.LearnedObject(101, a2.mac)+"\n") {
+		t.Errorf("h1's apply: changes\n%swant the learned entry of a2 deleted", changeText(res))
+	}
+	if learned() {
+		t.Error("h1's bridge still sends a2's frames into the tunnel")
+	}
+	if got := l.ping("a1", a2.ip.String(), 1); got != 1 {
+		t.Errorf("a1 -> a2 right after a2 came to h1: %d of 1", got)
+	}
+	if res := l.apply(0); len(res.Changes) != 0 {
+		t.Errorf("second apply on h1: changes\n%s", changeText(res))
+	}
+}
