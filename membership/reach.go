@@ -208,6 +208,18 @@ func (m *Member) dialRound(dial ReachDialer, addr string, fallback bool) (answer
 	return false, true
 }
 
+// HostAnswers reports whether the host at addr answers a reachability check as this member's checks
+// dial (Config.ReachDialer, ReachAttempts dials of ReachTimeout each): for a host this member does
+// not know from gossip, such as a node recorded before this member started whose host died
+// meanwhile. It reports true when the member shuts down meanwhile: no silence was established.
+func (m *Member) HostAnswers(addr string) bool {
+	m.mu.Lock()
+	dial := m.dial
+	m.mu.Unlock()
+	answered, ok := m.dialRound(dial, addr, false)
+	return answered || !ok
+}
+
 // dialEither dials a, and b too unless it is "", at the same time; either answer counts.
 func dialEither(ctx context.Context, dial ReachDialer, a, b string) bool {
 	if b == "" {

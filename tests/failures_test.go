@@ -216,6 +216,58 @@ func TestPrivilegedHostCut(t *testing.T) {
 	f.reach("cut-1", v3.IP(0), 5*time.Second)
 }
 
+// TestPrivilegedServerRestartedWhileAHostIsDown: h2 is cut off while the server is stopped. The
+// restarted server's gossip never hears of h2 (memberlist passes on no death of a member it does not
+// know), so only its dials can tell that h2's record, ALIVE, is wrong: it becomes SUSPECT and
+// unreachable (or DEAD, should gossip still have passed h2 on). An agent restarted then, whose gossip does not know h2 either, takes that record and
+// programs nothing towards h2. Restored, h2 is ALIVE and reachable again.
+func TestPrivilegedServerRestartedWhileAHostIsDown(t *testing.T) {
+	f := newFixture(t, "e2e-srv-cut")
+	n := f.network("net", "10.48.0.0/24", isolated)
+	vni := n.GetVni()
+	v1 := f.vm("sc-1", "h1", "net")
+	v2 := f.vm("sc-2", "h2", "net")
+	f.vm("sc-3", "h3", "net")
+	f.reach("sc-3", v2.IP(0), 5*time.Second)
+	restoreOnCleanup(t, "server", "start")
+	restoreOnCleanup(t, "host", "restore", "h2")
+
+	mustVxfab(t, "lab", "server", "stop")
+	mustVxfab(t, "lab", "host", "cut", "h2")
+	if _, err := lab.WaitFor(f.ctx, 5*time.Second, func() (bool, error) {
+		return len(f.fdbTo("h1", vni, lab.HostAddr(2)))+len(f.fdbTo("h3", vni, lab.HostAddr(2))) == 0, nil
+	}); err != nil {
+		t.Fatalf("h1 and h3 did not withdraw h2's entries after the cut: %v", err)
+	}
+	// The scenario, not a wait for convergence: the agents' gossip declares h2 DEAD once its
+	// suspicion times out (4 s), and from then on tells a newly started member nothing of it.
+	time.Sleep(6 * time.Second)
+	mustVxfab(t, "lab", "server", "start")
+	took, err := lab.WaitFor(f.ctx, 15*time.Second, func() (bool, error) {
+		n := f.node("h2")
+		return n.GetUnreachable() && n.GetStatus() != vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, nil
+	})
+	if err != nil {
+		t.Fatalf("h2, cut off while the server was stopped, is recorded as %v 15 s after the server started; want not ALIVE, unreachable", f.node("h2"))
+	}
+	t.Logf("the restarted server recorded h2 unreachable after %s", took.Round(time.Millisecond))
+
+	mustVxfab(t, "lab", "agent", "stop", "h3")
+	mustVxfab(t, "lab", "agent", "start", "h3")
+	if _, err := lab.WaitFor(f.ctx, 15*time.Second, func() (bool, error) {
+		return hasMAC(f.fdbTo("h3", vni, lab.HostAddr(1)), v1.Ports[0].GetMac()), nil
+	}); err != nil {
+		t.Fatalf("h3's restarted agent did not program sc-1 on h1: %v", err)
+	}
+	if e := f.fdbTo("h3", vni, lab.HostAddr(2)); len(e) > 0 {
+		t.Errorf("h3's restarted agent programmed entries towards h2, which is cut off: %v", e)
+	}
+
+	mustVxfab(t, "lab", "host", "restore", "h2")
+	f.waitNode("h2", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 30*time.Second, "once restored")
+	f.reach("sc-3", v2.IP(0), 10*time.Second)
+}
+
 // TestPrivilegedPortMove moves a VM (its port's MAC and IP) from h1 to h2: traffic from h3 reaches
 // it on h2 within 2 s, and no FDB entry points at h1 for it any more.
 func TestPrivilegedPortMove(t *testing.T) {

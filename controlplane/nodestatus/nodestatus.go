@@ -8,7 +8,10 @@
 // (a node recorded by RegisterNode keeps them). SUSPECT is the elected server's own view (see
 // package membership); DEAD and LEFT are the cluster's. Unreachable is the elected server's own
 // dials of a SUSPECT, DEAD or LEFT node's host: agents that do not know the node from gossip
-// withhold its entries on it.
+// withhold its entries on it. A node recorded that the elected server's gossip does not know at all
+// (its host died before this server started: gossip passes on no death of a member it never knew)
+// is dialled at every full reconcile, and recorded SUSPECT and Unreachable while its host answers
+// nothing (checkUnseen).
 package nodestatus
 
 import (
@@ -16,6 +19,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -194,6 +199,8 @@ type leadership struct {
 	rev int64
 }
 
+// reconcileAll writes every agent member's status, then checks the nodes recorded that gossip does
+// not know (checkUnseen).
 func (w *Writer) reconcileAll(ctx context.Context, lead leadership) error {
 	var errs []error
 	for _, p := range w.m.Members() {
@@ -204,8 +211,99 @@ func (w *Writer) reconcileAll(ctx context.Context, lead leadership) error {
 			errs = append(errs, err)
 		}
 	}
+	if err := w.checkUnseen(ctx, lead); err != nil {
+		if errors.Is(err, errNotLeader) {
+			return err
+		}
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
+
+// gossipNodes is the set of nodes this server's gossip knows an agent of, in any state.
+func (w *Writer) gossipNodes() map[string]bool {
+	seen := map[string]bool{}
+	for _, p := range w.m.Members() {
+		if p.Meta.Role == membership.RoleAgent && p.Meta.Node != "" {
+			seen[p.Meta.Node] = true
+		}
+	}
+	return seen
+}
+
+// checkUnseen dials the host of every node recorded that this server's gossip does not know, as a
+// reachability check dials a suspect (membership.HostAnswers, at the VTEP's gossip port: any answer
+// of its kernel counts). Gossip forgets a dead member after a while, so a server started after a
+// host died never hears of it, and its record would say ALIVE for good; agents that do not know the
+// host from their own gossip would then forward to it. A host that does not answer is recorded
+// SUSPECT (if it was ALIVE) and Unreachable, which such agents withhold; once it answers again it is
+// reachable again (its status stays: its agent is not in gossip). Nodes registered without gossip
+// (RegisterNode) are checked the same way.
+func (w *Writer) checkUnseen(ctx context.Context, lead leadership) error {
+	resp, err := w.cli.Get(ctx, w.cfg.Prefix+"nodes/", clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("read nodes: %w", err)
+	}
+	seen := w.gossipNodes()
+	type probe struct {
+		name     string
+		addr     string
+		answered bool
+	}
+	var probes []*probe
+	for _, kv := range resp.Kvs {
+		n := &vxfabricv1.Node{}
+		if err := proto.Unmarshal(kv.Value, n); err != nil {
+			return fmt.Errorf("decode node %q: %w", kv.Key, err)
+		}
+		vtep, err := netip.ParseAddr(n.GetVtep())
+		if err != nil || seen[n.GetName()] {
+			continue
+		}
+		probes = append(probes, &probe{name: n.GetName(), addr: netip.AddrPortFrom(vtep, membership.DefaultPort).String()})
+	}
+	if len(probes) == 0 {
+		return nil
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, unseenDials)
+	for _, p := range probes {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			p.answered = w.m.HostAnswers(p.addr)
+		})
+	}
+	wg.Wait()
+	seen = w.gossipNodes() // a node that joined meanwhile is gossip's to write
+	var errs []error
+	for _, p := range probes {
+		if seen[p.name] {
+			continue
+		}
+		err := w.update(ctx, lead, p.name, func(cur *vxfabricv1.Node) *vxfabricv1.Node {
+			if cur == nil || cur.GetUnreachable() == !p.answered {
+				return nil // deleted meanwhile, or as it was
+			}
+			next := proto.CloneOf(cur)
+			next.Unreachable = !p.answered
+			if !p.answered && cur.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE {
+				next.Status, next.LastChange = vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT, timestamppb.Now()
+			}
+			return next
+		})
+		if errors.Is(err, errNotLeader) {
+			return err
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unseenDials bounds the dials of checkUnseen in flight.
+const unseenDials = 32
 
 func statusOf(s membership.State) vxfabricv1.NodeStatus {
 	switch s {
@@ -226,39 +324,55 @@ func (w *Writer) write(ctx context.Context, lead leadership, p membership.Peer) 
 	if p.Meta.Role != membership.RoleAgent || p.Meta.Node == "" || !p.Meta.VTEP.IsValid() {
 		return nil
 	}
-	name := p.Meta.Node
-	key := w.cfg.Prefix + "nodes/" + name
-	for {
-		resp, err := w.cli.Get(ctx, key)
-		if err != nil {
-			return fmt.Errorf("read node %q: %w", name, err)
-		}
-		if len(resp.Kvs) == 0 && (p.State == membership.StateDead || p.State == membership.StateLeft) {
+	return w.update(ctx, lead, p.Meta.Node, func(cur *vxfabricv1.Node) *vxfabricv1.Node {
+		if cur == nil && (p.State == membership.StateDead || p.State == membership.StateLeft) {
 			// Gossip remembers gone members for a while: one never recorded, or deleted since
 			// (NodeService.DeleteNode), is not recorded again until it comes back.
 			return nil
 		}
-		cur := &vxfabricv1.Node{}
-		var modRev int64
-		if len(resp.Kvs) == 1 {
-			modRev = resp.Kvs[0].ModRevision
-			if err := proto.Unmarshal(resp.Kvs[0].Value, cur); err != nil {
-				return fmt.Errorf("decode node %q: %w", name, err)
-			}
-		}
 		next := proto.CloneOf(cur)
-		next.Name, next.Vtep, next.Status, next.Version = name, p.Meta.VTEP.String(), statusOf(p.State), p.Meta.Version
+		if next == nil {
+			next = &vxfabricv1.Node{}
+		}
+		next.Name, next.Vtep, next.Status, next.Version = p.Meta.Node, p.Meta.VTEP.String(), statusOf(p.State), p.Meta.Version
 		next.Unreachable = p.Unreachable
-		// Revisions are not stored in the record (see the key schema).
-		next.AppliedRevision, next.DesiredRevision, next.Revision = 0, 0, 0
-		if modRev == 0 || cur.GetStatus() != next.GetStatus() || next.LastChange == nil {
+		if cur == nil || cur.GetStatus() != next.GetStatus() || next.LastChange == nil {
 			since := p.Since
 			if since.IsZero() {
 				since = time.Now()
 			}
 			next.LastChange = timestamppb.New(since)
 		}
-		if modRev != 0 && proto.Equal(cur, next) {
+		return next
+	})
+}
+
+// update writes nodes/<name> as change makes it from the record stored (nil when there is none),
+// while still leader; change returns nil, or a record equal to the stored one, to write nothing.
+// A record written by someone else meanwhile (RegisterNode) is read again and changed anew.
+func (w *Writer) update(ctx context.Context, lead leadership, name string, change func(cur *vxfabricv1.Node) *vxfabricv1.Node) error {
+	key := w.cfg.Prefix + "nodes/" + name
+	for {
+		resp, err := w.cli.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("read node %q: %w", name, err)
+		}
+		var cur *vxfabricv1.Node
+		var modRev int64
+		if len(resp.Kvs) == 1 {
+			modRev = resp.Kvs[0].ModRevision
+			cur = &vxfabricv1.Node{}
+			if err := proto.Unmarshal(resp.Kvs[0].Value, cur); err != nil {
+				return fmt.Errorf("decode node %q: %w", name, err)
+			}
+		}
+		next := change(cur)
+		if next == nil {
+			return nil
+		}
+		// Revisions are not stored in the record (see the key schema).
+		next.AppliedRevision, next.DesiredRevision, next.Revision = 0, 0, 0
+		if cur != nil && proto.Equal(cur, next) {
 			return nil
 		}
 		val, err := proto.Marshal(next)
@@ -268,13 +382,13 @@ func (w *Writer) write(ctx context.Context, lead leadership, p membership.Peer) 
 		tx, err := w.cli.Txn(ctx).If(
 			clientv3.Compare(clientv3.CreateRevision(lead.key), "=", lead.rev),
 			clientv3.Compare(clientv3.ModRevision(key), "=", modRev),
-		).Then(store.NodeWriteOps(w.cfg.Prefix, name, string(val), modRev == 0 || cur.GetVtep() != next.GetVtep())...).Else(clientv3.OpGet(lead.key)).Commit()
+		).Then(store.NodeWriteOps(w.cfg.Prefix, name, string(val), cur == nil || cur.GetVtep() != next.GetVtep())...).Else(clientv3.OpGet(lead.key)).Commit()
 		if err != nil {
 			return fmt.Errorf("write node %q: %w", name, err)
 		}
 		if tx.Succeeded {
 			w.writes.Inc()
-			w.log.Info("node status written", "node", name, "status", next.GetStatus().String(), "vtep", next.GetVtep())
+			w.log.Info("node status written", "node", name, "status", next.GetStatus().String(), "vtep", next.GetVtep(), "unreachable", next.GetUnreachable())
 			return nil
 		}
 		if kvs := tx.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 0 || kvs[0].CreateRevision != lead.rev {

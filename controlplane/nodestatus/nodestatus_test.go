@@ -49,6 +49,11 @@ func member(t *testing.T, role membership.Role, name string, n int, seeds []stri
 			<-ctx.Done()
 			return false
 		}
+		if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().IsLoopback() {
+			// A recorded node's VTEP (198.18.0.n): its host answers unless cut off. No dial
+			// leaves this machine.
+			return true
+		}
 		return membership.DialHost(ctx, addr)
 	}
 	cfg.BindAddr = "127.0.0.1:0"
@@ -75,7 +80,13 @@ type writer struct {
 }
 
 func startWriter(t *testing.T, cli *clientv3.Client, m *membership.Member) *writer {
+	return startWriterEvery(t, cli, m, Default().ResyncInterval)
+}
+
+// startWriterEvery is startWriter with a full reconcile every resync.
+func startWriterEvery(t *testing.T, cli *clientv3.Client, m *membership.Member, resync time.Duration) *writer {
 	cfg := Default()
+	cfg.ResyncInterval = resync
 	cfg.SessionTTL = 2
 	cfg.Registerer = prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -163,17 +174,7 @@ func TestOneLeaderWritesGossipState(t *testing.T) {
 	}
 
 	var leader, standby *writer
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: timed out", what)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	waitFor("one leader", func() bool { return value(w1.w.leader)+value(w2.w.leader) == 1 })
+	waitFor(t, "one leader", func() bool { return value(w1.w.leader)+value(w2.w.leader) == 1 })
 	leader, standby = w1, w2
 	if value(w2.w.leader) == 1 {
 		leader, standby = w2, w1
@@ -225,12 +226,12 @@ func TestOneLeaderWritesGossipState(t *testing.T) {
 	t.Cleanup(func() { cutOff.Delete(a4.LocalAddr().String()) })
 	cut := time.Now()
 	_ = a4.Shutdown()
-	waitFor("a4 recorded unreachable", func() bool { return node(t, cli, "a4").GetUnreachable() })
+	waitFor(t, "a4 recorded unreachable", func() bool { return node(t, cli, "a4").GetUnreachable() })
 	t.Logf("a cut-off host recorded unreachable %s after the cut (status %s)", time.Since(cut).Round(time.Millisecond), node(t, cli, "a4").GetStatus())
 
 	// The leader's server stops: the other takes over and records a new agent.
 	leader.stop()
-	waitFor("standby elected", func() bool { return value(standby.w.leader) == 1 })
+	waitFor(t, "standby elected", func() bool { return value(standby.w.leader) == 1 })
 	member(t, membership.RoleAgent, "a3", 13, seeds)
 	waitNode(t, cli, "a3", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 5*time.Second)
 	if n := node(t, cli, "a2"); n != nil {
@@ -288,6 +289,55 @@ func TestPluginJoinsAsServerAndWrites(t *testing.T) {
 	for _, p := range seed.Members() {
 		if p.Name == "srv" && p.State != membership.StateLeft {
 			t.Fatalf("stopped server is %s, want left", p.State)
+		}
+	}
+}
+
+// TestUnseenNodesChecked: a server started after a host died never hears of it through gossip, and
+// the host's record still says ALIVE. The writer dials the host of every node its gossip does not
+// know: one that answers keeps its record; one that does not becomes SUSPECT and Unreachable (agents
+// that do not know it from their own gossip withhold it), reachable again once it answers, and
+// ALIVE once its agent is back in gossip.
+func TestUnseenNodesChecked(t *testing.T) {
+	cli := startEtcd(t)
+	put := func(n *vxfabricv1.Node) {
+		t.Helper()
+		b, _ := proto.Marshal(n)
+		if _, err := cli.Put(context.Background(), prefix+"nodes/"+n.Name, string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	registered := timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	put(&vxfabricv1.Node{Name: "gone", Vtep: "198.18.0.50", Status: vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, LastChange: registered})
+	put(&vxfabricv1.Node{Name: "up", Vtep: "198.18.0.51", Status: vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, LastChange: registered})
+	cutOff.Store("198.18.0.50:7946", true)
+	defer cutOff.Delete("198.18.0.50:7946")
+
+	srv := member(t, membership.RoleServer, "srv", 1, nil)
+	startWriterEvery(t, cli, srv, 100*time.Millisecond)
+	gone := waitNode(t, cli, "gone", vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT, 5*time.Second)
+	if !gone.GetUnreachable() || proto.Equal(gone.GetLastChange(), registered) {
+		t.Errorf("a recorded host that does not answer: %v, want SUSPECT, unreachable, changed now", gone)
+	}
+	if up := node(t, cli, "up"); up.GetStatus() != vxfabricv1.NodeStatus_NODE_STATUS_ALIVE || up.GetUnreachable() || !proto.Equal(up.GetLastChange(), registered) {
+		t.Errorf("a recorded host that answers: %v, want its record as it was", up)
+	}
+
+	cutOff.Delete("198.18.0.50:7946")
+	waitFor(t, "the host that answers again is reachable", func() bool { return !node(t, cli, "gone").GetUnreachable() })
+	if n := node(t, cli, "gone"); n.GetStatus() != vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT {
+		t.Errorf("answering again without its agent in gossip: %v, want still SUSPECT", n)
+	}
+	member(t, membership.RoleAgent, "gone", 50, []string{srv.LocalAddr().String()})
+	waitNode(t, cli, "gone", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 10*time.Second)
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: timed out", what)
 		}
 	}
 }
