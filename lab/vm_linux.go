@@ -369,8 +369,9 @@ func (l *Lab) deleteVM(ctx context.Context, c *Client, name string, ports []*vxf
 // of its NIC's veth moves into the new host's namespace (the VM keeps its MAC, address and
 // sessions), then the port is rebound to the new host (UpdatePort), whose agent plugs the
 // interface it now finds and whose VTEP every other host's FDB learns. It returns once every port
-// is plugged on the new host. Ports already there are left alone, so a migration cut short is
-// finished by running it again.
+// is plugged on the new host; when they are not within PlugTimeout (the new host's agent is down),
+// the VM is put back where it was, as after a refusal. Ports already there are left alone, so a
+// migration cut short is finished by running it again.
 func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
 	if err := ValidateVMName(name); err != nil {
 		return VM{}, err
@@ -415,7 +416,8 @@ func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
 		vm.Ports[i] = moved
 	}
 	if err := waitPlugged(ctx, c, vm.Ports); err != nil {
-		return VM{}, fmt.Errorf("vm %q on %s: %w", name, to, err)
+		// The new host's agent is down or stuck: the VM would sit there cut off.
+		return VM{}, l.migrateBack(ctx, c, name, before, fmt.Errorf("vm %q: %s did not take it: %w", name, to, err))
 	}
 	if err := l.SyncOutsideRoutes(ctx, c, to); err != nil {
 		// The VM has moved; only the outside's way to it may be left behind (a rerun retries it).

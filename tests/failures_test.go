@@ -372,6 +372,33 @@ func TestPrivilegedLiveMigration(t *testing.T) {
 	f.reach("mg-w", m.IP(0), 2*time.Second)
 }
 
+// TestPrivilegedMigrationToAHostWithoutAgentUndone: h3's agent is stopped, so nothing plugs a VM
+// migrated there; after the plug timeout the migration fails saying the VM stays where it was, and
+// it does: bound to h1, plugged, reached.
+func TestPrivilegedMigrationToAHostWithoutAgentUndone(t *testing.T) {
+	f := newFixture(t, "e2e-mig-undo")
+	f.network("net", "10.47.0.0/24", isolated)
+	m := f.vm("mu-m", "h1", "net")
+	w := f.vm("mu-w", "h2", "net")
+	f.reach(w.Name, m.IP(0), 5*time.Second)
+	restoreOnCleanup(t, "agent", "start", "h3")
+	mustVxfab(t, "lab", "agent", "stop", "h3")
+	_, err := f.l.MigrateVM(f.ctx, m.Name, "h3")
+	if err == nil || !strings.Contains(err.Error(), "stays where it was") {
+		t.Fatalf("migrating to h3, whose agent is stopped: %v; want an error saying the VM stays where it was", err)
+	}
+	got, err := f.c.Ports.GetPort(f.ctx, &vxfabricv1.GetPortRequest{Tenant: f.tenant, Name: m.Ports[0].GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetPort().GetNode() != "h1" || !got.GetPort().GetPlugged() {
+		t.Errorf("after the undone migration the port is on %s, plugged %t; want h1, plugged", got.GetPort().GetNode(), got.GetPort().GetPlugged())
+	}
+	f.reach(w.Name, m.IP(0), 5*time.Second)
+	mustVxfab(t, "lab", "agent", "start", "h3")
+	f.waitNode("h3", vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, 15*time.Second, "once its agent started again")
+}
+
 // TestPrivilegedMigrationOntoAHostThatKnewTheVMRemote: mm-b on h2 talked to mm-q on h3, so h2's
 // bridge learned mm-q's MAC behind the tunnel; mm-q, quiet since (no IPv6 chatter), migrates to h2.
 // Its neighbours reach it at once, from another host and from h2 itself: the frames for it do not
