@@ -219,8 +219,9 @@ func TestPrivilegedHostCut(t *testing.T) {
 // TestPrivilegedServerRestartedWhileAHostIsDown: h2 is cut off while the server is stopped. The
 // restarted server's gossip never hears of h2 (memberlist passes on no death of a member it does not
 // know), so only its dials can tell that h2's record, ALIVE, is wrong: it becomes SUSPECT and
-// unreachable (or DEAD, should gossip still have passed h2 on). An agent restarted then, whose gossip does not know h2 either, takes that record and
-// programs nothing towards h2. Restored, h2 is ALIVE and reachable again.
+// unreachable (or DEAD, should gossip still have passed h2 on). An agent restarted then, whose
+// gossip does not know h2 either, takes that record and programs nothing towards h2. Restored, h2
+// is ALIVE and reachable again.
 func TestPrivilegedServerRestartedWhileAHostIsDown(t *testing.T) {
 	f := newFixture(t, "e2e-srv-cut")
 	n := f.network("net", "10.48.0.0/24", isolated)
