@@ -14,8 +14,8 @@
 //   - Unreachable (a flag of SUSPECT, DEAD and LEFT, see reach.go): the member's host's kernel does
 //     not answer TCP dials on its gossip address. SUSPECT, DEAD or LEFT, and Unreachable, is Down: a
 //     host that is cut off is Down in about a second, a host whose agent left gracefully is Down
-//     within 2 s once it stops answering too, while a paused or crashed process on a live host
-//     is never Down, even once memberlist declares it DEAD.
+//     within 2 s once it stops answering too (5 s from a minute after it left), while a paused or
+//     crashed process on a live host is never Down, even once memberlist declares it DEAD.
 //   - LEFT rather than DEAD: a member that leaves gracefully first gossips metadata with Leaving set.
 //
 // # Partitions

@@ -162,7 +162,7 @@ func (m *Member) checkReach(name string) bool {
 			m.mu.Lock()
 			dial := m.dial // read each round: a test cuts a host by replacing it, also mid-check
 			m.mu.Unlock()
-			answered, ok := m.dialRound(dial, addr, answeredOnce)
+			answered, ok := m.dialRound(m.life, dial, addr, answeredOnce) // Shutdown cancels m.life
 			if !ok {
 				return // shutting down
 			}
@@ -182,23 +182,23 @@ func (m *Member) checkReach(name string) bool {
 }
 
 // dialRound dials addr up to ReachAttempts times and reports whether the host answered; ok is false
-// when the member shuts down meanwhile. With fallback (its gossip port answered earlier in this
-// check), each dial also tries the host's ReachFallbackPort, and either answer counts.
-func (m *Member) dialRound(dial ReachDialer, addr string, fallback bool) (answered, ok bool) {
+// when ctx ends meanwhile. With fallback (its gossip port answered earlier in this check), each dial
+// also tries the host's ReachFallbackPort, and either answer counts.
+func (m *Member) dialRound(ctx context.Context, dial ReachDialer, addr string, fallback bool) (answered, ok bool) {
 	fb := ""
 	if fallback {
 		fb = fallbackAddr(addr)
 	}
 	for range m.cfg.ReachAttempts {
-		ctx, cancel := context.WithTimeout(m.life, m.cfg.ReachTimeout) // Shutdown cancels it
-		answered = dialEither(ctx, dial, addr, fb)
+		dctx, cancel := context.WithTimeout(ctx, m.cfg.ReachTimeout)
+		answered = dialEither(dctx, dial, addr, fb)
 		if !answered {
 			// A dial that fails fast (no route, host unreachable) still waits out the timeout, so that
 			// ReachAttempts unanswered dials span the same time whatever the failure.
-			<-ctx.Done()
+			<-dctx.Done()
 		}
 		cancel()
-		if m.life.Err() != nil {
+		if ctx.Err() != nil {
 			return false, false
 		}
 		if answered {
@@ -211,13 +211,16 @@ func (m *Member) dialRound(dial ReachDialer, addr string, fallback bool) (answer
 // HostAnswers reports whether the host at addr answers a reachability check as this member's checks
 // dial (Config.ReachDialer, ReachAttempts dials of ReachTimeout each): for a host this member does
 // not know from gossip, such as a node recorded before this member started whose host died
-// meanwhile. It reports true when the member shuts down meanwhile: no silence was established.
-func (m *Member) HostAnswers(addr string) bool {
+// meanwhile. It returns ctx's error when ctx ends first.
+func (m *Member) HostAnswers(ctx context.Context, addr string) (bool, error) {
 	m.mu.Lock()
 	dial := m.dial
 	m.mu.Unlock()
-	answered, ok := m.dialRound(dial, addr, false)
-	return answered || !ok
+	answered, ok := m.dialRound(ctx, dial, addr, false)
+	if !ok {
+		return false, ctx.Err()
+	}
+	return answered, nil
 }
 
 // dialEither dials a, and b too unless it is "", at the same time; either answer counts.

@@ -272,10 +272,10 @@ func TestFallbackForAFullAcceptQueue(t *testing.T) {
 		t.Fatal("the accept queue never filled")
 	}
 	m := startMember(t, "fb-a", memberOpts{})
-	if answered, _ := m.dialRound(DialHost, addr, false); answered {
+	if answered, _ := m.dialRound(m.life, DialHost, addr, false); answered {
 		t.Error("a round without the fallback answered for a full queue")
 	}
-	if answered, _ := m.dialRound(DialHost, addr, true); !answered {
+	if answered, _ := m.dialRound(m.life, DialHost, addr, true); !answered {
 		t.Error("a round with the fallback: no answer from a host whose gossip socket's queue is full")
 	}
 }

@@ -8,10 +8,9 @@
 // (a node recorded by RegisterNode keeps them). SUSPECT is the elected server's own view (see
 // package membership); DEAD and LEFT are the cluster's. Unreachable is the elected server's own
 // dials of a SUSPECT, DEAD or LEFT node's host: agents that do not know the node from gossip
-// withhold its entries on it. A node recorded that the elected server's gossip does not know at all
-// (its host died before this server started: gossip passes on no death of a member it never knew)
-// is dialled at every full reconcile, and recorded SUSPECT and Unreachable while its host answers
-// nothing (checkUnseen).
+// withhold its entries on it. The host of a node recorded that the elected server's gossip does not
+// know at all (it died before this server started: gossip passes on no death of a member it never
+// knew) is dialled too, and the node recorded Unreachable while it answers nothing (unseen.go).
 package nodestatus
 
 import (
@@ -19,8 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -155,6 +152,16 @@ func (w *Writer) lead(ctx context.Context) error {
 
 	events, cancel := w.m.Subscribe()
 	defer cancel()
+	unseenCtx, stopUnseen := context.WithCancel(ctx)
+	unseenDone := make(chan struct{})
+	go func() {
+		defer close(unseenDone)
+		w.watchUnseen(unseenCtx, lead)
+	}()
+	defer func() {
+		stopUnseen()
+		<-unseenDone
+	}()
 	resync := time.NewTicker(w.cfg.ResyncInterval)
 	defer resync.Stop()
 	retry := time.NewTimer(0) // the reconcile on election
@@ -199,8 +206,7 @@ type leadership struct {
 	rev int64
 }
 
-// reconcileAll writes every agent member's status, then checks the nodes recorded that gossip does
-// not know (checkUnseen).
+// reconcileAll writes every agent member's status.
 func (w *Writer) reconcileAll(ctx context.Context, lead leadership) error {
 	var errs []error
 	for _, p := range w.m.Members() {
@@ -211,99 +217,8 @@ func (w *Writer) reconcileAll(ctx context.Context, lead leadership) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := w.checkUnseen(ctx, lead); err != nil {
-		if errors.Is(err, errNotLeader) {
-			return err
-		}
-		errs = append(errs, err)
-	}
 	return errors.Join(errs...)
 }
-
-// gossipNodes is the set of nodes this server's gossip knows an agent of, in any state.
-func (w *Writer) gossipNodes() map[string]bool {
-	seen := map[string]bool{}
-	for _, p := range w.m.Members() {
-		if p.Meta.Role == membership.RoleAgent && p.Meta.Node != "" {
-			seen[p.Meta.Node] = true
-		}
-	}
-	return seen
-}
-
-// checkUnseen dials the host of every node recorded that this server's gossip does not know, as a
-// reachability check dials a suspect (membership.HostAnswers, at the VTEP's gossip port: any answer
-// of its kernel counts). Gossip forgets a dead member after a while, so a server started after a
-// host died never hears of it, and its record would say ALIVE for good; agents that do not know the
-// host from their own gossip would then forward to it. A host that does not answer is recorded
-// SUSPECT (if it was ALIVE) and Unreachable, which such agents withhold; once it answers again it is
-// reachable again (its status stays: its agent is not in gossip). Nodes registered without gossip
-// (RegisterNode) are checked the same way.
-func (w *Writer) checkUnseen(ctx context.Context, lead leadership) error {
-	resp, err := w.cli.Get(ctx, w.cfg.Prefix+"nodes/", clientv3.WithPrefix())
-	if err != nil {
-		return fmt.Errorf("read nodes: %w", err)
-	}
-	seen := w.gossipNodes()
-	type probe struct {
-		name     string
-		addr     string
-		answered bool
-	}
-	var probes []*probe
-	for _, kv := range resp.Kvs {
-		n := &vxfabricv1.Node{}
-		if err := proto.Unmarshal(kv.Value, n); err != nil {
-			return fmt.Errorf("decode node %q: %w", kv.Key, err)
-		}
-		vtep, err := netip.ParseAddr(n.GetVtep())
-		if err != nil || seen[n.GetName()] {
-			continue
-		}
-		probes = append(probes, &probe{name: n.GetName(), addr: netip.AddrPortFrom(vtep, membership.DefaultPort).String()})
-	}
-	if len(probes) == 0 {
-		return nil
-	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, unseenDials)
-	for _, p := range probes {
-		wg.Go(func() {
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			p.answered = w.m.HostAnswers(p.addr)
-		})
-	}
-	wg.Wait()
-	seen = w.gossipNodes() // a node that joined meanwhile is gossip's to write
-	var errs []error
-	for _, p := range probes {
-		if seen[p.name] {
-			continue
-		}
-		err := w.update(ctx, lead, p.name, func(cur *vxfabricv1.Node) *vxfabricv1.Node {
-			if cur == nil || cur.GetUnreachable() == !p.answered {
-				return nil // deleted meanwhile, or as it was
-			}
-			next := proto.CloneOf(cur)
-			next.Unreachable = !p.answered
-			if !p.answered && cur.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_ALIVE {
-				next.Status, next.LastChange = vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT, timestamppb.Now()
-			}
-			return next
-		})
-		if errors.Is(err, errNotLeader) {
-			return err
-		}
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// unseenDials bounds the dials of checkUnseen in flight.
-const unseenDials = 32
 
 func statusOf(s membership.State) vxfabricv1.NodeStatus {
 	switch s {
