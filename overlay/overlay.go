@@ -11,8 +11,13 @@
 //  4. the all-zero-MAC flood entries, one per remote VTEP (head-end replication, no underlay multicast),
 //     so that a new flood target never sees frames for MACs we have not pinned yet;
 //  5. neighbour entries for remote ports on the vxlan device (ARP suppression with the vxlan proxy flag);
-//  6. local ports (the VM NICs' host interfaces) enslaved to the bridge, with port security;
-//  7. per mode: the gateway address on the bridge, forwarding, NAT in our own nftables table.
+//  6. local ports (the VM NICs' host interfaces) enslaved to the bridge, with port security: a port
+//     sends from its own MAC, IPv4 from its own address and ARP about it, and nothing else (no
+//     IPv6, no VLAN tags, no DHCP server's answers); an entry the bridge learned for a local port's
+//     MAC on the vxlan port (the VM was remote before it came here) is deleted;
+//  7. per mode: the gateway address on the bridge, forwarding, NAT in our own nftables table; and
+//     the underlay filter: VXLAN only from a known VTEP to this host's VTEP, never through one of
+//     our bridges, and no way through a bridged network's bridge into this host or its underlay.
 //
 // Reconcile reads what the kernel reports, diffs it against the desired state and writes only the
 // difference: add before delete, never flush, and never touch an object that is not ours (every

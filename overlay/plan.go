@@ -440,6 +440,7 @@ const (
 	FieldIP6SaddrSet                  // Name: an ipv6 set
 	FieldIPDaddrSet                   // Name: an ipv4 set
 	FieldIP6DaddrSet                  // Name: an ipv6 set
+	FieldUDPSport                     // Num
 )
 
 // Match is one condition of a rule.
@@ -493,6 +494,8 @@ func (m Match) String() string {
 		return "ip daddr" + op + prefixText(m.Prefix)
 	case FieldUDPDport:
 		return fmt.Sprintf("udp dport%s%d", op, m.Num)
+	case FieldUDPSport:
+		return fmt.Sprintf("udp sport%s%d", op, m.Num)
 	case FieldICMPType:
 		if m.Num == 8 {
 			return "icmp type" + op + "echo-request"
@@ -593,9 +596,14 @@ func NftPlan(d DesiredState) []NftChain {
 	udp := Match{Field: FieldUDPDport, Num: VXLANPort}
 	ct := Match{Field: FieldCtState}
 	if !d.DisableUnderlayFilter {
+		// VXLAN from a known VTEP to this host's VTEP, and not through one of our bridges. The
+		// kernel's VXLAN socket takes a packet to any address of the host, and a source address
+		// proves little: a VM's packet masqueraded by its host carries that host's VTEP as its
+		// source (to a gateway address of another host), and a frame from a bridged LAN may carry
+		// any (to this host's VTEP, through the bridge that holds the LAN). VTEPs are IPv4 only.
 		input.Rules = append(input.Rules,
-			Rule{Matches: []Match{udp, {Field: FieldIPSaddrSet, Name: VTEPSet4}}, Verdict: Accept},
-			Rule{Matches: []Match{udp, {Field: FieldIP6SaddrSet, Name: VTEPSet6}}, Verdict: Accept},
+			Rule{Matches: []Match{udp, notIIF(BridgePrefix + "*"), {Field: FieldIPDaddr, Prefix: host(d.Underlay.VTEP)},
+				{Field: FieldIPSaddrSet, Name: VTEPSet4}}, Verdict: Accept},
 			Rule{Matches: []Match{udp}, Counter: true, Verdict: Drop},
 		)
 	}
@@ -606,6 +614,21 @@ func NftPlan(d DesiredState) []NftChain {
 		Rule{Matches: []Match{iif(BridgePrefix + "*"), notOIF(BridgePrefix + "*"), {Field: FieldIP6DaddrSet, Name: InfraSet6}}, Counter: true, Verdict: Drop})
 	for _, n := range d.Networks {
 		br := BridgeName(n.VNI)
+		if n.Mode == ModeBridged {
+			// Another host's LAN: to this host the bridge is a switch it is no part of. On the
+			// uplink's host the bridge holds the LAN's addresses, as the NIC did: the host's own
+			// traffic there is its business, but it does not route the LAN into the underlay.
+			if n.Uplink == "" {
+				input.Rules = append(input.Rules, Rule{Matches: []Match{iif(br)}, Counter: true, Verdict: Drop})
+				forward.Rules = append(forward.Rules,
+					Rule{Matches: []Match{iif(br), notOIF(br)}, Counter: true, Verdict: Drop},
+					Rule{Matches: []Match{oif(br), notIIF(br)}, Counter: true, Verdict: Drop})
+			} else if d.Underlay.Interface != "" {
+				forward.Rules = append(forward.Rules,
+					Rule{Matches: []Match{iif(br), oif(d.Underlay.Interface)}, Counter: true, Verdict: Drop},
+					Rule{Matches: []Match{iif(d.Underlay.Interface), oif(br)}, Counter: true, Verdict: Drop})
+			}
+		}
 		if n.Mode != ModeBridged {
 			input.Rules = append(input.Rules, Rule{Matches: []Match{iif(br), ct}, Verdict: Accept})
 			if n.HasGateway() {
@@ -655,24 +678,31 @@ func portChains(d DesiredState) []NftChain {
 		return nil
 	}
 	arp, ip := Match{Field: FieldEtherType, Num: 0x0806}, Match{Field: FieldEtherType, Num: 0x0800}
+	notARP, notIP := arp, ip
+	notARP.Neg, notIP.Neg = true, true
 	drop := JumpTo(PortDropChain)
+	unspecified := host(netip.IPv4Unspecified())
 	var chains []NftChain
 	for _, n := range d.Networks {
 		for _, p := range n.Ports {
 			rules := []Rule{
 				{Matches: []Match{{Field: FieldEtherSaddr, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: drop},
-				// A VM sends untagged frames: in a tagged one the ARP and IP rules below would read
-				// the tag's ether type and let any sender address through.
-				{Matches: []Match{{Field: FieldEtherType, Num: 0x8100}}, Counter: true, Verdict: drop},
-				{Matches: []Match{{Field: FieldEtherType, Num: 0x88a8}}, Counter: true, Verdict: drop},
+				// A port has an IPv4 address: it sends IPv4 and ARP, nothing else. Not IPv6, whose
+				// router advertisements and addresses nothing here checks; not VLAN-tagged frames,
+				// in which the rules below would read the tag's ether type and let any sender through.
+				{Matches: []Match{notIP, notARP}, Counter: true, Verdict: drop},
 				{Matches: []Match{arp, {Field: FieldARPSha, Neg: true, MAC: p.MAC}}, Counter: true, Verdict: drop},
 			}
 			if p.IP.Is4() {
 				self := host(p.IP)
 				rules = append(rules,
-					Rule{Matches: []Match{arp, {Field: FieldARPSpa, Neg: true, Prefix: self}}, Counter: true, Verdict: drop},
+					// 0.0.0.0: an address conflict probe (RFC 5227), which no neighbour learns from.
+					Rule{Matches: []Match{arp, {Field: FieldARPSpa, Neg: true, Prefix: self}, {Field: FieldARPSpa, Neg: true, Prefix: unspecified}},
+						Counter: true, Verdict: drop},
 					Rule{Matches: []Match{ip, {Field: FieldIPSaddr, Neg: true, Prefix: self}}, Counter: true, Verdict: drop})
 			}
+			// A VM is no DHCP server to its neighbours.
+			rules = append(rules, Rule{Matches: []Match{ip, {Field: FieldUDPSport, Num: 67}}, Counter: true, Verdict: drop})
 			chains = append(chains, NftChain{Family: "netdev", Name: PortChain(p.Interface), Type: "filter",
 				Hook: "ingress", Device: p.Interface, Priority: 0, Rules: rules})
 		}

@@ -902,7 +902,13 @@ func (r *run) ensureEntries(n overlay.Network, vx netlink.Link) {
 		defer wg.Done()
 		neigh = syncNeigh(r.d.h2, r.d.dump2, n, vx.Attrs().Index)
 	}()
-	fdb = syncFDB(r.d.h, r.d.dump1, n, vx.Attrs().Index)
+	local := make(map[macKey]bool, len(n.Ports))
+	for _, p := range n.Ports {
+		if r.links[p.Interface] != nil {
+			local[keyOf(p.MAC)] = true
+		}
+	}
+	fdb = syncFDB(r.d.h, r.d.dump1, n, vx.Attrs().Index, local)
 	wg.Wait()
 	for _, e := range []entryResult{fdb, neigh} {
 		r.res.Changes = append(r.res.Changes, e.changes...)

@@ -84,18 +84,15 @@ func deleteEntry(h *netlink.Handle, res *entryResult, obj string, n *netlink.Nei
 // from frames that came through the tunnel. Those are the bridge's, except one for a local port's
 // MAC: the VM was behind the tunnel before it came to this host (a migration), and until it sends a
 // frame itself, or the entry ages out (300 s), the bridge would keep sending its frames into the
-// tunnel, where nobody has it any more. Such an entry is deleted; the bridge then floods the VM's
-// frames to its ports, the VM's among them, until it learns the VM's port.
-func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxIndex int) entryResult {
+// tunnel, where nobody has it any more. Such an entry is deleted, for the MACs in local: the local
+// ports whose interfaces exist (the VM is here); the bridge then floods the VM's frames to its
+// ports, the VM's among them, until it learns the VM's port.
+func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxIndex int, local map[macKey]bool) entryResult {
 	var res entryResult
 	dev := overlay.VxlanName(n.VNI)
 	type fdbState struct {
 		vtep netip.Addr
 		perm bool
-	}
-	local := make(map[macKey]bool, len(n.Ports))
-	for _, p := range n.Ports {
-		local[keyOf(p.MAC)] = true
 	}
 	var have map[macKey]fdbState
 	var haveFlood map[netip.Addr]bool
@@ -110,8 +107,11 @@ func syncFDB(h *netlink.Handle, dump *nl.SocketHandle, n overlay.Network, vxInde
 		}
 		if e.flags&unix.NTF_SELF == 0 {
 			// The bridge's entry for the port (the kernel names its bridge in NDA_MASTER and sets
-			// no NTF_SELF); NUD_PERMANENT: the port's own address, not a learned one.
-			if k := macKey(e.lladdr); local[k] && e.state&unix.NUD_PERMANENT == 0 {
+			// no NTF_SELF). Only what it learned (reachable or stale) is stale here: not the port's
+			// own address (permanent), nor an entry someone added (static, or learned by another
+			// controller).
+			learned := e.state&(unix.NUD_REACHABLE|unix.NUD_STALE) != 0 && e.flags&unix.NTF_EXT_LEARNED == 0
+			if k := macKey(e.lladdr); local[k] && learned {
 				stale = append(stale, k)
 			}
 			return

@@ -311,3 +311,34 @@ func portDrops(t *testing.T, ns *nstest.NS) map[string]uint64 {
 	}
 	return drops
 }
+
+// ruleCount reads the packet counter of the rule of ours whose text is text, in chain of family.
+func ruleCount(t *testing.T, ns *nstest.NS, family, chain, text string) uint64 {
+	t.Helper()
+	out := ns.MustRun(t, "nft", "-j", "list", "chain", family, overlay.TableName, chain)
+	var doc struct {
+		Nftables []struct {
+			Rule *struct {
+				Comment string           `json:"comment"`
+				Expr    []map[string]any `json:"expr"`
+			} `json:"rule"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("nft -j list chain %s %s: %v", family, chain, err)
+	}
+	for _, o := range doc.Nftables {
+		if o.Rule == nil || o.Rule.Comment != text {
+			continue
+		}
+		for _, e := range o.Rule.Expr {
+			if c, ok := e["counter"].(map[string]any); ok {
+				n, _ := c["packets"].(float64)
+				return uint64(n)
+			}
+		}
+		t.Fatalf("rule %q of %s %s has no counter", text, family, chain)
+	}
+	t.Fatalf("no rule %q in %s %s:\n%s", text, family, chain, out)
+	return 0
+}

@@ -388,6 +388,8 @@ func TestPrivilegedOverlay(t *testing.T) {
 			tagged   bool // in an 802.1Q frame: the ARP rules read ether type 0x8100 and pass it
 		}{
 			{"own addresses", r1.mac, r1.ip, true, false},
+			// An address conflict probe (RFC 5227) has no sender address; no neighbour learns from it.
+			{"no sender IP (a probe)", r1.mac, netip.IPv4Unspecified(), true, false},
 			// The Ethernet source is r1's own MAC and ARP is not IP: only the ARP rules can drop these.
 			{"another sender IP", r1.mac, foreignIP, false, false},
 			{"another sender MAC", foreignMAC, r1.ip, false, false},
@@ -418,6 +420,44 @@ func TestPrivilegedOverlay(t *testing.T) {
 		}
 	})
 
+	// A port sends IPv4 and ARP only: not IPv6 (a router advertisement would give its neighbours
+	// a default route through it; nothing checks IPv6 addresses), and no DHCP server's answers,
+	// even from its own addresses.
+	t.Run("PortSecurityIPv4Only", func(t *testing.T) {
+		r1 := l.vms["r1"]
+		before := portDrops(t, l.hosts[r1.host])["r1"]
+		ra := slices.Concat([]byte{0x33, 0x33, 0, 0, 0, 1}, r1.mac, []byte{0x86, 0xdd},
+			[]byte{0x60, 0, 0, 0, 0, 16, 58, 255}, // IPv6: payload 16 bytes of ICMPv6, hop limit 255
+			netip.MustParseAddr("fe80::dead:1").AsSlice(), netip.MustParseAddr("ff02::1").AsSlice(),
+			[]byte{134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0}) // router advertisement
+		dhcp := slices.Concat([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, r1.mac, []byte{0x08, 0x00},
+			ipv4Header(r1.ip, netip.MustParseAddr("255.255.255.255"), 17, 8+4),
+			[]byte{0, 67, 0, 68, 0, 12, 0, 0, 2, 1, 6, 0}) // UDP 67 -> 68, a BOOTREPLY's first bytes
+		for _, tc := range []struct {
+			name  string
+			frame []byte
+		}{{"an IPv6 router advertisement", ra}, {"a DHCP answer", dhcp}} {
+			c, err := l.hosts[r1.host].StartInboundCapture("vxbr300", func(f []byte) bool {
+				return len(f) >= 14 && string(f[6:12]) == string(r1.mac) && string(f[12:]) == string(tc.frame[12:])
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				if err := r1.ns.SendFrame("eth0", tc.frame); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+			if n, _ := c.Stop(); n != 0 {
+				t.Errorf("%s from r1: the host's bridge received %d of the 3 sent", tc.name, n)
+			}
+		}
+		if got := portDrops(t, l.hosts[r1.host])["r1"] - before; got != 6 {
+			t.Errorf("port r1 sent 6 frames port security drops, port_drops counted %d more", got)
+		}
+	})
+
 	t.Run("UnderlayFilter", func(t *testing.T) {
 		// The rogue speaks VXLAN 101 to h1 from a VTEP that is not in h1's desired state.
 		r := l.rogue
@@ -435,8 +475,70 @@ func TestPrivilegedOverlay(t *testing.T) {
 		if n := l.received(t, "a1", func() { r.Ping("10.10.0.1", 3, "0.05") }); n == 0 {
 			t.Error("control: a1 received nothing from a known VTEP either; the check proves nothing")
 		}
+		// A known VTEP's VXLAN to another address of h1 (its nat gateway): the kernel's VXLAN socket
+		// would take it (a VM's packet masqueraded by its host looks so), the filter does not.
+		const vxlanDrop = "udp dport 4789 counter drop"
+		r.MustRun(t, "ip", "route", "add", "10.20.0.1/32", "via", "198.18.0.1")
+		r.MustRun(t, "bridge", "fdb", "del", "00:00:00:00:00:00", "dev", "vxr", "dst", "198.18.0.1")
+		r.MustRun(t, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxr", "dst", "10.20.0.1")
+		before := ruleCount(t, l.hosts[0], "inet", "input", vxlanDrop)
+		// Broadcast pings: flooded whatever the rogue's neighbour table holds.
+		if n := l.received(t, "a1", func() { r.Ping("10.10.0.255", 3, "0.05", "-b") }); n != 0 {
+			t.Errorf("a1 received %d frames sent by a known VTEP to another address of its host", n)
+		}
+		if got := ruleCount(t, l.hosts[0], "inet", "input", vxlanDrop) - before; got == 0 {
+			t.Error("the underlay filter dropped none of the packets to another address of the host")
+		}
 		delete(l.extraFlood, 101)
 		l.apply(0)
+
+		// From the bridged LAN behind h1's uplink, with h2's VTEP as source and h1's as
+		// destination: it reaches h1 through the bridge that holds the LAN, not the underlay.
+		lan := l.lan
+		lan.MustRun(t, "ip", "addr", "add", "198.18.0.2/32", "dev", "eth0")
+		lan.MustRun(t, "ip", "route", "add", "198.18.0.1/32", "via", "192.168.50.1", "src", "198.18.0.2")
+		lan.MustRun(t, "ip", "link", "add", "vxl", "type", "vxlan", "id", "101", "local", "198.18.0.2", "dstport", "4789", "nolearning")
+		lan.MustRun(t, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vxl", "dst", "198.18.0.1")
+		lan.MustRun(t, "ip", "addr", "add", "10.10.0.78/24", "dev", "vxl")
+		lan.MustRun(t, "ip", "link", "set", "vxl", "up")
+		defer func() {
+			lan.Run("ip", "link", "del", "vxl")
+			lan.Run("ip", "route", "del", "198.18.0.1/32")
+			lan.Run("ip", "addr", "del", "198.18.0.2/32", "dev", "eth0")
+		}()
+		before = ruleCount(t, l.hosts[0], "inet", "input", vxlanDrop)
+		if n := l.received(t, "a1", func() { lan.Ping("10.10.0.255", 3, "0.05", "-b") }); n != 0 {
+			t.Errorf("a1 received %d frames sent from the bridged LAN in a known VTEP's name", n)
+		}
+		if got := ruleCount(t, l.hosts[0], "inet", "input", vxlanDrop) - before; got == 0 {
+			t.Error("the underlay filter dropped none of the packets from the bridged LAN")
+		}
+	})
+
+	// h2 holds network 400's bridge, whose LAN is behind h1's uplink: to h2 it is a switch it is no
+	// part of. A VM there that takes h2's bridge for its router reaches neither h2 nor, through h2,
+	// the underlay.
+	t.Run("BridgedBridgeIsNoWayIntoAnotherHost", func(t *testing.T) {
+		l2 := l.vms["l2"].ns
+		br, err := l.dps[1].h.LinkByName("vxbr400")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l2.MustRun(t, "ip", "neigh", "replace", "192.168.50.98", "lladdr", br.Attrs().HardwareAddr.String(), "dev", "eth0", "nud", "permanent")
+		l2.MustRun(t, "ip", "route", "add", "198.18.0.0/24", "via", "192.168.50.98")
+		defer l2.Run("ip", "route", "del", "198.18.0.0/24")
+		inputDrop, forwardDrop := "iifname 'vxbr400' counter drop", "iifname 'vxbr400' oifname != 'vxbr400' counter drop"
+		in, fwd := ruleCount(t, l.hosts[1], "inet", "input", inputDrop), ruleCount(t, l.hosts[1], "inet", "forward", forwardDrop)
+		if got := l2.Ping("198.18.0.2", 2, "0.05"); got != 0 {
+			t.Errorf("l2 reached h2's underlay address through h2's bridge: %d replies", got)
+		}
+		l2.Ping("198.18.0.100", 2, "0.05")
+		if got := ruleCount(t, l.hosts[1], "inet", "input", inputDrop) - in; got < 2 {
+			t.Errorf("h2 dropped %d of l2's 2 pings to its own address, want 2", got)
+		}
+		if got := ruleCount(t, l.hosts[1], "inet", "forward", forwardDrop) - fwd; got < 2 {
+			t.Errorf("h2 dropped %d of l2's 2 pings routed through it to the underlay, want 2", got)
+		}
 	})
 
 	t.Run("AdoptionWithoutLoss", func(t *testing.T) {
@@ -1117,4 +1219,19 @@ func TestPrivilegedMigratedVMReachedAtOnce(t *testing.T) {
 	if res := l.apply(0); len(res.Changes) != 0 {
 		t.Errorf("second apply on h1: changes\n%s", changeText(res))
 	}
+}
+
+// ipv4Header is an IPv4 header without options, with its checksum, for a payload of n bytes.
+func ipv4Header(src, dst netip.Addr, proto byte, n int) []byte {
+	h := []byte{0x45, 0, byte((20 + n) >> 8), byte(20 + n), 0, 0, 0, 0, 64, proto, 0, 0}
+	h = slices.Concat(h, src.AsSlice(), dst.AsSlice())
+	var sum uint32
+	for i := 0; i < len(h); i += 2 {
+		sum += uint32(h[i])<<8 | uint32(h[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	h[10], h[11] = byte(^sum>>8), byte(^sum)
+	return h
 }

@@ -730,9 +730,13 @@ func ruleExprs(fam nftables.TableFamily, rule overlay.Rule, sets map[string]*nft
 			needProto(unix.NFPROTO_IPV4)
 			load(expr.PayloadBaseNetworkHeader, 16, 4)
 			prefix(op, m.Prefix)
-		case overlay.FieldUDPDport:
+		case overlay.FieldUDPDport, overlay.FieldUDPSport:
+			off := uint32(2)
+			if m.Field == overlay.FieldUDPSport {
+				off = 0
+			}
 			l4(unix.IPPROTO_UDP)
-			load(expr.PayloadBaseTransportHeader, 2, 2)
+			load(expr.PayloadBaseTransportHeader, off, 2)
 			cmp(op, binaryutil.BigEndian.PutUint16(m.Num))
 		case overlay.FieldICMPType:
 			needProto(unix.NFPROTO_IPV4)
