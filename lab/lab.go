@@ -55,6 +55,9 @@ var (
 	// LANPool is the allocation pool of the lab's bridged networks: the part of the LAN that is the
 	// fabric's to give (the LAN's own hosts, LANAddr, are below it).
 	LANPool = "192.168.77.100-192.168.77.199"
+	// LANMTU is the LAN's MTU: a bridged network's, as it must be (the server's default underlay
+	// MTU, 1500, less VXLAN's 50), or frames from the LAN larger than the network's are dropped.
+	LANMTU = 1450
 )
 
 const (

@@ -179,3 +179,15 @@ func statNS(path string) (nsID, bool) {
 	}
 	return nsID{dev: st.Dev, ino: st.Ino}, true
 }
+
+// writeSysctls sets sysctls (paths under /proc/sys/, values) inside the named namespace.
+func writeSysctls(ns string, values [][2]string) error {
+	return inNamespace(ns, func() error {
+		for _, v := range values {
+			if err := os.WriteFile(filepath.Join("/proc/sys", v[0]), []byte(v[1]), 0o644); err != nil {
+				return fmt.Errorf("namespace %q: set %s to %s: %w", ns, v[0], v[1], err)
+			}
+		}
+		return nil
+	})
+}

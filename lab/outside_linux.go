@@ -4,25 +4,46 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"syscall"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
-// The outside reaches a routed network through a static route to one lab host that has a port of
-// it, as a router in front of a real fabric would be configured (see the lab README). Ports come,
-// move and go, through the lab's vm commands or straight through the API, so the lab does not
-// track the route per operation: it compares every routed network's route with where the
-// network's ports are, after each vm command and on each lab status.
+// The outside reaches a routed network as a router in front of a real fabric would be set up to
+// (see the lab README): a static route to the network through one lab host with a port of it, and
+// a host route (/32) to each of its VMs on another host, through that host. A routed network's
+// gateway is on every host with a port of it, but the distributed gateway's frames never cross the
+// overlay, so a host delivers only to its own VMs, and the answers of a VM elsewhere come back to
+// that VM's host only through its host route. Ports come, move and go, through the lab's vm
+// commands or straight through the API, so the lab does not track the routes per operation: it
+// compares every routed network's routes with where the network's ports are, after each vm command
+// and on each lab status, one command at a time.
 
-// SyncOutsideRoutes points the outside's static route to every routed network at a lab host with a
-// port of it: the route's host while it has one, else prefer (a VM's new host) when it has one,
-// else the first such host by name; with no port on a lab host the route goes. Routes through an
-// address that is not a lab host's are someone else's and stay, as do routes to networks of other
-// modes (the demo routes a nat network on purpose).
+// routeProtocol marks the routes the lab writes into the outside (rtnetlink's protocol field; 118,
+// "v", is assigned to nothing), so that a route of someone else's is never changed or removed.
+const routeProtocol = netlink.RouteProtocol(118)
+
+// SyncOutsideRoutes brings the outside's routes to routed networks in line with where their ports
+// are. The network's route goes through its host while it has a port of the network, else through
+// prefer (a VM's new host) when it has one, else through the first such host by name; with no port
+// on a lab host it goes. A route to the network through an address that is not a lab host's is
+// someone else's: that network is left alone. Routes the lab wrote to networks that are gone, and
+// host routes to ports that are gone, go. Routes to networks of other modes stay (the demo routes a
+// nat network on purpose).
 func (l *Lab) SyncOutsideRoutes(ctx context.Context, c *Client, prefer string) error {
+	unlock, err := l.lockRoutes(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	nets, err := c.Networks.ListNetworks(ctx, &vxfabricv1.ListNetworksRequest{})
@@ -37,56 +58,96 @@ func (l *Lab) SyncOutsideRoutes(ctx context.Context, c *Client, prefer string) e
 }
 
 func (l *Lab) syncOutsideRoutes(nets []*vxfabricv1.Network, ports []*vxfabricv1.Port, prefer string) error {
-	hostsOf := map[string][]string{} // tenant/network: the lab hosts with a port of it
+	if !namespaceExists(l.Namespace(RoleOutside)) {
+		return nil // a lab of the API alone (tests): no outside to route
+	}
+	h, err := l.Handle(RoleOutside)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("%s: list routes: %w", RoleOutside, err)
+	}
+	have := map[netip.Prefix]netip.Addr{} // every route with a gateway, by destination
+	ours := map[netip.Prefix]bool{}       // those the lab wrote
+	for _, r := range routes {
+		dst, ok := routeDst(r)
+		gw, okGw := netip.AddrFromSlice(r.Gw)
+		if !ok || !okGw {
+			continue
+		}
+		have[dst] = gw.Unmap()
+		ours[dst] = ours[dst] || r.Protocol == routeProtocol
+	}
+
+	portsOf := map[string][]*vxfabricv1.Port{} // tenant/network: its ports on lab hosts
 	for _, p := range ports {
 		if slices.Contains(l.Hosts(), p.GetNode()) {
 			k := p.GetTenant() + "/" + p.GetNetwork()
-			if !slices.Contains(hostsOf[k], p.GetNode()) {
-				hostsOf[k] = append(hostsOf[k], p.GetNode())
+			portsOf[k] = append(portsOf[k], p)
+		}
+	}
+	want := map[netip.Prefix]netip.Addr{}
+	keep := map[netip.Prefix]bool{}
+	for _, n := range nets {
+		cidr, err := netip.ParsePrefix(n.GetCidr())
+		if err != nil {
+			continue
+		}
+		if n.GetMode() != vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED {
+			keep[cidr] = true
+			continue
+		}
+		cur := ""
+		if via, ok := have[cidr]; ok {
+			if cur = l.hostWithAddr(via); cur == "" {
+				continue // someone else's route
+			}
+		}
+		var hosts []string
+		for _, p := range portsOf[n.GetTenant()+"/"+n.GetName()] {
+			if !slices.Contains(hosts, p.GetNode()) {
+				hosts = append(hosts, p.GetNode())
+			}
+		}
+		main := outsideRouteHost(cur, hosts, prefer)
+		if main == "" {
+			continue
+		}
+		want[cidr] = l.hostAddr(main)
+		for _, p := range portsOf[n.GetTenant()+"/"+n.GetName()] {
+			if ip, err := netip.ParseAddr(p.GetIp()); err == nil && p.GetNode() != main && cidr.Contains(ip) {
+				want[netip.PrefixFrom(ip, 32)] = l.hostAddr(p.GetNode())
 			}
 		}
 	}
+
 	var errs []error
-	for _, n := range nets {
-		if n.GetMode() != vxfabricv1.NetworkMode_NETWORK_MODE_ROUTED {
+	for _, dst := range sortedPrefixes(want) {
+		via := want[dst]
+		if got, ok := have[dst]; ok && got == via {
 			continue
 		}
-		name := n.GetTenant() + "/" + n.GetName()
-		if err := l.syncOutsideRoute(name, n.GetCidr(), hostsOf[name], prefer); err != nil {
-			errs = append(errs, fmt.Errorf("the outside's route to %s: %w", name, err))
+		if got, ok := have[dst]; ok && !ours[dst] && l.hostWithAddr(got) == "" {
+			continue // a host route of someone else's
+		}
+		l.log.Info("lab: the outside's route to a routed network or VM", "dst", dst, "via", via)
+		if err := l.RouteReplace(RoleOutside, dst, via); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, dst := range sortedPrefixes(have) {
+		if _, wanted := want[dst]; wanted || keep[dst] || !ours[dst] {
+			continue
+		}
+		l.log.Info("lab: the outside's route to a network or VM that is gone", "dst", dst)
+		if err := l.RouteDelete(RoleOutside, dst); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// syncOutsideRoute is SyncOutsideRoutes for one routed network, whose ports are on hosts.
-func (l *Lab) syncOutsideRoute(network, cidr string, hosts []string, prefer string) error {
-	dst, err := netip.ParsePrefix(cidr)
-	if err != nil {
-		return err
-	}
-	via, routed, err := l.RouteVia(RoleOutside, dst)
-	if err != nil {
-		return err
-	}
-	cur := ""
-	if routed {
-		if cur = l.hostWithAddr(via); cur == "" {
-			return nil // not through a lab host: someone else's route
-		}
-	}
-	want := outsideRouteHost(cur, hosts, prefer)
-	switch {
-	case want == cur:
-		return nil
-	case want == "":
-		l.log.Info("lab: the outside's route to a routed network goes with its last port", "network", network, "cidr", dst)
-		return l.RouteDelete(RoleOutside, dst)
-	}
-	i, _ := HostIndex(want)
-	l.log.Info("lab: the outside reaches a routed network through a host with a port of it", "network", network,
-		"cidr", dst, "from", cur, "to", want)
-	return l.RouteReplace(RoleOutside, dst, HostAddr(i))
 }
 
 // outsideRouteHost is the lab host the outside's route to a routed network goes through, given the
@@ -107,9 +168,70 @@ func outsideRouteHost(cur string, hosts []string, prefer string) string {
 // hostWithAddr is the lab host whose underlay address is a ("" when none is).
 func (l *Lab) hostWithAddr(a netip.Addr) string {
 	for _, h := range l.Hosts() {
-		if i, ok := HostIndex(h); ok && HostAddr(i) == a {
+		if l.hostAddr(h) == a {
 			return h
 		}
 	}
 	return ""
+}
+
+// hostAddr is the underlay address of lab host h.
+func (l *Lab) hostAddr(h string) netip.Addr {
+	i, _ := HostIndex(h)
+	return HostAddr(i)
+}
+
+func routeDst(r netlink.Route) (netip.Prefix, bool) {
+	if r.Dst == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(r.Dst.IP)
+	ones, bits := r.Dst.Mask.Size()
+	if !ok || bits != net.IPv4len*8 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+func sortedPrefixes[V any](m map[netip.Prefix]V) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(m))
+	for p := range m {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return out
+}
+
+// lockRoutes makes the commands that change the outside's routes take turns (a status reading the
+// ports just before a migration rebinds them must not point a route back at the VM's old host): an
+// exclusive flock of the lab's routes.lock, waited for until ctx ends.
+func (l *Lab) lockRoutes(ctx context.Context) (unlock func(), err error) {
+	if err := os.MkdirAll(l.runDir(), 0o755); err != nil {
+		return nil, fmt.Errorf("lab %q: %w", l.cfg.Name, err)
+	}
+	f, err := os.OpenFile(filepath.Join(l.runDir(), "routes.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lab %q: %w", l.cfg.Name, err)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lab %q: lock routes.lock: %w", l.cfg.Name, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("lab %q: waiting for another command changing routes: %w", l.cfg.Name, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

@@ -85,9 +85,9 @@ func modeName(m vxfabricv1.NetworkMode) string {
 }
 
 // Status reads the lab from the kernel, its processes and the API. It does not fail: what cannot
-// be read is listed in Errors. With the API's networks and ports at hand, it also brings the
-// outside's routes to routed networks up to date (see SyncOutsideRoutes), for ports created, moved
-// or deleted through the API rather than the lab's vm commands.
+// be read is listed in Errors. While the API answers, it also brings the outside's routes to routed
+// networks up to date (SyncOutsideRoutes), for ports created, moved or deleted through the API
+// rather than the lab's vm commands.
 func (l *Lab) Status(ctx context.Context) Status {
 	st := Status{Name: l.cfg.Name, Dir: l.Dir()}
 	st.Server = ServerStatus{
@@ -192,8 +192,9 @@ func (l *Lab) apiStatus(ctx context.Context, st *Status, vms map[string]*VMStatu
 	for _, vm := range vms {
 		sort.Slice(vm.NICs, func(i, j int) bool { return vm.NICs[i].Index < vm.NICs[j].Index })
 	}
-	if err := l.syncOutsideRoutes(nets.GetNetworks(), ports.GetPorts(), ""); err != nil {
-		st.Errors = append(st.Errors, err.Error())
+	if err := l.SyncOutsideRoutes(ctx, c, ""); err != nil {
+		// Not a failure to read the lab: what Status is for still holds.
+		l.log.Warn("lab: the outside's routes to routed networks", "err", err)
 	}
 	return nil
 }

@@ -30,6 +30,8 @@ type wire struct {
 	// mac of the endpoint is fixed, so that a cable made again (repaired) keeps the MAC its
 	// neighbours have cached.
 	mac net.HardwareAddr
+	// mtu of both ends; 0 leaves the default.
+	mtu int
 }
 
 // addrMAC derives a locally administered MAC from an IPv4 address: 02:00:a:b:c:d.
@@ -47,7 +49,7 @@ func (l *Lab) wires() []wire {
 		{switchEnd: "out-ul", bridge: underlayBridge, ns: l.Namespace(RoleOutside), nsEnd: UnderlayIface,
 			addr: netip.PrefixFrom(OutsideAddr, UnderlayPrefix.Bits()), mac: addrMAC(OutsideAddr)},
 		{switchEnd: "lan-lan", bridge: lanBridge, ns: l.Namespace(RoleLAN), nsEnd: LANIface,
-			addr: netip.PrefixFrom(LANAddr, LANPrefix.Bits()), mac: addrMAC(LANAddr)},
+			addr: netip.PrefixFrom(LANAddr, LANPrefix.Bits()), mac: addrMAC(LANAddr), mtu: LANMTU},
 	}
 	for i := 1; i <= l.cfg.Hosts; i++ {
 		h := HostName(i)
@@ -55,7 +57,7 @@ func (l *Lab) wires() []wire {
 			wire{switchEnd: hostUnderlayPort(h), bridge: underlayBridge, ns: l.Namespace(h), nsEnd: UnderlayIface,
 				addr: netip.PrefixFrom(HostAddr(i), UnderlayPrefix.Bits()), mac: addrMAC(HostAddr(i))},
 			wire{switchEnd: h + "-lan", bridge: lanBridge, ns: l.Namespace(h), nsEnd: LANIface,
-				mac: net.HardwareAddr{0x02, 0x01, 0, 0, 0, byte(i)}})
+				mac: net.HardwareAddr{0x02, 0x01, 0, 0, 0, byte(i)}, mtu: LANMTU})
 	}
 	return w
 }
@@ -209,10 +211,11 @@ func (l *Lab) ensureWire(sw *netlink.Handle, bridgeIdx int, w wire, up bool) err
 			return fmt.Errorf("open namespace %q: %w", w.ns, err)
 		}
 		veth := &netlink.Veth{
-			LinkAttrs:        netlink.LinkAttrs{Name: w.switchEnd},
+			LinkAttrs:        netlink.LinkAttrs{Name: w.switchEnd, MTU: w.mtu},
 			PeerName:         w.nsEnd,
 			PeerHardwareAddr: w.mac,
 			PeerNamespace:    netlink.NsFd(int(nsh)),
+			PeerMTU:          uint32(w.mtu),
 		}
 		err = sw.LinkAdd(veth)
 		nsh.Close()
@@ -224,6 +227,18 @@ func (l *Lab) ensureWire(sw *netlink.Handle, bridgeIdx int, w wire, up bool) err
 		}
 		if epLink, err = ep.LinkByName(w.nsEnd); err != nil {
 			return fmt.Errorf("read cable end %q in %s: %w", w.nsEnd, w.ns, err)
+		}
+	}
+	if w.mtu != 0 {
+		for _, end := range []struct {
+			h    *netlink.Handle
+			link netlink.Link
+		}{{sw, swLink}, {ep, epLink}} {
+			if end.link.Attrs().MTU != w.mtu {
+				if err := end.h.LinkSetMTU(end.link, w.mtu); err != nil {
+					return fmt.Errorf("mtu %d on %s: %w", w.mtu, end.link.Attrs().Name, err)
+				}
+			}
 		}
 	}
 	if swLink.Attrs().MasterIndex != bridgeIdx {
@@ -270,14 +285,14 @@ func ensureDefaultRoute(ns, dev string, via netip.Addr) error {
 }
 
 // RouteReplace sets a static route in one of the lab's namespaces (for example, in outside, the
-// route to a routed network through the host that serves it).
+// route to a routed network through the host that serves it), marked as the lab's (routeProtocol).
 func (l *Lab) RouteReplace(target string, dst netip.Prefix, via netip.Addr) error {
 	h, err := l.Handle(target)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	route := &netlink.Route{Dst: prefixToIPNet(dst), Gw: net.IP(via.AsSlice())}
+	route := &netlink.Route{Dst: prefixToIPNet(dst), Gw: net.IP(via.AsSlice()), Protocol: routeProtocol}
 	if err := h.RouteReplace(route); err != nil {
 		return fmt.Errorf("%s: route %s via %s: %w", target, dst, via, err)
 	}

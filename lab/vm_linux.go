@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -149,6 +150,9 @@ func (l *Lab) CreateVM(ctx context.Context, spec VMSpec) (vm VM, err error) {
 	if err := ensureNamespace(ctx, ns); err != nil {
 		return vm, err
 	}
+	if err := writeSysctls(ns, vmSysctls); err != nil {
+		return vm, err
+	}
 	routed := false
 	for i := range vm.Ports {
 		gw := netip.Addr{}
@@ -185,6 +189,21 @@ func getNetwork(ctx context.Context, c *Client, tenant, name string) (*vxfabricv
 	}
 	return resp.GetNetwork(), nil
 }
+
+// vmSysctls make a VM namespace behave as a guest on this fabric should: IPv4 only (port security
+// drops every IPv6 frame a port sends), and with several NICs each answers ARP for its own address
+// only and names its own address in its requests.
+var vmSysctls = [][2]string{
+	{"net/ipv6/conf/all/disable_ipv6", "1"},
+	{"net/ipv6/conf/default/disable_ipv6", "1"},
+	{"net/ipv4/conf/all/arp_ignore", "1"},
+	{"net/ipv4/conf/all/arp_announce", "2"},
+}
+
+// nicTable is the routing table of a VM's i-th NIC: what the VM sends from that NIC's address
+// leaves through that NIC (source routing), as port security wants, whichever NIC the main table's
+// routes prefer.
+func nicTable(i int) int { return 100 + i }
 
 // plugNIC makes the VM's i-th NIC: veth ethN (VM side) <-> port interface (host side).
 func (l *Lab) plugNIC(vmNS, host string, i int, port *vxfabricv1.Port, netw *vxfabricv1.Network, gw netip.Addr) error {
@@ -246,12 +265,28 @@ func (l *Lab) plugNIC(vmNS, host string, i int, port *vxfabricv1.Port, netw *vxf
 	if err := hh.LinkSetUp(hostEnd); err != nil {
 		return fmt.Errorf("set %s up on %s: %w", ifname, host, err)
 	}
+	anywhere := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
 	if gw.IsValid() {
-		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.IP(gw.AsSlice()),
-			Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}}
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.IP(gw.AsSlice()), Dst: anywhere}
 		if err := vh.RouteReplace(route); err != nil {
 			return fmt.Errorf("default route via %s on %s: %w", gw, eth, err)
 		}
+	}
+	table := nicTable(i)
+	routes := []*netlink.Route{{LinkIndex: link.Attrs().Index, Dst: prefixToIPNet(cidr.Masked()), Src: net.IP(ip.AsSlice()),
+		Scope: netlink.SCOPE_LINK, Table: table}}
+	if netGW, err := netip.ParseAddr(netw.GetGateway()); err == nil {
+		routes = append(routes, &netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.IP(netGW.AsSlice()), Dst: anywhere, Table: table})
+	}
+	for _, r := range routes {
+		if err := vh.RouteReplace(r); err != nil {
+			return fmt.Errorf("route %s in table %d of %s: %w", r.Dst, table, eth, err)
+		}
+	}
+	rule := netlink.NewRule()
+	rule.Src, rule.Table, rule.Priority = prefixToIPNet(netip.PrefixFrom(ip, 32)), table, table
+	if err := vh.RuleAdd(rule); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return fmt.Errorf("rule from %s lookup %d: %w", ip, table, err)
 	}
 	return nil
 }
