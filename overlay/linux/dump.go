@@ -41,6 +41,24 @@ func openDumpSocket() (*nl.SocketHandle, error) {
 	return &nl.SocketHandle{Socket: s}, nil
 }
 
+// neighDumpRequest asks for the entries of one device and family. The kernel filters a neighbour
+// dump by its NDA_IFINDEX attribute. An FDB dump it filters by bridge port only when the request's
+// header is a struct ifinfomsg naming the port (as iproute2's `bridge fdb show dev` sends): a bare
+// struct ndmsg takes the kernel's legacy path, which dumps the FDB of every device of the host.
+func neighDumpRequest(sh *nl.SocketHandle, family, ifindex int) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(unix.RTM_GETNEIGH, unix.NLM_F_DUMP)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
+	if family == unix.AF_BRIDGE {
+		msg := nl.NewIfInfomsg(unix.AF_BRIDGE)
+		msg.Index = int32(ifindex)
+		req.AddData(msg)
+		return req
+	}
+	req.AddData(&netlink.Ndmsg{Family: uint8(family), Index: uint32(ifindex)})
+	req.AddData(nl.NewRtAttr(unix.NDA_IFINDEX, nl.Uint32Attr(uint32(ifindex))))
+	return req
+}
+
 // dumpNeigh dumps the entries of one device and family (AF_BRIDGE for the FDB, AF_INET for the
 // neighbour table). reset is called before each attempt: an interrupted dump (the table changed
 // while it was read) is retried from scratch, a bounded number of times.
@@ -48,13 +66,7 @@ func dumpNeigh(sh *nl.SocketHandle, family, ifindex int, reset func(), fn func(m
 	var err error
 	for range 10 {
 		reset()
-		req := nl.NewNetlinkRequest(unix.RTM_GETNEIGH, unix.NLM_F_DUMP)
-		req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: sh}
-		req.AddData(&netlink.Ndmsg{Family: uint8(family), Index: uint32(ifindex)})
-		if family != unix.AF_BRIDGE {
-			// The kernel filters neighbour dumps by NDA_IFINDEX; FDB dumps by the header's index.
-			req.AddData(nl.NewRtAttr(unix.NDA_IFINDEX, nl.Uint32Attr(uint32(ifindex))))
-		}
+		req := neighDumpRequest(sh, family, ifindex)
 		var m neighMsg
 		err = req.ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWNEIGH, func(b []byte) bool {
 			if parseNeigh(b, &m) && int(m.ifindex) == ifindex {

@@ -1235,3 +1235,39 @@ func ipv4Header(src, dst netip.Addr, proto byte, n int) []byte {
 	h[10], h[11] = byte(^sum>>8), byte(^sum)
 	return h
 }
+
+// TestPrivilegedFDBDumpOfOneDevice: the per-device FDB dump a full Apply makes for each network
+// reads that device's entries only, not the FDB of every device on the host (which would make a
+// pass over many networks cost networks × all entries).
+func TestPrivilegedFDBDumpOfOneDevice(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "fdbdump")
+	for _, vni := range []string{"7", "8"} {
+		ns.MustRun(t, "ip", "link", "add", "vx"+vni, "type", "vxlan", "id", vni, "local", "198.18.0.1", "dstport", "4789", "nolearning")
+		for i := range 20 {
+			ns.MustRun(t, "bridge", "fdb", "add", fmt.Sprintf("0e:00:00:00:%s:%02x", vni, i), "dev", "vx"+vni, "dst", "198.18.0.9")
+		}
+	}
+	vx7, err := dp.h.LinkByName("vx7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours, others := 0, 0
+	var m neighMsg
+	err = neighDumpRequest(dp.dump1, unix.AF_BRIDGE, vx7.Attrs().Index).ExecuteIter(unix.NETLINK_ROUTE, unix.RTM_NEWNEIGH, func(b []byte) bool {
+		if parseNeigh(b, &m) {
+			if int(m.ifindex) == vx7.Attrs().Index {
+				ours++
+			} else {
+				others++
+			}
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ours < 20 || others != 0 {
+		t.Errorf("the FDB dump of vx7 returned %d of its entries and %d of other devices; want its 20 (and its own address) and none else", ours, others)
+	}
+}
