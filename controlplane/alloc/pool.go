@@ -17,7 +17,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vxfabric/vxfabric/controlplane/store"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
 // MaxVNI is the largest usable VNI (16777215 is reserved).
@@ -40,11 +40,11 @@ func ParseRange(s string) (Range, error) {
 	}
 	a, err := strconv.ParseUint(strings.TrimSpace(lo), 10, 32)
 	if err != nil {
-		return Range{}, fmt.Errorf("vni range %s: %w", store.Quote(s), err)
+		return Range{}, fmt.Errorf("vni range %s: %w", vxfabricv1.Quote(s), err)
 	}
 	b, err := strconv.ParseUint(strings.TrimSpace(hi), 10, 32)
 	if err != nil {
-		return Range{}, fmt.Errorf("vni range %s: %w", store.Quote(s), err)
+		return Range{}, fmt.Errorf("vni range %s: %w", vxfabricv1.Quote(s), err)
 	}
 	r := Range{First: uint32(a), Last: uint32(b)}
 	return r, r.validate()
@@ -233,7 +233,7 @@ func (s *Subnet) ParsePool(pool string) (first, last netip.Addr, err error) {
 	}
 	switch {
 	case !ok || err != nil:
-		return first, last, fmt.Errorf("allocation pool %s: want FIRST-LAST, two IPv4 addresses", store.Quote(pool))
+		return first, last, fmt.Errorf("allocation pool %s: want FIRST-LAST, two IPv4 addresses", vxfabricv1.Quote(pool))
 	case !s.Assignable(first) && first != addr(s.gateway) || !s.Assignable(last) && last != addr(s.gateway):
 		return first, last, fmt.Errorf("allocation pool %s-%s: want two host addresses of %s", first, last, s.prefix)
 	case u32(first) > u32(last):

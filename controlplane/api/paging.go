@@ -5,7 +5,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/vxfabric/vxfabric/controlplane/store"
+	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
 
 // maxPageSize bounds a page of a list call; a larger page_size counts as this.
@@ -26,7 +26,7 @@ func page[T any](items []T, size int32, token, filter string, key func(T) string
 		tokFilter, ferr := base64.RawURLEncoding.DecodeString(f)
 		after, kerr := base64.RawURLEncoding.DecodeString(k)
 		if !ok || ferr != nil || kerr != nil || string(tokFilter) != filter {
-			return nil, "", invalid("page_token %s: not a token of this list with these filters", store.Quote(token))
+			return nil, "", invalid("page_token %s: not a token of this list with these filters", vxfabricv1.Quote(token))
 		}
 		start = sort.Search(len(items), func(i int) bool { return key(items[i]) > string(after) })
 	}

@@ -57,7 +57,7 @@ func validName(field, s string) error {
 		return invalid("%s is required", field)
 	}
 	if !vxfabricv1.ValidName(s) {
-		return invalid("%s %s: want %s", field, store.Quote(s), vxfabricv1.NameRule)
+		return invalid("%s %s: want %s", field, vxfabricv1.Quote(s), vxfabricv1.NameRule)
 	}
 	return nil
 }
@@ -71,7 +71,7 @@ func validOptionalName(field, s string) error {
 
 func validRequestID(s string) error {
 	if s != "" && !validRequestIDChars(s) {
-		return invalid("request_id %s: want 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'", store.Quote(s))
+		return invalid("request_id %s: want 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'", vxfabricv1.Quote(s))
 	}
 	return nil
 }
@@ -88,17 +88,17 @@ func validExpected(rev int64) error {
 func validCIDR(s string) (netip.Prefix, error) {
 	p, err := netip.ParsePrefix(s)
 	if err != nil || !p.Addr().Is4() {
-		return netip.Prefix{}, invalid("cidr %s: want an IPv4 network such as 10.0.0.0/24", store.Quote(s))
+		return netip.Prefix{}, invalid("cidr %s: want an IPv4 network such as 10.0.0.0/24", vxfabricv1.Quote(s))
 	}
 	if p.Bits() < 8 || p.Bits() > 29 {
-		return netip.Prefix{}, invalid("cidr %s: prefix length must be /8 to /29", store.Quote(s))
+		return netip.Prefix{}, invalid("cidr %s: prefix length must be /8 to /29", vxfabricv1.Quote(s))
 	}
 	if p.Masked() != p {
-		return netip.Prefix{}, invalid("cidr %s: host bits set (the network address is %s)", store.Quote(s), p.Masked())
+		return netip.Prefix{}, invalid("cidr %s: host bits set (the network address is %s)", vxfabricv1.Quote(s), p.Masked())
 	}
 	for _, sp := range specialPrefixes {
 		if p.Overlaps(sp.prefix) {
-			return netip.Prefix{}, invalid("cidr %s: overlaps the %s", store.Quote(s), sp.what)
+			return netip.Prefix{}, invalid("cidr %s: overlaps the %s", vxfabricv1.Quote(s), sp.what)
 		}
 	}
 	return p, nil
@@ -157,7 +157,7 @@ func hasGateway(m vxfabricv1.NetworkMode) bool {
 // "lo": the loopback device cannot be enslaved to a bridge, so an uplink on it could never work.
 func validInterface(s string) error {
 	if s == "lo" {
-		return invalid("interface %s: the loopback interface cannot be an uplink, want the host's NIC", store.Quote(s))
+		return invalid("interface %s: the loopback interface cannot be an uplink, want the host's NIC", vxfabricv1.Quote(s))
 	}
 	bad := s == "" || len(s) > 15 || s == "." || s == ".."
 	for i := 0; i < len(s) && !bad; i++ {
@@ -165,11 +165,11 @@ func validInterface(s string) error {
 		bad = c == '/' || c == ':' || c <= ' ' || c == 0x7f || c == 0xa0 || c == '"' || c == '\''
 	}
 	if bad {
-		return invalid("interface %s: want a Linux interface name of 1-15 characters, without '/', ':', quotes or spaces", store.Quote(s))
+		return invalid("interface %s: want a Linux interface name of 1-15 characters, without '/', ':', quotes or spaces", vxfabricv1.Quote(s))
 	}
 	if overlay.IsDeviceName(s) || strings.HasPrefix(s, alloc.InterfacePrefix) {
 		return invalid("interface %s: names starting %q, %q or %q are vxfabric's own bridges, vxlan devices and ports, want the host's NIC",
-			store.Quote(s), overlay.BridgePrefix, overlay.VxlanPrefix, alloc.InterfacePrefix)
+			vxfabricv1.Quote(s), overlay.BridgePrefix, overlay.VxlanPrefix, alloc.InterfacePrefix)
 	}
 	return nil
 }
@@ -178,13 +178,13 @@ func validInterface(s string) error {
 func validMAC(s string) (string, error) {
 	hw, err := net.ParseMAC(s)
 	if err != nil || len(hw) != 6 {
-		return "", invalid("mac %s: want six hex octets such as 0e:00:00:00:00:01", store.Quote(s))
+		return "", invalid("mac %s: want six hex octets such as 0e:00:00:00:00:01", vxfabricv1.Quote(s))
 	}
 	if hw[0]&1 != 0 {
-		return "", invalid("mac %s: multicast, want a unicast address", store.Quote(s))
+		return "", invalid("mac %s: multicast, want a unicast address", vxfabricv1.Quote(s))
 	}
 	if string(hw) == string(make([]byte, 6)) {
-		return "", invalid("mac %s: all-zero", store.Quote(s))
+		return "", invalid("mac %s: all-zero", vxfabricv1.Quote(s))
 	}
 	return hw.String(), nil
 }
@@ -193,7 +193,7 @@ func validMAC(s string) (string, error) {
 func validIPSyntax(field, s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil || !a.Is4() {
-		return netip.Addr{}, invalid("%s %s: want an IPv4 address such as 10.0.0.1", field, store.Quote(s))
+		return netip.Addr{}, invalid("%s %s: want an IPv4 address such as 10.0.0.1", field, vxfabricv1.Quote(s))
 	}
 	return a, nil
 }
@@ -231,7 +231,7 @@ func checkCreateNetwork(req *vxfabricv1.CreateNetworkRequest, underlayMTU uint32
 	}
 	sub, err := alloc.NewSubnet(prefix, netip.Addr{})
 	if err != nil {
-		return nil, invalid("cidr %s: %v", store.Quote(req.Cidr), err)
+		return nil, invalid("cidr %s: %v", vxfabricv1.Quote(req.Cidr), err)
 	}
 	switch {
 	case hasGateway(req.Mode) && req.Gateway == "":
@@ -252,7 +252,7 @@ func checkCreateNetwork(req *vxfabricv1.CreateNetworkRequest, underlayMTU uint32
 		gw, _ := netip.ParseAddr(n.Gateway) // validated above, or none
 		withGW, err := alloc.NewSubnet(prefix, gw)
 		if err != nil {
-			return nil, invalid("cidr %s: %v", store.Quote(req.Cidr), err)
+			return nil, invalid("cidr %s: %v", vxfabricv1.Quote(req.Cidr), err)
 		}
 		first, last, err := withGW.ParsePool(req.AllocationPool)
 		if err != nil {

@@ -10,8 +10,6 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
-
-	"github.com/vxfabric/vxfabric/controlplane/store"
 )
 
 // Role is the kind of caller an Identity is.
@@ -172,7 +170,7 @@ func authorizeRequest(id Identity, c class, fullMethod string, req any) error {
 			return status.Errorf(codes.Internal, "%s: request %T names no node", fullMethod, req)
 		}
 		if node != id.Node {
-			return denied("the certificate of node %q may not act for node %s", id.Node, store.Quote(node))
+			return denied("the certificate of node %q may not act for node %s", id.Node, vxfabricv1.Quote(node))
 		}
 		return nil
 	case classTenant:
@@ -187,7 +185,7 @@ func authorizeRequest(id Identity, c class, fullMethod string, req any) error {
 				return status.Errorf(codes.Internal, "%s: %v", fullMethod, err)
 			}
 		default:
-			return denied("a token of tenant %q may not act on tenant %s", id.Tenant, store.Quote(t))
+			return denied("a token of tenant %q may not act on tenant %s", id.Tenant, vxfabricv1.Quote(t))
 		}
 		// A BRIDGED network enslaves a host's physical NIC into the segment: that is a decision
 		// about the hosts, not about one tenant's networks.
@@ -206,7 +204,7 @@ func authorizeRequest(id Identity, c class, fullMethod string, req any) error {
 			return status.Errorf(codes.Internal, "%s: request %T names no tenant", fullMethod, req)
 		}
 		if r.GetName() != id.Tenant {
-			return denied("a token of tenant %q may not read tenant %s", id.Tenant, store.Quote(r.GetName()))
+			return denied("a token of tenant %q may not read tenant %s", id.Tenant, vxfabricv1.Quote(r.GetName()))
 		}
 		return nil
 	}

@@ -251,3 +251,25 @@ func TestTenantWrites(t *testing.T) {
 		return true
 	})
 }
+
+// A denial repeats at most an excerpt of the name it refuses: a node certificate acting for a
+// node named by 64 KiB, or a tenant token for such a tenant, gets a short PermissionDenied.
+func TestDenialsDoNotEchoHugeNames(t *testing.T) {
+	huge := strings.Repeat("a", 64<<10)
+	for _, tc := range []struct {
+		id     Identity
+		method string
+		req    any
+	}{
+		{nodeH1, vxfabricv1.AgentService_RegisterNode_FullMethodName, &vxfabricv1.RegisterNodeRequest{Name: huge}},
+		{nodeH1, vxfabricv1.AgentService_ReportApplied_FullMethodName, &vxfabricv1.ReportAppliedRequest{Node: huge}},
+		{tenA, vxfabricv1.NetworkService_ListNetworks_FullMethodName, &vxfabricv1.ListNetworksRequest{Tenant: huge}},
+		{tenA, vxfabricv1.TenantService_GetTenant_FullMethodName, &vxfabricv1.GetTenantRequest{Name: huge}},
+	} {
+		c := classOf(tc.method)
+		err := authorizeRequest(tc.id, c, tc.method, tc.req)
+		if status.Code(err) != codes.PermissionDenied || len(status.Convert(err).Message()) > 300 {
+			t.Errorf("%s by %s with a 64 KiB name: %s, a message of %d bytes", tc.method, tc.id, status.Code(err), len(status.Convert(err).Message()))
+		}
+	}
+}

@@ -11,8 +11,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
-
-	"github.com/vxfabric/vxfabric/controlplane/store"
 )
 
 // tokenService implements vxfabric.v1.TokenService. The interceptors let only admins reach it.
@@ -56,7 +54,7 @@ func (s *tokenService) CreateToken(ctx context.Context, req *vxfabricv1.CreateTo
 		return nil, status.Error(codes.InvalidArgument, "tenant is required")
 	}
 	if !validName(req.GetTenant()) {
-		return nil, status.Errorf(codes.InvalidArgument, "tenant %s: want 1-63 of [a-z0-9-] starting with a letter", store.Quote(req.GetTenant()))
+		return nil, status.Errorf(codes.InvalidArgument, "tenant %s: want 1-63 of [a-z0-9-] starting with a letter", vxfabricv1.Quote(req.GetTenant()))
 	}
 	rec, secret, err := s.tokens.create(ctx, req.GetTenant())
 	if err != nil {
@@ -68,7 +66,7 @@ func (s *tokenService) CreateToken(ctx context.Context, req *vxfabricv1.CreateTo
 
 func (s *tokenService) ListTokens(ctx context.Context, req *vxfabricv1.ListTokensRequest) (*vxfabricv1.ListTokensResponse, error) {
 	if t := req.GetTenant(); t != "" && !validName(t) {
-		return nil, status.Errorf(codes.InvalidArgument, "tenant %s: want 1-63 of [a-z0-9-] starting with a letter", store.Quote(t))
+		return nil, status.Errorf(codes.InvalidArgument, "tenant %s: want 1-63 of [a-z0-9-] starting with a letter", vxfabricv1.Quote(t))
 	}
 	recs, err := s.tokens.list(ctx, req.GetTenant())
 	if err != nil {
@@ -83,7 +81,7 @@ func (s *tokenService) ListTokens(ctx context.Context, req *vxfabricv1.ListToken
 
 func (s *tokenService) RevokeToken(ctx context.Context, req *vxfabricv1.RevokeTokenRequest) (*vxfabricv1.RevokeTokenResponse, error) {
 	if !validTokenID(req.GetId()) {
-		return nil, status.Errorf(codes.InvalidArgument, "token id %s: want %d lowercase hex characters", store.Quote(req.GetId()), tokenIDLen)
+		return nil, status.Errorf(codes.InvalidArgument, "token id %s: want %d lowercase hex characters", vxfabricv1.Quote(req.GetId()), tokenIDLen)
 	}
 	if err := s.tokens.revoke(ctx, req.GetId()); err != nil {
 		return nil, s.statusOf(err)

@@ -21,7 +21,7 @@ import (
 
 func validNode(name string) error {
 	if !vxfabricv1.ValidName(name) {
-		return status.Errorf(codes.InvalidArgument, "node name %s: want %s", store.Quote(name), vxfabricv1.NameRule)
+		return status.Errorf(codes.InvalidArgument, "node name %s: want %s", vxfabricv1.Quote(name), vxfabricv1.NameRule)
 	}
 	return nil
 }

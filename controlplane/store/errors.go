@@ -3,8 +3,6 @@ package store
 import (
 	"errors"
 	"fmt"
-	"strconv"
-	"unicode/utf8"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
@@ -40,21 +38,3 @@ var (
 
 // networkName is how messages name a network: tenant/name, never its internal id.
 func networkName(n *vxfabricv1.Network) string { return n.Tenant + "/" + n.Name }
-
-// maxQuoted is how much of a refused input a message repeats.
-const maxQuoted = 64
-
-// Quote is s as a refusal repeats it: quoted, and cut to maxQuoted bytes (saying how long it was),
-// so that a huge input does not come back as a huge message (which a client capping its headers
-// would see as a transport error instead of the refusal). Every message that repeats a caller's
-// input uses it.
-func Quote(s string) string {
-	if len(s) <= maxQuoted {
-		return strconv.Quote(s)
-	}
-	cut := s[:maxQuoted]
-	for !utf8.ValidString(cut) {
-		cut = cut[:len(cut)-1]
-	}
-	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(cut), len(s))
-}

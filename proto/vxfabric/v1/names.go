@@ -1,6 +1,11 @@
 package vxfabricv1
 
-import "net/netip"
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"unicode/utf8"
+)
 
 // NameRule says which names the API takes for tenants, networks, ports, nodes and VMs, in words for
 // error messages.
@@ -26,4 +31,22 @@ func ValidName(s string) bool {
 func ValidVTEP(a netip.Addr) bool {
 	return a.Is4() && !a.IsUnspecified() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !a.IsMulticast() &&
 		a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// maxQuoted is how much of a refused input a message repeats.
+const maxQuoted = 64
+
+// Quote is s as a refusal repeats it: quoted, and cut to maxQuoted bytes (saying how long it was),
+// so that a huge input does not come back as a huge message (which a client capping its headers
+// would see as a transport error instead of the refusal). Every message that repeats a caller's
+// input uses it.
+func Quote(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := s[:maxQuoted]
+	for !utf8.ValidString(cut) {
+		cut = cut[:len(cut)-1]
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(cut), len(s))
 }
