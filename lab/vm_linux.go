@@ -404,9 +404,10 @@ func (l *Lab) deleteVM(ctx context.Context, c *Client, name string, ports []*vxf
 // of its NIC's veth moves into the new host's namespace (the VM keeps its MAC, address and
 // sessions), then the port is rebound to the new host (UpdatePort), whose agent plugs the
 // interface it now finds and whose VTEP every other host's FDB learns. It returns once every port
-// is plugged on the new host; when they are not within PlugTimeout (the new host's agent is down),
-// the VM is put back where it was, as after a refusal. Ports already there are left alone, so a
-// migration cut short is finished by running it again.
+// is plugged on the new host. When they are not within PlugTimeout (the new host's agent is down),
+// or the command is interrupted meanwhile, the VM is put back where it was, as after a refusal. A
+// migration cut short otherwise (this process killed) is finished by running it again: ports
+// already on the new host are left alone (and stay there if that run is put back).
 func (l *Lab) MigrateVM(ctx context.Context, name, to string) (VM, error) {
 	if err := ValidateVMName(name); err != nil {
 		return VM{}, err
