@@ -240,9 +240,18 @@ func TestPrivilegedServerRestartedWhileAHostIsDown(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("h1 and h3 did not withdraw h2's entries after the cut: %v", err)
 	}
-	// The scenario, not a wait for convergence: the agents' gossip declares h2 DEAD once its
-	// suspicion times out (4 s), and from then on tells a newly started member nothing of it.
-	time.Sleep(6 * time.Second)
+	// The scenario: the agents' gossip declares h2 DEAD once its suspicion times out (about 4 s),
+	// and from then on tells a newly started member nothing of it.
+	if _, err := lab.WaitFor(f.ctx, 15*time.Second, func() (bool, error) {
+		for _, h := range []string{"h1", "h3"} {
+			if !strings.Contains(f.scrape(h), `vxfabric_gossip_members{role="agent",state="dead"} 1`) {
+				return false, nil
+			}
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatalf("the gossip of h1 and h3 does not declare h2 dead: %v", err)
+	}
 	mustVxfab(t, "lab", "server", "start")
 	took, err := lab.WaitFor(f.ctx, 15*time.Second, func() (bool, error) {
 		n := f.node("h2")
