@@ -564,21 +564,26 @@ func host(a netip.Addr) netip.Prefix {
 // An empty desired state (no networks) has no chains: our tables are removed then.
 //
 // Why these rules (tenant isolation on a host that forwards):
-//   - inet input: VXLAN is accepted only from known VTEPs; a VM may ping its gateway and get replies
-//     to what the host opened, nothing else (it never reaches this host's agent, server, etcd or
-//     gossip ports).
+//   - inet input: VXLAN is accepted only from known VTEPs, to this host's VTEP, and not through one
+//     of our bridges; a VM may ping its gateway and get replies to what the host opened, nothing
+//     else (it never reaches this host's agent, server, etcd or gossip ports); another host's
+//     bridged LAN reaches nothing of this host, the uplink's LAN none of the fabric's addresses.
 //   - inet forward: nor does a VM reach those of any other host or server of the fabric: new
 //     connections routed from a vx bridge to an address of the infrastructure sets are dropped.
 //   - inet forward: every rule that names a bridge excludes traffic that enters and leaves the same
 //     bridge, because with br_netfilter loaded (Docker hosts and many others) frames switched
 //     inside a bridge traverse the inet forward hook too, with the bridge as both iif and oif.
-//     Replies pass first; a non-bridged network's traffic never goes to another vx
-//     bridge (two tenants with the same CIDR stay apart even with forwarding on); nat networks accept
-//     no new connections from outside; isolated networks forward nothing at all.
+//     Replies pass first, then every network's drops, then the accepts: a non-bridged network's
+//     traffic never goes to another vx bridge (two tenants with the same CIDR stay apart even with
+//     forwarding on), so a routed network's accepts take nothing of another network's; nat
+//     networks accept no new connections from outside; isolated networks forward nothing at all; a
+//     bridged network's bridge routes nothing on a host without its uplink, and nothing between the
+//     LAN and the underlay interface on the uplink's.
 //   - inet postrouting (nat): masquerade a nat network's CIDR leaving anywhere but its own bridge.
-//   - netdev ingress of each local port (PortChain): port security, a port sends only its own source
-//     MAC and IPv4/ARP address, untagged; a frame that fails a check goes to PortDropChain, which
-//     counts it on its port and drops it.
+//   - netdev ingress of each local port (PortChain): port security, a port sends only IPv4 and ARP,
+//     untagged, from its own MAC and IPv4 address (ARP without a sender address only as its own
+//     address conflict probe), and nothing to a DHCP client's port; a frame that fails a check
+//     goes to PortDropChain, which counts it on its port and drops it.
 //   - bridge postrouting: the distributed gateway stays local: frames from the gateway MAC and ARP
 //     requests for the gateway IP never leave through a vxlan device.
 //
@@ -612,21 +617,29 @@ func NftPlan(d DesiredState) []NftChain {
 		// any mode (what is switched inside one bridge is not routed, and not ours to judge here).
 		Rule{Matches: []Match{iif(BridgePrefix + "*"), notOIF(BridgePrefix + "*"), {Field: FieldIPDaddrSet, Name: InfraSet4}}, Counter: true, Verdict: Drop},
 		Rule{Matches: []Match{iif(BridgePrefix + "*"), notOIF(BridgePrefix + "*"), {Field: FieldIP6DaddrSet, Name: InfraSet6}}, Counter: true, Verdict: Drop})
+	// Every network's drops come before any network's accepts: a routed network accepts what is
+	// routed to it, which another network's traffic must never be, whichever VNI comes first.
+	var drops, accepts []Rule
 	for _, n := range d.Networks {
 		br := BridgeName(n.VNI)
 		if n.Mode == ModeBridged {
 			// Another host's LAN: to this host the bridge is a switch it is no part of. On the
 			// uplink's host the bridge holds the LAN's addresses, as the NIC did: the host's own
-			// traffic there is its business, but it does not route the LAN into the underlay.
+			// traffic there is its business, but the LAN reaches none of the fabric's addresses
+			// there, and the host does not route the LAN into its underlay interface.
 			if n.Uplink == "" {
 				input.Rules = append(input.Rules, Rule{Matches: []Match{iif(br)}, Counter: true, Verdict: Drop})
-				forward.Rules = append(forward.Rules,
+				drops = append(drops,
 					Rule{Matches: []Match{iif(br), notOIF(br)}, Counter: true, Verdict: Drop},
 					Rule{Matches: []Match{oif(br), notIIF(br)}, Counter: true, Verdict: Drop})
-			} else if d.Underlay.Interface != "" {
-				forward.Rules = append(forward.Rules,
-					Rule{Matches: []Match{iif(br), oif(d.Underlay.Interface)}, Counter: true, Verdict: Drop},
-					Rule{Matches: []Match{iif(d.Underlay.Interface), oif(br)}, Counter: true, Verdict: Drop})
+			} else {
+				input.Rules = append(input.Rules,
+					Rule{Matches: []Match{iif(br), {Field: FieldIPDaddrSet, Name: InfraSet4}}, Counter: true, Verdict: Drop})
+				if d.Underlay.Interface != "" {
+					drops = append(drops,
+						Rule{Matches: []Match{iif(br), oif(d.Underlay.Interface)}, Counter: true, Verdict: Drop},
+						Rule{Matches: []Match{iif(d.Underlay.Interface), oif(br)}, Counter: true, Verdict: Drop})
+				}
 			}
 		}
 		if n.Mode != ModeBridged {
@@ -636,21 +649,20 @@ func NftPlan(d DesiredState) []NftChain {
 					{Field: FieldIPDaddr, Prefix: host(n.Gateway)}, {Field: FieldICMPType, Num: 8}}, Verdict: Accept})
 			}
 			input.Rules = append(input.Rules, Rule{Matches: []Match{iif(br)}, Verdict: Drop})
-			forward.Rules = append(forward.Rules, Rule{Matches: []Match{iif(br), notOIF(br), oif(BridgePrefix + "*")}, Verdict: Drop})
+			drops = append(drops, Rule{Matches: []Match{iif(br), notOIF(br), oif(BridgePrefix + "*")}, Verdict: Drop})
 		}
 		switch n.Mode {
 		case ModeIsolated:
-			forward.Rules = append(forward.Rules,
+			drops = append(drops,
 				Rule{Matches: []Match{iif(br), notOIF(br)}, Verdict: Drop},
 				Rule{Matches: []Match{oif(br), notIIF(br)}, Verdict: Drop})
 		case ModeNAT:
-			forward.Rules = append(forward.Rules,
-				Rule{Matches: []Match{oif(br), notIIF(br)}, Verdict: Drop},
-				Rule{Matches: []Match{iif(br)}, Verdict: Accept})
+			drops = append(drops, Rule{Matches: []Match{oif(br), notIIF(br)}, Verdict: Drop})
+			accepts = append(accepts, Rule{Matches: []Match{iif(br)}, Verdict: Accept})
 			nat.Rules = append(nat.Rules, Rule{Matches: []Match{
 				{Field: FieldIPSaddr, Prefix: n.CIDR.Masked()}, {Field: FieldOIFName, Neg: true, Name: br}}, Verdict: Masquerade})
 		case ModeRouted:
-			forward.Rules = append(forward.Rules,
+			accepts = append(accepts,
 				Rule{Matches: []Match{iif(br)}, Verdict: Accept},
 				Rule{Matches: []Match{oif(br)}, Verdict: Accept})
 		}
@@ -662,6 +674,7 @@ func NftPlan(d DesiredState) []NftChain {
 					{Field: FieldARPTpa, Prefix: host(n.Gateway)}}, Verdict: Drop})
 		}
 	}
+	forward.Rules = append(append(forward.Rules, drops...), accepts...)
 	// The drop chain before the chains that jump to it: its rules are in place first.
 	plan := []NftChain{input, forward, nat}
 	if ports := portChains(d); len(ports) > 0 {
@@ -695,14 +708,20 @@ func portChains(d DesiredState) []NftChain {
 			}
 			if p.IP.Is4() {
 				self := host(p.IP)
+				zero := Match{Field: FieldARPSpa, Prefix: unspecified}
 				rules = append(rules,
-					// 0.0.0.0: an address conflict probe (RFC 5227), which no neighbour learns from.
 					Rule{Matches: []Match{arp, {Field: FieldARPSpa, Neg: true, Prefix: self}, {Field: FieldARPSpa, Neg: true, Prefix: unspecified}},
 						Counter: true, Verdict: drop},
+					// Without a sender address only the port's own address conflict probe (RFC 5227),
+					// which no neighbour learns from: not one for a neighbour's address, which would
+					// make it give its address up.
+					Rule{Matches: []Match{arp, zero, {Field: FieldARPOp, Neg: true, Num: 1}}, Counter: true, Verdict: drop},
+					Rule{Matches: []Match{arp, zero, {Field: FieldARPTpa, Neg: true, Prefix: self}}, Counter: true, Verdict: drop},
 					Rule{Matches: []Match{ip, {Field: FieldIPSaddr, Neg: true, Prefix: self}}, Counter: true, Verdict: drop})
 			}
-			// A VM is no DHCP server to its neighbours.
-			rules = append(rules, Rule{Matches: []Match{ip, {Field: FieldUDPSport, Num: 67}}, Counter: true, Verdict: drop})
+			// A VM is no DHCP server to its neighbours, whatever port it answers from (clients look
+			// at the port they are answered on).
+			rules = append(rules, Rule{Matches: []Match{ip, {Field: FieldUDPDport, Num: 68}}, Counter: true, Verdict: drop})
 			chains = append(chains, NftChain{Family: "netdev", Name: PortChain(p.Interface), Type: "filter",
 				Hook: "ingress", Device: p.Interface, Priority: 0, Rules: rules})
 		}

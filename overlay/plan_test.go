@@ -116,20 +116,24 @@ func TestNftPlanPortChains(t *testing.T) {
 		"  ether type != ip ether type != arp counter jump port_drop",
 		"  ether type arp arp saddr ether != 0e:00:00:00:00:01 counter jump port_drop",
 		"  ether type arp arp saddr ip != 10.0.1.1 arp saddr ip != 0.0.0.0 counter jump port_drop",
+		"  ether type arp arp saddr ip 0.0.0.0 arp operation != request counter jump port_drop",
+		"  ether type arp arp saddr ip 0.0.0.0 arp daddr ip != 10.0.1.1 counter jump port_drop",
 		"  ether type ip ip saddr != 10.0.1.1 counter jump port_drop",
-		"  ether type ip udp sport 67 counter jump port_drop",
+		"  ether type ip udp dport 68 counter jump port_drop",
 		`portsec_tap2 hook="ingress" device="tap2"`,
 		"  ether saddr != 0e:00:00:00:00:02 counter jump port_drop",
 		"  ether type != ip ether type != arp counter jump port_drop",
 		"  ether type arp arp saddr ether != 0e:00:00:00:00:02 counter jump port_drop",
 		"  ether type arp arp saddr ip != 10.0.0.2 arp saddr ip != 0.0.0.0 counter jump port_drop",
+		"  ether type arp arp saddr ip 0.0.0.0 arp operation != request counter jump port_drop",
+		"  ether type arp arp saddr ip 0.0.0.0 arp daddr ip != 10.0.0.2 counter jump port_drop",
 		"  ether type ip ip saddr != 10.0.0.2 counter jump port_drop",
-		"  ether type ip udp sport 67 counter jump port_drop",
+		"  ether type ip udp dport 68 counter jump port_drop",
 		`portsec_tap6 hook="ingress" device="tap6"`,
 		"  ether saddr != 0e:00:00:00:00:06 counter jump port_drop",
 		"  ether type != ip ether type != arp counter jump port_drop",
 		"  ether type arp arp saddr ether != 0e:00:00:00:00:06 counter jump port_drop",
-		"  ether type ip udp sport 67 counter jump port_drop",
+		"  ether type ip udp dport 68 counter jump port_drop",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("netdev chains\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -156,4 +160,41 @@ func TestNftPlanLeavesOutEmptyBaseChains(t *testing.T) {
 	if want := []string{"inet input", "inet forward"}; !slices.Equal(names, want) {
 		t.Errorf("chains %v, want %v", names, want)
 	}
+}
+
+// TestNftPlanForwardDropsBeforeAccepts: a routed network accepts what is routed to it, so every
+// network's drops come first, whatever the VNIs' order: a nat network of a higher VNI reaches a
+// routed one of a lower VNI no more than one of a lower VNI does.
+func TestNftPlanForwardDropsBeforeAccepts(t *testing.T) {
+	gw := func(vni uint32, mode Mode, cidr string) Network {
+		p := netip.MustParsePrefix(cidr)
+		return Network{VNI: vni, Mode: mode, CIDR: p, Gateway: p.Addr().Next(), GatewayMAC: net.HardwareAddr{2, 0, 0, 0, 0, byte(vni)}}
+	}
+	d := DesiredState{Underlay: Underlay{VTEP: netip.MustParseAddr("198.18.0.1"), Interface: "eth0"}, Networks: []Network{
+		gw(300, ModeRouted, "10.30.0.0/24"), gw(500, ModeNAT, "10.50.0.0/24"), gw(600, ModeRouted, "10.60.0.0/24"),
+		{VNI: 700, Mode: ModeIsolated}, {VNI: 800, Mode: ModeBridged},
+	}}
+	for _, c := range NftPlan(d) {
+		if c.Family != "inet" || c.Name != "forward" {
+			continue
+		}
+		lastDrop, firstAccept := -1, len(c.Rules)
+		for i, r := range c.Rules {
+			switch {
+			case r.Verdict == Drop:
+				lastDrop = i
+			case r.Verdict == Accept && i > 0 && firstAccept == len(c.Rules): // rule 0 accepts replies
+				firstAccept = i
+			}
+		}
+		if lastDrop > firstAccept {
+			var text []string
+			for _, r := range c.Rules {
+				text = append(text, r.String())
+			}
+			t.Errorf("forward: a drop (rule %d) after an accept (rule %d):\n%s", lastDrop, firstAccept, strings.Join(text, "\n"))
+		}
+		return
+	}
+	t.Fatal("no forward chain")
 }

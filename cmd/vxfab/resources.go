@@ -359,8 +359,8 @@ func newNetworkCmd() *cobra.Command {
 	update := &cobra.Command{
 		Use: "update NAME", Short: "change a network's MTU", Args: cobra.ExactArgs(1),
 		Long: `Changes a network's MTU on every host: its bridge, vxlan device and ports' host ends. A VM
-keeps the MTU its NIC has until it learns the new one (from DHCP, or set by hand: in the lab,
-vxfab lab exec VM -- ip link set ethN mtu MTU).`,
+keeps the MTU its NIC has until it is given the new one (by whatever configures the guest, or by
+hand: in the lab, vxfab lab exec VM -- ip link set ethN mtu MTU).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return apiCall(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				resp, err := vxfabricv1.NewNetworkServiceClient(conn).UpdateNetwork(ctx,

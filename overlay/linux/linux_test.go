@@ -380,26 +380,38 @@ func TestPrivilegedOverlay(t *testing.T) {
 		gw := netip.MustParseAddr("10.30.0.1")
 		foreignMAC := net.HardwareAddr{0x0e, 0, 0, 1, 1, 0x99}
 		foreignIP := netip.MustParseAddr("10.30.0.9")
+		zero := netip.IPv4Unspecified()
 		for _, tc := range []struct {
 			name     string
+			op       uint16 // 2 (a reply) when 0
 			sha      net.HardwareAddr
-			spa      netip.Addr
+			spa, tpa netip.Addr // tpa: the gateway when not valid
 			accepted bool
 			tagged   bool // in an 802.1Q frame: the ARP rules read ether type 0x8100 and pass it
 		}{
-			{"own addresses", r1.mac, r1.ip, true, false},
-			// An address conflict probe (RFC 5227) has no sender address; no neighbour learns from it.
-			{"no sender IP (a probe)", r1.mac, netip.IPv4Unspecified(), true, false},
+			{"own addresses", 0, r1.mac, r1.ip, netip.Addr{}, true, false},
+			// An address conflict probe (RFC 5227) has no sender address; no neighbour learns from
+			// it. For its own address only: one for a neighbour's would make it give that up.
+			{"no sender IP, a probe for its own address", 1, r1.mac, zero, r1.ip, true, false},
+			{"no sender IP, a probe for another address", 1, r1.mac, zero, foreignIP, false, false},
+			{"no sender IP, a reply", 2, r1.mac, zero, r1.ip, false, false},
 			// The Ethernet source is r1's own MAC and ARP is not IP: only the ARP rules can drop these.
-			{"another sender IP", r1.mac, foreignIP, false, false},
-			{"another sender MAC", foreignMAC, r1.ip, false, false},
-			{"another sender IP, VLAN-tagged", r1.mac, foreignIP, false, true},
+			{"another sender IP", 0, r1.mac, foreignIP, netip.Addr{}, false, false},
+			{"another sender MAC", 0, foreignMAC, r1.ip, netip.Addr{}, false, false},
+			{"another sender IP, VLAN-tagged", 0, r1.mac, foreignIP, netip.Addr{}, false, true},
 		} {
 			c, err := l.hosts[r1.host].StartInboundCapture("vxbr300", nstest.ARPFrom(tc.sha, tc.spa))
 			if err != nil {
 				t.Fatal(err)
 			}
-			frame := nstest.ARPFrame(2, r1.mac, tc.sha, tc.spa, gw)
+			op, tpa := tc.op, tc.tpa
+			if op == 0 {
+				op = 2
+			}
+			if !tpa.IsValid() {
+				tpa = gw
+			}
+			frame := nstest.ARPFrame(op, r1.mac, tc.sha, tc.spa, tpa)
 			if tc.tagged {
 				frame = slices.Concat(frame[:12], []byte{0x81, 0x00, 0x00, 0x05}, frame[12:]) // VLAN 5
 			}
@@ -415,8 +427,8 @@ func TestPrivilegedOverlay(t *testing.T) {
 					tc.name, tc.spa, tc.sha, n, strings.Join(c.Samples(), "; "))
 			}
 		}
-		if got := portDrops(t, l.hosts[r1.host])["r1"] - before; got != 9 {
-			t.Errorf("port r1 sent 9 forged ARP replies, port_drops counted %d more", got)
+		if got := portDrops(t, l.hosts[r1.host])["r1"] - before; got != 15 {
+			t.Errorf("port r1 sent 15 forged ARP messages, port_drops counted %d more", got)
 		}
 	})
 
@@ -430,13 +442,15 @@ func TestPrivilegedOverlay(t *testing.T) {
 			[]byte{0x60, 0, 0, 0, 0, 16, 58, 255}, // IPv6: payload 16 bytes of ICMPv6, hop limit 255
 			netip.MustParseAddr("fe80::dead:1").AsSlice(), netip.MustParseAddr("ff02::1").AsSlice(),
 			[]byte{134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0}) // router advertisement
-		dhcp := slices.Concat([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, r1.mac, []byte{0x08, 0x00},
-			ipv4Header(r1.ip, netip.MustParseAddr("255.255.255.255"), 17, 8+4),
-			[]byte{0, 67, 0, 68, 0, 12, 0, 0, 2, 1, 6, 0}) // UDP 67 -> 68, a BOOTREPLY's first bytes
+		dhcp := func(sport byte) []byte {
+			return slices.Concat([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, r1.mac, []byte{0x08, 0x00},
+				ipv4Header(r1.ip, netip.MustParseAddr("255.255.255.255"), 17, 8+4),
+				[]byte{0, sport, 0, 68, 0, 12, 0, 0, 2, 1, 6, 0}) // UDP sport -> 68, a BOOTREPLY's first bytes
+		}
 		for _, tc := range []struct {
 			name  string
 			frame []byte
-		}{{"an IPv6 router advertisement", ra}, {"a DHCP answer", dhcp}} {
+		}{{"an IPv6 router advertisement", ra}, {"a DHCP answer", dhcp(67)}, {"a DHCP answer from another port", dhcp(167)}} {
 			c, err := l.hosts[r1.host].StartInboundCapture("vxbr300", func(f []byte) bool {
 				return len(f) >= 14 && string(f[6:12]) == string(r1.mac) && string(f[12:]) == string(tc.frame[12:])
 			})
@@ -453,8 +467,8 @@ func TestPrivilegedOverlay(t *testing.T) {
 				t.Errorf("%s from r1: the host's bridge received %d of the 3 sent", tc.name, n)
 			}
 		}
-		if got := portDrops(t, l.hosts[r1.host])["r1"] - before; got != 6 {
-			t.Errorf("port r1 sent 6 frames port security drops, port_drops counted %d more", got)
+		if got := portDrops(t, l.hosts[r1.host])["r1"] - before; got != 9 {
+			t.Errorf("port r1 sent 9 frames port security drops, port_drops counted %d more", got)
 		}
 	})
 
@@ -538,6 +552,14 @@ func TestPrivilegedOverlay(t *testing.T) {
 		}
 		if got := ruleCount(t, l.hosts[1], "inet", "forward", forwardDrop) - fwd; got < 2 {
 			t.Errorf("h2 dropped %d of l2's 2 pings routed through it to the underlay, want 2", got)
+		}
+		// Nor into a routed network there, whose accepts come after every network's drops.
+		l2.MustRun(t, "ip", "route", "add", "10.30.0.0/24", "via", "192.168.50.98")
+		defer l2.Run("ip", "route", "del", "10.30.0.0/24")
+		fwd = ruleCount(t, l.hosts[1], "inet", "forward", forwardDrop)
+		l2.Ping("10.30.0.2", 2, "0.05")
+		if got := ruleCount(t, l.hosts[1], "inet", "forward", forwardDrop) - fwd; got < 2 {
+			t.Errorf("h2 dropped %d of l2's 2 pings routed through it into routed network 300, want 2", got)
 		}
 	})
 
