@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	vxfabricv1 "github.com/vxfabric/vxfabric/proto/vxfabric/v1"
 )
@@ -34,10 +35,11 @@ const routeProtocol = netlink.RouteProtocol(118)
 // SyncOutsideRoutes brings the outside's routes to routed networks in line with where their ports
 // are. The network's route goes through its host while it has a port of the network, else through
 // prefer (a VM's new host) when it has one, else through the first such host by name; with no port
-// on a lab host it goes. A route to the network through an address that is not a lab host's is
-// someone else's: that network is left alone. Routes the lab wrote to networks that are gone, and
-// host routes to ports that are gone, go. Routes to networks of other modes stay (the demo routes a
-// nat network on purpose).
+// on a lab host it goes. A route through an address that is not a lab host's, or of another kind
+// than a route through one gateway, is someone else's and stays. Of two tenants' routed networks
+// with the same CIDR, the first listed gets the routes. Routes the lab wrote (and only those) to
+// networks that are gone, and host routes to ports that are gone, go. Routes to networks of other
+// modes stay (the demo routes a nat network on purpose).
 func (l *Lab) SyncOutsideRoutes(ctx context.Context, c *Client, prefer string) error {
 	unlock, err := l.lockRoutes(ctx)
 	if err != nil {
@@ -70,16 +72,27 @@ func (l *Lab) syncOutsideRoutes(nets []*vxfabricv1.Network, ports []*vxfabricv1.
 	if err != nil {
 		return fmt.Errorf("%s: list routes: %w", RoleOutside, err)
 	}
-	have := map[netip.Prefix]netip.Addr{} // every route with a gateway, by destination
-	ours := map[netip.Prefix]bool{}       // those the lab wrote
+	// By destination: the gateway of a plain route through one gateway (invalid for any other
+	// route: a device route, a blackhole, several next hops), and whether the lab wrote it.
+	have := map[netip.Prefix]netip.Addr{}
+	ours := map[netip.Prefix]bool{}
 	for _, r := range routes {
 		dst, ok := routeDst(r)
-		gw, okGw := netip.AddrFromSlice(r.Gw)
-		if !ok || !okGw {
+		if !ok {
 			continue
 		}
+		gw, _ := netip.AddrFromSlice(r.Gw)
+		if _, seen := have[dst]; seen || len(r.MultiPath) > 0 || r.Type != unix.RTN_UNICAST {
+			gw = netip.Addr{} // several routes to dst, or not a plain one
+		}
 		have[dst] = gw.Unmap()
-		ours[dst] = ours[dst] || r.Protocol == routeProtocol
+		ours[dst] = r.Protocol == routeProtocol
+	}
+	// theirs: a route to dst that the lab must leave alone, through an address that is not a lab
+	// host's, or of another kind than the lab writes.
+	theirs := func(dst netip.Prefix) bool {
+		via, ok := have[dst]
+		return ok && !ours[dst] && l.hostWithAddr(via) == ""
 	}
 
 	portsOf := map[string][]*vxfabricv1.Port{} // tenant/network: its ports on lab hosts
@@ -100,12 +113,10 @@ func (l *Lab) syncOutsideRoutes(nets []*vxfabricv1.Network, ports []*vxfabricv1.
 			keep[cidr] = true
 			continue
 		}
-		cur := ""
-		if via, ok := have[cidr]; ok {
-			if cur = l.hostWithAddr(via); cur == "" {
-				continue // someone else's route
-			}
+		if _, taken := want[cidr]; taken || theirs(cidr) {
+			continue // another tenant's network of the same CIDR came first, or someone else's route
 		}
+		cur := l.hostWithAddr(have[cidr])
 		var hosts []string
 		for _, p := range portsOf[n.GetTenant()+"/"+n.GetName()] {
 			if !slices.Contains(hosts, p.GetNode()) {
@@ -127,11 +138,8 @@ func (l *Lab) syncOutsideRoutes(nets []*vxfabricv1.Network, ports []*vxfabricv1.
 	var errs []error
 	for _, dst := range sortedPrefixes(want) {
 		via := want[dst]
-		if got, ok := have[dst]; ok && got == via {
+		if got, ok := have[dst]; ok && got == via && ours[dst] || theirs(dst) {
 			continue
-		}
-		if got, ok := have[dst]; ok && !ours[dst] && l.hostWithAddr(got) == "" {
-			continue // a host route of someone else's
 		}
 		l.log.Info("lab: the outside's route to a routed network or VM", "dst", dst, "via", via)
 		if err := l.RouteReplace(RoleOutside, dst, via); err != nil {
@@ -143,7 +151,7 @@ func (l *Lab) syncOutsideRoutes(nets []*vxfabricv1.Network, ports []*vxfabricv1.
 			continue
 		}
 		l.log.Info("lab: the outside's route to a network or VM that is gone", "dst", dst)
-		if err := l.RouteDelete(RoleOutside, dst); err != nil {
+		if err := deleteLabRoutes(h, dst); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -179,6 +187,21 @@ func (l *Lab) hostWithAddr(a netip.Addr) string {
 func (l *Lab) hostAddr(h string) netip.Addr {
 	i, _ := HostIndex(h)
 	return HostAddr(i)
+}
+
+// deleteLabRoutes deletes the routes to dst that the lab wrote, and no other.
+func deleteLabRoutes(h *netlink.Handle, dst netip.Prefix) error {
+	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: prefixToIPNet(dst), Protocol: routeProtocol},
+		netlink.RT_FILTER_DST|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return fmt.Errorf("%s: list routes to %s: %w", RoleOutside, dst, err)
+	}
+	for i := range routes {
+		if err := h.RouteDel(&routes[i]); err != nil {
+			return fmt.Errorf("%s: delete route to %s: %w", RoleOutside, dst, err)
+		}
+	}
+	return nil
 }
 
 func routeDst(r netlink.Route) (netip.Prefix, bool) {

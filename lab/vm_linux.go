@@ -494,6 +494,10 @@ func (l *Lab) migrateBack(ctx context.Context, c *Client, name string, ports []*
 			return fmt.Errorf("%w; the VM is back where it was, but: %w", cause, err)
 		}
 	}
+	// A lab status meanwhile may have pointed the outside's routes at the new host.
+	if err := l.SyncOutsideRoutes(ctx, c, ports[0].GetNode()); err != nil {
+		l.log.Warn("lab: the outside's routes to routed networks", "vm", name, "err", err)
+	}
 	l.log.Info("lab vm migration undone", "vm", name, "err", cause)
 	return fmt.Errorf("%w (the VM stays where it was)", cause)
 }

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,6 +29,25 @@ func TestPrivilegedRoutedVMsReachTheOutsideFromEveryHost(t *testing.T) {
 	f.deleteVM(vms[1].Name)
 	if via, ok, err := f.l.RouteVia(lab.RoleOutside, netip.PrefixFrom(vms[1].IP(0), 32)); err != nil || ok {
 		t.Errorf("after deleting %s the outside still routes its address via %s (%v)", vms[1].Name, via, err)
+	}
+	// An operator's route into the network is theirs: a VM taking its address changes nothing.
+	blackhole := vms[1].IP(0).String() + "/32"
+	if out, err := f.l.Output(f.ctx, lab.RoleOutside, "ip", "route", "add", "blackhole", blackhole); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	f.createVM(lab.VMSpec{Name: "r3-again", Host: "h2", NICs: []lab.NICSpec{{Tenant: f.tenant, Network: "rt", IP: vms[1].IP(0).String()}}})
+	if st := f.l.Status(f.ctx); len(st.Errors) > 0 {
+		t.Fatal(st.Errors)
+	}
+	if out, _ := f.l.Output(f.ctx, lab.RoleOutside, "ip", "route", "show", blackhole); !strings.Contains(out, "blackhole") {
+		t.Errorf("the operator's blackhole route to %s: %q after a VM took the address, want it kept", blackhole, out)
+	}
+	f.deleteVM("r3-again")
+	if out, _ := f.l.Output(f.ctx, lab.RoleOutside, "ip", "route", "show", blackhole); !strings.Contains(out, "blackhole") {
+		t.Errorf("the operator's blackhole route to %s: %q after the VM went, want it kept", blackhole, out)
+	}
+	if out, err := f.l.Output(f.ctx, lab.RoleOutside, "ip", "route", "del", "blackhole", blackhole); err != nil {
+		t.Errorf("%v\n%s", err, out)
 	}
 }
 
