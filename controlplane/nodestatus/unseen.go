@@ -154,8 +154,8 @@ func (w *Writer) checkUnseen(ctx context.Context, lead leadership, nodes map[str
 			}
 		}
 		err := w.update(ctx, lead, p.name, func(cur *vxfabricv1.Node) *vxfabricv1.Node {
-			if cur == nil {
-				return nil // deleted meanwhile
+			if cur == nil || w.gossipNodes()[p.name] {
+				return nil // deleted meanwhile, or back in gossip (whose write this must not undo)
 			}
 			next := proto.CloneOf(cur)
 			next.Unreachable = !p.answered
