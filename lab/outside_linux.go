@@ -151,7 +151,7 @@ func (l *Lab) syncOutsideRoutes(nets []*vxfabricv1.Network, ports []*vxfabricv1.
 			continue
 		}
 		l.log.Info("lab: the outside's route to a network or VM that is gone", "dst", dst)
-		if err := deleteLabRoutes(h, dst); err != nil {
+		if err := deleteLabRoutes(h, RoleOutside, dst); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -187,21 +187,6 @@ func (l *Lab) hostWithAddr(a netip.Addr) string {
 func (l *Lab) hostAddr(h string) netip.Addr {
 	i, _ := HostIndex(h)
 	return HostAddr(i)
-}
-
-// deleteLabRoutes deletes the routes to dst that the lab wrote, and no other.
-func deleteLabRoutes(h *netlink.Handle, dst netip.Prefix) error {
-	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: prefixToIPNet(dst), Protocol: routeProtocol},
-		netlink.RT_FILTER_DST|netlink.RT_FILTER_PROTOCOL)
-	if err != nil {
-		return fmt.Errorf("%s: list routes to %s: %w", RoleOutside, dst, err)
-	}
-	for i := range routes {
-		if err := h.RouteDel(&routes[i]); err != nil {
-			return fmt.Errorf("%s: delete route to %s: %w", RoleOutside, dst, err)
-		}
-	}
-	return nil
 }
 
 func routeDst(r netlink.Route) (netip.Prefix, bool) {

@@ -319,14 +319,21 @@ func (l *Lab) RouteVia(target string, dst netip.Prefix) (via netip.Addr, ok bool
 	return netip.Addr{}, false, nil
 }
 
-// RouteDelete removes a static route set by RouteReplace; a route that is gone is success.
+// RouteDelete removes the static routes to dst set by RouteReplace (those marked as the lab's,
+// and no other); a route that is gone is success.
 func (l *Lab) RouteDelete(target string, dst netip.Prefix) error {
 	h, err := l.Handle(target)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: prefixToIPNet(dst)}, netlink.RT_FILTER_DST)
+	return deleteLabRoutes(h, target, dst)
+}
+
+// deleteLabRoutes deletes the routes to dst in target's namespace (h) that the lab wrote.
+func deleteLabRoutes(h *netlink.Handle, target string, dst netip.Prefix) error {
+	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: prefixToIPNet(dst), Protocol: routeProtocol},
+		netlink.RT_FILTER_DST|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return fmt.Errorf("%s: list routes to %s: %w", target, dst, err)
 	}
