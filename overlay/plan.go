@@ -560,6 +560,21 @@ func host(a netip.Addr) netip.Prefix {
 	return netip.PrefixFrom(a, a.BitLen())
 }
 
+// WithoutUplinks returns d with the uplink of each bridged network that held reports this host
+// does not hold (refused, or its interface missing) left out: NftPlan then filters that network's
+// bridge as another host's, which takes nothing and routes nothing, rather than as one holding the
+// LAN's addresses. d is not modified.
+func (d DesiredState) WithoutUplinks(held func(Network) bool) DesiredState {
+	out := d
+	out.Networks = slices.Clone(d.Networks)
+	for i, n := range out.Networks {
+		if n.Mode == ModeBridged && n.Uplink != "" && !held(n) {
+			out.Networks[i].Uplink = ""
+		}
+	}
+	return out
+}
+
 // NftPlan returns our chains with their rules for a desired state, in the order they are written.
 // An empty desired state (no networks) has no chains: our tables are removed then.
 //

@@ -352,15 +352,17 @@ func (a *applier) apply(desired overlay.DesiredState) {
 		d.forwarding, d.forwardingOurs = true, true
 		a.change(overlay.OpUpdate, overlay.ForwardingObject+"=1")
 	}
-	nft := planNft(desired, d.links)
-	a.applyNft(nft, false)
-
 	a.holders = make(map[string]uint32)
 	for vni, n := range a.d.nets {
 		if n.uplink != "" {
 			a.holders[n.uplink] = vni
 		}
 	}
+	nft := planNft(desired.WithoutUplinks(func(n overlay.Network) bool {
+		return d.links[n.Uplink] && a.uplinkRefusal(desired, n) == nil
+	}), d.links)
+	a.applyNft(nft, false)
+
 	want := make(map[uint32]bool, len(desired.Networks))
 	for _, nd := range desired.Networks {
 		want[nd.VNI] = true
@@ -395,6 +397,12 @@ func (a *applier) apply(desired overlay.DesiredState) {
 	}
 }
 
+// uplinkRefusal is overlay.UplinkRefusal as the fake can judge it: it knows no addresses, so only
+// the underlay interface's name and "lo" are refused for what they are.
+func (a *applier) uplinkRefusal(desired overlay.DesiredState, nd overlay.Network) error {
+	return overlay.UplinkRefusal(desired, nd, nd.Uplink == "lo", nil, a.holders[nd.Uplink])
+}
+
 func (a *applier) applyNetwork(desired overlay.DesiredState, nd overlay.Network) {
 	d := a.d
 	n := d.nets[nd.VNI]
@@ -405,9 +413,7 @@ func (a *applier) applyNetwork(desired overlay.DesiredState, nd overlay.Network)
 	}
 	uplink := ""
 	if nd.Mode == overlay.ModeBridged && nd.Uplink != "" {
-		// The fake knows no addresses: only the underlay interface's name and "lo" are refused
-		// for what they are.
-		refusal := overlay.UplinkRefusal(desired, nd, nd.Uplink == "lo", nil, a.holders[nd.Uplink])
+		refusal := a.uplinkRefusal(desired, nd)
 		switch {
 		case !d.links[nd.Uplink]:
 			a.fail(overlay.UplinkObject(nd.VNI, nd.Uplink), overlay.ErrUplinkMissing)

@@ -126,10 +126,22 @@ func TestMissingUplinkIsReportedAndRestConverges(t *testing.T) {
 	if !strings.Contains(d.Dump(), "fdb vxlan200 0e:00:00:00:02:03 dst 198.18.0.2") {
 		t.Error("other networks did not converge")
 	}
+	// With the uplink the host holds the LAN: its bridge is filtered as the uplink host's, no
+	// longer as another host's (overlay.DesiredState.WithoutUplinks).
 	d.SetLink("eth1", true)
 	res, err = d.Apply(context.Background(), sample())
-	if err != nil || changes(res) != "update bridge vxbr400\nadd "+overlay.UplinkObject(400, "eth1")+"\n" {
-		t.Fatalf("after the uplink appeared: changes %q, err %v", changes(res), err)
+	want := strings.Join([]string{
+		"add nft rule inet vxfabric input iifname 'vxbr400' ip daddr @infra4 counter drop",
+		"add nft rule inet vxfabric forward iifname 'vxbr400' oifname 'eth0' counter drop",
+		"add nft rule inet vxfabric forward iifname 'eth0' oifname 'vxbr400' counter drop",
+		"update bridge vxbr400",
+		"add " + overlay.UplinkObject(400, "eth1"),
+		"delete nft rule inet vxfabric forward iifname 'vxbr400' oifname != 'vxbr400' counter drop",
+		"delete nft rule inet vxfabric forward oifname 'vxbr400' iifname != 'vxbr400' counter drop",
+		"delete nft rule inet vxfabric input iifname 'vxbr400' counter drop",
+	}, "\n") + "\n"
+	if err != nil || changes(res) != want {
+		t.Fatalf("after the uplink appeared: changes %q, err %v; want %q", changes(res), err, want)
 	}
 }
 

@@ -852,6 +852,14 @@ uplink lan0 master vxbr13: "lan0" is the uplink of network vni 12: uplink refuse
 			if !strings.Contains(ns.MustRun(t, "ip", "-o", "link", "show"), br+":") {
 				t.Errorf("apply %d: %s missing: the rest of its network must converge", i, br)
 			}
+			// Without its uplink the bridge holds no LAN of this host's: it is filtered as
+			// another host's bridged bridge, which takes nothing.
+			if rules := rulesOf(t, dp); !strings.Contains(rules, "inet input iifname '"+br+"' counter drop\n") {
+				t.Errorf("apply %d: %s, whose uplink is refused, takes what comes through it:\n%s", i, br, rules)
+			}
+		}
+		if rules := rulesOf(t, dp); !strings.Contains(rules, "inet input iifname 'vxbr12' ip daddr @infra4 counter drop\n") {
+			t.Errorf("apply %d: vxbr12, which holds lan0, is not filtered as the uplink's bridge:\n%s", i, rules)
 		}
 	}
 

@@ -74,7 +74,8 @@ var hooks = map[string]*nftables.ChainHook{
 
 func (r *run) nftAdd() {
 	c := r.d.nft
-	r.nft.plan = overlay.PortChains(overlay.NftPlan(r.desired), func(iface string) bool { return r.links[iface] != nil })
+	held := func(n overlay.Network) bool { return r.refused[n.VNI] == nil && r.links[n.Uplink] != nil }
+	r.nft.plan = overlay.PortChains(overlay.NftPlan(r.desired.WithoutUplinks(held)), func(iface string) bool { return r.links[iface] != nil })
 	r.nft.tables = make(map[string]*nftables.Table)
 	r.nft.staleElems = make(map[*nftables.Set][]setElem)
 	haveChains := make(map[string]*nftables.Chain) // "family name"
