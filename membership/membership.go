@@ -380,6 +380,35 @@ func (m *Member) Leave(timeout time.Duration) error {
 	if err := m.ml.UpdateNode(timeout / 2); err != nil {
 		m.log.Debug("gossip leave intent not confirmed", "err", err)
 	}
+	// The intent goes out by gossip, to a few members at a time: one that gets the leave message
+	// first would record a death. The servers, which record node status, get it for certain: a
+	// state exchange with each (memberlist's join is one), waited for up to half the timeout.
+	var servers []string
+	for _, p := range m.Members() {
+		if p.Meta.Role == RoleServer && p.State == StateAlive && p.Name != m.Name() {
+			servers = append(servers, p.Addr.String())
+		}
+	}
+	m.mu.Lock()
+	closed := m.closed
+	if !closed && len(servers) > 0 {
+		m.wg.Add(1) // under m.mu, before Shutdown sets closed and waits (Shutdown ends the join)
+	}
+	m.mu.Unlock()
+	if !closed && len(servers) > 0 {
+		done := make(chan struct{})
+		go func() {
+			defer m.wg.Done()
+			defer close(done)
+			if _, err := m.ml.Join(servers); err != nil {
+				m.log.Debug("gossip leave intent not exchanged with every server", "err", err)
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(timeout / 2):
+		}
+	}
 	if err := m.ml.Leave(timeout); err != nil {
 		return fmt.Errorf("leave gossip: %w", err)
 	}
