@@ -9,7 +9,10 @@
 // vrf, see PLATFORM.md). Both carry link group 0x76000000|VNI so that removing a network is one
 // RTM_DELLINK for the group (17 ms instead of 2 x 56 ms holding rtnl), done only after checking that
 // the group holds nothing but the pair. IPv6 address generation is set to none before a device goes
-// up: no link-local address ever exists, so a tenant never sees one of the host's. The MTU is the
+// up: no link-local address ever exists, so a tenant never sees one of the host's. Each bridge
+// answers ARP only for an address on the bridge itself and asks with one (arp_ignore 1, arp_announce
+// 2): by default Linux answers on any interface for any address of the host, so an isolated
+// network's VMs would learn its underlay addresses. The MTU is the
 // network's, i.e. the underlay's minus VXLANOverhead (50 bytes); ports get it too. A vxlan device
 // whose VNI, VTEP or proxy flag differ is the only thing ever recreated (the kernel cannot change
 // those in place); everything else is changed in place or left alone.

@@ -185,7 +185,8 @@ func (r *run) ensureBridge(n overlay.Network) (netlink.Link, error) {
 	if err := notOurs(l, n.VNI); err != nil {
 		return nil, err
 	}
-	if l == nil {
+	created, updated := l == nil, false
+	if created {
 		la := netlink.NewLinkAttrs()
 		la.Name, la.MTU, la.HardwareAddr, la.Group = name, n.MTU, mac, linkGroupBase|n.VNI
 		if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
@@ -211,7 +212,6 @@ func (r *run) ensureBridge(n overlay.Network) (netlink.Link, error) {
 			// back before the bridge serves the new network.
 			r.restoreUplink(n.VNI, l, old)
 		}
-		updated := false
 		if a.MTU != n.MTU {
 			if err := h.LinkSetMTU(l, n.MTU); err != nil {
 				return nil, fmt.Errorf("bridge %q: set mtu %d: %w", name, n.MTU, err)
@@ -229,9 +229,15 @@ func (r *run) ensureBridge(n overlay.Network) (netlink.Link, error) {
 				return nil, fmt.Errorf("bridge %q: set alias: %w", name, err)
 			}
 		}
-		if updated {
-			r.change(overlay.OpUpdate, overlay.BridgeObject(n.VNI))
-		}
+	}
+	// Before a new bridge goes up (part of its creation); on an adopted one a difference is an
+	// update (a bridge of an earlier version, or an operator's sysctl).
+	arpChanged, err := r.d.syncDeviceSysctls(name, bridgeARP)
+	if err != nil {
+		return nil, fmt.Errorf("bridge %q: %w", name, err)
+	}
+	if !created && (updated || arpChanged) {
+		r.change(overlay.OpUpdate, overlay.BridgeObject(n.VNI))
 	}
 	if err := r.bringUp(l); err != nil {
 		return nil, fmt.Errorf("bridge %q: %w", name, err)

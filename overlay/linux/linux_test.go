@@ -312,6 +312,40 @@ func TestPrivilegedOverlay(t *testing.T) {
 		}
 	})
 
+	// The host answers ARP on a bridge for the bridge's own addresses only: an isolated network's
+	// VMs learn none of the host's addresses, a nat network's its gateway and nothing else (not the
+	// underlay address, not another network's gateway), a bridged one the uplink's address.
+	t.Run("HostAnswersARPOnlyForTheBridgesAddresses", func(t *testing.T) {
+		for _, tc := range []struct {
+			vm, target string
+			answered   bool
+		}{
+			{"a1", "198.18.0.1", false},
+			{"a1", "192.168.50.1", false},
+			{"n1", "10.20.0.1", true},
+			{"n1", "198.18.0.1", false},
+			{"n1", "10.30.0.1", false},
+			{"l2", "192.168.50.1", true}, // h1's bridge, across the fabric
+			{"l2", "198.18.0.1", false},
+			{"l2", "198.18.0.2", false}, // l2's own host
+		} {
+			vm, target := l.vms[tc.vm], netip.MustParseAddr(tc.target)
+			c, err := vm.ns.StartInboundCapture("eth0", nstest.ARPReplyFrom(target))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				if err := vm.ns.SendFrame("eth0", nstest.ARPFrame(1, vm.mac, vm.mac, vm.ip, target)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+			if n, _ := c.Stop(); (n > 0) != tc.answered {
+				t.Errorf("%s asked who has %s: %d replies, want answered %v", tc.vm, tc.target, n, tc.answered)
+			}
+		}
+	})
+
 	t.Run("BridgedReachesLAN", func(t *testing.T) {
 		if got := l.ping("l2", "192.168.50.10", 3); got != 3 {
 			t.Errorf("VM on h2 -> LAN host behind h1's uplink: %d/3 replies", got)
@@ -599,6 +633,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 		h1.MustRun(t, "ip", "neigh", "del", "10.10.0.2", "dev", "vxlan101")
 		h1.MustRun(t, "ip", "link", "del", "vxlan102")
 		deleteOneRule(t, l.dps[0], "inet", "forward", `iifname 'vxbr101' oifname != 'vxbr101' oifname 'vxbr*' drop`)
+		h1.MustRun(t, "sysctl", "-q", "-w", "net.ipv4.conf.vxbr101.arp_ignore=0")
 		res := l.apply(0)
 		got := changeText(res)
 		for _, want := range []string{
@@ -608,6 +643,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 			"add fdb vxlan102 0e:00:00:01:02:02 dst 198.18.0.2",
 			"add flood vxlan102 dst 198.18.0.2",
 			`add nft rule inet vxfabric forward iifname 'vxbr101' oifname != 'vxbr101' oifname 'vxbr*' drop`,
+			"update bridge vxbr101",
 		} {
 			if !strings.Contains(got, want+"\n") {
 				t.Errorf("repair lacks %q; changes:\n%s", want, got)
@@ -618,6 +654,9 @@ func TestPrivilegedOverlay(t *testing.T) {
 		}
 		if l.ping("a1", "10.10.0.2", 1) != 1 || l.ping("b1", "10.10.0.2", 1) != 1 {
 			t.Error("pings broken after repair")
+		}
+		if v := strings.TrimSpace(h1.MustRun(t, "sysctl", "-n", "net.ipv4.conf.vxbr101.arp_ignore")); v != "1" {
+			t.Errorf("vxbr101 arp_ignore = %s after repair, want 1", v)
 		}
 	})
 

@@ -57,6 +57,45 @@ func (d *Datapath) writeSysctl(path, value string) error {
 	return d.inNetns(func() error { return os.WriteFile(path, []byte(value), 0o644) })
 }
 
+// bridgeARP is the ARP behaviour of every bridge of ours: the host answers only for addresses on
+// the bridge itself (an isolated network's bridge has none, so its VMs get no answer at all; a nat
+// or routed one answers for its gateway), and its own requests name one of those as their sender
+// (not the underlay address of the route's preferred source). Linux's defaults answer on any
+// interface for any address of the host.
+var bridgeARP = []sysctlValue{{"arp_ignore", "1"}, {"arp_announce", "2"}}
+
+// sysctlValue is one setting under a device's /proc/sys/net/ipv4/conf directory.
+type sysctlValue struct{ name, value string }
+
+// syncDeviceSysctls sets device's IPv4 settings to values where they differ, in one visit of the
+// target namespace, and reports whether it changed any.
+func (d *Datapath) syncDeviceSysctls(device string, values []sysctlValue) (changed bool, err error) {
+	dir := "/proc/sys/net/ipv4/conf/" + device + "/"
+	err = d.inNetns(func() error {
+		for _, v := range values {
+			path := dir + v.name
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", v.name, err)
+			}
+			if strings.TrimSpace(string(b)) == v.value {
+				continue
+			}
+			if d.failSysctlWrite != nil {
+				if err := d.failSysctlWrite(path, v.value); err != nil {
+					return fmt.Errorf("set %s to %s: %w", v.name, v.value, err)
+				}
+			}
+			if err := os.WriteFile(path, []byte(v.value), 0o644); err != nil {
+				return fmt.Errorf("set %s to %s: %w", v.name, v.value, err)
+			}
+			changed = true
+		}
+		return nil
+	})
+	return changed, err
+}
+
 // forwardingOn turns IPv4 forwarding on when a nat or routed network exists and records, as a
 // marker chain in our table, that we did; if it is on already we leave it and record nothing.
 func (r *run) forwardingOn() {

@@ -432,3 +432,11 @@ func ARPFrom(sha net.HardwareAddr, spa netip.Addr) func(frame []byte) bool {
 			string(f[22:28]) == string(sha) && netip.AddrFrom4([4]byte(f[28:32])) == spa
 	}
 }
+
+// ARPReplyFrom matches ARP replies whose sender address is spa.
+func ARPReplyFrom(spa netip.Addr) func(frame []byte) bool {
+	return func(f []byte) bool {
+		return len(f) >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[20] == 0 && f[21] == 2 &&
+			netip.AddrFrom4([4]byte(f[28:32])) == spa
+	}
+}
