@@ -231,10 +231,11 @@ func (r *run) ensureBridge(n overlay.Network) (netlink.Link, error) {
 		}
 	}
 	// Before a new bridge goes up (part of its creation); on an adopted one a difference is an
-	// update (a bridge of an earlier version, or an operator's sysctl).
+	// update (a bridge of an earlier version, or an operator's sysctl). A failure (a read-only
+	// /proc/sys) is the bridge's alone: the network is served all the same.
 	arpChanged, err := r.d.syncDeviceSysctls(name, bridgeARP)
 	if err != nil {
-		return nil, fmt.Errorf("bridge %q: %w", name, err)
+		r.fail(overlay.BridgeObject(n.VNI), fmt.Errorf("bridge %q: %w", name, err))
 	}
 	if !created && (updated || arpChanged) {
 		r.change(overlay.OpUpdate, overlay.BridgeObject(n.VNI))

@@ -1152,6 +1152,40 @@ func TestPrivilegedForwardingMarkKeptWhenOffFails(t *testing.T) {
 	}
 }
 
+// TestPrivilegedBridgeARPFailureIsTheBridgesAlone: a bridge whose ARP settings cannot be written
+// (a read-only /proc/sys) is reported, and its network is served all the same; the settings are
+// written once they can be.
+func TestPrivilegedBridgeARPFailureIsTheBridgesAlone(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "arpro")
+	dp.failSysctlWrite = func(path, _ string) error {
+		if strings.Contains(path, "/conf/vxbr") {
+			return errors.New("read-only file system")
+		}
+		return nil
+	}
+	vtep := netip.MustParseAddr("198.18.0.2")
+	st := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
+		Networks: []overlay.Network{{VNI: 41, Mode: overlay.ModeIsolated, MTU: 1450,
+			Remotes: []overlay.RemotePort{{MAC: mustMAC("0e:00:00:00:29:02"), IP: netip.MustParseAddr("10.0.0.2"), VTEP: vtep}},
+			Flood:   []netip.Addr{vtep}}}}
+	res, err := dp.Apply(context.Background(), st)
+	if err == nil || len(res.Errors) != 1 || res.Errors[0].Object != overlay.BridgeObject(41) {
+		t.Fatalf("Apply with the bridge's sysctls read-only: err %v, errors %v", err, res.Errors)
+	}
+	if fdb := ns.MustRun(t, "bridge", "fdb", "show", "dev", "vxlan41"); !strings.Contains(fdb, "0e:00:00:00:29:02 dst 198.18.0.2") {
+		t.Errorf("the network was not served: vxlan41 FDB:\n%s", fdb)
+	}
+	dp.failSysctlWrite = nil
+	res, err = dp.Apply(context.Background(), st)
+	if err != nil || changeText(res) != "update "+overlay.BridgeObject(41)+"\n" {
+		t.Errorf("Apply once writable: err %v, changes:\n%s", err, changeText(res))
+	}
+	if v := strings.TrimSpace(ns.MustRun(t, "sysctl", "-n", "net.ipv4.conf.vxbr41.arp_ignore", "net.ipv4.conf.vxbr41.arp_announce")); v != "1\n2" {
+		t.Errorf("vxbr41 arp_ignore, arp_announce = %q, want 1 and 2", v)
+	}
+}
+
 // TestPrivilegedGatewayNeverTakesTheHostsRoutes: a nat or routed network's gateway address is not
 // put on its bridge when its connected route would take traffic the host sends outside the fabric
 // (its underlay subnet, its servers): that would cut the host off. The network's other objects

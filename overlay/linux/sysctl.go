@@ -57,11 +57,12 @@ func (d *Datapath) writeSysctl(path, value string) error {
 	return d.inNetns(func() error { return os.WriteFile(path, []byte(value), 0o644) })
 }
 
-// bridgeARP is the ARP behaviour of every bridge of ours: the host answers only for addresses on
-// the bridge itself (an isolated network's bridge has none, so its VMs get no answer at all; a nat
-// or routed one answers for its gateway), and its own requests name one of those as their sender
-// (not the underlay address of the route's preferred source). Linux's defaults answer on any
-// interface for any address of the host.
+// bridgeARP is the ARP behaviour of every bridge of ours, whatever conf/default says: the host
+// answers only for addresses on the bridge itself (an isolated network's bridge has none, so its
+// VMs get no answer at all; a nat or routed one answers for its gateway), and its own requests name
+// one of those as their sender, not the source address of the packet that needs the answer (an
+// underlay address, when the host itself sends). Linux's defaults answer on any interface for any
+// address of the host (unless reverse-path filtering happens to refuse the asker).
 var bridgeARP = []sysctlValue{{"arp_ignore", "1"}, {"arp_announce", "2"}}
 
 // sysctlValue is one setting under a device's /proc/sys/net/ipv4/conf directory.
