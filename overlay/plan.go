@@ -355,6 +355,9 @@ func RouteObject(vni uint32, gw netip.Addr) string {
 // ForwardingObject names the IPv4 forwarding switch.
 const ForwardingObject = "sysctl net.ipv4.ip_forward"
 
+// VTEPObject names the host's VTEP address: an error on it means VXLAN cannot work on this host.
+func VTEPObject(vtep netip.Addr) string { return "vtep " + vtep.String() }
+
 // TableObject, ChainObject, RuleObject and SetElemObject name nftables objects.
 func TableObject(family string) string { return "nft table " + family + " " + TableName }
 func ChainObject(family, chain string) string {

@@ -50,6 +50,8 @@ type run struct {
 	underlay   []overlay.UnderlayRoute
 	routesRead bool
 	routesErr  error
+	// vtepHeld: an address of the host is the VTEP (hostUnderlay reads the addresses).
+	vtepHeld bool
 }
 
 func (r *run) change(op overlay.Op, obj string) {
@@ -93,6 +95,11 @@ func (r *run) apply() error {
 	r.routesRead = false // the networks converged above may have changed the routes
 	if under, err := r.hostUnderlay(); err == nil {
 		r.res.UnderlayRoutes = slices.Clip(append([]overlay.UnderlayRoute{}, under...))
+		if vtep := r.desired.Underlay.VTEP; !r.vtepHeld {
+			// Everything else is converged all the same: the address may come later (DHCP, a
+			// late network service), and the devices then work as they are.
+			r.fail(overlay.VTEPObject(vtep), errors.New("no interface of this host has this address: VXLAN is neither sent from it nor received on it, so no port here reaches another host"))
+		}
 	}
 	return nil
 }
@@ -474,8 +481,12 @@ func (r *run) hostUnderlay() ([]overlay.UnderlayRoute, error) {
 		}
 	}
 	var out []overlay.UnderlayRoute
+	r.vtepHeld = false
 	for _, a := range addrs {
 		p, ok := addrPrefix(a)
+		if ok && p.Addr() == r.desired.Underlay.VTEP.Unmap() {
+			r.vtepHeld = true
+		}
 		if rl := roles[a.LinkIndex]; ok && rl.counts && p.Addr().Is4() {
 			out = append(out, overlay.UnderlayRoute{Prefix: p.Masked(), Uplink: rl.uplink})
 		}

@@ -1186,6 +1186,30 @@ func TestPrivilegedBridgeARPFailureIsTheBridgesAlone(t *testing.T) {
 	}
 }
 
+// TestPrivilegedVTEPNotHeld: a VTEP that no interface of the host has (a typo, a copied
+// configuration, an address not up yet) is reported on every Apply; the networks are converged all
+// the same, and the error goes once the address is there.
+func TestPrivilegedVTEPNotHeld(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "vtepgone") // holds 198.18.0.1
+	vtep := netip.MustParseAddr("198.18.0.9")
+	st := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: vtep},
+		Networks: []overlay.Network{{VNI: 42, Mode: overlay.ModeIsolated, MTU: 1450}}}
+	for range 2 {
+		res, err := dp.Apply(context.Background(), st)
+		if err == nil || len(res.Errors) != 1 || res.Errors[0].Object != overlay.VTEPObject(vtep) {
+			t.Fatalf("Apply with a VTEP the host does not have: err %v, errors %v", err, res.Errors)
+		}
+	}
+	if out := ns.MustRun(t, "ip", "-d", "link", "show", "vxlan42"); !strings.Contains(out, "local 198.18.0.9") {
+		t.Errorf("vxlan42 not made:\n%s", out)
+	}
+	ns.MustRun(t, "ip", "addr", "add", "198.18.0.9/32", "dev", "lo")
+	if res, err := dp.Apply(context.Background(), st); err != nil || len(res.Changes) != 0 {
+		t.Errorf("Apply once the host has the VTEP: err %v, changes:\n%s", err, changeText(res))
+	}
+}
+
 // TestPrivilegedGatewayNeverTakesTheHostsRoutes: a nat or routed network's gateway address is not
 // put on its bridge when its connected route would take traffic the host sends outside the fabric
 // (its underlay subnet, its servers): that would cut the host off. The network's other objects
