@@ -14,10 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NetlinkLinks watches RTM_NEWLINK/RTM_DELLINK in one network namespace, and RTM_DELNEIGH on our
-// vxlan devices: an interface that appears, goes, is renamed, goes down or changes master is
-// reported, and so is a vxlan device that lost an FDB or neighbour entry (as changed(its name)), so
-// that drift of our own objects is repaired at once, not at the next periodic pass.
+// NetlinkLinks watches RTM_NEWLINK/RTM_DELLINK in one network namespace, RTM_DELNEIGH on our
+// vxlan devices, and IPv4 addresses: an interface that appears, goes, is renamed, goes down or
+// changes master is reported, and so is a vxlan device that lost an FDB or neighbour entry (as
+// changed(its name)), so that drift of our own objects is repaired at once, not at the next periodic
+// pass; an IPv4 address that comes or goes on an interface not of ours asks for a full pass (resync):
+// the VTEP address may have come, or the host's underlay subnets changed.
 type NetlinkLinks struct {
 	// Namespace to watch; nil: the namespace of the calling process.
 	Namespace *netns.NsHandle
@@ -80,6 +82,14 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 		neighs = nil // links alone: drift of entries waits for the periodic pass
 		w.logger().Warn("neighbour watch unavailable: FDB drift is repaired by the periodic pass only", "err", err)
 	}
+	addrs := make(chan netlink.AddrUpdate, 256)
+	addrDone := make(chan struct{})
+	aopts := netlink.AddrSubscribeOptions{Namespace: w.Namespace, ErrorCallback: opts.ErrorCallback, ReceiveBufferSize: 1 << 20}
+	if err := netlink.AddrSubscribeWithOptions(addrs, addrDone, aopts); err != nil {
+		close(addrDone)
+		addrs = nil // a VTEP address that comes or goes waits for the periodic pass
+		w.logger().Warn("address watch unavailable: a VTEP address that comes or goes is seen by the periodic pass only", "err", err)
+	}
 	defer func() {
 		close(done)
 		for range updates { // the subscription closes it once its socket is closed
@@ -87,6 +97,11 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 		if neighs != nil {
 			close(neighDone)
 			for range neighs {
+			}
+		}
+		if addrs != nil {
+			close(addrDone)
+			for range addrs {
 			}
 		}
 	}()
@@ -104,6 +119,20 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 			// the others concern one message.
 			lastErr = err
 			if errors.Is(err, netlink.ErrDumpInterrupted) {
+				resync()
+			}
+		case u, ok := <-addrs:
+			if !ok {
+				if lastErr != nil {
+					return lastErr
+				}
+				return errLinkStream
+			}
+			// An IPv4 address of the host came or went: the VTEP may be there now (or gone), and the
+			// subnets the agent reports as the host's underlay changed. Our devices' own addresses
+			// (a gateway on a bridge) are ours to set, not news.
+			st, known := links[u.LinkIndex]
+			if u.LinkAddress.IP.To4() != nil && !(known && overlay.IsDeviceName(st.name)) {
 				resync()
 			}
 		case u, ok := <-neighs:

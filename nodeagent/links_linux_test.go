@@ -53,7 +53,14 @@ func TestPrivilegedNetlinkLinksSeesInterfaces(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	w := NetlinkLinks{Namespace: &ns, Logger: testLogger()}
-	go func() { done <- w.Run(ctx, func(n string) { changed <- n }, func() {}) }()
+	resyncs := make(chan struct{}, 64)
+	resync := func() {
+		select {
+		case resyncs <- struct{}{}:
+		default:
+		}
+	}
+	go func() { done <- w.Run(ctx, func(n string) { changed <- n }, resync) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -161,5 +168,39 @@ func TestPrivilegedNetlinkLinksSeesInterfaces(t *testing.T) {
 	case n := <-changed:
 		t.Fatalf("event for %s after a learned entry went", n)
 	case <-time.After(200 * time.Millisecond):
+	}
+
+	// An IPv4 address that comes on an interface not of ours (the VTEP, at last) asks for a full
+	// pass; one on our bridge (a gateway we set) does not.
+	for len(resyncs) > 0 {
+		<-resyncs
+	}
+	addr := func(l netlink.Link, cidr string) {
+		t.Helper()
+		a, err := netlink.ParseAddr(cidr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.AddrAdd(l, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr(br, "10.20.0.1/24")
+	select {
+	case <-resyncs:
+		t.Fatal("resync after an address on our bridge")
+	case <-time.After(200 * time.Millisecond):
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	addr(lo, "198.18.0.9/32")
+	select {
+	case <-resyncs:
+		t.Logf("address added -> resync in %s", time.Since(start))
+	case <-time.After(2 * time.Second):
+		t.Fatal("no resync after an IPv4 address came on lo")
 	}
 }

@@ -73,10 +73,24 @@ var ErrUplinkRefused = errors.New("uplink refused")
 // would take traffic the host sends outside the fabric (see overlay/linux's underlayClash).
 var ErrGatewayRefused = errors.New("gateway refused")
 
-// Standing reports whether an object error is a refusal that stands until the desired state or the
-// host changes (ErrUplinkRefused, ErrGatewayRefused), not a failure that trying again may mend.
+// ErrVTEPMissing marks a VTEP that no interface of the host has: VXLAN is neither sent from it nor
+// received on it. Everything else is converged all the same, and works once the address is there.
+var ErrVTEPMissing = errors.New("no interface of this host has this address")
+
+// ErrSettingRefused marks a setting the host does not let us write (a read-only /proc/sys, as in an
+// unprivileged container).
+var ErrSettingRefused = errors.New("the host refuses the setting")
+
+// Standing reports whether an object error is a refusal or a condition that stands until the
+// desired state or the host changes (ErrUplinkRefused, ErrGatewayRefused, ErrVTEPMissing,
+// ErrSettingRefused), not a failure that trying again may mend.
 func Standing(err error) bool {
-	return errors.Is(err, ErrUplinkRefused) || errors.Is(err, ErrGatewayRefused)
+	for _, e := range []error{ErrUplinkRefused, ErrGatewayRefused, ErrVTEPMissing, ErrSettingRefused} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // OnlyStanding reports whether an Apply's error consists of Standing refusals alone (the join of

@@ -50,6 +50,8 @@ func TestOnlyStanding(t *testing.T) {
 	refused := ObjectError{Object: "addr vxbr7 10.0.0.1/24", Err: fmt.Errorf("overlaps: %w", ErrGatewayRefused)}
 	uplink := ObjectError{Object: "uplink lo master vxbr8", Err: fmt.Errorf("loopback: %w", ErrUplinkRefused)}
 	missing := ObjectError{Object: "uplink eth9 master vxbr9", Err: ErrUplinkMissing}
+	vtep := ObjectError{Object: "vtep 198.18.0.9", Err: fmt.Errorf("%w: VXLAN is neither sent nor received", ErrVTEPMissing)}
+	setting := ObjectError{Object: "bridge vxbr7", Err: fmt.Errorf("set arp_ignore to 1: %w: %w", ErrSettingRefused, errors.New("read-only file system"))}
 	for _, tc := range []struct {
 		err  error
 		want bool
@@ -58,6 +60,8 @@ func TestOnlyStanding(t *testing.T) {
 		{errors.Join(refused), true},
 		{errors.Join(refused, uplink), true},
 		{errors.Join(refused, missing), false},
+		{errors.Join(vtep, setting), true},
+		{errors.Join(vtep, missing), false},
 		{errors.New("list links: interrupted"), false},
 		{fmt.Errorf("apply: %w", errors.New("netlink: ENOBUFS")), false},
 	} {

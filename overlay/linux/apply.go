@@ -95,10 +95,10 @@ func (r *run) apply() error {
 	r.routesRead = false // the networks converged above may have changed the routes
 	if under, err := r.hostUnderlay(); err == nil {
 		r.res.UnderlayRoutes = slices.Clip(append([]overlay.UnderlayRoute{}, under...))
-		if vtep := r.desired.Underlay.VTEP; !r.vtepHeld {
+		if vtep := r.desired.Underlay.VTEP; vtep.Unmap().Is4() && !r.vtepHeld {
 			// Everything else is converged all the same: the address may come later (DHCP, a
 			// late network service), and the devices then work as they are.
-			r.fail(overlay.VTEPObject(vtep), errors.New("no interface of this host has this address: VXLAN is neither sent from it nor received on it, so no port here reaches another host"))
+			r.fail(overlay.VTEPObject(vtep), fmt.Errorf("%w: VXLAN is neither sent from it nor received on it, so no port here reaches another host", overlay.ErrVTEPMissing))
 		}
 	}
 	return nil

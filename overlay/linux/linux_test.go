@@ -1160,7 +1160,7 @@ func TestPrivilegedBridgeARPFailureIsTheBridgesAlone(t *testing.T) {
 	ns, dp := hostNS(t, "arpro")
 	dp.failSysctlWrite = func(path, _ string) error {
 		if strings.Contains(path, "/conf/vxbr") {
-			return errors.New("read-only file system")
+			return &os.PathError{Op: "open", Path: path, Err: unix.EROFS}
 		}
 		return nil
 	}
@@ -1170,8 +1170,8 @@ func TestPrivilegedBridgeARPFailureIsTheBridgesAlone(t *testing.T) {
 			Remotes: []overlay.RemotePort{{MAC: mustMAC("0e:00:00:00:29:02"), IP: netip.MustParseAddr("10.0.0.2"), VTEP: vtep}},
 			Flood:   []netip.Addr{vtep}}}}
 	res, err := dp.Apply(context.Background(), st)
-	if err == nil || len(res.Errors) != 1 || res.Errors[0].Object != overlay.BridgeObject(41) {
-		t.Fatalf("Apply with the bridge's sysctls read-only: err %v, errors %v", err, res.Errors)
+	if err == nil || len(res.Errors) != 1 || res.Errors[0].Object != overlay.BridgeObject(41) || !overlay.OnlyStanding(err) {
+		t.Fatalf("Apply with the bridge's sysctls read-only: err %v (standing %v), errors %v", err, overlay.OnlyStanding(err), res.Errors)
 	}
 	if fdb := ns.MustRun(t, "bridge", "fdb", "show", "dev", "vxlan41"); !strings.Contains(fdb, "0e:00:00:00:29:02 dst 198.18.0.2") {
 		t.Errorf("the network was not served: vxlan41 FDB:\n%s", fdb)
@@ -1197,8 +1197,8 @@ func TestPrivilegedVTEPNotHeld(t *testing.T) {
 		Networks: []overlay.Network{{VNI: 42, Mode: overlay.ModeIsolated, MTU: 1450}}}
 	for range 2 {
 		res, err := dp.Apply(context.Background(), st)
-		if err == nil || len(res.Errors) != 1 || res.Errors[0].Object != overlay.VTEPObject(vtep) {
-			t.Fatalf("Apply with a VTEP the host does not have: err %v, errors %v", err, res.Errors)
+		if err == nil || len(res.Errors) != 1 || res.Errors[0].Object != overlay.VTEPObject(vtep) || !overlay.OnlyStanding(err) {
+			t.Fatalf("Apply with a VTEP the host does not have: err %v (standing %v), errors %v", err, overlay.OnlyStanding(err), res.Errors)
 		}
 	}
 	if out := ns.MustRun(t, "ip", "-d", "link", "show", "vxlan42"); !strings.Contains(out, "local 198.18.0.9") {

@@ -83,11 +83,15 @@ func (d *Datapath) syncDeviceSysctls(device string, values []sysctlValue) (chang
 				continue
 			}
 			if d.failSysctlWrite != nil {
-				if err := d.failSysctlWrite(path, v.value); err != nil {
-					return fmt.Errorf("set %s to %s: %w", v.name, v.value, err)
-				}
+				err = d.failSysctlWrite(path, v.value)
 			}
-			if err := os.WriteFile(path, []byte(v.value), 0o644); err != nil {
+			if err == nil {
+				err = os.WriteFile(path, []byte(v.value), 0o644)
+			}
+			if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+				err = fmt.Errorf("%w: %w", overlay.ErrSettingRefused, err)
+			}
+			if err != nil {
 				return fmt.Errorf("set %s to %s: %w", v.name, v.value, err)
 			}
 			changed = true
