@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -638,8 +639,10 @@ const revisionColumnsHelp = `Revisions are the store's (etcd's) revisions:
            apply; "-" while APPLIED is unknown
 Below the table come the kernel objects an agent reported it could not apply: one it retries (a
 bridged network's uplink interface missing on the host, say), or one the host refuses until it or
-the network changes (a gateway over the host's underlay, an uplink that must stay out), past which
-the agent applies the rest. Either way the node is not in sync.`
+the network changes (a gateway over the host's underlay, an uplink that must stay out, a VTEP that
+no interface of the host has), past which the agent applies the rest. Either way the node is not in
+sync. Last come the VTEPs that more than one live node claims: other hosts send the ports' frames
+of all of them to the one that holds the address.`
 
 // revisionText shows a revision, and 0 (not known) as "-".
 func revisionText(r int64) string {
@@ -674,4 +677,37 @@ func nodeTable(w io.Writer, latest int64, ns ...*vxfabricv1.Node) {
 			fmt.Fprintf(w, "  %s: %s\n", n.Name, e)
 		}
 	}
+	for i, c := range sharedVTEPs(ns) {
+		if i == 0 {
+			fmt.Fprintf(w, "\nVTEPs that more than one live node claims (other hosts send all their ports' frames to the one that holds the address):\n")
+		}
+		fmt.Fprintf(w, "  %s: %s\n", c.vtep, strings.Join(c.nodes, ", "))
+	}
+}
+
+// sharedVTEP is a VTEP address and the live nodes that claim it.
+type sharedVTEP struct {
+	vtep  string
+	nodes []string
+}
+
+// sharedVTEPs finds the VTEPs claimed by more than one node that is not DEAD or LEFT (a host
+// reinstalled under a new name leaves its old, dead record with the same address: that is no
+// conflict), in the order of their first node.
+func sharedVTEPs(ns []*vxfabricv1.Node) []sharedVTEP {
+	var out []sharedVTEP
+	at := map[string]int{}
+	for _, n := range ns {
+		if n.GetVtep() == "" || n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_DEAD || n.GetStatus() == vxfabricv1.NodeStatus_NODE_STATUS_LEFT {
+			continue
+		}
+		i, seen := at[n.GetVtep()]
+		if !seen {
+			i = len(out)
+			at[n.GetVtep()] = i
+			out = append(out, sharedVTEP{vtep: n.GetVtep()})
+		}
+		out[i].nodes = append(out[i].nodes, n.GetName())
+	}
+	return slices.DeleteFunc(out, func(c sharedVTEP) bool { return len(c.nodes) < 2 })
 }

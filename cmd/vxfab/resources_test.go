@@ -228,6 +228,29 @@ func TestNodeTableApplyErrors(t *testing.T) {
 	}
 }
 
+// TestNodeTableSharedVTEPs: two live nodes with one VTEP are named below the table; a dead record
+// with the address of a live node (a host reinstalled under a new name) is not a conflict.
+func TestNodeTableSharedVTEPs(t *testing.T) {
+	alive, dead := vxfabricv1.NodeStatus_NODE_STATUS_ALIVE, vxfabricv1.NodeStatus_NODE_STATUS_DEAD
+	var out strings.Builder
+	nodeTable(&out, 0,
+		&vxfabricv1.Node{Name: "h1", Vtep: "198.18.0.11", Status: alive},
+		&vxfabricv1.Node{Name: "h2", Vtep: "198.18.0.12", Status: alive},
+		&vxfabricv1.Node{Name: "h3", Vtep: "198.18.0.13", Status: dead},
+		&vxfabricv1.Node{Name: "h4", Vtep: "198.18.0.11", Status: vxfabricv1.NodeStatus_NODE_STATUS_SUSPECT},
+		&vxfabricv1.Node{Name: "h5", Vtep: "198.18.0.13", Status: alive},
+	)
+	want := "\nVTEPs that more than one live node claims (other hosts send all their ports' frames to the one that holds the address):\n  198.18.0.11: h1, h4\n"
+	if !strings.HasSuffix(out.String(), want) {
+		t.Errorf("table:\n%s\nwant it to end with%s", out.String(), want)
+	}
+	out.Reset()
+	nodeTable(&out, 0, &vxfabricv1.Node{Name: "h3", Vtep: "198.18.0.13", Status: dead}, &vxfabricv1.Node{Name: "h5", Vtep: "198.18.0.13", Status: alive})
+	if strings.Contains(out.String(), "VTEPs that") {
+		t.Errorf("a dead record and a live one share a VTEP, shown as a conflict:\n%s", out.String())
+	}
+}
+
 // TestCreateCallRetriesWithTheSameKey: a create whose answer is lost (Unavailable) is sent again with
 // the same idempotency key, so the server answers with what the first one made; other errors and
 // a server that stays away end it.
