@@ -711,8 +711,9 @@ func (r *run) restoreUplink(vni uint32, br netlink.Link, uplink string) {
 	}
 }
 
-// ensurePorts enslaves the local ports that exist to the bridge with the network's MTU and up. A
-// port whose interface does not exist yet is skipped without error: the next Apply plugs it.
+// ensurePorts enslaves the local ports that exist to the bridge with the network's MTU, their MACs
+// pinned to them (portEntry), and up. A port whose interface does not exist yet is skipped without
+// error: the next Apply plugs it.
 func (r *run) ensurePorts(n overlay.Network, br netlink.Link) {
 	h := r.d.h
 	for _, p := range n.Ports {
@@ -722,16 +723,15 @@ func (r *run) ensurePorts(n overlay.Network, br netlink.Link) {
 		}
 		obj := overlay.PortObject(n.VNI, p.Interface)
 		a := l.Attrs()
+		plugged, updated := a.MasterIndex == br.Attrs().Index, false
 		if a.MTU != n.MTU {
 			if err := h.LinkSetMTU(l, n.MTU); err != nil {
 				r.fail(obj, fmt.Errorf("set mtu %d: %w", n.MTU, err))
 				continue
 			}
-			if a.MasterIndex == br.Attrs().Index {
-				r.change(overlay.OpUpdate, obj)
-			}
+			updated = true
 		}
-		if a.MasterIndex != br.Attrs().Index {
+		if !plugged {
 			if r.unguarded != nil && !r.desired.DisablePortSecurity {
 				r.fail(obj, fmt.Errorf("not plugged until port security is in place: %w", r.unguarded))
 				continue
@@ -741,6 +741,26 @@ func (r *run) ensurePorts(n overlay.Network, br netlink.Link) {
 				continue
 			}
 			r.change(overlay.OpAdd, obj)
+		}
+		// The port's MAC pinned to it (portEntry) is part of plugging; on a port plugged before, a
+		// missing pin is an update (drift, or a port plugged by an earlier version).
+		pinned := false
+		if plugged {
+			var err error
+			if pinned, err = portPinned(r.d.dump1, a.Index, p.MAC); err != nil {
+				r.fail(obj, fmt.Errorf("read the bridge's entries of the port: %w", err))
+				continue
+			}
+		}
+		if !pinned {
+			if err := h.NeighSet(portEntry(a.Index, p.MAC)); err != nil {
+				r.fail(obj, fmt.Errorf("pin mac %s to the port: %w", p.MAC, err))
+				continue
+			}
+			updated = true
+		}
+		if plugged && updated {
+			r.change(overlay.OpUpdate, obj)
 		}
 		if a.Flags&net.FlagUp == 0 {
 			if err := h.LinkSetUp(l); err != nil {

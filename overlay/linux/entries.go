@@ -56,6 +56,25 @@ func learnedEntry(vx int, mac net.HardwareAddr) *netlink.Neigh {
 	return &netlink.Neigh{LinkIndex: vx, Family: unix.AF_BRIDGE, Flags: unix.NTF_MASTER, HardwareAddr: mac}
 }
 
+// portEntry pins a local port's MAC to its interface in the bridge: static (it never ages out, so
+// frames for a quiet VM are not flooded) and sticky (a frame with that source MAC arriving on
+// another port, the tunnel or a bridged network's LAN, does not move it there).
+func portEntry(port int, mac net.HardwareAddr) *netlink.Neigh {
+	return &netlink.Neigh{LinkIndex: port, Family: unix.AF_BRIDGE, State: unix.NUD_NOARP,
+		Flags: unix.NTF_MASTER | netlink.NTF_STICKY, HardwareAddr: mac}
+}
+
+// portPinned tells whether the bridge holds mac as portEntry makes it on the port (ifindex).
+func portPinned(dump *nl.SocketHandle, port int, mac net.HardwareAddr) (bool, error) {
+	pinned := false
+	err := dumpNeigh(dump, unix.AF_BRIDGE, port, func() { pinned = false }, func(e *neighMsg) {
+		if e.flags&unix.NTF_SELF == 0 && e.flags&netlink.NTF_STICKY != 0 && e.state == unix.NUD_NOARP && bytes.Equal(e.lladdr, mac) {
+			pinned = true
+		}
+	})
+	return pinned, err
+}
+
 // floodEntry adds vtep to the head-end replication list (the all-zero MAC).
 func floodEntry(vx int, vtep netip.Addr) *netlink.Neigh { return fdbEntry(vx, zeroMAC, vtep) }
 

@@ -186,6 +186,9 @@ func TestPrivilegedOverlay(t *testing.T) {
 		if a1.Attrs().MasterIndex != link("vxbr101").Attrs().Index || a1.Attrs().MTU != 1450 {
 			t.Errorf("port a1: master %d mtu %d", a1.Attrs().MasterIndex, a1.Attrs().MTU)
 		}
+		if fdb := l.hosts[0].MustRun(t, "bridge", "fdb", "show", "dev", "a1"); !strings.Contains(fdb, "0e:00:00:01:01:01 sticky master vxbr101 static") {
+			t.Errorf("a1's MAC is not pinned to its port:\n%s", fdb)
+		}
 		if v := strings.TrimSpace(l.hosts[0].MustRun(t, "sysctl", "-n", "net.ipv4.ip_forward")); v != "1" {
 			t.Errorf("h1 ip_forward = %s with nat and routed networks", v)
 		}
@@ -359,6 +362,31 @@ func TestPrivilegedOverlay(t *testing.T) {
 		}
 		if got := l.lan.Ping("192.168.50.1", 2, "0.05"); got != 2 {
 			t.Errorf("LAN -> host address on the bridge: %d/2", got)
+		}
+	})
+
+	// A LAN device that sends with a VM's MAC as its source does not take the VM's frames on the
+	// VM's host: the port's MAC is pinned there (bridges trust a LAN at L2 otherwise, as a switch).
+	t.Run("BridgedLANCannotTakeAVMsMAC", func(t *testing.T) {
+		l2 := l.vms["l2"]
+		for range 3 {
+			if err := l.lan.SendFrame("eth0", nstest.ARPFrame(1, l2.mac, l2.mac, netip.MustParseAddr("192.168.50.99"), netip.MustParseAddr("192.168.50.1"))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+		fdb := l.hosts[1].MustRun(t, "bridge", "fdb", "show", "br", "vxbr400")
+		var entry string
+		for line := range strings.Lines(fdb) {
+			if strings.HasPrefix(line, l2.mac.String()+" ") && strings.Contains(line, "master vxbr400") {
+				entry = strings.TrimSpace(line)
+			}
+		}
+		if !strings.Contains(entry, "dev l2 ") {
+			t.Errorf("h2's bridge sends l2's frames to %q after the LAN spoofed its MAC:\n%s", entry, fdb)
+		}
+		if got := l.ping("l2", "192.168.50.10", 2); got != 2 {
+			t.Errorf("l2 -> LAN host after the spoof: %d/2", got)
 		}
 	})
 
@@ -634,6 +662,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 		h1.MustRun(t, "ip", "link", "del", "vxlan102")
 		deleteOneRule(t, l.dps[0], "inet", "forward", `iifname 'vxbr101' oifname != 'vxbr101' oifname 'vxbr*' drop`)
 		h1.MustRun(t, "sysctl", "-q", "-w", "net.ipv4.conf.vxbr101.arp_ignore=0")
+		h1.MustRun(t, "bridge", "fdb", "del", "0e:00:00:01:01:01", "dev", "a1", "master")
 		res := l.apply(0)
 		got := changeText(res)
 		for _, want := range []string{
@@ -644,6 +673,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 			"add flood vxlan102 dst 198.18.0.2",
 			`add nft rule inet vxfabric forward iifname 'vxbr101' oifname != 'vxbr101' oifname 'vxbr*' drop`,
 			"update bridge vxbr101",
+			"update " + overlay.PortObject(101, "a1"),
 		} {
 			if !strings.Contains(got, want+"\n") {
 				t.Errorf("repair lacks %q; changes:\n%s", want, got)
