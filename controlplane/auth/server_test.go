@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -140,9 +141,17 @@ func TestRealServerTenantIsolation(t *testing.T) {
 	// Node certificates made later by the same CA are accepted by the real Sync hub, for their own
 	// node only; agents cannot use the admin API.
 	h1 := s.dial(t, client{cert: "node-h1"})
-	snap, err := syncFirst(ctx, h1, "h1")
-	if err != nil {
-		t.Fatalf("h1 Syncs h1: %v", err)
+	// The hub serves what its etcd watch has delivered: under load that may trail the writes
+	// above for a moment, so the first snapshot is asked for again until it holds them.
+	var snap *vxfabricv1.SyncResponse
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		snap, err = syncFirst(ctx, h1, "h1")
+		if err != nil {
+			t.Fatalf("h1 Syncs h1: %v", err)
+		}
+		if len(snap.GetLocalPorts()) == 2 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if !snap.GetSnapshot() || len(snap.GetLocalPorts()) != 2 {
 		t.Errorf("h1's snapshot: %v, want both tenants' ports bound to h1", snap)
