@@ -110,6 +110,14 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 	}
 	links := map[int]linkState{} // ifindex -> what the last event said
 	var lastErr error
+	// ended is Run's error once a subscription closed its channel: the receive error that closed it,
+	// if one was reported.
+	ended := func() error {
+		if lastErr != nil {
+			return lastErr
+		}
+		return errLinkStream
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -123,10 +131,7 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 			}
 		case u, ok := <-addrs:
 			if !ok {
-				if lastErr != nil {
-					return lastErr
-				}
-				return errLinkStream
+				return ended()
 			}
 			// An IPv4 address of the host came or went: the VTEP may be there now (or gone), and the
 			// subnets the agent reports as the host's underlay changed. Our devices' own addresses
@@ -137,10 +142,7 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 			}
 		case u, ok := <-neighs:
 			if !ok {
-				if lastErr != nil {
-					return lastErr
-				}
-				return errLinkStream
+				return ended()
 			}
 			// Only the deletion of an entry like ours (permanent, on the device itself, not one
 			// the bridge learned and ages out) is drift: nobody else should remove them.
@@ -151,10 +153,7 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 			}
 		case u, ok := <-updates:
 			if !ok {
-				if lastErr != nil {
-					return lastErr
-				}
-				return errLinkStream
+				return ended()
 			}
 			idx := u.Attrs().Index
 			now := linkState{name: u.Attrs().Name, up: u.Attrs().Flags&net.FlagUp != 0, master: u.Attrs().MasterIndex}
