@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vxfabric/vxfabric/overlay"
 	"github.com/vxfabric/vxfabric/overlay/internal/nstest"
@@ -54,7 +55,9 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 		state overlay.DesiredState
 		what  string
 	}{{many, "80 networks, 600 ports"}, {many, "the same again"}, {few, "1 network, 1 port"}, {few, "the same again"}} {
+		start := time.Now()
 		res, err := dp.Apply(context.Background(), step.state)
+		took := time.Since(start)
 		if err != nil {
 			t.Fatalf("step %d (%s): %v", i, step.what, err)
 		}
@@ -64,7 +67,7 @@ func TestPrivilegedManyNetworksAndPorts(t *testing.T) {
 		if i%2 == 1 && len(res.Changes) != 0 {
 			t.Errorf("step %d (%s): %d changes, want none", i, step.what, len(res.Changes))
 		}
-		t.Logf("step %d (%s): %d changes", i, step.what, len(res.Changes))
+		t.Logf("step %d (%s): %d changes in %s", i, step.what, len(res.Changes), took.Round(time.Millisecond))
 		if i == 0 {
 			// Drop counts, as the rules would leave them: an Apply keeps those of the ports it
 			// keeps, and removes only those of the ports it removes.
