@@ -716,6 +716,7 @@ func (r *run) restoreUplink(vni uint32, br netlink.Link, uplink string) {
 // error: the next Apply plugs it.
 func (r *run) ensurePorts(n overlay.Network, br netlink.Link) {
 	h := r.d.h
+	own := r.bridgeOwnMACs(n, br)
 	for _, p := range n.Ports {
 		l := r.links[p.Interface]
 		if l == nil {
@@ -742,21 +743,7 @@ func (r *run) ensurePorts(n overlay.Network, br netlink.Link) {
 			}
 			r.change(overlay.OpAdd, obj)
 		}
-		// The port's MAC pinned to it (portEntry) is part of plugging; on a port plugged before, a
-		// missing pin is an update (drift, or a port plugged by an earlier version).
-		pinned := false
-		if plugged {
-			var err error
-			if pinned, err = portPinned(r.d.dump1, a.Index, p.MAC); err != nil {
-				r.fail(obj, fmt.Errorf("read the bridge's entries of the port: %w", err))
-				continue
-			}
-		}
-		if !pinned {
-			if err := h.NeighSet(portEntry(a.Index, p.MAC)); err != nil {
-				r.fail(obj, fmt.Errorf("pin mac %s to the port: %w", p.MAC, err))
-				continue
-			}
+		if r.pinPort(obj, a.Index, p.MAC, plugged, own) {
 			updated = true
 		}
 		if plugged && updated {
@@ -770,6 +757,65 @@ func (r *run) ensurePorts(n overlay.Network, br netlink.Link) {
 		}
 		r.res.Plugged[p.Interface] = true
 	}
+}
+
+// pinPort pins mac to the port (ifindex) as part of plugging it, and unpins any other MAC pinned
+// there; on a port plugged before, it reads the bridge's entries first and writes only what
+// differs. It reports whether it wrote anything. A MAC of the bridge's own (own) is not pinned: the
+// entry would take the bridge's address from it (a tenant who chose the MAC of a bridged network's
+// uplink would receive the host's traffic). A failure is the pin's alone: the port is plugged
+// without it, as before pins existed.
+func (r *run) pinPort(obj string, port int, mac net.HardwareAddr, plugged bool, own map[macKey]bool) (wrote bool) {
+	h := r.d.h
+	pinned, stale := false, []net.HardwareAddr(nil)
+	if plugged {
+		var err error
+		if pinned, stale, err = portPins(r.d.dump1, port, mac); err != nil {
+			r.fail(obj, fmt.Errorf("read the bridge's entries of the port: %w", err))
+			return false
+		}
+	}
+	for _, m := range stale {
+		if err := h.NeighDel(portEntry(port, m)); err != nil && !errors.Is(err, unix.ENOENT) {
+			r.fail(obj, fmt.Errorf("unpin mac %s from the port: %w", m, err))
+			continue
+		}
+		wrote = true
+	}
+	switch {
+	case own[keyOf(mac)]:
+		r.fail(obj, fmt.Errorf("%w: mac %s is the bridge's own or one of its interfaces': plugged, not pinned", overlay.ErrSettingRefused, mac))
+	case !pinned:
+		if err := h.NeighSet(portEntry(port, mac)); err != nil {
+			r.fail(obj, fmt.Errorf("pin mac %s to the port: %w", mac, err))
+			return wrote
+		}
+		wrote = true
+	}
+	return wrote
+}
+
+// bridgeOwnMACs are the addresses the bridge holds as its own (local entries): its MAC, as it is
+// and as this pass sets it, and those of the interfaces in it (the vxlan device, a bridged
+// network's uplink, the host sides of ports).
+func (r *run) bridgeOwnMACs(n overlay.Network, br netlink.Link) map[macKey]bool {
+	own := map[macKey]bool{}
+	add := func(m net.HardwareAddr) {
+		if len(m) == 6 {
+			own[keyOf(m)] = true
+		}
+	}
+	add(br.Attrs().HardwareAddr)
+	add(r.bridgeMAC(n))
+	if up := r.links[n.Uplink]; n.Uplink != "" && up != nil {
+		add(up.Attrs().HardwareAddr)
+	}
+	for _, l := range r.links {
+		if l.Attrs().MasterIndex == br.Attrs().Index {
+			add(l.Attrs().HardwareAddr)
+		}
+	}
+	return own
 }
 
 // rulesMissing tells whether errs (those of nftAdd) leave a table, set, chain or rule missing,

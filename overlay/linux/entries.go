@@ -64,15 +64,20 @@ func portEntry(port int, mac net.HardwareAddr) *netlink.Neigh {
 		Flags: unix.NTF_MASTER | netlink.NTF_STICKY, HardwareAddr: mac}
 }
 
-// portPinned tells whether the bridge holds mac as portEntry makes it on the port (ifindex).
-func portPinned(dump *nl.SocketHandle, port int, mac net.HardwareAddr) (bool, error) {
-	pinned := false
-	err := dumpNeigh(dump, unix.AF_BRIDGE, port, func() { pinned = false }, func(e *neighMsg) {
-		if e.flags&unix.NTF_SELF == 0 && e.flags&netlink.NTF_STICKY != 0 && e.state == unix.NUD_NOARP && bytes.Equal(e.lladdr, mac) {
+// portPins reads the bridge's entries on a port (ifindex): whether mac is pinned there as portEntry
+// makes it, and the other MACs pinned there (stale: the port's interface carried another port).
+func portPins(dump *nl.SocketHandle, port int, mac net.HardwareAddr) (pinned bool, stale []net.HardwareAddr, err error) {
+	err = dumpNeigh(dump, unix.AF_BRIDGE, port, func() { pinned, stale = false, stale[:0] }, func(e *neighMsg) {
+		if e.flags&unix.NTF_SELF != 0 || e.flags&netlink.NTF_STICKY == 0 || e.state != unix.NUD_NOARP || len(e.lladdr) != 6 {
+			return
+		}
+		if bytes.Equal(e.lladdr, mac) {
 			pinned = true
+		} else {
+			stale = append(stale, slices.Clone(net.HardwareAddr(e.lladdr)))
 		}
 	})
-	return pinned, err
+	return pinned, stale, err
 }
 
 // floodEntry adds vtep to the head-end replication list (the all-zero MAC).

@@ -663,6 +663,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 		deleteOneRule(t, l.dps[0], "inet", "forward", `iifname 'vxbr101' oifname != 'vxbr101' oifname 'vxbr*' drop`)
 		h1.MustRun(t, "sysctl", "-q", "-w", "net.ipv4.conf.vxbr101.arp_ignore=0")
 		h1.MustRun(t, "bridge", "fdb", "del", "0e:00:00:01:01:01", "dev", "a1", "master")
+		h1.MustRun(t, "bridge", "fdb", "add", "0e:00:00:01:01:77", "dev", "b1", "master", "static", "sticky") // not b1's MAC
 		res := l.apply(0)
 		got := changeText(res)
 		for _, want := range []string{
@@ -674,6 +675,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 			`add nft rule inet vxfabric forward iifname 'vxbr101' oifname != 'vxbr101' oifname 'vxbr*' drop`,
 			"update bridge vxbr101",
 			"update " + overlay.PortObject(101, "a1"),
+			"update " + overlay.PortObject(102, "b1"),
 		} {
 			if !strings.Contains(got, want+"\n") {
 				t.Errorf("repair lacks %q; changes:\n%s", want, got)
@@ -684,6 +686,9 @@ func TestPrivilegedOverlay(t *testing.T) {
 		}
 		if l.ping("a1", "10.10.0.2", 1) != 1 || l.ping("b1", "10.10.0.2", 1) != 1 {
 			t.Error("pings broken after repair")
+		}
+		if fdb := h1.MustRun(t, "bridge", "fdb", "show", "dev", "b1"); strings.Contains(fdb, "0e:00:00:01:01:77") || !strings.Contains(fdb, "0e:00:00:01:02:01 sticky") {
+			t.Errorf("b1's pins after repair:\n%s", fdb)
 		}
 		if v := strings.TrimSpace(h1.MustRun(t, "sysctl", "-n", "net.ipv4.conf.vxbr101.arp_ignore")); v != "1" {
 			t.Errorf("vxbr101 arp_ignore = %s after repair, want 1", v)
@@ -1237,6 +1242,34 @@ func TestPrivilegedVTEPNotHeld(t *testing.T) {
 	ns.MustRun(t, "ip", "addr", "add", "198.18.0.9/32", "dev", "lo")
 	if res, err := dp.Apply(context.Background(), st); err != nil || len(res.Changes) != 0 {
 		t.Errorf("Apply once the host has the VTEP: err %v, changes:\n%s", err, changeText(res))
+	}
+}
+
+// TestPrivilegedPortWithTheUplinksMACIsNotPinned: a port whose MAC is the bridge's own (a tenant
+// who chose the MAC of a bridged network's uplink, seen on the LAN) is plugged but not pinned: the
+// pin would take the bridge's address, and the host's traffic from the LAN would go to the VM.
+func TestPrivilegedPortWithTheUplinksMACIsNotPinned(t *testing.T) {
+	nstest.SkipUnlessPrivileged(t)
+	ns, dp := hostNS(t, "pinown")
+	lan := nstest.New(t, "pinlan")
+	nstest.MustVeth(t, nstest.End{NS: ns, Name: "up0", Addr: "192.168.60.1/24"}, nstest.End{NS: lan, Name: "eth0", Addr: "192.168.60.10/24"})
+	upMAC := mustMAC(strings.TrimSpace(ns.MustRun(t, "cat", "/sys/class/net/up0/address")))
+	vm := nstest.New(t, "pinvm")
+	nstest.MustVeth(t, nstest.End{NS: ns, Name: "tapx"}, nstest.End{NS: vm, Name: "eth0", Addr: "192.168.60.20/24", MAC: upMAC.String()})
+	st := overlay.DesiredState{Underlay: overlay.Underlay{VTEP: netip.MustParseAddr("198.18.0.1")},
+		Networks: []overlay.Network{{VNI: 43, Mode: overlay.ModeBridged, MTU: 1450, Uplink: "up0",
+			Ports: []overlay.LocalPort{{Interface: "tapx", MAC: upMAC, IP: netip.MustParseAddr("192.168.60.20")}}}}}
+	for range 2 {
+		res, err := dp.Apply(context.Background(), st)
+		if err == nil || !overlay.OnlyStanding(err) || len(res.Errors) != 1 || res.Errors[0].Object != overlay.PortObject(43, "tapx") || !res.Plugged["tapx"] {
+			t.Fatalf("Apply with a port of the uplink's MAC: err %v, errors %v, plugged %v", err, res.Errors, res.Plugged)
+		}
+	}
+	if fdb := ns.MustRun(t, "bridge", "fdb", "show", "dev", "tapx"); strings.Contains(fdb, upMAC.String()) {
+		t.Errorf("the uplink's MAC is on the port:\n%s", fdb)
+	}
+	if got := lan.Ping("192.168.60.1", 2, "0.05"); got != 2 {
+		t.Errorf("LAN -> the host's address on the bridge: %d/2", got)
 	}
 }
 
