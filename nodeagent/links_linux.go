@@ -84,7 +84,8 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 	}
 	addrs := make(chan netlink.AddrUpdate, 256)
 	addrDone := make(chan struct{})
-	aopts := netlink.AddrSubscribeOptions{Namespace: w.Namespace, ErrorCallback: opts.ErrorCallback, ReceiveBufferSize: 1 << 20}
+	aopts := netlink.AddrSubscribeOptions{Namespace: w.Namespace, ErrorCallback: opts.ErrorCallback, ReceiveBufferSize: 1 << 20,
+		ListExisting: true} // so that a lifetime update (a DHCP renewal) is known as one
 	if err := netlink.AddrSubscribeWithOptions(addrs, addrDone, aopts); err != nil {
 		close(addrDone)
 		addrs = nil // a VTEP address that comes or goes waits for the periodic pass
@@ -109,6 +110,9 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 		resync()
 	}
 	links := map[int]linkState{} // ifindex -> what the last event said
+	addrSeen := map[addrKey]bool{}
+	var addrDue <-chan time.Time // a resync for address changes is due (nil: none pending)
+	var lastAddrResync time.Time
 	var lastErr error
 	// ended is Run's error once a subscription closed its channel: the receive error that closed it,
 	// if one was reported.
@@ -135,11 +139,25 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 			}
 			// An IPv4 address of the host came or went: the VTEP may be there now (or gone), and the
 			// subnets the agent reports as the host's underlay changed. Our devices' own addresses
-			// (a gateway on a bridge) are ours to set, not news.
+			// (a gateway on a bridge) are ours to set, not news; nor is a new lifetime of an address
+			// (a DHCP renewal). A burst of changes costs one pass, and passes for addresses come at
+			// most once per addrResyncGap.
 			st, known := links[u.LinkIndex]
-			if u.LinkAddress.IP.To4() != nil && !(known && overlay.IsDeviceName(st.name)) {
-				resync()
+			k := addrKey{u.LinkIndex, u.LinkAddress.String()}
+			if u.LinkAddress.IP.To4() == nil || known && overlay.IsDeviceName(st.name) || addrSeen[k] == u.NewAddr {
+				continue
 			}
+			if u.NewAddr {
+				addrSeen[k] = true
+			} else {
+				delete(addrSeen, k)
+			}
+			if addrDue == nil {
+				addrDue = time.After(max(addrSettle, addrResyncGap-time.Since(lastAddrResync)))
+			}
+		case <-addrDue:
+			addrDue, lastAddrResync = nil, time.Now()
+			resync()
 		case u, ok := <-neighs:
 			if !ok {
 				return ended()
@@ -179,6 +197,19 @@ func (w NetlinkLinks) runOnce(ctx context.Context, changed func(string), resync 
 		}
 	}
 }
+
+// addrKey is an IPv4 address of the host as NetlinkLinks remembers it: its link and its prefix.
+type addrKey struct {
+	link   int
+	prefix string
+}
+
+// addrSettle is how long an address change waits for others before it asks for a pass;
+// addrResyncGap is the least time between two such passes.
+const (
+	addrSettle    = 100 * time.Millisecond
+	addrResyncGap = time.Second
+)
 
 // linkState is what NetlinkLinks remembers of a link: a change of any of it is reported.
 type linkState struct {

@@ -203,4 +203,28 @@ func TestPrivilegedNetlinkLinksSeesInterfaces(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("no resync after an IPv4 address came on lo")
 	}
+	// A new lifetime for the same address (a DHCP renewal) is no news.
+	renewed, err := netlink.ParseAddr("198.18.0.9/32")
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed.ValidLft, renewed.PreferedLft = 3600, 3600
+	if err := h.AddrReplace(lo, renewed); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-resyncs:
+		t.Fatal("resync after an address's lifetime was renewed")
+	case <-time.After(1500 * time.Millisecond):
+	}
+	start = time.Now()
+	if err := h.AddrDel(lo, renewed); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-resyncs:
+		t.Logf("address removed -> resync in %s", time.Since(start))
+	case <-time.After(2 * time.Second):
+		t.Fatal("no resync after an IPv4 address went from lo")
+	}
 }
