@@ -23,7 +23,8 @@
 // are not pinned yet; deletions come last. Learning is off: the control plane is the only source.
 // In the bridge, each local port's MAC is pinned to its port with a static, sticky entry when it is
 // plugged: a frame that arrives through the tunnel or a bridged network's LAN with that source MAC
-// does not move it, and a quiet VM's frames are never flooded.
+// does not move it, and a quiet VM's frames are never flooded. A MAC that is the bridge's own (its
+// address, a bridged uplink's) is never pinned: the pin would take it from the bridge.
 //
 // ARP suppression. One permanent neighbour entry per remote IPv4 port on the vxlan device, and the
 // vxlan proxy flag: the vxlan driver answers ARP requests from these entries and consumes every ARP
