@@ -49,6 +49,9 @@ var suite struct {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if suite.built {
+		if code != 0 {
+			showLogs(filepath.Join(stateRoot, labName, "log"))
+		}
 		if out, err := vxfab(context.Background(), "lab", "down"); err != nil {
 			fmt.Fprintf(os.Stderr, "tests: lab down: %v\n%s", err, out)
 			code = 1
@@ -62,6 +65,32 @@ func TestMain(m *testing.M) {
 		code = 1
 	}
 	os.Exit(code)
+}
+
+// showLogs keeps the lab's logs of a failed run (lab down removes them): the last lines of each on
+// stderr, where a CI run's output has them, and the whole files in a directory of their own.
+func showLogs(dir string) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*"))
+	keep, err := os.MkdirTemp("", "vxfab-e2e-logs-")
+	if err != nil {
+		keep = ""
+	}
+	const tail = 40
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if keep != "" {
+			_ = os.WriteFile(filepath.Join(keep, filepath.Base(f)), b, 0o600)
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		lines = lines[max(0, len(lines)-tail):]
+		fmt.Fprintf(os.Stderr, "tests: the last %d lines of %s:\n%s\n", len(lines), filepath.Base(f), strings.Join(lines, "\n"))
+	}
+	if keep != "" {
+		fmt.Fprintf(os.Stderr, "tests: the lab's logs are kept in %s\n", keep)
+	}
 }
 
 // vxfab runs the binary under test; "lab" commands are pointed at the suite's lab.
