@@ -83,6 +83,9 @@ type Agent struct {
 	standing []string
 
 	current atomic.Pointer[string] // server of the open Sync stream, nil while disconnected
+	// syncWake cuts short the Sync loop's wait before it dials again: gossip has just seen a
+	// server come (back), so the wait would only delay the desired state (capacity 1).
+	syncWake chan struct{}
 
 	// repMu guards client, pending, lastSent, statusToken and underlay.
 	repMu    sync.Mutex
@@ -197,15 +200,16 @@ func New(cfg Config) (*Agent, error) {
 		links = NetlinkLinks{Logger: cfg.Logger}
 	}
 	a := &Agent{
-		cfg:     cfg,
-		log:     cfg.Logger.With("node", cfg.Node),
-		met:     newMetrics(cfg.Registerer),
-		links:   links,
-		model:   newDesiredModel(),
-		applied: applied,
-		watched: map[string]string{},
-		kick:    make(chan struct{}, 1),
-		repKick: make(chan struct{}, 1),
+		cfg:      cfg,
+		log:      cfg.Logger.With("node", cfg.Node),
+		met:      newMetrics(cfg.Registerer),
+		links:    links,
+		model:    newDesiredModel(),
+		applied:  applied,
+		watched:  map[string]string{},
+		kick:     make(chan struct{}, 1),
+		repKick:  make(chan struct{}, 1),
+		syncWake: make(chan struct{}, 1),
 
 		converged:  make(chan struct{}),
 		remembered: remembered,
@@ -324,6 +328,23 @@ func (a *Agent) remember() {
 	a.remembered = live
 }
 
+// waitToDial waits d before the Sync loop dials again, or less: when gossip sees a server come
+// (back), a restart or a healed partition, it dials at once rather than when a backoff grown while
+// the server was away ends, and starts the backoff over. It returns false once ctx ends.
+func (a *Agent) waitToDial(ctx context.Context, d time.Duration, bo *backoff) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-a.syncWake:
+		bo.reset()
+		a.log.Info("gossip sees a server: dialling now", "was_waiting", d)
+	}
+	return true
+}
+
 func (a *Agent) syncLoop(ctx context.Context) {
 	bo := backoff{min: a.cfg.BackoffMin, max: a.cfg.BackoffMax}
 	next := -1
@@ -332,7 +353,7 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		if len(servers) == 0 {
 			d := bo.next()
 			a.log.Warn("no server known yet, waiting for gossip", "retry_in", d)
-			if !sleepCtx(ctx, d) {
+			if !a.waitToDial(ctx, d, &bo) {
 				return
 			}
 			continue
@@ -360,7 +381,7 @@ func (a *Agent) syncLoop(ctx context.Context) {
 		} else {
 			a.log.Warn("sync stream ended, kernel left as it is", "server", addr, "err", err, "retry_in", d)
 		}
-		if !sleepCtx(ctx, d) {
+		if !a.waitToDial(ctx, d, &bo) {
 			return
 		}
 	}
@@ -895,6 +916,12 @@ func (a *Agent) livenessLoop(ctx context.Context) {
 				// it is seen or moves, not at the next periodic pass.
 				if first || ev.Previous == ev.Peer.State && ev.PreviousDown == ev.Peer.Down() { // seen, or its metadata changed
 					a.trigger()
+				}
+				if ev.Peer.State == membership.StateAlive && !ev.Peer.Down() && (first || ev.Previous != membership.StateAlive || ev.PreviousDown) {
+					select { // a server came (back): a Sync loop waiting to dial again dials now
+					case a.syncWake <- struct{}{}:
+					default:
+					}
 				}
 				continue
 			}

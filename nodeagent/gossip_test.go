@@ -314,6 +314,31 @@ func TestGossipServerFailover(t *testing.T) {
 	w.converge(5*time.Second, h1)
 }
 
+// TestAgentDialsWhenGossipSeesAServer: an agent waiting to dial again (here 30 s) dials as soon as
+// gossip sees a server come, rather than when the wait ends: a server restarted, or a partition
+// healed, brings the host its desired state at once.
+func TestAgentDialsWhenGossipSeesAServer(t *testing.T) {
+	cli := startEtcd(t)
+	w := newWorld(t, cli)
+	a := startServer(t, cli, "")
+	w.mu.Lock()
+	w.vteps["h1"] = "198.18.0.1"
+	w.mu.Unlock()
+	w.node("h1", "198.18.0.1")
+	m1 := startMember(t, membership.RoleAgent, "h1", "198.18.0.1", "", "127.0.0.1:0", nil)
+	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{member: m1, backoff: 30 * time.Second})
+	w.network("n1", 100)
+	rev := w.port("p1", "n1", "h1", 1)
+	time.Sleep(200 * time.Millisecond) // the agent has found no server and waits its 30 s
+	if h1.agent.Server() != "" {
+		t.Fatal("the agent streams before any server is known")
+	}
+	seen := time.Now()
+	startMember(t, membership.RoleServer, "srv-a", "", a.addr, "127.0.0.1:0", []string{m1.LocalAddr().String()})
+	waitApplied(t, h1, rev, 10*time.Second)
+	t.Logf("desired state applied %s after the server's gossip member started", time.Since(seen).Round(time.Millisecond))
+}
+
 // An agent remembers the servers gossip listed (in its state directory). Restarted with a gossip
 // member that finds no server (stale gossip keys, say), it streams from a remembered one, which
 // brings it the desired state, and the gossip keyring with it.

@@ -204,6 +204,8 @@ type hostOpts struct {
 	failN   int            // the first failN Applies fail
 	// wrap, if set, wraps the host's kernel before the recorder (to observe each Apply).
 	wrap func(overlay.Datapath) overlay.Datapath
+	// backoff, if set, is the least wait before the agent dials a server again (and the most).
+	backoff time.Duration
 }
 
 func startHost(t *testing.T, name, vtep string, o hostOpts) *host {
@@ -231,6 +233,9 @@ func startHost(t *testing.T, name, vtep string, o hostOpts) *host {
 	cfg.Links = h.links
 	cfg.Version = "test"
 	cfg.BackoffMin, cfg.BackoffMax = 20*time.Millisecond, 500*time.Millisecond
+	if o.backoff > 0 {
+		cfg.BackoffMin, cfg.BackoffMax = o.backoff, o.backoff
+	}
 	cfg.Logger = testLogger().With("host", name)
 	cfg.Registerer = h.reg
 	if o.resync > 0 {
