@@ -288,14 +288,24 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.cur = 0 }
 
+// sleepCtx waits d; it returns false once ctx ends.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
+	ok, _ := sleepOrWake(ctx, d, nil)
+	return ok
+}
+
+// sleepOrWake waits d, or less if wake (nil: never) delivers first (woken); ok is false once ctx
+// ends.
+func sleepOrWake(ctx context.Context, d time.Duration, wake <-chan struct{}) (ok, woken bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return false
+		return false, false
 	case <-t.C:
-		return true
+		return true, false
+	case <-wake:
+		return true, true
 	}
 }
 
@@ -332,17 +342,12 @@ func (a *Agent) remember() {
 // (back), a restart or a healed partition, it dials at once rather than when a backoff grown while
 // the server was away ends, and starts the backoff over. It returns false once ctx ends.
 func (a *Agent) waitToDial(ctx context.Context, d time.Duration, bo *backoff) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-	case <-a.syncWake:
+	ok, woken := sleepOrWake(ctx, d, a.syncWake)
+	if woken {
 		bo.reset()
 		a.log.Info("gossip sees a server: dialling now", "was_waiting", d)
 	}
-	return true
+	return ok
 }
 
 func (a *Agent) syncLoop(ctx context.Context) {
