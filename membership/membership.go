@@ -26,24 +26,24 @@
 //
 // # Timing (Config defaults)
 //
-// Withdrawal does not wait for DEAD: a host that is cut off is Down about a second after the first
-// failed probe (see reach.go). DEAD is memberlist's verdict on the process: a dead host is found by
-// the first probe that reaches it (within one ProbeInterval, 200 ms), becomes suspect when that
-// probe's interval ends (another 200 ms, after the direct ProbeTimeout of 100 ms and the indirect
-// probes through other members), and dead SuspicionMult * max(1, log10(n)) * ProbeInterval later
-// (20 * 200 ms = 4 s up to 10 members); the dead message then reaches everyone within a
-// GossipInterval or two (100 ms). Expected 4.2-4.6 s.
+// Withdrawal does not wait for DEAD: a host that is cut off is Down about half a second after the
+// first failed probe (see reach.go). DEAD is memberlist's verdict on the process: a dead host is
+// found by the first probe that reaches it (within about one ProbeInterval, 100 ms), becomes suspect
+// when that probe's interval ends (another 100 ms, after the direct ProbeTimeout of 50 ms and the
+// indirect probes through other members), and dead SuspicionMult * max(1, log10(n)) * ProbeInterval
+// later (40 * 100 ms = 4 s up to 10 members); the dead message then reaches everyone within a
+// GossipInterval or two (100 ms). Expected 4.1-4.4 s.
 //
 // The same numbers bound the pause a member survives: it is suspected at the earliest one probe
-// interval after it stops answering and declared dead 4 s later, i.e. 4.2 s after the pause began.
+// interval after it stops answering and declared dead 4 s later, i.e. 4.1 s after the pause began.
 // A process stopped for 3 s (SIGSTOP) finds the suspect messages queued in its socket when it resumes
 // and refutes them at once (a new incarnation, gossiped within ~100-200 ms). With a suspicion of
-// 3.4 s (multiplier 17) the margin was 0.4-0.6 s and a loaded test machine saw one death in a 3 s
+// 3.4 s the margin was 0.4-0.6 s and a loaded test machine saw one death in a 3 s
 // pause; since withdrawal follows reachability, the longer suspicion costs forwarding nothing and
 // the margin is now about 1 s. SuspicionMaxTimeoutMult is 1 so the timeout does not stretch (up to
 // 6x in memberlist's default) while it waits for other members to confirm the suspicion. Above 10
 // members the log10(n) factor stretches the suspicion (50 members: 6.8 s, 1,000: 12 s); a host cut
-// off is still Down in about a second.
+// off is still Down in under a second.
 //
 // # Concurrency
 //
