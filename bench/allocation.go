@@ -101,61 +101,19 @@ func allocation(ctx context.Context, cfg AllocationConfig, out *Outcome) error {
 
 	var seq atomic.Int64
 	created := 0
-	createNetwork := func(ctx context.Context, worker int) error {
-		i := seq.Add(1)
-		c := vxfabricv1.NewNetworkServiceClient(conns[worker%2])
-		_, err := c.CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{
-			Tenant: "alloc", Name: fmt.Sprintf("n%d", i), Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED,
-		})
-		if err != nil {
-			return fmt.Errorf("create network n%d: %w", i, err)
-		}
-		return nil
-	}
-	rawTxn := func(ctx context.Context, worker int) error {
-		key := fmt.Sprintf("%s%d", rawPrefix, seq.Add(1))
-		resp, err := rawClients[worker%2].Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, "x")).
-			Commit()
-		if err != nil {
-			return fmt.Errorf("txn on %s: %w", key, err)
-		}
-		if !resp.Succeeded {
-			return fmt.Errorf("txn on %s: key already present", key)
-		}
-		return nil
-	}
+	createNetwork := networkCreator(&seq, func(worker int) *grpc.ClientConn { return conns[worker%2] })
+	rawTxn := rawCreator(&seq, func(worker int) *clientv3.Client { return rawClients[worker%2] })
 	for _, n := range cfg.Clients {
-		// Slices of each alternate, so that load from elsewhere on the machine hits both alike.
-		var rate, raw rateResult
-		slice := cfg.Duration / allocSlices
-		for i := range 2 * allocSlices {
-			r, op := &rate, createNetwork
-			if (i+i/2)%2 == 1 { // N R R N N R R N ...
-				r, op = &raw, rawTxn
+		var profile func(slice int) string
+		if cfg.ProfileDir != "" {
+			profile = func(slice int) string {
+				return filepath.Join(cfg.ProfileDir, fmt.Sprintf("allocation-%d-slice%d.cpu.pprof", n, slice))
 			}
-			// The profile covers the network creates only, one file per slice (go tool pprof merges them).
-			var stopProfile func()
-			if cfg.ProfileDir != "" && r == &rate {
-				path := filepath.Join(cfg.ProfileDir, fmt.Sprintf("allocation-%d-slice%d.cpu.pprof", n, i))
-				if stopProfile, err = startCPUProfile(path); err != nil {
-					return err
-				}
-			}
-			res, err := measureRate(ctx, n, slice, op)
-			if stopProfile != nil {
-				stopProfile()
-			}
-			if err != nil {
-				return err
-			}
-			r.ops += res.ops
-			r.took += res.took
-			r.cpu += res.cpu
 		}
-		rate.perSec = float64(rate.ops) / rate.took.Seconds()
-		raw.perSec = float64(raw.ops) / raw.took.Seconds()
+		rate, raw, err := alternate(ctx, n, cfg.Duration, createNetwork, rawTxn, profile)
+		if err != nil {
+			return err
+		}
 		created += rate.ops
 		cfg.Progress("allocation, %d clients: %.0f networks/s, raw etcd %.0f txn/s (process CPU per op %.0f and %.0f µs)",
 			n, rate.perSec, raw.perSec, rate.cpuPerOp(), raw.cpuPerOp())
@@ -181,8 +139,117 @@ func allocation(ctx context.Context, cfg AllocationConfig, out *Outcome) error {
 	m := NewMetric("duplicate VNIs", float64(dups), "", Equal, 0)
 	m.Note = fmt.Sprintf("over %d networks created by 2 replicas", total)
 	out.Metrics = append(out.Metrics, m)
-	out.Notes = append(out.Notes, "two API server replicas (controlplane/server) on one embedded etcd; clients alternate between them, one gRPC connection per replica")
+	out.Notes = append(out.Notes, "two API server replicas (controlplane/server) on one embedded etcd, which they reach over its socket as they would an external etcd; clients alternate between them, one gRPC connection per replica")
+	return singleServer(ctx, cfg, out)
+}
+
+// singleServer measures the default deployment beside the replicas: one server with its own
+// embedded etcd, which it reaches in-process (etcdembed.InProcessClient), and one client. Its raw
+// transactions take the same in-process path. Figures only, no target: the targets are
+// the replicas'.
+func singleServer(ctx context.Context, cfg AllocationConfig, out *Outcome) error {
+	dir, cleanup, err := TempDir("alloc1")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	scfg := server.Default()
+	scfg.Listen = "127.0.0.1:0"
+	scfg.DataDir = dir
+	scfg.Logger = cfg.Logger
+	srv, err := server.New(ctx, scfg)
+	if err != nil {
+		return fmt.Errorf("start a server with its embedded etcd: %w", err)
+	}
+	go srv.Serve()
+	defer srv.Close()
+	conn, err := grpc.NewClient(srv.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("dial the server: %w", err)
+	}
+	defer conn.Close()
+	if _, err := vxfabricv1.NewTenantServiceClient(conn).CreateTenant(ctx, &vxfabricv1.CreateTenantRequest{Name: "alloc"}); err != nil {
+		return fmt.Errorf("create tenant %q: %w", "alloc", err)
+	}
+	var seq atomic.Int64
+	createNetwork := networkCreator(&seq, func(int) *grpc.ClientConn { return conn })
+	rawTxn := rawCreator(&seq, func(int) *clientv3.Client { return srv.Etcd() })
+	rate, raw, err := alternate(ctx, 1, cfg.Duration, createNetwork, rawTxn, nil)
+	if err != nil {
+		return err
+	}
+	cfg.Progress("allocation, one server with its embedded etcd, 1 client: %.0f networks/s, raw in-process etcd %.0f txn/s", rate.perSec, raw.perSec)
+	const what = "in-process etcd, 1 client"
+	out.Metrics = append(out.Metrics,
+		InfoMetric(what+": raw etcd create-if-absent", raw.perSec, "txn/s"),
+		InfoMetric(what+": network creates", rate.perSec, "/s"),
+		InfoMetric(what+": network creates / raw txns", rate.perSec/raw.perSec, ""),
+	)
 	return nil
+}
+
+// alternate measures op and raw from n clients for d each, in alternating slices (N R R N N R R N
+// ...) so that load from elsewhere on the machine hits both alike. profile, when set, names the CPU
+// profile of each of op's slices (go tool pprof merges them).
+func alternate(ctx context.Context, n int, d time.Duration, op, raw func(ctx context.Context, worker int) error, profile func(slice int) string) (opRate, rawRate rateResult, err error) {
+	slice := d / allocSlices
+	for i := range 2 * allocSlices {
+		r, f := &opRate, op
+		if (i+i/2)%2 == 1 {
+			r, f = &rawRate, raw
+		}
+		var stopProfile func()
+		if profile != nil && r == &opRate {
+			if stopProfile, err = startCPUProfile(profile(i)); err != nil {
+				return opRate, rawRate, err
+			}
+		}
+		res, err := measureRate(ctx, n, slice, f)
+		if stopProfile != nil {
+			stopProfile()
+		}
+		if err != nil {
+			return opRate, rawRate, err
+		}
+		r.ops += res.ops
+		r.took += res.took
+		r.cpu += res.cpu
+	}
+	opRate.perSec = float64(opRate.ops) / opRate.took.Seconds()
+	rawRate.perSec = float64(rawRate.ops) / rawRate.took.Seconds()
+	return opRate, rawRate, nil
+}
+
+// networkCreator returns an op that creates network n<seq> of tenant "alloc" through conn(worker).
+func networkCreator(seq *atomic.Int64, conn func(worker int) *grpc.ClientConn) func(ctx context.Context, worker int) error {
+	return func(ctx context.Context, worker int) error {
+		i := seq.Add(1)
+		_, err := vxfabricv1.NewNetworkServiceClient(conn(worker)).CreateNetwork(ctx, &vxfabricv1.CreateNetworkRequest{
+			Tenant: "alloc", Name: fmt.Sprintf("n%d", i), Cidr: "10.0.0.0/24", Mode: vxfabricv1.NetworkMode_NETWORK_MODE_ISOLATED,
+		})
+		if err != nil {
+			return fmt.Errorf("create network n%d: %w", i, err)
+		}
+		return nil
+	}
+}
+
+// rawCreator returns an op that runs one bare create-if-absent transaction through cli(worker).
+func rawCreator(seq *atomic.Int64, cli func(worker int) *clientv3.Client) func(ctx context.Context, worker int) error {
+	return func(ctx context.Context, worker int) error {
+		key := fmt.Sprintf("%s%d", rawPrefix, seq.Add(1))
+		resp, err := cli(worker).Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, "x")).
+			Commit()
+		if err != nil {
+			return fmt.Errorf("txn on %s: %w", key, err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("txn on %s: key already present", key)
+		}
+		return nil
+	}
 }
 
 // allocSlices is how many alternating slices each rate is measured in.

@@ -65,7 +65,7 @@ func ServeSim(ctx context.Context, dir, listen string, w io.Writer, log *slog.Lo
 		s.Close()
 		return err
 	}
-	_, err = fmt.Fprintf(w, "ready %s %s\n", addr, s.Etcd().Endpoints()[0])
+	_, err = fmt.Fprintf(w, "ready %s %s\n", addr, s.EtcdEndpoint())
 	wmu.Unlock()
 	if err != nil {
 		s.Close()

@@ -82,18 +82,17 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		s.lis = append(s.lis, lis)
 	}
 
-	endpoints := cfg.Etcd.Endpoints
-	if len(endpoints) == 0 {
+	if len(cfg.Etcd.Endpoints) == 0 {
 		ec := etcdembed.Default(filepath.Join(cfg.DataDir, "etcd"))
 		ec.Fast = cfg.EmbeddedFast
 		ec.Logger = log
 		if s.embedded, err = etcdembed.Start(ctx, ec); err != nil {
 			return nil, err
 		}
-		endpoints = []string{s.embedded.Endpoint()}
-		log.Info("embedded etcd started", "dir", ec.Dir, "endpoint", endpoints[0])
-	}
-	if s.cli, err = newEtcdClient(cfg.Etcd, endpoints); err != nil {
+		log.Info("embedded etcd started", "dir", ec.Dir, "endpoint", s.embedded.Endpoint())
+		// In the same process, the server reaches its etcd without a socket.
+		s.cli = s.embedded.InProcessClient()
+	} else if s.cli, err = newEtcdClient(cfg.Etcd); err != nil {
 		return nil, err
 	}
 	s.store = store.New(s.cli)
@@ -152,9 +151,9 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	return s, nil
 }
 
-func newEtcdClient(c EtcdConfig, endpoints []string) (*clientv3.Client, error) {
+func newEtcdClient(c EtcdConfig) (*clientv3.Client, error) {
 	cc := clientv3.Config{
-		Endpoints: endpoints,
+		Endpoints: c.Endpoints,
 		// No DialTimeout: the dial does not block, so the server starts (NOT_SERVING) while etcd is
 		// still unreachable, and health follows etcd from then on.
 		DialKeepAliveTime:    10 * time.Second,
@@ -170,7 +169,7 @@ func newEtcdClient(c EtcdConfig, endpoints []string) (*clientv3.Client, error) {
 	}
 	cli, err := clientv3.New(cc)
 	if err != nil {
-		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
+		return nil, fmt.Errorf("etcd client for %v: %w", c.Endpoints, err)
 	}
 	return cli, nil
 }
@@ -194,8 +193,18 @@ func prepareSocket(path string) error {
 // Addr is the bound address of Config.Listen (useful with port 0).
 func (s *Server) Addr() net.Addr { return s.lis[0].Addr() }
 
-// Etcd is the server's etcd client (owned by the server).
+// Etcd is the server's etcd client (owned by the server). With the embedded etcd it is in-process
+// and has no endpoints: other processes reach that etcd at EtcdEndpoint.
 func (s *Server) Etcd() *clientv3.Client { return s.cli }
+
+// EtcdEndpoint is where another process reaches this server's etcd: the embedded etcd's socket, or
+// the first of --etcd-endpoints.
+func (s *Server) EtcdEndpoint() string {
+	if s.embedded != nil {
+		return s.embedded.Endpoint()
+	}
+	return s.cfg.Etcd.Endpoints[0]
+}
 
 // Store is the server's store.
 func (s *Server) Store() *store.Store { return s.store }
