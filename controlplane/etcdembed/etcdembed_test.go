@@ -250,3 +250,66 @@ func TestRelativeDirAndSecondInstance(t *testing.T) {
 		t.Fatalf("the first instance after the second was refused: %v", err)
 	}
 }
+
+// The in-process client is the same etcd as the socket's: what one writes the other reads and
+// watches, leases are kept alive, and etcd's own limits answer as they would over the socket.
+func TestInProcessClient(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg := Default(t.TempDir())
+	cfg.Fast = true
+	s, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sock, err := s.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	in := s.InProcessClient()
+	defer in.Close()
+
+	wc := in.Watch(ctx, "/w/", clientv3.WithPrefix())
+	if _, err := sock.Put(ctx, "/w/a", "over the socket"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case wr := <-wc:
+		if err := wr.Err(); err != nil || len(wr.Events) != 1 || string(wr.Events[0].Kv.Value) != "over the socket" {
+			t.Fatalf("in-process watch: %v %v", err, wr.Events)
+		}
+	case <-ctx.Done():
+		t.Fatal("in-process watch saw nothing")
+	}
+
+	lease, err := in.Grant(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lease.TTL > 2 {
+		t.Fatalf("lease granted with a TTL of %d s, want 1-2", lease.TTL)
+	}
+	if _, err := in.KeepAlive(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := in.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision("/k"), "=", 0)).
+		Then(clientv3.OpPut("/k", "in-process", clientv3.WithLease(lease.ID))).Commit()
+	if err != nil || !resp.Succeeded {
+		t.Fatalf("in-process txn: %v %v", resp, err)
+	}
+	time.Sleep(2500 * time.Millisecond) // beyond the lease's TTL: kept alive
+	got, err := sock.Get(ctx, "/k")
+	if err != nil || len(got.Kvs) != 1 || string(got.Kvs[0].Value) != "in-process" {
+		t.Fatalf("read over the socket after the lease's TTL: %v %v", got, err)
+	}
+
+	ops := make([]clientv3.Op, 200) // etcd's --max-txn-ops is 128
+	for i := range ops {
+		ops[i] = clientv3.OpPut(fmt.Sprintf("/many/%d", i), "x")
+	}
+	if _, err := in.Txn(ctx).Then(ops...).Commit(); err == nil || !strings.Contains(err.Error(), "too many operations") {
+		t.Fatalf("txn of 200 operations in-process: %v, want too many operations", err)
+	}
+}
