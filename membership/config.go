@@ -65,12 +65,15 @@ type Config struct {
 	// make it first everywhere, then remove the old one everywhere.
 	KeyringFile string
 
-	// ProbeInterval is how often each member probes one other. Default 100 ms: with n
-	// members a host that is cut off is probed by someone about every 100/(n-1) ms, and by each member
-	// every (n-1) * 100 ms. Each member sends 10 probes a second, whatever the fabric's size.
+	// ProbeInterval is how often each member probes one other. Default 100 ms: each member
+	// probes the others in turn, so with n members each one is probed about every 100 ms (by one
+	// member or another) and by each member every (n-1) * 100 ms. Each member sends 10 probes a
+	// second, whatever the fabric's size.
 	ProbeInterval time.Duration
-	// ProbeTimeout is how long a direct probe waits for its ack before asking others. Default 50 ms
-	// (memberlist's awareness stretches it on a member that is itself slow to answer).
+	// ProbeTimeout is how long a direct probe waits for its ack before asking others. Default: half
+	// of ProbeInterval (50 ms). memberlist does not stretch it on a slow member (its awareness
+	// stretches only the interval), and a direct probe that times out is not yet a suspicion: the
+	// indirect probes through other members have the rest of the interval.
 	ProbeTimeout time.Duration
 	// SuspicionMult: a suspect member is declared dead after SuspicionMult * max(1, log10(n)) *
 	// ProbeInterval unless it refutes. Default 40 (4 s with 10 members or fewer): a paused process has
@@ -149,7 +152,7 @@ func (c Config) withDefaults() Config {
 		c.ProbeInterval = d.ProbeInterval
 	}
 	if c.ProbeTimeout == 0 {
-		c.ProbeTimeout = d.ProbeTimeout
+		c.ProbeTimeout = c.ProbeInterval / 2
 	}
 	if c.SuspicionMult == 0 {
 		c.SuspicionMult = d.SuspicionMult

@@ -43,7 +43,7 @@
 // the margin is now about 1 s. SuspicionMaxTimeoutMult is 1 so the timeout does not stretch (up to
 // 6x in memberlist's default) while it waits for other members to confirm the suspicion. Above 10
 // members the log10(n) factor stretches the suspicion (50 members: 6.8 s, 1,000: 12 s); a host cut
-// off is still Down in under a second.
+// off is still Down in about a second.
 //
 // # Concurrency
 //

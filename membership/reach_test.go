@@ -129,7 +129,7 @@ func TestUnreachableSuspectIsDownBeforeDead(t *testing.T) {
 		}
 		worst = max(worst, d.after)
 	}
-	t.Logf("an unreachable member was down at every observer after %s (dead would take 4.2-4.6 s)", worst)
+	t.Logf("an unreachable member was down at every observer after %s (dead would take 4.1-4.4 s)", worst)
 	// Declared dead later, it stays down: the dials' verdict carries over.
 	for _, m := range observers {
 		waitState(t, m, victim.Name(), StateDead, 10*time.Second)
@@ -190,7 +190,7 @@ func TestStoppedMemberOnLiveHostIsNeverDown(t *testing.T) {
 }
 
 // TestHintsReachEveryMemberOfALargerFabric: in a fabric of 16 members a member probes each other one
-// only every 3.2 s, so most observers learn of a suspicion from hints; every observer finds a cut-off
+// only every 1.5 s, so most observers learn of a suspicion from hints; every observer finds a cut-off
 // member Down while it is still SUSPECT, before memberlist's suspicion (4 s x log10 16) declares it
 // dead. Measured on a quiet machine with 24 members: 0.9 s with relayed hints, 1.6 s when only the
 // first suspecting member sends them.

@@ -114,7 +114,7 @@ func TestHalvesMergeAfterALongPartition(t *testing.T) {
 	const toTheDead = time.Second
 	p := &partition{groups: map[string]string{}}
 	fast := func(c *Config) {
-		c.SuspicionMult = 5 // dead 1 s after the suspicion, not 4 s
+		c.SuspicionMult = 5 // dead 0.5 s after the suspicion, not 4 s
 		c.gossipToTheDead = toTheDead
 		c.ReconnectInterval = time.Hour
 	}

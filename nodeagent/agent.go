@@ -19,7 +19,7 @@
 //
 // Liveness: the remote ports and flood entries of a dead node are withheld from the kernel (and return
 // with it). A node is dead when this agent's gossip says it is Down (membership.Peer.Down: a host cut
-// off is withdrawn about a second after gossip suspects it; a host whose agent is paused, crashed or
+// off is withdrawn about 0.4 s after gossip suspects it (two unanswered dials); a host whose agent is paused, crashed or
 // restarting is never withdrawn while its kernel answers, since that kernel still forwards to its
 // VMs, even once gossip declares the agent DEAD); when gossip does not know the node (it
 // died before this agent started, and memberlist ignores dead members it never saw alive), when the

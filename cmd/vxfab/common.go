@@ -46,7 +46,7 @@ func (g *gossipFlags) addTo(fs *pflag.FlagSet, bindDefault string) {
 	fs.Var((*positiveDuration)(&g.probe), "gossip-probe-interval", "how often each member probes another (probe timeout: half of it)")
 	g.suspicion = def.SuspicionMult
 	newNumber(fs, &g.suspicion, "gossip-suspicion-mult", 1, maxInt, "a whole number of probe intervals, 1 or more",
-		"a suspect member is declared dead after this many probe intervals (times log10 of the cluster size above 10): lower detects dead hosts sooner but may declare a paused one dead")
+		"a suspect member is declared dead after this many probe intervals (times log10 of the cluster size above 10; the default is 4 s at the default interval): lower detects dead processes sooner but may declare a paused one dead (a host that is cut off is withdrawn before, whatever this says)")
 }
 
 // enabled: gossip runs when the member has somewhere to bind or someone to join.
