@@ -34,8 +34,14 @@ deps: ## install what the lab and the privileged tests run (ip, bridge, sysctl, 
 build: ## build the vxfab binary into bin/vxfab
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/vxfab
 
+# The packages whose tests run on etcd (etcdtest) run a second time on the in-process client that
+# `vxfab server` uses on its embedded etcd; the first run reaches etcd over a socket, as a server
+# reaches an external etcd.
+ETCD_PKGS ?= ./controlplane/... ./nodeagent/...
+
 test: deps build ## everything CI runs: unit, integration, and (as root) privileged and end-to-end tests
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	VXFAB_TEST_ETCD_CLIENT=in-process $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(ETCD_PKGS)
 
 test-unit: ## tests that need neither root nor namespaces
 	VXFAB_SKIP_PRIVILEGED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)

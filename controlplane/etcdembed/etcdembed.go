@@ -17,7 +17,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/pkg/v3/featuregate"
-	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/features"
 	"go.uber.org/zap"
@@ -203,12 +202,6 @@ func (s *Server) Client() (*clientv3.Client, error) {
 		Logger:      zap.NewNop(),
 	})
 }
-
-// InProcessClient is a client that calls this etcd's request handlers directly, without a socket,
-// gRPC framing or protobuf encoding: a transaction takes about half the time it takes over the
-// socket (130 against 240 µs measured on the 2-core development machine). etcd checks quotas and
-// request sizes as it does for any client. The caller closes it before Close.
-func (s *Server) InProcessClient() *clientv3.Client { return v3client.New(s.etcd.Server) }
 
 // Close stops etcd. What etcd logs while shutting down is dropped: it is noise to a user.
 // Safe to call more than once.

@@ -2,6 +2,7 @@ package etcdembed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -12,9 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/pkg/v3/featuregate"
 	"go.etcd.io/etcd/server/v3/features"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestStartPutGetRestart(t *testing.T) {
@@ -269,7 +274,6 @@ func TestInProcessClient(t *testing.T) {
 	}
 	defer sock.Close()
 	in := s.InProcessClient()
-	defer in.Close()
 
 	wc := in.Watch(ctx, "/w/", clientv3.WithPrefix())
 	if _, err := sock.Put(ctx, "/w/a", "over the socket"); err != nil {
@@ -309,7 +313,59 @@ func TestInProcessClient(t *testing.T) {
 	for i := range ops {
 		ops[i] = clientv3.OpPut(fmt.Sprintf("/many/%d", i), "x")
 	}
-	if _, err := in.Txn(ctx).Then(ops...).Commit(); err == nil || !strings.Contains(err.Error(), "too many operations") {
-		t.Fatalf("txn of 200 operations in-process: %v, want too many operations", err)
+	if _, err := in.Txn(ctx).Then(ops...).Commit(); !errors.Is(err, rpctypes.ErrTooManyOps) {
+		t.Fatalf("txn of 200 operations in-process: %v, want %v", err, rpctypes.ErrTooManyOps)
+	}
+	if _, err := in.Put(ctx, "/big", strings.Repeat("x", 2<<20)); !errors.Is(err, rpctypes.ErrRequestTooLarge) {
+		t.Fatalf("put of 2 MiB in-process: %v, want %v", err, rpctypes.ErrRequestTooLarge)
+	}
+
+	// A call whose context has ended reports the context's error, as over the socket.
+	expired, cancelExpired := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+	defer cancelExpired()
+	if _, err := in.Put(expired, "/late", "x"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("put with an expired deadline: %v, want %v", err, context.DeadlineExceeded)
+	}
+
+	// Closed, the client writes nothing more.
+	in.Close()
+	if _, err := in.Put(ctx, "/after-close", "x"); status.Code(err) != codes.Canceled {
+		t.Fatalf("put after Close: %v, want Canceled", err)
+	}
+	if got, err := sock.Get(ctx, "/after-close"); err != nil || len(got.Kvs) != 0 {
+		t.Fatalf("read of the put after Close over the socket: %v %v, want nothing", got, err)
+	}
+}
+
+// A call held up inside etcd (a disk that stalls an fsync holds reads too) returns when its
+// context ends, and when the client is closed.
+func TestBoundedCallReturnsWithItsContext(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	stuck := func(context.Context, string, ...grpc.CallOption) (string, error) {
+		<-release
+		return "late", nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := bounded(ctx, context.Background(), stuck, "req")
+	if !errors.Is(clientv3.ContextError(ctx, err), context.DeadlineExceeded) || time.Since(start) > time.Second {
+		t.Fatalf("stuck call with a 50 ms deadline: %v after %s, want DeadlineExceeded at 50 ms", err, time.Since(start))
+	}
+	closed, closeClient := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, closeClient)
+	if _, err := bounded(context.Background(), closed, stuck, "req"); status.Code(err) != codes.Canceled {
+		t.Fatalf("stuck call, client closed: %v, want Canceled", err)
+	}
+	// etcd answers a proposal whose context expired with ErrTimeout; the caller sees its context's error.
+	timedOut := func(ctx context.Context, _ string, _ ...grpc.CallOption) (string, error) {
+		<-ctx.Done()
+		return "", rpctypes.ErrGRPCTimeout
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel2()
+	if _, err := bounded(ctx2, context.Background(), timedOut, "req"); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("proposal timed out with its context: %v, want DeadlineExceeded", err)
 	}
 }

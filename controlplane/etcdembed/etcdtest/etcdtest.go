@@ -4,6 +4,7 @@ package etcdtest
 
 import (
 	"context"
+	"os"
 	"testing"
 
 	"github.com/vxfabric/vxfabric/controlplane/etcdembed"
@@ -24,13 +25,24 @@ func Start(t testing.TB) *etcdembed.Server {
 	return srv
 }
 
-// Client runs an embedded etcd for t and returns a client to it; both are closed in t.Cleanup.
+// ClientEnv chooses the client Client returns: "in-process" for etcdembed.Server.InProcessClient
+// (what `vxfab server` uses on its embedded etcd), anything else for a client over the socket (as
+// to an external etcd). `make test` runs the control plane's tests with each.
+const ClientEnv = "VXFAB_TEST_ETCD_CLIENT"
+
+// Client runs an embedded etcd for t and returns a client to it (see ClientEnv); both are closed in
+// t.Cleanup.
 func Client(t testing.TB) *clientv3.Client {
 	t.Helper()
 	srv := Start(t)
-	cli, err := srv.Client()
-	if err != nil {
-		t.Fatal(err)
+	var cli *clientv3.Client
+	if os.Getenv(ClientEnv) == "in-process" {
+		cli = srv.InProcessClient()
+	} else {
+		var err error
+		if cli, err = srv.Client(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
