@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -103,6 +104,14 @@ func TestPrivilegedDeleteVM(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- sleeper.Wait() }()
 	t.Cleanup(func() { _ = sleeper.Process.Kill() })
+	// `ip netns exec` enters the namespace after it starts: a delete before that finds nobody in it,
+	// and the command enters a namespace nobody can name any more.
+	if err := poll(ctx, 5*time.Second, func() (bool, error) {
+		pids, err := processesIn([]string{busy}, nil)
+		return slices.Contains(pids, sleeper.Process.Pid), err
+	}); err != nil {
+		t.Fatalf("the command never ran in the VM's namespace: %v", err)
+	}
 	if removed, err := l.RemoveVM(ctx, "busy"); err != nil || removed != (RemovedVM{Namespace: true}) {
 		t.Fatalf("delete a VM with a command running in it: %+v, %v; want its namespace and no port", removed, err)
 	}
