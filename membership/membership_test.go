@@ -471,7 +471,7 @@ func TestMetadataUpdateKeepsAConcurrentStateChange(t *testing.T) {
 		since, _ := a.stateSince(n.Name)
 		runtime.Gosched() // let an update read the state alive ...
 		recheck := true
-		a.setReach(n.Name, since, false, &recheck) // a round of dials got no answer: suspect and down
+		a.setReach(n.Name, since, false, false, &recheck) // a round of dials got no answer: suspect and down
 		runtime.Gosched()                          // ... and apply it after the change
 		if p := peerOf(a, n.Name); !p.Down() {
 			reverted++

@@ -162,12 +162,12 @@ func (m *Member) checkReach(name string) bool {
 			m.mu.Lock()
 			dial := m.dial // read each round: a test cuts a host by replacing it, also mid-check
 			m.mu.Unlock()
-			answered, ok := m.dialRound(m.life, dial, addr, answeredOnce) // Shutdown cancels m.life
+			answered, local, ok := m.dialRound(m.life, dial, addr, answeredOnce) // Shutdown cancels m.life
 			if !ok {
 				return // shutting down
 			}
 			answeredOnce = answeredOnce || answered
-			next, again := m.setReach(name, since, answered, &recheck)
+			next, again := m.setReach(name, since, answered, local, &recheck)
 			if !again {
 				return
 			}
@@ -181,31 +181,56 @@ func (m *Member) checkReach(name string) bool {
 	return true
 }
 
-// dialRound dials addr up to ReachAttempts times and reports whether the host answered; ok is false
-// when ctx ends meanwhile. With fallback (its gossip port answered earlier in this check), each dial
-// also tries the host's ReachFallbackPort, and either answer counts.
-func (m *Member) dialRound(ctx context.Context, dial ReachDialer, addr string, fallback bool) (answered, ok bool) {
+// dialRound dials addr in up to ReachAttempts windows of ReachTimeout and reports whether the host
+// answered; ok is false when ctx ends meanwhile. local reports an unanswered round whose dials all
+// failed at once, without waiting (no route: this host's own link is down, most likely). With
+// fallback (its gossip port answered earlier in this check), each dial also tries the host's
+// ReachFallbackPort, and either answer counts.
+func (m *Member) dialRound(ctx context.Context, dial ReachDialer, addr string, fallback bool) (answered, local, ok bool) {
 	fb := ""
 	if fallback {
 		fb = fallbackAddr(addr)
 	}
+	local = true
 	for range m.cfg.ReachAttempts {
 		dctx, cancel := context.WithTimeout(ctx, m.cfg.ReachTimeout)
-		answered = dialEither(dctx, dial, addr, fb)
-		if !answered {
-			// A dial that fails fast (no route, host unreachable) still waits out the timeout, so that
-			// ReachAttempts unanswered dials span the same time whatever the failure.
-			<-dctx.Done()
-		}
+		answered, fast := dialWindow(dctx, dial, addr, fb)
 		cancel()
 		if ctx.Err() != nil {
-			return false, false
+			return false, false, false
 		}
 		if answered {
-			return true, true
+			return true, false, true
+		}
+		local = local && fast
+	}
+	return false, local, true
+}
+
+// reachRetry is how soon a dial that failed at once is tried again within its window, and how soon
+// a round of such failures is followed by the next.
+const reachRetry = 25 * time.Millisecond
+
+// dialWindow dials until the host answers or ctx (one window) ends. A dial that fails at once (no
+// route, host unreachable) is tried again every reachRetry, so that the window ends unanswered only
+// if the host did not answer up to its end: a member whose own link comes back in the middle of a
+// window finds its peers there, instead of withdrawing them on what the dials of its outage said.
+// Unanswered windows span ReachTimeout whatever the failure. fast reports that no dial waited out
+// the window (every one failed at once).
+func dialWindow(ctx context.Context, dial ReachDialer, addr, fallback string) (answered, fast bool) {
+	for {
+		if dialEither(ctx, dial, addr, fallback) {
+			return true, false
+		}
+		if ctx.Err() != nil {
+			return false, false // the dial waited until the window ended: the host is silent
+		}
+		select {
+		case <-ctx.Done():
+			return false, true
+		case <-time.After(reachRetry):
 		}
 	}
-	return false, true
 }
 
 // HostAnswers reports whether the host at addr answers a reachability check as this member's checks
@@ -216,7 +241,7 @@ func (m *Member) HostAnswers(ctx context.Context, addr string) (bool, error) {
 	m.mu.Lock()
 	dial := m.dial
 	m.mu.Unlock()
-	answered, ok := m.dialRound(ctx, dial, addr, false)
+	answered, _, ok := m.dialRound(ctx, dial, addr, false)
 	if !ok {
 		return false, ctx.Err()
 	}
@@ -270,8 +295,10 @@ func (m *Member) stateSince(name string) (time.Time, bool) {
 // hint). recheck is the check's own: whether it may still run one more round for a member that came
 // back during an unanswered round (setReach clears it when it does). It returns whether to check
 // again, and when; when not, the check ends here, under the same lock, so that a new suspicion right
-// after starts a new check.
-func (m *Member) setReach(name string, since time.Time, answered bool, recheck *bool) (next time.Duration, again bool) {
+// after starts a new check. local (every dial of the round failed at once) shortens the wait: this
+// host may be the one cut off, and its peers are to be found again as soon as its link is back; a
+// failed dial sends nothing.
+func (m *Member) setReach(name string, since time.Time, answered, local bool, recheck *bool) (next time.Duration, again bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	defer func() {
@@ -301,8 +328,11 @@ func (m *Member) setReach(name string, since time.Time, answered bool, recheck *
 		return 0, false // an alive member that answers needs no check
 	}
 	next = m.cfg.ReachTimeout
-	switch p.State {
-	case StateDead, StateLeft:
+	switch {
+	case local && p.State == StateSuspect:
+		next = reachRetry
+	case local: // dead or left: dialled as often as a suspect
+	case p.State == StateDead, p.State == StateLeft:
 		next *= deadRecheck
 		if time.Since(p.Since) > deadSlowAfter {
 			next = deadSlow

@@ -272,10 +272,10 @@ func TestFallbackForAFullAcceptQueue(t *testing.T) {
 		t.Fatal("the accept queue never filled")
 	}
 	m := startMember(t, "fb-a", memberOpts{})
-	if answered, _ := m.dialRound(m.life, DialHost, addr, false); answered {
+	if answered, _, _ := m.dialRound(m.life, DialHost, addr, false); answered {
 		t.Error("a round without the fallback answered for a full queue")
 	}
-	if answered, _ := m.dialRound(m.life, DialHost, addr, true); !answered {
+	if answered, _, _ := m.dialRound(m.life, DialHost, addr, true); !answered {
 		t.Error("a round with the fallback: no answer from a host whose gossip socket's queue is full")
 	}
 }
@@ -464,5 +464,91 @@ func TestDownServerNotListed(t *testing.T) {
 	}
 	if len(got) != 0 {
 		t.Fatalf("Servers() = %v while the only server is down", got)
+	}
+}
+
+// ownLinkDialer makes m's dials of addr fail at once while down is set (a host whose own link is
+// down: connect fails with "network unreachable" and sends nothing), and answer otherwise.
+func ownLinkDialer(m *Member, addr string, down *atomic.Bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.dial = func(ctx context.Context, x string) bool {
+		if x != addr && x != fallbackAddr(addr) {
+			return DialHost(ctx, x)
+		}
+		return !down.Load()
+	}
+}
+
+// TestOwnLinkBackMidRoundFindsThePeer: this member's own link is down when a suspicion starts a
+// check (each dial fails at once) and comes back in the round's last window. The round ends
+// answered, so the peer, which was never gone, is never Down: a window's verdict is the peer's state
+// at the window's end, not what the dials of this member's outage said.
+func TestOwnLinkBackMidRoundFindsThePeer(t *testing.T) {
+	a := startMember(t, "ol-a", memberOpts{})
+	addr := netip.MustParseAddrPort("127.0.0.1:9")
+	_, n := ghost(t, a, "ol-peer", RoleAgent, addr)
+	var down atomic.Bool
+	down.Store(true)
+	ownLinkDialer(a, addr.String(), &down)
+	events, cancel := a.Subscribe()
+	defer cancel()
+
+	if _, err := (&logWriter{m: a}).Write([]byte("[INFO] memberlist: Suspect ol-peer has failed, no acks received")); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(a.cfg.ReachTimeout*time.Duration(a.cfg.ReachAttempts)*3/4, func() { down.Store(false) })
+	limit := time.After(2 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Peer.Name == n.Name && ev.Peer.Down() {
+				t.Fatalf("down after this member's own link came back mid-round: %+v", ev.Peer)
+			}
+		case <-limit:
+			if p := peerOf(a, n.Name); p.Unreachable {
+				t.Fatalf("after the round: %+v, want reachable", p)
+			}
+			return
+		}
+	}
+}
+
+// TestOwnLinkBackFindsThePeerAtOnce: this member's own link was down for a whole round, so a suspect
+// peer is Down (nothing can reach it from here anyway). Once the link is back, the peer is up again
+// within reachRetry and a dial, not a whole ReachTimeout later: the check dials again soon after a
+// round whose dials all failed at once.
+func TestOwnLinkBackFindsThePeerAtOnce(t *testing.T) {
+	a := startMember(t, "ob-a", memberOpts{})
+	addr := netip.MustParseAddrPort("127.0.0.1:9")
+	_, n := ghost(t, a, "ob-peer", RoleAgent, addr)
+	var down atomic.Bool
+	down.Store(true)
+	ownLinkDialer(a, addr.String(), &down)
+	events, cancel := a.Subscribe()
+	defer cancel()
+
+	if _, err := (&logWriter{m: a}).Write([]byte("[INFO] memberlist: Suspect ob-peer has failed, no acks received")); err != nil {
+		t.Fatal(err)
+	}
+	waitDown(t, a, n.Name, 5*time.Second)
+	down.Store(false)
+	back := time.Now()
+	limit := time.After(2 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Peer.Name != n.Name || ev.Peer.Down() || !ev.PreviousDown {
+				continue
+			}
+			took := time.Since(back)
+			t.Logf("up %s after the link came back", took)
+			if took > a.cfg.ReachTimeout/2 {
+				t.Fatalf("up %s after the link came back, want under %s", took, a.cfg.ReachTimeout/2)
+			}
+			return
+		case <-limit:
+			t.Fatalf("still down 2 s after the link came back: %+v", peerOf(a, n.Name))
+		}
 	}
 }
