@@ -43,8 +43,10 @@ type LabConfig struct {
 	Pause      time.Duration
 	Throughput bool
 	Failover   bool
-	Logger     *slog.Logger
-	Progress   func(format string, args ...any)
+	// KeepLogs, when set, receives the logs of the lab's server and agents before the lab goes.
+	KeepLogs string
+	Logger   *slog.Logger
+	Progress func(format string, args ...any)
 }
 
 // labFabric is the lab with one network spanning every host and a VM per host.
@@ -112,6 +114,13 @@ func RunLab(ctx context.Context, cfg LabConfig) []Outcome {
 		return setError(fmt.Errorf("remove a leftover lab %q: %w", LabName, err))
 	}
 	defer func() {
+		if cfg.KeepLogs != "" {
+			if err := l.CopyLogs(cfg.KeepLogs); err != nil {
+				cfg.Progress("lab %q: %v", LabName, err)
+			} else {
+				cfg.Progress("lab %q: logs kept in %s", LabName, cfg.KeepLogs)
+			}
+		}
 		if err := down(); err != nil {
 			for _, o := range outs {
 				o.Notes = append(o.Notes, fmt.Sprintf("lab down failed: %v (run `vxfab lab down --name %s`)", err, LabName))

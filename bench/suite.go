@@ -15,6 +15,8 @@ type Options struct {
 	Only []string
 	// ProfileDir receives CPU profiles (convergence) when set.
 	ProfileDir string
+	// LabLogs, when set, receives the logs of the lab's processes (benchmarks 5 and 6).
+	LabLogs string
 	// Bin is the vxfab binary.
 	Bin      string
 	Logger   *slog.Logger

@@ -20,7 +20,7 @@ func runDatapath(ctx context.Context, o Options) Outcome {
 func runLab(ctx context.Context, o Options) []Outcome {
 	cfg := LabConfig{
 		Bin: o.Bin, Hosts: 5, Rounds: 8, Seconds: 4, Trials: 10, Poll: 15 * time.Millisecond, Timeout: 30 * time.Second,
-		Pause: time.Second, Throughput: o.Selected("5"), Failover: o.Selected("6"), Logger: o.Logger, Progress: o.Progress,
+		Pause: time.Second, Throughput: o.Selected("5"), Failover: o.Selected("6"), KeepLogs: o.LabLogs, Logger: o.Logger, Progress: o.Progress,
 	}
 	if o.Quick {
 		cfg.Rounds, cfg.Seconds, cfg.Trials = 2, 2, 3

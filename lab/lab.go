@@ -297,6 +297,28 @@ func (l *Lab) ProfilePath() string { return filepath.Join(l.Dir(), "client.json"
 // LogPath is the log file of a lab process ("server" or "agent-hN").
 func (l *Lab) LogPath(proc string) string { return filepath.Join(l.logDir(), proc+".log") }
 
+// CopyLogs copies the logs of the lab's processes into dir (created if missing), which Down would
+// remove with the lab.
+func (l *Lab) CopyLogs(dir string) error {
+	files, err := filepath.Glob(filepath.Join(l.logDir(), "*.log"))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("keep the lab's logs: %w", err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("keep the lab's logs: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o600); err != nil {
+			return fmt.Errorf("keep the lab's logs: %w", err)
+		}
+	}
+	return nil
+}
+
 // meta is what the state directory records about the lab, so that later commands need no flags.
 type meta struct {
 	Name    string    `json:"name"`

@@ -36,6 +36,7 @@ func run() int {
 	md := flag.String("markdown", "", "where the table goes as Markdown (default beside the JSON report, .md; - for nowhere)")
 	only := flag.String("only", "", "comma-separated benchmark numbers to run (default all), e.g. 1,3")
 	profileDir := flag.String("profile-dir", "", "write CPU profiles (convergence, burst, allocation) and the memory benchmark's server heap profile here (created if missing)")
+	labLogs := flag.String("lab-logs", "", "keep the logs of the lab's server and agents (benchmarks 5 and 6) in this directory")
 	logLevel := flag.String("log-level", "error", "level of the components' logs on stderr")
 	bin := flag.String("bin", envOr("VXFAB_BIN", "bin/vxfab"), "the vxfab binary (lab and memory benchmarks)")
 	flag.Parse()
@@ -64,6 +65,7 @@ func run() int {
 	opts := bench.Options{
 		Quick:      *quick,
 		ProfileDir: *profileDir,
+		LabLogs:    *labLogs,
 		Bin:        *bin,
 		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 		LogLevel:   level,
