@@ -19,6 +19,7 @@ import (
 	"go.etcd.io/etcd/server/v3/features"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -357,6 +358,15 @@ func TestBoundedCallReturnsWithItsContext(t *testing.T) {
 	time.AfterFunc(50*time.Millisecond, closeClient)
 	if _, err := bounded(context.Background(), closed, stuck, "req"); status.Code(err) != codes.Canceled {
 		t.Fatalf("stuck call, client closed: %v, want Canceled", err)
+	}
+	// etcd sees none of the metadata of a gRPC call the caller serves (an API client's token).
+	served := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer api-client"))
+	seen := func(ctx context.Context, _ string, _ ...grpc.CallOption) (string, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		return strings.Join(md.Get("authorization"), ","), nil
+	}
+	if got, err := bounded(served, context.Background(), seen, "req"); err != nil || got != "" {
+		t.Fatalf("metadata etcd saw: %q, %v; want none", got, err)
 	}
 	// etcd answers a proposal whose context expired with ErrTimeout; the caller sees its context's error.
 	timedOut := func(ctx context.Context, _ string, _ ...grpc.CallOption) (string, error) {

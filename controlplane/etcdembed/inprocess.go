@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -63,7 +64,10 @@ func bounded[Req, Resp any](ctx, closed context.Context, call func(context.Conte
 	}
 	done := make(chan result, 1)
 	go func() {
-		resp, err := call(ctx, req)
+		// etcd reads request metadata from its handler's context (auth tokens, leader
+		// requirements), which over a socket would be this client's own: not the metadata of the
+		// gRPC call the caller may be serving.
+		resp, err := call(metadata.NewIncomingContext(ctx, nil), req)
 		done <- result{resp, err}
 	}()
 	select {
