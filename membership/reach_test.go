@@ -467,17 +467,31 @@ func TestDownServerNotListed(t *testing.T) {
 	}
 }
 
-// ownLinkDialer makes m's dials of addr fail at once while down is set (a host whose own link is
-// down: connect fails with "network unreachable" and sends nothing), and answer otherwise.
-func ownLinkDialer(m *Member, addr string, down *atomic.Bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.dial = func(ctx context.Context, x string) bool {
+// ownLinkDown starts a member whose own link is down (its dials of a peer fail at once, as connect
+// fails with "network unreachable", sending nothing) until the returned flag is cleared, and whose
+// probe of that peer has just failed. It returns the member, the peer's name, the flag and the
+// member's events.
+func ownLinkDown(t *testing.T, prefix string) (a *Member, peer string, down *atomic.Bool, events <-chan Event) {
+	t.Helper()
+	a = startMember(t, prefix+"-a", memberOpts{})
+	addr := netip.MustParseAddrPort("127.0.0.1:9").String()
+	_, n := ghost(t, a, prefix+"-peer", RoleAgent, netip.MustParseAddrPort(addr))
+	down = &atomic.Bool{}
+	down.Store(true)
+	a.mu.Lock()
+	a.dial = func(ctx context.Context, x string) bool {
 		if x != addr && x != fallbackAddr(addr) {
 			return DialHost(ctx, x)
 		}
 		return !down.Load()
 	}
+	a.mu.Unlock()
+	events, cancel := a.Subscribe()
+	t.Cleanup(cancel)
+	if _, err := (&logWriter{m: a}).Write([]byte("[INFO] memberlist: Suspect " + n.Name + " has failed, no acks received")); err != nil {
+		t.Fatal(err)
+	}
+	return a, n.Name, down, events
 }
 
 // TestOwnLinkBackMidRoundFindsThePeer: this member's own link is down when a suspicion starts a
@@ -485,28 +499,17 @@ func ownLinkDialer(m *Member, addr string, down *atomic.Bool) {
 // answered, so the peer, which was never gone, is never Down: a window's verdict is the peer's state
 // at the window's end, not what the dials of this member's outage said.
 func TestOwnLinkBackMidRoundFindsThePeer(t *testing.T) {
-	a := startMember(t, "ol-a", memberOpts{})
-	addr := netip.MustParseAddrPort("127.0.0.1:9")
-	_, n := ghost(t, a, "ol-peer", RoleAgent, addr)
-	var down atomic.Bool
-	down.Store(true)
-	ownLinkDialer(a, addr.String(), &down)
-	events, cancel := a.Subscribe()
-	defer cancel()
-
-	if _, err := (&logWriter{m: a}).Write([]byte("[INFO] memberlist: Suspect ol-peer has failed, no acks received")); err != nil {
-		t.Fatal(err)
-	}
+	a, peer, down, events := ownLinkDown(t, "ol")
 	time.AfterFunc(a.cfg.ReachTimeout*time.Duration(a.cfg.ReachAttempts)*3/4, func() { down.Store(false) })
 	limit := time.After(2 * time.Second)
 	for {
 		select {
 		case ev := <-events:
-			if ev.Peer.Name == n.Name && ev.Peer.Down() {
+			if ev.Peer.Name == peer && ev.Peer.Down() {
 				t.Fatalf("down after this member's own link came back mid-round: %+v", ev.Peer)
 			}
 		case <-limit:
-			if p := peerOf(a, n.Name); p.Unreachable {
+			if p := peerOf(a, peer); p.Unreachable {
 				t.Fatalf("after the round: %+v, want reachable", p)
 			}
 			return
@@ -519,26 +522,15 @@ func TestOwnLinkBackMidRoundFindsThePeer(t *testing.T) {
 // within reachRetry and a dial, not a whole ReachTimeout later: the check dials again soon after a
 // round whose dials all failed at once.
 func TestOwnLinkBackFindsThePeerAtOnce(t *testing.T) {
-	a := startMember(t, "ob-a", memberOpts{})
-	addr := netip.MustParseAddrPort("127.0.0.1:9")
-	_, n := ghost(t, a, "ob-peer", RoleAgent, addr)
-	var down atomic.Bool
-	down.Store(true)
-	ownLinkDialer(a, addr.String(), &down)
-	events, cancel := a.Subscribe()
-	defer cancel()
-
-	if _, err := (&logWriter{m: a}).Write([]byte("[INFO] memberlist: Suspect ob-peer has failed, no acks received")); err != nil {
-		t.Fatal(err)
-	}
-	waitDown(t, a, n.Name, 5*time.Second)
+	a, peer, down, events := ownLinkDown(t, "ob")
+	waitDown(t, a, peer, 5*time.Second)
 	down.Store(false)
 	back := time.Now()
 	limit := time.After(2 * time.Second)
 	for {
 		select {
 		case ev := <-events:
-			if ev.Peer.Name != n.Name || ev.Peer.Down() || !ev.PreviousDown {
+			if ev.Peer.Name != peer || ev.Peer.Down() || !ev.PreviousDown {
 				continue
 			}
 			took := time.Since(back)
@@ -548,7 +540,7 @@ func TestOwnLinkBackFindsThePeerAtOnce(t *testing.T) {
 			}
 			return
 		case <-limit:
-			t.Fatalf("still down 2 s after the link came back: %+v", peerOf(a, n.Name))
+			t.Fatalf("still down 2 s after the link came back: %+v", peerOf(a, peer))
 		}
 	}
 }
