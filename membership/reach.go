@@ -154,7 +154,7 @@ func (m *Member) checkReach(name string) bool {
 		answeredOnce := false // the gossip port answered during this check: the fallback counts
 		recheck := true       // one more round may follow an unanswered one the member came back during
 		for {
-			since, ok := m.stateSince(name)
+			state, since, ok := m.stateSince(name)
 			if !ok {
 				m.endCheck(name)
 				return
@@ -162,7 +162,14 @@ func (m *Member) checkReach(name string) bool {
 			m.mu.Lock()
 			dial := m.dial // read each round: a test cuts a host by replacing it, also mid-check
 			m.mu.Unlock()
-			answered, local, ok := m.dialRound(m.life, dial, addr, answeredOnce) // Shutdown cancels m.life
+			// A suspect's dials that fail at once are tried again within their window (see
+			// dialWindow); the dead and the left, dialled for as long as they are remembered, get
+			// one dial a window, as a host gone for good should cost little.
+			retry := time.Duration(0)
+			if state == StateSuspect || state == StateAlive {
+				retry = m.cfg.ReachTimeout / reachRetries
+			}
+			answered, local, ok := m.dialRound(m.life, dial, addr, answeredOnce, retry) // Shutdown cancels m.life
 			if !ok {
 				return // shutting down
 			}
@@ -185,8 +192,8 @@ func (m *Member) checkReach(name string) bool {
 // answered; ok is false when ctx ends meanwhile. local reports an unanswered round whose dials all
 // failed at once, without waiting (no route: this host's own link is down, most likely). With
 // fallback (its gossip port answered earlier in this check), each dial also tries the host's
-// ReachFallbackPort, and either answer counts.
-func (m *Member) dialRound(ctx context.Context, dial ReachDialer, addr string, fallback bool) (answered, local, ok bool) {
+// ReachFallbackPort, and either answer counts. retry is dialWindow's.
+func (m *Member) dialRound(ctx context.Context, dial ReachDialer, addr string, fallback bool, retry time.Duration) (answered, local, ok bool) {
 	fb := ""
 	if fallback {
 		fb = fallbackAddr(addr)
@@ -194,7 +201,7 @@ func (m *Member) dialRound(ctx context.Context, dial ReachDialer, addr string, f
 	local = true
 	for range m.cfg.ReachAttempts {
 		dctx, cancel := context.WithTimeout(ctx, m.cfg.ReachTimeout)
-		answered, fast := dialWindow(dctx, dial, addr, fb)
+		answered, fast := dialWindow(dctx, dial, addr, fb, retry)
 		cancel()
 		if ctx.Err() != nil {
 			return false, false, false
@@ -207,17 +214,17 @@ func (m *Member) dialRound(ctx context.Context, dial ReachDialer, addr string, f
 	return false, local, true
 }
 
-// reachRetry is how soon a dial that failed at once is tried again within its window, and how soon
-// a round of such failures is followed by the next.
-const reachRetry = 25 * time.Millisecond
+// reachRetries bounds the dials of one window of a suspect's check (see dialWindow), and, in
+// ReachTimeouts, the wait after a round of dials that all failed at once.
+const reachRetries = 4
 
 // dialWindow dials until the host answers or ctx (one window) ends. A dial that fails at once (no
-// route, host unreachable) is tried again every reachRetry, so that the window ends unanswered only
-// if the host did not answer up to its end: a member whose own link comes back in the middle of a
-// window finds its peers there, instead of withdrawing them on what the dials of its outage said.
-// Unanswered windows span ReachTimeout whatever the failure. fast reports that no dial waited out
-// the window (every one failed at once).
-func dialWindow(ctx context.Context, dial ReachDialer, addr, fallback string) (answered, fast bool) {
+// route, host unreachable) is tried again every retry (0: never), so that the window ends
+// unanswered only if the host did not answer up to its end: a member whose own link comes back in
+// the middle of a window finds its peers there, instead of withdrawing them on what the dials of its
+// outage said. Unanswered windows span ReachTimeout whatever the failure. fast reports that no dial
+// waited out the window (every one failed at once).
+func dialWindow(ctx context.Context, dial ReachDialer, addr, fallback string, retry time.Duration) (answered, fast bool) {
 	for {
 		if dialEither(ctx, dial, addr, fallback) {
 			return true, false
@@ -225,10 +232,14 @@ func dialWindow(ctx context.Context, dial ReachDialer, addr, fallback string) (a
 		if ctx.Err() != nil {
 			return false, false // the dial waited until the window ended: the host is silent
 		}
+		if retry <= 0 {
+			<-ctx.Done()
+			return false, true
+		}
 		select {
 		case <-ctx.Done():
 			return false, true
-		case <-time.After(reachRetry):
+		case <-time.After(retry):
 		}
 	}
 }
@@ -241,7 +252,7 @@ func (m *Member) HostAnswers(ctx context.Context, addr string) (bool, error) {
 	m.mu.Lock()
 	dial := m.dial
 	m.mu.Unlock()
-	answered, _, ok := m.dialRound(ctx, dial, addr, false)
+	answered, _, ok := m.dialRound(ctx, dial, addr, false, 0)
 	if !ok {
 		return false, ctx.Err()
 	}
@@ -279,15 +290,15 @@ const (
 	deadSlow      = 5 * time.Second
 )
 
-// stateSince returns when the named member's current state began; false when it is gone.
-func (m *Member) stateSince(name string) (time.Time, bool) {
+// stateSince returns the named member's current state and when it began; false when it is gone.
+func (m *Member) stateSince(name string) (State, time.Time, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p, ok := m.peers[name]
 	if !ok {
-		return time.Time{}, false
+		return 0, time.Time{}, false
 	}
-	return p.Since, true
+	return p.State, p.Since, true
 }
 
 // setReach records a round of dials that began while the member was in the state that began at
@@ -295,9 +306,9 @@ func (m *Member) stateSince(name string) (time.Time, bool) {
 // hint). recheck is the check's own: whether it may still run one more round for a member that came
 // back during an unanswered round (setReach clears it when it does). It returns whether to check
 // again, and when; when not, the check ends here, under the same lock, so that a new suspicion right
-// after starts a new check. local (every dial of the round failed at once) shortens the wait: this
-// host may be the one cut off, and its peers are to be found again as soon as its link is back; a
-// failed dial sends nothing.
+// after starts a new check. local (every dial of the round failed at once) shortens the wait after
+// a suspect's round: this host may be the one cut off, and its peers are to be found again as soon
+// as its link is back (a dial that fails for want of a route sends nothing).
 func (m *Member) setReach(name string, since time.Time, answered, local bool, recheck *bool) (next time.Duration, again bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -330,8 +341,7 @@ func (m *Member) setReach(name string, since time.Time, answered, local bool, re
 	next = m.cfg.ReachTimeout
 	switch {
 	case local && p.State == StateSuspect:
-		next = reachRetry
-	case local: // dead or left: dialled as often as a suspect
+		next /= reachRetries
 	case p.State == StateDead, p.State == StateLeft:
 		next *= deadRecheck
 		if time.Since(p.Since) > deadSlowAfter {

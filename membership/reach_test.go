@@ -272,10 +272,10 @@ func TestFallbackForAFullAcceptQueue(t *testing.T) {
 		t.Fatal("the accept queue never filled")
 	}
 	m := startMember(t, "fb-a", memberOpts{})
-	if answered, _, _ := m.dialRound(m.life, DialHost, addr, false); answered {
+	if answered, _, _ := m.dialRound(m.life, DialHost, addr, false, 0); answered {
 		t.Error("a round without the fallback answered for a full queue")
 	}
-	if answered, _, _ := m.dialRound(m.life, DialHost, addr, true); !answered {
+	if answered, _, _ := m.dialRound(m.life, DialHost, addr, true, 0); !answered {
 		t.Error("a round with the fallback: no answer from a host whose gossip socket's queue is full")
 	}
 }
@@ -519,7 +519,7 @@ func TestOwnLinkBackMidRoundFindsThePeer(t *testing.T) {
 
 // TestOwnLinkBackFindsThePeerAtOnce: this member's own link was down for a whole round, so a suspect
 // peer is Down (nothing can reach it from here anyway). Once the link is back, the peer is up again
-// within reachRetry and a dial, not a whole ReachTimeout later: the check dials again soon after a
+// within a quarter of a ReachTimeout and a dial, not a whole ReachTimeout later: the check dials again soon after a
 // round whose dials all failed at once.
 func TestOwnLinkBackFindsThePeerAtOnce(t *testing.T) {
 	a, peer, down, events := ownLinkDown(t, "ob")
