@@ -65,6 +65,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -151,6 +152,15 @@ type Member struct {
 	hints *memberlist.TransmitLimitedQueue // suspect hints to gossip
 	dial  ReachDialer
 
+	// heard is when this member last heard from another (UnixNano): a ping it answered, an ack of
+	// one of its own probes, a user message, a state exchange. isolatedVerdict: a check recorded a host as not answering while this
+	// member heard from nobody (see reach.go); the next time it hears from someone, back is
+	// cancelled (and replaced, under mu), and every check dials again at once.
+	heard           atomic.Int64
+	isolatedVerdict atomic.Bool
+	back            context.Context
+	hearAgain       context.CancelFunc
+
 	stop     chan struct{}
 	resync   chan struct{}   // (1) asks maintain for a state exchange with a few members now
 	redial   chan struct{}   // (1) asks maintain for a reconnect now (a DEAD member's host answers again)
@@ -179,6 +189,7 @@ func New(cfg Config) (*Member, error) {
 		redial:   make(chan struct{}, 1),
 		dial:     cfg.ReachDialer,
 	}
+	m.back, m.hearAgain = context.WithCancel(context.Background())
 	if m.dial == nil {
 		m.dial = DialHost
 	}
@@ -641,12 +652,15 @@ func (d *delegates) NodeMeta(limit int) []byte {
 	}
 	return b
 }
-func (d *delegates) NotifyMsg(msg []byte) { d.m.hinted(msg) }
+func (d *delegates) NotifyMsg(msg []byte) {
+	d.m.heardFrom()
+	d.m.hinted(msg)
+}
 func (d *delegates) GetBroadcasts(overhead, limit int) [][]byte {
 	return d.m.hints.GetBroadcasts(overhead, limit)
 }
 func (d *delegates) LocalState(join bool) []byte            { return nil }
-func (d *delegates) MergeRemoteState(buf []byte, join bool) {}
+func (d *delegates) MergeRemoteState(buf []byte, join bool) { d.m.heardFrom() }
 
 func (d *delegates) NotifyJoin(n *memberlist.Node)   { d.m.setState(n.Name, n, StateAlive) }
 func (d *delegates) NotifyUpdate(n *memberlist.Node) { d.m.setState(n.Name, n, keepState) }
@@ -680,8 +694,14 @@ func (d *delegates) NotifyAlive(n *memberlist.Node) error {
 	return nil
 }
 
-func (d *delegates) AckPayload() []byte { return nil }
+// AckPayload is called as this member answers a ping: someone was heard.
+func (d *delegates) AckPayload() []byte {
+	d.m.heardFrom()
+	return nil
+}
+
 func (d *delegates) NotifyPingComplete(n *memberlist.Node, rtt time.Duration, payload []byte) {
+	d.m.heardFrom()
 	d.m.setState(n.Name, nil, StateAlive, StateSuspect)
 }
 

@@ -468,11 +468,11 @@ func TestMetadataUpdateKeepsAConcurrentStateChange(t *testing.T) {
 	reverted, rounds := 0, 0
 	for deadline := time.Now().Add(2 * time.Second); reverted == 0 && time.Now().Before(deadline); rounds++ {
 		a.setState(n.Name, nil, StateAlive, StateSuspect)
-		_, since, _ := a.stateSince(n.Name)
+		since, _ := a.stateSince(n.Name)
 		runtime.Gosched() // let an update read the state alive ...
 		recheck := true
-		a.setReach(n.Name, since, false, false, &recheck) // a round of dials got no answer: suspect and down
-		runtime.Gosched()                                 // ... and apply it after the change
+		a.setReach(n.Name, since, false, &recheck) // a round of dials got no answer: suspect and down
+		runtime.Gosched()                          // ... and apply it after the change
 		if p := peerOf(a, n.Name); !p.Down() {
 			reverted++
 		}

@@ -272,10 +272,10 @@ func TestFallbackForAFullAcceptQueue(t *testing.T) {
 		t.Fatal("the accept queue never filled")
 	}
 	m := startMember(t, "fb-a", memberOpts{})
-	if answered, _, _ := m.dialRound(m.life, DialHost, addr, false, 0); answered {
+	if answered, _ := m.dialRound(m.life, DialHost, addr, false, nil); answered {
 		t.Error("a round without the fallback answered for a full queue")
 	}
-	if answered, _, _ := m.dialRound(m.life, DialHost, addr, true, 0); !answered {
+	if answered, _ := m.dialRound(m.life, DialHost, addr, true, nil); !answered {
 		t.Error("a round with the fallback: no answer from a host whose gossip socket's queue is full")
 	}
 }
@@ -467,23 +467,28 @@ func TestDownServerNotListed(t *testing.T) {
 	}
 }
 
-// ownLinkDown starts a member whose own link is down (its dials of a peer fail at once, as connect
-// fails with "network unreachable", sending nothing) until the returned flag is cleared, and whose
-// probe of that peer has just failed. It returns the member, the peer's name, the flag and the
-// member's events.
+// ownLinkDown starts a member whose own link is down until the returned flag is cleared: its dials
+// of a peer get no answer (the SYN goes nowhere; the dial waits out its window, as in the lab) and it
+// hears from nobody. Its probe of that peer has just failed. It returns the member, the peer's name,
+// the flag and the member's events. Clearing the flag does not make it hear from anyone: the test
+// calls heard.
 func ownLinkDown(t *testing.T, prefix string) (a *Member, peer string, down *atomic.Bool, events <-chan Event) {
 	t.Helper()
 	a = startMember(t, prefix+"-a", memberOpts{})
-	addr := netip.MustParseAddrPort("127.0.0.1:9").String()
-	_, n := ghost(t, a, prefix+"-peer", RoleAgent, netip.MustParseAddrPort(addr))
+	addr := netip.MustParseAddrPort("127.0.0.1:9")
+	_, n := ghost(t, a, prefix+"-peer", RoleAgent, addr)
 	down = &atomic.Bool{}
 	down.Store(true)
 	a.mu.Lock()
 	a.dial = func(ctx context.Context, x string) bool {
-		if x != addr && x != fallbackAddr(addr) {
+		if x != addr.String() && x != fallbackAddr(addr.String()) {
 			return DialHost(ctx, x)
 		}
-		return !down.Load()
+		if down.Load() {
+			<-ctx.Done()
+			return false
+		}
+		return true
 	}
 	a.mu.Unlock()
 	events, cancel := a.Subscribe()
@@ -494,13 +499,19 @@ func ownLinkDown(t *testing.T, prefix string) (a *Member, peer string, down *ato
 	return a, n.Name, down, events
 }
 
+// heard makes m hear from another member, as when it answers a ping.
+func heard(m *Member) { (&delegates{m: m}).AckPayload() }
+
 // TestOwnLinkBackMidRoundFindsThePeer: this member's own link is down when a suspicion starts a
-// check (each dial fails at once) and comes back in the round's last window. The round ends
-// answered, so the peer, which was never gone, is never Down: a window's verdict is the peer's state
-// at the window's end, not what the dials of this member's outage said.
+// check, and comes back in the round's last window: the last dial went out while the link was down
+// and waits out its window unanswered, but the member heard from another after that window began.
+// The round is dropped and dialled again, so the peer, which was never gone, is never Down.
 func TestOwnLinkBackMidRoundFindsThePeer(t *testing.T) {
 	a, peer, down, events := ownLinkDown(t, "ol")
-	time.AfterFunc(a.cfg.ReachTimeout*time.Duration(a.cfg.ReachAttempts)*3/4, func() { down.Store(false) })
+	time.AfterFunc(a.cfg.ReachTimeout*time.Duration(a.cfg.ReachAttempts)*3/4, func() {
+		down.Store(false)
+		heard(a)
+	})
 	limit := time.After(2 * time.Second)
 	for {
 		select {
@@ -517,15 +528,16 @@ func TestOwnLinkBackMidRoundFindsThePeer(t *testing.T) {
 	}
 }
 
-// TestOwnLinkBackFindsThePeerAtOnce: this member's own link was down for a whole round, so a suspect
-// peer is Down (nothing can reach it from here anyway). Once the link is back, the peer is up again
-// within a quarter of a ReachTimeout and a dial, not a whole ReachTimeout later: the check dials again soon after a
-// round whose dials all failed at once.
+// TestOwnLinkBackFindsThePeerAtOnce: this member's own link was down for a whole round, in which it
+// heard from nobody, so the suspect peer is Down (nothing can reach it from here anyway). Once the
+// link is back and the member hears from another, the check dials again at once: the peer is up
+// within a few milliseconds, not a wait and a round later.
 func TestOwnLinkBackFindsThePeerAtOnce(t *testing.T) {
 	a, peer, down, events := ownLinkDown(t, "ob")
 	waitDown(t, a, peer, 5*time.Second)
 	down.Store(false)
 	back := time.Now()
+	heard(a)
 	limit := time.After(2 * time.Second)
 	for {
 		select {
@@ -534,13 +546,36 @@ func TestOwnLinkBackFindsThePeerAtOnce(t *testing.T) {
 				continue
 			}
 			took := time.Since(back)
-			t.Logf("up %s after the link came back", took)
+			t.Logf("up %s after the member heard from another", took)
 			if took > a.cfg.ReachTimeout/2 {
-				t.Fatalf("up %s after the link came back, want under %s", took, a.cfg.ReachTimeout/2)
+				t.Fatalf("up %s after the member heard from another, want under %s", took, a.cfg.ReachTimeout/2)
 			}
 			return
 		case <-limit:
 			t.Fatalf("still down 2 s after the link came back: %+v", peerOf(a, peer))
 		}
+	}
+}
+
+// A member that hears from others while its check's round finds no answer keeps the verdict: the
+// link was up when the dials went out, so the host is gone (the failover path).
+func TestHeardFromOthersVerdictStands(t *testing.T) {
+	a, peer, _, _ := ownLinkDown(t, "hv")
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // others' pings, several a second
+		for {
+			heard(a)
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	start := time.Now()
+	waitDown(t, a, peer, 5*time.Second)
+	if took := time.Since(start); took > 2*a.cfg.ReachTimeout*time.Duration(a.cfg.ReachAttempts) {
+		t.Fatalf("down after %s while hearing from others, want one round (%s)", took, a.cfg.ReachTimeout*time.Duration(a.cfg.ReachAttempts))
 	}
 }
