@@ -25,9 +25,7 @@ func threeHosts(t *testing.T) (*world, *server, []*host) {
 	var hosts []*host
 	for i, name := range []string{"h1", "h2", "h3"} {
 		vtep := "198.18.0." + string(rune('1'+i))
-		w.mu.Lock()
-		w.vteps[name] = vtep // RegisterNode writes it
-		w.mu.Unlock()
+		w.hostVTEP(name, vtep) // RegisterNode writes it
 		hosts = append(hosts, startHost(t, name, vtep, hostOpts{servers: []string{srv.addr}}))
 	}
 	w.network("n1", 100)
@@ -243,9 +241,7 @@ func TestFailoverBetweenServers(t *testing.T) {
 	var hs []*host
 	for i, name := range []string{"h1", "h2"} {
 		vtep := "198.18.0." + string(rune('1'+i))
-		w.mu.Lock()
-		w.vteps[name] = vtep
-		w.mu.Unlock()
+		w.hostVTEP(name, vtep)
 		hs = append(hs, startHost(t, name, vtep, hostOpts{servers: []string{a.addr, b.addr}}))
 	}
 	w.network("n1", 100)
@@ -267,9 +263,8 @@ func TestApplyErrorsRetried(t *testing.T) {
 	cli := startEtcd(t)
 	w := newWorld(t, cli)
 	srv := startServer(t, cli, "")
-	w.mu.Lock()
-	w.vteps["h1"], w.vteps["h2"] = "198.18.0.1", "198.18.0.2"
-	w.mu.Unlock()
+	w.hostVTEP("h1", "198.18.0.1")
+	w.hostVTEP("h2", "198.18.0.2")
 	h2 := startHost(t, "h2", "198.18.0.2", hostOpts{servers: []string{srv.addr}})
 	w.network("n1", 100)
 	w.port("p1", "n1", "h1", 1)
@@ -426,9 +421,7 @@ func TestDriftRepairedByFullPass(t *testing.T) {
 	var hs []*host
 	for i, name := range []string{"h1", "h2"} {
 		vtep := "198.18.0." + string(rune('1'+i))
-		w.mu.Lock()
-		w.vteps[name] = vtep
-		w.mu.Unlock()
+		w.hostVTEP(name, vtep)
 		hs = append(hs, startHost(t, name, vtep, hostOpts{servers: []string{srv.addr}, resync: 200 * time.Millisecond}))
 	}
 	w.network("n1", 100)
@@ -451,9 +444,7 @@ func TestConvergedOnceKernelHoldsFirstState(t *testing.T) {
 	srv := startServer(t, cli, "")
 	addr := srv.addr
 	srv.stop()
-	w.mu.Lock()
-	w.vteps["h1"] = "198.18.0.1" // RegisterNode writes it
-	w.mu.Unlock()
+	w.hostVTEP("h1", "198.18.0.1") // RegisterNode writes it
 	w.node("h2", "198.18.0.2")
 	w.network("n1", 100)
 	w.port("p1", "n1", "h1", 1)
@@ -539,9 +530,7 @@ func TestPeriodicPassReportsAgain(t *testing.T) {
 	cli := startEtcd(t)
 	w := newWorld(t, cli)
 	srv := startServer(t, cli, "")
-	w.mu.Lock()
-	w.vteps["h1"] = "198.18.0.1"
-	w.mu.Unlock()
+	w.hostVTEP("h1", "198.18.0.1")
 	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{servers: []string{srv.addr}, resync: 200 * time.Millisecond})
 	w.network("n1", 100)
 	w.port("p1", "n1", "h1", 1)

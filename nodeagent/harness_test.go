@@ -324,11 +324,17 @@ func (w *world) del(key string) int64 {
 	return resp.Header.Revision
 }
 
-// node records a host as gossip (nodestatus) or RegisterNode would.
-func (w *world) node(name, vtep string) int64 {
+// hostVTEP tells the world a host's VTEP, which the host's agent records itself (RegisterNode) or
+// gossip does, for expect.
+func (w *world) hostVTEP(name, vtep string) {
 	w.mu.Lock()
 	w.vteps[name] = vtep
 	w.mu.Unlock()
+}
+
+// node records a host as gossip (nodestatus) or RegisterNode would.
+func (w *world) node(name, vtep string) int64 {
+	w.hostVTEP(name, vtep)
 	return w.put("nodes/"+name, &vxfabricv1.Node{Name: name, Vtep: vtep, Status: vxfabricv1.NodeStatus_NODE_STATUS_ALIVE})
 }
 
