@@ -255,8 +255,9 @@ func (m *Member) heardFrom() {
 }
 
 // dialRound dials addr up to ReachAttempts times and reports whether the host answered; ok is false
-// when ctx ends meanwhile. lastWindow, when set, is called as the last window begins. With fallback (its gossip port answered earlier in this check), each dial
-// also tries the host's ReachFallbackPort, and either answer counts.
+// when ctx ends meanwhile. lastWindow, when set, is called as the last window begins. With fallback
+// (its gossip port answered earlier in this check), each dial also tries the host's
+// ReachFallbackPort, and either answer counts.
 func (m *Member) dialRound(ctx context.Context, dial ReachDialer, addr string, fallback bool, lastWindow func()) (answered, ok bool) {
 	fb := ""
 	if fallback {
