@@ -97,7 +97,8 @@ type Config struct {
 	// ForgetAfter drops a DEAD or LEFT member from Members() after this long. Default 24 h.
 	ForgetAfter time.Duration
 	// ReachTimeout is how long a dial of a suspect's gossip address waits for its host's kernel to
-	// answer, and ReachAttempts how many unanswered dials in a row make it Unreachable (see reach.go).
+	// answer, and ReachAttempts how many unanswered dials in a row make it Unreachable (see reach.go:
+	// a round counts only if this member heard from others before its last dial).
 	// Defaults 200 ms and 2: a suspect host that is gone is Down 0.4 s after the suspicion reaches
 	// this member, a paused process on a live host never is (a kernel answers a handshake in well
 	// under a millisecond on a LAN).

@@ -22,8 +22,9 @@ import (
 // port nobody listens on (see DialHost); a host that is cut off or powered off answers nothing.
 //
 // So as soon as a member is suspected, and for as long as it is SUSPECT or DEAD, this member dials
-// its gossip address; when ReachAttempts dials in a row get no answer within ReachTimeout the member
-// is marked Unreachable, and a peer is Down (its entries are withheld) when it is SUSPECT, DEAD or
+// its gossip address; when ReachAttempts dials in a row get no answer within ReachTimeout (while this
+// member hears from others: see "Hearing from others" below) the member is marked Unreachable, and a
+// peer is Down (its entries are withheld) when it is SUSPECT, DEAD or
 // LEFT and Unreachable. A host cut off is Down about half a second after the suspicion reaches this
 // member; a host whose kernel answers is never Down, whatever memberlist concludes about its process;
 // and after a partition heals, the stale suspicions the healed member's memberlist still holds (their
