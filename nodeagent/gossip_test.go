@@ -284,7 +284,6 @@ func TestGossipServerFailover(t *testing.T) {
 	seeds := []string{ma.LocalAddr().String()}
 	mb := startMember(t, membership.RoleServer, "srv-b", "", b.addr, "127.0.0.1:0", seeds)
 	byAddr := map[string]*membership.Member{a.addr: ma, b.addr: mb}
-	w.hostVTEP("h1", "198.18.0.1")
 	w.node("h1", "198.18.0.1")
 	m1 := startMember(t, membership.RoleAgent, "h1", "198.18.0.1", "", "127.0.0.1:0", seeds)
 	waitFor(t, "both servers known", 5*time.Second, func() bool { return len(m1.Servers()) == 2 })
@@ -317,7 +316,6 @@ func TestAgentDialsWhenGossipSeesAServer(t *testing.T) {
 	cli := startEtcd(t)
 	w := newWorld(t, cli)
 	a := startServer(t, cli, "")
-	w.hostVTEP("h1", "198.18.0.1")
 	w.node("h1", "198.18.0.1")
 	m1 := startMember(t, membership.RoleAgent, "h1", "198.18.0.1", "", "127.0.0.1:0", nil)
 	h1 := startHost(t, "h1", "198.18.0.1", hostOpts{member: m1, backoff: 30 * time.Second})
@@ -341,7 +339,6 @@ func TestRememberedServersWhenGossipListsNone(t *testing.T) {
 	w := newWorld(t, cli)
 	srv := startServer(t, cli, "")
 	sm := startMember(t, membership.RoleServer, "srv", "", srv.addr, "127.0.0.1:0", nil)
-	w.hostVTEP("h1", "198.18.0.1")
 	w.node("h1", "198.18.0.1")
 	m1 := startMember(t, membership.RoleAgent, "h1", "198.18.0.1", "", "127.0.0.1:0", []string{sm.LocalAddr().String()})
 	waitFor(t, "server known through gossip", 5*time.Second, func() bool { return len(m1.Servers()) == 1 })
